@@ -1,0 +1,1 @@
+"""HTTP layer: parse → call a market service → render Clore JSON."""

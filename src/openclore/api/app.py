@@ -1,0 +1,491 @@
+"""The HTTP application: Clore API v1 under /v1, sandbox extensions under /sandbox."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy import Connection, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from openclore.api import models
+from openclore.api.errors import error_response
+from openclore.api.market_cache import MarketCache
+from openclore.api.openapi import install_openapi
+from openclore.api.ratelimit import RateLimiter
+from openclore.api.wire import dumps, parse_object
+from openclore.config import Settings
+from openclore.domain.errors import (
+    CloreError,
+    InternalError,
+    InvalidEndpoint,
+    InvalidInput,
+    InvalidToken,
+    MarketError,
+    RateLimited,
+)
+from openclore.domain.money import to_units
+from openclore.engine.clock import CLOCK_OFFSET_KEY, Clock, SandboxClock, SystemClock
+from openclore.engine.ticker import tick
+from openclore.market import orders as order_service
+from openclore.market import servers as server_service
+from openclore.market import wallets as wallet_service
+from openclore.market.accounts import authenticate
+from openclore.store.db import Database, get_meta, set_meta
+from openclore.store.schema import servers
+
+log = logging.getLogger("openclore.api")
+
+
+@dataclass
+class Call:
+    """What a handler gets: the parsed request, the caller and the current time."""
+
+    request: Request
+    body: dict[str, Any]
+    user_id: int | None
+    now: int
+
+
+Handler = Callable[["AppState", Call], Any]
+
+
+def run_write(db: Database, fn: Callable[[Connection], Any], attempts: int = 5) -> Any:
+    """Run one use case in one write transaction, retrying when the database reports a deadlock
+    or a serialization failure (the transaction was rolled back whole, so retrying is safe)."""
+    for attempt in range(attempts):
+        try:
+            with db.write() as conn:
+                return fn(conn)
+        except MarketError:
+            raise
+        except IntegrityError as exc:
+            # a unique index refused a concurrent twin: report it as the market rule it protects
+            raise _integrity_to_market(exc) from None
+        except DBAPIError as exc:
+            if attempt + 1 < attempts and _retryable(exc):
+                time.sleep(0.01 * (attempt + 1))
+                continue
+            raise
+    raise InternalError("database busy")
+
+
+def _retryable(exc: Exception) -> bool:
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate in ("40P01", "40001", "55P03"):
+        return True
+    return "database is locked" in str(exc)
+
+
+def _integrity_to_market(exc: Exception) -> CloreError:
+    text = str(exc)
+    # PostgreSQL names the index; SQLite names the columns
+    if "uq_orders_spot_live" in text or "orders.server_id, orders.user_id" in text:
+        return MarketError("you_already_have_spot_order")
+    if "uq_orders_on_demand_live" in text or "orders.server_id" in text:
+        return MarketError("server-already-rented")
+    if "uq_servers_owner_name_live" in text:
+        return MarketError("server_name_taken")
+    if "balance_not_negative" in text:
+        return MarketError("not_enough_balance")
+    log.error("integrity error: %s", text)
+    return InternalError("conflicting concurrent change, please retry")
+
+
+class AppState:
+    def __init__(self, settings: Settings, db: Database, clock: Clock) -> None:
+        self.settings = settings
+        self.db = db
+        self.clock = clock
+        self.limiter = RateLimiter(db.engine, settings.rate_limit_tolerance)
+        self.market = MarketCache(settings)
+
+    def now(self) -> int:
+        return int(self.clock.now())
+
+    def db_write(self, fn: Callable[[Connection], Any]) -> Any:
+        return run_write(self.db, fn)
+
+
+class BodyLimit:
+    """Refuse bodies over ``max_bytes`` before they are read into memory (code 2, HTTP 413)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_bytes
+                except ValueError:
+                    too_big = True
+                if too_big:
+                    await self._refuse(send)
+                    return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = dumps({"error": f"request body larger than {self.max_bytes} bytes", "code": 2})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _json(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(dumps(body), media_type="application/json", headers=headers)
+
+
+def _bool_query(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return False
+    lowered = raw.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise InvalidInput(f"{name}: must be true or false")
+
+
+# ----------------------------------------------------------------------------- endpoint bodies
+
+
+def _wallets(state: AppState, call: Call) -> dict[str, Any]:
+    with state.db.read() as conn:
+        return wallet_service.wallets(conn, _uid(call), state.settings)
+
+
+def _my_servers(state: AppState, call: Call) -> dict[str, Any]:
+    with state.db.read() as conn:
+        return server_service.my_servers(conn, _uid(call), state.settings)
+
+
+def _server_config(state: AppState, call: Call) -> dict[str, Any]:
+    body = dict(call.body)
+    if "server_name" not in body and "server_name" in call.request.query_params:
+        body["server_name"] = call.request.query_params["server_name"]
+    req = models.validate_body(models.ServerNameRequest, body)
+    with state.db.read() as conn:
+        return server_service.server_config(conn, _uid(call), req.server_name, state.settings)
+
+
+def _marketplace(state: AppState, call: Call) -> Response:
+    with state.db.read() as conn:
+        listing = state.market.listing(conn)
+        if call.user_id is None:
+            if "gzip" in call.request.headers.get("accept-encoding", ""):
+                return Response(
+                    listing.anonymous_gzip,
+                    media_type="application/json",
+                    headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"},
+                )
+            return Response(listing.anonymous, media_type="application/json")
+        mine = _own_server_ids(conn, call.user_id)
+    return Response(state.market.body_for(listing, mine), media_type="application/json")
+
+
+def _own_server_ids(conn: Connection, user_id: int) -> list[int]:
+    return [
+        int(i)
+        for i in conn.execute(
+            select(servers.c.id)
+            .where(servers.c.owner_id == user_id, servers.c.removed_at.is_(None))
+            .order_by(servers.c.id)
+        ).scalars()
+    ]
+
+
+def _my_orders(state: AppState, call: Call) -> dict[str, Any]:
+    completed = _bool_query(call.request, "return_completed")
+    with state.db.read() as conn:
+        return order_service.my_orders(conn, _uid(call), completed, state.settings)
+
+
+def _spot_marketplace(state: AppState, call: Call) -> dict[str, Any]:
+    raw = call.request.query_params.get("market", call.body.get("market"))
+    if isinstance(raw, bool) or raw is None:
+        raise InvalidInput("market: a server id is required")
+    try:
+        server_id = int(str(raw))
+    except ValueError:
+        raise InvalidInput("market: must be a server id (integer)") from None
+    if not 0 <= server_id < 2**31:
+        return {"exists": False}
+    with state.db.read() as conn:
+        return server_service.spot_marketplace(conn, server_id, call.user_id, state.settings)
+
+
+def _set_server_settings(state: AppState, call: Call) -> dict[str, Any]:
+    req = models.validate_body(models.SetServerSettingsRequest, call.body)
+    state.db_write(
+        lambda conn: server_service.set_server_settings(
+            conn, _uid(call), req, state.settings, call.now
+        )
+    )
+    return {}
+
+
+def _set_spot_price(state: AppState, call: Call) -> dict[str, Any]:
+    req = models.validate_body(models.SetSpotPriceRequest, call.body)
+    desired = to_units(req.desired_price)
+    if desired <= 0:
+        raise InvalidInput("desired_price: must be positive")
+    state.db_write(
+        lambda conn: order_service.set_spot_price(
+            conn, _uid(call), req.order_id, desired, state.settings, call.now
+        )
+    )
+    return {}
+
+
+def _cancel_order(state: AppState, call: Call) -> dict[str, Any]:
+    req = models.validate_body(models.CancelOrderRequest, call.body)
+    state.db_write(
+        lambda conn: order_service.cancel_order(conn, _uid(call), req.id, req.issue, call.now)
+    )
+    return {}
+
+
+def _create_order(state: AppState, call: Call) -> dict[str, Any]:
+    req = models.validate_body(models.CreateOrderRequest, call.body)
+
+    def run(conn: Connection) -> dict[str, Any]:
+        order_id = order_service.create_order(conn, _uid(call), req, state.settings, call.now)
+        return {"order_id": order_id, "order": order_service.order_detail(conn, order_id, state.settings)}
+
+    result: dict[str, Any] = state.db_write(run)
+    return result
+
+
+def _add_server(state: AppState, call: Call) -> dict[str, Any]:
+    req = models.validate_body(models.AddServerRequest, call.body)
+    server_id, token = state.db_write(
+        lambda conn: server_service.add_server(conn, _uid(call), req.name, call.now, state.settings)
+    )
+    return {"id": server_id, "init_token": token}
+
+
+def _sandbox_advance(state: AppState, call: Call) -> dict[str, Any]:
+    req = models.validate_body(models.SandboxAdvanceRequest, call.body)
+
+    def move(conn: Connection) -> None:
+        set_meta(conn, CLOCK_OFFSET_KEY, get_meta(conn, CLOCK_OFFSET_KEY) + req.seconds)
+
+    state.db_write(move)
+    now = state.now()
+    tick(state.db, now, state.settings.agent_timeout)
+    return {"now": now}
+
+
+def _sandbox_deposit(state: AppState, call: Call) -> dict[str, Any]:
+    req = models.validate_body(models.SandboxDepositRequest, call.body)
+    amount = to_units(req.amount)
+    state.db_write(
+        lambda conn: wallet_service.deposit(
+            conn, _uid(call), req.currency, amount, state.settings, call.now
+        )
+    )
+    return {}
+
+
+def _uid(call: Call) -> int:
+    assert call.user_id is not None
+    return call.user_id
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    handler: Handler
+    auth: bool = True  # False: token optional
+    extra_interval: str | None = None  # name of an extra per-endpoint rate limit setting
+    sandbox: bool = False
+
+
+V1_ENDPOINTS = [
+    Endpoint("wallets", _wallets),
+    Endpoint("my_servers", _my_servers),
+    Endpoint("server_config", _server_config),
+    Endpoint("marketplace", _marketplace, auth=False),
+    Endpoint("my_orders", _my_orders),
+    Endpoint("spot_marketplace", _spot_marketplace, auth=False),
+    Endpoint("set_server_settings", _set_server_settings),
+    Endpoint("set_spot_price", _set_spot_price),
+    Endpoint("cancel_order", _cancel_order),
+    Endpoint("create_order", _create_order, extra_interval="create_order_interval"),
+    Endpoint("add_server", _add_server),
+]
+
+SANDBOX_ENDPOINTS = [
+    Endpoint("advance_time", _sandbox_advance, sandbox=True),
+    Endpoint("deposit", _sandbox_deposit, sandbox=True),
+]
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+def _client_key(request: Request, token: str | None) -> str:
+    if token:
+        return "t:" + hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+    host = request.client.host if request.client else "unknown"
+    return "a:" + host
+
+
+def _rate_headers(decision_reset: float, remaining: int) -> dict[str, str]:
+    return {
+        "RateLimit-Limit": "1",
+        "RateLimit-Remaining": str(remaining),
+        "RateLimit-Reset": str(max(0, round(decision_reset))),
+    }
+
+
+def create_app(
+    settings: Settings, db: Database | None = None, clock: Clock | None = None
+) -> FastAPI:
+    """Build the application. ``db`` and ``clock`` are injectable for tests and the sandbox."""
+    database = db or Database(settings.database_url)
+    if clock is None:
+        clock = SandboxClock(database.engine) if settings.sandbox_enabled else SystemClock()
+    state = AppState(settings, database, clock)
+    app = FastAPI(
+        title="openclore",
+        version="1.0",
+        description=(
+            "A self-hostable GPU-rental marketplace speaking the Clore.ai API v1. Every response "
+            'carries `code` (0 OK, 1 internal, 2 invalid input, 3 invalid token, 4 invalid '
+            "endpoint, 5 rate limit, 6 named error in `error`). Authenticate with the `auth` header."
+        ),
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.openclore = state
+
+    async def run_endpoint(ep: Endpoint, request: Request) -> Response:
+        mode = settings.http_status
+        headers: dict[str, str] = {}
+        try:
+            if ep.sandbox and not settings.sandbox_enabled:
+                raise InvalidEndpoint("sandbox mode is off (start with --demo or OPENCLORE_SANDBOX=1)")
+            token = request.headers.get("auth")
+            headers = await run_in_threadpool(_check_rate, ep, request, token)
+            raw = await request.body()
+            body = parse_object(raw) if raw.strip() else {}
+            result = await run_in_threadpool(_dispatch, ep, request, token, body)
+            if isinstance(result, Response):
+                result.headers.update(headers)
+                return result
+            result["code"] = 0
+            return _json(result, headers)
+        except CloreError as exc:
+            response = error_response(exc, mode)
+        except Exception:  # never a traceback on the wire
+            log.exception("internal error on %s", ep.name)
+            response = error_response(InternalError("internal error"), mode)
+        response.headers.update(headers)
+        return response
+
+    def _check_rate(ep: Endpoint, request: Request, token: str | None) -> dict[str, str]:
+        interval = settings.rate_limit_interval
+        if interval <= 0:
+            return {}
+        key = _client_key(request, token)
+        wall = time.time()  # rate limits follow the wall clock, even in a time-travelling sandbox
+        decision = state.limiter.hit(key, interval, wall)
+        if not decision.allowed:
+            raise RateLimited(decision.retry_after)
+        extra = getattr(settings, ep.extra_interval) if ep.extra_interval else 0
+        if extra > 0:
+            second = state.limiter.hit(f"{key}:{ep.name}", extra, wall)
+            if not second.allowed:
+                raise RateLimited(second.retry_after)
+        return _rate_headers(decision.reset, 0)
+
+    def _dispatch(ep: Endpoint, request: Request, token: str | None, body: dict[str, Any]) -> Any:
+        user_id = None
+        if token:
+            with database.read() as conn:
+                user_id = authenticate(conn, token)
+        if user_id is None and (ep.auth or token):
+            raise InvalidToken("invalid api token")
+        return ep.handler(state, Call(request, body, user_id, state.now()))
+
+    def register(prefix: str, ep: Endpoint) -> None:
+        async def endpoint(request: Request) -> Response:
+            return await run_endpoint(ep, request)
+
+        endpoint.__name__ = ep.name
+        app.add_api_route(
+            f"{prefix}/{ep.name}",
+            endpoint,
+            methods=["GET", "POST"],
+            name=ep.name,
+            include_in_schema=False,
+        )
+
+    for ep in V1_ENDPOINTS:
+        register("/v1", ep)
+    for ep in SANDBOX_ENDPOINTS:
+        register("/sandbox", ep)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code in (404, 405):
+            return error_response(InvalidEndpoint("invalid endpoint"), settings.http_status)
+        return error_response(InvalidInput(str(exc.detail)), settings.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
+        return error_response(InvalidInput("invalid request"), settings.http_status)
+
+    install_openapi(app, V1_ENDPOINTS, SANDBOX_ENDPOINTS)
+    inner = app.build_middleware_stack
+
+    def build() -> ASGIApp:
+        return BodyLimit(inner(), settings.max_body_bytes)
+
+    app.build_middleware_stack = build  # type: ignore[method-assign]
+    return app

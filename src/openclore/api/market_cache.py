@@ -1,0 +1,102 @@
+"""The marketplace listing, serialized once per market version and served as bytes.
+
+Per-request serialization of a 10,000-server listing is the whole cost of the endpoint, so each
+process keeps the serialized ``servers`` array (and a gzipped anonymous body) keyed by the
+``market_version`` counter that every listing-changing transaction bumps. A request costs one
+indexed read of that counter, plus the caller's own server ids when authenticated.
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, select
+
+from openclore.config import Settings
+from openclore.engine.billing import MARKET_VERSION
+from openclore.market.servers import price_map, prices_of
+from openclore.store.db import get_meta
+from openclore.store.schema import orders, servers
+
+
+@dataclass(frozen=True)
+class Listing:
+    version: int
+    servers_json: bytes  # b'[{...},...]'
+    anonymous: bytes  # full body without a caller
+    anonymous_gzip: bytes
+
+
+def build_servers(conn: Connection, settings: Settings) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        select(servers)
+        .where(
+            servers.c.removed_at.is_(None),
+            servers.c.visibility == "public",
+            servers.c.online.is_(True),
+        )
+        .order_by(servers.c.id)
+    ).all()
+    prices = prices_of(conn, (r.id for r in rows))
+    rented = set(
+        conn.execute(
+            select(orders.c.server_id).where(orders.c.expired.is_(False), orders.c.spot.is_(False))
+        ).scalars()
+    )
+    out = []
+    for r in rows:
+        on_demand = price_map(prices[r.id], 0, settings.currencies, all_coins=False)
+        spot = price_map(prices[r.id], 1, settings.currencies, all_coins=False)
+        if not on_demand and not spot:
+            continue  # nothing to rent it with
+        out.append(
+            {
+                "id": r.id,
+                "owner": r.owner_id,
+                "mrl": r.mrl_hours,
+                "price": {"on_demand": on_demand, "spot": spot},
+                "rented": r.id in rented,
+                "specs": r.specs,
+                "allowed_coins": [c for c in settings.currencies if c in on_demand or c in spot],
+                "gpu_array": list(r.gpu_array or []),
+                "reliability": r.reliability,
+                "rating": {"avg": r.rating_avg, "cnt": r.rating_cnt},
+            }
+        )
+    return out
+
+
+class MarketCache:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._listing: Listing | None = None
+        self._lock = threading.Lock()
+
+    def listing(self, conn: Connection) -> Listing:
+        version = get_meta(conn, MARKET_VERSION)
+        cached = self._listing
+        if cached is not None and cached.version == version:
+            return cached
+        with self._lock:
+            cached = self._listing
+            if cached is not None and cached.version == version:
+                return cached
+            servers_json = orjson.dumps(build_servers(conn, self._settings))
+            anonymous = b'{"servers":' + servers_json + b',"my_servers":[],"code":0}'
+            cached = Listing(version, servers_json, anonymous, gzip.compress(anonymous, 6))
+            self._listing = cached
+            return cached
+
+    @staticmethod
+    def body_for(listing: Listing, my_servers: list[int]) -> bytes:
+        return (
+            b'{"servers":'
+            + listing.servers_json
+            + b',"my_servers":'
+            + orjson.dumps(my_servers)
+            + b',"code":0}'
+        )

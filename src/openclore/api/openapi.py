@@ -1,0 +1,131 @@
+"""OpenAPI: every endpoint with its real request and response shapes and the error envelope.
+
+Handlers read raw bodies (lenient JSON, exact decimals), so the document is assembled here from
+the same pydantic models the handlers validate with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from openclore.api import models
+
+if TYPE_CHECKING:
+    from openclore.api.app import Endpoint
+
+REQUESTS: dict[str, type[BaseModel]] = {
+    "server_config": models.ServerNameRequest,
+    "set_server_settings": models.SetServerSettingsRequest,
+    "set_spot_price": models.SetSpotPriceRequest,
+    "cancel_order": models.CancelOrderRequest,
+    "create_order": models.CreateOrderRequest,
+    "add_server": models.AddServerRequest,
+    "advance_time": models.SandboxAdvanceRequest,
+    "deposit": models.SandboxDepositRequest,
+}
+RESPONSES: dict[str, type[BaseModel]] = {
+    "wallets": models.WalletsResponse,
+    "my_servers": models.MyServersResponse,
+    "server_config": models.ServerConfigResponse,
+    "marketplace": models.MarketplaceResponse,
+    "my_orders": models.MyOrdersResponse,
+    "spot_marketplace": models.SpotMarketplaceResponse,
+    "create_order": models.CreateOrderResponse,
+    "add_server": models.AddServerResponse,
+}
+SUMMARIES = {
+    "wallets": "Wallets and balances",
+    "my_servers": "Servers you offer on the market",
+    "server_config": "Configuration of one of your servers (GET with a JSON body, or ?server_name=)",
+    "marketplace": "Public servers on the market (token optional)",
+    "my_orders": "Your orders (?return_completed=true adds ended ones)",
+    "spot_marketplace": "The spot order book of one server (?market=SERVER_ID)",
+    "set_server_settings": "Change availability, mrl (hours) and prices of your server",
+    "set_spot_price": "Raise or lower your spot bid (lowering: once per 600 s, one step)",
+    "cancel_order": "End an order or spot offer, optionally reporting an issue",
+    "create_order": "Rent a server on demand or bid for it on the spot market (1 per 5 s)",
+    "add_server": "openclore extension: add a server and get its 48-character init_token",
+    "advance_time": "Sandbox: move the market clock forward (billing and expiry apply)",
+    "deposit": "Sandbox: credit your own wallet",
+}
+QUERY = {
+    "my_orders": [("return_completed", {"type": "boolean"})],
+    "spot_marketplace": [("market", {"type": "integer"})],
+    "server_config": [("server_name", {"type": "string"})],
+}
+
+
+def install_openapi(
+    app: FastAPI, v1: Sequence[Endpoint], sandbox: Sequence[Endpoint]
+) -> None:
+    def build() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=[])
+        all_models: list[type[BaseModel]] = [
+            *REQUESTS.values(),
+            *RESPONSES.values(),
+            models.ErrorEnvelope,
+            models.Envelope,
+        ]
+        _, top = models_json_schema(
+            [(m, "validation" if m in REQUESTS.values() else "serialization") for m in all_models],
+            ref_template="#/components/schemas/{model}",
+        )
+        components = schema.setdefault("components", {})
+        components["schemas"] = top.get("$defs", {})
+        components["securitySchemes"] = {
+            "auth": {"type": "apiKey", "in": "header", "name": "auth"}
+        }
+        paths: dict[str, Any] = {}
+        for prefix, endpoints in (("/v1", v1), ("/sandbox", sandbox)):
+            for ep in endpoints:
+                paths[f"{prefix}/{ep.name}"] = _path(ep)
+        schema["paths"] = paths
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = build  # type: ignore[method-assign]
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _path(ep: Endpoint) -> dict[str, Any]:
+    ok = RESPONSES.get(ep.name, models.Envelope)
+    error = {"application/json": {"schema": _ref(models.ErrorEnvelope)}}
+    op: dict[str, Any] = {
+        "summary": SUMMARIES.get(ep.name, ep.name),
+        "operationId": ep.name,
+        "tags": ["sandbox" if ep.sandbox else "v1"],
+        "responses": {
+            "200": {
+                "description": "code 0 with the result, or codes 2/3/4/6 (Clore HTTP mode)",
+                "content": {
+                    "application/json": {"schema": {"oneOf": [_ref(ok), _ref(models.ErrorEnvelope)]}}
+                },
+            },
+            "429": {"description": "code 5: over the rate limit (Retry-After)", "content": error},
+            "500": {"description": "code 1: internal error", "content": error},
+        },
+        "parameters": [
+            {"name": name, "in": "query", "required": False, "schema": schema}
+            for name, schema in QUERY.get(ep.name, [])
+        ],
+    }
+    op["security"] = [{"auth": []}] if ep.auth else [{"auth": []}, {}]
+    request = REQUESTS.get(ep.name)
+    if request is not None:
+        op["requestBody"] = {
+            "required": ep.name != "server_config",
+            "content": {"application/json": {"schema": _ref(request)}},
+        }
+        return {"post": op, "get": {**op, "operationId": ep.name + "_get"}}
+    return {"get": op, "post": {**op, "operationId": ep.name + "_post"}}

@@ -1,0 +1,248 @@
+"""The ``openclore`` command: serve the market and administer it."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from openclore.config import Settings
+
+app = typer.Typer(
+    help="openclore: a self-hostable GPU-rental marketplace speaking the Clore.ai API v1.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+admin_app = typer.Typer(help="Administer a market directly in its database.", no_args_is_help=True)
+user_app = typer.Typer(help="Users.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+server_app = typer.Typer(help="Hosts' servers.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
+app.add_typer(db_app, name="db")
+admin_app.add_typer(user_app, name="user")
+admin_app.add_typer(token_app, name="token")
+admin_app.add_typer(server_app, name="server")
+
+console = Console()
+err = Console(stderr=True)
+DEMO_DATABASE = "openclore-demo.sqlite"
+
+DatabaseOpt = Annotated[
+    str | None,
+    typer.Option("--database-url", envvar="OPENCLORE_DATABASE_URL", help="SQLAlchemy database URL"),
+]
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _settings(database_url: str | None = None, **overrides: Any) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if database_url:
+        values["database_url"] = database_url
+    try:
+        return Settings(**values)
+    except ValueError as exc:
+        fail(f"invalid settings: {exc}")
+        raise
+
+
+def _settings_help() -> str:
+    lines = ["Settings (environment variables; every one also reads from the environment):\n"]
+    for name, field in Settings.model_fields.items():
+        lines.append(f"OPENCLORE_{name.upper()}: {field.description} (default {field.default!r})")
+    return "\n\n".join(lines)
+
+
+@app.command(epilog=_settings_help())
+def serve(
+    host: Annotated[str | None, typer.Option(envvar="OPENCLORE_HOST", help="Bind address")] = None,
+    port: Annotated[int | None, typer.Option(envvar="OPENCLORE_PORT", help="Port")] = None,
+    workers: Annotated[
+        int | None, typer.Option(envvar="OPENCLORE_WORKERS", help="Worker processes")
+    ] = None,
+    database_url: DatabaseOpt = None,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo",
+            help=f"Serve the demo world: a fresh ./{DEMO_DATABASE} every start, unless "
+            "--database-url points at an existing database (seeded on first use).",
+        ),
+    ] = False,
+) -> None:
+    """Run the API server (migrates the database first)."""
+    import uvicorn
+
+    from openclore.market.demo import is_seeded, seed
+    from openclore.store.db import Database
+
+    if demo and not database_url:
+        for suffix in ("", "-wal", "-shm"):
+            Path(DEMO_DATABASE + suffix).unlink(missing_ok=True)
+        database_url = f"sqlite:///{DEMO_DATABASE}"
+    settings = _settings(database_url, host=host, port=port, workers=workers, demo=demo or None)
+    db = Database(settings.database_url)
+    try:
+        db.create_all()
+    except Exception as exc:
+        fail(f"cannot open database {settings.database_url}: {exc}")
+    if settings.demo:
+        with db.write() as conn:
+            world = None if is_seeded(conn) else seed(conn, settings, int(time.time()))
+        base = f"http://{settings.host}:{settings.port}"
+        if world is not None:
+            table = Table(title="openclore demo world", show_lines=False)
+            table.add_column("user")
+            table.add_column("API token (header 'auth')")
+            for who, token in world.tokens.items():
+                table.add_row(who, token)
+            console.print(table)
+        console.print(
+            f"Try: curl -H 'auth: b8qwqRAL5W7YDyDJeB4XANVvKndbrrPk' {base}/v1/wallets\n"
+            f"API docs: {base}/docs",
+            highlight=False,
+        )
+    db.dispose()
+    # Workers rebuild the settings from the environment.
+    os.environ["OPENCLORE_DATABASE_URL"] = settings.database_url
+    os.environ["OPENCLORE_DEMO"] = "1" if settings.demo else "0"
+    uvicorn.run(
+        "openclore.api.server:app_factory",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level="info",
+        proxy_headers=False,
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade(database_url: DatabaseOpt = None) -> None:
+    """Apply all migrations."""
+    from openclore.store.db import Database
+
+    settings = _settings(database_url)
+    Database(settings.database_url).create_all()
+    console.print("database is up to date")
+
+
+def _with_db(database_url: str | None) -> tuple[Settings, Any]:
+    from openclore.ledger import ensure_system_accounts
+    from openclore.store.db import Database
+
+    settings = _settings(database_url)
+    db = Database(settings.database_url)
+    db.create_all()
+    with db.write() as conn:
+        ensure_system_accounts(conn, settings.currencies)
+    return settings, db
+
+
+@user_app.command("add")
+def user_add(name: str, database_url: DatabaseOpt = None) -> None:
+    """Create a user and print a first API token."""
+    from sqlalchemy.exc import IntegrityError
+
+    from openclore.market.accounts import create_user, issue_token
+
+    settings, db = _with_db(database_url)
+    now = int(time.time())
+    try:
+        with db.write() as conn:
+            user_id = create_user(conn, name, now, settings)
+            token = issue_token(conn, user_id, now)
+    except IntegrityError:
+        fail(f"a user named {name!r} exists already")
+    console.print(f"user {user_id} {name}\ntoken {token}", highlight=False)
+
+
+@token_app.command("issue")
+def token_issue(user: str, database_url: DatabaseOpt = None) -> None:
+    """Issue another API token for USER (id or name)."""
+    from openclore.market.accounts import UnknownUser, find_user, issue_token
+
+    _, db = _with_db(database_url)
+    try:
+        with db.write() as conn:
+            token = issue_token(conn, find_user(conn, user), int(time.time()))
+    except UnknownUser as exc:
+        fail(str(exc))
+    console.print(token, highlight=False)
+
+
+@token_app.command("revoke")
+def token_revoke(token: str, database_url: DatabaseOpt = None) -> None:
+    """Revoke an API token."""
+    from openclore.market.accounts import revoke_token
+
+    _, db = _with_db(database_url)
+    with db.write() as conn:
+        done = revoke_token(conn, token, int(time.time()))
+    if not done:
+        fail("no such live token")
+    console.print("revoked")
+
+
+@admin_app.command("deposit")
+def admin_deposit(
+    user: str, currency: str, amount: str, database_url: DatabaseOpt = None
+) -> None:
+    """Credit AMOUNT whole coins of CURRENCY to USER's wallet."""
+    from openclore.domain.errors import MarketError
+    from openclore.domain.money import AmountError, coins_str, to_units
+    from openclore.market.accounts import UnknownUser, find_user
+    from openclore.market.wallets import deposit
+
+    settings, db = _with_db(database_url)
+    try:
+        units = to_units(Decimal(amount))
+    except (InvalidOperation, AmountError):
+        fail(f"not an amount: {amount!r}")
+    if units <= 0:
+        fail("the amount must be positive")
+    try:
+        with db.write() as conn:
+            deposit(conn, find_user(conn, user), currency, units, settings, int(time.time()))
+    except UnknownUser as exc:
+        fail(str(exc))
+    except MarketError as exc:
+        fail(f"{exc.name} (currencies: {', '.join(settings.currencies)})")
+    console.print(f"deposited {coins_str(units)} {currency}", highlight=False)
+
+
+@server_app.command("add")
+def server_add(user: str, name: str, database_url: DatabaseOpt = None) -> None:
+    """Add a server for USER and print its 48-character init_token."""
+    from openclore.domain.errors import CloreError
+    from openclore.market.accounts import UnknownUser, find_user
+    from openclore.market.servers import add_server
+
+    settings, db = _with_db(database_url)
+    try:
+        with db.write() as conn:
+            _, token = add_server(conn, find_user(conn, user), name, int(time.time()), settings)
+    except UnknownUser as exc:
+        fail(str(exc))
+    except CloreError as exc:
+        fail(exc.message)
+    console.print(token, highlight=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,113 @@
+"""The one settings object. Every value can be set with an ``OPENCLORE_<NAME>`` variable."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CURRENCIES = ["bitcoin", "CLORE-Blockchain", "USD-Blockchain"]
+
+
+class Settings(BaseSettings):
+    """openclore settings (``OPENCLORE_*`` environment variables or CLI options)."""
+
+    model_config = SettingsConfigDict(env_prefix="OPENCLORE_", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///openclore.sqlite",
+        description="SQLAlchemy URL: sqlite:///path.sqlite (embedded) or postgresql://user@host/db",
+    )
+    host: str = Field("127.0.0.1", description="Address the API server binds to")
+    port: int = Field(8000, description="Port the API server listens on")
+    workers: int = Field(1, ge=1, description="Number of API worker processes")
+    demo: bool = Field(False, description="Seed and serve the demo world (implies sandbox)")
+    sandbox: bool = Field(False, description="Enable the /sandbox/ time-travel extension endpoints")
+
+    currencies: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_CURRENCIES), description="Wallet currencies"
+    )
+    default_currency: str = Field(
+        "bitcoin", description="Currency of the plain on_demand/spot keys in set_server_settings"
+    )
+    withdrawal_fee: dict[str, Decimal] = Field(
+        default_factory=lambda: {
+            "bitcoin": Decimal("0.0001"),
+            "CLORE-Blockchain": Decimal("1"),
+            "USD-Blockchain": Decimal("1"),
+        },
+        description="Withdrawal fee shown in wallets, per currency (whole coins)",
+    )
+    fee_on_demand: Decimal = Field(Decimal("5"), description="Platform fee on on-demand spend, %")
+    fee_spot: Decimal = Field(Decimal("2.5"), description="Platform fee on spot spend, %")
+    creation_fee_on_demand: dict[str, Decimal] = Field(
+        default_factory=lambda: {
+            "bitcoin": Decimal("0.0000003"),
+            "CLORE-Blockchain": Decimal("0.5"),
+            "USD-Blockchain": Decimal("0.01"),
+        },
+        description="One-off fee charged when an on-demand order is created, per currency",
+    )
+    creation_fee_spot: dict[str, Decimal] = Field(
+        default_factory=lambda: {
+            "bitcoin": Decimal("0.0000001"),
+            "CLORE-Blockchain": Decimal("0.2"),
+            "USD-Blockchain": Decimal("0.005"),
+        },
+        description="One-off fee charged when a spot order is created, per currency",
+    )
+    runway_seconds: int = Field(
+        3600, ge=0, description="create_order needs creation fee + this many seconds of the price"
+    )
+    max_servers_per_user: int = Field(16, ge=0, description="'limit' in my_servers")
+    max_active_orders: int = Field(13, ge=0, description="'limit' in my_orders")
+    max_server_mrl_hours: int = Field(8760, ge=1, description="Largest server mrl (hours)")
+    spot_lowering_interval: int = Field(
+        600, ge=0, description="Seconds between two lowerings of one spot bid"
+    )
+
+    rate_limit_interval: float = Field(
+        1.0, ge=0, description="Seconds between requests per API token; 0 switches limits off"
+    )
+    create_order_interval: float = Field(
+        5.0, ge=0, description="Seconds between create_order calls per API token; 0 = off"
+    )
+    rate_limit_tolerance: float = Field(
+        0.1, ge=0, description="Jitter tolerated on the intervals above (seconds)"
+    )
+    http_status: Literal["clore", "rest"] = Field(
+        "clore", description="'clore': HTTP 200 for codes 2/3/4/6; 'rest': 4xx mapping"
+    )
+    max_body_bytes: int = Field(65536, ge=1024, description="Largest request body accepted")
+
+    tick_interval: float = Field(
+        5.0, ge=0, description="Seconds between engine ticks (billing, expiry); 0 = no ticker"
+    )
+    agent_timeout: int = Field(
+        60, ge=1, description="Seconds without a heartbeat before a server goes offline"
+    )
+    public_hostnames: list[str] = Field(
+        default_factory=list,
+        description="pub_cluster for servers whose agent reports no public hostname",
+    )
+    proxy_cluster: int = Field(1, description="'p' (proxy cluster id) shown in my_orders")
+    address_secret: str = Field(
+        "openclore-deposit-addresses",
+        description="Secret mixed into generated deposit addresses (set it per installation)",
+    )
+
+    @field_validator("currencies")
+    @classmethod
+    def _currencies_not_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one currency is required")
+        return value
+
+    @property
+    def sandbox_enabled(self) -> bool:
+        return self.sandbox or self.demo
+
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

@@ -1,0 +1,1 @@
+"""Time acting on the market: billing, expiry, spot re-resolution, host liveness."""

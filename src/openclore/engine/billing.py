@@ -1,0 +1,193 @@
+"""Billing and the running state of orders, applied inside the caller's transaction.
+
+An order is *running* (and billed) when its server is online and it holds the server: the live
+on-demand order if there is one, else the highest live spot bid (ties: the earliest). Every change
+that may move that (a bid, a new or ended order, a server going offline or online) calls
+:func:`resolve_server` in the same transaction; every order that stops running is settled first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from openclore.domain.money import affordable_seconds, fee_for, spend_for
+from openclore.ledger.ledger import account_key, balance, transfer
+from openclore.store.db import bump_meta
+from openclore.store.schema import accounts, orders, servers
+
+Row = Mapping[str, Any]
+MARKET_VERSION = "market_version"
+
+
+def _account(conn: Connection, key: str) -> int:
+    return int(conn.execute(select(accounts.c.id).where(accounts.c.key == key)).scalar_one())
+
+
+def settle(conn: Connection, order: Row, now: int) -> Row:
+    """Bill a running order up to ``now`` (or its end of life); end it when the renter cannot pay
+    or its time is up. Returns the order as it is afterwards. Idempotent for the same ``now``."""
+    if order["expired"]:
+        return order
+    end_of_life = order["ct"] + order["mrl"]
+    t_end = min(now, end_of_life)
+    values: dict[str, Any] = {}
+    ended_reason: str | None = None
+    if order["running"] and order["billed_at"] is not None and t_end > order["billed_at"]:
+        renter = _account(conn, account_key("wallet", order["currency"], order["user_id"]))
+        seconds = t_end - order["billed_at"]
+        active = order["active_seconds"] + seconds
+        new_spend = spend_for(order["price"], active)
+        available = balance(conn, renter)
+        if new_spend - order["spend"] > available:
+            seconds = affordable_seconds(
+                order["price"], order["active_seconds"], order["spend"], available
+            )
+            active = order["active_seconds"] + seconds
+            new_spend = spend_for(order["price"], active)
+            t_end = order["billed_at"] + seconds
+            ended_reason = "balance"
+        new_fee = fee_for(new_spend, order["fee_bp"])
+        _pay(conn, order, renter, new_spend, new_fee, now)
+        values.update(active_seconds=active, spend=new_spend, fee_paid=new_fee, billed_at=t_end)
+    if ended_reason is None and now >= end_of_life:
+        ended_reason = "expired"
+    if ended_reason is not None:
+        values.update(expired=True, running=False, ended_at=t_end, end_reason=ended_reason)
+    if not values:
+        return order
+    conn.execute(update(orders).where(orders.c.id == order["id"]).values(**values))
+    return {**order, **values}
+
+
+def _pay(conn: Connection, order: Row, renter: int, spend: int, fee: int, now: int) -> None:
+    """Book the difference between the new totals and what was already paid, exactly once:
+    each transfer's key carries the cumulative total it brings the order to."""
+    host = _host_wallet(conn, order)
+    platform = _account(conn, account_key("platform", order["currency"]))
+    host_total = spend - fee
+    oid = order["id"]
+    transfer(
+        conn,
+        key=f"order:{oid}:host:{host_total}",
+        debit=renter,
+        credit=host,
+        amount=host_total - (order["spend"] - order["fee_paid"]),
+        kind="spend",
+        now=now,
+        order_id=oid,
+    )
+    transfer(
+        conn,
+        key=f"order:{oid}:fee:{fee}",
+        debit=renter,
+        credit=platform,
+        amount=fee - order["fee_paid"],
+        kind="fee",
+        now=now,
+        order_id=oid,
+    )
+
+
+def _host_wallet(conn: Connection, order: Row) -> int:
+    owner = conn.execute(
+        select(servers.c.owner_id).where(servers.c.id == order["server_id"])
+    ).scalar_one()
+    return _account(conn, account_key("wallet", order["currency"], owner))
+
+
+def live_orders(conn: Connection, server_id: int, *, lock: bool = False) -> list[Row]:
+    query = (
+        select(orders)
+        .where(orders.c.server_id == server_id, orders.c.expired.is_(False))
+        .order_by(orders.c.id)
+    )
+    if lock:
+        query = query.with_for_update()
+    return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def choose_running(server_online: bool, live: list[Row]) -> int | None:
+    """Which live order holds the server: on-demand first, else the highest bid (ties: earliest)."""
+    if not server_online or not live:
+        return None
+    for order in live:
+        if not order["spot"]:
+            return int(order["id"])
+    best = max(live, key=lambda o: (o["price"], -o["id"]))
+    return int(best["id"])
+
+
+def resolve_server(conn: Connection, server_id: int, now: int) -> None:
+    """Settle and end what is due on one server up to ``now``, then make the right order run.
+
+    Time is replayed in order: when the running order ran out (its mrl, or its renter's balance)
+    before ``now``, the next winner starts at that moment, not at ``now``, so a clock jump bills
+    exactly as if the time had passed second by second. The caller holds the server row lock
+    (:func:`lock_server`), so this is the only transaction changing this server's orders.
+    """
+    online = bool(
+        conn.execute(select(servers.c.online).where(servers.c.id == server_id)).scalar_one()
+    )
+    changed = False
+    while True:
+        start = now
+        live: list[Row] = []
+        for order in live_orders(conn, server_id, lock=True):
+            was_running = order["running"]
+            order = settle(conn, order, now)
+            if order["expired"]:
+                changed = True
+                if was_running and order["ended_at"] is not None:
+                    start = min(start, order["ended_at"])
+            else:
+                live.append(order)
+        candidates = [o for o in live if o["ct"] + o["mrl"] > start]
+        winner = choose_running(online, candidates)
+        for order in live:
+            should_run = order["id"] == winner
+            if should_run and not order["running"]:
+                conn.execute(
+                    update(orders)
+                    .where(orders.c.id == order["id"])
+                    .values(running=True, billed_at=max(start, order["ct"]))
+                )
+                changed = True
+            elif not should_run and order["running"]:
+                conn.execute(
+                    update(orders)
+                    .where(orders.c.id == order["id"])
+                    .values(running=False, billed_at=None)
+                )
+                changed = True
+        if winner is None or start >= now:
+            break
+    if changed:
+        bump_meta(conn, MARKET_VERSION)
+
+
+def lock_server(conn: Connection, server_id: int) -> Row | None:
+    """Take the server's row lock: every change to a server's orders goes through it."""
+    row = conn.execute(
+        select(servers).where(servers.c.id == server_id).with_for_update()
+    ).first()
+    return None if row is None else dict(row._mapping)
+
+
+def end_order(conn: Connection, order_id: int, now: int, reason: str) -> bool:
+    """Settle an order to ``now`` and end it (cancel, server removed…); caller holds the lock.
+    Returns False when the order had already ended (or ended on its own while settling)."""
+    row = conn.execute(select(orders).where(orders.c.id == order_id).with_for_update()).first()
+    if row is None or row.expired:
+        return False
+    order = settle(conn, dict(row._mapping), now)
+    if order["expired"]:
+        return False
+    conn.execute(
+        update(orders)
+        .where(orders.c.id == order_id)
+        .values(expired=True, running=False, ended_at=now, end_reason=reason)
+    )
+    return True

@@ -1,0 +1,62 @@
+"""The one source of "now". Tests and the sandbox move time without sleeping."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Protocol
+
+from sqlalchemy import Engine, text
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Current unix time in seconds."""
+        ...
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+
+class ManualClock:
+    """A clock that only moves when told to (tests)."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += seconds
+
+    def set(self, value: float) -> None:
+        with self._lock:
+            self._now = value
+
+
+CLOCK_OFFSET_KEY = "sandbox_clock_offset"
+
+
+class SandboxClock:
+    """System time plus an offset kept in the database, so every API process and replica of a
+    sandbox sees the same travelled time. ``/sandbox/advance_time`` moves the offset."""
+
+    def __init__(self, engine: Engine, base: Clock | None = None) -> None:
+        self._engine = engine
+        self._base = base or SystemClock()
+
+    def offset(self) -> int:
+        with self._engine.connect() as conn:
+            value = conn.execute(
+                text("SELECT value FROM meta WHERE key = :k"), {"k": CLOCK_OFFSET_KEY}
+            ).scalar()
+        return int(value or 0)
+
+    def now(self) -> float:
+        return self._base.now() + self.offset()

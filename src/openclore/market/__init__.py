@@ -1,0 +1,1 @@
+"""Market use cases. Each function runs inside the caller's single transaction."""

@@ -1,0 +1,87 @@
+"""Users and API tokens. Tokens are stored as SHA-256 hashes and compared in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import string
+
+from sqlalchemy import Connection, insert, or_, select, update
+
+from openclore.config import Settings
+from openclore.ledger import ensure_wallet
+from openclore.store.schema import api_tokens, users
+
+TOKEN_ALPHABET = string.ascii_letters + string.digits
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def new_token(length: int = 32) -> str:
+    return "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(length))
+
+
+class UnknownUser(LookupError):
+    pass
+
+
+def create_user(conn: Connection, name: str, now: int, settings: Settings) -> int:
+    user_id = int(
+        conn.execute(insert(users).values(name=name, created_at=now)).inserted_primary_key[0]
+    )
+    for currency in settings.currencies:
+        ensure_wallet(conn, user_id, currency, settings.address_secret)
+    return user_id
+
+
+def find_user(conn: Connection, ref: str | int) -> int:
+    """A user by id or by name."""
+    query = select(users.c.id)
+    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+        query = query.where(or_(users.c.id == int(ref), users.c.name == str(ref)))
+    else:
+        query = query.where(users.c.name == ref)
+    found = conn.execute(query.order_by(users.c.id)).scalar()
+    if found is None:
+        raise UnknownUser(f"no user {ref!r}")
+    return int(found)
+
+
+def issue_token(conn: Connection, user_id: int, now: int, token: str | None = None) -> str:
+    token = token or new_token()
+    conn.execute(
+        insert(api_tokens).values(
+            user_id=user_id, token_hash=hash_token(token), prefix=token[:8], created_at=now
+        )
+    )
+    return token
+
+
+def revoke_token(conn: Connection, token: str, now: int) -> bool:
+    """Revoke a token given in full. Returns False if no live token matched."""
+    return (
+        conn.execute(
+            update(api_tokens)
+            .where(api_tokens.c.token_hash == hash_token(token), api_tokens.c.revoked_at.is_(None))
+            .values(revoked_at=now)
+        ).rowcount
+        == 1
+    )
+
+
+def authenticate(conn: Connection, token: str) -> int | None:
+    """The user a live token belongs to, or None."""
+    if not token or len(token) > 256:
+        return None
+    digest = hash_token(token)
+    row = conn.execute(
+        select(api_tokens.c.user_id, api_tokens.c.token_hash).where(
+            api_tokens.c.token_hash == digest, api_tokens.c.revoked_at.is_(None)
+        )
+    ).first()
+    if row is None or not hmac.compare_digest(row.token_hash, digest):
+        return None
+    return int(row.user_id)

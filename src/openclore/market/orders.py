@@ -1,0 +1,269 @@
+"""Orders and spot offers: create, cancel, re-price, list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select, update
+
+from openclore.api.models import CreateOrderRequest
+from openclore.config import Settings
+from openclore.domain.errors import MarketError
+from openclore.domain.money import (
+    SECONDS_PER_DAY,
+    bp_to_percent,
+    percent_to_bp,
+    to_coins,
+    to_units,
+)
+from openclore.engine.billing import MARKET_VERSION, Row, end_order, lock_server, resolve_server
+from openclore.ledger.ledger import account_key, system_account_id, transfer, wallet_id
+from openclore.market.servers import prices_of
+from openclore.store.db import bump_meta
+from openclore.store.schema import accounts, orders, servers
+
+MAX_ISSUE_LENGTH = 2048
+
+
+def create_order(
+    conn: Connection, user_id: int, req: CreateOrderRequest, settings: Settings, now: int
+) -> int:
+    server = lock_server(conn, req.renting_server)
+    if server is None or server["removed_at"] is not None:
+        raise MarketError("server-dont-exist")
+    if server["owner_id"] == user_id:
+        raise MarketError("cant_rent_from_yourself")
+    if server["visibility"] != "public":
+        raise MarketError("server-dont-exist")
+    if not server["online"]:
+        raise MarketError("server-offline")
+    if req.currency not in settings.currencies:
+        raise MarketError("currency-not-allowed")
+    on_demand_price, min_spot = prices_of(conn, [server["id"]])[server["id"]].get(
+        req.currency, (0, 0)
+    )
+    live = conn.execute(
+        select(orders.c.user_id, orders.c.spot).where(
+            orders.c.server_id == server["id"], orders.c.expired.is_(False)
+        )
+    ).all()
+    if req.is_spot:
+        if min_spot <= 0:
+            raise MarketError("currency-not-allowed")
+        assert req.spotprice is not None
+        price = to_units(req.spotprice)
+        if price < min_spot:
+            raise MarketError("too_low_price", min_price=to_coins(min_spot))
+        if any(o.spot and o.user_id == user_id for o in live):
+            raise MarketError("you_already_have_spot_order")
+        fee_bp = percent_to_bp(settings.fee_spot)
+        creation_fee = to_units(settings.creation_fee_spot.get(req.currency, 0))
+    else:
+        if on_demand_price <= 0:
+            raise MarketError("currency-not-allowed")
+        price = on_demand_price
+        if req.required_price is not None and to_units(req.required_price) != price:
+            raise MarketError("price_changed", price=to_coins(price))
+        if any(not o.spot for o in live):
+            raise MarketError("server-already-rented")
+        fee_bp = percent_to_bp(settings.fee_on_demand)
+        creation_fee = to_units(settings.creation_fee_on_demand.get(req.currency, 0))
+    active_count = conn.execute(
+        select(func.count())
+        .select_from(orders)
+        .where(orders.c.user_id == user_id, orders.c.expired.is_(False))
+    ).scalar_one()
+    if active_count >= settings.max_active_orders:
+        raise MarketError("order_limit_reached", limit=settings.max_active_orders)
+    wallet = wallet_id(conn, user_id, req.currency)
+    funds = (
+        0
+        if wallet is None
+        else conn.execute(
+            select(accounts.c.balance).where(accounts.c.id == wallet).with_for_update()
+        ).scalar_one()
+    )
+    runway = price * settings.runway_seconds // SECONDS_PER_DAY
+    if wallet is None or funds < creation_fee + runway:
+        raise MarketError("not_enough_balance")
+
+    order_id = int(
+        conn.execute(
+            insert(orders).values(
+                user_id=user_id,
+                server_id=server["id"],
+                spot=req.is_spot,
+                currency=req.currency,
+                price=price,
+                fee_bp=fee_bp,
+                creation_fee=creation_fee,
+                mrl=server["mrl_hours"] * 3600,
+                ct=now,
+                image=req.image,
+                command=req.command or "",
+                env=req.env or {},
+                ports=req.ports or {},
+                jupyter_token=req.jupyter_token,
+                ssh_key=req.ssh_key,
+                ssh_password=req.ssh_password,
+                autossh_entrypoint=bool(req.autossh_entrypoint),
+                running=False,
+                expired=False,
+                active_seconds=0,
+                spend=0,
+                fee_paid=0,
+                tcp_ports=[],
+            )
+        ).inserted_primary_key[0]
+    )
+    transfer(
+        conn,
+        key=f"order:{order_id}:creation_fee",
+        debit=wallet,
+        credit=system_account_id(conn, "platform", req.currency),
+        amount=creation_fee,
+        kind="creation_fee",
+        now=now,
+        order_id=order_id,
+    )
+    if server["simulated"]:
+        _simulate_connection(conn, order_id, server, req, settings)
+    resolve_server(conn, server["id"], now)
+    bump_meta(conn, MARKET_VERSION)
+    return order_id
+
+
+def _simulate_connection(
+    conn: Connection, order_id: int, server: Row, req: CreateOrderRequest, settings: Settings
+) -> None:
+    """Demo servers have no agent: publish ports the way an agent would (deterministic)."""
+    ports = req.ports or {}
+    base = 10000 + (order_id * 8) % 50000
+    tcp = [f"{p}:{base + i}" for i, (p, proto) in enumerate(sorted(ports.items())) if proto == "tcp"]
+    http = next((p for p, proto in ports.items() if proto == "http"), None)
+    conn.execute(
+        update(orders)
+        .where(orders.c.id == order_id)
+        .values(
+            tcp_ports=tcp,
+            http_port=http,
+            pub_cluster=server["pub_cluster"] or settings.public_hostnames or ["localhost"],
+            runtime_state="running",
+        )
+    )
+
+
+def _own_order(conn: Connection, user_id: int, order_id: int, foreign_error: str) -> Row:
+    row = conn.execute(select(orders).where(orders.c.id == order_id)).first()
+    if row is None:
+        raise MarketError("order_dont_exist")
+    if row.user_id != user_id:
+        raise MarketError(foreign_error)
+    return dict(row._mapping)
+
+
+def cancel_order(
+    conn: Connection, user_id: int, order_id: int, issue: str | None, now: int
+) -> None:
+    if issue is not None and len(issue) > MAX_ISSUE_LENGTH:
+        raise MarketError("issue_description_too_long")
+    order = _own_order(conn, user_id, order_id, "you_dont_own_this_order")
+    lock_server(conn, order["server_id"])
+    if not end_order(conn, order_id, now, "cancelled"):
+        raise MarketError("order_not_active")
+    if issue:
+        conn.execute(update(orders).where(orders.c.id == order_id).values(issue=issue))
+    resolve_server(conn, order["server_id"], now)
+    bump_meta(conn, MARKET_VERSION)
+
+
+def set_spot_price(
+    conn: Connection, user_id: int, order_id: int, desired: int, settings: Settings, now: int
+) -> None:
+    order = _own_order(conn, user_id, order_id, "order_dont_exist")
+    if not order["spot"]:
+        raise MarketError("order_dont_exist")
+    lock_server(conn, order["server_id"])
+    order = dict(
+        conn.execute(select(orders).where(orders.c.id == order_id).with_for_update()).one()._mapping
+    )
+    if order["expired"]:
+        raise MarketError("order_dont_exist")
+    current = order["price"]
+    values: dict[str, Any] = {"price": desired}
+    if desired < current:
+        min_spot = (
+            prices_of(conn, [order["server_id"]])[order["server_id"]]
+            .get(order["currency"], (0, 0))[1]
+        )
+        last = order["last_lowered_at"]
+        interval = settings.spot_lowering_interval
+        if last is not None and now - last < interval:
+            raise MarketError("can_lower_every_600_seconds", time_to_lowering=interval - (now - last))
+        if desired < min_spot:
+            raise MarketError("amount_too_low", min_price=to_coins(min_spot))
+        lowest = max(current - max(min_spot, 1), min_spot)
+        if desired < lowest:
+            raise MarketError("exceeded_max_step", max_step=to_coins(lowest))
+        values["last_lowered_at"] = now
+    if desired != current:
+        # bill the time at the old price before the new one applies
+        resolve_server(conn, order["server_id"], now)
+        conn.execute(update(orders).where(orders.c.id == order_id).values(**values))
+        resolve_server(conn, order["server_id"], now)
+
+
+def order_view(row: Row, server: Row | None, settings: Settings) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": row["id"],
+        "fee": bp_to_percent(row["fee_bp"]),
+        "creation_fee": to_coins(row["creation_fee"]),
+        "price": to_coins(row["price"]),
+        "mrl": row["mrl"],
+        "image": row["image"],
+        "currency": row["currency"],
+        "spend": to_coins(row["spend"]),
+        "ct": row["ct"],
+        "p": settings.proxy_cluster,
+        "specs": server["specs"] if server else None,
+        "si": row["server_id"],
+    }
+    if row["pub_cluster"]:
+        out["pub_cluster"] = list(row["pub_cluster"])
+    out["tcp_ports"] = list(row["tcp_ports"] or [])
+    if row["http_port"]:
+        out["http_port"] = row["http_port"]
+    if row["spot"]:
+        out["spot"] = True
+    if row["expired"]:
+        out["expired"] = True
+    out["running"] = row["running"]
+    if row["runtime_state"]:
+        out["state"] = row["runtime_state"]
+    if row["runtime_error"]:
+        out["error"] = row["runtime_error"]
+    return out
+
+
+def my_orders(
+    conn: Connection, user_id: int, return_completed: bool, settings: Settings
+) -> dict[str, Any]:
+    query = select(orders).where(orders.c.user_id == user_id).order_by(orders.c.id.desc())
+    if not return_completed:
+        query = query.where(orders.c.expired.is_(False))
+    rows = [dict(r._mapping) for r in conn.execute(query)]
+    server_ids = {r["server_id"] for r in rows}
+    server_rows = {
+        s.id: dict(s._mapping)
+        for s in conn.execute(select(servers).where(servers.c.id.in_(server_ids)))
+    } if server_ids else {}
+    return {
+        "orders": [order_view(r, server_rows.get(r["server_id"]), settings) for r in rows],
+        "limit": settings.max_active_orders,
+    }
+
+
+def order_detail(conn: Connection, order_id: int, settings: Settings) -> dict[str, Any]:
+    row = dict(conn.execute(select(orders).where(orders.c.id == order_id)).one()._mapping)
+    server = conn.execute(select(servers).where(servers.c.id == row["server_id"])).first()
+    return order_view(row, None if server is None else dict(server._mapping), settings)

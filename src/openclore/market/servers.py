@@ -1,0 +1,262 @@
+"""Hosts' servers: creation, settings, and the views my_servers, server_config, spot_marketplace."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select, update
+
+from openclore.api.models import SetServerSettingsRequest
+from openclore.config import Settings
+from openclore.domain.errors import InvalidInput, MarketError
+from openclore.domain.money import to_coins, to_units
+from openclore.engine.billing import MARKET_VERSION, Row, lock_server, resolve_server
+from openclore.market.accounts import TOKEN_ALPHABET
+from openclore.store.db import bump_meta
+from openclore.store.schema import orders, server_prices, servers
+
+INIT_TOKEN_LENGTH = 48
+
+
+def new_init_token() -> str:
+    return "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(INIT_TOKEN_LENGTH))
+
+
+def add_server(
+    conn: Connection,
+    owner_id: int,
+    name: str,
+    now: int,
+    settings: Settings,
+    *,
+    init_token: str | None = None,
+) -> tuple[int, str]:
+    """A new, not yet connected, hidden server. Returns ``(id, init_token)``."""
+    name = name.strip()
+    if not name or len(name) > 128:
+        raise InvalidInput("name: 1 to 128 characters")
+    count = conn.execute(
+        select(func.count())
+        .select_from(servers)
+        .where(servers.c.owner_id == owner_id, servers.c.removed_at.is_(None))
+    ).scalar_one()
+    if count >= settings.max_servers_per_user:
+        raise MarketError("server_limit_reached", limit=settings.max_servers_per_user)
+    if _find_by_name(conn, owner_id, name) is not None:
+        raise MarketError("server_name_taken")
+    token = init_token or new_init_token()
+    server_id = conn.execute(
+        insert(servers).values(
+            owner_id=owner_id,
+            name=name,
+            init_token=token,
+            connected=False,
+            online=False,
+            simulated=False,
+            visibility="hidden",
+            mrl_hours=min(72, settings.max_server_mrl_hours),
+            reliability=1.0,
+            rating_avg=0.0,
+            rating_cnt=0,
+            bg_command="",
+            bg_times_updated=0,
+            created_at=now,
+        )
+    ).inserted_primary_key[0]
+    return int(server_id), token
+
+
+def _find_by_name(conn: Connection, owner_id: int, name: str) -> Row | None:
+    row = conn.execute(
+        select(servers).where(
+            servers.c.owner_id == owner_id,
+            servers.c.name == name,
+            servers.c.removed_at.is_(None),
+        )
+    ).first()
+    return None if row is None else dict(row._mapping)
+
+
+def prices_of(conn: Connection, server_ids: Iterable[int]) -> dict[int, dict[str, tuple[int, int]]]:
+    """``{server_id: {currency: (on_demand, spot)}}`` in units."""
+    ids = list(server_ids)
+    out: dict[int, dict[str, tuple[int, int]]] = {i: {} for i in ids}
+    if not ids:
+        return out
+    for r in conn.execute(select(server_prices).where(server_prices.c.server_id.in_(ids))):
+        out[r.server_id][r.currency] = (r.on_demand, r.spot)
+    return out
+
+
+def price_map(
+    prices: dict[str, tuple[int, int]], which: int, currencies: list[str], *, all_coins: bool
+) -> dict[str, float]:
+    """One side (0 on-demand, 1 spot) as ``{coin: price}``; zeros only when ``all_coins``."""
+    out: dict[str, float] = {}
+    for currency in currencies:
+        units = prices.get(currency, (0, 0))[which]
+        if units or all_coins:
+            out[currency] = to_coins(units)
+    return out
+
+
+def rental_status(conn: Connection, server_id: int) -> int:
+    """0 not rented, 1 rented on spot, 2 rented on demand (by the order running now)."""
+    row = conn.execute(
+        select(orders.c.spot).where(
+            orders.c.server_id == server_id,
+            orders.c.expired.is_(False),
+            orders.c.running.is_(True),
+        )
+    ).first()
+    if row is None:
+        return 0
+    return 1 if row.spot else 2
+
+
+def my_servers(conn: Connection, user_id: int, settings: Settings) -> dict[str, Any]:
+    rows = conn.execute(
+        select(servers)
+        .where(servers.c.owner_id == user_id, servers.c.removed_at.is_(None))
+        .order_by(servers.c.id)
+    ).all()
+    prices = prices_of(conn, (r.id for r in rows))
+    out = []
+    for r in rows:
+        item: dict[str, Any] = {
+            "id": r.id,
+            "name": r.name,
+            "connected": r.connected,
+            "visibility": r.visibility,
+            "pricing": price_map(prices[r.id], 0, settings.currencies, all_coins=True),
+            "online": r.online,
+            "min_spot_pricing": price_map(prices[r.id], 1, settings.currencies, all_coins=True),
+        }
+        if not r.connected:
+            item["init_token"] = r.init_token
+        if r.specs:
+            item["specs"] = r.specs
+        out.append(item)
+    return {"servers": out, "limit": settings.max_servers_per_user}
+
+
+def server_config(conn: Connection, user_id: int, name: str, settings: Settings) -> dict[str, Any]:
+    row = _find_by_name(conn, user_id, name)
+    if row is None:
+        raise MarketError("server_dont_exist")
+    prices = prices_of(conn, [row["id"]])[row["id"]]
+    bg_env = row["bg_env"] if row["bg_env"] is not None else []
+    return {
+        "config": {
+            "name": row["name"],
+            "connected": row["connected"],
+            "visibility": row["visibility"],
+            "pricing": price_map(prices, 0, settings.currencies, all_coins=True),
+            "spot_pricing": price_map(prices, 1, settings.currencies, all_coins=True),
+            "mrl": row["mrl_hours"],
+            "online": row["online"],
+            "initialized": row["connected"],
+            "id": row["id"],
+            "rental_status": rental_status(conn, row["id"]),
+            "specs": row["specs"],
+            "background_job": {
+                "times_updated": row["bg_times_updated"],
+                "image": row["bg_image"],
+                "command": row["bg_command"],
+                "env": bg_env,
+            },
+        },
+        "creation_completed": True,
+    }
+
+
+def set_server_settings(
+    conn: Connection, user_id: int, req: SetServerSettingsRequest, settings: Settings, now: int
+) -> None:
+    found = _find_by_name(conn, user_id, req.name)
+    if found is None:
+        raise MarketError("server_dont_exist")
+    per_currency: dict[str, dict[str, Decimal]] = req.per_currency(settings.currencies)
+    default = per_currency.setdefault(settings.default_currency, {})
+    if req.on_demand is not None:
+        default.setdefault("on_demand", req.on_demand)
+    if req.spot is not None:
+        default.setdefault("spot", req.spot)
+    values: dict[str, Any] = {}
+    if req.mrl is not None:
+        if req.mrl > settings.max_server_mrl_hours:
+            raise InvalidInput(f"mrl: at most {settings.max_server_mrl_hours} hours")
+        values["mrl_hours"] = req.mrl
+    if req.visibility is not None:
+        values["visibility"] = req.visibility
+    if req.availability is not None:
+        values["visibility"] = "public" if req.availability else "hidden"
+    if not values and not any(per_currency.values()):
+        raise InvalidInput("nothing to change: send availability, mrl, on_demand or spot")
+    lock_server(conn, found["id"])
+    if values:
+        conn.execute(update(servers).where(servers.c.id == found["id"]).values(**values))
+    current = prices_of(conn, [found["id"]])[found["id"]]
+    for currency, change in per_currency.items():
+        if not change:
+            continue
+        on_demand, spot = current.get(currency, (0, 0))
+        if "on_demand" in change:
+            on_demand = to_units(change["on_demand"])
+        if "spot" in change:
+            spot = to_units(change["spot"])
+        if currency in current:
+            conn.execute(
+                update(server_prices)
+                .where(
+                    server_prices.c.server_id == found["id"],
+                    server_prices.c.currency == currency,
+                )
+                .values(on_demand=on_demand, spot=spot)
+            )
+        else:
+            conn.execute(
+                insert(server_prices).values(
+                    server_id=found["id"], currency=currency, on_demand=on_demand, spot=spot
+                )
+            )
+    resolve_server(conn, found["id"], now)
+    bump_meta(conn, MARKET_VERSION)
+
+
+def spot_marketplace(conn: Connection, server_id: int, user_id: int | None, settings: Settings) -> dict[str, Any]:
+    row = conn.execute(
+        select(servers).where(servers.c.id == server_id, servers.c.removed_at.is_(None))
+    ).first()
+    if row is None or (row.visibility != "public" and row.owner_id != user_id):
+        return {"exists": False}
+    live = conn.execute(
+        select(orders)
+        .where(orders.c.server_id == server_id, orders.c.spot.is_(True), orders.c.expired.is_(False))
+        .order_by(orders.c.price.desc(), orders.c.id)
+    ).all()
+    prices = prices_of(conn, [server_id])[server_id]
+    return {
+        "market": {
+            "offers": [
+                {
+                    "offer_id": o.id,
+                    "bid": to_coins(o.price),
+                    "active": o.running,
+                    "my": o.user_id == user_id,
+                    "currency": o.currency,
+                }
+                for o in live
+            ],
+            "server": {
+                "min_pricing": price_map(prices, 1, settings.currencies, all_coins=False),
+                "mrl": row.mrl_hours * 3600,
+                "visibility": row.visibility,
+                "online": row.online,
+            },
+        },
+        "exists": True,
+    }

@@ -1,0 +1,68 @@
+"""Wallets: balances and deposits."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from openclore.config import Settings
+from openclore.domain.errors import MarketError
+from openclore.domain.money import to_coins, to_units
+from openclore.ledger.ledger import ensure_wallet, system_account_id, transfer
+from openclore.store.schema import accounts
+
+
+def wallets(conn: Connection, user_id: int, settings: Settings) -> dict[str, Any]:
+    rows = {
+        r.currency: r
+        for r in conn.execute(
+            select(accounts).where(accounts.c.user_id == user_id, accounts.c.kind == "wallet")
+        )
+    }
+    out = []
+    for currency in settings.currencies:
+        row = rows.get(currency)
+        if row is None:
+            continue
+        out.append(
+            {
+                "name": currency,
+                "deposit": row.deposit_address,
+                "balance": to_coins(row.balance),
+                "withdrawal_fee": to_coins(to_units(settings.withdrawal_fee.get(currency, 0))),
+            }
+        )
+    return {"wallets": out}
+
+
+def deposit(
+    conn: Connection,
+    user_id: int,
+    currency: str,
+    amount: int,
+    settings: Settings,
+    now: int,
+    *,
+    key: str | None = None,
+) -> None:
+    """Credit a wallet from the outside world (the external account of that currency).
+
+    ``key`` makes a deposit idempotent (e.g. a blockchain transaction id); without it every call
+    is a new deposit.
+    """
+    if currency not in settings.currencies:
+        raise MarketError("currency-not-allowed")
+    if amount <= 0:
+        raise MarketError("amount_too_low")
+    wallet = ensure_wallet(conn, user_id, currency, settings.address_secret)
+    transfer(
+        conn,
+        key=f"deposit:{key or secrets.token_hex(12)}",
+        debit=system_account_id(conn, "external", currency),
+        credit=wallet,
+        amount=amount,
+        kind="deposit",
+        now=now,
+    )

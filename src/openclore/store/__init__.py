@@ -1,0 +1,1 @@
+"""Persistence: schema, migrations and the engine factory for SQLite and PostgreSQL."""

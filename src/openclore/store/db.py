@@ -1,0 +1,118 @@
+"""Engine factory and transaction helpers for both backends.
+
+Each use case runs in one transaction: ``db.write()`` for changes, ``db.read()`` for queries.
+On SQLite a write transaction starts with ``BEGIN IMMEDIATE`` so writers queue on the database
+lock (with a busy timeout) instead of failing to upgrade a read lock; on PostgreSQL use cases take
+row locks (``SELECT … FOR UPDATE``) on the rows they change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, insert, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+from openclore.store.schema import meta, metadata
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def normalize_url(url: str) -> str:
+    """Accept plain ``postgresql://`` URLs and route them to psycopg 3."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+    url = normalize_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            poolclass=NullPool if database in ("", ":memory:") else None,
+        )
+        _setup_sqlite(engine)
+        return engine
+    return create_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True)
+
+
+def _setup_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("sqlite_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class Database:
+    """One database: an engine plus the transaction helpers every use case goes through."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = normalize_url(url)
+        self.engine = make_engine(self.url, pool_size=pool_size)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self.is_postgres = self.engine.dialect.name == "postgresql"
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction: committed on success, rolled back on any exception."""
+        with self.engine.connect() as conn:
+            if self.is_sqlite:
+                conn = conn.execution_options(sqlite_immediate=True)
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def create_all(self) -> None:
+        """Create the schema through the migrations (the one way a database gets its tables)."""
+        from openclore.store.migrate import upgrade
+
+        upgrade(self)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def get_meta(conn: Connection, key: str, default: int = 0) -> int:
+    value = conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar()
+    return default if value is None else int(value)
+
+
+def set_meta(conn: Connection, key: str, value: int) -> None:
+    if conn.execute(update(meta).where(meta.c.key == key).values(value=value)).rowcount == 0:
+        conn.execute(insert(meta).values(key=key, value=value))
+
+
+def bump_meta(conn: Connection, key: str) -> None:
+    """Increment a counter (e.g. the marketplace version) inside the caller's transaction."""
+    if conn.execute(update(meta).where(meta.c.key == key).values(value=meta.c.value + 1)).rowcount:
+        return
+    conn.execute(insert(meta).values(key=key, value=1))
+
+
+__all__ = ["Database", "bump_meta", "get_meta", "metadata", "set_meta"]

@@ -1,0 +1,40 @@
+"""Alembic migrations, run programmatically (``openclore db upgrade`` and on server start)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import text
+
+if TYPE_CHECKING:
+    from openclore.store.db import Database
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Several API processes or replicas may start at once: one migrates, the others wait for it.
+PG_MIGRATION_LOCK = 0x0C10E
+
+
+def alembic_config(db: Database) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", db.url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(db: Database, revision: str = "head") -> None:
+    cfg = alembic_config(db)
+    with db.engine.connect() as conn:
+        if db.is_postgres:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": PG_MIGRATION_LOCK})
+            conn.commit()
+        try:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+            conn.commit()
+        finally:
+            if db.is_postgres:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_MIGRATION_LOCK})
+                conn.commit()

@@ -1,0 +1,207 @@
+"""The database schema (SQLAlchemy Core). Amounts are BIGINT nano-coins, times unix seconds."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False, index=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(8), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger, nullable=True),
+)
+
+servers = Table(
+    "servers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("owner_id", Integer, ForeignKey("users.id"), nullable=False, index=True),
+    Column("name", String(128), nullable=False),
+    Column("init_token", String(48), nullable=False, unique=True),
+    Column("agent_token_hash", String(64), nullable=True, unique=True),
+    Column("connected", Boolean, nullable=False, default=False),
+    Column("online", Boolean, nullable=False, default=False),
+    Column("last_seen", BigInteger, nullable=True),
+    Column("simulated", Boolean, nullable=False, default=False),
+    Column("visibility", String(16), nullable=False, default="hidden"),
+    Column("mrl_hours", Integer, nullable=False, default=72),
+    Column("specs", JSON, nullable=True),
+    Column("gpu_array", JSON, nullable=True),
+    Column("pub_cluster", JSON, nullable=True),
+    Column("reliability", Double, nullable=False, default=1.0),
+    Column("rating_avg", Double, nullable=False, default=0.0),
+    Column("rating_cnt", Integer, nullable=False, default=0),
+    Column("bg_image", String(512), nullable=True),
+    Column("bg_command", Text, nullable=False, default=""),
+    Column("bg_env", JSON, nullable=True),
+    Column("bg_times_updated", Integer, nullable=False, default=0),
+    Column("created_at", BigInteger, nullable=False),
+    Column("removed_at", BigInteger, nullable=True),
+    CheckConstraint("visibility IN ('public', 'hidden')", name="visibility"),
+    CheckConstraint("mrl_hours > 0", name="mrl_positive"),
+)
+Index(
+    "uq_servers_owner_name_live",
+    servers.c.owner_id,
+    servers.c.name,
+    unique=True,
+    sqlite_where=servers.c.removed_at.is_(None),
+    postgresql_where=servers.c.removed_at.is_(None),
+)
+
+server_prices = Table(
+    "server_prices",
+    metadata,
+    Column("server_id", Integer, ForeignKey("servers.id"), primary_key=True),
+    Column("currency", String(32), primary_key=True),
+    Column("on_demand", BigInteger, nullable=False, default=0),
+    Column("spot", BigInteger, nullable=False, default=0),
+    CheckConstraint("on_demand >= 0 AND spot >= 0", name="prices_not_negative"),
+)
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False, index=True),
+    Column("server_id", Integer, ForeignKey("servers.id"), nullable=False, index=True),
+    Column("spot", Boolean, nullable=False),
+    Column("currency", String(32), nullable=False),
+    Column("price", BigInteger, nullable=False),  # per day; the bid for spot orders
+    Column("fee_bp", Integer, nullable=False),
+    Column("creation_fee", BigInteger, nullable=False),
+    Column("mrl", Integer, nullable=False),  # seconds
+    Column("ct", BigInteger, nullable=False),
+    Column("image", String(512), nullable=False),
+    Column("command", Text, nullable=False, default=""),
+    Column("env", JSON, nullable=False),
+    Column("ports", JSON, nullable=False),
+    Column("jupyter_token", String(32), nullable=True),
+    Column("ssh_key", Text, nullable=True),
+    Column("ssh_password", String(32), nullable=True),
+    Column("autossh_entrypoint", Boolean, nullable=False, default=False),
+    # running state: an order bills while ``running``; on-demand orders run from creation
+    Column("running", Boolean, nullable=False, default=False),
+    Column("expired", Boolean, nullable=False, default=False),
+    Column("ended_at", BigInteger, nullable=True),
+    Column("end_reason", String(32), nullable=True),
+    Column("issue", Text, nullable=True),
+    # billing state: spend = floor(price × active_seconds / 86400) whatever the settle cadence
+    Column("active_seconds", BigInteger, nullable=False, default=0),
+    Column("billed_at", BigInteger, nullable=True),  # start of the unbilled running interval
+    Column("spend", BigInteger, nullable=False, default=0),
+    Column("fee_paid", BigInteger, nullable=False, default=0),
+    Column("last_lowered_at", BigInteger, nullable=True),
+    # connection details reported by the host agent
+    Column("tcp_ports", JSON, nullable=False),
+    Column("pub_cluster", JSON, nullable=True),
+    Column("http_port", String(8), nullable=True),
+    Column("runtime_state", String(32), nullable=True),
+    Column("runtime_error", Text, nullable=True),
+    CheckConstraint("price > 0", name="price_positive"),
+    CheckConstraint("spend >= 0 AND fee_paid >= 0 AND fee_paid <= spend", name="spend_sane"),
+)
+# The database itself guarantees one live on-demand order per server and one live bid per user
+# and server, whatever the isolation level or the number of API processes.
+Index(
+    "uq_orders_on_demand_live",
+    orders.c.server_id,
+    unique=True,
+    sqlite_where=text("NOT spot AND NOT expired"),
+    postgresql_where=text("NOT spot AND NOT expired"),
+)
+Index(
+    "uq_orders_spot_live",
+    orders.c.server_id,
+    orders.c.user_id,
+    unique=True,
+    sqlite_where=text("spot AND NOT expired"),
+    postgresql_where=text("spot AND NOT expired"),
+)
+Index(
+    "ix_orders_live",
+    orders.c.expired,
+    orders.c.running,
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key", String(96), nullable=False, unique=True),
+    Column("kind", String(16), nullable=False),  # wallet | platform | external
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=True, index=True),
+    Column("currency", String(32), nullable=False),
+    Column("balance", BigInteger, nullable=False, default=0),
+    Column("deposit_address", String(128), nullable=True, unique=True),
+    CheckConstraint("kind IN ('wallet', 'platform', 'external')", name="kind"),
+    # the external account is the world outside (deposits in, withdrawals out): its balance is
+    # the negative of all the money inside; every other balance is never negative.
+    CheckConstraint("kind = 'external' OR balance >= 0", name="balance_not_negative"),
+)
+
+transfers = Table(
+    "transfers",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("key", String(128), nullable=False, unique=True),  # idempotency: applied exactly once
+    Column("debit_account_id", Integer, ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("credit_account_id", Integer, ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("order_id", Integer, nullable=True, index=True),
+    Column("created_at", BigInteger, nullable=False),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint("debit_account_id <> credit_account_id", name="distinct_accounts"),
+)
+
+rate_limits = Table(
+    "rate_limits",
+    metadata,
+    Column("key", String(128), primary_key=True),
+    Column("tat", Double, nullable=False),  # GCRA theoretical arrival time (unix seconds)
+)
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
