@@ -15,6 +15,7 @@ from sqlalchemy import Connection, select, update
 
 from openclore.domain.money import affordable_seconds, fee_for, spend_for
 from openclore.ledger.ledger import account_key, balance, transfer
+from openclore.engine.events import notify_server
 from openclore.store.db import bump_meta
 from openclore.store.schema import accounts, orders, servers
 
@@ -166,6 +167,7 @@ def resolve_server(conn: Connection, server_id: int, now: int) -> None:
             break
     if changed:
         bump_meta(conn, MARKET_VERSION)
+        notify_server(conn, server_id)
 
 
 def lock_server(conn: Connection, server_id: int) -> Row | None:
