@@ -150,13 +150,10 @@ class BodyLimit:
                     raise _BodyTooLarge
             return message
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
-            await self._refuse(send)
+        await self.app(scope, limited_receive, send)
 
     async def _refuse(self, send: Send) -> None:
-        body = dumps({"error": f"request body larger than {self.max_bytes} bytes", "code": 2})
+        body = _too_large(self.max_bytes).body
         await send(
             {
                 "type": "http.response.start",
@@ -171,7 +168,12 @@ class BodyLimit:
 
 
 class _BodyTooLarge(Exception):
-    pass
+    """Raised by BodyLimit's receive while a chunked body grows past the limit."""
+
+
+def _too_large(max_bytes: int) -> Response:
+    body = dumps({"error": f"request body larger than {max_bytes} bytes", "code": 2})
+    return Response(body, status_code=413, media_type="application/json")
 
 
 def _json(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
@@ -422,6 +424,8 @@ def create_app(
             return _json(result, headers)
         except CloreError as exc:
             response = error_response(exc, mode)
+        except _BodyTooLarge:
+            return _too_large(settings.max_body_bytes)
         except Exception:  # never a traceback on the wire
             log.exception("internal error on %s", ep.name)
             response = error_response(InternalError("internal error"), mode)
