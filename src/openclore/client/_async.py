@@ -1,0 +1,292 @@
+"""The asynchronous client: the same API as :class:`Client`, awaitable."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+import httpx
+
+from openclore.client import _calls as calls
+from openclore.client._base import BaseClient
+from openclore.client._calls import Amount, Call, OrderType
+from openclore.client._errors import CloreError, OrderLookupFailed, RateLimited
+from openclore.client._models import (
+    AddedServer,
+    Marketplace,
+    MyServer,
+    Order,
+    ServerConfig,
+    SpotMarketplace,
+    Wallet,
+)
+from openclore.client._pacing import Pacer
+
+T = TypeVar("T")
+
+
+class AsyncClient(BaseClient):
+    """The asyncio twin of :class:`Client`. Safe to share between tasks (and threads).
+
+    ``api_key`` defaults to ``$OPENCLORE_API_KEY``, ``base_url`` to ``$OPENCLORE_URL`` or
+    ``https://api.clore.ai``. Calls are paced to the API's limits (``interval`` between any two
+    calls, ``create_order_interval`` between two orders); ``rate_limit=False`` switches pacing off.
+    ``transport`` or ``http_client`` replace the HTTP layer (tests, proxies, custom TLS).
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float = 30.0,
+        rate_limit: bool = True,
+        interval: float = 1.0,
+        create_order_interval: float = 5.0,
+        pacer: Pacer | None = None,
+        max_retries: int = 3,
+        retry_rate_limited: bool = True,
+        lookup_attempts: int = 3,
+        extra_headers: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        super().__init__(
+            api_key,
+            base_url=base_url,
+            timeout=timeout,
+            rate_limit=rate_limit,
+            interval=interval,
+            create_order_interval=create_order_interval,
+            pacer=pacer,
+            max_retries=max_retries,
+            retry_rate_limited=retry_rate_limited,
+            lookup_attempts=lookup_attempts,
+            extra_headers=extra_headers,
+        )
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.AsyncClient(timeout=timeout, transport=transport)
+        self.sandbox = AsyncSandbox(self)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ transport
+
+    async def request(
+        self,
+        method: Literal["GET", "POST"],
+        path: str,
+        body: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+        *,
+        idempotent: bool | None = None,
+    ) -> dict[str, Any]:
+        """Any endpoint, raw: the decoded body (numbers with a fraction as Decimal).
+
+        ``path`` is ``/v1/<endpoint>``. Transport errors are retried only when ``idempotent``
+        (default: for GET).
+        """
+        safe = method == "GET" if idempotent is None else idempotent
+        call: Call[dict[str, Any]] = Call(method, path, dict, body, params, idempotent=safe)
+        return await self._run(call)
+
+    async def _run(self, call: Call[T]) -> T:
+        return call.parse(await self._execute(call))
+
+    async def _execute(self, call: Call[Any]) -> dict[str, Any]:
+        url = self._url(call)
+        content = calls.encode(call)
+        request_headers = self._request_headers(content is not None)
+        attempt = 0
+        while True:
+            delay = self.pacer.reserve(call.create_order)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                response = await self._http.request(
+                    call.method, url, content=content, params=call.params, headers=request_headers
+                )
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                error = calls.connection_error(exc, url)
+                if self.retry.transport(call, error, attempt):
+                    attempt += 1
+                    await asyncio.sleep(calls.backoff(attempt))
+                    continue
+                raise error from exc
+            try:
+                return calls.decode(response)
+            except RateLimited as exc:
+                if not self.retry.rate_limited(attempt):
+                    raise
+                attempt += 1
+                self.pacer.hold(self._rate_wait(exc), call.create_order)
+            except CloreError as exc:
+                if not self.retry.failed(call, exc, attempt):
+                    raise
+                attempt += 1
+                await asyncio.sleep(calls.backoff(attempt))
+
+    # ------------------------------------------------------------------ Clore API v1
+
+    async def wallets(self) -> list[Wallet]:
+        """Your wallets: balance, deposit address, withdrawal fee per currency."""
+        return await self._run(calls.wallets())
+
+    async def my_servers(self) -> list[MyServer]:
+        """The servers you host."""
+        return await self._run(calls.my_servers())
+
+    async def server_config(self, server_name: str) -> ServerConfig:
+        """One of your servers by name (mrl in hours)."""
+        return await self._run(calls.server_config(server_name))
+
+    async def marketplace(self) -> Marketplace:
+        """Every public, available, online server (rented ones too, ``rented=True``)."""
+        return await self._run(calls.marketplace())
+
+    async def my_orders(self, return_completed: bool = False) -> list[Order]:
+        """Your orders and spot offers; ``return_completed`` adds ended ones."""
+        return await self._run(calls.my_orders(return_completed))
+
+    async def spot_marketplace(self, server_id: int) -> SpotMarketplace:
+        """The spot order book of one server."""
+        return await self._run(calls.spot_marketplace(server_id))
+
+    async def set_server_settings(
+        self,
+        name: str,
+        *,
+        availability: bool | None = None,
+        mrl: int | None = None,
+        on_demand: Amount | None = None,
+        spot: Amount | None = None,
+        currency: str | None = None,
+        visibility: Literal["public", "hidden"] | None = None,
+    ) -> None:
+        """Change your server's settings: prices per day, ``mrl`` in hours. Only what is given
+        changes. With ``currency`` the prices go to that currency (``<currency>_on_demand``)."""
+        await self._run(
+            calls.set_server_settings(
+                name,
+                availability=availability,
+                mrl=mrl,
+                on_demand=on_demand,
+                spot=spot,
+                currency=currency,
+                visibility=visibility,
+            )
+        )
+
+    async def set_spot_price(self, order_id: int, price: Amount) -> None:
+        """Change your spot bid (per day). Raising: any time. Lowering: once per 600 s
+        (:class:`CanLowerEvery600Seconds`) and by one step (:class:`ExceededMaxStep`)."""
+        await self._run(calls.set_spot_price(order_id, price))
+
+    async def cancel_order(self, order_id: int, issue: str | None = None) -> None:
+        """End an order or spot offer; ``issue`` (≤ 2048 chars) reports a problem."""
+        await self._run(calls.cancel_order(order_id, issue))
+
+    async def create_order(
+        self,
+        server_id: int,
+        image: str,
+        *,
+        type: OrderType = "on-demand",
+        currency: str = "bitcoin",
+        spot_price: Amount | None = None,
+        ports: Mapping[int | str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+        jupyter_token: str | None = None,
+        ssh_key: str | None = None,
+        ssh_password: str | None = None,
+        command: str | None = None,
+        required_price: Amount | None = None,
+        autossh_entrypoint: bool | None = None,
+    ) -> Order:
+        """Rent ``server_id`` (on-demand, or a spot bid of ``spot_price`` per day) and return the
+        new order. ``ports`` maps container ports to ``"tcp"``/``"http"``.
+
+        openclore answers with the order; a server that answers ``{"code":0}`` alone (Clore.ai)
+        gets a *best-effort* lookup in ``my_orders`` by server, type and creation time, which
+        raises :class:`OrderLookupFailed` when nothing matches. create_order is never re-sent
+        after it may have reached the server.
+        """
+        call = calls.create_order(
+            server_id,
+            image,
+            type=type,
+            currency=currency,
+            spot_price=spot_price,
+            ports=ports,
+            env=env,
+            jupyter_token=jupyter_token,
+            ssh_key=ssh_key,
+            ssh_password=ssh_password,
+            command=command,
+            required_price=required_price,
+            autossh_entrypoint=autossh_entrypoint,
+        )
+        started = time.time()
+        result = await self._run(call)
+        if result.order is not None:
+            return result.order
+        for _ in range(self.lookup_attempts):
+            orders = await self.my_orders(return_completed=result.order_id is not None)
+            if result.order_id is not None:
+                found = next((o for o in orders if o.id == result.order_id), None)
+            else:
+                found = calls.pick_new_order(
+                    orders,
+                    server_id=server_id,
+                    spot=type == "spot",
+                    started=started,
+                    image=image,
+                    currency=currency,
+                )
+            if found is not None:
+                return found
+        raise OrderLookupFailed(
+            f"the order on server {server_id} was created, but my_orders does not show it "
+            f"(order_id={result.order_id})",
+            response=result.model_dump(),
+        )
+
+    # ------------------------------------------------------------------ openclore extensions
+
+    async def add_server(self, name: str) -> AddedServer:
+        """openclore: add a server to host; its agent registers with ``init_token``."""
+        return await self._run(calls.add_server(name))
+
+
+class AsyncSandbox:
+    """openclore sandbox extensions (``serve --demo`` or ``OPENCLORE_SANDBOX=1``); elsewhere
+    they raise :class:`InvalidEndpoint`."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def advance_time(self, seconds: int) -> int:
+        """Move the market's clock forward; returns the market's new time (unix seconds)."""
+        return await self._client._run(calls.sandbox_advance_time(seconds))
+
+    async def deposit(self, currency: str, amount: Amount) -> None:
+        """Credit ``amount`` whole coins of ``currency`` to your wallet."""
+        await self._client._run(calls.sandbox_deposit(currency, amount))

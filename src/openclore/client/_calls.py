@@ -1,0 +1,356 @@
+"""What both clients share: one description per endpoint, response decoding, retry rules."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, Generic, Literal, TypeVar
+
+import httpx
+
+from openclore.client import _json
+from openclore.client._errors import (
+    CloreConnectionError,
+    CloreError,
+    InternalError,
+    UnexpectedResponse,
+    error_for,
+)
+from openclore.client._models import (
+    AddedServer,
+    CreateOrderResponse,
+    Marketplace,
+    MarketplaceResponse,
+    MyOrdersResponse,
+    MyServer,
+    MyServersResponse,
+    Order,
+    ServerConfig,
+    ServerConfigResponse,
+    SpotMarketplace,
+    SpotMarketplaceResponse,
+    Wallet,
+    WalletsResponse,
+)
+
+T = TypeVar("T")
+
+DEFAULT_BASE_URL = "https://api.clore.ai"
+USER_AGENT = "openclore-sdk/0.1"
+Amount = Decimal | int | float | str
+"""A price or amount: pass a Decimal or a string for exactness; floats are taken by their repr."""
+OrderType = Literal["on-demand", "spot"]
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One request: where it goes, what it sends, how to read the answer, how safe a retry is."""
+
+    method: Literal["GET", "POST"]
+    path: str
+    parse: Callable[[dict[str, Any]], T]
+    body: dict[str, Any] | None = None
+    params: dict[str, str] | None = None
+    idempotent: bool = True  # repeating it cannot change anything twice
+    create_order: bool = False
+
+
+def normalize_base_url(base_url: str) -> str:
+    url = base_url.rstrip("/")
+    # accept the clore-ai SDK's convention of a base URL that ends in /v1
+    if url.endswith("/v1"):
+        url = url[:-3]
+    return url
+
+
+def decimal(value: Amount, name: str = "amount") -> Decimal:
+    if isinstance(value, bool):
+        raise TypeError(f"{name}: expected a number, got a bool")
+    try:
+        if isinstance(value, Decimal):
+            out = value
+        elif isinstance(value, float):
+            out = Decimal(repr(value))
+        else:
+            out = Decimal(value)
+    except InvalidOperation:
+        raise ValueError(f"{name}: not a number: {value!r}") from None
+    if not out.is_finite():
+        raise ValueError(f"{name}: not a finite number: {value!r}")
+    return out
+
+
+def headers(api_key: str | None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    out = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+    if api_key:
+        out["auth"] = api_key
+    if extra:
+        out.update(extra)
+    return out
+
+
+def encode(call: Call[Any]) -> bytes | None:
+    return None if call.body is None else _json.dumps(call.body).encode("utf-8")
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    raw = response.headers.get("Retry-After")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def decode(response: httpx.Response) -> dict[str, Any]:
+    """The decoded body of a code-0 response; any other code raises its :class:`CloreError`."""
+    try:
+        body = _json.loads(response.content)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("code"), int):
+        text = response.text[:200].strip().replace("\n", " ")
+        exc_type = InternalError if response.status_code >= 500 else UnexpectedResponse
+        raise exc_type(
+            f"HTTP {response.status_code} from {response.request.url}: not a Clore response"
+            + (f" ({text})" if text else ""),
+            status_code=response.status_code,
+        )
+    if body["code"] != 0:
+        raise error_for(body, response.status_code, retry_after(response))
+    return body
+
+
+def connection_error(exc: Exception, url: str) -> CloreConnectionError:
+    sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+    detail = str(exc) or type(exc).__name__
+    return CloreConnectionError(f"cannot reach {url}: {detail}", sent=sent)
+
+
+def backoff(attempt: int) -> float:
+    return float(min(8.0, 0.5 * 2**attempt))
+
+
+@dataclass
+class RetryPolicy:
+    max_retries: int = 3
+    retry_rate_limited: bool = True
+
+    def transport(self, call: Call[Any], error: CloreConnectionError, attempt: int) -> bool:
+        return attempt < self.max_retries and (call.idempotent or not error.sent)
+
+    def rate_limited(self, attempt: int) -> bool:
+        # a code-5 answer means the server refused before doing anything: always safe
+        return self.retry_rate_limited and attempt < self.max_retries
+
+    def failed(self, call: Call[Any], error: CloreError, attempt: int) -> bool:
+        return isinstance(error, InternalError) and call.idempotent and attempt < self.max_retries
+
+
+# ----------------------------------------------------------------------------- endpoints
+
+
+def wallets() -> Call[list[Wallet]]:
+    return Call("GET", "/v1/wallets", lambda b: WalletsResponse.model_validate(b).wallets)
+
+
+def my_servers() -> Call[list[MyServer]]:
+    return Call("GET", "/v1/my_servers", lambda b: MyServersResponse.model_validate(b).servers)
+
+
+def server_config(server_name: str) -> Call[ServerConfig]:
+    # Clore documents a GET with a JSON body
+    return Call(
+        "GET",
+        "/v1/server_config",
+        lambda b: ServerConfigResponse.model_validate(b).config,
+        body={"server_name": server_name},
+    )
+
+
+def marketplace() -> Call[Marketplace]:
+    def parse(body: dict[str, Any]) -> Marketplace:
+        parsed = MarketplaceResponse.model_validate(body)
+        return Marketplace.model_validate(parsed.model_dump(exclude={"code"}))
+
+    return Call("GET", "/v1/marketplace", parse)
+
+
+def my_orders(return_completed: bool = False) -> Call[list[Order]]:
+    return Call(
+        "GET",
+        "/v1/my_orders",
+        lambda b: MyOrdersResponse.model_validate(b).orders,
+        params={"return_completed": "true" if return_completed else "false"},
+    )
+
+
+def spot_marketplace(server_id: int) -> Call[SpotMarketplace]:
+    def parse(body: dict[str, Any]) -> SpotMarketplace:
+        parsed = SpotMarketplaceResponse.model_validate(body)
+        return SpotMarketplace.model_validate(parsed.model_dump(exclude={"code"}))
+
+    return Call("GET", "/v1/spot_marketplace", parse, params={"market": str(int(server_id))})
+
+
+def _none(_body: dict[str, Any]) -> None:
+    return None
+
+
+def set_server_settings(
+    name: str,
+    *,
+    availability: bool | None = None,
+    mrl: int | None = None,
+    on_demand: Amount | None = None,
+    spot: Amount | None = None,
+    currency: str | None = None,
+    visibility: Literal["public", "hidden"] | None = None,
+) -> Call[None]:
+    body: dict[str, Any] = {"name": name}
+    if availability is not None:
+        body["availability"] = availability
+    if visibility is not None:
+        body["visibility"] = visibility
+    if mrl is not None:
+        body["mrl"] = int(mrl)
+    prefix = f"{currency}_" if currency else ""
+    if on_demand is not None:
+        body[prefix + "on_demand"] = decimal(on_demand, "on_demand")
+    if spot is not None:
+        body[prefix + "spot"] = decimal(spot, "spot")
+    return Call("POST", "/v1/set_server_settings", _none, body=body)
+
+
+def set_spot_price(order_id: int, price: Amount) -> Call[None]:
+    body = {"order_id": int(order_id), "desired_price": decimal(price, "price")}
+    return Call("POST", "/v1/set_spot_price", _none, body=body)
+
+
+def cancel_order(order_id: int, issue: str | None = None) -> Call[None]:
+    body: dict[str, Any] = {"id": int(order_id)}
+    if issue:
+        body["issue"] = issue
+    return Call("POST", "/v1/cancel_order", _none, body=body, idempotent=False)
+
+
+def create_order(
+    server_id: int,
+    image: str,
+    *,
+    type: OrderType = "on-demand",
+    currency: str = "bitcoin",
+    spot_price: Amount | None = None,
+    ports: Mapping[int | str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+    jupyter_token: str | None = None,
+    ssh_key: str | None = None,
+    ssh_password: str | None = None,
+    command: str | None = None,
+    required_price: Amount | None = None,
+    autossh_entrypoint: bool | None = None,
+) -> Call[CreateOrderResponse]:
+    if type not in ("on-demand", "spot"):
+        raise ValueError("type must be 'on-demand' or 'spot'")
+    if type == "spot" and spot_price is None:
+        raise ValueError("a spot order needs spot_price (the bid per day)")
+    body: dict[str, Any] = {
+        "currency": currency,
+        "image": image,
+        "renting_server": int(server_id),
+        "type": type,
+    }
+    if type == "spot" and spot_price is not None:
+        body["spotprice"] = decimal(spot_price, "spot_price")
+    if ports:
+        body["ports"] = {str(port): proto for port, proto in ports.items()}
+    if env:
+        body["env"] = dict(env)
+    for key, value in (
+        ("jupyter_token", jupyter_token),
+        ("ssh_key", ssh_key),
+        ("ssh_password", ssh_password),
+        ("command", command),
+    ):
+        if value:
+            body[key] = value
+    if required_price is not None:
+        body["required_price"] = decimal(required_price, "required_price")
+    if autossh_entrypoint is not None:
+        body["autossh_entrypoint"] = autossh_entrypoint
+    return Call(
+        "POST",
+        "/v1/create_order",
+        CreateOrderResponse.model_validate,
+        body=body,
+        idempotent=False,
+        create_order=True,
+    )
+
+
+def add_server(name: str) -> Call[AddedServer]:
+    return Call(
+        "POST", "/v1/add_server", AddedServer.model_validate, body={"name": name}, idempotent=False
+    )
+
+
+def sandbox_advance_time(seconds: int) -> Call[int]:
+    return Call(
+        "POST",
+        "/sandbox/advance_time",
+        lambda b: int(b["now"]),
+        body={"seconds": int(seconds)},
+        idempotent=False,
+    )
+
+
+def sandbox_deposit(currency: str, amount: Amount) -> Call[None]:
+    body = {"currency": currency, "amount": decimal(amount, "amount")}
+    return Call("POST", "/sandbox/deposit", _none, body=body, idempotent=False)
+
+
+# ----------------------------------------------------------------- create_order's fallback
+
+CLOCK_SKEW = 300.0  # seconds of disagreement between our clock and the server's we tolerate
+
+
+def pick_new_order(
+    orders: Iterable[Order],
+    *,
+    server_id: int,
+    spot: bool,
+    started: float,
+    image: str | None = None,
+    currency: str | None = None,
+    known_ids: set[int] | None = None,
+) -> Order | None:
+    """Best effort: the order ``create_order`` just made, found by server, type and creation time.
+
+    A market keeps at most one live on-demand order per server and one live spot order per user
+    per server, so the live order of this type on this server is normally the one. When several
+    match (a server that breaks that rule), the newest created since ``started`` wins.
+    """
+    candidates = [
+        o
+        for o in orders
+        if o.si == server_id
+        and o.spot == spot
+        and not o.expired
+        and (known_ids is None or o.id not in known_ids)
+        and (image is None or o.image in (None, image))
+        and (currency is None or o.currency in (None, currency))
+    ]
+    if not candidates:
+        return None
+    recent = [o for o in candidates if o.ct is None or o.ct >= started - CLOCK_SKEW]
+    pool = recent or candidates
+    return max(pool, key=lambda o: (o.ct or 0, o.id))

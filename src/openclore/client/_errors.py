@@ -1,0 +1,296 @@
+"""Exceptions raised by the SDK, keyed on the response's ``code`` and, for code 6, on ``error``.
+
+::
+
+    CloreError                        base: .code, .error, .response, .status_code
+    ├── CloreConnectionError          no Clore response (network); .sent: may have reached it
+    ├── UnexpectedResponse            a response that is not a Clore JSON envelope
+    ├── OrderLookupFailed             create_order said {"code":0} but the order was not found
+    ├── InternalError                 code 1 (database / internal error)
+    ├── InvalidInput                  code 2 (malformed request; .error says what)
+    ├── InvalidToken                  code 3
+    ├── InvalidEndpoint               code 4 (also: sandbox endpoints on a non-sandbox server)
+    ├── RateLimited                   code 5; .retry_after (seconds, from Retry-After)
+    └── MarketError                   code 6, generic fallback for an unknown ``error`` name
+        ├── ExceededMaxStep           exceeded_max_step; .max_step (lowest bid allowed now)
+        ├── CanLowerEvery600Seconds   can_lower_every_600_seconds; .time_to_lowering (seconds)
+        ├── NotEnoughBalance          not_enough_balance
+        ├── ServerAlreadyRented       server-already-rented
+        ├── ServerOffline             server-offline
+        ├── ServerDoesNotExist        server-dont-exist / server_dont_exist
+        ├── OrderDoesNotExist         order_dont_exist
+        ├── TooLowPrice               too_low_price; .min_price
+        ├── YouAlreadyHaveSpotOrder   you_already_have_spot_order
+        ├── CurrencyNotAllowed        currency-not-allowed
+        ├── CantRentFromYourself      cant_rent_from_yourself
+        ├── YouDontOwnThisOrder       you_dont_own_this_order
+        ├── OrderNotActive            order_not_active
+        ├── IssueDescriptionTooLong   issue_description_too_long
+        ├── AmountTooLow              amount_too_low; .min_price
+        ├── PriceChanged              price_changed; .price (the price now)
+        ├── ServerNameTaken           server_name_taken
+        ├── ServerLimitReached        server_limit_reached
+        └── OrderLimitReached         order_limit_reached; .limit
+
+Numbers carried by errors (``max_step``, ``min_price``, ``price``) are :class:`~decimal.Decimal`.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, ClassVar
+
+
+class CloreError(Exception):
+    """Base of every SDK error.
+
+    ``code`` is the Clore code (``None`` when no Clore response came back), ``error`` the
+    response's ``error`` text, ``response`` the whole decoded body, ``status_code`` the HTTP status.
+    """
+
+    code: int | None = None
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        error: str | None = None,
+        response: dict[str, Any] | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        self.error = error
+        self.response: dict[str, Any] = dict(response or {})
+        self.status_code = status_code
+        super().__init__(message or error or type(self).__name__)
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class CloreConnectionError(CloreError):
+    """The request failed on the network. ``sent`` is False when it surely never left
+    (connection refused, connect timeout): only then is a non-idempotent call safe to repeat."""
+
+    def __init__(self, message: str, *, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class UnexpectedResponse(CloreError):
+    """The server answered with something that is not a Clore envelope (e.g. an HTML 502)."""
+
+
+class OrderLookupFailed(CloreError):
+    """``create_order`` succeeded (``{"code":0}``) without an id, and the best-effort search of
+    ``my_orders`` found no matching order. The order probably exists: check ``my_orders``."""
+
+
+class InternalError(CloreError):
+    code = 1
+
+
+class InvalidInput(CloreError):
+    code = 2
+
+
+class InvalidToken(CloreError):
+    code = 3
+
+
+class InvalidEndpoint(CloreError):
+    code = 4
+
+
+class RateLimited(CloreError):
+    code = 5
+
+    def __init__(self, message: str = "", *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message or "rate limited", **kw)
+        self.retry_after = retry_after
+
+
+class MarketError(CloreError):
+    """Code 6: an error named in ``error``. Subclasses exist for every known name; an unknown
+    name raises this class itself. ``name`` is the error name, ``extra`` the other fields."""
+
+    code = 6
+    names: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def name(self) -> str:
+        return self.error or ""
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return {k: v for k, v in self.response.items() if k not in ("code", "error")}
+
+    def _decimal(self, field: str) -> Decimal | None:
+        value = self.response.get(field)
+        if value is None or isinstance(value, bool):
+            return None
+        return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+class ExceededMaxStep(MarketError):
+    """A bid may be lowered by at most one step (the server's minimum spot price)."""
+
+    names = ("exceeded_max_step",)
+
+    @property
+    def max_step(self) -> Decimal | None:
+        """The lowest bid allowed now (per day)."""
+        return self._decimal("max_step")
+
+
+class CanLowerEvery600Seconds(MarketError):
+    """A bid may be lowered once every 600 seconds."""
+
+    names = ("can_lower_every_600_seconds",)
+
+    @property
+    def time_to_lowering(self) -> int | None:
+        """Seconds until the bid may be lowered again."""
+        value = self.response.get("time_to_lowering")
+        return None if value is None else int(value)
+
+
+class NotEnoughBalance(MarketError):
+    names = ("not_enough_balance",)
+
+
+class ServerAlreadyRented(MarketError):
+    names = ("server-already-rented", "server_already_rented")
+
+
+class ServerOffline(MarketError):
+    names = ("server-offline", "server_offline")
+
+
+class ServerDoesNotExist(MarketError):
+    names = ("server-dont-exist", "server_dont_exist")
+
+
+class OrderDoesNotExist(MarketError):
+    names = ("order_dont_exist", "order-dont-exist")
+
+
+class TooLowPrice(MarketError):
+    names = ("too_low_price",)
+
+    @property
+    def min_price(self) -> Decimal | None:
+        return self._decimal("min_price")
+
+
+class YouAlreadyHaveSpotOrder(MarketError):
+    names = ("you_already_have_spot_order",)
+
+
+class CurrencyNotAllowed(MarketError):
+    names = ("currency-not-allowed", "currency_not_allowed")
+
+
+class CantRentFromYourself(MarketError):
+    names = ("cant_rent_from_yourself",)
+
+
+class YouDontOwnThisOrder(MarketError):
+    names = ("you_dont_own_this_order",)
+
+
+class OrderNotActive(MarketError):
+    names = ("order_not_active",)
+
+
+class IssueDescriptionTooLong(MarketError):
+    names = ("issue_description_too_long",)
+
+
+class AmountTooLow(MarketError):
+    names = ("amount_too_low",)
+
+    @property
+    def min_price(self) -> Decimal | None:
+        return self._decimal("min_price")
+
+
+class PriceChanged(MarketError):
+    names = ("price_changed",)
+
+    @property
+    def price(self) -> Decimal | None:
+        """The server's on-demand price now."""
+        return self._decimal("price")
+
+
+class ServerNameTaken(MarketError):
+    names = ("server_name_taken",)
+
+
+class ServerLimitReached(MarketError):
+    names = ("server_limit_reached",)
+
+
+class OrderLimitReached(MarketError):
+    names = ("order_limit_reached",)
+
+    @property
+    def limit(self) -> int | None:
+        value = self.response.get("limit")
+        return None if value is None else int(value)
+
+
+MARKET_ERRORS: dict[str, type[MarketError]] = {
+    name: cls
+    for cls in (
+        ExceededMaxStep,
+        CanLowerEvery600Seconds,
+        NotEnoughBalance,
+        ServerAlreadyRented,
+        ServerOffline,
+        ServerDoesNotExist,
+        OrderDoesNotExist,
+        TooLowPrice,
+        YouAlreadyHaveSpotOrder,
+        CurrencyNotAllowed,
+        CantRentFromYourself,
+        YouDontOwnThisOrder,
+        OrderNotActive,
+        IssueDescriptionTooLong,
+        AmountTooLow,
+        PriceChanged,
+        ServerNameTaken,
+        ServerLimitReached,
+        OrderLimitReached,
+    )
+    for name in cls.names
+}
+
+CODE_ERRORS: dict[int, type[CloreError]] = {
+    1: InternalError,
+    2: InvalidInput,
+    3: InvalidToken,
+    4: InvalidEndpoint,
+}
+
+
+def error_for(
+    body: dict[str, Any], status_code: int | None = None, retry_after: float | None = None
+) -> CloreError:
+    """The exception for a decoded response whose ``code`` is not 0."""
+    code = body.get("code")
+    error = body.get("error")
+    error_text = error if isinstance(error, str) else None
+    common: dict[str, Any] = {"error": error_text, "response": body, "status_code": status_code}
+    if code == 5:
+        return RateLimited(retry_after=retry_after, **common)
+    if code == 6:
+        cls = MARKET_ERRORS.get(error_text or "", MarketError)
+        return cls(error_text or "market error", **common)
+    known = CODE_ERRORS.get(code) if isinstance(code, int) else None
+    if known is not None:
+        default = {1: "internal error", 2: "invalid input", 3: "invalid API token",
+                   4: "invalid endpoint"}[known.code or 1]
+        return known(error_text or default, **common)
+    return UnexpectedResponse(f"unknown response code {code!r}", **common)

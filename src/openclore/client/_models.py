@@ -1,0 +1,282 @@
+"""Typed views of the Clore API v1 responses (SPEC §5), as openclore and Clore send them.
+
+Units: every price is **per day** in whole coins of its currency; an order's ``mrl`` is in
+**seconds**, a server's ``mrl`` (``ServerConfig``/``MarketServer``) in **hours**, and the spot
+market's ``server.mrl`` in seconds. Money (prices, balances, fees, spend) is
+:class:`~decimal.Decimal`, parsed from the JSON text without going through float. Every model
+keeps fields it does not know (``model_extra``), so a newer server never breaks an older SDK.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CoinMap = dict[str, Decimal]
+"""Price or balance per currency name (``{"bitcoin": Decimal("0.00001")}``)."""
+
+
+class CloreModel(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class Net(CloreModel):
+    up: float | None = Field(None, description="upload, Mbit/s")
+    down: float | None = Field(None, description="download, Mbit/s")
+    cc: str | None = Field(None, description="ISO country code")
+
+
+class Specs(CloreModel):
+    """What the host agent measured."""
+
+    mb: str | None = None
+    cpu: str | None = None
+    cpus: str | None = Field(None, description='"cores/threads"')
+    ram: float | None = Field(None, description="GB")
+    disk: str | None = None
+    disk_speed: float | None = Field(None, description="MB/s")
+    gpu: str | None = Field(None, description='"Nx NAME"')
+    gpuram: float | None = Field(None, description="GB per GPU")
+    net: Net | None = None
+
+
+class Wallet(CloreModel):
+    name: str = Field(description="currency: bitcoin, CLORE-Blockchain, USD-Blockchain, …")
+    deposit: str | None = Field(None, description="deposit address")
+    balance: Decimal | None = None
+    withdrawal_fee: Decimal | None = None
+
+
+class MyServer(CloreModel):
+    """A server you host (``my_servers``). ``id`` is absent in the seed's example."""
+
+    id: int | None = None
+    name: str
+    connected: bool = Field(description="the agent registered once (for good)")
+    visibility: str = Field(description="public | hidden")
+    pricing: CoinMap = Field(default_factory=dict, description="on-demand price per day")
+    online: bool = False
+    min_spot_pricing: CoinMap = Field(default_factory=dict, description="minimum spot bid per day")
+    init_token: str | None = Field(None, description="until the agent registers")
+    specs: Specs | None = None
+
+
+class BackgroundJob(CloreModel):
+    image: str | None = None
+    command: str | None = None
+    env: list[Any] | dict[str, Any] = Field(default_factory=list)
+    times_updated: int | None = None
+
+
+class ServerConfig(CloreModel):
+    name: str
+    connected: bool
+    visibility: str
+    pricing: CoinMap = Field(default_factory=dict, description="on-demand price per day")
+    spot_pricing: CoinMap = Field(default_factory=dict, description="minimum spot bid per day")
+    mrl: int = Field(description="max rental length, hours")
+    online: bool
+    initialized: bool | None = None
+    id: int
+    rental_status: int = Field(0, description="0 not rented, 1 spot, 2 on-demand")
+    specs: Specs | None = None
+    background_job: BackgroundJob | None = None
+
+
+class MarketPrice(CloreModel):
+    on_demand: CoinMap = Field(default_factory=dict, description="per day")
+    spot: CoinMap = Field(default_factory=dict, description="minimum spot bid per day")
+
+
+class Rating(CloreModel):
+    avg: float | None = None
+    cnt: int | None = None
+
+
+_GPU_COUNT = re.compile(r"^\s*(\d+)\s*x\s*(.*)$")
+
+
+class MarketServer(CloreModel):
+    """A listing in ``marketplace``."""
+
+    id: int
+    owner: int | None = None
+    mrl: int | None = Field(None, description="max rental length, hours")
+    price: MarketPrice = Field(default_factory=MarketPrice)
+    rented: bool = False
+    specs: Specs | None = None
+    allowed_coins: list[str] = Field(default_factory=list)
+    gpu_array: list[str] = Field(default_factory=list, description="one name per GPU")
+    reliability: float | None = Field(None, description="0–1")
+    rating: Rating | None = None
+
+    @property
+    def gpu_count(self) -> int:
+        if self.gpu_array:
+            return len(self.gpu_array)
+        match = _GPU_COUNT.match(self.specs.gpu or "") if self.specs else None
+        return int(match.group(1)) if match else 0
+
+    @property
+    def gpu_name(self) -> str:
+        if self.gpu_array:
+            return self.gpu_array[0]
+        gpu = (self.specs.gpu or "") if self.specs else ""
+        match = _GPU_COUNT.match(gpu)
+        return match.group(2) if match else gpu
+
+    @property
+    def country(self) -> str | None:
+        return self.specs.net.cc if self.specs and self.specs.net else None
+
+    def on_demand_price(self, currency: str = "bitcoin") -> Decimal | None:
+        """On-demand price per day in ``currency``, or None when not offered in it."""
+        return self.price.on_demand.get(currency)
+
+    def spot_price(self, currency: str = "bitcoin") -> Decimal | None:
+        """Minimum spot bid per day in ``currency``."""
+        return self.price.spot.get(currency)
+
+
+class Marketplace(CloreModel):
+    servers: list[MarketServer] = Field(default_factory=list)
+    my_servers: list[int] = Field(default_factory=list, description="ids of your own servers")
+
+
+_TCP_PORT = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+
+
+class Order(CloreModel):
+    """An order or spot offer (``my_orders``; ``create_order``'s ``order``)."""
+
+    id: int
+    fee: Decimal | None = Field(None, description="platform fee, percent")
+    creation_fee: Decimal | None = None
+    price: Decimal | None = Field(None, description="per day")
+    mrl: int | None = Field(None, description="max rental length, seconds")
+    image: str | None = None
+    currency: str | None = None
+    spend: Decimal | None = None
+    ct: int | None = Field(None, description="creation time, unix seconds")
+    p: int | None = Field(None, description="proxy cluster id")
+    specs: Specs | None = None
+    si: int | None = Field(None, description="server id")
+    pub_cluster: list[str] = Field(default_factory=list, description="public hostnames")
+    tcp_ports: list[str] = Field(default_factory=list, description='"container:public"')
+    http_port: str | None = Field(None, description="container port behind the HTTP proxy")
+    spot: bool = False
+    expired: bool = False
+    # openclore extensions (absent on Clore):
+    running: bool | None = Field(None, description="openclore: the container runs now")
+    state: str | None = Field(None, description="openclore: runtime state reported by the agent")
+
+    @property
+    def type(self) -> Literal["spot", "on-demand"]:
+        return "spot" if self.spot else "on-demand"
+
+    @property
+    def ports(self) -> dict[int, int]:
+        """Published TCP ports, container port → public port."""
+        out: dict[int, int] = {}
+        for item in self.tcp_ports:
+            match = _TCP_PORT.match(item)
+            if match:
+                out[int(match.group(1))] = int(match.group(2))
+        return out
+
+    @property
+    def host(self) -> str | None:
+        """The first public hostname, where published ports are reached."""
+        return self.pub_cluster[0] if self.pub_cluster else None
+
+    @property
+    def ssh_port(self) -> int | None:
+        return self.ports.get(22)
+
+    def ssh_command(self, user: str = "root") -> str | None:
+        """``ssh -p PORT root@HOST`` once port 22 is published, else None."""
+        if self.host is None or self.ssh_port is None:
+            return None
+        return f"ssh -p {self.ssh_port} {user}@{self.host}"
+
+
+class SpotOffer(CloreModel):
+    offer_id: int = Field(description="the spot order's id")
+    bid: Decimal = Field(description="per day")
+    active: bool = Field(description="this offer runs now")
+    my: bool = False
+    currency: str | None = None
+
+
+class SpotServer(CloreModel):
+    min_pricing: CoinMap = Field(default_factory=dict, description="minimum bid per day")
+    mrl: int | None = Field(None, description="max rental length, seconds")
+    visibility: str | None = None
+    online: bool | None = None
+
+
+class SpotMarket(CloreModel):
+    offers: list[SpotOffer] = Field(default_factory=list)
+    server: SpotServer = Field(default_factory=SpotServer)
+
+
+class SpotMarketplace(CloreModel):
+    """``spot_marketplace``: ``exists`` is False (and ``market`` None) for an unknown server."""
+
+    exists: bool
+    market: SpotMarket | None = None
+
+    @property
+    def offers(self) -> list[SpotOffer]:
+        return self.market.offers if self.market else []
+
+
+class AddedServer(CloreModel):
+    """openclore extension ``add_server``: the new server's id and its agent's init token."""
+
+    id: int
+    init_token: str
+
+
+# ----------------------------------------------------------------- whole response bodies
+
+
+class Envelope(CloreModel):
+    code: int
+
+
+class WalletsResponse(Envelope):
+    wallets: list[Wallet] = Field(default_factory=list)
+
+
+class MyServersResponse(Envelope):
+    servers: list[MyServer] = Field(default_factory=list)
+    limit: int | None = Field(None, description="how many servers you may have")
+
+
+class ServerConfigResponse(Envelope):
+    config: ServerConfig
+    creation_completed: bool | None = None
+
+
+class MarketplaceResponse(Envelope, Marketplace):
+    pass
+
+
+class MyOrdersResponse(Envelope):
+    orders: list[Order] = Field(default_factory=list)
+    limit: int | None = Field(None, description="max active orders")
+
+
+class SpotMarketplaceResponse(Envelope, SpotMarketplace):
+    pass
+
+
+class CreateOrderResponse(Envelope):
+    """openclore adds ``order_id`` and ``order``; Clore sends ``{"code":0}`` alone."""
+
+    order_id: int | None = None
+    order: Order | None = None
