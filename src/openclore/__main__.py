@@ -1,0 +1,3 @@
+from openclore.cli.main import main
+
+main()

@@ -1,0 +1,165 @@
+"""Real concurrent requests cannot double-rent, double-spend or lose an update (both databases)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+from conftest import Market, free_port, ok, order_body, spot_body
+from sqlalchemy import func, select
+
+from openclore.store.schema import accounts, orders
+
+
+def run_parallel(n: int, fn: Callable[[int], Any]) -> list[Any]:
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(fn, range(n)))
+
+
+def outcome(response: httpx.Response) -> str:
+    body = response.json()
+    return "ok" if body["code"] == 0 else str(body.get("error", body["code"]))
+
+
+def test_fifty_parallel_on_demand_orders_rent_the_server_once(market: Market) -> None:
+    sid = market.server(market.user())
+    tokens = [market.user(bitcoin="0.01") for _ in range(50)]
+    clients = [market.client(t) for t in tokens]
+    results = run_parallel(
+        50, lambda i: outcome(clients[i].post("/v1/create_order", json=order_body(sid)))
+    )
+    assert Counter(results) == {"ok": 1, "server-already-rented": 49}
+    with market.db.read() as conn:
+        live = conn.execute(
+            select(func.count()).where(orders.c.server_id == sid, orders.c.expired.is_(False))
+        ).scalar()
+    assert live == 1
+
+
+def test_parallel_spends_never_overdraw(market: Market) -> None:
+    # a creation fee of 0.01 each: the wallet pays for exactly three orders
+    market.reconfigure(
+        max_active_orders=100, creation_fee_on_demand={"bitcoin": "0.01"}, runway_seconds=0
+    )
+    servers = [market.server(market.user(), "rig") for i in range(20)]
+    token = market.user(bitcoin="0.0300009")
+    c = market.client(token)
+    results = run_parallel(
+        20, lambda i: outcome(c.post("/v1/create_order", json=order_body(servers[i])))
+    )
+    assert Counter(results) == {"ok": 3, "not_enough_balance": 17}
+    with market.db.read() as conn:
+        assert conn.execute(select(func.sum(accounts.c.balance))).scalar() == 0
+        wallet = conn.execute(
+            select(accounts.c.balance).where(
+                accounts.c.key == f"wallet:bitcoin:{market.user_id(token)}"
+            )
+        ).scalar()
+    assert wallet == 900
+
+
+def test_parallel_bids_from_one_user_make_one_offer(market: Market) -> None:
+    sid = market.server(market.user())
+    c = market.client(market.user(bitcoin="0.01"))
+    results = run_parallel(
+        10,
+        lambda i: outcome(c.post("/v1/create_order", json=spot_body(sid, f"0.00000{i + 2}"))),
+    )
+    assert Counter(results) == {"ok": 1, "you_already_have_spot_order": 9}
+
+
+def test_parallel_raises_lose_no_update(market: Market) -> None:
+    sid = market.server(market.user())
+    c = market.client(market.user(bitcoin="1"))
+    oid = ok(c.post("/v1/create_order", json=spot_body(sid, "0.000002")))["order_id"]
+    # bids 10 steps apart: once a higher one applied, a lower one is refused (exceeded_max_step)
+    prices = [0.00001 * (i + 1) for i in range(12)]
+    results = run_parallel(
+        12,
+        lambda i: outcome(
+            c.post("/v1/set_spot_price", json={"order_id": oid, "desired_price": prices[i]})
+        ),
+    )
+    assert set(results) <= {"ok", "exceeded_max_step"}
+    (offer,) = ok(c.get(f"/v1/spot_marketplace?market={sid}"))["market"]["offers"]
+    assert offer["bid"] == pytest.approx(max(prices))
+
+
+def test_parallel_cancel_ends_once(market: Market) -> None:
+    sid = market.server(market.user())
+    c = market.client(market.user(bitcoin="0.01"))
+    oid = ok(c.post("/v1/create_order", json=order_body(sid)))["order_id"]
+    results = run_parallel(10, lambda i: outcome(c.post("/v1/cancel_order", json={"id": oid})))
+    assert Counter(results) == {"ok": 1, "order_not_active": 9}
+
+
+# ------------------------------------------------------------ several server processes
+
+
+@pytest.fixture
+def workers(market: Market) -> Iterator[str]:
+    """``openclore serve --workers 2`` on the test's database, with the documented limits."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "OPENCLORE_DATABASE_URL": market.db.url,
+        "OPENCLORE_TICK_INTERVAL": "0",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openclore", "serve", "--port", str(port), "--workers", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            httpx.get(url + "/openapi.json", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("server did not start: " + (proc.stderr.read().decode() if proc.stderr else ""))
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_rate_limits_hold_across_worker_processes(market: Market, workers: str) -> None:
+    token = market.user()
+    burst = run_parallel(
+        16,
+        lambda i: httpx.get(workers + "/v1/wallets", headers={"auth": token}, timeout=10),
+    )
+    codes = Counter(r.json()["code"] for r in burst)
+    assert codes == {0: 1, 5: 15}
+    limited = next(r for r in burst if r.json()["code"] == 5)
+    assert limited.status_code == 429
+    assert int(limited.headers["Retry-After"]) >= 1
+
+
+def test_one_rental_across_worker_processes(market: Market, workers: str) -> None:
+    sid = market.server(market.user())
+    tokens = [market.user(bitcoin="0.01") for _ in range(16)]
+    results = run_parallel(
+        16,
+        lambda i: outcome(
+            httpx.post(
+                workers + "/v1/create_order",
+                json=order_body(sid),
+                headers={"auth": tokens[i]},
+                timeout=30,
+            )
+        ),
+    )
+    assert Counter(results) == {"ok": 1, "server-already-rented": 15}
