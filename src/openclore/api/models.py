@@ -116,7 +116,7 @@ class CreateOrderRequest(Request):
     jupyter_token: StrictStr | None = Field(None, max_length=32)
     ssh_key: StrictStr | None = Field(None, max_length=3072)
     ssh_password: StrictStr | None = Field(None, max_length=32)
-    command: StrictStr | None = Field(None, max_length=65536)
+    command: StrictStr | None = Field(None, max_length=16384)
     required_price: Price | None = None
     autossh_entrypoint: StrictBool | None = None
 

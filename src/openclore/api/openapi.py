@@ -109,9 +109,10 @@ def _path(ep: Endpoint) -> dict[str, Any]:
             "200": {
                 "description": "code 0 with the result, or codes 2/3/4/6 (Clore HTTP mode)",
                 "content": {
-                    "application/json": {"schema": {"oneOf": [_ref(ok), _ref(models.ErrorEnvelope)]}}
+                    "application/json": {"schema": {"anyOf": [_ref(ok), _ref(models.ErrorEnvelope)]}}
                 },
             },
+            "413": {"description": "code 2: request body too large", "content": error},
             "429": {"description": "code 5: over the rate limit (Retry-After)", "content": error},
             "500": {"description": "code 1: internal error", "content": error},
         },
