@@ -31,6 +31,7 @@ class BaseClient:
         pacer: Pacer | None = None,
         max_retries: int = 3,
         retry_rate_limited: bool = True,
+        retry_backoff: float = 0.5,
         lookup_attempts: int = 3,
         extra_headers: Mapping[str, str] | None = None,
     ) -> None:
@@ -44,7 +45,11 @@ class BaseClient:
         if pacer is None:
             pacer = Pacer(interval, create_order_interval) if rate_limit else NoPacing()
         self.pacer = pacer
-        self.retry = RetryPolicy(max_retries=max_retries, retry_rate_limited=retry_rate_limited)
+        self.retry = RetryPolicy(
+            max_retries=max_retries,
+            retry_rate_limited=retry_rate_limited,
+            backoff_base=retry_backoff,
+        )
         self.lookup_attempts = max(1, lookup_attempts)
         self._headers = headers(api_key, extra_headers)
 

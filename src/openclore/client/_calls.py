@@ -136,14 +136,15 @@ def connection_error(exc: Exception, url: str) -> CloreConnectionError:
     return CloreConnectionError(f"cannot reach {url}: {detail}", sent=sent)
 
 
-def backoff(attempt: int) -> float:
-    return float(min(8.0, 0.5 * 2**attempt))
-
-
 @dataclass
 class RetryPolicy:
     max_retries: int = 3
     retry_rate_limited: bool = True
+    backoff_base: float = 0.5
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds before retry number ``attempt`` after a network or internal error."""
+        return float(min(8.0, self.backoff_base * 2 ** (attempt - 1)))
 
     def transport(self, call: Call[Any], error: CloreConnectionError, attempt: int) -> bool:
         return attempt < self.max_retries and (call.idempotent or not error.sent)
@@ -250,7 +251,7 @@ def create_order(
     type: OrderType = "on-demand",
     currency: str = "bitcoin",
     spot_price: Amount | None = None,
-    ports: Mapping[int | str, str] | None = None,
+    ports: Mapping[int, str] | Mapping[str, str] | None = None,
     env: Mapping[str, str] | None = None,
     jupyter_token: str | None = None,
     ssh_key: str | None = None,

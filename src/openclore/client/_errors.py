@@ -290,7 +290,11 @@ def error_for(
         return cls(error_text or "market error", **common)
     known = CODE_ERRORS.get(code) if isinstance(code, int) else None
     if known is not None:
-        default = {1: "internal error", 2: "invalid input", 3: "invalid API token",
-                   4: "invalid endpoint"}[known.code or 1]
+        default = {
+            1: "internal error",
+            2: "invalid input",
+            3: "invalid API token",
+            4: "invalid endpoint",
+        }[known.code or 1]
         return known(error_text or default, **common)
     return UnexpectedResponse(f"unknown response code {code!r}", **common)

@@ -33,6 +33,9 @@ class Client(BaseClient):
     ``api_key`` defaults to ``$OPENCLORE_API_KEY``, ``base_url`` to ``$OPENCLORE_URL`` or
     ``https://api.clore.ai``. Calls are paced to the API's limits (``interval`` between any two
     calls, ``create_order_interval`` between two orders); ``rate_limit=False`` switches pacing off.
+    A refused call (code 5) waits for Retry-After and is sent again, up to ``max_retries`` times;
+    network errors are retried (after ``retry_backoff`` × 2ⁿ s) only for reads and for requests
+    that surely never left, so a create_order that may have arrived is never sent twice.
     ``transport`` or ``http_client`` replace the HTTP layer (tests, proxies, custom TLS).
     """
 
@@ -48,6 +51,7 @@ class Client(BaseClient):
         pacer: Pacer | None = None,
         max_retries: int = 3,
         retry_rate_limited: bool = True,
+        retry_backoff: float = 0.5,
         lookup_attempts: int = 3,
         extra_headers: Mapping[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
@@ -63,6 +67,7 @@ class Client(BaseClient):
             pacer=pacer,
             max_retries=max_retries,
             retry_rate_limited=retry_rate_limited,
+            retry_backoff=retry_backoff,
             lookup_attempts=lookup_attempts,
             extra_headers=extra_headers,
         )
@@ -127,7 +132,7 @@ class Client(BaseClient):
                 error = calls.connection_error(exc, url)
                 if self.retry.transport(call, error, attempt):
                     attempt += 1
-                    time.sleep(calls.backoff(attempt))
+                    time.sleep(self.retry.backoff(attempt))
                     continue
                 raise error from exc
             try:
@@ -141,7 +146,7 @@ class Client(BaseClient):
                 if not self.retry.failed(call, exc, attempt):
                     raise
                 attempt += 1
-                time.sleep(calls.backoff(attempt))
+                time.sleep(self.retry.backoff(attempt))
 
     # ------------------------------------------------------------------ Clore API v1
 
@@ -211,7 +216,7 @@ class Client(BaseClient):
         type: OrderType = "on-demand",
         currency: str = "bitcoin",
         spot_price: Amount | None = None,
-        ports: Mapping[int | str, str] | None = None,
+        ports: Mapping[int, str] | Mapping[str, str] | None = None,
         env: Mapping[str, str] | None = None,
         jupyter_token: str | None = None,
         ssh_key: str | None = None,

@@ -1,0 +1,854 @@
+"""``openclore`` commands that drive a Clore-compatible market over its API (openclore or Clore.ai).
+
+Configuration, first found wins: ``--url``/``--api-key``; ``OPENCLORE_URL``/``OPENCLORE_API_KEY``;
+the profile chosen with ``--profile``/``OPENCLORE_PROFILE`` (else the file's ``profile`` key, else
+``default``) in ``~/.config/openclore/config.toml`` (``OPENCLORE_CONFIG`` names another file)::
+
+    profile = "local"
+
+    [profiles.local]
+    url = "http://127.0.0.1:8000"
+    api_key = "6FcuR7ibcwKR1Z32lEFoSotzUUtzKO2H"
+
+    [profiles.clore]
+    url = "https://api.clore.ai"
+    api_key = "…"
+
+Every command takes ``--json`` (machine-readable output on stdout). Errors are one line on stderr
+and exit status 1 (2 for usage errors).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import httpx
+import typer
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from openclore.client import (
+    DEFAULT_BASE_URL,
+    CanLowerEvery600Seconds,
+    Client,
+    CloreConnectionError,
+    CloreError,
+    ExceededMaxStep,
+    InvalidToken,
+    MarketError,
+    MarketServer,
+    Order,
+    json_dumps,
+)
+from openclore.client._json import number_text
+
+T = TypeVar("T")
+
+client_app = typer.Typer(no_args_is_help=True)
+host_app = typer.Typer(
+    help="Servers you host: add one, change its prices and availability.", no_args_is_help=True
+)
+client_app.add_typer(host_app, name="server", rich_help_panel="Hosting")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+PANEL_RENT = "Renting"
+PANEL_HOST = "Hosting"
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the commands go and who they are."""
+
+    url: str
+    api_key: str | None
+    profile: str | None
+
+
+def config_path() -> Path:
+    explicit = os.environ.get("OPENCLORE_CONFIG")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "openclore" / "config.toml"
+
+
+def load_target(url: str | None, api_key: str | None, profile: str | None) -> Target:
+    path = config_path()
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            fail(f"cannot read {path}: {exc}")
+    profiles = data.get("profiles", {})
+    if not isinstance(profiles, dict):
+        fail(f"{path}: [profiles] must be a table")
+    chosen = profile or data.get("profile")
+    section: dict[str, Any] = {}
+    if chosen:
+        found = profiles.get(chosen)
+        if not isinstance(found, dict):
+            known = ", ".join(sorted(profiles)) or "none"
+            fail(f"no profile {chosen!r} in {path} (profiles: {known})")
+        section = found
+    elif isinstance(profiles.get("default"), dict):
+        chosen, section = "default", profiles["default"]
+    else:
+        section = {k: v for k, v in data.items() if k in ("url", "api_key")}
+    resolved_url = url or os.environ.get("OPENCLORE_URL") or section.get("url") or DEFAULT_BASE_URL
+    resolved_key = api_key or os.environ.get("OPENCLORE_API_KEY") or section.get("api_key")
+    return Target(str(resolved_url), str(resolved_key) if resolved_key else None, chosen)
+
+
+# ----------------------------------------------------------------------------- shared options
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts) instead of text.")]
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--profile", envvar="OPENCLORE_PROFILE", help="Profile in ~/.config/openclore/config.toml."
+    ),
+]
+UrlOpt = Annotated[
+    str | None,
+    typer.Option("--url", help="API base URL [default: $OPENCLORE_URL, profile, api.clore.ai]."),
+]
+KeyOpt = Annotated[
+    str | None, typer.Option("--api-key", help="API token [default: $OPENCLORE_API_KEY, profile].")
+]
+
+
+@dataclass
+class Ctx:
+    target: Target
+    json: bool
+
+    def client(self, need_key: bool = True) -> Client:
+        if need_key and not self.target.api_key:
+            fail(
+                "no API key: set OPENCLORE_API_KEY, pass --api-key, or add api_key to a profile "
+                f"in {config_path()}"
+            )
+        return Client(self.target.api_key, base_url=self.target.url)
+
+
+def ctx(json: bool, profile: str | None, url: str | None, api_key: str | None) -> Ctx:
+    return Ctx(load_target(url, api_key, profile), json)
+
+
+# ----------------------------------------------------------------------------- errors and output
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    line = " ".join(message.split())
+    err.print(f"error: {line}", markup=False)
+    raise typer.Exit(code)
+
+
+def explain(exc: BaseException, target: Target | None = None) -> str:
+    """One line that says what went wrong and, where it helps, what to do."""
+    if isinstance(exc, ExceededMaxStep):
+        return (
+            f"exceeded_max_step: a bid may be lowered by at most one step (the server's minimum "
+            f"spot price) at a time; the lowest bid allowed now is {fmt(exc.max_step)}"
+        )
+    if isinstance(exc, CanLowerEvery600Seconds):
+        return (
+            f"can_lower_every_600_seconds: a bid may be lowered once every 600 s; "
+            f"try again in {exc.time_to_lowering} s (raising it is allowed any time)"
+        )
+    if isinstance(exc, MarketError):
+        extra = ", ".join(f"{k}={fmt_any(v)}" for k, v in exc.extra.items())
+        return exc.name + (f" ({extra})" if extra else "")
+    if isinstance(exc, InvalidToken):
+        where = f" for {target.url}" if target else ""
+        return f"invalid API token{where}: check OPENCLORE_API_KEY, --api-key or your profile"
+    if isinstance(exc, CloreError):
+        return exc.message
+    if isinstance(exc, ValidationError):
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return f"the server's answer does not match the API ({where}: {first['msg']})"
+    if isinstance(exc, httpx.HTTPError | httpx.InvalidURL):
+        return f"HTTP error: {exc}"
+    if isinstance(exc, OSError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+@contextmanager
+def handled(target: Target | None = None) -> Iterator[None]:
+    """Turn every expected failure into one line on stderr and exit status 1."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except (CloreError, httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as exc:
+        if isinstance(exc, CloreConnectionError) and target is not None:
+            fail(f"{exc.message} (is the server running? URL: {target.url})")
+        fail(explain(exc, target))
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json_dumps(to_plain(value), indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def to_plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return to_plain(value.model_dump(mode="python", exclude_none=False))
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_plain(v) for v in value]
+    return value
+
+
+def fmt(value: Decimal | None, places: int = 10) -> str:
+    if value is None:
+        return "-"
+    if value != 0 and abs(value) < 1:
+        # keep `places` significant digits for small prices
+        exponent = value.adjusted() - places + 1
+        value = value.quantize(Decimal(1).scaleb(exponent), rounding=ROUND_HALF_UP)
+    return number_text(value)
+
+
+def fmt_any(value: Any) -> str:
+    return fmt(value) if isinstance(value, Decimal) else str(value)
+
+
+def parse_decimal(text: str, what: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        fail(f"{what}: not a number: {text!r}")
+    if not value.is_finite() or value < 0:
+        fail(f"{what}: must be a non-negative number")
+    return value
+
+
+def waiting(message: str) -> Any:
+    """A spinner on stderr while a call runs (nothing when stderr is not a terminal)."""
+    return err.status(message, spinner="dots")
+
+
+def call(message: str, fn: Callable[[], T]) -> T:
+    with waiting(message):
+        return fn()
+
+
+def age(ct: int | None) -> str:
+    if ct is None:
+        return "-"
+    seconds = max(0, int(time.time()) - ct)
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600}h"
+
+
+# ----------------------------------------------------------------------------- market
+
+
+class SortKey(StrEnum):
+    price = "price"
+    gpus = "gpus"
+    vram = "vram"
+    reliability = "reliability"
+
+
+@client_app.command(rich_help_panel=PANEL_RENT)
+def market(
+    gpu: Annotated[
+        str | None, typer.Option(help="GPU model contains this (case-insensitive).")
+    ] = None,
+    gpus: Annotated[int | None, typer.Option(help="At least this many GPUs.")] = None,
+    vram: Annotated[
+        float | None, typer.Option(help="At least this much memory per GPU, GB.")
+    ] = None,
+    ram: Annotated[float | None, typer.Option(help="At least this much system memory, GB.")] = None,
+    max_price: Annotated[
+        str | None, typer.Option(help="Highest on-demand price per day (per hour with --per-hour).")
+    ] = None,
+    per_hour: Annotated[bool, typer.Option("--per-hour", help="Prices per hour.")] = False,
+    currency: Annotated[
+        str, typer.Option(help="Show and filter prices in this currency.")
+    ] = "bitcoin",
+    country: Annotated[str | None, typer.Option(help="Country code, e.g. CZ.")] = None,
+    min_reliability: Annotated[float | None, typer.Option(help="Reliability 0–1.")] = None,
+    available_only: Annotated[
+        bool, typer.Option("--available-only", help="Hide servers that are rented now.")
+    ] = False,
+    sort: Annotated[
+        SortKey, typer.Option(help="Sort by this (price ascending, others descending).")
+    ] = SortKey.price,
+    limit: Annotated[int | None, typer.Option(help="Show at most this many.")] = None,
+    json: JsonOpt = False,
+    profile: ProfileOpt = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Servers for rent, filtered and sorted (prices per day unless --per-hour)."""
+    c = ctx(json, profile, url, api_key)
+    limit_price = parse_decimal(max_price, "--max-price") if max_price is not None else None
+    divisor = Decimal(24) if per_hour else Decimal(1)
+    with handled(c.target), c.client(need_key=False) as client:
+        listing = call("loading the marketplace…", client.marketplace)
+
+    def price(s: MarketServer) -> Decimal | None:
+        p = s.on_demand_price(currency)
+        return None if p is None else p / divisor
+
+    chosen: list[MarketServer] = []
+    for s in listing.servers:
+        p = price(s)
+        if p is None and currency not in s.allowed_coins:
+            continue
+        if (
+            gpu
+            and gpu.lower()
+            not in (" ".join(s.gpu_array) + " " + ((s.specs.gpu or "") if s.specs else "")).lower()
+        ):
+            continue
+        if gpus is not None and s.gpu_count < gpus:
+            continue
+        if vram is not None and (s.specs is None or (s.specs.gpuram or 0) < vram):
+            continue
+        if ram is not None and (s.specs is None or (s.specs.ram or 0) < ram):
+            continue
+        if limit_price is not None and (p is None or p > limit_price):
+            continue
+        if country and (s.country or "").upper() != country.upper():
+            continue
+        if min_reliability is not None and (s.reliability or 0) < min_reliability:
+            continue
+        if available_only and s.rented:
+            continue
+        chosen.append(s)
+    keys: dict[SortKey, Callable[[MarketServer], Any]] = {
+        SortKey.price: lambda s: (price(s) is None, price(s) or 0, s.id),
+        SortKey.gpus: lambda s: (-s.gpu_count, s.id),
+        SortKey.vram: lambda s: (-((s.specs.gpuram or 0) if s.specs else 0), s.id),
+        SortKey.reliability: lambda s: (-(s.reliability or 0), s.id),
+    }
+    chosen.sort(key=keys[sort])
+    if limit is not None:
+        chosen = chosen[: max(0, limit)]
+    if json:
+        emit_json(chosen)
+        return
+    unit = "hour" if per_hour else "day"
+    table = Table(title=f"{len(chosen)} of {len(listing.servers)} servers, {currency} per {unit}")
+    for name, justify in (
+        ("id", "right"),
+        ("gpu", "left"),
+        ("vram", "right"),
+        ("cpu", "right"),
+        ("ram", "right"),
+        ("cc", "left"),
+        ("rel.", "right"),
+        ("on-demand", "right"),
+        ("spot min", "right"),
+        ("rented", "left"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for s in chosen:
+        spot = s.spot_price(currency)
+        specs = s.specs
+        table.add_row(
+            str(s.id),
+            f"{s.gpu_count}x {s.gpu_name}" if s.gpu_count else (s.gpu_name or "-"),
+            f"{specs.gpuram:g} GB" if specs and specs.gpuram else "-",
+            (specs.cpus or "-") if specs else "-",
+            f"{specs.ram:.0f} GB" if specs and specs.ram else "-",
+            s.country or "-",
+            f"{s.reliability:.3f}" if s.reliability is not None else "-",
+            fmt(price(s)),
+            fmt(None if spot is None else spot / divisor),
+            "yes" if s.rented else "",
+        )
+    out.print(table)
+
+
+# ----------------------------------------------------------------------------- rent
+
+
+def parse_ports(values: list[str]) -> dict[str, str]:
+    ports: dict[str, str] = {}
+    for item in values:
+        port, _, proto = item.partition(":")
+        proto = (proto or "tcp").lower()
+        if not port.isdigit() or not 1 <= int(port) <= 65535 or proto not in ("tcp", "http"):
+            fail(f"--port {item!r}: expected PORT or PORT:tcp or PORT:http")
+        ports[str(int(port))] = proto
+    return ports
+
+
+def parse_env(values: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            fail(f"--env {item!r}: expected NAME=VALUE")
+        env[name] = value
+    return env
+
+
+def order_ready(order: Order, want_ssh: bool) -> bool:
+    if order.running is False:
+        return False
+    if want_ssh:
+        return order.ssh_command() is not None
+    return bool(order.running) or bool(order.tcp_ports) or order.http_port is not None
+
+
+def describe(order: Order) -> str:
+    if order.expired:
+        return "ended"
+    if order.state:
+        return order.state
+    if order.running is not None:
+        return "running" if order.running else "waiting"
+    return "ports published" if order.tcp_ports else "starting"
+
+
+def wait_for_order(
+    client: Client, order: Order, want_ssh: bool, timeout: float, quiet: bool
+) -> Order:
+    started = time.monotonic()
+    current = order
+    status = None if quiet else err.status(f"order {order.id}: {describe(order)}", spinner="dots")
+    if status is not None:
+        status.start()
+    try:
+        while not order_ready(current, want_ssh):
+            elapsed = time.monotonic() - started
+            if elapsed > timeout:
+                fail(
+                    f"order {order.id} is not ready after {timeout:.0f} s "
+                    f"(state: {describe(current)}); it keeps running: see `openclore orders`"
+                )
+            time.sleep(1.0)
+            found = next(
+                (o for o in client.my_orders(return_completed=True) if o.id == order.id), None
+            )
+            if found is None:
+                fail(f"order {order.id} is gone from my_orders")
+            current = found
+            if current.expired:
+                fail(f"order {order.id} ended before it was ready")
+            if status is not None:
+                status.update(
+                    f"order {order.id}: {describe(current)} ({time.monotonic() - started:.0f} s)"
+                )
+    finally:
+        if status is not None:
+            status.stop()
+    return current
+
+
+@client_app.command(rich_help_panel=PANEL_RENT)
+def rent(
+    server: Annotated[int, typer.Argument(help="Server id (see `openclore market`).")],
+    image: Annotated[str, typer.Option(help="Docker image, e.g. cloreai/ubuntu20.04-jupyter.")],
+    spot: Annotated[
+        str | None, typer.Option(help="Bid this price per day on the spot market.")
+    ] = None,
+    currency: Annotated[
+        str | None,
+        typer.Option(help="Pay in this currency [default: bitcoin if the server takes it]."),
+    ] = None,
+    port: Annotated[
+        list[str] | None,
+        typer.Option("--port", help="PORT[:tcp|http], repeatable [default: 22:tcp]."),
+    ] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", help="NAME=VALUE, repeatable.")] = None,
+    ssh_key: Annotated[
+        Path | None, typer.Option("--ssh-key", help="File with an SSH public key to install.")
+    ] = None,
+    ssh_password: Annotated[str | None, typer.Option(help="SSH password for root.")] = None,
+    jupyter_token: Annotated[str | None, typer.Option(help="Jupyter token.")] = None,
+    command: Annotated[str | None, typer.Option(help="Command run when the order starts.")] = None,
+    required_price: Annotated[
+        str | None, typer.Option(help="Refuse if the on-demand price per day is not this.")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait until it runs, then print the SSH command.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 600.0,
+    json: JsonOpt = False,
+    profile: ProfileOpt = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Rent SERVER: on-demand, or a spot bid with --spot PRICE."""
+    c = ctx(json, profile, url, api_key)
+    ports = parse_ports(port or ["22:tcp"])
+    variables = parse_env(env or [])
+    bid = parse_decimal(spot, "--spot") if spot is not None else None
+    required = parse_decimal(required_price, "--required-price") if required_price else None
+    key_text = None
+    if ssh_key is not None:
+        try:
+            key_text = ssh_key.expanduser().read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            fail(f"--ssh-key: cannot read {ssh_key}: {exc.strerror or exc}")
+    with handled(c.target), c.client() as client:
+        coin = currency
+        if coin is None:
+            listing = call("loading the marketplace…", client.marketplace)
+            found = next((s for s in listing.servers if s.id == server), None)
+            coin = "bitcoin"
+            if found is not None and found.allowed_coins and "bitcoin" not in found.allowed_coins:
+                coin = found.allowed_coins[0]
+        order = call(
+            f"renting server {server}…",
+            lambda: client.create_order(
+                server,
+                image,
+                type="spot" if bid is not None else "on-demand",
+                currency=coin or "bitcoin",
+                spot_price=bid,
+                ports=ports,
+                env=variables or None,
+                jupyter_token=jupyter_token,
+                ssh_key=key_text,
+                ssh_password=ssh_password,
+                command=command,
+                required_price=required,
+            ),
+        )
+        if not json:
+            kind = f"spot bid {fmt(order.price)}" if order.spot else f"on-demand {fmt(order.price)}"
+            out.print(
+                f"order {order.id}: {kind} {order.currency}/day on server {order.si}, "
+                f"image {order.image}"
+            )
+        if wait:
+            order = wait_for_order(client, order, "22" in ports, timeout, quiet=json)
+    if json:
+        data = to_plain(order)
+        if order.ssh_command():
+            data["ssh_command"] = order.ssh_command()
+        emit_json(data)
+        return
+    if wait:
+        out.print(f"order {order.id} is {describe(order)}")
+        print_endpoints(order)
+
+
+def print_endpoints(order: Order) -> None:
+    ssh = order.ssh_command()
+    if ssh:
+        out.print(ssh)
+    for container, public in sorted(order.ports.items()):
+        if container != 22 and order.host:
+            out.print(f"tcp {container} → {order.host}:{public}")
+    if order.http_port:
+        out.print(f"http {order.http_port} → through the HTTP proxy (cluster {order.p})")
+
+
+# ----------------------------------------------------------------------------- orders
+
+
+@client_app.command(rich_help_panel=PANEL_RENT)
+def orders(
+    all: Annotated[bool, typer.Option("--all", help="Include ended orders.")] = False,
+    json: JsonOpt = False,
+    profile: ProfileOpt = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Your orders and spot bids."""
+    c = ctx(json, profile, url, api_key)
+    with handled(c.target), c.client() as client:
+        rows = call("loading orders…", lambda: client.my_orders(return_completed=all))
+    if json:
+        emit_json(rows)
+        return
+    table = Table(title=f"{len(rows)} order(s)" + (" including ended" if all else ""))
+    for name in ("id", "server", "type", "price/day", "spent", "state", "age", "image", "connect"):
+        table.add_column(
+            name, justify="right" if name in ("id", "server", "price/day", "spent") else "left"
+        )
+    for o in rows:
+        table.add_row(
+            str(o.id),
+            str(o.si) if o.si is not None else "-",
+            o.type,
+            f"{fmt(o.price)} {o.currency or ''}".strip(),
+            fmt(o.spend),
+            describe(o),
+            age(o.ct),
+            o.image or "-",
+            o.ssh_command() or ", ".join(o.tcp_ports) or "-",
+        )
+    out.print(table)
+
+
+@client_app.command(rich_help_panel=PANEL_RENT)
+def cancel(
+    order_id: Annotated[int, typer.Argument(metavar="ID", help="Order or spot offer id.")],
+    issue: Annotated[
+        str | None, typer.Option(help="Report a problem with the server (≤ 2048 characters).")
+    ] = None,
+    json: JsonOpt = False,
+    profile: ProfileOpt = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """End an order or spot offer."""
+    c = ctx(json, profile, url, api_key)
+    with handled(c.target), c.client() as client:
+        call(f"cancelling order {order_id}…", lambda: client.cancel_order(order_id, issue))
+    if json:
+        emit_json({"id": order_id, "cancelled": True})
+    else:
+        out.print(f"order {order_id} cancelled")
+
+
+@client_app.command(rich_help_panel=PANEL_RENT)
+def bid(
+    order_id: Annotated[int, typer.Argument(metavar="ID", help="Your spot order id.")],
+    price: Annotated[str, typer.Argument(help="New bid per day.")],
+    json: JsonOpt = False,
+    profile: ProfileOpt = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Change your spot bid. Raise any time; lower once per 600 s, by one step at most."""
+    c = ctx(json, profile, url, api_key)
+    value = parse_decimal(price, "PRICE")
+    with handled(c.target), c.client() as client:
+        call(
+            f"setting the bid of order {order_id}…", lambda: client.set_spot_price(order_id, value)
+        )
+    if json:
+        emit_json({"id": order_id, "bid": value})
+    else:
+        out.print(f"order {order_id}: bid is now {fmt(value)} per day")
+
+
+@client_app.command(rich_help_panel=PANEL_RENT)
+def spot(
+    server: Annotated[int, typer.Argument(help="Server id.")],
+    json: JsonOpt = False,
+    profile: ProfileOpt = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """The spot order book of SERVER (highest bid runs)."""
+    c = ctx(json, profile, url, api_key)
+    with handled(c.target), c.client(need_key=False) as client:
+        book = call("loading the order book…", lambda: client.spot_marketplace(server))
+    if json:
+        emit_json(book)
+        return
+    if not book.exists or book.market is None:
+        fail(f"server {server} has no spot market (unknown or not public)")
+    srv = book.market.server
+    mins = ", ".join(f"{fmt(v)} {k}" for k, v in srv.min_pricing.items()) or "-"
+    hours = f"{srv.mrl // 3600} h" if srv.mrl is not None else "-"
+    out.print(
+        f"server {server}: minimum bid {mins} per day; max rental {hours}; "
+        f"{'online' if srv.online else 'offline'}, {srv.visibility or '-'}"
+    )
+    table = Table(title=f"{len(book.offers)} offer(s), highest first")
+    for name in ("offer", "bid/day", "currency", "active", "mine"):
+        table.add_column(name)
+    for o in sorted(book.offers, key=lambda o: (-o.bid, o.offer_id)):
+        table.add_row(
+            str(o.offer_id),
+            fmt(o.bid),
+            o.currency or "-",
+            "yes" if o.active else "",
+            "yes" if o.my else "",
+        )
+    out.print(table)
+
+
+@client_app.command(rich_help_panel=PANEL_RENT)
+def wallets(
+    json: JsonOpt = False,
+    profile: ProfileOpt = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Your balances and deposit addresses."""
+    c = ctx(json, profile, url, api_key)
+    with handled(c.target), c.client() as client:
+        rows = call("loading wallets…", client.wallets)
+    if json:
+        emit_json(rows)
+        return
+    table = Table(title="wallets")
+    for name in ("currency", "balance", "deposit address", "withdrawal fee"):
+        table.add_column(name, justify="right" if name in ("balance", "withdrawal fee") else "left")
+    for w in rows:
+        table.add_row(w.name, fmt(w.balance), w.deposit or "-", fmt(w.withdrawal_fee))
+    out.print(table)
+
+
+@client_app.command(rich_help_panel=PANEL_RENT)
+def ssh(
+    order_id: Annotated[int, typer.Argument(metavar="ORDER", help="Order id.")],
+    print_only: Annotated[
+        bool, typer.Option("--print", help="Print the ssh command instead of running it.")
+    ] = False,
+    user: Annotated[str, typer.Option(help="Login name.")] = "root",
+    json: JsonOpt = False,
+    profile: ProfileOpt = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """SSH into ORDER through its published port 22."""
+    c = ctx(json, profile, url, api_key)
+    with handled(c.target), c.client() as client:
+        rows = call("loading orders…", client.my_orders)
+    order = next((o for o in rows if o.id == order_id), None)
+    if order is None:
+        fail(f"no active order {order_id} (see `openclore orders`)")
+    command = order.ssh_command(user)
+    if command is None:
+        fail(
+            f"order {order_id} publishes no SSH port yet (tcp_ports: "
+            f"{', '.join(order.tcp_ports) or 'none'}; rent with --port 22:tcp)"
+        )
+    argv = shlex.split(command)
+    if json:
+        emit_json({"id": order_id, "command": command, "argv": argv})
+        return
+    if print_only:
+        out.print(command)
+        return
+    binary = shutil.which("ssh")
+    if binary is None:
+        fail(f"ssh is not installed; the command is: {command}")
+    sys.stdout.flush()
+    os.execv(binary, argv)
+
+
+# ----------------------------------------------------------------------------- hosting
+
+
+@client_app.command(rich_help_panel=PANEL_HOST)
+def servers(
+    json: JsonOpt = False,
+    profile: ProfileOpt = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """The servers you host."""
+    c = ctx(json, profile, url, api_key)
+    with handled(c.target), c.client() as client:
+        rows = call("loading your servers…", client.my_servers)
+    if json:
+        emit_json(rows)
+        return
+    table = Table(title=f"{len(rows)} server(s)")
+    for name in ("id", "name", "status", "visibility", "on-demand/day", "spot min/day", "gpu"):
+        table.add_column(name)
+    for s in rows:
+        status = "online" if s.online else ("offline" if s.connected else "not connected")
+        table.add_row(
+            str(s.id) if s.id is not None else "-",
+            s.name,
+            status,
+            s.visibility,
+            ", ".join(f"{fmt(v)} {k}" for k, v in s.pricing.items() if v) or "-",
+            ", ".join(f"{fmt(v)} {k}" for k, v in s.min_spot_pricing.items() if v) or "-",
+            (s.specs.gpu or "-") if s.specs else "-",
+        )
+    out.print(table)
+    for s in rows:
+        if s.init_token:
+            out.print(f"{s.name}: not connected yet, init token {s.init_token}")
+
+
+@host_app.command("add")
+def server_add(
+    name: Annotated[str, typer.Argument(help="A name for the server.")],
+    json: JsonOpt = False,
+    profile: ProfileOpt = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Add a server to host; prints the init token its agent registers with (openclore)."""
+    c = ctx(json, profile, url, api_key)
+    with handled(c.target), c.client() as client:
+        added = call(f"adding server {name!r}…", lambda: client.add_server(name))
+    if json:
+        emit_json(added)
+        return
+    out.print(f"server {added.id} {name!r} added\ninit token {added.init_token}")
+
+
+@host_app.command("set")
+def server_set(
+    name: Annotated[str, typer.Argument(help="Your server's name.")],
+    price: Annotated[str | None, typer.Option(help="On-demand price per day.")] = None,
+    spot: Annotated[str | None, typer.Option(help="Minimum spot bid per day.")] = None,
+    mrl: Annotated[int | None, typer.Option(help="Maximum rental length, hours.")] = None,
+    currency: Annotated[
+        str | None, typer.Option(help="Currency of --price/--spot [default: the market's].")
+    ] = None,
+    available: Annotated[
+        bool | None,
+        typer.Option("--available/--hidden", help="List it for rent, or hide it."),
+    ] = None,
+    json: JsonOpt = False,
+    profile: ProfileOpt = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Change your server's prices, maximum rental length and availability."""
+    c = ctx(json, profile, url, api_key)
+    on_demand = parse_decimal(price, "--price") if price is not None else None
+    minimum = parse_decimal(spot, "--spot") if spot is not None else None
+    if on_demand is None and minimum is None and mrl is None and available is None:
+        fail("nothing to change: give --price, --spot, --mrl, --available or --hidden")
+    with handled(c.target), c.client() as client:
+        call(
+            f"updating {name!r}…",
+            lambda: client.set_server_settings(
+                name,
+                availability=available,
+                mrl=mrl,
+                on_demand=on_demand,
+                spot=minimum,
+                currency=currency,
+            ),
+        )
+    changes: dict[str, Any] = {
+        k: v
+        for k, v in (
+            ("on_demand", on_demand),
+            ("spot", minimum),
+            ("mrl", mrl),
+            ("availability", available),
+        )
+        if v is not None
+    }
+    if json:
+        emit_json({"name": name, "currency": currency, **changes})
+        return
+    out.print(f"{name}: " + ", ".join(f"{k} = {fmt_any(v)}" for k, v in changes.items()))
