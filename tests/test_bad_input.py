@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import Market, ok, order_body, spot_body
 from sqlalchemy import func, select
 
 from openclore.store.schema import accounts, orders, server_prices, servers, transfers
+
+from conftest import Market, ok, order_body, spot_body
 
 SID = "<sid>"  # replaced by the test's server id
 
@@ -146,16 +147,20 @@ def test_other_users_ids_are_not_yours(market: Market) -> None:
     assert thief.post("/v1/cancel_order", json={"id": oid}).json()["error"] == (
         "you_dont_own_this_order"
     )
-    assert thief.post(
-        "/v1/set_spot_price", json={"order_id": oid, "desired_price": 1}
-    ).json()["error"] == "order_dont_exist"
+    assert (
+        thief.post("/v1/set_spot_price", json={"order_id": oid, "desired_price": 1}).json()["error"]
+        == "order_dont_exist"
+    )
     assert thief.post("/v1/server_config", json={"server_name": "rig"}).json()["error"] == (
         "server_dont_exist"
     )
-    assert thief.post(
-        "/v1/set_server_settings", json={"name": "rig", "mrl": 5}
-    ).json()["error"] == "server_dont_exist"
-    assert all(o["id"] != oid for o in ok(thief.get("/v1/my_orders?return_completed=true"))["orders"])
+    assert (
+        thief.post("/v1/set_server_settings", json={"name": "rig", "mrl": 5}).json()["error"]
+        == "server_dont_exist"
+    )
+    assert all(
+        o["id"] != oid for o in ok(thief.get("/v1/my_orders?return_completed=true"))["orders"]
+    )
     (offer,) = ok(thief.get(f"/v1/spot_marketplace?market={sid}"))["market"]["offers"]
     assert offer["my"] is False
 
@@ -170,7 +175,9 @@ def test_sandbox_is_refused_when_off(market: Market) -> None:
 
 def _counts(market: Market) -> tuple[int, ...]:
     with market.db.read() as conn:
-        return tuple(
+        counts = [
             int(conn.execute(select(func.count()).select_from(t)).scalar_one())
             for t in (orders, transfers, servers, server_prices)
-        ) + (int(conn.execute(select(func.sum(accounts.c.balance * accounts.c.id))).scalar_one()),)
+        ]
+        weighted = select(func.sum(accounts.c.balance * accounts.c.id))
+        return (*counts, int(conn.execute(weighted).scalar_one()))

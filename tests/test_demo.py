@@ -10,9 +10,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Market, free_port
 
 from openclore.market.demo import RENTER_HOST_TOKEN, RENTER_TOKEN, seed
+
+from conftest import Market, free_port
 
 JSON = {"Content-type": "application/json"}
 
@@ -41,7 +42,9 @@ CREATE_SPOT = b"""
     "ssh_password":"Hpcj08ZaOpCbTmn1Eu",
     "command":"#!/bin/sh\\napt update -y && apt install htop"
 }"""
-CREATE_ON_DEMAND = CREATE_SPOT.replace(b'"type":"spot",\n    "spotprice":0.000001,', '"type":"按需",'.encode())
+CREATE_ON_DEMAND = CREATE_SPOT.replace(
+    b'"type":"spot",\n    "spotprice":0.000001,', '"type":"按需",'.encode()
+)
 
 
 class Paced:

@@ -9,9 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import schemathesis
-from conftest import Market
 from hypothesis import HealthCheck, settings
-
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -21,6 +19,8 @@ from schemathesis.specs.openapi.checks import (
 
 from openclore.api.app import create_app
 from openclore.config import Settings
+
+from conftest import Market
 
 
 def _schema() -> Any:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from conftest import Market
 
 from openclore.store.migrate import upgrade
 from openclore.store.schema import metadata
+
+from conftest import Market
 
 
 def test_migrations_match_the_schema(market: Market) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from conftest import Market, ok, order_body
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
@@ -24,6 +23,8 @@ from openclore.domain.money import (
 from openclore.ledger.addresses import deposit_address
 from openclore.ledger.ledger import InsufficientFunds, ensure_wallet, system_account_id, transfer
 from openclore.store.schema import accounts
+
+from conftest import Market, ok, order_body
 
 
 def test_units_are_nano_coins_and_int64_holds_a_billion_coins() -> None:
@@ -122,7 +123,9 @@ def test_transfers_are_exactly_once_and_never_overdraw(market: Market) -> None:
         wallet = ensure_wallet(conn, uid, "bitcoin", "s")
         external = system_account_id(conn, "external", "bitcoin")
         platform = system_account_id(conn, "platform", "bitcoin")
-        assert transfer(conn, key="d1", debit=external, credit=wallet, amount=100, kind="deposit", now=0)
+        assert transfer(
+            conn, key="d1", debit=external, credit=wallet, amount=100, kind="deposit", now=0
+        )
         assert not transfer(
             conn, key="d1", debit=external, credit=wallet, amount=100, kind="deposit", now=0
         )

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import Market, error, ok, order_body, spot_body
 from sqlalchemy import func, select
 
 from openclore.store.schema import accounts, orders, transfers
+
+from conftest import Market, error, ok, order_body, spot_body
 
 
 def balance(market: Market, token: str, currency: str = "bitcoin") -> float:
@@ -82,9 +83,10 @@ def test_create_order_errors(market: Market) -> None:
     assert error(rich.post("/v1/create_order", json=spot_body(sid, "0.0000009"))) == (
         "too_low_price"
     )
-    assert error(
-        rich.post("/v1/create_order", json=order_body(sid, required_price=0.00002))
-    ) == "price_changed"
+    assert (
+        error(rich.post("/v1/create_order", json=order_body(sid, required_price=0.00002)))
+        == "price_changed"
+    )
     ok(rich.post("/v1/create_order", json=order_body(sid, required_price=0.00001)))
 
 
@@ -206,9 +208,10 @@ def test_set_spot_price_rules(market: Market) -> None:
         "order_dont_exist"
     )
     od = ok(c.post("/v1/create_order", json=order_body(market.server(market.user(), "x"))))
-    assert error(
-        c.post("/v1/set_spot_price", json={"order_id": od["order_id"], "desired_price": 1})
-    ) == "order_dont_exist"
+    assert (
+        error(c.post("/v1/set_spot_price", json={"order_id": od["order_id"], "desired_price": 1}))
+        == "order_dont_exist"
+    )
 
 
 def test_lowering_never_goes_below_the_minimum_in_one_step(market: Market) -> None:

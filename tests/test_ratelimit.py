@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from conftest import Market, ok, order_body
-
 from openclore.api.ratelimit import RateLimiter
+
+from conftest import Market, ok, order_body
 
 
 def test_gcra_allows_no_burst_and_tolerates_jitter(market: Market) -> None:

@@ -60,9 +60,14 @@ def test_server_config_shape(market: Market) -> None:
     assert config["background_job"] == {"times_updated": 0, "image": None, "command": "", "env": []}
     assert error(c.post("/v1/server_config", json={"server_name": "nope"})) == "server_dont_exist"
     # another user's server does not exist for you
-    assert error(
-        market.client(market.user()).post("/v1/server_config", json={"server_name": "Jan Vykydal"})
-    ) == "server_dont_exist"
+    assert (
+        error(
+            market.client(market.user()).post(
+                "/v1/server_config", json={"server_name": "Jan Vykydal"}
+            )
+        )
+        == "server_dont_exist"
+    )
     assert c.post("/v1/server_config", json={}).json()["code"] == 2
 
 
@@ -72,12 +77,16 @@ def test_rental_status_follows_the_running_order(market: Market) -> None:
     h = market.client(host)
 
     def status() -> int:
-        return int(ok(h.post("/v1/server_config", json={"server_name": "rig"}))["config"]["rental_status"])
+        return int(
+            ok(h.post("/v1/server_config", json={"server_name": "rig"}))["config"]["rental_status"]
+        )
 
     renter = market.client(market.user(bitcoin="0.01"))
     spot = ok(renter.post("/v1/create_order", json=spot_body(sid, "0.000002")))["order_id"]
     assert status() == 1
-    od = ok(market.client(market.user(bitcoin="0.01")).post("/v1/create_order", json=order_body(sid)))
+    od = ok(
+        market.client(market.user(bitcoin="0.01")).post("/v1/create_order", json=order_body(sid))
+    )
     assert status() == 2
     assert od["order_id"] > spot
 

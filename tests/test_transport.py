@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+
 from conftest import Market, ok, order_body
 
 ENDPOINTS = [

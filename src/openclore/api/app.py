@@ -20,8 +20,9 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openclore.api import models
+from openclore.api.agent_api import install_agent_api
 from openclore.api.errors import error_response
-from openclore.api.market_cache import MarketCache
+from openclore.api.market_cache import MarketCache, PartsResponse
 from openclore.api.openapi import install_openapi
 from openclore.api.ratelimit import RateLimiter
 from openclore.api.wire import dumps, parse_object
@@ -226,7 +227,7 @@ def _marketplace(state: AppState, call: Call) -> Response:
                 )
             return Response(listing.anonymous, media_type="application/json")
         mine = _own_server_ids(conn, call.user_id)
-    return Response(state.market.body_for(listing, mine), media_type="application/json")
+    return PartsResponse(state.market.parts_for(listing, mine))
 
 
 def _own_server_ids(conn: Connection, user_id: int) -> list[int]:
@@ -296,7 +297,10 @@ def _create_order(state: AppState, call: Call) -> dict[str, Any]:
 
     def run(conn: Connection) -> dict[str, Any]:
         order_id = order_service.create_order(conn, _uid(call), req, state.settings, call.now)
-        return {"order_id": order_id, "order": order_service.order_detail(conn, order_id, state.settings)}
+        return {
+            "order_id": order_id,
+            "order": order_service.order_detail(conn, order_id, state.settings),
+        }
 
     result: dict[str, Any] = state.db_write(run)
     return result
@@ -398,8 +402,9 @@ def create_app(
         version="1.0",
         description=(
             "A self-hostable GPU-rental marketplace speaking the Clore.ai API v1. Every response "
-            'carries `code` (0 OK, 1 internal, 2 invalid input, 3 invalid token, 4 invalid '
-            "endpoint, 5 rate limit, 6 named error in `error`). Authenticate with the `auth` header."
+            "carries `code` (0 OK, 1 internal, 2 invalid input, 3 invalid token, 4 invalid "
+            "endpoint, 5 rate limit, 6 named error in `error`). Authenticate with the `auth` "
+            "header."
         ),
         docs_url="/docs",
         redoc_url=None,
@@ -411,7 +416,9 @@ def create_app(
         headers: dict[str, str] = {}
         try:
             if ep.sandbox and not settings.sandbox_enabled:
-                raise InvalidEndpoint("sandbox mode is off (start with --demo or OPENCLORE_SANDBOX=1)")
+                raise InvalidEndpoint(
+                    "sandbox mode is off (start with --demo or OPENCLORE_SANDBOX=1)"
+                )
             token = request.headers.get("auth")
             headers = await run_in_threadpool(_check_rate, ep, request, token)
             raw = await request.body()
@@ -485,6 +492,7 @@ def create_app(
     async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
         return error_response(InvalidInput("invalid request"), settings.http_status)
 
+    install_agent_api(app, state)  # host agents: /agent/v1, apart from the Clore API
     install_openapi(app, V1_ENDPOINTS, SANDBOX_ENDPOINTS)
     inner = app.build_middleware_stack
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, select
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from openclore.config import Settings
 from openclore.engine.billing import MARKET_VERSION
@@ -92,11 +94,30 @@ class MarketCache:
             return cached
 
     @staticmethod
-    def body_for(listing: Listing, my_servers: list[int]) -> bytes:
-        return (
-            b'{"servers":'
-            + listing.servers_json
-            + b',"my_servers":'
-            + orjson.dumps(my_servers)
-            + b',"code":0}'
+    def parts_for(listing: Listing, my_servers: list[int]) -> list[bytes]:
+        """The body for a caller, as parts sent one after another (the listing is not copied)."""
+        return [
+            b'{"servers":',
+            listing.servers_json,
+            b',"my_servers":' + orjson.dumps(my_servers) + b',"code":0}',
+        ]
+
+
+class PartsResponse(Response):
+    """A JSON response whose body is sent as several ASGI messages without joining them."""
+
+    media_type = "application/json"
+
+    def __init__(self, parts: list[bytes], headers: dict[str, str] | None = None) -> None:
+        super().__init__(b"", headers=headers)
+        self.parts = parts
+        self.headers["content-length"] = str(sum(len(p) for p in parts))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
+        for i, part in enumerate(self.parts):
+            await send(
+                {"type": "http.response.body", "body": part, "more_body": i < len(self.parts) - 1}
+            )

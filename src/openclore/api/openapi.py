@@ -42,7 +42,7 @@ RESPONSES: dict[str, type[BaseModel]] = {
 SUMMARIES = {
     "wallets": "Wallets and balances",
     "my_servers": "Servers you offer on the market",
-    "server_config": "Configuration of one of your servers (GET with a JSON body, or ?server_name=)",
+    "server_config": "One of your servers' configuration (GET with a JSON body, ?server_name=)",
     "marketplace": "Public servers on the market (token optional)",
     "my_orders": "Your orders (?return_completed=true adds ended ones)",
     "spot_marketplace": "The spot order book of one server (?market=SERVER_ID)",
@@ -61,13 +61,13 @@ QUERY = {
 }
 
 
-def install_openapi(
-    app: FastAPI, v1: Sequence[Endpoint], sandbox: Sequence[Endpoint]
-) -> None:
+def install_openapi(app: FastAPI, v1: Sequence[Endpoint], sandbox: Sequence[Endpoint]) -> None:
     def build() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=[])
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=[]
+        )
         all_models: list[type[BaseModel]] = [
             *REQUESTS.values(),
             *RESPONSES.values(),
@@ -80,9 +80,7 @@ def install_openapi(
         )
         components = schema.setdefault("components", {})
         components["schemas"] = top.get("$defs", {})
-        components["securitySchemes"] = {
-            "auth": {"type": "apiKey", "in": "header", "name": "auth"}
-        }
+        components["securitySchemes"] = {"auth": {"type": "apiKey", "in": "header", "name": "auth"}}
         paths: dict[str, Any] = {}
         for prefix, endpoints in (("/v1", v1), ("/sandbox", sandbox)):
             for ep in endpoints:
@@ -109,7 +107,9 @@ def _path(ep: Endpoint) -> dict[str, Any]:
             "200": {
                 "description": "code 0 with the result, or codes 2/3/4/6 (Clore HTTP mode)",
                 "content": {
-                    "application/json": {"schema": {"anyOf": [_ref(ok), _ref(models.ErrorEnvelope)]}}
+                    "application/json": {
+                        "schema": {"anyOf": [_ref(ok), _ref(models.ErrorEnvelope)]}
+                    }
                 },
             },
             "413": {"description": "code 2: request body too large", "content": error},

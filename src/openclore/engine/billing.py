@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from openclore.domain.money import affordable_seconds, fee_for, spend_for
-from openclore.ledger.ledger import account_key, balance, transfer
 from openclore.engine.events import notify_server
+from openclore.ledger.ledger import account_key, balance, transfer
 from openclore.store.db import bump_meta
 from openclore.store.schema import accounts, orders, servers
 
@@ -172,9 +172,7 @@ def resolve_server(conn: Connection, server_id: int, now: int) -> None:
 
 def lock_server(conn: Connection, server_id: int) -> Row | None:
     """Take the server's row lock: every change to a server's orders goes through it."""
-    row = conn.execute(
-        select(servers).where(servers.c.id == server_id).with_for_update()
-    ).first()
+    row = conn.execute(select(servers).where(servers.c.id == server_id).with_for_update()).first()
     return None if row is None else dict(row._mapping)
 
 

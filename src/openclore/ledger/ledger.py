@@ -60,7 +60,9 @@ def system_account_id(conn: Connection, kind: str, currency: str) -> int:
 
 
 def balance(conn: Connection, account_id: int) -> int:
-    return int(conn.execute(select(accounts.c.balance).where(accounts.c.id == account_id)).scalar_one())
+    return int(
+        conn.execute(select(accounts.c.balance).where(accounts.c.id == account_id)).scalar_one()
+    )
 
 
 def transfer(

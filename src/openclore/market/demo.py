@@ -7,8 +7,8 @@ the demo is backed by transfers. Demo hosts are simulated agents: always online,
 from __future__ import annotations
 
 import random
-from decimal import Decimal
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, text, update
@@ -236,57 +236,193 @@ def seed(conn: Connection, settings: Settings, now: int) -> DemoWorld:
     }
 
     # user 1's servers: "Michael" (never connected), a hidden one, "Jan Vykydal" (id 4, offline)
-    _server(conn, 1, 1, "Michael", now=now, init_token=MICHAEL_INIT_TOKEN, connected=False,
-            online=False, visibility="hidden", mrl=72, specs=None, prices={})
-    _server(conn, 2, 1, "Tomas", now=now, init_token=_init(rng), connected=True, online=False,
-            visibility="hidden", mrl=48, specs=dict(JAN_SPECS, gpu="2x GeForce RTX 2080 Ti",
-                                                    gpuram=11), prices={"bitcoin": ("0.00004", "0.00002")})
-    _server(conn, 3, 3, "Brno-3090", now=now, init_token=_init(rng), connected=True, online=True,
-            visibility="public", mrl=168, specs=_specs(rng, 0), prices=_prices(rng, 1),
-            reliability=0.991, rating=(4.8, 37))
-    _server(conn, 4, 1, "Jan Vykydal", now=now, init_token=_init(rng), connected=True,
-            online=False, visibility="public", mrl=72, specs=JAN_SPECS,
-            prices={"bitcoin": ("0.00010337", "0.00005168")},
-            background=("cloreai/ubuntu20.04-jupyter", 1))
-    _server(conn, 5, 3, "Brno-4090", now=now, init_token=_init(rng), connected=True, online=True,
-            visibility="public", mrl=96, specs=_specs(rng, 1), prices=_prices(rng, 2),
-            reliability=0.973, rating=(4.6, 12))
-    _server(conn, 6, 4, "michael-1080ti", now=now, init_token=_init(rng), connected=True,
-            online=True, visibility="public", mrl=73, specs=SERVER6_SPECS,
-            prices={"bitcoin": ("0.00001", "0.000001")}, reliability=0.998, rating=(4.9, 102))
+    _server(
+        conn,
+        1,
+        1,
+        "Michael",
+        now=now,
+        init_token=MICHAEL_INIT_TOKEN,
+        connected=False,
+        online=False,
+        visibility="hidden",
+        mrl=72,
+        specs=None,
+        prices={},
+    )
+    _server(
+        conn,
+        2,
+        1,
+        "Tomas",
+        now=now,
+        init_token=_init(rng),
+        connected=True,
+        online=False,
+        visibility="hidden",
+        mrl=48,
+        specs=dict(JAN_SPECS, gpu="2x GeForce RTX 2080 Ti", gpuram=11),
+        prices={"bitcoin": ("0.00004", "0.00002")},
+    )
+    _server(
+        conn,
+        3,
+        3,
+        "Brno-3090",
+        now=now,
+        init_token=_init(rng),
+        connected=True,
+        online=True,
+        visibility="public",
+        mrl=168,
+        specs=_specs(rng, 0),
+        prices=_prices(rng, 1),
+        reliability=0.991,
+        rating=(4.8, 37),
+    )
+    _server(
+        conn,
+        4,
+        1,
+        "Jan Vykydal",
+        now=now,
+        init_token=_init(rng),
+        connected=True,
+        online=False,
+        visibility="public",
+        mrl=72,
+        specs=JAN_SPECS,
+        prices={"bitcoin": ("0.00010337", "0.00005168")},
+        background=("cloreai/ubuntu20.04-jupyter", 1),
+    )
+    _server(
+        conn,
+        5,
+        3,
+        "Brno-4090",
+        now=now,
+        init_token=_init(rng),
+        connected=True,
+        online=True,
+        visibility="public",
+        mrl=96,
+        specs=_specs(rng, 1),
+        prices=_prices(rng, 2),
+        reliability=0.973,
+        rating=(4.6, 12),
+    )
+    _server(
+        conn,
+        6,
+        4,
+        "michael-1080ti",
+        now=now,
+        init_token=_init(rng),
+        connected=True,
+        online=True,
+        visibility="public",
+        mrl=73,
+        specs=SERVER6_SPECS,
+        prices={"bitcoin": ("0.00001", "0.000001")},
+        reliability=0.998,
+        rating=(4.9, 102),
+    )
     hosts = [3, 4, 5, 6]
     for server_id in range(7, 43):
         owner = hosts[server_id % len(hosts)]
-        _server(conn, server_id, owner, f"{NAMES[server_id % len(NAMES)]}-{server_id}", now=now,
-                init_token=_init(rng), connected=True, online=True, visibility="public",
-                mrl=rng.choice([24, 48, 72, 168, 336, 720]), specs=_specs(rng, server_id),
-                prices=_prices(rng, server_id), reliability=round(rng.uniform(0.85, 1.0), 3),
-                rating=(round(rng.uniform(3.5, 5.0), 1), rng.randint(0, 250)))
+        _server(
+            conn,
+            server_id,
+            owner,
+            f"{NAMES[server_id % len(NAMES)]}-{server_id}",
+            now=now,
+            init_token=_init(rng),
+            connected=True,
+            online=True,
+            visibility="public",
+            mrl=rng.choice([24, 48, 72, 168, 336, 720]),
+            specs=_specs(rng, server_id),
+            prices=_prices(rng, server_id),
+            reliability=round(rng.uniform(0.85, 1.0), 3),
+            rating=(round(rng.uniform(3.5, 5.0), 1), rng.randint(0, 250)),
+        )
 
     # money: user 1 ends at the seed's 0.00153176 BTC after paying for orders 36 and 38
-    deposit(conn, 1, "bitcoin", to_units("0.00153176") + 138 + 6 + 100 + 300, settings,
-            now - 86400 * 45, key="demo:1:bitcoin")
+    deposit(
+        conn,
+        1,
+        "bitcoin",
+        to_units("0.00153176") + 138 + 6 + 100 + 300,
+        settings,
+        now - 86400 * 45,
+        key="demo:1:bitcoin",
+    )
     deposit(conn, 2, "bitcoin", to_units("0.05"), settings, now - 86400, key="demo:2:bitcoin")
-    deposit(conn, 2, "CLORE-Blockchain", to_units("2500"), settings, now - 86400,
-            key="demo:2:clore")
+    deposit(
+        conn, 2, "CLORE-Blockchain", to_units("2500"), settings, now - 86400, key="demo:2:clore"
+    )
     deposit(conn, 2, "USD-Blockchain", to_units("120"), settings, now - 86400, key="demo:2:usd")
     deposit(conn, 1, "CLORE-Blockchain", to_units("300"), settings, now - 86400, key="demo:1:clore")
 
-    _history_order(conn, 36, user=1, server=6, spot=True, price="0.00001", fee="2.5",
-                   creation_fee="0.0000001", ct=1667248597, seconds=1200, settings=settings,
-                   connection={"tcp_ports": []})
-    _history_order(conn, 38, user=1, server=6, spot=False, price="0.00001", fee="5",
-                   creation_fee="0.0000003", ct=1667401396, seconds=60, settings=settings,
-                   connection={"pub_cluster": ["n1.c1.clorecloud.net", "n2.c1.clorecloud.net"],
-                               "tcp_ports": ["22:10000"], "http_port": "8888"})
+    _history_order(
+        conn,
+        36,
+        user=1,
+        server=6,
+        spot=True,
+        price="0.00001",
+        fee="2.5",
+        creation_fee="0.0000001",
+        ct=1667248597,
+        seconds=1200,
+        settings=settings,
+        connection={"tcp_ports": []},
+    )
+    _history_order(
+        conn,
+        38,
+        user=1,
+        server=6,
+        spot=False,
+        price="0.00001",
+        fee="5",
+        creation_fee="0.0000003",
+        ct=1667401396,
+        seconds=60,
+        settings=settings,
+        connection={
+            "pub_cluster": ["n1.c1.clorecloud.net", "n2.c1.clorecloud.net"],
+            "tcp_ports": ["22:10000"],
+            "http_port": "8888",
+        },
+    )
     # offer 39: user 1's active spot bid on server 6 (bought from now on, never lowered yet)
     _set_explicit(
-        conn, "orders", 39, user_id=1, server_id=6, spot=True, currency="bitcoin",
-        price=to_units("0.0000042"), fee_bp=percent_to_bp(settings.fee_spot), creation_fee=0,
-        mrl=262800, ct=now, image="cloreai/ubuntu20.04-jupyter", command="", env={},
-        ports={"22": "tcp", "8888": "http"}, autossh_entrypoint=False, running=False,
-        expired=False, active_seconds=0, spend=0, fee_paid=0,
-        tcp_ports=["22:10039"], pub_cluster=["localhost"], http_port="8888",
+        conn,
+        "orders",
+        39,
+        user_id=1,
+        server_id=6,
+        spot=True,
+        currency="bitcoin",
+        price=to_units("0.0000042"),
+        fee_bp=percent_to_bp(settings.fee_spot),
+        creation_fee=0,
+        mrl=262800,
+        ct=now,
+        image="cloreai/ubuntu20.04-jupyter",
+        command="",
+        env={},
+        ports={"22": "tcp", "8888": "http"},
+        autossh_entrypoint=False,
+        running=False,
+        expired=False,
+        active_seconds=0,
+        spend=0,
+        fee_paid=0,
+        tcp_ports=["22:10039"],
+        pub_cluster=["localhost"],
+        http_port="8888",
         runtime_state="running",
     )
     lock_server(conn, 6)

@@ -17,7 +17,7 @@ from openclore.domain.money import (
     to_units,
 )
 from openclore.engine.billing import MARKET_VERSION, Row, end_order, lock_server, resolve_server
-from openclore.ledger.ledger import account_key, system_account_id, transfer, wallet_id
+from openclore.ledger.ledger import system_account_id, transfer, wallet_id
 from openclore.market.servers import prices_of
 from openclore.store.db import bump_meta
 from openclore.store.schema import accounts, orders, servers
@@ -139,7 +139,9 @@ def _simulate_connection(
     """Demo servers have no agent: publish ports the way an agent would (deterministic)."""
     ports = req.ports or {}
     base = 10000 + (order_id * 8) % 50000
-    tcp = [f"{p}:{base + i}" for i, (p, proto) in enumerate(sorted(ports.items())) if proto == "tcp"]
+    tcp = [
+        f"{p}:{base + i}" for i, (p, proto) in enumerate(sorted(ports.items())) if proto == "tcp"
+    ]
     http = next((p for p, proto in ports.items() if proto == "http"), None)
     conn.execute(
         update(orders)
@@ -192,14 +194,15 @@ def set_spot_price(
     current = order["price"]
     values: dict[str, Any] = {"price": desired}
     if desired < current:
-        min_spot = (
-            prices_of(conn, [order["server_id"]])[order["server_id"]]
-            .get(order["currency"], (0, 0))[1]
-        )
+        min_spot = prices_of(conn, [order["server_id"]])[order["server_id"]].get(
+            order["currency"], (0, 0)
+        )[1]
         last = order["last_lowered_at"]
         interval = settings.spot_lowering_interval
         if last is not None and now - last < interval:
-            raise MarketError("can_lower_every_600_seconds", time_to_lowering=interval - (now - last))
+            raise MarketError(
+                "can_lower_every_600_seconds", time_to_lowering=interval - (now - last)
+            )
         if desired < min_spot:
             raise MarketError("amount_too_low", min_price=to_coins(min_spot))
         lowest = max(current - max(min_spot, 1), min_spot)
@@ -253,10 +256,14 @@ def my_orders(
         query = query.where(orders.c.expired.is_(False))
     rows = [dict(r._mapping) for r in conn.execute(query)]
     server_ids = {r["server_id"] for r in rows}
-    server_rows = {
-        s.id: dict(s._mapping)
-        for s in conn.execute(select(servers).where(servers.c.id.in_(server_ids)))
-    } if server_ids else {}
+    server_rows = (
+        {
+            s.id: dict(s._mapping)
+            for s in conn.execute(select(servers).where(servers.c.id.in_(server_ids)))
+        }
+        if server_ids
+        else {}
+    )
     return {
         "orders": [order_view(r, server_rows.get(r["server_id"]), settings) for r in rows],
         "limit": settings.max_active_orders,

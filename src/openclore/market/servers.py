@@ -227,7 +227,9 @@ def set_server_settings(
     bump_meta(conn, MARKET_VERSION)
 
 
-def spot_marketplace(conn: Connection, server_id: int, user_id: int | None, settings: Settings) -> dict[str, Any]:
+def spot_marketplace(
+    conn: Connection, server_id: int, user_id: int | None, settings: Settings
+) -> dict[str, Any]:
     row = conn.execute(
         select(servers).where(servers.c.id == server_id, servers.c.removed_at.is_(None))
     ).first()
@@ -235,7 +237,9 @@ def spot_marketplace(conn: Connection, server_id: int, user_id: int | None, sett
         return {"exists": False}
     live = conn.execute(
         select(orders)
-        .where(orders.c.server_id == server_id, orders.c.spot.is_(True), orders.c.expired.is_(False))
+        .where(
+            orders.c.server_id == server_id, orders.c.spot.is_(True), orders.c.expired.is_(False)
+        )
         .order_by(orders.c.price.desc(), orders.c.id)
     ).all()
     prices = prices_of(conn, [server_id])[server_id]
