@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import Market
 from openclore.api.wire import dumps as wire_dumps
 from openclore.api.wire import strip_trailing_commas
 from openclore.client import (
@@ -58,6 +57,8 @@ from openclore.client import (
     json_loads,
     pick_new_order,
 )
+
+from conftest import Market
 
 IMAGE = "cloreai/ubuntu20.04-jupyter"
 

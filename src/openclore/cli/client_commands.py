@@ -146,7 +146,7 @@ class Ctx:
                 "no API key: set OPENCLORE_API_KEY, pass --api-key, or add api_key to a profile "
                 f"in {config_path()}"
             )
-        return Client(self.target.api_key, base_url=self.target.url)
+        return Client(self.target.api_key, base_url=self.target.url, retry_backoff=0.25)
 
 
 def ctx(json: bool, profile: str | None, url: str | None, api_key: str | None) -> Ctx:

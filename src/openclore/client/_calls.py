@@ -131,9 +131,12 @@ def decode(response: httpx.Response) -> dict[str, Any]:
 
 
 def connection_error(exc: Exception, url: str) -> CloreConnectionError:
-    sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+    hopeless = isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL)
+    sent = not hopeless and not isinstance(
+        exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
+    )
     detail = str(exc) or type(exc).__name__
-    return CloreConnectionError(f"cannot reach {url}: {detail}", sent=sent)
+    return CloreConnectionError(f"cannot reach {url}: {detail}", sent=sent, retryable=not hopeless)
 
 
 @dataclass
@@ -147,7 +150,9 @@ class RetryPolicy:
         return float(min(8.0, self.backoff_base * 2 ** (attempt - 1)))
 
     def transport(self, call: Call[Any], error: CloreConnectionError, attempt: int) -> bool:
-        return attempt < self.max_retries and (call.idempotent or not error.sent)
+        if not error.retryable or attempt >= self.max_retries:
+            return False
+        return call.idempotent or not error.sent
 
     def rate_limited(self, attempt: int) -> bool:
         # a code-5 answer means the server refused before doing anything: always safe

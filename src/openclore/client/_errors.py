@@ -72,9 +72,10 @@ class CloreConnectionError(CloreError):
     """The request failed on the network. ``sent`` is False when it surely never left
     (connection refused, connect timeout): only then is a non-idempotent call safe to repeat."""
 
-    def __init__(self, message: str, *, sent: bool) -> None:
+    def __init__(self, message: str, *, sent: bool, retryable: bool = True) -> None:
         super().__init__(message)
         self.sent = sent
+        self.retryable = retryable
 
 
 class UnexpectedResponse(CloreError):

@@ -1,0 +1,363 @@
+"""The client commands of the ``openclore`` CLI against a real openclore server over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+from typer.testing import CliRunner, Result
+
+from openclore.cli.main import app
+from openclore.client import Client
+from openclore.store.schema import orders, servers
+
+from conftest import Market
+
+IMAGE = "cloreai/ubuntu20.04-jupyter"
+
+
+class Cli:
+    def __init__(self, market: Market, tmp_path: Path, token: str | None) -> None:
+        self.market = market
+        self.env: dict[str, str | None] = {
+            "OPENCLORE_URL": market.url,
+            "OPENCLORE_API_KEY": token,
+            "OPENCLORE_CONFIG": str(tmp_path / "config.toml"),
+            "OPENCLORE_PROFILE": None,
+            "COLUMNS": "200",
+        }
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, code: int = 0, **env: str | None) -> Result:
+        result = self.runner.invoke(app, list(args), env={**self.env, **env})
+        assert result.exit_code == code, (args, result.stdout, result.stderr, result.exception)
+        assert "Traceback" not in result.output
+        return result
+
+    def json(self, *args: str, **env: str | None) -> Any:
+        return json.loads(self(*args, "--json", **env).stdout)
+
+    def error(self, *args: str, code: int = 1, **env: str | None) -> str:
+        result = self(*args, code=code, **env)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr  # one clear line
+        assert lines[0].startswith("error: ")
+        return lines[0]
+
+
+@pytest.fixture
+def world(market: Market, tmp_path: Path) -> tuple[Cli, Cli, int]:
+    """A renter's and a host's CLI, and an online server of the host."""
+    host = market.user("host")
+    renter = market.user("renter", bitcoin="0.01")
+    sid = market.server(
+        host,
+        "rig",
+        on_demand="0.00001",
+        spot="0.000001",
+        specs={
+            "gpu": "2x NVIDIA GeForce RTX 3090",
+            "gpuram": 24,
+            "ram": 64,
+            "cpus": "16/32",
+            "net": {"cc": "CZ"},
+        },
+    )
+    return Cli(market, tmp_path, renter), Cli(market, tmp_path, host), sid
+
+
+def set_gpus(market: Market, server_id: int, names: list[str]) -> None:
+    from openclore.engine.billing import MARKET_VERSION
+    from openclore.store.db import bump_meta
+
+    with market.db.write() as conn:
+        conn.execute(update(servers).where(servers.c.id == server_id).values(gpu_array=names))
+        bump_meta(conn, MARKET_VERSION)
+
+
+def test_market_filters_and_sorts(world: tuple[Cli, Cli, int], market: Market) -> None:
+    cli, _, sid = world
+    other = market.user("other host")
+    cheap = market.server(
+        other,
+        "cheap",
+        on_demand="0.000002",
+        spot="0.000001",
+        specs={
+            "gpu": "1x NVIDIA GeForce GTX 1080 Ti",
+            "gpuram": 11,
+            "ram": 32,
+            "net": {"cc": "DE"},
+        },
+    )
+    set_gpus(market, sid, ["NVIDIA GeForce RTX 3090"] * 2)
+    set_gpus(market, cheap, ["NVIDIA GeForce GTX 1080 Ti"])
+    rows = cli.json("market")
+    assert [r["id"] for r in rows] == [cheap, sid]  # price ascending
+    assert rows[1]["price"]["on_demand"]["bitcoin"] == 0.00001
+    assert [r["id"] for r in cli.json("market", "--sort", "vram")] == [sid, cheap]
+    assert [r["id"] for r in cli.json("market", "--gpu", "3090")] == [sid]
+    assert [r["id"] for r in cli.json("market", "--vram", "20")] == [sid]
+    assert [r["id"] for r in cli.json("market", "--ram", "48")] == [sid]
+    assert [r["id"] for r in cli.json("market", "--country", "de")] == [cheap]
+    assert [r["id"] for r in cli.json("market", "--max-price", "0.000005")] == [cheap]
+    hourly = ["market", "--per-hour", "--max-price", "0.0000004"]
+    assert [r["id"] for r in cli.json(*hourly)] == [cheap]  # 0.00001/24 > 0.0000004
+    assert cli.json("market", "--currency", "USD-Blockchain") == []
+    assert [r["id"] for r in cli.json("market", "--min-reliability", "0.5", "--limit", "1")] == [
+        cheap
+    ]
+    Client(cli.env["OPENCLORE_API_KEY"], base_url=market.url, rate_limit=False).create_order(
+        sid, IMAGE
+    )
+    assert [r["id"] for r in cli.json("market", "--available-only")] == [cheap]
+    assert [r["id"] for r in cli.json("market", "--sort", "gpus")] == [sid, cheap]
+    # the listing needs no token, and the text table shows the columns
+    text = cli("market", "--per-hour", OPENCLORE_API_KEY=None).stdout
+    assert "2x NVIDIA GeForce RTX 3090" in text and "per hour" in text and "yes" in text
+    cli.error("market", "--max-price", "cheap", code=1)
+    assert cli("market", "--sort", "nonsense", code=2).exit_code == 2
+
+
+def test_rent_wait_orders_ssh_cancel(world: tuple[Cli, Cli, int]) -> None:
+    cli, _, sid = world
+    result = cli(
+        "rent",
+        str(sid),
+        "--image",
+        IMAGE,
+        "--wait",
+        "--env",
+        "A=1",
+        "--port",
+        "22:tcp",
+        "--port",
+        "8888:http",
+    )
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("order ") and "on-demand 0.00001 bitcoin/day" in lines[0]
+    ssh_line = next(line for line in lines if line.startswith("ssh -p "))
+    assert ssh_line.endswith("root@localhost")
+    (order,) = cli.json("orders")
+    assert order["si"] == sid and order["tcp_ports"] and order["http_port"] == "8888"
+    assert ssh_line == f"ssh -p {order['tcp_ports'][0].split(':')[1]} root@localhost"
+    assert cli("ssh", str(order["id"]), "--print").stdout.strip() == ssh_line
+    assert cli.json("ssh", str(order["id"]))["argv"][:2] == ["ssh", "-p"]
+    assert str(order["id"]) in cli("orders").stdout
+    assert cli.json("cancel", str(order["id"]), "--issue", "GPU #1 overheats") == {
+        "id": order["id"],
+        "cancelled": True,
+    }
+    assert cli.json("orders") == []
+    (ended,) = cli.json("orders", "--all")
+    assert ended["id"] == order["id"] and ended["expired"] is True
+    assert "order_not_active" in cli.error("cancel", str(order["id"]))
+    assert "no active order" in cli.error("ssh", str(order["id"]), "--print")
+
+
+def test_rent_spot_json_and_bid_rules(world: tuple[Cli, Cli, int], tmp_path: Path) -> None:
+    cli, _, sid = world
+    key = tmp_path / "id.pub"
+    key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample user@host\n")
+    order = cli.json(
+        "rent",
+        str(sid),
+        "--image",
+        IMAGE,
+        "--spot",
+        "0.0000042",
+        "--currency",
+        "bitcoin",
+        "--ssh-key",
+        str(key),
+        "--ssh-password",
+        "secret123",
+        "--jupyter-token",
+        "tok",
+        "--command",
+        "echo hi",
+        "--wait",
+    )
+    assert order["spot"] is True and order["price"] == 0.0000042
+    assert order["ssh_command"].startswith("ssh -p ")
+    oid = str(order["id"])
+    book = cli.json("spot", str(sid))
+    assert book["exists"] and book["market"]["offers"][0]["offer_id"] == order["id"]
+    assert "0.0000042" in cli("spot", str(sid)).stdout
+
+    step = cli.error("bid", oid, "0.000002")
+    assert "exceeded_max_step" in step and "one step" in step and "0.0000032" in step
+    assert cli.json("bid", oid, "0.0000032") == {"id": order["id"], "bid": 0.0000032}
+    wait = cli.error("bid", oid, "0.0000022")
+    assert "can_lower_every_600_seconds" in wait and "600 s" in wait and "in 600 s" in wait
+    assert "bid is now 0.00001" in cli("bid", oid, "0.00001").stdout
+    assert "order_dont_exist" in cli.error("bid", "999999", "1")
+    assert "not a number" in cli.error("bid", oid, "cheap")  # refused before any request
+    assert "spot market" in cli.error("spot", "987654")
+
+
+def test_wallets_servers_and_hosting(world: tuple[Cli, Cli, int]) -> None:
+    cli, host, sid = world
+    wallets = {w["name"]: w for w in cli.json("wallets")}
+    assert wallets["bitcoin"]["balance"] == 0.01
+    assert "bitcoin" in cli("wallets").stdout
+
+    (server,) = host.json("servers")
+    assert server["id"] == sid and server["name"] == "rig" and server["online"] is True
+    added = host.json("server", "add", "second rig")
+    assert len(added["init_token"]) == 48
+    text = host("servers").stdout
+    assert "second rig" in text and added["init_token"] in text
+
+    done = host.json(
+        "server",
+        "set",
+        "rig",
+        "--price",
+        "0.00002",
+        "--spot",
+        "0.0000015",
+        "--mrl",
+        "96",
+        "--hidden",
+    )
+    assert done == {
+        "name": "rig",
+        "currency": None,
+        "on_demand": 0.00002,
+        "spot": 0.0000015,
+        "mrl": 96,
+        "availability": False,
+    }
+    h = Client(host.env["OPENCLORE_API_KEY"], base_url=host.market.url, rate_limit=False)
+    config = h.server_config("rig")
+    assert config.pricing["bitcoin"] == Decimal("0.00002") and config.mrl == 96
+    assert config.visibility == "hidden"
+    assert "availability = True" in host("server", "set", "rig", "--available").stdout
+    host("server", "set", "rig", "--currency", "CLORE-Blockchain", "--price", "12.5")
+    assert h.server_config("rig").pricing["CLORE-Blockchain"] == Decimal("12.5")
+    assert "nothing to change" in host.error("server", "set", "rig")
+    assert "server_dont_exist" in host.error("server", "set", "nope", "--mrl", "5")
+    assert "server_name_taken" in host.error("server", "add", "rig")
+
+
+def test_wait_shows_progress_until_ports_are_published(
+    world: tuple[Cli, Cli, int], market: Market
+) -> None:
+    cli, _, sid = world
+    with market.db.write() as conn:  # a server with a real (here: silent) agent
+        conn.execute(update(servers).where(servers.c.id == sid).values(simulated=False))
+
+    def agent_publishes_ports() -> None:
+        time.sleep(1.5)
+        with market.db.write() as conn:
+            conn.execute(
+                update(orders)
+                .where(orders.c.server_id == sid)
+                .values(
+                    tcp_ports=["22:40022"], pub_cluster=["gpu.example.net"], runtime_state="running"
+                )
+            )
+
+    agent = threading.Thread(target=agent_publishes_ports)
+    agent.start()
+    started = time.monotonic()
+    result = cli("rent", str(sid), "--image", IMAGE, "--wait", "--timeout", "30")
+    agent.join()
+    assert time.monotonic() - started >= 1.4
+    assert result.stdout.strip().splitlines()[-1] == "ssh -p 40022 root@gpu.example.net"
+
+
+def test_wait_gives_up_after_the_timeout(world: tuple[Cli, Cli, int], market: Market) -> None:
+    cli, _, sid = world
+    with market.db.write() as conn:
+        conn.execute(update(servers).where(servers.c.id == sid).values(simulated=False))
+    line = cli.error("rent", str(sid), "--image", IMAGE, "--wait", "--timeout", "1")
+    assert "not ready after 1 s" in line
+    (order,) = cli.json("orders")  # it keeps running
+    assert "publishes no SSH port" in cli.error("ssh", str(order["id"]))
+
+
+def test_errors_are_one_line_and_exit_non_zero(world: tuple[Cli, Cli, int]) -> None:
+    cli, _, sid = world
+    assert "invalid API token" in cli.error("wallets", OPENCLORE_API_KEY="wrong")
+    assert "no API key" in cli.error("orders", OPENCLORE_API_KEY=None)
+    assert "server-dont-exist" in cli.error("rent", "999999", "--image", IMAGE)
+    assert "image" in cli.error("rent", str(sid), "--image", "not an image!")
+    assert "--port" in cli.error("rent", str(sid), "--image", IMAGE, "--port", "22:udp")
+    assert "--env" in cli.error("rent", str(sid), "--image", IMAGE, "--env", "NOVALUE")
+    assert "--ssh-key" in cli.error("rent", str(sid), "--image", IMAGE, "--ssh-key", "/nope")
+    poor = Cli(cli.market, Path(str(cli.env["OPENCLORE_CONFIG"])).parent, cli.market.user())
+    assert "not_enough_balance" in poor.error("rent", str(sid), "--image", IMAGE)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    line = cli.error("wallets", OPENCLORE_URL=dead)
+    assert "cannot reach" in line and dead in line
+    assert "unsupported protocol" in cli.error("wallets", OPENCLORE_URL="ftp://example.net")
+
+
+def test_configuration_profiles(world: tuple[Cli, Cli, int], tmp_path: Path) -> None:
+    cli, host, _ = world
+    renter_key = str(cli.env["OPENCLORE_API_KEY"])
+    host_key = str(host.env["OPENCLORE_API_KEY"])
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'profile = "renter"\n\n[profiles.renter]\nurl = "{cli.market.url}"\n'
+        f'api_key = "{renter_key}"\n\n[profiles.host]\nurl = "{cli.market.url}"\n'
+        f'api_key = "{host_key}"\n'
+    )
+    bare = {"OPENCLORE_URL": None, "OPENCLORE_API_KEY": None}
+    assert cli.json("servers", **bare) == []  # the file's default profile: the renter
+    assert [s["name"] for s in cli.json("servers", "--profile", "host", **bare)] == ["rig"]
+    assert [s["name"] for s in cli.json("servers", **bare, OPENCLORE_PROFILE="host")] == ["rig"]
+    # the environment overrides the profile, and --api-key overrides both
+    assert [s["name"] for s in cli.json("servers", OPENCLORE_URL=None)] == []
+    servers_as_host = cli.json("servers", "--api-key", host_key)
+    assert [s["name"] for s in servers_as_host] == ["rig"]
+    assert "no profile 'nope'" in cli.error("servers", "--profile", "nope", **bare)
+    config.write_text("this is [not toml")
+    assert "cannot read" in cli.error("servers", **bare)
+    config.write_text(f'url = "{cli.market.url}"\napi_key = "{host_key}"\n')
+    assert [s["name"] for s in cli.json("servers", **bare)] == ["rig"]
+
+
+def test_ssh_execs_ssh(world: tuple[Cli, Cli, int], tmp_path: Path) -> None:
+    cli, _, sid = world
+    order = cli.json("rent", str(sid), "--image", IMAGE)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "ssh"
+    record = tmp_path / "argv.json"
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"json.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCLORE_")}
+    env.update(
+        {k: v for k, v in cli.env.items() if v is not None},
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+    )
+    openclore = Path(sys.executable).parent / "openclore"
+    done = subprocess.run(
+        [str(openclore), "ssh", str(order["id"])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    port = order["tcp_ports"][0].split(":")[1]
+    assert json.loads(record.read_text()) == ["-p", port, "root@localhost"]
