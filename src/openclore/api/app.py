@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openclore.api import models
 from openclore.api.agent_api import install_agent_api
+from openclore.api.agent_api import install_agent_api
 from openclore.api.errors import error_response
 from openclore.api.market_cache import MarketCache, PartsResponse
 from openclore.api.openapi import install_openapi
@@ -492,6 +493,7 @@ def create_app(
     async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
         return error_response(InvalidInput("invalid request"), settings.http_status)
 
+    install_agent_api(app, state)  # host agents: /agent/v1, apart from the Clore API
     install_agent_api(app, state)  # host agents: /agent/v1, apart from the Clore API
     install_openapi(app, V1_ENDPOINTS, SANDBOX_ENDPOINTS)
     inner = app.build_middleware_stack

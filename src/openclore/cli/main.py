@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from openclore.agent.cli import agent as agent_command
 from openclore.cli.client_commands import client_app
 from openclore.config import Settings
 
@@ -32,6 +33,7 @@ app.add_typer(db_app, name="db")
 admin_app.add_typer(user_app, name="user")
 admin_app.add_typer(token_app, name="token")
 admin_app.add_typer(server_app, name="server")
+app.command("agent")(agent_command)
 app.add_typer(client_app)
 
 console = Console()

@@ -1,0 +1,266 @@
+"""``openclore agent``: the host agent that puts a GPU server on the market.
+
+First run: ``openclore agent --server-url URL --init-token TOKEN`` spends the server's init_token
+and keeps the agent's own credential in the state directory; every later run is plain
+``openclore agent``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from openclore.agent.state import (
+    AgentState,
+    RegistrationRefused,
+    default_state_dir,
+    load_state,
+    register,
+    save_state,
+)
+
+EX_TEMPFAIL = 75  # try again later (systemd restarts)
+EX_CONFIG = 78  # needs the host's attention (systemd: RestartPreventExitStatus=78)
+
+log = logging.getLogger("openclore.agent")
+
+
+def parse_size(text: str) -> int | None:
+    """``16g``, ``512m``, ``1073741824`` → bytes; empty → None."""
+    text = text.strip().lower()
+    if not text:
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", text)
+    if match is None:
+        raise typer.BadParameter(f"not a size: {text!r} (e.g. 16g, 512m)")
+    factor = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[match.group(2)]
+    return int(float(match.group(1)) * factor)
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", text)
+    if match is None:
+        raise typer.BadParameter(f"not a port range: {text!r} (e.g. 40000-40999)")
+    lo, hi = int(match.group(1)), int(match.group(2))
+    if not 1 <= lo <= hi <= 65535:
+        raise typer.BadParameter(f"bad port range {lo}-{hi}")
+    return lo, hi
+
+
+def agent(
+    server_url: Annotated[
+        str | None,
+        typer.Option(envvar="OPENCLORE_AGENT_SERVER_URL", help="The market, e.g. https://market.example"),
+    ] = None,
+    init_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="OPENCLORE_AGENT_INIT_TOKEN",
+            help="The server's 48-character init_token (first run only; it is spent)",
+        ),
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="OPENCLORE_AGENT_STATE_DIR",
+            help="Where the agent keeps its credential [default: ~/.local/state/openclore-agent]",
+        ),
+    ] = None,
+    register_only: Annotated[
+        bool, typer.Option("--register-only", help="Register, save the credential and exit")
+    ] = False,
+    runtime: Annotated[
+        str, typer.Option(envvar="OPENCLORE_AGENT_RUNTIME", help="docker | simulated")
+    ] = "docker",
+    public_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="OPENCLORE_AGENT_PUBLIC_HOST",
+            help="Public host name renters connect to (repeatable) [default: the market's "
+            "setting, else the address the agent connects from]",
+        ),
+    ] = None,
+    port_range: Annotated[
+        str, typer.Option(envvar="OPENCLORE_AGENT_PORT_RANGE", help="Host ports for renters")
+    ] = "40000-40999",
+    bind_address: Annotated[
+        str, typer.Option(envvar="OPENCLORE_AGENT_BIND_ADDRESS", help="Address ports bind to")
+    ] = "0.0.0.0",
+    network: Annotated[
+        str, typer.Option(envvar="OPENCLORE_AGENT_NETWORK", help="Docker network for rentals")
+    ] = "openclore",
+    isolation: Annotated[
+        str,
+        typer.Option(
+            envvar="OPENCLORE_AGENT_ISOLATION",
+            help="iptables isolation of rentals from private networks and the host: "
+            "auto | on | off",
+        ),
+    ] = "auto",
+    gpus: Annotated[
+        str, typer.Option(envvar="OPENCLORE_AGENT_GPUS", help="auto | all | none")
+    ] = "auto",
+    cpus: Annotated[
+        float, typer.Option(envvar="OPENCLORE_AGENT_CPUS", help="CPU limit per rental (0: none)")
+    ] = 0.0,
+    memory: Annotated[
+        str, typer.Option(envvar="OPENCLORE_AGENT_MEMORY", help="Memory limit per rental, e.g. 48g")
+    ] = "",
+    shm_size: Annotated[
+        str, typer.Option(envvar="OPENCLORE_AGENT_SHM_SIZE", help="/dev/shm size, e.g. 8g")
+    ] = "",
+    stop_timeout: Annotated[
+        float, typer.Option(help="Seconds a container gets to stop before it is killed")
+    ] = 5.0,
+    net_up: Annotated[
+        float, typer.Option(envvar="OPENCLORE_AGENT_NET_UP", help="Upload speed, Mbit/s")
+    ] = 0.0,
+    net_down: Annotated[
+        float, typer.Option(envvar="OPENCLORE_AGENT_NET_DOWN", help="Download speed, Mbit/s")
+    ] = 0.0,
+    country: Annotated[
+        str, typer.Option(envvar="OPENCLORE_AGENT_COUNTRY", help="Country code, e.g. CZ")
+    ] = "",
+    disk_path: Annotated[
+        str, typer.Option(envvar="OPENCLORE_AGENT_DISK_PATH", help="Disk measured for specs")
+    ] = "/var/lib/docker",
+    heartbeat: Annotated[
+        float | None, typer.Option(help="Heartbeat interval in seconds [default: the server's]")
+    ] = None,
+    log_level: Annotated[str, typer.Option(envvar="OPENCLORE_AGENT_LOG_LEVEL")] = "info",
+) -> None:
+    """Run the host agent: register once, then keep this machine's rentals running."""
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    directory = state_dir or default_state_dir()
+    state = _credential(directory, server_url, init_token)
+    if register_only:
+        typer.echo(f"registered as server {state.server_id}; credential in {directory}")
+        return
+    if runtime not in ("docker", "simulated"):
+        raise typer.BadParameter("--runtime must be docker or simulated")
+    if isolation not in ("auto", "on", "off"):
+        raise typer.BadParameter("--isolation must be auto, on or off")
+    if gpus not in ("auto", "all", "none"):
+        raise typer.BadParameter("--gpus must be auto, all or none")
+
+    from openclore.agent.channel import Agent, AgentUnauthorized, ChannelConfig
+    from openclore.agent.reconcile import Reconciler, ReconcileSettings
+    from openclore.agent.runtime import RuntimeProblem
+    from openclore.agent.specs import SpecsConfig, collect
+
+    specs = collect(
+        SpecsConfig(disk_path=disk_path, net_up=net_up, net_down=net_down, country=country)
+    )
+    log.info("specs (%s): %s", specs.gpu_source, specs.specs)
+    for note in specs.notes:
+        log.info("specs: %s", note)
+    use_gpus = gpus == "all" or (gpus == "auto" and bool(specs.gpu_array))
+
+    try:
+        if runtime == "docker":
+            from openclore.agent.runtime.docker import DockerRuntime
+
+            engine = DockerRuntime(state.agent_id, network=network or None, isolation=isolation)
+        else:
+            from openclore.agent.runtime.simulated import SimulatedRuntime
+
+            engine = SimulatedRuntime(state.agent_id)  # type: ignore[assignment]
+        for note in engine.prepare():
+            log.info("runtime: %s", note)
+    except RuntimeProblem as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EX_TEMPFAIL) from None
+
+    reconciler = Reconciler(
+        engine,
+        ReconcileSettings(
+            agent_id=state.agent_id,
+            port_range=parse_range(port_range),
+            bind_address=bind_address,
+            gpus=use_gpus,
+            cpus=cpus or None,
+            memory=parse_size(memory),
+            shm_size=parse_size(shm_size),
+            stop_timeout=stop_timeout,
+            probe_ports=runtime == "docker",
+        ),
+    )
+    the_agent = Agent(
+        ChannelConfig(
+            server_url=state.server_url,
+            agent_token=state.agent_token,
+            agent_id=state.agent_id,
+            public_host=list(public_host or []),
+            heartbeat_interval=heartbeat,
+        ),
+        reconciler,
+        specs,
+    )
+    reconciler.start()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await the_agent.run(stop)
+
+    try:
+        asyncio.run(main())
+    except AgentUnauthorized as exc:
+        typer.echo(
+            f"error: the market refused this agent's credential ({exc}); register again with a "
+            f"new init_token (remove {directory / 'agent.json'})",
+            err=True,
+        )
+        raise typer.Exit(EX_CONFIG) from None
+    finally:
+        reconciler.stop()
+        engine.close()
+    log.info("agent stopped; containers keep running")
+
+
+def _credential(directory: Path, server_url: str | None, init_token: str | None) -> AgentState:
+    state = load_state(directory)
+    if state is not None:
+        if init_token:
+            typer.echo(
+                f"note: already registered as server {state.server_id} ({directory}); "
+                "--init-token ignored",
+                err=True,
+            )
+        if server_url and server_url.rstrip("/") != state.server_url:
+            state.server_url = server_url.rstrip("/")
+            save_state(directory, state)
+        return state
+    if not server_url or not init_token:
+        typer.echo(
+            f"error: not registered yet ({directory / 'agent.json'} missing): run "
+            "openclore agent --server-url URL --init-token TOKEN once",
+            err=True,
+        )
+        raise typer.Exit(EX_CONFIG)
+    try:
+        return register(server_url, init_token.strip(), directory)
+    except RegistrationRefused as exc:
+        typer.echo(f"error: registration refused: {exc}", err=True)
+        raise typer.Exit(EX_CONFIG) from None
+    except Exception as exc:
+        typer.echo(f"error: cannot reach {server_url}: {exc}", err=True)
+        raise typer.Exit(EX_TEMPFAIL) from None
+
+
+if __name__ == "__main__":  # python -m openclore.agent.cli
+    app = typer.Typer(add_completion=False)
+    app.command()(agent)
+    sys.exit(app())

@@ -1,0 +1,136 @@
+"""The agent protocol: messages between the market server and a host agent (JSON over WebSocket).
+
+Agent → server, first message: ``hello`` ``{version, agent_id, specs, gpu_array, public_host,
+containers: [status…]}``; then ``heartbeat`` ``{}``, ``status`` ``{containers: [status…]}`` (only
+what changed) and ``specs`` ``{specs, gpu_array}``.
+
+Server → agent: ``hello`` ``{server_id, name, heartbeat_interval}``, then ``desired``
+``{rev, containers: [desired…]}`` whenever the set may have changed: the complete set of
+containers this machine must run (the running order, if any, else the background job).
+
+This module is shared by both sides and imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+KIND_ORDER = "order"
+KIND_BACKGROUND = "background"
+
+# container states as the agent reports them (and my_orders shows them in ``state``)
+PULLING = "pulling"
+STARTING = "starting"
+RUNNING = "running"
+RESTARTING = "restarting"  # exited, will be started again after a backoff
+CRASH_LOOP = "crash_loop"  # exited again and again; still retried, slowly
+ERROR = "error"  # could not be started (bad image, bad settings); retried slowly
+STOPPED = "stopped"  # removed because its order ended, was outbid or preempted
+
+CLOSE_UNAUTHORIZED = 4401  # WebSocket close code: unknown or revoked agent credential
+
+
+@dataclass(frozen=True)
+class DesiredContainer:
+    """One container the server wants on the machine."""
+
+    key: str  # "order-<id>" or "bg-<server>-<times_updated>": stable identity on the host
+    kind: str
+    image: str
+    command: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    ports: dict[str, str] = field(default_factory=dict)  # container port -> "tcp" | "http"
+    order_id: int | None = None
+    jupyter_token: str | None = None
+    ssh_key: str | None = None
+    ssh_password: str | None = None
+    autossh_entrypoint: bool = False
+
+    def spec_hash(self) -> str:
+        """Identifies everything that shapes the container: a change means a new container."""
+        raw = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> DesiredContainer:
+        order_id = data.get("order_id")
+        return cls(
+            key=str(data["key"]),
+            kind=str(data.get("kind", KIND_ORDER)),
+            image=str(data["image"]),
+            command=str(data.get("command") or ""),
+            env={str(k): str(v) for k, v in (data.get("env") or {}).items()},
+            ports={str(k): str(v) for k, v in (data.get("ports") or {}).items()},
+            order_id=None if order_id is None else int(order_id),
+            jupyter_token=data.get("jupyter_token") or None,
+            ssh_key=data.get("ssh_key") or None,
+            ssh_password=data.get("ssh_password") or None,
+            autossh_entrypoint=bool(data.get("autossh_entrypoint", False)),
+        )
+
+
+@dataclass(frozen=True)
+class ContainerStatus:
+    """What actually runs (or failed to) for one desired container, as the agent reports it."""
+
+    key: str
+    kind: str
+    state: str
+    order_id: int | None = None
+    error: str | None = None
+    tcp_ports: dict[str, int] = field(default_factory=dict)  # container port -> public port
+    http_port: str | None = None  # the container port served over HTTP
+    http_host_port: int | None = None  # where the host's HTTP proxy reaches it (127.0.0.1)
+    container_id: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> ContainerStatus:
+        order_id = data.get("order_id")
+        http_host_port = data.get("http_host_port")
+        return cls(
+            key=str(data["key"]),
+            kind=str(data.get("kind", KIND_ORDER)),
+            state=str(data["state"])[:32],
+            order_id=None if order_id is None else int(order_id),
+            error=None if data.get("error") is None else str(data["error"])[:4000],
+            tcp_ports={str(k): int(v) for k, v in (data.get("tcp_ports") or {}).items()},
+            http_port=None if data.get("http_port") is None else str(data["http_port"])[:8],
+            http_host_port=None if http_host_port is None else int(http_host_port),
+            container_id=data.get("container_id"),
+        )
+
+
+def env_dict(value: Any) -> dict[str, str]:
+    """A background job's env as a dict, whichever way it was stored: ``{"K": "V"}``,
+    ``["K=V", …]``, ``[["K", "V"], …]`` or ``[{"name"|"key": "K", "value": "V"}, …]``."""
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    out: dict[str, str] = {}
+    for item in value or []:
+        if isinstance(item, str) and "=" in item:
+            name, _, val = item.partition("=")
+            out[name] = val
+        elif isinstance(item, list | tuple) and len(item) == 2:
+            out[str(item[0])] = str(item[1])
+        elif isinstance(item, dict):
+            key = item.get("name", item.get("key"))
+            if key is not None:
+                out[str(key)] = str(item.get("value", ""))
+    return out
+
+
+def desired_rev(containers: list[DesiredContainer]) -> str:
+    return hashlib.sha256(
+        ",".join(f"{c.key}:{c.spec_hash()}" for c in containers).encode()
+    ).hexdigest()[:16]

@@ -1,0 +1,118 @@
+"""Container runtimes for the host agent: one interface, a Docker implementation and a simulated
+one for tests. The reconciler (:mod:`openclore.agent.reconcile`) decides *what* runs; a runtime
+only knows *how* to run a container described by a :class:`LaunchSpec`.
+
+Containers are found by label, never by the agent's memory, so a restarted agent adopts what is
+already running instead of killing it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+LABEL_AGENT = "openclore.agent"  # the agent instance that owns the container
+LABEL_KEY = "openclore.key"  # the desired container's key ("order-12", "bg-3-1")
+LABEL_KIND = "openclore.kind"  # "order" | "background"
+LABEL_ORDER = "openclore.order"  # the order id (orders only)
+LABEL_SPEC = "openclore.spec"  # hash of the desired spec: a change means a new container
+
+
+@dataclass(frozen=True)
+class PortBinding:
+    container_port: str
+    host_port: int
+    host_ip: str
+    kind: str  # "tcp" (published for renters) | "http" (for the host's HTTP proxy)
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    path: str  # absolute path in the container
+    content: bytes
+    mode: int = 0o644
+
+
+@dataclass
+class LaunchSpec:
+    name: str
+    image: str
+    env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    ports: list[PortBinding] = field(default_factory=list)
+    entrypoint: list[str] | None = None
+    command: list[str] | None = None
+    files: list[FileSpec] = field(default_factory=list)  # copied in before the first start
+    onstart: list[str] | None = None  # run (detached) in the container after every start
+    gpus: bool = False
+    cpus: float | None = None
+    memory: int | None = None  # bytes
+    shm_size: int | None = None  # bytes
+
+
+@dataclass
+class Observed:
+    """A container as the engine sees it."""
+
+    id: str
+    name: str
+    labels: dict[str, str]
+    state: str  # created | running | exited | restarting | paused | dead | removing
+    exit_code: int | None = None
+    host_ports: dict[str, int] = field(default_factory=dict)  # container port -> host port
+    started_at: str = ""
+    finished_at: str = ""
+    oom_killed: bool = False
+    error: str | None = None  # the engine's own error for the last start, if any
+
+    @property
+    def key(self) -> str:
+        return self.labels.get(LABEL_KEY, "")
+
+
+class RuntimeProblem(Exception):
+    """Something the renter or host should read: it ends up in my_orders' ``error``."""
+
+
+class ImageUnavailable(RuntimeProblem):
+    """The image is neither on the host nor pullable."""
+
+
+class LaunchFailed(RuntimeProblem):
+    """The engine refused to create or start the container."""
+
+
+class PortTaken(LaunchFailed):
+    """A chosen host port turned out to be in use: choose another."""
+
+
+class Runtime(Protocol):
+    def prepare(self) -> list[str]:
+        """Create what containers need (network, isolation rules); returns notes to log."""
+        ...
+
+    def containers(self) -> list[Observed]:
+        """This agent's containers (by label), running or not."""
+        ...
+
+    def used_host_ports(self) -> set[int]:
+        """Host ports published by any container on this engine."""
+        ...
+
+    def has_image(self, image: str) -> bool: ...
+
+    def pull(self, image: str) -> None: ...
+
+    def launch(self, spec: LaunchSpec) -> Observed:
+        """Create, copy files in, start, run ``onstart``."""
+        ...
+
+    def start(self, container_id: str, onstart: list[str] | None) -> Observed: ...
+
+    def remove(self, container_id: str, timeout: float) -> None:
+        """Stop (SIGTERM, then SIGKILL after ``timeout`` seconds) and remove."""
+        ...
+
+    def logs(self, container_id: str, tail: int) -> str: ...
+
+    def close(self) -> None: ...
