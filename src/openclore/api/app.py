@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import Connection, select
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
@@ -20,7 +20,6 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openclore.api import models
-from openclore.api.agent_api import install_agent_api
 from openclore.api.agent_api import install_agent_api
 from openclore.api.errors import error_response
 from openclore.api.market_cache import MarketCache, PartsResponse
@@ -44,7 +43,7 @@ from openclore.market import orders as order_service
 from openclore.market import servers as server_service
 from openclore.market import wallets as wallet_service
 from openclore.market.accounts import authenticate
-from openclore.store.db import Database, get_meta, set_meta
+from openclore.store.db import Database, get_meta, run_write, set_meta
 from openclore.store.schema import servers
 
 log = logging.getLogger("openclore.api")
@@ -61,34 +60,6 @@ class Call:
 
 
 Handler = Callable[["AppState", Call], Any]
-
-
-def run_write(db: Database, fn: Callable[[Connection], Any], attempts: int = 5) -> Any:
-    """Run one use case in one write transaction, retrying when the database reports a deadlock
-    or a serialization failure (the transaction was rolled back whole, so retrying is safe)."""
-    for attempt in range(attempts):
-        try:
-            with db.write() as conn:
-                return fn(conn)
-        except MarketError:
-            raise
-        except IntegrityError as exc:
-            # a unique index refused a concurrent twin: report it as the market rule it protects
-            raise _integrity_to_market(exc) from None
-        except DBAPIError as exc:
-            if attempt + 1 < attempts and _retryable(exc):
-                time.sleep(0.01 * (attempt + 1))
-                continue
-            raise
-    raise InternalError("database busy")
-
-
-def _retryable(exc: Exception) -> bool:
-    orig = getattr(exc, "orig", None)
-    sqlstate = getattr(orig, "sqlstate", None)
-    if sqlstate in ("40P01", "40001", "55P03"):
-        return True
-    return "database is locked" in str(exc)
 
 
 def _integrity_to_market(exc: Exception) -> CloreError:
@@ -118,7 +89,12 @@ class AppState:
         return int(self.clock.now())
 
     def db_write(self, fn: Callable[[Connection], Any]) -> Any:
-        return run_write(self.db, fn)
+        """Run one use case in one transaction (retried on deadlock); a unique index that
+        refused a concurrent twin is reported as the market rule it protects."""
+        try:
+            return run_write(self.db, fn)
+        except IntegrityError as exc:
+            raise _integrity_to_market(exc) from None
 
 
 class BodyLimit:
@@ -493,7 +469,6 @@ def create_app(
     async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
         return error_response(InvalidInput("invalid request"), settings.http_status)
 
-    install_agent_api(app, state)  # host agents: /agent/v1, apart from the Clore API
     install_agent_api(app, state)  # host agents: /agent/v1, apart from the Clore API
     install_openapi(app, V1_ENDPOINTS, SANDBOX_ENDPOINTS)
     inner = app.build_middleware_stack

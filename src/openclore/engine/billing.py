@@ -21,6 +21,9 @@ from openclore.store.schema import accounts, orders, servers
 
 Row = Mapping[str, Any]
 MARKET_VERSION = "market_version"
+# Agents heartbeat every few seconds; billing of a silent server stops this long after the last
+# heartbeat, so renters are not charged for the time it takes to declare a server offline.
+BILLING_GRACE = 15
 
 
 def _account(conn: Connection, key: str) -> int:
@@ -33,7 +36,7 @@ def settle(conn: Connection, order: Row, now: int) -> Row:
     if order["expired"]:
         return order
     end_of_life = order["ct"] + order["mrl"]
-    t_end = min(now, end_of_life)
+    t_end = min(now, end_of_life, _paid_until(conn, order["server_id"], now))
     values: dict[str, Any] = {}
     ended_reason: str | None = None
     if order["running"] and order["billed_at"] is not None and t_end > order["billed_at"]:
@@ -61,6 +64,16 @@ def settle(conn: Connection, order: Row, now: int) -> Row:
         return order
     conn.execute(update(orders).where(orders.c.id == order["id"]).values(**values))
     return {**order, **values}
+
+
+def _paid_until(conn: Connection, server_id: int, now: int) -> int:
+    """An agent's server is billed at most BILLING_GRACE seconds past its last heartbeat."""
+    row = conn.execute(
+        select(servers.c.simulated, servers.c.last_seen).where(servers.c.id == server_id)
+    ).one()
+    if row.simulated or row.last_seen is None:
+        return now
+    return min(now, int(row.last_seen) + BILLING_GRACE)
 
 
 def _pay(conn: Connection, order: Row, renter: int, spend: int, fee: int, now: int) -> None:

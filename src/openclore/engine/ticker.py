@@ -7,16 +7,22 @@ never bill the same seconds twice: a second ticker finds ``billed_at`` already m
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from dataclasses import dataclass
 
-from openclore.engine.billing import MARKET_VERSION, lock_server, resolve_server
-from openclore.store.db import Database, bump_meta
-from openclore.store.schema import orders, servers
+from sqlalchemy import Connection, select, text, update
+
+from openclore.engine.billing import BILLING_GRACE, MARKET_VERSION, lock_server, resolve_server
+from openclore.engine.settlement import servers_due, settle_running_orders
+from openclore.store.db import Database, bump_meta, run_write
+from openclore.store.schema import servers
+
+TICK_LOCK = 0x71C4
 
 
 def mark_offline(db: Database, now: int, timeout: int) -> list[int]:
-    """Servers whose agent has not been heard from within ``timeout`` go offline."""
-    with db.write() as conn:
+    """Servers whose agent has not been heard from within ``timeout`` go offline; their orders
+    stop running (billed up to the last heartbeat plus the grace) and the book is re-resolved."""
+    with db.read() as conn:
         stale = [
             int(r.id)
             for r in conn.execute(
@@ -27,30 +33,54 @@ def mark_offline(db: Database, now: int, timeout: int) -> list[int]:
                 )
             )
         ]
-        if stale:
-            conn.execute(update(servers).where(servers.c.id.in_(stale)).values(online=False))
-            bump_meta(conn, MARKET_VERSION)
+    for server_id in stale:
+        run_write(db, lambda conn, sid=server_id: _take_offline(conn, sid, now, timeout))
     return stale
 
 
-def servers_with_live_orders(db: Database) -> list[int]:
-    with db.read() as conn:
-        return [
-            int(sid)
-            for sid in conn.execute(
-                select(orders.c.server_id).where(orders.c.expired.is_(False)).distinct()
-            ).scalars()
-        ]
+def _take_offline(conn: Connection, server_id: int, now: int, timeout: int) -> None:
+    server = lock_server(conn, server_id)
+    if server is None or not server["online"] or server["simulated"]:
+        return
+    if server["last_seen"] is not None and server["last_seen"] >= now - timeout:
+        return  # a heartbeat arrived meanwhile
+    conn.execute(update(servers).where(servers.c.id == server_id).values(online=False))
+    resolve_server(conn, server_id, now)
+    bump_meta(conn, MARKET_VERSION)
 
 
 def settle_server(db: Database, server_id: int, now: int) -> None:
-    with db.write() as conn:
+    def run(conn: Connection) -> None:
         if lock_server(conn, server_id) is not None:
             resolve_server(conn, server_id, now)
 
+    run_write(db, run)
 
-def tick(db: Database, now: int, agent_timeout: int) -> None:
-    """Bring the whole market up to ``now``."""
-    mark_offline(db, now, agent_timeout)
-    for server_id in servers_with_live_orders(db):
+
+def tick(db: Database, now: int, agent_timeout: int) -> TickReport:
+    """Bring the whole market up to ``now``: liveness, set-based billing, then the exact
+    per-server path for orders that end (mrl reached, balance exhausted)."""
+    offline = mark_offline(db, now, agent_timeout)
+
+    def fast(conn: Connection) -> tuple[int, list[int]]:
+        if (
+            db.is_postgres
+            and not conn.execute(
+                text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": TICK_LOCK}
+            ).scalar()
+        ):
+            return 0, []  # another process is ticking right now
+        result = settle_running_orders(conn, now, BILLING_GRACE)
+        return result.settled, result.deferred_servers + servers_due(conn, now)
+
+    settled, exact = run_write(db, fast)
+    for server_id in sorted(set(exact)):
         settle_server(db, server_id, now)
+    return TickReport(offline=offline, settled=settled, exact_servers=len(set(exact)))
+
+
+@dataclass(frozen=True)
+class TickReport:
+    offline: list[int]
+    settled: int
+    exact_servers: int

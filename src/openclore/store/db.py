@@ -9,17 +9,20 @@ row locks (``SELECT … FOR UPDATE``) on the rows they change.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, insert, select, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import NullPool
 
 from openclore.store.schema import meta, metadata
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+T = TypeVar("T")
 
 
 def normalize_url(url: str) -> str:
@@ -98,6 +101,30 @@ class Database:
         self.engine.dispose()
 
 
+def run_write(db: Database, fn: Callable[[Connection], T], attempts: int = 5) -> T:
+    """Run ``fn`` in one write transaction, retrying when the database reports a deadlock or a
+    serialization failure (the transaction was rolled back whole, so running it again is safe)."""
+    for attempt in range(attempts):
+        try:
+            with db.write() as conn:
+                return fn(conn)
+        except DBAPIError as exc:
+            if attempt + 1 < attempts and _retryable(exc):
+                time.sleep(0.01 * (attempt + 1))
+                continue
+            raise
+    raise AssertionError("unreachable")
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    if isinstance(exc, IntegrityError):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate in ("40P01", "40001", "55P03"):  # deadlock, serialization, lock not available
+        return True
+    return "database is locked" in str(exc)
+
+
 def get_meta(conn: Connection, key: str, default: int = 0) -> int:
     value = conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar()
     return default if value is None else int(value)
@@ -115,4 +142,4 @@ def bump_meta(conn: Connection, key: str) -> None:
     conn.execute(insert(meta).values(key=key, value=1))
 
 
-__all__ = ["Database", "bump_meta", "get_meta", "metadata", "set_meta"]
+__all__ = ["Database", "bump_meta", "get_meta", "metadata", "run_write", "set_meta"]
