@@ -370,23 +370,29 @@ def market(
         ("spot min", "right"),
         ("rented", "left"),
     ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        table.add_column(name, justify=justify, no_wrap=name != "gpu")  # type: ignore[arg-type]
+    digits = 4 if per_hour else 10
     for s in chosen:
         spot = s.spot_price(currency)
         specs = s.specs
         table.add_row(
             str(s.id),
-            f"{s.gpu_count}x {s.gpu_name}" if s.gpu_count else (s.gpu_name or "-"),
+            f"{s.gpu_count}x {short_gpu(s.gpu_name)}" if s.gpu_count else (s.gpu_name or "-"),
             f"{specs.gpuram:g} GB" if specs and specs.gpuram else "-",
             (specs.cpus or "-") if specs else "-",
             f"{specs.ram:.0f} GB" if specs and specs.ram else "-",
             s.country or "-",
             f"{s.reliability:.3f}" if s.reliability is not None else "-",
-            fmt(price(s)),
-            fmt(None if spot is None else spot / divisor),
+            fmt(price(s), digits),
+            fmt(None if spot is None else spot / divisor, digits),
             "yes" if s.rented else "",
         )
     out.print(table)
+
+
+def short_gpu(name: str) -> str:
+    """``NVIDIA GeForce RTX 3090`` → ``RTX 3090`` (tables only; --json keeps the full name)."""
+    return name.replace("NVIDIA ", "").replace("GeForce ", "")
 
 
 # ----------------------------------------------------------------------------- rent
@@ -460,6 +466,14 @@ def wait_for_order(
                 status.update(
                     f"order {order.id}: {describe(current)} ({time.monotonic() - started:.0f} s)"
                 )
+    except KeyboardInterrupt:
+        if status is not None:
+            status.stop()
+        fail(
+            f"stopped waiting; order {order.id} keeps running "
+            f"(`openclore orders`, `openclore cancel {order.id}`)",
+            130,
+        )
     finally:
         if status is not None:
             status.stop()
@@ -578,7 +592,7 @@ def orders(
     url: UrlOpt = None,
     api_key: KeyOpt = None,
 ) -> None:
-    """Your orders and spot bids."""
+    """Your orders and spot bids (--json for every field, the image and ports included)."""
     c = ctx(json, profile, url, api_key)
     with handled(c.target), c.client() as client:
         rows = call("loading orders…", lambda: client.my_orders(return_completed=all))
@@ -586,21 +600,24 @@ def orders(
         emit_json(rows)
         return
     table = Table(title=f"{len(rows)} order(s)" + (" including ended" if all else ""))
-    for name in ("id", "server", "type", "price/day", "spent", "state", "age", "image", "connect"):
+    for name in ("id", "server", "type", "price/day", "", "spent", "state", "age"):
         table.add_column(
-            name, justify="right" if name in ("id", "server", "price/day", "spent") else "left"
+            name,
+            justify="right" if name in ("id", "server", "price/day", "spent") else "left",
+            no_wrap=True,
         )
+    table.add_column("connect", overflow="fold")
     for o in rows:
         table.add_row(
             str(o.id),
             str(o.si) if o.si is not None else "-",
             o.type,
-            f"{fmt(o.price)} {o.currency or ''}".strip(),
+            fmt(o.price),
+            o.currency or "",
             fmt(o.spend),
             describe(o),
             age(o.ct),
-            o.image or "-",
-            o.ssh_command() or ", ".join(o.tcp_ports) or "-",
+            "-" if o.expired else (o.ssh_command() or ", ".join(o.tcp_ports) or "-"),
         )
     out.print(table)
 
@@ -766,7 +783,7 @@ def servers(
         return
     table = Table(title=f"{len(rows)} server(s)")
     for name in ("id", "name", "status", "visibility", "on-demand/day", "spot min/day", "gpu"):
-        table.add_column(name)
+        table.add_column(name, no_wrap=name in ("id", "status", "visibility", "gpu"))
     for s in rows:
         status = "online" if s.online else ("offline" if s.connected else "not connected")
         table.add_row(
@@ -774,9 +791,9 @@ def servers(
             s.name,
             status,
             s.visibility,
-            ", ".join(f"{fmt(v)} {k}" for k, v in s.pricing.items() if v) or "-",
-            ", ".join(f"{fmt(v)} {k}" for k, v in s.min_spot_pricing.items() if v) or "-",
-            (s.specs.gpu or "-") if s.specs else "-",
+            "\n".join(f"{fmt(v)} {k}" for k, v in s.pricing.items() if v) or "-",
+            "\n".join(f"{fmt(v)} {k}" for k, v in s.min_spot_pricing.items() if v) or "-",
+            short_gpu(s.specs.gpu or "-") if s.specs else "-",
         )
     out.print(table)
     for s in rows:
