@@ -43,6 +43,7 @@ from openclore.market import orders as order_service
 from openclore.market import servers as server_service
 from openclore.market import wallets as wallet_service
 from openclore.market.accounts import authenticate
+from openclore.market.demo import reset_world
 from openclore.store.db import Database, get_meta, run_write, set_meta
 from openclore.store.schema import servers
 
@@ -303,6 +304,12 @@ def _sandbox_advance(state: AppState, call: Call) -> dict[str, Any]:
     return {"now": now}
 
 
+def _sandbox_reset(state: AppState, call: Call) -> dict[str, Any]:
+    """Throw the market away and restore the demo world, with the clock back to real time."""
+    state.db_write(lambda conn: reset_world(conn, state.settings, int(time.time())))
+    return {}
+
+
 def _sandbox_deposit(state: AppState, call: Call) -> dict[str, Any]:
     req = models.validate_body(models.SandboxDepositRequest, call.body)
     amount = to_units(req.amount)
@@ -345,6 +352,7 @@ V1_ENDPOINTS = [
 SANDBOX_ENDPOINTS = [
     Endpoint("advance_time", _sandbox_advance, sandbox=True),
     Endpoint("deposit", _sandbox_deposit, sandbox=True),
+    Endpoint("reset", _sandbox_reset, sandbox=True),
 ]
 
 

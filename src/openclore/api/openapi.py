@@ -53,6 +53,7 @@ SUMMARIES = {
     "add_server": "openclore extension: add a server and get its 48-character init_token",
     "advance_time": "Sandbox: move the market clock forward (billing and expiry apply)",
     "deposit": "Sandbox: credit your own wallet",
+    "reset": "Sandbox: throw the market away and restore the demo world",
 }
 QUERY = {
     "my_orders": [("return_completed", {"type": "boolean"})],

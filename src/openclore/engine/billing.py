@@ -147,20 +147,25 @@ def resolve_server(conn: Connection, server_id: int, now: int) -> None:
     )
     changed = False
     while True:
+        live = live_orders(conn, server_id, lock=True)
+        # the running order first: if it ran out before `now`, the book moves on at that moment
         start = now
-        live: list[Row] = []
-        for order in live_orders(conn, server_id, lock=True):
-            was_running = order["running"]
+        remaining: list[Row] = []
+        for order in (o for o in live if o["running"]):
             order = settle(conn, order, now)
             if order["expired"]:
                 changed = True
-                if was_running and order["ended_at"] is not None:
-                    start = min(start, order["ended_at"])
+                start = min(start, order["ended_at"])
             else:
-                live.append(order)
-        candidates = [o for o in live if o["ct"] + o["mrl"] > start]
-        winner = choose_running(online, candidates)
-        for order in live:
+                remaining.append(order)
+        for order in (o for o in live if not o["running"]):
+            order = settle(conn, order, start)  # ends it if its life was over by `start`
+            if order["expired"]:
+                changed = True
+            else:
+                remaining.append(order)
+        winner = choose_running(online, remaining)
+        for order in remaining:
             should_run = order["id"] == winner
             if should_run and not order["running"]:
                 conn.execute(
@@ -176,7 +181,7 @@ def resolve_server(conn: Connection, server_id: int, now: int) -> None:
                     .values(running=False, billed_at=None)
                 )
                 changed = True
-        if winner is None or start >= now:
+        if start >= now:
             break
     if changed:
         bump_meta(conn, MARKET_VERSION)

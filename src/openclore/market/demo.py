@@ -15,12 +15,14 @@ from sqlalchemy import Connection, insert, select, text, update
 
 from openclore.config import Settings
 from openclore.domain.money import percent_to_bp, to_units
-from openclore.engine.billing import lock_server, resolve_server, settle
+from openclore.engine.billing import MARKET_VERSION, lock_server, resolve_server, settle
+from openclore.engine.clock import CLOCK_OFFSET_KEY
 from openclore.ledger import ensure_system_accounts
 from openclore.ledger.ledger import account_key, transfer
 from openclore.market.accounts import create_user, issue_token
 from openclore.market.wallets import deposit
-from openclore.store.schema import accounts, orders, server_prices, servers, users
+from openclore.store.db import bump_meta, set_meta
+from openclore.store.schema import accounts, metadata, orders, server_prices, servers, users
 
 RENTER_HOST_TOKEN = "b8qwqRAL5W7YDyDJeB4XANVvKndbrrPk"  # user 1: owns "Jan Vykydal", "Michael"
 RENTER_TOKEN = "6FcuR7ibcwKR1Z32lEFoSotzUUtzKO2H"  # user 2: the create_order examples
@@ -487,6 +489,25 @@ def _fix_sequences(conn: Connection) -> None:
                 f"(SELECT max(id) FROM {table}))"
             )
         )
+
+
+def reset_world(conn: Connection, settings: Settings, now: int) -> DemoWorld:
+    """Empty every market table and seed the demo world again (sandbox ``reset``).
+
+    ``meta`` survives, with the clock offset back to zero and the marketplace version bumped,
+    so no process can serve a listing cached from the world before.
+    """
+    tables = [t for t in reversed(metadata.sorted_tables) if t.name != "meta"]
+    if conn.dialect.name == "postgresql":
+        names = ", ".join(t.name for t in tables)
+        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    else:
+        for table in tables:
+            conn.execute(table.delete())
+    set_meta(conn, CLOCK_OFFSET_KEY, 0)
+    world = seed(conn, settings, now)
+    bump_meta(conn, MARKET_VERSION)
+    return world
 
 
 def is_seeded(conn: Connection) -> bool:
