@@ -277,3 +277,13 @@ def test_openclore_sdk_reads_what_clore_ai_cannot(market: Market) -> None:
         renter.cancel_order(order.id)
         offer = renter.create_order(sid, IMAGE, type="spot", spot_price="0.0000042")
         assert renter.spot_marketplace(sid).offers[0].offer_id == offer.id
+
+
+def test_the_docs_show_this_table() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "clore-ai-compat.md").read_text()
+    rows = [line for line in doc.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == len(EXPECTED) + 1  # + the header
+    for result in EXPECTED.values():
+        assert f"| {result} |" in doc, result
