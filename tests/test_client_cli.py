@@ -39,17 +39,20 @@ class Cli:
         }
         self.runner = CliRunner()
 
-    def __call__(self, *args: str, code: int = 0, **env: str | None) -> Result:
+    def run(self, args: tuple[str, ...], code: int, env: dict[str, str | None]) -> Result:
         result = self.runner.invoke(app, list(args), env={**self.env, **env})
         assert result.exit_code == code, (args, result.stdout, result.stderr, result.exception)
         assert "Traceback" not in result.output
         return result
 
+    def __call__(self, *args: str, code: int = 0, **env: str | None) -> Result:
+        return self.run(args, code, env)
+
     def json(self, *args: str, **env: str | None) -> Any:
-        return json.loads(self(*args, "--json", **env).stdout)
+        return json.loads(self.run((*args, "--json"), 0, env).stdout)
 
     def error(self, *args: str, code: int = 1, **env: str | None) -> str:
-        result = self(*args, code=code, **env)
+        result = self.run(args, code, env)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, result.stderr  # one clear line
         assert lines[0].startswith("error: ")
@@ -318,17 +321,18 @@ def test_configuration_profiles(world: tuple[Cli, Cli, int], tmp_path: Path) -> 
         f'api_key = "{renter_key}"\n\n[profiles.host]\nurl = "{cli.market.url}"\n'
         f'api_key = "{host_key}"\n'
     )
-    bare = {"OPENCLORE_URL": None, "OPENCLORE_API_KEY": None}
+    bare: dict[str, str | None] = {"OPENCLORE_URL": None, "OPENCLORE_API_KEY": None}
     assert cli.json("servers", **bare) == []  # the file's default profile: the renter
     assert [s["name"] for s in cli.json("servers", "--profile", "host", **bare)] == ["rig"]
-    assert [s["name"] for s in cli.json("servers", **bare, OPENCLORE_PROFILE="host")] == ["rig"]
+    as_host = {**bare, "OPENCLORE_PROFILE": "host"}
+    assert [s["name"] for s in cli.json("servers", **as_host)] == ["rig"]
     # the environment overrides the profile, and --api-key overrides both
     assert [s["name"] for s in cli.json("servers", OPENCLORE_URL=None)] == []
     servers_as_host = cli.json("servers", "--api-key", host_key)
     assert [s["name"] for s in servers_as_host] == ["rig"]
-    assert "no profile 'nope'" in cli.error("servers", "--profile", "nope", **bare)
+    assert "no profile 'nope'" in cli.run(("servers", "--profile", "nope"), 1, bare).stderr
     config.write_text("this is [not toml")
-    assert "cannot read" in cli.error("servers", **bare)
+    assert "cannot read" in cli.run(("servers",), 1, bare).stderr
     config.write_text(f'url = "{cli.market.url}"\napi_key = "{host_key}"\n')
     assert [s["name"] for s in cli.json("servers", **bare)] == ["rig"]
 

@@ -25,9 +25,9 @@ from openclore.store.schema import servers
 from conftest import Market
 
 try:
-    import clore_ai.client as clore_client
+    import clore_ai.client as clore_client  # type: ignore[import-untyped]
     from clore_ai import AsyncCloreAI, CloreAI
-    from clore_ai.exceptions import CloreAPIError
+    from clore_ai.exceptions import CloreAPIError  # type: ignore[import-untyped]
 except ImportError:  # the `test` extra installs it; CI must not skip this
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         raise
