@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from conftest import Market, ok, order_body, spot_body
 from sqlalchemy import select
 
 from openclore.api.app import create_app
 from openclore.engine.clock import SandboxClock
 from openclore.market.demo import RENTER_HOST_TOKEN, seed
 from openclore.store.schema import accounts
+
+from conftest import Market, ok, order_body, spot_body
 
 
 def sandbox(market: Market) -> None:
@@ -21,7 +22,9 @@ def sandbox(market: Market) -> None:
 
 def account(market: Market, key: str) -> int:
     with market.db.read() as conn:
-        return int(conn.execute(select(accounts.c.balance).where(accounts.c.key == key)).scalar_one())
+        return int(
+            conn.execute(select(accounts.c.balance).where(accounts.c.key == key)).scalar_one()
+        )
 
 
 @pytest.mark.parametrize(
