@@ -56,7 +56,10 @@ if ! $SUDO docker info >/dev/null 2>&1; then
 fi
 echo "docker engine: $($SUDO docker version --format '{{.Server.Version}}')"
 
-if ! $SUDO docker image inspect "$IMAGE" >/dev/null 2>&1; then
+# bump when the image's content changes: an older local image is rebuilt
+IMAGE_VERSION=2
+have=$($SUDO docker image inspect --format '{{ index .Config.Labels "openclore.test-image" }}' "$IMAGE" 2>/dev/null || true)
+if [ "$have" != "$IMAGE_VERSION" ]; then
   BUSYBOX=$(command -v busybox || echo /bin/busybox)
   ROOTFS=$(mktemp -d)
   trap 'rm -rf "$ROOTFS"' EXIT
@@ -69,9 +72,13 @@ if ! $SUDO docker image inspect "$IMAGE" >/dev/null 2>&1; then
   printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$ROOTFS/etc/passwd"
   printf 'root:x:0:\nnogroup:x:65534:\n' >"$ROOTFS/etc/group"
   echo "openclore test image" >"$ROOTFS/www/index.html"
+  # like a GPU-cloud image, its default process runs until stopped (and stops on SIGTERM)
+  printf '#!/bin/sh\ntrap "exit 0" TERM INT\nwhile :; do sleep 3600 & wait $!; done\n' >"$ROOTFS/bin/idle"
+  chmod 755 "$ROOTFS/bin/idle"
   tar -C "$ROOTFS" -c . | $SUDO docker import \
     -c 'ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin' \
-    -c 'CMD ["/bin/sh"]' \
+    -c "LABEL openclore.test-image=$IMAGE_VERSION" \
+    -c 'CMD ["/bin/idle"]' \
     - "$IMAGE" >/dev/null
   echo "built $IMAGE"
 fi

@@ -190,7 +190,7 @@ def test_order_reaches_the_agent_at_once_and_cancel_removes_it(
         spec = next(iter(engine.specs.values()))
         assert spec.env["A"] == "1" and spec.env["JUPYTER_TOKEN"] == "jt"
         assert spec.env["SSH_PASSWORD"] == "pw"
-        assert spec.onstart is not None and spec.files[0].path == "/root/onstart.sh"
+        assert spec.onstart is not None and spec.onstart[-1] == "#!/bin/sh\necho hi\n"
 
         ok(c.post("/v1/cancel_order", json={"id": oid}))
         wait_for(lambda: not engine.containers, 10, what="container removed")

@@ -12,9 +12,10 @@ Container conventions (the way common GPU-cloud images expect their settings):
   Clore, RunPod and vast.ai read), and ``OPENCLORE_ORDER_ID`` / ``OPENCLORE_TCP_PORTS``;
 - ``command`` is Clore's onstart script: written to ``/root/onstart.sh`` and run in the
   background after every start of the container (output in ``/var/log/onstart.log``), while the
-  image's own entrypoint stays the main process;
-- ``autossh_entrypoint``: the image's entrypoint is replaced by a small POSIX shell script that
-  puts ``SSH_KEY`` into ``/root/.ssh/authorized_keys``, sets the root password from
+  image's own entrypoint stays the main process; a command without ``#!`` runs with ``/bin/sh``;
+- ``autossh_entrypoint``: the image's entrypoint is replaced by a small POSIX shell script
+  (``/bin/sh -c``) that writes ``/root/onstart.sh``, puts ``SSH_KEY`` into
+  ``/root/.ssh/authorized_keys``, sets the root password from
   ``SSH_PASSWORD``, starts ``sshd`` (installing openssh-server with apt/apk/dnf when missing and
   the network allows), runs ``/root/onstart.sh`` and then keeps the container alive;
 - the container runs with an init process (``init=True``), the host's NVIDIA GPUs when it has
@@ -45,11 +46,11 @@ from openclore.agent.protocol import (
 )
 from openclore.agent.runtime import (
     LABEL_AGENT,
+    LABEL_HTTP,
     LABEL_KEY,
     LABEL_KIND,
     LABEL_ORDER,
     LABEL_SPEC,
-    FileSpec,
     ImageUnavailable,
     LaunchFailed,
     LaunchSpec,
@@ -63,16 +64,20 @@ from openclore.agent.runtime import (
 log = logging.getLogger("openclore.agent.reconcile")
 
 ONSTART_PATH = "/root/onstart.sh"
-ENTRYPOINT_PATH = "/opt/openclore/entrypoint.sh"
-RUN_ONSTART = [
-    "/bin/sh",
-    "-c",
-    "mkdir -p /var/log 2>/dev/null; cd /root 2>/dev/null || cd /; "
-    f"exec {ONSTART_PATH} >>/var/log/onstart.log 2>&1",
-]
-AUTOSSH_ENTRYPOINT = r"""#!/bin/sh
-# openclore autossh entrypoint (Clore's autossh_entrypoint): SSH server + /root/onstart.sh.
+# The script travels as an argument ($1) of the exec or of the entrypoint, not as a file copied
+# into the container beforehand: copying (put_archive) costs a mount of the container's
+# filesystem, about 50 ms of every start.
+RUN_ONSTART = (
+    "mkdir -p /root /var/log 2>/dev/null; "
+    f'printf "%s" "$1" > {ONSTART_PATH} && chmod 755 {ONSTART_PATH}; '
+    "cd /root 2>/dev/null || cd /; "
+    f"exec {ONSTART_PATH} >>/var/log/onstart.log 2>&1"
+)
+AUTOSSH_ENTRYPOINT = r"""# openclore autossh entrypoint: sshd, then /root/onstart.sh
 mkdir -p /var/log /root/.ssh /run/sshd /var/run/sshd 2>/dev/null
+if [ -n "$1" ]; then
+  printf '%s' "$1" >/root/onstart.sh && chmod 755 /root/onstart.sh
+fi
 chmod 700 /root/.ssh 2>/dev/null
 if [ -n "$SSH_KEY" ]; then
   printf '%s\n' "$SSH_KEY" >>/root/.ssh/authorized_keys
@@ -402,6 +407,9 @@ class Reconciler:
         }
         if d.order_id is not None:
             labels[LABEL_ORDER] = str(d.order_id)
+        http = [port for port, kind in d.ports.items() if kind == "http"]
+        if http:
+            labels[LABEL_HTTP] = http[0]
         env = dict(d.env)
         if d.jupyter_token:
             env.setdefault("JUPYTER_TOKEN", d.jupyter_token)
@@ -416,17 +424,11 @@ class Reconciler:
         tcp = [f"{b.container_port}:{b.host_port}" for b in bindings if b.kind == "tcp"]
         if tcp:
             env.setdefault("OPENCLORE_TCP_PORTS", ",".join(tcp))
-        files: list[FileSpec] = []
-        if d.command:
-            script = d.command if d.command.startswith("#!") else "#!/bin/sh\n" + d.command
-            if not script.endswith("\n"):
-                script += "\n"
-            files.append(FileSpec(ONSTART_PATH, script.encode(), 0o755))
         entrypoint: list[str] | None = None
         command: list[str] | None = None
         if d.autossh_entrypoint:
-            files.append(FileSpec(ENTRYPOINT_PATH, AUTOSSH_ENTRYPOINT.encode(), 0o755))
-            entrypoint = ["/bin/sh", ENTRYPOINT_PATH]
+            script = onstart_script(d.command) if d.command else ""
+            entrypoint = ["/bin/sh", "-c", AUTOSSH_ENTRYPOINT, "openclore-entrypoint", script]
             command = []
         suffix = s.agent_id[:8]
         return LaunchSpec(
@@ -437,7 +439,6 @@ class Reconciler:
             ports=bindings,
             entrypoint=entrypoint,
             command=command,
-            files=files,
             onstart=None if d.autossh_entrypoint else _onstart(d),
             gpus=s.gpus,
             cpus=s.cpus,
@@ -478,15 +479,16 @@ class Reconciler:
 
     def _report_observed(self, key: str, c: Observed, d: DesiredContainer | None) -> None:
         if d is None:  # adopted before the server spoke: rebuild what we can from labels
+            http = c.labels.get(LABEL_HTTP)
             d = DesiredContainer(
                 key=key,
                 kind=c.labels.get(LABEL_KIND, KIND_ORDER),
                 image="",
                 order_id=_order_id(c),
-                ports={p: "tcp" for p in c.host_ports},
+                ports={p: "http" if p == http else "tcp" for p in c.host_ports},
             )
         if c.state == "running":
-            self._set(self._status(d, RUNNING, observed=c))
+            self._set(self._status(d, RUNNING, error=c.error, observed=c))
         elif c.state in ("restarting", "paused", "removing", "created"):
             self._set(self._status(d, RESTARTING if c.state != "created" else STARTING, observed=c))
         else:
@@ -514,5 +516,14 @@ def _order_id(c: Observed) -> int | None:
     return int(raw) if raw and raw.isdigit() else None
 
 
+def onstart_script(command: str) -> str:
+    """Clore's onstart script: the order's command, with a shebang when it has none."""
+    script = command if command.startswith("#!") else "#!/bin/sh\n" + command
+    return script if script.endswith("\n") else script + "\n"
+
+
 def _onstart(d: DesiredContainer) -> list[str] | None:
-    return list(RUN_ONSTART) if d.command else None
+    """What the runtime executes in the container after each start (for plain images)."""
+    if not d.command:
+        return None
+    return ["/bin/sh", "-c", RUN_ONSTART, "onstart", onstart_script(d.command)]

@@ -16,6 +16,7 @@ LABEL_KEY = "openclore.key"  # the desired container's key ("order-12", "bg-3-1"
 LABEL_KIND = "openclore.kind"  # "order" | "background"
 LABEL_ORDER = "openclore.order"  # the order id (orders only)
 LABEL_SPEC = "openclore.spec"  # hash of the desired spec: a change means a new container
+LABEL_HTTP = "openclore.http"  # the container port served over HTTP, if any
 
 
 @dataclass(frozen=True)

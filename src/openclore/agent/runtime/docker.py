@@ -21,6 +21,7 @@ import logging
 import shutil
 import subprocess
 import tarfile
+import threading
 import time
 from pathlib import PurePosixPath
 from typing import Any
@@ -77,6 +78,8 @@ class DockerRuntime:
         except Exception as exc:
             raise RuntimeProblem(f"Docker engine not reachable: {exc}") from exc
         self.bridge: str | None = None
+        self._lock = threading.Lock()
+        self._onstart_errors: dict[str, str] = {}
 
     # ------------------------------------------------------------------ setup
 
@@ -131,7 +134,12 @@ class DockerRuntime:
             )
         except docker.errors.DockerException as exc:
             raise RuntimeProblem(f"cannot list containers: {exc}") from exc
-        return [_observed(c.attrs) for c in containers]
+        out = [_observed(c.attrs) for c in containers]
+        with self._lock:
+            for c in out:
+                if c.error is None and c.state == "running":
+                    c.error = self._onstart_errors.get(c.id)
+        return out
 
     def used_host_ports(self) -> set[int]:
         used: set[int] = set()
@@ -227,20 +235,31 @@ class DockerRuntime:
         return self._after_start(container_id, onstart)
 
     def _after_start(self, container_id: str, onstart: list[str] | None) -> Observed:
-        error = None
-        if onstart:
-            try:
-                self.client.api.exec_start(
-                    self.client.api.exec_create(container_id, onstart)["Id"], detach=True
-                )
-            except docker.errors.DockerException as exc:
-                error = f"onstart script could not be run: {_explain(exc)}"
         observed = _observed(self.client.api.inspect_container(container_id))
-        if error and observed.error is None:
-            observed.error = error
+        with self._lock:
+            self._onstart_errors.pop(container_id, None)
+        if onstart:
+            # the container runs now; its onstart script is launched alongside (an exec costs
+            # ~50 ms) and a failure to launch it shows in the container's error at the next look
+            threading.Thread(
+                target=self._run_onstart, args=(container_id, onstart), daemon=True
+            ).start()
         return observed
 
+    def _run_onstart(self, container_id: str, onstart: list[str]) -> None:
+        try:
+            self.client.api.exec_start(
+                self.client.api.exec_create(container_id, onstart)["Id"], detach=True
+            )
+        except docker.errors.DockerException as exc:
+            with self._lock:
+                self._onstart_errors[container_id] = (
+                    f"onstart script could not be run: {_explain(exc)}"
+                )
+
     def remove(self, container_id: str, timeout: float) -> None:
+        with self._lock:
+            self._onstart_errors.pop(container_id, None)
         try:
             self.client.api.stop(container_id, timeout=int(max(0, timeout)))
         except docker.errors.NotFound:
