@@ -221,6 +221,25 @@ def test_outbid_spot_order_is_stopped_and_the_winner_started(
         running.stop()
 
 
+def test_preempted_spot_order_gives_way_to_on_demand(market: Market, tmp_path: Path) -> None:
+    host = market.user()
+    bidder = market.client(market.user(bitcoin="0.01"))
+    renter = market.client(market.user(bitcoin="0.01"))
+    sid, token = host_server(market, host)
+    running = start_agent(market.url, tmp_path / "s", init_token=token)
+    engine = running.runtime.engine  # type: ignore[attr-defined]
+    try:
+        spot = ok(bidder.post("/v1/create_order", json=spot_body(sid, "0.000002", image=IMAGE)))
+        wait_order_state(bidder, spot["order_id"], "running")
+        oid = ok(renter.post("/v1/create_order", json=order_body(sid, image=IMAGE)))["order_id"]
+        wait_order_state(renter, oid, "running")
+        wait_order_state(bidder, spot["order_id"], "stopped")
+        keys = {c.labels["openclore.key"] for c in engine.containers.values()}
+        assert keys == {f"order-{oid}"}
+    finally:
+        running.stop()
+
+
 def test_background_job_runs_while_idle(market: Market, tmp_path: Path) -> None:
     host = market.user()
     renter = market.client(market.user(bitcoin="0.01"))
@@ -468,3 +487,40 @@ def test_no_subscriber_leaks(market: Market, tmp_path: Path) -> None:
     running.stop()
     wait_for(lambda: hub.subscriber_count() == before, 5, what="unsubscribed")
 
+
+
+def test_openclore_agent_command_runs_until_sigterm(market: Market, tmp_path: Path) -> None:
+    """The real command: registered once, then started with no token; SIGTERM ends it cleanly."""
+    import signal
+    import subprocess
+    import sys
+
+    host = market.user()
+    sid, token = host_server(market, host)
+    register(market.url, token, tmp_path / "s")
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "openclore"),
+            "agent",
+            "--state-dir",
+            str(tmp_path / "s"),
+            "--runtime",
+            "simulated",
+            "--disk-path",
+            str(tmp_path),
+            "--country",
+            "CZ",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(lambda: _server_row(market, sid)["online"] is True, 20, what="agent online")
+        specs = _server_row(market, sid)["specs"]
+        assert isinstance(specs, dict) and specs["net"]["cc"] == "CZ"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, output
+    assert "connected as server" in output

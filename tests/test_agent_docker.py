@@ -42,7 +42,7 @@ SERVE = "httpd -f -p 8000 -h /www"
 def docker_client() -> Iterator[Any]:
     problem = None
     try:
-        import docker
+        import docker  # type: ignore[import-untyped]
 
         client = docker.from_env(timeout=60)
         client.ping()

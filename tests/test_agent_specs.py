@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -9,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from openclore.agent import specs as specs_module
 from openclore.agent.specs import (
     Gpu,
     SpecsConfig,
@@ -70,9 +70,9 @@ def test_nvml_first_then_nvidia_smi_then_none(monkeypatch: pytest.MonkeyPatch) -
     gpus, source, _ = detect_gpus("auto", h100)
     assert source == "nvml" and gpus_fields_of(gpus) == ("1x NVIDIA H100 80GB HBM3", 80)
 
-    monkeypatch.setattr(specs_module.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/nvidia-smi")
     monkeypatch.setattr(
-        specs_module.subprocess,
+        subprocess,
         "run",
         lambda *a, **kw: subprocess.CompletedProcess(a, 0, SMI_8X_H100, ""),
     )
@@ -81,7 +81,7 @@ def test_nvml_first_then_nvidia_smi_then_none(monkeypatch: pytest.MonkeyPatch) -
     assert gpus_fields_of(gpus) == ("8x NVIDIA H100 80GB HBM3", 80)
     assert "NVML: NVML Shared Library Not Found" in notes
 
-    monkeypatch.setattr(specs_module.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     gpus, source, notes = detect_gpus("auto", fake_nvml([], fail_init=True))
     assert (gpus, source) == ([], "none")
     assert gpu_fields(gpus) == {"gpu": "0x", "gpuram": 0}
@@ -94,9 +94,9 @@ def gpus_fields_of(gpus: list[Gpu]) -> tuple[str, int]:
 
 
 def test_nvidia_smi_failure_is_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(specs_module.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/nvidia-smi")
     monkeypatch.setattr(
-        specs_module.subprocess,
+        subprocess,
         "run",
         lambda *a, **kw: subprocess.CompletedProcess(
             a, 9, "", "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver"

@@ -23,7 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil  # type: ignore[import-untyped]
+try:  # psutil is a dependency; the stdlib fallbacks keep scripts/gpu-specs-check.sh usable anywhere
+    import psutil  # type: ignore[import-untyped]
+except ImportError:  # pragma: no cover - exercised on bare machines only
+    psutil = None
 
 
 @dataclass(frozen=True)
@@ -166,9 +169,32 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
 
 
 def cpu_counts() -> str:
-    threads = psutil.cpu_count(logical=True) or os.cpu_count() or 1
-    cores = psutil.cpu_count(logical=False) or threads
-    return f"{cores}/{threads}"
+    if psutil is not None:
+        threads = psutil.cpu_count(logical=True) or os.cpu_count() or 1
+        cores = psutil.cpu_count(logical=False) or threads
+        return f"{cores}/{threads}"
+    threads = os.cpu_count() or 1
+    pairs: set[tuple[str, str]] = set()
+    physical = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "physical id":
+                physical = value.strip()
+            elif key.strip() == "core id":
+                pairs.add((physical, value.strip()))
+    except OSError:
+        pass
+    return f"{len(pairs) or threads}/{threads}"
+
+
+def ram_gb() -> float:
+    if psutil is not None:
+        return round(float(psutil.virtual_memory().total) / 1024**3, 2)
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return round(int(line.split()[1]) * 1024 / 1024**3, 2)
+    return 0.0
 
 
 def existing_dir(path: str) -> str:
@@ -200,12 +226,19 @@ def disk_kind(path: str) -> str:
 def _device_of(path: str) -> str | None:
     best: tuple[int, str] | None = None
     target = os.path.realpath(path)
-    for part in psutil.disk_partitions(all=False):
-        mount = part.mountpoint
+    if psutil is not None:
+        mounts = [(p.device, p.mountpoint) for p in psutil.disk_partitions(all=False)]
+    else:
+        mounts = [
+            (fields[0], fields[1])
+            for fields in (line.split() for line in Path("/proc/mounts").read_text().splitlines())
+            if len(fields) > 1 and fields[0].startswith("/dev/")
+        ]
+    for device, mount in mounts:
         if (target == mount or target.startswith(mount.rstrip("/") + "/")) and (
             best is None or len(mount) > best[0]
         ):
-            best = (len(mount), part.device)
+            best = (len(mount), device)
     return None if best is None else best[1]
 
 
@@ -245,7 +278,7 @@ def collect(config: SpecsConfig | None = None, nvml: Any = None) -> Specs:
     if source == "none":
         notes.extend(gpu_notes)
     disk_path = existing_dir(config.disk_path)
-    usage = psutil.disk_usage(disk_path)
+    usage = shutil.disk_usage(disk_path)
     try:
         speed = disk_speed(disk_path, config.disk_test_mb, config.disk_test_max_seconds)
     except OSError as exc:
@@ -255,7 +288,7 @@ def collect(config: SpecsConfig | None = None, nvml: Any = None) -> Specs:
         "mb": motherboard(),
         "cpu": cpu_model(),
         "cpus": cpu_counts(),
-        "ram": round(psutil.virtual_memory().total / 1024**3, 2),
+        "ram": ram_gb(),
         "disk": f"{disk_kind(disk_path)} {round(usage.free / 1024**3, 1)}GB",
         "disk_speed": speed,
         **gpu_fields(gpus),
@@ -278,9 +311,26 @@ def main() -> None:
     parser.add_argument(
         "--gpu-source", default="auto", choices=["auto", "nvml", "nvidia-smi", "none"]
     )
+    parser.add_argument(
+        "--all-sources",
+        action="store_true",
+        help="also ask NVML and nvidia-smi separately (to check that both agree)",
+    )
     args = parser.parse_args()
     result = collect(SpecsConfig(disk_path=args.disk_path, gpu_source=args.gpu_source))
-    print(json.dumps(result.to_json(), indent=2))
+    out = result.to_json()
+    if args.all_sources:
+        sources: dict[str, Any] = {}
+        for source in ("nvml", "nvidia-smi"):
+            gpus, answered, notes = detect_gpus(source)
+            sources[source] = (
+                {**gpu_fields(gpus), "gpu_array": [g.name for g in gpus],
+                 "memory_mib": [g.memory_mib for g in gpus]}
+                if answered != "none"
+                else {"error": "; ".join(notes)}
+            )
+        out["sources"] = sources
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":
