@@ -386,13 +386,13 @@ def test_agent_reconnects_after_a_server_restart(market: Market, tmp_path: Path)
 # ----------------------------------------------------------------------------- several processes
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])  # LISTEN/NOTIFY is PostgreSQL's
 def test_order_created_on_one_api_process_reaches_an_agent_on_another(
     market: Market, tmp_path: Path
 ) -> None:
     """Two real ``openclore serve`` processes on one PostgreSQL database: the agent is connected
     to the first, the order is created through the second, and LISTEN/NOTIFY carries it over."""
-    if market.backend != "postgresql":
-        pytest.skip("cross-process delivery is PostgreSQL's LISTEN/NOTIFY")
+    assert market.backend == "postgresql"
     import subprocess
     import sys
 
@@ -432,7 +432,11 @@ def test_order_created_on_one_api_process_reaches_an_agent_on_another(
                 return False
 
         for url in urls:
-            wait_for(lambda url=url: up(url), 30, interval=0.1, what=f"{url} up")  # type: ignore[misc]
+            try:
+                wait_for(lambda url=url: up(url), 30, interval=0.1, what=f"{url} up")  # type: ignore[misc]
+            except AssertionError:
+                logs = "\n".join(p.read_text() for p in tmp_path.glob("serve-*.log"))
+                raise AssertionError(f"{url} did not come up; server logs:\n{logs}") from None
         running = start_agent(urls[0], tmp_path / "s", init_token=token)
         engine = running.runtime.engine  # type: ignore[attr-defined]
         try:

@@ -67,6 +67,7 @@ HELLO_TIMEOUT = 15.0
 RESYNC_SQLITE = 3.0
 RESYNC_POSTGRES = 5.0
 MAX_STATUSES = 64
+MAX_SPECS_BYTES = 8192
 
 
 class AgentRefused(Exception):
@@ -131,13 +132,13 @@ def agent_hello(
         return
     values: dict[str, Any] = {"last_seen": now, "online": True}
     listing_changed = not row["online"]
-    specs = hello.get("specs")
-    if isinstance(specs, dict) and specs != row["specs"]:
+    specs = _valid_specs(hello.get("specs"))
+    if specs is not None and specs != row["specs"]:
         values["specs"] = specs
         listing_changed = True
-    gpu_array = hello.get("gpu_array")
-    if isinstance(gpu_array, list) and gpu_array != row["gpu_array"]:
-        values["gpu_array"] = [str(g) for g in gpu_array]
+    gpu_array = _valid_gpu_array(hello.get("gpu_array"))
+    if gpu_array is not None and gpu_array != row["gpu_array"]:
+        values["gpu_array"] = gpu_array
         listing_changed = True
     if pub_cluster != row["pub_cluster"]:
         values["pub_cluster"] = pub_cluster
@@ -170,10 +171,12 @@ def agent_heartbeat(conn: Connection, server_id: int, now: int) -> None:
 
 def agent_specs(conn: Connection, server_id: int, message: dict[str, Any]) -> None:
     values: dict[str, Any] = {}
-    if isinstance(message.get("specs"), dict):
-        values["specs"] = message["specs"]
-    if isinstance(message.get("gpu_array"), list):
-        values["gpu_array"] = [str(g) for g in message["gpu_array"]]
+    specs = _valid_specs(message.get("specs"))
+    if specs is not None:
+        values["specs"] = specs
+    gpu_array = _valid_gpu_array(message.get("gpu_array"))
+    if gpu_array is not None:
+        values["gpu_array"] = gpu_array
     if values:
         conn.execute(update(servers).where(servers.c.id == server_id).values(**values))
         bump_meta(conn, MARKET_VERSION)
@@ -191,17 +194,24 @@ def apply_statuses(
     ).all()
     for row in rows:
         status = by_order[row.id]
+        asked = row.ports or {}
+        # only the tcp ports the order asked for, published on a real port number
+        published = {
+            port: public
+            for port, public in status.tcp_ports.items()
+            if asked.get(port) == "tcp" and 1 <= public <= 65535
+        }
         values: dict[str, Any] = {
             "runtime_state": status.state,
             "runtime_error": status.error,
             "tcp_ports": [
                 f"{port}:{public}"
-                for port, public in sorted(status.tcp_ports.items(), key=lambda kv: int(kv[0]))
+                for port, public in sorted(published.items(), key=lambda kv: int(kv[0]))
             ]
             if status.state != STOPPED
             else [],
         }
-        if status.http_port:
+        if status.http_port and asked.get(status.http_port) == "http":
             values["http_port"] = status.http_port
         if status.state == RUNNING or status.tcp_ports:
             values["pub_cluster"] = pub_cluster
@@ -261,6 +271,19 @@ def desired_for(conn: Connection, server_id: int) -> list[DesiredContainer]:
             )
         ]
     return []
+
+
+def _valid_specs(raw: Any) -> dict[str, Any] | None:
+    """Specs as the agent measured them, within reason (they are served in every listing)."""
+    if not isinstance(raw, dict) or len(json.dumps(raw)) > MAX_SPECS_BYTES:
+        return None
+    return raw
+
+
+def _valid_gpu_array(raw: Any) -> list[str] | None:
+    if not isinstance(raw, list) or len(raw) > 64:
+        return None
+    return [str(g)[:128] for g in raw]
 
 
 def _statuses(raw: Any) -> list[ContainerStatus]:
