@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from sqlalchemy import func, insert, select, text
+from sqlalchemy.engine import make_url
 
 from openclore.config import Settings
 from openclore.engine.ticker import tick
@@ -128,10 +129,22 @@ def analyze(db: Database) -> None:
 
 def reset(db: Database) -> None:
     if db.is_postgres:
+        _create_database(db.url)
         with db.engine.begin() as conn:
             conn.execute(text("DROP SCHEMA public CASCADE"))
             conn.execute(text("CREATE SCHEMA public"))
     db.create_all()
+
+
+def _create_database(url: str) -> None:
+    parsed = make_url(url)
+    server = Database(str(parsed.set(database="postgres")))
+    with server.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        if not conn.execute(
+            text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": parsed.database}
+        ).first():
+            conn.execute(text(f'CREATE DATABASE "{parsed.database}"'))
+    server.dispose()
 
 
 def measure(url: str, n: int) -> dict[str, float]:
@@ -158,7 +171,11 @@ def measure(url: str, n: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="1000,10000,100000")
-    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument(
+        "--postgres",
+        default="postgresql://postgres@127.0.0.1:5432/openclore_bench",
+        help="a database the benchmark may wipe (created if missing)",
+    )
     parser.add_argument("--skip-postgres", action="store_true")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="openclore-settle-"))

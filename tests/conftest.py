@@ -3,9 +3,11 @@
 One uvicorn server per session serves whichever app the current test built (a fresh database,
 settings and manual clock per test), so tests pay for a new app, not a new process.
 
-PostgreSQL: ``OPENCLORE_TEST_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``).
-Without a reachable server the PostgreSQL half is skipped with a message, except when ``CI=true``,
-where it fails.
+PostgreSQL: ``OPENCLORE_TEST_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``)
+names the server; each test session creates its own database ``openclore_test_<pid>`` there and
+drops it at the end (it never touches the named database's tables, and two sessions never share
+one). Without a reachable server the PostgreSQL half is skipped with a message, except when
+``CI=true``, where it fails.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import httpx
 import pytest
 import uvicorn
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from openclore.api.app import create_app
 from openclore.config import Settings
@@ -35,10 +38,14 @@ from openclore.ledger import ensure_system_accounts
 from openclore.market.accounts import create_user, issue_token
 from openclore.market.servers import add_server
 from openclore.market.wallets import deposit
-from openclore.store.db import Database
+from openclore.store.db import Database, normalize_url
 from openclore.store.schema import metadata, server_prices, servers
 
-PG_URL = os.environ.get("OPENCLORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+PG_SERVER_URL = os.environ.get(
+    "OPENCLORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+PG_DATABASE = f"openclore_test_{os.getpid()}"
+PG_URL = str(make_url(normalize_url(PG_SERVER_URL)).set(database=PG_DATABASE))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 T0 = 1_700_000_000
 
@@ -80,11 +87,16 @@ def http_server() -> Iterator[tuple[Switch, str]]:
 
 
 def _pg_available() -> str | None:
+    """Reach the server and make sure the suite's own database exists."""
     try:
-        db = Database(PG_URL)
-        with db.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        db.dispose()
+        server = Database(PG_SERVER_URL)
+        with server.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            exists = conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": PG_DATABASE}
+            ).first()
+            if exists is None:
+                conn.execute(text(f'CREATE DATABASE "{PG_DATABASE}"'))
+        server.dispose()
         return None
     except Exception as exc:
         return str(exc).splitlines()[0]
@@ -94,17 +106,18 @@ def _pg_available() -> str | None:
 def pg_template() -> Iterator[Database]:
     problem = _pg_available()
     if problem is not None:
-        message = f"PostgreSQL not reachable at {PG_URL}: {problem}"
+        message = f"PostgreSQL not usable at {PG_SERVER_URL}: {problem}"
         if IN_CI:
             pytest.fail(message + " (CI=true: PostgreSQL tests are mandatory)")
         pytest.skip(message + " — set OPENCLORE_TEST_POSTGRES_URL to run the PostgreSQL half")
     db = Database(PG_URL)
-    with db.engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
     db.create_all()
     yield db
     db.dispose()
+    server = Database(PG_SERVER_URL)
+    with server.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)'))
+    server.dispose()
 
 
 @pytest.fixture(scope="session")

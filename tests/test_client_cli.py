@@ -363,5 +363,6 @@ def test_ssh_execs_ssh(world: tuple[Cli, Cli, int], tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    port = order["tcp_ports"][0].split(":")[1]
+    (listed,) = [o for o in cli.json("orders") if o["id"] == order["id"]]
+    port = listed["tcp_ports"][0].split(":")[1]
     assert json.loads(record.read_text()) == ["-p", port, "root@localhost"]

@@ -53,8 +53,8 @@ def test_create_order_once_per_five_seconds(market: Market) -> None:
     r = c.post("/v1/create_order", json=order_body(other))
     assert r.status_code == 429 and r.json()["code"] == 5
     assert 1 <= int(r.headers["Retry-After"]) <= 4
-    time.sleep(1.0)
-    assert c.get("/v1/my_orders").json()["code"] == 0  # other endpoints still at 1/s
+    # the refused create_order did not use up this second: other endpoints answer at once
+    assert c.get("/v1/my_orders").json()["code"] == 0
 
 
 def test_anonymous_calls_are_limited_per_address(market: Market) -> None:

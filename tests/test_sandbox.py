@@ -87,3 +87,28 @@ def test_reset_restores_the_demo_world(market: Market) -> None:
     assert offer["offer_id"] == 39 and offer["active"] is True
     wallets = ok(c.get("/v1/wallets"))["wallets"]
     assert wallets[0]["balance"] == 0.00153176
+
+
+def test_sandbox_cli(market: Market) -> None:
+    from typer.testing import CliRunner
+
+    from openclore.cli.main import app
+
+    sandbox(market)
+    token = market.user()
+    env = {
+        "OPENCLORE_URL": market.url,
+        "OPENCLORE_API_KEY": token,
+        "OPENCLORE_CONFIG": "/nonexistent",
+    }
+    runner = CliRunner()
+    done = runner.invoke(app, ["sandbox", "advance", "1d12h", "--json"], env=env)
+    assert done.exit_code == 0, done.output
+    assert '"advanced": 129600' in done.output
+    assert SandboxClock(market.db.engine, base=market.clock).now() == market.now() + 129600
+    done = runner.invoke(app, ["sandbox", "deposit", "bitcoin", "0.25"], env=env)
+    assert done.exit_code == 0, done.output
+    wallets = ok(market.client(token).get("/v1/wallets"))["wallets"]
+    assert wallets[0]["balance"] == 0.25
+    bad = runner.invoke(app, ["sandbox", "advance", "soon"], env=env)
+    assert bad.exit_code != 0 and "duration" in bad.output

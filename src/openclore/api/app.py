@@ -275,10 +275,12 @@ def _create_order(state: AppState, call: Call) -> dict[str, Any]:
 
     def run(conn: Connection) -> dict[str, Any]:
         order_id = order_service.create_order(conn, _uid(call), req, state.settings, call.now)
-        return {
-            "order_id": order_id,
-            "order": order_service.order_detail(conn, order_id, state.settings),
-        }
+        # Connection fields are left out here: the agent publishes them after start, and the
+        # clore-ai SDK's Order model cannot load them as the lists they are (my_orders has them).
+        order = order_service.order_detail(conn, order_id, state.settings)
+        for field in ("pub_cluster", "tcp_ports", "http_port"):
+            order.pop(field, None)
+        return {"order_id": order_id, "order": order}
 
     result: dict[str, Any] = state.db_write(run)
     return result
@@ -437,6 +439,8 @@ def create_app(
         if extra > 0:
             second = state.limiter.hit(f"{key}:{ep.name}", extra, wall)
             if not second.allowed:
+                # a refused create_order does not use up the token's next-second call
+                state.limiter.refund(key, interval)
                 raise RateLimited(second.retry_after)
         return _rate_headers(decision.reset, 0)
 

@@ -23,6 +23,7 @@ _UPSERT = text(
     """
 )
 _PEEK = text("SELECT tat FROM rate_limits WHERE key = :key")
+_REFUND = text("UPDATE rate_limits SET tat = tat - :interval WHERE key = :key")
 
 
 @dataclass(frozen=True)
@@ -61,3 +62,11 @@ class RateLimiter:
             return Decision(True, 1, 0, max(0.0, tat - now), 0.0)
         wait = max(0.0, float(current) - now - self._tolerance)
         return Decision(False, 1, 0, max(0.0, float(current) - now), wait)
+
+    def refund(self, key: str, interval: float) -> None:
+        """Give back the slot a request took when a later check refused it after all."""
+        with self._engine.connect() as conn:
+            if self._sqlite:
+                conn = conn.execution_options(sqlite_immediate=True)
+            with conn.begin():
+                conn.execute(_REFUND, {"key": key, "interval": interval})

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from openclore.agent.cli import agent as agent_command
 from openclore.cli.client_commands import client_app
+from openclore.cli.sandbox import sandbox_app
 from openclore.config import Settings
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ admin_app.add_typer(token_app, name="token")
 admin_app.add_typer(server_app, name="server")
 app.command("agent")(agent_command)
 app.add_typer(client_app)
+app.add_typer(sandbox_app, name="sandbox")
 
 console = Console()
 err = Console(stderr=True)

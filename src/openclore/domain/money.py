@@ -5,6 +5,7 @@ Every amount inside openclore is an ``int`` of :data:`UNITS_PER_COIN` minor unit
 
 Rounding rules (the only places where rounding happens):
 
+* units → wire: the exact decimal text of the amount (no float on the way out either);
 * wire → units: a number with more than nine decimals is rounded to the nearest unit, ties to even
   (it is a price or an amount that a client typed; nothing is moved by this rounding);
 * spend: ``floor(price × active_seconds / 86400)``, always from the total active time, so settling
@@ -16,6 +17,8 @@ Rounding rules (the only places where rounding happens):
 from __future__ import annotations
 
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+
+import orjson
 
 UNITS_PER_COIN = 1_000_000_000
 SECONDS_PER_DAY = 86_400
@@ -43,9 +46,16 @@ def to_units(value: Decimal | int | float | str) -> int:
     return int(units)
 
 
-def to_coins(units: int) -> float:
-    """Integer units → the JSON number shown on the wire (the nearest double to the exact value)."""
-    return units / UNITS_PER_COIN
+Coins = orjson.Fragment
+
+
+def to_coins(units: int) -> Coins:
+    """Integer units → the exact JSON number shown on the wire (``0.0000042``, ``300``).
+
+    It is emitted as the exact decimal text, never through a float, so no amount loses a unit
+    however large it is.
+    """
+    return orjson.Fragment(coins_str(units))
 
 
 def coins_str(units: int) -> str:

@@ -208,4 +208,5 @@ def end_order(conn: Connection, order_id: int, now: int, reason: str) -> bool:
         .where(orders.c.id == order_id)
         .values(expired=True, running=False, ended_at=now, end_reason=reason)
     )
+    notify_server(conn, order["server_id"])  # its container must stop now
     return True

@@ -7,6 +7,7 @@ never bill the same seconds twice: a second ticker finds ``billed_at`` already m
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, select, text, update
@@ -34,7 +35,9 @@ def mark_offline(db: Database, now: int, timeout: int) -> list[int]:
             )
         ]
     for server_id in stale:
-        run_write(db, lambda conn, sid=server_id: _take_offline(conn, sid, now, timeout))
+        run_write(
+            db, functools.partial(_take_offline, server_id=server_id, now=now, timeout=timeout)
+        )
     return stale
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from sqlalchemy import Connection, insert, select, update
 
 from openclore.ledger.addresses import deposit_address
+from openclore.store.db import inserted_id
 from openclore.store.schema import accounts, transfers
 
 
@@ -26,9 +27,7 @@ def _ensure(conn: Connection, key: str, **values: object) -> int:
     found = conn.execute(select(accounts.c.id).where(accounts.c.key == key)).scalar()
     if found is not None:
         return int(found)
-    return int(
-        conn.execute(insert(accounts).values(key=key, balance=0, **values)).inserted_primary_key[0]
-    )
+    return inserted_id(conn.execute(insert(accounts).values(key=key, balance=0, **values)))
 
 
 def ensure_system_accounts(conn: Connection, currencies: list[str]) -> None:

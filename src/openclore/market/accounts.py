@@ -11,6 +11,7 @@ from sqlalchemy import Connection, insert, or_, select, update
 
 from openclore.config import Settings
 from openclore.ledger import ensure_wallet
+from openclore.store.db import inserted_id
 from openclore.store.schema import api_tokens, users
 
 TOKEN_ALPHABET = string.ascii_letters + string.digits
@@ -29,9 +30,7 @@ class UnknownUser(LookupError):
 
 
 def create_user(conn: Connection, name: str, now: int, settings: Settings) -> int:
-    user_id = int(
-        conn.execute(insert(users).values(name=name, created_at=now)).inserted_primary_key[0]
-    )
+    user_id = inserted_id(conn.execute(insert(users).values(name=name, created_at=now)))
     for currency in settings.currencies:
         ensure_wallet(conn, user_id, currency, settings.address_secret)
     return user_id

@@ -19,7 +19,7 @@ from openclore.domain.money import (
 from openclore.engine.billing import MARKET_VERSION, Row, end_order, lock_server, resolve_server
 from openclore.ledger.ledger import system_account_id, transfer, wallet_id
 from openclore.market.servers import prices_of
-from openclore.store.db import bump_meta
+from openclore.store.db import bump_meta, inserted_id
 from openclore.store.schema import accounts, orders, servers
 
 MAX_ISSUE_LENGTH = 2048
@@ -87,7 +87,7 @@ def create_order(
     if wallet is None or funds < creation_fee + runway:
         raise MarketError("not_enough_balance")
 
-    order_id = int(
+    order_id = inserted_id(
         conn.execute(
             insert(orders).values(
                 user_id=user_id,
@@ -114,7 +114,7 @@ def create_order(
                 fee_paid=0,
                 tcp_ports=[],
             )
-        ).inserted_primary_key[0]
+        )
     )
     transfer(
         conn,

@@ -12,10 +12,10 @@ from sqlalchemy import Connection, func, insert, select, update
 from openclore.api.models import SetServerSettingsRequest
 from openclore.config import Settings
 from openclore.domain.errors import InvalidInput, MarketError
-from openclore.domain.money import to_coins, to_units
+from openclore.domain.money import Coins, to_coins, to_units
 from openclore.engine.billing import MARKET_VERSION, Row, lock_server, resolve_server
 from openclore.market.accounts import TOKEN_ALPHABET
-from openclore.store.db import bump_meta
+from openclore.store.db import bump_meta, inserted_id
 from openclore.store.schema import orders, server_prices, servers
 
 INIT_TOKEN_LENGTH = 48
@@ -48,25 +48,27 @@ def add_server(
     if _find_by_name(conn, owner_id, name) is not None:
         raise MarketError("server_name_taken")
     token = init_token or new_init_token()
-    server_id = conn.execute(
-        insert(servers).values(
-            owner_id=owner_id,
-            name=name,
-            init_token=token,
-            connected=False,
-            online=False,
-            simulated=False,
-            visibility="hidden",
-            mrl_hours=min(72, settings.max_server_mrl_hours),
-            reliability=1.0,
-            rating_avg=0.0,
-            rating_cnt=0,
-            bg_command="",
-            bg_times_updated=0,
-            created_at=now,
+    server_id = inserted_id(
+        conn.execute(
+            insert(servers).values(
+                owner_id=owner_id,
+                name=name,
+                init_token=token,
+                connected=False,
+                online=False,
+                simulated=False,
+                visibility="hidden",
+                mrl_hours=min(72, settings.max_server_mrl_hours),
+                reliability=1.0,
+                rating_avg=0.0,
+                rating_cnt=0,
+                bg_command="",
+                bg_times_updated=0,
+                created_at=now,
+            )
         )
-    ).inserted_primary_key[0]
-    return int(server_id), token
+    )
+    return server_id, token
 
 
 def _find_by_name(conn: Connection, owner_id: int, name: str) -> Row | None:
@@ -93,9 +95,9 @@ def prices_of(conn: Connection, server_ids: Iterable[int]) -> dict[int, dict[str
 
 def price_map(
     prices: dict[str, tuple[int, int]], which: int, currencies: list[str], *, all_coins: bool
-) -> dict[str, float]:
+) -> dict[str, Coins]:
     """One side (0 on-demand, 1 spot) as ``{coin: price}``; zeros only when ``all_coins``."""
-    out: dict[str, float] = {}
+    out: dict[str, Coins] = {}
     for currency in currencies:
         units = prices.get(currency, (0, 0))[which]
         if units or all_coins:

@@ -1,0 +1,97 @@
+"""``openclore sandbox``: drive a sandbox market's clock and wallets (``serve --demo``)."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Annotated
+
+import typer
+
+from openclore.cli.client_commands import (
+    JsonOpt,
+    KeyOpt,
+    ProfileOpt,
+    UrlOpt,
+    ctx,
+    emit_json,
+    fail,
+    handled,
+    out,
+    parse_decimal,
+)
+
+sandbox_app = typer.Typer(
+    help="A sandbox market (serve --demo, OPENCLORE_SANDBOX=1): travel in time, fund wallets.",
+    no_args_is_help=True,
+)
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
+
+
+def parse_duration(text: str) -> int:
+    """``90``, ``90s``, ``15m``, ``2h``, ``1d``, ``1w``, ``1d12h`` → seconds."""
+    compact = text.strip().lower()
+    parts = _DURATION.findall(compact)
+    if not compact or not parts or "".join(n + u for n, u in parts) != compact.replace(" ", ""):
+        raise typer.BadParameter(f"{text!r} is not a duration such as 90, 15m, 2h, 1d or 1d12h")
+    return sum(int(n) * _UNITS[u or "s"] for n, u in parts)
+
+
+@sandbox_app.command()
+def advance(
+    duration: Annotated[str, typer.Argument(help="how long: 90, 15m, 2h, 1d, 1d12h …")],
+    json: JsonOpt = False,
+    profile: ProfileOpt = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Move the market's clock forward: billing and expiry happen as if the time had passed."""
+    seconds = parse_duration(duration)
+    c = ctx(json, profile, url, api_key)
+    with handled(c.target), c.client() as client:
+        now = client.sandbox.advance_time(seconds)
+    if json:
+        emit_json({"advanced": seconds, "now": now})
+    else:
+        out.print(f"advanced {seconds} s; market time is now {now}")
+
+
+@sandbox_app.command()
+def deposit(
+    currency: str,
+    amount: str,
+    json: JsonOpt = False,
+    profile: ProfileOpt = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Credit AMOUNT whole coins of CURRENCY to your own wallet."""
+    value: Decimal = parse_decimal(amount, "amount")
+    if value <= 0:
+        fail("the amount must be positive")
+    c = ctx(json, profile, url, api_key)
+    with handled(c.target), c.client() as client:
+        client.sandbox.deposit(currency, value)
+    if json:
+        emit_json({"currency": currency, "amount": value})
+    else:
+        out.print(f"deposited {amount} {currency}")
+
+
+@sandbox_app.command()
+def reset(
+    json: JsonOpt = False,
+    profile: ProfileOpt = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Throw the sandbox market away and restore the demo world."""
+    c = ctx(json, profile, url, api_key)
+    with handled(c.target), c.client() as client:
+        client.request("POST", "/sandbox/reset")
+    if json:
+        emit_json({"reset": True})
+    else:
+        out.print("the demo world is back")
