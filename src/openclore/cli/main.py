@@ -203,9 +203,7 @@ def token_revoke(token: str, database_url: DatabaseOpt = None) -> None:
 
 
 @admin_app.command("deposit")
-def admin_deposit(
-    user: str, currency: str, amount: str, database_url: DatabaseOpt = None
-) -> None:
+def admin_deposit(user: str, currency: str, amount: str, database_url: DatabaseOpt = None) -> None:
     """Credit AMOUNT whole coins of CURRENCY to USER's wallet."""
     from openclore.domain.errors import MarketError
     from openclore.domain.money import AmountError, coins_str, to_units
@@ -245,6 +243,24 @@ def server_add(user: str, name: str, database_url: DatabaseOpt = None) -> None:
     except CloreError as exc:
         fail(exc.message)
     console.print(token, highlight=False)
+
+
+@server_app.command("remove")
+def server_remove(user: str, name: str, database_url: DatabaseOpt = None) -> None:
+    """Take USER's server NAME off the market: its orders end now (billed up to now)."""
+    from openclore.domain.errors import CloreError
+    from openclore.market.accounts import UnknownUser, find_user
+    from openclore.market.servers import remove_server
+
+    _, db = _with_db(database_url)
+    try:
+        with db.write() as conn:
+            ended = remove_server(conn, find_user(conn, user), name, int(time.time()))
+    except UnknownUser as exc:
+        fail(str(exc))
+    except CloreError as exc:
+        fail(exc.message)
+    console.print(f"removed {name}; {ended} order(s) ended", highlight=False)
 
 
 def main() -> None:

@@ -13,7 +13,13 @@ from openclore.api.models import SetServerSettingsRequest
 from openclore.config import Settings
 from openclore.domain.errors import InvalidInput, MarketError
 from openclore.domain.money import Coins, to_coins, to_units
-from openclore.engine.billing import MARKET_VERSION, Row, lock_server, resolve_server
+from openclore.engine.billing import (
+    MARKET_VERSION,
+    Row,
+    end_order,
+    lock_server,
+    resolve_server,
+)
 from openclore.market.accounts import TOKEN_ALPHABET
 from openclore.store.db import bump_meta, inserted_id
 from openclore.store.schema import orders, server_prices, servers
@@ -69,6 +75,26 @@ def add_server(
         )
     )
     return server_id, token
+
+
+def remove_server(conn: Connection, owner_id: int, name: str, now: int) -> int:
+    """Take a server off the market for good: its live orders and offers end now (billed up to
+    now), and it disappears from every listing. Returns how many orders ended."""
+    found = _find_by_name(conn, owner_id, name)
+    if found is None:
+        raise MarketError("server_dont_exist")
+    lock_server(conn, found["id"])
+    live = conn.execute(
+        select(orders.c.id).where(orders.c.server_id == found["id"], orders.c.expired.is_(False))
+    ).scalars()
+    ended = sum(end_order(conn, int(oid), now, "server_removed") for oid in list(live))
+    conn.execute(
+        update(servers)
+        .where(servers.c.id == found["id"])
+        .values(removed_at=now, visibility="hidden", online=False)
+    )
+    bump_meta(conn, MARKET_VERSION)
+    return ended
 
 
 def _find_by_name(conn: Connection, owner_id: int, name: str) -> Row | None:

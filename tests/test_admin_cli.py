@@ -1,0 +1,83 @@
+"""``openclore admin …`` and ``openclore db upgrade`` against both databases."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from conftest import Market, ok, order_body
+from typer.testing import CliRunner
+
+from openclore.cli.main import app
+
+runner = CliRunner()
+
+
+def admin(market: Market, *args: str) -> tuple[int, str]:
+    result = runner.invoke(app, [*args, "--database-url", market.db.url])
+    return result.exit_code, result.output
+
+
+def test_user_token_deposit_and_server_commands(market: Market) -> None:
+    code, out = admin(market, "admin", "user", "add", "alice")
+    assert code == 0, out
+    token = re.search(r"token (\w{32})", out).group(1)  # type: ignore[union-attr]
+    wallets = ok(market.client(token).get("/v1/wallets"))["wallets"]
+    assert [w["balance"] for w in wallets] == [0, 0, 0]
+
+    assert admin(market, "admin", "user", "add", "alice")[0] == 1  # the name is taken
+
+    code, out = admin(market, "admin", "deposit", "alice", "bitcoin", "0.00153176")
+    assert code == 0 and "deposited 0.00153176 bitcoin" in out
+    assert ok(market.client(token).get("/v1/wallets"))["wallets"][0]["balance"] == 0.00153176
+    for bad in (
+        ["nobody", "bitcoin", "1"],
+        ["alice", "dogecoin", "1"],
+        ["alice", "bitcoin", "0"],
+        ["alice", "bitcoin", "lots"],
+    ):
+        code, out = admin(market, "admin", "deposit", *bad)
+        assert code == 1 and out.startswith("error:") and "Traceback" not in out, (bad, out)
+
+    code, out = admin(market, "admin", "token", "issue", "alice")
+    second = out.strip()
+    assert code == 0 and len(second) == 32
+    ok(market.client(second).get("/v1/wallets"))
+    assert admin(market, "admin", "token", "revoke", second)[0] == 0
+    assert market.client(second).get("/v1/wallets").json()["code"] == 3
+    assert admin(market, "admin", "token", "revoke", second)[0] == 1  # already revoked
+
+    code, out = admin(market, "admin", "server", "add", "alice", "rig-01")
+    assert code == 0 and re.fullmatch(r"[A-Za-z0-9]{48}", out.strip())
+    servers = ok(market.client(token).get("/v1/my_servers"))["servers"]
+    assert servers[0]["name"] == "rig-01" and servers[0]["init_token"] == out.strip()
+
+
+def test_server_remove_ends_its_orders(market: Market) -> None:
+    market.clock.set(time.time())  # the admin command works in real time
+    host = market.user(name="host")
+    sid = market.server(host, "rig")
+    renter = market.client(market.user(bitcoin="0.01"))
+    oid = ok(renter.post("/v1/create_order", json=order_body(sid)))["order_id"]
+    code, out = admin(market, "admin", "server", "remove", "host", "rig")
+    assert code == 0 and "1 order(s) ended" in out
+    (order,) = ok(renter.get("/v1/my_orders?return_completed=true"))["orders"]
+    assert order["id"] == oid and order["expired"] is True
+    assert ok(market.client().get("/v1/marketplace"))["servers"] == []
+    assert ok(market.client(host).get("/v1/my_servers"))["servers"] == []
+    assert admin(market, "admin", "server", "remove", "host", "rig")[0] == 1
+
+
+def test_db_upgrade(market: Market) -> None:
+    code, out = admin(market, "db", "upgrade")
+    assert code == 0 and "up to date" in out
+
+
+def test_serve_help_documents_every_setting() -> None:
+    from openclore.config import Settings
+
+    result = runner.invoke(app, ["serve", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for name in Settings.model_fields:
+        assert f"OPENCLORE_{name.upper()}" in text, name
