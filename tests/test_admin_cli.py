@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 import time
 
-from conftest import Market, ok, order_body
 from typer.testing import CliRunner
 
 from openclore.cli.main import app
+
+from conftest import Market, ok, order_body
 
 runner = CliRunner()
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import Market, ok, order_body, spot_body
 from sqlalchemy import func, select, update
 
 from openclore.engine.billing import BILLING_GRACE
 from openclore.engine.settlement import settle_running_orders
 from openclore.engine.ticker import tick
 from openclore.store.schema import accounts, orders, servers, transfers
+
+from conftest import Market, ok, order_body, spot_body
 
 
 def agent_server(market: Market, host: str, name: str = "rig") -> int:
