@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from sqlalchemy import text
+from sqlalchemy import Connection, func, select, text
 from sqlalchemy.engine import make_url
 
 from openclore.api.app import create_app
@@ -39,7 +39,7 @@ from openclore.market.accounts import create_user, issue_token
 from openclore.market.servers import add_server
 from openclore.market.wallets import deposit
 from openclore.store.db import Database, normalize_url
-from openclore.store.schema import metadata, server_prices, servers
+from openclore.store.schema import metadata, server_prices, servers, transfers
 
 PG_SERVER_URL = os.environ.get(
     "OPENCLORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -287,6 +287,16 @@ def market(
     m = Market(db=db, settings=settings, clock=clock, url=url, switch=switch, backend=backend)
     yield m
     m.close()
+
+
+def booked_by_order(conn: Connection) -> dict[tuple[int, str], int]:
+    """``{(order_id, kind): total}`` of the transfers booked for orders."""
+    query = (
+        select(transfers.c.order_id, transfers.c.kind, func.sum(transfers.c.amount).label("t"))
+        .where(transfers.c.order_id.is_not(None))
+        .group_by(transfers.c.order_id, transfers.c.kind)
+    )
+    return {(int(r.order_id), r.kind): int(r.t) for r in conn.execute(query)}
 
 
 def ok(response: httpx.Response) -> dict[str, Any]:

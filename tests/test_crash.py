@@ -25,9 +25,9 @@ from openclore.engine.clock import CLOCK_OFFSET_KEY
 from openclore.engine.ticker import tick
 from openclore.ledger.ledger import account_key
 from openclore.store.db import get_meta
-from openclore.store.schema import accounts, orders, server_prices, servers, transfers, users
+from openclore.store.schema import accounts, orders, server_prices, servers, users
 
-from conftest import Market, free_port
+from conftest import Market, booked_by_order, free_port
 
 ORDERS = 3000
 RENTERS = 30
@@ -128,18 +128,7 @@ def populate(market: Market) -> str:
 def check_books(market: Market) -> None:
     with market.db.read() as conn:
         assert conn.execute(select(func.sum(accounts.c.balance))).scalar() == 0
-        booked = {
-            (int(r.order_id), r.kind): int(r.total)
-            for r in conn.execute(
-                select(
-                    transfers.c.order_id,
-                    transfers.c.kind,
-                    func.sum(transfers.c.amount).label("total"),
-                )
-                .where(transfers.c.order_id.is_not(None))
-                .group_by(transfers.c.order_id, transfers.c.kind)
-            )
-        }
+        booked = booked_by_order(conn)
         for o in conn.execute(select(orders).where(orders.c.id >= 1000)):
             assert booked.get((o.id, "spend"), 0) + booked.get((o.id, "fee"), 0) == o.spend
             assert booked.get((o.id, "fee"), 0) == o.fee_paid

@@ -38,9 +38,9 @@ from openclore.market import servers as server_service
 from openclore.market.accounts import create_user
 from openclore.market.wallets import deposit
 from openclore.store.db import Database, run_write
-from openclore.store.schema import accounts, orders, servers, transfers
+from openclore.store.schema import accounts, orders, servers
 
-from conftest import T0, fresh_database
+from conftest import T0, booked_by_order, fresh_database
 
 EXAMPLES = int(os.environ.get("OPENCLORE_SIM_EXAMPLES", "60"))
 STEPS = int(os.environ.get("OPENCLORE_SIM_STEPS", "50"))
@@ -218,18 +218,7 @@ def make_machine(db: Database, stats: dict[str, int]) -> type[RuleBasedStateMach
         @invariant()
         def orders_match_their_transfers(self) -> None:
             with db.read() as conn:
-                booked: dict[tuple[int, str], int] = {
-                    (int(r.order_id), r.kind): int(r.total)
-                    for r in conn.execute(
-                        select(
-                            transfers.c.order_id,
-                            transfers.c.kind,
-                            func.sum(transfers.c.amount).label("total"),
-                        )
-                        .where(transfers.c.order_id.is_not(None))
-                        .group_by(transfers.c.order_id, transfers.c.kind)
-                    )
-                }
+                booked = booked_by_order(conn)
                 for o in conn.execute(select(orders)):
                     spend_leg = booked.get((o.id, "spend"), 0)
                     fee_leg = booked.get((o.id, "fee"), 0)

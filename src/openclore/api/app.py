@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,17 @@ class Call:
     body: dict[str, Any]
     user_id: int | None
     now: int
+    db: Database
+    conn: Connection | None = None  # the read transaction the caller was authenticated in
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read transaction: the request's own one when it has it (read-only endpoints)."""
+        if self.conn is not None:
+            yield self.conn
+        else:
+            with self.db.read() as conn:
+                yield conn
 
 
 Handler = Callable[["AppState", Call], Any]
@@ -175,12 +187,12 @@ def _bool_query(request: Request, name: str) -> bool:
 
 
 def _wallets(state: AppState, call: Call) -> dict[str, Any]:
-    with state.db.read() as conn:
+    with call.read() as conn:
         return wallet_service.wallets(conn, _uid(call), state.settings)
 
 
 def _my_servers(state: AppState, call: Call) -> dict[str, Any]:
-    with state.db.read() as conn:
+    with call.read() as conn:
         return server_service.my_servers(conn, _uid(call), state.settings)
 
 
@@ -189,12 +201,12 @@ def _server_config(state: AppState, call: Call) -> dict[str, Any]:
     if "server_name" not in body and "server_name" in call.request.query_params:
         body["server_name"] = call.request.query_params["server_name"]
     req = models.validate_body(models.ServerNameRequest, body)
-    with state.db.read() as conn:
+    with call.read() as conn:
         return server_service.server_config(conn, _uid(call), req.server_name, state.settings)
 
 
 def _marketplace(state: AppState, call: Call) -> Response:
-    with state.db.read() as conn:
+    with call.read() as conn:
         listing = state.market.listing(conn)
         if call.user_id is None:
             if "gzip" in call.request.headers.get("accept-encoding", ""):
@@ -221,7 +233,7 @@ def _own_server_ids(conn: Connection, user_id: int) -> list[int]:
 
 def _my_orders(state: AppState, call: Call) -> dict[str, Any]:
     completed = _bool_query(call.request, "return_completed")
-    with state.db.read() as conn:
+    with call.read() as conn:
         return order_service.my_orders(conn, _uid(call), completed, state.settings)
 
 
@@ -235,7 +247,7 @@ def _spot_marketplace(state: AppState, call: Call) -> dict[str, Any]:
         raise InvalidInput("market: must be a server id (integer)") from None
     if not 0 <= server_id < 2**31:
         return {"exists": False}
-    with state.db.read() as conn:
+    with call.read() as conn:
         return server_service.spot_marketplace(conn, server_id, call.user_id, state.settings)
 
 
@@ -334,16 +346,17 @@ class Endpoint:
     handler: Handler
     auth: bool = True  # False: token optional
     extra_interval: str | None = None  # name of an extra per-endpoint rate limit setting
+    readonly: bool = False  # answered inside the caller's authentication transaction
     sandbox: bool = False
 
 
 V1_ENDPOINTS = [
-    Endpoint("wallets", _wallets),
-    Endpoint("my_servers", _my_servers),
-    Endpoint("server_config", _server_config),
-    Endpoint("marketplace", _marketplace, auth=False),
-    Endpoint("my_orders", _my_orders),
-    Endpoint("spot_marketplace", _spot_marketplace, auth=False),
+    Endpoint("wallets", _wallets, readonly=True),
+    Endpoint("my_servers", _my_servers, readonly=True),
+    Endpoint("server_config", _server_config, readonly=True),
+    Endpoint("marketplace", _marketplace, auth=False, readonly=True),
+    Endpoint("my_orders", _my_orders, readonly=True),
+    Endpoint("spot_marketplace", _spot_marketplace, auth=False, readonly=True),
     Endpoint("set_server_settings", _set_server_settings),
     Endpoint("set_spot_price", _set_spot_price),
     Endpoint("cancel_order", _cancel_order),
@@ -407,10 +420,9 @@ def create_app(
                     "sandbox mode is off (start with --demo or OPENCLORE_SANDBOX=1)"
                 )
             token = request.headers.get("auth")
-            headers = await run_in_threadpool(_check_rate, ep, request, token)
             raw = await request.body()
-            body = parse_object(raw) if raw.strip() else {}
-            result = await run_in_threadpool(_dispatch, ep, request, token, body)
+            # one worker-thread hop per request: rate limit, parse, authenticate, run
+            headers, result = await run_in_threadpool(_handle, ep, request, token, raw)
             if isinstance(result, Response):
                 result.headers.update(headers)
                 return result
@@ -418,6 +430,7 @@ def create_app(
             return _json(result, headers)
         except CloreError as exc:
             response = error_response(exc, mode)
+            headers = exc.headers
         except _BodyTooLarge:
             return _too_large(settings.max_body_bytes)
         except Exception:  # never a traceback on the wire
@@ -444,14 +457,26 @@ def create_app(
                 raise RateLimited(second.retry_after)
         return _rate_headers(decision.reset, 0)
 
+    def _handle(
+        ep: Endpoint, request: Request, token: str | None, raw: bytes
+    ) -> tuple[dict[str, str], Any]:
+        headers = _check_rate(ep, request, token)
+        try:
+            body = parse_object(raw) if raw.strip() else {}
+            return headers, _dispatch(ep, request, token, body)
+        except CloreError as exc:
+            exc.headers = headers
+            raise
+
     def _dispatch(ep: Endpoint, request: Request, token: str | None, body: dict[str, Any]) -> Any:
-        user_id = None
-        if token:
-            with database.read() as conn:
-                user_id = authenticate(conn, token)
-        if user_id is None and (ep.auth or token):
-            raise InvalidToken("invalid api token")
-        return ep.handler(state, Call(request, body, user_id, state.now()))
+        now = state.now()
+        with database.read() as conn:
+            user_id = authenticate(conn, token) if token else None
+            if user_id is None and (ep.auth or token):
+                raise InvalidToken("invalid api token")
+            if ep.readonly:  # one transaction for the caller and the answer
+                return ep.handler(state, Call(request, body, user_id, now, database, conn))
+        return ep.handler(state, Call(request, body, user_id, now, database))
 
     def register(prefix: str, ep: Endpoint) -> None:
         async def endpoint(request: Request) -> Response:

@@ -18,6 +18,7 @@ class CloreError(Exception):
         super().__init__(message)
         self.message = message
         self.extra = extra
+        self.headers: dict[str, str] = {}  # HTTP headers to send with the error (rate limits)
 
     def body(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
