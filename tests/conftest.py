@@ -292,11 +292,11 @@ def market(
 def booked_by_order(conn: Connection) -> dict[tuple[int, str], int]:
     """``{(order_id, kind): total}`` of the transfers booked for orders."""
     query = (
-        select(transfers.c.order_id, transfers.c.kind, func.sum(transfers.c.amount).label("t"))
+        select(transfers.c.order_id, transfers.c.kind, func.sum(transfers.c.amount).label("total"))
         .where(transfers.c.order_id.is_not(None))
         .group_by(transfers.c.order_id, transfers.c.kind)
     )
-    return {(int(r.order_id), r.kind): int(r.t) for r in conn.execute(query)}
+    return {(int(r.order_id), r.kind): int(r.total) for r in conn.execute(query)}
 
 
 def ok(response: httpx.Response) -> dict[str, Any]:
