@@ -181,3 +181,23 @@ def test_balance_exhaustion_ends_the_order_at_the_last_affordable_second(market:
     assert order["spend"] == 0.0036
     wallets = ok(c.get("/v1/wallets"))["wallets"]
     assert wallets[0]["balance"] == 0
+
+
+def test_a_currency_added_later_pays_hosts_who_predate_it(market: Market) -> None:
+    host = market.user()
+    renter = market.user()
+    sid = market.server(host, "rig")
+    market.reconfigure(currencies=["bitcoin", "CLORE-Blockchain", "USD-Blockchain", "ETH"])
+    ok(
+        market.client(host).post(
+            "/v1/set_server_settings", json={"name": "rig", "ETH_on_demand": 0.0864}
+        )
+    )
+    c = market.client(renter)
+    ok(c.post("/sandbox/deposit", json={"currency": "ETH", "amount": 1}))
+    ok(c.post("/v1/create_order", json=order_body(sid, currency="ETH")))
+    market.advance(100)
+    wallets = {w["name"]: w for w in ok(market.client(host).get("/v1/wallets"))["wallets"]}
+    assert wallets["ETH"]["balance"] == pytest.approx(100_000 * 0.95 / 1e9, abs=1e-15)
+    with market.db.read() as conn:
+        assert conn.execute(select(func.sum(accounts.c.balance))).scalar() == 0

@@ -29,7 +29,9 @@ from openclore.domain.errors import InvalidInput
 STARRED_FIELD = re.compile(r"^[a-zA-Z0-9\s\-=.@+/]+$")
 IMAGE_REF = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._/:@-]*$")
 ENV_NAME = re.compile(r"^[^=\x00]+$")
-MAX_COINS = Decimal(9_000_000_000)
+# A price (per day) or an amount in one request. At most a million coins a day keeps
+# price × the longest rental in seconds inside 64-bit integers, in SQL as in Python.
+MAX_COINS = Decimal(1_000_000)
 MAX_ID = 2**31 - 1
 
 Price = Annotated[Decimal, Field(ge=0, le=MAX_COINS)]

@@ -17,7 +17,7 @@ from openclore.domain.money import (
     to_units,
 )
 from openclore.engine.billing import MARKET_VERSION, Row, end_order, lock_server, resolve_server
-from openclore.ledger.ledger import system_account_id, transfer, wallet_id
+from openclore.ledger.ledger import ensure_wallet, system_account_id, transfer
 from openclore.market.servers import prices_of
 from openclore.store.db import bump_meta, inserted_id
 from openclore.store.schema import accounts, orders, servers
@@ -75,16 +75,14 @@ def create_order(
     ).scalar_one()
     if active_count >= settings.max_active_orders:
         raise MarketError("order_limit_reached", limit=settings.max_active_orders)
-    wallet = wallet_id(conn, user_id, req.currency)
-    funds = (
-        0
-        if wallet is None
-        else conn.execute(
-            select(accounts.c.balance).where(accounts.c.id == wallet).with_for_update()
-        ).scalar_one()
-    )
+    # both wallets exist before any money moves (a currency may have been added since)
+    wallet = ensure_wallet(conn, user_id, req.currency, settings.address_secret)
+    ensure_wallet(conn, server["owner_id"], req.currency, settings.address_secret)
+    funds = conn.execute(
+        select(accounts.c.balance).where(accounts.c.id == wallet).with_for_update()
+    ).scalar_one()
     runway = price * settings.runway_seconds // SECONDS_PER_DAY
-    if wallet is None or funds < creation_fee + runway:
+    if funds < creation_fee + runway:
         raise MarketError("not_enough_balance")
 
     order_id = inserted_id(
