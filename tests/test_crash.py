@@ -167,13 +167,12 @@ def test_kill_9_mid_billing_loses_and_duplicates_nothing(market: Market) -> None
             except httpx.HTTPError:
                 assert time.time() < deadline and proc.poll() is None, "server did not start"
                 time.sleep(0.1)
-        answered: list[object] = []
 
-        def advance(answered: list[object] = answered) -> None:
+        def advance(answered: list[object]) -> None:
             try:
                 r = httpx.post(
                     url + "/sandbox/advance_time",
-                    json={"seconds": rng.randint(1, 7200)},
+                    json={"seconds": rng.randint(60, 7200)},
                     headers={"auth": token},
                     timeout=30,
                 )
@@ -181,15 +180,20 @@ def test_kill_9_mid_billing_loses_and_duplicates_nothing(market: Market) -> None
             except httpx.HTTPError as exc:
                 answered.append(exc)
 
-        caller = threading.Thread(target=advance)  # the call the kill interrupts
+        # time one whole tick, then kill the next one somewhere inside it
+        started = time.perf_counter()
+        advance([])
+        duration = time.perf_counter() - started
+        answered: list[object] = []
+        caller = threading.Thread(target=advance, args=(answered,))
         caller.start()
-        time.sleep(rng.uniform(0.02, 0.4))
+        time.sleep(rng.uniform(0.1, 0.8) * duration)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         caller.join(timeout=30)
         killed_mid_tick += isinstance(answered[0], httpx.HTTPError)
         check_books(market)
-    assert killed_mid_tick >= 1, "no kill landed inside a tick: raise ORDERS"
+    assert killed_mid_tick >= KILLS // 2, f"only {killed_mid_tick} kills landed inside a tick"
     # the next tick (any process) brings every order to exactly what the elapsed time costs
     now = int(time.time()) + get_meta_offset(market)
     tick(market.db, now, 60)
