@@ -217,7 +217,7 @@ def _marketplace(state: AppState, call: Call) -> Response:
                 )
             return Response(listing.anonymous, media_type="application/json")
         mine = _own_server_ids(conn, call.user_id)
-    return PartsResponse(state.market.parts_for(listing, mine))
+    return PartsResponse(state.market.parts_for(listing.servers_json, mine))
 
 
 def _own_server_ids(conn: Connection, user_id: int) -> list[int]:

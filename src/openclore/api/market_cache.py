@@ -88,17 +88,17 @@ class MarketCache:
             if cached is not None and cached.version == version:
                 return cached
             servers_json = orjson.dumps(build_servers(conn, self._settings))
-            anonymous = b'{"servers":' + servers_json + b',"my_servers":[],"code":0}'
+            anonymous = b"".join(self.parts_for(servers_json, []))
             cached = Listing(version, servers_json, anonymous, gzip.compress(anonymous, 6))
             self._listing = cached
             return cached
 
     @staticmethod
-    def parts_for(listing: Listing, my_servers: list[int]) -> list[bytes]:
+    def parts_for(servers_json: bytes, my_servers: list[int]) -> list[bytes]:
         """The body for a caller, as parts sent one after another (the listing is not copied)."""
         return [
             b'{"servers":',
-            listing.servers_json,
+            servers_json,
             b',"my_servers":' + orjson.dumps(my_servers) + b',"code":0}',
         ]
 

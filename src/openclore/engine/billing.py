@@ -15,9 +15,9 @@ from sqlalchemy import Connection, select, update
 
 from openclore.domain.money import affordable_seconds, fee_for, spend_for
 from openclore.engine.events import notify_server
-from openclore.ledger.ledger import account_key, balance, transfer
+from openclore.ledger.ledger import balance, system_account_id, transfer, wallet_id
 from openclore.store.db import bump_meta
-from openclore.store.schema import accounts, orders, servers
+from openclore.store.schema import orders, servers
 
 Row = Mapping[str, Any]
 MARKET_VERSION = "market_version"
@@ -26,8 +26,11 @@ MARKET_VERSION = "market_version"
 BILLING_GRACE = 15
 
 
-def _account(conn: Connection, key: str) -> int:
-    return int(conn.execute(select(accounts.c.id).where(accounts.c.key == key)).scalar_one())
+def _wallet(conn: Connection, user_id: int, currency: str) -> int:
+    found = wallet_id(conn, user_id, currency)
+    if found is None:  # create_order makes sure both wallets exist before an order runs
+        raise LookupError(f"user {user_id} has no {currency} wallet")
+    return found
 
 
 def settle(conn: Connection, order: Row, now: int) -> Row:
@@ -40,7 +43,7 @@ def settle(conn: Connection, order: Row, now: int) -> Row:
     values: dict[str, Any] = {}
     ended_reason: str | None = None
     if order["running"] and order["billed_at"] is not None and t_end > order["billed_at"]:
-        renter = _account(conn, account_key("wallet", order["currency"], order["user_id"]))
+        renter = _wallet(conn, order["user_id"], order["currency"])
         seconds = t_end - order["billed_at"]
         active = order["active_seconds"] + seconds
         new_spend = spend_for(order["price"], active)
@@ -80,7 +83,7 @@ def _pay(conn: Connection, order: Row, renter: int, spend: int, fee: int, now: i
     """Book the difference between the new totals and what was already paid, exactly once:
     each transfer's key carries the cumulative total it brings the order to."""
     host = _host_wallet(conn, order)
-    platform = _account(conn, account_key("platform", order["currency"]))
+    platform = system_account_id(conn, "platform", order["currency"])
     host_total = spend - fee
     oid = order["id"]
     transfer(
@@ -109,7 +112,7 @@ def _host_wallet(conn: Connection, order: Row) -> int:
     owner = conn.execute(
         select(servers.c.owner_id).where(servers.c.id == order["server_id"])
     ).scalar_one()
-    return _account(conn, account_key("wallet", order["currency"], owner))
+    return _wallet(conn, int(owner), order["currency"])
 
 
 def live_orders(conn: Connection, server_id: int, *, lock: bool = False) -> list[Row]:

@@ -6,7 +6,9 @@ import threading
 import time
 from typing import Protocol
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
+
+from openclore.store.db import get_meta
 
 
 class Clock(Protocol):
@@ -53,10 +55,7 @@ class SandboxClock:
 
     def offset(self) -> int:
         with self._engine.connect() as conn:
-            value = conn.execute(
-                text("SELECT value FROM meta WHERE key = :k"), {"k": CLOCK_OFFSET_KEY}
-            ).scalar()
-        return int(value or 0)
+            return get_meta(conn, CLOCK_OFFSET_KEY)
 
     def now(self) -> float:
         return self._base.now() + self.offset()

@@ -18,7 +18,7 @@ from openclore.domain.money import percent_to_bp, to_units
 from openclore.engine.billing import MARKET_VERSION, lock_server, resolve_server, settle
 from openclore.engine.clock import CLOCK_OFFSET_KEY
 from openclore.ledger import ensure_system_accounts
-from openclore.ledger.ledger import account_key, transfer
+from openclore.ledger.ledger import system_account_id, transfer, wallet_id
 from openclore.market.accounts import create_user, issue_token
 from openclore.market.wallets import deposit
 from openclore.store.db import bump_meta, set_meta
@@ -191,12 +191,9 @@ def _history_order(
         pub_cluster=connection.get("pub_cluster"),
         http_port=connection.get("http_port"),
     )
-    wallet = conn.execute(
-        select(accounts.c.id).where(accounts.c.key == account_key("wallet", "bitcoin", user))
-    ).scalar_one()
-    platform = conn.execute(
-        select(accounts.c.id).where(accounts.c.key == account_key("platform", "bitcoin"))
-    ).scalar_one()
+    wallet = wallet_id(conn, user, "bitcoin")
+    assert wallet is not None  # every demo user has all wallets
+    platform = system_account_id(conn, "platform", "bitcoin")
     transfer(
         conn,
         key=f"order:{order_id}:creation_fee",
