@@ -20,10 +20,9 @@ from sqlalchemy import insert
 
 sys.path.insert(0, str(Path(__file__).parent))
 from openclore.config import Settings
-from openclore.engine.billing import MARKET_VERSION
 from openclore.ledger import ensure_system_accounts
 from openclore.market.accounts import create_user, issue_token
-from openclore.store.db import Database, bump_meta
+from openclore.store.db import Database, listing_changed
 from openclore.store.schema import server_prices, servers
 
 from _common import free_port, median_runs, process, uvicorn_args, wrk
@@ -83,7 +82,7 @@ def populate(url: str, count: int) -> str:
                 for i in range(1, count + 1)
             ],
         )
-        bump_meta(conn, MARKET_VERSION)
+        listing_changed(conn)
     db.dispose()
     return token
 

@@ -30,6 +30,7 @@ from sqlalchemy import Connection, func, select, text
 from sqlalchemy.engine import make_url
 
 from openclore.api.app import create_app
+from openclore.api.transport import server_options
 from openclore.config import Settings
 from openclore.domain.money import to_units
 from openclore.engine.clock import ManualClock
@@ -38,7 +39,7 @@ from openclore.ledger import ensure_system_accounts
 from openclore.market.accounts import create_user, issue_token
 from openclore.market.servers import add_server
 from openclore.market.wallets import deposit
-from openclore.store.db import Database, normalize_url
+from openclore.store.db import Database, listing_changed, normalize_url
 from openclore.store.schema import metadata, server_prices, servers, transfers
 
 PG_SERVER_URL = os.environ.get(
@@ -48,6 +49,7 @@ PG_DATABASE = f"openclore_test_{os.getpid()}"
 PG_URL = str(make_url(normalize_url(PG_SERVER_URL)).set(database=PG_DATABASE))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 T0 = 1_700_000_000
+HEADER_TIMEOUT = 3.0  # the test server's; `openclore serve` defaults to 10 s
 
 
 def free_port() -> int:
@@ -74,7 +76,9 @@ class Switch:
 def http_server() -> Iterator[tuple[Switch, str]]:
     switch = Switch()
     port = free_port()
-    config = uvicorn.Config(switch, host="127.0.0.1", port=port, log_level="warning")
+    # the options `openclore serve` runs with (frame cap, header timeout, connection cap)
+    options = server_options(Settings(header_timeout=HEADER_TIMEOUT))
+    config = uvicorn.Config(switch, host="127.0.0.1", port=port, log_level="warning", **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -245,10 +249,7 @@ class Market:
                     spot=to_units(Decimal(spot)),
                 )
             )
-            from openclore.engine.billing import MARKET_VERSION
-            from openclore.store.db import bump_meta
-
-            bump_meta(conn, MARKET_VERSION)
+            listing_changed(conn)
         return server_id
 
     def advance(self, seconds: int) -> None:

@@ -26,7 +26,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from sqlalchemy import func, select, update
 
-from openclore.api.models import CreateOrderRequest, SetServerSettingsRequest
 from openclore.config import Settings
 from openclore.domain.errors import MarketError
 from openclore.domain.money import to_units
@@ -36,6 +35,7 @@ from openclore.ledger import ensure_system_accounts
 from openclore.market import orders as order_service
 from openclore.market import servers as server_service
 from openclore.market.accounts import create_user
+from openclore.market.requests import CreateOrderRequest, SetServerSettingsRequest
 from openclore.market.wallets import deposit
 from openclore.store.db import Database, run_write
 from openclore.store.schema import accounts, orders, servers

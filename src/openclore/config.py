@@ -81,6 +81,17 @@ class Settings(BaseSettings):
         "clore", description="'clore': HTTP 200 for codes 2/3/4/6; 'rest': 4xx mapping"
     )
     max_body_bytes: int = Field(65536, ge=1024, description="Largest request body accepted")
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a client may take to send a request's headers"
+    )
+    keep_alive_timeout: int = Field(
+        5, ge=1, description="Seconds an idle keep-alive connection stays open"
+    )
+    max_connections: int = Field(
+        10000,
+        ge=16,
+        description="Open connections (agents included) per process; more get HTTP 503",
+    )
 
     tick_interval: float = Field(
         5.0, ge=0, description="Seconds between engine ticks (billing, expiry); 0 = no ticker"

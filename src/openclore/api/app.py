@@ -18,14 +18,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from openclore.api import models
 from openclore.api.agent_api import install_agent_api
 from openclore.api.errors import error_response
 from openclore.api.market_cache import MarketCache, PartsResponse
 from openclore.api.openapi import install_openapi
 from openclore.api.ratelimit import RateLimiter
+from openclore.api.transport import BodyLimit, BodyTooLarge, too_large
 from openclore.api.wire import dumps, parse_object
 from openclore.config import Settings
 from openclore.domain.errors import (
@@ -41,6 +40,7 @@ from openclore.domain.money import to_units
 from openclore.engine.clock import CLOCK_OFFSET_KEY, Clock, SandboxClock, SystemClock
 from openclore.engine.ticker import tick
 from openclore.market import orders as order_service
+from openclore.market import requests
 from openclore.market import servers as server_service
 from openclore.market import wallets as wallet_service
 from openclore.market.accounts import authenticate
@@ -110,63 +110,6 @@ class AppState:
             raise _integrity_to_market(exc) from None
 
 
-class BodyLimit:
-    """Refuse bodies over ``max_bytes`` before they are read into memory (code 2, HTTP 413)."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > self.max_bytes
-                except ValueError:
-                    too_big = True
-                if too_big:
-                    await self._refuse(send)
-                    return
-        seen = 0
-
-        async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _BodyTooLarge
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-    async def _refuse(self, send: Send) -> None:
-        body = _too_large(self.max_bytes).body
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-
-class _BodyTooLarge(Exception):
-    """Raised by BodyLimit's receive while a chunked body grows past the limit."""
-
-
-def _too_large(max_bytes: int) -> Response:
-    body = dumps({"error": f"request body larger than {max_bytes} bytes", "code": 2})
-    return Response(body, status_code=413, media_type="application/json")
-
-
 def _json(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     return Response(dumps(body), media_type="application/json", headers=headers)
 
@@ -200,7 +143,7 @@ def _server_config(state: AppState, call: Call) -> dict[str, Any]:
     body = dict(call.body)
     if "server_name" not in body and "server_name" in call.request.query_params:
         body["server_name"] = call.request.query_params["server_name"]
-    req = models.validate_body(models.ServerNameRequest, body)
+    req = requests.validate_body(requests.ServerNameRequest, body)
     with call.read() as conn:
         return server_service.server_config(conn, _uid(call), req.server_name, state.settings)
 
@@ -252,7 +195,7 @@ def _spot_marketplace(state: AppState, call: Call) -> dict[str, Any]:
 
 
 def _set_server_settings(state: AppState, call: Call) -> dict[str, Any]:
-    req = models.validate_body(models.SetServerSettingsRequest, call.body)
+    req = requests.validate_body(requests.SetServerSettingsRequest, call.body)
     state.db_write(
         lambda conn: server_service.set_server_settings(
             conn, _uid(call), req, state.settings, call.now
@@ -262,7 +205,7 @@ def _set_server_settings(state: AppState, call: Call) -> dict[str, Any]:
 
 
 def _set_spot_price(state: AppState, call: Call) -> dict[str, Any]:
-    req = models.validate_body(models.SetSpotPriceRequest, call.body)
+    req = requests.validate_body(requests.SetSpotPriceRequest, call.body)
     desired = to_units(req.desired_price)
     if desired <= 0:
         raise InvalidInput("desired_price: must be positive")
@@ -275,7 +218,7 @@ def _set_spot_price(state: AppState, call: Call) -> dict[str, Any]:
 
 
 def _cancel_order(state: AppState, call: Call) -> dict[str, Any]:
-    req = models.validate_body(models.CancelOrderRequest, call.body)
+    req = requests.validate_body(requests.CancelOrderRequest, call.body)
     state.db_write(
         lambda conn: order_service.cancel_order(conn, _uid(call), req.id, req.issue, call.now)
     )
@@ -283,7 +226,7 @@ def _cancel_order(state: AppState, call: Call) -> dict[str, Any]:
 
 
 def _create_order(state: AppState, call: Call) -> dict[str, Any]:
-    req = models.validate_body(models.CreateOrderRequest, call.body)
+    req = requests.validate_body(requests.CreateOrderRequest, call.body)
 
     def run(conn: Connection) -> dict[str, Any]:
         order_id = order_service.create_order(conn, _uid(call), req, state.settings, call.now)
@@ -292,14 +235,16 @@ def _create_order(state: AppState, call: Call) -> dict[str, Any]:
         order = order_service.order_detail(conn, order_id, state.settings)
         for field in ("pub_cluster", "tcp_ports", "http_port"):
             order.pop(field, None)
-        return {"order_id": order_id, "order": order}
+        answer = {"order_id": order_id, "order": order}
+        dumps(answer)  # an answer that cannot be sent rolls the order back (never a silent rent)
+        return answer
 
     result: dict[str, Any] = state.db_write(run)
     return result
 
 
 def _add_server(state: AppState, call: Call) -> dict[str, Any]:
-    req = models.validate_body(models.AddServerRequest, call.body)
+    req = requests.validate_body(requests.AddServerRequest, call.body)
     server_id, token = state.db_write(
         lambda conn: server_service.add_server(conn, _uid(call), req.name, call.now, state.settings)
     )
@@ -307,7 +252,7 @@ def _add_server(state: AppState, call: Call) -> dict[str, Any]:
 
 
 def _sandbox_advance(state: AppState, call: Call) -> dict[str, Any]:
-    req = models.validate_body(models.SandboxAdvanceRequest, call.body)
+    req = requests.validate_body(requests.SandboxAdvanceRequest, call.body)
 
     def move(conn: Connection) -> None:
         set_meta(conn, CLOCK_OFFSET_KEY, get_meta(conn, CLOCK_OFFSET_KEY) + req.seconds)
@@ -325,7 +270,7 @@ def _sandbox_reset(state: AppState, call: Call) -> dict[str, Any]:
 
 
 def _sandbox_deposit(state: AppState, call: Call) -> dict[str, Any]:
-    req = models.validate_body(models.SandboxDepositRequest, call.body)
+    req = requests.validate_body(requests.SandboxDepositRequest, call.body)
     amount = to_units(req.amount)
     state.db_write(
         lambda conn: wallet_service.deposit(
@@ -419,7 +364,7 @@ def create_app(
                 raise InvalidEndpoint(
                     "sandbox mode is off (start with --demo or OPENCLORE_SANDBOX=1)"
                 )
-            token = request.headers.get("auth")
+            token = (request.headers.get("auth") or "").strip() or None
             raw = await request.body()
             # one worker-thread hop per request: rate limit, parse, authenticate, run
             headers, result = await run_in_threadpool(_handle, ep, request, token, raw)
@@ -431,8 +376,8 @@ def create_app(
         except CloreError as exc:
             response = error_response(exc, mode)
             headers = exc.headers
-        except _BodyTooLarge:
-            return _too_large(settings.max_body_bytes)
+        except BodyTooLarge:
+            return too_large(settings.max_body_bytes)
         except Exception:  # never a traceback on the wire
             log.exception("internal error on %s", ep.name)
             response = error_response(InternalError("internal error"), mode)
@@ -464,9 +409,25 @@ def create_app(
         try:
             body = parse_object(raw) if raw.strip() else {}
             return headers, _dispatch(ep, request, token, body)
+        except InvalidToken as exc:
+            if token:
+                _unknown_token(request, token)
+            exc.headers = headers
+            raise
         except CloreError as exc:
             exc.headers = headers
             raise
+
+    def _unknown_token(request: Request, token: str) -> None:
+        """An unknown token gets no rate-limit budget of its own (random tokens would each get
+        one): its slot is dropped and the call counts against the caller's address instead."""
+        interval = settings.rate_limit_interval
+        if interval <= 0:
+            return
+        state.limiter.forget(_client_key(request, token))
+        decision = state.limiter.hit(_client_key(request, None), interval, time.time())
+        if not decision.allowed:
+            raise RateLimited(decision.retry_after)
 
     def _dispatch(ep: Endpoint, request: Request, token: str | None, body: dict[str, Any]) -> Any:
         now = state.now()
@@ -508,10 +469,5 @@ def create_app(
 
     install_agent_api(app, state)  # host agents: /agent/v1, apart from the Clore API
     install_openapi(app, V1_ENDPOINTS, SANDBOX_ENDPOINTS)
-    inner = app.build_middleware_stack
-
-    def build() -> ASGIApp:
-        return BodyLimit(inner(), settings.max_body_bytes)
-
-    app.build_middleware_stack = build  # type: ignore[method-assign]
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -9,6 +9,7 @@ indexed read of that counter, plus the caller's own server ids when authenticate
 from __future__ import annotations
 
 import gzip
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -19,10 +20,12 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from openclore.config import Settings
-from openclore.engine.billing import MARKET_VERSION
+from openclore.domain.specs import clean_gpu_array, clean_specs
 from openclore.market.servers import price_map, prices_of
-from openclore.store.db import get_meta
+from openclore.store.db import MARKET_VERSION, get_meta
 from openclore.store.schema import orders, servers
+
+log = logging.getLogger("openclore.market")
 
 
 @dataclass(frozen=True)
@@ -62,14 +65,29 @@ def build_servers(conn: Connection, settings: Settings) -> list[dict[str, Any]]:
                 "mrl": r.mrl_hours,
                 "price": {"on_demand": on_demand, "spot": spot},
                 "rented": r.id in rented,
-                "specs": r.specs,
+                "specs": clean_specs(r.specs),
                 "allowed_coins": [c for c in settings.currencies if c in on_demand or c in spot],
-                "gpu_array": list(r.gpu_array or []),
+                "gpu_array": clean_gpu_array(r.gpu_array),
                 "reliability": r.reliability,
                 "rating": {"avg": r.rating_avg, "cnt": r.rating_cnt},
             }
         )
     return out
+
+
+def _serialize(listing: list[dict[str, Any]]) -> bytes:
+    """The listing as JSON; a server whose stored data cannot be serialized is left out (and
+    logged) rather than failing the listing for everyone."""
+    try:
+        return orjson.dumps(listing)
+    except TypeError:
+        parts = []
+        for item in listing:
+            try:
+                parts.append(orjson.dumps(item))
+            except TypeError as exc:
+                log.error("server %s left out of the marketplace: %s", item.get("id"), exc)
+        return b"[" + b",".join(parts) + b"]"
 
 
 class MarketCache:
@@ -87,7 +105,7 @@ class MarketCache:
             cached = self._listing
             if cached is not None and cached.version == version:
                 return cached
-            servers_json = orjson.dumps(build_servers(conn, self._settings))
+            servers_json = _serialize(build_servers(conn, self._settings))
             anonymous = b"".join(self.parts_for(servers_json, []))
             cached = Listing(version, servers_json, anonymous, gzip.compress(anonymous, 6))
             self._listing = cached

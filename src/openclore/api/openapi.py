@@ -15,19 +15,20 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from openclore.api import models
+from openclore.market import requests
 
 if TYPE_CHECKING:
     from openclore.api.app import Endpoint
 
 REQUESTS: dict[str, type[BaseModel]] = {
-    "server_config": models.ServerNameRequest,
-    "set_server_settings": models.SetServerSettingsRequest,
-    "set_spot_price": models.SetSpotPriceRequest,
-    "cancel_order": models.CancelOrderRequest,
-    "create_order": models.CreateOrderRequest,
-    "add_server": models.AddServerRequest,
-    "advance_time": models.SandboxAdvanceRequest,
-    "deposit": models.SandboxDepositRequest,
+    "server_config": requests.ServerNameRequest,
+    "set_server_settings": requests.SetServerSettingsRequest,
+    "set_spot_price": requests.SetSpotPriceRequest,
+    "cancel_order": requests.CancelOrderRequest,
+    "create_order": requests.CreateOrderRequest,
+    "add_server": requests.AddServerRequest,
+    "advance_time": requests.SandboxAdvanceRequest,
+    "deposit": requests.SandboxDepositRequest,
 }
 RESPONSES: dict[str, type[BaseModel]] = {
     "wallets": models.WalletsResponse,

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from openclore.api.app import AppState, create_app
+from openclore.api.transport import configure_protocol
 from openclore.config import Settings
 from openclore.engine.ticker import tick
 
@@ -50,4 +51,6 @@ def with_ticker(app: FastAPI) -> FastAPI:
 
 def app_factory() -> FastAPI:
     """uvicorn ``--factory`` target: settings come from OPENCLORE_* variables."""
-    return with_ticker(create_app(Settings()))
+    settings = Settings()
+    configure_protocol(settings)  # this worker's header timeout
+    return with_ticker(create_app(settings))

@@ -62,8 +62,9 @@ def _depth(value: Any, level: int = 0) -> int:
     return level
 
 
-def parse_json(raw: bytes) -> Any:
-    """Parse a request body; floats become :class:`Decimal` so money stays exact."""
+def parse_json(raw: bytes, *, exact: bool = True) -> Any:
+    """Parse a request body; floats become :class:`Decimal` so money stays exact (``exact``) or
+    stay floats (measurements, such as agents' specs)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -71,7 +72,9 @@ def parse_json(raw: bytes) -> Any:
     text = text.lstrip("\ufeff")
     try:
         value = json.loads(
-            strip_trailing_commas(text), parse_float=Decimal, parse_constant=_reject_constant
+            strip_trailing_commas(text),
+            parse_float=Decimal if exact else float,
+            parse_constant=_reject_constant,
         )
     except InvalidInput:
         raise

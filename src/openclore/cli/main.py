@@ -53,6 +53,44 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def safe_url(url: str) -> str:
+    """A database URL as it may be printed: without its password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<the configured database URL>"
+
+
+def database_problem(url: str, exc: BaseException) -> str:
+    """One readable line about a database that cannot be used (never its password)."""
+    from sqlalchemy.engine import make_url
+
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    line = lines[0] if lines else type(cause).__name__
+    try:
+        password = make_url(url).password
+    except Exception:
+        password = None
+    if password:
+        line = line.replace(str(password), "***")
+    return f"cannot use database {safe_url(url)}: {line}"
+
+
+def _open_database(settings: Settings) -> Any:
+    """The market's database, migrated; a clean error (no traceback) when it is unusable."""
+    from openclore.store.db import Database
+
+    try:
+        db = Database(settings.database_url)
+        db.create_all()
+    except Exception as exc:
+        fail(database_problem(settings.database_url, exc))
+    return db
+
+
 def _settings(database_url: str | None = None, **overrides: Any) -> Settings:
     values = {k: v for k, v in overrides.items() if v is not None}
     if database_url:
@@ -91,21 +129,24 @@ def serve(
     """Run the API server (migrates the database first)."""
     import uvicorn
 
-    from openclore.market.demo import is_seeded, seed
-    from openclore.store.db import Database
+    from openclore.api.transport import server_options
+    from openclore.market.demo import is_demo_world, is_seeded, seed
 
     if demo and not database_url:
         for suffix in ("", "-wal", "-shm"):
             Path(DEMO_DATABASE + suffix).unlink(missing_ok=True)
         database_url = f"sqlite:///{DEMO_DATABASE}"
     settings = _settings(database_url, host=host, port=port, workers=workers, demo=demo or None)
-    db = Database(settings.database_url)
-    try:
-        db.create_all()
-    except Exception as exc:
-        fail(f"cannot open database {settings.database_url}: {exc}")
+    db = _open_database(settings)
     if settings.demo:
         with db.write() as conn:
+            if not is_demo_world(conn):
+                fail(
+                    f"{safe_url(settings.database_url)} holds a market, not a demo world: "
+                    "--demo would let any user replace it with the demo's (whose tokens are "
+                    "public). Leave --database-url out for a fresh demo database, or name an "
+                    "empty one; to serve this market, start without --demo."
+                )
             world = None if is_seeded(conn) else seed(conn, settings, int(time.time()))
         base = f"http://{settings.host}:{settings.port}"
         if world is not None:
@@ -131,27 +172,23 @@ def serve(
         port=settings.port,
         workers=settings.workers,
         log_level="info",
-        proxy_headers=False,
+        **server_options(settings),
     )
 
 
 @db_app.command("upgrade")
 def db_upgrade(database_url: DatabaseOpt = None) -> None:
     """Apply all migrations."""
-    from openclore.store.db import Database
-
     settings = _settings(database_url)
-    Database(settings.database_url).create_all()
+    _open_database(settings)
     console.print("database is up to date")
 
 
 def _with_db(database_url: str | None) -> tuple[Settings, Any]:
     from openclore.ledger import ensure_system_accounts
-    from openclore.store.db import Database
 
     settings = _settings(database_url)
-    db = Database(settings.database_url)
-    db.create_all()
+    db = _open_database(settings)
     with db.write() as conn:
         ensure_system_accounts(conn, settings.currencies)
     return settings, db
@@ -264,7 +301,14 @@ def server_remove(user: str, name: str, database_url: DatabaseOpt = None) -> Non
 
 
 def main() -> None:
+    """The ``openclore`` command: a database that fails mid-command is one line, not a trace."""
+    from sqlalchemy.exc import DBAPIError
+
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except DBAPIError as exc:
+        url = os.environ.get("OPENCLORE_DATABASE_URL", "")
+        err.print(f"[red]error:[/red] {database_problem(url, exc)}", highlight=False)
+        sys.exit(1)

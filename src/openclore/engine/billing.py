@@ -16,11 +16,11 @@ from sqlalchemy import Connection, select, update
 from openclore.domain.money import affordable_seconds, fee_for, spend_for
 from openclore.engine.events import notify_server
 from openclore.ledger.ledger import balance, system_account_id, transfer, wallet_id
-from openclore.store.db import bump_meta
+from openclore.store.db import MARKET_VERSION as MARKET_VERSION  # re-exported
+from openclore.store.db import listing_changed
 from openclore.store.schema import orders, servers
 
 Row = Mapping[str, Any]
-MARKET_VERSION = "market_version"
 # Agents heartbeat every few seconds; billing of a silent server stops this long after the last
 # heartbeat, so renters are not charged for the time it takes to declare a server offline.
 BILLING_GRACE = 15
@@ -47,7 +47,7 @@ def settle(conn: Connection, order: Row, now: int) -> Row:
         seconds = t_end - order["billed_at"]
         active = order["active_seconds"] + seconds
         new_spend = spend_for(order["price"], active)
-        available = balance(conn, renter)
+        available = balance(conn, renter, lock=True)
         if new_spend - order["spend"] > available:
             seconds = affordable_seconds(
                 order["price"], order["active_seconds"], order["spend"], available
@@ -126,15 +126,38 @@ def live_orders(conn: Connection, server_id: int, *, lock: bool = False) -> list
     return [dict(r._mapping) for r in conn.execute(query)]
 
 
+def ranked(live: list[Row]) -> list[Row]:
+    """Live orders in the order they may hold the server: on-demand first, then bids from the
+    highest (ties: the earliest)."""
+    return sorted(live, key=lambda o: (o["spot"], -o["price"], o["id"]))
+
+
 def choose_running(server_online: bool, live: list[Row]) -> int | None:
     """Which live order holds the server: on-demand first, else the highest bid (ties: earliest)."""
     if not server_online or not live:
         return None
-    for order in live:
-        if not order["spot"]:
-            return int(order["id"])
-    best = max(live, key=lambda o: (o["price"], -o["id"]))
-    return int(best["id"])
+    return int(ranked(live)[0]["id"])
+
+
+def can_pay_next_second(conn: Connection, order: Row) -> bool:
+    """Whether the renter's wallet covers the order's next second of spend (exact, from totals).
+    An order that cannot is over for lack of balance: it never takes a server it cannot pay."""
+    renter = _wallet(conn, order["user_id"], order["currency"])
+    available = balance(conn, renter, lock=True)
+    seconds = affordable_seconds(order["price"], order["active_seconds"], order["spend"], available)
+    return seconds >= 1
+
+
+def _end_unfunded(conn: Connection, order: Row, at: int) -> int:
+    """End an order whose renter cannot pay for its next second; returns when it ended."""
+    ended_at = order["billed_at"] if order["running"] and order["billed_at"] is not None else at
+    ended_at = max(ended_at, order["ct"])
+    conn.execute(
+        update(orders)
+        .where(orders.c.id == order["id"])
+        .values(expired=True, running=False, ended_at=ended_at, end_reason="balance")
+    )
+    return int(ended_at)
 
 
 def resolve_server(conn: Connection, server_id: int, now: int) -> None:
@@ -156,6 +179,8 @@ def resolve_server(conn: Connection, server_id: int, now: int) -> None:
         remaining: list[Row] = []
         for order in (o for o in live if o["running"]):
             order = settle(conn, order, now)
+            if not order["expired"] and online and not can_pay_next_second(conn, order):
+                order = {**order, "expired": True, "ended_at": _end_unfunded(conn, order, now)}
             if order["expired"]:
                 changed = True
                 start = min(start, order["ended_at"])
@@ -167,7 +192,16 @@ def resolve_server(conn: Connection, server_id: int, now: int) -> None:
                 changed = True
             else:
                 remaining.append(order)
-        winner = choose_running(online, remaining)
+        winner: int | None = None
+        unfunded: set[int] = set()
+        for candidate in ranked(remaining) if online else []:
+            if candidate["running"] or can_pay_next_second(conn, candidate):
+                winner = int(candidate["id"])
+                break
+            _end_unfunded(conn, candidate, start)  # it would take the server and not pay
+            unfunded.add(candidate["id"])
+            changed = True
+        remaining = [o for o in remaining if o["id"] not in unfunded]
         for order in remaining:
             should_run = order["id"] == winner
             if should_run and not order["running"]:
@@ -187,7 +221,7 @@ def resolve_server(conn: Connection, server_id: int, now: int) -> None:
         if start >= now:
             break
     if changed:
-        bump_meta(conn, MARKET_VERSION)
+        listing_changed(conn)
         notify_server(conn, server_id)
 
 
@@ -197,19 +231,21 @@ def lock_server(conn: Connection, server_id: int) -> Row | None:
     return None if row is None else dict(row._mapping)
 
 
-def end_order(conn: Connection, order_id: int, now: int, reason: str) -> bool:
+def end_order(conn: Connection, order_id: int, now: int, reason: str) -> str | None:
     """Settle an order to ``now`` and end it (cancel, server removed…); caller holds the lock.
-    Returns False when the order had already ended (or ended on its own while settling)."""
+    Returns why it ended: ``reason``, or the settlement's own reason when settling ended it first
+    (its balance or its time ran out); None when it had already ended before."""
     row = conn.execute(select(orders).where(orders.c.id == order_id).with_for_update()).first()
     if row is None or row.expired:
-        return False
+        return None
     order = settle(conn, dict(row._mapping), now)
     if order["expired"]:
-        return False
+        notify_server(conn, order["server_id"])
+        return str(order["end_reason"])
     conn.execute(
         update(orders)
         .where(orders.c.id == order_id)
         .values(expired=True, running=False, ended_at=now, end_reason=reason)
     )
     notify_server(conn, order["server_id"])  # its container must stop now
-    return True
+    return reason

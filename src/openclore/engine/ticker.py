@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, select, text, update
 
-from openclore.engine.billing import BILLING_GRACE, MARKET_VERSION, lock_server, resolve_server
+from openclore.engine.billing import BILLING_GRACE, lock_server, resolve_server
 from openclore.engine.settlement import servers_due, settle_running_orders
-from openclore.store.db import Database, bump_meta, run_write
+from openclore.store.db import Database, listing_changed, run_write
 from openclore.store.schema import servers
 
 TICK_LOCK = 0x71C4
@@ -49,7 +49,7 @@ def _take_offline(conn: Connection, server_id: int, now: int, timeout: int) -> N
         return  # a heartbeat arrived meanwhile
     conn.execute(update(servers).where(servers.c.id == server_id).values(online=False))
     resolve_server(conn, server_id, now)
-    bump_meta(conn, MARKET_VERSION)
+    listing_changed(conn)
 
 
 def settle_server(db: Database, server_id: int, now: int) -> None:

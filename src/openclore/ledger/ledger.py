@@ -58,10 +58,13 @@ def system_account_id(conn: Connection, kind: str, currency: str) -> int:
     return _ensure(conn, account_key(kind, currency), kind=kind, currency=currency)
 
 
-def balance(conn: Connection, account_id: int) -> int:
-    return int(
-        conn.execute(select(accounts.c.balance).where(accounts.c.id == account_id)).scalar_one()
-    )
+def balance(conn: Connection, account_id: int, *, lock: bool = False) -> int:
+    """An account's balance; with ``lock``, the row stays locked until the transaction ends, so
+    no concurrent debit can change it between this read and the caller's transfers."""
+    query = select(accounts.c.balance).where(accounts.c.id == account_id)
+    if lock:
+        query = query.with_for_update()
+    return int(conn.execute(query).scalar_one())
 
 
 def transfer(

@@ -14,14 +14,15 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, text, update
 
 from openclore.config import Settings
+from openclore.domain.errors import MarketError
 from openclore.domain.money import percent_to_bp, to_units
-from openclore.engine.billing import MARKET_VERSION, lock_server, resolve_server, settle
+from openclore.engine.billing import lock_server, resolve_server, settle
 from openclore.engine.clock import CLOCK_OFFSET_KEY
 from openclore.ledger import ensure_system_accounts
 from openclore.ledger.ledger import system_account_id, transfer, wallet_id
-from openclore.market.accounts import create_user, issue_token
+from openclore.market.accounts import authenticate, create_user, issue_token
 from openclore.market.wallets import deposit
-from openclore.store.db import bump_meta, set_meta
+from openclore.store.db import get_meta, listing_changed, set_meta
 from openclore.store.schema import accounts, metadata, orders, server_prices, servers, users
 
 RENTER_HOST_TOKEN = "b8qwqRAL5W7YDyDJeB4XANVvKndbrrPk"  # user 1: owns "Jan Vykydal", "Michael"
@@ -216,6 +217,7 @@ def _history_order(
 def seed(conn: Connection, settings: Settings, now: int) -> DemoWorld:
     """Seed the demo world into an empty database (one transaction)."""
     rng = random.Random(DEMO_SEED)
+    set_meta(conn, DEMO_WORLD_KEY, 1)
     ensure_system_accounts(conn, settings.currencies)
     names = ["jan", "renter", "hosting-cz", "michael", "gpu-farm", "lab-pool"]
     for expected_id, name in enumerate(names, start=1):
@@ -494,6 +496,8 @@ def reset_world(conn: Connection, settings: Settings, now: int) -> DemoWorld:
     ``meta`` survives, with the clock offset back to zero and the marketplace version bumped,
     so no process can serve a listing cached from the world before.
     """
+    if not is_demo_world(conn):
+        raise reset_refused()
     tables = [t for t in reversed(metadata.sorted_tables) if t.name != "meta"]
     if conn.dialect.name == "postgresql":
         names = ", ".join(t.name for t in tables)
@@ -503,9 +507,25 @@ def reset_world(conn: Connection, settings: Settings, now: int) -> DemoWorld:
             conn.execute(table.delete())
     set_meta(conn, CLOCK_OFFSET_KEY, 0)
     world = seed(conn, settings, now)
-    bump_meta(conn, MARKET_VERSION)
+    listing_changed(conn)
     return world
+
+
+DEMO_WORLD_KEY = "demo_world"
 
 
 def is_seeded(conn: Connection) -> bool:
     return conn.execute(select(users.c.id).limit(1)).first() is not None
+
+
+def is_demo_world(conn: Connection) -> bool:
+    """Whether the database holds the demo world (or nothing at all), not a real market: only
+    then may the sandbox throw it away. A world seeded before the marker existed is recognised
+    by its first user's public demo token."""
+    if not is_seeded(conn) or get_meta(conn, DEMO_WORLD_KEY) == 1:
+        return True
+    return authenticate(conn, RENTER_HOST_TOKEN) == 1
+
+
+def reset_refused() -> MarketError:
+    return MarketError("not_a_demo_world")

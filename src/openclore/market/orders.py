@@ -6,7 +6,6 @@ from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
-from openclore.api.models import CreateOrderRequest
 from openclore.config import Settings
 from openclore.domain.errors import MarketError
 from openclore.domain.money import (
@@ -16,10 +15,13 @@ from openclore.domain.money import (
     to_coins,
     to_units,
 )
-from openclore.engine.billing import MARKET_VERSION, Row, end_order, lock_server, resolve_server
-from openclore.ledger.ledger import ensure_wallet, system_account_id, transfer
+from openclore.domain.specs import clean_specs
+from openclore.engine.billing import Row, end_order, lock_server, resolve_server
+from openclore.ledger.ledger import balance, ensure_wallet, system_account_id, transfer, wallet_id
+from openclore.market.accounts import lock_user
+from openclore.market.requests import CreateOrderRequest
 from openclore.market.servers import prices_of
-from openclore.store.db import bump_meta, inserted_id
+from openclore.store.db import inserted_id, listing_changed
 from openclore.store.schema import accounts, orders, servers
 
 MAX_ISSUE_LENGTH = 2048
@@ -28,6 +30,7 @@ MAX_ISSUE_LENGTH = 2048
 def create_order(
     conn: Connection, user_id: int, req: CreateOrderRequest, settings: Settings, now: int
 ) -> int:
+    lock_user(conn, user_id)  # the order limit is counted under it
     server = lock_server(conn, req.renting_server)
     if server is None or server["removed_at"] is not None:
         raise MarketError("server-dont-exist")
@@ -127,7 +130,7 @@ def create_order(
     if server["simulated"]:
         _simulate_connection(conn, order_id, server, req, settings)
     resolve_server(conn, server["id"], now)
-    bump_meta(conn, MARKET_VERSION)
+    listing_changed(conn)
     return order_id
 
 
@@ -165,16 +168,18 @@ def _own_order(conn: Connection, user_id: int, order_id: int, foreign_error: str
 def cancel_order(
     conn: Connection, user_id: int, order_id: int, issue: str | None, now: int
 ) -> None:
+    """End one's own live order now (billed up to now). An order that settling ends on its own
+    (its balance or its time ran out) is ended all the same, and the cancel succeeds."""
     if issue is not None and len(issue) > MAX_ISSUE_LENGTH:
         raise MarketError("issue_description_too_long")
     order = _own_order(conn, user_id, order_id, "you_dont_own_this_order")
     lock_server(conn, order["server_id"])
-    if not end_order(conn, order_id, now, "cancelled"):
+    if end_order(conn, order_id, now, "cancelled") is None:
         raise MarketError("order_not_active")
     if issue:
         conn.execute(update(orders).where(orders.c.id == order_id).values(issue=issue))
     resolve_server(conn, order["server_id"], now)
-    bump_meta(conn, MARKET_VERSION)
+    listing_changed(conn)
 
 
 def set_spot_price(
@@ -191,6 +196,12 @@ def set_spot_price(
         raise MarketError("order_dont_exist")
     current = order["price"]
     values: dict[str, Any] = {"price": desired}
+    if desired > current:
+        # a raise may take the server from others: it must be funded like a new bid
+        wallet = wallet_id(conn, user_id, order["currency"])
+        funds = 0 if wallet is None else balance(conn, wallet, lock=True)
+        if funds < desired * settings.runway_seconds // SECONDS_PER_DAY:
+            raise MarketError("not_enough_balance")
     if desired < current:
         min_spot = prices_of(conn, [order["server_id"]])[order["server_id"]].get(
             order["currency"], (0, 0)
@@ -226,7 +237,7 @@ def order_view(row: Row, server: Row | None, settings: Settings) -> dict[str, An
         "spend": to_coins(row["spend"]),
         "ct": row["ct"],
         "p": settings.proxy_cluster,
-        "specs": server["specs"] if server else None,
+        "specs": clean_specs(server["specs"]) if server else None,
         "si": row["server_id"],
     }
     if row["pub_cluster"]:

@@ -9,19 +9,20 @@ from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
-from openclore.api.models import SetServerSettingsRequest
 from openclore.config import Settings
 from openclore.domain.errors import InvalidInput, MarketError
 from openclore.domain.money import Coins, to_coins, to_units
+from openclore.domain.specs import clean_specs
 from openclore.engine.billing import (
-    MARKET_VERSION,
     Row,
     end_order,
     lock_server,
     resolve_server,
 )
-from openclore.market.accounts import TOKEN_ALPHABET
-from openclore.store.db import bump_meta, inserted_id
+from openclore.engine.events import notify_server
+from openclore.market.accounts import TOKEN_ALPHABET, lock_user
+from openclore.market.requests import SetServerSettingsRequest
+from openclore.store.db import inserted_id, listing_changed
 from openclore.store.schema import orders, server_prices, servers
 
 INIT_TOKEN_LENGTH = 48
@@ -44,6 +45,7 @@ def add_server(
     name = name.strip()
     if not name or len(name) > 128:
         raise InvalidInput("name: 1 to 128 characters")
+    lock_user(conn, owner_id)  # the server limit is counted under it
     count = conn.execute(
         select(func.count())
         .select_from(servers)
@@ -87,13 +89,14 @@ def remove_server(conn: Connection, owner_id: int, name: str, now: int) -> int:
     live = conn.execute(
         select(orders.c.id).where(orders.c.server_id == found["id"], orders.c.expired.is_(False))
     ).scalars()
-    ended = sum(end_order(conn, int(oid), now, "server_removed") for oid in list(live))
+    ended = sum(end_order(conn, int(oid), now, "server_removed") is not None for oid in list(live))
     conn.execute(
         update(servers)
         .where(servers.c.id == found["id"])
         .values(removed_at=now, visibility="hidden", online=False)
     )
-    bump_meta(conn, MARKET_VERSION)
+    listing_changed(conn)
+    notify_server(conn, found["id"])  # its agent is told to go
     return ended
 
 
@@ -166,7 +169,7 @@ def my_servers(conn: Connection, user_id: int, settings: Settings) -> dict[str, 
         if not r.connected:
             item["init_token"] = r.init_token
         if r.specs:
-            item["specs"] = r.specs
+            item["specs"] = clean_specs(r.specs)
         out.append(item)
     return {"servers": out, "limit": settings.max_servers_per_user}
 
@@ -189,7 +192,7 @@ def server_config(conn: Connection, user_id: int, name: str, settings: Settings)
             "initialized": row["connected"],
             "id": row["id"],
             "rental_status": rental_status(conn, row["id"]),
-            "specs": row["specs"],
+            "specs": clean_specs(row["specs"]),
             "background_job": {
                 "times_updated": row["bg_times_updated"],
                 "image": row["bg_image"],
@@ -252,7 +255,7 @@ def set_server_settings(
                 )
             )
     resolve_server(conn, found["id"], now)
-    bump_meta(conn, MARKET_VERSION)
+    listing_changed(conn)
 
 
 def spot_marketplace(

@@ -20,9 +20,7 @@ from sqlalchemy import (
     Engine,
     create_engine,
     event,
-    insert,
     select,
-    update,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -146,16 +144,40 @@ def get_meta(conn: Connection, key: str, default: int = 0) -> int:
     return default if value is None else int(value)
 
 
+def _upsert_meta(conn: Connection, key: str, value: int, *, add: bool) -> None:
+    """One atomic statement, so concurrent first writers of a key never clash on its index."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    stmt = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(meta)
+    stmt = stmt.values(key=key, value=value)
+    new = meta.c.value + stmt.excluded.value if add else stmt.excluded.value
+    conn.execute(stmt.on_conflict_do_update(index_elements=[meta.c.key], set_={"value": new}))
+
+
 def set_meta(conn: Connection, key: str, value: int) -> None:
-    if conn.execute(update(meta).where(meta.c.key == key).values(value=value)).rowcount == 0:
-        conn.execute(insert(meta).values(key=key, value=value))
+    _upsert_meta(conn, key, value, add=False)
 
 
 def bump_meta(conn: Connection, key: str) -> None:
     """Increment a counter (e.g. the marketplace version) inside the caller's transaction."""
-    if conn.execute(update(meta).where(meta.c.key == key).values(value=meta.c.value + 1)).rowcount:
-        return
-    conn.execute(insert(meta).values(key=key, value=1))
+    _upsert_meta(conn, key, 1, add=True)
 
 
-__all__ = ["Database", "bump_meta", "get_meta", "metadata", "run_write", "set_meta"]
+MARKET_VERSION = "market_version"
+
+
+def listing_changed(conn: Connection) -> None:
+    """Something every marketplace listing shows changed: cached listings are stale at commit."""
+    bump_meta(conn, MARKET_VERSION)
+
+
+__all__ = [
+    "MARKET_VERSION",
+    "Database",
+    "bump_meta",
+    "get_meta",
+    "listing_changed",
+    "metadata",
+    "run_write",
+    "set_meta",
+]

@@ -1,0 +1,149 @@
+"""What the HTTP server does before a request reaches the market: body and frame caps, header and
+keep-alive timeouts, a connection cap. Used by ``openclore serve`` and by the test harness alike.
+
+uvicorn closes idle keep-alive connections, but a client that sends its request headers one byte
+at a time holds a connection (and a file descriptor) forever: :class:`HeaderTimeout` closes any
+connection whose request headers are not complete ``header_timeout`` seconds after the first byte
+(or after the connection opened).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from openclore.api.wire import dumps
+from openclore.config import Settings
+
+# The largest WebSocket frame accepted (agents' messages are a few KiB): uvicorn refuses larger
+# frames before buffering them.
+MAX_WS_FRAME_BYTES = 65536
+
+
+class BodyTooLarge(Exception):
+    """Raised by BodyLimit's receive while a chunked body grows past the limit."""
+
+
+def too_large(max_bytes: int) -> Response:
+    body = dumps({"error": f"request body larger than {max_bytes} bytes", "code": 2})
+    return Response(body, status_code=413, media_type="application/json")
+
+
+class BodyLimit:
+    """Refuse bodies over ``max_bytes`` before they are read into memory (code 2, HTTP 413)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_bytes
+                except ValueError:
+                    too_big = True
+                if too_big:
+                    await too_large(self.max_bytes)(scope, receive, send)
+                    return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+class _HeaderTimeoutMixin:
+    """Close a connection whose request headers take longer than ``header_timeout`` seconds."""
+
+    header_timeout: float = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
+    _timed_cycle: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)  # type: ignore[misc]
+        if self._upgraded():  # a WebSocket now: its own protocol owns the connection
+            self._disarm()
+            return
+        cycle = getattr(self, "cycle", None)
+        waiting = cycle is None or cycle is self._timed_cycle or cycle.response_complete
+        if not waiting:
+            self._disarm()
+        elif self._header_timer is None:
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._timed_cycle = getattr(self, "cycle", None)
+        loop: asyncio.AbstractEventLoop = self.loop  # type: ignore[attr-defined]
+        self._header_timer = loop.call_later(self.header_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _upgraded(self) -> bool:
+        transport = getattr(self, "transport", None)
+        return transport is not None and transport.get_protocol() is not self
+
+    def _expired(self) -> None:
+        self._header_timer = None
+        if self._upgraded():
+            return
+        cycle = getattr(self, "cycle", None)
+        if cycle is None or cycle is self._timed_cycle or cycle.response_complete:
+            transport = self.transport  # type: ignore[attr-defined]
+            if not transport.is_closing():
+                transport.close()
+
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _Base
+except ImportError:  # pragma: no cover - uvicorn[standard] brings httptools
+    from uvicorn.protocols.http.h11_impl import H11Protocol as _Base  # type: ignore[assignment]
+
+
+class HeaderTimeoutProtocol(_HeaderTimeoutMixin, _Base):
+    """uvicorn's HTTP protocol (httptools) with a header timeout. A module-level class, so that
+    uvicorn can hand it to worker processes; each worker sets ``header_timeout`` from its
+    settings (:func:`configure_protocol`)."""
+
+
+def configure_protocol(settings: Settings) -> None:
+    HeaderTimeoutProtocol.header_timeout = settings.header_timeout
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn options every openclore HTTP server runs with."""
+    configure_protocol(settings)
+    return {
+        "http": HeaderTimeoutProtocol,
+        "timeout_keep_alive": settings.keep_alive_timeout,
+        "limit_concurrency": settings.max_connections,
+        "ws_max_size": MAX_WS_FRAME_BYTES,
+        "ws_max_queue": 16,
+        "proxy_headers": False,
+        "server_header": False,
+    }

@@ -1,0 +1,339 @@
+"""Host agents' use cases: registration, liveness, specs, container status, the desired set.
+
+An agent is somebody else's machine: everything it sends is checked here, field by field, before
+it reaches the database (and from there every user's listing). An agent sees and changes only its
+own server: the credential names the server, and every read and write below is filtered by that
+server's id. A removed server's agent is no longer recognised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import re
+import secrets
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from openclore.agent.protocol import (
+    CRASH_LOOP,
+    ERROR,
+    KIND_BACKGROUND,
+    KIND_ORDER,
+    PULLING,
+    RESTARTING,
+    RUNNING,
+    STARTING,
+    STOPPED,
+    ContainerStatus,
+    DesiredContainer,
+    env_dict,
+)
+from openclore.domain.specs import UNSAFE_TEXT, check_gpu_array, check_specs
+from openclore.engine.billing import lock_server, resolve_server
+from openclore.store.db import listing_changed
+from openclore.store.schema import orders, servers
+
+log = logging.getLogger("openclore.agents")
+
+AGENT_TOKEN_PREFIX = "oca_"
+MAX_STATUSES = 64
+MAX_PUBLIC_HOSTS = 8
+MAX_ERROR_LENGTH = 1000
+STATES = {PULLING, STARTING, RUNNING, RESTARTING, CRASH_LOOP, ERROR, STOPPED}
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
+
+class AgentRefused(Exception):
+    """Registration refused: ``status`` is the HTTP status, ``error`` the reason's name."""
+
+    def __init__(self, status: int, error: str) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+
+
+def hash_agent_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def register_agent(conn: Connection, init_token: str) -> dict[str, Any]:
+    """Spend an init_token: the server is connected for good; returns the agent's credential."""
+    row = conn.execute(
+        select(servers)
+        .where(servers.c.init_token == init_token, servers.c.removed_at.is_(None))
+        .with_for_update()
+    ).first()
+    if row is None:
+        raise AgentRefused(401, "invalid_init_token")
+    if row.connected or row.agent_token_hash is not None:
+        raise AgentRefused(409, "init_token_already_used")
+    token = AGENT_TOKEN_PREFIX + secrets.token_urlsafe(36)
+    done = conn.execute(
+        update(servers)
+        .where(servers.c.id == row.id, servers.c.connected.is_(False))
+        .values(connected=True, agent_token_hash=hash_agent_token(token))
+    ).rowcount
+    if done != 1:  # a concurrent registration won
+        raise AgentRefused(409, "init_token_already_used")
+    listing_changed(conn)
+    return {"server_id": row.id, "name": row.name, "agent_token": token}
+
+
+def authenticate_agent(conn: Connection, token: str | None) -> dict[str, Any] | None:
+    """The live server an agent credential belongs to, or None."""
+    if not token or len(token) > 256:
+        return None
+    row = conn.execute(
+        select(servers.c.id, servers.c.name).where(
+            servers.c.agent_token_hash == hash_agent_token(token),
+            servers.c.removed_at.is_(None),
+        )
+    ).first()
+    return None if row is None else {"id": row.id, "name": row.name}
+
+
+def agent_hello(
+    conn: Connection,
+    server_id: int,
+    hello: dict[str, Any],
+    pub_cluster: list[str],
+    now: int,
+) -> bool:
+    """The agent is connected: online now (the running order may start), specs as measured.
+    Returns False when the server is gone (removed meanwhile)."""
+    row = lock_server(conn, server_id)
+    if row is None or row["removed_at"] is not None:
+        return False
+    values: dict[str, Any] = {"last_seen": now, "online": True}
+    changed = not row["online"]
+    specs = valid_specs(server_id, hello.get("specs"))
+    if specs is not None and specs != row["specs"]:
+        values["specs"] = specs
+        changed = True
+    gpu_array = check_gpu_array(hello.get("gpu_array"))
+    if gpu_array is not None and gpu_array != row["gpu_array"]:
+        values["gpu_array"] = gpu_array
+        changed = True
+    if pub_cluster != row["pub_cluster"]:
+        values["pub_cluster"] = pub_cluster
+    conn.execute(update(servers).where(servers.c.id == server_id).values(**values))
+    if changed:
+        listing_changed(conn)
+    if not row["online"]:
+        resolve_server(conn, server_id, now)
+    apply_statuses(conn, server_id, parse_statuses(hello.get("containers")), pub_cluster)
+    return True
+
+
+def agent_heartbeat(conn: Connection, server_id: int, now: int) -> bool:
+    """The agent is alive. Returns False when its server was removed (the agent must go)."""
+    live = (servers.c.id == server_id) & servers.c.removed_at.is_(None)
+    fresh = conn.execute(
+        update(servers).where(live, servers.c.online.is_(True)).values(last_seen=now)
+    ).rowcount
+    if fresh:
+        return True
+    # it had been marked offline (heartbeats late): back online, and the market re-resolved
+    row = lock_server(conn, server_id)
+    if row is None or row["removed_at"] is not None:
+        return False
+    conn.execute(update(servers).where(live).values(last_seen=now, online=True))
+    listing_changed(conn)
+    resolve_server(conn, server_id, now)
+    return True
+
+
+def agent_specs(conn: Connection, server_id: int, message: dict[str, Any]) -> None:
+    """New measurements (valid fields only) replace the server's specs and GPU list."""
+    values: dict[str, Any] = {}
+    specs = valid_specs(server_id, message.get("specs"))
+    if specs is not None:
+        values["specs"] = specs
+    gpu_array = check_gpu_array(message.get("gpu_array"))
+    if gpu_array is not None:
+        values["gpu_array"] = gpu_array
+    if values:
+        conn.execute(
+            update(servers)
+            .where(servers.c.id == server_id, servers.c.removed_at.is_(None))
+            .values(**values)
+        )
+        listing_changed(conn)
+
+
+def valid_specs(server_id: int, raw: Any) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    specs, problems = check_specs(raw)
+    if problems:
+        log.warning("server %s: specs fields dropped: %s", server_id, "; ".join(problems[:8]))
+    return specs
+
+
+def apply_statuses(
+    conn: Connection, server_id: int, statuses: list[ContainerStatus], pub_cluster: list[str]
+) -> None:
+    """Write what the agent reports into its own server's orders (others' are ignored)."""
+    by_order = {s.order_id: s for s in statuses if s.kind == KIND_ORDER and s.order_id is not None}
+    if not by_order:
+        return
+    rows = conn.execute(
+        select(orders).where(orders.c.id.in_(list(by_order)), orders.c.server_id == server_id)
+    ).all()
+    for row in rows:
+        status = by_order[row.id]
+        asked = row.ports or {}
+        # only the tcp ports the order asked for, published on a real port number
+        published = {
+            port: public
+            for port, public in status.tcp_ports.items()
+            if asked.get(port) == "tcp" and 1 <= public <= 65535
+        }
+        values: dict[str, Any] = {
+            "runtime_state": status.state,
+            "runtime_error": status.error,
+            "tcp_ports": [
+                f"{port}:{public}"
+                for port, public in sorted(published.items(), key=lambda kv: int(kv[0]))
+            ]
+            if status.state != STOPPED
+            else [],
+        }
+        if status.http_port and asked.get(status.http_port) == "http":
+            values["http_port"] = status.http_port
+        if status.state == RUNNING or status.tcp_ports:
+            values["pub_cluster"] = pub_cluster
+        current = row._mapping
+        changed = {k: v for k, v in values.items() if current[k] != v}
+        if changed:
+            conn.execute(update(orders).where(orders.c.id == row.id).values(**changed))
+
+
+def desired_for(conn: Connection, server_id: int) -> list[DesiredContainer] | None:
+    """What the machine must run now: the running order, else the background job.
+    ``None`` when the server was removed: its agent is no longer welcome."""
+    server = conn.execute(
+        select(
+            servers.c.removed_at,
+            servers.c.bg_image,
+            servers.c.bg_command,
+            servers.c.bg_env,
+            servers.c.bg_times_updated,
+        ).where(servers.c.id == server_id)
+    ).first()
+    if server is None or server.removed_at is not None:
+        return None
+    order = conn.execute(
+        select(orders)
+        .where(
+            orders.c.server_id == server_id,
+            orders.c.running.is_(True),
+            orders.c.expired.is_(False),
+        )
+        .order_by(orders.c.id)
+        .limit(1)
+    ).first()
+    if order is not None:
+        return [
+            DesiredContainer(
+                key=f"order-{order.id}",
+                kind=KIND_ORDER,
+                order_id=order.id,
+                image=order.image,
+                command=order.command or "",
+                env={str(k): str(v) for k, v in (order.env or {}).items()},
+                ports={str(k): str(v) for k, v in (order.ports or {}).items()},
+                jupyter_token=order.jupyter_token,
+                ssh_key=order.ssh_key,
+                ssh_password=order.ssh_password,
+                autossh_entrypoint=bool(order.autossh_entrypoint),
+            )
+        ]
+    if server.bg_image:
+        return [
+            DesiredContainer(
+                key=f"bg-{server_id}-{server.bg_times_updated}",
+                kind=KIND_BACKGROUND,
+                image=server.bg_image,
+                command=server.bg_command or "",
+                env=env_dict(server.bg_env),
+            )
+        ]
+    return []
+
+
+def parse_statuses(raw: Any) -> list[ContainerStatus]:
+    """The container reports of a message; malformed ones are skipped."""
+    out: list[ContainerStatus] = []
+    if not isinstance(raw, list):
+        return out
+    for item in raw[:MAX_STATUSES]:
+        if isinstance(item, dict):
+            try:
+                status = _sane(ContainerStatus.from_wire(item))
+            except (KeyError, TypeError, ValueError, OverflowError):
+                continue
+            if status is not None:
+                out.append(status)
+    return out
+
+
+def _port(value: Any) -> bool:
+    return isinstance(value, str) and value.isdigit() and 1 <= int(value) <= 65535
+
+
+def _sane(status: ContainerStatus) -> ContainerStatus | None:
+    """A report renters may be shown: a known state, ids and ports in range, printable error."""
+    if status.state not in STATES or status.kind not in (KIND_ORDER, KIND_BACKGROUND):
+        return None
+    if status.order_id is not None and not 0 < status.order_id < 2**31:
+        return None
+    error = status.error
+    if error is not None:
+        error = UNSAFE_TEXT.sub(" ", error)[:MAX_ERROR_LENGTH]
+    return ContainerStatus(
+        key=status.key[:128],
+        kind=status.kind,
+        state=status.state,
+        order_id=status.order_id,
+        error=error,
+        tcp_ports={
+            port: public
+            for port, public in status.tcp_ports.items()
+            if _port(port) and 1 <= public <= 65535
+        },
+        http_port=status.http_port if _port(status.http_port) else None,
+        http_host_port=status.http_host_port,
+        container_id=status.container_id if isinstance(status.container_id, str) else None,
+    )
+
+
+def valid_public_host(name: Any) -> str | None:
+    """A host name or IP address renters can be shown (``pub_cluster``), else None."""
+    if not isinstance(name, str):
+        return None
+    name = name.strip()
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    return name if _HOSTNAME.match(name) else None
+
+
+def pub_cluster_for(hello: dict[str, Any], default: list[str], peer: str | None) -> list[str]:
+    """The agent's configured public host name(s), else the market's setting, else the address
+    the agent connects from."""
+    reported = hello.get("public_host")
+    if isinstance(reported, list):
+        names = [h for h in map(valid_public_host, reported[:MAX_PUBLIC_HOSTS]) if h]
+        if names:
+            return names
+    if default:
+        return list(default)
+    return [peer] if peer else []

@@ -1,0 +1,229 @@
+"""Request bodies of the market's use cases, validated.
+
+Request models use strict scalar types: a string where a number belongs is code 2, not a guess.
+Prices are ``Decimal`` so no float ever touches money.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from openclore.domain.errors import InvalidInput
+from openclore.domain.specs import UNSAFE_TEXT
+
+# SPEC §4: jupyter_token, ssh_key and ssh_password may only use these characters.
+STARRED_FIELD = re.compile(r"^[a-zA-Z0-9\s\-=.@+/]+$")
+IMAGE_REF = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._/:@-]*$")
+ENV_NAME = re.compile(r"^[^=\x00]+$")
+# A price (per day) or an amount in one request. At most a million coins a day keeps
+# price × the longest rental in seconds inside 64-bit integers, in SQL as in Python.
+MAX_COINS = Decimal(1_000_000)
+MAX_ID = 2**31 - 1
+
+
+def _json_number(value: Any) -> Any:
+    """Money is a JSON number: a string such as " 2e-3 " or a boolean is not an amount."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise ValueError("must be a number")
+    return value
+
+
+def _printable(value: str) -> str:
+    """Names are shown in terminals and pages: no control or direction-override characters."""
+    if UNSAFE_TEXT.search(value):
+        raise ValueError("control characters are not allowed")
+    return value
+
+
+Price = Annotated[Decimal, BeforeValidator(_json_number), Field(ge=0, le=MAX_COINS)]
+PositivePrice = Annotated[Decimal, BeforeValidator(_json_number), Field(gt=0, le=MAX_COINS)]
+Id = Annotated[StrictInt, Field(ge=0, le=MAX_ID)]
+Name = Annotated[StrictStr, Field(min_length=1, max_length=128), AfterValidator(_printable)]
+
+ORDER_TYPES = {"on-demand": False, "on_demand": False, "按需": False, "spot": True, "现货": True}
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+def _check_no_nul(value: Any, where: str = "body", depth: int = 0) -> None:
+    """No string anywhere in a request may hold a NUL character (databases refuse them)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidInput(f"{where}: NUL characters are not allowed")
+    elif isinstance(value, dict) and depth < 64:
+        for key, item in value.items():
+            _check_no_nul(key, where, depth + 1)
+            _check_no_nul(item, f"{key}" if depth == 0 else where, depth + 1)
+    elif isinstance(value, list) and depth < 64:
+        for item in value:
+            _check_no_nul(item, where, depth + 1)
+
+
+def validate_body(model: type[Request], body: dict[str, Any]) -> Any:
+    """Validate a parsed body; any problem becomes code 2 with a readable message."""
+    _check_no_nul(body)
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False)[:5]:
+            where = ".".join(str(p) for p in err["loc"]) or "body"
+            problems.append(f"{where}: {err['msg']}")
+        raise InvalidInput("; ".join(problems)) from None
+
+
+class ServerNameRequest(Request):
+    server_name: Name
+
+
+class CancelOrderRequest(Request):
+    id: Id
+    issue: StrictStr | None = None
+
+
+class SetSpotPriceRequest(Request):
+    order_id: Id
+    desired_price: PositivePrice
+
+
+class AddServerRequest(Request):
+    name: Name
+
+
+class SetServerSettingsRequest(Request):
+    """``name`` picks the server; every other field is optional and only what is sent changes."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: Name
+    availability: StrictBool | None = None
+    visibility: Literal["public", "hidden"] | None = None
+    mrl: Annotated[StrictInt, Field(ge=1)] | None = None
+    on_demand: Price | None = None
+    spot: Price | None = None
+
+    def per_currency(self, currencies: list[str]) -> dict[str, dict[str, Decimal]]:
+        """Per-currency keys such as ``bitcoin_on_demand`` or ``CLORE-Blockchain_spot``."""
+        out: dict[str, dict[str, Decimal]] = {}
+        for key, value in (self.model_extra or {}).items():
+            for currency in currencies:
+                for kind in ("on_demand", "spot"):
+                    if key == f"{currency}_{kind}":
+                        out.setdefault(currency, {})[kind] = _price(key, value)
+        return out
+
+
+def _price(key: str, value: Any) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | Decimal | float):
+        raise InvalidInput(f"{key}: must be a number")
+    dec = Decimal(str(value)) if not isinstance(value, Decimal) else value
+    if not dec.is_finite() or dec < 0 or dec > MAX_COINS:
+        raise InvalidInput(f"{key}: must be a price between 0 and {MAX_COINS}")
+    return dec
+
+
+class CreateOrderRequest(Request):
+    currency: StrictStr = Field(min_length=1, max_length=32)
+    image: StrictStr = Field(min_length=1, max_length=512)
+    renting_server: Id
+    type: StrictStr
+    spotprice: PositivePrice | None = None
+    ports: dict[str, StrictStr] | None = None
+    env: dict[str, StrictStr] | None = None
+    jupyter_token: StrictStr | None = Field(None, max_length=32)
+    ssh_key: StrictStr | None = Field(None, max_length=3072)
+    ssh_password: StrictStr | None = Field(None, max_length=32)
+    command: StrictStr | None = Field(None, max_length=16384)
+    required_price: Price | None = None
+    autossh_entrypoint: StrictBool | None = None
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        if not IMAGE_REF.match(value):
+            raise ValueError("not a valid Docker image reference")
+        return value
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, value: str) -> str:
+        if value not in ORDER_TYPES:
+            raise ValueError("must be 'on-demand' or 'spot'")
+        return value
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        if len(value) > 5:
+            raise ValueError("at most 5 ports")
+        for port, proto in value.items():
+            if not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"port {port[:16]!r} is not a number from 1 to 65535")
+            if proto not in ("tcp", "http"):
+                raise ValueError(f"port {port}: protocol must be 'tcp' or 'http'")
+        if sum(1 for proto in value.values() if proto == "http") > 1:
+            raise ValueError("at most one http port")
+        return {str(int(port)): proto for port, proto in value.items()}
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        for name, val in value.items():
+            if not 1 <= len(name) <= 128 or not ENV_NAME.match(name):
+                raise ValueError(f"variable name {name[:32]!r}: 1 to 128 characters, no '='")
+            if len(val) > 1536 or "\x00" in val:
+                raise ValueError(f"variable {name[:32]!r}: value longer than 1536 characters")
+        if len(json.dumps(value, ensure_ascii=False, separators=(",", ":"))) > 12000:
+            raise ValueError("more than 12000 characters when serialized")
+        return value
+
+    @field_validator("jupyter_token", "ssh_key", "ssh_password")
+    @classmethod
+    def _starred(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not STARRED_FIELD.match(value):
+            raise ValueError("only letters, digits, whitespace and - = . @ + / are allowed")
+        return value
+
+    @model_validator(mode="after")
+    def _spot_needs_price(self) -> CreateOrderRequest:
+        if self.is_spot and self.spotprice is None:
+            raise ValueError("spotprice is required for a spot order")
+        return self
+
+    @property
+    def is_spot(self) -> bool:
+        return ORDER_TYPES[self.type]
+
+
+class SandboxAdvanceRequest(Request):
+    seconds: Annotated[StrictInt, Field(ge=0, le=10 * 365 * 86400)]
+
+
+class SandboxDepositRequest(Request):
+    currency: StrictStr = Field(min_length=1, max_length=32)
+    amount: PositivePrice
