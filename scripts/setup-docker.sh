@@ -22,11 +22,12 @@ need=()
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v docker >/dev/null 2>&1 || need+=(docker.io)
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need+=(iptables)
 if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
-  if ! $SUDO apt-get install -y --no-install-recommends docker.io busybox-static; then
+  if ! $SUDO apt-get install -y --no-install-recommends "${need[@]}"; then
     $SUDO apt-get update
-    $SUDO apt-get install -y --no-install-recommends docker.io busybox-static
+    $SUDO apt-get install -y --no-install-recommends "${need[@]}"
   fi
 fi
 

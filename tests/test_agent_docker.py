@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import http.server
 import ipaddress
+import shutil
 import socket
+import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,8 +30,8 @@ from agent_support import (
     wait_for,
     wait_order_state,
 )
-from openclore.agent.runtime import LABEL_KEY
-from openclore.agent.runtime.docker import DockerRuntime
+from openclore.agent.runtime import LABEL_AGENT, LABEL_KEY, ImageRefused, LaunchSpec
+from openclore.agent.runtime.docker import DockerRuntime, Hardening, host_resolvers
 
 from conftest import IN_CI, Market, ok, order_body, spot_body
 
@@ -70,13 +73,20 @@ def docker_run(docker_client: Any) -> Iterator[dict[str, str]]:
 
 
 def docker_agent(
-    url: str, state_dir: Path, labels: dict[str, str], token: str | None = None, **kw: Any
+    url: str,
+    state_dir: Path,
+    labels: dict[str, str],
+    token: str | None = None,
+    runtime_kw: dict[str, Any] | None = None,
+    **kw: Any,
 ) -> RunningAgent:
     return start_agent(
         url,
         state_dir,
         init_token=token,
-        runtime_factory=lambda agent_id: DockerRuntime(agent_id, network=NETWORK),
+        runtime_factory=lambda agent_id: DockerRuntime(
+            agent_id, network=NETWORK, **(runtime_kw or {})
+        ),
         port_range=(42000, 42999),
         probe_ports=True,
         extra_labels=labels,
@@ -245,7 +255,10 @@ def test_failures_are_reported_truthfully(
         bad = order_body(sid, image="openclore-test/does-not-exist:latest")
         oid = ok(renter.post("/v1/create_order", json=bad))["order_id"]
         order = wait_order_state(renter, oid, "error")
-        assert "openclore-test/does-not-exist:latest" in order["error"]
+        # generic: the daemon's own text (registry, DNS, connection errors) stays in the log
+        assert order["error"] == (
+            "image openclore-test/does-not-exist:latest is unavailable: pull failed"
+        )
         ok(renter.post("/v1/cancel_order", json={"id": oid}))
 
         oid = ok(renter.post("/v1/create_order", json=web_order(sid)))["order_id"]
@@ -297,52 +310,79 @@ def test_autossh_entrypoint_keeps_the_container_and_runs_onstart(
 def test_rentals_cannot_reach_the_host_or_private_networks(
     market: Market, tmp_path: Path, docker_client: Any, docker_run: dict[str, str]
 ) -> None:
-    import shutil
-
     if shutil.which("iptables") is None:
-        pytest.skip("iptables not available: isolation rules cannot be installed here")
+        message = "iptables not available: isolation rules cannot be installed here"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: the isolation test is mandatory)")
+        pytest.skip(message)
     listener = _HostListener()
     host = market.user()
     renter = market.client(market.user(bitcoin="0.01"))
     sid, token = host_server(market, host)
     agent = docker_agent(market.url, tmp_path / "s", docker_run, token)
     try:
-        # a private address that is not the host's: a web server on Docker's default bridge
+        # a private address that is not the host's: a web server on Docker's default bridge,
+        # also on port 53 (DNS is let through to the host's resolvers only, not to every address)
         neighbour = docker_client.containers.run(
-            IMAGE, ["httpd", "-f", "-p", str(listener.port), "-h", "/www"], labels=docker_run,
+            IMAGE,
+            ["sh", "-c", f"httpd -p 53 -h /www; exec httpd -f -p {listener.port} -h /www"],
+            labels=docker_run,
             detach=True,
         )
         neighbour.reload()
         neighbour_ip = neighbour.attrs["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
         # the host on the rental's own bridge, the host on another bridge, a private neighbour
         targets = [
-            _gateway(docker_client, NETWORK),
-            _gateway(docker_client, "bridge"),
-            neighbour_ip,
+            (_gateway(docker_client, NETWORK), listener.port),
+            (_gateway(docker_client, "bridge"), listener.port),
+            (neighbour_ip, listener.port),
+            (neighbour_ip, 53),
         ]
         probe = "\n".join(
-            f"if {_http_probe(ip, listener.port)} | grep -q '200 OK'; "
-            f"then echo {ip} reached >> /tmp/r; else echo {ip} blocked >> /tmp/r; fi"
-            for ip in targets
+            f"if {_http_probe(ip, p)} | grep -q '200 OK'; "
+            f"then echo {ip}:{p} reached >> /tmp/r; else echo {ip}:{p} blocked >> /tmp/r; fi"
+            for ip, p in targets
         )
         probe += "\nmv /tmp/r /www/result.txt"
+        # names still resolve: through Docker's embedded DNS, to the host's resolvers
+        probe += f"\n({LOOKUP} > /tmp/dns; mv /tmp/dns /www/dns.txt) &"
         body = order_body(
             sid, image=IMAGE, ports={"8000": "tcp"}, command=f"{probe}\n{SERVE}"
         )
         oid = ok(renter.post("/v1/create_order", json=body))["order_id"]
         port = published(wait_order_state(renter, oid, "running"), "8000")
-        result = fetch("127.0.0.1", port, "/result.txt", timeout=15).split("\n")
-        assert [line for line in result if line] == [f"{ip} blocked" for ip in targets]
+        result = fetch("127.0.0.1", port, "/result.txt", timeout=20).split("\n")
+        assert [line for line in result if line] == [f"{ip}:{p} blocked" for ip, p in targets]
 
         # control: the same probes from Docker's default bridge reach the host and the neighbour
-        for ip in targets[1:]:
+        for ip, p in targets[1:]:
             out = docker_client.containers.run(
-                IMAGE, ["sh", "-c", _http_probe(ip, listener.port)], labels=docker_run
+                IMAGE, ["sh", "-c", _http_probe(ip, p)], labels=docker_run
             )
-            assert b"200 OK" in out, ip
+            assert b"200 OK" in out, (ip, p)
+
+        # the DNS exception names exactly the host's resolvers
+        resolvers = host_resolvers()
+        bridge = agent.runtime.bridge  # type: ignore[attr-defined]
+        for chain in (f"OC-F-{bridge}", f"OC-I-{bridge}"):
+            rules = subprocess.run(
+                ["iptables", "-w", "5", "-S", chain], capture_output=True, text=True, check=True
+            ).stdout.splitlines()
+            dns = [r for r in rules if "--dport 53" in r]
+            assert len(dns) == 2 * len(resolvers), rules
+            assert all(any(f"-d {ip}/32 " in r for ip in resolvers) for r in dns), rules
+        # and name resolution works from the rental exactly when it does from the default bridge
+        control = docker_client.containers.run(
+            IMAGE, ["sh", "-c", LOOKUP], labels=docker_run
+        ).decode()
+        assert fetch("127.0.0.1", port, "/dns.txt", timeout=20) == control
     finally:
         agent.stop()
         listener.close()
+
+
+# pip's index: resolvable wherever the host has DNS (if nowhere, both sides agree on rc=1)
+LOOKUP = "nslookup -timeout=3 pypi.org >/dev/null 2>&1; echo rc=$?"
 
 
 def _http_probe(ip: str, port: int) -> str:
@@ -391,3 +431,204 @@ def test_ports_never_collide_with_ports_in_use(
             assert published(order, "8000") == 42501
         finally:
             agent.stop()
+
+
+# ----------------------------------------------------------------------------- hardening
+
+# bit numbers in /proc/<pid>/status's CapBnd (linux/capability.h)
+CAP_BITS = {
+    "CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "FSETID": 4, "KILL": 5, "SETGID": 6,
+    "SETUID": 7, "SETPCAP": 8, "NET_BIND_SERVICE": 10, "NET_RAW": 13, "SYS_CHROOT": 18,
+    "MKNOD": 27, "AUDIT_WRITE": 29, "SETFCAP": 31,
+}
+DROPPED = {"NET_RAW", "MKNOD", "SETFCAP"}
+PIDS_MAX = "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max"
+
+
+def sh(container: Any, script: str) -> tuple[int, str]:
+    result = container.exec_run(["sh", "-c", script])
+    return int(result.exit_code), bytes(result.output).decode("utf-8", "replace")
+
+
+def test_rentals_run_hardened(
+    market: Market, tmp_path: Path, docker_client: Any, docker_run: dict[str, str]
+) -> None:
+    """The agent's default settings, on the real container and inside it."""
+    host = market.user()
+    renter = market.client(market.user(bitcoin="0.01"))
+    sid, token = host_server(market, host)
+    agent = docker_agent(market.url, tmp_path / "s", docker_run, token)
+    try:
+        oid = ok(renter.post("/v1/create_order", json=web_order(sid)))["order_id"]
+        port = published(wait_order_state(renter, oid, "running"), "8000")
+        (container,) = containers(docker_client, docker_run, f"order-{oid}")
+        config = container.attrs["HostConfig"]
+        assert set(config["CapDrop"]) == DROPPED
+        assert not config.get("CapAdd")
+        assert "no-new-privileges" in config["SecurityOpt"]
+        assert config["PidsLimit"] == 4096
+        assert config["LogConfig"] == {
+            "Type": "json-file", "Config": {"max-size": "50m", "max-file": "3"}
+        }
+        assert config["Privileged"] is False
+
+        # what the kernel applies to the rental's processes (pid 1: the init)
+        _, status = sh(container, "cat /proc/1/status")
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        assert fields["NoNewPrivs"].strip() == "1"
+        bounding = int(fields["CapBnd"].strip(), 16)
+        for cap, bit in CAP_BITS.items():
+            assert bool(bounding & (1 << bit)) is (cap not in DROPPED), cap
+        assert sh(container, PIDS_MAX) == (0, "4096\n")
+        code, out = sh(container, "mknod /tmp/null c 1 3")
+        assert code != 0 and "not permitted" in out
+        # what sshd needs still works: chroot (privilege separation), binding port 22, setuid
+        assert sh(container, "chroot / true")[0] == 0
+        assert sh(container, "httpd -p 22 -h /www")[0] == 0
+        assert "200 OK" in sh(container, _http_probe("127.0.0.1", 22))[1]
+        assert sh(container, "su nobody -s /bin/sh -c 'id -u'") == (0, "65534\n")
+        # and the rental still serves renters
+        assert fetch("127.0.0.1", port, "/env.txt").strip() == "hello-from-env"
+    finally:
+        agent.stop()
+
+
+def test_hardening_settings_are_enforced(docker_client: Any, docker_run: dict[str, str]) -> None:
+    """The host's own limits: a small pids limit and log size, an extra dropped capability,
+    no-new-privileges off, and a disk quota that this engine may or may not support."""
+    hardening = Hardening(
+        cap_drop=("NET_RAW", "MKNOD", "SETFCAP", "SYS_CHROOT"),
+        no_new_privileges=False,
+        pids_limit=32,
+        log_max_size="16k",
+        log_max_files=2,
+        disk_quota=1024**3,
+    )
+    runtime = DockerRuntime(
+        "hardening-" + docker_run[TEST_LABEL], network=None, hardening=hardening
+    )
+    try:
+        notes = runtime.prepare()
+        assert any("pids limit 32" in n and "16k x 2" in n for n in notes), notes
+        if runtime.disk_quota is None:  # e.g. overlay2 on ext4: said so at start
+            assert any("no disk quota" in n for n in notes), notes
+        # whatever the first look said, a refusal by the engine at create time is survived
+        runtime.disk_quota = 1024**3
+        spec = LaunchSpec(
+            name=f"openclore-hardening-{docker_run[TEST_LABEL]}",
+            image=IMAGE,
+            labels={**docker_run, LABEL_AGENT: runtime.agent_id},
+        )
+        observed = runtime.launch(spec)
+        assert observed.state == "running"
+        container = docker_client.containers.get(observed.id)
+        config = container.attrs["HostConfig"]
+        if runtime.disk_quota:
+            assert config["StorageOpt"] == {"size": str(1024**3)}
+        else:
+            assert not config.get("StorageOpt")
+        assert set(config["CapDrop"]) == {"NET_RAW", "MKNOD", "SETFCAP", "SYS_CHROOT"}
+        assert not config.get("SecurityOpt")
+        assert config["PidsLimit"] == 32
+        assert config["LogConfig"]["Config"] == {"max-size": "16k", "max-file": "2"}
+        assert sh(container, "grep NoNewPrivs /proc/1/status")[1].split() == ["NoNewPrivs:", "0"]
+        assert sh(container, "chroot / true")[0] != 0
+
+        # 60 processes where 32 are allowed: forks fail, the host is not exhausted
+        fork = "i=0; while [ $i -lt 60 ]; do sleep 1 & i=$((i+1)); done"
+        assert "can't fork" in sh(container, fork)[1]
+        wait_for(lambda: sh(container, PIDS_MAX) == (0, "32\n"), 10, what="sleeps gone")
+
+        # ~400 KB of output: the log on the host stays within 2 files of about 16 KB
+        spam = f"i=0; while [ $i -lt 4000 ]; do echo $i{'x' * 100}; i=$((i+1)); done"
+        sh(container, f"({spam}) >/proc/1/fd/1")
+        log_path = Path(container.attrs["LogPath"])
+        files = sorted(log_path.parent.glob(log_path.name + "*"))
+        assert 1 <= len(files) <= 2, files
+        assert sum(f.stat().st_size for f in files) < 2 * 16 * 1024 + 4096
+    finally:
+        for c in runtime.containers():
+            runtime.remove(c.id, 0)
+        runtime.close()
+
+
+# ----------------------------------------------------------------------------- registries
+
+
+class _CountingListener:
+    """A TCP port on the host's loopback that counts the connections it accepts."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = int(self.sock.getsockname()[1])
+        self.accepted = 0
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(2)
+        self.sock.close()
+
+
+def test_images_from_private_registries_are_refused_before_any_pull(
+    market: Market, tmp_path: Path, docker_client: Any, docker_run: dict[str, str]
+) -> None:
+    """Defect 9: an image name must not make the host's daemon probe the host's ports."""
+    probed, allowed = _CountingListener(), _CountingListener()
+    host = market.user()
+    renter = market.client(market.user(bitcoin="0.01"))
+    sid, token = host_server(market, host)
+    agent = docker_agent(
+        market.url, tmp_path / "s", docker_run, token,
+        runtime_kw={"allowed_registries": [f"127.0.0.1:{allowed.port}"]},
+    )
+
+    def outcome(image: str) -> str:
+        oid = ok(renter.post("/v1/create_order", json=order_body(sid, image=image)))["order_id"]
+        error = str(wait_order_state(renter, oid, "error")["error"])
+        ok(renter.post("/v1/cancel_order", json={"id": oid}))
+        # (a cancelled order that never ran keeps showing "error": no container, no "stopped")
+        wait_for(lambda: f"order-{oid}" not in agent.reconciler.statuses(), 10, what="dropped")
+        return error
+
+    try:
+        image = f"127.0.0.1:{probed.port}/probe:latest"
+        assert outcome(image) == (
+            f"image {image} is unavailable: registry 127.0.0.1:{probed.port} is not allowed"
+        )
+        image = f"localhost:{probed.port}/probe:latest"
+        assert outcome(image) == (
+            f"image {image} is unavailable: registry localhost:{probed.port} is not allowed"
+        )
+        # references the market itself refuses, straight to the runtime
+        with pytest.raises(ImageRefused, match=r"registry \[::1\]:\d+ is not allowed"):
+            agent.runtime.pull(f"[::1]:{probed.port}/probe")
+        with pytest.raises(ImageRefused, match="not a valid image reference"):
+            agent.runtime.pull(f"127.0.0.1:{probed.port}/Probe")
+        time.sleep(0.5)
+        assert probed.accepted == 0  # the daemon never connected
+
+        # the host's own registry is allowed: the daemon does connect (so the refusals above are
+        # what kept it away), and its error reaches the renter in generic terms only
+        image = f"127.0.0.1:{allowed.port}/probe:latest"
+        assert outcome(image) == f"image {image} is unavailable: pull failed"
+        assert allowed.accepted >= 1
+        assert not containers(docker_client, docker_run)
+    finally:
+        agent.stop()
+        probed.close()
+        allowed.close()

@@ -44,6 +44,19 @@ def parse_size(text: str) -> int | None:
     return int(float(match.group(1)) * factor)
 
 
+def format_size(size: int) -> str:
+    """Bytes → the shortest exact ``50m``-style text (what Docker's size options read)."""
+    for unit, factor in (("t", 1024**4), ("g", 1024**3), ("m", 1024**2), ("k", 1024)):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def split_list(values: list[str] | None) -> list[str]:
+    """Repeated options and environment variables alike: items separated by commas or spaces."""
+    return [item for value in values or [] for item in re.split(r"[,\s]+", value) if item]
+
+
 def parse_range(text: str) -> tuple[int, int]:
     match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", text)
     if match is None:
@@ -131,6 +144,55 @@ def agent(
     disk_path: Annotated[
         str, typer.Option(envvar="OPENCLORE_AGENT_DISK_PATH", help="Disk measured for specs")
     ] = "/var/lib/docker",
+    allowed_registry: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="OPENCLORE_AGENT_ALLOWED_REGISTRIES",
+            help="Registry (host or host:port) that images may be pulled from even though it is "
+            "on a private, loopback or link-local address (repeatable; the variable takes a "
+            "space- or comma-separated list)",
+        ),
+    ] = None,
+    cap_drop: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="OPENCLORE_AGENT_CAP_DROP",
+            help="Capabilities dropped from rentals (repeatable; 'none' drops nothing) "
+            "(default: NET_RAW MKNOD SETFCAP)",
+        ),
+    ] = None,
+    no_new_privileges: Annotated[
+        bool,
+        typer.Option(
+            "--no-new-privileges/--allow-new-privileges",
+            envvar="OPENCLORE_AGENT_NO_NEW_PRIVILEGES",
+            help="Run rentals with no-new-privileges (setuid binaries such as sudo do not "
+            "raise privileges)",
+        ),
+    ] = True,
+    pids_limit: Annotated[
+        int,
+        typer.Option(envvar="OPENCLORE_AGENT_PIDS_LIMIT", help="Processes per rental (0: none)"),
+    ] = 4096,
+    log_max_size: Annotated[
+        str,
+        typer.Option(
+            envvar="OPENCLORE_AGENT_LOG_MAX_SIZE", help="Size of each rental's log file (json-file)"
+        ),
+    ] = "50m",
+    log_max_files: Annotated[
+        int,
+        typer.Option(envvar="OPENCLORE_AGENT_LOG_MAX_FILES", help="Log files kept per rental"),
+    ] = 3,
+    disk_quota: Annotated[
+        str,
+        typer.Option(
+            envvar="OPENCLORE_AGENT_DISK_QUOTA",
+            help="Writable-layer size per rental, e.g. 200g (needs a storage driver with quotas: "
+            "overlay2 on xfs with pquota, btrfs, zfs…; otherwise a warning and no quota) "
+            "(default: none)",
+        ),
+    ] = "",
     heartbeat: Annotated[
         float | None, typer.Option(help="Heartbeat interval in seconds [default: the server's]")
     ] = None,
@@ -152,6 +214,18 @@ def agent(
         raise typer.BadParameter("--isolation must be auto, on or off")
     if gpus not in ("auto", "all", "none"):
         raise typer.BadParameter("--gpus must be auto, all or none")
+    if pids_limit < 0:
+        raise typer.BadParameter("--pids-limit must be 0 (none) or more")
+    log_size = parse_size(log_max_size)
+    if not log_size or log_max_files < 1:
+        raise typer.BadParameter("--log-max-size and --log-max-files must be positive")
+    registries = split_list(allowed_registry)
+    from openclore.agent.images import InvalidReference, RegistryPolicy
+
+    try:
+        RegistryPolicy(registries)
+    except InvalidReference as exc:
+        raise typer.BadParameter(f"--allowed-registry: not a host or host:port: {exc}") from None
 
     from openclore.agent.channel import Agent, AgentUnauthorized, ChannelConfig
     from openclore.agent.reconcile import Reconciler, ReconcileSettings
@@ -168,9 +242,37 @@ def agent(
 
     try:
         if runtime == "docker":
-            from openclore.agent.runtime.docker import DockerRuntime
+            from openclore.agent.runtime.docker import (
+                DEFAULT_CAP_DROP,
+                DockerRuntime,
+                Hardening,
+                normalize_capability,
+            )
 
-            engine = DockerRuntime(state.agent_id, network=network or None, isolation=isolation)
+            drops = split_list(cap_drop)
+            try:
+                caps = (
+                    DEFAULT_CAP_DROP
+                    if cap_drop is None
+                    else tuple(normalize_capability(c) for c in drops if c.lower() != "none")
+                )
+            except ValueError as exc:
+                raise typer.BadParameter(f"--cap-drop: {exc}") from None
+            hardening = Hardening(
+                cap_drop=caps,
+                no_new_privileges=no_new_privileges,
+                pids_limit=pids_limit or None,
+                log_max_size=format_size(log_size),
+                log_max_files=log_max_files,
+                disk_quota=parse_size(disk_quota),
+            )
+            engine = DockerRuntime(
+                state.agent_id,
+                network=network or None,
+                isolation=isolation,
+                hardening=hardening,
+                allowed_registries=registries,
+            )
         else:
             from openclore.agent.runtime.simulated import SimulatedRuntime
 

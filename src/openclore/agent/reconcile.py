@@ -19,7 +19,10 @@ Container conventions (the way common GPU-cloud images expect their settings):
   ``SSH_PASSWORD``, starts ``sshd`` (installing openssh-server with apt/apk/dnf when missing and
   the network allows), runs ``/root/onstart.sh`` and then keeps the container alive;
 - the container runs with an init process (``init=True``), the host's NVIDIA GPUs when it has
-  any, the CPU and memory limits of the agent's settings, on the agent's isolated network.
+  any, the CPU and memory limits of the agent's settings, on the agent's isolated network, and
+  hardened by the runtime (:class:`openclore.agent.runtime.docker.Hardening`);
+- an image that cannot be used is reported as ``image <image> is unavailable: <reason>`` with
+  the runtime's generic reason (never the engine's own text).
 """
 
 from __future__ import annotations
@@ -288,7 +291,7 @@ class Reconciler:
                     exclude.update(b.host_port for b in bindings)
             else:
                 raise LaunchFailed("no free host port found after 5 attempts")
-        except ImageUnavailable as exc:
+        except ImageUnavailable as exc:  # a generic reason: the engine's text is in the log
             self._fail(d, f"image {d.image} is unavailable: {exc}")
             return
         except RuntimeProblem as exc:

@@ -76,7 +76,15 @@ class RuntimeProblem(Exception):
 
 
 class ImageUnavailable(RuntimeProblem):
-    """The image is neither on the host nor pullable."""
+    """The image is neither on the host nor pullable. The message is a generic reason ("pull
+    failed"; the reconciler reports "image <image> is unavailable: <reason>"): the engine's own
+    error text stays in the host's log, since it can tell a renter what the host's network looks
+    like (which ports are open)."""
+
+
+class ImageRefused(ImageUnavailable):
+    """The image names a registry the host's engine must not contact (see
+    :mod:`openclore.agent.images`), or is not a valid reference: refused before any pull."""
 
 
 class LaunchFailed(RuntimeProblem):

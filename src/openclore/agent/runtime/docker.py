@@ -1,5 +1,16 @@
 """The Docker runtime: containers through the Docker engine API (the ``docker`` SDK).
 
+Hardening of every rental (:class:`Hardening`, the agent's settings): the capabilities in
+``cap_drop`` are dropped from Docker's default set (``NET_RAW``, ``MKNOD``, ``SETFCAP``; see
+``docs/host-guide.md`` for why each kept one stays), ``no-new-privileges`` is set, the number of
+processes is limited (``pids_limit``), logs are ``json-file`` with rotation (``max-size`` ×
+``max-file``), and a disk quota (``storage_opt size``) is set when the host asked for one and the
+storage driver supports it (overlay2 only on xfs mounted with ``pquota``; otherwise the agent warns
+once and runs rentals without a quota).
+
+Images: before any pull the reference is checked against the registry policy
+(:mod:`openclore.agent.images`), and pull errors reach the market in generic terms only.
+
 Network isolation: rentals run on a dedicated bridge network (default ``openclore``) with
 inter-container traffic off (``enable_icc=false``). When ``iptables`` is usable (root), the agent
 also installs, idempotently, two chains for that bridge:
@@ -7,9 +18,17 @@ also installs, idempotently, two chains for that bridge:
 - ``OC-F-<bridge>``, jumped to from ``DOCKER-USER`` (forwarded traffic): new connections from
   containers to private, link-local, CGNAT, benchmark and multicast ranges (10/8, 172.16/12,
   192.168/16, 169.254/16, 100.64/10, 198.18/15, 224/4, 0/8) are rejected; replies to renters'
-  inbound connections and DNS are let through; the public internet is reachable;
+  inbound connections and DNS to the host's resolvers are let through; the public internet is
+  reachable;
 - ``OC-I-<bridge>``, jumped to from ``INPUT``: containers cannot open connections to the host
-  itself (any of its addresses: the agent, the host's SSH, a local database…), DNS excepted.
+  itself (any of its addresses: the agent, the host's SSH, a local database…).
+
+The DNS exception (port 53, UDP and TCP) in both chains is for the resolvers the host's Docker
+daemon forwards containers' queries to (:func:`host_resolvers`: ``dns`` of
+``/etc/docker/daemon.json`` and the nameservers of ``/etc/resolv.conf``, or of systemd-resolved's
+upstream file when that one only names a loopback stub), not for port 53 of every private address.
+Docker's embedded DNS (127.0.0.11 inside the container) sends those queries from the container's
+own network namespace, so they cross the bridge like any other packet.
 
 IPv6 is not enabled on the network, so containers have no IPv6 route at all.
 """
@@ -17,21 +36,32 @@ IPv6 is not enabled on the network, so containers have no IPv6 route at all.
 from __future__ import annotations
 
 import io
+import ipaddress
+import json
 import logging
 import shutil
 import subprocess
 import tarfile
 import threading
 import time
-from pathlib import PurePosixPath
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import docker  # type: ignore[import-untyped]
 import docker.errors  # type: ignore[import-untyped]
-from docker.types import DeviceRequest  # type: ignore[import-untyped]
+from docker.types import DeviceRequest, LogConfig  # type: ignore[import-untyped]
 
+from openclore.agent.images import (
+    InvalidReference,
+    RegistryPolicy,
+    RegistryRefused,
+    parse_reference,
+)
 from openclore.agent.runtime import (
     LABEL_AGENT,
+    ImageRefused,
     ImageUnavailable,
     LaunchFailed,
     LaunchSpec,
@@ -54,6 +84,60 @@ PRIVATE_RANGES = [
 ]
 NETWORK_LABEL = "openclore.network"
 
+# Of Docker's default capabilities (AUDIT_WRITE CHOWN DAC_OVERRIDE FOWNER FSETID KILL MKNOD
+# NET_BIND_SERVICE NET_RAW SETFCAP SETGID SETPCAP SETUID SYS_CHROOT), those a GPU workload, sshd,
+# Jupyter, pip and apt do without: raw sockets (packet spoofing on the bridge), device nodes, file
+# capabilities. sshd needs SETUID/SETGID/CHOWN/SYS_CHROOT (privilege separation), AUDIT_WRITE
+# (distributions' sshd built with audit support refuse logins without it), NET_BIND_SERVICE (22).
+DEFAULT_CAP_DROP = ("NET_RAW", "MKNOD", "SETFCAP")
+_CAPABILITY_NAMES = """
+AUDIT_CONTROL AUDIT_READ AUDIT_WRITE BLOCK_SUSPEND BPF CHECKPOINT_RESTORE CHOWN DAC_OVERRIDE
+DAC_READ_SEARCH FOWNER FSETID IPC_LOCK IPC_OWNER KILL LEASE LINUX_IMMUTABLE MAC_ADMIN MAC_OVERRIDE
+MKNOD NET_ADMIN NET_BIND_SERVICE NET_BROADCAST NET_RAW PERFMON SETFCAP SETGID SETPCAP SETUID
+SYS_ADMIN SYS_BOOT SYS_CHROOT SYS_MODULE SYS_NICE SYS_PACCT SYS_PTRACE SYS_RAWIO SYS_RESOURCE
+SYS_TIME SYS_TTY_CONFIG SYSLOG WAKE_ALARM ALL
+"""
+CAPABILITIES = frozenset(_CAPABILITY_NAMES.split())
+DAEMON_JSON = Path("/etc/docker/daemon.json")
+RESOLV_CONF = Path("/etc/resolv.conf")
+SYSTEMD_RESOLV_CONF = Path("/run/systemd/resolve/resolv.conf")
+
+
+@dataclass(frozen=True)
+class Hardening:
+    """What every rental container is confined by (the agent's settings)."""
+
+    cap_drop: tuple[str, ...] = DEFAULT_CAP_DROP
+    no_new_privileges: bool = True
+    pids_limit: int | None = 4096  # None or 0: no limit
+    log_max_size: str = "50m"  # json-file max-size, per file
+    log_max_files: int = 3
+    disk_quota: int | None = None  # bytes of writable layer (storage_opt size); None: off
+
+    def container_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "log_config": LogConfig(
+                type="json-file",
+                config={"max-size": self.log_max_size, "max-file": str(self.log_max_files)},
+            )
+        }
+        if self.cap_drop:
+            options["cap_drop"] = list(self.cap_drop)
+        if self.no_new_privileges:
+            options["security_opt"] = ["no-new-privileges"]
+        if self.pids_limit:
+            options["pids_limit"] = self.pids_limit
+        return options
+
+
+def normalize_capability(name: str) -> str:
+    """``net_raw``, ``CAP_NET_RAW`` → ``NET_RAW``; raises ValueError for an unknown name."""
+    cap = name.strip().upper()
+    cap = cap.removeprefix("CAP_")
+    if cap not in CAPABILITIES:
+        raise ValueError(f"unknown capability {name!r}")
+    return cap
+
 
 class DockerRuntime:
     def __init__(
@@ -64,10 +148,15 @@ class DockerRuntime:
         isolation: str = "auto",  # auto | on | off
         base_url: str | None = None,
         timeout: float = 120.0,
+        hardening: Hardening | None = None,
+        allowed_registries: Sequence[str] = (),
     ) -> None:
         self.agent_id = agent_id
         self.network = network
         self.isolation = isolation
+        self.hardening = hardening or Hardening()
+        self.registries = RegistryPolicy(allowed_registries)
+        self.disk_quota = self.hardening.disk_quota  # set to None when the engine refuses it
         try:
             self.client = (
                 docker.DockerClient(base_url=base_url, timeout=int(timeout))
@@ -84,7 +173,7 @@ class DockerRuntime:
     # ------------------------------------------------------------------ setup
 
     def prepare(self) -> list[str]:
-        notes: list[str] = []
+        notes = self._hardening_notes()
         if not self.network:
             notes.append("containers use Docker's default bridge: no network isolation")
             return notes
@@ -96,11 +185,39 @@ class DockerRuntime:
             notes.append("isolation rules off (--isolation off)")
             return notes
         try:
-            notes.extend(apply_isolation(self.bridge))
+            notes.extend(apply_isolation(self.bridge, host_resolvers()))
         except RuntimeProblem as exc:
             if self.isolation == "on":
                 raise
             notes.append(f"WARNING: no iptables isolation: {exc}")
+        return notes
+
+    def _hardening_notes(self) -> list[str]:
+        h = self.hardening
+        notes = [
+            f"containers: capabilities dropped: {', '.join(h.cap_drop) or 'none'}; "
+            f"no-new-privileges {'on' if h.no_new_privileges else 'OFF'}; "
+            f"pids limit {h.pids_limit or 'none'}; "
+            f"logs json-file {h.log_max_size} x {h.log_max_files}"
+        ]
+        if self.disk_quota:
+            problem = None
+            try:
+                info = self.client.info()
+            except docker.errors.DockerException:
+                info = {}
+            driver = str(info.get("Driver", ""))
+            backing = dict(info.get("DriverStatus") or []).get("Backing Filesystem", "")
+            if driver == "overlay2" and backing and backing != "xfs":
+                problem = f"overlay2 on {backing} (needs xfs mounted with pquota)"
+            if problem is not None:
+                self.disk_quota = None
+                notes.append(f"WARNING: no disk quota for rentals: {problem}")
+            else:
+                notes.append(
+                    f"disk quota {self.disk_quota} bytes per rental ({driver or 'unknown driver'}; "
+                    "dropped with a warning if the engine refuses it)"
+                )
         return notes
 
     def _ensure_network(self, name: str) -> Any:
@@ -161,11 +278,23 @@ class DockerRuntime:
             return False
 
     def pull(self, image: str) -> None:
-        repository, tag = _split_tag(image)
+        """Pull ``image`` if the registry policy allows its registry. Errors are generic: the
+        engine's own text (which can say whether a host's port is open) goes to the log only."""
         try:
-            self.client.images.pull(repository, tag=tag)
+            ref = parse_reference(image)
+        except InvalidReference:
+            log.warning("refused to pull %r: not a valid image reference", image[:300])
+            raise ImageRefused("not a valid image reference") from None
+        try:
+            self.registries.check(ref)
+        except RegistryRefused as exc:
+            log.warning("refused to pull %s: %s (%s)", image, exc, exc.detail)
+            raise ImageRefused(str(exc)) from None
+        try:
+            self.client.images.pull(ref.name, tag=ref.pull_tag)
         except docker.errors.DockerException as exc:
-            raise ImageUnavailable(_explain(exc)) from exc
+            log.warning("pull of %s failed: %s", image, _explain(exc))
+            raise ImageUnavailable("pull failed") from None
 
     def logs(self, container_id: str, tail: int) -> str:
         try:
@@ -184,7 +313,10 @@ class DockerRuntime:
             "detach": True,
             "init": True,
             "ports": {f"{b.container_port}/tcp": (b.host_ip, b.host_port) for b in spec.ports},
+            **self.hardening.container_options(),
         }
+        if self.disk_quota:
+            kwargs["storage_opt"] = {"size": str(self.disk_quota)}
         if self.network:
             kwargs["network"] = self.network
         if spec.entrypoint is not None:
@@ -202,7 +334,8 @@ class DockerRuntime:
         try:
             container = self._create(spec.image, kwargs)
         except docker.errors.ImageNotFound as exc:
-            raise ImageUnavailable(_explain(exc)) from exc
+            log.warning("create from %s: %s", spec.image, _explain(exc))
+            raise ImageUnavailable("not on this host") from None
         except docker.errors.DockerException as exc:
             raise LaunchFailed(f"cannot create the container: {_explain(exc)}") from exc
         try:
@@ -218,14 +351,25 @@ class DockerRuntime:
         return self._after_start(container.id, spec.onstart)
 
     def _create(self, image: str, kwargs: dict[str, Any]) -> Any:
-        try:
-            return self.client.containers.create(image, **kwargs)
-        except docker.errors.APIError as exc:
-            if exc.status_code != 409:
+        removed = False
+        while True:
+            try:
+                return self.client.containers.create(image, **kwargs)
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409 and not removed:
+                    # a stale container of ours holds the name (an interrupted earlier launch)
+                    self._force_remove(kwargs["name"])
+                    removed = True
+                    continue
+                if "storage_opt" in kwargs and _refuses_storage_opt(exc):
+                    log.warning(
+                        "the engine refuses a disk quota (%s): rentals run without one",
+                        _explain(exc),
+                    )
+                    self.disk_quota = None
+                    del kwargs["storage_opt"]
+                    continue
                 raise
-            # a stale container of ours holds the name (an interrupted earlier launch)
-            self._force_remove(kwargs["name"])
-            return self.client.containers.create(image, **kwargs)
 
     def start(self, container_id: str, onstart: list[str] | None) -> Observed:
         try:
@@ -334,13 +478,11 @@ def _tar(files: list[Any]) -> bytes:
     return buf.getvalue()
 
 
-def _split_tag(image: str) -> tuple[str, str]:
-    if "@" in image:
-        return image, ""
-    name, sep, tag = image.rpartition(":")
-    if sep and "/" not in tag:
-        return name, tag
-    return image, "latest"
+def _refuses_storage_opt(exc: Exception) -> bool:
+    text = _explain(exc).lower()
+    if any(word in text for word in ("storage-opt", "storage opt", "storageopt")):
+        return True
+    return "quota" in text and "size" in text
 
 
 def _explain(exc: Exception) -> str:
@@ -351,8 +493,61 @@ def _explain(exc: Exception) -> str:
 # ----------------------------------------------------------------------------- isolation
 
 
-def apply_isolation(bridge: str) -> list[str]:
-    """Install (or refresh) the iptables chains described in the module docstring."""
+def host_resolvers(
+    resolv_conf: Path = RESOLV_CONF,
+    systemd_resolv_conf: Path = SYSTEMD_RESOLV_CONF,
+    daemon_json: Path = DAEMON_JSON,
+) -> list[str]:
+    """The IPv4 resolvers containers' DNS queries go to: the daemon's ``dns`` setting and the
+    host's nameservers (systemd-resolved's upstream ones when ``/etc/resolv.conf`` only names a
+    loopback stub, as Docker does). Loopback addresses are left out (Docker never hands them to
+    containers); so are IPv6 ones (the rental network has no IPv6)."""
+    found: list[str] = []
+    try:
+        config = json.loads(daemon_json.read_text())
+    except (OSError, ValueError):
+        config = None
+    if isinstance(config, dict) and isinstance(config.get("dns"), list):
+        found.extend(str(x) for x in config["dns"])
+    names = _nameservers(resolv_conf)
+    if all(_is_loopback(n) for n in names):
+        names += _nameservers(systemd_resolv_conf)
+    found.extend(names)
+    out: list[str] = []
+    for text in found:
+        try:
+            address = ipaddress.ip_address(text.partition("%")[0])
+        except ValueError:
+            continue
+        if address.version == 4 and not address.is_loopback and str(address) not in out:
+            out.append(str(address))
+    return out
+
+
+def _nameservers(path: Path) -> list[str]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            out.append(fields[1])
+    return out
+
+
+def _is_loopback(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text.partition("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def apply_isolation(bridge: str, resolvers: Iterable[str] = ()) -> list[str]:
+    """Install (or refresh) the iptables chains described in the module docstring; DNS (port 53)
+    is let through to ``resolvers`` only."""
+    resolvers = list(resolvers)
     iptables = shutil.which("iptables")
     if iptables is None:
         raise RuntimeProblem("iptables not found")
@@ -372,8 +567,9 @@ def apply_isolation(bridge: str) -> list[str]:
         run("-F", chain)
     for chain in (fwd, inp):
         run("-A", chain, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN")
-        run("-A", chain, "-p", "udp", "--dport", "53", "-j", "RETURN")
-        run("-A", chain, "-p", "tcp", "--dport", "53", "-j", "RETURN")
+        for resolver in resolvers:
+            for proto in ("udp", "tcp"):
+                run("-A", chain, "-d", resolver, "-p", proto, "--dport", "53", "-j", "RETURN")
     for cidr in PRIVATE_RANGES:
         run("-A", fwd, "-d", cidr, "-j", "REJECT")
     run("-A", fwd, "-j", "RETURN")
@@ -385,5 +581,6 @@ def apply_isolation(bridge: str) -> list[str]:
         run("-I", "INPUT", "1", "-i", bridge, "-j", inp)
     return [
         f"iptables: {bridge} → private/link-local/CGNAT ranges rejected ({hook}), "
-        f"{bridge} → host rejected (INPUT); DNS and replies allowed"
+        f"{bridge} → host rejected (INPUT); replies allowed; DNS allowed to "
+        f"{', '.join(resolvers) or 'no private resolver'}"
     ]

@@ -74,7 +74,7 @@ class SimulatedRuntime:
     def pull(self, image: str) -> None:
         with self.engine.lock:
             if self.engine.pullable is not None and image not in self.engine.pullable:
-                raise ImageUnavailable(f"pull access denied for {image}, repository does not exist")
+                raise ImageUnavailable("pull failed")
             self.engine.images.add(image)
 
     def launch(self, spec: LaunchSpec) -> Observed:
@@ -82,7 +82,7 @@ class SimulatedRuntime:
             time.sleep(self.delay)
         with self.engine.lock:
             if spec.image not in self.engine.images:
-                raise ImageUnavailable(f"No such image: {spec.image}")
+                raise ImageUnavailable("not on this host")
             busy = {
                 p
                 for c in self.engine.containers.values()

@@ -1,0 +1,307 @@
+"""The agent's hardening, without Docker: image references, the registry policy, the resolvers the
+firewall lets DNS through to, and the container options. (The same things on real containers:
+tests/test_agent_docker.py.)"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+
+import pytest
+
+from openclore.agent.cli import format_size, split_list
+from openclore.agent.images import (
+    InvalidReference,
+    RegistryPolicy,
+    RegistryRefused,
+    address_problem,
+    parse_reference,
+    resolve,
+    split_host_port,
+)
+from openclore.agent.runtime.docker import (
+    DEFAULT_CAP_DROP,
+    Hardening,
+    host_resolvers,
+    normalize_capability,
+)
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("image", "registry", "host", "port", "path", "tag", "digest", "explicit"),
+    [
+        ("ubuntu", "docker.io", "docker.io", None, "library/ubuntu", None, None, False),
+        ("ubuntu:22.04", "docker.io", "docker.io", None, "library/ubuntu", "22.04", None, False),
+        ("foo/bar", "docker.io", "docker.io", None, "foo/bar", None, None, False),
+        (
+            "nvidia/cuda:12.4.1-base-ubuntu22.04",
+            "docker.io", "docker.io", None, "nvidia/cuda", "12.4.1-base-ubuntu22.04", None, False,
+        ),
+        ("myhost:5000", "docker.io", "docker.io", None, "library/myhost", "5000", None, False),
+        ("index.docker.io/library/ubuntu", "docker.io", "index.docker.io", None,
+         "library/ubuntu", None, None, True),
+        ("docker.io/ubuntu", "docker.io", "docker.io", None, "library/ubuntu", None, None, True),
+        ("ghcr.io/org/img:v1", "ghcr.io", "ghcr.io", None, "org/img", "v1", None, True),
+        ("localhost/foo", "localhost", "localhost", None, "foo", None, None, True),
+        ("localhost:5000/a/b:1", "localhost:5000", "localhost", 5000, "a/b", "1", None, True),
+        ("Registry/foo", "Registry", "registry", None, "foo", None, None, True),
+        ("127.0.0.1:18432/probe:latest", "127.0.0.1:18432", "127.0.0.1", 18432, "probe",
+         "latest", None, True),
+        ("10.0.0.5/team/img", "10.0.0.5", "10.0.0.5", None, "team/img", None, None, True),
+        ("[::1]:5000/probe", "[::1]:5000", "::1", 5000, "probe", None, None, True),
+        (f"[fd00::1]/x@{DIGEST}", "[fd00::1]", "fd00::1", None, "x", None, DIGEST, True),
+        (f"reg.example.com/a/b:t@{DIGEST}", "reg.example.com", "reg.example.com", None, "a/b",
+         "t", DIGEST, True),
+        (f"ubuntu@{DIGEST}", "docker.io", "docker.io", None, "library/ubuntu", None, DIGEST,
+         False),
+        ("a-b_c__d/f--g.h", "docker.io", "docker.io", None, "a-b_c__d/f--g.h", None, None,
+         False),
+    ],
+)
+def test_image_references_are_parsed_like_the_daemon_does(
+    image: str,
+    registry: str,
+    host: str,
+    port: int | None,
+    path: str,
+    tag: str | None,
+    digest: str | None,
+    explicit: bool,
+) -> None:
+    ref = parse_reference(image)
+    assert (ref.registry, ref.host, ref.port, ref.path, ref.tag, ref.digest) == (
+        registry, host, port, path, tag, digest
+    )
+    assert ref.explicit_registry is explicit
+    assert ref.pull_tag == (digest or tag or "latest")
+    assert image.startswith(ref.name)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "",
+        " ubuntu",
+        "ubuntu ",
+        "Ubuntu",
+        "a//b",
+        "/ubuntu",
+        "ubuntu/",
+        "127.0.0.1:18432/Probe",
+        "http://127.0.0.1:18432/probe",
+        "127.0.0.1:port/probe",
+        "[::1/probe",
+        "[::1]x/probe",
+        "ubuntu:",
+        "ubuntu:bad tag",
+        "ubuntu:-dash",
+        "ubuntu@sha256:abc",
+        "ubuntu@" + DIGEST + "x",
+        "ab" * 32,
+        "a" * 256,
+        "ubuntu:" + "t" * 129,
+        "bad_-_/x",
+        "reg.example.com/ü",
+        "-reg.example.com/x",
+    ],
+)
+def test_invalid_references_are_refused(image: str) -> None:
+    with pytest.raises(InvalidReference):
+        parse_reference(image)
+
+
+@pytest.mark.parametrize(
+    ("address", "problem"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("127.255.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("10.1.2.3", "private"),
+        ("172.16.0.1", "private"),
+        ("172.31.255.255", "private"),
+        ("192.168.1.1", "private"),
+        ("fd00::1", "private"),
+        ("fc00::1", "private"),
+        ("169.254.169.254", "link-local"),
+        ("fe80::1", "link-local"),
+        ("100.64.0.1", "CGNAT"),
+        ("100.127.255.255", "CGNAT"),
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("224.0.0.1", "multicast"),
+        ("ff02::1", "multicast"),
+        ("240.0.0.1", "private"),  # 240/4 is in Python's private list (reserved, too)
+        ("255.255.255.255", "private"),
+        ("198.18.0.1", "private"),
+        ("192.0.2.1", "private"),  # documentation
+        ("::ffff:127.0.0.1", "loopback"),  # IPv4-mapped
+        ("::ffff:10.0.0.1", "private"),
+        ("2002:7f00:1::1", "loopback"),  # 6to4 of 127.0.0.1
+        ("2002:a9fe:a9fe::1", "link-local"),  # 6to4 of 169.254.169.254
+        ("64:ff9b::a00:1", "private"),  # NAT64 of 10.0.0.1
+        ("8.8.8.8", None),
+        ("1.1.1.1", None),
+        ("100.63.255.255", None),
+        ("100.128.0.0", None),
+        ("172.15.255.255", None),
+        ("172.32.0.1", None),
+        ("2606:4700:4700::1111", None),
+        ("::ffff:8.8.8.8", None),
+    ],
+)
+def test_addresses_the_daemon_may_not_be_sent_to(address: str, problem: str | None) -> None:
+    assert address_problem(ipaddress.ip_address(address)) == problem
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("registry.lan", ("registry.lan", None)),
+        ("Registry.LAN:5000", ("registry.lan", 5000)),
+        ("10.0.0.5:5000", ("10.0.0.5", 5000)),
+        ("[fd00::1]:5000", ("fd00::1", 5000)),
+        ("[fd00::1]", ("fd00::1", None)),
+        ("fd00::1", ("fd00::1", None)),
+    ],
+)
+def test_allowed_registry_entries(text: str, expected: tuple[str, int | None]) -> None:
+    assert split_host_port(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "host:", "host:x", "host:0", "host:70000", "[::1", "[::1]x"])
+def test_bad_allowed_registry_entries(text: str) -> None:
+    with pytest.raises(InvalidReference):
+        split_host_port(text)
+
+
+class FakeDNS:
+    def __init__(self, answers: dict[str, list[str]]) -> None:
+        self.answers = answers
+        self.asked: list[str] = []
+
+    def __call__(self, host: str, port: int | None) -> list[str]:
+        self.asked.append(host)
+        if host not in self.answers:
+            raise OSError(f"{host} does not resolve")
+        return self.answers[host]
+
+
+DNS = {
+    "public.example": ["203.0.114.7", "2606:4700::1"],
+    "internal.example": ["10.0.0.7"],
+    "mixed.example": ["8.8.8.8", "192.168.0.9"],
+    "rebind.example": ["8.8.4.4", "::ffff:127.0.0.1"],
+    "empty.example": [],
+    "registry.lan": ["10.0.0.5"],
+}
+
+
+@pytest.mark.parametrize(
+    ("image", "allowed", "refusal", "asked"),
+    [
+        ("ubuntu:22.04", [], None, []),
+        ("docker.io/library/ubuntu", [], None, []),
+        ("index.docker.io/library/ubuntu", [], None, []),
+        ("8.8.8.8:5000/x", [], None, []),
+        ("[2606:4700::1]:5000/x", [], None, []),
+        ("public.example/x:1", [], None, ["public.example"]),
+        ("127.0.0.1:18432/probe:latest", [], "127.0.0.1:18432 is not allowed", []),
+        ("[::1]:18432/probe", [], "[::1]:18432 is not allowed", []),
+        ("169.254.169.254/latest", [], "169.254.169.254 is not allowed", []),
+        ("100.64.1.1:443/x", [], "100.64.1.1:443 is not allowed", []),
+        ("0.0.0.0:80/x", [], "0.0.0.0:80 is not allowed", []),
+        ("internal.example/x", [], "internal.example is not allowed", ["internal.example"]),
+        ("mixed.example/x", [], "mixed.example is not allowed", ["mixed.example"]),
+        ("rebind.example/x", [], "rebind.example is not allowed", ["rebind.example"]),
+        ("nowhere.example/x", [], "nowhere.example cannot be resolved", ["nowhere.example"]),
+        ("empty.example/x", [], "empty.example cannot be resolved", ["empty.example"]),
+        ("docker.io:5000/x", [], "docker.io:5000 cannot be resolved", ["docker.io"]),
+        # the host's own registries
+        ("registry.lan:5000/team/x", ["registry.lan"], None, []),
+        ("registry.lan:5000/team/x", ["REGISTRY.lan:5000"], None, []),
+        ("registry.lan:5001/team/x", ["registry.lan:5000"], "not allowed", ["registry.lan"]),
+        ("10.0.0.5:5000/x", ["10.0.0.5:5000"], None, []),
+        ("10.0.0.5:5001/x", ["10.0.0.5:5000"], "10.0.0.5:5001 is not allowed", []),
+        ("127.0.0.1:5000/x", ["127.0.0.1"], None, []),
+        ("[fd00::1]:5000/x", ["[fd00::1]:5000"], None, []),
+        ("[fd00::1]:5000/x", ["fd00::1"], None, []),
+        ("localhost:5000/x", ["127.0.0.1"], "cannot be resolved", ["localhost"]),  # by name
+    ],
+)
+def test_the_registry_policy(
+    image: str, allowed: list[str], refusal: str | None, asked: list[str]
+) -> None:
+    dns = FakeDNS(DNS)
+    policy = RegistryPolicy(allowed, resolver=dns)
+    ref = parse_reference(image)
+    if refusal is None:
+        policy.check(ref)
+    else:
+        with pytest.raises(RegistryRefused) as info:
+            policy.check(ref)
+        assert str(info.value).startswith("registry ")
+        assert refusal in str(info.value)
+        assert info.value.detail  # what the host's log gets
+    assert dns.asked == asked
+
+
+def test_names_resolving_to_loopback_are_refused_with_the_real_resolver() -> None:
+    """``localhost`` resolves through /etc/hosts: no DNS server needed."""
+    assert "127.0.0.1" in resolve("localhost", 5000) or "::1" in resolve("localhost", 5000)
+    with pytest.raises(RegistryRefused, match="localhost:5000 is not allowed") as info:
+        RegistryPolicy().check(parse_reference("localhost:5000/probe:latest"))
+    assert "loopback" in info.value.detail
+    RegistryPolicy(["localhost:5000"]).check(parse_reference("localhost:5000/probe:latest"))
+    with pytest.raises(OSError):
+        resolve("does-not-exist.invalid", None, timeout=5)
+
+
+def test_host_resolvers(tmp_path: Path) -> None:
+    resolv = tmp_path / "resolv.conf"
+    systemd = tmp_path / "systemd-resolv.conf"
+    daemon = tmp_path / "daemon.json"
+    resolv.write_text(
+        "# generated\nsearch example.net\nnameserver 10.255.255.53\nnameserver ::1\n"
+        "nameserver 127.0.0.53\nnameserver 2001:db8::53\nnameserver 1.1.1.1\noptions ndots:0\n"
+    )
+    systemd.write_text("nameserver 192.168.1.1\n")
+    assert host_resolvers(resolv, systemd, daemon) == ["10.255.255.53", "1.1.1.1"]
+
+    resolv.write_text("nameserver 127.0.0.53\noptions edns0 trust-ad\n")  # systemd-resolved stub
+    assert host_resolvers(resolv, systemd, daemon) == ["192.168.1.1"]
+
+    daemon.write_text(json.dumps({"dns": ["172.17.0.53", "not-an-ip", "10.0.0.53"]}))
+    assert host_resolvers(resolv, systemd, daemon) == ["172.17.0.53", "10.0.0.53", "192.168.1.1"]
+
+    daemon.write_text("{broken")
+    resolv.unlink()
+    systemd.unlink()
+    assert host_resolvers(resolv, systemd, daemon) == []
+
+
+def test_container_options() -> None:
+    options = Hardening().container_options()
+    assert options["cap_drop"] == ["NET_RAW", "MKNOD", "SETFCAP"] == list(DEFAULT_CAP_DROP)
+    assert options["security_opt"] == ["no-new-privileges"]
+    assert options["pids_limit"] == 4096
+    assert options["log_config"]["Type"] == "json-file"
+    assert options["log_config"]["Config"] == {"max-size": "50m", "max-file": "3"}
+    bare = Hardening(cap_drop=(), no_new_privileges=False, pids_limit=None).container_options()
+    assert set(bare) == {"log_config"}
+
+
+def test_capability_names_and_cli_helpers() -> None:
+    assert normalize_capability("cap_net_raw") == "NET_RAW"
+    assert normalize_capability(" SYS_ADMIN ") == "SYS_ADMIN"
+    with pytest.raises(ValueError, match="unknown capability"):
+        normalize_capability("NET_RAWW")
+    assert split_list(["NET_RAW, MKNOD", "SETFCAP", "a b\tc"]) == [
+        "NET_RAW", "MKNOD", "SETFCAP", "a", "b", "c"
+    ]
+    assert split_list(None) == []
+    assert [format_size(n) for n in (50 * 1024**2, 3 * 1024**3, 2048, 1536, 1000)] == [
+        "50m", "3g", "2k", "1536", "1000"
+    ]
