@@ -26,10 +26,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from sqlalchemy import func, select, update
 
+from market_model import Model, Rules
+from market_model import Server as ModelServer
 from openclore.config import Settings
 from openclore.domain.errors import MarketError
 from openclore.domain.money import to_units
-from openclore.engine.billing import choose_running, lock_server, resolve_server
+from openclore.engine.billing import lock_server, resolve_server
 from openclore.engine.ticker import tick
 from openclore.ledger import ensure_system_accounts
 from openclore.market import orders as order_service
@@ -46,12 +48,31 @@ EXAMPLES = int(os.environ.get("OPENCLORE_SIM_EXAMPLES", "60"))
 STEPS = int(os.environ.get("OPENCLORE_SIM_STEPS", "50"))
 USERS = 4
 SERVERS = 3
-PRICES = ["0.0000005", "0.000001", "0.0000015", "0.000002", "0.0000042", "0.00001", "0.0864"]
+# prices per day that do not divide 86,400 evenly (but one), so rounding shows
+PRICES = [
+    "0.0000005",
+    "0.000001",
+    "0.0000015",
+    "0.0000042",
+    "0.00001",
+    "0.0000123457",
+    "0.0000777777",
+    "0.0864",
+]
 JUMPS = [0, 1, 5, 59, 600, 3599, 3600, 86400, 3 * 86400]
 
 
 def make_machine(db: Database, stats: dict[str, int]) -> type[RuleBasedStateMachine]:
     config = Settings(database_url=db.url, max_active_orders=50)
+    rules = Rules(
+        creation_fee_on_demand=to_units(config.creation_fee_on_demand["bitcoin"]),
+        creation_fee_spot=to_units(config.creation_fee_spot["bitcoin"]),
+        fee_on_demand_bp=int(config.fee_on_demand * 100),
+        fee_spot_bp=int(config.fee_spot * 100),
+        runway_seconds=config.runway_seconds,
+        max_active_orders=config.max_active_orders,
+        lowering_interval=config.spot_lowering_interval,
+    )
 
     class Market(RuleBasedStateMachine):
         def __init__(self) -> None:
@@ -59,11 +80,13 @@ def make_machine(db: Database, stats: dict[str, int]) -> type[RuleBasedStateMach
             _wipe(db)
             self.now = T0
             self.orders: list[int] = []
+            self.model = Model(rules, T0)
             with db.write() as conn:
                 ensure_system_accounts(conn, config.currencies)
                 self.users = [create_user(conn, f"u{i}", T0, config) for i in range(USERS)]
                 for uid in self.users:
                     deposit(conn, uid, "bitcoin", to_units("0.001"), config, T0)
+                    self.model.deposit(uid, to_units("0.001"))
                 self.servers = []
                 for i in range(SERVERS):
                     owner = self.users[i % 2]  # users 0 and 1 host, everyone rents
@@ -87,20 +110,42 @@ def make_machine(db: Database, stats: dict[str, int]) -> type[RuleBasedStateMach
                         T0,
                     )
                     self.servers.append(sid)
+                    self.model.servers[sid] = ModelServer(
+                        id=sid,
+                        owner=owner,
+                        online=True,
+                        public=True,
+                        mrl_hours=2 + 10 * i,
+                        on_demand=to_units("0.00001"),
+                        min_spot=to_units("0.000001"),
+                        settled_at=T0,
+                    )
 
-        def _run(self, fn: Any) -> None:
+        def _run(self, fn: Any, expected: str | bool | None = False) -> Any:
+            """Run one use case; compare its outcome with the model's (``False``: no opinion)."""
             try:
-                run_write(db, fn)
+                result = run_write(db, fn)
+                outcome = None
             except MarketError as exc:  # refused by a market rule: nothing may have been written
                 stats[exc.name] = stats.get(exc.name, 0) + 1
+                result, outcome = None, exc.name
+            if expected is not False and not self.model.diverged:
+                assert outcome == expected, (outcome, expected)
+            return result
+
+        def _step(self) -> None:
+            """The model catches up with the market's clock before each request."""
+            self.model.advance(self.now)
 
         @rule(user=st.integers(0, USERS - 1), amount=st.sampled_from(["0.000001", "0.0001", "0.5"]))
         def deposit(self, user: int, amount: str) -> None:
+            self._step()
             self._run(
                 lambda conn: deposit(
                     conn, self.users[user], "bitcoin", to_units(amount), config, self.now
                 )
             )
+            self.model.deposit(self.users[user], to_units(amount))
 
         @rule(
             user=st.integers(0, USERS - 1),
@@ -109,6 +154,7 @@ def make_machine(db: Database, stats: dict[str, int]) -> type[RuleBasedStateMach
             price=st.sampled_from(PRICES),
         )
         def create(self, user: int, server: int, spot: bool, price: str) -> None:
+            self._step()
             body: dict[str, Any] = {
                 "currency": "bitcoin",
                 "image": "busybox",
@@ -118,36 +164,57 @@ def make_machine(db: Database, stats: dict[str, int]) -> type[RuleBasedStateMach
             if spot:
                 body["spotprice"] = Decimal(price)
             req = CreateOrderRequest.model_validate(body)
+            uid, sid, bid = self.users[user], self.servers[server], to_units(price)
+            expected = self.model.create(uid, sid, spot, bid)
+            oid = self._run(
+                lambda conn: order_service.create_order(conn, uid, req, config, self.now),
+                expected,
+            )
+            if oid is not None:
+                self.orders.append(oid)
+                self.model.created(oid, uid, sid, spot, bid)
 
-            def run(conn: Any) -> None:
-                self.orders.append(
-                    order_service.create_order(conn, self.users[user], req, config, self.now)
-                )
-
-            self._run(run)
+        @rule(
+            renter=st.integers(2, USERS - 1),
+            server=st.integers(0, SERVERS - 1),
+            spot=st.booleans(),
+            price=st.sampled_from(PRICES[1:]),
+        )
+        def rent(self, renter: int, server: int, spot: bool, price: str) -> None:
+            """A renter who hosts nothing rents at a price the server accepts (most often)."""
+            self.create(renter, server, spot, price)
 
         @rule(data=st.data(), price=st.sampled_from(PRICES))
         def bid(self, data: st.DataObject, price: str) -> None:
             if not self.orders:
                 return
+            self._step()
             oid = data.draw(st.sampled_from(self.orders))
             owner = self._owner(oid)
+            expected = self.model.bid(oid, to_units(price)) if not self.model.diverged else False
             self._run(
                 lambda conn: order_service.set_spot_price(
                     conn, owner, oid, to_units(price), config, self.now
-                )
+                ),
+                expected,
             )
 
         @rule(data=st.data())
         def cancel(self, data: st.DataObject) -> None:
             if not self.orders:
                 return
+            self._step()
             oid = data.draw(st.sampled_from(self.orders))
             owner = self._owner(oid)
-            self._run(lambda conn: order_service.cancel_order(conn, owner, oid, None, self.now))
+            expected = self.model.cancel(oid) if not self.model.diverged else False
+            self._run(
+                lambda conn: order_service.cancel_order(conn, owner, oid, None, self.now),
+                expected,
+            )
 
         @rule(server=st.integers(0, SERVERS - 1), online=st.booleans())
         def set_online(self, server: int, online: bool) -> None:
+            self._step()
             sid = self.servers[server]
 
             def run(conn: Any) -> None:
@@ -155,7 +222,8 @@ def make_machine(db: Database, stats: dict[str, int]) -> type[RuleBasedStateMach
                 conn.execute(update(servers).where(servers.c.id == sid).values(online=online))
                 resolve_server(conn, sid, self.now)
 
-            self._run(run)
+            self._run(run, None)
+            self.model.set_online(sid, online)
 
         @rule(
             server=st.integers(0, SERVERS - 1),
@@ -164,6 +232,7 @@ def make_machine(db: Database, stats: dict[str, int]) -> type[RuleBasedStateMach
             available=st.booleans(),
         )
         def settings_change(self, server: int, price: str, mrl: int, available: bool) -> None:
+            self._step()
             sid = self.servers[server]
             req = SetServerSettingsRequest(
                 name=f"s{server}",
@@ -175,14 +244,26 @@ def make_machine(db: Database, stats: dict[str, int]) -> type[RuleBasedStateMach
             self._run(
                 lambda conn: server_service.set_server_settings(
                     conn, self.users[server % 2], req, config, self.now
-                )
+                ),
+                None,
             )
-            del sid
+            self.model.change_settings(
+                sid, available, mrl, to_units(Decimal(price)), to_units(Decimal(price) / 2)
+            )
 
         @rule(seconds=st.sampled_from(JUMPS))
         def advance(self, seconds: int) -> None:
+            """Time passes and the engine ticks."""
             self.now += seconds
             tick(db, self.now, config.agent_timeout)
+            self._step()
+            self.model.settle_all()
+
+        @rule(seconds=st.sampled_from(JUMPS))
+        def wait(self, seconds: int) -> None:
+            """Time passes and nothing ticks: the next request finds the market unsettled."""
+            self.now += seconds
+            self._step()
 
         def teardown(self) -> None:
             with db.read() as conn:
@@ -223,30 +304,75 @@ def make_machine(db: Database, stats: dict[str, int]) -> type[RuleBasedStateMach
                     spend_leg = booked.get((o.id, "spend"), 0)
                     fee_leg = booked.get((o.id, "fee"), 0)
                     assert spend_leg + fee_leg == o.spend, (o.id, spend_leg, fee_leg, o.spend)
-                    assert fee_leg == o.fee_paid
+                    assert fee_leg == o.fee_paid == o.spend * o.fee_bp // 10000
                     assert booked.get((o.id, "creation_fee"), 0) == o.creation_fee
-                    assert o.spend == o.price * o.active_seconds // 86400 or o.spot
                     if o.expired:
                         assert not o.running
 
         @invariant()
-        def the_right_order_runs(self) -> None:
-            with db.read() as conn:
-                online = {
-                    r.id: r.online for r in conn.execute(select(servers.c.id, servers.c.online))
-                }
-                live = [
-                    dict(r._mapping)
-                    for r in conn.execute(select(orders).where(orders.c.expired.is_(False)))
-                ]
+        def the_market_matches_the_model(self) -> None:
+            """What the engine booked so far, and the market brought up to now (in a transaction
+            that is rolled back), are what the model says; at most one order runs per server."""
+            self.model.advance(self.now)
+            booked_orders, booked_wallets = _snapshot(db, self.servers, self.users, None)
+            now_orders, now_wallets = _snapshot(db, self.servers, self.users, self.now)
+            for rows in (booked_orders, now_orders):
+                for sid in self.servers:
+                    running = [o for o in rows.values() if o["server_id"] == sid and o["running"]]
+                    assert len(running) <= 1
+            if self.model.diverged:
+                stats["unmodelled"] += 1
+                return
+            stats["modelled"] += 1
+            model = self.model
+            for oid, want in model.orders.items():
+                booked, now = booked_orders[oid], now_orders[oid]
+                assert booked["spend"] == want.booked_spend(), (oid, booked, want)
+                assert now["spend"] == want.spend(), (oid, now, want)
+                assert now["active_seconds"] == want.seconds(), (oid, now, want)
+                assert now["fee_paid"] == want.fee()
+                assert now["expired"] == (want.ended_at is not None), (oid, now, want)
+                if want.ended_at is not None:
+                    assert (now["ended_at"], now["end_reason"]) == (want.ended_at, want.end_reason)
             for sid in self.servers:
-                here = [o for o in live if o["server_id"] == sid]
-                running = [o["id"] for o in here if o["running"]]
-                assert len(running) <= 1
-                expected = choose_running(online[sid], here)
-                assert running == ([] if expected is None else [expected]), (sid, here)
+                running = [
+                    o["id"] for o in now_orders.values() if o["server_id"] == sid and o["running"]
+                ]
+                expected = model.running(sid)
+                assert running == ([] if expected is None else [expected]), (sid, now_orders)
+            for uid in self.users:
+                assert booked_wallets[uid] == model.booked_balance(uid), uid
+                assert now_wallets[uid] == model.balance(uid), uid
 
     return Market
+
+
+def _snapshot(
+    db: Database, server_ids: list[int], users: list[int], settle_to: int | None
+) -> tuple[dict[int, dict[str, Any]], dict[int, int]]:
+    """Orders and wallets as booked, or (``settle_to``) as every server settled to that moment
+    would show them, in a transaction that is rolled back."""
+    with db.engine.connect() as conn:
+        if db.is_sqlite:
+            conn = conn.execution_options(sqlite_immediate=True)
+        transaction = conn.begin()
+        try:
+            if settle_to is not None:
+                for sid in server_ids:
+                    lock_server(conn, sid)
+                    resolve_server(conn, sid, settle_to)
+            rows = {r.id: dict(r._mapping) for r in conn.execute(select(orders))}
+            wallets = {
+                int(r.user_id): int(r.balance)
+                for r in conn.execute(
+                    select(accounts.c.user_id, accounts.c.balance).where(
+                        accounts.c.kind == "wallet", accounts.c.currency == "bitcoin"
+                    )
+                )
+            }
+        finally:
+            transaction.rollback()
+    return rows, {uid: wallets.get(uid, 0) for uid in users}
 
 
 def _wipe(db: Database) -> None:
@@ -265,7 +391,7 @@ def _wipe(db: Database) -> None:
 @pytest.mark.slow
 def test_market_simulation(request: pytest.FixtureRequest, backend: str, tmp_path: Any) -> None:
     db = fresh_database(request, backend, tmp_path)
-    stats = {"steps": 0, "orders": 0, "billed": 0, "ended": 0}
+    stats = {"steps": 0, "orders": 0, "billed": 0, "ended": 0, "modelled": 0, "unmodelled": 0}
     machine = make_machine(db, stats)
     machine.TestCase.settings = settings(
         max_examples=EXAMPLES,
@@ -279,6 +405,8 @@ def test_market_simulation(request: pytest.FixtureRequest, backend: str, tmp_pat
         machine.TestCase().runTest()
         # the runs really traded: orders were made, billed and ended
         assert stats["orders"] > 0 and stats["billed"] > 0 and stats["ended"] > 0, stats
+        # the model stops once a wallet runs dry: most steps must still be checked against it
+        assert stats["modelled"] > 2 * stats["unmodelled"], stats
         print(f"simulation on {backend}: {stats}")
     finally:
         db.dispose()

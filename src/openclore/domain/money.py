@@ -9,7 +9,9 @@ Rounding rules (the only places where rounding happens):
 * wire → units: a number with more than nine decimals is rounded to the nearest unit, ties to even
   (it is a price or an amount that a client typed; nothing is moved by this rounding);
 * spend: ``floor(price × active_seconds / 86400)``, always from the total active time, so settling
-  more or less often never changes the total;
+  more or less often never changes the total; when a spot bid changes its price, the seconds run
+  so far keep the spend they had (``base_spend`` at ``base_seconds``) and the new price applies to
+  the seconds after it: :func:`segment_spend`;
 * fee: ``floor(spend × fee_bp / 10000)`` from the total spend; the host receives ``spend − fee``.
   Renter, host and platform amounts therefore always add up exactly.
 """
@@ -79,6 +81,12 @@ def bp_to_percent(bp: int) -> float | int:
 def spend_for(price_per_day: int, active_seconds: int) -> int:
     """What an order at ``price_per_day`` costs after ``active_seconds`` of running."""
     return price_per_day * active_seconds // SECONDS_PER_DAY
+
+
+def segment_spend(price_per_day: int, base_spend: int, base_seconds: int, active: int) -> int:
+    """An order's total spend after ``active`` seconds when its current price has applied since
+    ``base_seconds`` (what it spent before then, ``base_spend``, is kept)."""
+    return base_spend + spend_for(price_per_day, active - base_seconds)
 
 
 def fee_for(spend: int, fee_bp: int) -> int:

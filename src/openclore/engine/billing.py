@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from openclore.domain.money import affordable_seconds, fee_for, spend_for
+from openclore.domain.money import affordable_seconds, fee_for, segment_spend
 from openclore.engine.events import notify_server
 from openclore.ledger.ledger import balance, system_account_id, transfer, wallet_id
 from openclore.store.db import MARKET_VERSION as MARKET_VERSION  # re-exported
@@ -46,14 +46,12 @@ def settle(conn: Connection, order: Row, now: int) -> Row:
         renter = _wallet(conn, order["user_id"], order["currency"])
         seconds = t_end - order["billed_at"]
         active = order["active_seconds"] + seconds
-        new_spend = spend_for(order["price"], active)
+        new_spend = _spend(order, active)
         available = balance(conn, renter, lock=True)
         if new_spend - order["spend"] > available:
-            seconds = affordable_seconds(
-                order["price"], order["active_seconds"], order["spend"], available
-            )
+            seconds = _affordable(order, available)
             active = order["active_seconds"] + seconds
-            new_spend = spend_for(order["price"], active)
+            new_spend = _spend(order, active)
             t_end = order["billed_at"] + seconds
             ended_reason = "balance"
         new_fee = fee_for(new_spend, order["fee_bp"])
@@ -67,6 +65,20 @@ def settle(conn: Connection, order: Row, now: int) -> Row:
         return order
     conn.execute(update(orders).where(orders.c.id == order["id"]).values(**values))
     return {**order, **values}
+
+
+def _spend(order: Row, active: int) -> int:
+    return segment_spend(order["price"], order["base_spend"], order["base_seconds"], active)
+
+
+def _affordable(order: Row, available: int) -> int:
+    """How many more seconds the order's renter can pay for at its current price."""
+    return affordable_seconds(
+        order["price"],
+        order["active_seconds"] - order["base_seconds"],
+        order["spend"] - order["base_spend"],
+        available,
+    )
 
 
 def _paid_until(conn: Connection, server_id: int, now: int) -> int:
@@ -144,8 +156,7 @@ def can_pay_next_second(conn: Connection, order: Row) -> bool:
     An order that cannot is over for lack of balance: it never takes a server it cannot pay."""
     renter = _wallet(conn, order["user_id"], order["currency"])
     available = balance(conn, renter, lock=True)
-    seconds = affordable_seconds(order["price"], order["active_seconds"], order["spend"], available)
-    return seconds >= 1
+    return _affordable(order, available) >= 1
 
 
 def _end_unfunded(conn: Connection, order: Row, at: int) -> int:

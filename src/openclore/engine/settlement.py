@@ -1,8 +1,9 @@
 """Set-based settlement: bill every running order up to ``now`` in a handful of SQL statements.
 
-The per-order rules are the ones of :func:`openclore.engine.billing.settle` (spend from the total
-active time, fee from the total spend, transfer keys carrying cumulative totals), written as SQL
-so that the cost per tick grows linearly and stays small: no Python loop per order.
+The per-order rules are the ones of :func:`openclore.engine.billing.settle` (spend from the active
+time at the current price plus what was spent before it, fee from the total spend, transfer keys
+carrying cumulative totals), written as SQL so that the cost per tick grows linearly and stays
+small: no Python loop per order.
 
 Orders this fast path does not take are left to the exact per-server path
 (:func:`openclore.engine.billing.resolve_server`): orders that reach their end of life in this
@@ -56,7 +57,10 @@ def _create_candidates(conn: Connection, now: int, grace: int) -> int:
         f"CASE WHEN s.simulated THEN :now "
         f"ELSE {least}(:now, COALESCE(s.last_seen, :now) + {grace}) END"
     )
-    spend = _SPEND.format(a="b.new_active").replace("o.", "b.")
+    # the current price applies since base_seconds; what was spent before stays (base_spend)
+    spend = "b.base_spend + " + _SPEND.format(a="(b.new_active - b.base_seconds)").replace(
+        "o.", "b."
+    )
     fee = _FEE.format(s="c.new_spend").replace("o.", "c.")
     return int(
         conn.execute(
@@ -72,6 +76,7 @@ def _create_candidates(conn: Connection, now: int, grace: int) -> int:
                 SELECT b.*, {spend} AS new_spend
                   FROM (
                     SELECT o.id, o.server_id, o.price, o.fee_bp, o.spend AS old_spend,
+                           o.base_spend, o.base_seconds,
                            o.fee_paid AS old_fee, rw.id AS renter, hw.id AS host,
                            pf.id AS platform, o.billed_at AS old_billed_at,
                            {paid_until} AS new_billed_at,

@@ -219,8 +219,17 @@ def set_spot_price(
             raise MarketError("exceeded_max_step", max_step=to_coins(lowest))
         values["last_lowered_at"] = now
     if desired != current:
-        # bill the time at the old price before the new one applies
+        # bill the time at the old price before the new one applies; the new price starts a new
+        # base, so it applies only to the seconds after now
         resolve_server(conn, order["server_id"], now)
+        billed = conn.execute(
+            select(orders.c.expired, orders.c.active_seconds, orders.c.spend).where(
+                orders.c.id == order_id
+            )
+        ).one()
+        if billed.expired:  # settling ended it (its balance or its time ran out)
+            return
+        values.update(base_seconds=billed.active_seconds, base_spend=billed.spend)
         conn.execute(update(orders).where(orders.c.id == order_id).values(**values))
         resolve_server(conn, order["server_id"], now)
 

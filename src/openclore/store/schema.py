@@ -123,8 +123,12 @@ orders = Table(
     Column("ended_at", BigInteger, nullable=True),
     Column("end_reason", String(32), nullable=True),
     Column("issue", Text, nullable=True),
-    # billing state: spend = floor(price × active_seconds / 86400) whatever the settle cadence
+    # billing state: spend = base_spend + floor(price × (active_seconds - base_seconds) / 86400)
+    # whatever the settle cadence; a new bid price starts a new base (the seconds before it stay
+    # billed at the price they ran at)
     Column("active_seconds", BigInteger, nullable=False, default=0),
+    Column("base_seconds", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("base_spend", BigInteger, nullable=False, default=0, server_default="0"),
     Column("billed_at", BigInteger, nullable=True),  # start of the unbilled running interval
     Column("spend", BigInteger, nullable=False, default=0),
     Column("fee_paid", BigInteger, nullable=False, default=0),

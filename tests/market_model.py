@@ -1,0 +1,313 @@
+"""A small reference model of the market, written from SPEC.md and not from the engine's code.
+
+It knows, for one currency, every wallet's balance and every order's life: who holds each server at
+each second (an online server runs its live on-demand order, else its highest bid, ties to the
+earliest), what each order spent (``floor(price × seconds / 86400)`` per price it ran at, the
+platform's fee ``floor(spend × bp / 10000)`` from the total), when it ended (cancelled, or at
+``ct + mrl``, the next order starting at that very second), and which requests the market must
+refuse and why.
+
+The engine bills lazily (at ticks and when a request touches a server), so a few of its answers
+depend on what it has already booked; the model follows that too: each server has a time up to
+which the engine has settled it, and the balance the engine checks is the *booked* balance.
+
+The model is exact while no wallet runs dry: once a wallet falls under a minute of its orders'
+spend, which order gets the last units depends on the order the engine settles servers in, and the
+model stops predicting (``diverged``); the simulation then checks only its other invariants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DAY = 86_400
+BASIS = 10_000
+
+
+def spend_of(price: int, seconds: int) -> int:
+    return price * seconds // DAY
+
+
+@dataclass
+class Segment:
+    """The seconds an order ran at one price: booked by the engine, and in truth."""
+
+    price: int
+    booked: int = 0
+    seconds: int = 0
+
+    def spend(self) -> int:
+        return spend_of(self.price, self.seconds)
+
+    def booked_spend(self) -> int:
+        return spend_of(self.price, self.booked)
+
+
+@dataclass
+class Order:
+    id: int
+    user: int
+    server: int
+    spot: bool
+    ct: int
+    mrl: int
+    fee_bp: int
+    creation_fee: int
+    segments: list[Segment]
+    ended_at: int | None = None
+    end_reason: str | None = None
+    last_lowered_at: int | None = None
+
+    @property
+    def price(self) -> int:
+        return self.segments[-1].price
+
+    def spend(self) -> int:
+        return sum(s.spend() for s in self.segments)
+
+    def booked_spend(self) -> int:
+        return sum(s.booked_spend() for s in self.segments)
+
+    def seconds(self) -> int:
+        return sum(s.seconds for s in self.segments)
+
+    def fee(self) -> int:
+        return self.spend() * self.fee_bp // BASIS
+
+
+@dataclass
+class Server:
+    id: int
+    owner: int
+    online: bool
+    public: bool
+    mrl_hours: int
+    on_demand: int
+    min_spot: int
+    settled_at: int  # the engine has brought this server's orders up to here
+
+
+@dataclass
+class Rules:
+    creation_fee_on_demand: int
+    creation_fee_spot: int
+    fee_on_demand_bp: int
+    fee_spot_bp: int
+    runway_seconds: int
+    max_active_orders: int
+    lowering_interval: int
+
+
+@dataclass
+class Model:
+    rules: Rules
+    now: int
+    deposits: dict[int, int] = field(default_factory=dict)
+    servers: dict[int, Server] = field(default_factory=dict)
+    orders: dict[int, Order] = field(default_factory=dict)
+    diverged: bool = False
+
+    # ------------------------------------------------------------------ time
+
+    def live(self, server: int, at: int | None = None) -> list[Order]:
+        """Orders of a server that have not ended by ``at`` (default: now), in creation order."""
+        at = self.now if at is None else at
+        return sorted(
+            (
+                o
+                for o in self.orders.values()
+                if o.server == server and (o.ended_at is None or o.ended_at > at)
+            ),
+            key=lambda o: o.id,
+        )
+
+    def holder(self, server: int, at: int) -> Order | None:
+        """Who runs on the server during the second starting at ``at``."""
+        if not self.servers[server].online:
+            return None
+        live = [o for o in self.live(server, at) if o.ct <= at]
+        on_demand = [o for o in live if not o.spot]
+        if on_demand:
+            return on_demand[0]
+        return max(live, key=lambda o: (o.price, -o.id), default=None)
+
+    def advance(self, now: int) -> None:
+        """Let time pass: holders run, orders reach their end of life on the second they do."""
+        t = self.now
+        while t < now:
+            ends = [
+                o.ct + o.mrl
+                for o in self.orders.values()
+                if o.ended_at is None and t < o.ct + o.mrl <= now
+            ]
+            stop = min(ends, default=now)
+            for server in self.servers:
+                holder = self.holder(server, t)
+                if holder is not None:
+                    holder.segments[-1].seconds += stop - t
+            for o in self.orders.values():
+                if o.ended_at is None and o.ct + o.mrl == stop:
+                    o.ended_at, o.end_reason = stop, "expired"
+            t = stop
+        self.now = now
+        self._check_runway()
+
+    def _check_runway(self) -> None:
+        """Past this point who gets a wallet's last units depends on settling order: stop."""
+        for user in self.deposits:
+            minute = sum(
+                spend_of(o.price, 60) + 1
+                for o in self.orders.values()
+                if o.user == user and o.ended_at is None
+            )
+            if self.balance(user) < minute:
+                self.diverged = True
+
+    def settle(self, server: int) -> None:
+        """The engine has just brought this server up to now."""
+        self.servers[server].settled_at = self.now
+        for o in self.orders.values():
+            if o.server == server:
+                for s in o.segments:
+                    s.booked = s.seconds
+
+    def settle_all(self) -> None:
+        for server in self.servers:
+            self.settle(server)
+
+    # ------------------------------------------------------------------ money
+
+    def balance(self, user: int) -> int:
+        """The wallet in truth: deposits and earnings less creation fees and spend."""
+        out = self.deposits.get(user, 0)
+        for o in self.orders.values():
+            if o.user == user:
+                out -= o.creation_fee + o.spend()
+            if self.servers[o.server].owner == user:
+                out += o.spend() - o.fee()
+        return out
+
+    def booked_balance(self, user: int) -> int:
+        """The wallet as the engine has booked it so far."""
+        out = self.deposits.get(user, 0)
+        for o in self.orders.values():
+            booked = o.booked_spend()
+            if o.user == user:
+                out -= o.creation_fee + booked
+            if self.servers[o.server].owner == user:
+                out += booked - booked * o.fee_bp // BASIS
+        return out
+
+    def visibly_live(self, order: Order) -> bool:
+        """Live as the engine sees it before settling: an end it has not booked yet is unseen."""
+        if order.ended_at is None:
+            return True
+        if order.end_reason == "expired":
+            return order.ended_at > self.servers[order.server].settled_at
+        return False
+
+    # ------------------------------------------------------------------ requests
+
+    def deposit(self, user: int, amount: int) -> None:
+        self.deposits[user] = self.deposits.get(user, 0) + amount
+
+    def create(self, user: int, server_id: int, spot: bool, bid: int) -> str | None:
+        """The error create_order must answer, or None (then :meth:`created` follows)."""
+        server = self.servers[server_id]
+        if server.owner == user:
+            return "cant_rent_from_yourself"
+        if not server.public:
+            return "server-dont-exist"
+        if not server.online:
+            return "server-offline"
+        seen = [o for o in self.orders.values() if o.server == server_id and self.visibly_live(o)]
+        if spot:
+            if server.min_spot <= 0:
+                return "currency-not-allowed"
+            if bid < server.min_spot:
+                return "too_low_price"
+            if any(o.spot and o.user == user for o in seen):
+                return "you_already_have_spot_order"
+            price, fee = bid, self.rules.creation_fee_spot
+        else:
+            if server.on_demand <= 0:
+                return "currency-not-allowed"
+            if any(not o.spot for o in seen):
+                return "server-already-rented"
+            price, fee = server.on_demand, self.rules.creation_fee_on_demand
+        active = sum(1 for o in self.orders.values() if o.user == user and self.visibly_live(o))
+        if active >= self.rules.max_active_orders:
+            return "order_limit_reached"
+        if self.booked_balance(user) < fee + price * self.rules.runway_seconds // DAY:
+            return "not_enough_balance"
+        return None
+
+    def created(self, order_id: int, user: int, server_id: int, spot: bool, bid: int) -> None:
+        server = self.servers[server_id]
+        self.orders[order_id] = Order(
+            id=order_id,
+            user=user,
+            server=server_id,
+            spot=spot,
+            ct=self.now,
+            mrl=server.mrl_hours * 3600,
+            fee_bp=self.rules.fee_spot_bp if spot else self.rules.fee_on_demand_bp,
+            creation_fee=self.rules.creation_fee_spot
+            if spot
+            else self.rules.creation_fee_on_demand,
+            segments=[Segment(bid if spot else server.on_demand)],
+        )
+        self.settle(server_id)
+
+    def cancel(self, order_id: int) -> str | None:
+        order = self.orders[order_id]
+        if not self.visibly_live(order):
+            return "order_not_active"
+        if order.ended_at is None:
+            order.ended_at, order.end_reason = self.now, "cancelled"
+        self.settle(order.server)
+        return None
+
+    def bid(self, order_id: int, desired: int) -> str | None:
+        order = self.orders[order_id]
+        if not order.spot or not self.visibly_live(order):
+            return "order_dont_exist"
+        current = order.price
+        server = self.servers[order.server]
+        if desired > current:
+            if self.booked_balance(order.user) < desired * self.rules.runway_seconds // DAY:
+                return "not_enough_balance"
+        elif desired < current:
+            last = order.last_lowered_at
+            if last is not None and self.now - last < self.rules.lowering_interval:
+                return "can_lower_every_600_seconds"
+            if desired < server.min_spot:
+                return "amount_too_low"
+            if desired < max(current - max(server.min_spot, 1), server.min_spot):
+                return "exceeded_max_step"
+        if desired == current:
+            return None
+        self.settle(order.server)
+        if order.ended_at is not None:  # it ran out while being settled: nothing to re-price
+            return None
+        if desired < current:
+            order.last_lowered_at = self.now
+        order.segments.append(Segment(desired))
+        return None
+
+    def set_online(self, server: int, online: bool) -> None:
+        self.servers[server].online = online
+        self.settle(server)
+
+    def change_settings(
+        self, server: int, public: bool, mrl_hours: int, on_demand: int, min_spot: int
+    ) -> None:
+        s = self.servers[server]
+        s.public, s.mrl_hours, s.on_demand, s.min_spot = public, mrl_hours, on_demand, min_spot
+        self.settle(server)
+
+    # ------------------------------------------------------------------ what the engine shows
+
+    def running(self, server: int) -> int | None:
+        holder = self.holder(server, self.now)
+        return None if holder is None else holder.id
