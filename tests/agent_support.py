@@ -21,9 +21,8 @@ from openclore.agent.specs import Specs
 from openclore.agent.state import AgentState, load_state, register
 from openclore.api.app import create_app
 from openclore.domain.money import to_units
-from openclore.engine.billing import MARKET_VERSION
 from openclore.market.servers import add_server
-from openclore.store.db import bump_meta
+from openclore.store.db import listing_changed
 from openclore.store.schema import server_prices, servers
 
 from conftest import Market, free_port, ok
@@ -85,7 +84,7 @@ def host_server(
                 spot=to_units(Decimal(spot)),
             )
         )
-        bump_meta(conn, MARKET_VERSION)
+        listing_changed(conn)
     return server_id, token
 
 

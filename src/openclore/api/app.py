@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -37,7 +38,7 @@ from openclore.domain.errors import (
     RateLimited,
 )
 from openclore.domain.money import to_units
-from openclore.engine.clock import CLOCK_OFFSET_KEY, Clock, SandboxClock, SystemClock
+from openclore.engine.clock import Clock, SandboxClock, SystemClock
 from openclore.engine.ticker import tick
 from openclore.market import orders as order_service
 from openclore.market import requests
@@ -45,10 +46,10 @@ from openclore.market import servers as server_service
 from openclore.market import wallets as wallet_service
 from openclore.market.accounts import authenticate
 from openclore.market.demo import reset_world
-from openclore.store.db import Database, get_meta, run_write, set_meta
-from openclore.store.schema import servers
+from openclore.store.db import Database, run_write
 
 log = logging.getLogger("openclore.api")
+log_engine = logging.getLogger("openclore.engine")
 
 
 @dataclass
@@ -159,19 +160,8 @@ def _marketplace(state: AppState, call: Call) -> Response:
                     headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"},
                 )
             return Response(listing.anonymous, media_type="application/json")
-        mine = _own_server_ids(conn, call.user_id)
+        mine = server_service.own_server_ids(conn, call.user_id)
     return PartsResponse(state.market.parts_for(listing.servers_json, mine))
-
-
-def _own_server_ids(conn: Connection, user_id: int) -> list[int]:
-    return [
-        int(i)
-        for i in conn.execute(
-            select(servers.c.id)
-            .where(servers.c.owner_id == user_id, servers.c.removed_at.is_(None))
-            .order_by(servers.c.id)
-        ).scalars()
-    ]
 
 
 def _my_orders(state: AppState, call: Call) -> dict[str, Any]:
@@ -254,10 +244,7 @@ def _add_server(state: AppState, call: Call) -> dict[str, Any]:
 def _sandbox_advance(state: AppState, call: Call) -> dict[str, Any]:
     req = requests.validate_body(requests.SandboxAdvanceRequest, call.body)
 
-    def move(conn: Connection) -> None:
-        set_meta(conn, CLOCK_OFFSET_KEY, get_meta(conn, CLOCK_OFFSET_KEY) + req.seconds)
-
-    state.db_write(move)
+    state.db_write(lambda conn: SandboxClock.advance(conn, req.seconds))
     now = state.now()
     tick(state.db, now, state.settings.agent_timeout)
     return {"now": now}
@@ -334,15 +321,49 @@ def _rate_headers(decision_reset: float, remaining: int) -> dict[str, str]:
     }
 
 
+async def _ticker(state: AppState) -> None:
+    """The engine's tick every ``tick_interval`` seconds, in every process (ticks are
+    idempotent and replica-safe)."""
+    interval = state.settings.tick_interval
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await run_in_threadpool(tick, state.db, state.now(), state.settings.agent_timeout)
+        except Exception:  # keep ticking; the next tick settles whatever this one missed
+            log_engine.exception("engine tick failed")
+
+
 def create_app(
-    settings: Settings, db: Database | None = None, clock: Clock | None = None
+    settings: Settings,
+    db: Database | None = None,
+    clock: Clock | None = None,
+    *,
+    background_ticker: bool = False,
 ) -> FastAPI:
-    """Build the application. ``db`` and ``clock`` are injectable for tests and the sandbox."""
+    """Build the application. ``db`` and ``clock`` are injectable for tests and the sandbox;
+    ``background_ticker`` runs the engine's tick while the app serves (``openclore serve``)."""
     database = db or Database(settings.database_url)
     if clock is None:
         clock = SandboxClock(database.engine) if settings.sandbox_enabled else SystemClock()
     state = AppState(settings, database, clock)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        task = None
+        if background_ticker and settings.tick_interval > 0:
+            task = asyncio.create_task(_ticker(state))
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if db is None:  # the app opened it
+                database.dispose()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="openclore",
         version="1.0",
         description=(

@@ -14,16 +14,14 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from openclore.api.wire import dumps
 from openclore.config import Settings
-from openclore.domain.specs import clean_gpu_array, clean_specs
-from openclore.market.servers import price_map, prices_of
-from openclore.store.db import MARKET_VERSION, get_meta
-from openclore.store.schema import orders, servers
+from openclore.market.servers import marketplace_servers
+from openclore.store.db import listing_version
 
 log = logging.getLogger("openclore.market")
 
@@ -36,55 +34,16 @@ class Listing:
     anonymous_gzip: bytes
 
 
-def build_servers(conn: Connection, settings: Settings) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        select(servers)
-        .where(
-            servers.c.removed_at.is_(None),
-            servers.c.visibility == "public",
-            servers.c.online.is_(True),
-        )
-        .order_by(servers.c.id)
-    ).all()
-    prices = prices_of(conn, (r.id for r in rows))
-    rented = set(
-        conn.execute(
-            select(orders.c.server_id).where(orders.c.expired.is_(False), orders.c.spot.is_(False))
-        ).scalars()
-    )
-    out = []
-    for r in rows:
-        on_demand = price_map(prices[r.id], 0, settings.currencies, all_coins=False)
-        spot = price_map(prices[r.id], 1, settings.currencies, all_coins=False)
-        if not on_demand and not spot:
-            continue  # nothing to rent it with
-        out.append(
-            {
-                "id": r.id,
-                "owner": r.owner_id,
-                "mrl": r.mrl_hours,
-                "price": {"on_demand": on_demand, "spot": spot},
-                "rented": r.id in rented,
-                "specs": clean_specs(r.specs),
-                "allowed_coins": [c for c in settings.currencies if c in on_demand or c in spot],
-                "gpu_array": clean_gpu_array(r.gpu_array),
-                "reliability": r.reliability,
-                "rating": {"avg": r.rating_avg, "cnt": r.rating_cnt},
-            }
-        )
-    return out
-
-
 def _serialize(listing: list[dict[str, Any]]) -> bytes:
     """The listing as JSON; a server whose stored data cannot be serialized is left out (and
     logged) rather than failing the listing for everyone."""
     try:
-        return orjson.dumps(listing)
+        return dumps(listing)
     except TypeError:
         parts = []
         for item in listing:
             try:
-                parts.append(orjson.dumps(item))
+                parts.append(dumps(item))
             except TypeError as exc:
                 log.error("server %s left out of the marketplace: %s", item.get("id"), exc)
         return b"[" + b",".join(parts) + b"]"
@@ -97,7 +56,7 @@ class MarketCache:
         self._lock = threading.Lock()
 
     def listing(self, conn: Connection) -> Listing:
-        version = get_meta(conn, MARKET_VERSION)
+        version = listing_version(conn)
         cached = self._listing
         if cached is not None and cached.version == version:
             return cached
@@ -105,7 +64,7 @@ class MarketCache:
             cached = self._listing
             if cached is not None and cached.version == version:
                 return cached
-            servers_json = _serialize(build_servers(conn, self._settings))
+            servers_json = _serialize(marketplace_servers(conn, self._settings))
             anonymous = b"".join(self.parts_for(servers_json, []))
             cached = Listing(version, servers_json, anonymous, gzip.compress(anonymous, 6))
             self._listing = cached
@@ -117,7 +76,7 @@ class MarketCache:
         return [
             b'{"servers":',
             servers_json,
-            b',"my_servers":' + orjson.dumps(my_servers) + b',"code":0}',
+            b',"my_servers":' + dumps(my_servers) + b',"code":0}',
         ]
 
 

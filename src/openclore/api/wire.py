@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from openclore.domain.errors import InvalidInput
+from openclore.domain.money import Coins
 
 MAX_JSON_DEPTH = 32
 
@@ -97,11 +98,13 @@ def parse_object(raw: bytes) -> dict[str, Any]:
 
 
 def _default(value: Any) -> Any:
+    if isinstance(value, Coins):  # the exact decimal text, never a float
+        return orjson.Fragment(str(value))
     if isinstance(value, Decimal):
         return float(value)
     raise TypeError
 
 
-def dumps(body: dict[str, Any]) -> bytes:
-    """Compact JSON: ``{"code":0}`` byte for byte for a bare success."""
+def dumps(body: Any) -> bytes:
+    """Compact JSON: ``{"code":0}`` byte for byte for a bare success; amounts exact."""
     return orjson.dumps(body, default=_default)

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
-import orjson
-
 UNITS_PER_COIN = 1_000_000_000
 SECONDS_PER_DAY = 86_400
 MAX_UNITS = 9_000_000_000_000_000_000  # below 2**63, so every amount fits a BIGINT
@@ -48,16 +46,31 @@ def to_units(value: Decimal | int | float | str) -> int:
     return int(units)
 
 
-Coins = orjson.Fragment
+class Coins:
+    """An amount shown in whole coins. The API layer writes it as the exact JSON number
+    (``0.0000042``, ``300``), never through a float, so no amount loses a unit however large."""
+
+    __slots__ = ("units",)
+
+    def __init__(self, units: int) -> None:
+        self.units = units
+
+    def __str__(self) -> str:
+        return coins_str(self.units)
+
+    def __repr__(self) -> str:
+        return f"Coins({coins_str(self.units)})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Coins) and other.units == self.units
+
+    def __hash__(self) -> int:
+        return hash(self.units)
 
 
 def to_coins(units: int) -> Coins:
-    """Integer units → the exact JSON number shown on the wire (``0.0000042``, ``300``).
-
-    It is emitted as the exact decimal text, never through a float, so no amount loses a unit
-    however large it is.
-    """
-    return orjson.Fragment(coins_str(units))
+    """Integer units → an amount to show in whole coins."""
+    return Coins(units)
 
 
 def coins_str(units: int) -> str:

@@ -14,9 +14,9 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from openclore.domain.money import affordable_seconds, fee_for, segment_spend
+from openclore.domain.spot import ranked
 from openclore.engine.events import notify_server
 from openclore.ledger.ledger import balance, system_account_id, transfer, wallet_id
-from openclore.store.db import MARKET_VERSION as MARKET_VERSION  # re-exported
 from openclore.store.db import listing_changed
 from openclore.store.schema import orders, servers
 
@@ -136,19 +136,6 @@ def live_orders(conn: Connection, server_id: int, *, lock: bool = False) -> list
     if lock:
         query = query.with_for_update()
     return [dict(r._mapping) for r in conn.execute(query)]
-
-
-def ranked(live: list[Row]) -> list[Row]:
-    """Live orders in the order they may hold the server: on-demand first, then bids from the
-    highest (ties: the earliest)."""
-    return sorted(live, key=lambda o: (o["spot"], -o["price"], o["id"]))
-
-
-def choose_running(server_online: bool, live: list[Row]) -> int | None:
-    """Which live order holds the server: on-demand first, else the highest bid (ties: earliest)."""
-    if not server_online or not live:
-        return None
-    return int(ranked(live)[0]["id"])
 
 
 def can_pay_next_second(conn: Connection, order: Row) -> bool:

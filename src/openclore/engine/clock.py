@@ -6,9 +6,9 @@ import threading
 import time
 from typing import Protocol
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
-from openclore.store.db import get_meta
+from openclore.store.db import get_meta, set_meta
 
 
 class Clock(Protocol):
@@ -59,3 +59,13 @@ class SandboxClock:
 
     def now(self) -> float:
         return self._base.now() + self.offset()
+
+    @staticmethod
+    def advance(conn: Connection, seconds: int) -> None:
+        """Move every process's sandbox clock forward (in the caller's transaction)."""
+        set_meta(conn, CLOCK_OFFSET_KEY, get_meta(conn, CLOCK_OFFSET_KEY) + seconds)
+
+    @staticmethod
+    def reset(conn: Connection) -> None:
+        """Back to real time (in the caller's transaction)."""
+        set_meta(conn, CLOCK_OFFSET_KEY, 0)

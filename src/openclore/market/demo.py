@@ -17,7 +17,7 @@ from openclore.config import Settings
 from openclore.domain.errors import MarketError
 from openclore.domain.money import percent_to_bp, to_units
 from openclore.engine.billing import lock_server, resolve_server, settle
-from openclore.engine.clock import CLOCK_OFFSET_KEY
+from openclore.engine.clock import SandboxClock
 from openclore.ledger import ensure_system_accounts
 from openclore.ledger.ledger import system_account_id, transfer, wallet_id
 from openclore.market.accounts import authenticate, create_user, issue_token
@@ -505,7 +505,7 @@ def reset_world(conn: Connection, settings: Settings, now: int) -> DemoWorld:
     else:
         for table in tables:
             conn.execute(table.delete())
-    set_meta(conn, CLOCK_OFFSET_KEY, 0)
+    SandboxClock.reset(conn)
     world = seed(conn, settings, now)
     listing_changed(conn)
     return world

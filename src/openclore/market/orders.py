@@ -9,13 +9,13 @@ from sqlalchemy import Connection, func, insert, select, update
 from openclore.config import Settings
 from openclore.domain.errors import MarketError
 from openclore.domain.money import (
-    SECONDS_PER_DAY,
     bp_to_percent,
     percent_to_bp,
     to_coins,
     to_units,
 )
 from openclore.domain.specs import clean_specs
+from openclore.domain.spot import lowest_bid, runway, seconds_until_lowering
 from openclore.engine.billing import Row, end_order, lock_server, resolve_server
 from openclore.ledger.ledger import balance, ensure_wallet, system_account_id, transfer, wallet_id
 from openclore.market.accounts import lock_user
@@ -84,8 +84,7 @@ def create_order(
     funds = conn.execute(
         select(accounts.c.balance).where(accounts.c.id == wallet).with_for_update()
     ).scalar_one()
-    runway = price * settings.runway_seconds // SECONDS_PER_DAY
-    if funds < creation_fee + runway:
+    if funds < creation_fee + runway(price, settings.runway_seconds):
         raise MarketError("not_enough_balance")
 
     order_id = inserted_id(
@@ -200,21 +199,20 @@ def set_spot_price(
         # a raise may take the server from others: it must be funded like a new bid
         wallet = wallet_id(conn, user_id, order["currency"])
         funds = 0 if wallet is None else balance(conn, wallet, lock=True)
-        if funds < desired * settings.runway_seconds // SECONDS_PER_DAY:
+        if funds < runway(desired, settings.runway_seconds):
             raise MarketError("not_enough_balance")
     if desired < current:
         min_spot = prices_of(conn, [order["server_id"]])[order["server_id"]].get(
             order["currency"], (0, 0)
         )[1]
-        last = order["last_lowered_at"]
-        interval = settings.spot_lowering_interval
-        if last is not None and now - last < interval:
-            raise MarketError(
-                "can_lower_every_600_seconds", time_to_lowering=interval - (now - last)
-            )
+        wait = seconds_until_lowering(
+            order["last_lowered_at"], now, settings.spot_lowering_interval
+        )
+        if wait > 0:
+            raise MarketError("can_lower_every_600_seconds", time_to_lowering=wait)
         if desired < min_spot:
             raise MarketError("amount_too_low", min_price=to_coins(min_spot))
-        lowest = max(current - max(min_spot, 1), min_spot)
+        lowest = lowest_bid(current, min_spot)
         if desired < lowest:
             raise MarketError("exceeded_max_step", max_step=to_coins(lowest))
         values["last_lowered_at"] = now

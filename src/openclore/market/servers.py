@@ -12,7 +12,7 @@ from sqlalchemy import Connection, func, insert, select, update
 from openclore.config import Settings
 from openclore.domain.errors import InvalidInput, MarketError
 from openclore.domain.money import Coins, to_coins, to_units
-from openclore.domain.specs import clean_specs
+from openclore.domain.specs import clean_gpu_array, clean_specs
 from openclore.engine.billing import (
     Row,
     end_order,
@@ -100,6 +100,18 @@ def remove_server(conn: Connection, owner_id: int, name: str, now: int) -> int:
     return ended
 
 
+def own_server_ids(conn: Connection, user_id: int) -> list[int]:
+    """The ids of a user's servers (``my_servers`` in the marketplace answer)."""
+    return [
+        int(i)
+        for i in conn.execute(
+            select(servers.c.id)
+            .where(servers.c.owner_id == user_id, servers.c.removed_at.is_(None))
+            .order_by(servers.c.id)
+        ).scalars()
+    ]
+
+
 def _find_by_name(conn: Connection, owner_id: int, name: str) -> Row | None:
     row = conn.execute(
         select(servers).where(
@@ -172,6 +184,46 @@ def my_servers(conn: Connection, user_id: int, settings: Settings) -> dict[str, 
             item["specs"] = clean_specs(r.specs)
         out.append(item)
     return {"servers": out, "limit": settings.max_servers_per_user}
+
+
+def marketplace_servers(conn: Connection, settings: Settings) -> list[dict[str, Any]]:
+    """Every server on the market, as the ``marketplace`` listing shows it."""
+    rows = conn.execute(
+        select(servers)
+        .where(
+            servers.c.removed_at.is_(None),
+            servers.c.visibility == "public",
+            servers.c.online.is_(True),
+        )
+        .order_by(servers.c.id)
+    ).all()
+    prices = prices_of(conn, (r.id for r in rows))
+    rented = set(
+        conn.execute(
+            select(orders.c.server_id).where(orders.c.expired.is_(False), orders.c.spot.is_(False))
+        ).scalars()
+    )
+    out = []
+    for r in rows:
+        on_demand = price_map(prices[r.id], 0, settings.currencies, all_coins=False)
+        spot = price_map(prices[r.id], 1, settings.currencies, all_coins=False)
+        if not on_demand and not spot:
+            continue  # nothing to rent it with
+        out.append(
+            {
+                "id": r.id,
+                "owner": r.owner_id,
+                "mrl": r.mrl_hours,
+                "price": {"on_demand": on_demand, "spot": spot},
+                "rented": r.id in rented,
+                "specs": clean_specs(r.specs),
+                "allowed_coins": [c for c in settings.currencies if c in on_demand or c in spot],
+                "gpu_array": clean_gpu_array(r.gpu_array),
+                "reliability": r.reliability,
+                "rating": {"avg": r.rating_avg, "cnt": r.rating_cnt},
+            }
+        )
+    return out
 
 
 def server_config(conn: Connection, user_id: int, name: str, settings: Settings) -> dict[str, Any]:

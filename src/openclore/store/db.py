@@ -166,6 +166,11 @@ def bump_meta(conn: Connection, key: str) -> None:
 MARKET_VERSION = "market_version"
 
 
+def listing_version(conn: Connection) -> int:
+    """The marketplace version: it moves whenever anything a listing shows changes."""
+    return get_meta(conn, MARKET_VERSION)
+
+
 def listing_changed(conn: Connection) -> None:
     """Something every marketplace listing shows changed: cached listings are stale at commit."""
     bump_meta(conn, MARKET_VERSION)
