@@ -229,7 +229,7 @@ def agent(
 
     from openclore.agent.channel import Agent, AgentUnauthorized, ChannelConfig
     from openclore.agent.reconcile import Reconciler, ReconcileSettings
-    from openclore.agent.runtime import RuntimeProblem
+    from openclore.agent.runtime import Runtime, RuntimeProblem
     from openclore.agent.specs import SpecsConfig, collect
 
     specs = collect(
@@ -266,7 +266,7 @@ def agent(
                 log_max_files=log_max_files,
                 disk_quota=parse_size(disk_quota),
             )
-            engine = DockerRuntime(
+            container_runtime: Runtime = DockerRuntime(
                 state.agent_id,
                 network=network or None,
                 isolation=isolation,
@@ -276,15 +276,15 @@ def agent(
         else:
             from openclore.agent.runtime.simulated import SimulatedRuntime
 
-            engine = SimulatedRuntime(state.agent_id)  # type: ignore[assignment]
-        for note in engine.prepare():
+            container_runtime = SimulatedRuntime(state.agent_id)
+        for note in container_runtime.prepare():
             log.info("runtime: %s", note)
     except RuntimeProblem as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EX_TEMPFAIL) from None
 
     reconciler = Reconciler(
-        engine,
+        container_runtime,
         ReconcileSettings(
             agent_id=state.agent_id,
             port_range=parse_range(port_range),
@@ -328,7 +328,7 @@ def agent(
         raise typer.Exit(EX_CONFIG) from None
     finally:
         reconciler.stop()
-        engine.close()
+        container_runtime.close()
     log.info("agent stopped; containers keep running")
 
 
