@@ -175,10 +175,13 @@ class Market:
     clients: list[httpx.Client] = field(default_factory=list)
     _users: int = 0
 
-    def reconfigure(self, **overrides: Any) -> None:
-        """Rebuild the app with other settings (same database and clock)."""
+    def reconfigure(self, rate_clock: ManualClock | None = None, **overrides: Any) -> None:
+        """Rebuild the app with other settings (same database and clock); ``rate_clock`` makes
+        rate limits follow a clock the test moves instead of the wall clock."""
         self.settings = test_settings(self.db.url, **overrides)
-        self.switch.app = create_app(self.settings, db=self.db, clock=self.clock)
+        self.switch.app = create_app(
+            self.settings, db=self.db, clock=self.clock, rate_clock=rate_clock
+        )
 
     def now(self) -> int:
         return int(self.clock.now())

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
-
 from openclore.api.ratelimit import RateLimiter
+from openclore.engine.clock import ManualClock
 
 from conftest import Market, ok, order_body
 
@@ -26,7 +25,8 @@ def test_gcra_allows_no_burst_and_tolerates_jitter(market: Market) -> None:
 
 
 def test_one_request_per_second_per_token(market: Market) -> None:
-    market.reconfigure(rate_limit_interval=1.0, create_order_interval=5.0)
+    wall = ManualClock(5000.0)
+    market.reconfigure(rate_limit_interval=1.0, create_order_interval=5.0, rate_clock=wall)
     token = market.user()
     c = market.client(token)
     first = c.get("/v1/wallets")
@@ -39,26 +39,38 @@ def test_one_request_per_second_per_token(market: Market) -> None:
     assert second.headers["Retry-After"] == "1"
     # another token is not affected
     assert market.client(market.user()).get("/v1/wallets").json()["code"] == 0
-    time.sleep(0.95)
+    wall.advance(0.5)
+    assert c.get("/v1/wallets").status_code == 429  # half a second later: still refused
+    # (times in binary fractions, so that no float rounding decides)
+    wall.advance(0.40625)
+    assert c.get("/v1/wallets").json()["code"] == 0  # 0.906 s: within the 0.1 s of jitter
+    wall.advance(0.84375)
+    assert c.get("/v1/wallets").status_code == 429
+    wall.advance(0.25)
     assert c.get("/v1/wallets").json()["code"] == 0
 
 
 def test_create_order_once_per_five_seconds(market: Market) -> None:
-    market.reconfigure(rate_limit_interval=1.0, create_order_interval=5.0)
+    wall = ManualClock(5000.0)
+    market.reconfigure(rate_limit_interval=1.0, create_order_interval=5.0, rate_clock=wall)
     sid = market.server(market.user())
     other = market.server(market.user(), "b")
     c = market.client(market.user(bitcoin="0.1"))
     assert ok(c.post("/v1/create_order", json=order_body(sid)))
-    time.sleep(1.0)
+    wall.advance(1.0)
     r = c.post("/v1/create_order", json=order_body(other))
     assert r.status_code == 429 and r.json()["code"] == 5
-    assert 1 <= int(r.headers["Retry-After"]) <= 4
+    assert r.headers["Retry-After"] == "4"
     # the refused create_order did not use up this second: other endpoints answer at once
     assert c.get("/v1/my_orders").json()["code"] == 0
+    wall.advance(3.8125)
+    assert c.post("/v1/create_order", json=order_body(other)).status_code == 429
+    wall.advance(0.125)  # 4.9375 s after the first: within the jitter
+    assert ok(c.post("/v1/create_order", json=order_body(other)))
 
 
 def test_anonymous_calls_are_limited_per_address(market: Market) -> None:
-    market.reconfigure(rate_limit_interval=1.0)
+    market.reconfigure(rate_limit_interval=1.0, rate_clock=ManualClock(5000.0))
     anon = market.client()
     assert anon.get("/v1/marketplace").json()["code"] == 0
     assert anon.get("/v1/marketplace").json()["code"] == 5

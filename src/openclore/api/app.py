@@ -92,10 +92,14 @@ def _integrity_to_market(exc: Exception) -> CloreError:
 
 
 class AppState:
-    def __init__(self, settings: Settings, db: Database, clock: Clock) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, clock: Clock, rate_clock: Clock | None = None
+    ) -> None:
         self.settings = settings
         self.db = db
         self.clock = clock
+        # rate limits follow the wall clock, even in a time-travelling sandbox
+        self.rate_clock: Clock = rate_clock or SystemClock()
         self.limiter = RateLimiter(db.engine, settings.rate_limit_tolerance)
         self.market = MarketCache(settings)
 
@@ -339,13 +343,15 @@ def create_app(
     clock: Clock | None = None,
     *,
     background_ticker: bool = False,
+    rate_clock: Clock | None = None,
 ) -> FastAPI:
-    """Build the application. ``db`` and ``clock`` are injectable for tests and the sandbox;
-    ``background_ticker`` runs the engine's tick while the app serves (``openclore serve``)."""
+    """Build the application. ``db``, ``clock`` (the market's time) and ``rate_clock`` (the wall
+    clock rate limits follow) are injectable for tests and the sandbox; ``background_ticker``
+    runs the engine's tick while the app serves (``openclore serve``)."""
     database = db or Database(settings.database_url)
     if clock is None:
         clock = SandboxClock(database.engine) if settings.sandbox_enabled else SystemClock()
-    state = AppState(settings, database, clock)
+    state = AppState(settings, database, clock, rate_clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -410,7 +416,7 @@ def create_app(
         if interval <= 0:
             return {}
         key = _client_key(request, token)
-        wall = time.time()  # rate limits follow the wall clock, even in a time-travelling sandbox
+        wall = state.rate_clock.now()
         decision = state.limiter.hit(key, interval, wall)
         if not decision.allowed:
             raise RateLimited(decision.retry_after)
@@ -446,7 +452,7 @@ def create_app(
         if interval <= 0:
             return
         state.limiter.forget(_client_key(request, token))
-        decision = state.limiter.hit(_client_key(request, None), interval, time.time())
+        decision = state.limiter.hit(_client_key(request, None), interval, state.rate_clock.now())
         if not decision.allowed:
             raise RateLimited(decision.retry_after)
 
