@@ -32,6 +32,8 @@ from openclore.store.schema import orders, servers
 
 from conftest import Market, ok, order_body, spot_body
 
+pytestmark = pytest.mark.timing  # agents and the market talk in real time
+
 IMAGE = "cloreai/ubuntu20.04-jupyter"
 
 

@@ -70,6 +70,7 @@ class Paced:
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_every_seed_example_in_order(market: Market) -> None:
     with market.db.write() as conn:
         seed(conn, market.settings, market.now())
@@ -164,6 +165,7 @@ def test_every_seed_example_in_order(market: Market) -> None:
     assert on_demand["order"]["id"] == 41  # type: ignore[index]
 
 
+@pytest.mark.timing
 def test_serve_demo_command_starts_a_fresh_world(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "OPENCLORE_TICK_INTERVAL": "1"}

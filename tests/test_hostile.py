@@ -209,6 +209,7 @@ def test_hostile_container_reports_are_checked(market: Market) -> None:
     assert cluster == ["gw.example.org"]
 
 
+@pytest.mark.timing
 def test_huge_frames_are_refused_before_they_are_buffered(market: Market) -> None:
     _sid, token = agent_for(market, market.user())
     process = psutil.Process()
@@ -293,6 +294,7 @@ def test_bump_meta_from_many_transactions_at_once(market: Market) -> None:
         assert get_meta(conn, "fresh_counter") == 10
 
 
+@pytest.mark.timing
 def test_a_removed_servers_agent_is_sent_away(market: Market) -> None:
     host = market.user()
     sid, token = agent_for(market, host)
@@ -519,6 +521,7 @@ def test_money_must_be_a_json_number(market: Market, endpoint: str, body: Any) -
     assert answer.json()["code"] == 2, answer.text
 
 
+@pytest.mark.timing
 def test_slow_headers_cannot_hold_connections(market: Market) -> None:
     socks = []
     for _ in range(30):
@@ -543,6 +546,7 @@ def test_slow_headers_cannot_hold_connections(market: Market) -> None:
     ok(market.client().get("/v1/marketplace"))
 
 
+@pytest.mark.timing
 def test_a_slow_request_body_is_not_cut_by_the_header_timeout(market: Market) -> None:
     """The timeout covers the headers only: a request already being answered is not cut."""
     token = market.user()
