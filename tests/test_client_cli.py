@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import os
 import socket
@@ -14,12 +15,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from rich.cells import cell_len
 from sqlalchemy import update
 from typer.testing import CliRunner, Result
 
+from openclore.api.app import create_app
 from openclore.cli.main import app
 from openclore.client import Client
+from openclore.engine.clock import SandboxClock
 from openclore.store.schema import orders, servers
 
 from conftest import Market
@@ -365,3 +370,121 @@ def test_ssh_execs_ssh(world: tuple[Cli, Cli, int], tmp_path: Path) -> None:
     (listed,) = [o for o in cli.json("orders") if o["id"] == order["id"]]
     port = listed["tcp_ports"][0].split(":")[1]
     assert json.loads(record.read_text()) == ["-p", port, "root@localhost"]
+
+
+# ----------------------------------------------------------------------------- terminal widths
+
+HOST = "n17.fra1.example.net"  # a public hostname as long as real ones
+
+
+def row_of(text: str, first: str) -> str:
+    """The one line of a table whose first cell is ``first`` (cells are two spaces apart)."""
+    (line,) = [line for line in text.splitlines() if line.strip().split("  ")[0] == first]
+    return line
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_tables_fit_the_terminal_and_ages_follow_the_market_clock(
+    world: tuple[Cli, Cli, int], market: Market, columns: int
+) -> None:
+    cli, _, sid = world
+    market.switch.app = create_app(  # the sandbox clock: the database offset over the test's
+        market.settings, db=market.db, clock=SandboxClock(market.db.engine, base=market.clock)
+    )
+    big = market.server(
+        market.user("big host"),
+        "big",
+        on_demand="0.0005",
+        specs={
+            "gpu": "8x NVIDIA A100-SXM4-80GB",
+            "gpuram": 80,
+            "ram": 1024,
+            "cpus": "128/256",
+            "net": {"cc": "US"},
+        },
+    )
+    set_gpus(market, sid, ["NVIDIA GeForce RTX 3090"] * 2)
+    set_gpus(market, big, ["NVIDIA A100-SXM4-80GB"] * 8)
+    with market.db.write() as conn:
+        conn.execute(update(servers).where(servers.c.id == sid).values(pub_cluster=[HOST]))
+    width = {"COLUMNS": str(columns)}
+
+    text = cli("market", **width).stdout
+    assert max(cell_len(line) for line in text.splitlines()) <= columns
+    for server_id, gpu, price in (
+        (sid, "2x RTX 3090", "0.00001"),
+        (big, "8x A100-SXM4-80GB", "0.0005"),
+    ):
+        line = row_of(text, str(server_id))
+        assert gpu in line and price in line  # the GPU and the price, whole, on the server's line
+    assert ("left out at 80 columns" in text) == (columns == 80)
+
+    order = cli.json("rent", str(sid), "--image", IMAGE, "--wait")
+    ssh = order["ssh_command"]
+    assert ssh.endswith(f"root@{HOST}")
+    assert "0m" in row_of(cli("orders", **width).stdout, str(order["id"]))
+    assert "market time is now" in cli("sandbox", "advance", "1d").stdout
+    text = cli("orders", **width).stdout
+    assert max(cell_len(line) for line in text.splitlines()) <= columns
+    line = row_of(text, str(order["id"]))
+    assert ssh in line  # the connect command whole, on the order's line
+    assert "1d0h" in line.split()  # the market's clock, not this machine's
+    assert "0.00001 bitcoin" in line and "running" in line
+    if columns == 120:
+        assert str(sid) in line.split() and "on-demand" in line and "left out" not in text
+
+
+def test_narrow_terminals_fold_rather_than_squeeze(capsys: pytest.CaptureFixture[str]) -> None:
+    from openclore.cli.client_commands import ORDER_COLUMNS, fit_columns, print_table
+
+    row = ["7", "3", "on-demand", "0.00001 bitcoin", "0.0000042", "running", "1d0h"]
+    ssh = f"ssh -p 40001 root@{HOST}"
+    # the least important columns go first: spent, server, type, then age and state
+    assert [ORDER_COLUMNS[i].name for i in fit_columns(ORDER_COLUMNS, [[*row, ssh]], 70)] == [
+        "id",
+        "price/day",
+        "state",
+        "connect",
+    ]
+    print_table("narrow", ORDER_COLUMNS, [[*row, ssh]], width=30)
+    text = capsys.readouterr().out
+    assert max(cell_len(line) for line in text.splitlines()) <= 30
+    assert "7" in text.split() and "price/day," in text  # nothing squeezed to nothing
+    assert ssh.replace(" ", "") in "".join(text.split())  # the command folds, whole
+
+
+def test_market_clock_is_the_servers_date() -> None:
+    from openclore.cli.client_commands import MarketClock, age
+
+    clock = MarketClock()
+    ahead = email.utils.formatdate(time.time() + 86400, usegmt=True)
+    clock.observe(httpx.Response(200, headers={"Date": ahead}))
+    assert abs(clock.now() - (time.time() + 86400)) < 3
+    clock.observe(httpx.Response(200, headers={"Date": "not a date"}))  # ignored
+    assert abs(clock.now() - (time.time() + 86400)) < 3
+    clock.observe(httpx.Response(200, headers={"Date": email.utils.formatdate(1_000_000)}))
+    assert abs(clock.now() - 1_000_000) < 3
+    assert age(1_000_000 - 90061, 1_000_000) == "1d1h"
+    assert age(1_000_000 - 3720, 1_000_000) == "1h02m"
+    assert age(None, 1_000_000) == "-"
+
+
+def test_api_answers_are_dated_with_the_market_clock(market: Market) -> None:
+    """A sandbox that travelled a day dates its answers a day ahead, errors included."""
+    market.clock.set(1_700_000_000)
+    for path in ("/v1/marketplace", "/v1/wallets"):
+        answer = market.client().get(path)
+        dates = answer.headers.get_list("date")
+        assert len(dates) == 1
+        assert email.utils.parsedate_to_datetime(dates[0]).timestamp() == 1_700_000_000
+
+
+def test_orders_on_a_market_without_the_sandbox(
+    world: tuple[Cli, Cli, int], market: Market
+) -> None:
+    cli, _, sid = world
+    market.reconfigure(sandbox=False)  # /sandbox/* answers "invalid endpoint"
+    market.clock.set(time.time())  # a market whose clock is the wall clock, as in production
+    order = cli.json("rent", str(sid), "--image", IMAGE, "--wait")
+    line = row_of(cli("orders", COLUMNS="80").stdout, str(order["id"]))
+    assert "0m" in line.split() and order["ssh_command"] in line  # the Date of the answer

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 import socket
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -601,3 +602,40 @@ def test_database_errors_never_show_the_password_or_a_traceback() -> None:
         assert "s3cr3t-pw" not in result.output and "Traceback" not in result.output
         assert "cannot use database postgresql://market:***@127.0.0.1:1/market" in result.output
 
+
+
+@pytest.mark.timing
+def test_connections_beyond_the_cap_get_503() -> None:
+    """Each process holds at most `max_connections` open connections (agents included)."""
+    import uvicorn
+
+    from openclore.api.transport import server_options
+    from openclore.config import Settings
+
+    from conftest import free_port
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    port = free_port()
+    options = server_options(Settings(max_connections=16, header_timeout=30))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert wait_until(lambda: server.started)
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(16)]
+    try:
+        time.sleep(0.2)
+        answer = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+        assert answer.status_code == 503
+    finally:
+        for sock in idle:
+            sock.close()
+    assert wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200)
+    server.should_exit = True
+    thread.join(timeout=10)

@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from email.utils import formatdate
 from typing import Any
 
 from fastapi import FastAPI
@@ -25,7 +26,7 @@ from openclore.api.errors import error_response
 from openclore.api.market_cache import MarketCache, PartsResponse
 from openclore.api.openapi import install_openapi
 from openclore.api.ratelimit import RateLimiter
-from openclore.api.transport import BodyLimit, BodyTooLarge, too_large
+from openclore.api.transport import BodyLimit, BodyTooLarge, DateHeader, too_large
 from openclore.api.wire import dumps, parse_object
 from openclore.config import Settings
 from openclore.domain.errors import (
@@ -433,9 +434,12 @@ def create_app(
         ep: Endpoint, request: Request, token: str | None, raw: bytes
     ) -> tuple[dict[str, str], Any]:
         headers = _check_rate(ep, request, token)
+        now = state.now()
+        # the answer's Date is the market's time: a travelled sandbox clock included
+        headers["Date"] = formatdate(now, usegmt=True)
         try:
             body = parse_object(raw) if raw.strip() else {}
-            return headers, _dispatch(ep, request, token, body)
+            return headers, _dispatch(ep, request, token, body, now)
         except InvalidToken as exc:
             if token:
                 _unknown_token(request, token)
@@ -456,8 +460,9 @@ def create_app(
         if not decision.allowed:
             raise RateLimited(decision.retry_after)
 
-    def _dispatch(ep: Endpoint, request: Request, token: str | None, body: dict[str, Any]) -> Any:
-        now = state.now()
+    def _dispatch(
+        ep: Endpoint, request: Request, token: str | None, body: dict[str, Any], now: int
+    ) -> Any:
         with database.read() as conn:
             user_id = authenticate(conn, token) if token else None
             if user_id is None and (ep.auth or token):
@@ -497,4 +502,5 @@ def create_app(
     install_agent_api(app, state)  # host agents: /agent/v1, apart from the Clore API
     install_openapi(app, V1_ENDPOINTS, SANDBOX_ENDPOINTS)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(DateHeader)
     return app

@@ -10,6 +10,8 @@ connection whose request headers are not complete ``header_timeout`` seconds aft
 from __future__ import annotations
 
 import asyncio
+import time
+from email.utils import formatdate
 from typing import Any
 
 from starlette.responses import Response
@@ -64,6 +66,29 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class DateHeader:
+    """One ``Date`` per answer: the one the endpoint set (the market's time, see the API), else
+    the wall clock. uvicorn's own is switched off (:func:`server_options`)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_dated(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"date" for name, _ in headers):
+                    headers.append((b"date", formatdate(time.time(), usegmt=True).encode()))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_dated)
 
 
 class _HeaderTimeoutMixin:
@@ -146,4 +171,5 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "ws_max_queue": 16,
         "proxy_headers": False,
         "server_header": False,
+        "date_header": False,  # DateHeader sets it: the market's time on API answers
     }

@@ -20,6 +20,7 @@ and exit status 1 (2 for usage errors).
 
 from __future__ import annotations
 
+import email.utils
 import os
 import shlex
 import shutil
@@ -28,15 +29,17 @@ import time
 import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, Literal, NoReturn, TypeVar
 
 import httpx
 import typer
 from pydantic import BaseModel, ValidationError
+from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
@@ -53,7 +56,7 @@ from openclore.client import (
     Order,
     json_dumps,
 )
-from openclore.client._json import number_text
+from openclore.client._exactjson import number_text
 
 T = TypeVar("T")
 
@@ -135,18 +138,50 @@ KeyOpt = Annotated[
 ]
 
 
+class MarketClock:
+    """The market's "now", as the server last said it: the ``Date`` header of its answers (the
+    server's clock, not this machine's; an openclore sandbox's travelled one). Until the server
+    has said anything: this machine's clock."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0  # market time − local time
+
+    def observe(self, response: httpx.Response) -> None:
+        raw = response.headers.get("date")
+        if not raw:
+            return
+        try:
+            said = email.utils.parsedate_to_datetime(raw).timestamp()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return
+        self.offset = said - time.time()
+
+    def now(self) -> int:
+        return int(time.time() + self.offset)
+
+
 @dataclass
 class Ctx:
     target: Target
     json: bool
+    clock: MarketClock = field(default_factory=MarketClock)
 
-    def client(self, need_key: bool = True) -> Client:
+    @contextmanager
+    def client(self, need_key: bool = True) -> Iterator[Client]:
+        """A client whose answers set :attr:`clock`."""
         if need_key and not self.target.api_key:
             fail(
                 "no API key: set OPENCLORE_API_KEY, pass --api-key, or add api_key to a profile "
                 f"in {config_path()}"
             )
-        return Client(self.target.api_key, base_url=self.target.url, retry_backoff=0.25)
+        hooks = {"response": [self.clock.observe]}
+        with (
+            httpx.Client(timeout=30.0, event_hooks=hooks) as http,
+            Client(
+                self.target.api_key, base_url=self.target.url, retry_backoff=0.25, http_client=http
+            ) as client,
+        ):
+            yield client
 
 
 def ctx(json: bool, profile: str | None, url: str | None, api_key: str | None) -> Ctx:
@@ -255,15 +290,108 @@ def call(message: str, fn: Callable[[], T]) -> T:
         return fn()
 
 
-def age(ct: int | None) -> str:
+def age(ct: int | None, now: int) -> str:
+    """How long before ``now`` (the market's clock, see :class:`MarketClock`) ``ct`` was."""
     if ct is None:
         return "-"
-    seconds = max(0, int(time.time()) - ct)
+    seconds = max(0, now - ct)
     if seconds < 3600:
         return f"{seconds // 60}m"
     if seconds < 86400:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 86400}d{seconds % 86400 // 3600}h"
+
+
+def market_now(c: Ctx) -> int:
+    """The market's time: the ``Date`` of its last answer (an openclore sandbox sends its
+    travelled clock there), not this machine's clock."""
+    return c.clock.now()
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column. ``priority`` 0 is always shown; when the terminal is too narrow for every
+    column, the highest priority number goes first (the rightmost of equals first). ``fold``
+    marks a column that may wrap when even the priority-0 columns do not fit."""
+
+    name: str
+    priority: int = 0
+    justify: Literal["left", "right"] = "left"
+    fold: bool = False
+
+
+def terminal_width() -> int:
+    """The width tables are laid out for: ``$COLUMNS``, else the terminal's, else 80."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    return out.width
+
+
+def table_width(widths: list[int]) -> int:
+    """The width of a :func:`print_table` table whose columns hold ``widths`` characters: two
+    spaces between neighbours, no edges (so a line copies cleanly, an ssh command included)."""
+    return sum(widths) + 2 * max(0, len(widths) - 1)
+
+
+def fit_columns(columns: list[Column], rows: list[list[str]], width: int) -> list[int]:
+    """Indices of the columns to show at ``width``: every column that fits, dropping the least
+    important ones first, never one of priority 0."""
+    natural = [
+        max(
+            [cell_len(column.name)]
+            + [cell_len(line) for row in rows for line in row[i].splitlines()]
+        )
+        for i, column in enumerate(columns)
+    ]
+    shown = list(range(len(columns)))
+    while table_width([natural[i] for i in shown]) > width:
+        droppable = [i for i in shown if columns[i].priority > 0]
+        if not droppable:
+            break
+        shown.remove(max(droppable, key=lambda i: (columns[i].priority, i)))
+    return shown
+
+
+def print_table(
+    title: str, columns: list[Column], rows: list[list[str]], width: int | None = None
+) -> None:
+    """A table laid out for the terminal: no cell wraps; at a narrow width the least important
+    columns are left out (a caption names them) rather than squeezed. Only when the
+    priority-0 columns alone are too wide do the ``fold`` ones wrap."""
+    width = terminal_width() if width is None else width
+    shown = fit_columns(columns, rows, width)
+    hidden = [c.name for i, c in enumerate(columns) if i not in shown and c.name]
+    table = Table(
+        title=title,
+        caption=f"left out at {width} columns: {', '.join(hidden)} (--json shows everything)"
+        if hidden
+        else None,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    natural = [
+        max([cell_len(columns[i].name)] + [cell_len(x) for r in rows for x in r[i].splitlines()])
+        for i in shown
+    ]
+    fits = table_width(natural) <= width
+    for i in shown:
+        column = columns[i]
+        wrap = column.fold and not fits
+        table.add_column(
+            column.name,
+            justify=column.justify,
+            no_wrap=not wrap,
+            overflow="fold" if wrap else "ellipsis",
+        )
+    for row in rows:
+        table.add_row(*(row[i] for i in shown))
+    Console(width=width, highlight=False).print(table)
 
 
 # ----------------------------------------------------------------------------- market
@@ -357,37 +485,44 @@ def market(
         emit_json(chosen)
         return
     unit = "hour" if per_hour else "day"
-    table = Table(title=f"{len(chosen)} of {len(listing.servers)} servers, {currency} per {unit}")
-    for name, justify in (
-        ("id", "right"),
-        ("gpu", "left"),
-        ("vram", "right"),
-        ("cpu", "right"),
-        ("ram", "right"),
-        ("cc", "left"),
-        ("rel.", "right"),
-        ("on-demand", "right"),
-        ("spot min", "right"),
-        ("rented", "left"),
-    ):
-        table.add_column(name, justify=justify, no_wrap=name != "gpu")  # type: ignore[arg-type]
     digits = 4 if per_hour else 10
+    rows: list[list[str]] = []
     for s in chosen:
         spot = s.spot_price(currency)
         specs = s.specs
-        table.add_row(
-            str(s.id),
-            f"{s.gpu_count}x {short_gpu(s.gpu_name)}" if s.gpu_count else (s.gpu_name or "-"),
-            f"{specs.gpuram:g} GB" if specs and specs.gpuram else "-",
-            (specs.cpus or "-") if specs else "-",
-            f"{specs.ram:.0f} GB" if specs and specs.ram else "-",
-            s.country or "-",
-            f"{s.reliability:.3f}" if s.reliability is not None else "-",
-            fmt(price(s), digits),
-            fmt(None if spot is None else spot / divisor, digits),
-            "yes" if s.rented else "",
+        rows.append(
+            [
+                str(s.id),
+                f"{s.gpu_count}x {short_gpu(s.gpu_name)}" if s.gpu_count else (s.gpu_name or "-"),
+                f"{specs.gpuram:g} GB" if specs and specs.gpuram else "-",
+                (specs.cpus or "-") if specs else "-",
+                f"{specs.ram:.0f} GB" if specs and specs.ram else "-",
+                s.country or "-",
+                f"{s.reliability:.3f}" if s.reliability is not None else "-",
+                fmt(price(s), digits),
+                fmt(None if spot is None else spot / divisor, digits),
+                "yes" if s.rented else "",
+            ]
         )
-    out.print(table)
+    print_table(
+        f"{len(chosen)} of {len(listing.servers)} servers, {currency} per {unit}",
+        MARKET_COLUMNS,
+        rows,
+    )
+
+
+MARKET_COLUMNS = [
+    Column("id", 0, "right"),
+    Column("gpu", 0, fold=True),
+    Column("vram", 3, "right"),
+    Column("cpu", 8, "right"),
+    Column("ram", 6, "right"),
+    Column("cc", 5),
+    Column("rel.", 7, "right"),
+    Column("on-demand", 0, "right"),
+    Column("spot min", 2, "right"),
+    Column("rented", 1),
+]
 
 
 def short_gpu(name: str) -> str:
@@ -599,27 +734,36 @@ def orders(
     if json:
         emit_json(rows)
         return
-    table = Table(title=f"{len(rows)} order(s)" + (" including ended" if all else ""))
-    for name in ("id", "server", "type", "price/day", "", "spent", "state", "age"):
-        table.add_column(
-            name,
-            justify="right" if name in ("id", "server", "price/day", "spent") else "left",
-            no_wrap=True,
-        )
-    table.add_column("connect", overflow="fold")
-    for o in rows:
-        table.add_row(
-            str(o.id),
-            str(o.si) if o.si is not None else "-",
-            o.type,
-            fmt(o.price),
-            o.currency or "",
-            fmt(o.spend),
-            describe(o),
-            age(o.ct),
-            "-" if o.expired else (o.ssh_command() or ", ".join(o.tcp_ports) or "-"),
-        )
-    out.print(table)
+    now = market_now(c)
+    print_table(
+        f"{len(rows)} order(s)" + (" including ended" if all else ""),
+        ORDER_COLUMNS,
+        [
+            [
+                str(o.id),
+                str(o.si) if o.si is not None else "-",
+                o.type,
+                f"{fmt(o.price)} {o.currency or ''}".rstrip(),
+                fmt(o.spend),
+                describe(o),
+                age(o.ct, now),
+                "-" if o.expired else (o.ssh_command() or ", ".join(o.tcp_ports) or "-"),
+            ]
+            for o in rows
+        ],
+    )
+
+
+ORDER_COLUMNS = [
+    Column("id", 0, "right"),
+    Column("server", 6, "right"),
+    Column("type", 5),
+    Column("price/day", 1, "right"),
+    Column("spent", 7, "right"),
+    Column("state", 2),
+    Column("age", 3),
+    Column("connect", 0, fold=True),
+]
 
 
 @client_app.command(rich_help_panel=PANEL_RENT)
@@ -689,18 +833,26 @@ def spot(
         f"server {server}: minimum bid {mins} per day; max rental {hours}; "
         f"{'online' if srv.online else 'offline'}, {srv.visibility or '-'}"
     )
-    table = Table(title=f"{len(book.offers)} offer(s), highest first")
-    for name in ("offer", "bid/day", "currency", "active", "mine"):
-        table.add_column(name)
-    for o in sorted(book.offers, key=lambda o: (-o.bid, o.offer_id)):
-        table.add_row(
-            str(o.offer_id),
-            fmt(o.bid),
-            o.currency or "-",
-            "yes" if o.active else "",
-            "yes" if o.my else "",
-        )
-    out.print(table)
+    print_table(
+        f"{len(book.offers)} offer(s), highest first",
+        [
+            Column("offer", 0, "right"),
+            Column("bid/day", 0, "right"),
+            Column("currency", 1),
+            Column("active", 0),
+            Column("mine", 2),
+        ],
+        [
+            [
+                str(o.offer_id),
+                fmt(o.bid),
+                o.currency or "-",
+                "yes" if o.active else "",
+                "yes" if o.my else "",
+            ]
+            for o in sorted(book.offers, key=lambda o: (-o.bid, o.offer_id))
+        ],
+    )
 
 
 @client_app.command(rich_help_panel=PANEL_RENT)
@@ -717,12 +869,16 @@ def wallets(
     if json:
         emit_json(rows)
         return
-    table = Table(title="wallets")
-    for name in ("currency", "balance", "deposit address", "withdrawal fee"):
-        table.add_column(name, justify="right" if name in ("balance", "withdrawal fee") else "left")
-    for w in rows:
-        table.add_row(w.name, fmt(w.balance), w.deposit or "-", fmt(w.withdrawal_fee))
-    out.print(table)
+    print_table(
+        "wallets",
+        [
+            Column("currency", 0),
+            Column("balance", 0, "right"),
+            Column("deposit address", 1, fold=True),
+            Column("withdrawal fee", 2, "right"),
+        ],
+        [[w.name, fmt(w.balance), w.deposit or "-", fmt(w.withdrawal_fee)] for w in rows],
+    )
 
 
 @client_app.command(rich_help_panel=PANEL_RENT)
@@ -781,21 +937,33 @@ def servers(
     if json:
         emit_json(rows)
         return
-    table = Table(title=f"{len(rows)} server(s)")
-    for name in ("id", "name", "status", "visibility", "on-demand/day", "spot min/day", "gpu"):
-        table.add_column(name, no_wrap=name in ("id", "status", "visibility", "gpu"))
+    table: list[list[str]] = []
     for s in rows:
         status = "online" if s.online else ("offline" if s.connected else "not connected")
-        table.add_row(
-            str(s.id) if s.id is not None else "-",
-            s.name,
-            status,
-            s.visibility,
-            "\n".join(f"{fmt(v)} {k}" for k, v in s.pricing.items() if v) or "-",
-            "\n".join(f"{fmt(v)} {k}" for k, v in s.min_spot_pricing.items() if v) or "-",
-            short_gpu(s.specs.gpu or "-") if s.specs else "-",
+        table.append(
+            [
+                str(s.id) if s.id is not None else "-",
+                s.name,
+                status,
+                s.visibility,
+                "\n".join(f"{fmt(v)} {k}" for k, v in s.pricing.items() if v) or "-",
+                "\n".join(f"{fmt(v)} {k}" for k, v in s.min_spot_pricing.items() if v) or "-",
+                short_gpu(s.specs.gpu or "-") if s.specs else "-",
+            ]
         )
-    out.print(table)
+    print_table(
+        f"{len(rows)} server(s)",
+        [
+            Column("id", 0, "right"),
+            Column("name", 0, fold=True),
+            Column("status", 1),
+            Column("visibility", 4),
+            Column("on-demand/day", 2),
+            Column("spot min/day", 3),
+            Column("gpu", 1),
+        ],
+        table,
+    )
     for s in rows:
         if s.init_token:
             out.print(f"{s.name}: not connected yet, init token {s.init_token}")

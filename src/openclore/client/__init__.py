@@ -48,8 +48,8 @@ from openclore.client._errors import (
     YouDontOwnThisOrder,
     error_for,
 )
-from openclore.client._json import dumps as json_dumps
-from openclore.client._json import loads as json_loads
+from openclore.client._exactjson import dumps as json_dumps
+from openclore.client._exactjson import loads as json_loads
 from openclore.client._models import (
     AddedServer,
     BackgroundJob,

@@ -1,4 +1,8 @@
-"""The asynchronous client: the same API as :class:`Client`, awaitable."""
+"""The asynchronous client: the same API as :class:`Client`, awaitable.
+
+This file is the source of ``_sync.py``: after changing it, run ``scripts/unasync.py``
+(``scripts/test`` runs ``scripts/unasync.py --check``).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import httpx
 
 from openclore.client import _calls as calls
 from openclore.client._base import BaseClient
-from openclore.client._calls import Amount, Call, OrderType
+from openclore.client._calls import Amount, ApiCall, OrderType
 from openclore.client._errors import CloreError, OrderLookupFailed, RateLimited
 from openclore.client._models import (
     AddedServer,
@@ -110,13 +114,13 @@ class AsyncClient(BaseClient):
         (default: for GET).
         """
         safe = method == "GET" if idempotent is None else idempotent
-        call: Call[dict[str, Any]] = Call(method, path, dict, body, params, idempotent=safe)
+        call: ApiCall[dict[str, Any]] = ApiCall(method, path, dict, body, params, idempotent=safe)
         return await self._run(call)
 
-    async def _run(self, call: Call[T]) -> T:
+    async def _run(self, call: ApiCall[T]) -> T:
         return call.parse(await self._execute(call))
 
-    async def _execute(self, call: Call[Any]) -> dict[str, Any]:
+    async def _execute(self, call: ApiCall[Any]) -> dict[str, Any]:
         url = self._url(call)
         content = calls.encode(call)
         request_headers = self._request_headers(content is not None)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from openclore.client._calls import (
     DEFAULT_BASE_URL,
-    Call,
+    ApiCall,
     RetryPolicy,
     headers,
     normalize_base_url,
@@ -56,7 +56,7 @@ class BaseClient:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
 
-    def _url(self, call: Call[object]) -> str:
+    def _url(self, call: ApiCall[object]) -> str:
         return self.base_url + call.path
 
     def _request_headers(self, has_body: bool) -> dict[str, str]:

@@ -11,7 +11,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import httpx
 
-from openclore.client import _json
+from openclore.client import _exactjson
 from openclore.client._errors import (
     CloreConnectionError,
     CloreError,
@@ -46,7 +46,7 @@ OrderType = Literal["on-demand", "spot"]
 
 
 @dataclass(frozen=True)
-class Call(Generic[T]):
+class ApiCall(Generic[T]):
     """One request: where it goes, what it sends, how to read the answer, how safe a retry is."""
 
     method: Literal["GET", "POST"]
@@ -92,8 +92,8 @@ def headers(api_key: str | None, extra: Mapping[str, str] | None = None) -> dict
     return out
 
 
-def encode(call: Call[Any]) -> bytes | None:
-    return None if call.body is None else _json.dumps(call.body).encode("utf-8")
+def encode(call: ApiCall[Any]) -> bytes | None:
+    return None if call.body is None else _exactjson.dumps(call.body).encode("utf-8")
 
 
 def retry_after(response: httpx.Response) -> float | None:
@@ -114,7 +114,7 @@ def retry_after(response: httpx.Response) -> float | None:
 def decode(response: httpx.Response) -> dict[str, Any]:
     """The decoded body of a code-0 response; any other code raises its :class:`CloreError`."""
     try:
-        body = _json.loads(response.content)
+        body = _exactjson.loads(response.content)
     except ValueError:
         body = None
     if not isinstance(body, dict) or not isinstance(body.get("code"), int):
@@ -149,7 +149,7 @@ class RetryPolicy:
         """Seconds before retry number ``attempt`` after a network or internal error."""
         return float(min(8.0, self.backoff_base * 2 ** (attempt - 1)))
 
-    def transport(self, call: Call[Any], error: CloreConnectionError, attempt: int) -> bool:
+    def transport(self, call: ApiCall[Any], error: CloreConnectionError, attempt: int) -> bool:
         if not error.retryable or attempt >= self.max_retries:
             return False
         return call.idempotent or not error.sent
@@ -158,24 +158,24 @@ class RetryPolicy:
         # a code-5 answer means the server refused before doing anything: always safe
         return self.retry_rate_limited and attempt < self.max_retries
 
-    def failed(self, call: Call[Any], error: CloreError, attempt: int) -> bool:
+    def failed(self, call: ApiCall[Any], error: CloreError, attempt: int) -> bool:
         return isinstance(error, InternalError) and call.idempotent and attempt < self.max_retries
 
 
 # ----------------------------------------------------------------------------- endpoints
 
 
-def wallets() -> Call[list[Wallet]]:
-    return Call("GET", "/v1/wallets", lambda b: WalletsResponse.model_validate(b).wallets)
+def wallets() -> ApiCall[list[Wallet]]:
+    return ApiCall("GET", "/v1/wallets", lambda b: WalletsResponse.model_validate(b).wallets)
 
 
-def my_servers() -> Call[list[MyServer]]:
-    return Call("GET", "/v1/my_servers", lambda b: MyServersResponse.model_validate(b).servers)
+def my_servers() -> ApiCall[list[MyServer]]:
+    return ApiCall("GET", "/v1/my_servers", lambda b: MyServersResponse.model_validate(b).servers)
 
 
-def server_config(server_name: str) -> Call[ServerConfig]:
+def server_config(server_name: str) -> ApiCall[ServerConfig]:
     # Clore documents a GET with a JSON body
-    return Call(
+    return ApiCall(
         "GET",
         "/v1/server_config",
         lambda b: ServerConfigResponse.model_validate(b).config,
@@ -183,16 +183,16 @@ def server_config(server_name: str) -> Call[ServerConfig]:
     )
 
 
-def marketplace() -> Call[Marketplace]:
+def marketplace() -> ApiCall[Marketplace]:
     def parse(body: dict[str, Any]) -> Marketplace:
         parsed = MarketplaceResponse.model_validate(body)
         return Marketplace.model_validate(parsed.model_dump(exclude={"code"}))
 
-    return Call("GET", "/v1/marketplace", parse)
+    return ApiCall("GET", "/v1/marketplace", parse)
 
 
-def my_orders(return_completed: bool = False) -> Call[list[Order]]:
-    return Call(
+def my_orders(return_completed: bool = False) -> ApiCall[list[Order]]:
+    return ApiCall(
         "GET",
         "/v1/my_orders",
         lambda b: MyOrdersResponse.model_validate(b).orders,
@@ -200,12 +200,12 @@ def my_orders(return_completed: bool = False) -> Call[list[Order]]:
     )
 
 
-def spot_marketplace(server_id: int) -> Call[SpotMarketplace]:
+def spot_marketplace(server_id: int) -> ApiCall[SpotMarketplace]:
     def parse(body: dict[str, Any]) -> SpotMarketplace:
         parsed = SpotMarketplaceResponse.model_validate(body)
         return SpotMarketplace.model_validate(parsed.model_dump(exclude={"code"}))
 
-    return Call("GET", "/v1/spot_marketplace", parse, params={"market": str(int(server_id))})
+    return ApiCall("GET", "/v1/spot_marketplace", parse, params={"market": str(int(server_id))})
 
 
 def _none(_body: dict[str, Any]) -> None:
@@ -221,7 +221,7 @@ def set_server_settings(
     spot: Amount | None = None,
     currency: str | None = None,
     visibility: Literal["public", "hidden"] | None = None,
-) -> Call[None]:
+) -> ApiCall[None]:
     body: dict[str, Any] = {"name": name}
     if availability is not None:
         body["availability"] = availability
@@ -234,19 +234,19 @@ def set_server_settings(
         body[prefix + "on_demand"] = decimal(on_demand, "on_demand")
     if spot is not None:
         body[prefix + "spot"] = decimal(spot, "spot")
-    return Call("POST", "/v1/set_server_settings", _none, body=body)
+    return ApiCall("POST", "/v1/set_server_settings", _none, body=body)
 
 
-def set_spot_price(order_id: int, price: Amount) -> Call[None]:
+def set_spot_price(order_id: int, price: Amount) -> ApiCall[None]:
     body = {"order_id": int(order_id), "desired_price": decimal(price, "price")}
-    return Call("POST", "/v1/set_spot_price", _none, body=body)
+    return ApiCall("POST", "/v1/set_spot_price", _none, body=body)
 
 
-def cancel_order(order_id: int, issue: str | None = None) -> Call[None]:
+def cancel_order(order_id: int, issue: str | None = None) -> ApiCall[None]:
     body: dict[str, Any] = {"id": int(order_id)}
     if issue:
         body["issue"] = issue
-    return Call("POST", "/v1/cancel_order", _none, body=body, idempotent=False)
+    return ApiCall("POST", "/v1/cancel_order", _none, body=body, idempotent=False)
 
 
 def create_order(
@@ -264,7 +264,7 @@ def create_order(
     command: str | None = None,
     required_price: Amount | None = None,
     autossh_entrypoint: bool | None = None,
-) -> Call[CreateOrderResponse]:
+) -> ApiCall[CreateOrderResponse]:
     if type not in ("on-demand", "spot"):
         raise ValueError("type must be 'on-demand' or 'spot'")
     if type == "spot" and spot_price is None:
@@ -293,7 +293,7 @@ def create_order(
         body["required_price"] = decimal(required_price, "required_price")
     if autossh_entrypoint is not None:
         body["autossh_entrypoint"] = autossh_entrypoint
-    return Call(
+    return ApiCall(
         "POST",
         "/v1/create_order",
         CreateOrderResponse.model_validate,
@@ -303,14 +303,14 @@ def create_order(
     )
 
 
-def add_server(name: str) -> Call[AddedServer]:
-    return Call(
+def add_server(name: str) -> ApiCall[AddedServer]:
+    return ApiCall(
         "POST", "/v1/add_server", AddedServer.model_validate, body={"name": name}, idempotent=False
     )
 
 
-def sandbox_advance_time(seconds: int) -> Call[int]:
-    return Call(
+def sandbox_advance_time(seconds: int) -> ApiCall[int]:
+    return ApiCall(
         "POST",
         "/sandbox/advance_time",
         lambda b: int(b["now"]),
@@ -319,9 +319,9 @@ def sandbox_advance_time(seconds: int) -> Call[int]:
     )
 
 
-def sandbox_deposit(currency: str, amount: Amount) -> Call[None]:
+def sandbox_deposit(currency: str, amount: Amount) -> ApiCall[None]:
     body = {"currency": currency, "amount": decimal(amount, "amount")}
-    return Call("POST", "/sandbox/deposit", _none, body=body, idempotent=False)
+    return ApiCall("POST", "/sandbox/deposit", _none, body=body, idempotent=False)
 
 
 # ----------------------------------------------------------------- create_order's fallback

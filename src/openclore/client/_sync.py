@@ -1,3 +1,4 @@
+# generated from _async.py by scripts/unasync.py — do not edit
 """The synchronous client."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import httpx
 
 from openclore.client import _calls as calls
 from openclore.client._base import BaseClient
-from openclore.client._calls import Amount, Call, OrderType
+from openclore.client._calls import Amount, ApiCall, OrderType
 from openclore.client._errors import CloreError, OrderLookupFailed, RateLimited
 from openclore.client._models import (
     AddedServer,
@@ -109,13 +110,13 @@ class Client(BaseClient):
         (default: for GET).
         """
         safe = method == "GET" if idempotent is None else idempotent
-        call: Call[dict[str, Any]] = Call(method, path, dict, body, params, idempotent=safe)
+        call: ApiCall[dict[str, Any]] = ApiCall(method, path, dict, body, params, idempotent=safe)
         return self._run(call)
 
-    def _run(self, call: Call[T]) -> T:
+    def _run(self, call: ApiCall[T]) -> T:
         return call.parse(self._execute(call))
 
-    def _execute(self, call: Call[Any]) -> dict[str, Any]:
+    def _execute(self, call: ApiCall[Any]) -> dict[str, Any]:
         url = self._url(call)
         content = calls.encode(call)
         request_headers = self._request_headers(content is not None)
