@@ -192,6 +192,7 @@ def ctx(json: bool, profile: str | None, url: str | None, api_key: str | None) -
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
+    """Say what went wrong on one line (``error: …``) and exit with ``code``."""
     line = " ".join(message.split())
     err.print(f"error: {line}", markup=False)
     raise typer.Exit(code)

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from openclore.agent.cli import agent as agent_command
-from openclore.cli.client_commands import client_app
+from openclore.cli.client_commands import client_app, fail
 from openclore.cli.sandbox import sandbox_app
 from openclore.config import Settings
 
@@ -46,11 +46,6 @@ DatabaseOpt = Annotated[
     str | None,
     typer.Option("--database-url", envvar="OPENCLORE_DATABASE_URL", help="SQLAlchemy database URL"),
 ]
-
-
-def fail(message: str, code: int = 1) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def safe_url(url: str) -> str:
@@ -310,5 +305,5 @@ def main() -> None:
         sys.exit(130)
     except DBAPIError as exc:
         url = os.environ.get("OPENCLORE_DATABASE_URL", "")
-        err.print(f"[red]error:[/red] {database_problem(url, exc)}", highlight=False)
+        err.print(f"error: {database_problem(url, exc)}", markup=False, highlight=False)
         sys.exit(1)
