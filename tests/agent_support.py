@@ -25,7 +25,7 @@ from openclore.market.servers import add_server
 from openclore.store.db import listing_changed
 from openclore.store.schema import server_prices, servers
 
-from conftest import Market, free_port, ok
+from support import Market, free_port, ok
 
 FAKE_SPECS = Specs(
     specs={

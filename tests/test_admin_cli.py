@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from openclore.cli.main import app
 
-from conftest import Market, ok, order_body
+from support import Market, ok, order_body
 
 runner = CliRunner()
 

@@ -14,6 +14,13 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from openclore.agent.channel import Agent, AgentThread, AgentUnauthorized, ChannelConfig
+from openclore.agent.reconcile import Reconciler, ReconcileSettings
+from openclore.agent.runtime.simulated import SimulatedEngine, SimulatedRuntime
+from openclore.agent.state import RegistrationRefused, load_state, register
+from openclore.cli.main import app as cli_app
+from openclore.store.schema import orders, servers
+
 from agent_support import (
     FAKE_SPECS,
     RestartableServer,
@@ -23,14 +30,7 @@ from agent_support import (
     wait_for,
     wait_order_state,
 )
-from openclore.agent.channel import Agent, AgentThread, AgentUnauthorized, ChannelConfig
-from openclore.agent.reconcile import Reconciler, ReconcileSettings
-from openclore.agent.runtime.simulated import SimulatedEngine, SimulatedRuntime
-from openclore.agent.state import RegistrationRefused, load_state, register
-from openclore.cli.main import app as cli_app
-from openclore.store.schema import orders, servers
-
-from conftest import Market, ok, order_body, spot_body
+from support import Market, ok, order_body, spot_body
 
 pytestmark = pytest.mark.timing  # agents and the market talk in real time
 
@@ -400,7 +400,7 @@ def test_order_created_on_one_api_process_reaches_an_agent_on_another(
 
     import httpx
 
-    from conftest import free_port
+    from support import free_port
 
     host = market.user()
     renter = market.user(bitcoin="0.01")

@@ -22,6 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
+from openclore.agent.runtime import LABEL_AGENT, LABEL_KEY, ImageRefused, LaunchSpec
+from openclore.agent.runtime.docker import DockerRuntime, Hardening, host_resolvers
+
 from agent_support import (
     RestartableServer,
     RunningAgent,
@@ -30,10 +33,7 @@ from agent_support import (
     wait_for,
     wait_order_state,
 )
-from openclore.agent.runtime import LABEL_AGENT, LABEL_KEY, ImageRefused, LaunchSpec
-from openclore.agent.runtime.docker import DockerRuntime, Hardening, host_resolvers
-
-from conftest import IN_CI, Market, ok, order_body, spot_body
+from support import IN_CI, Market, ok, order_body, spot_body
 
 IMAGE = "openclore-test/busybox:latest"
 NETWORK = "openclore-test"

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from openclore.store.schema import accounts, orders, server_prices, servers, transfers
 
-from conftest import Market, ok, order_body, spot_body
+from support import Market, ok, order_body, spot_body
 
 SID = "<sid>"  # replaced by the test's server id
 

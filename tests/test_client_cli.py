@@ -27,7 +27,7 @@ from openclore.client import Client
 from openclore.engine.clock import SandboxClock
 from openclore.store.schema import orders, servers
 
-from conftest import Market
+from support import Market
 
 IMAGE = "cloreai/ubuntu20.04-jupyter"
 
@@ -407,9 +407,8 @@ def test_tables_fit_the_terminal_and_ages_follow_the_market_clock(
     set_gpus(market, big, ["NVIDIA A100-SXM4-80GB"] * 8)
     with market.db.write() as conn:
         conn.execute(update(servers).where(servers.c.id == sid).values(pub_cluster=[HOST]))
-    width = {"COLUMNS": str(columns)}
 
-    text = cli("market", **width).stdout
+    text = cli("market", COLUMNS=str(columns)).stdout
     assert max(cell_len(line) for line in text.splitlines()) <= columns
     for server_id, gpu, price in (
         (sid, "2x RTX 3090", "0.00001"),
@@ -422,9 +421,9 @@ def test_tables_fit_the_terminal_and_ages_follow_the_market_clock(
     order = cli.json("rent", str(sid), "--image", IMAGE, "--wait")
     ssh = order["ssh_command"]
     assert ssh.endswith(f"root@{HOST}")
-    assert "0m" in row_of(cli("orders", **width).stdout, str(order["id"]))
+    assert "0m" in row_of(cli("orders", COLUMNS=str(columns)).stdout, str(order["id"]))
     assert "market time is now" in cli("sandbox", "advance", "1d").stdout
-    text = cli("orders", **width).stdout
+    text = cli("orders", COLUMNS=str(columns)).stdout
     assert max(cell_len(line) for line in text.splitlines()) <= columns
     line = row_of(text, str(order["id"]))
     assert ssh in line  # the connect command whole, on the order's line

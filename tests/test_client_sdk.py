@@ -58,7 +58,7 @@ from openclore.client import (
     pick_new_order,
 )
 
-from conftest import Market
+from support import Market
 
 IMAGE = "cloreai/ubuntu20.04-jupyter"
 

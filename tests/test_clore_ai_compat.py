@@ -22,7 +22,7 @@ from sqlalchemy import update
 from openclore.client import Client
 from openclore.store.schema import servers
 
-from conftest import Market
+from support import Market
 
 try:
     import clore_ai.client as clore_client  # type: ignore[import-untyped]

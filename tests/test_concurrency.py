@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from openclore.store.schema import accounts, orders
 
-from conftest import Market, free_port, ok, order_body, spot_body
+from support import Market, free_port, ok, order_body, spot_body
 
 
 def run_parallel(n: int, fn: Callable[[int], Any]) -> list[Any]:

@@ -27,7 +27,7 @@ from openclore.ledger.ledger import account_key
 from openclore.store.db import get_meta
 from openclore.store.schema import accounts, orders, server_prices, servers, users
 
-from conftest import Market, booked_by_order, free_port
+from support import Market, booked_by_order, free_port
 
 ORDERS = 3000
 RENTERS = 30

@@ -13,7 +13,7 @@ import pytest
 
 from openclore.market.demo import RENTER_HOST_TOKEN, RENTER_TOKEN, seed
 
-from conftest import Market, free_port
+from support import Market, free_port
 
 JSON = {"Content-type": "application/json"}
 

@@ -11,7 +11,7 @@ from openclore.engine.settlement import settle_running_orders
 from openclore.engine.ticker import tick
 from openclore.store.schema import accounts, orders, servers, transfers
 
-from conftest import Market, ok, order_body, spot_body
+from support import Market, ok, order_body, spot_body
 
 
 def agent_server(market: Market, host: str, name: str = "rig") -> int:

@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import (
 from openclore.api.app import create_app
 from openclore.config import Settings
 
-from conftest import Market
+from support import Market
 
 
 def _schema() -> Any:
@@ -31,7 +31,7 @@ def _schema() -> Any:
 schema = _schema()
 
 
-@schema.parametrize()
+@schema.parametrize()  # type: ignore[untyped-decorator]
 @settings(
     max_examples=25,
     deadline=None,

@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
-import psutil
+import psutil  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy import func, select, text, update
 from websockets.exceptions import ConnectionClosed
@@ -30,7 +30,7 @@ from openclore.market.servers import add_server, remove_server
 from openclore.store.db import bump_meta, get_meta
 from openclore.store.schema import accounts, orders, rate_limits, servers
 
-from conftest import (
+from support import (
     HEADER_TIMEOUT,
     Market,
     booked_by_order,
@@ -437,13 +437,13 @@ def test_server_limit_holds_under_concurrent_adds(market: Market) -> None:
 def test_random_tokens_share_their_address_limit(market: Market) -> None:
     market.reconfigure(rate_limit_interval=1.0, rate_clock=ManualClock(5000.0))
     client = market.client()
-    codes = Counter()
+    codes: Counter[int] = Counter()
     for _ in range(40):
         answer = client.get("/v1/wallets", headers={"auth": secrets.token_hex(16)})
         codes[answer.json()["code"]] += 1
     assert codes == {3: 1, 5: 39}, codes  # one call a second, like anonymous callers
     with market.db.read() as conn:
-        rows = conn.execute(select(func.count()).select_from(rate_limits)).scalar()
+        rows = conn.execute(select(func.count()).select_from(rate_limits)).scalar_one()
     assert rows <= 3
     # a real token keeps its own budget
     token = market.user()
@@ -612,7 +612,7 @@ def test_connections_beyond_the_cap_get_503() -> None:
     from openclore.api.transport import server_options
     from openclore.config import Settings
 
-    from conftest import free_port
+    from support import free_port
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":

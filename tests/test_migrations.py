@@ -8,7 +8,7 @@ from alembic.migration import MigrationContext
 from openclore.store.migrate import upgrade
 from openclore.store.schema import metadata
 
-from conftest import Market
+from support import Market
 
 
 def test_migrations_match_the_schema(market: Market) -> None:

@@ -25,7 +25,7 @@ from openclore.ledger.addresses import deposit_address
 from openclore.ledger.ledger import InsufficientFunds, ensure_wallet, system_account_id, transfer
 from openclore.store.schema import accounts
 
-from conftest import Market, ok, order_body
+from support import Market, ok, order_body
 
 
 def test_units_are_nano_coins_and_int64_holds_a_billion_coins() -> None:
@@ -44,7 +44,7 @@ def test_units_are_nano_coins_and_int64_holds_a_billion_coins() -> None:
     assert to_units(Decimal("0.0000000025")) == 2
     for bad in (Decimal("NaN"), Decimal("Infinity"), Decimal("1e30"), True, "abc"):
         with pytest.raises(AmountError):
-            to_units(bad)  # type: ignore[arg-type]
+            to_units(bad)
 
 
 def test_fee_percent_round_trip() -> None:

@@ -9,12 +9,12 @@ from sqlalchemy import func, select
 
 from openclore.store.schema import accounts, orders, transfers
 
-from conftest import Market, error, ok, order_body, spot_body
+from support import Market, error, ok, order_body, spot_body
 
 
 def balance(market: Market, token: str, currency: str = "bitcoin") -> float:
     wallets = ok(market.client(token).get("/v1/wallets"))["wallets"]
-    return next(w["balance"] for w in wallets if w["name"] == currency)
+    return float(next(w["balance"] for w in wallets if w["name"] == currency))
 
 
 def book(market: Market, sid: int, token: str | None = None) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from openclore.api.ratelimit import RateLimiter
 from openclore.engine.clock import ManualClock
 
-from conftest import Market, ok, order_body
+from support import Market, ok, order_body
 
 
 def test_gcra_allows_no_burst_and_tolerates_jitter(market: Market) -> None:

@@ -9,7 +9,7 @@ from openclore.api.ratelimit import RateLimiter
 from openclore.engine.billing import lock_server, resolve_server
 from openclore.store.schema import orders, servers
 
-from conftest import Market, booked_by_order, error, ok, order_body, spot_body
+from support import Market, booked_by_order, error, ok, order_body, spot_body
 
 
 def order_row(market: Market, oid: int) -> dict[str, object]:

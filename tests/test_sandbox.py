@@ -10,7 +10,7 @@ from openclore.engine.clock import SandboxClock
 from openclore.market.demo import RENTER_HOST_TOKEN, seed
 from openclore.store.schema import accounts
 
-from conftest import Market, ok, order_body, spot_body
+from support import Market, ok, order_body, spot_body
 
 
 def sandbox(market: Market) -> None:

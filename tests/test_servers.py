@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import Market, error, ok, order_body, spot_body
+from support import Market, error, ok, order_body, spot_body
 
 
 def test_add_server_over_http_and_my_servers_shape(market: Market) -> None:

@@ -26,8 +26,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from sqlalchemy import func, select, update
 
-from market_model import Model, Rules
-from market_model import Server as ModelServer
 from openclore.config import Settings
 from openclore.domain.errors import MarketError
 from openclore.domain.money import to_units
@@ -42,7 +40,9 @@ from openclore.market.wallets import deposit
 from openclore.store.db import Database, run_write
 from openclore.store.schema import accounts, orders, servers
 
-from conftest import T0, booked_by_order, fresh_database
+from market_model import Model, Rules
+from market_model import Server as ModelServer
+from support import T0, booked_by_order, fresh_database
 
 EXAMPLES = int(os.environ.get("OPENCLORE_SIM_EXAMPLES", "60"))
 STEPS = int(os.environ.get("OPENCLORE_SIM_STEPS", "50"))
@@ -335,11 +335,13 @@ def make_machine(db: Database, stats: dict[str, int]) -> type[RuleBasedStateMach
                 if want.ended_at is not None:
                     assert (now["ended_at"], now["end_reason"]) == (want.ended_at, want.end_reason)
             for sid in self.servers:
-                running = [
-                    o["id"] for o in now_orders.values() if o["server_id"] == sid and o["running"]
+                holders = [
+                    int(o["id"])
+                    for o in now_orders.values()
+                    if o["server_id"] == sid and o["running"]
                 ]
                 expected = model.running(sid)
-                assert running == ([] if expected is None else [expected]), (sid, now_orders)
+                assert holders == ([] if expected is None else [expected]), (sid, now_orders)
             for uid in self.users:
                 assert booked_wallets[uid] == model.booked_balance(uid), uid
                 assert now_wallets[uid] == model.balance(uid), uid
@@ -378,7 +380,7 @@ def _snapshot(
 def _wipe(db: Database) -> None:
     from openclore.store.schema import metadata
 
-    from conftest import TABLES
+    from support import TABLES
 
     with db.engine.begin() as conn:
         if db.is_postgres:

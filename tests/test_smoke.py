@@ -1,4 +1,4 @@
-from conftest import Market, ok, order_body
+from support import Market, ok, order_body
 
 
 def test_rent_on_demand(market: Market) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import httpx
 import pytest
 
-from conftest import Market, ok, order_body
+from support import Market, ok, order_body
 
 ENDPOINTS = [
     "wallets",
@@ -135,7 +138,7 @@ def test_oversized_body_is_refused_before_reading(market: Market) -> None:
     assert r.status_code == 413
     assert r.json()["code"] == 2
 
-    def chunks() -> object:
+    def chunks() -> Iterator[bytes]:
         for _ in range(100):
             yield b"x" * 4096
 
@@ -227,7 +230,7 @@ def test_openapi_describes_every_endpoint(market: Market) -> None:
     assert market.client().get("/docs").status_code == 200
 
 
-def ok_json(response: httpx.Response) -> dict[str, object]:
+def ok_json(response: httpx.Response) -> dict[str, Any]:
     assert response.status_code == 200
-    data: dict[str, object] = response.json()
+    data: dict[str, Any] = response.json()
     return data
