@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from openclore.client import Client
-from openclore.store.schema import servers
+from openclore.store.schema import orders, server_prices, servers
 
 from support import Market
 
@@ -140,8 +140,11 @@ def test_clore_ai_sdk_against_openclore(
     )
     got["my_orders() with an order"] = outcome(renter.my_orders)
     (order_id,) = {o.id for o in ours.my_orders()} - before
-    got["cancel_order(order_id, issue)"] = outcome(
-        lambda: renter.cancel_order(order_id, issue="GPU #1 overheats")
+    got["cancel_order(order_id, issue)"] = changed(
+        outcome(lambda: renter.cancel_order(order_id, issue="GPU #1 overheats")),
+        lambda: order_state(market, order_id)["expired"]
+        and order_state(market, order_id)["issue"] == "GPU #1 overheats",
+        "the order",
     )
     before = {o.id for o in ours.my_orders()}
     got["create_order(type='spot')"] = created(
@@ -162,14 +165,21 @@ def test_clore_ai_sdk_against_openclore(
         if offer.order_id is None and offer.price is None
         else "works"
     )
-    got["set_spot_price(order_id, price)"] = outcome(
-        lambda: renter.set_spot_price(spot_id, 0.00001)
+    got["set_spot_price(order_id, price)"] = changed(
+        outcome(lambda: renter.set_spot_price(spot_id, 0.00001)),
+        lambda: order_state(market, spot_id)["price"] == 10_000,
+        "the bid",
     )
     assert ours.my_orders()[0].price is not None
-    got["set_server_settings(name, ...)"] = outcome(
-        lambda: host.set_server_settings(
-            "rig", availability=True, mrl=96, on_demand=0.0001, spot=0.00000113
-        )
+    got["set_server_settings(name, ...)"] = changed(
+        outcome(
+            lambda: host.set_server_settings(
+                "rig", availability=True, mrl=96, on_demand=0.0001, spot=0.00000113
+            )
+        ),
+        lambda: (server_state(market, sid)["mrl_hours"], server_state(market, sid)["prices"])
+        == (96, {"bitcoin": (100_000, 1_130)}),
+        "the server",
     )
     assert ours.spot_marketplace(sid).market is not None
     before = {o.id for o in ours.my_orders()}
@@ -249,6 +259,30 @@ def test_clore_ai_sdk_against_openclore(
 
 def _expect(condition: bool) -> None:
     assert condition
+
+
+def changed(result: str, check: Callable[[], bool], what: str) -> str:
+    """A call that "works" must have changed the market: checked in the database."""
+    if result == "works" and not check():
+        return f"answers code 0, but {what} did not change"
+    return result
+
+
+def order_state(market: Market, order_id: int) -> dict[str, Any]:
+    with market.db.read() as conn:
+        return dict(conn.execute(select(orders).where(orders.c.id == order_id)).one()._mapping)
+
+
+def server_state(market: Market, server_id: int) -> dict[str, Any]:
+    with market.db.read() as conn:
+        row = dict(conn.execute(select(servers).where(servers.c.id == server_id)).one()._mapping)
+        row["prices"] = {
+            p.currency: (p.on_demand, p.spot)
+            for p in conn.execute(
+                select(server_prices).where(server_prices.c.server_id == server_id)
+            )
+        }
+    return row
 
 
 def created(result: str, ours: Client, before: set[int]) -> str:
