@@ -1,8 +1,12 @@
 """GET /v1/marketplace with 10,000 listed servers: openclore against a bare ASGI app.
 
 Both run under uvicorn the same way (one worker, same port options) in the same run; wrk drives
-them alternately for ``--rounds`` rounds and the medians are compared. Rate limits are off for
-openclore (a setting). Run: ``.venv/bin/python bench/marketplace.py`` (needs ``wrk``).
+them alternately for ``--rounds`` rounds. Each target's figures are those of its median round (by
+req/s), and its ratio is to the bare app measured in that same round. ``bench/check_code.lua``
+checks every answer: a status other than 2xx, a ``code`` other than 0 (openclore answers errors with
+HTTP 200) or a socket error fails the benchmark. Rate limits are off for openclore (a setting).
+Run: ``.venv/bin/python bench/marketplace.py`` (needs ``wrk``: ``apt-get install wrk``); the result
+goes to ``bench/results/marketplace.json``.
 """
 
 from __future__ import annotations
@@ -10,10 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from sqlalchemy import insert
@@ -25,7 +31,18 @@ from openclore.market.accounts import create_user, issue_token
 from openclore.store.db import Database, listing_changed
 from openclore.store.schema import server_prices, servers
 
-from _common import free_port, median_runs, process, uvicorn_args, wrk
+from _common import (
+    BENCH_DIR,
+    BenchmarkFailed,
+    free_port,
+    machine,
+    median_index,
+    process,
+    require_clean,
+    uvicorn_args,
+    write_result,
+    wrk,
+)
 
 GPUS = ["NVIDIA GeForce RTX 4090", "NVIDIA GeForce RTX 3090", "NVIDIA A100-SXM4-80GB"]
 
@@ -87,7 +104,7 @@ def populate(url: str, count: int) -> str:
     return token
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--servers", type=int, default=10_000)
     parser.add_argument("--seconds", type=int, default=10)
@@ -95,7 +112,24 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
     args = parser.parse_args()
+    result: dict[str, Any] = {
+        "benchmark": "marketplace",
+        "command": shlex.join(["bench/marketplace.py", *sys.argv[1:]]),
+        "machine": machine(),
+        "parameters": vars(args) | {"threads": 2, "wrk_script": "bench/check_code.lua"},
+    }
+    try:
+        run(args, result)
+    except BenchmarkFailed as exc:
+        result |= {"ok": False, "error": str(exc)}
+        write_result("marketplace", result)
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
+    write_result("marketplace", result)
+    return 0
 
+
+def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="openclore-bench-"))
     url = args.database_url or f"sqlite:///{tmp / 'market.sqlite'}"
     token = populate(url, args.servers)
@@ -108,57 +142,75 @@ def main() -> None:
     }
     app_url = f"http://127.0.0.1:{port_app}/v1/marketplace"
     bare_url = f"http://127.0.0.1:{port_bare}/v1/marketplace"
-    results: dict[str, list[dict[str, float]]] = {"bare": [], "anon": [], "auth": []}
+    targets = (
+        ("bare", bare_url, None),
+        ("anon", app_url, None),
+        ("auth", app_url, {"auth": token}),
+    )
+    rounds: list[dict[str, Any]] = []
     with process(
         uvicorn_args("openclore.api.server:app_factory", port_app, factory=True), env, app_url
     ):
         body = httpx.get(app_url, headers={"Accept-Encoding": "identity"}).content
-        assert json.loads(body)["code"] == 0 and len(json.loads(body)["servers"]) == args.servers
+        parsed = json.loads(body)
+        if parsed.get("code") != 0 or len(parsed.get("servers", [])) != args.servers:
+            raise BenchmarkFailed(f"the listing is not the {args.servers} servers: {body[:200]!r}")
+        authed = json.loads(
+            httpx.get(app_url, headers={"Accept-Encoding": "identity", "auth": token}).content
+        )
+        if authed.get("code") != 0 or len(authed.get("servers", [])) != args.servers:
+            raise BenchmarkFailed("the listing with a token is not the same servers")
         (tmp / "body.json").write_bytes(body)
-        bare_env = {
-            "BENCH_BODY_FILE": str(tmp / "body.json"),
-            "PYTHONPATH": str(Path(__file__).parent),
-        }
+        bare_env = {"BENCH_BODY_FILE": str(tmp / "body.json"), "PYTHONPATH": str(BENCH_DIR)}
         with process(uvicorn_args("bare_app:app", port_bare), bare_env, bare_url):
-            assert httpx.get(bare_url).content == body
-            for _ in range(args.rounds):
-                for name, target, headers in (
-                    ("bare", bare_url, None),
-                    ("anon", app_url, None),
-                    ("auth", app_url, {"auth": token}),
-                ):
-                    results[name].append(
-                        wrk(
-                            target,
-                            seconds=args.seconds,
-                            connections=args.connections,
-                            headers=headers,
-                        )
+            if httpx.get(bare_url).content != body:
+                raise BenchmarkFailed("the bare app does not serve the same body")
+            for i in range(args.rounds):
+                row: dict[str, Any] = {"round": i + 1}
+                for name, target, headers in targets:
+                    measured = wrk(
+                        target,
+                        seconds=args.seconds,
+                        connections=args.connections,
+                        headers=headers,
                     )
+                    require_clean(f"round {i + 1}, {name}", measured)
+                    row[name] = measured
                     time.sleep(0.5)
-    summary = {name: median_runs(runs) for name, runs in results.items()}
-    bare_rps = summary["bare"]["rps"]
+                for name in ("anon", "auth"):
+                    row[name]["ratio_to_bare"] = round(row[name]["rps"] / row["bare"]["rps"], 3)
+                rounds.append(row)
+    median = {}
+    for name, _, _ in targets:
+        i = median_index([r[name]["rps"] for r in rounds])
+        median[name] = {"round": rounds[i]["round"], **rounds[i][name]}
+    result |= {
+        "ok": True,
+        "body_bytes": len(body),
+        "runs": rounds,
+        "median_run": median,
+    }
     print(
         f"marketplace: {args.servers} servers, body {len(body) / 1e6:.2f} MB, "
-        f"wrk -c{args.connections} {args.seconds}s x{args.rounds} (medians)"
+        f"wrk -c{args.connections} {args.seconds}s x{args.rounds} rounds; median run of each "
+        "target, ratio to the bare app measured in the same round; every answer's code checked"
     )
-    print(f"{'target':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'ratio':>8}")
+    print(
+        f"{'target':<24}{'round':>6}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'ratio':>8}"
+        f"{'errors':>8}"
+    )
     labels = {
         "bare": "bare ASGI (ceiling)",
         "anon": "openclore anonymous",
         "auth": "openclore with token",
     }
-    for name, row in summary.items():
+    for name, row in median.items():
+        ratio = row.get("ratio_to_bare", 1.0)
         print(
-            f"{labels[name]:<28}{row['rps']:>10.1f}{row['p50_ms']:>10.1f}{row['p99_ms']:>10.1f}"
-            f"{row['rps'] / bare_rps:>8.2f}"
+            f"{labels[name]:<24}{row['round']:>6}{row['rps']:>10.1f}{row['p50_ms']:>10.1f}"
+            f"{row['p99_ms']:>10.1f}{ratio:>8.2f}{row['errors']:>8}"
         )
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "marketplace.json").write_text(
-        json.dumps({"summary": summary, "runs": results}, indent=2)
-    )
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

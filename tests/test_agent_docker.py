@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker  # type: ignore[import-untyped]
 import httpx
 import pytest
 
@@ -45,8 +46,6 @@ SERVE = "httpd -f -p 8000 -h /www"
 def docker_client() -> Iterator[Any]:
     problem = None
     try:
-        import docker  # type: ignore[import-untyped]
-
         client = docker.from_env(timeout=60)
         client.ping()
         client.images.get(IMAGE)
@@ -98,7 +97,13 @@ def containers(client: Any, labels: dict[str, str], key: str | None = None) -> l
     filters = [f"{TEST_LABEL}={labels[TEST_LABEL]}"]
     if key:
         filters.append(f"{LABEL_KEY}={key}")
-    return list(client.containers.list(all=True, filters={"label": filters}))
+    found = []
+    for summary in client.api.containers(all=True, filters={"label": filters}):
+        try:
+            found.append(client.containers.get(summary["Id"]))
+        except docker.errors.NotFound:
+            continue  # removed since it was listed
+    return found
 
 
 def fetch(host: str, port: int, path: str, timeout: float = 10.0) -> str:

@@ -144,11 +144,12 @@ def test_hostile_specs_cannot_break_the_marketplace(market: Market) -> None:
         wait_until(lambda: specs_of(market, sid) == {"gpu": "1x RTX 4090", "ram": 64})
         ws.send(json.dumps({"type": "specs", "specs": HOSTILE_SPECS, "gpu_array": ["\x1b[31m"]}))
         # only the valid fields are kept; the invalid gpu_array is ignored whole
-        wait_until(lambda: specs_of(market, sid) == {"mb": "B650", "cpus": "16/32"})
-        assert specs_of(market, sid) == {"mb": "B650", "cpus": "16/32"}
+        kept = {"net": {"up": 100, "cc": "CZ"}, "mb": "B650", "cpus": "16/32"}
+        wait_until(lambda: specs_of(market, sid) == kept)
+        assert specs_of(market, sid) == kept
 
         listed = ok(market.client().get("/v1/marketplace"))["servers"]
-        assert [s["specs"] for s in listed] == [{"mb": "B650", "cpus": "16/32"}]
+        assert [s["specs"] for s in listed] == [kept]
         assert ok(market.client(host).get("/v1/my_servers"))["servers"][0]["specs"]
         ok(market.client(host).get("/v1/server_config", params={"server_name": "rig"}))
         created = ok(market.client(renter).post("/v1/create_order", json=order_body(sid)))
@@ -639,3 +640,12 @@ def test_connections_beyond_the_cap_get_503() -> None:
     assert wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200)
     server.should_exit = True
     thread.join(timeout=10)
+
+
+def test_an_invalid_field_of_net_drops_only_that_field() -> None:
+    from openclore.domain.specs import check_specs
+
+    clean, problems = check_specs({"net": {"up": 10.5, "down": 90, "cc": ""}, "ram": 64})
+    assert clean == {"net": {"up": 10.5, "down": 90}, "ram": 64}
+    assert problems == []
+    assert check_specs({"net": "fast"}) == ({}, ["invalid net"])

@@ -292,7 +292,8 @@ def collect(config: SpecsConfig | None = None, nvml: Any = None) -> Specs:
         "disk": f"{disk_kind(disk_path)} {round(usage.free / 1024**3, 1)}GB",
         "disk_speed": speed,
         **gpu_fields(gpus),
-        "net": {"up": config.net_up, "down": config.net_down, "cc": config.country},
+        "net": {"up": config.net_up, "down": config.net_down}
+        | ({"cc": config.country} if config.country else {}),
     }
     return Specs(specs=specs, gpu_array=[g.name for g in gpus], gpu_source=source, notes=notes)
 

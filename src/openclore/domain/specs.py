@@ -68,10 +68,11 @@ class Group:
     fields: Mapping[str, Text | Number | Country]
 
     def check(self, value: Any) -> Any:
+        """The valid fields of the group (an invalid one is dropped, not the whole group)."""
         if not isinstance(value, dict):
             return None
-        clean, problems = _check_fields(value, self.fields)
-        return None if problems else clean
+        clean, _ = _check_fields(value, self.fields)
+        return clean
 
 
 Rule = Text | Number | Country | Group

@@ -245,13 +245,19 @@ class DockerRuntime:
     # ------------------------------------------------------------------ queries
 
     def containers(self) -> list[Observed]:
+        out: list[Observed] = []
         try:
-            containers = self.client.containers.list(
+            listed = self.client.api.containers(
                 all=True, filters={"label": f"{LABEL_AGENT}={self.agent_id}"}
             )
+            for summary in listed:
+                try:
+                    attrs = self.client.api.inspect_container(summary["Id"])
+                except docker.errors.NotFound:
+                    continue  # removed between the listing and now: it is gone, as it should be
+                out.append(_observed(attrs))
         except docker.errors.DockerException as exc:
             raise RuntimeProblem(f"cannot list containers: {exc}") from exc
-        out = [_observed(c.attrs) for c in containers]
         with self._lock:
             for c in out:
                 if c.error is None and c.state == "running":
