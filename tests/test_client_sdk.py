@@ -770,8 +770,10 @@ def test_no_sleep_when_the_server_is_not_limiting(market: Market, clients: list[
         c.wallets()
     assert all(0 < w <= 0.3 for w in waits[2:])  # only what is left of the interval
     assert rec.statuses == [200] * 6  # paced: never refused
+    # the sends are spaced by the sleeps (hook times lag their slots by a varying few ms, so
+    # the bound is loose; unpaced sends would be milliseconds apart)
     gaps = [b - a for a, b in zip(rec.sent[1:], rec.sent[2:], strict=False)]
-    assert min(gaps) >= 0.29
+    assert min(gaps) >= 0.2
 
 
 @pytest.mark.timing
@@ -823,7 +825,7 @@ def test_create_order_pacing(market: Market, clients: list[Client]) -> None:
     for sid in sids:
         c.create_order(sid, IMAGE)
     assert rec.statuses == [200] * 3
-    assert rec.sent[2] - rec.sent[0] >= 2 * 1 - 0.05
+    assert rec.sent[2] - rec.sent[0] >= 1.8  # two 1 s create_order slots (hooks lag slots a little)
 
 
 @pytest.mark.timing
