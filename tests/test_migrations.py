@@ -19,5 +19,13 @@ def test_migrations_match_the_schema(market: Market) -> None:
 
 
 def test_upgrade_is_idempotent(market: Market) -> None:
+    """Upgrading a database that is up to date changes nothing: same revision, data kept."""
+    token = market.user(bitcoin="0.5")
     upgrade(market.db)
     upgrade(market.db)
+    with market.db.engine.connect() as conn:
+        revision = MigrationContext.configure(conn).get_current_revision()
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert revision == "0002" and diff == []
+    wallets = market.client(token).get("/v1/wallets").json()["wallets"]
+    assert [w["balance"] for w in wallets if w["name"] == "bitcoin"] == [0.5]

@@ -71,7 +71,8 @@ def test_settling_in_any_split_bills_the_same_total(
         new_spend = spend_for(price, active)
         new_fee = fee_for(new_spend, fee_bp)
         assert new_spend >= spent and new_fee >= fee
-        assert (new_spend - spent) == (new_fee - fee) + ((new_spend - new_fee) - (spent - fee))
+        # the host's part never shrinks: each settlement pays the host a non-negative amount
+        assert new_spend - new_fee >= spent - fee
         spent, fee = new_spend, new_fee
     assert spent == price * sum(splits) // 86400
     assert fee == spent * fee_bp // 10000
