@@ -32,6 +32,8 @@ CRASH_LOOP = "crash_loop"  # exited again and again; still retried, slowly
 ERROR = "error"  # could not be started (bad image, bad settings); retried slowly
 STOPPED = "stopped"  # removed because its order ended, was outbid or preempted
 
+STATES = frozenset({PULLING, STARTING, RUNNING, RESTARTING, CRASH_LOOP, ERROR, STOPPED})
+
 CLOSE_UNAUTHORIZED = 4401  # WebSocket close code: unknown or revoked agent credential
 
 

@@ -18,14 +18,10 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from openclore.agent.protocol import (
-    CRASH_LOOP,
-    ERROR,
     KIND_BACKGROUND,
     KIND_ORDER,
-    PULLING,
-    RESTARTING,
     RUNNING,
-    STARTING,
+    STATES,
     STOPPED,
     ContainerStatus,
     DesiredContainer,
@@ -42,7 +38,6 @@ AGENT_TOKEN_PREFIX = "oca_"
 MAX_STATUSES = 64
 MAX_PUBLIC_HOSTS = 8
 MAX_ERROR_LENGTH = 1000
-STATES = {PULLING, STARTING, RUNNING, RESTARTING, CRASH_LOOP, ERROR, STOPPED}
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"

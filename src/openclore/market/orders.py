@@ -22,7 +22,7 @@ from openclore.market.accounts import lock_user
 from openclore.market.requests import CreateOrderRequest
 from openclore.market.servers import prices_of
 from openclore.store.db import inserted_id, listing_changed
-from openclore.store.schema import accounts, orders, servers
+from openclore.store.schema import orders, servers
 
 MAX_ISSUE_LENGTH = 2048
 
@@ -81,9 +81,7 @@ def create_order(
     # both wallets exist before any money moves (a currency may have been added since)
     wallet = ensure_wallet(conn, user_id, req.currency, settings.address_secret)
     ensure_wallet(conn, server["owner_id"], req.currency, settings.address_secret)
-    funds = conn.execute(
-        select(accounts.c.balance).where(accounts.c.id == wallet).with_for_update()
-    ).scalar_one()
+    funds = balance(conn, wallet, lock=True)
     if funds < creation_fee + runway(price, settings.runway_seconds):
         raise MarketError("not_enough_balance")
 
