@@ -209,7 +209,9 @@ class AgentChannel:
                 statuses = parse_statuses(message.get("containers"))
                 if statuses:
                     await self._write(
-                        lambda c, s=statuses: apply_statuses(c, self.server_id, s, self.pub_cluster)
+                        lambda c, s=statuses: apply_statuses(
+                            c, self.server_id, s, self.pub_cluster, self.state.now()
+                        )
                     )
             elif kind == "specs":
                 await self._write(lambda c, m=message: agent_specs(c, self.server_id, m))

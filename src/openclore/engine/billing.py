@@ -16,6 +16,7 @@ from sqlalchemy import Connection, select, update
 from openclore.domain.money import affordable_seconds, fee_for, segment_spend
 from openclore.domain.spot import ranked
 from openclore.engine.events import notify_server
+from openclore.engine.outbox import order_ended, order_states, record_order_changes
 from openclore.ledger.ledger import balance, system_account_id, transfer, wallet_id
 from openclore.store.db import listing_changed
 from openclore.store.schema import orders, servers
@@ -169,6 +170,7 @@ def resolve_server(conn: Connection, server_id: int, now: int) -> None:
     online = bool(
         conn.execute(select(servers.c.online).where(servers.c.id == server_id)).scalar_one()
     )
+    before = order_states(conn, server_id)
     changed = False
     while True:
         live = live_orders(conn, server_id, lock=True)
@@ -221,6 +223,7 @@ def resolve_server(conn: Connection, server_id: int, now: int) -> None:
     if changed:
         listing_changed(conn)
         notify_server(conn, server_id)
+        record_order_changes(conn, server_id, before, now)
 
 
 def lock_server(conn: Connection, server_id: int) -> Row | None:
@@ -239,11 +242,10 @@ def end_order(conn: Connection, order_id: int, now: int, reason: str) -> str | N
     order = settle(conn, dict(row._mapping), now)
     if order["expired"]:
         notify_server(conn, order["server_id"])
+        order_ended(conn, order, str(order["end_reason"]), now)
         return str(order["end_reason"])
-    conn.execute(
-        update(orders)
-        .where(orders.c.id == order_id)
-        .values(expired=True, running=False, ended_at=now, end_reason=reason)
-    )
+    values = {"expired": True, "running": False, "ended_at": now, "end_reason": reason}
+    conn.execute(update(orders).where(orders.c.id == order_id).values(**values))
     notify_server(conn, order["server_id"])  # its container must stop now
+    order_ended(conn, {**order, **values}, reason, now)
     return reason

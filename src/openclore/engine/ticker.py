@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, select, text, update
 
 from openclore.engine.billing import BILLING_GRACE, lock_server, resolve_server
+from openclore.engine.outbox import SERVER_OFFLINE, emit
 from openclore.engine.settlement import servers_due, settle_running_orders
 from openclore.store.db import Database, listing_changed, run_write
 from openclore.store.schema import servers
@@ -48,6 +49,7 @@ def _take_offline(conn: Connection, server_id: int, now: int, timeout: int) -> N
     if server["last_seen"] is not None and server["last_seen"] >= now - timeout:
         return  # a heartbeat arrived meanwhile
     conn.execute(update(servers).where(servers.c.id == server_id).values(online=False))
+    emit(conn, server["owner_id"], SERVER_OFFLINE, now, server_id=server_id, name=server["name"])
     resolve_server(conn, server_id, now)
     listing_changed(conn)
 

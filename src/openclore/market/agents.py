@@ -18,6 +18,8 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from openclore.agent.protocol import (
+    CRASH_LOOP,
+    ERROR,
     KIND_BACKGROUND,
     KIND_ORDER,
     RUNNING,
@@ -29,10 +31,12 @@ from openclore.agent.protocol import (
 )
 from openclore.domain.specs import UNSAFE_TEXT, check_gpu_array, check_specs
 from openclore.engine.billing import lock_server, resolve_server
+from openclore.engine.outbox import ORDER_FAILED, SERVER_ONLINE, emit
 from openclore.store.db import listing_changed
 from openclore.store.schema import orders, servers
 
 log = logging.getLogger("openclore.agents")
+FAILED_STATES = frozenset({CRASH_LOOP, ERROR})
 
 AGENT_TOKEN_PREFIX = "oca_"
 MAX_STATUSES = 64
@@ -121,8 +125,9 @@ def agent_hello(
     if changed:
         listing_changed(conn)
     if not row["online"]:
+        emit(conn, row["owner_id"], SERVER_ONLINE, now, server_id=server_id, name=row["name"])
         resolve_server(conn, server_id, now)
-    apply_statuses(conn, server_id, parse_statuses(hello.get("containers")), pub_cluster)
+    apply_statuses(conn, server_id, parse_statuses(hello.get("containers")), pub_cluster, now)
     return True
 
 
@@ -139,6 +144,7 @@ def agent_heartbeat(conn: Connection, server_id: int, now: int) -> bool:
     if row is None or row["removed_at"] is not None:
         return False
     conn.execute(update(servers).where(live).values(last_seen=now, online=True))
+    emit(conn, row["owner_id"], SERVER_ONLINE, now, server_id=server_id, name=row["name"])
     listing_changed(conn)
     resolve_server(conn, server_id, now)
     return True
@@ -172,9 +178,14 @@ def valid_specs(server_id: int, raw: Any) -> dict[str, Any] | None:
 
 
 def apply_statuses(
-    conn: Connection, server_id: int, statuses: list[ContainerStatus], pub_cluster: list[str]
+    conn: Connection,
+    server_id: int,
+    statuses: list[ContainerStatus],
+    pub_cluster: list[str],
+    now: int,
 ) -> None:
-    """Write what the agent reports into its own server's orders (others' are ignored)."""
+    """Write what the agent reports into its own server's orders (others' are ignored); a
+    container that turns to an error state is an ``order.failed`` event for its renter."""
     by_order = {s.order_id: s for s in statuses if s.kind == KIND_ORDER and s.order_id is not None}
     if not by_order:
         return
@@ -208,6 +219,17 @@ def apply_statuses(
         changed = {k: v for k, v in values.items() if current[k] != v}
         if changed:
             conn.execute(update(orders).where(orders.c.id == row.id).values(**changed))
+        if "runtime_state" in changed and status.state in FAILED_STATES and not row.expired:
+            emit(
+                conn,
+                row.user_id,
+                ORDER_FAILED,
+                now,
+                order_id=row.id,
+                server_id=server_id,
+                state=status.state,
+                error=status.error,
+            )
 
 
 def desired_for(conn: Connection, server_id: int) -> list[DesiredContainer] | None:

@@ -17,6 +17,7 @@ from openclore.domain.money import (
 from openclore.domain.specs import clean_specs
 from openclore.domain.spot import lowest_bid, runway, seconds_until_lowering
 from openclore.engine.billing import Row, end_order, lock_server, resolve_server
+from openclore.engine.outbox import order_created
 from openclore.ledger.ledger import balance, ensure_wallet, system_account_id, transfer, wallet_id
 from openclore.market.accounts import lock_user
 from openclore.market.requests import CreateOrderRequest
@@ -114,6 +115,7 @@ def create_order(
             )
         )
     )
+    order_created(conn, order_id, now)
     transfer(
         conn,
         key=f"order:{order_id}:creation_fee",

@@ -10,6 +10,7 @@ from sqlalchemy import Connection, select
 from openclore.config import Settings
 from openclore.domain.errors import MarketError
 from openclore.domain.money import to_coins, to_units
+from openclore.engine.outbox import DEPOSIT_CREDITED, emit
 from openclore.ledger.ledger import ensure_wallet, system_account_id, transfer
 from openclore.store.schema import accounts
 
@@ -57,7 +58,7 @@ def deposit(
     if amount <= 0:
         raise MarketError("amount_too_low")
     wallet = ensure_wallet(conn, user_id, currency, settings.address_secret)
-    transfer(
+    applied = transfer(
         conn,
         key=f"deposit:{key or secrets.token_hex(12)}",
         debit=system_account_id(conn, "external", currency),
@@ -66,3 +67,5 @@ def deposit(
         kind="deposit",
         now=now,
     )
+    if applied:
+        emit(conn, user_id, DEPOSIT_CREDITED, now, currency=currency, amount=to_coins(amount))

@@ -86,12 +86,18 @@ class Database:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
-        """A write transaction: committed on success, rolled back on any exception."""
+        """A write transaction: committed on success, rolled back on any exception. Work
+        registered with :func:`before_commit` runs last, inside it."""
         with self.engine.connect() as conn:
             if self.is_sqlite:
                 conn = conn.execution_options(sqlite_immediate=True)
-            with conn.begin():
-                yield conn
+            try:
+                with conn.begin():
+                    conn.info[_BEFORE_COMMIT] = {}
+                    yield conn
+                    _run_before_commit(conn)
+            finally:
+                conn.info.pop(_BEFORE_COMMIT, None)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
@@ -106,6 +112,32 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+_BEFORE_COMMIT = "openclore_before_commit"
+
+
+def before_commit(
+    conn: Connection, key: str, flush: Callable[[Connection, list[Any]], None]
+) -> list[Any]:
+    """A list bound to the current write transaction: ``flush(conn, items)`` runs once, as the
+    transaction's last statements, with what was appended to it (dropped on rollback). Lets a
+    layer batch rows that must commit with the change (an outbox) and take a short lock for
+    them only at the end."""
+    hooks: dict[str, tuple[Callable[[Connection, list[Any]], None], list[Any]]] | None
+    hooks = conn.info.get(_BEFORE_COMMIT)
+    if hooks is None:  # a bare transaction would commit without the rows: refuse loudly
+        raise RuntimeError("before_commit needs a Database.write() transaction")
+    if key not in hooks:
+        hooks[key] = (flush, [])
+    return hooks[key][1]
+
+
+def _run_before_commit(conn: Connection) -> None:
+    hooks = conn.info.pop(_BEFORE_COMMIT, None)
+    for flush, items in (hooks or {}).values():
+        if items:
+            flush(conn, items)
 
 
 def run_write(db: Database, fn: Callable[[Connection], T], attempts: int = 5) -> T:
@@ -179,6 +211,7 @@ def listing_changed(conn: Connection) -> None:
 __all__ = [
     "MARKET_VERSION",
     "Database",
+    "before_commit",
     "bump_meta",
     "get_meta",
     "listing_changed",

@@ -211,3 +211,87 @@ meta = Table(
     Column("key", String(64), primary_key=True),
     Column("value", BigInteger, nullable=False),
 )
+
+# ----------------------------------------------------------------------------- events (outbox)
+
+# One row per market event, written in the transaction of the change (the outbox). Ids are given
+# in commit order (see openclore.engine.outbox), so "everything after id N" never skips a row
+# that commits late.
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("created_at", BigInteger, nullable=False),  # the market's time of the change
+    Column("data", Text, nullable=False),  # the event's JSON object, rendered once (exact amounts)
+)
+Index("ix_events_user_id_id", events.c.user_id, events.c.id)
+
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False, index=True),
+    Column("url", String(2048), nullable=False),
+    Column("secret", String(80), nullable=False),
+    Column("events", JSON, nullable=True),  # event types it wants; NULL: all
+    Column("created_at", BigInteger, nullable=False),
+    Column("deleted_at", BigInteger, nullable=True),
+)
+
+# One row per (event, webhook): created with the event (same transaction), claimed by one
+# deliverer at a time (a lease in next_attempt_at), done when the receiver answered 2xx.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("webhook_id", Integer, ForeignKey("webhooks.id"), nullable=False),
+    Column("event_id", BigInteger, nullable=True),  # NULL: a test ping
+    Column("body", Text, nullable=False),  # the exact bytes POSTed (signed)
+    Column("state", String(16), nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", Double, nullable=False),  # wall clock
+    Column("last_attempt_at", Double, nullable=True),
+    Column("last_status", Integer, nullable=True),
+    Column("last_error", String(512), nullable=True),
+    Column("delivered_at", Double, nullable=True),
+    Column("created_at", Double, nullable=False),
+    CheckConstraint("state IN ('pending', 'delivered', 'failed')", name="state"),
+)
+Index(
+    "ix_webhook_deliveries_due",
+    webhook_deliveries.c.state,
+    webhook_deliveries.c.next_attempt_at,
+)
+Index(
+    "ix_webhook_deliveries_webhook_id_id", webhook_deliveries.c.webhook_id, webhook_deliveries.c.id
+)
+
+# Per-user alert settings: low balance when a wallet's runway drops under low_balance_seconds.
+user_alerts = Table(
+    "user_alerts",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id"), primary_key=True),
+    Column("low_balance_seconds", BigInteger, nullable=False),
+    Column("alerted", JSON, nullable=False),  # currencies alerted since their runway was fine
+)
+
+# ----------------------------------------------------------------------------- idempotency
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id"), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("endpoint", String(64), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("owner", String(32), nullable=False),  # the attempt that holds it now
+    Column("state", String(16), nullable=False),  # running | done
+    Column("status", Integer, nullable=True),  # HTTP status of the stored answer
+    Column("response", Text, nullable=True),  # the answer's bytes, replayed as they were
+    Column("started_at", Double, nullable=False),  # wall clock
+    Column("created_at", Double, nullable=False),
+    CheckConstraint("state IN ('running', 'done')", name="state"),
+)
+Index("ix_idempotency_keys_created_at", idempotency_keys.c.created_at)

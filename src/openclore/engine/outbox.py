@@ -1,0 +1,238 @@
+"""Market events for users: an outbox written in the transaction of the change.
+
+Use cases call :func:`emit` wherever something a user cares about happens (an order created,
+running, outbid, failed or ended; a server online or offline; a deposit credited; a low
+balance). The rows are written as the transaction's last statements (``store.db.before_commit``),
+so an event exists if and only if its change committed.
+
+Ids follow commit order. ``GET /v1/events?after=N`` and ``Last-Event-ID`` resume from an id, so
+an event that got a smaller id but committed after a reader saw a bigger one would be skipped
+for good. On SQLite every writer holds the database lock, so ids are given in commit order
+anyway; on PostgreSQL the flush takes a transaction-scoped advisory lock first, held only for
+the insert and the commit, which orders the event-writing transactions' commits.
+
+The same flush fans each event out to its user's webhooks (one delivery row each, same
+transaction: at-least-once from the start) and wakes this and every other process's deliverers
+and event streams (``pg_notify`` at commit on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, insert, select, text
+
+from openclore.domain.money import Coins, to_coins
+from openclore.engine.events import notify_server
+from openclore.store.db import before_commit, inserted_id
+from openclore.store.schema import events, orders, servers, webhook_deliveries, webhooks
+
+# event types (the wire names)
+ORDER_CREATED = "order.created"
+ORDER_RUNNING = "order.running"  # it holds the server and is billed (again, after an outbid)
+ORDER_OUTBID = "order.outbid"  # stopped running, still in the book: reason outbid | preempted
+ORDER_PAUSED = "order.paused"  # stopped running because its server went offline
+ORDER_FAILED = "order.failed"  # the agent reports its container cannot run: error
+ORDER_ENDED = "order.ended"  # reason: see END_REASONS
+BALANCE_LOW = "balance.low"  # a wallet's runway dropped under the user's threshold
+SERVER_ONLINE = "server.online"
+SERVER_OFFLINE = "server.offline"
+DEPOSIT_CREDITED = "deposit.credited"
+EVENT_TYPES = (
+    ORDER_CREATED,
+    ORDER_RUNNING,
+    ORDER_OUTBID,
+    ORDER_PAUSED,
+    ORDER_FAILED,
+    ORDER_ENDED,
+    BALANCE_LOW,
+    SERVER_ONLINE,
+    SERVER_OFFLINE,
+    DEPOSIT_CREDITED,
+)
+# how orders end, as billing and the use cases write ``orders.end_reason``: the renter cancelled,
+# its max rental length ran out, its wallet could not pay for the next second, the host removed
+# the server. (Outbid and preempted orders do not end: they stay in the book, ORDER_OUTBID.)
+END_REASONS = ("cancelled", "expired", "balance", "server_removed")
+
+EVENTS_LOCK = 0x0E7E  # pg advisory lock ordering event-writing commits
+# the id under which commits that wrote events wake subscribers (no server has id 0)
+WAKE_ID = 0
+_KEY = "openclore_outbox"
+
+
+def emit(conn: Connection, user_id: int, type_: str, at: int, **data: Any) -> None:
+    """Record an event for ``user_id``, committed with the caller's transaction or not at all."""
+    assert type_ in EVENT_TYPES, type_
+    before_commit(conn, _KEY, _flush).append((user_id, type_, at, render(data)))
+
+
+def render(data: Mapping[str, Any]) -> str:
+    """Compact JSON with amounts as exact numbers (``Coins``), never through a float."""
+    return orjson.dumps(data, default=_default).decode()
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Coins):
+        return orjson.Fragment(str(value))
+    if isinstance(value, Decimal):
+        return orjson.Fragment(str(value))
+    raise TypeError
+
+
+def _flush(conn: Connection, items: list[tuple[int, str, int, str]]) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": EVENTS_LOCK})
+    users = sorted({user_id for user_id, *_ in items})
+    hooks = conn.execute(
+        select(webhooks.c.id, webhooks.c.user_id, webhooks.c.events).where(
+            webhooks.c.user_id.in_(users), webhooks.c.deleted_at.is_(None)
+        )
+    ).all()
+    wall = time.time()
+    deliveries: list[dict[str, Any]] = []
+    for user_id, type_, at, data in items:
+        event_id = inserted_id(
+            conn.execute(
+                insert(events).values(user_id=user_id, type=type_, created_at=at, data=data)
+            )
+        )
+        body = event_json(event_id, type_, at, data)
+        for hook in hooks:
+            if hook.user_id == user_id and (hook.events is None or type_ in hook.events):
+                deliveries.append(delivery_row(hook.id, event_id, body, wall))
+    if deliveries:
+        conn.execute(insert(webhook_deliveries), deliveries)
+    notify_server(conn, WAKE_ID)
+
+
+def delivery_row(webhook_id: int, event_id: int | None, body: str, wall: float) -> dict[str, Any]:
+    return {
+        "webhook_id": webhook_id,
+        "event_id": event_id,
+        "body": body,
+        "state": "pending",
+        "attempts": 0,
+        "next_attempt_at": wall,
+        "created_at": wall,
+    }
+
+
+def event_json(event_id: int, type_: str, at: int, data: str) -> str:
+    """One event as the stream, the polling answer and webhooks carry it."""
+    return f'{{"id":{event_id},"type":"{type_}","time":{at},"data":{data}}}'
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    type: str
+    time: int
+    json: str
+
+
+def events_after(
+    conn: Connection, user_id: int, after: int, limit: int, types: Sequence[str] | None = None
+) -> list[Event]:
+    """The user's events with an id above ``after``, oldest first."""
+    query = (
+        select(events.c.id, events.c.type, events.c.created_at, events.c.data)
+        .where(events.c.user_id == user_id, events.c.id > after)
+        .order_by(events.c.id)
+        .limit(limit)
+    )
+    if types:
+        query = query.where(events.c.type.in_(list(types)))
+    return [
+        Event(int(r.id), r.type, int(r.created_at), event_json(r.id, r.type, r.created_at, r.data))
+        for r in conn.execute(query)
+    ]
+
+
+# ----------------------------------------------------------------------------- orders
+
+
+OrderStates = dict[int, bool]  # live order id -> running
+
+
+def order_states(conn: Connection, server_id: int) -> OrderStates:
+    """The live orders of a server and whether each runs: compared after a change by
+    :func:`record_order_changes`."""
+    rows = conn.execute(
+        select(orders.c.id, orders.c.running).where(
+            orders.c.server_id == server_id, orders.c.expired.is_(False)
+        )
+    )
+    return {int(r.id): bool(r.running) for r in rows}
+
+
+def record_order_changes(conn: Connection, server_id: int, before: OrderStates, now: int) -> None:
+    """Emit what happened to a server's orders since ``before``: started running, outbid or
+    preempted, paused with the server offline, ended (with billing's reason)."""
+    if not before:
+        return
+    rows = [
+        r._mapping
+        for r in conn.execute(
+            select(orders).where(orders.c.id.in_(list(before))).order_by(orders.c.id)
+        )
+    ]
+    holder = next((r for r in rows if r["running"] and not r["expired"]), None)
+    online = None
+    for row in rows:
+        was_running = before[row["id"]]
+        if row["expired"]:
+            order_ended(conn, row, str(row["end_reason"]), now)
+        elif row["running"] and not was_running:
+            emit(conn, row["user_id"], ORDER_RUNNING, now, **_order_data(row))
+        elif was_running and not row["running"]:
+            if online is None:
+                online = bool(
+                    conn.execute(
+                        select(servers.c.online).where(servers.c.id == server_id)
+                    ).scalar_one()
+                )
+            if not online or holder is None:
+                emit(
+                    conn,
+                    row["user_id"],
+                    ORDER_PAUSED,
+                    now,
+                    **_order_data(row),
+                    reason="server_offline",
+                )
+            else:
+                reason = "outbid" if holder["spot"] else "preempted"
+                emit(conn, row["user_id"], ORDER_OUTBID, now, **_order_data(row), reason=reason)
+
+
+def order_ended(conn: Connection, row: Mapping[str, Any], reason: str, now: int) -> None:
+    emit(
+        conn,
+        row["user_id"],
+        ORDER_ENDED,
+        now,
+        **_order_data(row),
+        reason=reason,
+        ended_at=row["ended_at"],
+        spend=to_coins(int(row["spend"])),
+    )
+
+
+def order_created(conn: Connection, order_id: int, now: int) -> None:
+    row = conn.execute(select(orders).where(orders.c.id == order_id)).one()._mapping
+    emit(conn, row["user_id"], ORDER_CREATED, now, **_order_data(row), price=to_coins(row["price"]))
+
+
+def _order_data(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "order_id": row["id"],
+        "server_id": row["server_id"],
+        "spot": bool(row["spot"]),
+        "currency": row["currency"],
+    }
