@@ -109,6 +109,35 @@ class Settings(BaseSettings):
         description="Secret mixed into generated deposit addresses (set it per installation)",
     )
 
+    webhook_delivery: bool = Field(
+        True, description="Deliver webhooks from this process (`serve`); safe on every replica"
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Allow webhook URLs resolving to loopback, private, link-local or CGNAT "
+        "addresses (the operator's own network); sandbox/demo mode allows loopback only",
+    )
+    webhook_timeout: float = Field(10.0, gt=0, description="Seconds a receiver has to answer")
+    webhook_lease: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a claimed delivery stays with one process before "
+        "another may retry it (a process that died mid-delivery)",
+    )
+    webhook_retry_base: float = Field(
+        10.0, gt=0, description="First retry delay (seconds); doubles per failed attempt"
+    )
+    webhook_retry_max_delay: float = Field(
+        21600.0, gt=0, description="Longest delay between two attempts (seconds)"
+    )
+    webhook_retry_window: float = Field(
+        259200.0, ge=86400, description="Seconds a delivery is retried before it fails for good"
+    )
+    max_webhooks_per_user: int = Field(10, ge=0, description="Webhooks one user may register")
+    idempotency_ttl: int = Field(
+        86400, ge=60, description="Seconds an Idempotency-Key's answer is kept for replay"
+    )
+
     @field_validator("currencies")
     @classmethod
     def _currencies_not_empty(cls, value: list[str]) -> list[str]:

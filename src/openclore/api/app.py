@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from openclore.api import extensions, idempotency
 from openclore.api.agent_api import install_agent_api
 from openclore.api.errors import error_response
 from openclore.api.market_cache import MarketCache, PartsResponse
@@ -41,10 +42,12 @@ from openclore.domain.errors import (
 from openclore.domain.money import to_units
 from openclore.engine.clock import Clock, SandboxClock, SystemClock
 from openclore.engine.ticker import tick
+from openclore.engine.webhooks import Deliverer
 from openclore.market import orders as order_service
 from openclore.market import requests
 from openclore.market import servers as server_service
 from openclore.market import wallets as wallet_service
+from openclore.market import webhooks as webhook_service
 from openclore.market.accounts import authenticate
 from openclore.market.demo import reset_world
 from openclore.store.db import Database, run_write
@@ -107,13 +110,22 @@ class AppState:
     def now(self) -> int:
         return int(self.clock.now())
 
-    def db_write(self, fn: Callable[[Connection], Any]) -> Any:
+    def db_write(
+        self,
+        fn: Callable[[Connection], Any],
+        answer: Callable[[Any], dict[str, Any]] | None = None,
+    ) -> Any:
         """Run one use case in one transaction (retried on deadlock); a unique index that
-        refused a concurrent twin is reported as the market rule it protects."""
+        refused a concurrent twin is reported as the market rule it protects. Under an
+        Idempotency-Key the request's answer (``answer(result)``, else the result itself) is
+        stored in the same transaction."""
+        run, committed = idempotency.bind(fn, answer)
         try:
-            return run_write(self.db, fn)
+            out = run_write(self.db, run)
         except IntegrityError as exc:
             raise _integrity_to_market(exc) from None
+        committed()
+        return out
 
 
 def _json(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
@@ -241,7 +253,10 @@ def _create_order(state: AppState, call: Call) -> dict[str, Any]:
 def _add_server(state: AppState, call: Call) -> dict[str, Any]:
     req = requests.validate_body(requests.AddServerRequest, call.body)
     server_id, token = state.db_write(
-        lambda conn: server_service.add_server(conn, _uid(call), req.name, call.now, state.settings)
+        lambda conn: server_service.add_server(
+            conn, _uid(call), req.name, call.now, state.settings
+        ),
+        answer=lambda out: {"id": out[0], "init_token": out[1]},
     )
     return {"id": server_id, "init_token": token}
 
@@ -299,6 +314,14 @@ V1_ENDPOINTS = [
     Endpoint("cancel_order", _cancel_order),
     Endpoint("create_order", _create_order, extra_interval="create_order_interval"),
     Endpoint("add_server", _add_server),
+    # events, webhooks and alerts (openclore extensions)
+    Endpoint("events", extensions.events, readonly=True),
+    Endpoint("webhooks", extensions.webhooks),
+    Endpoint("delete_webhook", extensions.delete_webhook),
+    Endpoint("ping_webhook", extensions.ping_webhook),
+    Endpoint("webhook_deliveries", extensions.webhook_deliveries, readonly=True),
+    Endpoint("set_alerts", extensions.set_alerts),
+    Endpoint("alerts", extensions.alerts, readonly=True),
 ]
 
 SANDBOX_ENDPOINTS = [
@@ -356,13 +379,16 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        task = None
+        tasks = []
         if background_ticker and settings.tick_interval > 0:
-            task = asyncio.create_task(_ticker(state))
+            tasks.append(asyncio.create_task(_ticker(state)))
+        if background_ticker and settings.webhook_delivery:
+            deliverer = Deliverer(database, webhook_service.policy(settings))
+            tasks.append(asyncio.create_task(deliverer.run()))
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -469,7 +495,21 @@ def create_app(
                 raise InvalidToken("invalid api token")
             if ep.readonly:  # one transaction for the caller and the answer
                 return ep.handler(state, Call(request, body, user_id, now, database, conn))
-        return ep.handler(state, Call(request, body, user_id, now, database))
+        call = Call(request, body, user_id, now, database)
+        key = idempotency.key_of(request)
+        if key is None or user_id is None:
+            return ep.handler(state, call)
+        return idempotency.run_once(
+            database,
+            request,
+            ep.name,
+            key,
+            user_id,
+            body,
+            settings.http_status,
+            settings.idempotency_ttl,
+            lambda: ep.handler(state, call),
+        )
 
     def register(prefix: str, ep: Endpoint) -> None:
         async def endpoint(request: Request) -> Response:

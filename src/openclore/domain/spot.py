@@ -41,3 +41,11 @@ def lowest_bid(current: int, min_spot: int) -> int:
     """The lowest a bid may go in one lowering: one minimum spot price below the current bid,
     never under the minimum."""
     return max(current - max(min_spot, 1), min_spot)
+
+
+def runway_seconds(balance: int, burn_per_day: int) -> int | None:
+    """How long a wallet lasts at its running orders' prices (whole seconds, rounded down);
+    None when nothing is burning it."""
+    if burn_per_day <= 0:
+        return None
+    return max(0, balance) * 86400 // burn_per_day

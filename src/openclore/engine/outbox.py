@@ -25,7 +25,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, insert, select, text
+from sqlalchemy import Connection, func, insert, select, text
 
 from openclore.domain.money import Coins, to_coins
 from openclore.engine.events import notify_server
@@ -43,6 +43,7 @@ BALANCE_LOW = "balance.low"  # a wallet's runway dropped under the user's thresh
 SERVER_ONLINE = "server.online"
 SERVER_OFFLINE = "server.offline"
 DEPOSIT_CREDITED = "deposit.credited"
+WEBHOOK_PING = "webhook.ping"  # a test delivery, to one webhook only
 EVENT_TYPES = (
     ORDER_CREATED,
     ORDER_RUNNING,
@@ -54,6 +55,7 @@ EVENT_TYPES = (
     SERVER_ONLINE,
     SERVER_OFFLINE,
     DEPOSIT_CREDITED,
+    WEBHOOK_PING,
 )
 # how orders end, as billing and the use cases write ``orders.end_reason``: the renter cancelled,
 # its max rental length ran out, its wallet could not pay for the next second, the host removed
@@ -61,15 +63,30 @@ EVENT_TYPES = (
 END_REASONS = ("cancelled", "expired", "balance", "server_removed")
 
 EVENTS_LOCK = 0x0E7E  # pg advisory lock ordering event-writing commits
-# the id under which commits that wrote events wake subscribers (no server has id 0)
+# the ids under which commits that wrote events wake subscribers of the server-event hub: 0 for
+# webhook deliverers (no server has id 0), USER_WAKE + user id for that user's event streams
+# (server ids stay below 2**31)
 WAKE_ID = 0
+USER_WAKE = 1 << 40
+
+
+def user_wake_id(user_id: int) -> int:
+    return USER_WAKE + user_id
+
+
 _KEY = "openclore_outbox"
 
 
 def emit(conn: Connection, user_id: int, type_: str, at: int, **data: Any) -> None:
     """Record an event for ``user_id``, committed with the caller's transaction or not at all."""
     assert type_ in EVENT_TYPES, type_
-    before_commit(conn, _KEY, _flush).append((user_id, type_, at, render(data)))
+    before_commit(conn, _KEY, _flush).append((user_id, type_, at, render(data), None))
+
+
+def emit_ping(conn: Connection, user_id: int, webhook_id: int, at: int) -> None:
+    """A ``webhook.ping`` event, delivered to that one webhook (and shown in the stream)."""
+    data = render({"webhook_id": webhook_id})
+    before_commit(conn, _KEY, _flush).append((user_id, WEBHOOK_PING, at, data, webhook_id))
 
 
 def render(data: Mapping[str, Any]) -> str:
@@ -85,7 +102,7 @@ def _default(value: Any) -> Any:
     raise TypeError
 
 
-def _flush(conn: Connection, items: list[tuple[int, str, int, str]]) -> None:
+def _flush(conn: Connection, items: list[tuple[int, str, int, str, int | None]]) -> None:
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": EVENTS_LOCK})
     users = sorted({user_id for user_id, *_ in items})
@@ -96,7 +113,7 @@ def _flush(conn: Connection, items: list[tuple[int, str, int, str]]) -> None:
     ).all()
     wall = time.time()
     deliveries: list[dict[str, Any]] = []
-    for user_id, type_, at, data in items:
+    for user_id, type_, at, data, only in items:
         event_id = inserted_id(
             conn.execute(
                 insert(events).values(user_id=user_id, type=type_, created_at=at, data=data)
@@ -104,11 +121,16 @@ def _flush(conn: Connection, items: list[tuple[int, str, int, str]]) -> None:
         )
         body = event_json(event_id, type_, at, data)
         for hook in hooks:
-            if hook.user_id == user_id and (hook.events is None or type_ in hook.events):
+            wanted = type_ in hook.events if hook.events is not None else True
+            if only is not None:
+                wanted = hook.id == only
+            if hook.user_id == user_id and wanted:
                 deliveries.append(delivery_row(hook.id, event_id, body, wall))
     if deliveries:
         conn.execute(insert(webhook_deliveries), deliveries)
-    notify_server(conn, WAKE_ID)
+        notify_server(conn, WAKE_ID)
+    for user_id in users:
+        notify_server(conn, user_wake_id(user_id))
 
 
 def delivery_row(webhook_id: int, event_id: int | None, body: str, wall: float) -> dict[str, Any]:
@@ -134,6 +156,11 @@ class Event:
     type: str
     time: int
     json: str
+
+
+def latest_event_id(conn: Connection, user_id: int) -> int:
+    found = conn.execute(select(func.max(events.c.id)).where(events.c.user_id == user_id)).scalar()
+    return 0 if found is None else int(found)
 
 
 def events_after(
@@ -177,7 +204,7 @@ def record_order_changes(conn: Connection, server_id: int, before: OrderStates, 
     if not before:
         return
     rows = [
-        r._mapping
+        dict(r._mapping)
         for r in conn.execute(
             select(orders).where(orders.c.id.in_(list(before))).order_by(orders.c.id)
         )
@@ -225,7 +252,7 @@ def order_ended(conn: Connection, row: Mapping[str, Any], reason: str, now: int)
 
 
 def order_created(conn: Connection, order_id: int, now: int) -> None:
-    row = conn.execute(select(orders).where(orders.c.id == order_id)).one()._mapping
+    row = dict(conn.execute(select(orders).where(orders.c.id == order_id)).one()._mapping)
     emit(conn, row["user_id"], ORDER_CREATED, now, **_order_data(row), price=to_coins(row["price"]))
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, select, text, update
 
+from openclore.engine.alerts import check_low_balances
 from openclore.engine.billing import BILLING_GRACE, lock_server, resolve_server
 from openclore.engine.outbox import SERVER_OFFLINE, emit
 from openclore.engine.settlement import servers_due, settle_running_orders
@@ -81,6 +82,7 @@ def tick(db: Database, now: int, agent_timeout: int) -> TickReport:
     settled, exact = run_write(db, fast)
     for server_id in sorted(set(exact)):
         settle_server(db, server_id, now)
+    check_low_balances(db, now)
     return TickReport(offline=offline, settled=settled, exact_servers=len(set(exact)))
 
 

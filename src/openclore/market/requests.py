@@ -227,3 +227,19 @@ class SandboxAdvanceRequest(Request):
 class SandboxDepositRequest(Request):
     currency: StrictStr = Field(min_length=1, max_length=32)
     amount: PositivePrice
+
+
+class CreateWebhookRequest(Request):
+    url: StrictStr = Field(min_length=1, max_length=2048)
+    events: list[StrictStr] | None = Field(None, max_length=32)
+
+
+class WebhookIdRequest(Request):
+    id: Id
+
+
+class SetAlertsRequest(Request):
+    """``low_balance_seconds``: a ``balance.low`` event when a wallet's runway drops under it;
+    null switches the alert off."""
+
+    low_balance_seconds: Annotated[StrictInt, Field(ge=1, le=10 * 365 * 86400)] | None

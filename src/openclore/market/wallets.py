@@ -10,6 +10,8 @@ from sqlalchemy import Connection, select
 from openclore.config import Settings
 from openclore.domain.errors import MarketError
 from openclore.domain.money import to_coins, to_units
+from openclore.domain.spot import runway_seconds
+from openclore.engine.alerts import burn_per_day
 from openclore.engine.outbox import DEPOSIT_CREDITED, emit
 from openclore.ledger.ledger import ensure_wallet, system_account_id, transfer
 from openclore.store.schema import accounts
@@ -22,17 +24,22 @@ def wallets(conn: Connection, user_id: int, settings: Settings) -> dict[str, Any
             select(accounts).where(accounts.c.user_id == user_id, accounts.c.kind == "wallet")
         )
     }
+    burns = burn_per_day(conn, [user_id])
     out = []
     for currency in settings.currencies:
         row = rows.get(currency)
         if row is None:
             continue
+        burn = burns.get((user_id, currency), 0)
         out.append(
             {
                 "name": currency,
                 "deposit": row.deposit_address,
                 "balance": to_coins(row.balance),
                 "withdrawal_fee": to_coins(to_units(settings.withdrawal_fee.get(currency, 0))),
+                # extensions: what the running orders cost per day, and how long that lasts
+                "burn_per_day": to_coins(burn),
+                "runway_seconds": runway_seconds(int(row.balance), burn),
             }
         )
     return {"wallets": out}

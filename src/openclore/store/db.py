@@ -130,7 +130,8 @@ def before_commit(
         raise RuntimeError("before_commit needs a Database.write() transaction")
     if key not in hooks:
         hooks[key] = (flush, [])
-    return hooks[key][1]
+    items: list[Any] = hooks[key][1]
+    return items
 
 
 def _run_before_commit(conn: Connection) -> None:

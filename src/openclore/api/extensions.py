@@ -1,0 +1,181 @@
+"""openclore's event extensions: the event stream and polling, webhooks, alerts.
+
+``GET /v1/events`` is a server-sent-event stream of the caller's events (``id:`` on each, resumable
+with ``Last-Event-ID``); ``GET /v1/events?after=ID`` answers the events after ``ID`` as JSON for
+polling clients. The stream reads the outbox after every commit that wrote events (woken in
+this process, or from any process through PostgreSQL's NOTIFY) and at least once a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response, StreamingResponse
+
+from openclore.domain.errors import InvalidInput
+from openclore.engine import events as wake
+from openclore.engine.outbox import Event, events_after, latest_event_id, user_wake_id
+from openclore.market import requests
+from openclore.market import webhooks as webhook_service
+from openclore.store.db import Database
+
+if TYPE_CHECKING:
+    from openclore.api.app import AppState, Call
+
+MAX_PAGE = 1000
+STREAM_BATCH = 500
+POLL_INTERVAL = 1.0  # SQLite replicas have no NOTIFY: look at least this often
+KEEPALIVE = 15.0
+
+
+def _uid(call: Call) -> int:
+    assert call.user_id is not None
+    return call.user_id
+
+
+def _int_query(call: Call, name: str, default: int | None, top: int) -> int | None:
+    raw = call.request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or int(raw) > top:
+        raise InvalidInput(f"{name}: a whole number from 0 to {top}")
+    return int(raw)
+
+
+def _types(call: Call) -> list[str] | None:
+    raw = call.request.query_params.get("types")
+    if not raw:
+        return None
+    return webhook_service.check_event_types([t.strip() for t in raw.split(",") if t.strip()])
+
+
+def events(state: AppState, call: Call) -> Response:
+    uid = _uid(call)
+    types = _types(call)
+    after = _int_query(call, "after", None, 2**63 - 1)
+    if after is not None:
+        limit = _int_query(call, "limit", 100, MAX_PAGE) or 1
+        with call.read() as conn:
+            found = events_after(conn, uid, after, limit, types)
+        last = found[-1].id if found else after
+        body = '{"events":[' + ",".join(e.json for e in found) + f'],"last_id":{last},"code":0}}'
+        return Response(body, media_type="application/json")
+    resume = call.request.headers.get("last-event-id") or call.request.query_params.get(
+        "last_event_id"
+    )
+    if resume is not None:
+        if not resume.strip().isdigit():
+            raise InvalidInput("Last-Event-ID: an event id")
+        cursor = int(resume.strip())
+    else:
+        with call.read() as conn:
+            cursor = latest_event_id(conn, uid)
+    return StreamingResponse(
+        stream(state.db, uid, cursor, types),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _read(db: Database, user_id: int, cursor: int, types: list[str] | None) -> list[Event]:
+    with db.read() as conn:
+        return events_after(conn, user_id, cursor, STREAM_BATCH, types)
+
+
+def sse_frame(event: Event) -> bytes:
+    return f"id: {event.id}\nevent: {event.type}\ndata: {event.json}\n\n".encode()
+
+
+async def stream(
+    db: Database, user_id: int, cursor: int, types: list[str] | None
+) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    woken = asyncio.Event()
+    subscription = wake.subscribe(db.engine, user_wake_id(user_id), lambda: _set_soon(loop, woken))
+    try:
+        # nothing committed after this point can be missed: the first read comes after it
+        await run_in_threadpool(subscription.wait_ready, 5.0)
+        yield b"retry: 1000\n\n"
+        quiet = 0.0
+        while True:
+            woken.clear()
+            batch = await run_in_threadpool(_read, db, user_id, cursor, types)
+            for event in batch:
+                yield sse_frame(event)
+                cursor = event.id
+            if len(batch) == STREAM_BATCH:
+                continue
+            if batch:
+                quiet = 0.0
+            try:
+                await asyncio.wait_for(woken.wait(), POLL_INTERVAL)
+            except TimeoutError:
+                quiet += POLL_INTERVAL
+                if quiet >= KEEPALIVE:
+                    quiet = 0.0
+                    yield b": keepalive\n\n"
+    finally:
+        with contextlib.suppress(Exception):
+            subscription.close()
+
+
+def webhooks(state: AppState, call: Call) -> dict[str, Any]:
+    """GET: the caller's webhooks. POST ``{url, events?}``: a new one → ``{id, secret}``."""
+    uid = _uid(call)
+    if call.request.method == "GET" or not call.body:
+        with state.db.read() as conn:
+            return webhook_service.list_webhooks(conn, uid)
+    req = requests.validate_body(requests.CreateWebhookRequest, call.body)
+    types = webhook_service.check_event_types(req.events)
+    webhook_service.check_url(req.url, state.settings)
+    result: dict[str, Any] = state.db_write(
+        lambda conn: webhook_service.create_webhook(
+            conn, uid, req.url, types, state.settings, call.now
+        )
+    )
+    return result
+
+
+def delete_webhook(state: AppState, call: Call) -> dict[str, Any]:
+    req = requests.validate_body(requests.WebhookIdRequest, call.body)
+    state.db_write(lambda conn: webhook_service.delete_webhook(conn, _uid(call), req.id, call.now))
+    return {}
+
+
+def ping_webhook(state: AppState, call: Call) -> dict[str, Any]:
+    req = requests.validate_body(requests.WebhookIdRequest, call.body)
+    state.db_write(lambda conn: webhook_service.ping_webhook(conn, _uid(call), req.id, call.now))
+    return {}
+
+
+def webhook_deliveries(state: AppState, call: Call) -> dict[str, Any]:
+    body = dict(call.body)
+    if "id" not in body and call.request.query_params.get("id", "").isdigit():
+        body["id"] = int(call.request.query_params["id"])
+    req = requests.validate_body(requests.WebhookIdRequest, body)
+    limit = _int_query(call, "limit", 50, MAX_PAGE) or 1
+    with call.read() as conn:
+        return webhook_service.deliveries(conn, _uid(call), req.id, limit)
+
+
+def set_alerts(state: AppState, call: Call) -> dict[str, Any]:
+    req = requests.validate_body(requests.SetAlertsRequest, call.body)
+    state.db_write(
+        lambda conn: webhook_service.set_alerts(conn, _uid(call), req.low_balance_seconds)
+    )
+    return {}
+
+
+def alerts(state: AppState, call: Call) -> dict[str, Any]:
+    with call.read() as conn:
+        return webhook_service.alerts(conn, _uid(call))
+
+
+def _set_soon(loop: asyncio.AbstractEventLoop, flag: asyncio.Event) -> None:
+    """Set an asyncio event from any thread (the hub calls back from request or LISTEN threads)."""
+    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+        loop.call_soon_threadsafe(flag.set)

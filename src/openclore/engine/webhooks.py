@@ -1,0 +1,370 @@
+"""Webhook delivery: signed POSTs of the outbox's events, retried with backoff, at least once.
+
+Every event's delivery rows are written with the event (:mod:`openclore.engine.outbox`), so
+nothing committed can be missed. Any number of processes deliver at once: a process *claims*
+due rows (``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL; the database write lock on SQLite)
+and moves their ``next_attempt_at`` a lease ahead in the same transaction, so no other process
+takes them while the POST is in flight. A process killed mid-delivery leaves its rows to come
+due again when the lease runs out: the event is delivered again (receivers dedupe on its id),
+never lost.
+
+Deliveries are signed ``Openclore-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``
+(Stripe's scheme: the timestamp lets receivers refuse replays). A receiver's 2xx is success;
+anything else is retried after ``retry_base × 2^(attempt-1)`` seconds (at most
+``retry_max_delay``) until ``retry_window`` has passed since the event.
+
+Before each POST the host name is resolved and every address checked against the SSRF policy
+(:mod:`openclore.domain.netpolicy`); redirects are not followed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import Connection, select, update
+
+from openclore.domain.netpolicy import refusal
+from openclore.engine import events as wake
+from openclore.engine.outbox import WAKE_ID
+from openclore.store.db import Database, run_write
+from openclore.store.schema import webhook_deliveries, webhooks
+
+log = logging.getLogger("openclore.webhooks")
+
+SIGNATURE_HEADER = "Openclore-Signature"
+MAX_URL_LENGTH = 2048
+CLAIM_BATCH = 100
+CONCURRENCY = 64
+POLL_INTERVAL = 1.0  # retries come due without a wake-up; SQLite replicas have no NOTIFY
+
+
+def signature(secret: str, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def verify(secret: str, header: str, body: bytes, *, now: float, tolerance: float = 300) -> bool:
+    """What a receiver does: the signature matches and its timestamp is recent."""
+    try:
+        parts = dict(item.split("=", 1) for item in header.split(","))
+        timestamp = int(parts["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs(now - timestamp) > tolerance:
+        return False
+    expected = signature(secret, timestamp, body).split("v1=", 1)[1]
+    return hmac.compare_digest(expected, parts.get("v1", ""))
+
+
+def backoff(attempts: int, policy: Policy) -> float:
+    """Seconds to wait after the ``attempts``-th failed attempt."""
+    exponent = min(attempts - 1, 40)
+    return float(min(policy.retry_base * 2**exponent, policy.retry_max_delay))
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The operator's delivery settings (built from ``Settings`` by the market layer)."""
+
+    allow_private: bool = False  # loopback, private, link-local, CGNAT
+    allow_loopback: bool = False  # sandbox/demo: bots test against localhost
+    timeout: float = 10.0
+    lease: float = 60.0
+    retry_base: float = 10.0
+    retry_max_delay: float = 21600.0
+    retry_window: float = 259200.0
+
+
+# ----------------------------------------------------------------------------- URL policy
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with a webhook URL's form, or None."""
+    if len(url) > MAX_URL_LENGTH:
+        return f"url: at most {MAX_URL_LENGTH} characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return "url: not a valid URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "url: must be an http:// or https:// URL with a host"
+    if parts.username or parts.password:
+        return "url: credentials in the URL are not allowed (use the signature)"
+    return None
+
+
+def _refused(addresses: list[str], policy: Policy) -> str | None:
+    for text in addresses:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+        why = refusal(
+            address, allow_private=policy.allow_private, allow_loopback=policy.allow_loopback
+        )
+        if why is not None:
+            return why
+    return None
+
+
+def _port(url: str) -> int:
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def address_refusal(url: str, policy: Policy) -> str | None:
+    """Resolve the URL's host now; why delivering there is refused, or None."""
+    host = urlsplit(url).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, _port(url), type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return f"cannot resolve {host}: {exc.strerror or exc}"
+    return _refused([str(info[4][0]) for info in infos], policy)
+
+
+async def address_refusal_async(url: str, policy: Policy) -> str | None:
+    host = urlsplit(url).hostname or ""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, _port(url), type=socket.SOCK_STREAM
+        )
+    except OSError as exc:
+        return f"cannot resolve {host}: {exc.strerror or exc}"
+    return _refused([str(info[4][0]) for info in infos], policy)
+
+
+# ----------------------------------------------------------------------------- the deliverer
+
+
+@dataclass(frozen=True)
+class Due:
+    id: int
+    webhook_id: int
+    event_id: int | None
+    body: str
+    attempts: int  # including the one just claimed
+    created_at: float
+    url: str
+    secret: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int | None
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+def claim(db: Database, now: float, limit: int, lease: float) -> list[Due]:
+    """Take up to ``limit`` due deliveries for this process for ``lease`` seconds."""
+    d, w = webhook_deliveries, webhooks
+
+    def run(conn: Connection) -> list[Due]:
+        query = (
+            select(
+                d.c.id,
+                d.c.webhook_id,
+                d.c.event_id,
+                d.c.body,
+                d.c.attempts,
+                d.c.created_at,
+            )
+            .where(d.c.state == "pending", d.c.next_attempt_at <= now)
+            .order_by(d.c.next_attempt_at, d.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        rows = conn.execute(query).all()
+        if not rows:
+            return []
+        ids = [int(r.id) for r in rows]
+        conn.execute(
+            update(d)
+            .where(d.c.id.in_(ids))
+            .values(
+                next_attempt_at=now + lease,
+                attempts=d.c.attempts + 1,
+                last_attempt_at=now,
+            )
+        )
+        hooks = {
+            int(h.id): h
+            for h in conn.execute(
+                select(w.c.id, w.c.url, w.c.secret, w.c.deleted_at).where(
+                    w.c.id.in_({int(r.webhook_id) for r in rows})
+                )
+            )
+        }
+        out = []
+        for r in rows:
+            hook = hooks[int(r.webhook_id)]
+            if hook.deleted_at is not None:
+                conn.execute(
+                    update(d)
+                    .where(d.c.id == r.id)
+                    .values(state="failed", last_error="webhook deleted")
+                )
+                continue
+            out.append(
+                Due(
+                    int(r.id),
+                    int(r.webhook_id),
+                    None if r.event_id is None else int(r.event_id),
+                    r.body,
+                    int(r.attempts) + 1,
+                    float(r.created_at),
+                    hook.url,
+                    hook.secret,
+                )
+            )
+        return out
+
+    return run_write(db, run)
+
+
+def record(db: Database, due: Due, outcome: Outcome, now: float, policy: Policy) -> None:
+    """Write an attempt's outcome: delivered, retried later, or failed for good."""
+    d = webhook_deliveries
+    values: dict[str, Any] = {"last_status": outcome.status, "last_error": outcome.error}
+    if outcome.ok:
+        values.update(state="delivered", delivered_at=now)
+    else:
+        retry_at = now + backoff(due.attempts, policy)
+        if retry_at - due.created_at > policy.retry_window:
+            values.update(state="failed")
+        else:
+            values.update(next_attempt_at=retry_at)
+
+    def run(conn: Connection) -> None:
+        conn.execute(update(d).where(d.c.id == due.id, d.c.state == "pending").values(**values))
+
+    run_write(db, run)
+
+
+class Deliverer:
+    """Delivers due webhook deliveries from this process until stopped."""
+
+    def __init__(
+        self,
+        db: Database,
+        policy: Policy,
+        *,
+        clock: Callable[[], float] = time.time,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.db = db
+        self.policy = policy
+        self.clock = clock
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=self.policy.timeout,
+                follow_redirects=False,
+                transport=self._transport,
+                limits=httpx.Limits(max_connections=CONCURRENCY),
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def send(self, due: Due) -> Outcome:
+        why = await address_refusal_async(due.url, self.policy)
+        if why is not None:
+            return Outcome(None, f"refused: {why}")
+        body = due.body.encode()
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "openclore-webhooks/1",
+            SIGNATURE_HEADER: signature(due.secret, int(self.clock()), body),
+            "Openclore-Delivery": str(due.id),
+        }
+        if due.event_id is not None:
+            headers["Openclore-Event-Id"] = str(due.event_id)
+        try:
+            response = await self.client().post(due.url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            return Outcome(None, (type(exc).__name__ + ": " + str(exc))[:500])
+        error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
+        return Outcome(response.status_code, error)
+
+    async def _deliver(self, due: Due) -> None:
+        try:
+            outcome = await self.send(due)
+            await asyncio.to_thread(record, self.db, due, outcome, self.clock(), self.policy)
+        except Exception:  # the lease runs out and another attempt takes it
+            log.exception("webhook delivery %s failed", due.id)
+
+    async def deliver_due(self) -> int:
+        """Claim what is due now and deliver it, waiting for every attempt (tests, CLI)."""
+        claimed = await asyncio.to_thread(
+            claim, self.db, self.clock(), CLAIM_BATCH, self.policy.lease
+        )
+        await asyncio.gather(*(self._deliver(d) for d in claimed))
+        return len(claimed)
+
+    async def run(self) -> None:
+        """Deliver forever: woken at once by every commit that wrote events (this process, or
+        any process on PostgreSQL), and every second for retries that came due."""
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+        subscription = wake.subscribe(self.db.engine, WAKE_ID, lambda: _set_soon(loop, woken))
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            await asyncio.to_thread(subscription.wait_ready, 5.0)
+            while True:
+                woken.clear()
+                free = CONCURRENCY - len(tasks)
+                claimed: list[Due] = []
+                if free > 0:
+                    try:
+                        claimed = await asyncio.to_thread(
+                            claim,
+                            self.db,
+                            self.clock(),
+                            min(free, CLAIM_BATCH),
+                            self.policy.lease,
+                        )
+                    except Exception:
+                        log.exception("claiming webhook deliveries failed")
+                for due in claimed:
+                    task = asyncio.create_task(self._deliver(due))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if claimed and len(claimed) == min(free, CLAIM_BATCH):
+                    await asyncio.sleep(0)  # more may be due
+                    continue
+                if len(tasks) >= CONCURRENCY:  # full: look again as soon as slots free up
+                    await asyncio.sleep(0.05)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), POLL_INTERVAL)
+        finally:
+            subscription.close()
+            for task in tasks:
+                task.cancel()
+            await self.aclose()
+
+
+def _set_soon(loop: asyncio.AbstractEventLoop, flag: asyncio.Event) -> None:
+    """Set an asyncio event from any thread (the hub calls back from request or LISTEN threads)."""
+    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+        loop.call_soon_threadsafe(flag.set)
