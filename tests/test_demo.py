@@ -85,6 +85,9 @@ def test_every_seed_example_in_order(market: Market) -> None:
         "deposit": "tb1q6erw7v02t7hakgmlcl4wfnlykzqj05alndruwr",
         "balance": 0.00153176,
         "withdrawal_fee": 0.0001,
+        # extensions: offer 39 runs at 0.0000042 a day
+        "burn_per_day": 4.2e-06,
+        "runway_seconds": 153176 * 86400 // 420,
     }
 
     servers = jan.send("GET", "/v1/my_servers")
