@@ -1,0 +1,270 @@
+"""Market events on both databases: each change's events, in order, over JSON polling and the
+server-sent-event stream (resumed with Last-Event-ID), and the wallets' runway."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import httpx
+from sqlalchemy import update
+
+from openclore.agent.protocol import ERROR, KIND_ORDER, ContainerStatus
+from openclore.engine.ticker import tick
+from openclore.market.agents import agent_heartbeat, apply_statuses
+from openclore.market.servers import remove_server
+from openclore.store.schema import servers
+
+from support import Market, ok, order_body, spot_body
+
+
+def events(market: Market, token: str, after: int = 0) -> list[dict[str, Any]]:
+    body = ok(market.client(token).get("/v1/events", params={"after": after, "limit": 1000}))
+    found: list[dict[str, Any]] = body["events"]
+    assert body["last_id"] == (found[-1]["id"] if found else after)
+    return found
+
+
+def kinds(found: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    out: list[tuple[str, ...]] = []
+    for e in found:
+        data = e["data"]
+        extra = data.get("reason") or data.get("order_id") or data.get("currency") or ""
+        out.append((e["type"], str(extra)) if extra else (e["type"],))
+    return out
+
+
+def test_an_orders_whole_life_in_order(market: Market) -> None:
+    host = market.user()
+    alice = market.user(bitcoin="1")
+    bob = market.user(bitcoin="1")
+    sid = market.server(host, mrl=2)
+    a = ok(market.client(alice).post("/v1/create_order", json=spot_body(sid, "0.000002")))
+    b = ok(market.client(bob).post("/v1/create_order", json=order_body(sid)))
+    ok(market.client(bob).post("/v1/cancel_order", json={"id": b["order_id"]}))
+    market.advance(3 * 3600)  # alice's order reaches its mrl (2 h)
+
+    found = events(market, alice)
+    assert [e["type"] for e in found] == [
+        "deposit.credited",
+        "order.created",
+        "order.running",
+        "order.outbid",
+        "order.running",
+        "order.ended",
+    ]
+    ids = [e["id"] for e in found]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    outbid, ended = found[3]["data"], found[5]["data"]
+    assert outbid == {
+        "order_id": a["order_id"],
+        "server_id": sid,
+        "spot": True,
+        "currency": "bitcoin",
+        "reason": "preempted",  # by bob's on-demand order
+    }
+    assert ended["reason"] == "expired" and ended["order_id"] == a["order_id"]
+    assert ended["ended_at"] == found[0]["time"] + 2 * 3600
+    assert found[1]["data"]["price"] == 0.000002  # exact numbers, as the wire writes amounts
+    assert found[0]["data"] == {"currency": "bitcoin", "amount": 1}
+
+    bobs = [(e["type"], e["data"].get("reason")) for e in events(market, bob)]
+    assert bobs == [
+        ("deposit.credited", None),
+        ("order.created", None),
+        ("order.running", None),
+        ("order.ended", "cancelled"),
+    ]
+    # nobody sees another user's events
+    assert events(market, host) == []
+
+
+def test_outbid_by_a_higher_spot_bid(market: Market) -> None:
+    host = market.user()
+    alice, bob = market.user(bitcoin="1"), market.user(bitcoin="1")
+    sid = market.server(host)
+    ok(market.client(alice).post("/v1/create_order", json=spot_body(sid, "0.000002")))
+    ok(market.client(bob).post("/v1/create_order", json=spot_body(sid, "0.000003")))
+    assert [(e["type"], e["data"].get("reason")) for e in events(market, alice)][-1] == (
+        "order.outbid",
+        "outbid",
+    )
+
+
+def test_balance_exhausted_and_server_removed(market: Market) -> None:
+    host = market.user()
+    poor = market.user(bitcoin="0.0000006")  # creation fee 0.0000003 + one hour's runway
+    rich = market.user(bitcoin="1")
+    sid = market.server(host, on_demand="0.0000024")  # 0.0000001 an hour
+    other = market.server(host, "other")
+    p = ok(market.client(poor).post("/v1/create_order", json=order_body(sid)))
+    r = ok(market.client(rich).post("/v1/create_order", json=order_body(other)))
+    market.advance(5 * 3600)
+    with market.db.write() as conn:
+        remove_server(conn, market.user_id(host), "other", market.now())
+    poor_end = events(market, poor)[-1]
+    assert poor_end["type"] == "order.ended"
+    assert poor_end["data"]["reason"] == "balance" and poor_end["data"]["order_id"] == p["order_id"]
+    assert poor_end["data"]["spend"] == 0.0000003
+    rich_end = events(market, rich)[-1]
+    assert (rich_end["type"], rich_end["data"]["reason"]) == ("order.ended", "server_removed")
+    assert rich_end["data"]["order_id"] == r["order_id"]
+
+
+def test_server_offline_online_and_a_failed_container(market: Market) -> None:
+    host = market.user()
+    renter = market.user(bitcoin="1")
+    sid = market.server(host)
+    order = ok(market.client(renter).post("/v1/create_order", json=order_body(sid)))
+    with market.db.write() as conn:  # an agent's server now, last heard of at T0
+        conn.execute(update(servers).where(servers.c.id == sid).values(simulated=False))
+    market.advance(120)  # no heartbeat for longer than agent_timeout
+    with market.db.write() as conn:
+        assert agent_heartbeat(conn, sid, market.now())
+    status = ContainerStatus(
+        key=f"order-{order['order_id']}",
+        kind=KIND_ORDER,
+        state=ERROR,
+        order_id=order["order_id"],
+        error="pull access denied for nosuch/image",
+    )
+    with market.db.write() as conn:
+        apply_statuses(conn, sid, [status], ["h.example"], market.now())
+    with market.db.write() as conn:  # the same report again is no new event
+        apply_statuses(conn, sid, [status], ["h.example"], market.now())
+
+    assert [(e["type"], e["data"]["server_id"]) for e in events(market, host)] == [
+        ("server.offline", sid),
+        ("server.online", sid),
+    ]
+    assert kinds(events(market, renter))[-4:] == [
+        ("order.running", str(order["order_id"])),
+        ("order.paused", "server_offline"),
+        ("order.running", str(order["order_id"])),
+        ("order.failed", str(order["order_id"])),
+    ]
+    failed = events(market, renter)[-1]["data"]
+    assert failed["error"] == "pull access denied for nosuch/image" and failed["state"] == ERROR
+
+
+def test_polling_pages_and_filters(market: Market) -> None:
+    token = market.user()
+    for _ in range(5):
+        ok(market.client(token).post("/sandbox/deposit", json={"currency": "bitcoin", "amount": 1}))
+    c = market.client(token)
+    first = ok(c.get("/v1/events", params={"after": 0, "limit": 2}))
+    assert len(first["events"]) == 2
+    rest = ok(c.get("/v1/events", params={"after": first["last_id"]}))
+    assert len(rest["events"]) == 3 and rest["events"][0]["id"] > first["last_id"]
+    none = ok(c.get("/v1/events", params={"after": 0, "types": "order.ended"}))
+    assert none["events"] == [] and none["last_id"] == 0
+    bad = c.get("/v1/events", params={"after": "x"}).json()
+    assert bad["code"] == 2
+    assert c.get("/v1/events", params={"after": 0, "types": "nope"}).json()["code"] == 2
+    assert market.client().get("/v1/events", params={"after": 0}).json()["code"] == 3
+
+
+class SseReader:
+    """Reads one event stream in a thread; ``events`` fills as frames arrive."""
+
+    def __init__(self, market: Market, token: str, last_id: int | None) -> None:
+        headers = {"auth": token}
+        if last_id is not None:
+            headers["Last-Event-ID"] = str(last_id)
+        self.events: list[dict[str, Any]] = []
+        self.frame_ids: list[int] = []
+        self.started = threading.Event()
+        self.stop = threading.Event()
+        self.client = httpx.Client(base_url=market.url, timeout=httpx.Timeout(10, read=2))
+        self.headers = headers
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+        assert self.started.wait(10)
+
+    def run(self) -> None:
+        with self.client.stream("GET", "/v1/events", headers=self.headers) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            frame_id = None
+            try:
+                for line in response.iter_lines():
+                    if line.startswith("retry:"):
+                        self.started.set()
+                    elif line.startswith("id: "):
+                        frame_id = int(line[4:])
+                    elif line.startswith("data: "):
+                        event = json.loads(line[6:])
+                        assert event["id"] == frame_id
+                        self.frame_ids.append(frame_id)
+                        self.events.append(event)
+                    if self.stop.is_set():
+                        return
+            except httpx.HTTPError:  # closed by close(), or quiet for too long
+                return
+
+    def wait_for(self, count: int, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.events) < count:
+            assert time.monotonic() < deadline, f"{len(self.events)} of {count} events"
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.client.close()
+        self.thread.join(timeout=5)
+
+
+def test_sse_resume_with_last_event_id_loses_nothing(market: Market) -> None:
+    token = market.user()
+    deposit = market.client(token)
+
+    def credit(n: int) -> None:
+        for _ in range(n):
+            ok(deposit.post("/sandbox/deposit", json={"currency": "bitcoin", "amount": 1}))
+
+    credit(2)  # before the first stream: a stream without Last-Event-ID starts after them
+    first = SseReader(market, token, None)
+    credit(4)
+    first.wait_for(4)
+    first.close()
+    seen = first.events[:3]  # the client saw three, then the connection broke
+    credit(5)  # written while nobody listens
+    second = SseReader(market, token, seen[-1]["id"])
+    credit(2)
+    second.wait_for(4 - 3 + 5 + 2)
+    second.close()
+    everything = [e["id"] for e in events(market, token)]
+    got = [e["id"] for e in seen] + [e["id"] for e in second.events]
+    assert got == everything[2:]  # every event after the first two, once, in order
+    assert all(e["type"] == "deposit.credited" for e in second.events)
+
+
+def test_wallets_show_burn_and_runway_and_low_balance_alerts(market: Market) -> None:
+    host = market.user()
+    renter = market.user(bitcoin="0.00001")
+    s1 = market.server(host, "a", on_demand="0.00000864")  # 0.0000001 per 1000 s
+    s2 = market.server(host, "b", on_demand="0.00000864")
+    c = market.client(renter)
+    ok(c.post("/v1/set_alerts", json={"low_balance_seconds": 50000}))
+    assert ok(c.get("/v1/alerts"))["low_balance_seconds"] == 50000
+    ok(c.post("/v1/create_order", json=order_body(s1)))
+    wallet = next(w for w in ok(c.get("/v1/wallets"))["wallets"] if w["name"] == "bitcoin")
+    balance_units = 10_000 - 300  # 0.00001 less the creation fee, in 10⁻⁹
+    assert wallet["burn_per_day"] == 0.00000864
+    assert wallet["runway_seconds"] == balance_units * 86400 // 8640
+    tick(market.db, market.now(), 60)
+    assert [e["type"] for e in events(market, renter)].count("balance.low") == 0
+    ok(c.post("/v1/create_order", json=order_body(s2)))  # twice the burn: 47,000 s → under
+    for _ in range(3):
+        market.advance(10)
+    low = [e for e in events(market, renter) if e["type"] == "balance.low"]
+    assert len(low) == 1  # once per dip, not every tick
+    assert low[0]["data"]["currency"] == "bitcoin"
+    assert low[0]["data"]["burn_per_day"] == 0.00001728
+    assert low[0]["data"]["runway_seconds"] < 50000
+    assert low[0]["data"]["threshold_seconds"] == 50000
+    usd = next(w for w in ok(c.get("/v1/wallets"))["wallets"] if w["name"] == "bitcoin")
+    assert usd["runway_seconds"] < 50000
+    ok(c.post("/v1/set_alerts", json={"low_balance_seconds": None}))
+    assert ok(c.get("/v1/alerts"))["low_balance_seconds"] is None
