@@ -1,0 +1,289 @@
+"""Webhooks on both databases: registration and the SSRF policy, signed deliveries, retries with
+backoff, the delivery log and pings, two replicas delivering each event once, and a delivering
+process killed -9 losing nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from openclore.domain.money import to_units
+from openclore.engine.webhooks import Deliverer, backoff, verify
+from openclore.market.wallets import deposit
+from openclore.market.webhooks import policy
+from openclore.store.schema import webhook_deliveries
+
+from receiver import Receiver
+from support import Market, error, free_port, ok
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.stop()
+
+
+def hook(market: Market, token: str, url: str, **extra: Any) -> dict[str, Any]:
+    return ok(market.client(token).post("/v1/webhooks", json={"url": url, **extra}))
+
+
+def credit(market: Market, token: str, n: int) -> None:
+    """n deposits, each a deposit.credited event, in one transaction per deposit."""
+    uid = market.user_id(token)
+    for _ in range(n):
+        with market.db.write() as conn:
+            deposit(conn, uid, "bitcoin", to_units(Decimal(1)), market.settings, market.now())
+
+
+class FakeWall:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def deliverer(market: Market, clock: FakeWall | None = None) -> Deliverer:
+    return Deliverer(market.db, policy(market.settings), clock=clock or time.time)
+
+
+def deliver_due(d: Deliverer) -> int:
+    async def run() -> int:
+        try:
+            return await d.deliver_due()
+        finally:
+            await d.aclose()
+
+    return asyncio.run(run())
+
+
+def test_register_list_delete_and_the_ssrf_policy(market: Market, receiver: Receiver) -> None:
+    token = market.user()
+    c = market.client(token)
+    made = hook(market, token, receiver.start(), events=["order.ended", "deposit.credited"])
+    assert made["secret"].startswith("whsec_") and len(made["secret"]) == 54
+    listed = ok(c.get("/v1/webhooks"))["webhooks"]
+    assert [(w["id"], w["events"]) for w in listed] == [
+        (made["id"], ["deposit.credited", "order.ended"])
+    ]
+    assert "secret" not in listed[0]
+    for url in (
+        "http://10.0.0.7/hook",
+        "http://192.168.1.1/",
+        "http://172.16.5.4/",
+        "http://169.254.169.254/latest/meta-data",
+        "http://100.64.0.1/",
+        "http://[fd00::1]/",
+        "http://0.0.0.0:8080/",
+    ):
+        refused = c.post("/v1/webhooks", json={"url": url}).json()
+        assert refused["error"] == "webhook_url_not_allowed", (url, refused)
+    for url in ("ftp://example.com/", "http:///nohost", "http://u:p@example.com/", "x" * 3000):
+        assert c.post("/v1/webhooks", json={"url": url}).json()["code"] == 2, url
+    assert c.post("/v1/webhooks", json={"url": "http://127.0.0.1/", "events": ["no"]}).json()[
+        "code"
+    ] == 2
+    # outside the sandbox loopback is the operator's network too, unless the operator allows it
+    market.reconfigure(sandbox=False)
+    assert error(c.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/"})) == (
+        "webhook_url_not_allowed"
+    )
+    market.reconfigure(sandbox=False, webhook_allow_private=True)
+    ok(c.post("/v1/webhooks", json={"url": "http://10.0.0.7/hook"}))
+    ok(c.post("/v1/delete_webhook", json={"id": made["id"]}))
+    assert error(c.post("/v1/delete_webhook", json={"id": made["id"]})) == "webhook_dont_exist"
+    other = market.user()
+    assert error(market.client(other).post("/v1/ping_webhook", json={"id": 2})) == (
+        "webhook_dont_exist"
+    )
+
+
+def test_deliveries_are_signed_filtered_and_logged(market: Market, receiver: Receiver) -> None:
+    token = market.user()
+    made = hook(market, token, receiver.start(), events=["deposit.credited"])
+    credit(market, token, 2)
+    market.advance(1)  # a tick: no order events to filter out here, but nothing else is sent
+    ok(market.client(token).post("/v1/ping_webhook", json={"id": made["id"]}))
+    assert deliver_due(deliverer(market)) == 3
+    assert len(receiver.received) == 3
+    for got in receiver.received:
+        signature = got.headers["Openclore-Signature"]
+        assert verify(made["secret"], signature, got.body, now=time.time())
+        assert not verify("whsec_wrong", signature, got.body, now=time.time())
+        assert not verify(made["secret"], signature, got.body + b" ", now=time.time())
+        assert not verify(made["secret"], signature, got.body, now=time.time() + 3600)
+    types = [r.event["type"] for r in receiver.received]
+    assert sorted(types) == ["deposit.credited", "deposit.credited", "webhook.ping"]
+    polled = ok(market.client(token).get("/v1/events", params={"after": 0}))["events"]
+    assert sorted(r.body.decode() for r in receiver.received) == sorted(
+        __import__("json").dumps(e, separators=(",", ":")) for e in polled
+    )  # the webhook body is the event exactly as the stream and polling carry it
+    log = ok(market.client(token).get("/v1/webhook_deliveries", params={"id": made["id"]}))
+    assert [d["state"] for d in log["deliveries"]] == ["delivered"] * 3
+    assert all(d["attempts"] == 1 and d["last_status"] == 200 for d in log["deliveries"])
+    assert deliver_due(deliverer(market)) == 0  # nothing is sent twice
+
+
+def test_a_receiver_failing_three_times_gets_each_event_once_it_recovers(
+    market: Market, receiver: Receiver
+) -> None:
+    token = market.user()
+    hook(market, token, receiver.start())
+    credit(market, token, 3)
+    receiver.fail_first = 9  # three rounds of three failures
+    wall = FakeWall()
+    d = deliverer(market, wall)
+    pol = policy(market.settings)
+    for attempt in range(1, 4):
+        assert deliver_due(d) == 3
+        wall.now += backoff(attempt, pol) - 1
+        assert deliver_due(d) == 0  # not before its backoff
+        wall.now += 1
+    assert deliver_due(d) == 3
+    ok_ids = [e["id"] for e in receiver.ok_events()]
+    assert sorted(ok_ids) == sorted(set(ok_ids)) and len(ok_ids) == 3
+    assert len(receiver.received) == 12
+    with market.db.read() as conn:
+        rows = conn.execute(select(webhook_deliveries)).all()
+    assert [(r.state, r.attempts, r.last_status) for r in rows] == [("delivered", 4, 200)] * 3
+    assert [backoff(n, pol) for n in (1, 2, 3, 20)] == [10, 20, 40, 21600]
+
+
+def test_retries_stop_after_the_window_not_before_a_day(market: Market) -> None:
+    token = market.user()
+    hook(market, token, "http://127.0.0.1:9/refused")  # nothing listens on the discard port
+    credit(market, token, 1)
+    wall = FakeWall()
+    start = wall.now
+    d = deliverer(market, wall)
+    attempts = 0
+    while deliver_due(d):
+        attempts += 1
+        wall.now += backoff(attempts, policy(market.settings))
+    with market.db.read() as conn:
+        row = conn.execute(select(webhook_deliveries)).one()
+    assert row.state == "failed" and row.attempts == attempts
+    assert row.last_attempt_at - start >= 86400  # retried for more than a day
+    assert "ConnectError" in row.last_error
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def serve(market: Market, port: int, **env: str) -> subprocess.Popen[bytes]:
+    """An `openclore serve` process on the test's database (it delivers webhooks)."""
+    full = {
+        **os.environ,
+        "OPENCLORE_DATABASE_URL": market.db.url,
+        "OPENCLORE_SANDBOX": "1",
+        "OPENCLORE_TICK_INTERVAL": "0",
+        "OPENCLORE_RATE_LIMIT_INTERVAL": "0",
+        "OPENCLORE_CREATE_ORDER_INTERVAL": "0",
+        **env,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openclore", "serve", "--port", str(port)],
+        env=full,
+        stdout=subprocess.DEVNULL,
+        stderr=open(os.environ.get("OPENCLORE_TEST_SERVER_LOG", os.devnull), "ab"),  # noqa: SIM115
+    )
+    deadline = time.time() + 30
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=1)
+            return proc
+        except httpx.HTTPError:
+            assert time.time() < deadline and proc.poll() is None, "server did not start"
+            time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_two_replicas_deliver_each_event_once(market: Market, receiver: Receiver) -> None:
+    token = market.user()
+    hook(market, token, receiver.start())
+    replicas = [serve(market, free_port()), serve(market, free_port())]
+    try:
+        credit(market, token, 120)
+        receiver.wait_for(120)
+        time.sleep(1.5)  # time for a duplicate, were one coming
+    finally:
+        for proc in replicas:
+            stop(proc)
+    counts = Counter(e["id"] for e in receiver.ok_events())
+    assert len(counts) == 120 and set(counts.values()) == {1}
+    with market.db.read() as conn:
+        states = conn.execute(
+            select(webhook_deliveries.c.state, func.count()).group_by(webhook_deliveries.c.state)
+        ).all()
+    assert [tuple(s) for s in states] == [("delivered", 120)]
+
+
+EVENTS = 150
+
+
+def test_kill_9_of_the_delivering_process_loses_no_event(
+    market: Market, receiver: Receiver
+) -> None:
+    token = market.user()
+    hook(market, token, receiver.start())
+    receiver.delay = 0.3  # deliveries are in flight when the process dies
+    first = serve(market, free_port(), OPENCLORE_WEBHOOK_LEASE="2")
+    try:
+        credit(market, token, EVENTS)
+        deadline = time.monotonic() + 15
+        while len(receiver.received) < 5:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        stop(first)
+    assert pending_deliveries(market)  # it died with work left (in flight, or not claimed yet)
+    second = serve(market, free_port(), OPENCLORE_WEBHOOK_LEASE="2")
+    try:
+        receiver.wait_for(EVENTS, timeout=30)
+        # and the deliveries the killed process had sent but not recorded are sent and recorded
+        deadline = time.monotonic() + 20
+        while pending_deliveries(market):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        stop(second)
+    counts = Counter(e["id"] for e in receiver.ok_events())
+    assert len(counts) == EVENTS  # every event, at least once
+    # at most what was in flight at the kill is delivered twice
+    assert sum(n - 1 for n in counts.values()) <= 64
+    with market.db.read() as conn:
+        states = conn.execute(select(webhook_deliveries.c.state).distinct()).scalars().all()
+    assert states == ["delivered"]
+
+
+def pending_deliveries(market: Market) -> int:
+    with market.db.read() as conn:
+        return int(
+            conn.execute(
+                select(func.count()).where(webhook_deliveries.c.state == "pending")
+            ).scalar_one()
+        )
