@@ -872,6 +872,7 @@ class HangUp:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
         self.requests = 0
+        self.heads: list[str] = []
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.thread = threading.Thread(target=self.serve, daemon=True)
         self.thread.start()
@@ -892,15 +893,18 @@ class HangUp:
                     data += chunk
                 if data:
                     self.requests += 1
+                    self.heads.append(data.split(b"\r\n\r\n")[0].decode("latin-1"))
 
     def close(self) -> None:
         self.sock.close()
 
 
-def test_reads_are_retried_but_create_order_is_never_resent() -> None:
+def test_reads_are_retried_but_create_order_is_never_resent_without_keyed_retries() -> None:
     server = HangUp()
     try:
-        with Client("t", base_url=server.url, rate_limit=False, retry_backoff=0.01) as c:
+        with Client(
+            "t", base_url=server.url, rate_limit=False, retry_backoff=0.01, keyed_retries=False
+        ) as c:
             with pytest.raises(CloreConnectionError) as read:
                 c.wallets()
             assert read.value.sent and server.requests == 4  # 1 + max_retries
@@ -913,6 +917,31 @@ def test_reads_are_retried_but_create_order_is_never_resent() -> None:
             with pytest.raises(CloreConnectionError):
                 c.cancel_order(1)
             assert server.requests - before == 1
+    finally:
+        server.close()
+
+
+def test_create_order_is_resent_with_one_idempotency_key() -> None:
+    """openclore rents once per Idempotency-Key, so a create_order that may have arrived is sent
+    again with the same key; every order gets a new key; Clore.ai (ignoring keys) never."""
+    server = HangUp()
+    try:
+        with Client("t", base_url=server.url, rate_limit=False, retry_backoff=0.01) as c:
+            for _ in range(2):
+                with pytest.raises(CloreConnectionError):
+                    c.create_order(6, IMAGE)
+            with pytest.raises(CloreConnectionError):
+                c.cancel_order(1)
+        keys = [
+            line.split(":", 1)[1].strip()
+            for head in server.heads
+            for line in head.split("\r\n")
+            if line.lower().startswith("idempotency-key:")
+        ]
+        assert server.requests == 4 + 4 + 1  # 1 + max_retries for each order; cancel once
+        assert len(keys) == 8 and len(set(keys[:4])) == 1 and len(set(keys[4:])) == 1
+        assert keys[0] != keys[4] and keys[0].startswith("oc-")
+        assert Client("t", base_url="https://api.clore.ai/v1").retry.keyed_retries is False
     finally:
         server.close()
 

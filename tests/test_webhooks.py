@@ -220,6 +220,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+@pytest.mark.slow
 def test_two_replicas_deliver_each_event_once(market: Market, receiver: Receiver) -> None:
     token = market.user()
     hook(market, token, receiver.start())
@@ -243,6 +244,7 @@ def test_two_replicas_deliver_each_event_once(market: Market, receiver: Receiver
 EVENTS = 150
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_delivering_process_loses_no_event(
     market: Market, receiver: Receiver
 ) -> None:

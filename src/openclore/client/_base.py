@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from openclore.client._calls import (
     DEFAULT_BASE_URL,
@@ -34,6 +35,7 @@ class BaseClient:
         retry_backoff: float = 0.5,
         lookup_attempts: int = 3,
         extra_headers: Mapping[str, str] | None = None,
+        keyed_retries: bool | None = None,
     ) -> None:
         if api_key is None:
             api_key = os.environ.get("OPENCLORE_API_KEY") or None
@@ -49,6 +51,13 @@ class BaseClient:
             max_retries=max_retries,
             retry_rate_limited=retry_rate_limited,
             backoff_base=retry_backoff,
+            # a create_order carries an Idempotency-Key; openclore acts once per key, so it may
+            # be sent again after a network error. Clore.ai ignores the key: never there.
+            keyed_retries=(
+                not urlsplit(self.base_url).hostname.endswith("clore.ai")  # type: ignore[union-attr]
+                if keyed_retries is None
+                else keyed_retries
+            ),
         )
         self.lookup_attempts = max(1, lookup_attempts)
         self._headers = headers(api_key, extra_headers)
@@ -59,10 +68,13 @@ class BaseClient:
     def _url(self, call: ApiCall[object]) -> str:
         return self.base_url + call.path
 
-    def _request_headers(self, has_body: bool) -> dict[str, str]:
+    def _request_headers(self, has_body: bool, key: str | None = None) -> dict[str, str]:
+        out = self._headers
         if has_body:
-            return {**self._headers, "Content-Type": "application/json"}
-        return self._headers
+            out = {**out, "Content-Type": "application/json"}
+        if key is not None:
+            out = {**out, "Idempotency-Key": key}
+        return out
 
     def _rate_wait(self, error: CloreError) -> float:
         retry_after = getattr(error, "retry_after", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ class ApiCall(Generic[T]):
     params: dict[str, str] | None = None
     idempotent: bool = True  # repeating it cannot change anything twice
     create_order: bool = False
+    idempotency_key: str | None = None  # sent as Idempotency-Key: the server acts once per key
 
 
 def normalize_base_url(base_url: str) -> str:
@@ -144,6 +146,7 @@ class RetryPolicy:
     max_retries: int = 3
     retry_rate_limited: bool = True
     backoff_base: float = 0.5
+    keyed_retries: bool = True  # the server honours Idempotency-Key: keyed calls are safe again
 
     def backoff(self, attempt: int) -> float:
         """Seconds before retry number ``attempt`` after a network or internal error."""
@@ -152,14 +155,17 @@ class RetryPolicy:
     def transport(self, call: ApiCall[Any], error: CloreConnectionError, attempt: int) -> bool:
         if not error.retryable or attempt >= self.max_retries:
             return False
-        return call.idempotent or not error.sent
+        return self._safe(call) or not error.sent
+
+    def _safe(self, call: ApiCall[Any]) -> bool:
+        return call.idempotent or (self.keyed_retries and call.idempotency_key is not None)
 
     def rate_limited(self, attempt: int) -> bool:
         # a code-5 answer means the server refused before doing anything: always safe
         return self.retry_rate_limited and attempt < self.max_retries
 
     def failed(self, call: ApiCall[Any], error: CloreError, attempt: int) -> bool:
-        return isinstance(error, InternalError) and call.idempotent and attempt < self.max_retries
+        return isinstance(error, InternalError) and self._safe(call) and attempt < self.max_retries
 
 
 # ----------------------------------------------------------------------------- endpoints
@@ -300,7 +306,13 @@ def create_order(
         body=body,
         idempotent=False,
         create_order=True,
+        # one key for this order and all its retries: the server rents once per key
+        idempotency_key=new_idempotency_key(),
     )
+
+
+def new_idempotency_key() -> str:
+    return "oc-" + secrets.token_urlsafe(24)
 
 
 def add_server(name: str) -> ApiCall[AddedServer]:

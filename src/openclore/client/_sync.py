@@ -35,8 +35,10 @@ class Client(BaseClient):
     ``https://api.clore.ai``. Calls are paced to the API's limits (``interval`` between any two
     calls, ``create_order_interval`` between two orders); ``rate_limit=False`` switches pacing off.
     A refused call (code 5) waits for Retry-After and is sent again, up to ``max_retries`` times;
-    network errors are retried (after ``retry_backoff`` × 2ⁿ s) only for reads and for requests
-    that surely never left, so a create_order that may have arrived is never sent twice.
+    network errors are retried (after ``retry_backoff`` × 2ⁿ s) for reads, for requests that
+    surely never left, and for create_order, which carries an ``Idempotency-Key`` so that openclore
+    rents once however often it arrives (``keyed_retries``; off for api.clore.ai, which ignores
+    the key, so there a create_order that may have arrived is never sent twice).
     ``transport`` or ``http_client`` replace the HTTP layer (tests, proxies, custom TLS).
     """
 
@@ -55,6 +57,7 @@ class Client(BaseClient):
         retry_backoff: float = 0.5,
         lookup_attempts: int = 3,
         extra_headers: Mapping[str, str] | None = None,
+        keyed_retries: bool | None = None,
         transport: httpx.BaseTransport | None = None,
         http_client: httpx.Client | None = None,
     ) -> None:
@@ -71,6 +74,7 @@ class Client(BaseClient):
             retry_backoff=retry_backoff,
             lookup_attempts=lookup_attempts,
             extra_headers=extra_headers,
+            keyed_retries=keyed_retries,
         )
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(timeout=timeout, transport=transport)
@@ -119,7 +123,7 @@ class Client(BaseClient):
     def _execute(self, call: ApiCall[Any]) -> dict[str, Any]:
         url = self._url(call)
         content = calls.encode(call)
-        request_headers = self._request_headers(content is not None)
+        request_headers = self._request_headers(content is not None, call.idempotency_key)
         attempt = 0
         while True:
             delay = self.pacer.reserve(call.create_order)
@@ -231,8 +235,8 @@ class Client(BaseClient):
 
         openclore answers with the order; a server that answers ``{"code":0}`` alone (Clore.ai)
         gets a *best-effort* lookup in ``my_orders`` by server, type and creation time, which
-        raises :class:`OrderLookupFailed` when nothing matches. create_order is never re-sent
-        after it may have reached the server.
+        raises :class:`OrderLookupFailed` when nothing matches. It carries an Idempotency-Key;
+        without keyed retries it is never re-sent after it may have reached the server.
         """
         call = calls.create_order(
             server_id,
