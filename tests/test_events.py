@@ -195,7 +195,7 @@ class SseReader:
                         frame_id = int(line[4:])
                     elif line.startswith("data: "):
                         event = json.loads(line[6:])
-                        assert event["id"] == frame_id
+                        assert frame_id is not None and event["id"] == frame_id
                         self.frame_ids.append(frame_id)
                         self.events.append(event)
                     if self.stop.is_set():

@@ -7,15 +7,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -25,7 +22,7 @@ from openclore.market.wallets import deposit
 from openclore.market.webhooks import policy
 from openclore.store.schema import webhook_deliveries
 
-from receiver import Receiver
+from event_support import Receiver, serve, stop
 from support import Market, error, free_port, ok
 
 
@@ -93,9 +90,10 @@ def test_register_list_delete_and_the_ssrf_policy(market: Market, receiver: Rece
         assert refused["error"] == "webhook_url_not_allowed", (url, refused)
     for url in ("ftp://example.com/", "http:///nohost", "http://u:p@example.com/", "x" * 3000):
         assert c.post("/v1/webhooks", json={"url": url}).json()["code"] == 2, url
-    assert c.post("/v1/webhooks", json={"url": "http://127.0.0.1/", "events": ["no"]}).json()[
-        "code"
-    ] == 2
+    assert (
+        c.post("/v1/webhooks", json={"url": "http://127.0.0.1/", "events": ["no"]}).json()["code"]
+        == 2
+    )
     # outside the sandbox loopback is the operator's network too, unless the operator allows it
     market.reconfigure(sandbox=False)
     assert error(c.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/"})) == (
@@ -181,43 +179,6 @@ def test_retries_stop_after_the_window_not_before_a_day(market: Market) -> None:
 
 
 # ----------------------------------------------------------------------------- processes
-
-
-def serve(market: Market, port: int, **env: str) -> subprocess.Popen[bytes]:
-    """An `openclore serve` process on the test's database (it delivers webhooks)."""
-    full = {
-        **os.environ,
-        "OPENCLORE_DATABASE_URL": market.db.url,
-        "OPENCLORE_SANDBOX": "1",
-        "OPENCLORE_TICK_INTERVAL": "0",
-        "OPENCLORE_RATE_LIMIT_INTERVAL": "0",
-        "OPENCLORE_CREATE_ORDER_INTERVAL": "0",
-        **env,
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "openclore", "serve", "--port", str(port)],
-        env=full,
-        stdout=subprocess.DEVNULL,
-        stderr=open(os.environ.get("OPENCLORE_TEST_SERVER_LOG", os.devnull), "ab"),  # noqa: SIM115
-    )
-    deadline = time.time() + 30
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=1)
-            return proc
-        except httpx.HTTPError:
-            assert time.time() < deadline and proc.poll() is None, "server did not start"
-            time.sleep(0.1)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.slow

@@ -1,14 +1,22 @@
-"""A webhook receiver for tests: a real HTTP server on loopback that records every POST and can
-be told to fail the first N, or to answer slowly."""
+"""Helpers for the event tests: a webhook receiver (a real HTTP server on loopback that records
+every POST and can be told to fail the first N, or to answer slowly) and `openclore serve`
+processes on a test's database."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import httpx
+
+from support import Market
 
 
 @dataclass
@@ -36,7 +44,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 if receiver.delay:
                     time.sleep(receiver.delay)
@@ -75,3 +83,40 @@ class Receiver:
         while len({e["id"] for e in self.ok_events()}) < count:
             assert time.monotonic() < deadline, f"{len(self.ok_events())} of {count} delivered"
             time.sleep(0.05)
+
+
+def serve(market: Market, port: int, **env: str) -> subprocess.Popen[bytes]:
+    """An `openclore serve` process on the test's database (it delivers webhooks)."""
+    full = {
+        **os.environ,
+        "OPENCLORE_DATABASE_URL": market.db.url,
+        "OPENCLORE_SANDBOX": "1",
+        "OPENCLORE_TICK_INTERVAL": "0",
+        "OPENCLORE_RATE_LIMIT_INTERVAL": "0",
+        "OPENCLORE_CREATE_ORDER_INTERVAL": "0",
+        **env,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openclore", "serve", "--port", str(port)],
+        env=full,
+        stdout=subprocess.DEVNULL,
+        stderr=open(os.environ.get("OPENCLORE_TEST_SERVER_LOG", os.devnull), "ab"),  # noqa: SIM115
+    )
+    deadline = time.time() + 30
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=1)
+            return proc
+        except httpx.HTTPError:
+            assert time.time() < deadline and proc.poll() is None, "server did not start"
+            time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
