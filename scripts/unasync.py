@@ -56,6 +56,8 @@ TOKENS: list[tuple[str, str]] = [
     (r"__aiter__", "__iter__"),
     (r"__anext__", "__next__"),
     (r"aclose", "close"),
+    (r"aiter_lines", "iter_lines"),
+    (r"aread", "read"),
     (r"StopAsyncIteration", "StopIteration"),
     (r"Async([A-Z]\w*)", r"\1"),  # AsyncClient, AsyncSandbox, httpx.AsyncBaseTransport …
 ]

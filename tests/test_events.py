@@ -4,14 +4,21 @@ server-sent-event stream (resumed with Last-Event-ID), and the wallets' runway."
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
 from sqlalchemy import update
 
 from openclore.agent.protocol import ERROR, KIND_ORDER, ContainerStatus
+from openclore.cli.client_commands import describe_event
+from openclore.client import Client, Event
 from openclore.engine.ticker import tick
 from openclore.market.agents import agent_heartbeat, apply_statuses
 from openclore.market.servers import remove_server
@@ -268,3 +275,68 @@ def test_wallets_show_burn_and_runway_and_low_balance_alerts(market: Market) -> 
     assert usd["runway_seconds"] < 50000
     ok(c.post("/v1/set_alerts", json={"low_balance_seconds": None}))
     assert ok(c.get("/v1/alerts"))["low_balance_seconds"] is None
+
+
+def test_sdk_iterator_and_polling(market: Market) -> None:
+    token = market.user()
+    credit = market.client(token)
+    for _ in range(2):
+        ok(credit.post("/sandbox/deposit", json={"currency": "bitcoin", "amount": 1}))
+    with Client(token, base_url=market.url, rate_limit=False) as client:
+        page = client.events_after(0, limit=1)
+        assert [e.type for e in page.events] == ["deposit.credited"] and page.last_id == 1
+        stream = client.events(after=page.last_id)
+        first = next(stream)
+        assert first.id == 2 and first.data["amount"] == Decimal(1)  # exact amounts
+        later = threading.Timer(
+            0.3,
+            lambda: credit.post("/sandbox/deposit", json={"currency": "bitcoin", "amount": 2}),
+        )
+        later.start()
+        second = next(stream)  # arrives as it happens
+        assert (second.id, second.type, second.data["amount"]) == (3, "deposit.credited", 2)
+        stream.close()
+        later.join()
+        bitcoin = next(w for w in client.wallets() if w.name == "bitcoin")
+        assert bitcoin.burn_per_day == 0 and bitcoin.runway_seconds is None
+
+
+def test_cli_watch_prints_the_stream(market: Market, tmp_path: Path) -> None:
+    token = market.user()
+    for amount in (1, 2):
+        ok(
+            market.client(token).post(
+                "/sandbox/deposit", json={"currency": "bitcoin", "amount": amount}
+            )
+        )
+    env = {
+        **os.environ,
+        "OPENCLORE_URL": market.url,
+        "OPENCLORE_API_KEY": token,
+        "OPENCLORE_CONFIG": str(tmp_path / "config.toml"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openclore", "watch", "--after", "0", "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [json.loads(proc.stdout.readline()) for _ in range(2)]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert [(e["id"], e["type"], e["data"]["amount"]) for e in lines] == [
+        (1, "deposit.credited", 1),
+        (2, "deposit.credited", 2),
+    ]
+    text = describe_event(
+        Event(
+            id=7,
+            type="order.ended",
+            time=1_700_000_000,
+            data={"order_id": 12, "server_id": 3, "reason": "cancelled", "spend": Decimal("0.5")},
+        )
+    )
+    assert text == "2023-11-14 22:13:20  #7 order.ended  order 12 on server 3: cancelled, spend 0.5"

@@ -49,6 +49,7 @@ from openclore.client import (
     Client,
     CloreConnectionError,
     CloreError,
+    Event,
     ExceededMaxStep,
     InvalidToken,
     MarketError,
@@ -880,6 +881,65 @@ def wallets(
         ],
         [[w.name, fmt(w.balance), w.deposit or "-", fmt(w.withdrawal_fee)] for w in rows],
     )
+
+
+@client_app.command(rich_help_panel=PANEL_RENT)
+def watch(
+    after: Annotated[
+        int | None,
+        typer.Option("--after", help="Start after this event id (default: from now on)."),
+    ] = None,
+    types: Annotated[
+        list[str] | None,
+        typer.Option("--type", "-t", help="Only this event type (repeatable), e.g. order.ended."),
+    ] = None,
+    json: JsonOpt = False,
+    profile: ProfileOpt = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Print your market events as they happen (orders, servers, balance, deposits) until
+    Ctrl-C; a dropped connection resumes where it stopped (openclore servers)."""
+    c = ctx(json, profile, url, api_key)
+    with handled(c.target), c.client() as client:
+        try:
+            for event in client.events(after, types=types):
+                if json:
+                    sys.stdout.write(json_dumps(to_plain(event)) + "\n")
+                    sys.stdout.flush()
+                else:
+                    out.print(describe_event(event), markup=False)
+        except KeyboardInterrupt:
+            return
+
+
+def describe_event(event: Event) -> str:
+    """``2026-11-27 05:40:01  #17 order.ended  order 12 on server 3: cancelled``"""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(event.time))
+    data = event.data
+    parts = []
+    if "order_id" in data:
+        parts.append(f"order {data['order_id']}")
+    if "server_id" in data:
+        parts.append(("on " if parts else "") + f"server {data['server_id']}")
+    if "name" in data:
+        parts.append(f"({data['name']})")
+    subject = " ".join(parts)
+    details = [
+        fmt_any(data[key]) if key in ("reason", "error") else f"{key} {fmt_any(data[key])}"
+        for key in (
+            "reason",
+            "error",
+            "amount",
+            "currency",
+            "runway_seconds",
+            "spend",
+            "webhook_id",
+        )
+        if data.get(key) is not None
+    ]
+    text = subject + (": " if subject and details else "") + ", ".join(details)
+    return f"{when}  #{event.id} {event.type}  {text}".rstrip()
 
 
 @client_app.command(rich_help_panel=PANEL_RENT)

@@ -55,6 +55,8 @@ from openclore.client._models import (
     BackgroundJob,
     CoinMap,
     CreateOrderResponse,
+    Event,
+    EventPage,
     Marketplace,
     MarketplaceResponse,
     MarketPrice,
@@ -75,6 +77,7 @@ from openclore.client._models import (
     SpotServer,
     Wallet,
     WalletsResponse,
+    Webhook,
 )
 from openclore.client._pacing import NoPacing, Pacer
 from openclore.client._sync import Client, Sandbox
@@ -95,6 +98,8 @@ __all__ = [
     "CoinMap",
     "CreateOrderResponse",
     "CurrencyNotAllowed",
+    "Event",
+    "EventPage",
     "ExceededMaxStep",
     "InternalError",
     "InvalidEndpoint",
@@ -140,6 +145,7 @@ __all__ = [
     "UnexpectedResponse",
     "Wallet",
     "WalletsResponse",
+    "Webhook",
     "YouAlreadyHaveSpotOrder",
     "YouDontOwnThisOrder",
     "error_for",

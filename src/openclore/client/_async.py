@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -17,19 +17,28 @@ import httpx
 from openclore.client import _calls as calls
 from openclore.client._base import BaseClient
 from openclore.client._calls import Amount, ApiCall, OrderType
-from openclore.client._errors import CloreError, OrderLookupFailed, RateLimited
+from openclore.client._errors import (
+    CloreError,
+    OrderLookupFailed,
+    RateLimited,
+    UnexpectedResponse,
+)
 from openclore.client._models import (
     AddedServer,
+    Event,
+    EventPage,
     Marketplace,
     MyServer,
     Order,
     ServerConfig,
     SpotMarketplace,
     Wallet,
+    Webhook,
 )
 from openclore.client._pacing import Pacer
 
 T = TypeVar("T")
+STREAM_READ_TIMEOUT = 60.0  # the server sends a keep-alive comment every 15 s
 
 
 class AsyncClient(BaseClient):
@@ -287,6 +296,84 @@ class AsyncClient(BaseClient):
     async def add_server(self, name: str) -> AddedServer:
         """openclore: add a server to host; its agent registers with ``init_token``."""
         return await self._run(calls.add_server(name))
+
+    # ------------------------------------------------------------------ events (openclore)
+
+    async def events_after(
+        self, after: int = 0, limit: int = 100, types: Sequence[str] | None = None
+    ) -> EventPage:
+        """Your events with an id above ``after``, oldest first (polling)."""
+        return await self._run(calls.events_after(after, limit, types))
+
+    async def events(
+        self,
+        after: int | None = None,
+        *,
+        types: Sequence[str] | None = None,
+        reconnect: bool = True,
+    ) -> AsyncIterator[Event]:
+        """Your events as they happen (the ``/v1/events`` stream), forever.
+
+        ``after``: start after this event id (e.g. the last one you handled); None: from now.
+        A dropped connection is opened again with ``Last-Event-ID`` (after ``retry_backoff``
+        × 2ⁿ s, at most ``max_retries`` times in a row), so no event is skipped or repeated.
+        """
+        last = after
+        wanted = list(types) if types else None
+        url = self.base_url + "/v1/events"
+        failures = 0
+        while True:
+            request_headers = self._request_headers(False)
+            if last is not None:
+                request_headers = {**request_headers, "Last-Event-ID": str(last)}
+            delay = self.pacer.reserve(False)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                async with self._http.stream(
+                    "GET",
+                    url,
+                    headers=request_headers,
+                    params={"types": ",".join(wanted)} if wanted else None,
+                    timeout=httpx.Timeout(self.timeout, read=STREAM_READ_TIMEOUT),
+                ) as response:
+                    if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                        await response.aread()
+                        calls.decode(response)  # raises the error the server answered
+                        raise UnexpectedResponse("the server did not open an event stream")
+                    frame: list[str] = []
+                    async for line in response.aiter_lines():
+                        if line:
+                            frame.append(line)
+                            continue
+                        event = calls.parse_sse_event(frame)
+                        frame = []
+                        if event is not None:
+                            failures = 0
+                            last = event.id
+                            yield event
+            except httpx.HTTPError as exc:
+                if not reconnect or failures >= self.retry.max_retries:
+                    raise calls.connection_error(exc, url) from exc
+                failures += 1
+                await asyncio.sleep(self.retry.backoff(failures))
+                continue
+            if not reconnect:
+                return
+
+    async def create_webhook(self, url: str, events: Sequence[str] | None = None) -> Webhook:
+        """Signed POSTs of your events to ``url`` (all types, or ``events``); keep ``secret``."""
+        return await self._run(calls.create_webhook(url, events))
+
+    async def webhooks(self) -> list[Webhook]:
+        return await self._run(calls.webhooks())
+
+    async def delete_webhook(self, webhook_id: int) -> None:
+        await self._run(calls.delete_webhook(webhook_id))
+
+    async def ping_webhook(self, webhook_id: int) -> None:
+        """Send a ``webhook.ping`` event to that webhook (see its delivery log)."""
+        await self._run(calls.ping_webhook(webhook_id))
 
 
 class AsyncSandbox:

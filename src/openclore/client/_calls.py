@@ -23,6 +23,8 @@ from openclore.client._errors import (
 from openclore.client._models import (
     AddedServer,
     CreateOrderResponse,
+    Event,
+    EventPage,
     Marketplace,
     MarketplaceResponse,
     MyOrdersResponse,
@@ -35,6 +37,7 @@ from openclore.client._models import (
     SpotMarketplaceResponse,
     Wallet,
     WalletsResponse,
+    Webhook,
 )
 
 T = TypeVar("T")
@@ -319,6 +322,53 @@ def add_server(name: str) -> ApiCall[AddedServer]:
     return ApiCall(
         "POST", "/v1/add_server", AddedServer.model_validate, body={"name": name}, idempotent=False
     )
+
+
+def events_after(
+    after: int, limit: int = 100, types: Iterable[str] | None = None
+) -> ApiCall[EventPage]:
+    params = {"after": str(int(after)), "limit": str(int(limit))}
+    if types:
+        params["types"] = ",".join(types)
+    return ApiCall("GET", "/v1/events", EventPage.model_validate, params=params)
+
+
+def create_webhook(url: str, events: Iterable[str] | None = None) -> ApiCall[Webhook]:
+    body: dict[str, Any] = {"url": url}
+    if events is not None:
+        body["events"] = list(events)
+    return ApiCall(
+        "POST",
+        "/v1/webhooks",
+        Webhook.model_validate,
+        body=body,
+        idempotent=False,
+        idempotency_key=new_idempotency_key(),
+    )
+
+
+def webhooks() -> ApiCall[list[Webhook]]:
+    return ApiCall(
+        "GET", "/v1/webhooks", lambda b: [Webhook.model_validate(w) for w in b["webhooks"]]
+    )
+
+
+def delete_webhook(webhook_id: int) -> ApiCall[None]:
+    return ApiCall("POST", "/v1/delete_webhook", _none, body={"id": int(webhook_id)})
+
+
+def ping_webhook(webhook_id: int) -> ApiCall[None]:
+    return ApiCall(
+        "POST", "/v1/ping_webhook", _none, body={"id": int(webhook_id)}, idempotent=False
+    )
+
+
+def parse_sse_event(lines: list[str]) -> Event | None:
+    """One server-sent-event frame's ``data:`` lines → the event (None for comments/retry)."""
+    data = "\n".join(line[5:].lstrip(" ") for line in lines if line.startswith("data:"))
+    if not data:
+        return None
+    return Event.model_validate(_exactjson.loads(data))
 
 
 def sandbox_advance_time(seconds: int) -> ApiCall[int]:

@@ -48,6 +48,12 @@ class Wallet(CloreModel):
     deposit: str | None = Field(None, description="deposit address")
     balance: Decimal | None = None
     withdrawal_fee: Decimal | None = None
+    burn_per_day: Decimal | None = Field(
+        None, description="openclore: what your running orders cost per day in this currency"
+    )
+    runway_seconds: int | None = Field(
+        None, description="openclore: how long the balance lasts at that rate (None: no burn)"
+    )
 
 
 class MyServer(CloreModel):
@@ -280,3 +286,28 @@ class CreateOrderResponse(Envelope):
 
     order_id: int | None = None
     order: Order | None = None
+
+
+class Event(CloreModel):
+    """One market event (openclore): ``order.created``, ``order.running``, ``order.outbid``,
+    ``order.paused``, ``order.failed``, ``order.ended``, ``balance.low``, ``server.online``,
+    ``server.offline``, ``deposit.credited``, ``webhook.ping``. ``id`` grows in commit order:
+    dedupe and resume on it."""
+
+    id: int
+    type: str
+    time: int = Field(description="unix seconds (the market's clock) of the change")
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventPage(CloreModel):
+    events: list[Event]
+    last_id: int = Field(description="pass as ``after`` to get the next page")
+
+
+class Webhook(CloreModel):
+    id: int
+    url: str
+    events: list[str] | None = Field(None, description="event types sent; None: all")
+    secret: str | None = Field(None, description="signing secret, shown once at creation")
+    created_at: int | None = None
