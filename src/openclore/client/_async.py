@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -311,7 +311,7 @@ class AsyncClient(BaseClient):
         *,
         types: Sequence[str] | None = None,
         reconnect: bool = True,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Your events as they happen (the ``/v1/events`` stream), forever.
 
         ``after``: start after this event id (e.g. the last one you handled); None: from now.

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -307,7 +307,7 @@ class Client(BaseClient):
         *,
         types: Sequence[str] | None = None,
         reconnect: bool = True,
-    ) -> Iterator[Event]:
+    ) -> Generator[Event, None]:
         """Your events as they happen (the ``/v1/events`` stream), forever.
 
         ``after``: start after this event id (e.g. the last one you handled); None: from now.
