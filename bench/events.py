@@ -1,0 +1,313 @@
+"""Event delivery latency: a change committed → its webhook received, at 100 events/s.
+
+An ``openclore serve`` process (sandbox mode, so a loopback receiver is allowed) delivers the
+webhooks of one user; the benchmark credits that user's wallet through ``/sandbox/deposit`` on a
+fixed schedule (``--rate`` per second for ``--seconds``), each deposit a ``deposit.credited``
+event, and a receiver on loopback notes when each event arrives. The latency of an event is
+arrival − the moment its deposit request was *sent* (the commit happens after that, so the
+figure is an upper bound of commit → received).
+
+The ceiling, in the same run: a bare HTTP POST loop sending the same number of bodies of the
+same size on the same schedule straight to the same receiver (sent → received). Rounds alternate
+the two; each target's figures are those of its median round (by p99). Every event must arrive
+(at least once; duplicates are counted) or the run fails.
+
+Run: ``.venv/bin/python bench/events.py`` (SQLite) or ``--database-url postgresql://…/postgres``
+(a scratch database is created on that server and dropped afterwards); the result goes to
+``bench/results/events[-postgresql].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+sys.path.insert(0, str(Path(__file__).parent))
+from openclore.config import Settings
+from openclore.ledger import ensure_system_accounts
+from openclore.market.accounts import create_user, issue_token
+from openclore.store.db import Database, normalize_url
+
+from _common import BenchmarkFailed, free_port, machine, median_run, process, write_result
+
+UNIT = Decimal("0.000000001")
+
+
+class Receiver:
+    """The webhook receiver, in a process of its own (so that it never waits for the benchmark's
+    own Python): a minimal asyncio HTTP/1.1 server with keep-alive that notes the arrival time
+    (``time.perf_counter``, CLOCK_MONOTONIC: comparable across processes) of every POST, keyed by
+    the sequence number in its body. ``GET /dump`` answers the arrivals and forgets them."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--receiver", str(self.port)], stdout=subprocess.DEVNULL
+        )
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        deadline = time.time() + 20
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{self.port}/dump", timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.time() > deadline:
+                    raise RuntimeError("receiver did not start") from None
+                time.sleep(0.1)
+
+    def dump(self) -> dict[int, list[float]]:
+        got = httpx.get(f"http://127.0.0.1:{self.port}/dump", timeout=30).json()
+        return {int(k): v for k, v in got.items()}
+
+    def count(self) -> int:
+        return int(httpx.get(f"http://127.0.0.1:{self.port}/count", timeout=30).json())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def sequence(body: bytes) -> int:
+    data = json.loads(body, parse_float=Decimal)["data"]
+    if "seq" in data:  # the bare loop's bodies
+        return int(data["seq"])
+    return int(Decimal(str(data["amount"])) / UNIT) - 1  # deposit i credits i+1 units
+
+
+def serve_receiver(port: int) -> None:
+    arrivals: dict[int, list[float]] = {}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                body = await reader.readexactly(length) if length else b""
+                now = time.perf_counter()
+                if head.startswith(b"POST"):
+                    arrivals.setdefault(sequence(body), []).append(now)
+                    answer = b""
+                elif head.startswith(b"GET /count"):
+                    answer = str(len(arrivals)).encode()
+                else:
+                    answer = json.dumps(arrivals).encode()
+                    arrivals.clear()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(answer) + answer
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+async def paced(rate: float, count: int, send: Any) -> dict[int, float]:
+    """Call ``send(i)`` for i in range(count) at ``rate`` per second; returns send times."""
+    sent: dict[int, float] = {}
+    start = time.perf_counter() + 0.2
+    tasks = []
+    for i in range(count):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sent[i] = time.perf_counter()
+        tasks.append(asyncio.create_task(send(i)))
+    await asyncio.gather(*tasks)
+    return sent
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def figures(
+    name: str, sent: dict[int, float], arrivals: dict[int, list[float]], seconds: float
+) -> dict[str, Any]:
+    missing = [i for i in sent if i not in arrivals]
+    if missing:
+        raise BenchmarkFailed(f"{name}: {len(missing)} of {len(sent)} never arrived")
+    latencies = [(arrivals[i][0] - sent[i]) * 1000 for i in sent]
+    return {
+        "events": len(sent),
+        "rate_per_s": round(len(sent) / seconds, 1),
+        "p50_ms": round(percentile(latencies, 0.50), 2),
+        "p99_ms": round(percentile(latencies, 0.99), 2),
+        "max_ms": round(max(latencies), 2),
+        "duplicates": sum(len(a) - 1 for a in arrivals.values()),
+    }
+
+
+async def wait_for(receiver: Receiver, count: int, timeout: float) -> dict[int, list[float]]:
+    deadline = time.perf_counter() + timeout
+    while await asyncio.to_thread(receiver.count) < count and time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # duplicates, were any coming
+    return await asyncio.to_thread(receiver.dump)
+
+
+async def round_openclore(
+    receiver: Receiver, api: str, token: str, rate: float, count: int, offset: int
+) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=api, headers={"auth": token}, timeout=30) as client:
+
+        async def send(i: int) -> None:
+            amount = (offset + i + 1) * UNIT
+            r = await client.post(
+                "/sandbox/deposit", json={"currency": "bitcoin", "amount": float(amount)}
+            )
+            if r.json().get("code") != 0:
+                raise BenchmarkFailed(f"deposit refused: {r.text}")
+
+        sent = await paced(rate, count, send)
+        arrivals = await wait_for(receiver, count, 30)
+    shifted = {i - offset: t for i, t in arrivals.items()}
+    return figures("openclore", sent, shifted, count / rate)
+
+
+async def round_bare(receiver: Receiver, rate: float, count: int, size: int) -> dict[str, Any]:
+    async with httpx.AsyncClient(timeout=30) as client:
+
+        async def send(i: int) -> None:
+            body = json.dumps({"id": i, "type": "bare", "data": {"seq": i}})
+            body += " " * max(0, size - len(body))  # the same size as an event
+            await client.post(
+                receiver.url, content=body, headers={"Content-Type": "application/json"}
+            )
+
+        sent = await paced(rate, count, send)
+        arrivals = await wait_for(receiver, count, 30)
+    return figures("bare", sent, arrivals, count / rate)
+
+
+def prepare(url: str) -> str:
+    db = Database(url)
+    db.create_all()
+    settings = Settings(database_url=url)
+    with db.write() as conn:
+        ensure_system_accounts(conn, settings.currencies)
+        uid = create_user(conn, "bench", int(time.time()), settings)
+        token = issue_token(conn, uid, int(time.time()))
+    db.dispose()
+    return token
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=100.0, help="events per second")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of one round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--database-url", default=None, help="a PostgreSQL server (scratch db)")
+    parser.add_argument("--receiver", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.receiver is not None:
+        serve_receiver(args.receiver)
+        return
+    count = int(args.rate * args.seconds)
+
+    scratch_pg = None
+    if args.database_url:
+        server_url = make_url(normalize_url(args.database_url))
+        scratch_pg = f"openclore_bench_events_{int(time.time())}"
+        admin = Database(str(server_url))
+        with admin.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f'CREATE DATABASE "{scratch_pg}"'))
+        admin.dispose()
+        url = server_url.set(database=scratch_pg).render_as_string(hide_password=False)
+        backend = "postgresql"
+    else:
+        url = f"sqlite:///{tempfile.mkdtemp()}/events.sqlite"
+        backend = "sqlite"
+    receiver = Receiver()
+    try:
+        token = prepare(url)
+        port = free_port()
+        env = {
+            "OPENCLORE_DATABASE_URL": url,
+            "OPENCLORE_SANDBOX": "1",
+            "OPENCLORE_TICK_INTERVAL": "0",
+            "OPENCLORE_RATE_LIMIT_INTERVAL": "0",
+            "OPENCLORE_CREATE_ORDER_INTERVAL": "0",
+        }
+        api = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "openclore", "serve", "--port", str(port)]
+        with process(cmd, env, api + "/openapi.json"):
+            made = httpx.post(
+                api + "/v1/webhooks",
+                json={"url": receiver.url, "events": ["deposit.credited"]},
+                headers={"auth": token},
+            ).json()
+            if made.get("code") != 0:
+                raise BenchmarkFailed(f"webhook refused: {made}")
+            sample = '{"id":1000,"type":"deposit.credited","time":1790000000,"data":'
+            size = len(sample + '{"currency":"bitcoin","amount":0.000001}}')
+            rounds: dict[str, list[dict[str, Any]]] = {"openclore": [], "bare": []}
+            for n in range(args.rounds):
+                rounds["bare"].append(asyncio.run(round_bare(receiver, args.rate, count, size)))
+                rounds["openclore"].append(
+                    asyncio.run(round_openclore(receiver, api, token, args.rate, count, n * count))
+                )
+                print(
+                    f"round {n + 1}: bare {rounds['bare'][-1]}  openclore {rounds['openclore'][-1]}"
+                )
+    finally:
+        receiver.stop()
+        if scratch_pg is not None:
+            admin = Database(args.database_url)
+            with admin.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{scratch_pg}" WITH (FORCE)'))
+            admin.dispose()
+
+    best = {name: median_run(runs, "p99_ms") for name, runs in rounds.items()}
+    result = {
+        "benchmark": "events",
+        "backend": backend,
+        "what": "change committed -> webhook received on loopback (upper bound: from the "
+        "deposit request's send), at a fixed rate, against a bare HTTP POST loop to the same "
+        "receiver in the same run; median round by p99",
+        "rate_per_s": args.rate,
+        "seconds_per_round": args.seconds,
+        "rounds": args.rounds,
+        "openclore": best["openclore"],
+        "bare_post_loop": best["bare"],
+        "p99_ratio_to_bare": round(best["openclore"]["p99_ms"] / best["bare"]["p99_ms"], 1),
+        "p99_under_1s": best["openclore"]["p99_ms"] < 1000,
+        "all_rounds": rounds,
+        "machine": machine(),
+    }
+    path = write_result("events" if backend == "sqlite" else "events-postgresql", result)
+    print(
+        json.dumps(
+            {k: v for k, v in result.items() if k not in ("all_rounds", "machine")}, indent=2
+        )
+    )
+    print(f"written to {path}")
+    if not result["p99_under_1s"]:
+        raise SystemExit("p99 over 1 s")
+
+
+if __name__ == "__main__":
+    main()
