@@ -48,6 +48,12 @@ class Wallet(BaseModel):
     deposit: str
     balance: float
     withdrawal_fee: float
+    burn_per_day: float | None = Field(
+        None, description="openclore: what your running orders cost per day in this currency"
+    )
+    runway_seconds: int | None = Field(
+        None, description="openclore: how long the balance lasts at that rate (null: no burn)"
+    )
 
 
 class WalletsResponse(Envelope):
@@ -184,3 +190,58 @@ class CreateOrderResponse(Envelope):
 class AddServerResponse(Envelope):
     id: int
     init_token: str
+
+
+class Event(BaseModel):
+    id: int = Field(description="grows in commit order: dedupe and resume on it")
+    type: str = Field(
+        description="order.created, order.running, order.outbid, order.paused, "
+        "order.failed, order.ended, balance.low, server.online, server.offline, "
+        "deposit.credited, webhook.ping"
+    )
+    time: int = Field(description="unix seconds (the market's clock) of the change")
+    data: dict[str, Any]
+
+
+class EventsResponse(Envelope):
+    events: list[Event]
+    last_id: int = Field(description="pass as ?after= for the next page")
+
+
+class WebhookCreated(Envelope):
+    id: int
+    secret: str = Field(description="HMAC-SHA256 signing secret; shown only here")
+    url: str
+    events: list[str] | None
+
+
+class WebhookInfo(BaseModel):
+    id: int
+    url: str
+    events: list[str] | None
+    created_at: int
+
+
+class WebhooksResponse(Envelope):
+    webhooks: list[WebhookInfo]
+
+
+class Delivery(BaseModel):
+    id: int
+    event_id: int | None
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    last_attempt_at: float | None
+    next_attempt_at: float | None
+    delivered_at: float | None
+    created_at: float
+
+
+class DeliveriesResponse(Envelope):
+    deliveries: list[Delivery]
+
+
+class AlertsResponse(Envelope):
+    low_balance_seconds: int | None

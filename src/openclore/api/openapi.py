@@ -29,6 +29,10 @@ REQUESTS: dict[str, type[BaseModel]] = {
     "add_server": requests.AddServerRequest,
     "advance_time": requests.SandboxAdvanceRequest,
     "deposit": requests.SandboxDepositRequest,
+    "webhooks": requests.CreateWebhookRequest,
+    "delete_webhook": requests.WebhookIdRequest,
+    "ping_webhook": requests.WebhookIdRequest,
+    "set_alerts": requests.SetAlertsRequest,
 }
 RESPONSES: dict[str, type[BaseModel]] = {
     "wallets": models.WalletsResponse,
@@ -39,6 +43,10 @@ RESPONSES: dict[str, type[BaseModel]] = {
     "spot_marketplace": models.SpotMarketplaceResponse,
     "create_order": models.CreateOrderResponse,
     "add_server": models.AddServerResponse,
+    "events": models.EventsResponse,
+    "webhooks": models.WebhooksResponse,
+    "webhook_deliveries": models.DeliveriesResponse,
+    "alerts": models.AlertsResponse,
 }
 SUMMARIES = {
     "wallets": "Wallets and balances",
@@ -55,11 +63,28 @@ SUMMARIES = {
     "advance_time": "Sandbox: move the market clock forward (billing and expiry apply)",
     "deposit": "Sandbox: credit your own wallet",
     "reset": "Sandbox: throw the market away and restore the demo world",
+    "events": "openclore extension: your events as a server-sent-event stream (resume with "
+    "Last-Event-ID), or ?after=ID as JSON",
+    "webhooks": "openclore extension: GET lists your webhooks; POST {url, events?} adds one "
+    "(answer: WebhookCreated, with its signing secret)",
+    "delete_webhook": "openclore extension: remove a webhook (its pending deliveries stop)",
+    "ping_webhook": "openclore extension: send a webhook.ping event to one webhook",
+    "webhook_deliveries": "openclore extension: a webhook's delivery log, newest first",
+    "set_alerts": "openclore extension: balance.low when a wallet's runway drops under "
+    "low_balance_seconds (null: off)",
+    "alerts": "openclore extension: your alert settings",
 }
-QUERY = {
+QUERY: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "my_orders": [("return_completed", {"type": "boolean"})],
     "spot_marketplace": [("market", {"type": "integer"})],
     "server_config": [("server_name", {"type": "string"})],
+    "events": [
+        ("after", {"type": "integer"}),
+        ("limit", {"type": "integer", "maximum": 1000}),
+        ("types", {"type": "string", "description": "comma-separated event types"}),
+        ("last_event_id", {"type": "integer", "description": "as the Last-Event-ID header"}),
+    ],
+    "webhook_deliveries": [("id", {"type": "integer"}), ("limit", {"type": "integer"})],
 }
 
 
@@ -75,6 +100,7 @@ def install_openapi(app: FastAPI, v1: Sequence[Endpoint], sandbox: Sequence[Endp
             *RESPONSES.values(),
             models.ErrorEnvelope,
             models.Envelope,
+            models.WebhookCreated,
         ]
         _, top = models_json_schema(
             [(m, "validation" if m in REQUESTS.values() else "serialization") for m in all_models],
@@ -92,6 +118,16 @@ def install_openapi(app: FastAPI, v1: Sequence[Endpoint], sandbox: Sequence[Endp
         return schema
 
     app.openapi = build  # type: ignore[method-assign]
+
+
+IDEMPOTENCY_KEY: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": 255},
+    "description": "openclore: the same key and body within 24 h replay the first answer byte for "
+    "byte without acting again (Idempotent-Replayed: true); the key with another request: code 2",
+}
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -123,6 +159,8 @@ def _path(ep: Endpoint) -> dict[str, Any]:
             for name, schema in QUERY.get(ep.name, [])
         ],
     }
+    if not ep.readonly:
+        op["parameters"].append(IDEMPOTENCY_KEY)
     op["security"] = [{"auth": []}] if ep.auth else [{"auth": []}, {}]
     request = REQUESTS.get(ep.name)
     if request is not None:

@@ -235,21 +235,26 @@ def claim(db: Database, now: float, limit: int, lease: float) -> list[Due]:
     return run_write(db, run)
 
 
-def record(db: Database, due: Due, outcome: Outcome, now: float, policy: Policy) -> None:
-    """Write an attempt's outcome: delivered, retried later, or failed for good."""
+Result = tuple[Due, Outcome, float]  # a delivery, its attempt's outcome, when it ended
+
+
+def record(db: Database, results: list[Result], policy: Policy) -> None:
+    """Write attempts' outcomes (delivered, retried later, or failed for good), in one
+    transaction: a busy deliverer writes once per batch, not once per POST."""
     d = webhook_deliveries
-    values: dict[str, Any] = {"last_status": outcome.status, "last_error": outcome.error}
-    if outcome.ok:
-        values.update(state="delivered", delivered_at=now)
-    else:
-        retry_at = now + backoff(due.attempts, policy)
-        if retry_at - due.created_at > policy.retry_window:
-            values.update(state="failed")
-        else:
-            values.update(next_attempt_at=retry_at)
 
     def run(conn: Connection) -> None:
-        conn.execute(update(d).where(d.c.id == due.id, d.c.state == "pending").values(**values))
+        for due, outcome, now in results:
+            values: dict[str, Any] = {"last_status": outcome.status, "last_error": outcome.error}
+            if outcome.ok:
+                values.update(state="delivered", delivered_at=now)
+            else:
+                retry_at = now + backoff(due.attempts, policy)
+                if retry_at - due.created_at > policy.retry_window:
+                    values.update(state="failed")
+                else:
+                    values.update(next_attempt_at=retry_at)
+            conn.execute(update(d).where(d.c.id == due.id, d.c.state == "pending").values(**values))
 
     run_write(db, run)
 
@@ -306,20 +311,40 @@ class Deliverer:
         error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
         return Outcome(response.status_code, error)
 
-    async def _deliver(self, due: Due) -> None:
+    async def _attempt(self, due: Due) -> Result:
         try:
             outcome = await self.send(due)
-            await asyncio.to_thread(record, self.db, due, outcome, self.clock(), self.policy)
-        except Exception:  # the lease runs out and another attempt takes it
+        except Exception as exc:  # never lose the row: it is recorded as a failed attempt
             log.exception("webhook delivery %s failed", due.id)
+            outcome = Outcome(None, f"{type(exc).__name__}: {exc}"[:500])
+        return due, outcome, self.clock()
+
+    async def _record(self, results: list[Result]) -> None:
+        try:
+            await asyncio.to_thread(record, self.db, results, self.policy)
+        except Exception:  # the leases run out and the deliveries are attempted again
+            log.exception("recording %d webhook deliveries failed", len(results))
 
     async def deliver_due(self) -> int:
         """Claim what is due now and deliver it, waiting for every attempt (tests, CLI)."""
         claimed = await asyncio.to_thread(
             claim, self.db, self.clock(), CLAIM_BATCH, self.policy.lease
         )
-        await asyncio.gather(*(self._deliver(d) for d in claimed))
+        results = await asyncio.gather(*(self._attempt(d) for d in claimed))
+        if results:
+            await self._record(list(results))
         return len(claimed)
+
+    async def _recorder(self, queue: asyncio.Queue[Result]) -> None:
+        """Write outcomes as they come, everything waiting in one transaction."""
+        while True:
+            batch = [await queue.get()]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            await self._record(batch)
+
+    async def _deliver(self, due: Due, queue: asyncio.Queue[Result]) -> None:
+        queue.put_nowait(await self._attempt(due))
 
     async def run(self) -> None:
         """Deliver forever: woken at once by every commit that wrote events (this process, or
@@ -328,6 +353,8 @@ class Deliverer:
         woken = asyncio.Event()
         subscription = wake.subscribe(self.db.engine, WAKE_ID, lambda: _set_soon(loop, woken))
         tasks: set[asyncio.Task[None]] = set()
+        results: asyncio.Queue[Result] = asyncio.Queue()
+        recorder = asyncio.create_task(self._recorder(results))
         try:
             await asyncio.to_thread(subscription.wait_ready, 5.0)
             while True:
@@ -346,7 +373,7 @@ class Deliverer:
                     except Exception:
                         log.exception("claiming webhook deliveries failed")
                 for due in claimed:
-                    task = asyncio.create_task(self._deliver(due))
+                    task = asyncio.create_task(self._deliver(due, results))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 if claimed and len(claimed) == min(free, CLAIM_BATCH):
@@ -359,6 +386,7 @@ class Deliverer:
                     await asyncio.wait_for(woken.wait(), POLL_INTERVAL)
         finally:
             subscription.close()
+            recorder.cancel()
             for task in tasks:
                 task.cancel()
             await self.aclose()
