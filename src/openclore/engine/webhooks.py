@@ -134,6 +134,8 @@ def address_refusal(url: str, policy: Policy) -> str | None:
 
 async def address_refusal_async(url: str, policy: Policy) -> str | None:
     host = urlsplit(url).hostname or ""
+    with contextlib.suppress(ValueError):  # an address needs no resolver (nor a thread)
+        return _refused([str(ipaddress.ip_address(host))], policy)
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, _port(url), type=socket.SOCK_STREAM
