@@ -138,9 +138,9 @@ def test_server_offline_online_and_a_failed_container(market: Market) -> None:
         error="pull access denied for nosuch/image",
     )
     with market.db.write() as conn:
-        apply_statuses(conn, sid, [status], ["h.example"], market.now())
+        apply_statuses(conn, sid, [status], ["h.example"], now=market.now())
     with market.db.write() as conn:  # the same report again is no new event
-        apply_statuses(conn, sid, [status], ["h.example"], market.now())
+        apply_statuses(conn, sid, [status], ["h.example"], now=market.now())
 
     assert [(e["type"], e["data"]["server_id"]) for e in events(market, host)] == [
         ("server.offline", sid),

@@ -43,6 +43,7 @@ from openclore.domain.money import to_units
 from openclore.engine.clock import Clock, SandboxClock, SystemClock
 from openclore.engine.ticker import tick
 from openclore.engine.webhooks import Deliverer
+from openclore.gateway.service import serve_gateway
 from openclore.market import orders as order_service
 from openclore.market import requests
 from openclore.market import servers as server_service
@@ -240,7 +241,7 @@ def _create_order(state: AppState, call: Call) -> dict[str, Any]:
         # Connection fields are left out here: the agent publishes them after start, and the
         # clore-ai SDK's Order model cannot load them as the lists they are (my_orders has them).
         order = order_service.order_detail(conn, order_id, state.settings)
-        for field in ("pub_cluster", "tcp_ports", "http_port"):
+        for field in ("pub_cluster", "tcp_ports", "http_port", "http_pub"):
             order.pop(field, None)
         answer = {"order_id": order_id, "order": order}
         dumps(answer)  # an answer that cannot be sent rolls the order back (never a silent rent)
@@ -368,6 +369,7 @@ def create_app(
     *,
     background_ticker: bool = False,
     rate_clock: Clock | None = None,
+    gateway: bool = False,
 ) -> FastAPI:
     """Build the application. ``db``, ``clock`` (the market's time) and ``rate_clock`` (the wall
     clock rate limits follow) are injectable for tests and the sandbox; ``background_ticker``
@@ -385,9 +387,17 @@ def create_app(
         if background_ticker and settings.webhook_delivery:
             deliverer = Deliverer(database, webhook_service.policy(settings))
             tasks.append(asyncio.create_task(deliverer.run()))
+        gateway_stop = asyncio.Event()
+        gateway_task = None
+        if gateway:
+            gateway_task = asyncio.create_task(serve_gateway(database, settings, gateway_stop))
         try:
             yield
         finally:
+            if gateway_task is not None:
+                gateway_stop.set()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(gateway_task, 10)
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -1,7 +1,7 @@
 """events outbox, webhooks and their deliveries, idempotency keys, low-balance alerts
 
 Revision ID: events_webhooks_idempotency
-Revises: 0002
+Revises: gateway_tunnels
 Create Date: 2026-11-27 05:40:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "events_webhooks_idempotency"
-down_revision = "0002"
+down_revision = "gateway_tunnels"
 branch_labels = None
 depends_on = None
 
