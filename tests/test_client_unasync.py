@@ -79,4 +79,5 @@ def test_both_clients_have_the_same_api(sync: type, async_: type) -> None:
     assert api(sync) == api(async_)
     for name, fn in vars(async_).items():
         if callable(fn) and name not in ("__init__",):
-            assert inspect.iscoroutinefunction(fn), name
+            # awaitable, or an async iterator (events)
+            assert inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn), name

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import update
 
 from openclore.agent.protocol import ERROR, KIND_ORDER, ContainerStatus
@@ -22,6 +23,7 @@ from openclore.client import Client, Event
 from openclore.engine.ticker import tick
 from openclore.market.agents import agent_heartbeat, apply_statuses
 from openclore.market.servers import remove_server
+from openclore.market.wallets import deposit
 from openclore.store.schema import servers
 
 from support import Market, ok, order_body, spot_body
@@ -340,3 +342,21 @@ def test_cli_watch_prints_the_stream(market: Market, tmp_path: Path) -> None:
         )
     )
     assert text == "2023-11-14 22:13:20  #7 order.ended  order 12 on server 3: cancelled, spend 0.5"
+
+
+def test_events_commit_with_their_change_or_not_at_all(market: Market) -> None:
+    token = market.user()
+    uid = market.user_id(token)
+    with pytest.raises(ZeroDivisionError), market.db.write() as conn:  # the change fails
+        deposit(conn, uid, "bitcoin", 5, market.settings, market.now())
+        _ = 1 / 0
+    with market.db.engine.connect() as conn:  # a what-if, rolled back: fine, and nothing stays
+        transaction = conn.begin()
+        deposit(conn, uid, "bitcoin", 6, market.settings, market.now())
+        transaction.rollback()
+    with pytest.raises(RuntimeError, match=r"Database\.write"), market.db.engine.begin() as conn:
+        deposit(conn, uid, "bitcoin", 7, market.settings, market.now())  # would lose its event
+    assert events(market, token) == []
+    with market.db.write() as conn:
+        deposit(conn, uid, "bitcoin", 8, market.settings, market.now())
+    assert [e["data"]["amount"] for e in events(market, token)] == [0.000000008]

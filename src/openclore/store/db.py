@@ -83,6 +83,8 @@ class Database:
         self.engine = make_engine(self.url, pool_size=pool_size)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self.is_postgres = self.engine.dialect.name == "postgresql"
+        event.listen(self.engine, "commit", _unflushed)
+        event.listen(self.engine, "rollback", _drop_before_commit)
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
@@ -93,7 +95,6 @@ class Database:
                 conn = conn.execution_options(sqlite_immediate=True)
             try:
                 with conn.begin():
-                    conn.info[_BEFORE_COMMIT] = {}
                     yield conn
                     _run_before_commit(conn)
             finally:
@@ -124,14 +125,24 @@ def before_commit(
     transaction's last statements, with what was appended to it (dropped on rollback). Lets a
     layer batch rows that must commit with the change (an outbox) and take a short lock for
     them only at the end."""
-    hooks: dict[str, tuple[Callable[[Connection, list[Any]], None], list[Any]]] | None
-    hooks = conn.info.get(_BEFORE_COMMIT)
-    if hooks is None:  # a bare transaction would commit without the rows: refuse loudly
-        raise RuntimeError("before_commit needs a Database.write() transaction")
+    hooks: dict[str, tuple[Callable[[Connection, list[Any]], None], list[Any]]]
+    hooks = conn.info.setdefault(_BEFORE_COMMIT, {})
     if key not in hooks:
         hooks[key] = (flush, [])
     items: list[Any] = hooks[key][1]
     return items
+
+
+def _unflushed(conn: Connection) -> None:
+    """A transaction other than ``Database.write()`` would commit without the rows: refuse the
+    commit loudly (one that is rolled back, such as a what-if, may use them freely)."""
+    hooks = conn.info.pop(_BEFORE_COMMIT, None)
+    if hooks and any(items for _, items in hooks.values()):
+        raise RuntimeError("rows for before_commit need a Database.write() transaction")
+
+
+def _drop_before_commit(conn: Connection) -> None:
+    conn.info.pop(_BEFORE_COMMIT, None)
 
 
 def _run_before_commit(conn: Connection) -> None:
