@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import httpx
 import psutil
 import pytest
@@ -353,3 +354,204 @@ def stalled_readers_memory(port: int, count: int) -> int:
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_an_agent_cannot_forward_another_servers_order(
+    market: Market, gateway: GatewayThread, tmp_path: Path
+) -> None:
+    """The gateway grants a forward only for a port of a live order on the agent's own server,
+    and logs in only the key recorded for that server."""
+    host = market.user()
+    renter = market.client(market.user(bitcoin="0.01"))
+    sid_a, token_a = host_server(market, host, "a")
+    sid_b, token_b = host_server(market, host, "b")
+    agent_a = start_agent(market.url, tmp_path / "a", init_token=token_a)
+    agent_b = start_agent(market.url, tmp_path / "b", init_token=token_b)
+    try:
+        oid = ok(renter.post("/v1/create_order", json=order_body(sid_a, ports={"22": "tcp"})))[
+            "order_id"
+        ]
+        wait_order_state(renter, oid, "running")
+        assert agent_b.agent.tunnel is not None and agent_a.agent.tunnel is not None
+        wait_for(agent_b.agent.tunnel.connected.is_set, 10, what="tunnel of b")
+        key_b = agent_b.agent.tunnel.key
+        ssh = ("127.0.0.1", gateway.gateway.ssh_port)
+        trusted = gateway.call(_host_key(market))
+
+        async def attempts() -> list[str]:
+            results = []
+            async with asyncssh.connect(
+                *ssh,
+                username=str(sid_b),
+                client_keys=[key_b],
+                known_hosts=([trusted], [], []),
+                config=None,
+                agent_path=None,
+            ) as conn:
+                for host_name, port in ((f"order-{oid}", 22), ("order-999", 22), ("localhost", 22)):
+                    try:
+                        await conn.forward_remote_port(host_name, port, "127.0.0.1", 1)
+                        results.append("granted")
+                    except asyncssh.ChannelListenError:
+                        results.append("refused")
+                for kind in ("direct", "session"):  # no open proxy, no shell
+                    try:
+                        if kind == "direct":
+                            await conn.open_connection("127.0.0.1", 5432)
+                        else:
+                            await conn.run("id", check=True)
+                        results.append("opened")
+                    except (asyncssh.ChannelOpenError, asyncssh.ProcessError):
+                        results.append("refused")
+            # b's key does not log in as a's server, nor does an unknown key
+            for user, key in (
+                (str(sid_a), key_b),
+                (str(sid_b), asyncssh.generate_private_key("ssh-ed25519")),
+            ):
+                try:
+                    async with asyncssh.connect(
+                        *ssh,
+                        username=user,
+                        client_keys=[key],
+                        known_hosts=([trusted], [], []),
+                        config=None,
+                        agent_path=None,
+                    ):
+                        results.append("logged in")
+                except asyncssh.PermissionDenied:
+                    results.append("denied")
+            return results
+
+        assert gateway.call(attempts()) == ["refused"] * 5 + ["denied"] * 2
+    finally:
+        agent_a.stop()
+        agent_b.stop()
+
+
+async def _host_key(market: Market) -> asyncssh.SSHKey:
+    from openclore.market.tunnels import gateway_identity
+
+    with market.db.read() as conn:
+        identity = gateway_identity(conn, "localhost")
+    assert identity is not None
+    return asyncssh.import_public_key(identity[1])
+
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a wildcard certificate for ``*.gw.localhost`` it signed (TLS clients
+    refuse a wildcard right under a top-level name such as ``*.localhost``)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "openclore test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "*.gw.localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("*.gw.localhost")]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, cert_path, key_path = (
+        directory / "ca.pem",
+        directory / "cert.pem",
+        directory / "key.pem",
+    )
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_path, cert_path, key_path
+
+
+def https_get(port: int, host: str, ca: Path, path: str = "/") -> bytes:
+    """GET over TLS from the loopback, verifying the chain and the name ``host``."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(ca))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=host) as sock,
+    ):
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        return data
+
+
+def test_https_through_the_gateway_with_a_wildcard_certificate(
+    market: Market, tmp_path: Path, docker_client: Any, docker_run: dict[str, str]
+) -> None:
+    import ssl
+
+    ca, cert, key = make_certificates(tmp_path)
+    base = 43800 + (os.getpid() % 40) * 5
+    market.reconfigure(
+        gateway_name="localhost",
+        gateway_ssh_port=free_port(),
+        gateway_http_port=free_port(),
+        gateway_port_range=f"{base}-{base + 4}",
+        http_domain="gw.localhost",
+        gateway_tls_cert=str(cert),
+        gateway_tls_key=str(key),
+    )
+    market.settings = market.settings.model_copy(
+        update={"gateway_ssh_address": f"127.0.0.1:{market.settings.gateway_ssh_port}"}
+    )
+    gw = GatewayThread(market)
+    host = market.user()
+    renter = market.client(market.user(bitcoin="0.01"))
+    sid, token = host_server(market, host)
+    agent = tunnel_agent(market, tmp_path, docker_run, token)
+    try:
+        oid = ok(renter.post("/v1/create_order", json=rental_order(sid)))["order_id"]
+        order = wait_order_state(renter, oid, "running", timeout=30)
+        port = gw.gateway.http_port
+        assert order["http_pub"] == f"https://{oid}-80.gw.localhost:{port}"
+        name = f"{oid}-80.gw.localhost"
+        answers: list[bytes] = []
+
+        def served() -> bool:
+            answers.append(https_get(port, name, ca))
+            return b"hello-through-the-gateway" in answers[-1]
+
+        wait_for(served, 20, interval=0.2, what="the page over https")
+        assert answers[-1].startswith(b"HTTP/1.1 200")
+        # a client that does not trust the CA refuses the connection
+        with (
+            pytest.raises(ssl.SSLCertVerificationError),
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ):
+            ssl.create_default_context().wrap_socket(raw, server_hostname=name)
+    finally:
+        agent.stop()
+        gw.stop()
