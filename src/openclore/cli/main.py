@@ -375,7 +375,9 @@ def admin_refund(
 def admin_adjust(
     user: str,
     currency: str,
-    amount: Annotated[str, typer.Argument(help="Signed: -0.5 takes 0.5 from the wallet (put -- before it).")],
+    amount: Annotated[
+        str, typer.Argument(help="Signed: -0.5 takes 0.5 from the wallet (put -- before it).")
+    ],
     reason: ReasonOpt,
     by: ByOpt = None,
     database_url: DatabaseOpt = None,
