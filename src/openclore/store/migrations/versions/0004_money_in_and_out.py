@@ -1,7 +1,7 @@
 """money in and out: withdrawals, memo and actor on transfers, per-account transfer indexes
 
 Revision ID: money_in_and_out
-Revises: 0002
+Revises: gateway_tunnels
 Create Date: 2026-11-27 06:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "money_in_and_out"
-down_revision = "0002"
+down_revision = "gateway_tunnels"
 branch_labels = None
 depends_on = None
 
