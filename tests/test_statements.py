@@ -160,3 +160,30 @@ def test_a_month_reconciles_and_shows_refunds_with_their_reason(market: Market) 
     assert order["order_id"] == oid and order["refund"] == 0.001
     assert units(order["spend"]) + units(order["fee"]) == -3600 * 1000
     assert "creation_fee" in oct_["orders"][0]
+
+
+def test_the_sdk_reads_transactions_statements_and_withdrawals(market: Market) -> None:
+    from decimal import Decimal
+
+    from openclore.client import Client, MarketError
+
+    token = market.user(bitcoin="0.01")
+    with Client(token, base_url=market.url, max_retries=0, rate_limit=False) as client:
+        w = client.withdraw("bitcoin", "0.002", "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq")
+        assert (w.amount, w.fee, w.state) == (Decimal("0.002"), Decimal("0.0001"), "pending")
+        with pytest.raises(MarketError) as exc:
+            client.withdraw("bitcoin", "0.002", "bc1qnotanaddress")
+        assert exc.value.name == "invalid_address"
+        assert [x.id for x in client.withdrawals()] == [w.id]
+        page = client.transactions(limit=2)
+        assert [t.kind for t in page.transactions] == ["deposit", "withdrawal"]
+        assert page.next_cursor is not None
+        everything = client.all_transactions(currency="bitcoin")
+        assert [t.balance for t in everything] == [
+            Decimal("0.01"),
+            Decimal("0.008"),
+            Decimal("0.0079"),
+        ]
+        statement = client.statement()
+        assert statement.closing_balance == Decimal("0.0079")
+        assert statement.totals["withdrawal_fee"] == Decimal("-0.0001")
