@@ -52,7 +52,7 @@ def wallet(market: Market, token: str, currency: str = "bitcoin") -> int:
 def test_a_replayed_deposit_credits_once(market: Market) -> None:
     market.reconfigure(payments_webhook_secret=SECRET)
     token = market.user("alice")
-    body = {
+    body: dict[str, Any] = {
         "external_id": "btcpay-inv-42",
         "currency": "bitcoin",
         "amount": "0.0015",

@@ -18,10 +18,11 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 from typer.testing import CliRunner
 
 from openclore.cli.main import app
@@ -60,6 +61,13 @@ def check_books(market: Market, acknowledged: set[int]) -> None:
             select(accounts.c.balance).where(accounts.c.key == "pending_withdrawals:bitcoin")
         ).scalar_one()
         assert pending == sum(r.amount + r.fee for r in rows.values() if r.state == "pending")
+
+
+def decide(conn: Connection, *, wid: int, approve: bool, now: int) -> None:
+    if approve:
+        approve_withdrawal(conn, wid, f"tx{wid}", "t", now)
+    else:
+        reject_withdrawal(conn, wid, "test", "t", now)
 
 
 @pytest.mark.slow
@@ -140,10 +148,8 @@ def test_kill_9_between_request_and_approval_loses_nothing(market: Market) -> No
                 app, ["admin", "withdrawals", *args, "--database-url", market.db.url]
             )
             assert result.exit_code == 0, result.output
-        elif wid in approved:
-            run_write(market.db, lambda c, w=wid: approve_withdrawal(c, w, f"tx{w}", "t", now))
         else:
-            run_write(market.db, lambda c, w=wid: reject_withdrawal(c, w, "test", "t", now))
+            run_write(market.db, partial(decide, wid=wid, approve=wid in approved, now=now))
     check_books(market, acknowledged)
     with market.db.read() as conn:
         per_user = {
