@@ -6,7 +6,6 @@ Needs the Docker engine and image of ``test_agent_docker.py`` (mandatory when ``
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import os
@@ -17,11 +16,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncssh
 import httpx
+import psutil
 import pytest
 
 from openclore.agent.runtime.docker import DockerRuntime
+from test_agent_docker import (
+    IMAGE,
+    NETWORK,
+    containers,
+    docker_client,
+    docker_run,
+)
 
 from agent_support import (
     GatewayThread,
@@ -32,7 +38,6 @@ from agent_support import (
     wait_order_state,
 )
 from support import Market, free_port, ok, order_body
-from test_agent_docker import IMAGE, NETWORK, containers, docker_client, docker_run
 
 __all__ = ["docker_client", "docker_run"]  # fixtures
 
@@ -60,17 +65,21 @@ done
 reply() { printf 'HTTP/1.1 200 OK\r\nContent-Length: %s\r\nConnection: close\r\n\r\n' "$1"; }
 case "$path" in
   /ws)
-    accept=$(printf '%s' "${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11" | sha1sum | cut -d' ' -f1 | xxd -r -p | base64)
-    printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n' "$accept"
+    accept=$(printf '%s' "${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11" | sha1sum \
+      | cut -d' ' -f1 | xxd -r -p | base64)
+    printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n'
+    printf 'Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n' "$accept"
     printf '\x81\x05hello'
     exec cat;;
   /big) reply 33554432; exec cat /www/big.bin;;
-  /upload) got=$(head -c "$length" | wc -c); body="received $got"; reply ${#body}; printf '%s' "$body";;
+  /upload) got=$(head -c "$length" | wc -c); body="received $got"
+    reply ${#body}; printf '%s' "$body";;
   *) reply 26; cat /www/index.html;;
 esac
 HTTP
 chmod +x /banner.sh /http.sh
 nc -ll -p 22 -e /banner.sh &
+httpd -p 8000 -h /www
 nc -ll -p 80 -e /http.sh
 """
 
@@ -110,9 +119,8 @@ def tunnel_agent(
 
 
 def rental_order(server_id: int, ports: dict[str, str] | None = None) -> dict[str, Any]:
-    return order_body(
-        server_id, image=IMAGE, ports=ports or {"22": "tcp", "80": "http"}, command=RENTAL
-    )
+    ports = ports or {"22": "tcp", "8000": "tcp", "80": "http"}
+    return order_body(server_id, image=IMAGE, ports=ports, command=RENTAL)
 
 
 def public(order: dict[str, Any], container_port: str) -> int:
@@ -216,8 +224,132 @@ def test_rental_ports_are_reached_through_the_gateway_only(
         # TCP: the banner through the public port
         assert wait_banner(ssh_port).startswith(b"SSH-2.0-OpenSSH_9.6 rental")
 
-        # HTTP: routed by Host
-        page = http_get(http_port, f"{oid}-80.localhost:{http_port}", "/")
+        # HTTP: routed by Host; an unknown host or port gets the 404 page
+        host = f"{oid}-80.localhost:{http_port}"
+        page = http_get(http_port, host, "/")
         assert page.text.strip() == "hello-through-the-gateway"
+        for other in (f"{oid + 1}-80.localhost", f"{oid}-22.localhost", "localhost", "x.example"):
+            missing = httpx.get(f"http://127.0.0.1:{http_port}/", headers={"Host": other})
+            assert missing.status_code == 404 and "No rental answers" in missing.text
+
+        # a 32 MiB response streams through intact; a 5 MiB upload arrives whole
+        big = httpx.get(f"http://127.0.0.1:{http_port}/big", headers={"Host": host}, timeout=30)
+        assert big.status_code == 200 and big.content == bytes(32 * 1024 * 1024)
+        upload = httpx.post(
+            f"http://127.0.0.1:{http_port}/upload",
+            headers={"Host": host},
+            content=os.urandom(5 * 1024 * 1024),
+            timeout=30,
+        )
+        assert upload.text == f"received {5 * 1024 * 1024}"
+
+        # WebSocket: the upgrade, the server's greeting and an echo, through the http port
+        websocket_echo(http_port, host)
+
+        # 100 concurrent connections to a tcp port (busybox httpd on 8000 behind it)
+        concurrent_requests(public(order, "8000"), 100)
+
+        # slow readers: ten 32 MiB downloads nobody reads keep the gateway's memory bounded
+        grew = stalled_readers_memory(public(order, "8000"), 10)
+        assert grew < 48 * 1024 * 1024, f"gateway memory grew by {grew} bytes"
+
+        # a gateway restart: the agent's tunnel comes back and new connections work
+        before = agent.agent.tunnel.connections
+        gateway.restart()
+        wait_for(lambda: agent.agent.tunnel.connections > before, 20, what="tunnel back")
+        assert wait_banner(ssh_port).startswith(b"SSH-2.0-")
+        assert http_get(http_port, host, "/").status_code == 200
+
+        # the order ends: its public port refuses and its URL answers 404 at once
+        ok(renter.post("/v1/cancel_order", json={"id": oid}))
+        assert connection_refused(ssh_port)
+        gone = httpx.get(f"http://127.0.0.1:{http_port}/", headers={"Host": host})
+        assert gone.status_code == 404
+        wait_for(lambda: ssh_port not in gateway.gateway.listeners, 2, what="listener closed")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", ssh_port), timeout=2).close()
+        assert "http_pub" not in wait_order_state(renter, oid, "stopped", timeout=20)
     finally:
         agent.stop()
+
+
+def websocket_echo(port: int, host: str) -> None:
+    key = base64.b64encode(os.urandom(16)).decode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            (
+                f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        stream = sock.makefile("rb")
+        assert stream.readline().startswith(b"HTTP/1.1 101")
+        headers = {}
+        while (line := stream.readline().strip()) != b"":
+            name, _, value = line.decode().partition(":")
+            headers[name.lower()] = value.strip()
+        expected = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+        assert headers["sec-websocket-accept"] == expected
+        assert stream.read(7) == b"\x81\x05hello"  # the server's text frame
+        mask = os.urandom(4)
+        payload = b"ping through the tunnel"
+        frame = bytes([0x81, 0x80 | len(payload)]) + mask
+        frame += bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        sock.sendall(frame)
+        assert stream.read(len(frame)) == frame  # echoed byte for byte
+
+
+def concurrent_requests(port: int, count: int) -> None:
+    """``count`` connections open at once, each a whole HTTP exchange."""
+    errors: list[str] = []
+    barrier = threading.Barrier(count)
+
+    def one(i: int) -> None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                barrier.wait(30)
+                sock.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+                assert data.startswith(b"HTTP/1.") and b"hello-through-the-gateway" in data
+        except Exception as exc:
+            errors.append(f"{i}: {exc!r}")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+
+
+def stalled_readers_memory(port: int, count: int) -> int:
+    """RSS growth of this process (the gateway runs in it) while ``count`` clients ask for
+    32 MiB each and read nothing for two seconds."""
+    process = psutil.Process()
+    before = process.memory_info().rss
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"GET /big.bin HTTP/1.0\r\n\r\n")
+            socks.append(sock)
+        time.sleep(2.0)
+        grew = process.memory_info().rss - before
+        # the streams were only paused: they still deliver everything once read
+        for sock in socks[1:]:
+            sock.close()
+        got = 0
+        socks[0].settimeout(20)
+        while got < 32 * 1024 * 1024:
+            chunk = socks[0].recv(1 << 20)
+            if not chunk:
+                break
+            got += len(chunk)
+        assert got > 32 * 1024 * 1024  # the file and the response head
+        return grew
+    finally:
+        for sock in socks:
+            sock.close()

@@ -41,6 +41,7 @@ from openclore.domain.errors import (
 from openclore.domain.money import to_units
 from openclore.engine.clock import Clock, SandboxClock, SystemClock
 from openclore.engine.ticker import tick
+from openclore.gateway.service import serve_gateway
 from openclore.market import orders as order_service
 from openclore.market import payments as payment_service
 from openclore.market import requests
@@ -418,6 +419,7 @@ def create_app(
     *,
     background_ticker: bool = False,
     rate_clock: Clock | None = None,
+    gateway: bool = False,
 ) -> FastAPI:
     """Build the application. ``db``, ``clock`` (the market's time) and ``rate_clock`` (the wall
     clock rate limits follow) are injectable for tests and the sandbox; ``background_ticker``
@@ -432,9 +434,17 @@ def create_app(
         task = None
         if background_ticker and settings.tick_interval > 0:
             task = asyncio.create_task(_ticker(state))
+        gateway_stop = asyncio.Event()
+        gateway_task = None
+        if gateway:
+            gateway_task = asyncio.create_task(serve_gateway(database, settings, gateway_stop))
         try:
             yield
         finally:
+            if gateway_task is not None:
+                gateway_stop.set()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(gateway_task, 10)
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -161,6 +161,14 @@ def serve(
             f"API docs: {base}/docs",
             highlight=False,
         )
+    if settings.gateway:
+        template = settings.gateway_url_template or "-"
+        console.print(
+            f"Gateway {settings.gateway_name}: agents tunnel to {settings.gateway_address}, "
+            f"tcp ports {settings.gateway_port_range} on {settings.gateway_bind}, http ports at "
+            f"{template.format(order='<order>', port='<port>')}",
+            highlight=False,
+        )
     db.dispose()
     # Workers rebuild the settings from the environment.
     os.environ["OPENCLORE_DATABASE_URL"] = settings.database_url
@@ -174,6 +182,47 @@ def serve(
         log_level="info",
         **server_options(settings),
     )
+
+
+@app.command(epilog=_settings_help())
+def gateway(
+    name: Annotated[
+        str | None, typer.Option(envvar="OPENCLORE_GATEWAY_NAME", help="Public name")
+    ] = None,
+    bind: Annotated[
+        str | None, typer.Option(envvar="OPENCLORE_GATEWAY_BIND", help="Address to listen on")
+    ] = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Run an access gateway on its own (``serve`` embeds one unless OPENCLORE_GATEWAY=0):
+    agents tunnel to it, renters reach their rentals' ports through it. Of several processes
+    started for one name, one serves it and the others stand by."""
+    import asyncio
+    import logging
+    import signal
+
+    from openclore.gateway.service import serve_gateway
+
+    settings = _settings(database_url, gateway_name=name, gateway_bind=bind)
+    db = _open_database(settings)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    console.print(
+        f"gateway {settings.gateway_name}: agents on {settings.gateway_address}, tcp ports "
+        f"{settings.gateway_port_range}, http port {settings.gateway_http_port or '-'}",
+        highlight=False,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_gateway(db, settings, stop)
+
+    try:
+        asyncio.run(main())
+    finally:
+        db.dispose()
 
 
 @db_app.command("upgrade")

@@ -93,8 +93,10 @@ class AgentConnection(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
+        self.gateway.agents.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.gateway.agents.discard(self)
         self.gateway._agent_gone(self)
 
     def begin_auth(self, username: str) -> bool:
@@ -155,6 +157,7 @@ class Gateway:
         self.bind = settings.gateway_bind
         self.sync_interval = sync_interval
         self.forwards: dict[tuple[int, int], Forward] = {}
+        self.agents: set[AgentConnection] = set()
         self.listeners: dict[int, tuple[asyncio.Server, tuple[int, int]]] = {}
         self.open_by_order: Counter[int] = Counter()
         self.open_total = 0
@@ -245,6 +248,9 @@ class Gateway:
         if self._ssh is not None:
             self._ssh.close()
             await self._ssh.wait_closed()
+        for agent in list(self.agents):  # the tunnels end with the process: agents reconnect
+            if agent.conn is not None:
+                agent.conn.close()
         for tasks in list(self.streams.values()):
             for task in list(tasks):
                 task.cancel()
