@@ -24,6 +24,8 @@ import psutil
 import pytest
 
 from openclore.agent.runtime.docker import DockerRuntime
+from openclore.cli.client_commands import order_ready, ssh_banner
+from openclore.client import Order
 from test_agent_docker import (
     IMAGE,
     NETWORK,
@@ -49,6 +51,7 @@ WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # in busybox sh: /ws upgrades to a WebSocket (greets with a text frame, then echoes bytes), /big
 # sends 32 MiB, /upload counts the bytes of the body, anything else a small page.
 RENTAL = r"""
+echo rental-started-on-port-22-and-80
 mkdir -p /www && echo hello-through-the-gateway > /www/index.html
 dd if=/dev/zero of=/www/big.bin bs=1M count=32 2>/dev/null
 printf '#!/bin/sh\nprintf "SSH-2.0-OpenSSH_9.6 rental\\r\\n"\nexec cat\n' > /banner.sh
@@ -229,8 +232,15 @@ def test_rental_ports_are_reached_through_the_gateway_only(
         bindings = container.attrs["HostConfig"]["PortBindings"]
         assert {b[0]["HostIp"] for b in bindings.values()} == {"127.0.0.1"}
 
-        # TCP: the banner through the public port
+        # TCP: the banner through the public port; the CLI's --wait sees the order reachable
         assert wait_banner(ssh_port).startswith(b"SSH-2.0-OpenSSH_9.6 rental")
+        assert ssh_banner("127.0.0.1", ssh_port) == "SSH-2.0-OpenSSH_9.6 rental"
+        seen = Order.model_validate({**order, "pub_cluster": ["127.0.0.1"]})
+        assert order_ready(seen, want_ssh=True)
+
+        # the container's output, fetched from the host through the market
+        logs = ok(renter.get("/v1/order_logs", params={"id": oid}))["logs"]
+        assert "rental-started-on-port-22-and-80" in logs
 
         # HTTP: routed by Host; an unknown host or port gets the 404 page
         host = f"{oid}-80.localhost:{http_port}"
