@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncssh
 import httpx
-import psutil
+import psutil  # type: ignore[import-untyped]
 import pytest
 
 from openclore.agent.runtime.docker import DockerRuntime
@@ -210,8 +210,10 @@ def test_rental_ports_are_reached_through_the_gateway_only(
     renter = market.client(market.user(bitcoin="0.01"))
     sid, token = host_server(market, host)
     agent = tunnel_agent(market, tmp_path, docker_run, token)
+    tunnel = agent.agent.tunnel
+    assert tunnel is not None
     try:
-        wait_for(lambda: agent.agent.tunnel.connected.is_set(), 10, what="tunnel up")
+        wait_for(tunnel.connected.is_set, 10, what="tunnel up")
         oid = ok(
             renter.post(
                 "/v1/create_order",
@@ -272,9 +274,9 @@ def test_rental_ports_are_reached_through_the_gateway_only(
         assert grew < 48 * 1024 * 1024, f"gateway memory grew by {grew} bytes"
 
         # a gateway restart: the agent's tunnel comes back and new connections work
-        before = agent.agent.tunnel.connections
+        before = tunnel.connections
         gateway.restart()
-        wait_for(lambda: agent.agent.tunnel.connections > before, 20, what="tunnel back")
+        wait_for(lambda: tunnel.connections > before, 20, what="tunnel back")
         assert wait_banner(ssh_port).startswith(b"SSH-2.0-")
         assert http_get(http_port, host, "/").status_code == 200
 
@@ -355,7 +357,7 @@ def stalled_readers_memory(port: int, count: int) -> int:
             sock.sendall(b"GET /big.bin HTTP/1.0\r\n\r\n")
             socks.append(sock)
         time.sleep(2.0)
-        grew = process.memory_info().rss - before
+        grew = int(process.memory_info().rss - before)
         # the streams were only paused: they still deliver everything once read
         for sock in socks[1:]:
             sock.close()
