@@ -631,3 +631,40 @@ def test_caddy_with_tls_internal_in_front_of_the_gateway(
         except subprocess.TimeoutExpired:
             proxy.kill()
         log.close()
+
+
+def test_a_real_agent_joining_the_demo_tunnels_through_the_gateway(
+    market: Market, gateway: GatewayThread, tmp_path: Path
+) -> None:
+    """The demo's never-connected server (Michael) joined by a real agent: no longer simulated,
+    its rentals are reached through the gateway named ``localhost``."""
+    from openclore.market.demo import seed
+
+    with market.db.write() as conn:
+        world = seed(conn, market.settings, market.now())
+    owner = market.client(world.tokens[next(k for k in world.tokens if "jan" in k)])
+    renter = market.client(world.tokens[next(k for k in world.tokens if "renter" in k)])
+    agent = start_agent(
+        market.url,
+        tmp_path / "michael",
+        init_token="qnwVIMsZPjUWS7jw6gAbTOeoGQNgTH9XVxJaiCEbG0OlmfjF",
+    )
+    try:
+        ok(
+            owner.post(
+                "/v1/set_server_settings",
+                json={"name": "Michael", "availability": True, "mrl": 72, "on_demand": 0.0001},
+            )
+        )
+        sid = agent.state.server_id
+        oid = ok(renter.post("/v1/create_order", json=order_body(sid, ports={"22": "tcp"})))[
+            "order_id"
+        ]
+        order = wait_order_state(renter, oid, "running")
+        lo, hi = market.settings.gateway_ports
+        assert order["pub_cluster"] == ["localhost"] and "simulated" not in order
+        assert lo <= public(order, "22") <= hi
+        logs = ok(renter.get("/v1/order_logs", params={"id": oid}))["logs"]
+        assert logs[0].startswith("[simulated] container ")  # the agent's runtime answered
+    finally:
+        agent.stop()
