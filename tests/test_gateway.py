@@ -7,6 +7,7 @@ Needs the Docker engine and image of ``test_agent_docker.py`` (mandatory when ``
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import shutil
@@ -668,3 +669,98 @@ def test_a_real_agent_joining_the_demo_tunnels_through_the_gateway(
         assert logs[0].startswith("[simulated] container ")  # the agent's runtime answered
     finally:
         agent.stop()
+
+
+class EchoServer:
+    """A TCP echo server on the loopback port where a simulated agent 'published' a rental."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_server(("127.0.0.1", port))
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() in the other thread
+        self.sock.close()
+        self.thread.join(5)
+
+
+def echoes(sock: socket.socket, payload: bytes = b"ping") -> bool:
+    try:
+        sock.sendall(payload)
+        return sock.recv(64) == payload
+    except OSError:
+        return False
+
+
+def test_connection_caps_and_idle_timeout(market: Market, tmp_path: Path) -> None:
+    gw = start_gateway(market, gateway_max_conns_per_order=2, gateway_idle_timeout=1.0)
+    host = market.user()
+    renter = market.client(market.user(bitcoin="0.01"))
+    sid, init = host_server(market, host)
+    backend = free_port()  # the one host port the simulated runtime hands out
+    agent = start_agent(
+        market.url, tmp_path / "agent", init_token=init, port_range=(backend, backend)
+    )
+    echo = None
+    try:
+        oid = ok(renter.post("/v1/create_order", json=order_body(sid, ports={"22": "tcp"})))[
+            "order_id"
+        ]
+        order = wait_order_state(renter, oid, "running")
+        (status,) = [s for s in agent.reconciler.snapshot() if s.order_id == oid]
+        echo = EchoServer(status.tcp_ports["22"])
+        port = public(order, "22")
+        wait_for(lambda: port in gw.gateway.listeners, 10, what="public port open")
+        first = socket.create_connection(("127.0.0.1", port), timeout=5)
+        second = socket.create_connection(("127.0.0.1", port), timeout=5)
+        assert echoes(first) and echoes(second)
+        # a third connection to the same order is over the cap: closed at once
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as third:
+            assert third.recv(64) == b""
+        # silent for longer than the idle timeout: the gateway closes both
+        time.sleep(2.5)
+        for sock in (first, second):
+            sock.settimeout(5)
+            assert sock.recv(64) == b""
+            sock.close()
+        # the slots are free again
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as again:
+            assert echoes(again, b"again")
+    finally:
+        if echo is not None:
+            echo.close()
+        agent.stop()
+        gw.stop()
+
+
+def test_one_process_serves_a_gateway_name(market: Market) -> None:
+    """The name's lock: a second holder is refused until the first lets go."""
+    from openclore.gateway.service import NameLock
+
+    first, second = NameLock(market.db, "gw-a"), NameLock(market.db, "gw-a")
+    other = NameLock(market.db, "gw-b")
+    assert first.acquire()
+    try:
+        assert not second.acquire()
+        assert other.acquire()
+        other.release()
+    finally:
+        first.release()
+    assert second.acquire()
+    second.release()
