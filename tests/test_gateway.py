@@ -25,8 +25,9 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 
 from openclore.agent.runtime.docker import DockerRuntime
-from openclore.cli.client_commands import order_ready, ssh_banner
-from openclore.client import Order
+from openclore.cli.client_commands import order_ready
+from openclore.client import Client, Order
+from openclore.client._base import ssh_banner
 from test_agent_docker import (
     IMAGE,
     NETWORK,
@@ -240,6 +241,8 @@ def test_rental_ports_are_reached_through_the_gateway_only(
         assert ssh_banner("127.0.0.1", ssh_port) == "SSH-2.0-OpenSSH_9.6 rental"
         seen = Order.model_validate({**order, "pub_cluster": ["127.0.0.1"]})
         assert order_ready(seen, want_ssh=True)
+        sdk = Client(renter.headers["auth"], base_url=market.url, rate_limit=False)
+        assert sdk.wait_for_order(oid, timeout=20).ssh_port == ssh_port
 
         # the container's output, fetched from the host through the market
         logs = ok(renter.get("/v1/order_logs", params={"id": oid}))["logs"]

@@ -25,7 +25,6 @@ import email.utils
 import os
 import shlex
 import shutil
-import socket
 import sys
 import time
 import tomllib
@@ -59,6 +58,7 @@ from openclore.client import (
     Order,
     json_dumps,
 )
+from openclore.client._base import ssh_banner
 from openclore.client._exactjson import number_text
 
 T = TypeVar("T")
@@ -574,23 +574,6 @@ def order_ready(order: Order, want_ssh: bool) -> bool:
     if order.state is not None:
         return order.state == "running"
     return bool(order.running) or bool(order.tcp_ports) or order.http_port is not None
-
-
-def ssh_banner(host: str, port: int, timeout: float = 3.0) -> str | None:
-    """The SSH server's identification line (``SSH-2.0-…``) at host:port, or None."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            data = b""
-            while b"\n" not in data and len(data) < 256:
-                chunk = sock.recv(256)
-                if not chunk:
-                    break
-                data += chunk
-    except OSError:
-        return None
-    line = data.split(b"\n", 1)[0].strip()
-    return line.decode("ascii", "replace") if line.startswith(b"SSH-") else None
 
 
 def describe(order: Order) -> str:
