@@ -26,6 +26,6 @@ def test_upgrade_is_idempotent(market: Market) -> None:
     with market.db.engine.connect() as conn:
         revision = MigrationContext.configure(conn).get_current_revision()
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
-    assert revision == "0002" and diff == []
+    assert revision == "live_clore_parity" and diff == []
     wallets = market.client(token).get("/v1/wallets").json()["wallets"]
     assert [w["balance"] for w in wallets if w["name"] == "bitcoin"] == [0.5]

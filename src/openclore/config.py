@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from openclore.domain.usd import RateError, parse_rates, rate_dollars
 
 DEFAULT_CURRENCIES = ["bitcoin", "CLORE-Blockchain", "USD-Blockchain"]
 
@@ -57,6 +59,16 @@ class Settings(BaseSettings):
             "USD-Blockchain": Decimal("0.005"),
         },
         description="One-off fee charged when a spot order is created, per currency",
+    )
+    usd_rates: Annotated[dict[str, Decimal], NoDecode] = Field(
+        default_factory=dict,
+        description=(
+            "Exchange rates, dollars per coin: JSON or bitcoin=60000,CLORE-Blockchain=0.05 "
+            "(rates set with 'openclore admin rates set' override them); none: no USD prices"
+        ),
+    )
+    reliability_interval: int = Field(
+        600, ge=0, description="Seconds between two recomputations of servers' reliability"
     )
     runway_seconds: int = Field(
         3600, ge=0, description="create_order needs creation fee + this many seconds of the price"
@@ -115,6 +127,15 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("at least one currency is required")
         return value
+
+    @field_validator("usd_rates", mode="before")
+    @classmethod
+    def _parse_usd_rates(cls, value: Any) -> dict[str, Decimal]:
+        """Dollars per coin; checked as :mod:`openclore.domain.usd` will use them."""
+        try:
+            return {name: rate_dollars(units) for name, units in parse_rates(value).items()}
+        except RateError as exc:
+            raise ValueError(str(exc)) from None
 
     @property
     def sandbox_enabled(self) -> bool:

@@ -52,6 +52,7 @@ class Specs:
     gpu_array: list[str] = field(default_factory=list)
     gpu_source: str = "none"  # which source answered (for logs)
     notes: list[str] = field(default_factory=list)
+    gpu_limits: dict[str, Any] | None = None  # GigaSPOT: what the GPUs allow (agent.gpu)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -325,8 +326,11 @@ def main() -> None:
         for source in ("nvml", "nvidia-smi"):
             gpus, answered, notes = detect_gpus(source)
             sources[source] = (
-                {**gpu_fields(gpus), "gpu_array": [g.name for g in gpus],
-                 "memory_mib": [g.memory_mib for g in gpus]}
+                {
+                    **gpu_fields(gpus),
+                    "gpu_array": [g.name for g in gpus],
+                    "memory_mib": [g.memory_mib for g in gpus],
+                }
                 if answered != "none"
                 else {"error": "; ".join(notes)}
             )

@@ -88,6 +88,7 @@ ERROR_HTTP_STATUS: dict[str, int] = {
     "cant_rent_from_yourself": 403,
     "you_dont_own_this_order": 403,
     "not_a_demo_world": 409,
+    "order_already_rated": 409,
 }
 
 CODE_HTTP_STATUS_REST = {0: 200, 1: 500, 2: 400, 3: 401, 4: 404, 5: 429}
