@@ -107,7 +107,7 @@ def test_every_seed_example_in_order(market: Market) -> None:
         "times_updated": 1,
         "image": "cloreai/ubuntu20.04-jupyter",
         "command": "",
-        "env": [],
+        "env": {},  # the seed shows []: an object since SPEC §7 (docs/decisions.md)
     }
 
     market_body = jan.send("GET", "/v1/marketplace")

@@ -11,7 +11,6 @@ shown like an amount (nine decimals at most). Rounding, the only places it happe
 
 from __future__ import annotations
 
-import json
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
@@ -37,40 +36,6 @@ def rate_units(value: Any) -> int:
     if units <= 0:
         raise RateError("a rate must be at least 0.000000001 dollars")
     return units
-
-
-def parse_rates(raw: Any) -> dict[str, int]:
-    """Rates as the setting spells them: a JSON object ``{"bitcoin": 60000}``, the text
-    ``bitcoin=60000,CLORE-Blockchain=0.05`` or a mapping; → ``{currency: nano-USD}``."""
-    if raw is None:
-        return {}
-    if isinstance(raw, str):
-        text = raw.strip()
-        if not text:
-            return {}
-        if text.startswith("{"):
-            try:
-                raw = json.loads(text, parse_float=Decimal)
-            except ValueError as exc:
-                raise RateError(f"not a JSON object: {exc}") from None
-        else:
-            pairs: dict[str, Any] = {}
-            for part in text.split(","):
-                if not part.strip():
-                    continue
-                name, sep, value = part.partition("=")
-                if not sep or not name.strip():
-                    raise RateError(f"expected currency=rate, got {part.strip()[:40]!r}")
-                pairs[name.strip()] = value
-            raw = pairs
-    if not isinstance(raw, dict):
-        raise RateError("rates must be an object of currency → dollars per coin")
-    out: dict[str, int] = {}
-    for name, value in raw.items():
-        if not isinstance(name, str) or not 1 <= len(name) <= 32:
-            raise RateError("a currency name is 1 to 32 characters")
-        out[name] = rate_units(value)
-    return out
 
 
 def _div_round(numerator: int, denominator: int) -> int:

@@ -75,17 +75,18 @@ def recompute(conn: Connection, now: int, interval: int = 0) -> int:
     seconds across all processes); prune stretches older than the window. Returns how many
     servers' value changed."""
     last = get_meta(conn, RELIABILITY_AT, -1)
-    if interval > 0 and last >= 0 and now - last < interval:
+    if interval > 0 and 0 <= last <= now and now - last < interval:
         return 0
     set_meta(conn, RELIABILITY_AT, now)
     conn.execute(delete(online_intervals).where(online_intervals.c.ended_at < now - WINDOW_SECONDS))
-    current = dict(
-        conn.execute(
+    current = {
+        int(r.id): float(r.reliability)
+        for r in conn.execute(
             select(servers.c.id, servers.c.reliability).where(
                 servers.c.removed_at.is_(None), servers.c.simulated.is_(False)
             )
-        ).tuples()
-    )
+        )
+    }
     changed = 0
     for server_id, value in compute(conn, now).items():
         if current.get(server_id) != value:
