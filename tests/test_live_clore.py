@@ -588,3 +588,101 @@ def test_gigaspot_settings_outcome_reported_by_the_agent(market: Market) -> None
     order = ok(c.get("/v1/my_orders"))["orders"][0]
     assert order["oc_failed"] is True
     assert "Insufficient Permissions" in order["error"]
+
+
+def test_the_sdk_speaks_the_new_calls(market: Market) -> None:
+    from openclore.client import Client
+
+    host, renter = market.user(), market.user(bitcoin="0.01")
+    sid = gigaspot_server(market, "tunable", LIMITS)
+    plain = market.server(host, "plain", specs={"gpu": "1x RTX", "cuda_version": "12.0"})
+    assert admin(market, "admin", "rates", "set", "bitcoin=60000")[0] == 0
+    h = Client(host, base_url=market.url, rate_limit=False)
+    r = Client(renter, base_url=market.url, rate_limit=False)
+    try:
+        listed_plain = next(s for s in r.marketplace().servers if s.id == plain)
+        assert listed_plain.price.usd is not None
+        assert listed_plain.price.usd.on_demand_usd == Decimal("0.6")
+        assert listed_plain.cuda_version == "12.0" and listed_plain.online is True
+        spot = r.spot_marketplace(plain)
+        assert spot.market is not None
+        assert spot.market.currency_rates_in_usd == {"bitcoin": Decimal(60000)}
+        assert r.renter_fees().fee_percent("spot", "bitcoin") == Decimal("2.5")
+        assert r.poh_balance()["count"] == 0
+
+        made = r.create_gigaspot_orders(
+            [
+                {
+                    "renting_server": sid,
+                    "price": "0.000002",
+                    "image": "img/app:1",
+                    "oc": [{"pl": 300}],
+                }
+            ]
+        )
+        assert made.failed_to_oc_servers == [] and len(made.orders) == 1
+        order_id = made.orders[0]["order_id"]
+        snap = r.get_gigaspot()
+        assert snap.snapshot[str(sid)].bids[0].id == order_id
+        assert snap.snapshot[str(sid)].gpus[0].pl == [150, 450]
+        edited = r.edit_gigaspot_orders([{"order_id": order_id, "price": "0.000003", "oc": []}])
+        assert edited.success_to_update_ids == [order_id]
+        order = next(o for o in r.my_orders() if o.id == order_id)
+        assert order.online is True and order.cuda_version == "12.4" and order.rating is not None
+        assert order.gpu_array == ["NVIDIA GeForce RTX 4090"] * 2
+
+        second = r.create_order(plain, "img/app:1", dockerhub_auth="bob:pw")
+        result = r.cancel_orders([order_id, second.id, 424242])
+        assert result.failed_to_cancel == ["424242"]
+        assert [x.cancelled for x in result.results] == [True, True, False]
+        r.cancel_order(second.id, rating=4)
+        assert next(s for s in r.marketplace().servers if s.id == plain).rating.cnt == 1  # type: ignore[union-attr]
+
+        h.set_server_settings(
+            "plain", usd_pricing={"bitcoin": {"on_demand": "1.2"}}, autoprice={"bitcoin": "usd"}
+        )
+        config = h.server_config("plain")
+        assert config.pricing["bitcoin"] == Decimal("0.00002")
+        assert config.autoprice["bitcoin"] == "usd" and config.background_job is not None
+        assert config.background_job.env == {}
+        h.set_server_settings("plain", enabled={"bitcoin": False})
+        assert plain not in [s.id for s in r.marketplace().servers]
+    finally:
+        h.close()
+        r.close()
+
+
+def test_agent_gpu_limits_are_checked_before_they_are_stored() -> None:
+    from openclore.domain.gpu_settings import check_gpu_limits, settings_problem
+
+    assert check_gpu_limits("x") is None
+    assert check_gpu_limits({"allowed": True, "gpus": "x"}) is None
+    assert check_gpu_limits({"allowed": True, "gpus": [{}] * 65}) is None
+    hostile = {
+        "allowed": "yes",
+        "gpus": [
+            {
+                "model": "A\u202eB",
+                "pl": [500, 100],
+                "core_lock": [0, float("inf")],
+                "mem_lock": [True, 5],
+            }
+        ],
+    }
+    assert check_gpu_limits(hostile) == {
+        "allowed": False,
+        "gpus": [
+            {
+                "model": "",
+                "pl": None,
+                "core_lock": None,
+                "mem_lock": None,
+                "core_offset": None,
+                "mem_offset": None,
+            }
+        ],
+    }
+    assert settings_problem([{"pl": 300}], hostile) == "the host does not allow GPU settings"
+    assert settings_problem([], None) is None
+    assert settings_problem([{"pl": 300, "mem_lock": 5}], LIMITS) is None
+    assert settings_problem([{"pl": 100}], LIMITS) == "GPU 0: pl 100 outside 150..450"

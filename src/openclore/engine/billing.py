@@ -244,9 +244,7 @@ def end_order(conn: Connection, order_id: int, now: int, reason: str) -> str | N
     conn.execute(
         update(orders)
         .where(orders.c.id == order_id)
-        .values(
-            expired=True, running=False, ended_at=now, end_reason=reason, dockerhub_auth=None
-        )
+        .values(expired=True, running=False, ended_at=now, end_reason=reason, dockerhub_auth=None)
     )
     notify_server(conn, order["server_id"])  # its container must stop now
     return reason
