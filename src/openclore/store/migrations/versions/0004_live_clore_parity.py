@@ -1,7 +1,7 @@
 """live Clore parity: exchange rates, online stretches, ratings, enabled currencies, GigaSPOT
 
 Revision ID: live_clore_parity
-Revises: 0002
+Revises: gateway_tunnels
 Create Date: 2026-11-27 05:40:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "live_clore_parity"
-down_revision = "0002"
+down_revision = "gateway_tunnels"
 branch_labels = None
 depends_on = None
 
