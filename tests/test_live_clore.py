@@ -363,9 +363,17 @@ def test_the_tick_recomputes_reliability(market: Market) -> None:
     hello(market, sid)
     beat(market, sid, 3600, every=300)
     market.advance(601)  # offline; the tick stores the new value (first computation)
-    with market.db.read() as conn:
-        value = conn.execute(select(servers.c.reliability).where(servers.c.id == sid)).scalar_one()
-    assert value == reliability(3600, 3600 + 601)
+
+    def stored() -> float:
+        with market.db.read() as conn:
+            query = select(servers.c.reliability).where(servers.c.id == sid)
+            return float(conn.execute(query).scalar_one())
+
+    assert stored() == reliability(3600, 3600 + 601)
+    market.advance(300)  # within reliability_interval (600 s): not recomputed yet
+    assert stored() == reliability(3600, 3600 + 601)
+    market.advance(300)
+    assert stored() == reliability(3600, 3600 + 1201)
 
 
 # ----------------------------------------------------------------------------- dockerhub_auth

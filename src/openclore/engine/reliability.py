@@ -70,12 +70,17 @@ def compute(conn: Connection, now: int) -> dict[int, float]:
     return out
 
 
+def reliability_due(conn: Connection, now: int, interval: int) -> bool:
+    """Whether the last recomputation is ``interval`` seconds old (or the clock went back)."""
+    last = get_meta(conn, RELIABILITY_AT, -1)
+    return interval <= 0 or last < 0 or last > now or now - last >= interval
+
+
 def recompute(conn: Connection, now: int, interval: int = 0) -> int:
     """Store every agent server's reliability as of ``now`` (at most once per ``interval``
     seconds across all processes); prune stretches older than the window. Returns how many
     servers' value changed."""
-    last = get_meta(conn, RELIABILITY_AT, -1)
-    if interval > 0 and 0 <= last <= now and now - last < interval:
+    if not reliability_due(conn, now, interval):
         return 0
     set_meta(conn, RELIABILITY_AT, now)
     conn.execute(delete(online_intervals).where(online_intervals.c.ended_at < now - WINDOW_SECONDS))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, select, text, update
 
 from openclore.engine.billing import BILLING_GRACE, lock_server, resolve_server
-from openclore.engine.reliability import close_stretch, recompute
+from openclore.engine.reliability import close_stretch, recompute, reliability_due
 from openclore.engine.settlement import servers_due, settle_running_orders
 from openclore.store.db import Database, listing_changed, run_write
 from openclore.store.schema import servers
@@ -67,7 +67,10 @@ def tick(db: Database, now: int, agent_timeout: int, reliability_interval: int =
     per-server path for orders that end (mrl reached, balance exhausted); servers' reliability
     at most every ``reliability_interval`` seconds."""
     offline = mark_offline(db, now, agent_timeout)
-    run_write(db, functools.partial(recompute, now=now, interval=reliability_interval))
+    with db.read() as conn:  # a write transaction only when a recomputation is due
+        due = reliability_due(conn, now, reliability_interval)
+    if due:
+        run_write(db, functools.partial(recompute, now=now, interval=reliability_interval))
 
     def fast(conn: Connection) -> tuple[int, list[int]]:
         if (
