@@ -1,7 +1,7 @@
 """live Clore parity: exchange rates, online stretches, ratings, enabled currencies, GigaSPOT
 
 Revision ID: live_clore_parity
-Revises: gateway_tunnels
+Revises: money_in_and_out
 Create Date: 2026-11-27 05:40:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "live_clore_parity"
-down_revision = "gateway_tunnels"
+down_revision = "money_in_and_out"
 branch_labels = None
 depends_on = None
 
