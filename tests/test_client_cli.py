@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -18,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from rich.cells import cell_len
-from sqlalchemy import update
+from sqlalchemy import select, update
 from typer.testing import CliRunner, Result
 
 from openclore.api.app import create_app
@@ -160,6 +161,9 @@ def test_rent_wait_orders_ssh_cancel(world: tuple[Cli, Cli, int]) -> None:
     assert order["si"] == sid and order["tcp_ports"] and order["http_port"] == "8888"
     assert ssh_line == f"ssh -p {order['tcp_ports'][0].split(':')[1]} root@localhost"
     assert cli("ssh", str(order["id"]), "--print").stdout.strip() == ssh_line
+    logs = cli("logs", str(order["id"]), "--tail", "5").stdout.splitlines()
+    assert logs[0] == f"[simulated] order {order['id']}: container started from {IMAGE}"
+    assert cli.json("logs", str(order["id"]))["logs"][:1] == logs[:1]
     assert cli.json("ssh", str(order["id"]))["argv"][:2] == ["ssh", "-p"]
     assert str(order["id"]) in cli("orders").stdout
     assert cli.json("cancel", str(order["id"]), "--issue", "GPU #1 overheats") == {
@@ -487,3 +491,19 @@ def test_orders_on_a_market_without_the_sandbox(
     order = cli.json("rent", str(sid), "--image", IMAGE, "--wait")
     line = row_of(cli("orders", COLUMNS="80").stdout, str(order["id"]))
     assert "0m" in line.split() and order["ssh_command"] in line  # the Date of the answer
+
+
+def test_fees_rating_and_registry_login(world: tuple[Cli, Cli, int], market: Market) -> None:
+    cli, _, sid = world
+    out = cli("fees").stdout
+    assert re.search(r"bitcoin\s+5\s+0\.0000003\s+2\.5\s+0\.0000001", out), out
+    assert cli.json("fees")["renter_fees"]["spot"]["base"]["bitcoin"] == 2.5
+    order = cli.json("rent", str(sid), "--image", IMAGE, "--registry-login", "bob:pw")
+    from openclore.store.schema import orders
+
+    with market.db.read() as conn:
+        stored = conn.execute(select(orders.c.dockerhub_auth).where(orders.c.id == order["id"]))
+        assert stored.scalar() == "bob:pw"  # until the pull (the demo host has none)
+    assert "rated 4" in cli("cancel", str(order["id"]), "--rating", "4").stdout
+    assert "order_already_rated" in cli.error("cancel", str(order["id"]), "--rating", "5")
+    cli("cancel", str(order["id"]), "--rating", "9", code=2)

@@ -7,20 +7,27 @@ Needs the Docker engine and image of ``test_agent_docker.py`` (mandatory when ``
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import httpx
-import psutil
+import psutil  # type: ignore[import-untyped]
 import pytest
 
 from openclore.agent.runtime.docker import DockerRuntime
+from openclore.cli.client_commands import order_ready
+from openclore.client import Client, Order
+from openclore.client._base import ssh_banner
 from test_agent_docker import (
     IMAGE,
     NETWORK,
@@ -37,7 +44,7 @@ from agent_support import (
     wait_for,
     wait_order_state,
 )
-from support import Market, free_port, ok, order_body
+from support import IN_CI, Market, free_port, ok, order_body
 
 __all__ = ["docker_client", "docker_run"]  # fixtures
 
@@ -46,6 +53,7 @@ WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # in busybox sh: /ws upgrades to a WebSocket (greets with a text frame, then echoes bytes), /big
 # sends 32 MiB, /upload counts the bytes of the body, anything else a small page.
 RENTAL = r"""
+echo rental-started-on-port-22-and-80
 mkdir -p /www && echo hello-through-the-gateway > /www/index.html
 dd if=/dev/zero of=/www/big.bin bs=1M count=32 2>/dev/null
 printf '#!/bin/sh\nprintf "SSH-2.0-OpenSSH_9.6 rental\\r\\n"\nexec cat\n' > /banner.sh
@@ -84,19 +92,24 @@ nc -ll -p 80 -e /http.sh
 """
 
 
-@pytest.fixture
-def gateway(market: Market) -> Iterator[GatewayThread]:
+def start_gateway(market: Market, **settings: Any) -> GatewayThread:
+    """A gateway named ``localhost`` on free ports, the market configured to assign it."""
     base = 43000 + (os.getpid() % 40) * 20
+    ssh_port = free_port()
     market.reconfigure(
         gateway_name="localhost",
-        gateway_ssh_port=free_port(),
+        gateway_ssh_port=ssh_port,
+        gateway_ssh_address=f"127.0.0.1:{ssh_port}",
         gateway_http_port=free_port(),
         gateway_port_range=f"{base}-{base + 19}",
+        **settings,
     )
-    market.settings = market.settings.model_copy(
-        update={"gateway_ssh_address": f"127.0.0.1:{market.settings.gateway_ssh_port}"}
-    )
-    gw = GatewayThread(market)
+    return GatewayThread(market)
+
+
+@pytest.fixture
+def gateway(market: Market) -> Iterator[GatewayThread]:
+    gw = start_gateway(market)
     yield gw
     gw.stop()
 
@@ -199,8 +212,10 @@ def test_rental_ports_are_reached_through_the_gateway_only(
     renter = market.client(market.user(bitcoin="0.01"))
     sid, token = host_server(market, host)
     agent = tunnel_agent(market, tmp_path, docker_run, token)
+    tunnel = agent.agent.tunnel
+    assert tunnel is not None
     try:
-        wait_for(lambda: agent.agent.tunnel.connected.is_set(), 10, what="tunnel up")
+        wait_for(tunnel.connected.is_set, 10, what="tunnel up")
         oid = ok(
             renter.post(
                 "/v1/create_order",
@@ -221,8 +236,17 @@ def test_rental_ports_are_reached_through_the_gateway_only(
         bindings = container.attrs["HostConfig"]["PortBindings"]
         assert {b[0]["HostIp"] for b in bindings.values()} == {"127.0.0.1"}
 
-        # TCP: the banner through the public port
+        # TCP: the banner through the public port; the CLI's --wait sees the order reachable
         assert wait_banner(ssh_port).startswith(b"SSH-2.0-OpenSSH_9.6 rental")
+        assert ssh_banner("127.0.0.1", ssh_port) == "SSH-2.0-OpenSSH_9.6 rental"
+        seen = Order.model_validate({**order, "pub_cluster": ["127.0.0.1"]})
+        assert order_ready(seen, want_ssh=True)
+        sdk = Client(renter.headers["auth"], base_url=market.url, rate_limit=False)
+        assert sdk.wait_for_order(oid, timeout=20).ssh_port == ssh_port
+
+        # the container's output, fetched from the host through the market
+        logs = ok(renter.get("/v1/order_logs", params={"id": oid}))["logs"]
+        assert "rental-started-on-port-22-and-80" in logs
 
         # HTTP: routed by Host; an unknown host or port gets the 404 page
         host = f"{oid}-80.localhost:{http_port}"
@@ -254,9 +278,9 @@ def test_rental_ports_are_reached_through_the_gateway_only(
         assert grew < 48 * 1024 * 1024, f"gateway memory grew by {grew} bytes"
 
         # a gateway restart: the agent's tunnel comes back and new connections work
-        before = agent.agent.tunnel.connections
+        before = tunnel.connections
         gateway.restart()
-        wait_for(lambda: agent.agent.tunnel.connections > before, 20, what="tunnel back")
+        wait_for(lambda: tunnel.connections > before, 20, what="tunnel back")
         assert wait_banner(ssh_port).startswith(b"SSH-2.0-")
         assert http_get(http_port, host, "/").status_code == 200
 
@@ -337,7 +361,7 @@ def stalled_readers_memory(port: int, count: int) -> int:
             sock.sendall(b"GET /big.bin HTTP/1.0\r\n\r\n")
             socks.append(sock)
         time.sleep(2.0)
-        grew = process.memory_info().rss - before
+        grew = int(process.memory_info().rss - before)
         # the streams were only paused: they still deliver everything once read
         for sock in socks[1:]:
             sock.close()
@@ -353,3 +377,393 @@ def stalled_readers_memory(port: int, count: int) -> int:
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_an_agent_cannot_forward_another_servers_order(
+    market: Market, gateway: GatewayThread, tmp_path: Path
+) -> None:
+    """The gateway grants a forward only for a port of a live order on the agent's own server,
+    and logs in only the key recorded for that server."""
+    host = market.user()
+    renter = market.client(market.user(bitcoin="0.01"))
+    sid_a, token_a = host_server(market, host, "a")
+    sid_b, token_b = host_server(market, host, "b")
+    agent_a = start_agent(market.url, tmp_path / "a", init_token=token_a)
+    agent_b = start_agent(market.url, tmp_path / "b", init_token=token_b)
+    try:
+        oid = ok(renter.post("/v1/create_order", json=order_body(sid_a, ports={"22": "tcp"})))[
+            "order_id"
+        ]
+        wait_order_state(renter, oid, "running")
+        assert agent_b.agent.tunnel is not None and agent_a.agent.tunnel is not None
+        wait_for(agent_b.agent.tunnel.connected.is_set, 10, what="tunnel of b")
+        key_b = agent_b.agent.tunnel.key
+        ssh = ("127.0.0.1", gateway.gateway.ssh_port)
+        trusted = gateway.call(_host_key(market))
+
+        async def attempts() -> list[str]:
+            results = []
+            async with asyncssh.connect(
+                *ssh,
+                username=str(sid_b),
+                client_keys=[key_b],
+                known_hosts=([trusted], [], []),
+                config=None,
+                agent_path=None,
+            ) as conn:
+                for host_name, port in ((f"order-{oid}", 22), ("order-999", 22), ("localhost", 22)):
+                    try:
+                        await conn.forward_remote_port(host_name, port, "127.0.0.1", 1)
+                        results.append("granted")
+                    except asyncssh.ChannelListenError:
+                        results.append("refused")
+                for kind in ("direct", "session"):  # no open proxy, no shell
+                    try:
+                        if kind == "direct":
+                            await conn.open_connection("127.0.0.1", 5432)
+                        else:
+                            await conn.run("id", check=True)
+                        results.append("opened")
+                    except (asyncssh.ChannelOpenError, asyncssh.ProcessError):
+                        results.append("refused")
+            # b's key does not log in as a's server, nor does an unknown key
+            for user, key in (
+                (str(sid_a), key_b),
+                (str(sid_b), asyncssh.generate_private_key("ssh-ed25519")),
+            ):
+                try:
+                    async with asyncssh.connect(
+                        *ssh,
+                        username=user,
+                        client_keys=[key],
+                        known_hosts=([trusted], [], []),
+                        config=None,
+                        agent_path=None,
+                    ):
+                        results.append("logged in")
+                except asyncssh.PermissionDenied:
+                    results.append("denied")
+            return results
+
+        assert gateway.call(attempts()) == ["refused"] * 5 + ["denied"] * 2
+    finally:
+        agent_a.stop()
+        agent_b.stop()
+
+
+async def _host_key(market: Market) -> asyncssh.SSHKey:
+    from openclore.market.tunnels import gateway_identity
+
+    with market.db.read() as conn:
+        identity = gateway_identity(conn, "localhost")
+    assert identity is not None
+    return asyncssh.import_public_key(identity[1])
+
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a wildcard certificate for ``*.gw.localhost`` it signed (TLS clients
+    refuse a wildcard right under a top-level name such as ``*.localhost``)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "openclore test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "*.gw.localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("*.gw.localhost")]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, cert_path, key_path = (
+        directory / "ca.pem",
+        directory / "cert.pem",
+        directory / "key.pem",
+    )
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_path, cert_path, key_path
+
+
+def https_get(port: int, host: str, ca: Path, path: str = "/") -> bytes:
+    """GET over TLS from the loopback, verifying the chain and the name ``host``."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(ca))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=host) as sock,
+    ):
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        return data
+
+
+def test_https_through_the_gateway_with_a_wildcard_certificate(
+    market: Market, tmp_path: Path, docker_client: Any, docker_run: dict[str, str]
+) -> None:
+    import ssl
+
+    ca, cert, key = make_certificates(tmp_path)
+    gw = start_gateway(
+        market, http_domain="gw.localhost", gateway_tls_cert=str(cert), gateway_tls_key=str(key)
+    )
+    host = market.user()
+    renter = market.client(market.user(bitcoin="0.01"))
+    sid, token = host_server(market, host)
+    agent = tunnel_agent(market, tmp_path, docker_run, token)
+    try:
+        oid = ok(renter.post("/v1/create_order", json=rental_order(sid)))["order_id"]
+        order = wait_order_state(renter, oid, "running", timeout=30)
+        port = gw.gateway.http_port
+        assert order["http_pub"] == f"https://{oid}-80.gw.localhost:{port}"
+        name = f"{oid}-80.gw.localhost"
+        answers: list[bytes] = []
+
+        def served() -> bool:
+            answers.append(https_get(port, name, ca))
+            return b"hello-through-the-gateway" in answers[-1]
+
+        wait_for(served, 20, interval=0.2, what="the page over https")
+        assert answers[-1].startswith(b"HTTP/1.1 200")
+        # a client that does not trust the CA refuses the connection
+        with (
+            pytest.raises(ssl.SSLCertVerificationError),
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ):
+            ssl.create_default_context().wrap_socket(raw, server_hostname=name)
+    finally:
+        agent.stop()
+        gw.stop()
+
+
+def test_caddy_with_tls_internal_in_front_of_the_gateway(
+    market: Market, tmp_path: Path, docker_run: dict[str, str]
+) -> None:
+    """deploy/Caddyfile as shipped: Caddy terminates TLS for the wildcard with its internal CA
+    and proxies to the gateway's plain HTTP router; the client verifies the chain."""
+    caddy = shutil.which("caddy")
+    if caddy is None:
+        message = "caddy is not installed (apt-get install caddy)"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: the Caddy test is mandatory)")
+        pytest.skip(message)
+    https_port = free_port()
+    gateway = start_gateway(
+        market,
+        http_domain="gw.localhost",
+        gateway_http_url=f"https://{{order}}-{{port}}.gw.localhost:{https_port}",
+    )
+    env = {
+        **os.environ,
+        "DOMAIN": "gw.localhost",
+        "GATEWAY": f"127.0.0.1:{gateway.gateway.http_port}",
+        "HTTPS_PORT": str(https_port),
+        "HTTP_PORT": str(free_port()),
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+    }
+    caddyfile = Path(__file__).parent.parent / "deploy" / "Caddyfile"
+    log = (tmp_path / "caddy.log").open("wb")
+    proxy = subprocess.Popen(
+        [caddy, "run", "--config", str(caddyfile), "--adapter", "caddyfile"],
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
+    host = market.user()
+    renter = market.client(market.user(bitcoin="0.01"))
+    sid, token = host_server(market, host)
+    agent = tunnel_agent(market, tmp_path, docker_run, token)
+    try:
+        oid = ok(renter.post("/v1/create_order", json=rental_order(sid)))["order_id"]
+        order = wait_order_state(renter, oid, "running", timeout=30)
+        assert order["http_pub"] == f"https://{oid}-80.gw.localhost:{https_port}"
+        root = tmp_path / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
+        name = f"{oid}-80.gw.localhost"
+        answers: list[bytes] = []
+
+        def served() -> bool:
+            if not root.exists():
+                return False
+            try:
+                answers.append(https_get(https_port, name, root))
+            except OSError:
+                return False
+            return b"hello-through-the-gateway" in answers[-1]
+
+        wait_for(served, 30, interval=0.3, what="the page through Caddy")
+        assert answers[-1].startswith(b"HTTP/1.0 200")  # Caddy answers in the client's version
+    finally:
+        agent.stop()
+        gateway.stop()
+        proxy.terminate()
+        try:
+            proxy.wait(10)
+        except subprocess.TimeoutExpired:
+            proxy.kill()
+        log.close()
+
+
+def test_a_real_agent_joining_the_demo_tunnels_through_the_gateway(
+    market: Market, gateway: GatewayThread, tmp_path: Path
+) -> None:
+    """The demo's never-connected server (Michael) joined by a real agent: no longer simulated,
+    its rentals are reached through the gateway named ``localhost``."""
+    from openclore.market.demo import seed
+
+    with market.db.write() as conn:
+        world = seed(conn, market.settings, market.now())
+    owner = market.client(world.tokens[next(k for k in world.tokens if "jan" in k)])
+    renter = market.client(world.tokens[next(k for k in world.tokens if "renter" in k)])
+    agent = start_agent(
+        market.url,
+        tmp_path / "michael",
+        init_token="qnwVIMsZPjUWS7jw6gAbTOeoGQNgTH9XVxJaiCEbG0OlmfjF",
+    )
+    try:
+        ok(
+            owner.post(
+                "/v1/set_server_settings",
+                json={"name": "Michael", "availability": True, "mrl": 72, "on_demand": 0.0001},
+            )
+        )
+        sid = agent.state.server_id
+        oid = ok(renter.post("/v1/create_order", json=order_body(sid, ports={"22": "tcp"})))[
+            "order_id"
+        ]
+        order = wait_order_state(renter, oid, "running")
+        lo, hi = market.settings.gateway_ports
+        assert order["pub_cluster"] == ["localhost"] and "simulated" not in order
+        assert lo <= public(order, "22") <= hi
+        logs = ok(renter.get("/v1/order_logs", params={"id": oid}))["logs"]
+        assert logs[0].startswith("[simulated] container ")  # the agent's runtime answered
+    finally:
+        agent.stop()
+
+
+class EchoServer:
+    """A TCP echo server on the loopback port where a simulated agent 'published' a rental."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_server(("127.0.0.1", port))
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() in the other thread
+        self.sock.close()
+        self.thread.join(5)
+
+
+def echoes(sock: socket.socket, payload: bytes = b"ping") -> bool:
+    try:
+        sock.sendall(payload)
+        return sock.recv(64) == payload
+    except OSError:
+        return False
+
+
+def test_connection_caps_and_idle_timeout(market: Market, tmp_path: Path) -> None:
+    gw = start_gateway(market, gateway_max_conns_per_order=2, gateway_idle_timeout=1.0)
+    host = market.user()
+    renter = market.client(market.user(bitcoin="0.01"))
+    sid, init = host_server(market, host)
+    backend = free_port()  # the one host port the simulated runtime hands out
+    agent = start_agent(
+        market.url, tmp_path / "agent", init_token=init, port_range=(backend, backend)
+    )
+    echo = None
+    try:
+        oid = ok(renter.post("/v1/create_order", json=order_body(sid, ports={"22": "tcp"})))[
+            "order_id"
+        ]
+        order = wait_order_state(renter, oid, "running")
+        (status,) = [s for s in agent.reconciler.snapshot() if s.order_id == oid]
+        echo = EchoServer(status.tcp_ports["22"])
+        port = public(order, "22")
+        wait_for(lambda: port in gw.gateway.listeners, 10, what="public port open")
+        first = socket.create_connection(("127.0.0.1", port), timeout=5)
+        second = socket.create_connection(("127.0.0.1", port), timeout=5)
+        assert echoes(first) and echoes(second)
+        # a third connection to the same order is over the cap: closed at once
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as third:
+            assert third.recv(64) == b""
+        # silent for longer than the idle timeout: the gateway closes both
+        time.sleep(2.5)
+        for sock in (first, second):
+            sock.settimeout(5)
+            assert sock.recv(64) == b""
+            sock.close()
+        # the slots are free again
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as again:
+            assert echoes(again, b"again")
+    finally:
+        if echo is not None:
+            echo.close()
+        agent.stop()
+        gw.stop()
+
+
+def test_one_process_serves_a_gateway_name(market: Market) -> None:
+    """The name's lock: a second holder is refused until the first lets go."""
+    from openclore.gateway.service import NameLock
+
+    first, second = NameLock(market.db, "gw-a"), NameLock(market.db, "gw-a")
+    other = NameLock(market.db, "gw-b")
+    assert first.acquire()
+    try:
+        assert not second.acquire()
+        assert other.acquire()
+        other.release()
+    finally:
+        first.release()
+    assert second.acquire()
+    second.release()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -28,7 +29,7 @@ from openclore.api.market_cache import MarketCache, PartsResponse
 from openclore.api.openapi import install_openapi
 from openclore.api.ratelimit import RateLimiter
 from openclore.api.transport import BodyLimit, BodyTooLarge, DateHeader, too_large
-from openclore.api.wire import dumps, parse_object
+from openclore.api.wire import dumps, parse_body, parse_object
 from openclore.config import Settings
 from openclore.domain.errors import (
     CloreError,
@@ -44,11 +45,16 @@ from openclore.engine.clock import Clock, SandboxClock, SystemClock
 from openclore.engine.ticker import tick
 from openclore.engine.webhooks import Deliverer
 from openclore.gateway.service import serve_gateway
+from openclore.market import gigaspot as gigaspot_service
+from openclore.market import logs as logs_service
 from openclore.market import orders as order_service
+from openclore.market import payments as payment_service
 from openclore.market import requests
 from openclore.market import servers as server_service
+from openclore.market import statements as statement_service
 from openclore.market import wallets as wallet_service
 from openclore.market import webhooks as webhook_service
+from openclore.market import withdrawals as withdrawal_service
 from openclore.market.accounts import authenticate
 from openclore.market.demo import reset_world
 from openclore.store.db import Database, run_write
@@ -228,9 +234,131 @@ def _set_spot_price(state: AppState, call: Call) -> dict[str, Any]:
 def _cancel_order(state: AppState, call: Call) -> dict[str, Any]:
     req = requests.validate_body(requests.CancelOrderRequest, call.body)
     state.db_write(
-        lambda conn: order_service.cancel_order(conn, _uid(call), req.id, req.issue, call.now)
+        lambda conn: order_service.cancel_order(
+            conn, _uid(call), req.id, req.issue, call.now, req.rating
+        )
     )
     return {}
+
+
+def _cancel_orders(state: AppState, call: Call) -> dict[str, Any]:
+    """Each order cancelled in its own transaction: one that fails leaves the others done.
+    ``failed_to_cancel`` (live Clore: the ids, as strings) plus ``results``, per order."""
+    req = requests.validate_body(requests.CancelOrdersRequest, call.body)
+    results: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    for order_id in req.order_ids:
+        if order_id in seen:
+            continue
+        seen.add(order_id)
+        try:
+            state.db_write(
+                functools.partial(
+                    order_service.cancel_order,
+                    user_id=_uid(call),
+                    order_id=order_id,
+                    issue=None,
+                    now=call.now,
+                )
+            )
+            results.append({"id": order_id, "cancelled": True})
+        except MarketError as exc:
+            results.append({"id": order_id, "cancelled": False, "error": exc.name})
+    return {
+        "failed_to_cancel": [str(r["id"]) for r in results if not r["cancelled"]],
+        "results": results,
+    }
+
+
+def _renter_fees(state: AppState, call: Call) -> dict[str, Any]:
+    return gigaspot_service.renter_fees(state.settings)
+
+
+def _poh_balance(state: AppState, call: Call) -> dict[str, Any]:
+    return gigaspot_service.poh_balance()
+
+
+def _snapshot_url(call: Call) -> str:
+    return str(call.request.base_url).rstrip("/") + "/gigaspot/v1/snapshot"
+
+
+def _get_gigaspot(state: AppState, call: Call) -> dict[str, Any]:
+    """Live Clore answers with a URL the snapshot is fetched from (clients fetch it without the
+    API token); openclore serves it at /gigaspot/v1/snapshot and also sends it inline."""
+    with call.read() as conn:
+        snapshot = gigaspot_service.snapshot(conn, state.settings)
+    return {
+        "my_user_id": call.user_id,
+        "v1_snapshot_url": _snapshot_url(call),
+        "creation_fees": gigaspot_service.creation_fees(state.settings),
+        "snapshot": snapshot,
+    }
+
+
+def _create_gigaspot_orders(state: AppState, call: Call) -> dict[str, Any]:
+    """Each bid in its own transaction, like a create_order each."""
+    req = requests.validate_body(requests.CreateGigaspotOrdersRequest, call.body)
+    created: list[dict[str, Any]] = []
+    failed_oc: list[int] = []
+    failed: list[int] = []
+    too_low: list[int] = []
+    for item in req.orders:
+        try:
+            order_id, problem = state.db_write(
+                functools.partial(
+                    gigaspot_service.create_order,
+                    user_id=_uid(call),
+                    item=item,
+                    settings=state.settings,
+                    now=call.now,
+                )
+            )
+        except MarketError as exc:
+            (too_low if exc.name in gigaspot_service.TOO_LOW else failed).append(
+                item.renting_server
+            )
+            continue
+        created.append({"server": item.renting_server, "order_id": order_id})
+        if problem is not None:
+            failed_oc.append(item.renting_server)
+            created[-1]["oc_error"] = problem
+    return {
+        "failed_to_oc_servers": failed_oc,
+        "failed_to_rent_servers": failed,
+        "too_low_bids_servers": too_low,
+        "orders": created,
+    }
+
+
+def _edit_gigaspot_orders(state: AppState, call: Call) -> dict[str, Any]:
+    req = requests.validate_body(requests.EditGigaspotOrdersRequest, call.body)
+    done: list[int] = []
+    failed: list[int] = []
+    too_low: list[int] = []
+    failed_oc: list[int] = []
+    for item in req.orders:
+        try:
+            problem = state.db_write(
+                functools.partial(
+                    gigaspot_service.edit_order,
+                    user_id=_uid(call),
+                    item=item,
+                    settings=state.settings,
+                    now=call.now,
+                )
+            )
+        except MarketError as exc:
+            (too_low if exc.name in gigaspot_service.TOO_LOW_EDIT else failed).append(item.order_id)
+            continue
+        done.append(item.order_id)
+        if problem is not None:
+            failed_oc.append(item.order_id)
+    return {
+        "success_to_update_ids": done,
+        "failed_to_update_ids": failed,
+        "too_low_bid_ids": too_low,
+        "failed_to_oc_ids": failed_oc,
+    }
 
 
 def _create_order(state: AppState, call: Call) -> dict[str, Any]:
@@ -267,7 +395,7 @@ def _sandbox_advance(state: AppState, call: Call) -> dict[str, Any]:
 
     state.db_write(lambda conn: SandboxClock.advance(conn, req.seconds))
     now = state.now()
-    tick(state.db, now, state.settings.agent_timeout)
+    tick(state.db, now, state.settings.agent_timeout, state.settings.reliability_interval)
     return {"now": now}
 
 
@@ -288,6 +416,100 @@ def _sandbox_deposit(state: AppState, call: Call) -> dict[str, Any]:
     return {}
 
 
+LOGS_WAIT = 10.0  # seconds an order_logs request waits for the agent's answer
+
+
+def _order_logs(state: AppState, call: Call) -> dict[str, Any]:
+    order_id = _int_param(call, "id")
+    if order_id is None:
+        raise InvalidInput("id: the order id is required")
+    tail = _int_param(call, "tail", logs_service.DEFAULT_TAIL)
+    assert tail is not None
+    if not 0 < order_id < 2**31:
+        raise MarketError("order_dont_exist")
+    wall = int(time.time())  # the question's age is real time, whatever the market's clock
+    asked = state.db_write(
+        lambda conn: logs_service.ask_logs(conn, _uid(call), order_id, tail, wall, call.now)
+    )
+    if isinstance(asked, list):  # a demo server answers at once
+        return {"logs": asked}
+    request_id = asked
+    deadline = time.monotonic() + LOGS_WAIT
+    while time.monotonic() < deadline:
+        with state.db.read() as conn:
+            lines = logs_service.answer_of(conn, request_id)
+        if lines is not None:
+            return {"logs": lines}
+        time.sleep(0.05)
+    raise MarketError("agent_did_not_answer")
+
+
+def _param(call: Call, name: str) -> Any:
+    """A parameter from the query string, else from the JSON body."""
+    return call.request.query_params.get(name, call.body.get(name))
+
+
+def _int_param(call: Call, name: str, default: int | None = None) -> int | None:
+    raw = _param(call, name)
+    if raw is None or raw == "":
+        return default
+    if isinstance(raw, bool) or not str(raw).lstrip("-").isdigit() or len(str(raw)) > 15:
+        raise InvalidInput(f"{name}: must be an integer")
+    return int(str(raw))
+
+
+def _str_param(call: Call, name: str) -> str | None:
+    raw = _param(call, name)
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str | int) or isinstance(raw, bool):
+        raise InvalidInput(f"{name}: must be a string")
+    return str(raw)
+
+
+def _transactions(state: AppState, call: Call) -> dict[str, Any]:
+    with call.read() as conn:
+        return statement_service.transactions(
+            conn,
+            _uid(call),
+            state.settings,
+            currency=_str_param(call, "currency"),
+            since=_int_param(call, "since"),
+            until=_int_param(call, "until"),
+            limit=_int_param(call, "limit", 100) or 0,
+            cursor=_str_param(call, "cursor"),
+        )
+
+
+def _statement(state: AppState, call: Call) -> dict[str, Any]:
+    currency = _str_param(call, "currency") or state.settings.default_currency
+    month = _str_param(call, "month") or statement_service.current_month(call.now)
+    with call.read() as conn:
+        return statement_service.monthly_statement(
+            conn, _uid(call), currency, month, state.settings
+        )
+
+
+def _withdraw(state: AppState, call: Call) -> dict[str, Any]:
+    req = requests.validate_body(requests.WithdrawRequest, call.body)
+    amount = to_units(req.amount)
+
+    def run(conn: Connection) -> dict[str, Any]:
+        wid = withdrawal_service.request_withdrawal(
+            conn, _uid(call), req.currency, amount, req.address, state.settings, call.now
+        )
+        mine = withdrawal_service.my_withdrawals(conn, _uid(call))["withdrawals"]
+        return {"withdrawal": next(w for w in mine if w["id"] == wid)}
+
+    result: dict[str, Any] = state.db_write(run)
+    return result
+
+
+def _withdrawals(state: AppState, call: Call) -> dict[str, Any]:
+    with call.read() as conn:
+        return withdrawal_service.my_withdrawals(conn, _uid(call))
+
+
 def _uid(call: Call) -> int:
     assert call.user_id is not None
     return call.user_id
@@ -301,6 +523,7 @@ class Endpoint:
     extra_interval: str | None = None  # name of an extra per-endpoint rate limit setting
     readonly: bool = False  # answered inside the caller's authentication transaction
     sandbox: bool = False
+    array_body: str | None = None  # a JSON array body arrives as {array_body: [...]}
 
 
 V1_ENDPOINTS = [
@@ -309,6 +532,7 @@ V1_ENDPOINTS = [
     Endpoint("server_config", _server_config, readonly=True),
     Endpoint("marketplace", _marketplace, auth=False, readonly=True),
     Endpoint("my_orders", _my_orders, readonly=True),
+    Endpoint("order_logs", _order_logs),
     Endpoint("spot_marketplace", _spot_marketplace, auth=False, readonly=True),
     Endpoint("set_server_settings", _set_server_settings),
     Endpoint("set_spot_price", _set_spot_price),
@@ -323,6 +547,21 @@ V1_ENDPOINTS = [
     Endpoint("webhook_deliveries", extensions.webhook_deliveries, readonly=True),
     Endpoint("set_alerts", extensions.set_alerts),
     Endpoint("alerts", extensions.alerts, readonly=True),
+    Endpoint("cancel_orders", _cancel_orders),
+    Endpoint("renter_fees", _renter_fees, auth=False, readonly=True),
+    Endpoint("poh_balance", _poh_balance, readonly=True),
+    Endpoint("get_gigaspot", _get_gigaspot, readonly=True),
+    Endpoint(
+        "create_gigaspot_orders",
+        _create_gigaspot_orders,
+        extra_interval="create_order_interval",
+        array_body="orders",
+    ),
+    Endpoint("edit_gigaspot_orders", _edit_gigaspot_orders, array_body="orders"),
+    Endpoint("transactions", _transactions, readonly=True),
+    Endpoint("statement", _statement, readonly=True),
+    Endpoint("withdraw", _withdraw),
+    Endpoint("withdrawals", _withdrawals, readonly=True),
 ]
 
 SANDBOX_ENDPOINTS = [
@@ -357,7 +596,13 @@ async def _ticker(state: AppState) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            await run_in_threadpool(tick, state.db, state.now(), state.settings.agent_timeout)
+            await run_in_threadpool(
+                tick,
+                state.db,
+                state.now(),
+                state.settings.agent_timeout,
+                state.settings.reliability_interval,
+            )
         except Exception:  # keep ticking; the next tick settles whatever this one missed
             log_engine.exception("engine tick failed")
 
@@ -474,7 +719,7 @@ def create_app(
         # the answer's Date is the market's time: a travelled sandbox clock included
         headers["Date"] = formatdate(now, usegmt=True)
         try:
-            body = parse_object(raw) if raw.strip() else {}
+            body = parse_body(raw, ep.array_body)
             return headers, _dispatch(ep, request, token, body, now)
         except InvalidToken as exc:
             if token:
@@ -548,6 +793,65 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
         return error_response(InvalidInput("invalid request"), settings.http_status)
+
+    @app.get("/gigaspot/v1/snapshot", include_in_schema=False)
+    async def _gigaspot_snapshot() -> Response:
+        """get_gigaspot's v1_snapshot_url: the snapshot alone (clients fetch it without a
+        token, as from live Clore's storage)."""
+
+        def read() -> bytes:
+            with database.read() as conn:
+                return dumps(gigaspot_service.snapshot(conn, settings))
+
+        return Response(await run_in_threadpool(read), media_type="application/json")
+
+    @app.post("/payments/deposit", include_in_schema=False)
+    async def payments_deposit(request: Request) -> Response:
+        raw = await request.body()
+        try:
+            answer = await run_in_threadpool(_payment_deposit, request, raw)
+            return _json({**answer, "code": 0})
+        except CloreError as exc:
+            # a provider reads HTTP statuses: the REST mapping whatever the API's mode
+            return error_response(exc, "rest")
+        except BodyTooLarge:
+            return too_large(settings.max_body_bytes)
+        except Exception:
+            log.exception("internal error on the deposit webhook")
+            return error_response(InternalError("internal error"), "rest")
+
+    def _payment_deposit(request: Request, raw: bytes) -> dict[str, Any]:
+        secret = settings.payments_webhook_secret
+        if not secret:
+            raise InvalidEndpoint("the deposit webhook is off (set payments_webhook_secret)")
+        # checked before the body is even parsed: an unsigned or stale delivery writes nothing
+        payment_service.verify(
+            secret,
+            request.headers.get(payment_service.SIGNATURE_HEADER),
+            raw,
+            state.rate_clock.now(),
+            settings.payments_webhook_tolerance,
+        )
+        req = requests.validate_body(requests.PaymentDepositRequest, parse_object(raw))
+        amount = to_units(req.amount)
+        now = state.now()
+
+        def run(conn: Connection) -> dict[str, Any]:
+            return payment_service.provider_deposit(
+                conn,
+                external_id=req.external_id,
+                currency=req.currency,
+                amount=amount,
+                user=None if req.user is None else str(req.user),
+                address=req.address,
+                settings=settings,
+                now=now,
+            )
+
+        try:
+            return run_write(database, run)
+        except IntegrityError:  # a concurrent delivery of the same id won: this one is a replay
+            return run_write(database, run)
 
     install_agent_api(app, state)  # host agents: /agent/v1, apart from the Clore API
     install_openapi(app, V1_ENDPOINTS, SANDBOX_ENDPOINTS)

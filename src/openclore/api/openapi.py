@@ -27,12 +27,16 @@ REQUESTS: dict[str, type[BaseModel]] = {
     "cancel_order": requests.CancelOrderRequest,
     "create_order": requests.CreateOrderRequest,
     "add_server": requests.AddServerRequest,
+    "cancel_orders": requests.CancelOrdersRequest,
+    "create_gigaspot_orders": requests.CreateGigaspotOrdersRequest,
+    "edit_gigaspot_orders": requests.EditGigaspotOrdersRequest,
     "advance_time": requests.SandboxAdvanceRequest,
     "deposit": requests.SandboxDepositRequest,
     "webhooks": requests.CreateWebhookRequest,
     "delete_webhook": requests.WebhookIdRequest,
     "ping_webhook": requests.WebhookIdRequest,
     "set_alerts": requests.SetAlertsRequest,
+    "withdraw": requests.WithdrawRequest,
 }
 RESPONSES: dict[str, type[BaseModel]] = {
     "wallets": models.WalletsResponse,
@@ -47,6 +51,17 @@ RESPONSES: dict[str, type[BaseModel]] = {
     "webhooks": models.WebhooksResponse,
     "webhook_deliveries": models.DeliveriesResponse,
     "alerts": models.AlertsResponse,
+    "cancel_orders": models.CancelOrdersResponse,
+    "renter_fees": models.RenterFeesResponse,
+    "poh_balance": models.PohBalanceResponse,
+    "get_gigaspot": models.GetGigaspotResponse,
+    "create_gigaspot_orders": models.CreateGigaspotOrdersResponse,
+    "edit_gigaspot_orders": models.EditGigaspotOrdersResponse,
+    "transactions": models.TransactionsResponse,
+    "statement": models.StatementResponse,
+    "withdraw": models.WithdrawResponse,
+    "withdrawals": models.WithdrawalsResponse,
+    "order_logs": models.OrderLogsResponse,
 }
 SUMMARIES = {
     "wallets": "Wallets and balances",
@@ -60,6 +75,12 @@ SUMMARIES = {
     "cancel_order": "End an order or spot offer, optionally reporting an issue",
     "create_order": "Rent a server on demand or bid for it on the spot market (1 per 5 s)",
     "add_server": "openclore extension: add a server and get its 48-character init_token",
+    "cancel_orders": "End several orders (each on its own; per-order results)",
+    "renter_fees": "Platform fees and creation fees per currency (token optional)",
+    "poh_balance": "Proof of Holding balance (openclore has none: always zero)",
+    "get_gigaspot": "GigaSPOT snapshot: spot-rentable servers, their bids and GPU ranges",
+    "create_gigaspot_orders": "Place spot bids in a batch (a JSON array), with GPU settings",
+    "edit_gigaspot_orders": "Re-price GigaSPOT bids and replace their GPU settings (array)",
     "advance_time": "Sandbox: move the market clock forward (billing and expiry apply)",
     "deposit": "Sandbox: credit your own wallet",
     "reset": "Sandbox: throw the market away and restore the demo world",
@@ -73,9 +94,20 @@ SUMMARIES = {
     "set_alerts": "openclore extension: balance.low when a wallet's runway drops under "
     "low_balance_seconds (null: off)",
     "alerts": "openclore extension: your alert settings",
+    "transactions": "openclore extension: your ledger entries with the balance after each "
+    "(cursor pages)",
+    "statement": "openclore extension: a month's statement (?month=YYYY-MM&currency=)",
+    "withdraw": "openclore extension: ask to withdraw; amount + fee leave the wallet at once",
+    "withdrawals": "openclore extension: your withdrawal requests and their state",
+    "order_logs": "openclore extension: the last lines of your order's container output, "
+    "fetched from its host (?id=ORDER&tail=200)",
 }
 QUERY: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "my_orders": [("return_completed", {"type": "boolean"})],
+    "order_logs": [
+        ("id", {"type": "integer"}),
+        ("tail", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 200}),
+    ],
     "spot_marketplace": [("market", {"type": "integer"})],
     "server_config": [("server_name", {"type": "string"})],
     "events": [
@@ -85,6 +117,17 @@ QUERY: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("last_event_id", {"type": "integer", "description": "as the Last-Event-ID header"}),
     ],
     "webhook_deliveries": [("id", {"type": "integer"}), ("limit", {"type": "integer"})],
+    "transactions": [
+        ("currency", {"type": "string"}),
+        ("since", {"type": "integer", "description": "unix seconds, inclusive"}),
+        ("until", {"type": "integer", "description": "unix seconds, exclusive"}),
+        ("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+        ("cursor", {"type": "string", "description": "next_cursor of the previous page"}),
+    ],
+    "statement": [
+        ("month", {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"}),
+        ("currency", {"type": "string"}),
+    ],
 }
 
 
@@ -98,12 +141,17 @@ def install_openapi(app: FastAPI, v1: Sequence[Endpoint], sandbox: Sequence[Endp
         all_models: list[type[BaseModel]] = [
             *REQUESTS.values(),
             *RESPONSES.values(),
+            requests.PaymentDepositRequest,
+            models.PaymentDepositResponse,
             models.ErrorEnvelope,
             models.Envelope,
             models.WebhookCreated,
         ]
         _, top = models_json_schema(
-            [(m, "validation" if m in REQUESTS.values() else "serialization") for m in all_models],
+            [
+                (m, "validation" if issubclass(m, requests.Request) else "serialization")
+                for m in all_models
+            ],
             ref_template="#/components/schemas/{model}",
         )
         components = schema.setdefault("components", {})
@@ -113,6 +161,7 @@ def install_openapi(app: FastAPI, v1: Sequence[Endpoint], sandbox: Sequence[Endp
         for prefix, endpoints in (("/v1", v1), ("/sandbox", sandbox)):
             for ep in endpoints:
                 paths[f"{prefix}/{ep.name}"] = _path(ep)
+        paths["/payments/deposit"] = _payments_path()
         schema["paths"] = paths
         app.openapi_schema = schema
         return schema
@@ -170,3 +219,42 @@ def _path(ep: Endpoint) -> dict[str, Any]:
         }
         return {"post": op, "get": {**op, "operationId": ep.name + "_get"}}
     return {"get": op, "post": {**op, "operationId": ep.name + "_post"}}
+
+
+def _payments_path() -> dict[str, Any]:
+    error = {"application/json": {"schema": _ref(models.ErrorEnvelope)}}
+    return {
+        "post": {
+            "summary": "Payment provider webhook: credit a deposit once per external_id "
+            "(signed, see docs/payments.md)",
+            "operationId": "payments_deposit",
+            "tags": ["payments"],
+            "parameters": [
+                {
+                    "name": "Openclore-Signature",
+                    "in": "header",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": 't=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>',
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref(requests.PaymentDepositRequest)}},
+            },
+            "responses": {
+                "200": {
+                    "description": "credited (or a replay: credited false)",
+                    "content": {
+                        "application/json": {"schema": _ref(models.PaymentDepositResponse)}
+                    },
+                },
+                "400": {"description": "code 2 or 6: malformed delivery", "content": error},
+                "401": {"description": "code 3: bad signature or stale", "content": error},
+                "404": {"description": "code 4 (off) or 6 unknown_account", "content": error},
+                "409": {"description": "code 6 deposit_conflict", "content": error},
+                "413": {"description": "code 2: request body too large", "content": error},
+                "500": {"description": "code 1: internal error", "content": error},
+            },
+        }
+    }

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import httpx
 
 from openclore.client import _calls as calls
-from openclore.client._base import BaseClient
+from openclore.client._base import BaseClient, ssh_banner_async
 from openclore.client._calls import Amount, ApiCall, OrderType
 from openclore.client._errors import (
     CloreError,
@@ -25,15 +25,24 @@ from openclore.client._errors import (
 )
 from openclore.client._models import (
     AddedServer,
+    CancelOrdersResponse,
     Event,
     EventPage,
+    Gigaspot,
+    GigaspotCreated,
+    GigaspotEdited,
     Marketplace,
     MyServer,
     Order,
+    RenterFees,
     ServerConfig,
     SpotMarketplace,
+    Statement,
+    Transaction,
+    TransactionsPage,
     Wallet,
     Webhook,
+    Withdrawal,
 )
 from openclore.client._pacing import Pacer
 
@@ -188,6 +197,34 @@ class AsyncClient(BaseClient):
         """Your orders and spot offers; ``return_completed`` adds ended ones."""
         return await self._run(calls.my_orders(return_completed))
 
+    async def order_logs(self, order_id: int, tail: int = 200) -> list[str]:
+        """openclore: the last ``tail`` lines (at most 1000) of your order's container output,
+        fetched from its host."""
+        return await self._run(calls.order_logs(order_id, tail))
+
+    async def wait_for_order(
+        self, order_id: int, *, timeout: float = 600.0, interval: float = 1.0
+    ) -> Order:
+        """Wait until the order is reachable and return it: its container runs and, when it
+        publishes port 22, an SSH server answers there (through the market's gateway, that is
+        end to end). Raises :class:`TimeoutError` after ``timeout`` seconds (the order keeps
+        running) and :class:`LookupError` when the order is unknown or has ended."""
+        deadline = time.monotonic() + timeout
+        while True:
+            orders = await self.my_orders(return_completed=True)
+            order = next((o for o in orders if o.id == order_id), None)
+            if order is None or order.expired:
+                raise LookupError(f"order {order_id} is not an active order of yours")
+            if order.running is not False and (order.state or "running") == "running":
+                if order.ssh_port is None or order.host is None or order.simulated:
+                    if order.state == "running" or order.running:
+                        return order
+                elif await ssh_banner_async(order.host, order.ssh_port) is not None:
+                    return order
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"order {order_id} is not reachable after {timeout:.0f} s")
+            await asyncio.sleep(interval)
+
     async def spot_marketplace(self, server_id: int) -> SpotMarketplace:
         """The spot order book of one server."""
         return await self._run(calls.spot_marketplace(server_id))
@@ -202,9 +239,15 @@ class AsyncClient(BaseClient):
         spot: Amount | None = None,
         currency: str | None = None,
         visibility: Literal["public", "hidden"] | None = None,
+        enabled: Mapping[str, bool] | None = None,
+        usd_pricing: Mapping[str, Mapping[str, Amount]] | None = None,
+        autoprice: Mapping[str, Literal["usd", False]] | None = None,
     ) -> None:
         """Change your server's settings: prices per day, ``mrl`` in hours. Only what is given
-        changes. With ``currency`` the prices go to that currency (``<currency>_on_demand``)."""
+        changes. With ``currency`` the prices go to that currency (``<currency>_on_demand``).
+        ``enabled`` stops or starts accepting currencies; ``usd_pricing`` (USD per day per
+        currency) with ``autoprice={"<currency>": "usd"}`` makes that currency's prices follow
+        the market's exchange rate."""
         await self._run(
             calls.set_server_settings(
                 name,
@@ -214,6 +257,9 @@ class AsyncClient(BaseClient):
                 spot=spot,
                 currency=currency,
                 visibility=visibility,
+                enabled=enabled,
+                usd_pricing=usd_pricing,
+                autoprice=autoprice,
             )
         )
 
@@ -222,9 +268,38 @@ class AsyncClient(BaseClient):
         (:class:`CanLowerEvery600Seconds`) and by one step (:class:`ExceededMaxStep`)."""
         await self._run(calls.set_spot_price(order_id, price))
 
-    async def cancel_order(self, order_id: int, issue: str | None = None) -> None:
-        """End an order or spot offer; ``issue`` (≤ 2048 chars) reports a problem."""
-        await self._run(calls.cancel_order(order_id, issue))
+    async def cancel_order(
+        self, order_id: int, issue: str | None = None, rating: int | None = None
+    ) -> None:
+        """End an order or spot offer; ``issue`` (≤ 2048 chars) reports a problem; ``rating``
+        (1–5, once per order) scores the server, also for an order that already ended."""
+        await self._run(calls.cancel_order(order_id, issue, rating))
+
+    async def cancel_orders(self, order_ids: Iterable[int]) -> CancelOrdersResponse:
+        """End several orders, each on its own; ``failed_to_cancel`` and ``results`` say which
+        could not be ended and why."""
+        return await self._run(calls.cancel_orders(order_ids))
+
+    async def renter_fees(self) -> RenterFees:
+        """The platform fee (percent) and creation fees, per currency."""
+        return await self._run(calls.renter_fees())
+
+    async def poh_balance(self) -> dict[str, Any]:
+        """Proof of Holding (openclore has none: zeros)."""
+        return await self._run(calls.poh_balance())
+
+    async def get_gigaspot(self) -> Gigaspot:
+        """The GigaSPOT snapshot: spot-rentable servers, their bids and GPU ranges."""
+        return await self._run(calls.get_gigaspot())
+
+    async def create_gigaspot_orders(self, bids: Iterable[Mapping[str, Any]]) -> GigaspotCreated:
+        """Place spot bids in one call: each ``{renting_server, price, image, currency,
+        oc: [{pl, core_lock, mem_lock, core_offset, mem_offset}, …], env}``."""
+        return await self._run(calls.create_gigaspot_orders(bids))
+
+    async def edit_gigaspot_orders(self, edits: Iterable[Mapping[str, Any]]) -> GigaspotEdited:
+        """Re-price GigaSPOT bids and replace their GPU settings: ``{order_id, price, oc}``."""
+        return await self._run(calls.edit_gigaspot_orders(edits))
 
     async def create_order(
         self,
@@ -242,6 +317,7 @@ class AsyncClient(BaseClient):
         command: str | None = None,
         required_price: Amount | None = None,
         autossh_entrypoint: bool | None = None,
+        dockerhub_auth: str | None = None,
     ) -> Order:
         """Rent ``server_id`` (on-demand, or a spot bid of ``spot_price`` per day) and return the
         new order. ``ports`` maps container ports to ``"tcp"``/``"http"``.
@@ -265,6 +341,7 @@ class AsyncClient(BaseClient):
             command=command,
             required_price=required_price,
             autossh_entrypoint=autossh_entrypoint,
+            dockerhub_auth=dockerhub_auth,
         )
         started = time.time()
         result = await self._run(call)
@@ -374,6 +451,56 @@ class AsyncClient(BaseClient):
     async def ping_webhook(self, webhook_id: int) -> None:
         """Send a ``webhook.ping`` event to that webhook (see its delivery log)."""
         await self._run(calls.ping_webhook(webhook_id))
+
+    async def transactions(
+        self,
+        *,
+        currency: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> TransactionsPage:
+        """openclore: one page of your ledger entries, oldest first, each with the wallet's
+        balance after it; pass ``next_cursor`` back as ``cursor`` for the next page."""
+        return await self._run(
+            calls.transactions(
+                currency=currency, since=since, until=until, limit=limit, cursor=cursor
+            )
+        )
+
+    async def all_transactions(
+        self,
+        *,
+        currency: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+    ) -> list[Transaction]:
+        """openclore: every ledger entry of yours in the period, page by page."""
+        out: list[Transaction] = []
+        cursor: str | None = None
+        while True:
+            page = await self.transactions(
+                currency=currency, since=since, until=until, limit=1000, cursor=cursor
+            )
+            out.extend(page.transactions)
+            if page.next_cursor is None:
+                return out
+            cursor = page.next_cursor
+
+    async def statement(self, month: str | None = None, currency: str | None = None) -> Statement:
+        """openclore: the statement of a month (``YYYY-MM``, default this month) and currency."""
+        return await self._run(calls.statement(month, currency))
+
+    async def withdraw(self, currency: str, amount: Amount, address: str) -> Withdrawal:
+        """openclore: ask to withdraw ``amount`` (the fee in ``wallets`` comes on top) to
+        ``address``; the money leaves your wallet at once and is paid out when the operator
+        approves (or comes back if they reject)."""
+        return await self._run(calls.withdraw(currency, amount, address))
+
+    async def withdrawals(self) -> list[Withdrawal]:
+        """openclore: your withdrawal requests with their state."""
+        return await self._run(calls.withdrawals())
 
 
 class AsyncSandbox:

@@ -73,7 +73,7 @@ class MyServer(CloreModel):
 class BackgroundJob(CloreModel):
     image: str | None = None
     command: str | None = None
-    env: list[Any] | dict[str, Any] = Field(default_factory=list)
+    env: dict[str, Any] | list[Any] = Field(default_factory=dict)
     times_updated: int | None = None
 
 
@@ -90,11 +90,30 @@ class ServerConfig(CloreModel):
     rental_status: int = Field(0, description="0 not rented, 1 spot, 2 on-demand")
     specs: Specs | None = None
     background_job: BackgroundJob | None = None
+    allowed_coins: list[str] = Field(default_factory=list)
+    usd_pricing: dict[str, dict[str, Decimal]] = Field(
+        default_factory=dict, description="USD per day per currency: {on_demand, spot}"
+    )
+    autoprice: dict[str, str | bool] = Field(
+        default_factory=dict, description='"usd": the currency follows usd_pricing'
+    )
+
+
+class UsdPrice(CloreModel):
+    """What a server's prices are worth in USD at the market's exchange rates."""
+
+    on_demand_usd: Decimal | None = Field(None, description="lowest over its currencies")
+    spot_usd: Decimal | None = None
+    on_demand_btc: Decimal | None = None
+    on_demand_clore: Decimal | None = None
+    spot_btc: Decimal | None = None
+    spot_clore: Decimal | None = None
 
 
 class MarketPrice(CloreModel):
     on_demand: CoinMap = Field(default_factory=dict, description="per day")
     spot: CoinMap = Field(default_factory=dict, description="minimum spot bid per day")
+    usd: UsdPrice | None = Field(None, description="absent when the market sets no rates")
 
 
 class Rating(CloreModel):
@@ -118,6 +137,8 @@ class MarketServer(CloreModel):
     gpu_array: list[str] = Field(default_factory=list, description="one name per GPU")
     reliability: float | None = Field(None, description="0–1")
     rating: Rating | None = None
+    cuda_version: str | None = None
+    online: bool | None = None
 
     @property
     def gpu_count(self) -> int:
@@ -173,11 +194,21 @@ class Order(CloreModel):
     pub_cluster: list[str] = Field(default_factory=list, description="public hostnames")
     tcp_ports: list[str] = Field(default_factory=list, description='"container:public"')
     http_port: str | None = Field(None, description="container port behind the HTTP proxy")
+    http_pub: str | None = Field(None, description="URL of the http port (live Clore field)")
     spot: bool = False
     expired: bool = False
+    online: bool | None = Field(None, description="the server's agent is online")
+    cuda_version: str | None = None
+    reliability: float | None = None
+    rating: Rating | None = None
+    gpu_array: list[str] = Field(default_factory=list)
+    my_past_rating: int | None = Field(None, description="your rating of this order")
     # openclore extensions (absent on Clore):
+    oc: list[dict[str, float]] | None = Field(None, description="GigaSPOT GPU settings")
+    oc_failed: bool | None = Field(None, description="the host could not apply oc")
     running: bool | None = Field(None, description="openclore: the container runs now")
     state: str | None = Field(None, description="openclore: runtime state reported by the agent")
+    simulated: bool | None = Field(None, description="openclore: a demo server's order")
 
     @property
     def type(self) -> Literal["spot", "on-demand"]:
@@ -225,6 +256,7 @@ class SpotServer(CloreModel):
 
 
 class SpotMarket(CloreModel):
+    currency_rates_in_usd: CoinMap = Field(default_factory=dict, description="USD per coin")
     offers: list[SpotOffer] = Field(default_factory=list)
     server: SpotServer = Field(default_factory=SpotServer)
 
@@ -254,6 +286,73 @@ class Envelope(CloreModel):
     code: int
 
 
+class Transaction(CloreModel):
+    """One ledger entry of yours (``transactions``): signed amount, balance after it."""
+
+    id: int
+    time: int = Field(description="unix seconds")
+    currency: str
+    kind: str = Field(
+        description="deposit, creation_fee, spend, fee, earning, withdrawal, withdrawal_fee, "
+        "withdrawal_back, refund, adjustment"
+    )
+    amount: Decimal = Field(description="positive credits your wallet, negative debits it")
+    balance: Decimal = Field(description="the wallet's balance after this entry")
+    order_id: int | None = None
+    memo: str | None = Field(None, description="why (refunds, adjustments, withdrawals)")
+    by: str | None = Field(None, description="who booked it, where a person or provider did")
+
+
+class TransactionsPage(Envelope):
+    transactions: list[Transaction] = Field(default_factory=list)
+    next_cursor: str | None = Field(None, description="pass as cursor for the next page")
+
+
+class Withdrawal(CloreModel):
+    id: int
+    currency: str
+    amount: Decimal = Field(description="what the address receives")
+    fee: Decimal = Field(description="taken from the wallet on top of the amount")
+    address: str
+    state: Literal["pending", "approved", "rejected"] | str
+    created_at: int
+    decided_at: int | None = None
+    txid: str | None = Field(None, description="the payout's transaction id, once approved")
+    reason: str | None = Field(None, description="why it was rejected")
+
+
+class WithdrawResponse(Envelope):
+    withdrawal: Withdrawal
+
+
+class WithdrawalsResponse(Envelope):
+    withdrawals: list[Withdrawal] = Field(default_factory=list)
+
+
+class Statement(CloreModel):
+    """A month's statement of one currency: opening + Σ totals = closing."""
+
+    user: str
+    currency: str
+    month: str
+    from_: int = Field(alias="from")
+    until: int
+    opening_balance: Decimal
+    closing_balance: Decimal
+    totals: dict[str, Decimal] = Field(default_factory=dict, description="signed, by kind")
+    orders: list[dict[str, Any]] = Field(
+        default_factory=list, description="per order: signed totals by kind and ``total``"
+    )
+    entries: list[Transaction] = Field(
+        default_factory=list, description="every entry that is not a rental tick"
+    )
+    entry_count: int = 0
+
+
+class StatementResponse(Envelope):
+    statement: Statement
+
+
 class WalletsResponse(Envelope):
     wallets: list[Wallet] = Field(default_factory=list)
 
@@ -270,6 +369,10 @@ class ServerConfigResponse(Envelope):
 
 class MarketplaceResponse(Envelope, Marketplace):
     pass
+
+
+class OrderLogsResponse(Envelope):
+    logs: list[str] = Field(default_factory=list)
 
 
 class MyOrdersResponse(Envelope):
@@ -311,3 +414,80 @@ class Webhook(CloreModel):
     events: list[str] | None = Field(None, description="event types sent; None: all")
     secret: str | None = Field(None, description="signing secret, shown once at creation")
     created_at: int | None = None
+
+
+class CancelResult(CloreModel):
+    id: int
+    cancelled: bool
+    error: str | None = None
+
+
+class CancelOrdersResponse(Envelope):
+    failed_to_cancel: list[str] = Field(default_factory=list)
+    results: list[CancelResult] = Field(default_factory=list, description="openclore: per order")
+
+
+class RenterFees(CloreModel):
+    """renter_fees: ``renter_fees.{on_demand,spot}.base`` (percent) and ``creation_fees``."""
+
+    renter_fees: dict[str, dict[str, CoinMap]] = Field(default_factory=dict)
+    creation_fees: dict[str, CoinMap] = Field(default_factory=dict)
+    poh_config: dict[str, Decimal] = Field(default_factory=dict)
+    poh_balance: Decimal = Decimal(0)
+
+    def fee_percent(self, kind: str = "on_demand", currency: str = "bitcoin") -> Decimal | None:
+        return self.renter_fees.get(kind, {}).get("base", {}).get(currency)
+
+
+class GigaspotBid(CloreModel):
+    owner: int | None = None
+    id: int
+    active: bool = False
+    price: Decimal
+    currency: str | None = None
+    pl: float | None = None
+
+
+class GigaspotGpu(CloreModel):
+    model: str = ""
+    pl: list[float] = Field(default_factory=list, description="[min, max] W")
+    core_lock: list[float] = Field(default_factory=list)
+    mem_lock: list[float] = Field(default_factory=list)
+    core_offset: list[float] = Field(default_factory=list)
+    mem_offset: list[float] = Field(default_factory=list)
+
+
+class GigaspotServer(CloreModel):
+    bids: list[GigaspotBid] = Field(default_factory=list)
+    on_demand_rented: bool = False
+    online: bool = False
+    gpus: list[GigaspotGpu] = Field(default_factory=list)
+    cuda: str | None = None
+    max_rental_length: int | None = Field(None, description="seconds")
+    cc: str | None = None
+    host: int | None = None
+    reliability: float | None = None
+    min_bid: Decimal | None = None
+
+
+class Gigaspot(CloreModel):
+    my_user_id: int | None = None
+    v1_snapshot_url: str | None = None
+    creation_fees: CoinMap = Field(default_factory=dict)
+    snapshot: dict[str, GigaspotServer] = Field(
+        default_factory=dict, description="server id (text) → server; openclore sends it inline"
+    )
+
+
+class GigaspotCreated(CloreModel):
+    failed_to_oc_servers: list[int] = Field(default_factory=list)
+    failed_to_rent_servers: list[int] = Field(default_factory=list)
+    too_low_bids_servers: list[int] = Field(default_factory=list)
+    orders: list[dict[str, Any]] = Field(default_factory=list, description="openclore: made")
+
+
+class GigaspotEdited(CloreModel):
+    success_to_update_ids: list[int] = Field(default_factory=list)
+    failed_to_update_ids: list[int] = Field(default_factory=list)
+    too_low_bid_ids: list[int] = Field(default_factory=list)
+    failed_to_oc_ids: list[int] = Field(default_factory=list)

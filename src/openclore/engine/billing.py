@@ -62,6 +62,7 @@ def settle(conn: Connection, order: Row, now: int) -> Row:
         ended_reason = "expired"
     if ended_reason is not None:
         values.update(expired=True, running=False, ended_at=t_end, end_reason=ended_reason)
+        values["dockerhub_auth"] = None  # registry credentials never outlive the order
     if not values:
         return order
     conn.execute(update(orders).where(orders.c.id == order["id"]).values(**values))
@@ -244,7 +245,13 @@ def end_order(conn: Connection, order_id: int, now: int, reason: str) -> str | N
         notify_server(conn, order["server_id"])
         order_ended(conn, order, str(order["end_reason"]), now)
         return str(order["end_reason"])
-    values = {"expired": True, "running": False, "ended_at": now, "end_reason": reason}
+    values = {
+        "expired": True,
+        "running": False,
+        "ended_at": now,
+        "end_reason": reason,
+        "dockerhub_auth": None,
+    }
     conn.execute(update(orders).where(orders.c.id == order_id).values(**values))
     notify_server(conn, order["server_id"])  # its container must stop now
     order_ended(conn, {**order, **values}, reason, now)

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -65,6 +66,8 @@ servers = Table(
     Column("mrl_hours", Integer, nullable=False, default=72),
     Column("specs", JSON, nullable=True),
     Column("gpu_array", JSON, nullable=True),
+    # what the agent says its GPUs allow (GigaSPOT settings): domain.gpu_settings
+    Column("gpu_limits", JSON, nullable=True),
     Column("pub_cluster", JSON, nullable=True),
     Column("reliability", Double, nullable=False, default=1.0),
     Column("rating_avg", Double, nullable=False, default=0.0),
@@ -73,6 +76,13 @@ servers = Table(
     Column("bg_command", Text, nullable=False, default=""),
     Column("bg_env", JSON, nullable=True),
     Column("bg_times_updated", Integer, nullable=False, default=0),
+    # start of the current online stretch (reliability: closed stretches are in online_intervals)
+    Column("online_since", BigInteger, nullable=True),
+    Column("first_online_at", BigInteger, nullable=True),
+    # set_server_settings usd_pricing {currency: {on_demand, spot}} (USD per day, decimal text)
+    # and autoprice {currency: "usd" | false}: a currency priced "usd" follows the USD price
+    Column("usd_pricing", JSON, nullable=True),
+    Column("autoprice", JSON, nullable=True),
     Column("created_at", BigInteger, nullable=False),
     Column("removed_at", BigInteger, nullable=True),
     # the access gateway this server's agent tunnels through (None: ports published directly)
@@ -97,6 +107,8 @@ server_prices = Table(
     Column("currency", String(32), primary_key=True),
     Column("on_demand", BigInteger, nullable=False, default=0),
     Column("spot", BigInteger, nullable=False, default=0),
+    # set_server_settings enabled-<currency>: false stops renting in that currency
+    Column("enabled", Boolean, nullable=False, default=True, server_default=text("true")),
     CheckConstraint("on_demand >= 0 AND spot >= 0", name="prices_not_negative"),
 )
 
@@ -143,7 +155,16 @@ orders = Table(
     Column("http_port", String(8), nullable=True),
     Column("runtime_state", String(32), nullable=True),
     Column("runtime_error", Text, nullable=True),
+    # the renter's score (cancel_order rating 1-5), once per order
+    Column("rating", SmallInteger, nullable=True),
+    # registry credentials for this order's pull only: cleared once the image is pulled
+    Column("dockerhub_auth", Text, nullable=True),
+    # GigaSPOT per-GPU settings [{pl, core_offset, mem_offset, core_lock, mem_lock}] and whether
+    # the agent could apply them (None: not reported yet)
+    Column("oc", JSON, nullable=True),
+    Column("oc_failed", Boolean, nullable=True),
     CheckConstraint("price > 0", name="price_positive"),
+    CheckConstraint("rating IS NULL OR (rating >= 1 AND rating <= 5)", name="rating_range"),
     CheckConstraint("spend >= 0 AND fee_paid >= 0 AND fee_paid <= spend", name="spend_sane"),
     # room on each page so the tick's billing updates stay heap-only (HOT) on PostgreSQL
     postgresql_with={"fillfactor": 70},
@@ -176,7 +197,9 @@ accounts = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("key", String(96), nullable=False, unique=True),
-    Column("kind", String(16), nullable=False),  # wallet | platform | external
+    # wallet | platform | external; the operator's own accounts are 'platform' (fees under
+    # ``platform:<currency>``, withdrawals awaiting payout under ``pending_withdrawals:<currency>``)
+    Column("kind", String(16), nullable=False),
     Column("user_id", Integer, ForeignKey("users.id"), nullable=True, index=True),
     Column("currency", String(32), nullable=False),
     Column("balance", BigInteger, nullable=False, default=0),
@@ -198,8 +221,58 @@ transfers = Table(
     Column("kind", String(16), nullable=False),
     Column("order_id", Integer, nullable=True, index=True),
     Column("created_at", BigInteger, nullable=False),
+    # why and by whom, where a person moved the money (operator refunds, adjustments, deposits)
+    Column("memo", Text, nullable=True),
+    Column("actor", String(64), nullable=True),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint("debit_account_id <> credit_account_id", name="distinct_accounts"),
+)
+# statements read one account's entries in id order, from either side
+Index("ix_transfers_debit_account", transfers.c.debit_account_id, transfers.c.id)
+Index("ix_transfers_credit_account", transfers.c.credit_account_id, transfers.c.id)
+
+withdrawals = Table(
+    "withdrawals",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("currency", String(32), nullable=False),
+    Column("amount", BigInteger, nullable=False),  # what the address receives
+    Column("fee", BigInteger, nullable=False),  # kept by the platform on payout
+    Column("address", String(128), nullable=False),
+    Column("state", String(16), nullable=False),  # pending | approved | rejected
+    Column("created_at", BigInteger, nullable=False),
+    Column("decided_at", BigInteger, nullable=True),
+    Column("decided_by", String(64), nullable=True),
+    Column("txid", String(128), nullable=True),  # the payout's external transaction id
+    Column("reason", Text, nullable=True),  # why it was rejected
+    CheckConstraint("amount > 0 AND fee >= 0", name="amounts"),
+    CheckConstraint("state IN ('pending', 'approved', 'rejected')", name="state"),
+)
+Index("ix_withdrawals_user", withdrawals.c.user_id, withdrawals.c.created_at)
+Index("ix_withdrawals_state", withdrawals.c.state, withdrawals.c.id)
+
+# Reliability: each closed stretch of a server's agent being online (the open one is
+# servers.online_since .. servers.last_seen). Stretches older than the window are pruned.
+online_intervals = Table(
+    "online_intervals",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("server_id", Integer, ForeignKey("servers.id"), nullable=False, index=True),
+    Column("started_at", BigInteger, nullable=False),
+    Column("ended_at", BigInteger, nullable=False),
+    CheckConstraint("ended_at >= started_at", name="ordered"),
+)
+
+# Operator-set exchange rates, nano-USD per whole coin (admin rates set): every replica reads
+# them from here; they override the OPENCLORE_USD_RATES setting currency by currency.
+usd_rates = Table(
+    "usd_rates",
+    metadata,
+    Column("currency", String(32), primary_key=True),
+    Column("rate", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    CheckConstraint("rate > 0", name="rate_positive"),
 )
 
 rate_limits = Table(
@@ -322,4 +395,19 @@ tunnel_ports = Table(
     Column("order_id", Integer, ForeignKey("orders.id"), nullable=False),
     Column("container_port", Integer, nullable=False),
     UniqueConstraint("order_id", "container_port", name="uq_tunnel_ports_order_port"),
+)
+
+# Questions the API asks a server's agent (an order's logs), answered through whichever process
+# holds the agent's connection: the row is the mailbox between replicas.
+agent_requests = Table(
+    "agent_requests",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("server_id", Integer, ForeignKey("servers.id"), nullable=False, index=True),
+    Column("order_id", Integer, nullable=False),
+    Column("kind", String(16), nullable=False),  # logs
+    Column("tail", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False),  # wall clock
+    Column("answered_at", BigInteger, nullable=True),
+    Column("answer", JSON, nullable=True),
 )

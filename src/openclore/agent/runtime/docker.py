@@ -283,7 +283,7 @@ class DockerRuntime:
         except docker.errors.APIError:
             return False
 
-    def pull(self, image: str) -> None:
+    def pull(self, image: str, auth: str | None = None) -> None:
         """Pull ``image`` if the registry policy allows its registry. Errors are generic: the
         engine's own text (which can say whether a host's port is open) goes to the log only."""
         try:
@@ -297,17 +297,36 @@ class DockerRuntime:
             log.warning("refused to pull %s: %s (%s)", image, exc, exc.detail)
             raise ImageRefused(str(exc)) from None
         try:
-            self.client.images.pull(ref.name, tag=ref.pull_tag)
+            if auth:
+                user, _, secret = auth.partition(":")
+                # the daemon gets the login for this pull only (not saved in a config file)
+                self.client.images.pull(
+                    ref.name, tag=ref.pull_tag, auth_config={"username": user, "password": secret}
+                )
+            else:
+                self.client.images.pull(ref.name, tag=ref.pull_tag)
         except docker.errors.DockerException as exc:
             log.warning("pull of %s failed: %s", image, _explain(exc))
             raise ImageUnavailable("pull failed") from None
 
     def logs(self, container_id: str, tail: int) -> str:
+        """The container's output (its main process), then, while it runs, the end of its
+        onstart script's log (``/var/log/onstart.log``, where Clore images expect it)."""
         try:
             raw = self.client.api.logs(container_id, tail=tail, stdout=True, stderr=True)
         except Exception:
             return ""
-        return bytes(raw).decode("utf-8", "replace")
+        text = bytes(raw).decode("utf-8", "replace")
+        try:
+            exec_id = self.client.api.exec_create(
+                container_id, ["tail", "-n", str(int(tail)), "/var/log/onstart.log"], stderr=False
+            )["Id"]
+            onstart = bytes(self.client.api.exec_start(exec_id)).decode("utf-8", "replace")
+            if self.client.api.exec_inspect(exec_id).get("ExitCode") == 0 and onstart:
+                text = (text + "\n" if text and not text.endswith("\n") else text) + onstart
+        except Exception:  # stopped, or no tail in the image: the container's output only
+            pass
+        return text
 
     # ------------------------------------------------------------------ actions
 
