@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from openclore.config import Settings
 from openclore.ledger import ensure_system_accounts
 from openclore.market.accounts import create_user, issue_token
+from openclore.market.wallets import deposit
 from openclore.store.db import Database, normalize_url
 
 from _common import BenchmarkFailed, free_port, machine, median_run, process, write_result
@@ -192,12 +194,41 @@ async def round_openclore(
     out = figures("openclore", sent, shifted, count / rate)
     # the deposit's answer comes after its commit: arrival - answer is a lower bound of
     # commit -> received, as arrival - send is an upper bound; the API's own time between
-    api = [(answered[i] - sent[i]) * 1000 for i in sent]
+    api_ms = [(answered[i] - sent[i]) * 1000 for i in sent]
     after = [(shifted[i][0] - answered[i]) * 1000 for i in sent]
-    out["api_p50_ms"] = round(percentile(api, 0.5), 2)
-    out["api_p99_ms"] = round(percentile(api, 0.99), 2)
+    out["api_p50_ms"] = round(percentile(api_ms, 0.5), 2)
+    out["api_p99_ms"] = round(percentile(api_ms, 0.99), 2)
     out["after_answer_p50_ms"] = round(percentile(after, 0.5), 2)
     out["after_answer_p99_ms"] = round(percentile(after, 0.99), 2)
+    return out
+
+
+async def round_committed(
+    receiver: Receiver, db: Database, uids: list[int], rate: float, count: int, offset: int
+) -> dict[str, Any]:
+    """PostgreSQL: the changes are committed by this process (as by another replica) and the
+    serve process hears of them through NOTIFY; latency is arrival - the end of the commit."""
+    settings = Settings(database_url=db.url)
+    committed: dict[int, float] = {}
+
+    def commit(i: int) -> None:
+        with db.write() as conn:
+            deposit(conn, uids[i % len(uids)], "bitcoin", offset + i + 1, settings, 0)
+        committed[i] = time.perf_counter()
+
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+
+        async def send(i: int) -> None:
+            await loop.run_in_executor(pool, commit, i)
+
+        sent = await paced(rate, count, send)
+    arrivals = await wait_for(receiver, count, 30)
+    shifted = {i - offset: t for i, t in arrivals.items()}
+    out = figures("openclore", committed, shifted, count / rate)
+    lag = [(committed[i] - sent[i]) * 1000 for i in sent]
+    out["commit_p50_ms"] = round(percentile(lag, 0.5), 2)
+    out["commit_p99_ms"] = round(percentile(lag, 0.99), 2)
     return out
 
 
@@ -216,18 +247,19 @@ async def round_bare(receiver: Receiver, rate: float, count: int, size: int) -> 
     return figures("bare", sent, arrivals, count / rate)
 
 
-def prepare(url: str, users: int) -> list[str]:
+def prepare(url: str, users: int) -> tuple[list[str], list[int]]:
     db = Database(url)
     db.create_all()
     settings = Settings(database_url=url)
-    tokens = []
+    tokens, uids = [], []
     with db.write() as conn:
         ensure_system_accounts(conn, settings.currencies)
         for n in range(users):
             uid = create_user(conn, f"bench{n}", int(time.time()), settings)
             tokens.append(issue_token(conn, uid, int(time.time())))
+            uids.append(uid)
     db.dispose()
-    return tokens
+    return tokens, uids
 
 
 def main() -> None:
@@ -251,6 +283,7 @@ def main() -> None:
     count = int(args.rate * args.seconds)
 
     scratch_pg = None
+    producer: Database | None = None
     if args.database_url:
         server_url = make_url(normalize_url(args.database_url))
         scratch_pg = f"openclore_bench_events_{int(time.time())}"
@@ -265,7 +298,9 @@ def main() -> None:
         backend = "sqlite"
     receiver = Receiver()
     try:
-        tokens = prepare(url, args.users)
+        tokens, uids = prepare(url, args.users)
+        if backend == "postgresql":  # changes committed by another process, as by a replica
+            producer = Database(url, pool_size=16)
         port = free_port()
         env = {
             "OPENCLORE_DATABASE_URL": url,
@@ -290,14 +325,18 @@ def main() -> None:
             rounds: dict[str, list[dict[str, Any]]] = {"openclore": [], "bare": []}
             for n in range(args.rounds):
                 rounds["bare"].append(asyncio.run(round_bare(receiver, args.rate, count, size)))
-                rounds["openclore"].append(
-                    asyncio.run(round_openclore(receiver, api, tokens, args.rate, count, n * count))
-                )
+                if producer is not None:
+                    one = round_committed(receiver, producer, uids, args.rate, count, n * count)
+                else:
+                    one = round_openclore(receiver, api, tokens, args.rate, count, n * count)
+                rounds["openclore"].append(asyncio.run(one))
                 print(
                     f"round {n + 1}: bare {rounds['bare'][-1]}  openclore {rounds['openclore'][-1]}"
                 )
     finally:
         receiver.stop()
+        if producer is not None:
+            producer.dispose()
         if scratch_pg is not None:
             admin = Database(args.database_url)
             with admin.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -313,6 +352,11 @@ def main() -> None:
         "receiver in the same run; median round by p99",
         "rate_per_s": args.rate,
         "users": args.users,
+        "changes": "deposits through the serve process's /sandbox/deposit (latency from the "
+        "request's send)"
+        if backend == "sqlite"
+        else "deposits committed by the benchmark process, as by another replica; the serve "
+        "process hears of them through NOTIFY (latency from the end of each commit)",
         "seconds_per_round": args.seconds,
         "rounds": args.rounds,
         "openclore": best["openclore"],
