@@ -125,6 +125,7 @@ class DateHeader:
         await self.app(scope, receive, send_dated)
 
 
+REFUSED_LINGER = 1.0
 _REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: 19\r\nconnection: close\r\n\r\nService Unavailable"
@@ -146,6 +147,7 @@ class _HeaderTimeoutMixin:
     _header_timer: asyncio.TimerHandle | None = None
     _timed_cycle: Any = None
     _counted: str | None = None
+    _refused: bool = False
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
@@ -166,8 +168,12 @@ class _HeaderTimeoutMixin:
         self._arm()
 
     def _refuse(self, transport: Any) -> None:
+        """Answer 503 at once; close when the client's request has come in (closing before
+        would reset the connection under the answer) or after REFUSED_LINGER seconds."""
+        self._refused = True
         transport.write(_REFUSAL)
-        transport.close()
+        loop: asyncio.AbstractEventLoop = self.loop  # type: ignore[attr-defined]
+        loop.call_later(REFUSED_LINGER, transport.close)
 
     def _release(self) -> None:
         host, self._counted = self._counted, None
@@ -179,6 +185,10 @@ class _HeaderTimeoutMixin:
                 self.per_client.pop(host, None)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:  # answered already: the request is read and dropped
+            transport = self.transport  # type: ignore[attr-defined]
+            transport.close()
+            return
         super().data_received(data)  # type: ignore[misc]
         if self._upgraded():  # a WebSocket now: its own protocol owns the connection
             self._disarm()
