@@ -1,7 +1,7 @@
 """audit log: who did what, when and from where
 
 Revision ID: audit_log
-Revises: 0002
+Revises: gateway_tunnels
 Create Date: 2026-11-27 05:45:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "audit_log"
-down_revision = "0002"
+down_revision = "gateway_tunnels"
 branch_labels = None
 depends_on = None
 
