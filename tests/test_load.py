@@ -114,6 +114,7 @@ def start_replicas(market: Market, tmp_path: Path, count: int = 2) -> list[Repli
         "OPENCLORE_RATE_LIMIT_INTERVAL": "0",
         "OPENCLORE_CREATE_ORDER_INTERVAL": "0",
         "OPENCLORE_LOG_LEVEL": "warning",
+        "OPENCLORE_GATEWAY": "0",  # the access gateway is not under test here
     }
     replicas = []
     for i in range(count):
