@@ -6,11 +6,17 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select, text
@@ -27,7 +33,7 @@ from openclore.store.migrate import head_revision
 from openclore.store.schema import audit_log, servers
 
 import support
-from support import Market, ok, spot_body
+from support import Market, free_port, ok, spot_body
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -346,3 +352,71 @@ def test_audit_record_keeps_long_fields_bounded(market: Market) -> None:
         256,
     )
     assert row.detail == detail
+
+
+# ----------------------------------------------------------------------------- `openclore serve`
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"])  # the process model, not the database
+def test_serve_with_workers_adds_up_metrics_and_logs_json(market: Market, tmp_path: Path) -> None:
+    """Two worker processes: a scrape of either reports the requests both answered, and every
+    access line is one JSON object carrying the request id the client got back."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {
+        **os.environ,
+        "OPENCLORE_DATABASE_URL": market.db.url,
+        "OPENCLORE_WORKERS": "2",
+        "OPENCLORE_LOG_FORMAT": "json",
+        "OPENCLORE_TICK_INTERVAL": "0",
+        "OPENCLORE_RATE_LIMIT_INTERVAL": "0",
+        "OPENCLORE_GATEWAY": "0",
+    }
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    (shared / "counter_999999.db").write_bytes(b"a previous run's")  # `serve` empties it
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(shared)
+    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "openclore", "serve", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        ids = set()
+        for i in range(40):  # new connections: the kernel spreads them over both workers
+            answer = httpx.get(url + "/v1/marketplace", headers={"X-Request-Id": f"mp-{i}"})
+            assert answer.status_code == 200
+            ids.add(answer.headers["x-request-id"])
+        for _ in range(30):
+            text_ = httpx.get(url + "/metrics").text
+            samples = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text_)
+                for s in family.samples
+            }
+            served = value(samples, "openclore_http_requests_total", endpoint="/v1/marketplace")
+            assert served == 40  # whichever worker answered the scrape
+        assert ids == {f"mp-{i}" for i in range(40)}
+        writers = {p.stem.rsplit("_", 1)[1] for p in shared.glob("counter_*.db")}
+        assert len(writers) == 2 and "999999" not in writers  # both workers answered
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    access = [line for line in lines if line["logger"] == "uvicorn.access"]
+    logged = {line["request_id"] for line in access if "/v1/marketplace" in line["message"]}
+    assert logged == ids
+    assert all({"time", "level", "message"} <= set(line) for line in lines)
