@@ -170,6 +170,7 @@ class Outcome:
     statuses: Counter[int] = field(default_factory=Counter)
     codes: Counter[tuple[str, int]] = field(default_factory=Counter)
     transport_errors: int = 0
+    transport_kinds: Counter[str] = field(default_factory=Counter)
     server_errors: list[tuple[float, str, int, str]] = field(default_factory=list)
     ok_after: dict[str, list[float]] = field(default_factory=dict)  # replica url → times of 200s
     acked: dict[str, int] = field(default_factory=dict)  # attempt → order id
@@ -194,7 +195,7 @@ class Outcome:
                 for name in sorted(self.by_endpoint)
             )
             + f"; statuses {dict(self.statuses)}; "
-            f"transport errors {self.transport_errors}; orders acked {len(self.acked)}, "
+            f"transport errors {dict(self.transport_kinds)}; orders acked {len(self.acked)}, "
             f"refused {len(self.refused)}, uncertain {len(self.uncertain)}"
         )
 
@@ -258,8 +259,9 @@ async def client_loop(
                     answer = await http.get(url, headers=headers)
                 else:
                     answer = await http.post(url, json=body, headers=headers)
-            except TRANSPORT_ERRORS:
+            except TRANSPORT_ERRORS as exc:
                 out.transport_errors += 1
+                out.transport_kinds[f"{name}: {type(exc).__name__}"] += 1
                 if attempt is not None:
                     out.uncertain.add(attempt)
                 continue
@@ -287,7 +289,11 @@ async def client_loop(
 async def run_load(tokens: list[str], targets: list[str], out: Outcome, seconds: float) -> None:
     # one connection pool for all (a client each would spend seconds of CPU on TLS contexts
     # alone); each client still has its own token and at most one request in flight
-    limits = httpx.Limits(max_connections=CLIENTS * 2, max_keepalive_connections=CLIENTS * 2)
+    # idle connections are dropped before the server's keep-alive timeout (5 s) could close one
+    # just as a request goes out on it (a race of keep-alive itself, not a server fault)
+    limits = httpx.Limits(
+        max_connections=CLIENTS * 2, max_keepalive_connections=CLIENTS * 2, keepalive_expiry=2.0
+    )
     async with httpx.AsyncClient(timeout=TIMEOUT, limits=limits) as http:
         deadline = time.monotonic() + seconds
         await asyncio.gather(
