@@ -194,7 +194,8 @@ class Outcome:
                 f"{name} {self.percentile(0.99, name) * 1000:.0f} ms"
                 for name in sorted(self.by_endpoint)
             )
-            + f"; statuses {dict(self.statuses)}; "
+            + f"; statuses {dict(self.statuses)}"
+            + f" (5xx: {dict(Counter(e[1] for e in self.server_errors))}); "
             f"transport errors {dict(self.transport_kinds)}; orders acked {len(self.acked)}, "
             f"refused {len(self.refused)}, uncertain {len(self.uncertain)}"
         )
@@ -405,11 +406,12 @@ def test_database_connections_terminated_under_load(
     out = Outcome()
     terminated: list[int] = []
     recovery = 2.0
+    cuts = 3
 
     async def terminator() -> float:
         last = 0.0
         await asyncio.sleep(SECONDS / 4)
-        while out.at() < SECONDS - 2 * recovery - 2:
+        for _ in range(cuts):
             with market.db.engine.connect() as conn:
                 killed = conn.execute(
                     text(
@@ -430,7 +432,8 @@ def test_database_connections_terminated_under_load(
 
     last = asyncio.run(scenario())
     report(out, record_property, f"pg_terminate_backend x{len(terminated)}")
-    assert sum(terminated) >= len(terminated) >= 2, terminated  # connections were cut
+    assert len(terminated) == cuts and min(terminated) > 0, terminated  # connections were cut
+    assert last + recovery < SECONDS - 1, "no time left to see the recovery: raise the duration"
     late = [e for e in out.server_errors if e[0] > last + recovery]
     assert not late, f"5xx after the pools recovered: {late[:5]}"
     # in flight: a clean code-1 answer at worst, never a traceback or a dropped connection
