@@ -116,9 +116,9 @@ def _serve(settings: Settings) -> tuple[uvicorn.Server, threading.Thread, int]:
     return server, thread, port
 
 
-def _refused_now(sock: socket.socket) -> bool:
+def _refused(sock: socket.socket, within: float) -> bool:
     """True when the server answered 503 without waiting for a request."""
-    sock.settimeout(0.5)
+    sock.settimeout(within)
     try:
         return sock.recv(64).startswith(b"HTTP/1.1 503")
     except TimeoutError:
@@ -139,8 +139,10 @@ def test_one_slow_client_holds_at_most_its_share_of_connections() -> None:
             sock = socket.create_connection(("127.0.0.1", port))
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
             slow.append(sock)
-        refused = [_refused_now(sock) for sock in slow]
-        assert refused == [False] * 8 + [True] * 12
+        # the refusals come at once (waited for generously: CI runs this under CPU load); the
+        # first eight stay open and silent
+        assert all(_refused(sock, 10) for sock in slow[8:])
+        assert not any(_refused(sock, 0.3) for sock in slow[:8])
         # another address is served while the slow one holds its eight
         transport = httpx.HTTPTransport(local_address="127.0.0.2")
         with httpx.Client(transport=transport) as elsewhere:
@@ -173,8 +175,8 @@ def test_slow_clients_from_many_addresses_are_capped_at_accept() -> None:
             )
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
             slow.append(sock)
-        refused = [_refused_now(sock) for sock in slow]
-        assert refused.count(False) <= 16 and refused[-8:] == [True] * 8
+        assert all(_refused(sock, 10) for sock in slow[16:])
+        assert not any(_refused(sock, 0.3) for sock in slow[:16])
     finally:
         for sock in slow:
             sock.close()
