@@ -37,15 +37,26 @@ def test_compose_runs_postgresql_two_replicas_and_the_gateway() -> None:
         assert "@db:5432/" in env["OPENCLORE_DATABASE_URL"]
         unknown = {k for k in env if k.startswith("OPENCLORE_")} - SETTINGS
         assert not unknown, f"{name}: no such settings {unknown}"
-    # exactly one process runs the access gateway; the replicas serve the API
+    # the replicas serve the API only; `openclore gateway` runs the access gateway
     assert services["api-1"]["environment"]["OPENCLORE_GATEWAY"] == "false"
     assert services["api-2"]["environment"]["OPENCLORE_GATEWAY"] == "false"
-    assert services["gateway"]["environment"]["OPENCLORE_GATEWAY"] == "true"
+    assert services["gateway"]["command"] == ["gateway"]
+    assert services["gateway"]["environment"]["OPENCLORE_GATEWAY_BIND"] == "0.0.0.0"
     gateway_port = Settings.model_fields["gateway_ssh_port"].default
     assert f"{gateway_port}:{gateway_port}" in services["gateway"]["ports"]
+    assert _command_exists(services["gateway"]["command"][0])
     lb = " ".join(services["lb"]["command"].split())
     assert "--to api-1:8000 --to api-2:8000" in lb
     assert (ROOT / "Dockerfile").is_file()
+
+
+def _command_exists(name: str) -> bool:
+    from typer.main import get_command
+
+    from openclore.cli.main import app
+
+    group: Any = get_command(app)
+    return name in group.commands
 
 
 def test_the_dockerfile_serves_with_known_settings() -> None:

@@ -421,3 +421,40 @@ def test_serve_with_workers_adds_up_metrics_and_logs_json(market: Market, tmp_pa
     logged = {line["request_id"] for line in access if "/v1/marketplace" in line["message"]}
     assert logged == ids
     assert all({"time", "level", "message"} <= set(line) for line in lines)
+
+
+def test_money_admin_commands_are_audited(market: Market) -> None:
+    market.clock.set(time.time())  # admin commands book in real time
+    token = market.user("alice")
+    alice = market.user_id(token)
+    btc = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"
+    assert _admin(market, "admin", "deposit", "alice", "bitcoin", "0.02", "--by", "carol")[0] == 0
+    code, out = _admin(market, "admin", "refund", "alice", "bitcoin", "0.001", "--reason", "outage")
+    assert code == 0, out
+    adjust = ["admin", "adjust", "alice", "bitcoin", "--reason", "typo"]
+    result = CliRunner().invoke(cli, [*adjust, "--database-url", market.db.url, "--", "-0.0005"])
+    code, out = result.exit_code, result.output
+    assert code == 0, out
+    client = market.client(token)
+    first = ok(
+        client.post("/v1/withdraw", json={"currency": "bitcoin", "amount": 0.005, "address": btc})
+    )
+    second = ok(
+        client.post("/v1/withdraw", json={"currency": "bitcoin", "amount": 0.004, "address": btc})
+    )
+    wid1, wid2 = first["withdrawal"]["id"], second["withdrawal"]["id"]
+    assert _admin(market, "admin", "withdrawals", "approve", str(wid1), "--txid", "f00d")[0] == 0
+    assert _admin(market, "admin", "withdrawals", "reject", str(wid2), "--reason", "net")[0] == 0
+    # a refused decision (already decided) leaves no entry
+    assert _admin(market, "admin", "withdrawals", "reject", str(wid1), "--reason", "x")[0] == 1
+    found = [e for e in _entries(market) if e.user_id == alice]
+    assert [(e.action, e.target) for e in found] == [
+        ("admin.deposit", f"user:{alice}"),
+        ("admin.refund", f"user:{alice}"),
+        ("admin.adjust", f"user:{alice}"),
+        ("admin.withdrawal.approve", f"withdrawal:{wid1}"),
+        ("admin.withdrawal.reject", f"withdrawal:{wid2}"),
+    ]
+    assert found[0].actor == "admin:carol"
+    assert found[2].detail["units"] == -500_000 and found[2].detail["reason"] == "typo"
+    assert found[3].detail == {"txid": "f00d"}
