@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 
 from openclore.client import _calls as calls
-from openclore.client._base import BaseClient
+from openclore.client._base import BaseClient, ssh_banner_async
 from openclore.client._calls import Amount, ApiCall, OrderType
 from openclore.client._errors import CloreError, OrderLookupFailed, RateLimited
 from openclore.client._models import (
@@ -178,6 +178,34 @@ class AsyncClient(BaseClient):
     async def my_orders(self, return_completed: bool = False) -> list[Order]:
         """Your orders and spot offers; ``return_completed`` adds ended ones."""
         return await self._run(calls.my_orders(return_completed))
+
+    async def order_logs(self, order_id: int, tail: int = 200) -> list[str]:
+        """openclore: the last ``tail`` lines (at most 1000) of your order's container output,
+        fetched from its host."""
+        return await self._run(calls.order_logs(order_id, tail))
+
+    async def wait_for_order(
+        self, order_id: int, *, timeout: float = 600.0, interval: float = 1.0
+    ) -> Order:
+        """Wait until the order is reachable and return it: its container runs and, when it
+        publishes port 22, an SSH server answers there (through the market's gateway, that is
+        end to end). Raises :class:`TimeoutError` after ``timeout`` seconds (the order keeps
+        running) and :class:`LookupError` when the order is unknown or has ended."""
+        deadline = time.monotonic() + timeout
+        while True:
+            orders = await self.my_orders(return_completed=True)
+            order = next((o for o in orders if o.id == order_id), None)
+            if order is None or order.expired:
+                raise LookupError(f"order {order_id} is not an active order of yours")
+            if order.running is not False and (order.state or "running") == "running":
+                if order.ssh_port is None or order.host is None or order.simulated:
+                    if order.state == "running" or order.running:
+                        return order
+                elif await ssh_banner_async(order.host, order.ssh_port) is not None:
+                    return order
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"order {order_id} is not reachable after {timeout:.0f} s")
+            await asyncio.sleep(interval)
 
     async def spot_marketplace(self, server_id: int) -> SpotMarketplace:
         """The spot order book of one server."""

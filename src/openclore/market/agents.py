@@ -74,7 +74,8 @@ def register_agent(conn: Connection, init_token: str) -> dict[str, Any]:
     done = conn.execute(
         update(servers)
         .where(servers.c.id == row.id, servers.c.connected.is_(False))
-        .values(connected=True, agent_token_hash=hash_agent_token(token))
+        # a demo server a real agent joins is simulated no more: its host runs the rentals
+        .values(connected=True, agent_token_hash=hash_agent_token(token), simulated=False)
     ).rowcount
     if done != 1:  # a concurrent registration won
         raise AgentRefused(409, "init_token_already_used")
