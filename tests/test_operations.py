@@ -458,3 +458,15 @@ def test_money_admin_commands_are_audited(market: Market) -> None:
     assert found[0].actor == "admin:carol"
     assert found[2].detail["units"] == -500_000 and found[2].detail["reason"] == "typo"
     assert found[3].detail == {"txid": "f00d"}
+
+
+def test_exchange_rate_commands_are_audited(market: Market) -> None:
+    assert _admin(market, "admin", "rates", "set", "bitcoin=60000")[0] == 0
+    assert _admin(market, "admin", "rates", "clear", "bitcoin")[0] == 0
+    assert _admin(market, "admin", "rates", "clear", "bitcoin")[0] == 1  # nothing: no entry
+    found = _entries(market)
+    assert [(e.action, e.target) for e in found] == [
+        ("admin.rates.set", "rates"),
+        ("admin.rates.clear", "rate:bitcoin"),
+    ]
+    assert found[0].detail == {"bitcoin": "60000", "repriced": 0}

@@ -654,6 +654,13 @@ def rent(
     required_price: Annotated[
         str | None, typer.Option(help="Refuse if the on-demand price per day is not this.")
     ] = None,
+    registry_login: Annotated[
+        str | None,
+        typer.Option(
+            envvar="OPENCLORE_REGISTRY_LOGIN",
+            help="USER:TOKEN for a private image (dockerhub_auth; used for this pull only).",
+        ),
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait until it runs, then print the SSH command.")
     ] = False,
@@ -698,6 +705,7 @@ def rent(
                 ssh_password=ssh_password,
                 command=command,
                 required_price=required,
+                dockerhub_auth=registry_login,
             ),
         )
         if not json:
@@ -788,19 +796,28 @@ def cancel(
     issue: Annotated[
         str | None, typer.Option(help="Report a problem with the server (≤ 2048 characters).")
     ] = None,
+    rating: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=5, help="Score the server 1-5 (once per order; also for an ended order)."
+        ),
+    ] = None,
     json: JsonOpt = False,
     profile: ProfileOpt = None,
     url: UrlOpt = None,
     api_key: KeyOpt = None,
 ) -> None:
-    """End an order or spot offer."""
+    """End an order or spot offer (and rate the server with --rating)."""
     c = ctx(json, profile, url, api_key)
     with handled(c.target), c.client() as client:
-        call(f"cancelling order {order_id}…", lambda: client.cancel_order(order_id, issue))
+        call(
+            f"cancelling order {order_id}…",
+            lambda: client.cancel_order(order_id, issue, rating),
+        )
     if json:
         emit_json({"id": order_id, "cancelled": True})
     else:
-        out.print(f"order {order_id} cancelled")
+        out.print(f"order {order_id} cancelled" + (f", rated {rating}" if rating else ""))
 
 
 @client_app.command(rich_help_panel=PANEL_RENT)
@@ -910,6 +927,43 @@ def spot(
                 "yes" if o.my else "",
             ]
             for o in sorted(book.offers, key=lambda o: (-o.bid, o.offer_id))
+        ],
+    )
+
+
+@client_app.command(rich_help_panel=PANEL_RENT)
+def fees(
+    json: JsonOpt = False,
+    profile: ProfileOpt = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """The market's fees: percent of spend and the creation fee, per currency."""
+    c = ctx(json, profile, url, api_key)
+    with handled(c.target), c.client(need_key=False) as client:
+        found = call("loading fees…", client.renter_fees)
+    if json:
+        emit_json(found)
+        return
+    coins = sorted(found.creation_fees.get("on_demand", {}))
+    print_table(
+        "fees",
+        [
+            Column("currency", 0),
+            Column("on-demand %", 0, "right"),
+            Column("on-demand creation", 1, "right"),
+            Column("spot %", 0, "right"),
+            Column("spot creation", 1, "right"),
+        ],
+        [
+            [
+                coin,
+                fmt_any(found.fee_percent("on_demand", coin)),
+                fmt(found.creation_fees.get("on_demand", {}).get(coin)),
+                fmt_any(found.fee_percent("spot", coin)),
+                fmt(found.creation_fees.get("spot", {}).get(coin)),
+            ]
+            for coin in coins
         ],
     )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -20,9 +20,14 @@ from openclore.client._calls import Amount, ApiCall, OrderType
 from openclore.client._errors import CloreError, OrderLookupFailed, RateLimited
 from openclore.client._models import (
     AddedServer,
+    CancelOrdersResponse,
+    Gigaspot,
+    GigaspotCreated,
+    GigaspotEdited,
     Marketplace,
     MyServer,
     Order,
+    RenterFees,
     ServerConfig,
     SpotMarketplace,
     Statement,
@@ -221,9 +226,15 @@ class AsyncClient(BaseClient):
         spot: Amount | None = None,
         currency: str | None = None,
         visibility: Literal["public", "hidden"] | None = None,
+        enabled: Mapping[str, bool] | None = None,
+        usd_pricing: Mapping[str, Mapping[str, Amount]] | None = None,
+        autoprice: Mapping[str, Literal["usd", False]] | None = None,
     ) -> None:
         """Change your server's settings: prices per day, ``mrl`` in hours. Only what is given
-        changes. With ``currency`` the prices go to that currency (``<currency>_on_demand``)."""
+        changes. With ``currency`` the prices go to that currency (``<currency>_on_demand``).
+        ``enabled`` stops or starts accepting currencies; ``usd_pricing`` (USD per day per
+        currency) with ``autoprice={"<currency>": "usd"}`` makes that currency's prices follow
+        the market's exchange rate."""
         await self._run(
             calls.set_server_settings(
                 name,
@@ -233,6 +244,9 @@ class AsyncClient(BaseClient):
                 spot=spot,
                 currency=currency,
                 visibility=visibility,
+                enabled=enabled,
+                usd_pricing=usd_pricing,
+                autoprice=autoprice,
             )
         )
 
@@ -241,9 +255,38 @@ class AsyncClient(BaseClient):
         (:class:`CanLowerEvery600Seconds`) and by one step (:class:`ExceededMaxStep`)."""
         await self._run(calls.set_spot_price(order_id, price))
 
-    async def cancel_order(self, order_id: int, issue: str | None = None) -> None:
-        """End an order or spot offer; ``issue`` (≤ 2048 chars) reports a problem."""
-        await self._run(calls.cancel_order(order_id, issue))
+    async def cancel_order(
+        self, order_id: int, issue: str | None = None, rating: int | None = None
+    ) -> None:
+        """End an order or spot offer; ``issue`` (≤ 2048 chars) reports a problem; ``rating``
+        (1–5, once per order) scores the server, also for an order that already ended."""
+        await self._run(calls.cancel_order(order_id, issue, rating))
+
+    async def cancel_orders(self, order_ids: Iterable[int]) -> CancelOrdersResponse:
+        """End several orders, each on its own; ``failed_to_cancel`` and ``results`` say which
+        could not be ended and why."""
+        return await self._run(calls.cancel_orders(order_ids))
+
+    async def renter_fees(self) -> RenterFees:
+        """The platform fee (percent) and creation fees, per currency."""
+        return await self._run(calls.renter_fees())
+
+    async def poh_balance(self) -> dict[str, Any]:
+        """Proof of Holding (openclore has none: zeros)."""
+        return await self._run(calls.poh_balance())
+
+    async def get_gigaspot(self) -> Gigaspot:
+        """The GigaSPOT snapshot: spot-rentable servers, their bids and GPU ranges."""
+        return await self._run(calls.get_gigaspot())
+
+    async def create_gigaspot_orders(self, bids: Iterable[Mapping[str, Any]]) -> GigaspotCreated:
+        """Place spot bids in one call: each ``{renting_server, price, image, currency,
+        oc: [{pl, core_lock, mem_lock, core_offset, mem_offset}, …], env}``."""
+        return await self._run(calls.create_gigaspot_orders(bids))
+
+    async def edit_gigaspot_orders(self, edits: Iterable[Mapping[str, Any]]) -> GigaspotEdited:
+        """Re-price GigaSPOT bids and replace their GPU settings: ``{order_id, price, oc}``."""
+        return await self._run(calls.edit_gigaspot_orders(edits))
 
     async def create_order(
         self,
@@ -261,6 +304,7 @@ class AsyncClient(BaseClient):
         command: str | None = None,
         required_price: Amount | None = None,
         autossh_entrypoint: bool | None = None,
+        dockerhub_auth: str | None = None,
     ) -> Order:
         """Rent ``server_id`` (on-demand, or a spot bid of ``spot_price`` per day) and return the
         new order. ``ports`` maps container ports to ``"tcp"``/``"http"``.
@@ -284,6 +328,7 @@ class AsyncClient(BaseClient):
             command=command,
             required_price=required_price,
             autossh_entrypoint=autossh_entrypoint,
+            dockerhub_auth=dockerhub_auth,
         )
         started = time.time()
         result = await self._run(call)

@@ -1,7 +1,7 @@
 """audit log: who did what, when and from where
 
 Revision ID: audit_log
-Revises: money_in_and_out
+Revises: live_clore_parity
 Create Date: 2026-11-27 05:45:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "audit_log"
-down_revision = "money_in_and_out"
+down_revision = "live_clore_parity"
 branch_labels = None
 depends_on = None
 
