@@ -1,7 +1,7 @@
 """events outbox, webhooks and their deliveries, idempotency keys, low-balance alerts
 
 Revision ID: events_webhooks_idempotency
-Revises: live_clore_parity
+Revises: audit_log
 Create Date: 2026-11-27 05:40:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "events_webhooks_idempotency"
-down_revision = "live_clore_parity"
+down_revision = "audit_log"
 branch_labels = None
 depends_on = None
 
