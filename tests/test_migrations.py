@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
-from openclore.store.migrate import upgrade
+from openclore.store.migrate import alembic_config, upgrade
 from openclore.store.schema import metadata
 
 from support import Market
@@ -26,6 +27,7 @@ def test_upgrade_is_idempotent(market: Market) -> None:
     with market.db.engine.connect() as conn:
         revision = MigrationContext.configure(conn).get_current_revision()
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
-    assert revision == "0002" and diff == []
+    head = ScriptDirectory.from_config(alembic_config(market.db)).get_current_head()
+    assert revision == head and diff == []
     wallets = market.client(token).get("/v1/wallets").json()["wallets"]
     assert [w["balance"] for w in wallets if w["name"] == "bitcoin"] == [0.5]

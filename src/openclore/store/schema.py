@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 
@@ -74,6 +75,9 @@ servers = Table(
     Column("bg_times_updated", Integer, nullable=False, default=0),
     Column("created_at", BigInteger, nullable=False),
     Column("removed_at", BigInteger, nullable=True),
+    # the access gateway this server's agent tunnels through (None: ports published directly)
+    Column("gateway", String(253), nullable=True),
+    Column("tunnel_key", Text, nullable=True),  # the agent's SSH public key (OpenSSH format)
     CheckConstraint("visibility IN ('public', 'hidden')", name="visibility"),
     CheckConstraint("mrl_hours > 0", name="mrl_positive"),
 )
@@ -210,4 +214,28 @@ meta = Table(
     metadata,
     Column("key", String(64), primary_key=True),
     Column("value", BigInteger, nullable=False),
+)
+
+# Access gateways: each public name is served by one gateway process at a time (it keeps its SSH
+# host key here, so whichever process takes the name over keeps the identity agents trust).
+gateways = Table(
+    "gateways",
+    metadata,
+    Column("name", String(253), primary_key=True),  # the public name: the orders' pub_cluster
+    Column("ssh_address", String(300), nullable=False),  # host:port agents dial
+    Column("host_key", Text, nullable=False),  # private key, OpenSSH format
+    Column("host_key_public", Text, nullable=False),
+    Column("http_url", String(300), nullable=True),  # e.g. https://{order}-{port}.gw.example
+    Column("seen_at", BigInteger, nullable=True),  # wall-clock heartbeat of the serving process
+)
+
+# Public TCP ports of rentals on their gateway: stable for the order's life, never shared.
+tunnel_ports = Table(
+    "tunnel_ports",
+    metadata,
+    Column("gateway", String(253), primary_key=True),
+    Column("public_port", Integer, primary_key=True),
+    Column("order_id", Integer, ForeignKey("orders.id"), nullable=False),
+    Column("container_port", Integer, nullable=False),
+    UniqueConstraint("order_id", "container_port", name="uq_tunnel_ports_order_port"),
 )
