@@ -153,7 +153,7 @@ def serve(
             console.print(table)
         console.print(
             f"Try: curl -H 'auth: b8qwqRAL5W7YDyDJeB4XANVvKndbrrPk' {base}/v1/wallets\n"
-            f"API docs: {base}/docs",
+            f"Web console: {base}/  ·  API docs: {base}/docs",
             highlight=False,
         )
     db.dispose()
@@ -161,7 +161,7 @@ def serve(
     os.environ["OPENCLORE_DATABASE_URL"] = settings.database_url
     os.environ["OPENCLORE_DEMO"] = "1" if settings.demo else "0"
     uvicorn.run(
-        "openclore.api.server:app_factory",
+        "openclore.web.server:app_factory",
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -190,21 +190,76 @@ def _with_db(database_url: str | None) -> tuple[Settings, Any]:
 
 
 @user_app.command("add")
-def user_add(name: str, database_url: DatabaseOpt = None) -> None:
+def user_add(
+    name: str,
+    password: Annotated[
+        bool,
+        typer.Option(
+            "--password",
+            help="Ask for a password for the web console (or read OPENCLORE_NEW_PASSWORD).",
+        ),
+    ] = False,
+    admin: Annotated[
+        bool, typer.Option("--admin", help="An operator: the console's operator pages.")
+    ] = False,
+    database_url: DatabaseOpt = None,
+) -> None:
     """Create a user and print a first API token."""
     from sqlalchemy.exc import IntegrityError
 
-    from openclore.market.accounts import create_user, issue_token
+    from openclore.market.accounts import create_user, issue_token, set_password, set_role
 
+    secret = None
+    if password:
+        secret = os.environ.get("OPENCLORE_NEW_PASSWORD") or typer.prompt(
+            "Password", hide_input=True, confirmation_prompt=True
+        )
     settings, db = _with_db(database_url)
     now = int(time.time())
     try:
         with db.write() as conn:
             user_id = create_user(conn, name, now, settings)
             token = issue_token(conn, user_id, now)
+            if secret is not None:
+                set_password(conn, user_id, secret)
+            if admin:
+                set_role(conn, user_id, "admin")
     except IntegrityError:
         fail(f"a user named {name!r} exists already")
+    except ValueError as exc:
+        fail(str(exc))
     console.print(f"user {user_id} {name}\ntoken {token}", highlight=False)
+
+
+@user_app.command("password")
+def user_password(user: str, database_url: DatabaseOpt = None) -> None:
+    """Set USER's web console password (asked, or read from OPENCLORE_NEW_PASSWORD)."""
+    from openclore.market.accounts import UnknownUser, find_user, set_password
+
+    secret = os.environ.get("OPENCLORE_NEW_PASSWORD") or typer.prompt(
+        "Password", hide_input=True, confirmation_prompt=True
+    )
+    _, db = _with_db(database_url)
+    try:
+        with db.write() as conn:
+            set_password(conn, find_user(conn, user), secret)
+    except (UnknownUser, ValueError) as exc:
+        fail(str(exc))
+    console.print("password set")
+
+
+@user_app.command("role")
+def user_role(user: str, role: str, database_url: DatabaseOpt = None) -> None:
+    """Make USER an operator (admin) or a plain user."""
+    from openclore.market.accounts import UnknownUser, find_user, set_role
+
+    _, db = _with_db(database_url)
+    try:
+        with db.write() as conn:
+            set_role(conn, find_user(conn, user), role)
+    except (UnknownUser, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"{user} is now {role}")
 
 
 @token_app.command("issue")
