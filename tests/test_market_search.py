@@ -4,6 +4,7 @@ without parameters the answer is the cached listing, byte for byte."""
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -11,7 +12,6 @@ from openclore.config import Settings
 from openclore.domain.errors import InvalidInput
 from openclore.market.search import build_index, parse_query, search
 from openclore.market.servers import marketplace_servers
-
 from openclore.store.db import listing_changed
 from openclore.store.schema import servers
 
@@ -135,7 +135,7 @@ def test_ten_thousand_servers_are_searched_quickly() -> None:
     import time
 
     settings = Settings()
-    listing = [
+    listing: list[dict[str, Any]] = [
         {
             "id": i,
             "price": {"on_demand": {"bitcoin": Decimal(i % 97) / 10**6}, "spot": {}},

@@ -58,9 +58,7 @@ class Refused(Exception):
 
 
 def _secure(request: Request) -> bool:
-    return (
-        request.url.scheme == "https" or request.headers.get("x-forwarded-proto", "") == "https"
-    )
+    return request.url.scheme == "https" or request.headers.get("x-forwarded-proto", "") == "https"
 
 
 def _fmt_coins(value: Any, digits: int | None = None) -> str:
@@ -136,9 +134,7 @@ class Console:
             raise Refused(403, "operators only")
         return found
 
-    async def form(
-        self, request: Request, session: sessions.Session | None
-    ) -> dict[str, str]:
+    async def form(self, request: Request, session: sessions.Session | None) -> dict[str, str]:
         """The posted form, after its CSRF token: the session's, or before sign-in the
         double-submit cookie's."""
         data = await request.form()
@@ -186,8 +182,12 @@ class Console:
             response.delete_cookie("flash", path="/")
         if session is None and PRE_CSRF_COOKIE not in request.cookies:
             response.set_cookie(
-                PRE_CSRF_COOKIE, pre_csrf, httponly=True, samesite="strict",
-                secure=_secure(request), path="/",
+                PRE_CSRF_COOKIE,
+                pre_csrf,
+                httponly=True,
+                samesite="strict",
+                secure=_secure(request),
+                path="/",
             )
         return response
 
@@ -202,7 +202,11 @@ class Console:
             response.set_cookie(
                 "flash",
                 json.dumps({"ok": ok, "text": message}, ensure_ascii=True),
-                httponly=True, samesite="lax", secure=_secure(request), path="/", max_age=60,
+                httponly=True,
+                samesite="lax",
+                secure=_secure(request),
+                path="/",
+                max_age=60,
             )
         return response
 
@@ -244,7 +248,7 @@ def _kv_lines(raw: str, sep: str) -> dict[str, str]:
 
 def _qr_svg(text: str) -> Markup:
     svg = segno.make(text, error="m").svg_inline(scale=4, dark="#000", light="#fff")
-    return Markup(svg)  # noqa: S704 - segno's own SVG markup of an address we generated
+    return Markup(svg)
 
 
 def install_console(app: FastAPI) -> None:
@@ -305,7 +309,11 @@ def install_console(app: FastAPI) -> None:
             nxt = "/market"
         if not decision.allowed:
             return c.render(
-                request, "signin.html", None, 429, next=nxt,
+                request,
+                "signin.html",
+                None,
+                429,
+                next=nxt,
                 error=c.t(request, "Too many sign-in attempts. Wait a few seconds and try again."),
             )
         token = fields.get("token", "").strip()
@@ -333,8 +341,13 @@ def install_console(app: FastAPI) -> None:
         )
         response = RedirectResponse(nxt, 303)
         response.set_cookie(
-            SESSION_COOKIE, sid, httponly=True, samesite="lax", secure=_secure(request),
-            path="/", max_age=sessions.SESSION_SECONDS,
+            SESSION_COOKIE,
+            sid,
+            httponly=True,
+            samesite="lax",
+            secure=_secure(request),
+            path="/",
+            max_age=sessions.SESSION_SECONDS,
         )
         return response
 
@@ -369,8 +382,8 @@ def install_console(app: FastAPI) -> None:
     async def market(request: Request) -> Response:
         session = await c.signed_in(request)
         params = dict(request.query_params)
-        page = max(1, int(params.pop("page", "1") or 1) if params.get("page", "1").isdigit()
-                   else 1)
+        raw_page = params.pop("page", "1")
+        page = max(1, int(raw_page)) if raw_page.isdigit() and len(raw_page) < 8 else 1
         params = {k: v for k, v in params.items() if k in search.PARAMS and v != ""}
         params.pop("limit", None)
         params.pop("offset", None)
@@ -382,7 +395,7 @@ def install_console(app: FastAPI) -> None:
             )
         except CloreError as exc:
             query = search.MarketQuery(limit=PAGE_SIZE)
-            error = error_text(c.t, request, exc)
+            error: str | None = error_text(c.t, request, exc)
         else:
             error = None
 
@@ -395,8 +408,17 @@ def install_console(app: FastAPI) -> None:
         pages = max(1, (total + PAGE_SIZE - 1) // PAGE_SIZE)
         base = urllib.parse.urlencode(params)
         return c.render(
-            request, "market.html", session, rows=rows, total=total, page=page, pages=pages,
-            params=params, base=base, currency=query.price_currency, error=error,
+            request,
+            "market.html",
+            session,
+            rows=rows,
+            total=total,
+            page=page,
+            pages=pages,
+            params=params,
+            base=base,
+            currency=query.price_currency,
+            error=error,
             sorts=search.SORTS,
         )
 
@@ -418,14 +440,22 @@ def install_console(app: FastAPI) -> None:
         found, book, balances = await c.db(run)
         if found is None:
             return c.render(
-                request, "error.html", session, 404,
+                request,
+                "error.html",
+                session,
+                404,
                 message=c.t(request, "This server is not on the market."),
             )
         quotes = {}
         for currency, price in found["price"]["on_demand"].items():
             quotes[currency] = console.rent_quote(price.units, balances.get(currency, 0), settings)
         return c.render(
-            request, "server.html", session, server=found, book=book, quotes=quotes,
+            request,
+            "server.html",
+            session,
+            server=found,
+            book=book,
+            quotes=quotes,
             balances=balances,
         )
 
@@ -452,9 +482,7 @@ def install_console(app: FastAPI) -> None:
             req = requests.validate_body(requests.CreateOrderRequest, body)
             now = state.now()
             await c.db(
-                lambda conn: order_service.create_order(
-                    conn, session.user_id, req, settings, now
-                ),
+                lambda conn: order_service.create_order(conn, session.user_id, req, settings, now),
                 write=True,
             )
         except CloreError as exc:
@@ -477,8 +505,11 @@ def install_console(app: FastAPI) -> None:
         board = await c.db(
             lambda conn: console.order_board(conn, session.user_id, settings, now, completed)
         )
-        return {"orders": board, "completed": completed,
-                "interval": settings.spot_lowering_interval}
+        return {
+            "orders": board,
+            "completed": completed,
+            "interval": settings.spot_lowering_interval,
+        }
 
     @route("/orders/{order_id:int}/cancel", ("POST",))
     async def cancel(request: Request) -> Response:
@@ -489,7 +520,9 @@ def install_console(app: FastAPI) -> None:
         now = state.now()
         try:
             await c.db(
-                lambda conn: order_service.cancel_order(conn, session.user_id, order_id, issue, now),
+                lambda conn: order_service.cancel_order(
+                    conn, session.user_id, order_id, issue, now
+                ),
                 write=True,
             )
         except CloreError as exc:
@@ -520,15 +553,21 @@ def install_console(app: FastAPI) -> None:
     async def logs_page(request: Request) -> Response:
         session = await c.signed_in(request)
         order_id = int(request.path_params["order_id"])
-        return c.render(request, "logs.html", session, order_id=order_id,
-                        **(await _logs(session, order_id)))
+        return c.render(
+            request, "logs.html", session, order_id=order_id, **(await _logs(session, order_id))
+        )
 
     @route("/orders/{order_id:int}/logs/lines")
     async def logs_lines(request: Request) -> Response:
         session = await c.signed_in(request)
         order_id = int(request.path_params["order_id"])
-        return c.render(request, "_log_lines.html", session, order_id=order_id,
-                        **(await _logs(session, order_id)))
+        return c.render(
+            request,
+            "_log_lines.html",
+            session,
+            order_id=order_id,
+            **(await _logs(session, order_id)),
+        )
 
     async def _logs(session: sessions.Session, order_id: int) -> dict[str, Any]:
         """The order's last 200 log lines through the market's ``order_logs`` use case (the
@@ -581,15 +620,22 @@ def install_console(app: FastAPI) -> None:
             return mine, earned
 
         mine, earned = await c.db(run)
-        days = next(iter(earned.values()), [])
+        days: list[tuple[int, int]] = next(iter(earned.values()), [])
         chart = {
             "t": [t for t, _ in days],
             "series": {
                 str(sid): [v / UNITS_PER_COIN for _, v in vals] for sid, vals in earned.items()
             },
         }
-        return c.render(request, "host.html", session, servers=mine["servers"],
-                        limit=mine["limit"], chart=chart, currency=currency)
+        return c.render(
+            request,
+            "host.html",
+            session,
+            servers=mine["servers"],
+            limit=mine["limit"],
+            chart=chart,
+            currency=currency,
+        )
 
     @route("/host/add", ("POST",))
     async def host_add(request: Request) -> Response:
@@ -608,8 +654,14 @@ def install_console(app: FastAPI) -> None:
         except CloreError as exc:
             return c.failed(request, "/host", exc)
         market_url = str(request.base_url).rstrip("/")
-        return c.render(request, "host_added.html", session, name=name, token=token,
-                        command=f"openclore agent --server-url {market_url} --init-token {token}")
+        return c.render(
+            request,
+            "host_added.html",
+            session,
+            name=name,
+            token=token,
+            command=f"openclore agent --server-url {market_url} --init-token {token}",
+        )
 
     @route("/host/servers/{name:path}")
     async def host_server(request: Request) -> Response:
@@ -671,16 +723,26 @@ def install_console(app: FastAPI) -> None:
 
         users, all_servers, revenue = await c.db(run)
         shown = {
-            k: v for k, v in settings.model_dump().items()
+            k: v
+            for k, v in settings.model_dump().items()
             if k not in ("database_url", "address_secret")
         }
         chart = {"t": [t for t, _ in revenue], "v": [v / UNITS_PER_COIN for _, v in revenue]}
-        return c.render(request, "admin.html", session, users=users, servers=all_servers,
-                        chart=chart, currency=currency, shown=shown,
-                        issued=request.cookies.get("issued"))
+        return c.render(
+            request,
+            "admin.html",
+            session,
+            users=users,
+            servers=all_servers,
+            chart=chart,
+            currency=currency,
+            shown=shown,
+            issued=request.cookies.get("issued"),
+        )
 
     async def admin_action(
-        request: Request, fn: Callable[[dict[str, str], int], Callable[[Connection], Any]],
+        request: Request,
+        fn: Callable[[dict[str, str], int], Callable[[Connection], Any]],
         done: str,
     ) -> Response:
         session = await c.signed_in(request, admin=True)
@@ -694,8 +756,15 @@ def install_console(app: FastAPI) -> None:
             return c.redirect(request, "/admin", c.t(request, "No such user."), ok=False)
         response = c.redirect(request, "/admin", c.t(request, done))
         if isinstance(result, str):  # a new token: shown once, on the next page only
-            response.set_cookie("issued", result, httponly=True, samesite="lax",
-                                secure=_secure(request), path="/admin", max_age=60)
+            response.set_cookie(
+                "issued",
+                result,
+                httponly=True,
+                samesite="lax",
+                secure=_secure(request),
+                path="/admin",
+                max_age=60,
+            )
         return response
 
     @route("/admin/credit", ("POST",))
@@ -703,8 +772,12 @@ def install_console(app: FastAPI) -> None:
         def fn(f: dict[str, str], now: int) -> Callable[[Connection], Any]:
             amount = to_units(_price_input(f.get("amount", "")))
             return lambda conn: wallet_service.deposit(
-                conn, accounts.find_user(conn, f.get("user", "")), f.get("currency", ""),
-                amount, settings, now,
+                conn,
+                accounts.find_user(conn, f.get("user", "")),
+                f.get("currency", ""),
+                amount,
+                settings,
+                now,
             )
 
         return await admin_action(request, fn, N_("Wallet credited."))
@@ -731,7 +804,8 @@ def install_console(app: FastAPI) -> None:
     async def admin_hide(request: Request) -> Response:
         server_id = int(request.path_params["server_id"])
         return await admin_action(
-            request, lambda f, now: lambda conn: console.hide_server(conn, server_id),
+            request,
+            lambda f, now: lambda conn: console.hide_server(conn, server_id),
             N_("Server hidden."),
         )
 

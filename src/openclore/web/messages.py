@@ -14,7 +14,7 @@ from starlette.requests import Request
 from openclore.domain.errors import CloreError, InvalidInput, RateLimited
 
 
-def N_(message: str) -> str:  # noqa: N802 - the conventional gettext marker
+def N_(message: str) -> str:
     """Marks a string for the catalog; translated where it is shown."""
     return message
 
