@@ -30,7 +30,18 @@ ALLOWED: dict[str, set[str]] = {
     "web": {"api", "market", "domain", "engine", "config"},
     "client": set(),
     "agent": set(),
-    "cli": {"api", "web", "market", "engine", "ledger", "domain", "store", "config", "client", "agent"},
+    "cli": {
+        "api",
+        "web",
+        "market",
+        "engine",
+        "ledger",
+        "domain",
+        "store",
+        "config",
+        "client",
+        "agent",
+    },
     "__main__": {"cli"},
 }
 # third-party modules that would put I/O or a wire format into the pure rules

@@ -7,6 +7,7 @@ uses) and renders a template, or redirects with a one-time message (post/redirec
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import time
@@ -166,7 +167,7 @@ class Console:
             csrf=session.csrf if session else pre_csrf,
             sandbox=self.state.settings.sandbox_enabled,
             now=self.state.now(),
-            flash=json.loads(flash) if flash and flash.startswith("{") else None,
+            flash=_flash(flash),
             currencies=self.state.settings.currencies,
             **context,
         )
@@ -201,7 +202,7 @@ class Console:
         if message:
             response.set_cookie(
                 "flash",
-                json.dumps({"ok": ok, "text": message}, ensure_ascii=True),
+                base64.urlsafe_b64encode(json.dumps({"ok": ok, "text": message}).encode()).decode(),
                 httponly=True,
                 samesite="lax",
                 secure=_secure(request),
@@ -212,6 +213,19 @@ class Console:
 
     def failed(self, request: Request, to: str, exc: CloreError) -> Response:
         return self.redirect(request, to, error_text(self.t, request, exc), ok=False)
+
+
+def _flash(cookie: str | None) -> dict[str, Any] | None:
+    """The one-time message a redirect left (base64url JSON; anything else is ignored)."""
+    if not cookie or len(cookie) > 4096:
+        return None
+    try:
+        found = json.loads(base64.urlsafe_b64decode(cookie.encode()))
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(found, dict) or not isinstance(found.get("text"), str):
+        return None
+    return {"ok": bool(found.get("ok")), "text": found["text"]}
 
 
 def _duration(seconds: int, gettext: Callable[[str], str]) -> str:
