@@ -21,6 +21,8 @@ from openclore.api.app import create_app
 from openclore.domain.money import to_units
 from openclore.engine.clock import Clock, SandboxClock
 from openclore.market.accounts import find_user, set_password, set_role
+from openclore.store.db import listing_changed
+from openclore.store.schema import servers
 from openclore.web.app import install_console
 from openclore.web.i18n import LOCALE_DIR
 
@@ -238,7 +240,15 @@ def _two_servers(market: Market) -> tuple[int, int]:
         spot="0.000002",
         specs={"gpu": "2x NVIDIA GeForce RTX 4090", "gpuram": 24, "net": {"cc": "DE"}},
     )
+    _gpus(market, s4090, ["NVIDIA GeForce RTX 4090"] * 2)
     return s3090, s4090
+
+
+def _gpus(market: Market, server_id: int, names: list[str]) -> None:
+    """The GPU names as the agent reports them (the helper's server says one 3090)."""
+    with market.db.write() as conn:
+        conn.execute(servers.update().where(servers.c.id == server_id).values(gpu_array=names))
+        listing_changed(conn)
 
 
 def test_renter_filters_rents_sees_running_opens_logs_and_cancels(console: Console) -> None:
@@ -407,6 +417,7 @@ def _two_servers_for(market: Market, host: str) -> tuple[int, int]:
         spot="0.000002",
         specs={"gpu": "2x NVIDIA GeForce RTX 4090", "gpuram": 24, "net": {"cc": "DE"}},
     )
+    _gpus(market, b, ["NVIDIA GeForce RTX 4090"] * 2)
     return a, b
 
 
@@ -447,6 +458,11 @@ def test_every_page_in_both_languages_without_missing_translations(
             page.wait_for_load_state("networkidle")
             if shots:
                 _shot(page, tag, name)
+        if shots:  # the marketplace on a phone
+            phone = tabs[renter]
+            phone.set_viewport_size({"width": 390, "height": 844})
+            phone.goto(console.url + "/market")
+            phone.screenshot(path=str(SCREENSHOTS / tag / "market-phone.png"), full_page=False)
     assert console.catalogs_missing() == set()
     # switching language by the header link
     page = console.sign_in(renter)

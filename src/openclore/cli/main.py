@@ -153,7 +153,9 @@ def serve(
             console.print(table)
         console.print(
             f"Try: curl -H 'auth: b8qwqRAL5W7YDyDJeB4XANVvKndbrrPk' {base}/v1/wallets\n"
-            f"Web console: {base}/  ·  API docs: {base}/docs",
+            f"Web console: {base}/ (a token above, or jan / renter with the password "
+            "openclore-demo; jan is the operator)\n"
+            f"API docs: {base}/docs",
             highlight=False,
         )
     db.dispose()
