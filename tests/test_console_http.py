@@ -123,6 +123,11 @@ def test_market_refusals_come_back_as_messages(served: Market) -> None:
     # the Chinese reader gets the same refusal in Chinese
     own.client.cookies.set("lang", "zh-CN")
     assert own.post("/host/add", name="rig")[1] == "您已有同名服务器。"
+    for huge in ("1e30", "-1", "NaN", "one"):
+        assert own.post("/host/servers/rig", bitcoin_on_demand=huge)[1] == "请输入正数价格。"
+    # a polled part asked for after signing out sends the page to the sign-in
+    gone = httpx.get(market.url + "/orders/rows", headers={"HX-Request": "true"})
+    assert gone.status_code == 204 and gone.headers["HX-Redirect"] == "/signin"
     # bad marketplace filters are shown, not a failure
     page = renter.client.get("/market?min_gpus=lots")
     assert page.status_code == 200 and "Invalid input:" in page.text

@@ -31,7 +31,7 @@ from starlette.staticfiles import StaticFiles
 from openclore.api.app import AppState
 from openclore.api.ratelimit import RateLimiter
 from openclore.domain.errors import CloreError, MarketError
-from openclore.domain.money import UNITS_PER_COIN, Coins, coins_str, to_units
+from openclore.domain.money import UNITS_PER_COIN, AmountError, Coins, coins_str, to_units
 from openclore.engine.clock import SandboxClock
 from openclore.engine.ticker import tick
 from openclore.market import accounts, console, requests, search, sessions
@@ -241,13 +241,15 @@ def _duration(seconds: int, gettext: Callable[[str], str]) -> str:
 
 
 def _price_input(raw: str) -> Decimal:
+    """A price typed into a form: a non-negative number of coins the ledger can hold."""
     try:
         value = Decimal(raw.strip())
-    except InvalidOperation:
-        raise MarketError("invalid_price") from None
-    if not value.is_finite() or value < 0:
-        raise MarketError("invalid_price")
-    return value
+        if value.is_finite() and value >= 0:
+            to_units(value)  # in range
+            return value
+    except (InvalidOperation, AmountError):
+        pass
+    raise MarketError("invalid_price")
 
 
 def _kv_lines(raw: str, sep: str) -> dict[str, str]:
@@ -279,6 +281,9 @@ def install_console(app: FastAPI) -> None:
                     response: Response = await fn(request)
                     return response
                 except Refused as exc:
+                    if exc.status == 401 and request.headers.get("hx-request"):
+                        # a polled part after the session ended: the whole page goes to sign-in
+                        return Response(status_code=204, headers={"HX-Redirect": "/signin"})
                     if exc.status == 401:
                         return RedirectResponse(
                             "/signin?next=" + urllib.parse.quote(request.url.path), 303
