@@ -3,6 +3,8 @@ threads, and an API server that can be stopped and started again on the same por
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -205,3 +207,27 @@ class RestartableServer:
             self.server.should_exit = True
             self.thread.join(10)
         self.server = None
+
+
+class GatewayThread:
+    """An access gateway on its own event loop in a thread (stoppable, restartable)."""
+
+    def __init__(self, market: Market, **settings: Any) -> None:
+        from openclore.gateway.server import Gateway
+
+        self.market = market
+        self.settings = market.settings.model_copy(update=settings)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.gateway = Gateway(market.db, self.settings, sync_interval=0.2)
+        self.call(self.gateway.start())
+
+    def call(self, coro: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.call(self.gateway.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)

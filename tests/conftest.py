@@ -131,5 +131,3 @@ def market(
     m = Market(db=db, settings=settings, clock=clock, url=url, switch=switch, backend=backend)
     yield m
     m.close()
-
-

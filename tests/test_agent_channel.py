@@ -78,8 +78,16 @@ def test_cli_registers_once_then_runs_without_a_token(market: Market, tmp_path: 
     state_dir = str(tmp_path / "state")
     first = runner.invoke(
         cli_app,
-        ["agent", "--server-url", market.url, "--init-token", token, "--state-dir", state_dir,
-         "--register-only"],
+        [
+            "agent",
+            "--server-url",
+            market.url,
+            "--init-token",
+            token,
+            "--state-dir",
+            state_dir,
+            "--register-only",
+        ],
     )
     assert first.exit_code == 0, first.output
     assert f"registered as server {sid}" in first.output
@@ -89,8 +97,16 @@ def test_cli_registers_once_then_runs_without_a_token(market: Market, tmp_path: 
     assert state is not None and state.server_url == market.url
     spent = runner.invoke(
         cli_app,
-        ["agent", "--server-url", market.url, "--init-token", token, "--state-dir",
-         str(tmp_path / "other"), "--register-only"],
+        [
+            "agent",
+            "--server-url",
+            market.url,
+            "--init-token",
+            token,
+            "--state-dir",
+            str(tmp_path / "other"),
+            "--register-only",
+        ],
     )
     assert spent.exit_code == 78
     assert "init_token_already_used" in spent.output
@@ -492,7 +508,6 @@ def test_no_subscriber_leaks(market: Market, tmp_path: Path) -> None:
     wait_for(lambda: hub.subscriber_count() == before + 1, 5)
     running.stop()
     wait_for(lambda: hub.subscriber_count() == before, 5, what="unsubscribed")
-
 
 
 def test_openclore_agent_command_runs_until_sigterm(market: Market, tmp_path: Path) -> None:

@@ -351,9 +351,7 @@ def test_rentals_cannot_reach_the_host_or_private_networks(
         probe += "\nmv /tmp/r /www/result.txt"
         # names still resolve: through Docker's embedded DNS, to the host's resolvers
         probe += f"\n({LOOKUP} > /tmp/dns; mv /tmp/dns /www/dns.txt) &"
-        body = order_body(
-            sid, image=IMAGE, ports={"8000": "tcp"}, command=f"{probe}\n{SERVE}"
-        )
+        body = order_body(sid, image=IMAGE, ports={"8000": "tcp"}, command=f"{probe}\n{SERVE}")
         oid = ok(renter.post("/v1/create_order", json=body))["order_id"]
         port = published(wait_order_state(renter, oid, "running"), "8000")
         result = fetch("127.0.0.1", port, "/result.txt", timeout=20).split("\n")
@@ -442,9 +440,20 @@ def test_ports_never_collide_with_ports_in_use(
 
 # bit numbers in /proc/<pid>/status's CapBnd (linux/capability.h)
 CAP_BITS = {
-    "CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "FSETID": 4, "KILL": 5, "SETGID": 6,
-    "SETUID": 7, "SETPCAP": 8, "NET_BIND_SERVICE": 10, "NET_RAW": 13, "SYS_CHROOT": 18,
-    "MKNOD": 27, "AUDIT_WRITE": 29, "SETFCAP": 31,
+    "CHOWN": 0,
+    "DAC_OVERRIDE": 1,
+    "FOWNER": 3,
+    "FSETID": 4,
+    "KILL": 5,
+    "SETGID": 6,
+    "SETUID": 7,
+    "SETPCAP": 8,
+    "NET_BIND_SERVICE": 10,
+    "NET_RAW": 13,
+    "SYS_CHROOT": 18,
+    "MKNOD": 27,
+    "AUDIT_WRITE": 29,
+    "SETFCAP": 31,
 }
 DROPPED = {"NET_RAW", "MKNOD", "SETFCAP"}
 PIDS_MAX = "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max"
@@ -473,7 +482,8 @@ def test_rentals_run_hardened(
         assert "no-new-privileges" in config["SecurityOpt"]
         assert config["PidsLimit"] == 4096
         assert config["LogConfig"] == {
-            "Type": "json-file", "Config": {"max-size": "50m", "max-file": "3"}
+            "Type": "json-file",
+            "Config": {"max-size": "50m", "max-file": "3"},
         }
         assert config["Privileged"] is False
 
@@ -598,7 +608,10 @@ def test_images_from_private_registries_are_refused_before_any_pull(
     renter = market.client(market.user(bitcoin="0.01"))
     sid, token = host_server(market, host)
     agent = docker_agent(
-        market.url, tmp_path / "s", docker_run, token,
+        market.url,
+        tmp_path / "s",
+        docker_run,
+        token,
         runtime_kw={"allowed_registries": [f"127.0.0.1:{allowed.port}"]},
     )
 

@@ -38,27 +38,55 @@ DIGEST = "sha256:" + "ab" * 32
         ("foo/bar", "docker.io", "docker.io", None, "foo/bar", None, None, False),
         (
             "nvidia/cuda:12.4.1-base-ubuntu22.04",
-            "docker.io", "docker.io", None, "nvidia/cuda", "12.4.1-base-ubuntu22.04", None, False,
+            "docker.io",
+            "docker.io",
+            None,
+            "nvidia/cuda",
+            "12.4.1-base-ubuntu22.04",
+            None,
+            False,
         ),
         ("myhost:5000", "docker.io", "docker.io", None, "library/myhost", "5000", None, False),
-        ("index.docker.io/library/ubuntu", "docker.io", "index.docker.io", None,
-         "library/ubuntu", None, None, True),
+        (
+            "index.docker.io/library/ubuntu",
+            "docker.io",
+            "index.docker.io",
+            None,
+            "library/ubuntu",
+            None,
+            None,
+            True,
+        ),
         ("docker.io/ubuntu", "docker.io", "docker.io", None, "library/ubuntu", None, None, True),
         ("ghcr.io/org/img:v1", "ghcr.io", "ghcr.io", None, "org/img", "v1", None, True),
         ("localhost/foo", "localhost", "localhost", None, "foo", None, None, True),
         ("localhost:5000/a/b:1", "localhost:5000", "localhost", 5000, "a/b", "1", None, True),
         ("Registry/foo", "Registry", "registry", None, "foo", None, None, True),
-        ("127.0.0.1:18432/probe:latest", "127.0.0.1:18432", "127.0.0.1", 18432, "probe",
-         "latest", None, True),
+        (
+            "127.0.0.1:18432/probe:latest",
+            "127.0.0.1:18432",
+            "127.0.0.1",
+            18432,
+            "probe",
+            "latest",
+            None,
+            True,
+        ),
         ("10.0.0.5/team/img", "10.0.0.5", "10.0.0.5", None, "team/img", None, None, True),
         ("[::1]:5000/probe", "[::1]:5000", "::1", 5000, "probe", None, None, True),
         (f"[fd00::1]/x@{DIGEST}", "[fd00::1]", "fd00::1", None, "x", None, DIGEST, True),
-        (f"reg.example.com/a/b:t@{DIGEST}", "reg.example.com", "reg.example.com", None, "a/b",
-         "t", DIGEST, True),
-        (f"ubuntu@{DIGEST}", "docker.io", "docker.io", None, "library/ubuntu", None, DIGEST,
-         False),
-        ("a-b_c__d/f--g.h", "docker.io", "docker.io", None, "a-b_c__d/f--g.h", None, None,
-         False),
+        (
+            f"reg.example.com/a/b:t@{DIGEST}",
+            "reg.example.com",
+            "reg.example.com",
+            None,
+            "a/b",
+            "t",
+            DIGEST,
+            True,
+        ),
+        (f"ubuntu@{DIGEST}", "docker.io", "docker.io", None, "library/ubuntu", None, DIGEST, False),
+        ("a-b_c__d/f--g.h", "docker.io", "docker.io", None, "a-b_c__d/f--g.h", None, None, False),
     ],
 )
 def test_image_references_are_parsed_like_the_daemon_does(
@@ -73,7 +101,12 @@ def test_image_references_are_parsed_like_the_daemon_does(
 ) -> None:
     ref = parse_reference(image)
     assert (ref.registry, ref.host, ref.port, ref.path, ref.tag, ref.digest) == (
-        registry, host, port, path, tag, digest
+        registry,
+        host,
+        port,
+        path,
+        tag,
+        digest,
     )
     assert ref.explicit_registry is explicit
     assert ref.pull_tag == (digest or tag or "latest")
@@ -299,9 +332,18 @@ def test_capability_names_and_cli_helpers() -> None:
     with pytest.raises(ValueError, match="unknown capability"):
         normalize_capability("NET_RAWW")
     assert split_list(["NET_RAW, MKNOD", "SETFCAP", "a b\tc"]) == [
-        "NET_RAW", "MKNOD", "SETFCAP", "a", "b", "c"
+        "NET_RAW",
+        "MKNOD",
+        "SETFCAP",
+        "a",
+        "b",
+        "c",
     ]
     assert split_list(None) == []
     assert [format_size(n) for n in (50 * 1024**2, 3 * 1024**3, 2048, 1536, 1000)] == [
-        "50m", "3g", "2k", "1536", "1000"
+        "50m",
+        "3g",
+        "2k",
+        "1536",
+        "1000",
     ]

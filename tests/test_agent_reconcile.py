@@ -42,7 +42,10 @@ def make(
 ) -> tuple[Reconciler, SimulatedRuntime]:
     runtime = SimulatedRuntime(agent_id, engine or SimulatedEngine())
     settings = ReconcileSettings(
-        agent_id=agent_id, port_range=(50000, 50009), probe_ports=False, **kw  # type: ignore[arg-type]
+        agent_id=agent_id,
+        port_range=(50000, 50009),
+        probe_ports=False,
+        **kw,  # type: ignore[arg-type]
     )
     return Reconciler(runtime, settings), runtime
 
@@ -198,7 +201,11 @@ def test_launch_spec_conventions() -> None:
     assert spec.env["OPENCLORE_TCP_PORTS"] == "22:50000"
     assert spec.files == []  # nothing is copied in: starts stay fast
     assert spec.entrypoint == [
-        "/bin/sh", "-c", AUTOSSH_ENTRYPOINT, "openclore-entrypoint", "#!/bin/sh\necho hi\n"
+        "/bin/sh",
+        "-c",
+        AUTOSSH_ENTRYPOINT,
+        "openclore-entrypoint",
+        "#!/bin/sh\necho hi\n",
     ]
     assert spec.command == []
     assert spec.onstart is None  # the entrypoint writes and runs onstart itself

@@ -25,11 +25,12 @@ ALLOWED: dict[str, set[str]] = {
     "ledger": {"store"},
     "engine": {"domain", "ledger", "store"},
     "market": {"domain", "ledger", "engine", "store", "config", "agent.protocol"},
-    "api": {"domain", "ledger", "engine", "market", "store", "config", "agent.protocol"},
+    "api": {"domain", "ledger", "engine", "market", "store", "config", "agent.protocol", "gateway"},
     # the web console: pages over the market use cases, mounted on the API's app (no SQL)
     "web": {"api", "market", "domain", "engine", "config"},
     "client": set(),
     "agent": set(),
+    "gateway": {"market", "store", "config"},
     "cli": {
         "api",
         "web",
@@ -41,6 +42,7 @@ ALLOWED: dict[str, set[str]] = {
         "config",
         "client",
         "agent",
+        "gateway",
     },
     "__main__": {"cli"},
 }

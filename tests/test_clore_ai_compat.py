@@ -142,8 +142,10 @@ def test_clore_ai_sdk_against_openclore(
     (order_id,) = {o.id for o in ours.my_orders()} - before
     got["cancel_order(order_id, issue)"] = changed(
         outcome(lambda: renter.cancel_order(order_id, issue="GPU #1 overheats")),
-        lambda: order_state(market, order_id)["expired"]
-        and order_state(market, order_id)["issue"] == "GPU #1 overheats",
+        lambda: (
+            order_state(market, order_id)["expired"]
+            and order_state(market, order_id)["issue"] == "GPU #1 overheats"
+        ),
         "the order",
     )
     before = {o.id for o in ours.my_orders()}
@@ -177,8 +179,10 @@ def test_clore_ai_sdk_against_openclore(
                 "rig", availability=True, mrl=96, on_demand=0.0001, spot=0.00000113
             )
         ),
-        lambda: (server_state(market, sid)["mrl_hours"], server_state(market, sid)["prices"])
-        == (96, {"bitcoin": (100_000, 1_130)}),
+        lambda: (
+            (server_state(market, sid)["mrl_hours"], server_state(market, sid)["prices"])
+            == (96, {"bitcoin": (100_000, 1_130)})
+        ),
         "the server",
     )
     assert ours.spot_marketplace(sid).market is not None

@@ -277,9 +277,11 @@ def test_concurrent_first_registrations_never_clash(market: Market) -> None:
         inits.append(init)
     answers = parallel(
         8,
-        lambda i: httpx.post(
-            f"{market.url}/agent/v1/register", json={"init_token": inits[i]}, timeout=30
-        ).status_code,
+        lambda i: (
+            httpx.post(
+                f"{market.url}/agent/v1/register", json={"init_token": inits[i]}, timeout=30
+            ).status_code
+        ),
     )
     assert answers == [200] * 8
     with market.db.read() as conn:
@@ -347,9 +349,7 @@ def test_a_bid_that_cannot_pay_never_takes_the_server(market: Market) -> None:
         assert wallet is not None
         left = conn.execute(select(accounts.c.balance).where(accounts.c.id == wallet)).scalar_one()
         external = system_account_id(conn, "external", "bitcoin")
-        transfer(
-            conn, key="drain", debit=wallet, credit=external, amount=left, kind="x", now=0
-        )
+        transfer(conn, key="drain", debit=wallet, credit=external, amount=left, kind="x", now=0)
         lock_server(conn, sid)
         conn.execute(update(orders).where(orders.c.id == a).values(price=to_units(1000000)))
         resolve_server(conn, sid, market.now())
@@ -556,9 +556,11 @@ def test_a_slow_request_body_is_not_cut_by_the_header_timeout(market: Market) ->
     body = json.dumps({"name": "slow"}).encode()
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(
-            b"POST /v1/add_server HTTP/1.1\r\nHost: x\r\nauth: " + token.encode()
+            b"POST /v1/add_server HTTP/1.1\r\nHost: x\r\nauth: "
+            + token.encode()
             + b"\r\nContent-Type: application/json\r\nContent-Length: "
-            + str(len(body)).encode() + b"\r\n\r\n"
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
         )
         time.sleep(HEADER_TIMEOUT + 1)
         sock.sendall(body)
@@ -602,7 +604,6 @@ def test_database_errors_never_show_the_password_or_a_traceback() -> None:
         assert result.exit_code == 1, result.output
         assert "s3cr3t-pw" not in result.output and "Traceback" not in result.output
         assert "cannot use database postgresql://market:***@127.0.0.1:1/market" in result.output
-
 
 
 @pytest.mark.timing

@@ -103,6 +103,49 @@ class Settings(BaseSettings):
         default_factory=list,
         description="pub_cluster for servers whose agent reports no public hostname",
     )
+    gateway: bool = Field(
+        True,
+        description="Run the embedded access gateway in `serve` (one process per gateway name "
+        "serves it, whatever the number of workers or replicas)",
+    )
+    gateway_name: str = Field(
+        "localhost", description="The gateway's public name: the pub_cluster renters connect to"
+    )
+    gateway_bind: str = Field(
+        "127.0.0.1", description="Address the gateway's public ports (tcp, http, ssh) listen on"
+    )
+    gateway_ssh_port: int = Field(2222, ge=1, le=65535, description="Port agents tunnel to")
+    gateway_ssh_address: str | None = Field(
+        None, description="host:port agents dial [default: gateway_name:gateway_ssh_port]"
+    )
+    gateway_port_range: str = Field(
+        "20000-20999", description="Public tcp ports of rentals on the gateway (lo-hi)"
+    )
+    gateway_http_port: int = Field(
+        8080, ge=0, le=65535, description="Port of the gateway's HTTP(S) router (0: none)"
+    )
+    http_domain: str = Field(
+        "localhost", description="http ports are served at <order>-<port>.<http_domain>"
+    )
+    gateway_http_url: str | None = Field(
+        None,
+        description="URL template of http ports ({order}, {port}) [default: from the scheme, "
+        "http_domain and gateway_http_port]; e.g. https://{order}-{port}.gpu.example.com "
+        "behind Caddy",
+    )
+    gateway_tls_cert: str | None = Field(
+        None, description="PEM certificate chain (wildcard for *.http_domain): serve HTTPS"
+    )
+    gateway_tls_key: str | None = Field(None, description="PEM private key of gateway_tls_cert")
+    gateway_max_conns_per_order: int = Field(
+        256, ge=1, description="Open connections to one order through the gateway"
+    )
+    gateway_max_conns: int = Field(
+        8192, ge=1, description="Open public connections through the gateway in all"
+    )
+    gateway_idle_timeout: float = Field(
+        900.0, gt=0, description="Seconds a connection through the gateway may stay silent"
+    )
     proxy_cluster: int = Field(1, description="'p' (proxy cluster id) shown in my_orders")
     address_secret: str = Field(
         "openclore-deposit-addresses",
@@ -115,6 +158,36 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("at least one currency is required")
         return value
+
+    @field_validator("gateway_port_range")
+    @classmethod
+    def _port_range(cls, value: str) -> str:
+        lo, _, hi = value.partition("-")
+        if not (lo.strip().isdigit() and hi.strip().isdigit()):
+            raise ValueError("a port range is lo-hi, e.g. 20000-20999")
+        if not 1 <= int(lo) <= int(hi) <= 65535:
+            raise ValueError("a port range is lo-hi within 1-65535")
+        return f"{int(lo)}-{int(hi)}"
+
+    @property
+    def gateway_ports(self) -> tuple[int, int]:
+        lo, _, hi = self.gateway_port_range.partition("-")
+        return int(lo), int(hi)
+
+    @property
+    def gateway_address(self) -> str:
+        return self.gateway_ssh_address or f"{self.gateway_name}:{self.gateway_ssh_port}"
+
+    @property
+    def gateway_url_template(self) -> str | None:
+        if self.gateway_http_url:
+            return self.gateway_http_url
+        if not self.gateway_http_port:
+            return None
+        scheme = "https" if self.gateway_tls_cert else "http"
+        default = 443 if scheme == "https" else 80
+        port = "" if self.gateway_http_port == default else f":{self.gateway_http_port}"
+        return f"{scheme}://{{order}}-{{port}}.{self.http_domain}{port}"
 
     @property
     def sandbox_enabled(self) -> bool:

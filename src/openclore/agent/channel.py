@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from openclore.agent.protocol import (
@@ -26,6 +27,7 @@ from openclore.agent.protocol import (
 )
 from openclore.agent.reconcile import Reconciler
 from openclore.agent.specs import Specs
+from openclore.agent.tunnel import Tunnel, forwards_of, load_key
 
 log = logging.getLogger("openclore.agent")
 
@@ -46,6 +48,10 @@ class ChannelConfig:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     open_timeout: float = 10.0
+    # reach renters through the market's access gateway when it names one (containers' ports
+    # then bind to the host's loopback only); False: publish ports on the host directly
+    tunnel: bool = True
+    tunnel_key_dir: Path | None = None  # where the tunnel key is kept (None: a new one per run)
 
 
 def websocket_url(server_url: str) -> str:
@@ -77,6 +83,8 @@ class Agent:
         self.last_desired_at: float | None = None
         self._changed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.tunnel = Tunnel(load_key(config.tunnel_key_dir)) if config.tunnel else None
+        self._direct_bind = reconciler.settings.bind_address
 
     def specs(self) -> Specs:
         if callable(self._specs):
@@ -89,10 +97,15 @@ class Agent:
             return
         with contextlib.suppress(RuntimeError):  # the loop is closing
             loop.call_soon_threadsafe(changed.set)
+            if self.tunnel is not None:
+                loop.call_soon_threadsafe(self._refresh_forwards)
+
+    def _refresh_forwards(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.set_forwards(forwards_of(self.reconciler.snapshot()))
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Until ``stop`` is set (or the credential is refused: :class:`AgentUnauthorized`)."""
-        from websockets.asyncio.client import connect
 
         stop = stop or asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -100,6 +113,20 @@ class Agent:
         self.reconciler.on_change = self._on_reconciler_change
         url = websocket_url(self.config.server_url)
         backoff = self.config.backoff_initial
+        tunnel_task = None
+        if self.tunnel is not None:
+            tunnel_task = asyncio.create_task(self.tunnel.run(stop))
+        try:
+            await self._run(url, backoff, stop)
+        finally:
+            if tunnel_task is not None:
+                tunnel_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await tunnel_task
+
+    async def _run(self, url: str, backoff: float, stop: asyncio.Event) -> None:
+        from websockets.asyncio.client import connect
+
         while not stop.is_set():
             started = time.monotonic()
             try:
@@ -147,6 +174,8 @@ class Agent:
             "public_host": self.config.public_host,
             "containers": [s.to_wire() for s in self.reconciler.snapshot()],
         }
+        if self.tunnel is not None:
+            hello_out["tunnel_key"] = self.tunnel.public_key
         try:
             await ws.send(json.dumps(hello_out))
             hello = json.loads(await asyncio.wait_for(ws.recv(), self.config.open_timeout))
@@ -156,6 +185,7 @@ class Agent:
         if not isinstance(hello, dict) or hello.get("type") != "hello":
             raise ConnectionError(f"unexpected first message from the server: {hello!r}"[:200])
         self.server_id = hello.get("server_id")
+        self._use_gateway(hello.get("gateway"))
         interval = self.config.heartbeat_interval or float(hello.get("heartbeat_interval", 15))
         self.connections += 1
         self.connected.set()
@@ -186,6 +216,17 @@ class Agent:
         if stop.is_set():
             with contextlib.suppress(Exception):
                 await ws.close()
+
+    def _use_gateway(self, gateway: Any) -> None:
+        """Through a gateway, new containers bind their ports to the loopback only."""
+        if self.tunnel is None:
+            return
+        self.tunnel.configure(gateway, self.server_id)
+        through = isinstance(gateway, dict)
+        self.reconciler.settings.bind_address = "127.0.0.1" if through else self._direct_bind
+        if through:
+            log.info("renters reach this machine through gateway %s", gateway.get("name"))
+        self._refresh_forwards()
 
     async def _receive(self, ws: Any) -> None:
         async for raw in ws:

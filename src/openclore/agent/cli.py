@@ -70,7 +70,9 @@ def parse_range(text: str) -> tuple[int, int]:
 def agent(
     server_url: Annotated[
         str | None,
-        typer.Option(envvar="OPENCLORE_AGENT_SERVER_URL", help="The market, e.g. https://market.example"),
+        typer.Option(
+            envvar="OPENCLORE_AGENT_SERVER_URL", help="The market, e.g. https://market.example"
+        ),
     ] = None,
     init_token: Annotated[
         str | None,

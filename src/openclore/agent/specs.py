@@ -325,8 +325,11 @@ def main() -> None:
         for source in ("nvml", "nvidia-smi"):
             gpus, answered, notes = detect_gpus(source)
             sources[source] = (
-                {**gpu_fields(gpus), "gpu_array": [g.name for g in gpus],
-                 "memory_mib": [g.memory_mib for g in gpus]}
+                {
+                    **gpu_fields(gpus),
+                    "gpu_array": [g.name for g in gpus],
+                    "memory_mib": [g.memory_mib for g in gpus],
+                }
                 if answered != "none"
                 else {"error": "; ".join(notes)}
             )

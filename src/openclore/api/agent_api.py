@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
@@ -39,6 +40,7 @@ from openclore.domain.errors import InvalidInput
 from openclore.engine.events import subscribe
 from openclore.market.agents import (
     AgentRefused,
+    Tunnel,
     agent_heartbeat,
     agent_hello,
     agent_specs,
@@ -49,6 +51,7 @@ from openclore.market.agents import (
     pub_cluster_for,
     register_agent,
 )
+from openclore.market.tunnels import assign_gateway
 
 if TYPE_CHECKING:
     from openclore.api.app import AppState
@@ -99,6 +102,11 @@ async def _receive_message(ws: WebSocket) -> dict[str, Any] | None:
     return parsed if isinstance(parsed, dict) else None
 
 
+def wall_now() -> int:
+    """Gateways' liveness runs on the wall clock (the market's clock may be a sandbox's)."""
+    return int(time.time())
+
+
 class AgentChannel:
     """One connected agent: pushes its server's desired containers, applies what it reports."""
 
@@ -108,6 +116,7 @@ class AgentChannel:
         self.server_id = server_id
         self.name = name
         self.pub_cluster: list[str] = []
+        self.tunnel: Tunnel | None = None
         self.wake = asyncio.Event()
         db = state.db
         self.resync = RESYNC_SQLITE if db.is_sqlite else RESYNC_POSTGRES
@@ -135,9 +144,20 @@ class AgentChannel:
             # listen before reading, so that no change committed from here on can be missed
             await run_in_threadpool(sub.wait_ready, 5.0)
             peer = self.ws.client.host if self.ws.client else None
-            self.pub_cluster = pub_cluster_for(hello, self.state.settings.public_hostnames, peer)
+            gateway = await self._write(
+                lambda c: assign_gateway(c, self.server_id, hello.get("tunnel_key"), wall_now())
+            )
+            if gateway is not None:
+                self.pub_cluster = [gateway["name"]]
+                self.tunnel = Tunnel(gateway["name"], self.state.settings.gateway_ports)
+            else:
+                self.pub_cluster = pub_cluster_for(
+                    hello, self.state.settings.public_hostnames, peer
+                )
             welcome = await self._write(
-                lambda c: agent_hello(c, self.server_id, hello, self.pub_cluster, self.state.now())
+                lambda c: agent_hello(
+                    c, self.server_id, hello, self.pub_cluster, self.state.now(), self.tunnel
+                )
             )
             if not welcome:
                 await self._close(CLOSE_UNAUTHORIZED, "server removed")
@@ -149,6 +169,7 @@ class AgentChannel:
                     "server_id": self.server_id,
                     "name": self.name,
                     "heartbeat_interval": self.heartbeat_interval,
+                    "gateway": gateway,
                 }
             )
             log.info("agent of server %s connected from %s", self.server_id, peer)
@@ -209,7 +230,9 @@ class AgentChannel:
                 statuses = parse_statuses(message.get("containers"))
                 if statuses:
                     await self._write(
-                        lambda c, s=statuses: apply_statuses(c, self.server_id, s, self.pub_cluster)
+                        lambda c, s=statuses: apply_statuses(
+                            c, self.server_id, s, self.pub_cluster, self.tunnel
+                        )
                     )
             elif kind == "specs":
                 await self._write(lambda c, m=message: agent_specs(c, self.server_id, m))

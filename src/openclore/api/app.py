@@ -240,7 +240,7 @@ def _create_order(state: AppState, call: Call) -> dict[str, Any]:
         # Connection fields are left out here: the agent publishes them after start, and the
         # clore-ai SDK's Order model cannot load them as the lists they are (my_orders has them).
         order = order_service.order_detail(conn, order_id, state.settings)
-        for field in ("pub_cluster", "tcp_ports", "http_port"):
+        for field in ("pub_cluster", "tcp_ports", "http_port", "http_pub"):
             order.pop(field, None)
         answer = {"order_id": order_id, "order": order}
         dumps(answer)  # an answer that cannot be sent rolls the order back (never a silent rent)

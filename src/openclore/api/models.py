@@ -145,6 +145,9 @@ class Order(BaseModel):
     pub_cluster: list[str] | None = None
     tcp_ports: list[str] = Field(description='"container:public"')
     http_port: str | None = None
+    http_pub: str | None = Field(
+        None, description="URL of the http port through the access gateway (live Clore field)"
+    )
     spot: bool | None = None
     expired: bool | None = None
 

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import re
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, select, update
@@ -29,6 +30,7 @@ from openclore.agent.protocol import (
 )
 from openclore.domain.specs import UNSAFE_TEXT, check_gpu_array, check_specs
 from openclore.engine.billing import lock_server, resolve_server
+from openclore.market.tunnels import public_ports
 from openclore.store.db import listing_changed
 from openclore.store.schema import orders, servers
 
@@ -99,6 +101,7 @@ def agent_hello(
     hello: dict[str, Any],
     pub_cluster: list[str],
     now: int,
+    tunnel: Tunnel | None = None,
 ) -> bool:
     """The agent is connected: online now (the running order may start), specs as measured.
     Returns False when the server is gone (removed meanwhile)."""
@@ -122,7 +125,7 @@ def agent_hello(
         listing_changed(conn)
     if not row["online"]:
         resolve_server(conn, server_id, now)
-    apply_statuses(conn, server_id, parse_statuses(hello.get("containers")), pub_cluster)
+    apply_statuses(conn, server_id, parse_statuses(hello.get("containers")), pub_cluster, tunnel)
     return True
 
 
@@ -171,10 +174,23 @@ def valid_specs(server_id: int, raw: Any) -> dict[str, Any] | None:
     return specs
 
 
+@dataclass(frozen=True)
+class Tunnel:
+    """The agent tunnels through this gateway: renters see its name and its public ports."""
+
+    gateway: str
+    port_range: tuple[int, int]
+
+
 def apply_statuses(
-    conn: Connection, server_id: int, statuses: list[ContainerStatus], pub_cluster: list[str]
+    conn: Connection,
+    server_id: int,
+    statuses: list[ContainerStatus],
+    pub_cluster: list[str],
+    tunnel: Tunnel | None = None,
 ) -> None:
-    """Write what the agent reports into its own server's orders (others' are ignored)."""
+    """Write what the agent reports into its own server's orders (others' are ignored). Through
+    a gateway, the tcp ports renters see are the gateway's public ports for the order."""
     by_order = {s.order_id: s for s in statuses if s.kind == KIND_ORDER and s.order_id is not None}
     if not by_order:
         return
@@ -190,6 +206,11 @@ def apply_statuses(
             for port, public in status.tcp_ports.items()
             if asked.get(port) == "tcp" and 1 <= public <= 65535
         }
+        if tunnel is not None and published and status.state != STOPPED:
+            on_gateway = public_ports(
+                conn, tunnel.gateway, row.id, sorted(map(int, published)), tunnel.port_range
+            )
+            published = {p: on_gateway[int(p)] for p in published if int(p) in on_gateway}
         values: dict[str, Any] = {
             "runtime_state": status.state,
             "runtime_error": status.error,

@@ -21,6 +21,7 @@ from openclore.ledger.ledger import balance, ensure_wallet, system_account_id, t
 from openclore.market.accounts import lock_user
 from openclore.market.requests import CreateOrderRequest
 from openclore.market.servers import prices_of
+from openclore.market.tunnels import http_pub, http_urls
 from openclore.store.db import inserted_id, listing_changed
 from openclore.store.schema import orders, servers
 
@@ -230,7 +231,9 @@ def set_spot_price(
         resolve_server(conn, order["server_id"], now)
 
 
-def order_view(row: Row, server: Row | None, settings: Settings) -> dict[str, Any]:
+def order_view(
+    row: Row, server: Row | None, settings: Settings, http_templates: dict[str, str] | None = None
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": row["id"],
         "fee": bp_to_percent(row["fee_bp"]),
@@ -250,6 +253,11 @@ def order_view(row: Row, server: Row | None, settings: Settings) -> dict[str, An
     out["tcp_ports"] = list(row["tcp_ports"] or [])
     if row["http_port"]:
         out["http_port"] = row["http_port"]
+        url = None
+        if http_templates and not row["expired"]:
+            url = http_pub(http_templates, row["pub_cluster"], row["id"], row["http_port"])
+        if url is not None:
+            out["http_pub"] = url
     if row["spot"]:
         out["spot"] = True
     if row["expired"]:
@@ -278,8 +286,11 @@ def my_orders(
         if server_ids
         else {}
     )
+    templates = http_urls(conn) if rows else {}
     return {
-        "orders": [order_view(r, server_rows.get(r["server_id"]), settings) for r in rows],
+        "orders": [
+            order_view(r, server_rows.get(r["server_id"]), settings, templates) for r in rows
+        ],
         "limit": settings.max_active_orders,
     }
 
@@ -287,4 +298,5 @@ def my_orders(
 def order_detail(conn: Connection, order_id: int, settings: Settings) -> dict[str, Any]:
     row = dict(conn.execute(select(orders).where(orders.c.id == order_id)).one()._mapping)
     server = conn.execute(select(servers).where(servers.c.id == row["server_id"])).first()
-    return order_view(row, None if server is None else dict(server._mapping), settings)
+    server_row = None if server is None else dict(server._mapping)
+    return order_view(row, server_row, settings, http_urls(conn))
