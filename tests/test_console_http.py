@@ -15,6 +15,7 @@ import pytest
 from openclore.api.app import create_app
 from openclore.market import console as console_service
 from openclore.market.accounts import check_password, find_user, set_password, set_role
+from openclore.store.schema import gateways, orders
 from openclore.web.app import install_console
 from openclore.web.i18n import negotiate
 
@@ -224,3 +225,29 @@ def _base_env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if not k.startswith("OPENCLORE_")}
+
+
+def test_orders_show_the_ssh_line_and_http_pub_links(served: Market) -> None:
+    market = served
+    host = market.user("host")
+    sid = market.server(host, "rig")
+    renter = market.user("renter", bitcoin="1")
+    order_id = ok(market.client(renter).post("/v1/create_order", json=order_body(sid)))["order_id"]
+    with market.db.write() as conn:
+        conn.execute(
+            gateways.insert().values(
+                name="gw.example",
+                ssh_address="gw.example:2222",
+                host_key="-",
+                host_key_public="-",
+                http_url="https://{order}-{port}.gw.example",
+            )
+        )
+        conn.execute(
+            orders.update()
+            .where(orders.c.id == order_id)
+            .values(pub_cluster=["gw.example"], tcp_ports=["22:40022"], http_port="8888")
+        )
+    rows = Browserless(market, renter).client.get("/orders/rows").text
+    assert "ssh root@gw.example -p 40022" in rows
+    assert f'href="https://{order_id}-8888.gw.example"' in rows
