@@ -251,3 +251,44 @@ def test_orders_show_the_ssh_line_and_http_pub_links(served: Market) -> None:
     rows = Browserless(market, renter).client.get("/orders/rows").text
     assert "ssh root@gw.example -p 40022" in rows
     assert f'href="https://{order_id}-8888.gw.example"' in rows
+
+
+def test_accounts_sessions_and_messages_edge_cases(market: Market) -> None:
+    import time
+
+    from openclore.domain.errors import MarketError, RateLimited
+    from openclore.market import sessions
+    from openclore.web.i18n import Catalogs
+    from openclore.web.messages import error_text
+
+    market.user("tokenonly")
+    with market.db.write() as conn:
+        uid = find_user(conn, "tokenonly")
+        with pytest.raises(ValueError):
+            set_role(conn, uid, "king")
+        with pytest.raises(ValueError):
+            set_password(conn, uid, "short")
+        assert check_password(conn, "tokenonly", "anything at all") is None  # no password set
+        sid = sessions.start_session(conn, uid, int(time.time()) - sessions.SESSION_SECONDS - 1)
+        assert sessions.session_for(conn, sid, int(time.time())) is None  # expired
+        assert sessions.session_for(conn, "x" * 200, int(time.time())) is None
+        assert sessions.session_for(conn, "", int(time.time())) is None
+        assert console_service.platform_revenue(conn, "nocoin", market.now(), days=2)[0][1] == 0
+    catalogs = Catalogs()
+    zh = catalogs.get("zh-CN")
+    assert zh.gettext("Sign in") == "登录"
+    assert zh.gettext("no such msgid") == "no such msgid"
+    assert "no such msgid" in catalogs.missing  # (the console uses no plural forms)
+
+    def t(_request: object, message: str) -> str:
+        return message
+
+    request = None
+    assert error_text(t, request, RateLimited(1.0)).startswith("Too many requests")  # type: ignore[arg-type]
+    text = error_text(
+        t,
+        request,  # type: ignore[arg-type]
+        MarketError("can_lower_every_600_seconds", time_to_lowering=42, max_step=1, min_price=2),
+    )
+    assert "Seconds left: 42" in text and "Lowest allowed now: 1" in text and "Minimum: 2" in text
+    assert error_text(t, request, MarketError("brand_new_error")).endswith("brand_new_error")  # type: ignore[arg-type]

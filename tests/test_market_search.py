@@ -166,3 +166,35 @@ def test_ten_thousand_servers_are_searched_quickly() -> None:
 def test_parse_query_refuses_bad_values_directly() -> None:
     with pytest.raises(InvalidInput):
         parse_query({"offset": "x"}, ["bitcoin"], "bitcoin")
+
+
+def test_every_sort_and_filter_over_plain_data() -> None:
+    listing: list[dict[str, Any]] = [
+        {"id": 1, "specs": {"gpu": "2x RTX 3090", "gpuram": 24}, "reliability": 0.5},
+        {"id": 2, "specs": {"gpu": "A100", "gpuram": 80}, "reliability": 0.99, "rented": True},
+        {"id": 3, "gpu_array": ["H100"] * 8, "specs": None, "reliability": 0.9},
+    ]
+    for server in listing:
+        server.setdefault("price", {"on_demand": {}, "spot": {}})
+        server.setdefault("allowed_coins", ["bitcoin"])
+    index = build_index(listing)
+
+    def ids(**params: str) -> list[int]:
+        found = search(index, parse_query(params, ["bitcoin"], "bitcoin"))
+        return [int(listing[i]["id"]) for i in found.positions]
+
+    assert ids(sort="vram") == [2, 1, 3]
+    assert ids(sort="reliability") == [2, 3, 1]
+    assert ids(sort="gpus") == [3, 1, 2]
+    assert ids(min_vram="30") == [2]
+    assert ids(min_reliability="0.9") == [2, 3]
+    assert ids(available="no", sort="price") == [1, 2, 3]  # no prices: listing order
+    assert ids(gpu="a100") == [2]
+    assert ids(limit="1", offset="2") == [3]
+    from openclore.market.search import gpu_count, gpu_name
+
+    assert gpu_name(listing[0]) == "RTX 3090" and gpu_count(listing[0]) == 2
+    assert gpu_name(listing[1]) == "A100" and gpu_count(listing[1]) == 0
+    assert gpu_name(listing[2]) == "H100" and gpu_count(listing[2]) == 8
+    with pytest.raises(InvalidInput):
+        parse_query({"min_vram": "lots"}, ["bitcoin"], "bitcoin")

@@ -134,13 +134,6 @@ def check_password(conn: Connection, name: str, password: str) -> int | None:
 _DUMMY_HASH = _hasher.hash("not a password of anyone")
 
 
-def user_info(conn: Connection, user_id: int) -> dict[str, object]:
-    row = conn.execute(
-        select(users.c.id, users.c.name, users.c.role).where(users.c.id == user_id)
-    ).one()
-    return {"id": int(row.id), "name": str(row.name), "role": str(row.role)}
-
-
 def list_users(conn: Connection) -> list[dict[str, object]]:
     """Every user with its role and live token prefixes (the operator's view)."""
     live: dict[int, list[str]] = {}

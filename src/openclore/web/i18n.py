@@ -57,13 +57,6 @@ class _Recording(gettext.GNUTranslations):
             return message
         return str(found)
 
-    def ngettext(self, singular: str, plural: str, n: int) -> str:
-        found = self._catalog.get((singular, 0 if n == 1 else 1))  # type: ignore[attr-defined]
-        if not found:
-            self.missing.add(singular)
-            return singular if n == 1 else plural
-        return str(found)
-
 
 class Catalogs:
     def __init__(self) -> None:
