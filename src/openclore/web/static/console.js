@@ -51,8 +51,13 @@
                       fill: "rgba(47,111,222,.12)" });
       }
       var width = Math.max(260, Math.min(el.clientWidth || 600, 1100));
+      var color = getComputedStyle(el).color;
+      // small coin amounts: three significant digits, not rounded to 0
+      var coins = function (u, values) {
+        return values.map(function (v) { return v === 0 ? "0" : String(+v.toPrecision(3)); });
+      };
       new window.uPlot({ width: width, height: 180, series: series,
-                         axes: [{ stroke: getComputedStyle(el).color }, { stroke: getComputedStyle(el).color }] },
+                         axes: [{ stroke: color }, { stroke: color, values: coins, size: 80 }] },
                        columns, el);
     });
   }
