@@ -743,8 +743,8 @@ def install_console(app: FastAPI) -> None:
         users, all_servers, revenue = await c.db(run)
         shown = {
             k: v
-            for k, v in settings.model_dump().items()
-            if k not in ("database_url", "address_secret")
+            for k, v in settings.model_dump(mode="json").items()
+            if k not in ("database_url", "address_secret", "gateway_tls_key")  # credentials stay out
         }
         chart = {"t": [t for t, _ in revenue], "v": [v / UNITS_PER_COIN for _, v in revenue]}
         return c.render(
