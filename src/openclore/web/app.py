@@ -45,6 +45,7 @@ HERE = Path(__file__).parent
 SESSION_COOKIE = "oc_session"
 PRE_CSRF_COOKIE = "oc_csrf"  # double-submit token of the sign-in form (no session yet)
 PAGE_SIZE = 50
+HIDDEN_SETTINGS = ("database_url", "address_secret", "gateway_tls_key")  # credentials stay out
 SIGNIN_INTERVAL = 2.0  # one sign-in attempt per 2 s per address, after a burst of 5
 SIGNIN_BURST = 5
 
@@ -744,7 +745,7 @@ def install_console(app: FastAPI) -> None:
         shown = {
             k: v
             for k, v in settings.model_dump(mode="json").items()
-            if k not in ("database_url", "address_secret", "gateway_tls_key")  # credentials stay out
+            if k not in HIDDEN_SETTINGS
         }
         chart = {"t": [t for t, _ in revenue], "v": [v / UNITS_PER_COIN for _, v in revenue]}
         return c.render(
