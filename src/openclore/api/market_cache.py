@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection
@@ -35,7 +35,15 @@ class Listing:
     anonymous_gzip: bytes
     servers: list[dict[str, Any]]  # the listing as data (for queries and the web console)
     items_json: list[bytes]  # each server's JSON, in listing order
-    index: SearchIndex
+    _index: list[SearchIndex] = field(default_factory=list)
+
+    @property
+    def index(self) -> SearchIndex:
+        """The search fields of every server, extracted on the first query of this version (the
+        unfiltered listing never pays for it; two threads racing build the same index)."""
+        if not self._index:
+            self._index.append(build_index(self.servers))
+        return self._index[0]
 
 
 def _serialize(listing: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[bytes]]:
@@ -78,7 +86,6 @@ class MarketCache:
                 gzip.compress(anonymous, 6),
                 kept,
                 items,
-                build_index(kept),
             )
             self._listing = cached
             return cached
