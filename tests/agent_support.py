@@ -226,6 +226,14 @@ class GatewayThread:
     def call(self, coro: Any, timeout: float = 30.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
+    def restart(self) -> None:
+        """Stop the gateway and start a new one for the same name (same ports, same key)."""
+        from openclore.gateway.server import Gateway
+
+        self.call(self.gateway.stop())
+        self.gateway = Gateway(self.market.db, self.settings, sync_interval=0.2)
+        self.call(self.gateway.start())
+
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self.call(self.gateway.stop())

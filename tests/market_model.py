@@ -76,6 +76,14 @@ class Order:
 
 
 @dataclass
+class Withdrawal:
+    user: int
+    amount: int
+    fee: int
+    state: str = "pending"
+
+
+@dataclass
 class Server:
     id: int
     owner: int
@@ -105,6 +113,7 @@ class Model:
     deposits: dict[int, int] = field(default_factory=dict)
     servers: dict[int, Server] = field(default_factory=dict)
     orders: dict[int, Order] = field(default_factory=dict)
+    withdrawals: dict[int, Withdrawal] = field(default_factory=dict)
     diverged: bool = False
 
     # ------------------------------------------------------------------ time
@@ -177,9 +186,22 @@ class Model:
 
     # ------------------------------------------------------------------ money
 
+    def withdrawn(self, user: int) -> int:
+        """What the user's withdrawals hold: amount and fee from the request on, given back
+        when the operator rejects it."""
+        return sum(
+            w.amount + w.fee
+            for w in self.withdrawals.values()
+            if w.user == user and w.state != "rejected"
+        )
+
+    def pending_withdrawals(self) -> int:
+        return sum(w.amount + w.fee for w in self.withdrawals.values() if w.state == "pending")
+
     def balance(self, user: int) -> int:
-        """The wallet in truth: deposits and earnings less creation fees and spend."""
-        out = self.deposits.get(user, 0)
+        """The wallet in truth: deposits (refunds included) and earnings less creation fees,
+        spend and withdrawals."""
+        out = self.deposits.get(user, 0) - self.withdrawn(user)
         for o in self.orders.values():
             if o.user == user:
                 out -= o.creation_fee + o.spend()
@@ -189,7 +211,7 @@ class Model:
 
     def booked_balance(self, user: int) -> int:
         """The wallet as the engine has booked it so far."""
-        out = self.deposits.get(user, 0)
+        out = self.deposits.get(user, 0) - self.withdrawn(user)
         for o in self.orders.values():
             booked = o.booked_spend()
             if o.user == user:
@@ -210,6 +232,26 @@ class Model:
 
     def deposit(self, user: int, amount: int) -> None:
         self.deposits[user] = self.deposits.get(user, 0) + amount
+
+    def withdraw(self, user: int, amount: int, fee: int) -> str | None:
+        """The error a withdrawal request must answer, or None (then :meth:`requested`).
+        It takes from the booked balance, as a new order's runway check does."""
+        if self.booked_balance(user) < amount + fee:
+            return "not_enough_balance"
+        return None
+
+    def requested(self, withdrawal_id: int, user: int, amount: int, fee: int) -> None:
+        self.withdrawals[withdrawal_id] = Withdrawal(user, amount, fee)
+        self._check_runway()
+
+    def decide(self, withdrawal_id: int, approve: bool) -> str | None:
+        """The operator approves (paid out) or rejects (money back) a withdrawal; only a
+        pending one can be decided."""
+        w = self.withdrawals[withdrawal_id]
+        if w.state != "pending":
+            return "withdrawal_not_pending"
+        w.state = "approved" if approve else "rejected"
+        return None
 
     def create(self, user: int, server_id: int, spot: bool, bid: int) -> str | None:
         """The error create_order must answer, or None (then :meth:`created` follows)."""

@@ -6,7 +6,6 @@ Needs the Docker engine and image of ``test_agent_docker.py`` (mandatory when ``
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import os
@@ -19,9 +18,17 @@ from typing import Any
 
 import asyncssh
 import httpx
+import psutil
 import pytest
 
 from openclore.agent.runtime.docker import DockerRuntime
+from test_agent_docker import (
+    IMAGE,
+    NETWORK,
+    containers,
+    docker_client,
+    docker_run,
+)
 
 from agent_support import (
     GatewayThread,
@@ -32,7 +39,6 @@ from agent_support import (
     wait_order_state,
 )
 from support import Market, free_port, ok, order_body
-from test_agent_docker import IMAGE, NETWORK, containers, docker_client, docker_run
 
 __all__ = ["docker_client", "docker_run"]  # fixtures
 
@@ -60,17 +66,21 @@ done
 reply() { printf 'HTTP/1.1 200 OK\r\nContent-Length: %s\r\nConnection: close\r\n\r\n' "$1"; }
 case "$path" in
   /ws)
-    accept=$(printf '%s' "${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11" | sha1sum | cut -d' ' -f1 | xxd -r -p | base64)
-    printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n' "$accept"
+    accept=$(printf '%s' "${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11" | sha1sum \
+      | cut -d' ' -f1 | xxd -r -p | base64)
+    printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n'
+    printf 'Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n' "$accept"
     printf '\x81\x05hello'
     exec cat;;
   /big) reply 33554432; exec cat /www/big.bin;;
-  /upload) got=$(head -c "$length" | wc -c); body="received $got"; reply ${#body}; printf '%s' "$body";;
+  /upload) got=$(head -c "$length" | wc -c); body="received $got"
+    reply ${#body}; printf '%s' "$body";;
   *) reply 26; cat /www/index.html;;
 esac
 HTTP
 chmod +x /banner.sh /http.sh
 nc -ll -p 22 -e /banner.sh &
+httpd -p 8000 -h /www
 nc -ll -p 80 -e /http.sh
 """
 
@@ -110,9 +120,8 @@ def tunnel_agent(
 
 
 def rental_order(server_id: int, ports: dict[str, str] | None = None) -> dict[str, Any]:
-    return order_body(
-        server_id, image=IMAGE, ports=ports or {"22": "tcp", "80": "http"}, command=RENTAL
-    )
+    ports = ports or {"22": "tcp", "8000": "tcp", "80": "http"}
+    return order_body(server_id, image=IMAGE, ports=ports, command=RENTAL)
 
 
 def public(order: dict[str, Any], container_port: str) -> int:
@@ -216,8 +225,333 @@ def test_rental_ports_are_reached_through_the_gateway_only(
         # TCP: the banner through the public port
         assert wait_banner(ssh_port).startswith(b"SSH-2.0-OpenSSH_9.6 rental")
 
-        # HTTP: routed by Host
-        page = http_get(http_port, f"{oid}-80.localhost:{http_port}", "/")
+        # HTTP: routed by Host; an unknown host or port gets the 404 page
+        host = f"{oid}-80.localhost:{http_port}"
+        page = http_get(http_port, host, "/")
         assert page.text.strip() == "hello-through-the-gateway"
+        for other in (f"{oid + 1}-80.localhost", f"{oid}-22.localhost", "localhost", "x.example"):
+            missing = httpx.get(f"http://127.0.0.1:{http_port}/", headers={"Host": other})
+            assert missing.status_code == 404 and "No rental answers" in missing.text
+
+        # a 32 MiB response streams through intact; a 5 MiB upload arrives whole
+        big = httpx.get(f"http://127.0.0.1:{http_port}/big", headers={"Host": host}, timeout=30)
+        assert big.status_code == 200 and big.content == bytes(32 * 1024 * 1024)
+        upload = httpx.post(
+            f"http://127.0.0.1:{http_port}/upload",
+            headers={"Host": host},
+            content=os.urandom(5 * 1024 * 1024),
+            timeout=30,
+        )
+        assert upload.text == f"received {5 * 1024 * 1024}"
+
+        # WebSocket: the upgrade, the server's greeting and an echo, through the http port
+        websocket_echo(http_port, host)
+
+        # 100 concurrent connections to a tcp port (busybox httpd on 8000 behind it)
+        concurrent_requests(public(order, "8000"), 100)
+
+        # slow readers: ten 32 MiB downloads nobody reads keep the gateway's memory bounded
+        grew = stalled_readers_memory(public(order, "8000"), 10)
+        assert grew < 48 * 1024 * 1024, f"gateway memory grew by {grew} bytes"
+
+        # a gateway restart: the agent's tunnel comes back and new connections work
+        before = agent.agent.tunnel.connections
+        gateway.restart()
+        wait_for(lambda: agent.agent.tunnel.connections > before, 20, what="tunnel back")
+        assert wait_banner(ssh_port).startswith(b"SSH-2.0-")
+        assert http_get(http_port, host, "/").status_code == 200
+
+        # the order ends: its public port refuses and its URL answers 404 at once
+        ok(renter.post("/v1/cancel_order", json={"id": oid}))
+        assert connection_refused(ssh_port)
+        gone = httpx.get(f"http://127.0.0.1:{http_port}/", headers={"Host": host})
+        assert gone.status_code == 404
+        wait_for(lambda: ssh_port not in gateway.gateway.listeners, 2, what="listener closed")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", ssh_port), timeout=2).close()
+        assert "http_pub" not in wait_order_state(renter, oid, "stopped", timeout=20)
     finally:
         agent.stop()
+
+
+def websocket_echo(port: int, host: str) -> None:
+    key = base64.b64encode(os.urandom(16)).decode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            (
+                f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        stream = sock.makefile("rb")
+        assert stream.readline().startswith(b"HTTP/1.1 101")
+        headers = {}
+        while (line := stream.readline().strip()) != b"":
+            name, _, value = line.decode().partition(":")
+            headers[name.lower()] = value.strip()
+        expected = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+        assert headers["sec-websocket-accept"] == expected
+        assert stream.read(7) == b"\x81\x05hello"  # the server's text frame
+        mask = os.urandom(4)
+        payload = b"ping through the tunnel"
+        frame = bytes([0x81, 0x80 | len(payload)]) + mask
+        frame += bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        sock.sendall(frame)
+        assert stream.read(len(frame)) == frame  # echoed byte for byte
+
+
+def concurrent_requests(port: int, count: int) -> None:
+    """``count`` connections open at once, each a whole HTTP exchange."""
+    errors: list[str] = []
+    barrier = threading.Barrier(count)
+
+    def one(i: int) -> None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                barrier.wait(30)
+                sock.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+                assert data.startswith(b"HTTP/1.") and b"hello-through-the-gateway" in data
+        except Exception as exc:
+            errors.append(f"{i}: {exc!r}")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+
+
+def stalled_readers_memory(port: int, count: int) -> int:
+    """RSS growth of this process (the gateway runs in it) while ``count`` clients ask for
+    32 MiB each and read nothing for two seconds."""
+    process = psutil.Process()
+    before = process.memory_info().rss
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"GET /big.bin HTTP/1.0\r\n\r\n")
+            socks.append(sock)
+        time.sleep(2.0)
+        grew = process.memory_info().rss - before
+        # the streams were only paused: they still deliver everything once read
+        for sock in socks[1:]:
+            sock.close()
+        got = 0
+        socks[0].settimeout(20)
+        while got < 32 * 1024 * 1024:
+            chunk = socks[0].recv(1 << 20)
+            if not chunk:
+                break
+            got += len(chunk)
+        assert got > 32 * 1024 * 1024  # the file and the response head
+        return grew
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_an_agent_cannot_forward_another_servers_order(
+    market: Market, gateway: GatewayThread, tmp_path: Path
+) -> None:
+    """The gateway grants a forward only for a port of a live order on the agent's own server,
+    and logs in only the key recorded for that server."""
+    host = market.user()
+    renter = market.client(market.user(bitcoin="0.01"))
+    sid_a, token_a = host_server(market, host, "a")
+    sid_b, token_b = host_server(market, host, "b")
+    agent_a = start_agent(market.url, tmp_path / "a", init_token=token_a)
+    agent_b = start_agent(market.url, tmp_path / "b", init_token=token_b)
+    try:
+        oid = ok(renter.post("/v1/create_order", json=order_body(sid_a, ports={"22": "tcp"})))[
+            "order_id"
+        ]
+        wait_order_state(renter, oid, "running")
+        assert agent_b.agent.tunnel is not None and agent_a.agent.tunnel is not None
+        wait_for(agent_b.agent.tunnel.connected.is_set, 10, what="tunnel of b")
+        key_b = agent_b.agent.tunnel.key
+        ssh = ("127.0.0.1", gateway.gateway.ssh_port)
+        trusted = gateway.call(_host_key(market))
+
+        async def attempts() -> list[str]:
+            results = []
+            async with asyncssh.connect(
+                *ssh,
+                username=str(sid_b),
+                client_keys=[key_b],
+                known_hosts=([trusted], [], []),
+                config=None,
+                agent_path=None,
+            ) as conn:
+                for host_name, port in ((f"order-{oid}", 22), ("order-999", 22), ("localhost", 22)):
+                    try:
+                        await conn.forward_remote_port(host_name, port, "127.0.0.1", 1)
+                        results.append("granted")
+                    except asyncssh.ChannelListenError:
+                        results.append("refused")
+                for kind in ("direct", "session"):  # no open proxy, no shell
+                    try:
+                        if kind == "direct":
+                            await conn.open_connection("127.0.0.1", 5432)
+                        else:
+                            await conn.run("id", check=True)
+                        results.append("opened")
+                    except (asyncssh.ChannelOpenError, asyncssh.ProcessError):
+                        results.append("refused")
+            # b's key does not log in as a's server, nor does an unknown key
+            for user, key in (
+                (str(sid_a), key_b),
+                (str(sid_b), asyncssh.generate_private_key("ssh-ed25519")),
+            ):
+                try:
+                    async with asyncssh.connect(
+                        *ssh,
+                        username=user,
+                        client_keys=[key],
+                        known_hosts=([trusted], [], []),
+                        config=None,
+                        agent_path=None,
+                    ):
+                        results.append("logged in")
+                except asyncssh.PermissionDenied:
+                    results.append("denied")
+            return results
+
+        assert gateway.call(attempts()) == ["refused"] * 5 + ["denied"] * 2
+    finally:
+        agent_a.stop()
+        agent_b.stop()
+
+
+async def _host_key(market: Market) -> asyncssh.SSHKey:
+    from openclore.market.tunnels import gateway_identity
+
+    with market.db.read() as conn:
+        identity = gateway_identity(conn, "localhost")
+    assert identity is not None
+    return asyncssh.import_public_key(identity[1])
+
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a wildcard certificate for ``*.gw.localhost`` it signed (TLS clients
+    refuse a wildcard right under a top-level name such as ``*.localhost``)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "openclore test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "*.gw.localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("*.gw.localhost")]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, cert_path, key_path = (
+        directory / "ca.pem",
+        directory / "cert.pem",
+        directory / "key.pem",
+    )
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_path, cert_path, key_path
+
+
+def https_get(port: int, host: str, ca: Path, path: str = "/") -> bytes:
+    """GET over TLS from the loopback, verifying the chain and the name ``host``."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(ca))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=host) as sock,
+    ):
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        return data
+
+
+def test_https_through_the_gateway_with_a_wildcard_certificate(
+    market: Market, tmp_path: Path, docker_client: Any, docker_run: dict[str, str]
+) -> None:
+    import ssl
+
+    ca, cert, key = make_certificates(tmp_path)
+    base = 43800 + (os.getpid() % 40) * 5
+    market.reconfigure(
+        gateway_name="localhost",
+        gateway_ssh_port=free_port(),
+        gateway_http_port=free_port(),
+        gateway_port_range=f"{base}-{base + 4}",
+        http_domain="gw.localhost",
+        gateway_tls_cert=str(cert),
+        gateway_tls_key=str(key),
+    )
+    market.settings = market.settings.model_copy(
+        update={"gateway_ssh_address": f"127.0.0.1:{market.settings.gateway_ssh_port}"}
+    )
+    gw = GatewayThread(market)
+    host = market.user()
+    renter = market.client(market.user(bitcoin="0.01"))
+    sid, token = host_server(market, host)
+    agent = tunnel_agent(market, tmp_path, docker_run, token)
+    try:
+        oid = ok(renter.post("/v1/create_order", json=rental_order(sid)))["order_id"]
+        order = wait_order_state(renter, oid, "running", timeout=30)
+        port = gw.gateway.http_port
+        assert order["http_pub"] == f"https://{oid}-80.gw.localhost:{port}"
+        name = f"{oid}-80.gw.localhost"
+        answers: list[bytes] = []
+
+        def served() -> bool:
+            answers.append(https_get(port, name, ca))
+            return b"hello-through-the-gateway" in answers[-1]
+
+        wait_for(served, 20, interval=0.2, what="the page over https")
+        assert answers[-1].startswith(b"HTTP/1.1 200")
+        # a client that does not trust the CA refuses the connection
+        with (
+            pytest.raises(ssl.SSLCertVerificationError),
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ):
+            ssl.create_default_context().wrap_socket(raw, server_hostname=name)
+    finally:
+        agent.stop()
+        gw.stop()

@@ -1,14 +1,20 @@
 """A seeded, stateful simulation of the market, with the invariants checked after every step.
 
 Hypothesis drives deposits, on-demand and spot orders, bid raises and lowerings, cancels, servers
-going offline and online, settings changes and clock jumps (ticks included) through the same
-market services the API calls, on SQLite and PostgreSQL. After every step:
+going offline and online, settings changes, withdrawals (requested, approved, rejected), operator
+refunds and clock jumps (ticks included) through the same market services the API calls, on
+SQLite and PostgreSQL. After every step:
 
 * the ledger sums to zero and no balance but the outside world's is negative;
 * at most one order runs on a server, and it is the one the rules choose (the live on-demand
   order, else the highest bid, ties to the earliest; nothing while the server is offline);
 * every order's ``spend`` equals the transfers booked for it, its ``fee_paid`` the fee transfers,
-  so host earnings + fees = renter spend; ended orders never run.
+  so host earnings + fees = renter spend; ended orders never run;
+* the pending-withdrawals account holds exactly the requests not yet decided.
+
+At the end of every run, each user's monthly statements (every month the run touched) chain
+opening to closing balance exactly, end at the wallet's balance, and their deposits, refunds and
+withdrawals are the ones the run made.
 
 Runs are derandomized (the same steps every run); set ``OPENCLORE_SIM_EXAMPLES`` and
 ``OPENCLORE_SIM_STEPS`` to search longer. A failure prints the exact steps to replay it.
@@ -34,15 +40,17 @@ from openclore.engine.ticker import tick
 from openclore.ledger import ensure_system_accounts
 from openclore.market import orders as order_service
 from openclore.market import servers as server_service
+from openclore.market import statements as statement_service
+from openclore.market import withdrawals as withdrawal_service
 from openclore.market.accounts import create_user
 from openclore.market.requests import CreateOrderRequest, SetServerSettingsRequest
-from openclore.market.wallets import deposit
+from openclore.market.wallets import adjust, deposit
 from openclore.store.db import Database, run_write
-from openclore.store.schema import accounts, orders, servers
+from openclore.store.schema import accounts, orders, servers, withdrawals
 
 from market_model import Model, Rules
 from market_model import Server as ModelServer
-from support import T0, booked_by_order, fresh_database
+from support import booked_by_order, fresh_database
 
 EXAMPLES = int(os.environ.get("OPENCLORE_SIM_EXAMPLES", "60"))
 STEPS = int(os.environ.get("OPENCLORE_SIM_STEPS", "50"))
@@ -60,10 +68,20 @@ PRICES = [
     "0.0864",
 ]
 JUMPS = [0, 1, 5, 59, 600, 3599, 3600, 86400, 3 * 86400]
+# two hours before a month ends, so that runs cross into the next month's statement
+T0 = 1_701_388_800 - 7200  # 2023-11-30T22:00:00Z
+WITHDRAWALS = ["0.000005", "0.00005", "0.0003"]
+WITHDRAWAL_FEE = "0.000002"
+ADDRESS = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"
 
 
 def make_machine(db: Database, stats: dict[str, int]) -> type[RuleBasedStateMachine]:
-    config = Settings(database_url=db.url, max_active_orders=50)
+    config = Settings(
+        database_url=db.url,
+        max_active_orders=50,
+        withdrawal_fee={"bitcoin": Decimal(WITHDRAWAL_FEE)},
+    )
+    fee = to_units(WITHDRAWAL_FEE)
     rules = Rules(
         creation_fee_on_demand=to_units(config.creation_fee_on_demand["bitcoin"]),
         creation_fee_spot=to_units(config.creation_fee_spot["bitcoin"]),
@@ -146,6 +164,61 @@ def make_machine(db: Database, stats: dict[str, int]) -> type[RuleBasedStateMach
                 )
             )
             self.model.deposit(self.users[user], to_units(amount))
+
+        @rule(user=st.integers(0, USERS - 1), amount=st.sampled_from(WITHDRAWALS))
+        def withdraw(self, user: int, amount: str) -> None:
+            self._step()
+            uid, units = self.users[user], to_units(amount)
+            wid = self._run(
+                lambda conn: withdrawal_service.request_withdrawal(
+                    conn, uid, "bitcoin", units, ADDRESS, config, self.now
+                ),
+                self.model.withdraw(uid, units, fee),
+            )
+            if wid is not None:
+                self.model.requested(wid, uid, units, fee)
+
+        @rule(data=st.data(), approve=st.booleans())
+        def decide_withdrawal(self, data: st.DataObject, approve: bool) -> None:
+            if not self.model.withdrawals:
+                return
+            self._step()
+            wid = data.draw(st.sampled_from(sorted(self.model.withdrawals)))
+            expected = self.model.decide(wid, approve)
+
+            def run(conn: Any) -> None:
+                if approve:
+                    withdrawal_service.approve_withdrawal(conn, wid, f"tx{wid}", "sim", self.now)
+                else:
+                    withdrawal_service.reject_withdrawal(conn, wid, "simulated", "sim", self.now)
+
+            outcome = self._run(run, False)
+            assert outcome is None
+            with db.read() as conn:
+                state = conn.execute(
+                    select(withdrawals.c.state).where(withdrawals.c.id == wid)
+                ).scalar_one()
+            assert state == self.model.withdrawals[wid].state, (wid, state, expected)
+
+        @rule(user=st.integers(0, USERS - 1), amount=st.sampled_from(["0.000001", "0.0001"]))
+        def refund(self, user: int, amount: str) -> None:
+            self._step()
+            uid = self.users[user]
+            self._run(
+                lambda conn: adjust(
+                    conn,
+                    uid,
+                    "bitcoin",
+                    to_units(amount),
+                    config,
+                    self.now,
+                    reason="simulated refund",
+                    actor="sim",
+                    refund=True,
+                ),
+                None,
+            )
+            self.model.deposit(uid, to_units(amount))
 
         @rule(
             user=st.integers(0, USERS - 1),
@@ -266,6 +339,7 @@ def make_machine(db: Database, stats: dict[str, int]) -> type[RuleBasedStateMach
             self._step()
 
         def teardown(self) -> None:
+            self._statements_reconcile()
             with db.read() as conn:
                 stats["runs"] = stats.get("runs", 0) + 1
                 stats["orders"] += conn.execute(
@@ -277,12 +351,65 @@ def make_machine(db: Database, stats: dict[str, int]) -> type[RuleBasedStateMach
                 stats["ended"] += conn.execute(
                     select(func.count()).where(orders.c.expired.is_(True))
                 ).scalar_one()
+                for state, n in conn.execute(
+                    select(withdrawals.c.state, func.count()).group_by(withdrawals.c.state)
+                ):
+                    stats[state] = stats.get(state, 0) + int(n)
+                    stats["withdrawn"] = stats.get("withdrawn", 0) + int(n)
 
         def _owner(self, oid: int) -> int:
             with db.read() as conn:
                 return int(
                     conn.execute(select(orders.c.user_id).where(orders.c.id == oid)).scalar_one()
                 )
+
+        def _statements_reconcile(self) -> None:
+            """Every user's months chain from 0 to the wallet's balance, to the unit, and hold
+            exactly the deposits, refunds and withdrawals the run made."""
+            months = []
+            month = statement_service.current_month(T0)
+            while True:
+                months.append(month)
+                if month == statement_service.current_month(self.now):
+                    break
+                _start, end = statement_service.month_bounds(month)
+                month = statement_service.current_month(end)
+            with db.read() as conn:
+                for uid in self.users:
+                    opening = 0
+                    totals: dict[str, int] = {}
+                    for month in months:
+                        s = statement_service.monthly_statement(
+                            conn, uid, "bitcoin", month, config
+                        )["statement"]
+                        assert s["opening_balance"].units == opening, (uid, month)
+                        kinds = {k: v.units for k, v in s["totals"].items()}
+                        assert opening + sum(kinds.values()) == s["closing_balance"].units
+                        opening = s["closing_balance"].units
+                        for kind, value in kinds.items():
+                            totals[kind] = totals.get(kind, 0) + value
+                    wallet = conn.execute(
+                        select(accounts.c.balance).where(accounts.c.key == f"wallet:bitcoin:{uid}")
+                    ).scalar_one()
+                    assert opening == wallet, (uid, opening, wallet)
+                    stats["statements"] += len(months)
+                    model = self.model
+                    assert totals.get("deposit", 0) + totals.get("refund", 0) == (
+                        model.deposits.get(uid, 0)
+                    )
+                    assert totals.get("withdrawal", 0) + totals.get("withdrawal_fee", 0) + (
+                        totals.get("withdrawal_back", 0)
+                    ) == -model.withdrawn(uid)
+
+        @invariant()
+        def pending_withdrawals_are_held(self) -> None:
+            with db.read() as conn:
+                held = conn.execute(
+                    select(accounts.c.balance).where(
+                        accounts.c.key == "pending_withdrawals:bitcoin"
+                    )
+                ).scalar_one()
+            assert held == self.model.pending_withdrawals()
 
         @invariant()
         def ledger_balances(self) -> None:
@@ -393,7 +520,15 @@ def _wipe(db: Database) -> None:
 @pytest.mark.slow
 def test_market_simulation(request: pytest.FixtureRequest, backend: str, tmp_path: Any) -> None:
     db = fresh_database(request, backend, tmp_path)
-    stats = {"steps": 0, "orders": 0, "billed": 0, "ended": 0, "modelled": 0, "unmodelled": 0}
+    stats = {
+        "steps": 0,
+        "orders": 0,
+        "billed": 0,
+        "ended": 0,
+        "modelled": 0,
+        "unmodelled": 0,
+        "statements": 0,
+    }
     machine = make_machine(db, stats)
     machine.TestCase.settings = settings(
         max_examples=EXAMPLES,
@@ -407,6 +542,10 @@ def test_market_simulation(request: pytest.FixtureRequest, backend: str, tmp_pat
         machine.TestCase().runTest()
         # the runs really traded: orders were made, billed and ended
         assert stats["orders"] > 0 and stats["billed"] > 0 and stats["ended"] > 0, stats
+        # money moved in and out: withdrawals requested, decided and refused, refunds
+        assert all(stats.get(k, 0) > 0 for k in ("withdrawn", "approved", "rejected")), stats
+        # and most runs crossed a month's end, so statements chain across months
+        assert stats["statements"] > 1.5 * USERS * stats["runs"], stats
         # the model stops once a wallet runs dry: most steps must still be checked against it
         assert stats["modelled"] > 2 * stats["unmodelled"], stats
         print(f"simulation on {backend}: {stats}")

@@ -40,6 +40,19 @@ class Settings(BaseSettings):
         },
         description="Withdrawal fee shown in wallets, per currency (whole coins)",
     )
+    withdrawal_daily_limit: dict[str, Decimal] = Field(
+        default_factory=dict,
+        description="Most a user may withdraw per currency in any 24 hours (whole coins; "
+        "a currency not named has no limit)",
+    )
+    payments_webhook_secret: str = Field(
+        "",
+        description="Shared secret of the signed deposit webhook POST /payments/deposit "
+        "(empty: the webhook is off)",
+    )
+    payments_webhook_tolerance: int = Field(
+        300, ge=1, description="Seconds a deposit webhook's signature timestamp may be off"
+    )
     fee_on_demand: Decimal = Field(Decimal("5"), description="Platform fee on on-demand spend, %")
     fee_spot: Decimal = Field(Decimal("2.5"), description="Platform fee on spot spend, %")
     creation_fee_on_demand: dict[str, Decimal] = Field(

@@ -106,8 +106,22 @@ def agent(
         str, typer.Option(envvar="OPENCLORE_AGENT_PORT_RANGE", help="Host ports for renters")
     ] = "40000-40999",
     bind_address: Annotated[
-        str, typer.Option(envvar="OPENCLORE_AGENT_BIND_ADDRESS", help="Address ports bind to")
+        str,
+        typer.Option(
+            envvar="OPENCLORE_AGENT_BIND_ADDRESS",
+            help="Address ports bind to when published directly (through the market's gateway "
+            "they bind to 127.0.0.1)",
+        ),
     ] = "0.0.0.0",
+    direct: Annotated[
+        bool,
+        typer.Option(
+            "--direct",
+            envvar="OPENCLORE_AGENT_DIRECT",
+            help="Publish rentals' ports on this host's own address instead of tunnelling "
+            "through the market's access gateway (needs a public address and open ports)",
+        ),
+    ] = False,
     network: Annotated[
         str, typer.Option(envvar="OPENCLORE_AGENT_NETWORK", help="Docker network for rentals")
     ] = "openclore",
@@ -306,6 +320,8 @@ def agent(
             agent_id=state.agent_id,
             public_host=list(public_host or []),
             heartbeat_interval=heartbeat,
+            tunnel=not direct,
+            tunnel_key_dir=directory,
         ),
         reconciler,
         specs,

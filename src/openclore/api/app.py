@@ -41,10 +41,14 @@ from openclore.domain.errors import (
 from openclore.domain.money import to_units
 from openclore.engine.clock import Clock, SandboxClock, SystemClock
 from openclore.engine.ticker import tick
+from openclore.gateway.service import serve_gateway
 from openclore.market import orders as order_service
+from openclore.market import payments as payment_service
 from openclore.market import requests, search
 from openclore.market import servers as server_service
+from openclore.market import statements as statement_service
 from openclore.market import wallets as wallet_service
+from openclore.market import withdrawals as withdrawal_service
 from openclore.market.accounts import authenticate
 from openclore.market.demo import reset_world
 from openclore.store.db import Database, run_write
@@ -284,6 +288,72 @@ def _sandbox_deposit(state: AppState, call: Call) -> dict[str, Any]:
     return {}
 
 
+def _param(call: Call, name: str) -> Any:
+    """A parameter from the query string, else from the JSON body."""
+    return call.request.query_params.get(name, call.body.get(name))
+
+
+def _int_param(call: Call, name: str, default: int | None = None) -> int | None:
+    raw = _param(call, name)
+    if raw is None or raw == "":
+        return default
+    if isinstance(raw, bool) or not str(raw).lstrip("-").isdigit() or len(str(raw)) > 15:
+        raise InvalidInput(f"{name}: must be an integer")
+    return int(str(raw))
+
+
+def _str_param(call: Call, name: str) -> str | None:
+    raw = _param(call, name)
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str | int) or isinstance(raw, bool):
+        raise InvalidInput(f"{name}: must be a string")
+    return str(raw)
+
+
+def _transactions(state: AppState, call: Call) -> dict[str, Any]:
+    with call.read() as conn:
+        return statement_service.transactions(
+            conn,
+            _uid(call),
+            state.settings,
+            currency=_str_param(call, "currency"),
+            since=_int_param(call, "since"),
+            until=_int_param(call, "until"),
+            limit=_int_param(call, "limit", 100) or 0,
+            cursor=_str_param(call, "cursor"),
+        )
+
+
+def _statement(state: AppState, call: Call) -> dict[str, Any]:
+    currency = _str_param(call, "currency") or state.settings.default_currency
+    month = _str_param(call, "month") or statement_service.current_month(call.now)
+    with call.read() as conn:
+        return statement_service.monthly_statement(
+            conn, _uid(call), currency, month, state.settings
+        )
+
+
+def _withdraw(state: AppState, call: Call) -> dict[str, Any]:
+    req = requests.validate_body(requests.WithdrawRequest, call.body)
+    amount = to_units(req.amount)
+
+    def run(conn: Connection) -> dict[str, Any]:
+        wid = withdrawal_service.request_withdrawal(
+            conn, _uid(call), req.currency, amount, req.address, state.settings, call.now
+        )
+        mine = withdrawal_service.my_withdrawals(conn, _uid(call))["withdrawals"]
+        return {"withdrawal": next(w for w in mine if w["id"] == wid)}
+
+    result: dict[str, Any] = state.db_write(run)
+    return result
+
+
+def _withdrawals(state: AppState, call: Call) -> dict[str, Any]:
+    with call.read() as conn:
+        return withdrawal_service.my_withdrawals(conn, _uid(call))
+
+
 def _uid(call: Call) -> int:
     assert call.user_id is not None
     return call.user_id
@@ -311,6 +381,10 @@ V1_ENDPOINTS = [
     Endpoint("cancel_order", _cancel_order),
     Endpoint("create_order", _create_order, extra_interval="create_order_interval"),
     Endpoint("add_server", _add_server),
+    Endpoint("transactions", _transactions, readonly=True),
+    Endpoint("statement", _statement, readonly=True),
+    Endpoint("withdraw", _withdraw),
+    Endpoint("withdrawals", _withdrawals, readonly=True),
 ]
 
 SANDBOX_ENDPOINTS = [
@@ -357,6 +431,7 @@ def create_app(
     *,
     background_ticker: bool = False,
     rate_clock: Clock | None = None,
+    gateway: bool = False,
 ) -> FastAPI:
     """Build the application. ``db``, ``clock`` (the market's time) and ``rate_clock`` (the wall
     clock rate limits follow) are injectable for tests and the sandbox; ``background_ticker``
@@ -371,9 +446,17 @@ def create_app(
         task = None
         if background_ticker and settings.tick_interval > 0:
             task = asyncio.create_task(_ticker(state))
+        gateway_stop = asyncio.Event()
+        gateway_task = None
+        if gateway:
+            gateway_task = asyncio.create_task(serve_gateway(database, settings, gateway_stop))
         try:
             yield
         finally:
+            if gateway_task is not None:
+                gateway_stop.set()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(gateway_task, 10)
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -510,6 +593,54 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
         return error_response(InvalidInput("invalid request"), settings.http_status)
+
+    @app.post("/payments/deposit", include_in_schema=False)
+    async def payments_deposit(request: Request) -> Response:
+        raw = await request.body()
+        try:
+            answer = await run_in_threadpool(_payment_deposit, request, raw)
+            return _json({**answer, "code": 0})
+        except CloreError as exc:
+            # a provider reads HTTP statuses: the REST mapping whatever the API's mode
+            return error_response(exc, "rest")
+        except BodyTooLarge:
+            return too_large(settings.max_body_bytes)
+        except Exception:
+            log.exception("internal error on the deposit webhook")
+            return error_response(InternalError("internal error"), "rest")
+
+    def _payment_deposit(request: Request, raw: bytes) -> dict[str, Any]:
+        secret = settings.payments_webhook_secret
+        if not secret:
+            raise InvalidEndpoint("the deposit webhook is off (set payments_webhook_secret)")
+        # checked before the body is even parsed: an unsigned or stale delivery writes nothing
+        payment_service.verify(
+            secret,
+            request.headers.get(payment_service.SIGNATURE_HEADER),
+            raw,
+            state.rate_clock.now(),
+            settings.payments_webhook_tolerance,
+        )
+        req = requests.validate_body(requests.PaymentDepositRequest, parse_object(raw))
+        amount = to_units(req.amount)
+        now = state.now()
+
+        def run(conn: Connection) -> dict[str, Any]:
+            return payment_service.provider_deposit(
+                conn,
+                external_id=req.external_id,
+                currency=req.currency,
+                amount=amount,
+                user=None if req.user is None else str(req.user),
+                address=req.address,
+                settings=settings,
+                now=now,
+            )
+
+        try:
+            return run_write(database, run)
+        except IntegrityError:  # a concurrent delivery of the same id won: this one is a replay
+            return run_write(database, run)
 
     install_agent_api(app, state)  # host agents: /agent/v1, apart from the Clore API
     install_openapi(app, V1_ENDPOINTS, SANDBOX_ENDPOINTS)

@@ -190,3 +190,74 @@ class CreateOrderResponse(Envelope):
 class AddServerResponse(Envelope):
     id: int
     init_token: str
+
+
+# ---------------------------------------------------------------- money in and out (extensions)
+
+
+class Transaction(BaseModel):
+    id: int = Field(description="the ledger transfer's id (entries are in this order)")
+    time: int = Field(description="unix seconds")
+    currency: str
+    kind: str = Field(
+        description="deposit, creation_fee, spend, fee, earning, withdrawal, withdrawal_fee, "
+        "withdrawal_back, refund, adjustment"
+    )
+    amount: float = Field(description="signed: positive credits the wallet")
+    balance: float = Field(description="the wallet's balance after this entry")
+    order_id: int | None
+    memo: str | None = Field(description="the reason (refunds, adjustments, withdrawals)")
+    by: str | None = Field(description="who booked it, where a person or a provider did")
+
+
+class TransactionsResponse(Envelope):
+    transactions: list[Transaction]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
+
+
+class Statement(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    user: str
+    currency: str
+    month: str = Field(description="YYYY-MM (UTC)")
+    from_: int = Field(alias="from", description="first second of the month")
+    until: int = Field(description="first second of the next month")
+    opening_balance: float
+    closing_balance: float = Field(description="opening_balance + the sum of totals")
+    totals: dict[str, float] = Field(description="signed totals by kind")
+    orders: list[dict[str, Any]] = Field(description="per order: totals by kind and total")
+    entries: list[Transaction] = Field(description="every entry but the rental ticks")
+    entry_count: int
+
+
+class StatementResponse(Envelope):
+    statement: Statement
+
+
+class Withdrawal(BaseModel):
+    id: int
+    currency: str
+    amount: float = Field(description="what the address receives")
+    fee: float = Field(description="taken from the wallet on top of the amount")
+    address: str
+    state: Literal["pending", "approved", "rejected"]
+    created_at: int
+    decided_at: int | None
+    txid: str | None = Field(description="the payout's transaction id (approved)")
+    reason: str | None = Field(description="why it was rejected")
+
+
+class WithdrawResponse(Envelope):
+    withdrawal: Withdrawal
+
+
+class WithdrawalsResponse(Envelope):
+    withdrawals: list[Withdrawal]
+
+
+class PaymentDepositResponse(Envelope):
+    credited: bool = Field(description="false: this external_id was credited before (a replay)")
+    external_id: str
+    user_id: int
+    currency: str
+    amount: float

@@ -29,6 +29,7 @@ REQUESTS: dict[str, type[BaseModel]] = {
     "add_server": requests.AddServerRequest,
     "advance_time": requests.SandboxAdvanceRequest,
     "deposit": requests.SandboxDepositRequest,
+    "withdraw": requests.WithdrawRequest,
 }
 RESPONSES: dict[str, type[BaseModel]] = {
     "wallets": models.WalletsResponse,
@@ -39,6 +40,10 @@ RESPONSES: dict[str, type[BaseModel]] = {
     "spot_marketplace": models.SpotMarketplaceResponse,
     "create_order": models.CreateOrderResponse,
     "add_server": models.AddServerResponse,
+    "transactions": models.TransactionsResponse,
+    "statement": models.StatementResponse,
+    "withdraw": models.WithdrawResponse,
+    "withdrawals": models.WithdrawalsResponse,
 }
 SUMMARIES = {
     "wallets": "Wallets and balances",
@@ -58,6 +63,11 @@ SUMMARIES = {
     "advance_time": "Sandbox: move the market clock forward (billing and expiry apply)",
     "deposit": "Sandbox: credit your own wallet",
     "reset": "Sandbox: throw the market away and restore the demo world",
+    "transactions": "openclore extension: your ledger entries with the balance after each "
+    "(cursor pages)",
+    "statement": "openclore extension: a month's statement (?month=YYYY-MM&currency=)",
+    "withdraw": "openclore extension: ask to withdraw; amount + fee leave the wallet at once",
+    "withdrawals": "openclore extension: your withdrawal requests and their state",
 }
 QUERY: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "marketplace": [
@@ -76,6 +86,17 @@ QUERY: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "my_orders": [("return_completed", {"type": "boolean"})],
     "spot_marketplace": [("market", {"type": "integer"})],
     "server_config": [("server_name", {"type": "string"})],
+    "transactions": [
+        ("currency", {"type": "string"}),
+        ("since", {"type": "integer", "description": "unix seconds, inclusive"}),
+        ("until", {"type": "integer", "description": "unix seconds, exclusive"}),
+        ("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+        ("cursor", {"type": "string", "description": "next_cursor of the previous page"}),
+    ],
+    "statement": [
+        ("month", {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"}),
+        ("currency", {"type": "string"}),
+    ],
 }
 
 
@@ -89,11 +110,16 @@ def install_openapi(app: FastAPI, v1: Sequence[Endpoint], sandbox: Sequence[Endp
         all_models: list[type[BaseModel]] = [
             *REQUESTS.values(),
             *RESPONSES.values(),
+            requests.PaymentDepositRequest,
+            models.PaymentDepositResponse,
             models.ErrorEnvelope,
             models.Envelope,
         ]
         _, top = models_json_schema(
-            [(m, "validation" if m in REQUESTS.values() else "serialization") for m in all_models],
+            [
+                (m, "validation" if issubclass(m, requests.Request) else "serialization")
+                for m in all_models
+            ],
             ref_template="#/components/schemas/{model}",
         )
         components = schema.setdefault("components", {})
@@ -103,6 +129,7 @@ def install_openapi(app: FastAPI, v1: Sequence[Endpoint], sandbox: Sequence[Endp
         for prefix, endpoints in (("/v1", v1), ("/sandbox", sandbox)):
             for ep in endpoints:
                 paths[f"{prefix}/{ep.name}"] = _path(ep)
+        paths["/payments/deposit"] = _payments_path()
         schema["paths"] = paths
         app.openapi_schema = schema
         return schema
@@ -148,3 +175,42 @@ def _path(ep: Endpoint) -> dict[str, Any]:
         }
         return {"post": op, "get": {**op, "operationId": ep.name + "_get"}}
     return {"get": op, "post": {**op, "operationId": ep.name + "_post"}}
+
+
+def _payments_path() -> dict[str, Any]:
+    error = {"application/json": {"schema": _ref(models.ErrorEnvelope)}}
+    return {
+        "post": {
+            "summary": "Payment provider webhook: credit a deposit once per external_id "
+            "(signed, see docs/payments.md)",
+            "operationId": "payments_deposit",
+            "tags": ["payments"],
+            "parameters": [
+                {
+                    "name": "Openclore-Signature",
+                    "in": "header",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": 't=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>',
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref(requests.PaymentDepositRequest)}},
+            },
+            "responses": {
+                "200": {
+                    "description": "credited (or a replay: credited false)",
+                    "content": {
+                        "application/json": {"schema": _ref(models.PaymentDepositResponse)}
+                    },
+                },
+                "400": {"description": "code 2 or 6: malformed delivery", "content": error},
+                "401": {"description": "code 3: bad signature or stale", "content": error},
+                "404": {"description": "code 4 (off) or 6 unknown_account", "content": error},
+                "409": {"description": "code 6 deposit_conflict", "content": error},
+                "413": {"description": "code 2: request body too large", "content": error},
+                "500": {"description": "code 1: internal error", "content": error},
+            },
+        }
+    }

@@ -13,4 +13,4 @@ def app_factory() -> FastAPI:
     """uvicorn ``--factory`` target: settings come from OPENCLORE_* variables."""
     settings = Settings()
     configure_protocol(settings)  # this worker's header timeout
-    return create_app(settings, background_ticker=True)
+    return create_app(settings, background_ticker=True, gateway=settings.gateway)

@@ -20,6 +20,7 @@ and exit status 1 (2 for usage errors).
 
 from __future__ import annotations
 
+import csv as csv_module
 import email.utils
 import os
 import shlex
@@ -30,6 +31,7 @@ import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from enum import StrEnum
 from pathlib import Path
@@ -71,6 +73,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 PANEL_RENT = "Renting"
 PANEL_HOST = "Hosting"
+PANEL_MONEY = "Money"
 
 # ----------------------------------------------------------------------------- configuration
 
@@ -899,6 +902,221 @@ def wallets(
             Column("withdrawal fee", 2, "right"),
         ],
         [[w.name, fmt(w.balance), w.deposit or "-", fmt(w.withdrawal_fee)] for w in rows],
+    )
+
+
+def _time_arg(text: str | None, what: str) -> int | None:
+    """A time as unix seconds or an ISO date/time (UTC unless it says otherwise)."""
+    if text is None:
+        return None
+    if text.isdigit():
+        return int(text)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        fail(f"{what}: unix seconds or an ISO date such as 2026-11-01 or 2026-11-01T12:00")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp())
+
+
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@client_app.command(rich_help_panel=PANEL_MONEY)
+def transactions(
+    currency: Annotated[str | None, typer.Option(help="Only this currency.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="From this time (unix seconds or ISO date, UTC).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Before this time.")] = None,
+    csv: Annotated[bool, typer.Option("--csv", help="Print CSV (every entry) instead.")] = False,
+    json: JsonOpt = False,
+    profile: ProfileOpt = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Your ledger entries (deposits, rental spend, earnings, fees, withdrawals, refunds) with
+    the balance after each."""
+    c = ctx(json, profile, url, api_key)
+    start, end = _time_arg(since, "--since"), _time_arg(until, "--until")
+    with handled(c.target), c.client() as client:
+        rows = call(
+            "loading transactions…",
+            lambda: client.all_transactions(currency=currency, since=start, until=end),
+        )
+    if json:
+        emit_json(rows)
+        return
+    if csv:
+        writer = csv_module.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(
+            ["id", "time", "currency", "kind", "amount", "balance", "order_id", "memo", "by"]
+        )
+        for t in rows:
+            writer.writerow(
+                [
+                    t.id,
+                    _iso(t.time),
+                    t.currency,
+                    t.kind,
+                    number_text(t.amount),
+                    number_text(t.balance),
+                    "" if t.order_id is None else t.order_id,
+                    t.memo or "",
+                    t.by or "",
+                ]
+            )
+        return
+    print_table(
+        "transactions",
+        [
+            Column("time", 0),
+            Column("currency", 2),
+            Column("kind", 0),
+            Column("amount", 0, "right"),
+            Column("balance", 0, "right"),
+            Column("order", 1, "right"),
+            Column("memo", 3, fold=True),
+        ],
+        [
+            [
+                _iso(t.time),
+                t.currency,
+                t.kind,
+                number_text(t.amount),
+                number_text(t.balance),
+                "" if t.order_id is None else str(t.order_id),
+                t.memo or "",
+            ]
+            for t in rows
+        ],
+    )
+
+
+@client_app.command(rich_help_panel=PANEL_MONEY)
+def statement(
+    month: Annotated[
+        str | None, typer.Argument(metavar="[YYYY-MM]", help="Month [default: this month].")
+    ] = None,
+    currency: Annotated[str | None, typer.Option(help="Currency [default: the market's].")] = None,
+    pdf: Annotated[Path | None, typer.Option("--pdf", help="Also write it as a PDF here.")] = None,
+    json: JsonOpt = False,
+    profile: ProfileOpt = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """A month's statement: opening and closing balance, totals by kind, each order's rental,
+    and every deposit, withdrawal, refund and adjustment with its reason."""
+    c = ctx(json, profile, url, api_key)
+    with handled(c.target), c.client() as client:
+        found = call("loading statement…", lambda: client.statement(month, currency))
+    data = to_plain(found.model_dump(by_alias=True))
+    if pdf is not None:
+        from openclore.cli.statement_pdf import render
+
+        with handled(c.target):
+            render(data, pdf)
+    if json:
+        emit_json(data)
+        return
+    out.print(
+        f"statement {found.month} · {found.user} · {found.currency}\n"
+        f"opening balance  {number_text(found.opening_balance)}"
+    )
+    for kind, value in found.totals.items():
+        out.print(f"  {kind:<15} {number_text(value)}")
+    out.print(f"closing balance  {number_text(found.closing_balance)}")
+    if found.orders:
+        print_table(
+            "orders",
+            [Column("order", 0, "right"), Column("total", 0, "right")],
+            [[str(o["order_id"]), number_text(o["total"])] for o in found.orders],
+        )
+    if found.entries:
+        print_table(
+            "deposits, withdrawals, refunds, adjustments",
+            [
+                Column("time", 0),
+                Column("kind", 0),
+                Column("amount", 0, "right"),
+                Column("memo", 1, fold=True),
+                Column("by", 2),
+            ],
+            [
+                [_iso(e.time), e.kind, number_text(e.amount), e.memo or "", e.by or ""]
+                for e in found.entries
+            ],
+        )
+    if pdf is not None:
+        out.print(f"PDF written to {pdf}")
+
+
+@client_app.command(rich_help_panel=PANEL_MONEY)
+def withdraw(
+    currency: Annotated[str, typer.Argument(help="Currency (bitcoin, CLORE-Blockchain, …).")],
+    amount: Annotated[str, typer.Argument(help="Whole coins the address receives.")],
+    address: Annotated[str, typer.Argument(help="Where to send them.")],
+    json: JsonOpt = False,
+    profile: ProfileOpt = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Ask to withdraw: AMOUNT plus the withdrawal fee leave the wallet now; the operator pays
+    out (or rejects, and the money comes back)."""
+    c = ctx(json, profile, url, api_key)
+    value = parse_decimal(amount, "amount")
+    with handled(c.target), c.client() as client:
+        w = call("requesting…", lambda: client.withdraw(currency, value, address))
+    if json:
+        emit_json(w)
+        return
+    out.print(
+        f"withdrawal {w.id}: {number_text(w.amount)} {w.currency} to {w.address} "
+        f"(fee {number_text(w.fee)}), {w.state}"
+    )
+
+
+@client_app.command(rich_help_panel=PANEL_MONEY)
+def withdrawals(
+    json: JsonOpt = False,
+    profile: ProfileOpt = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Your withdrawal requests and their state."""
+    c = ctx(json, profile, url, api_key)
+    with handled(c.target), c.client() as client:
+        rows = call("loading withdrawals…", client.withdrawals)
+    if json:
+        emit_json(rows)
+        return
+    print_table(
+        "withdrawals",
+        [
+            Column("id", 0, "right"),
+            Column("requested", 1),
+            Column("currency", 0),
+            Column("amount", 0, "right"),
+            Column("fee", 2, "right"),
+            Column("address", 1, fold=True),
+            Column("state", 0),
+            Column("txid / reason", 3, fold=True),
+        ],
+        [
+            [
+                str(w.id),
+                _iso(w.created_at),
+                w.currency,
+                number_text(w.amount),
+                number_text(w.fee),
+                w.address,
+                w.state,
+                w.txid or w.reason or "",
+            ]
+            for w in rows
+        ],
     )
 
 

@@ -29,11 +29,16 @@ user_app = typer.Typer(help="Users.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 server_app = typer.Typer(help="Hosts' servers.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+withdrawals_app = typer.Typer(
+    help="Withdrawal requests: list, approve (paid out), reject (money back).",
+    no_args_is_help=True,
+)
 app.add_typer(admin_app, name="admin")
 app.add_typer(db_app, name="db")
 admin_app.add_typer(user_app, name="user")
 admin_app.add_typer(token_app, name="token")
 admin_app.add_typer(server_app, name="server")
+admin_app.add_typer(withdrawals_app, name="withdrawals")
 app.command("agent")(agent_command)
 app.add_typer(client_app)
 app.add_typer(sandbox_app, name="sandbox")
@@ -158,6 +163,14 @@ def serve(
             f"API docs: {base}/docs",
             highlight=False,
         )
+    if settings.gateway:
+        template = settings.gateway_url_template or "-"
+        console.print(
+            f"Gateway {settings.gateway_name}: agents tunnel to {settings.gateway_address}, "
+            f"tcp ports {settings.gateway_port_range} on {settings.gateway_bind}, http ports at "
+            f"{template.format(order='<order>', port='<port>')}",
+            highlight=False,
+        )
     db.dispose()
     # Workers rebuild the settings from the environment.
     os.environ["OPENCLORE_DATABASE_URL"] = settings.database_url
@@ -171,6 +184,47 @@ def serve(
         log_level="info",
         **server_options(settings),
     )
+
+
+@app.command(epilog=_settings_help())
+def gateway(
+    name: Annotated[
+        str | None, typer.Option(envvar="OPENCLORE_GATEWAY_NAME", help="Public name")
+    ] = None,
+    bind: Annotated[
+        str | None, typer.Option(envvar="OPENCLORE_GATEWAY_BIND", help="Address to listen on")
+    ] = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Run an access gateway on its own (``serve`` embeds one unless OPENCLORE_GATEWAY=0):
+    agents tunnel to it, renters reach their rentals' ports through it. Of several processes
+    started for one name, one serves it and the others stand by."""
+    import asyncio
+    import logging
+    import signal
+
+    from openclore.gateway.service import serve_gateway
+
+    settings = _settings(database_url, gateway_name=name, gateway_bind=bind)
+    db = _open_database(settings)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    console.print(
+        f"gateway {settings.gateway_name}: agents on {settings.gateway_address}, tcp ports "
+        f"{settings.gateway_port_range}, http port {settings.gateway_http_port or '-'}",
+        highlight=False,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_gateway(db, settings, stop)
+
+    try:
+        asyncio.run(main())
+    finally:
+        db.dispose()
 
 
 @db_app.command("upgrade")
@@ -291,29 +345,240 @@ def token_revoke(token: str, database_url: DatabaseOpt = None) -> None:
     console.print("revoked")
 
 
-@admin_app.command("deposit")
-def admin_deposit(user: str, currency: str, amount: str, database_url: DatabaseOpt = None) -> None:
-    """Credit AMOUNT whole coins of CURRENCY to USER's wallet."""
-    from openclore.domain.errors import MarketError
-    from openclore.domain.money import AmountError, coins_str, to_units
-    from openclore.market.accounts import UnknownUser, find_user
-    from openclore.market.wallets import deposit
+def _operator(by: str | None) -> str:
+    """Who is acting: --by, else the login name of whoever runs the command."""
+    import getpass
 
-    settings, db = _with_db(database_url)
+    if by:
+        return by[:64]
+    try:
+        return getpass.getuser()[:64]
+    except Exception:  # no login name (a container without a passwd entry)
+        return "operator"
+
+
+ByOpt = Annotated[
+    str | None,
+    typer.Option("--by", help="Who does this, recorded in the ledger [default: your login]."),
+]
+
+
+def _units(amount: str, *, signed: bool = False) -> int:
+    from openclore.domain.money import AmountError, to_units
+
     try:
         units = to_units(Decimal(amount))
     except (InvalidOperation, AmountError):
         fail(f"not an amount: {amount!r}")
-    if units <= 0:
-        fail("the amount must be positive")
+    if units == 0 or (units < 0 and not signed):
+        fail("the amount must be positive" if not signed else "the amount must not be zero")
+    return units
+
+
+@admin_app.command("deposit")
+def admin_deposit(
+    user: str,
+    currency: str,
+    amount: str,
+    by: ByOpt = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(help="An external reference (e.g. a blockchain txid): credited once."),
+    ] = None,
+    memo: Annotated[str | None, typer.Option(help="A note shown in the statement.")] = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Credit AMOUNT whole coins of CURRENCY to USER's wallet (who did it is recorded)."""
+    from openclore.domain.errors import MarketError
+    from openclore.domain.money import coins_str
+    from openclore.market.accounts import UnknownUser, find_user
+    from openclore.market.wallets import deposit
+
+    settings, db = _with_db(database_url)
+    units = _units(amount)
     try:
         with db.write() as conn:
-            deposit(conn, find_user(conn, user), currency, units, settings, int(time.time()))
+            credited = deposit(
+                conn,
+                find_user(conn, user),
+                currency,
+                units,
+                settings,
+                int(time.time()),
+                key=None if reference is None else f"ref:{reference}",
+                actor=f"admin:{_operator(by)}",
+                memo=memo,
+            )
     except UnknownUser as exc:
         fail(str(exc))
     except MarketError as exc:
         fail(f"{exc.name} (currencies: {', '.join(settings.currencies)})")
+    if not credited:
+        fail(f"reference {reference!r} was credited before: nothing done")
     console.print(f"deposited {coins_str(units)} {currency}", highlight=False)
+
+
+def _adjust(
+    user: str,
+    currency: str,
+    amount: str,
+    reason: str,
+    by: str | None,
+    database_url: str | None,
+    *,
+    refund: bool,
+    order: int | None = None,
+) -> None:
+    from openclore.domain.errors import MarketError
+    from openclore.domain.money import coins_str
+    from openclore.market.accounts import UnknownUser, find_user
+    from openclore.market.wallets import adjust
+
+    settings, db = _with_db(database_url)
+    units = _units(amount, signed=not refund)
+    try:
+        with db.write() as conn:
+            adjust(
+                conn,
+                find_user(conn, user),
+                currency,
+                units,
+                settings,
+                int(time.time()),
+                reason=reason,
+                actor=f"admin:{_operator(by)}",
+                refund=refund,
+                order_id=order,
+            )
+    except UnknownUser as exc:
+        fail(str(exc))
+    except MarketError as exc:
+        fail(exc.name)
+    word = "refunded" if refund else "adjusted by"
+    console.print(f"{word} {coins_str(units)} {currency}", highlight=False)
+
+
+ReasonOpt = Annotated[
+    str, typer.Option("--reason", help="Why (required; the user sees it in the statement).")
+]
+
+
+@admin_app.command("refund")
+def admin_refund(
+    user: str,
+    currency: str,
+    amount: str,
+    reason: ReasonOpt,
+    order: Annotated[int | None, typer.Option(help="The order refunded, if any.")] = None,
+    by: ByOpt = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Refund AMOUNT to USER's wallet, with a reason shown in their statement."""
+    _adjust(user, currency, amount, reason, by, database_url, refund=True, order=order)
+
+
+@admin_app.command("adjust")
+def admin_adjust(
+    user: str,
+    currency: str,
+    amount: Annotated[
+        str, typer.Argument(help="Signed: -0.5 takes 0.5 from the wallet (put -- before it).")
+    ],
+    reason: ReasonOpt,
+    by: ByOpt = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Correct USER's wallet by a signed AMOUNT, with a reason shown in their statement."""
+    _adjust(user, currency, amount, reason, by, database_url, refund=False)
+
+
+@withdrawals_app.command("list")
+def withdrawals_list(
+    state: Annotated[
+        str | None, typer.Option(help="pending, approved or rejected [default: all].")
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Withdrawal requests, oldest first."""
+    from openclore.market.withdrawals import STATES, all_withdrawals
+
+    if state is not None and state not in STATES:
+        fail(f"--state: one of {', '.join(STATES)}")
+    _, db = _with_db(database_url)
+    with db.read() as conn:
+        rows = all_withdrawals(conn, state)
+    if json:
+        from openclore.api.wire import dumps
+
+        sys.stdout.write(dumps(rows).decode() + "\n")
+        return
+    table = Table(title="withdrawals")
+    for name in ("id", "user", "currency", "amount", "fee", "address", "state", "txid / reason"):
+        table.add_column(name)
+    for w in rows:
+        table.add_row(
+            str(w["id"]),
+            str(w["user"]),
+            w["currency"],
+            w["amount_text"],
+            w["fee_text"],
+            w["address"],
+            w["state"],
+            w["txid"] or w["reason"] or "",
+        )
+    console.print(table)
+
+
+def _decide(action: Any, withdrawal: int, database_url: str | None) -> None:
+    from openclore.domain.errors import MarketError
+
+    _, db = _with_db(database_url)
+    try:
+        from openclore.store.db import run_write
+
+        run_write(db, lambda conn: action(conn, int(time.time())))
+    except MarketError as exc:
+        extra = f" (it is {exc.extra['state']})" if "state" in exc.extra else ""
+        fail(f"withdrawal {withdrawal}: {exc.name}{extra}")
+
+
+@withdrawals_app.command("approve")
+def withdrawals_approve(
+    withdrawal: Annotated[int, typer.Argument(help="Withdrawal id.")],
+    txid: Annotated[str, typer.Option("--txid", help="The payout's transaction id (required).")],
+    by: ByOpt = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Record that WITHDRAWAL was paid out with transaction TXID."""
+    from openclore.market.withdrawals import approve_withdrawal
+
+    who = f"admin:{_operator(by)}"
+    _decide(
+        lambda conn, now: approve_withdrawal(conn, withdrawal, txid, who, now),
+        withdrawal,
+        database_url,
+    )
+    console.print(f"withdrawal {withdrawal} approved", highlight=False)
+
+
+@withdrawals_app.command("reject")
+def withdrawals_reject(
+    withdrawal: Annotated[int, typer.Argument(help="Withdrawal id.")],
+    reason: ReasonOpt,
+    by: ByOpt = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Refuse WITHDRAWAL: amount and fee go back to the user's wallet."""
+    from openclore.market.withdrawals import reject_withdrawal
+
+    who = f"admin:{_operator(by)}"
+    _decide(
+        lambda conn, now: reject_withdrawal(conn, withdrawal, reason, who, now),
+        withdrawal,
+        database_url,
+    )
+    console.print(f"withdrawal {withdrawal} rejected; the money is back in the wallet")
 
 
 @server_app.command("add")

@@ -73,8 +73,12 @@ from openclore.client._models import (
     SpotMarketplaceResponse,
     SpotOffer,
     SpotServer,
+    Statement,
+    Transaction,
+    TransactionsPage,
     Wallet,
     WalletsResponse,
+    Withdrawal,
 )
 from openclore.client._pacing import NoPacing, Pacer
 from openclore.client._sync import Client, Sandbox
@@ -136,10 +140,14 @@ __all__ = [
     "SpotMarketplaceResponse",
     "SpotOffer",
     "SpotServer",
+    "Statement",
     "TooLowPrice",
+    "Transaction",
+    "TransactionsPage",
     "UnexpectedResponse",
     "Wallet",
     "WalletsResponse",
+    "Withdrawal",
     "YouAlreadyHaveSpotOrder",
     "YouDontOwnThisOrder",
     "error_for",

@@ -32,8 +32,14 @@ from openclore.client._models import (
     ServerConfigResponse,
     SpotMarketplace,
     SpotMarketplaceResponse,
+    Statement,
+    StatementResponse,
+    TransactionsPage,
     Wallet,
     WalletsResponse,
+    Withdrawal,
+    WithdrawalsResponse,
+    WithdrawResponse,
 )
 
 T = TypeVar("T")
@@ -310,6 +316,55 @@ def create_order(
 def add_server(name: str) -> ApiCall[AddedServer]:
     return ApiCall(
         "POST", "/v1/add_server", AddedServer.model_validate, body={"name": name}, idempotent=False
+    )
+
+
+def transactions(
+    *,
+    currency: str | None = None,
+    since: int | None = None,
+    until: int | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> ApiCall[TransactionsPage]:
+    params = {
+        name: str(value)
+        for name, value in (
+            ("currency", currency),
+            ("since", since),
+            ("until", until),
+            ("limit", limit),
+            ("cursor", cursor),
+        )
+        if value is not None
+    }
+    return ApiCall("GET", "/v1/transactions", TransactionsPage.model_validate, params=params)
+
+
+def statement(month: str | None = None, currency: str | None = None) -> ApiCall[Statement]:
+    params = {k: v for k, v in (("month", month), ("currency", currency)) if v is not None}
+    return ApiCall(
+        "GET",
+        "/v1/statement",
+        lambda b: StatementResponse.model_validate(b).statement,
+        params=params,
+    )
+
+
+def withdraw(currency: str, amount: Amount, address: str) -> ApiCall[Withdrawal]:
+    body = {"currency": currency, "amount": decimal(amount, "amount"), "address": address}
+    return ApiCall(
+        "POST",
+        "/v1/withdraw",
+        lambda b: WithdrawResponse.model_validate(b).withdrawal,
+        body=body,
+        idempotent=False,
+    )
+
+
+def withdrawals() -> ApiCall[list[Withdrawal]]:
+    return ApiCall(
+        "GET", "/v1/withdrawals", lambda b: WithdrawalsResponse.model_validate(b).withdrawals
     )
 
 

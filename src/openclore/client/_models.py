@@ -249,6 +249,73 @@ class Envelope(CloreModel):
     code: int
 
 
+class Transaction(CloreModel):
+    """One ledger entry of yours (``transactions``): signed amount, balance after it."""
+
+    id: int
+    time: int = Field(description="unix seconds")
+    currency: str
+    kind: str = Field(
+        description="deposit, creation_fee, spend, fee, earning, withdrawal, withdrawal_fee, "
+        "withdrawal_back, refund, adjustment"
+    )
+    amount: Decimal = Field(description="positive credits your wallet, negative debits it")
+    balance: Decimal = Field(description="the wallet's balance after this entry")
+    order_id: int | None = None
+    memo: str | None = Field(None, description="why (refunds, adjustments, withdrawals)")
+    by: str | None = Field(None, description="who booked it, where a person or provider did")
+
+
+class TransactionsPage(Envelope):
+    transactions: list[Transaction] = Field(default_factory=list)
+    next_cursor: str | None = Field(None, description="pass as cursor for the next page")
+
+
+class Withdrawal(CloreModel):
+    id: int
+    currency: str
+    amount: Decimal = Field(description="what the address receives")
+    fee: Decimal = Field(description="taken from the wallet on top of the amount")
+    address: str
+    state: Literal["pending", "approved", "rejected"] | str
+    created_at: int
+    decided_at: int | None = None
+    txid: str | None = Field(None, description="the payout's transaction id, once approved")
+    reason: str | None = Field(None, description="why it was rejected")
+
+
+class WithdrawResponse(Envelope):
+    withdrawal: Withdrawal
+
+
+class WithdrawalsResponse(Envelope):
+    withdrawals: list[Withdrawal] = Field(default_factory=list)
+
+
+class Statement(CloreModel):
+    """A month's statement of one currency: opening + Σ totals = closing."""
+
+    user: str
+    currency: str
+    month: str
+    from_: int = Field(alias="from")
+    until: int
+    opening_balance: Decimal
+    closing_balance: Decimal
+    totals: dict[str, Decimal] = Field(default_factory=dict, description="signed, by kind")
+    orders: list[dict[str, Any]] = Field(
+        default_factory=list, description="per order: signed totals by kind and ``total``"
+    )
+    entries: list[Transaction] = Field(
+        default_factory=list, description="every entry that is not a rental tick"
+    )
+    entry_count: int = 0
+
+
+class StatementResponse(Envelope):
+    statement: Statement
+
+
 class WalletsResponse(Envelope):
     wallets: list[Wallet] = Field(default_factory=list)
 

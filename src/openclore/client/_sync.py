@@ -21,7 +21,11 @@ from openclore.client._models import (
     Order,
     ServerConfig,
     SpotMarketplace,
+    Statement,
+    Transaction,
+    TransactionsPage,
     Wallet,
+    Withdrawal,
 )
 from openclore.client._pacing import Pacer
 
@@ -282,6 +286,56 @@ class Client(BaseClient):
     def add_server(self, name: str) -> AddedServer:
         """openclore: add a server to host; its agent registers with ``init_token``."""
         return self._run(calls.add_server(name))
+
+    def transactions(
+        self,
+        *,
+        currency: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> TransactionsPage:
+        """openclore: one page of your ledger entries, oldest first, each with the wallet's
+        balance after it; pass ``next_cursor`` back as ``cursor`` for the next page."""
+        return self._run(
+            calls.transactions(
+                currency=currency, since=since, until=until, limit=limit, cursor=cursor
+            )
+        )
+
+    def all_transactions(
+        self,
+        *,
+        currency: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+    ) -> list[Transaction]:
+        """openclore: every ledger entry of yours in the period, page by page."""
+        out: list[Transaction] = []
+        cursor: str | None = None
+        while True:
+            page = self.transactions(
+                currency=currency, since=since, until=until, limit=1000, cursor=cursor
+            )
+            out.extend(page.transactions)
+            if page.next_cursor is None:
+                return out
+            cursor = page.next_cursor
+
+    def statement(self, month: str | None = None, currency: str | None = None) -> Statement:
+        """openclore: the statement of a month (``YYYY-MM``, default this month) and currency."""
+        return self._run(calls.statement(month, currency))
+
+    def withdraw(self, currency: str, amount: Amount, address: str) -> Withdrawal:
+        """openclore: ask to withdraw ``amount`` (the fee in ``wallets`` comes on top) to
+        ``address``; the money leaves your wallet at once and is paid out when the operator
+        approves (or comes back if they reject)."""
+        return self._run(calls.withdraw(currency, amount, address))
+
+    def withdrawals(self) -> list[Withdrawal]:
+        """openclore: your withdrawal requests with their state."""
+        return self._run(calls.withdrawals())
 
 
 class Sandbox:

@@ -88,6 +88,14 @@ ERROR_HTTP_STATUS: dict[str, int] = {
     "cant_rent_from_yourself": 403,
     "you_dont_own_this_order": 403,
     "not_a_demo_world": 409,
+    "invalid_address": 400,
+    "withdrawal_limit_exceeded": 403,
+    "withdrawal_dont_exist": 404,
+    "withdrawal_not_pending": 409,
+    "reason_required": 400,
+    "txid_required": 400,
+    "unknown_account": 404,
+    "deposit_conflict": 409,
 }
 
 CODE_HTTP_STATUS_REST = {0: 200, 1: 500, 2: 400, 3: 401, 4: 404, 5: 429}

@@ -93,8 +93,10 @@ class AgentConnection(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
+        self.gateway.agents.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.gateway.agents.discard(self)
         self.gateway._agent_gone(self)
 
     def begin_auth(self, username: str) -> bool:
@@ -155,6 +157,7 @@ class Gateway:
         self.bind = settings.gateway_bind
         self.sync_interval = sync_interval
         self.forwards: dict[tuple[int, int], Forward] = {}
+        self.agents: set[AgentConnection] = set()
         self.listeners: dict[int, tuple[asyncio.Server, tuple[int, int]]] = {}
         self.open_by_order: Counter[int] = Counter()
         self.open_total = 0
@@ -245,6 +248,9 @@ class Gateway:
         if self._ssh is not None:
             self._ssh.close()
             await self._ssh.wait_closed()
+        for agent in list(self.agents):  # the tunnels end with the process: agents reconnect
+            if agent.conn is not None:
+                agent.conn.close()
         for tasks in list(self.streams.values()):
             for task in list(tasks):
                 task.cancel()
@@ -468,7 +474,8 @@ async def _splice(
     ``idle_timeout``); each copy waits for its writer to drain, so memory stays bounded."""
     last = [time.monotonic()]
 
-    async def pump(src: Any, dst: Any) -> None:
+    async def pump(src: Any, dst: Any) -> bool:
+        """Copy until EOF; True when the EOF could be passed on (a half-close)."""
         while True:
             data = await src.read(CHUNK)
             if not data:
@@ -479,26 +486,28 @@ async def _splice(
         with contextlib.suppress(Exception):
             if dst.can_write_eof():
                 dst.write_eof()
+                return True
+        return False  # e.g. TLS: no half-close, the connection ends with this direction
 
-    async def watchdog() -> None:
+    async def watchdog() -> bool:
         while True:
             await asyncio.sleep(min(idle_timeout, 30.0))
             if time.monotonic() - last[0] >= idle_timeout:
-                return
+                return False
 
-    pumps = {
+    pumps: set[asyncio.Task[bool]] = {
         asyncio.create_task(pump(a_reader, b_writer)),
         asyncio.create_task(pump(b_reader, a_writer)),
     }
     dog = asyncio.create_task(watchdog())
     try:
-        pending = set(pumps)
+        pending: set[asyncio.Task[bool]] = set(pumps)
         while pending:
             done, pending = await asyncio.wait(pending | {dog}, return_when=asyncio.FIRST_COMPLETED)
             if dog in done:
                 break
             pending.discard(dog)
-            if any(t.exception() is not None for t in done if not t.cancelled()):
+            if any(t.cancelled() or t.exception() is not None or not t.result() for t in done):
                 break
     finally:
         for task in (*pumps, dog):

@@ -30,10 +30,21 @@ def _ensure(conn: Connection, key: str, **values: object) -> int:
     return inserted_id(conn.execute(insert(accounts).values(key=key, balance=0, **values)))
 
 
+# the operator's account holding withdrawals between the request and the payout (or refusal)
+PENDING_WITHDRAWALS = "pending_withdrawals"
+
+
 def ensure_system_accounts(conn: Connection, currencies: list[str]) -> None:
     for currency in currencies:
         _ensure(conn, account_key("platform", currency), kind="platform", currency=currency)
         _ensure(conn, account_key("external", currency), kind="external", currency=currency)
+        pending_withdrawals_account(conn, currency)
+
+
+def pending_withdrawals_account(conn: Connection, currency: str) -> int:
+    return _ensure(
+        conn, account_key(PENDING_WITHDRAWALS, currency), kind="platform", currency=currency
+    )
 
 
 def ensure_wallet(conn: Connection, user_id: int, currency: str, secret: str) -> int:
@@ -77,6 +88,8 @@ def transfer(
     kind: str,
     now: int,
     order_id: int | None = None,
+    memo: str | None = None,
+    actor: str | None = None,
 ) -> bool:
     """Move ``amount`` units from ``debit`` to ``credit`` exactly once. Returns False on replay.
 
@@ -108,6 +121,8 @@ def transfer(
             kind=kind,
             order_id=order_id,
             created_at=now,
+            memo=memo,
+            actor=actor,
         )
     )
     return True

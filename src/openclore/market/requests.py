@@ -227,3 +227,50 @@ class SandboxAdvanceRequest(Request):
 class SandboxDepositRequest(Request):
     currency: StrictStr = Field(min_length=1, max_length=32)
     amount: PositivePrice
+
+
+class WithdrawRequest(Request):
+    currency: StrictStr = Field(min_length=1, max_length=32)
+    amount: PositivePrice = Field(description="whole coins the address receives (fee on top)")
+    address: StrictStr = Field(min_length=1, max_length=128)
+
+
+def _amount_text(value: Any) -> Any:
+    """Providers send amounts as JSON numbers or as decimal strings ("0.0015"): both are exact."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not re.fullmatch(r"\d{1,16}(\.\d{1,18})?", text):
+            raise ValueError("must be a decimal number")
+        return Decimal(text)
+    return _json_number(value)
+
+
+ProviderAmount = Annotated[Decimal, BeforeValidator(_amount_text), Field(gt=0, le=MAX_COINS)]
+EXTERNAL_ID = re.compile(r"^[\x21-\x7e]{1,100}$")
+
+
+class PaymentDepositRequest(Request):
+    """A payment provider's deposit notification (``POST /payments/deposit``)."""
+
+    external_id: StrictStr = Field(
+        description="the provider's unique id of this payment (1–100 printable ASCII characters)"
+    )
+    currency: StrictStr = Field(min_length=1, max_length=32)
+    amount: ProviderAmount = Field(description="whole coins, a JSON number or a decimal string")
+    user: StrictStr | StrictInt | None = Field(None, description="user name or id")
+    address: StrictStr | None = Field(
+        None, max_length=128, description="or the user's deposit address"
+    )
+
+    @field_validator("external_id")
+    @classmethod
+    def _external_id(cls, value: str) -> str:
+        if not EXTERNAL_ID.match(value):
+            raise ValueError("1-100 printable ASCII characters, no spaces")
+        return value
+
+    @model_validator(mode="after")
+    def _one_recipient(self) -> PaymentDepositRequest:
+        if (self.user is None) == (self.address is None):
+            raise ValueError("give exactly one of user and address")
+        return self

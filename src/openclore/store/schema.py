@@ -192,7 +192,9 @@ accounts = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("key", String(96), nullable=False, unique=True),
-    Column("kind", String(16), nullable=False),  # wallet | platform | external
+    # wallet | platform | external; the operator's own accounts are 'platform' (fees under
+    # ``platform:<currency>``, withdrawals awaiting payout under ``pending_withdrawals:<currency>``)
+    Column("kind", String(16), nullable=False),
     Column("user_id", Integer, ForeignKey("users.id"), nullable=True, index=True),
     Column("currency", String(32), nullable=False),
     Column("balance", BigInteger, nullable=False, default=0),
@@ -214,9 +216,36 @@ transfers = Table(
     Column("kind", String(16), nullable=False),
     Column("order_id", Integer, nullable=True, index=True),
     Column("created_at", BigInteger, nullable=False),
+    # why and by whom, where a person moved the money (operator refunds, adjustments, deposits)
+    Column("memo", Text, nullable=True),
+    Column("actor", String(64), nullable=True),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint("debit_account_id <> credit_account_id", name="distinct_accounts"),
 )
+# statements read one account's entries in id order, from either side
+Index("ix_transfers_debit_account", transfers.c.debit_account_id, transfers.c.id)
+Index("ix_transfers_credit_account", transfers.c.credit_account_id, transfers.c.id)
+
+withdrawals = Table(
+    "withdrawals",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("currency", String(32), nullable=False),
+    Column("amount", BigInteger, nullable=False),  # what the address receives
+    Column("fee", BigInteger, nullable=False),  # kept by the platform on payout
+    Column("address", String(128), nullable=False),
+    Column("state", String(16), nullable=False),  # pending | approved | rejected
+    Column("created_at", BigInteger, nullable=False),
+    Column("decided_at", BigInteger, nullable=True),
+    Column("decided_by", String(64), nullable=True),
+    Column("txid", String(128), nullable=True),  # the payout's external transaction id
+    Column("reason", Text, nullable=True),  # why it was rejected
+    CheckConstraint("amount > 0 AND fee >= 0", name="amounts"),
+    CheckConstraint("state IN ('pending', 'approved', 'rejected')", name="state"),
+)
+Index("ix_withdrawals_user", withdrawals.c.user_id, withdrawals.c.created_at)
+Index("ix_withdrawals_state", withdrawals.c.state, withdrawals.c.id)
 
 rate_limits = Table(
     "rate_limits",

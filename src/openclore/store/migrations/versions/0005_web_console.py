@@ -1,7 +1,7 @@
 """web console: users' password hash and role, sign-in sessions
 
 Revision ID: web_console
-Revises: gateway_tunnels
+Revises: money_in_and_out
 Create Date: 2026-11-27 06:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "web_console"
-down_revision = "gateway_tunnels"
+down_revision = "money_in_and_out"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,99 @@
+"""Run a gateway name in exactly one process: whoever holds the name's lock serves it, the
+others (more ``serve`` workers, more replicas) wait and take over when the holder goes.
+
+The lock is a PostgreSQL session advisory lock on a connection held for as long as the gateway
+runs (released by the server when the process dies), or on SQLite an exclusive ``flock`` on a
+file next to the database (released by the kernel when the process dies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from openclore.config import Settings
+from openclore.gateway.server import Gateway
+from openclore.store.db import Database
+
+log = logging.getLogger("openclore.gateway")
+
+RETRY_SECONDS = 5.0
+
+
+class NameLock:
+    """A non-blocking, process-lifetime lock on one gateway name."""
+
+    def __init__(self, db: Database, name: str) -> None:
+        self.db = db
+        self.name = name
+        self._conn: Any = None
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        if self.db.is_postgres:
+            key = int.from_bytes(
+                hashlib.sha256(f"gateway:{self.name}".encode()).digest()[:8], "big"
+            )
+            key -= 1 << 63 if key >= 1 << 63 else 0
+            conn = self.db.engine.connect()
+            got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+            conn.commit()
+            if got:
+                self._conn = conn
+            else:
+                conn.close()
+            return got
+        path = Path(self.db.engine.url.database or "openclore.sqlite")
+        lock_path = path.with_name(f"{path.name}.gateway-{self.name}.lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()  # the session ends: the advisory lock goes with it
+            self._conn = None
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                os.close(self._fd)
+            self._fd = None
+
+
+async def serve_gateway(db: Database, settings: Settings, stop: asyncio.Event) -> None:
+    """Serve ``settings.gateway_name`` whenever this process holds its lock, until ``stop``."""
+    lock = NameLock(db, settings.gateway_name.lower())
+    try:
+        while not stop.is_set():
+            if await asyncio.to_thread(lock.acquire):
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), RETRY_SECONDS)
+        else:
+            return
+        gateway = Gateway(db, settings)
+        try:
+            await gateway.start()
+        except OSError as exc:
+            log.error("gateway %s cannot listen: %s", settings.gateway_name, exc)
+            return
+        try:
+            await stop.wait()
+        finally:
+            await gateway.stop()
+    finally:
+        await asyncio.to_thread(lock.release)
