@@ -463,6 +463,9 @@ def test_every_page_in_both_languages_without_missing_translations(
             phone.set_viewport_size({"width": 390, "height": 844})
             phone.goto(console.url + "/market")
             phone.screenshot(path=str(SCREENSHOTS / tag / "market-phone.png"), full_page=False)
+            phone.set_viewport_size({"width": 1280, "height": 800})
+            phone.goto(console.url + "/prefs?theme=dark&next=/orders")
+            phone.screenshot(path=str(SCREENSHOTS / tag / "orders-dark.png"), full_page=True)
     assert console.catalogs_missing() == set()
     # switching language by the header link
     page = console.sign_in(renter)
