@@ -162,6 +162,9 @@ def test_rent_wait_orders_ssh_cancel(world: tuple[Cli, Cli, int]) -> None:
     assert order["si"] == sid and order["tcp_ports"] and order["http_port"] == "8888"
     assert ssh_line == f"ssh -p {order['tcp_ports'][0].split(':')[1]} root@localhost"
     assert cli("ssh", str(order["id"]), "--print").stdout.strip() == ssh_line
+    logs = cli("logs", str(order["id"]), "--tail", "5").stdout.splitlines()
+    assert logs[0] == f"[simulated] order {order['id']}: container started from {IMAGE}"
+    assert cli.json("logs", str(order["id"]))["logs"][:1] == logs[:1]
     assert cli.json("ssh", str(order["id"]))["argv"][:2] == ["ssh", "-p"]
     assert str(order["id"]) in cli("orders").stdout
     assert cli.json("cancel", str(order["id"]), "--issue", "GPU #1 overheats") == {

@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +24,8 @@ import psutil
 import pytest
 
 from openclore.agent.runtime.docker import DockerRuntime
+from openclore.cli.client_commands import order_ready, ssh_banner
+from openclore.client import Order
 from test_agent_docker import (
     IMAGE,
     NETWORK,
@@ -38,7 +42,7 @@ from agent_support import (
     wait_for,
     wait_order_state,
 )
-from support import Market, free_port, ok, order_body
+from support import IN_CI, Market, free_port, ok, order_body
 
 __all__ = ["docker_client", "docker_run"]  # fixtures
 
@@ -47,6 +51,7 @@ WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # in busybox sh: /ws upgrades to a WebSocket (greets with a text frame, then echoes bytes), /big
 # sends 32 MiB, /upload counts the bytes of the body, anything else a small page.
 RENTAL = r"""
+echo rental-started-on-port-22-and-80
 mkdir -p /www && echo hello-through-the-gateway > /www/index.html
 dd if=/dev/zero of=/www/big.bin bs=1M count=32 2>/dev/null
 printf '#!/bin/sh\nprintf "SSH-2.0-OpenSSH_9.6 rental\\r\\n"\nexec cat\n' > /banner.sh
@@ -85,19 +90,24 @@ nc -ll -p 80 -e /http.sh
 """
 
 
-@pytest.fixture
-def gateway(market: Market) -> Iterator[GatewayThread]:
+def start_gateway(market: Market, **settings: Any) -> GatewayThread:
+    """A gateway named ``localhost`` on free ports, the market configured to assign it."""
     base = 43000 + (os.getpid() % 40) * 20
+    ssh_port = free_port()
     market.reconfigure(
         gateway_name="localhost",
-        gateway_ssh_port=free_port(),
+        gateway_ssh_port=ssh_port,
+        gateway_ssh_address=f"127.0.0.1:{ssh_port}",
         gateway_http_port=free_port(),
         gateway_port_range=f"{base}-{base + 19}",
+        **settings,
     )
-    market.settings = market.settings.model_copy(
-        update={"gateway_ssh_address": f"127.0.0.1:{market.settings.gateway_ssh_port}"}
-    )
-    gw = GatewayThread(market)
+    return GatewayThread(market)
+
+
+@pytest.fixture
+def gateway(market: Market) -> Iterator[GatewayThread]:
+    gw = start_gateway(market)
     yield gw
     gw.stop()
 
@@ -222,8 +232,15 @@ def test_rental_ports_are_reached_through_the_gateway_only(
         bindings = container.attrs["HostConfig"]["PortBindings"]
         assert {b[0]["HostIp"] for b in bindings.values()} == {"127.0.0.1"}
 
-        # TCP: the banner through the public port
+        # TCP: the banner through the public port; the CLI's --wait sees the order reachable
         assert wait_banner(ssh_port).startswith(b"SSH-2.0-OpenSSH_9.6 rental")
+        assert ssh_banner("127.0.0.1", ssh_port) == "SSH-2.0-OpenSSH_9.6 rental"
+        seen = Order.model_validate({**order, "pub_cluster": ["127.0.0.1"]})
+        assert order_ready(seen, want_ssh=True)
+
+        # the container's output, fetched from the host through the market
+        logs = ok(renter.get("/v1/order_logs", params={"id": oid}))["logs"]
+        assert "rental-started-on-port-22-and-80" in logs
 
         # HTTP: routed by Host; an unknown host or port gets the 404 page
         host = f"{oid}-80.localhost:{http_port}"
@@ -514,20 +531,9 @@ def test_https_through_the_gateway_with_a_wildcard_certificate(
     import ssl
 
     ca, cert, key = make_certificates(tmp_path)
-    base = 43800 + (os.getpid() % 40) * 5
-    market.reconfigure(
-        gateway_name="localhost",
-        gateway_ssh_port=free_port(),
-        gateway_http_port=free_port(),
-        gateway_port_range=f"{base}-{base + 4}",
-        http_domain="gw.localhost",
-        gateway_tls_cert=str(cert),
-        gateway_tls_key=str(key),
+    gw = start_gateway(
+        market, http_domain="gw.localhost", gateway_tls_cert=str(cert), gateway_tls_key=str(key)
     )
-    market.settings = market.settings.model_copy(
-        update={"gateway_ssh_address": f"127.0.0.1:{market.settings.gateway_ssh_port}"}
-    )
-    gw = GatewayThread(market)
     host = market.user()
     renter = market.client(market.user(bitcoin="0.01"))
     sid, token = host_server(market, host)
@@ -555,3 +561,71 @@ def test_https_through_the_gateway_with_a_wildcard_certificate(
     finally:
         agent.stop()
         gw.stop()
+
+
+def test_caddy_with_tls_internal_in_front_of_the_gateway(
+    market: Market, tmp_path: Path, docker_run: dict[str, str]
+) -> None:
+    """deploy/Caddyfile as shipped: Caddy terminates TLS for the wildcard with its internal CA
+    and proxies to the gateway's plain HTTP router; the client verifies the chain."""
+    caddy = shutil.which("caddy")
+    if caddy is None:
+        message = "caddy is not installed (apt-get install caddy)"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: the Caddy test is mandatory)")
+        pytest.skip(message)
+    https_port = free_port()
+    gateway = start_gateway(
+        market,
+        http_domain="gw.localhost",
+        gateway_http_url=f"https://{{order}}-{{port}}.gw.localhost:{https_port}",
+    )
+    env = {
+        **os.environ,
+        "DOMAIN": "gw.localhost",
+        "GATEWAY": f"127.0.0.1:{gateway.gateway.http_port}",
+        "HTTPS_PORT": str(https_port),
+        "HTTP_PORT": str(free_port()),
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+    }
+    caddyfile = Path(__file__).parent.parent / "deploy" / "Caddyfile"
+    log = (tmp_path / "caddy.log").open("wb")
+    proxy = subprocess.Popen(
+        [caddy, "run", "--config", str(caddyfile), "--adapter", "caddyfile"],
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
+    host = market.user()
+    renter = market.client(market.user(bitcoin="0.01"))
+    sid, token = host_server(market, host)
+    agent = tunnel_agent(market, tmp_path, docker_run, token)
+    try:
+        oid = ok(renter.post("/v1/create_order", json=rental_order(sid)))["order_id"]
+        order = wait_order_state(renter, oid, "running", timeout=30)
+        assert order["http_pub"] == f"https://{oid}-80.gw.localhost:{https_port}"
+        root = tmp_path / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
+        name = f"{oid}-80.gw.localhost"
+        answers: list[bytes] = []
+
+        def served() -> bool:
+            if not root.exists():
+                return False
+            try:
+                answers.append(https_get(https_port, name, root))
+            except OSError:
+                return False
+            return b"hello-through-the-gateway" in answers[-1]
+
+        wait_for(served, 30, interval=0.3, what="the page through Caddy")
+        assert answers[-1].startswith(b"HTTP/1.0 200")  # Caddy answers in the client's version
+    finally:
+        agent.stop()
+        gateway.stop()
+        proxy.terminate()
+        try:
+            proxy.wait(10)
+        except subprocess.TimeoutExpired:
+            proxy.kill()
+        log.close()

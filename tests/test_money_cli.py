@@ -68,9 +68,10 @@ def test_withdraw_approve_reject_refund_and_statements(market: Market, tmp_path:
     cli("admin", "withdrawals", "reject", str(second["id"]), "--reason", "wrong network")
     cli("admin", "refund", "alice", "bitcoin", "0.001", "--reason", "slow disk", "--by", "dan")
     cli("admin", "adjust", "--reason", "bank charge", "--", "alice", "bitcoin", "-0.0005")
-    assert "not_enough_balance" in cli(
-        "admin", "adjust", "--reason", "x", "--", "alice", "bitcoin", "-5", code=1
-    ).stderr
+    assert (
+        "not_enough_balance"
+        in cli("admin", "adjust", "--reason", "x", "--", "alice", "bitcoin", "-5", code=1).stderr
+    )
     mine = json.loads(cli("withdrawals", "--json").stdout)
     assert [(w["state"], w["txid"], w["reason"]) for w in mine] == [
         ("approved", "f00d", None),

@@ -85,6 +85,7 @@ class Agent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.tunnel = Tunnel(load_key(config.tunnel_key_dir)) if config.tunnel else None
         self._direct_bind = reconciler.settings.bind_address
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def specs(self) -> Specs:
         if callable(self._specs):
@@ -249,8 +250,34 @@ class Agent:
                 self.last_desired_at = time.monotonic()
                 log.info("desired: %s", ", ".join(d.key for d in desired) or "nothing")
                 self.reconciler.set_desired(desired)
+            elif message.get("type") == "logs":
+                task = asyncio.create_task(self._answer_logs(ws, message))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         # the server closed the connection
         raise ConnectionError("server closed the connection")
+
+    async def _answer_logs(self, ws: Any, message: dict[str, Any]) -> None:
+        """The last lines of an order's container, for the market's ``order_logs``."""
+        order_id, tail = message.get("order_id"), message.get("tail")
+        if not isinstance(order_id, int) or not isinstance(tail, int):
+            return
+        tail = max(1, min(tail, 1000))
+        container = next(
+            (
+                s.container_id
+                for s in self.reconciler.statuses().values()
+                if s.order_id == order_id and s.container_id
+            ),
+            None,
+        )
+        text = ""
+        if container is not None:
+            with contextlib.suppress(Exception):
+                text = await asyncio.to_thread(self.reconciler.runtime.logs, container, tail)
+        lines = text.splitlines()[-tail:]
+        with contextlib.suppress(Exception):
+            await ws.send(json.dumps({"type": "logs", "req": message.get("req"), "lines": lines}))
 
     async def _heartbeats(self, ws: Any, interval: float) -> None:
         while True:

@@ -51,6 +51,7 @@ from openclore.market.agents import (
     pub_cluster_for,
     register_agent,
 )
+from openclore.market.logs import open_questions, record_answer
 from openclore.market.tunnels import assign_gateway
 
 if TYPE_CHECKING:
@@ -117,6 +118,7 @@ class AgentChannel:
         self.name = name
         self.pub_cluster: list[str] = []
         self.tunnel: Tunnel | None = None
+        self.asked = 0  # the last question (agent_requests id) passed on to the agent
         self.wake = asyncio.Event()
         db = state.db
         self.resync = RESYNC_SQLITE if db.is_sqlite else RESYNC_POSTGRES
@@ -213,6 +215,18 @@ class AgentChannel:
                 containers = [c.to_wire() for c in desired]
                 await self._send({"type": "desired", "rev": rev, "containers": containers})
                 sent = rev
+            await self._ask_questions()
+
+    async def _ask_questions(self) -> None:
+        """Pass on the questions (order logs) put to this server since the last ones sent."""
+
+        def _read() -> list[dict[str, Any]]:
+            with self.state.db.read() as conn:
+                return open_questions(conn, self.server_id, wall_now(), self.asked)
+
+        for question in await run_in_threadpool(_read):
+            await self._send(question)
+            self.asked = max(self.asked, int(question["req"]))
 
     async def _receive(self) -> None:
         while True:
@@ -236,6 +250,10 @@ class AgentChannel:
                     )
             elif kind == "specs":
                 await self._write(lambda c, m=message: agent_specs(c, self.server_id, m))
+            elif kind == "logs":
+                await self._write(
+                    lambda c, m=message: record_answer(c, self.server_id, m, wall_now())
+                )
 
     async def _write(self, fn: Any) -> Any:
         return await run_in_threadpool(self.state.db_write, fn)

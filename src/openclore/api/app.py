@@ -42,6 +42,7 @@ from openclore.domain.money import to_units
 from openclore.engine.clock import Clock, SandboxClock, SystemClock
 from openclore.engine.ticker import tick
 from openclore.gateway.service import serve_gateway
+from openclore.market import logs as logs_service
 from openclore.market import orders as order_service
 from openclore.market import payments as payment_service
 from openclore.market import requests, search
@@ -288,6 +289,34 @@ def _sandbox_deposit(state: AppState, call: Call) -> dict[str, Any]:
     return {}
 
 
+LOGS_WAIT = 10.0  # seconds an order_logs request waits for the agent's answer
+
+
+def _order_logs(state: AppState, call: Call) -> dict[str, Any]:
+    order_id = _int_param(call, "id")
+    if order_id is None:
+        raise InvalidInput("id: the order id is required")
+    tail = _int_param(call, "tail", logs_service.DEFAULT_TAIL)
+    assert tail is not None
+    if not 0 < order_id < 2**31:
+        raise MarketError("order_dont_exist")
+    wall = int(time.time())  # the question's age is real time, whatever the market's clock
+    asked = state.db_write(
+        lambda conn: logs_service.ask_logs(conn, _uid(call), order_id, tail, wall, call.now)
+    )
+    if isinstance(asked, list):  # a demo server answers at once
+        return {"logs": asked}
+    request_id = asked
+    deadline = time.monotonic() + LOGS_WAIT
+    while time.monotonic() < deadline:
+        with state.db.read() as conn:
+            lines = logs_service.answer_of(conn, request_id)
+        if lines is not None:
+            return {"logs": lines}
+        time.sleep(0.05)
+    raise MarketError("agent_did_not_answer")
+
+
 def _param(call: Call, name: str) -> Any:
     """A parameter from the query string, else from the JSON body."""
     return call.request.query_params.get(name, call.body.get(name))
@@ -375,6 +404,7 @@ V1_ENDPOINTS = [
     Endpoint("server_config", _server_config, readonly=True),
     Endpoint("marketplace", _marketplace, auth=False, readonly=True),
     Endpoint("my_orders", _my_orders, readonly=True),
+    Endpoint("order_logs", _order_logs),
     Endpoint("spot_marketplace", _spot_marketplace, auth=False, readonly=True),
     Endpoint("set_server_settings", _set_server_settings),
     Endpoint("set_spot_price", _set_spot_price),

@@ -150,6 +150,13 @@ class Order(BaseModel):
     )
     spot: bool | None = None
     expired: bool | None = None
+    simulated: bool | None = Field(
+        None, description="openclore: a demo server's order (no host: its ports are not served)"
+    )
+
+
+class OrderLogsResponse(Envelope):
+    logs: list[str] = Field(description="the container's output, oldest line first")
 
 
 class MyOrdersResponse(Envelope):

@@ -44,6 +44,7 @@ RESPONSES: dict[str, type[BaseModel]] = {
     "statement": models.StatementResponse,
     "withdraw": models.WithdrawResponse,
     "withdrawals": models.WithdrawalsResponse,
+    "order_logs": models.OrderLogsResponse,
 }
 SUMMARIES = {
     "wallets": "Wallets and balances",
@@ -68,6 +69,8 @@ SUMMARIES = {
     "statement": "openclore extension: a month's statement (?month=YYYY-MM&currency=)",
     "withdraw": "openclore extension: ask to withdraw; amount + fee leave the wallet at once",
     "withdrawals": "openclore extension: your withdrawal requests and their state",
+    "order_logs": "openclore extension: the last lines of your order's container output, "
+    "fetched from its host (?id=ORDER&tail=200)",
 }
 QUERY: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "marketplace": [
@@ -84,6 +87,10 @@ QUERY: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("offset", {"type": "integer", "minimum": 0}),
     ],
     "my_orders": [("return_completed", {"type": "boolean"})],
+    "order_logs": [
+        ("id", {"type": "integer"}),
+        ("tail", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 200}),
+    ],
     "spot_marketplace": [("market", {"type": "integer"})],
     "server_config": [("server_name", {"type": "string"})],
     "transactions": [

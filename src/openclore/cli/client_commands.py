@@ -25,6 +25,7 @@ import email.utils
 import os
 import shlex
 import shutil
+import socket
 import sys
 import time
 import tomllib
@@ -579,11 +580,37 @@ def parse_env(values: list[str]) -> dict[str, str]:
 
 
 def order_ready(order: Order, want_ssh: bool) -> bool:
+    """Ready means reachable: the container runs, and with an SSH port, an SSH server answers
+    on it from here (through the market's gateway, or on the host directly)."""
     if order.running is False:
         return False
     if want_ssh:
-        return order.ssh_command() is not None
+        if order.ssh_command() is None or order.state not in (None, "running"):
+            return False
+        if order.simulated:  # a demo server: nothing listens, the published port is all there is
+            return True
+        assert order.host is not None and order.ssh_port is not None
+        return ssh_banner(order.host, order.ssh_port) is not None
+    if order.state is not None:
+        return order.state == "running"
     return bool(order.running) or bool(order.tcp_ports) or order.http_port is not None
+
+
+def ssh_banner(host: str, port: int, timeout: float = 3.0) -> str | None:
+    """The SSH server's identification line (``SSH-2.0-…``) at host:port, or None."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            data = b""
+            while b"\n" not in data and len(data) < 256:
+                chunk = sock.recv(256)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    line = data.split(b"\n", 1)[0].strip()
+    return line.decode("ascii", "replace") if line.startswith(b"SSH-") else None
 
 
 def describe(order: Order) -> str:
@@ -736,7 +763,9 @@ def print_endpoints(order: Order) -> None:
     for container, public in sorted(order.ports.items()):
         if container != 22 and order.host:
             out.print(f"tcp {container} → {order.host}:{public}")
-    if order.http_port:
+    if order.http_pub:
+        out.print(f"http {order.http_port} → {order.http_pub}")
+    elif order.http_port:
         out.print(f"http {order.http_port} → through the HTTP proxy (cluster {order.p})")
 
 
@@ -809,6 +838,49 @@ def cancel(
         emit_json({"id": order_id, "cancelled": True})
     else:
         out.print(f"order {order_id} cancelled")
+
+
+@client_app.command(rich_help_panel=PANEL_RENT)
+def logs(
+    order_id: Annotated[int, typer.Argument(metavar="ID", help="Your order id.")],
+    tail: Annotated[int, typer.Option(help="Lines from the end (at most 1000).")] = 200,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines (Ctrl-C stops).")
+    ] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between fetches with --follow.")] = 2.0,
+    json: JsonOpt = False,
+    profile: ProfileOpt = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Your order's container output, fetched from its host (--follow keeps printing)."""
+    c = ctx(json, profile, url, api_key)
+    with handled(c.target), c.client() as client:
+        lines = call(
+            f"fetching logs of order {order_id}…", lambda: client.order_logs(order_id, tail)
+        )
+        if json and not follow:
+            emit_json({"id": order_id, "logs": lines})
+            return
+        for line in lines:
+            print(line)
+        try:
+            while follow:
+                time.sleep(interval)
+                fresh = client.order_logs(order_id, 1000)
+                for line in fresh[overlap(lines, fresh) :]:
+                    print(line, flush=True)
+                lines = fresh
+        except KeyboardInterrupt:
+            return
+
+
+def overlap(before: list[str], after: list[str]) -> int:
+    """How many lines at the start of ``after`` are the last lines of ``before``."""
+    for size in range(min(len(before), len(after)), 0, -1):
+        if before[-size:] == after[:size]:
+            return size
+    return 0
 
 
 @client_app.command(rich_help_panel=PANEL_RENT)

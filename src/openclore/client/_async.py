@@ -182,6 +182,11 @@ class AsyncClient(BaseClient):
         """Your orders and spot offers; ``return_completed`` adds ended ones."""
         return await self._run(calls.my_orders(return_completed))
 
+    async def order_logs(self, order_id: int, tail: int = 200) -> list[str]:
+        """openclore: the last ``tail`` lines (at most 1000) of your order's container output,
+        fetched from its host."""
+        return await self._run(calls.order_logs(order_id, tail))
+
     async def spot_marketplace(self, server_id: int) -> SpotMarketplace:
         """The spot order book of one server."""
         return await self._run(calls.spot_marketplace(server_id))

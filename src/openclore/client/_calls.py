@@ -28,6 +28,7 @@ from openclore.client._models import (
     MyServer,
     MyServersResponse,
     Order,
+    OrderLogsResponse,
     ServerConfig,
     ServerConfigResponse,
     SpotMarketplace,
@@ -207,6 +208,15 @@ def my_orders(return_completed: bool = False) -> ApiCall[list[Order]]:
         "/v1/my_orders",
         lambda b: MyOrdersResponse.model_validate(b).orders,
         params={"return_completed": "true" if return_completed else "false"},
+    )
+
+
+def order_logs(order_id: int, tail: int = 200) -> ApiCall[list[str]]:
+    return ApiCall(
+        "GET",
+        "/v1/order_logs",
+        lambda b: OrderLogsResponse.model_validate(b).logs,
+        params={"id": str(int(order_id)), "tail": str(int(tail))},
     )
 
 

@@ -168,11 +168,13 @@ class Order(CloreModel):
     pub_cluster: list[str] = Field(default_factory=list, description="public hostnames")
     tcp_ports: list[str] = Field(default_factory=list, description='"container:public"')
     http_port: str | None = Field(None, description="container port behind the HTTP proxy")
+    http_pub: str | None = Field(None, description="URL of the http port (live Clore field)")
     spot: bool = False
     expired: bool = False
     # openclore extensions (absent on Clore):
     running: bool | None = Field(None, description="openclore: the container runs now")
     state: str | None = Field(None, description="openclore: runtime state reported by the agent")
+    simulated: bool | None = Field(None, description="openclore: a demo server's order")
 
     @property
     def type(self) -> Literal["spot", "on-demand"]:
@@ -332,6 +334,10 @@ class ServerConfigResponse(Envelope):
 
 class MarketplaceResponse(Envelope, Marketplace):
     pass
+
+
+class OrderLogsResponse(Envelope):
+    logs: list[str] = Field(default_factory=list)
 
 
 class MyOrdersResponse(Envelope):

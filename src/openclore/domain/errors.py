@@ -96,6 +96,7 @@ ERROR_HTTP_STATUS: dict[str, int] = {
     "txid_required": 400,
     "unknown_account": 404,
     "deposit_conflict": 409,
+    "agent_did_not_answer": 504,
 }
 
 CODE_HTTP_STATUS_REST = {0: 200, 1: 500, 2: 400, 3: 401, 4: 404, 5: 429}

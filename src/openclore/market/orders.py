@@ -267,6 +267,8 @@ def order_view(
         out["state"] = row["runtime_state"]
     if row["runtime_error"]:
         out["error"] = row["runtime_error"]
+    if server is not None and server["simulated"]:
+        out["simulated"] = True  # a demo server: no host, nothing answers on its ports
     return out
 
 

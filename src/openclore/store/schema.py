@@ -284,3 +284,18 @@ tunnel_ports = Table(
     Column("container_port", Integer, nullable=False),
     UniqueConstraint("order_id", "container_port", name="uq_tunnel_ports_order_port"),
 )
+
+# Questions the API asks a server's agent (an order's logs), answered through whichever process
+# holds the agent's connection: the row is the mailbox between replicas.
+agent_requests = Table(
+    "agent_requests",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("server_id", Integer, ForeignKey("servers.id"), nullable=False, index=True),
+    Column("order_id", Integer, nullable=False),
+    Column("kind", String(16), nullable=False),  # logs
+    Column("tail", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False),  # wall clock
+    Column("answered_at", BigInteger, nullable=True),
+    Column("answer", JSON, nullable=True),
+)

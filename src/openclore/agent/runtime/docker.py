@@ -303,11 +303,23 @@ class DockerRuntime:
             raise ImageUnavailable("pull failed") from None
 
     def logs(self, container_id: str, tail: int) -> str:
+        """The container's output (its main process), then, while it runs, the end of its
+        onstart script's log (``/var/log/onstart.log``, where Clore images expect it)."""
         try:
             raw = self.client.api.logs(container_id, tail=tail, stdout=True, stderr=True)
         except Exception:
             return ""
-        return bytes(raw).decode("utf-8", "replace")
+        text = bytes(raw).decode("utf-8", "replace")
+        try:
+            exec_id = self.client.api.exec_create(
+                container_id, ["tail", "-n", str(int(tail)), "/var/log/onstart.log"], stderr=False
+            )["Id"]
+            onstart = bytes(self.client.api.exec_start(exec_id)).decode("utf-8", "replace")
+            if self.client.api.exec_inspect(exec_id).get("ExitCode") == 0 and onstart:
+                text = (text + "\n" if text and not text.endswith("\n") else text) + onstart
+        except Exception:  # stopped, or no tail in the image: the container's output only
+            pass
+        return text
 
     # ------------------------------------------------------------------ actions
 

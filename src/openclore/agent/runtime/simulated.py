@@ -127,9 +127,33 @@ class SimulatedRuntime:
             self.engine.containers.pop(container_id, None)
 
     def logs(self, container_id: str, tail: int) -> str:
+        """Plausible output of a simulated container: what a rental's image prints at start,
+        then a line per minute it has run; a crashed one ends with its crash."""
         with self.engine.lock:
             c = self.engine.containers.get(container_id)
-            return "" if c is None or c.state == "running" else "simulated crash"
+            if c is None:
+                return ""
+            spec = self.engine.specs.get(container_id)
+            image = spec.image if spec is not None else "image"
+            ports = [b.container_port for b in spec.ports] if spec is not None else []
+            starts = self.engine.starts.get(container_id, 1)
+            running = c.state == "running"
+        lines = [f"[simulated] container {container_id} from {image} (start {starts})"]
+        if "22" in ports:
+            lines.append("Server listening on 0.0.0.0 port 22.")
+        for port in ports:
+            if port != "22":
+                lines.append(f"Listening on 0.0.0.0:{port}")
+        try:
+            started = float(c.started_at)
+        except ValueError:
+            started = time.time()
+        minutes = int(max(0.0, time.time() - started) // 60)
+        for minute in range(max(0, minutes - tail), minutes):
+            lines.append(f"[simulated] up {minute + 1} min, load 0.{(minute * 37) % 100:02d}")
+        if not running:
+            lines.append("simulated crash")
+        return "\n".join(lines[-tail:]) + "\n"
 
     def close(self) -> None:
         pass

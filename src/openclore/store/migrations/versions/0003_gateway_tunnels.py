@@ -1,4 +1,4 @@
-"""access gateway: gateways, tunnel ports, the server's gateway and tunnel key
+"""access gateway: gateways, tunnel ports, the server's gateway and tunnel key, agent requests
 
 Revision ID: gateway_tunnels
 Revises: 0002
@@ -43,8 +43,29 @@ def upgrade() -> None:
         sa.UniqueConstraint("order_id", "container_port", name="uq_tunnel_ports_order_port"),
     )
 
+    op.create_table(
+        "agent_requests",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("server_id", sa.Integer(), nullable=False),
+        sa.Column("order_id", sa.Integer(), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("tail", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.BigInteger(), nullable=False),
+        sa.Column("answered_at", sa.BigInteger(), nullable=True),
+        sa.Column("answer", sa.JSON(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["server_id"], ["servers.id"], name=op.f("fk_agent_requests_server_id_servers")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_agent_requests")),
+    )
+    op.create_index(
+        op.f("ix_agent_requests_server_id"), "agent_requests", ["server_id"], unique=False
+    )
+
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_agent_requests_server_id"), table_name="agent_requests")
+    op.drop_table("agent_requests")
     op.drop_table("tunnel_ports")
     op.drop_table("gateways")
     with op.batch_alter_table("servers") as batch:
