@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from openclore.api.app import create_app
 from openclore.market import console as console_service
 from openclore.market.accounts import check_password, find_user, set_password, set_role
-from openclore.store.schema import gateways, orders
+from openclore.store.schema import gateways, orders, servers
 from openclore.web.app import install_console
 from openclore.web.i18n import negotiate
 
@@ -254,8 +255,6 @@ def test_orders_show_the_ssh_line_and_http_pub_links(served: Market) -> None:
 
 
 def test_accounts_sessions_and_messages_edge_cases(market: Market) -> None:
-    import time
-
     from openclore.domain.errors import MarketError, RateLimited
     from openclore.market import sessions
     from openclore.web.i18n import Catalogs
@@ -292,3 +291,20 @@ def test_accounts_sessions_and_messages_edge_cases(market: Market) -> None:
     )
     assert "Seconds left: 42" in text and "Lowest allowed now: 1" in text and "Minimum: 2" in text
     assert error_text(t, request, MarketError("brand_new_error")).endswith("brand_new_error")  # type: ignore[arg-type]
+
+
+def test_logs_view_asks_the_agent_and_says_when_it_cannot(served: Market) -> None:
+    market = served
+    host = market.user("host")
+    sid = market.server(host, "rig")
+    with market.db.write() as conn:  # a real host's server whose agent is not connected now
+        conn.execute(servers.update().where(servers.c.id == sid).values(simulated=False))
+    renter = market.user("renter", bitcoin="1")
+    order_id = ok(market.client(renter).post("/v1/create_order", json=order_body(sid)))["order_id"]
+    view = Browserless(market, renter)
+    started = time.monotonic()
+    lines = view.client.get(f"/orders/{order_id}/logs/lines").text
+    assert "did not answer in time" in lines and time.monotonic() - started < 8
+    ok(market.client(renter).post("/v1/cancel_order", json={"id": order_id}))
+    assert "This order has ended." in view.client.get(f"/orders/{order_id}/logs").text
+    assert "No such order." in view.client.get("/orders/99999/logs/lines").text

@@ -7,6 +7,7 @@ uses) and renders a template, or redirects with a one-time message (post/redirec
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import secrets
@@ -35,6 +36,7 @@ from openclore.domain.money import UNITS_PER_COIN, AmountError, Coins, coins_str
 from openclore.engine.clock import SandboxClock
 from openclore.engine.ticker import tick
 from openclore.market import accounts, console, requests, search, sessions
+from openclore.market import logs as logs_service
 from openclore.market import orders as order_service
 from openclore.market import servers as server_service
 from openclore.market import wallets as wallet_service
@@ -45,6 +47,7 @@ HERE = Path(__file__).parent
 SESSION_COOKIE = "oc_session"
 PRE_CSRF_COOKIE = "oc_csrf"  # double-submit token of the sign-in form (no session yet)
 PAGE_SIZE = 50
+LOGS_WAIT = 4.0  # seconds a logs view waits for the agent (the view asks again every 5 s)
 HIDDEN_SETTINGS = ("database_url", "address_secret", "gateway_tls_key")  # credentials stay out
 SIGNIN_INTERVAL = 2.0  # one sign-in attempt per 2 s per address, after a burst of 5
 SIGNIN_BURST = 5
@@ -574,7 +577,11 @@ def install_console(app: FastAPI) -> None:
         session = await c.signed_in(request)
         order_id = int(request.path_params["order_id"])
         return c.render(
-            request, "logs.html", session, order_id=order_id, **(await _logs(session, order_id))
+            request,
+            "logs.html",
+            session,
+            order_id=order_id,
+            **(await _logs(request, session, order_id)),
         )
 
     @route("/orders/{order_id:int}/logs/lines")
@@ -586,22 +593,33 @@ def install_console(app: FastAPI) -> None:
             "_log_lines.html",
             session,
             order_id=order_id,
-            **(await _logs(session, order_id)),
+            **(await _logs(request, session, order_id)),
         )
 
-    async def _logs(session: sessions.Session, order_id: int) -> dict[str, Any]:
-        """The order's last 200 log lines through the market's ``order_logs`` use case (the
-        shape of ``GET /v1/order_logs``: ``{"logs": [...]}``) where this market has it."""
-        use_case = getattr(order_service, "order_logs", None)
-        if use_case is None:
-            return {"available": False, "lines": []}
+    async def _logs(request: Request, session: sessions.Session, order_id: int) -> dict[str, Any]:
+        """The order's last 200 lines through the market's logs use case (as ``order_logs``):
+        a demo server answers at once; a real one's agent is asked and its answer awaited."""
+        wall = int(time.time())  # the question's age is real time, whatever the market's clock
+        now = state.now()
         try:
-            answer = await c.db(
-                lambda conn: use_case(conn, session.user_id, order_id, 200, settings)
+            asked = await c.db(
+                lambda conn: logs_service.ask_logs(
+                    conn, session.user_id, order_id, logs_service.DEFAULT_TAIL, wall, now
+                ),
+                write=True,
             )
+            if isinstance(asked, list):
+                return {"lines": asked}
+            request_id = int(asked)
+            deadline = time.monotonic() + LOGS_WAIT
+            while time.monotonic() < deadline:
+                lines = await c.db(lambda conn: logs_service.answer_of(conn, request_id))
+                if lines is not None:
+                    return {"lines": lines}
+                await asyncio.sleep(0.1)
+            raise MarketError("agent_did_not_answer")
         except CloreError as exc:
-            return {"available": True, "lines": [], "error": exc.message}
-        return {"available": True, "lines": list(answer.get("logs", []))}
+            return {"lines": [], "error": error_text(c.t, request, exc)}
 
     @route("/wallets")
     async def wallets_page(request: Request) -> Response:
@@ -743,9 +761,7 @@ def install_console(app: FastAPI) -> None:
 
         users, all_servers, revenue = await c.db(run)
         shown = {
-            k: v
-            for k, v in settings.model_dump(mode="json").items()
-            if k not in HIDDEN_SETTINGS
+            k: v for k, v in settings.model_dump(mode="json").items() if k not in HIDDEN_SETTINGS
         }
         chart = {"t": [t for t, _ in revenue], "v": [v / UNITS_PER_COIN for _, v in revenue]}
         return c.render(

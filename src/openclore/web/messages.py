@@ -36,6 +36,8 @@ ERRORS = {
     "server_name_taken": N_("You have a server with this name already."),
     "server_limit_reached": N_("You have reached the limit of servers."),
     "max_orders_reached": N_("You have reached the limit of active orders."),
+    "order_not_active": N_("This order has ended."),
+    "agent_did_not_answer": N_("The host's agent did not answer in time; trying again."),
     "invalid_price": N_("Enter a price as a positive number."),
     "invalid_mrl": N_("Enter the maximum rental length in whole hours."),
 }
