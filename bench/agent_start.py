@@ -59,12 +59,15 @@ COMMAND = "httpd -f -p 8000 -h /www"
 NETWORK = "openclore-bench"
 
 
-def start_market(tmp: Path) -> tuple[Database, Settings, str, uvicorn.Server]:
+def start_market(
+    tmp: Path, extra: dict[str, Any] | None = None
+) -> tuple[Database, Settings, str, uvicorn.Server]:
     settings = Settings(
         database_url=f"sqlite:///{tmp / 'bench.sqlite'}",
         rate_limit_interval=0,
         create_order_interval=0,
         tick_interval=0,
+        **(extra or {}),
     )
     db = Database(settings.database_url)
     db.create_all()

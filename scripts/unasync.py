@@ -51,6 +51,7 @@ TOKENS: list[tuple[str, str]] = [
     (r"async for", "for"),
     (r"await ", ""),
     (r"asyncio\.sleep", "time.sleep"),
+    (r"ssh_banner_async", "ssh_banner"),
     (r"__aenter__", "__enter__"),
     (r"__aexit__", "__exit__"),
     (r"__aiter__", "__iter__"),

@@ -12,6 +12,7 @@ one). Without a reachable server the PostgreSQL half is skipped with a message, 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -41,6 +42,10 @@ from support import (
     fresh_database,
     test_settings,
 )
+
+# The `serve` processes tests start run no embedded gateway: its default ports are fixed, and
+# the gateway tests start their own on free ports.
+os.environ.setdefault("OPENCLORE_GATEWAY", "0")
 
 
 @pytest.fixture(scope="session")

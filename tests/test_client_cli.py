@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -18,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from rich.cells import cell_len
-from sqlalchemy import update
+from sqlalchemy import select, update
 from typer.testing import CliRunner, Result
 
 from openclore.api.app import create_app
@@ -492,3 +493,19 @@ def test_orders_on_a_market_without_the_sandbox(
     order = cli.json("rent", str(sid), "--image", IMAGE, "--wait")
     line = row_of(cli("orders", COLUMNS="80").stdout, str(order["id"]))
     assert "0m" in line.split() and order["ssh_command"] in line  # the Date of the answer
+
+
+def test_fees_rating_and_registry_login(world: tuple[Cli, Cli, int], market: Market) -> None:
+    cli, _, sid = world
+    out = cli("fees").stdout
+    assert re.search(r"bitcoin\s+5\s+0\.0000003\s+2\.5\s+0\.0000001", out), out
+    assert cli.json("fees")["renter_fees"]["spot"]["base"]["bitcoin"] == 2.5
+    order = cli.json("rent", str(sid), "--image", IMAGE, "--registry-login", "bob:pw")
+    from openclore.store.schema import orders
+
+    with market.db.read() as conn:
+        stored = conn.execute(select(orders.c.dockerhub_auth).where(orders.c.id == order["id"]))
+        assert stored.scalar() == "bob:pw"  # until the pull (the demo host has none)
+    assert "rated 4" in cli("cancel", str(order["id"]), "--rating", "4").stdout
+    assert "order_already_rated" in cli.error("cancel", str(order["id"]), "--rating", "5")
+    cli("cancel", str(order["id"]), "--rating", "9", code=2)

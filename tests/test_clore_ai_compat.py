@@ -20,6 +20,8 @@ from pydantic import ValidationError
 from sqlalchemy import select, update
 
 from openclore.client import Client
+from openclore.domain.usd import rate_units
+from openclore.market.rates import set_rates
 from openclore.store.schema import orders, server_prices, servers
 
 from support import Market
@@ -41,9 +43,9 @@ EXPECTED = {
     "AsyncCloreAI.wallets()": "works",
     "wallets()": "works",
     "marketplace()": "works",
-    "marketplace(max_price_usd=1)": "works; returns [] (it filters on price.usd, not sent)",
+    "marketplace(max_price_usd=1)": "works (price.usd from the operator's exchange rates)",
     "my_servers()": "works",
-    "server_config(name)": "fails: ValidationError ServerConfig.background_job.env",
+    "server_config(name)": "works",
     "my_orders() with no orders": "works",
     "my_orders() with an order": "fails: ValidationError Order.pub_cluster, Order.tcp_ports",
     "spot_marketplace(server_id)": (
@@ -121,10 +123,14 @@ def test_clore_ai_sdk_against_openclore(
     got["wallets()"] = outcome(renter.wallets)
     got["marketplace()"] = outcome(lambda: _expect(sid in [s.id for s in renter.marketplace()]))
     assert sid in [s.id for s in renter.marketplace(available_only=False)]
+    # 0.00001 BTC a day at 60000 USD/BTC: 0.6 USD, under the SDK's max_price_usd=1
+    with market.db.write() as conn:
+        set_rates(conn, {"bitcoin": rate_units("60000")}, market.settings, market.now())
+    cheap = [s.id for s in renter.marketplace(max_price_usd=1)]
     got["marketplace(max_price_usd=1)"] = (
-        "works; returns [] (it filters on price.usd, not sent)"
-        if renter.marketplace(max_price_usd=1) == []
-        else "works"
+        "works (price.usd from the operator's exchange rates)"
+        if sid in cheap and sid not in [s.id for s in renter.marketplace(max_price_usd=0.5)]
+        else f"fails: {cheap}"
     )
     got["my_servers()"] = outcome(lambda: _expect(len(host.my_servers()) == 2))
     got["server_config(name)"] = outcome(lambda: host.server_config("rig"))

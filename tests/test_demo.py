@@ -107,13 +107,25 @@ def test_every_seed_example_in_order(market: Market) -> None:
         "times_updated": 1,
         "image": "cloreai/ubuntu20.04-jupyter",
         "command": "",
-        "env": [],
+        "env": {},  # the seed shows []: an object since SPEC §7 (docs/decisions.md)
     }
 
     market_body = jan.send("GET", "/v1/marketplace")
     six = next(s for s in market_body["servers"] if s["id"] == 6)  # type: ignore[attr-defined]
     assert (six["owner"], six["mrl"], six["rented"]) == (4, 73, False)
-    assert six["price"] == {"on_demand": {"bitcoin": 0.00001}, "spot": {"bitcoin": 0.000001}}
+    assert six["price"] == {
+        "on_demand": {"bitcoin": 0.00001},
+        "spot": {"bitcoin": 0.000001},
+        # the demo's exchange rates (60000 USD per bitcoin) give the USD prices of live Clore
+        "usd": {
+            "on_demand_usd": 0.6,
+            "on_demand_btc": 0.6,
+            "spot_usd": 0.06,
+            "spot": 0.06,
+            "spot_btc": 0.06,
+        },
+    }
+    assert six["cuda_version"] == "12.2" and six["online"] is True
     assert six["specs"]["net"]["cc"] == "CZ"
     assert market_body["my_servers"] == [1, 2, 4]
     assert len(market_body["servers"]) > 30  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ Needs the Docker engine and image of ``test_agent_docker.py`` (mandatory when ``
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import shutil
@@ -20,12 +21,13 @@ from typing import Any
 
 import asyncssh
 import httpx
-import psutil
+import psutil  # type: ignore[import-untyped]
 import pytest
 
 from openclore.agent.runtime.docker import DockerRuntime
-from openclore.cli.client_commands import order_ready, ssh_banner
-from openclore.client import Order
+from openclore.cli.client_commands import order_ready
+from openclore.client import Client, Order
+from openclore.client._base import ssh_banner
 from test_agent_docker import (
     IMAGE,
     NETWORK,
@@ -210,8 +212,10 @@ def test_rental_ports_are_reached_through_the_gateway_only(
     renter = market.client(market.user(bitcoin="0.01"))
     sid, token = host_server(market, host)
     agent = tunnel_agent(market, tmp_path, docker_run, token)
+    tunnel = agent.agent.tunnel
+    assert tunnel is not None
     try:
-        wait_for(lambda: agent.agent.tunnel.connected.is_set(), 10, what="tunnel up")
+        wait_for(tunnel.connected.is_set, 10, what="tunnel up")
         oid = ok(
             renter.post(
                 "/v1/create_order",
@@ -237,6 +241,8 @@ def test_rental_ports_are_reached_through_the_gateway_only(
         assert ssh_banner("127.0.0.1", ssh_port) == "SSH-2.0-OpenSSH_9.6 rental"
         seen = Order.model_validate({**order, "pub_cluster": ["127.0.0.1"]})
         assert order_ready(seen, want_ssh=True)
+        sdk = Client(renter.headers["auth"], base_url=market.url, rate_limit=False)
+        assert sdk.wait_for_order(oid, timeout=20).ssh_port == ssh_port
 
         # the container's output, fetched from the host through the market
         logs = ok(renter.get("/v1/order_logs", params={"id": oid}))["logs"]
@@ -272,9 +278,9 @@ def test_rental_ports_are_reached_through_the_gateway_only(
         assert grew < 48 * 1024 * 1024, f"gateway memory grew by {grew} bytes"
 
         # a gateway restart: the agent's tunnel comes back and new connections work
-        before = agent.agent.tunnel.connections
+        before = tunnel.connections
         gateway.restart()
-        wait_for(lambda: agent.agent.tunnel.connections > before, 20, what="tunnel back")
+        wait_for(lambda: tunnel.connections > before, 20, what="tunnel back")
         assert wait_banner(ssh_port).startswith(b"SSH-2.0-")
         assert http_get(http_port, host, "/").status_code == 200
 
@@ -355,7 +361,7 @@ def stalled_readers_memory(port: int, count: int) -> int:
             sock.sendall(b"GET /big.bin HTTP/1.0\r\n\r\n")
             socks.append(sock)
         time.sleep(2.0)
-        grew = process.memory_info().rss - before
+        grew = int(process.memory_info().rss - before)
         # the streams were only paused: they still deliver everything once read
         for sock in socks[1:]:
             sock.close()
@@ -629,3 +635,135 @@ def test_caddy_with_tls_internal_in_front_of_the_gateway(
         except subprocess.TimeoutExpired:
             proxy.kill()
         log.close()
+
+
+def test_a_real_agent_joining_the_demo_tunnels_through_the_gateway(
+    market: Market, gateway: GatewayThread, tmp_path: Path
+) -> None:
+    """The demo's never-connected server (Michael) joined by a real agent: no longer simulated,
+    its rentals are reached through the gateway named ``localhost``."""
+    from openclore.market.demo import seed
+
+    with market.db.write() as conn:
+        world = seed(conn, market.settings, market.now())
+    owner = market.client(world.tokens[next(k for k in world.tokens if "jan" in k)])
+    renter = market.client(world.tokens[next(k for k in world.tokens if "renter" in k)])
+    agent = start_agent(
+        market.url,
+        tmp_path / "michael",
+        init_token="qnwVIMsZPjUWS7jw6gAbTOeoGQNgTH9XVxJaiCEbG0OlmfjF",
+    )
+    try:
+        ok(
+            owner.post(
+                "/v1/set_server_settings",
+                json={"name": "Michael", "availability": True, "mrl": 72, "on_demand": 0.0001},
+            )
+        )
+        sid = agent.state.server_id
+        oid = ok(renter.post("/v1/create_order", json=order_body(sid, ports={"22": "tcp"})))[
+            "order_id"
+        ]
+        order = wait_order_state(renter, oid, "running")
+        lo, hi = market.settings.gateway_ports
+        assert order["pub_cluster"] == ["localhost"] and "simulated" not in order
+        assert lo <= public(order, "22") <= hi
+        logs = ok(renter.get("/v1/order_logs", params={"id": oid}))["logs"]
+        assert logs[0].startswith("[simulated] container ")  # the agent's runtime answered
+    finally:
+        agent.stop()
+
+
+class EchoServer:
+    """A TCP echo server on the loopback port where a simulated agent 'published' a rental."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_server(("127.0.0.1", port))
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() in the other thread
+        self.sock.close()
+        self.thread.join(5)
+
+
+def echoes(sock: socket.socket, payload: bytes = b"ping") -> bool:
+    try:
+        sock.sendall(payload)
+        return sock.recv(64) == payload
+    except OSError:
+        return False
+
+
+def test_connection_caps_and_idle_timeout(market: Market, tmp_path: Path) -> None:
+    gw = start_gateway(market, gateway_max_conns_per_order=2, gateway_idle_timeout=1.0)
+    host = market.user()
+    renter = market.client(market.user(bitcoin="0.01"))
+    sid, init = host_server(market, host)
+    backend = free_port()  # the one host port the simulated runtime hands out
+    agent = start_agent(
+        market.url, tmp_path / "agent", init_token=init, port_range=(backend, backend)
+    )
+    echo = None
+    try:
+        oid = ok(renter.post("/v1/create_order", json=order_body(sid, ports={"22": "tcp"})))[
+            "order_id"
+        ]
+        order = wait_order_state(renter, oid, "running")
+        (status,) = [s for s in agent.reconciler.snapshot() if s.order_id == oid]
+        echo = EchoServer(status.tcp_ports["22"])
+        port = public(order, "22")
+        wait_for(lambda: port in gw.gateway.listeners, 10, what="public port open")
+        first = socket.create_connection(("127.0.0.1", port), timeout=5)
+        second = socket.create_connection(("127.0.0.1", port), timeout=5)
+        assert echoes(first) and echoes(second)
+        # a third connection to the same order is over the cap: closed at once
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as third:
+            assert third.recv(64) == b""
+        # silent for longer than the idle timeout: the gateway closes both
+        time.sleep(2.5)
+        for sock in (first, second):
+            sock.settimeout(5)
+            assert sock.recv(64) == b""
+            sock.close()
+        # the slots are free again
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as again:
+            assert echoes(again, b"again")
+    finally:
+        if echo is not None:
+            echo.close()
+        agent.stop()
+        gw.stop()
+
+
+def test_one_process_serves_a_gateway_name(market: Market) -> None:
+    """The name's lock: a second holder is refused until the first lets go."""
+    from openclore.gateway.service import NameLock
+
+    first, second = NameLock(market.db, "gw-a"), NameLock(market.db, "gw-a")
+    other = NameLock(market.db, "gw-b")
+    assert first.acquire()
+    try:
+        assert not second.acquire()
+        assert other.acquire()
+        other.release()
+    finally:
+        first.release()
+    assert second.acquire()
+    second.release()

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from openclore.client import Client
+
 from agent_support import host_server, start_agent, wait_order_state
 from support import Market, ok, order_body
 
@@ -52,7 +56,7 @@ def test_the_owner_reads_the_logs_of_a_running_order_from_its_agent(
         agent.stop()
 
 
-def test_a_demo_server_answers_with_simulated_output(market: Market) -> None:
+def test_a_demo_server_answers_with_simulated_output(market: Market, tmp_path: Path) -> None:
     host = market.user()
     renter = market.client(market.user(bitcoin="0.01"))
     sid = market.server(host)
@@ -63,3 +67,22 @@ def test_a_demo_server_answers_with_simulated_output(market: Market) -> None:
     assert lines[-1].startswith("[simulated] up 3 min")
     (order,) = ok(renter.get("/v1/my_orders"))["orders"]
     assert order["simulated"] is True
+    # the SDK's wait: a demo order is ready once it runs (nothing listens on its ports)
+    sdk = Client(str(renter.headers["auth"]), base_url=market.url, rate_limit=False)
+    assert sdk.wait_for_order(oid, timeout=5).simulated is True
+    with pytest.raises(LookupError):
+        sdk.wait_for_order(oid + 100, timeout=5)
+    with pytest.raises(TimeoutError):  # an SSH port nothing answers on, on a real host
+        other = market.client(market.user(bitcoin="0.01"))
+        sid2, init = host_server(market, market.user(), "real")
+        agent = start_agent(market.url, tmp_path / "a", init_token=init)
+        try:
+            oid2 = ok(other.post("/v1/create_order", json=order_body(sid2, ports={"22": "tcp"})))[
+                "order_id"
+            ]
+            wait_order_state(other, oid2, "running")
+            Client(
+                str(other.headers["auth"]), base_url=market.url, rate_limit=False
+            ).wait_for_order(oid2, timeout=1.5, interval=0.2)
+        finally:
+            agent.stop()

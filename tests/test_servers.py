@@ -57,7 +57,7 @@ def test_server_config_shape(market: Market) -> None:
     assert config["initialized"] is True and config["connected"] is True
     assert config["pricing"]["bitcoin"] == 0.00001
     assert config["spot_pricing"]["bitcoin"] == 0.000001
-    assert config["background_job"] == {"times_updated": 0, "image": None, "command": "", "env": []}
+    assert config["background_job"] == {"times_updated": 0, "image": None, "command": "", "env": {}}
     assert error(c.post("/v1/server_config", json={"server_name": "nope"})) == "server_dont_exist"
     # another user's server does not exist for you
     assert (

@@ -2,13 +2,54 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-from typing import Literal
+import json
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_CURRENCIES = ["bitcoin", "CLORE-Blockchain", "USD-Blockchain"]
+MAX_RATE = Decimal(10) ** 9
+
+
+def parse_rates(raw: Any) -> dict[str, Decimal]:
+    """Exchange rates, dollars per coin, as the setting and ``admin rates set`` spell them: a
+    JSON object ``{"bitcoin": 60000}``, the text ``bitcoin=60000,CLORE-Blockchain=0.05`` or a
+    mapping. Each must be a positive, finite number of dollars (at most 10⁹, nine decimals)."""
+    if raw is None:
+        return {}
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text.startswith("{"):
+            try:
+                raw = json.loads(text, parse_float=Decimal)
+            except ValueError as exc:
+                raise ValueError(f"not a JSON object: {exc}") from None
+        else:
+            pairs: dict[str, Any] = {}
+            for part in filter(None, (p.strip() for p in text.split(","))):
+                name, sep, value = part.partition("=")
+                if not sep or not name.strip():
+                    raise ValueError(f"expected currency=rate, got {part[:40]!r}")
+                pairs[name.strip()] = value.strip()
+            raw = pairs
+    if not isinstance(raw, dict):
+        raise ValueError("rates must be an object of currency -> dollars per coin")
+    out: dict[str, Decimal] = {}
+    for name, value in raw.items():
+        if not isinstance(name, str) or not 1 <= len(name) <= 32:
+            raise ValueError("a currency name is 1 to 32 characters")
+        try:
+            if isinstance(value, bool):
+                raise InvalidOperation
+            rate = value if isinstance(value, Decimal) else Decimal(str(value))
+        except InvalidOperation:
+            raise ValueError(f"{name}: not a number") from None
+        if not rate.is_finite() or rate <= 0 or rate > MAX_RATE or rate != round(rate, 9):
+            raise ValueError(f"{name}: a rate is a positive number of dollars, nine decimals")
+        out[name] = rate
+    return out
 
 
 class Settings(BaseSettings):
@@ -70,6 +111,16 @@ class Settings(BaseSettings):
             "USD-Blockchain": Decimal("0.005"),
         },
         description="One-off fee charged when a spot order is created, per currency",
+    )
+    usd_rates: Annotated[dict[str, Decimal], NoDecode] = Field(
+        default_factory=dict,
+        description=(
+            "Exchange rates, dollars per coin: JSON or bitcoin=60000,CLORE-Blockchain=0.05 "
+            "(rates set with 'openclore admin rates set' override them); none: no USD prices"
+        ),
+    )
+    reliability_interval: int = Field(
+        600, ge=0, description="Seconds between two recomputations of servers' reliability"
     )
     runway_seconds: int = Field(
         3600, ge=0, description="create_order needs creation fee + this many seconds of the price"
@@ -171,6 +222,11 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("at least one currency is required")
         return value
+
+    @field_validator("usd_rates", mode="before")
+    @classmethod
+    def _parse_usd_rates(cls, value: Any) -> dict[str, Decimal]:
+        return parse_rates(value)
 
     @field_validator("gateway_port_range")
     @classmethod

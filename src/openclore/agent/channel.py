@@ -172,6 +172,7 @@ class Agent:
             "agent_id": self.config.agent_id,
             "specs": specs.specs,
             "gpu_array": specs.gpu_array,
+            "gpu_limits": specs.gpu_limits,
             "public_host": self.config.public_host,
             "containers": [s.to_wire() for s in self.reconciler.snapshot()],
         }

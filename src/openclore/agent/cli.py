@@ -157,6 +157,13 @@ def agent(
     country: Annotated[
         str, typer.Option(envvar="OPENCLORE_AGENT_COUNTRY", help="Country code, e.g. CZ")
     ] = "",
+    allow_gpu_settings: Annotated[
+        bool,
+        typer.Option(
+            envvar="OPENCLORE_AGENT_ALLOW_GPU_SETTINGS",
+            help="Let GigaSPOT renters set power limits and clocks (NVML; needs root)",
+        ),
+    ] = False,
     disk_path: Annotated[
         str, typer.Option(envvar="OPENCLORE_AGENT_DISK_PATH", help="Disk measured for specs")
     ] = "/var/lib/docker",
@@ -255,6 +262,19 @@ def agent(
     for note in specs.notes:
         log.info("specs: %s", note)
     use_gpus = gpus == "all" or (gpus == "auto" and bool(specs.gpu_array))
+    tuner = None
+    if specs.gpu_array:
+        try:
+            import pynvml  # type: ignore[import-untyped]
+
+            from openclore.agent.gpu import GpuTuner
+
+            tuner = GpuTuner(pynvml, allowed=allow_gpu_settings)
+            specs.gpu_limits = tuner.limits()
+        except ImportError:
+            log.info("GPU settings: nvidia-ml-py is not installed")
+    if tuner is not None and not allow_gpu_settings:
+        tuner = None  # ranges reported, nothing ever set
 
     try:
         if runtime == "docker":
@@ -312,6 +332,7 @@ def agent(
             stop_timeout=stop_timeout,
             probe_ports=runtime == "docker",
         ),
+        gpu=tuner,
     )
     the_agent = Agent(
         ChannelConfig(

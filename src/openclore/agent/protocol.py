@@ -52,10 +52,19 @@ class DesiredContainer:
     ssh_key: str | None = None
     ssh_password: str | None = None
     autossh_entrypoint: bool = False
+    # registry credentials ("user:password") for this container's pull only: the server sends
+    # them until the agent reports the image pulled; never logged, never part of the spec
+    registry_auth: str | None = field(default=None, repr=False)
+    # GigaSPOT per-GPU settings applied while the container runs (not part of the spec: a change
+    # is applied to the GPUs without a new container)
+    gpu_settings: list[dict[str, Any]] = field(default_factory=list)
 
     def spec_hash(self) -> str:
         """Identifies everything that shapes the container: a change means a new container."""
-        raw = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        shape = asdict(self)
+        shape.pop("registry_auth")
+        shape.pop("gpu_settings")
+        raw = json.dumps(shape, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
     def to_wire(self) -> dict[str, Any]:
@@ -76,6 +85,8 @@ class DesiredContainer:
             ssh_key=data.get("ssh_key") or None,
             ssh_password=data.get("ssh_password") or None,
             autossh_entrypoint=bool(data.get("autossh_entrypoint", False)),
+            registry_auth=data.get("registry_auth") or None,
+            gpu_settings=[g for g in (data.get("gpu_settings") or []) if isinstance(g, dict)],
         )
 
 
@@ -92,6 +103,9 @@ class ContainerStatus:
     http_port: str | None = None  # the container port served over HTTP
     http_host_port: int | None = None  # where the host's HTTP proxy reaches it (127.0.0.1)
     container_id: str | None = None
+    # GigaSPOT: None (no settings asked), True (applied) or False (refused: gpu_settings_error)
+    gpu_settings_applied: bool | None = None
+    gpu_settings_error: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,6 +124,12 @@ class ContainerStatus:
             http_port=None if data.get("http_port") is None else str(data["http_port"])[:8],
             http_host_port=None if http_host_port is None else int(http_host_port),
             container_id=data.get("container_id"),
+            gpu_settings_applied=data.get("gpu_settings_applied")
+            if isinstance(data.get("gpu_settings_applied"), bool)
+            else None,
+            gpu_settings_error=None
+            if data.get("gpu_settings_error") is None
+            else str(data["gpu_settings_error"])[:1000],
         )
 
 

@@ -28,13 +28,15 @@ Container conventions (the way common GPU-cloud images expect their settings):
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from openclore.agent.gpu import GpuTuner
 from openclore.agent.protocol import (
     CRASH_LOOP,
     ERROR,
@@ -156,8 +158,13 @@ class Reconciler:
         runtime: Runtime,
         settings: ReconcileSettings,
         on_change: Callable[[], None] | None = None,
+        gpu: GpuTuner | None = None,
     ) -> None:
         self.runtime = runtime
+        self.gpu = gpu
+        # GigaSPOT: the settings applied now (container key, settings) and each key's outcome
+        self._gpu_applied: tuple[str, str] | None = None
+        self._gpu_result: dict[str, tuple[bool, str | None]] = {}
         self.settings = settings
         self.on_change = on_change or (lambda: None)
         self._lock = threading.Lock()
@@ -258,6 +265,7 @@ class Reconciler:
                 self._launch(d)
             else:
                 self._check(d, current[0])
+        self._tune_gpus(desired)
         # forget what is neither wanted nor present (its STOPPED status has been queued)
         with self._lock:
             for key in list(self._statuses):
@@ -269,6 +277,41 @@ class Reconciler:
             for key in list(self._crashes):
                 if key not in wanted:
                     del self._crashes[key]
+            for key in list(self._gpu_result):
+                if key not in wanted:
+                    del self._gpu_result[key]
+
+    # ------------------------------------------------------------------ GPU settings
+
+    def _tune_gpus(self, desired: list[DesiredContainer]) -> None:
+        """The running order's GigaSPOT settings on the GPUs; the defaults when none runs."""
+        with self._lock:
+            running = {k for k, st in self._statuses.items() if st.state == RUNNING}
+        target = next(
+            (d for d in desired if d.gpu_settings and d.key in running and d.kind == KIND_ORDER),
+            None,
+        )
+        wanted = None if target is None else (target.key, json.dumps(target.gpu_settings))
+        if wanted == self._gpu_applied:
+            return
+        if target is None:
+            if self.gpu is not None:
+                self.gpu.restore()
+            self._gpu_applied = None
+            return
+        assert wanted is not None
+        if self.gpu is None:
+            problem: str | None = "the host does not allow GPU settings"
+        else:
+            problem = self.gpu.apply(target.gpu_settings)
+        self._gpu_applied = wanted
+        self._gpu_result[target.key] = (problem is None, problem)
+        with self._lock:
+            current = self._statuses.get(target.key)
+        if current is not None:
+            self._set(
+                replace(current, gpu_settings_applied=problem is None, gpu_settings_error=problem)
+            )
 
     # ------------------------------------------------------------------ actions
 
@@ -279,7 +322,7 @@ class Reconciler:
         try:
             if not self.runtime.has_image(d.image):
                 self._set(self._status(d, PULLING))
-                self.runtime.pull(d.image)
+                self.runtime.pull(d.image, auth=d.registry_auth)
             self._set(self._status(d, STARTING))
             exclude: set[int] = set()
             for _attempt in range(5):
@@ -478,6 +521,8 @@ class Reconciler:
             http_port=http_port,
             http_host_port=http_host,
             container_id=None if observed is None else observed.id,
+            gpu_settings_applied=self._gpu_result.get(d.key, (None, None))[0],
+            gpu_settings_error=self._gpu_result.get(d.key, (None, None))[1],
         )
 
     def _report_observed(self, key: str, c: Observed, d: DesiredContainer | None) -> None:

@@ -52,6 +52,7 @@ class Specs:
     gpu_array: list[str] = field(default_factory=list)
     gpu_source: str = "none"  # which source answered (for logs)
     notes: list[str] = field(default_factory=list)
+    gpu_limits: dict[str, Any] | None = None  # GigaSPOT: what the GPUs allow (agent.gpu)
 
     def to_json(self) -> dict[str, Any]:
         return {

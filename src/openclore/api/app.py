@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -27,7 +28,7 @@ from openclore.api.market_cache import MarketCache, PartsResponse
 from openclore.api.openapi import install_openapi
 from openclore.api.ratelimit import RateLimiter
 from openclore.api.transport import BodyLimit, BodyTooLarge, DateHeader, too_large
-from openclore.api.wire import dumps, parse_object
+from openclore.api.wire import dumps, parse_body, parse_object
 from openclore.config import Settings
 from openclore.domain.errors import (
     CloreError,
@@ -42,6 +43,7 @@ from openclore.domain.money import to_units
 from openclore.engine.clock import Clock, SandboxClock, SystemClock
 from openclore.engine.ticker import tick
 from openclore.gateway.service import serve_gateway
+from openclore.market import gigaspot as gigaspot_service
 from openclore.market import logs as logs_service
 from openclore.market import orders as order_service
 from openclore.market import payments as payment_service
@@ -232,9 +234,131 @@ def _set_spot_price(state: AppState, call: Call) -> dict[str, Any]:
 def _cancel_order(state: AppState, call: Call) -> dict[str, Any]:
     req = requests.validate_body(requests.CancelOrderRequest, call.body)
     state.db_write(
-        lambda conn: order_service.cancel_order(conn, _uid(call), req.id, req.issue, call.now)
+        lambda conn: order_service.cancel_order(
+            conn, _uid(call), req.id, req.issue, call.now, req.rating
+        )
     )
     return {}
+
+
+def _cancel_orders(state: AppState, call: Call) -> dict[str, Any]:
+    """Each order cancelled in its own transaction: one that fails leaves the others done.
+    ``failed_to_cancel`` (live Clore: the ids, as strings) plus ``results``, per order."""
+    req = requests.validate_body(requests.CancelOrdersRequest, call.body)
+    results: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    for order_id in req.order_ids:
+        if order_id in seen:
+            continue
+        seen.add(order_id)
+        try:
+            state.db_write(
+                functools.partial(
+                    order_service.cancel_order,
+                    user_id=_uid(call),
+                    order_id=order_id,
+                    issue=None,
+                    now=call.now,
+                )
+            )
+            results.append({"id": order_id, "cancelled": True})
+        except MarketError as exc:
+            results.append({"id": order_id, "cancelled": False, "error": exc.name})
+    return {
+        "failed_to_cancel": [str(r["id"]) for r in results if not r["cancelled"]],
+        "results": results,
+    }
+
+
+def _renter_fees(state: AppState, call: Call) -> dict[str, Any]:
+    return gigaspot_service.renter_fees(state.settings)
+
+
+def _poh_balance(state: AppState, call: Call) -> dict[str, Any]:
+    return gigaspot_service.poh_balance()
+
+
+def _snapshot_url(call: Call) -> str:
+    return str(call.request.base_url).rstrip("/") + "/gigaspot/v1/snapshot"
+
+
+def _get_gigaspot(state: AppState, call: Call) -> dict[str, Any]:
+    """Live Clore answers with a URL the snapshot is fetched from (clients fetch it without the
+    API token); openclore serves it at /gigaspot/v1/snapshot and also sends it inline."""
+    with call.read() as conn:
+        snapshot = gigaspot_service.snapshot(conn, state.settings)
+    return {
+        "my_user_id": call.user_id,
+        "v1_snapshot_url": _snapshot_url(call),
+        "creation_fees": gigaspot_service.creation_fees(state.settings),
+        "snapshot": snapshot,
+    }
+
+
+def _create_gigaspot_orders(state: AppState, call: Call) -> dict[str, Any]:
+    """Each bid in its own transaction, like a create_order each."""
+    req = requests.validate_body(requests.CreateGigaspotOrdersRequest, call.body)
+    created: list[dict[str, Any]] = []
+    failed_oc: list[int] = []
+    failed: list[int] = []
+    too_low: list[int] = []
+    for item in req.orders:
+        try:
+            order_id, problem = state.db_write(
+                functools.partial(
+                    gigaspot_service.create_order,
+                    user_id=_uid(call),
+                    item=item,
+                    settings=state.settings,
+                    now=call.now,
+                )
+            )
+        except MarketError as exc:
+            (too_low if exc.name in gigaspot_service.TOO_LOW else failed).append(
+                item.renting_server
+            )
+            continue
+        created.append({"server": item.renting_server, "order_id": order_id})
+        if problem is not None:
+            failed_oc.append(item.renting_server)
+            created[-1]["oc_error"] = problem
+    return {
+        "failed_to_oc_servers": failed_oc,
+        "failed_to_rent_servers": failed,
+        "too_low_bids_servers": too_low,
+        "orders": created,
+    }
+
+
+def _edit_gigaspot_orders(state: AppState, call: Call) -> dict[str, Any]:
+    req = requests.validate_body(requests.EditGigaspotOrdersRequest, call.body)
+    done: list[int] = []
+    failed: list[int] = []
+    too_low: list[int] = []
+    failed_oc: list[int] = []
+    for item in req.orders:
+        try:
+            problem = state.db_write(
+                functools.partial(
+                    gigaspot_service.edit_order,
+                    user_id=_uid(call),
+                    item=item,
+                    settings=state.settings,
+                    now=call.now,
+                )
+            )
+        except MarketError as exc:
+            (too_low if exc.name in gigaspot_service.TOO_LOW_EDIT else failed).append(item.order_id)
+            continue
+        done.append(item.order_id)
+        if problem is not None:
+            failed_oc.append(item.order_id)
+    return {
+        "success_to_update_ids": done,
+        "failed_to_update_ids": failed,
+        "too_low_bid_ids": too_low,
+        "failed_to_oc_ids": failed_oc,
+    }
 
 
 def _create_order(state: AppState, call: Call) -> dict[str, Any]:
@@ -268,7 +392,7 @@ def _sandbox_advance(state: AppState, call: Call) -> dict[str, Any]:
 
     state.db_write(lambda conn: SandboxClock.advance(conn, req.seconds))
     now = state.now()
-    tick(state.db, now, state.settings.agent_timeout)
+    tick(state.db, now, state.settings.agent_timeout, state.settings.reliability_interval)
     return {"now": now}
 
 
@@ -396,6 +520,7 @@ class Endpoint:
     extra_interval: str | None = None  # name of an extra per-endpoint rate limit setting
     readonly: bool = False  # answered inside the caller's authentication transaction
     sandbox: bool = False
+    array_body: str | None = None  # a JSON array body arrives as {array_body: [...]}
 
 
 V1_ENDPOINTS = [
@@ -411,6 +536,17 @@ V1_ENDPOINTS = [
     Endpoint("cancel_order", _cancel_order),
     Endpoint("create_order", _create_order, extra_interval="create_order_interval"),
     Endpoint("add_server", _add_server),
+    Endpoint("cancel_orders", _cancel_orders),
+    Endpoint("renter_fees", _renter_fees, auth=False, readonly=True),
+    Endpoint("poh_balance", _poh_balance, readonly=True),
+    Endpoint("get_gigaspot", _get_gigaspot, readonly=True),
+    Endpoint(
+        "create_gigaspot_orders",
+        _create_gigaspot_orders,
+        extra_interval="create_order_interval",
+        array_body="orders",
+    ),
+    Endpoint("edit_gigaspot_orders", _edit_gigaspot_orders, array_body="orders"),
     Endpoint("transactions", _transactions, readonly=True),
     Endpoint("statement", _statement, readonly=True),
     Endpoint("withdraw", _withdraw),
@@ -449,7 +585,13 @@ async def _ticker(state: AppState) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            await run_in_threadpool(tick, state.db, state.now(), state.settings.agent_timeout)
+            await run_in_threadpool(
+                tick,
+                state.db,
+                state.now(),
+                state.settings.agent_timeout,
+                state.settings.reliability_interval,
+            )
         except Exception:  # keep ticking; the next tick settles whatever this one missed
             log_engine.exception("engine tick failed")
 
@@ -563,7 +705,7 @@ def create_app(
         # the answer's Date is the market's time: a travelled sandbox clock included
         headers["Date"] = formatdate(now, usegmt=True)
         try:
-            body = parse_object(raw) if raw.strip() else {}
+            body = parse_body(raw, ep.array_body)
             return headers, _dispatch(ep, request, token, body, now)
         except InvalidToken as exc:
             if token:
@@ -623,6 +765,17 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
         return error_response(InvalidInput("invalid request"), settings.http_status)
+
+    @app.get("/gigaspot/v1/snapshot", include_in_schema=False)
+    async def _gigaspot_snapshot() -> Response:
+        """get_gigaspot's v1_snapshot_url: the snapshot alone (clients fetch it without a
+        token, as from live Clore's storage)."""
+
+        def read() -> bytes:
+            with database.read() as conn:
+                return dumps(gigaspot_service.snapshot(conn, settings))
+
+        return Response(await run_in_threadpool(read), media_type="application/json")
 
     @app.post("/payments/deposit", include_in_schema=False)
     async def payments_deposit(request: Request) -> Response:

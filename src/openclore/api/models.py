@@ -74,8 +74,13 @@ class MyServersResponse(Envelope):
 class BackgroundJob(BaseModel):
     image: str | None
     command: str
-    env: list[Any] | dict[str, str]
+    env: dict[str, str] = Field(description="an object, {} when empty (live Clore's type)")
     times_updated: int
+
+
+class UsdSides(BaseModel):
+    on_demand: float | None = None
+    spot: float | None = None
 
 
 class ServerConfig(BaseModel):
@@ -91,6 +96,12 @@ class ServerConfig(BaseModel):
     rental_status: int = Field(description="0 not rented, 1 spot, 2 on-demand")
     specs: Specs | None
     background_job: BackgroundJob
+    allowed_coins: list[str] = Field(description="currencies the server accepts now")
+    gpu_array: list[str]
+    usd_pricing: dict[str, UsdSides] = Field(description="USD per day, per currency")
+    autoprice: dict[str, Literal["usd"] | bool] = Field(
+        description='"usd": that currency\'s prices follow usd_pricing at the exchange rate'
+    )
 
 
 class ServerConfigResponse(Envelope):
@@ -98,9 +109,23 @@ class ServerConfigResponse(Envelope):
     creation_completed: bool
 
 
+class UsdPrice(BaseModel):
+    """What the prices are worth in USD at the operator's exchange rates (absent without)."""
+
+    on_demand_usd: float | None = Field(None, description="lowest over the currencies")
+    spot_usd: float | None = Field(None, description="lowest minimum spot price")
+    spot: float | None = Field(None, description="= spot_usd (the name live clients read)")
+    on_demand_btc: float | None = None
+    on_demand_clore: float | None = None
+    spot_btc: float | None = None
+    spot_clore: float | None = None
+
+
 class MarketPrice(BaseModel):
     on_demand: CoinMap
     spot: CoinMap
+    usd: UsdPrice | None = None
+    original_usd: dict[str, UsdSides] | None = Field(None, description="the host's USD prices")
 
 
 class Rating(BaseModel):
@@ -117,8 +142,10 @@ class MarketServer(BaseModel):
     specs: Specs | None
     allowed_coins: list[str]
     gpu_array: list[str]
-    reliability: float
+    reliability: float = Field(description="online fraction of 30 days, prior 0.9")
     rating: Rating
+    cuda_version: str = Field(description='"" when unknown')
+    online: bool
 
 
 class MarketplaceResponse(Envelope):
@@ -153,6 +180,15 @@ class Order(BaseModel):
     simulated: bool | None = Field(
         None, description="openclore: a demo server's order (no host: its ports are not served)"
     )
+    online: bool | None = Field(None, description="the server's agent is online")
+    cuda_version: str | None = None
+    reliability: float | None = None
+    rating: Rating | None = None
+    gpu_array: list[str] | None = None
+    owner: int | None = None
+    my_past_rating: int | None = Field(None, description="your cancel_order rating")
+    oc: list[dict[str, float]] | None = Field(None, description="GigaSPOT GPU settings")
+    oc_failed: bool | None = Field(None, description="the agent could not apply oc")
 
 
 class OrderLogsResponse(Envelope):
@@ -180,6 +216,7 @@ class SpotServer(BaseModel):
 
 
 class SpotMarket(BaseModel):
+    currency_rates_in_usd: CoinMap = Field(description="USD per coin, where a rate is set")
     offers: list[SpotOffer]
     server: SpotServer
 
@@ -197,6 +234,116 @@ class CreateOrderResponse(Envelope):
 class AddServerResponse(Envelope):
     id: int
     init_token: str
+
+
+class CancelResult(BaseModel):
+    id: int
+    cancelled: bool
+    error: str | None = None
+
+
+class CancelOrdersResponse(Envelope):
+    failed_to_cancel: list[str] = Field(description="ids (as strings) not cancelled")
+    results: list[CancelResult] = Field(description="per order, in the order sent")
+
+
+class FeeBase(BaseModel):
+    base: CoinMap = Field(description="platform fee, percent of spend")
+
+
+class RenterFees(BaseModel):
+    on_demand: FeeBase
+    spot: FeeBase
+
+
+class CreationFees(BaseModel):
+    on_demand: CoinMap
+    spot: CoinMap
+
+
+class PohConfig(BaseModel):
+    max_reduction_percent: float
+    max_poh_amount: float
+
+
+class RenterFeesResponse(Envelope):
+    renter_fees: RenterFees
+    creation_fees: CreationFees
+    poh_config: PohConfig = Field(description="no Proof of Holding in openclore: zeros")
+    poh_balance: float
+
+
+class PohBalanceResponse(Envelope):
+    items: list[dict[str, Any]] = Field(description="always empty: no Proof of Holding")
+    balance: dict[str, Any]
+    count: int
+
+
+class GigaspotBid(BaseModel):
+    owner: int
+    id: int
+    active: bool
+    to_cache: bool
+    cached: bool
+    price: float
+    currency: str
+    pl: float = Field(description="sum of the bid's power limits (W)")
+
+
+class GigaspotGpu(BaseModel):
+    model: str
+    pl: list[float] = Field(description="[min, max] W; [0, 0] unknown")
+    core_lock: list[float]
+    mem_lock: list[float]
+    core_offset: list[float]
+    mem_offset: list[float]
+
+
+class GigaspotServer(BaseModel):
+    bids: list[GigaspotBid]
+    on_demand_rented: bool
+    online: bool
+    cpu: str
+    cores: int
+    threads: int
+    ram: float
+    gpus: list[GigaspotGpu]
+    working_properly: bool
+    cuda: str
+    max_rental_length: int = Field(description="seconds")
+    cc: str
+    host: int
+    reliability: float
+    min_bid: float
+    min_bids: CoinMap
+    energy_price: float
+
+
+class GetGigaspotResponse(Envelope):
+    my_user_id: int
+    v1_snapshot_url: str = Field(description="the snapshot alone, fetched without a token")
+    creation_fees: CoinMap
+    snapshot: dict[str, GigaspotServer]
+
+
+class GigaspotCreated(BaseModel):
+    server: int
+    order_id: int
+    oc_error: str | None = None
+
+
+class CreateGigaspotOrdersResponse(Envelope):
+    failed_to_oc_servers: list[int] = Field(description="bid placed, GPU settings not taken")
+    failed_to_rent_servers: list[int]
+    too_low_bids_servers: list[int]
+    orders: list[GigaspotCreated]
+
+
+class EditGigaspotOrdersResponse(Envelope):
+    success_to_update_ids: list[int]
+    failed_to_update_ids: list[int]
+    too_low_bid_ids: list[int]
+    failed_to_oc_ids: list[int] = Field(description="updated, GPU settings not taken")
 
 
 # ---------------------------------------------------------------- money in and out (extensions)

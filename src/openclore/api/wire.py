@@ -97,6 +97,21 @@ def parse_object(raw: bytes) -> dict[str, Any]:
     return value
 
 
+def parse_body(raw: bytes, array_key: str | None = None) -> dict[str, Any]:
+    """A request body: a JSON object, or (``array_key``) also a JSON array, which arrives as
+    ``{array_key: [...]}`` (live Clore's batch endpoints take a bare array)."""
+    if not raw.strip():
+        return {}
+    if array_key is None:
+        return parse_object(raw)
+    value = parse_json(raw)
+    if isinstance(value, list):
+        return {array_key: value}
+    if not isinstance(value, dict):
+        raise InvalidInput("request body must be a JSON array or object")
+    return value
+
+
 def _default(value: Any) -> Any:
     if isinstance(value, Coins):  # the exact decimal text, never a float
         return orjson.Fragment(str(value))

@@ -25,7 +25,6 @@ import email.utils
 import os
 import shlex
 import shutil
-import socket
 import sys
 import time
 import tomllib
@@ -59,6 +58,7 @@ from openclore.client import (
     Order,
     json_dumps,
 )
+from openclore.client._base import ssh_banner
 from openclore.client._exactjson import number_text
 
 T = TypeVar("T")
@@ -596,23 +596,6 @@ def order_ready(order: Order, want_ssh: bool) -> bool:
     return bool(order.running) or bool(order.tcp_ports) or order.http_port is not None
 
 
-def ssh_banner(host: str, port: int, timeout: float = 3.0) -> str | None:
-    """The SSH server's identification line (``SSH-2.0-…``) at host:port, or None."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            data = b""
-            while b"\n" not in data and len(data) < 256:
-                chunk = sock.recv(256)
-                if not chunk:
-                    break
-                data += chunk
-    except OSError:
-        return None
-    line = data.split(b"\n", 1)[0].strip()
-    return line.decode("ascii", "replace") if line.startswith(b"SSH-") else None
-
-
 def describe(order: Order) -> str:
     if order.expired:
         return "ended"
@@ -691,6 +674,13 @@ def rent(
     required_price: Annotated[
         str | None, typer.Option(help="Refuse if the on-demand price per day is not this.")
     ] = None,
+    registry_login: Annotated[
+        str | None,
+        typer.Option(
+            envvar="OPENCLORE_REGISTRY_LOGIN",
+            help="USER:TOKEN for a private image (dockerhub_auth; used for this pull only).",
+        ),
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait until it runs, then print the SSH command.")
     ] = False,
@@ -735,6 +725,7 @@ def rent(
                 ssh_password=ssh_password,
                 command=command,
                 required_price=required,
+                dockerhub_auth=registry_login,
             ),
         )
         if not json:
@@ -825,19 +816,28 @@ def cancel(
     issue: Annotated[
         str | None, typer.Option(help="Report a problem with the server (≤ 2048 characters).")
     ] = None,
+    rating: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=5, help="Score the server 1-5 (once per order; also for an ended order)."
+        ),
+    ] = None,
     json: JsonOpt = False,
     profile: ProfileOpt = None,
     url: UrlOpt = None,
     api_key: KeyOpt = None,
 ) -> None:
-    """End an order or spot offer."""
+    """End an order or spot offer (and rate the server with --rating)."""
     c = ctx(json, profile, url, api_key)
     with handled(c.target), c.client() as client:
-        call(f"cancelling order {order_id}…", lambda: client.cancel_order(order_id, issue))
+        call(
+            f"cancelling order {order_id}…",
+            lambda: client.cancel_order(order_id, issue, rating),
+        )
     if json:
         emit_json({"id": order_id, "cancelled": True})
     else:
-        out.print(f"order {order_id} cancelled")
+        out.print(f"order {order_id} cancelled" + (f", rated {rating}" if rating else ""))
 
 
 @client_app.command(rich_help_panel=PANEL_RENT)
@@ -947,6 +947,43 @@ def spot(
                 "yes" if o.my else "",
             ]
             for o in sorted(book.offers, key=lambda o: (-o.bid, o.offer_id))
+        ],
+    )
+
+
+@client_app.command(rich_help_panel=PANEL_RENT)
+def fees(
+    json: JsonOpt = False,
+    profile: ProfileOpt = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """The market's fees: percent of spend and the creation fee, per currency."""
+    c = ctx(json, profile, url, api_key)
+    with handled(c.target), c.client(need_key=False) as client:
+        found = call("loading fees…", client.renter_fees)
+    if json:
+        emit_json(found)
+        return
+    coins = sorted(found.creation_fees.get("on_demand", {}))
+    print_table(
+        "fees",
+        [
+            Column("currency", 0),
+            Column("on-demand %", 0, "right"),
+            Column("on-demand creation", 1, "right"),
+            Column("spot %", 0, "right"),
+            Column("spot creation", 1, "right"),
+        ],
+        [
+            [
+                coin,
+                fmt_any(found.fee_percent("on_demand", coin)),
+                fmt(found.creation_fees.get("on_demand", {}).get(coin)),
+                fmt_any(found.fee_percent("spot", coin)),
+                fmt(found.creation_fees.get("spot", {}).get(coin)),
+            ]
+            for coin in coins
         ],
     )
 

@@ -29,6 +29,9 @@ user_app = typer.Typer(help="Users.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 server_app = typer.Typer(help="Hosts' servers.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+rates_app = typer.Typer(
+    help="Exchange rates (USD per coin) for USD prices and autoprice.", no_args_is_help=True
+)
 withdrawals_app = typer.Typer(
     help="Withdrawal requests: list, approve (paid out), reject (money back).",
     no_args_is_help=True,
@@ -38,6 +41,7 @@ app.add_typer(db_app, name="db")
 admin_app.add_typer(user_app, name="user")
 admin_app.add_typer(token_app, name="token")
 admin_app.add_typer(server_app, name="server")
+admin_app.add_typer(rates_app, name="rates")
 admin_app.add_typer(withdrawals_app, name="withdrawals")
 app.command("agent")(agent_command)
 app.add_typer(client_app)
@@ -416,6 +420,70 @@ def admin_deposit(
     if not credited:
         fail(f"reference {reference!r} was credited before: nothing done")
     console.print(f"deposited {coins_str(units)} {currency}", highlight=False)
+
+
+@rates_app.command("set")
+def rates_set(
+    rates: Annotated[
+        list[str], typer.Argument(help="CURRENCY=DOLLARS, e.g. bitcoin=60000 CLORE-Blockchain=0.05")
+    ],
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Store exchange rates in the database: every replica uses them at once, and servers
+    priced from USD (autoprice) follow."""
+    from openclore.config import parse_rates
+    from openclore.domain.usd import rate_units
+    from openclore.market.rates import set_rates
+
+    settings, db = _with_db(database_url)
+    try:
+        parsed = parse_rates(",".join(rates))
+    except ValueError as exc:
+        fail(str(exc))
+    try:
+        with db.write() as conn:
+            repriced = set_rates(
+                conn,
+                {c: rate_units(v) for c, v in parsed.items()},
+                settings,
+                int(time.time()),
+            )
+    except ValueError as exc:
+        fail(str(exc))
+    for currency, dollars in parsed.items():
+        console.print(f"{currency} = {dollars} USD", highlight=False)
+    if repriced:
+        console.print(f"repriced {len(repriced)} server(s) priced from USD", highlight=False)
+
+
+@rates_app.command("show")
+def rates_show(database_url: DatabaseOpt = None) -> None:
+    """The rates in use: stored ones, else the OPENCLORE_USD_RATES setting's."""
+    from openclore.domain.usd import rate_text
+    from openclore.market.rates import current_rates, stored_rates
+
+    settings, db = _with_db(database_url)
+    with db.read() as conn:
+        rates = current_rates(conn, settings)
+        stored = stored_rates(conn)
+    if not rates:
+        console.print("no exchange rates: USD prices are not shown")
+    for currency, rate in sorted(rates.items()):
+        source = "stored" if currency in stored else "setting"
+        console.print(f"{currency} = {rate_text(rate)} USD ({source})", highlight=False)
+
+
+@rates_app.command("clear")
+def rates_clear(currency: str, database_url: DatabaseOpt = None) -> None:
+    """Forget a stored rate (the setting's rate, if any, applies again)."""
+    from openclore.market.rates import clear_rate
+
+    settings, db = _with_db(database_url)
+    with db.write() as conn:
+        gone = clear_rate(conn, currency, settings, int(time.time()))
+    if not gone:
+        fail(f"no stored rate for {currency}")
+    console.print(f"cleared {currency}", highlight=False)
 
 
 def _adjust(

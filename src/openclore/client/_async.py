@@ -8,21 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import httpx
 
 from openclore.client import _calls as calls
-from openclore.client._base import BaseClient
+from openclore.client._base import BaseClient, ssh_banner_async
 from openclore.client._calls import Amount, ApiCall, OrderType
 from openclore.client._errors import CloreError, OrderLookupFailed, RateLimited
 from openclore.client._models import (
     AddedServer,
+    CancelOrdersResponse,
+    Gigaspot,
+    GigaspotCreated,
+    GigaspotEdited,
     Marketplace,
     MyServer,
     Order,
+    RenterFees,
     ServerConfig,
     SpotMarketplace,
     Statement,
@@ -187,6 +192,29 @@ class AsyncClient(BaseClient):
         fetched from its host."""
         return await self._run(calls.order_logs(order_id, tail))
 
+    async def wait_for_order(
+        self, order_id: int, *, timeout: float = 600.0, interval: float = 1.0
+    ) -> Order:
+        """Wait until the order is reachable and return it: its container runs and, when it
+        publishes port 22, an SSH server answers there (through the market's gateway, that is
+        end to end). Raises :class:`TimeoutError` after ``timeout`` seconds (the order keeps
+        running) and :class:`LookupError` when the order is unknown or has ended."""
+        deadline = time.monotonic() + timeout
+        while True:
+            orders = await self.my_orders(return_completed=True)
+            order = next((o for o in orders if o.id == order_id), None)
+            if order is None or order.expired:
+                raise LookupError(f"order {order_id} is not an active order of yours")
+            if order.running is not False and (order.state or "running") == "running":
+                if order.ssh_port is None or order.host is None or order.simulated:
+                    if order.state == "running" or order.running:
+                        return order
+                elif await ssh_banner_async(order.host, order.ssh_port) is not None:
+                    return order
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"order {order_id} is not reachable after {timeout:.0f} s")
+            await asyncio.sleep(interval)
+
     async def spot_marketplace(self, server_id: int) -> SpotMarketplace:
         """The spot order book of one server."""
         return await self._run(calls.spot_marketplace(server_id))
@@ -201,9 +229,15 @@ class AsyncClient(BaseClient):
         spot: Amount | None = None,
         currency: str | None = None,
         visibility: Literal["public", "hidden"] | None = None,
+        enabled: Mapping[str, bool] | None = None,
+        usd_pricing: Mapping[str, Mapping[str, Amount]] | None = None,
+        autoprice: Mapping[str, Literal["usd", False]] | None = None,
     ) -> None:
         """Change your server's settings: prices per day, ``mrl`` in hours. Only what is given
-        changes. With ``currency`` the prices go to that currency (``<currency>_on_demand``)."""
+        changes. With ``currency`` the prices go to that currency (``<currency>_on_demand``).
+        ``enabled`` stops or starts accepting currencies; ``usd_pricing`` (USD per day per
+        currency) with ``autoprice={"<currency>": "usd"}`` makes that currency's prices follow
+        the market's exchange rate."""
         await self._run(
             calls.set_server_settings(
                 name,
@@ -213,6 +247,9 @@ class AsyncClient(BaseClient):
                 spot=spot,
                 currency=currency,
                 visibility=visibility,
+                enabled=enabled,
+                usd_pricing=usd_pricing,
+                autoprice=autoprice,
             )
         )
 
@@ -221,9 +258,38 @@ class AsyncClient(BaseClient):
         (:class:`CanLowerEvery600Seconds`) and by one step (:class:`ExceededMaxStep`)."""
         await self._run(calls.set_spot_price(order_id, price))
 
-    async def cancel_order(self, order_id: int, issue: str | None = None) -> None:
-        """End an order or spot offer; ``issue`` (≤ 2048 chars) reports a problem."""
-        await self._run(calls.cancel_order(order_id, issue))
+    async def cancel_order(
+        self, order_id: int, issue: str | None = None, rating: int | None = None
+    ) -> None:
+        """End an order or spot offer; ``issue`` (≤ 2048 chars) reports a problem; ``rating``
+        (1–5, once per order) scores the server, also for an order that already ended."""
+        await self._run(calls.cancel_order(order_id, issue, rating))
+
+    async def cancel_orders(self, order_ids: Iterable[int]) -> CancelOrdersResponse:
+        """End several orders, each on its own; ``failed_to_cancel`` and ``results`` say which
+        could not be ended and why."""
+        return await self._run(calls.cancel_orders(order_ids))
+
+    async def renter_fees(self) -> RenterFees:
+        """The platform fee (percent) and creation fees, per currency."""
+        return await self._run(calls.renter_fees())
+
+    async def poh_balance(self) -> dict[str, Any]:
+        """Proof of Holding (openclore has none: zeros)."""
+        return await self._run(calls.poh_balance())
+
+    async def get_gigaspot(self) -> Gigaspot:
+        """The GigaSPOT snapshot: spot-rentable servers, their bids and GPU ranges."""
+        return await self._run(calls.get_gigaspot())
+
+    async def create_gigaspot_orders(self, bids: Iterable[Mapping[str, Any]]) -> GigaspotCreated:
+        """Place spot bids in one call: each ``{renting_server, price, image, currency,
+        oc: [{pl, core_lock, mem_lock, core_offset, mem_offset}, …], env}``."""
+        return await self._run(calls.create_gigaspot_orders(bids))
+
+    async def edit_gigaspot_orders(self, edits: Iterable[Mapping[str, Any]]) -> GigaspotEdited:
+        """Re-price GigaSPOT bids and replace their GPU settings: ``{order_id, price, oc}``."""
+        return await self._run(calls.edit_gigaspot_orders(edits))
 
     async def create_order(
         self,
@@ -241,6 +307,7 @@ class AsyncClient(BaseClient):
         command: str | None = None,
         required_price: Amount | None = None,
         autossh_entrypoint: bool | None = None,
+        dockerhub_auth: str | None = None,
     ) -> Order:
         """Rent ``server_id`` (on-demand, or a spot bid of ``spot_price`` per day) and return the
         new order. ``ports`` maps container ports to ``"tcp"``/``"http"``.
@@ -264,6 +331,7 @@ class AsyncClient(BaseClient):
             command=command,
             required_price=required_price,
             autossh_entrypoint=autossh_entrypoint,
+            dockerhub_auth=dockerhub_auth,
         )
         started = time.time()
         result = await self._run(call)

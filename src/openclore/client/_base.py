@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import socket
 from collections.abc import Mapping
 
 from openclore.client._calls import (
@@ -69,3 +72,41 @@ class BaseClient:
         if isinstance(retry_after, int | float):
             return float(retry_after)
         return max(self.pacer.interval, 1.0)
+
+
+def _banner_line(data: bytes) -> str | None:
+    line = data.split(b"\n", 1)[0].strip()
+    return line.decode("ascii", "replace") if line.startswith(b"SSH-") else None
+
+
+def ssh_banner(host: str, port: int, timeout: float = 3.0) -> str | None:
+    """The SSH server's identification line (``SSH-2.0-…``) at host:port, or None."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            data = b""
+            while b"\n" not in data and len(data) < 256:
+                chunk = sock.recv(256)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    return _banner_line(data)
+
+
+async def ssh_banner_async(host: str, port: int, timeout: float = 3.0) -> str | None:
+    """:func:`ssh_banner` without blocking the event loop."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return None
+    try:
+        data = await asyncio.wait_for(reader.readline(), timeout)
+    except (OSError, TimeoutError, ValueError):
+        return None
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    return _banner_line(data)

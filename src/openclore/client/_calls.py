@@ -21,7 +21,11 @@ from openclore.client._errors import (
 )
 from openclore.client._models import (
     AddedServer,
+    CancelOrdersResponse,
     CreateOrderResponse,
+    Gigaspot,
+    GigaspotCreated,
+    GigaspotEdited,
     Marketplace,
     MarketplaceResponse,
     MyOrdersResponse,
@@ -29,6 +33,7 @@ from openclore.client._models import (
     MyServersResponse,
     Order,
     OrderLogsResponse,
+    RenterFees,
     ServerConfig,
     ServerConfigResponse,
     SpotMarketplace,
@@ -241,8 +246,20 @@ def set_server_settings(
     spot: Amount | None = None,
     currency: str | None = None,
     visibility: Literal["public", "hidden"] | None = None,
+    enabled: Mapping[str, bool] | None = None,
+    usd_pricing: Mapping[str, Mapping[str, Amount]] | None = None,
+    autoprice: Mapping[str, Literal["usd", False]] | None = None,
 ) -> ApiCall[None]:
     body: dict[str, Any] = {"name": name}
+    for coin, on in (enabled or {}).items():
+        body[f"enabled-{coin}"] = bool(on)
+    if usd_pricing is not None:
+        body["usd_pricing"] = {
+            coin: {kind: decimal(v, f"usd_pricing.{coin}.{kind}") for kind, v in sides.items()}
+            for coin, sides in usd_pricing.items()
+        }
+    if autoprice is not None:
+        body["autoprice"] = dict(autoprice)
     if availability is not None:
         body["availability"] = availability
     if visibility is not None:
@@ -262,11 +279,76 @@ def set_spot_price(order_id: int, price: Amount) -> ApiCall[None]:
     return ApiCall("POST", "/v1/set_spot_price", _none, body=body)
 
 
-def cancel_order(order_id: int, issue: str | None = None) -> ApiCall[None]:
+def cancel_order(
+    order_id: int, issue: str | None = None, rating: int | None = None
+) -> ApiCall[None]:
     body: dict[str, Any] = {"id": int(order_id)}
     if issue:
         body["issue"] = issue
+    if rating is not None:
+        body["rating"] = int(rating)
     return ApiCall("POST", "/v1/cancel_order", _none, body=body, idempotent=False)
+
+
+def cancel_orders(order_ids: Iterable[int]) -> ApiCall[CancelOrdersResponse]:
+    body = {"order_ids": [int(i) for i in order_ids]}
+    return ApiCall(
+        "POST",
+        "/v1/cancel_orders",
+        CancelOrdersResponse.model_validate,
+        body=body,
+        idempotent=False,
+    )
+
+
+def renter_fees() -> ApiCall[RenterFees]:
+    return ApiCall("GET", "/v1/renter_fees", RenterFees.model_validate)
+
+
+def poh_balance() -> ApiCall[dict[str, Any]]:
+    return ApiCall("GET", "/v1/poh_balance", dict)
+
+
+def get_gigaspot() -> ApiCall[Gigaspot]:
+    return ApiCall("GET", "/v1/get_gigaspot", Gigaspot.model_validate)
+
+
+GpuSettings = Mapping[str, float | int]
+"""One GPU's GigaSPOT settings: ``pl`` (W), ``core_lock``/``mem_lock`` (MHz), offsets."""
+
+
+def create_gigaspot_orders(bids: Iterable[Mapping[str, Any]]) -> ApiCall[GigaspotCreated]:
+    """``bids``: ``{renting_server, price, image, currency, oc: [GpuSettings…], env?}``."""
+    orders = []
+    for bid in bids:
+        item = dict(bid)
+        item["price"] = decimal(item["price"], "price")
+        item.setdefault("currency", "bitcoin")
+        item["oc"] = [dict(g) for g in item.get("oc") or []]
+        orders.append(item)
+    return ApiCall(
+        "POST",
+        "/v1/create_gigaspot_orders",
+        GigaspotCreated.model_validate,
+        body={"orders": orders},
+        idempotent=False,
+        create_order=True,
+    )
+
+
+def edit_gigaspot_orders(edits: Iterable[Mapping[str, Any]]) -> ApiCall[GigaspotEdited]:
+    """``edits``: ``{order_id, price, oc: [GpuSettings…]}``."""
+    orders = [
+        {
+            "order_id": int(e["order_id"]),
+            "price": decimal(e["price"], "price"),
+            "oc": [dict(g) for g in e.get("oc") or []],
+        }
+        for e in edits
+    ]
+    return ApiCall(
+        "POST", "/v1/edit_gigaspot_orders", GigaspotEdited.model_validate, body={"orders": orders}
+    )
 
 
 def create_order(
@@ -284,6 +366,7 @@ def create_order(
     command: str | None = None,
     required_price: Amount | None = None,
     autossh_entrypoint: bool | None = None,
+    dockerhub_auth: str | None = None,
 ) -> ApiCall[CreateOrderResponse]:
     if type not in ("on-demand", "spot"):
         raise ValueError("type must be 'on-demand' or 'spot'")
@@ -306,6 +389,7 @@ def create_order(
         ("ssh_key", ssh_key),
         ("ssh_password", ssh_password),
         ("command", command),
+        ("dockerhub_auth", dockerhub_auth),
     ):
         if value:
             body[key] = value

@@ -67,7 +67,7 @@ class MyServer(CloreModel):
 class BackgroundJob(CloreModel):
     image: str | None = None
     command: str | None = None
-    env: list[Any] | dict[str, Any] = Field(default_factory=list)
+    env: dict[str, Any] | list[Any] = Field(default_factory=dict)
     times_updated: int | None = None
 
 
@@ -84,11 +84,30 @@ class ServerConfig(CloreModel):
     rental_status: int = Field(0, description="0 not rented, 1 spot, 2 on-demand")
     specs: Specs | None = None
     background_job: BackgroundJob | None = None
+    allowed_coins: list[str] = Field(default_factory=list)
+    usd_pricing: dict[str, dict[str, Decimal]] = Field(
+        default_factory=dict, description="USD per day per currency: {on_demand, spot}"
+    )
+    autoprice: dict[str, str | bool] = Field(
+        default_factory=dict, description='"usd": the currency follows usd_pricing'
+    )
+
+
+class UsdPrice(CloreModel):
+    """What a server's prices are worth in USD at the market's exchange rates."""
+
+    on_demand_usd: Decimal | None = Field(None, description="lowest over its currencies")
+    spot_usd: Decimal | None = None
+    on_demand_btc: Decimal | None = None
+    on_demand_clore: Decimal | None = None
+    spot_btc: Decimal | None = None
+    spot_clore: Decimal | None = None
 
 
 class MarketPrice(CloreModel):
     on_demand: CoinMap = Field(default_factory=dict, description="per day")
     spot: CoinMap = Field(default_factory=dict, description="minimum spot bid per day")
+    usd: UsdPrice | None = Field(None, description="absent when the market sets no rates")
 
 
 class Rating(CloreModel):
@@ -112,6 +131,8 @@ class MarketServer(CloreModel):
     gpu_array: list[str] = Field(default_factory=list, description="one name per GPU")
     reliability: float | None = Field(None, description="0–1")
     rating: Rating | None = None
+    cuda_version: str | None = None
+    online: bool | None = None
 
     @property
     def gpu_count(self) -> int:
@@ -171,7 +192,15 @@ class Order(CloreModel):
     http_pub: str | None = Field(None, description="URL of the http port (live Clore field)")
     spot: bool = False
     expired: bool = False
+    online: bool | None = Field(None, description="the server's agent is online")
+    cuda_version: str | None = None
+    reliability: float | None = None
+    rating: Rating | None = None
+    gpu_array: list[str] = Field(default_factory=list)
+    my_past_rating: int | None = Field(None, description="your rating of this order")
     # openclore extensions (absent on Clore):
+    oc: list[dict[str, float]] | None = Field(None, description="GigaSPOT GPU settings")
+    oc_failed: bool | None = Field(None, description="the host could not apply oc")
     running: bool | None = Field(None, description="openclore: the container runs now")
     state: str | None = Field(None, description="openclore: runtime state reported by the agent")
     simulated: bool | None = Field(None, description="openclore: a demo server's order")
@@ -222,6 +251,7 @@ class SpotServer(CloreModel):
 
 
 class SpotMarket(CloreModel):
+    currency_rates_in_usd: CoinMap = Field(default_factory=dict, description="USD per coin")
     offers: list[SpotOffer] = Field(default_factory=list)
     server: SpotServer = Field(default_factory=SpotServer)
 
@@ -354,3 +384,80 @@ class CreateOrderResponse(Envelope):
 
     order_id: int | None = None
     order: Order | None = None
+
+
+class CancelResult(CloreModel):
+    id: int
+    cancelled: bool
+    error: str | None = None
+
+
+class CancelOrdersResponse(Envelope):
+    failed_to_cancel: list[str] = Field(default_factory=list)
+    results: list[CancelResult] = Field(default_factory=list, description="openclore: per order")
+
+
+class RenterFees(CloreModel):
+    """renter_fees: ``renter_fees.{on_demand,spot}.base`` (percent) and ``creation_fees``."""
+
+    renter_fees: dict[str, dict[str, CoinMap]] = Field(default_factory=dict)
+    creation_fees: dict[str, CoinMap] = Field(default_factory=dict)
+    poh_config: dict[str, Decimal] = Field(default_factory=dict)
+    poh_balance: Decimal = Decimal(0)
+
+    def fee_percent(self, kind: str = "on_demand", currency: str = "bitcoin") -> Decimal | None:
+        return self.renter_fees.get(kind, {}).get("base", {}).get(currency)
+
+
+class GigaspotBid(CloreModel):
+    owner: int | None = None
+    id: int
+    active: bool = False
+    price: Decimal
+    currency: str | None = None
+    pl: float | None = None
+
+
+class GigaspotGpu(CloreModel):
+    model: str = ""
+    pl: list[float] = Field(default_factory=list, description="[min, max] W")
+    core_lock: list[float] = Field(default_factory=list)
+    mem_lock: list[float] = Field(default_factory=list)
+    core_offset: list[float] = Field(default_factory=list)
+    mem_offset: list[float] = Field(default_factory=list)
+
+
+class GigaspotServer(CloreModel):
+    bids: list[GigaspotBid] = Field(default_factory=list)
+    on_demand_rented: bool = False
+    online: bool = False
+    gpus: list[GigaspotGpu] = Field(default_factory=list)
+    cuda: str | None = None
+    max_rental_length: int | None = Field(None, description="seconds")
+    cc: str | None = None
+    host: int | None = None
+    reliability: float | None = None
+    min_bid: Decimal | None = None
+
+
+class Gigaspot(CloreModel):
+    my_user_id: int | None = None
+    v1_snapshot_url: str | None = None
+    creation_fees: CoinMap = Field(default_factory=dict)
+    snapshot: dict[str, GigaspotServer] = Field(
+        default_factory=dict, description="server id (text) → server; openclore sends it inline"
+    )
+
+
+class GigaspotCreated(CloreModel):
+    failed_to_oc_servers: list[int] = Field(default_factory=list)
+    failed_to_rent_servers: list[int] = Field(default_factory=list)
+    too_low_bids_servers: list[int] = Field(default_factory=list)
+    orders: list[dict[str, Any]] = Field(default_factory=list, description="openclore: made")
+
+
+class GigaspotEdited(CloreModel):
+    success_to_update_ids: list[int] = Field(default_factory=list)
+    failed_to_update_ids: list[int] = Field(default_factory=list)
+    too_low_bid_ids: list[int] = Field(default_factory=list)
+    failed_to_oc_ids: list[int] = Field(default_factory=list)

@@ -88,6 +88,7 @@ ERROR_HTTP_STATUS: dict[str, int] = {
     "cant_rent_from_yourself": 403,
     "you_dont_own_this_order": 403,
     "not_a_demo_world": 409,
+    "order_already_rated": 409,
     "invalid_address": 400,
     "withdrawal_limit_exceeded": 403,
     "withdrawal_dont_exist": 404,

@@ -61,6 +61,7 @@ def settle(conn: Connection, order: Row, now: int) -> Row:
         ended_reason = "expired"
     if ended_reason is not None:
         values.update(expired=True, running=False, ended_at=t_end, end_reason=ended_reason)
+        values["dockerhub_auth"] = None  # registry credentials never outlive the order
     if not values:
         return order
     conn.execute(update(orders).where(orders.c.id == order["id"]).values(**values))
@@ -243,7 +244,7 @@ def end_order(conn: Connection, order_id: int, now: int, reason: str) -> str | N
     conn.execute(
         update(orders)
         .where(orders.c.id == order_id)
-        .values(expired=True, running=False, ended_at=now, end_reason=reason)
+        .values(expired=True, running=False, ended_at=now, end_reason=reason, dockerhub_auth=None)
     )
     notify_server(conn, order["server_id"])  # its container must stop now
     return reason

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, select, text, update
 
 from openclore.engine.billing import BILLING_GRACE, lock_server, resolve_server
+from openclore.engine.reliability import close_stretch, recompute, reliability_due
 from openclore.engine.settlement import servers_due, settle_running_orders
 from openclore.store.db import Database, listing_changed, run_write
 from openclore.store.schema import servers
@@ -47,6 +48,7 @@ def _take_offline(conn: Connection, server_id: int, now: int, timeout: int) -> N
         return
     if server["last_seen"] is not None and server["last_seen"] >= now - timeout:
         return  # a heartbeat arrived meanwhile
+    close_stretch(conn, server, now)
     conn.execute(update(servers).where(servers.c.id == server_id).values(online=False))
     resolve_server(conn, server_id, now)
     listing_changed(conn)
@@ -60,10 +62,15 @@ def settle_server(db: Database, server_id: int, now: int) -> None:
     run_write(db, run)
 
 
-def tick(db: Database, now: int, agent_timeout: int) -> TickReport:
+def tick(db: Database, now: int, agent_timeout: int, reliability_interval: int = 600) -> TickReport:
     """Bring the whole market up to ``now``: liveness, set-based billing, then the exact
-    per-server path for orders that end (mrl reached, balance exhausted)."""
+    per-server path for orders that end (mrl reached, balance exhausted); servers' reliability
+    at most every ``reliability_interval`` seconds."""
     offline = mark_offline(db, now, agent_timeout)
+    with db.read() as conn:  # a write transaction only when a recomputation is due
+        due = reliability_due(conn, now, reliability_interval)
+    if due:
+        run_write(db, functools.partial(recompute, now=now, interval=reliability_interval))
 
     def fast(conn: Connection) -> tuple[int, list[int]]:
         if (

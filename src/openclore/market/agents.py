@@ -19,8 +19,10 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from openclore.agent.protocol import (
+    ERROR,
     KIND_BACKGROUND,
     KIND_ORDER,
+    PULLING,
     RUNNING,
     STATES,
     STOPPED,
@@ -28,8 +30,10 @@ from openclore.agent.protocol import (
     DesiredContainer,
     env_dict,
 )
+from openclore.domain.gpu_settings import check_gpu_limits
 from openclore.domain.specs import UNSAFE_TEXT, check_gpu_array, check_specs
 from openclore.engine.billing import lock_server, resolve_server
+from openclore.engine.reliability import came_online
 from openclore.market.tunnels import public_ports
 from openclore.store.db import listing_changed
 from openclore.store.schema import orders, servers
@@ -74,7 +78,8 @@ def register_agent(conn: Connection, init_token: str) -> dict[str, Any]:
     done = conn.execute(
         update(servers)
         .where(servers.c.id == row.id, servers.c.connected.is_(False))
-        .values(connected=True, agent_token_hash=hash_agent_token(token))
+        # a demo server a real agent joins is simulated no more: its host runs the rentals
+        .values(connected=True, agent_token_hash=hash_agent_token(token), simulated=False)
     ).rowcount
     if done != 1:  # a concurrent registration won
         raise AgentRefused(409, "init_token_already_used")
@@ -110,6 +115,8 @@ def agent_hello(
         return False
     values: dict[str, Any] = {"last_seen": now, "online": True}
     changed = not row["online"]
+    if not row["online"]:
+        values.update(came_online(row, now))
     specs = valid_specs(server_id, hello.get("specs"))
     if specs is not None and specs != row["specs"]:
         values["specs"] = specs
@@ -118,6 +125,9 @@ def agent_hello(
     if gpu_array is not None and gpu_array != row["gpu_array"]:
         values["gpu_array"] = gpu_array
         changed = True
+    gpu_limits = check_gpu_limits(hello.get("gpu_limits"))
+    if gpu_limits is not None and gpu_limits != row["gpu_limits"]:
+        values["gpu_limits"] = gpu_limits
     if pub_cluster != row["pub_cluster"]:
         values["pub_cluster"] = pub_cluster
     conn.execute(update(servers).where(servers.c.id == server_id).values(**values))
@@ -141,7 +151,9 @@ def agent_heartbeat(conn: Connection, server_id: int, now: int) -> bool:
     row = lock_server(conn, server_id)
     if row is None or row["removed_at"] is not None:
         return False
-    conn.execute(update(servers).where(live).values(last_seen=now, online=True))
+    conn.execute(
+        update(servers).where(live).values(last_seen=now, online=True, **came_online(row, now))
+    )
     listing_changed(conn)
     resolve_server(conn, server_id, now)
     return True
@@ -156,6 +168,9 @@ def agent_specs(conn: Connection, server_id: int, message: dict[str, Any]) -> No
     gpu_array = check_gpu_array(message.get("gpu_array"))
     if gpu_array is not None:
         values["gpu_array"] = gpu_array
+    gpu_limits = check_gpu_limits(message.get("gpu_limits"))
+    if gpu_limits is not None:
+        values["gpu_limits"] = gpu_limits
     if values:
         conn.execute(
             update(servers)
@@ -225,6 +240,14 @@ def apply_statuses(
             values["http_port"] = status.http_port
         if status.state == RUNNING or status.tcp_ports:
             values["pub_cluster"] = pub_cluster
+        if status.state not in (PULLING, ERROR) and row.dockerhub_auth is not None:
+            values["dockerhub_auth"] = None  # pulled: the credentials are not kept
+        if row.oc and status.gpu_settings_applied is not None:
+            values["oc_failed"] = not status.gpu_settings_applied
+            if status.gpu_settings_error and not status.gpu_settings_applied:
+                values["runtime_error"] = values["runtime_error"] or (
+                    "GPU settings not applied: " + status.gpu_settings_error
+                )
         current = row._mapping
         changed = {k: v for k, v in values.items() if current[k] != v}
         if changed:
@@ -269,6 +292,8 @@ def desired_for(conn: Connection, server_id: int) -> list[DesiredContainer] | No
                 ssh_key=order.ssh_key,
                 ssh_password=order.ssh_password,
                 autossh_entrypoint=bool(order.autossh_entrypoint),
+                registry_auth=order.dockerhub_auth,
+                gpu_settings=list(order.oc or []),
             )
         ]
     if server.bg_image:
@@ -327,6 +352,10 @@ def _sane(status: ContainerStatus) -> ContainerStatus | None:
         http_port=status.http_port if _port(status.http_port) else None,
         http_host_port=status.http_host_port,
         container_id=status.container_id if isinstance(status.container_id, str) else None,
+        gpu_settings_applied=status.gpu_settings_applied,
+        gpu_settings_error=None
+        if status.gpu_settings_error is None
+        else UNSAFE_TEXT.sub(" ", status.gpu_settings_error)[:MAX_ERROR_LENGTH],
     )
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, insert, select, text, update
 from openclore.config import Settings
 from openclore.domain.errors import MarketError
 from openclore.domain.money import percent_to_bp, to_units
+from openclore.domain.usd import rate_units
 from openclore.engine.billing import lock_server, resolve_server, settle
 from openclore.engine.clock import SandboxClock
 from openclore.ledger import ensure_system_accounts
@@ -31,7 +32,15 @@ from openclore.market.accounts import (
 )
 from openclore.market.wallets import deposit
 from openclore.store.db import get_meta, listing_changed, set_meta
-from openclore.store.schema import accounts, metadata, orders, server_prices, servers, users
+from openclore.store.schema import (
+    accounts,
+    metadata,
+    orders,
+    server_prices,
+    servers,
+    usd_rates,
+    users,
+)
 
 WORLD_FILE = Path(__file__).with_name("demo_world.toml")
 WORLD: dict[str, Any] = tomllib.loads(WORLD_FILE.read_text(encoding="utf-8"))
@@ -169,6 +178,10 @@ def seed(conn: Connection, settings: Settings, now: int) -> DemoWorld:
     rng = random.Random(world["seed"])
     set_meta(conn, DEMO_WORLD_KEY, 1)
     ensure_system_accounts(conn, settings.currencies)
+    for currency, dollars in world.get("usd_rates", {}).items():
+        conn.execute(
+            insert(usd_rates).values(currency=currency, rate=rate_units(dollars), updated_at=now)
+        )
     tokens: dict[str, str] = {}
     for expected_id, user in enumerate(world["users"], start=1):
         user_id = create_user(conn, user["name"], now - 86400 * 60, settings)
@@ -291,6 +304,7 @@ def _init(rng: random.Random) -> str:
 def _specs(rng: random.Random, index: int) -> dict[str, Any]:
     gpus, cpus, countries = GENERATOR["gpus"], GENERATOR["cpus"], GENERATOR["countries"]
     gpu, vram, _ = gpus[index % len(gpus)]
+    cuda = GENERATOR["cuda_versions"][index % len(gpus)]
     count = rng.choice([1, 1, 2, 4, 8]) if vram >= 24 else rng.choice([1, 2, 4])
     cpu, threads, board = cpus[rng.randrange(len(cpus))]
     return {
@@ -307,6 +321,7 @@ def _specs(rng: random.Random, index: int) -> dict[str, Any]:
             "down": round(rng.uniform(50, 1000), 2),
             "cc": countries[rng.randrange(len(countries))],
         },
+        "cuda_version": cuda,
     }
 
 

@@ -14,13 +14,13 @@ from openclore.domain.money import (
     to_coins,
     to_units,
 )
-from openclore.domain.specs import clean_specs
+from openclore.domain.specs import clean_gpu_array, clean_specs
 from openclore.domain.spot import lowest_bid, runway, seconds_until_lowering
 from openclore.engine.billing import Row, end_order, lock_server, resolve_server
 from openclore.ledger.ledger import balance, ensure_wallet, system_account_id, transfer, wallet_id
 from openclore.market.accounts import lock_user
 from openclore.market.requests import CreateOrderRequest
-from openclore.market.servers import prices_of
+from openclore.market.servers import cuda_version, prices_of
 from openclore.market.tunnels import http_pub, http_urls
 from openclore.store.db import inserted_id, listing_changed
 from openclore.store.schema import orders, servers
@@ -43,9 +43,9 @@ def create_order(
         raise MarketError("server-offline")
     if req.currency not in settings.currencies:
         raise MarketError("currency-not-allowed")
-    on_demand_price, min_spot = prices_of(conn, [server["id"]])[server["id"]].get(
-        req.currency, (0, 0)
-    )
+    on_demand_price, min_spot = prices_of(conn, [server["id"]], enabled_only=True)[
+        server["id"]
+    ].get(req.currency, (0, 0))
     live = conn.execute(
         select(orders.c.user_id, orders.c.spot).where(
             orders.c.server_id == server["id"], orders.c.expired.is_(False)
@@ -106,6 +106,7 @@ def create_order(
                 ssh_key=req.ssh_key,
                 ssh_password=req.ssh_password,
                 autossh_entrypoint=bool(req.autossh_entrypoint),
+                dockerhub_auth=req.dockerhub_auth,
                 running=False,
                 expired=False,
                 active_seconds=0,
@@ -164,20 +165,69 @@ def _own_order(conn: Connection, user_id: int, order_id: int, foreign_error: str
 
 
 def cancel_order(
-    conn: Connection, user_id: int, order_id: int, issue: str | None, now: int
+    conn: Connection,
+    user_id: int,
+    order_id: int,
+    issue: str | None,
+    now: int,
+    rating: int | None = None,
 ) -> None:
     """End one's own live order now (billed up to now). An order that settling ends on its own
-    (its balance or its time ran out) is ended all the same, and the cancel succeeds."""
+    (its balance or its time ran out) is ended all the same, and the cancel succeeds.
+
+    ``rating`` (1-5) scores the server, once per order: it may come with the cancel or, for an
+    order that already ended, alone (``order_not_active`` is not raised then)."""
     if issue is not None and len(issue) > MAX_ISSUE_LENGTH:
         raise MarketError("issue_description_too_long")
     order = _own_order(conn, user_id, order_id, "you_dont_own_this_order")
+    if rating is not None and order["rating"] is not None:
+        raise MarketError("order_already_rated")
     lock_server(conn, order["server_id"])
-    if end_order(conn, order_id, now, "cancelled") is None:
+    ended = end_order(conn, order_id, now, "cancelled")
+    if ended is None and rating is None:
         raise MarketError("order_not_active")
+    values: dict[str, Any] = {}
     if issue:
-        conn.execute(update(orders).where(orders.c.id == order_id).values(issue=issue))
+        values["issue"] = issue
+    if rating is not None:
+        values["rating"] = rating
+    if values:
+        conn.execute(update(orders).where(orders.c.id == order_id).values(**values))
+    if rating is not None:
+        rate_server(conn, order["server_id"])
     resolve_server(conn, order["server_id"], now)
     listing_changed(conn)
+
+
+def rate_server(conn: Connection, server_id: int) -> None:
+    """The server's ``rating``: the average of its orders' scores and how many there are."""
+    avg, count = conn.execute(
+        select(func.avg(orders.c.rating), func.count(orders.c.rating)).where(
+            orders.c.server_id == server_id, orders.c.rating.is_not(None)
+        )
+    ).one()
+    conn.execute(
+        update(servers)
+        .where(servers.c.id == server_id)
+        .values(rating_avg=round(float(avg or 0), 2), rating_cnt=int(count))
+    )
+
+
+def cancel_orders(
+    conn_factory: Any, user_id: int, order_ids: list[int], now: int
+) -> dict[int, str | None]:
+    """Cancel several orders, each in its own transaction (one failing leaves the others
+    cancelled): ``{order id: None (cancelled) | error name}``."""
+    results: dict[int, str | None] = {}
+    for order_id in order_ids:
+        if order_id in results:
+            continue
+        try:
+            conn_factory(lambda conn, oid=order_id: cancel_order(conn, user_id, oid, None, now))
+            results[order_id] = None
+        except MarketError as exc:
+            results[order_id] = exc.name
+    return results
 
 
 def set_spot_price(
@@ -262,6 +312,19 @@ def order_view(
         out["spot"] = True
     if row["expired"]:
         out["expired"] = True
+    if server is not None:  # live Clore sends these with every order
+        out["online"] = bool(server["online"])
+        out["cuda_version"] = cuda_version(server["specs"])
+        out["reliability"] = server["reliability"]
+        out["rating"] = {"avg": server["rating_avg"], "cnt": server["rating_cnt"]}
+        out["gpu_array"] = clean_gpu_array(server["gpu_array"])
+        out["owner"] = server["owner_id"]
+    if row["rating"] is not None:
+        out["my_past_rating"] = row["rating"]
+    if row["oc"]:
+        out["oc"] = list(row["oc"])
+        if row["oc_failed"] is not None:
+            out["oc_failed"] = row["oc_failed"]
     out["running"] = row["running"]
     if row["runtime_state"]:
         out["state"] = row["runtime_state"]

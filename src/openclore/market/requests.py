@@ -95,9 +95,17 @@ class ServerNameRequest(Request):
     server_name: Name
 
 
+Rating = Annotated[StrictInt, Field(ge=1, le=5)]
+
+
 class CancelOrderRequest(Request):
     id: Id
     issue: StrictStr | None = None
+    rating: Rating | None = None
+
+
+class CancelOrdersRequest(Request):
+    order_ids: Annotated[list[Id], Field(min_length=1, max_length=100)]
 
 
 class SetSpotPriceRequest(Request):
@@ -120,6 +128,22 @@ class SetServerSettingsRequest(Request):
     mrl: Annotated[StrictInt, Field(ge=1)] | None = None
     on_demand: Price | None = None
     spot: Price | None = None
+    # live Clore: USD prices per currency, and which currencies follow them ("usd") or not
+    usd_pricing: dict[StrictStr, dict[Literal["on_demand", "spot"], Price | None]] | None = None
+    autoprice: dict[StrictStr, Literal["usd", False]] | None = None
+
+    def enabled(self, currencies: list[str]) -> dict[str, bool]:
+        """``enabled-<currency>`` keys: whether the server accepts that currency."""
+        out: dict[str, bool] = {}
+        for key, value in (self.model_extra or {}).items():
+            if key.startswith("enabled-"):
+                currency = key[len("enabled-") :]
+                if currency not in currencies:
+                    raise InvalidInput(f"{key[:48]}: unknown currency")
+                if not isinstance(value, bool):
+                    raise InvalidInput(f"{key}: must be true or false")
+                out[currency] = value
+        return out
 
     def per_currency(self, currencies: list[str]) -> dict[str, dict[str, Decimal]]:
         """Per-currency keys such as ``bitcoin_on_demand`` or ``CLORE-Blockchain_spot``."""
@@ -155,6 +179,19 @@ class CreateOrderRequest(Request):
     command: StrictStr | None = Field(None, max_length=16384)
     required_price: Price | None = None
     autossh_entrypoint: StrictBool | None = None
+    # registry credentials for this pull only ("user:password" or "user:token")
+    dockerhub_auth: StrictStr | None = Field(None, max_length=2048)
+
+    @field_validator("dockerhub_auth")
+    @classmethod
+    def _registry_auth(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        user, sep, secret = value.partition(":")
+        if not sep or not user or not secret or UNSAFE_TEXT.search(value):
+            raise ValueError("expected 'username:password' (or 'username:token')")
+        return value
 
     @field_validator("image")
     @classmethod
@@ -189,16 +226,7 @@ class CreateOrderRequest(Request):
     @field_validator("env")
     @classmethod
     def _env(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        if value is None:
-            return None
-        for name, val in value.items():
-            if not 1 <= len(name) <= 128 or not ENV_NAME.match(name):
-                raise ValueError(f"variable name {name[:32]!r}: 1 to 128 characters, no '='")
-            if len(val) > 1536 or "\x00" in val:
-                raise ValueError(f"variable {name[:32]!r}: value longer than 1536 characters")
-        if len(json.dumps(value, ensure_ascii=False, separators=(",", ":"))) > 12000:
-            raise ValueError("more than 12000 characters when serialized")
-        return value
+        return check_env(value)
 
     @field_validator("jupyter_token", "ssh_key", "ssh_password")
     @classmethod
@@ -218,6 +246,67 @@ class CreateOrderRequest(Request):
     @property
     def is_spot(self) -> bool:
         return ORDER_TYPES[self.type]
+
+
+def check_env(value: dict[str, str] | None) -> dict[str, str] | None:
+    """An order's env (SPEC §4): names ≤ 128, values ≤ 1536, ≤ 12000 characters serialized."""
+    if value is None:
+        return None
+    for name, val in value.items():
+        if not 1 <= len(name) <= 128 or not ENV_NAME.match(name):
+            raise ValueError(f"variable name {name[:32]!r}: 1 to 128 characters, no '='")
+        if len(val) > 1536 or "\x00" in val:
+            raise ValueError(f"variable {name[:32]!r}: value longer than 1536 characters")
+    if len(json.dumps(value, ensure_ascii=False, separators=(",", ":"))) > 12000:
+        raise ValueError("more than 12000 characters when serialized")
+    return value
+
+
+class GpuSettings(Request):
+    """GigaSPOT per-GPU settings, in the order of the server's GPUs: power limit (watts) and
+    optional clock offsets / locks (MHz). The agent checks them against what NVML allows."""
+
+    pl: Annotated[StrictInt | float, BeforeValidator(_json_number), Field(gt=0, le=2000)]
+    core_offset: Annotated[StrictInt, Field(ge=-5000, le=5000)] | None = None
+    mem_offset: Annotated[StrictInt, Field(ge=-10000, le=10000)] | None = None
+    core_lock: Annotated[StrictInt, Field(ge=0, le=10000)] | None = None
+    mem_lock: Annotated[StrictInt, Field(ge=0, le=40000)] | None = None
+
+    def to_stored(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+GpuSettingsList = Annotated[list[GpuSettings], Field(max_length=64)]
+
+
+class GigaspotOrder(Request):
+    currency: StrictStr = Field(min_length=1, max_length=32)
+    image: StrictStr = Field(min_length=1, max_length=512)
+    renting_server: Id
+    price: PositivePrice
+    oc: GpuSettingsList = Field(default_factory=list)
+    env: dict[str, StrictStr] | None = None
+
+    _image = field_validator("image")(CreateOrderRequest._image.__func__)  # type: ignore[attr-defined]
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return check_env(value)
+
+
+class GigaspotEdit(Request):
+    order_id: Id
+    price: PositivePrice
+    oc: GpuSettingsList = Field(default_factory=list)
+
+
+class CreateGigaspotOrdersRequest(Request):
+    orders: Annotated[list[GigaspotOrder], Field(min_length=1, max_length=100)]
+
+
+class EditGigaspotOrdersRequest(Request):
+    orders: Annotated[list[GigaspotEdit], Field(min_length=1, max_length=100)]
 
 
 class SandboxAdvanceRequest(Request):

@@ -9,9 +9,11 @@ from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
+from openclore.agent.protocol import env_dict
 from openclore.config import Settings
 from openclore.domain.errors import InvalidInput, MarketError
 from openclore.domain.money import Coins, to_coins, to_units
+from openclore.domain.reliability import PRIOR
 from openclore.domain.specs import clean_gpu_array, clean_specs
 from openclore.engine.billing import (
     Row,
@@ -20,7 +22,9 @@ from openclore.engine.billing import (
     resolve_server,
 )
 from openclore.engine.events import notify_server
+from openclore.engine.reliability import close_stretch
 from openclore.market.accounts import TOKEN_ALPHABET, lock_user
+from openclore.market.rates import apply_autoprice, current_rates, rates_in_usd, usd_block
 from openclore.market.requests import SetServerSettingsRequest
 from openclore.store.db import inserted_id, listing_changed
 from openclore.store.schema import orders, server_prices, servers
@@ -67,7 +71,7 @@ def add_server(
                 simulated=False,
                 visibility="hidden",
                 mrl_hours=min(72, settings.max_server_mrl_hours),
-                reliability=1.0,
+                reliability=PRIOR,
                 rating_avg=0.0,
                 rating_cnt=0,
                 bg_command="",
@@ -85,7 +89,9 @@ def remove_server(conn: Connection, owner_id: int, name: str, now: int) -> int:
     found = _find_by_name(conn, owner_id, name)
     if found is None:
         raise MarketError("server_dont_exist")
-    lock_server(conn, found["id"])
+    locked = lock_server(conn, found["id"])
+    if locked is not None and locked["online"]:
+        close_stretch(conn, locked, now)
     live = conn.execute(
         select(orders.c.id).where(orders.c.server_id == found["id"], orders.c.expired.is_(False))
     ).scalars()
@@ -123,14 +129,53 @@ def _find_by_name(conn: Connection, owner_id: int, name: str) -> Row | None:
     return None if row is None else dict(row._mapping)
 
 
-def prices_of(conn: Connection, server_ids: Iterable[int]) -> dict[int, dict[str, tuple[int, int]]]:
-    """``{server_id: {currency: (on_demand, spot)}}`` in units."""
+def prices_of(
+    conn: Connection, server_ids: Iterable[int], *, enabled_only: bool = False
+) -> dict[int, dict[str, tuple[int, int]]]:
+    """``{server_id: {currency: (on_demand, spot)}}`` in units; ``enabled_only``: without the
+    currencies the host stopped accepting (``enabled-<currency>: false``)."""
     ids = list(server_ids)
     out: dict[int, dict[str, tuple[int, int]]] = {i: {} for i in ids}
     if not ids:
         return out
-    for r in conn.execute(select(server_prices).where(server_prices.c.server_id.in_(ids))):
+    query = select(server_prices).where(server_prices.c.server_id.in_(ids))
+    if enabled_only:
+        query = query.where(server_prices.c.enabled.is_(True))
+    for r in conn.execute(query):
         out[r.server_id][r.currency] = (r.on_demand, r.spot)
+    return out
+
+
+def disabled_currencies(conn: Connection, server_id: int) -> list[str]:
+    return sorted(
+        conn.execute(
+            select(server_prices.c.currency).where(
+                server_prices.c.server_id == server_id, server_prices.c.enabled.is_(False)
+            )
+        ).scalars()
+    )
+
+
+def cuda_version(specs: Any) -> str:
+    """The CUDA version the agent measured (live Clore sends a string; ``""`` when unknown)."""
+    clean = clean_specs(specs) or {}
+    value = clean.get("cuda_version")
+    return value if isinstance(value, str) else ""
+
+
+def usd_pricing_view(stored: Any, currencies: list[str]) -> dict[str, dict[str, Coins]]:
+    """``usd_pricing`` as stored (decimal text) → ``{currency: {on_demand, spot}}`` amounts."""
+    out: dict[str, dict[str, Coins]] = {}
+    if not isinstance(stored, dict):
+        return out
+    for currency in currencies:
+        sides = stored.get(currency)
+        if isinstance(sides, dict):
+            out[currency] = {
+                kind: to_coins(to_units(Decimal(str(sides[kind]))))
+                for kind in ("on_demand", "spot")
+                if sides.get(kind) is not None
+            }
     return out
 
 
@@ -197,7 +242,8 @@ def marketplace_servers(conn: Connection, settings: Settings) -> list[dict[str, 
         )
         .order_by(servers.c.id)
     ).all()
-    prices = prices_of(conn, (r.id for r in rows))
+    prices = prices_of(conn, (r.id for r in rows), enabled_only=True)
+    rates = current_rates(conn, settings)
     rented = set(
         conn.execute(
             select(orders.c.server_id).where(orders.c.expired.is_(False), orders.c.spot.is_(False))
@@ -209,18 +255,27 @@ def marketplace_servers(conn: Connection, settings: Settings) -> list[dict[str, 
         spot = price_map(prices[r.id], 1, settings.currencies, all_coins=False)
         if not on_demand and not spot:
             continue  # nothing to rent it with
+        price: dict[str, Any] = {"on_demand": on_demand, "spot": spot}
+        usd = usd_block({c: p for c, p in prices[r.id].items() if c in settings.currencies}, rates)
+        if usd is not None:
+            price["usd"] = usd
+        original = usd_pricing_view(r.usd_pricing, settings.currencies)
+        if original:
+            price["original_usd"] = original
         out.append(
             {
                 "id": r.id,
                 "owner": r.owner_id,
                 "mrl": r.mrl_hours,
-                "price": {"on_demand": on_demand, "spot": spot},
+                "price": price,
                 "rented": r.id in rented,
                 "specs": clean_specs(r.specs),
                 "allowed_coins": [c for c in settings.currencies if c in on_demand or c in spot],
                 "gpu_array": clean_gpu_array(r.gpu_array),
                 "reliability": r.reliability,
                 "rating": {"avg": r.rating_avg, "cnt": r.rating_cnt},
+                "cuda_version": cuda_version(r.specs),
+                "online": True,  # the listing shows online servers only
             }
         )
     return out
@@ -231,7 +286,10 @@ def server_config(conn: Connection, user_id: int, name: str, settings: Settings)
     if row is None:
         raise MarketError("server_dont_exist")
     prices = prices_of(conn, [row["id"]])[row["id"]]
-    bg_env = row["bg_env"] if row["bg_env"] is not None else []
+    disabled = disabled_currencies(conn, row["id"])
+    # an object, {} when empty: clients type it as a map (docs/decisions.md)
+    bg_env = env_dict(row["bg_env"])
+    autoprice = row["autoprice"] if isinstance(row["autoprice"], dict) else {}
     return {
         "config": {
             "name": row["name"],
@@ -251,6 +309,10 @@ def server_config(conn: Connection, user_id: int, name: str, settings: Settings)
                 "command": row["bg_command"],
                 "env": bg_env,
             },
+            "allowed_coins": [c for c in settings.currencies if c in prices and c not in disabled],
+            "gpu_array": clean_gpu_array(row["gpu_array"]),
+            "usd_pricing": usd_pricing_view(row["usd_pricing"], settings.currencies),
+            "autoprice": {c: autoprice.get(c, False) for c in settings.currencies},
         },
         "creation_completed": True,
     }
@@ -268,6 +330,7 @@ def set_server_settings(
         default.setdefault("on_demand", req.on_demand)
     if req.spot is not None:
         default.setdefault("spot", req.spot)
+    enabled = req.enabled(settings.currencies)
     values: dict[str, Any] = {}
     if req.mrl is not None:
         if req.mrl > settings.max_server_mrl_hours:
@@ -277,20 +340,44 @@ def set_server_settings(
         values["visibility"] = req.visibility
     if req.availability is not None:
         values["visibility"] = "public" if req.availability else "hidden"
-    if not values and not any(per_currency.values()):
+    rates: dict[str, int] = {}
+    if req.usd_pricing is not None:
+        merged = dict(found["usd_pricing"] or {})
+        for currency, sides in req.usd_pricing.items():
+            if currency not in settings.currencies:
+                raise InvalidInput(f"usd_pricing: unknown currency {currency[:32]!r}")
+            kept = dict(merged.get(currency) or {})
+            kept.update({k: None if v is None else str(v) for k, v in sides.items()})
+            merged[currency] = kept
+        values["usd_pricing"] = merged
+    if req.autoprice is not None:
+        rates = current_rates(conn, settings)
+        merged_auto = dict(found["autoprice"] or {})
+        for currency, mode in req.autoprice.items():
+            if currency not in settings.currencies:
+                raise InvalidInput(f"autoprice: unknown currency {currency[:32]!r}")
+            if mode == "usd" and currency not in rates:
+                raise InvalidInput(f"autoprice: no exchange rate for {currency} on this market")
+            merged_auto[currency] = mode
+        values["autoprice"] = merged_auto
+    if not values and not any(per_currency.values()) and not enabled:
         raise InvalidInput("nothing to change: send availability, mrl, on_demand or spot")
     lock_server(conn, found["id"])
     if values:
         conn.execute(update(servers).where(servers.c.id == found["id"]).values(**values))
     current = prices_of(conn, [found["id"]])[found["id"]]
-    for currency, change in per_currency.items():
-        if not change:
+    for currency in set(per_currency) | set(enabled):
+        change = per_currency.get(currency, {})
+        if not change and currency not in enabled:
             continue
         on_demand, spot = current.get(currency, (0, 0))
         if "on_demand" in change:
             on_demand = to_units(change["on_demand"])
         if "spot" in change:
             spot = to_units(change["spot"])
+        row_values: dict[str, Any] = {"on_demand": on_demand, "spot": spot}
+        if currency in enabled:
+            row_values["enabled"] = enabled[currency]
         if currency in current:
             conn.execute(
                 update(server_prices)
@@ -298,14 +385,20 @@ def set_server_settings(
                     server_prices.c.server_id == found["id"],
                     server_prices.c.currency == currency,
                 )
-                .values(on_demand=on_demand, spot=spot)
+                .values(**row_values)
             )
         else:
             conn.execute(
-                insert(server_prices).values(
-                    server_id=found["id"], currency=currency, on_demand=on_demand, spot=spot
-                )
+                insert(server_prices).values(server_id=found["id"], currency=currency, **row_values)
             )
+    if "usd_pricing" in values or "autoprice" in values:
+        apply_autoprice(
+            conn,
+            found["id"],
+            values.get("usd_pricing", found["usd_pricing"]),
+            values.get("autoprice", found["autoprice"]),
+            rates or current_rates(conn, settings),
+        )
     resolve_server(conn, found["id"], now)
     listing_changed(conn)
 
@@ -325,9 +418,11 @@ def spot_marketplace(
         )
         .order_by(orders.c.price.desc(), orders.c.id)
     ).all()
-    prices = prices_of(conn, [server_id])[server_id]
+    prices = prices_of(conn, [server_id], enabled_only=True)[server_id]
+    rates = current_rates(conn, settings)
     return {
         "market": {
+            "currency_rates_in_usd": rates_in_usd(rates, settings.currencies),
             "offers": [
                 {
                     "offer_id": o.id,

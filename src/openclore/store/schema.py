@@ -13,6 +13,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -81,6 +82,8 @@ servers = Table(
     Column("mrl_hours", Integer, nullable=False, default=72),
     Column("specs", JSON, nullable=True),
     Column("gpu_array", JSON, nullable=True),
+    # what the agent says its GPUs allow (GigaSPOT settings): domain.gpu_settings
+    Column("gpu_limits", JSON, nullable=True),
     Column("pub_cluster", JSON, nullable=True),
     Column("reliability", Double, nullable=False, default=1.0),
     Column("rating_avg", Double, nullable=False, default=0.0),
@@ -89,6 +92,13 @@ servers = Table(
     Column("bg_command", Text, nullable=False, default=""),
     Column("bg_env", JSON, nullable=True),
     Column("bg_times_updated", Integer, nullable=False, default=0),
+    # start of the current online stretch (reliability: closed stretches are in online_intervals)
+    Column("online_since", BigInteger, nullable=True),
+    Column("first_online_at", BigInteger, nullable=True),
+    # set_server_settings usd_pricing {currency: {on_demand, spot}} (USD per day, decimal text)
+    # and autoprice {currency: "usd" | false}: a currency priced "usd" follows the USD price
+    Column("usd_pricing", JSON, nullable=True),
+    Column("autoprice", JSON, nullable=True),
     Column("created_at", BigInteger, nullable=False),
     Column("removed_at", BigInteger, nullable=True),
     # the access gateway this server's agent tunnels through (None: ports published directly)
@@ -113,6 +123,8 @@ server_prices = Table(
     Column("currency", String(32), primary_key=True),
     Column("on_demand", BigInteger, nullable=False, default=0),
     Column("spot", BigInteger, nullable=False, default=0),
+    # set_server_settings enabled-<currency>: false stops renting in that currency
+    Column("enabled", Boolean, nullable=False, default=True, server_default=text("true")),
     CheckConstraint("on_demand >= 0 AND spot >= 0", name="prices_not_negative"),
 )
 
@@ -159,7 +171,16 @@ orders = Table(
     Column("http_port", String(8), nullable=True),
     Column("runtime_state", String(32), nullable=True),
     Column("runtime_error", Text, nullable=True),
+    # the renter's score (cancel_order rating 1-5), once per order
+    Column("rating", SmallInteger, nullable=True),
+    # registry credentials for this order's pull only: cleared once the image is pulled
+    Column("dockerhub_auth", Text, nullable=True),
+    # GigaSPOT per-GPU settings [{pl, core_offset, mem_offset, core_lock, mem_lock}] and whether
+    # the agent could apply them (None: not reported yet)
+    Column("oc", JSON, nullable=True),
+    Column("oc_failed", Boolean, nullable=True),
     CheckConstraint("price > 0", name="price_positive"),
+    CheckConstraint("rating IS NULL OR (rating >= 1 AND rating <= 5)", name="rating_range"),
     CheckConstraint("spend >= 0 AND fee_paid >= 0 AND fee_paid <= spend", name="spend_sane"),
     # room on each page so the tick's billing updates stay heap-only (HOT) on PostgreSQL
     postgresql_with={"fillfactor": 70},
@@ -246,6 +267,29 @@ withdrawals = Table(
 )
 Index("ix_withdrawals_user", withdrawals.c.user_id, withdrawals.c.created_at)
 Index("ix_withdrawals_state", withdrawals.c.state, withdrawals.c.id)
+
+# Reliability: each closed stretch of a server's agent being online (the open one is
+# servers.online_since .. servers.last_seen). Stretches older than the window are pruned.
+online_intervals = Table(
+    "online_intervals",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("server_id", Integer, ForeignKey("servers.id"), nullable=False, index=True),
+    Column("started_at", BigInteger, nullable=False),
+    Column("ended_at", BigInteger, nullable=False),
+    CheckConstraint("ended_at >= started_at", name="ordered"),
+)
+
+# Operator-set exchange rates, nano-USD per whole coin (admin rates set): every replica reads
+# them from here; they override the OPENCLORE_USD_RATES setting currency by currency.
+usd_rates = Table(
+    "usd_rates",
+    metadata,
+    Column("currency", String(32), primary_key=True),
+    Column("rate", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    CheckConstraint("rate > 0", name="rate_positive"),
+)
 
 rate_limits = Table(
     "rate_limits",

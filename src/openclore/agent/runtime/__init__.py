@@ -110,7 +110,10 @@ class Runtime(Protocol):
 
     def has_image(self, image: str) -> bool: ...
 
-    def pull(self, image: str) -> None: ...
+    def pull(self, image: str, auth: str | None = None) -> None:
+        """Pull ``image``; ``auth`` ("user:password") is the registry login for this pull only,
+        never stored or logged."""
+        ...
 
     def launch(self, spec: LaunchSpec) -> Observed:
         """Create, copy files in, start, run ``onstart``."""

@@ -283,7 +283,7 @@ class DockerRuntime:
         except docker.errors.APIError:
             return False
 
-    def pull(self, image: str) -> None:
+    def pull(self, image: str, auth: str | None = None) -> None:
         """Pull ``image`` if the registry policy allows its registry. Errors are generic: the
         engine's own text (which can say whether a host's port is open) goes to the log only."""
         try:
@@ -297,7 +297,14 @@ class DockerRuntime:
             log.warning("refused to pull %s: %s (%s)", image, exc, exc.detail)
             raise ImageRefused(str(exc)) from None
         try:
-            self.client.images.pull(ref.name, tag=ref.pull_tag)
+            if auth:
+                user, _, secret = auth.partition(":")
+                # the daemon gets the login for this pull only (not saved in a config file)
+                self.client.images.pull(
+                    ref.name, tag=ref.pull_tag, auth_config={"username": user, "password": secret}
+                )
+            else:
+                self.client.images.pull(ref.name, tag=ref.pull_tag)
         except docker.errors.DockerException as exc:
             log.warning("pull of %s failed: %s", image, _explain(exc))
             raise ImageUnavailable("pull failed") from None

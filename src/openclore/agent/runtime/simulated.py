@@ -29,6 +29,7 @@ class SimulatedEngine:
     images: set[str] = field(default_factory=set)  # present locally
     pullable: set[str] | None = None  # None: every image can be pulled
     crash_images: set[str] = field(default_factory=set)  # containers of these exit at once
+    pulls: list[tuple[str, str | None]] = field(default_factory=list)  # (image, registry login)
     containers: dict[str, Observed] = field(default_factory=dict)
     specs: dict[str, LaunchSpec] = field(default_factory=dict)
     starts: dict[str, int] = field(default_factory=dict)  # container id -> number of starts
@@ -71,8 +72,9 @@ class SimulatedRuntime:
         with self.engine.lock:
             return image in self.engine.images
 
-    def pull(self, image: str) -> None:
+    def pull(self, image: str, auth: str | None = None) -> None:
         with self.engine.lock:
+            self.engine.pulls.append((image, auth))
             if self.engine.pullable is not None and image not in self.engine.pullable:
                 raise ImageUnavailable("pull failed")
             self.engine.images.add(image)

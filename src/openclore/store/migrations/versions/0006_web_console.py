@@ -1,7 +1,7 @@
 """web console: users' password hash and role, sign-in sessions
 
 Revision ID: web_console
-Revises: money_in_and_out
+Revises: live_clore_parity
 Create Date: 2026-11-27 06:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "web_console"
-down_revision = "money_in_and_out"
+down_revision = "live_clore_parity"
 branch_labels = None
 depends_on = None
 
