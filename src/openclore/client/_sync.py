@@ -175,7 +175,7 @@ class Client(BaseClient):
     def marketplace(self, **query: str | int | float | bool) -> Marketplace:
         """Every public, available, online server (rented ones too, ``rented=True``); keyword
         arguments ask openclore to filter on the server (``gpu="4090", sort="price"``, see
-        ``GET /v1/marketplace`` in docs/clore-ai-compat.md); Clore.ai ignores them."""
+        ``GET /v1/marketplace`` in docs/extensions.md); Clore.ai ignores them."""
         params = {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in query.items()}
         return self._run(calls.marketplace(params))
 
