@@ -28,7 +28,7 @@ from openclore.client import Client
 from openclore.engine.clock import SandboxClock
 from openclore.store.schema import orders, servers
 
-from support import Market
+from support import Market, free_port
 
 IMAGE = "cloreai/ubuntu20.04-jupyter"
 
@@ -265,31 +265,49 @@ def test_wallets_servers_and_hosting(world: tuple[Cli, Cli, int]) -> None:
     assert "server_name_taken" in host.error("server", "add", "rig")
 
 
-def test_wait_shows_progress_until_ports_are_published(
+def test_wait_shows_progress_until_the_ssh_port_answers(
     world: tuple[Cli, Cli, int], market: Market
 ) -> None:
+    """--wait waits for the ports, then for an SSH server answering on the published port."""
     cli, _, sid = world
-    with market.db.write() as conn:  # a server with a real (here: silent) agent
+    with market.db.write() as conn:  # a server with a real (here: scripted) agent
         conn.execute(update(servers).where(servers.c.id == sid).values(simulated=False))
+    port = free_port()
+    listener: list[socket.socket] = []
 
-    def agent_publishes_ports() -> None:
-        time.sleep(1.5)
-        with market.db.write() as conn:
-            conn.execute(
-                update(orders)
-                .where(orders.c.server_id == sid)
-                .values(
-                    tcp_ports=["22:40022"], pub_cluster=["gpu.example.net"], runtime_state="running"
+    def agent_publishes_then_sshd_starts() -> None:
+        published = False
+        deadline = time.monotonic() + 20
+        while not published and time.monotonic() < deadline:
+            time.sleep(0.5)
+            with market.db.write() as conn:
+                published = bool(
+                    conn.execute(
+                        update(orders)
+                        .where(orders.c.server_id == sid)
+                        .values(
+                            tcp_ports=[f"22:{port}"],
+                            pub_cluster=["127.0.0.1"],
+                            runtime_state="running",
+                        )
+                    ).rowcount
                 )
-            )
+        time.sleep(1.5)  # published, but nothing answers yet: --wait keeps waiting
+        server = socket.create_server(("127.0.0.1", port))
+        listener.append(server)
+        conn_, _ = server.accept()
+        with conn_:
+            conn_.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
 
-    agent = threading.Thread(target=agent_publishes_ports)
+    agent = threading.Thread(target=agent_publishes_then_sshd_starts, daemon=True)
     agent.start()
     started = time.monotonic()
     result = cli("rent", str(sid), "--image", IMAGE, "--wait", "--timeout", "30")
-    agent.join()
-    assert time.monotonic() - started >= 1.4
-    assert result.stdout.strip().splitlines()[-1] == "ssh -p 40022 root@gpu.example.net"
+    agent.join(10)
+    for sock in listener:
+        sock.close()
+    assert time.monotonic() - started >= 1.9
+    assert result.stdout.strip().splitlines()[-1] == f"ssh -p {port} root@127.0.0.1"
 
 
 def test_wait_gives_up_after_the_timeout(world: tuple[Cli, Cli, int], market: Market) -> None:

@@ -308,3 +308,18 @@ def test_logs_view_asks_the_agent_and_says_when_it_cannot(served: Market) -> Non
     ok(market.client(renter).post("/v1/cancel_order", json={"id": order_id}))
     assert "This order has ended." in view.client.get(f"/orders/{order_id}/logs").text
     assert "No such order." in view.client.get("/orders/99999/logs/lines").text
+
+
+def test_operator_actions_are_in_the_audit_log(served: Market) -> None:
+    from openclore.store.schema import audit_log
+
+    market = served
+    admin = Browserless(market, _operator(market))
+    market.user("renter")
+    admin.post("/admin/credit", user="renter", currency="bitcoin", amount="0.5")
+    with market.db.read() as conn:
+        (entry,) = conn.execute(
+            audit_log.select().where(audit_log.c.action == "admin.deposit")
+        ).all()
+    assert entry.actor == "admin:operator" and entry.source.startswith("web@")
+    assert entry.detail == {"user": "renter", "currency": "bitcoin", "amount": "0.5"}

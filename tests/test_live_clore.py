@@ -18,6 +18,7 @@ from openclore.domain.money import to_units
 from openclore.domain.reliability import PRIOR, PRIOR_SECONDS, WINDOW_SECONDS, reliability
 from openclore.domain.usd import rate_units, units_for_usd, usd_of
 from openclore.engine.reliability import recompute
+from openclore.market import audit
 from openclore.market.agents import (
     agent_heartbeat,
     agent_hello,
@@ -547,6 +548,9 @@ def test_gigaspot_snapshot_create_and_edit(market: Market) -> None:
     assert body["failed_to_oc_ids"] == [made[locked]]
     mine = {o["id"]: o for o in ok(c.get("/v1/my_orders"))["orders"]}
     assert mine[made[tunable]]["price"] == 0.000003 and mine[made[tunable]]["oc"] == new_oc
+    with market.db.read() as conn:  # each edited bid is a price change in the audit log
+        edited = [e.target for e in audit.entries(conn) if e.action == audit.PRICE_CHANGE]
+    assert edited == [f"order:{made[tunable]}", f"order:{made[locked]}"]
     body = ok(
         c.post(
             "/v1/edit_gigaspot_orders",

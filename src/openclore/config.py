@@ -156,6 +156,20 @@ class Settings(BaseSettings):
         ge=16,
         description="Open connections (agents included) per process; more get HTTP 503",
     )
+    max_connections_per_client: int = Field(
+        0,
+        ge=0,
+        description="Open HTTP connections one client address may hold per process (agents' "
+        "WebSockets not counted); more are answered HTTP 503 and closed at once. 0 = no cap "
+        "(behind a proxy every client has the proxy's address)",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="'json': one JSON object per log line (with the request id)"
+    )
+    log_level: str = Field("info", description="Log level of the server's logs")
+    metrics_token: str | None = Field(
+        None, description="When set, /metrics requires 'Authorization: Bearer <token>'"
+    )
 
     tick_interval: float = Field(
         5.0, ge=0, description="Seconds between engine ticks (billing, expiry); 0 = no ticker"

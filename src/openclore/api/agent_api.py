@@ -34,10 +34,12 @@ from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from openclore.agent.protocol import CLOSE_UNAUTHORIZED, PROTOCOL_VERSION, desired_rev
+from openclore.api import metrics
 from openclore.api.transport import MAX_WS_FRAME_BYTES, BodyTooLarge
 from openclore.api.wire import dumps, parse_json, parse_object
 from openclore.domain.errors import InvalidInput
 from openclore.engine.events import subscribe
+from openclore.market import audit
 from openclore.market.agents import (
     AgentRefused,
     Tunnel,
@@ -142,6 +144,7 @@ class AgentChannel:
             loop.call_soon_threadsafe(self.wake.set)
 
         sub = subscribe(self.state.db.engine, self.server_id, _wake)
+        counted = False
         try:
             # listen before reading, so that no change committed from here on can be missed
             await run_in_threadpool(sub.wait_ready, 5.0)
@@ -156,11 +159,18 @@ class AgentChannel:
                 self.pub_cluster = pub_cluster_for(
                     hello, self.state.settings.public_hostnames, peer
                 )
-            welcome = await self._write(
-                lambda c: agent_hello(
+
+            def _hello(c: Any) -> bool:
+                welcomed = agent_hello(
                     c, self.server_id, hello, self.pub_cluster, self.state.now(), self.tunnel
                 )
-            )
+                if welcomed:
+                    actor = f"agent:{self.server_id}"
+                    target = f"server:{self.server_id}"
+                    audit.record(c, actor, audit.SIGN_IN, target, {"via": "agent"}, peer or "")
+                return welcomed
+
+            welcome = await self._write(_hello)
             if not welcome:
                 await self._close(CLOSE_UNAUTHORIZED, "server removed")
                 return
@@ -175,9 +185,13 @@ class AgentChannel:
                 }
             )
             log.info("agent of server %s connected from %s", self.server_id, peer)
+            metrics.AGENTS.inc()
+            counted = True
             self.wake.set()
             await self._serve()
         finally:
+            if counted:
+                metrics.AGENTS.dec()
             sub.close()
             log.info("agent of server %s disconnected", self.server_id)
 
@@ -279,8 +293,17 @@ def install_agent_api(app: FastAPI, state: AppState) -> None:
         token = body.get("init_token")
         if not isinstance(token, str) or not token or len(token) > 256:
             return _json(400, {"error": "init_token is required"})
+        source = request.client.host if request.client else ""
+
+        def _register(c: Any) -> dict[str, Any]:
+            done = register_agent(c, token)
+            actor = f"agent:{done['server_id']}"
+            detail = {"via": "init_token"}
+            audit.record(c, actor, audit.SIGN_IN, f"server:{done['server_id']}", detail, source)
+            return done
+
         try:
-            result = await run_in_threadpool(state.db_write, lambda c: register_agent(c, token))
+            result = await run_in_threadpool(state.db_write, _register)
         except AgentRefused as exc:
             return _json(exc.status, {"error": exc.error})
         except Exception:  # never a traceback, never plain text

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -16,14 +17,16 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from openclore.api import metrics
 from openclore.api.agent_api import install_agent_api
 from openclore.api.errors import error_response
+from openclore.api.logs import RequestId
 from openclore.api.market_cache import MarketCache, PartsResponse
 from openclore.api.openapi import install_openapi
 from openclore.api.ratelimit import RateLimiter
@@ -43,18 +46,20 @@ from openclore.domain.money import to_units
 from openclore.engine.clock import Clock, SandboxClock, SystemClock
 from openclore.engine.ticker import tick
 from openclore.gateway.service import serve_gateway
+from openclore.market import audit, requests, search
 from openclore.market import gigaspot as gigaspot_service
 from openclore.market import logs as logs_service
 from openclore.market import orders as order_service
 from openclore.market import payments as payment_service
-from openclore.market import requests, search
 from openclore.market import servers as server_service
 from openclore.market import statements as statement_service
 from openclore.market import wallets as wallet_service
 from openclore.market import withdrawals as withdrawal_service
 from openclore.market.accounts import authenticate
 from openclore.market.demo import reset_world
+from openclore.market.stats import MarketFigures, market_figures
 from openclore.store.db import Database, run_write
+from openclore.store.migrate import current_revision, head_revision
 
 log = logging.getLogger("openclore.api")
 log_engine = logging.getLogger("openclore.engine")
@@ -113,6 +118,23 @@ class AppState:
 
     def now(self) -> int:
         return int(self.clock.now())
+
+    def tick(self, now: int) -> None:
+        """One engine tick, timed for the metrics."""
+        started = time.perf_counter()
+        try:
+            report = tick(
+                self.db, now, self.settings.agent_timeout, self.settings.reliability_interval
+            )
+        except Exception:
+            metrics.TICK_FAILURES.inc()
+            raise
+        metrics.TICK_SECONDS.observe(time.perf_counter() - started)
+        metrics.ORDERS_SETTLED.inc(report.settled)
+
+    def figures(self) -> MarketFigures:
+        with self.db.read() as conn:
+            return market_figures(conn)
 
     def db_write(self, fn: Callable[[Connection], Any]) -> Any:
         """Run one use case in one transaction (retried on deadlock); a unique index that
@@ -208,13 +230,24 @@ def _spot_marketplace(state: AppState, call: Call) -> dict[str, Any]:
         return server_service.spot_marketplace(conn, server_id, call.user_id, state.settings)
 
 
+def _source(call: Call) -> str:
+    return call.request.client.host if call.request.client else ""
+
+
+def _audit(conn: Connection, call: Call, action: str, target: str, detail: dict[str, Any]) -> None:
+    uid = _uid(call)
+    audit.record(conn, f"user:{uid}", action, target, detail, _source(call), user_id=uid)
+
+
 def _set_server_settings(state: AppState, call: Call) -> dict[str, Any]:
     req = requests.validate_body(requests.SetServerSettingsRequest, call.body)
-    state.db_write(
-        lambda conn: server_service.set_server_settings(
-            conn, _uid(call), req, state.settings, call.now
-        )
-    )
+
+    def run(conn: Connection) -> None:
+        server_service.set_server_settings(conn, _uid(call), req, state.settings, call.now)
+        detail = req.model_dump(mode="json", exclude_none=True)
+        _audit(conn, call, audit.SERVER_SETTINGS, f"server:{req.name}", detail)
+
+    state.db_write(run)
     return {}
 
 
@@ -223,11 +256,15 @@ def _set_spot_price(state: AppState, call: Call) -> dict[str, Any]:
     desired = to_units(req.desired_price)
     if desired <= 0:
         raise InvalidInput("desired_price: must be positive")
-    state.db_write(
-        lambda conn: order_service.set_spot_price(
+
+    def run(conn: Connection) -> None:
+        order_service.set_spot_price(
             conn, _uid(call), req.order_id, desired, state.settings, call.now
         )
-    )
+        detail = {"desired_price_units": desired}
+        _audit(conn, call, audit.PRICE_CHANGE, f"order:{req.order_id}", detail)
+
+    state.db_write(run)
     return {}
 
 
@@ -330,6 +367,15 @@ def _create_gigaspot_orders(state: AppState, call: Call) -> dict[str, Any]:
     }
 
 
+def _edit_gigaspot_order(conn: Connection, state: AppState, call: Call, item: Any) -> Any:
+    problem = gigaspot_service.edit_order(
+        conn, user_id=_uid(call), item=item, settings=state.settings, now=call.now
+    )
+    detail = item.model_dump(mode="json", exclude_none=True)
+    _audit(conn, call, audit.PRICE_CHANGE, f"order:{item.order_id}", detail)
+    return problem
+
+
 def _edit_gigaspot_orders(state: AppState, call: Call) -> dict[str, Any]:
     req = requests.validate_body(requests.EditGigaspotOrdersRequest, call.body)
     done: list[int] = []
@@ -339,13 +385,7 @@ def _edit_gigaspot_orders(state: AppState, call: Call) -> dict[str, Any]:
     for item in req.orders:
         try:
             problem = state.db_write(
-                functools.partial(
-                    gigaspot_service.edit_order,
-                    user_id=_uid(call),
-                    item=item,
-                    settings=state.settings,
-                    now=call.now,
-                )
+                functools.partial(_edit_gigaspot_order, state=state, call=call, item=item)
             )
         except MarketError as exc:
             (too_low if exc.name in gigaspot_service.TOO_LOW_EDIT else failed).append(item.order_id)
@@ -381,9 +421,13 @@ def _create_order(state: AppState, call: Call) -> dict[str, Any]:
 
 def _add_server(state: AppState, call: Call) -> dict[str, Any]:
     req = requests.validate_body(requests.AddServerRequest, call.body)
-    server_id, token = state.db_write(
-        lambda conn: server_service.add_server(conn, _uid(call), req.name, call.now, state.settings)
-    )
+
+    def run(conn: Connection) -> tuple[int, str]:
+        added = server_service.add_server(conn, _uid(call), req.name, call.now, state.settings)
+        _audit(conn, call, audit.SERVER_ADD, f"server:{added[0]}", {"name": req.name})
+        return added
+
+    server_id, token = state.db_write(run)
     return {"id": server_id, "init_token": token}
 
 
@@ -392,7 +436,7 @@ def _sandbox_advance(state: AppState, call: Call) -> dict[str, Any]:
 
     state.db_write(lambda conn: SandboxClock.advance(conn, req.seconds))
     now = state.now()
-    tick(state.db, now, state.settings.agent_timeout, state.settings.reliability_interval)
+    state.tick(now)
     return {"now": now}
 
 
@@ -585,13 +629,7 @@ async def _ticker(state: AppState) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            await run_in_threadpool(
-                tick,
-                state.db,
-                state.now(),
-                state.settings.agent_timeout,
-                state.settings.reliability_interval,
-            )
+            await run_in_threadpool(state.tick, state.now())
         except Exception:  # keep ticking; the next tick settles whatever this one missed
             log_engine.exception("engine tick failed")
 
@@ -635,6 +673,8 @@ def create_app(
                     await task
             if db is None:  # the app opened it
                 database.dispose()
+            if background_ticker:  # a server process ends (`openclore serve`)
+                metrics.process_exit()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -663,6 +703,7 @@ def create_app(
             raw = await request.body()
             # one worker-thread hop per request: rate limit, parse, authenticate, run
             headers, result = await run_in_threadpool(_handle, ep, request, token, raw)
+            request.state.clore_code = 0
             if isinstance(result, Response):
                 result.headers.update(headers)
                 return result
@@ -671,10 +712,15 @@ def create_app(
         except CloreError as exc:
             response = error_response(exc, mode)
             headers = exc.headers
+            request.state.clore_code = exc.code
+            if isinstance(exc, RateLimited):
+                metrics.RATE_LIMITED.labels(ep.name).inc()
         except BodyTooLarge:
+            request.state.clore_code = 2
             return too_large(settings.max_body_bytes)
         except Exception:  # never a traceback on the wire
             log.exception("internal error on %s", ep.name)
+            request.state.clore_code = 1
             response = error_response(InternalError("internal error"), mode)
         response.headers.update(headers)
         return response
@@ -730,12 +776,20 @@ def create_app(
     def _dispatch(
         ep: Endpoint, request: Request, token: str | None, body: dict[str, Any], now: int
     ) -> Any:
-        with database.read() as conn:
-            user_id = authenticate(conn, token) if token else None
-            if user_id is None and (ep.auth or token):
-                raise InvalidToken("invalid api token")
-            if ep.readonly:  # one transaction for the caller and the answer
-                return ep.handler(state, Call(request, body, user_id, now, database, conn))
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                with database.read() as conn:
+                    user_id = authenticate(conn, token) if token else None
+                    if user_id is None and (ep.auth or token):
+                        raise InvalidToken("invalid api token")
+                    if ep.readonly:  # one transaction for the caller and the answer
+                        return ep.handler(state, Call(request, body, user_id, now, database, conn))
+                break
+            except DBAPIError as exc:
+                # a connection the database dropped (restart, pg_terminate_backend): reading
+                # again on a fresh one is safe; writes retry in run_write, before their commit
+                if not exc.connection_invalidated or attempt + 1 == READ_ATTEMPTS:
+                    raise
         return ep.handler(state, Call(request, body, user_id, now, database))
 
     def register(prefix: str, ep: Endpoint) -> None:
@@ -826,7 +880,72 @@ def create_app(
             return run_write(database, run)
 
     install_agent_api(app, state)  # host agents: /agent/v1, apart from the Clore API
+    install_operations(app, state)
     install_openapi(app, V1_ENDPOINTS, SANDBOX_ENDPOINTS)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(DateHeader)
+    app.add_middleware(metrics.Metrics)
+    app.add_middleware(RequestId)  # outermost: every log line of the request carries its id
     return app
+
+
+# ----------------------------------------------------------------------------- operations
+
+READ_ATTEMPTS = 3
+READY_TIMEOUT = 5.0
+_HEAD: list[str | None] = []  # the migrations' head, read once per process
+
+
+def _schema_head() -> str | None:
+    if not _HEAD:
+        _HEAD.append(head_revision())
+    return _HEAD[0]
+
+
+def install_operations(app: FastAPI, state: AppState) -> None:
+    """``/healthz`` (the process answers), ``/readyz`` (its database answers and is migrated to
+    this code's head) and ``/metrics`` (Prometheus), outside the Clore API."""
+
+    def plain(status: int, body: dict[str, Any]) -> Response:
+        return Response(dumps(body), status_code=status, media_type="application/json")
+
+    async def healthz(_request: Request) -> Response:
+        return plain(200, {"status": "ok"})
+
+    def _readiness() -> tuple[bool, str]:
+        try:
+            current = current_revision(state.db)
+        except Exception as exc:
+            log.warning("readiness: database unreachable: %s", str(exc).splitlines()[0])
+            return False, "database unreachable"
+        head = _schema_head()
+        if current != head:
+            return False, f"database schema at {current}, this code needs {head}"
+        return True, "ready"
+
+    async def readyz(_request: Request) -> Response:
+        try:
+            ready, reason = await asyncio.wait_for(run_in_threadpool(_readiness), READY_TIMEOUT)
+        except TimeoutError:
+            ready, reason = False, "database did not answer in time"
+        if ready:
+            return plain(200, {"status": "ready"})
+        return plain(503, {"status": "not ready", "reason": reason})
+
+    async def metrics_endpoint(request: Request) -> Response:
+        token = state.settings.metrics_token
+        if token:
+            given = request.headers.get("authorization", "")
+            expected = f"Bearer {token}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                return plain(401, {"error": "metrics token required"})
+        try:
+            body, content_type = await run_in_threadpool(metrics.render, state.figures)
+        except Exception:
+            log.exception("metrics could not be read")
+            return plain(503, {"error": "metrics unavailable"})
+        return Response(body, media_type=content_type)
+
+    app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/readyz", readyz, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)

@@ -10,9 +10,10 @@ connection whose request headers are not complete ``header_timeout`` seconds aft
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from email.utils import formatdate
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -34,6 +35,30 @@ def too_large(max_bytes: int) -> Response:
     return Response(body, status_code=413, media_type="application/json")
 
 
+# A body over the cap is read and thrown away (up to this much more, within DRAIN_SECONDS)
+# before the 413 goes out: a client still sending when the server answers and closes would see a
+# connection reset instead of the answer. Larger bodies are refused at once.
+DRAIN_LIMIT_BYTES = 16 * 1024 * 1024
+DRAIN_SECONDS = 30.0
+
+
+async def _drain(receive: Receive, budget: int) -> None:
+    """Read and discard the rest of a request body, up to ``budget`` bytes."""
+
+    async def run() -> None:
+        left = budget
+        while left >= 0:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            left -= len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(run(), DRAIN_SECONDS)
+
+
 class BodyLimit:
     """Refuse bodies over ``max_bytes`` before they are read into memory (code 2, HTTP 413)."""
 
@@ -45,15 +70,22 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        length: int | None = None
+        expects_continue = False
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
-                    too_big = int(value) > self.max_bytes
+                    length = int(value)
                 except ValueError:
-                    too_big = True
-                if too_big:
-                    await too_large(self.max_bytes)(scope, receive, send)
-                    return
+                    length = -1
+            elif name == b"expect" and value.lower() == b"100-continue":
+                expects_continue = True
+        if length is not None and (length < 0 or length > self.max_bytes):
+            # a client waiting for "100 Continue" has sent nothing: answer without reading
+            if not expects_continue and 0 <= length <= self.max_bytes + DRAIN_LIMIT_BYTES:
+                await _drain(receive, length)
+            await too_large(self.max_bytes)(scope, receive, send)
+            return
         seen = 0
 
         async def limited_receive() -> Message:
@@ -62,6 +94,8 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    if message.get("more_body", False):
+                        await _drain(receive, DRAIN_LIMIT_BYTES)
                     raise BodyTooLarge
             return message
 
@@ -91,21 +125,74 @@ class DateHeader:
         await self.app(scope, receive, send_dated)
 
 
+REFUSED_LINGER = 1.0
+_REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 19\r\nconnection: close\r\n\r\nService Unavailable"
+)
+
+
 class _HeaderTimeoutMixin:
-    """Close a connection whose request headers take longer than ``header_timeout`` seconds."""
+    """Close a connection whose request headers take longer than ``header_timeout`` seconds, and
+    refuse a connection at once (503) when the process holds ``limit_concurrency`` connections or
+    its client address ``max_per_client`` (0: no per-address cap).
+
+    uvicorn checks its own cap only once a request's headers are complete, so clients that never
+    finish their headers would otherwise each hold a connection until the header timeout."""
 
     header_timeout: float = 10.0
+    max_per_client: int = 0
+    # open HTTP connections per client address, in this process (its event loop's thread)
+    per_client: ClassVar[dict[str, int]] = {}
     _header_timer: asyncio.TimerHandle | None = None
     _timed_cycle: Any = None
+    _counted: str | None = None
+    _refused: bool = False
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
+        limit = getattr(self, "limit_concurrency", None)
+        connections = getattr(self, "connections", ())
+        client = getattr(self, "client", None)
+        host = str(client[0]) if client else None
+        if limit is not None and len(connections) > limit:
+            self._refuse(transport)
+            return
+        if self.max_per_client > 0 and host is not None:
+            held = self.per_client.get(host, 0)
+            if held >= self.max_per_client:
+                self._refuse(transport)
+                return
+            self.per_client[host] = held + 1
+            self._counted = host
         self._arm()
 
+    def _refuse(self, transport: Any) -> None:
+        """Answer 503 at once; close when the client's request has come in (closing before
+        would reset the connection under the answer) or after REFUSED_LINGER seconds."""
+        self._refused = True
+        transport.write(_REFUSAL)
+        loop: asyncio.AbstractEventLoop = self.loop  # type: ignore[attr-defined]
+        loop.call_later(REFUSED_LINGER, transport.close)
+
+    def _release(self) -> None:
+        host, self._counted = self._counted, None
+        if host is not None:
+            held = self.per_client.get(host, 1) - 1
+            if held > 0:
+                self.per_client[host] = held
+            else:
+                self.per_client.pop(host, None)
+
     def data_received(self, data: bytes) -> None:
+        if self._refused:  # answered already: the request is read and dropped
+            transport = self.transport  # type: ignore[attr-defined]
+            transport.close()
+            return
         super().data_received(data)  # type: ignore[misc]
         if self._upgraded():  # a WebSocket now: its own protocol owns the connection
             self._disarm()
+            self._release()
             return
         cycle = getattr(self, "cycle", None)
         waiting = cycle is None or cycle is self._timed_cycle or cycle.response_complete
@@ -116,6 +203,7 @@ class _HeaderTimeoutMixin:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._release()
         super().connection_lost(exc)  # type: ignore[misc]
 
     def _arm(self) -> None:
@@ -158,6 +246,7 @@ class HeaderTimeoutProtocol(_HeaderTimeoutMixin, _Base):
 
 def configure_protocol(settings: Settings) -> None:
     HeaderTimeoutProtocol.header_timeout = settings.header_timeout
+    HeaderTimeoutProtocol.max_per_client = settings.max_connections_per_client
 
 
 def server_options(settings: Settings) -> dict[str, Any]:

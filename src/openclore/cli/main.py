@@ -106,6 +106,34 @@ def _settings(database_url: str | None = None, **overrides: Any) -> Settings:
         raise
 
 
+def _admin() -> tuple[str, str]:
+    """Who runs an admin command, and from where (for the audit log)."""
+    import getpass
+    import socket
+
+    try:
+        login = getpass.getuser()
+    except Exception:
+        login = "unknown"
+    return f"admin:{login}", f"cli@{socket.gethostname()}"
+
+
+def _audit(
+    conn: Any,
+    action: str,
+    target: str,
+    detail: dict[str, Any],
+    user_id: int | None,
+    by: str | None = None,
+) -> None:
+    from openclore.market import audit
+
+    actor, source = _admin()
+    if by:
+        actor = f"admin:{by[:64]}"
+    audit.record(conn, actor, audit.ADMIN + action, target, detail, source, user_id=user_id)
+
+
 def _settings_help() -> str:
     lines = ["Settings (environment variables; every one also reads from the environment):\n"]
     for name, field in Settings.model_fields.items():
@@ -133,6 +161,7 @@ def serve(
     """Run the API server (migrates the database first)."""
     import uvicorn
 
+    from openclore.api.logs import log_config
     from openclore.api.transport import server_options
     from openclore.market.demo import is_demo_world, is_seeded, seed
 
@@ -179,15 +208,40 @@ def serve(
     # Workers rebuild the settings from the environment.
     os.environ["OPENCLORE_DATABASE_URL"] = settings.database_url
     os.environ["OPENCLORE_DEMO"] = "1" if settings.demo else "0"
+    _metrics_dir(settings.workers)
     uvicorn.run(
         "openclore.web.server:app_factory",
         factory=True,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
-        log_level="info",
+        log_level=settings.log_level.lower(),
+        log_config=log_config(settings.log_format, settings.log_level),
         **server_options(settings),
     )
+
+
+def _metrics_dir(workers: int) -> None:
+    """Several workers share their Prometheus metrics through files in PROMETHEUS_MULTIPROC_DIR:
+    a fresh private folder, or the operator's own one emptied of a previous run's files. Set
+    before any worker imports prometheus-client (the workers inherit the environment)."""
+    import shutil
+    import tempfile
+
+    from openclore.api.metrics import MULTIPROC_ENV
+
+    folder = os.environ.get(MULTIPROC_ENV)
+    if folder:
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink(missing_ok=True)
+    elif workers > 1:
+        made = tempfile.mkdtemp(prefix="openclore-metrics-")
+        os.environ[MULTIPROC_ENV] = made
+        import atexit
+
+        atexit.register(shutil.rmtree, made, True)
 
 
 @app.command(epilog=_settings_help())
@@ -280,10 +334,14 @@ def user_add(
         with db.write() as conn:
             user_id = create_user(conn, name, now, settings)
             token = issue_token(conn, user_id, now)
+            _audit(conn, "user.add", f"user:{user_id}", {"name": name}, user_id)
+            _audit(conn, "token.issue", f"user:{user_id}", {"prefix": token[:8]}, user_id)
             if secret is not None:
                 set_password(conn, user_id, secret)
+                _audit(conn, "user.password", f"user:{user_id}", {}, user_id)
             if admin:
                 set_role(conn, user_id, "admin")
+                _audit(conn, "user.role", f"user:{user_id}", {"role": "admin"}, user_id)
     except IntegrityError:
         fail(f"a user named {name!r} exists already")
     except ValueError as exc:
@@ -302,7 +360,9 @@ def user_password(user: str, database_url: DatabaseOpt = None) -> None:
     _, db = _with_db(database_url)
     try:
         with db.write() as conn:
-            set_password(conn, find_user(conn, user), secret)
+            uid = find_user(conn, user)
+            set_password(conn, uid, secret)
+            _audit(conn, "user.password", f"user:{uid}", {}, uid)
     except (UnknownUser, ValueError) as exc:
         fail(str(exc))
     console.print("password set")
@@ -316,7 +376,9 @@ def user_role(user: str, role: str, database_url: DatabaseOpt = None) -> None:
     _, db = _with_db(database_url)
     try:
         with db.write() as conn:
-            set_role(conn, find_user(conn, user), role)
+            uid = find_user(conn, user)
+            set_role(conn, uid, role)
+            _audit(conn, "user.role", f"user:{uid}", {"role": role}, uid)
     except (UnknownUser, ValueError) as exc:
         fail(str(exc))
     console.print(f"{user} is now {role}")
@@ -330,7 +392,9 @@ def token_issue(user: str, database_url: DatabaseOpt = None) -> None:
     _, db = _with_db(database_url)
     try:
         with db.write() as conn:
-            token = issue_token(conn, find_user(conn, user), int(time.time()))
+            user_id = find_user(conn, user)
+            token = issue_token(conn, user_id, int(time.time()))
+            _audit(conn, "token.issue", f"user:{user_id}", {"prefix": token[:8]}, user_id)
     except UnknownUser as exc:
         fail(str(exc))
     console.print(token, highlight=False)
@@ -339,11 +403,15 @@ def token_issue(user: str, database_url: DatabaseOpt = None) -> None:
 @token_app.command("revoke")
 def token_revoke(token: str, database_url: DatabaseOpt = None) -> None:
     """Revoke an API token."""
-    from openclore.market.accounts import revoke_token
+    from openclore.market.accounts import revoke_token, token_owner
 
     _, db = _with_db(database_url)
     with db.write() as conn:
+        owner = token_owner(conn, token)
         done = revoke_token(conn, token, int(time.time()))
+        if done:
+            target = f"user:{owner}" if owner is not None else ""
+            _audit(conn, "token.revoke", target, {"prefix": token[:8]}, owner)
     if not done:
         fail("no such live token")
     console.print("revoked")
@@ -402,9 +470,10 @@ def admin_deposit(
     units = _units(amount)
     try:
         with db.write() as conn:
+            user_id = find_user(conn, user)
             credited = deposit(
                 conn,
-                find_user(conn, user),
+                user_id,
                 currency,
                 units,
                 settings,
@@ -413,6 +482,9 @@ def admin_deposit(
                 actor=f"admin:{_operator(by)}",
                 memo=memo,
             )
+            if credited:
+                detail = {"currency": currency, "units": units, "reference": reference}
+                _audit(conn, "deposit", f"user:{user_id}", detail, user_id, by)
     except UnknownUser as exc:
         fail(str(exc))
     except MarketError as exc:
@@ -448,6 +520,8 @@ def rates_set(
                 settings,
                 int(time.time()),
             )
+            detail = {c: str(v) for c, v in parsed.items()} | {"repriced": len(repriced)}
+            _audit(conn, "rates.set", "rates", detail, None)
     except ValueError as exc:
         fail(str(exc))
     for currency, dollars in parsed.items():
@@ -481,6 +555,8 @@ def rates_clear(currency: str, database_url: DatabaseOpt = None) -> None:
     settings, db = _with_db(database_url)
     with db.write() as conn:
         gone = clear_rate(conn, currency, settings, int(time.time()))
+        if gone:
+            _audit(conn, "rates.clear", f"rate:{currency}", {"currency": currency}, None)
     if not gone:
         fail(f"no stored rate for {currency}")
     console.print(f"cleared {currency}", highlight=False)
@@ -506,9 +582,10 @@ def _adjust(
     units = _units(amount, signed=not refund)
     try:
         with db.write() as conn:
+            user_id = find_user(conn, user)
             adjust(
                 conn,
-                find_user(conn, user),
+                user_id,
                 currency,
                 units,
                 settings,
@@ -518,6 +595,9 @@ def _adjust(
                 refund=refund,
                 order_id=order,
             )
+            detail = {"currency": currency, "units": units, "reason": reason, "order": order}
+            action = "refund" if refund else "adjust"
+            _audit(conn, action, f"user:{user_id}", detail, user_id, by)
     except UnknownUser as exc:
         fail(str(exc))
     except MarketError as exc:
@@ -598,14 +678,29 @@ def withdrawals_list(
     console.print(table)
 
 
-def _decide(action: Any, withdrawal: int, database_url: str | None) -> None:
+def _decide(
+    action: Any,
+    withdrawal: int,
+    database_url: str | None,
+    decision: str,
+    detail: dict[str, Any],
+    by: str | None,
+) -> None:
     from openclore.domain.errors import MarketError
+    from openclore.market.withdrawals import withdrawal_owner
 
     _, db = _with_db(database_url)
+
+    def run(conn: Any) -> None:
+        action(conn, int(time.time()))
+        owner = withdrawal_owner(conn, withdrawal)
+        target = f"withdrawal:{withdrawal}"
+        _audit(conn, f"withdrawal.{decision}", target, detail, owner, by)
+
     try:
         from openclore.store.db import run_write
 
-        run_write(db, lambda conn: action(conn, int(time.time())))
+        run_write(db, run)
     except MarketError as exc:
         extra = f" (it is {exc.extra['state']})" if "state" in exc.extra else ""
         fail(f"withdrawal {withdrawal}: {exc.name}{extra}")
@@ -626,6 +721,9 @@ def withdrawals_approve(
         lambda conn, now: approve_withdrawal(conn, withdrawal, txid, who, now),
         withdrawal,
         database_url,
+        "approve",
+        {"txid": txid},
+        by,
     )
     console.print(f"withdrawal {withdrawal} approved", highlight=False)
 
@@ -645,6 +743,9 @@ def withdrawals_reject(
         lambda conn, now: reject_withdrawal(conn, withdrawal, reason, who, now),
         withdrawal,
         database_url,
+        "reject",
+        {"reason": reason},
+        by,
     )
     console.print(f"withdrawal {withdrawal} rejected; the money is back in the wallet")
 
@@ -659,7 +760,9 @@ def server_add(user: str, name: str, database_url: DatabaseOpt = None) -> None:
     settings, db = _with_db(database_url)
     try:
         with db.write() as conn:
-            _, token = add_server(conn, find_user(conn, user), name, int(time.time()), settings)
+            owner = find_user(conn, user)
+            server_id, token = add_server(conn, owner, name, int(time.time()), settings)
+            _audit(conn, "server.add", f"server:{server_id}", {"name": name}, owner)
     except UnknownUser as exc:
         fail(str(exc))
     except CloreError as exc:
@@ -677,12 +780,76 @@ def server_remove(user: str, name: str, database_url: DatabaseOpt = None) -> Non
     _, db = _with_db(database_url)
     try:
         with db.write() as conn:
-            ended = remove_server(conn, find_user(conn, user), name, int(time.time()))
+            owner = find_user(conn, user)
+            ended = remove_server(conn, owner, name, int(time.time()))
+            detail = {"name": name, "orders_ended": ended}
+            _audit(conn, "server.remove", f"server:{name}", detail, owner)
     except UnknownUser as exc:
         fail(str(exc))
     except CloreError as exc:
         fail(exc.message)
     console.print(f"removed {name}; {ended} order(s) ended", highlight=False)
+
+
+def _since(value: str) -> int:
+    """``--since``: unix seconds, an ISO date/time (UTC unless it says), or an age (30m, 2h, 7d)."""
+    from datetime import UTC, datetime
+
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if len(text) > 1 and text[-1] in units and text[:-1].isdigit():
+        return int(time.time()) - int(text[:-1]) * units[text[-1]]
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        fail(f"--since: not a time: {value!r} (unix seconds, 2026-11-27T05:00, or 30m/2h/7d)")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp())
+
+
+@admin_app.command("audit")
+def admin_audit(
+    user: Annotated[
+        str | None, typer.Option("--user", help="Only entries about this user (id or name)")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="From this time: unix seconds, ISO time, or 30m/2h/7d ago"),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many (newest)")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Show the audit log: admin commands, token changes, settings and price changes, sign-ins."""
+    import json
+    from datetime import UTC, datetime
+
+    from openclore.market.accounts import UnknownUser, find_user
+    from openclore.market.audit import entries
+
+    _, db = _with_db(database_url)
+    start = _since(since) if since else None
+    try:
+        with db.read() as conn:
+            user_id = find_user(conn, user) if user else None
+            found = entries(conn, user_id=user_id, since=start, limit=limit)
+    except UnknownUser as exc:
+        fail(str(exc))
+    if as_json:
+        for e in found:
+            print(json.dumps(e.__dict__, ensure_ascii=False))
+        return
+    table = Table(title=f"audit log ({len(found)} entries)")
+    for column in ("when (UTC)", "actor", "action", "target", "source", "detail"):
+        table.add_column(column)
+    for e in found:
+        when = datetime.fromtimestamp(e.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        detail = json.dumps(e.detail, ensure_ascii=False, sort_keys=True)
+        table.add_row(when, e.actor, e.action, e.target, e.source, detail)
+    console.print(table)
 
 
 def main() -> None:

@@ -16,7 +16,13 @@ from sqlalchemy import Connection, select, update
 from openclore.domain.money import affordable_seconds, fee_for, segment_spend
 from openclore.domain.spot import ranked
 from openclore.engine.events import notify_server
-from openclore.ledger.ledger import balance, system_account_id, transfer, wallet_id
+from openclore.ledger.ledger import (
+    balance,
+    lock_accounts,
+    system_account_id,
+    transfer,
+    wallet_id,
+)
 from openclore.store.db import listing_changed
 from openclore.store.schema import orders, servers
 
@@ -99,6 +105,7 @@ def _pay(conn: Connection, order: Row, renter: int, spend: int, fee: int, now: i
     platform = system_account_id(conn, "platform", order["currency"])
     host_total = spend - fee
     oid = order["id"]
+    lock_accounts(conn, [renter, host, platform])
     transfer(
         conn,
         key=f"order:{oid}:host:{host_total}",

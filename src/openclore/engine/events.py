@@ -82,7 +82,10 @@ def _on_commit(conn: Connection) -> None:
 
 
 def _on_rollback(conn: Connection) -> None:
-    conn.info.pop(_PENDING, None)
+    # a connection the database dropped has no info left to clear (reading it would raise and
+    # hide the disconnect the caller retries on)
+    if not conn.invalidated:
+        conn.info.pop(_PENDING, None)
 
 
 def database_key(engine: Engine) -> str:

@@ -188,6 +188,17 @@ def settle_running_orders(conn: Connection, now: int, grace: int) -> SettlementR
         ),
         params,
     )
+    if conn.dialect.name == "postgresql":  # the accounts' locks in id order (lock_accounts)
+        conn.execute(
+            text(
+                """
+                SELECT a.id FROM accounts a
+                 WHERE a.id IN (SELECT renter FROM tick_orders UNION SELECT host FROM tick_orders
+                                UNION SELECT platform FROM tick_orders)
+                 ORDER BY a.id FOR UPDATE
+                """
+            )
+        )
     for column, amount, sign in (
         ("renter", "t.d_spend", "-"),
         ("host", "t.d_spend - t.d_fee", "+"),

@@ -78,6 +78,20 @@ def balance(conn: Connection, account_id: int, *, lock: bool = False) -> int:
     return int(conn.execute(query).scalar_one())
 
 
+def lock_accounts(conn: Connection, ids: list[int]) -> None:
+    """Take the row locks of these accounts in id order. Every booking that moves money between
+    several accounts locks them this way first, so two bookings never wait on each other's
+    accounts in opposite orders (a deadlock PostgreSQL would break by failing one of them)."""
+    wanted = sorted(set(ids))
+    if len(wanted) > 1 and conn.dialect.name == "postgresql":
+        conn.execute(
+            select(accounts.c.id)
+            .where(accounts.c.id.in_(wanted))
+            .order_by(accounts.c.id)
+            .with_for_update()
+        ).all()
+
+
 def transfer(
     conn: Connection,
     *,
@@ -100,6 +114,7 @@ def transfer(
         return False
     if conn.execute(select(transfers.c.id).where(transfers.c.key == key)).first() is not None:
         return False
+    lock_accounts(conn, [debit, credit])
     debited = conn.execute(
         update(accounts)
         .where(accounts.c.id == debit)

@@ -79,6 +79,14 @@ def revoke_token(conn: Connection, token: str, now: int) -> bool:
     )
 
 
+def token_owner(conn: Connection, token: str) -> int | None:
+    """The user a token (live or revoked) was issued to, or None."""
+    owner = conn.execute(
+        select(api_tokens.c.user_id).where(api_tokens.c.token_hash == hash_token(token))
+    ).scalar()
+    return None if owner is None else int(owner)
+
+
 def authenticate(conn: Connection, token: str) -> int | None:
     """The user a live token belongs to, or None."""
     if not token or len(token) > 256:

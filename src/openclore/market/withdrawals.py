@@ -115,6 +115,14 @@ def request_withdrawal(
     return wid
 
 
+def withdrawal_owner(conn: Connection, withdrawal_id: int) -> int | None:
+    """The user who asked for a withdrawal (None: no such withdrawal)."""
+    owner = conn.execute(
+        select(withdrawals.c.user_id).where(withdrawals.c.id == withdrawal_id)
+    ).scalar()
+    return None if owner is None else int(owner)
+
+
 def _locked(conn: Connection, withdrawal_id: int) -> Any:
     row = conn.execute(
         select(withdrawals).where(withdrawals.c.id == withdrawal_id).with_for_update()

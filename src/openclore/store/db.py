@@ -9,6 +9,7 @@ row locks (``SELECT … FOR UPDATE``) on the rows they change.
 from __future__ import annotations
 
 import contextlib
+import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -108,16 +109,25 @@ class Database:
         self.engine.dispose()
 
 
-def run_write(db: Database, fn: Callable[[Connection], T], attempts: int = 5) -> T:
+def run_write(db: Database, fn: Callable[[Connection], T], attempts: int = 8) -> T:
     """Run ``fn`` in one write transaction, retrying when the database reports a deadlock or a
-    serialization failure (the transaction was rolled back whole, so running it again is safe)."""
+    serialization failure, or drops the connection before the commit (the transaction was rolled
+    back whole, so running it again is safe)."""
     for attempt in range(attempts):
+        committing = False
         try:
             with db.write() as conn:
-                return fn(conn)
+                result = fn(conn)
+                committing = True
+            return result
         except DBAPIError as exc:
-            if attempt + 1 < attempts and _retryable(exc):
-                time.sleep(0.01 * (attempt + 1))
+            # a connection lost before COMMIT was sent took its transaction with it: safe to run
+            # again; lost during COMMIT, the outcome is unknown and the error goes to the caller
+            lost = exc.connection_invalidated and not committing
+            if attempt + 1 < attempts and (lost or _retryable(exc)):
+                # jittered exponential backoff: the transactions that deadlocked (typically
+                # the tick's bulk update and a per-order booking) do not meet again in step
+                time.sleep(random.uniform(0.5, 1.0) * min(0.5, 0.01 * 2**attempt))
                 continue
             raise
     raise AssertionError("unreachable")

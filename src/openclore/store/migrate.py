@@ -38,3 +38,20 @@ def upgrade(db: Database, revision: str = "head") -> None:
             if db.is_postgres:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_MIGRATION_LOCK})
                 conn.commit()
+
+
+def head_revision() -> str | None:
+    """The newest migration this code ships."""
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return ScriptDirectory.from_config(cfg).get_current_head()
+
+
+def current_revision(db: Database) -> str | None:
+    """The migration the database is at (None: not migrated). Raises when unreachable."""
+    from alembic.migration import MigrationContext
+
+    with db.engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()

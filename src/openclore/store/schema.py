@@ -298,6 +298,19 @@ rate_limits = Table(
     Column("tat", Double, nullable=False),  # GCRA theoretical arrival time (unix seconds)
 )
 
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("at", BigInteger, nullable=False, index=True),  # wall-clock unix seconds
+    Column("actor", String(128), nullable=False),  # "user:12", "admin:alice", "agent:server:7"
+    Column("user_id", Integer, nullable=True, index=True),  # the user the entry is about
+    Column("action", String(64), nullable=False),
+    Column("target", String(256), nullable=False, default=""),
+    Column("detail", JSON, nullable=False),
+    Column("source", String(256), nullable=False, default=""),  # client address, "cli@host"
+)
+
 meta = Table(
     "meta",
     metadata,

@@ -35,7 +35,7 @@ from openclore.domain.errors import CloreError, MarketError
 from openclore.domain.money import UNITS_PER_COIN, AmountError, Coins, coins_str, to_units
 from openclore.engine.clock import SandboxClock
 from openclore.engine.ticker import tick
-from openclore.market import accounts, console, requests, search, sessions
+from openclore.market import accounts, audit, console, requests, search, sessions
 from openclore.market import logs as logs_service
 from openclore.market import orders as order_service
 from openclore.market import servers as server_service
@@ -780,12 +780,30 @@ def install_console(app: FastAPI) -> None:
         request: Request,
         fn: Callable[[dict[str, str], int], Callable[[Connection], Any]],
         done: str,
+        action: str,
     ) -> Response:
+        """An operator's action, recorded in the audit log in its own transaction."""
         session = await c.signed_in(request, admin=True)
         fields = await c.form(request, session)
         now = state.now()
+        source = "web@" + (request.client.host if request.client else "unknown")
+        detail = {k: v[:128] for k, v in fields.items() if k != "csrf"}
+
+        def run(conn: Connection) -> Any:
+            result = fn(fields, now)(conn)
+            audit.record(
+                conn,
+                f"admin:{session.name}",
+                audit.ADMIN + action,
+                request.url.path,
+                detail,
+                source,
+                user_id=session.user_id,
+            )
+            return result
+
         try:
-            result = await c.db(fn(fields, now), write=True)
+            result = await c.db(run, write=True)
         except CloreError as exc:
             return c.failed(request, "/admin", exc)
         except (accounts.UnknownUser, ValueError):
@@ -816,7 +834,7 @@ def install_console(app: FastAPI) -> None:
                 now,
             )
 
-        return await admin_action(request, fn, N_("Wallet credited."))
+        return await admin_action(request, fn, N_("Wallet credited."), "deposit")
 
     @route("/admin/token", ("POST",))
     async def admin_token(request: Request) -> Response:
@@ -825,7 +843,7 @@ def install_console(app: FastAPI) -> None:
                 conn, accounts.find_user(conn, f.get("user", "")), now
             )
 
-        return await admin_action(request, fn, N_("Token issued."))
+        return await admin_action(request, fn, N_("Token issued."), "token.issue")
 
     @route("/admin/revoke", ("POST",))
     async def admin_revoke(request: Request) -> Response:
@@ -834,7 +852,7 @@ def install_console(app: FastAPI) -> None:
                 conn, accounts.find_user(conn, f.get("user", "")), f.get("prefix", ""), now
             )
 
-        return await admin_action(request, fn, N_("Token revoked."))
+        return await admin_action(request, fn, N_("Token revoked."), "token.revoke")
 
     @route("/admin/servers/{server_id:int}/hide", ("POST",))
     async def admin_hide(request: Request) -> Response:
@@ -843,6 +861,7 @@ def install_console(app: FastAPI) -> None:
             request,
             lambda f, now: lambda conn: console.hide_server(conn, server_id),
             N_("Server hidden."),
+            "server.hide",
         )
 
     @route("/admin/servers/{server_id:int}/remove", ("POST",))
@@ -852,6 +871,7 @@ def install_console(app: FastAPI) -> None:
             request,
             lambda f, now: lambda conn: console.remove_server_by_id(conn, server_id, now),
             N_("Server removed."),
+            "server.remove",
         )
 
     # ------------------------------------------------------------------ sandbox

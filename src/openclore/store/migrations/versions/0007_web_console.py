@@ -1,7 +1,7 @@
 """web console: users' password hash and role, sign-in sessions
 
 Revision ID: web_console
-Revises: live_clore_parity
+Revises: audit_log
 Create Date: 2026-11-27 06:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "web_console"
-down_revision = "live_clore_parity"
+down_revision = "audit_log"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,95 @@
+"""The audit log: who did what, when and from where.
+
+Every admin command, API token issue and revoke, server settings change, price change and sign-in
+is recorded with :func:`record`, in the same transaction as the change itself (a change that rolls
+back leaves no entry, and no change is committed without its entry). Entries are never updated.
+
+``actor`` names who acted: ``user:<id>`` (an API token's owner), ``admin:<login>`` (the
+``openclore admin`` command, with the operating-system login that ran it), ``agent:<server id>``
+(a host agent). ``source`` says from where: the client's address, or ``cli@<host>``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, insert, select
+
+from openclore.store.schema import audit_log
+
+# the actions this market records (other features add theirs)
+ADMIN = "admin."  # prefix of every admin command's action
+TOKEN_ISSUE = "token.issue"
+TOKEN_REVOKE = "token.revoke"
+SERVER_SETTINGS = "server.settings"
+SERVER_ADD = "server.add"
+PRICE_CHANGE = "order.spot_price"
+SIGN_IN = "sign_in"
+
+_MAX_TEXT = {"actor": 128, "action": 64, "target": 256, "source": 256}
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    at: int
+    actor: str
+    user_id: int | None
+    action: str
+    target: str
+    detail: dict[str, Any]
+    source: str
+
+
+def record(
+    conn: Connection,
+    actor: str,
+    action: str,
+    target: str = "",
+    detail: dict[str, Any] | None = None,
+    source: str = "",
+    *,
+    user_id: int | None = None,
+    at: int | None = None,
+) -> None:
+    """Add one entry, inside the caller's transaction. ``at`` defaults to the wall clock (the
+    log records when it happened in the world, even in a time-travelling sandbox)."""
+    values = {"actor": actor, "action": action, "target": target, "source": source}
+    for key, limit in _MAX_TEXT.items():
+        values[key] = values[key][:limit]
+    conn.execute(
+        insert(audit_log).values(
+            at=int(time.time()) if at is None else at,
+            user_id=user_id,
+            detail=detail or {},
+            **values,
+        )
+    )
+
+
+def entries(
+    conn: Connection, *, user_id: int | None = None, since: int | None = None, limit: int = 1000
+) -> list[Entry]:
+    """Newest last: the entries about (or by) ``user_id``, from ``since`` on."""
+    query = select(audit_log)
+    if user_id is not None:
+        query = query.where(audit_log.c.user_id == user_id)
+    if since is not None:
+        query = query.where(audit_log.c.at >= since)
+    newest = query.order_by(audit_log.c.id.desc()).limit(limit)
+    rows = list(conn.execute(newest))
+    return [
+        Entry(
+            id=int(r.id),
+            at=int(r.at),
+            actor=str(r.actor),
+            user_id=None if r.user_id is None else int(r.user_id),
+            action=str(r.action),
+            target=str(r.target),
+            detail=dict(r.detail or {}),
+            source=str(r.source),
+        )
+        for r in reversed(rows)
+    ]

@@ -1,0 +1,444 @@
+"""Load and fault tests: two ``openclore serve`` processes on one PostgreSQL database, 200
+concurrent clients with 200 tokens on a mix of reads and writes, for a bounded time.
+
+- plain load: no 5xx, no lost or duplicated order, the ledger sums to zero, p50/p99 reported;
+- one replica killed with SIGKILL under load: the other keeps serving, every write either
+  happened once or not at all;
+- the servers' database connections terminated (``pg_terminate_backend``) under load: requests
+  retry or fail cleanly, the pools recover, no 5xx after recovery.
+
+Every create_order carries a unique attempt id in its ``env``, so each order in the database is
+traced to the one request that asked for it. Marked ``load`` (run alone with ``-m load``); the
+load lasts ``OPENCLORE_LOAD_SECONDS`` (default 12) per test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, insert, select, text
+
+from openclore.market.accounts import issue_token
+from openclore.store.db import listing_changed
+from openclore.store.schema import accounts, orders, server_prices, servers
+
+from support import Market, booked_by_order, free_port
+
+pytestmark = [pytest.mark.load, pytest.mark.parametrize("backend", ["postgresql"])]
+
+SECONDS = float(os.environ.get("OPENCLORE_LOAD_SECONDS", "12"))
+CLIENTS = 200
+USERS = 100  # two tokens each
+SERVERS = 400
+ATTEMPT = "OPENCLORE_LOAD_ATTEMPT"
+TRANSPORT_ERRORS = (httpx.TransportError,)
+THINK = 0.1  # mean pause of a client between two requests (seconds)
+TIMEOUT = 60.0
+
+
+# ----------------------------------------------------------------------------- the market
+
+
+def populate(market: Market) -> list[str]:
+    """USERS renters with two tokens each and SERVERS online servers; returns the tokens."""
+    tokens: list[str] = []
+    for i in range(USERS):
+        first = market.user(name=f"renter{i}", bitcoin="10")
+        with market.db.write() as conn:
+            tokens += [first, issue_token(conn, market.user_id(first), market.now())]
+    host = market.user_id(market.user(name="host"))
+    now = int(time.time())
+    with market.db.write() as conn:
+        conn.execute(
+            insert(servers),
+            [
+                {
+                    "id": 1000 + i,
+                    "owner_id": host,
+                    "name": f"rig{i}",
+                    "init_token": f"{i:048d}",
+                    "connected": True,
+                    "online": True,
+                    "simulated": True,
+                    "visibility": "public",
+                    "mrl_hours": 720,
+                    "reliability": 1.0,
+                    "rating_avg": 0.0,
+                    "rating_cnt": 0,
+                    "bg_command": "",
+                    "bg_times_updated": 0,
+                    "created_at": now,
+                    "last_seen": now,
+                    "specs": {"gpu": "1x NVIDIA GeForce RTX 3090", "gpuram": 24},
+                    "gpu_array": ["NVIDIA GeForce RTX 3090"],
+                }
+                for i in range(SERVERS)
+            ],
+        )
+        conn.execute(
+            insert(server_prices),
+            [
+                {"server_id": 1000 + i, "currency": "bitcoin", "on_demand": 10**6, "spot": 10**4}
+                for i in range(SERVERS)
+            ],
+        )
+        listing_changed(conn)
+    return tokens
+
+
+@dataclass
+class Replica:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+def start_replicas(market: Market, tmp_path: Path, count: int = 2) -> list[Replica]:
+    env = {
+        **os.environ,
+        "OPENCLORE_DATABASE_URL": market.db.url,
+        "OPENCLORE_TICK_INTERVAL": "1",
+        "OPENCLORE_RATE_LIMIT_INTERVAL": "0",
+        "OPENCLORE_CREATE_ORDER_INTERVAL": "0",
+        "OPENCLORE_LOG_LEVEL": "warning",
+        "OPENCLORE_GATEWAY": "0",  # the access gateway is not under test here
+    }
+    replicas = []
+    for i in range(count):
+        port = free_port()
+        log = tmp_path / f"replica{i}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "openclore", "serve", "--port", str(port)],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        replicas.append(Replica(f"http://127.0.0.1:{port}", proc, log))
+    deadline = time.time() + 60
+    for replica in replicas:
+        while True:
+            try:
+                if httpx.get(replica.url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert replica.proc.poll() is None, replica.log.read_text()[-3000:]
+            assert time.time() < deadline, "a replica did not get ready"
+            time.sleep(0.1)
+    return replicas
+
+
+@pytest.fixture
+def replicas(market: Market, tmp_path: Path) -> Iterator[list[Replica]]:
+    started = start_replicas(market, tmp_path)
+    yield started
+    for replica in started:
+        if replica.proc.poll() is None:
+            replica.proc.send_signal(signal.SIGTERM)
+    for replica in started:
+        try:
+            replica.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            replica.proc.kill()
+            replica.proc.wait(timeout=5)
+
+
+# ----------------------------------------------------------------------------- the load
+
+
+@dataclass
+class Outcome:
+    """What the clients saw."""
+
+    started: float = field(default_factory=time.monotonic)
+    latencies: list[float] = field(default_factory=list)
+    by_endpoint: dict[str, list[float]] = field(default_factory=dict)
+    statuses: Counter[int] = field(default_factory=Counter)
+    codes: Counter[tuple[str, int]] = field(default_factory=Counter)
+    transport_errors: int = 0
+    transport_kinds: Counter[str] = field(default_factory=Counter)
+    server_errors: list[tuple[float, str, int, str]] = field(default_factory=list)
+    ok_after: dict[str, list[float]] = field(default_factory=dict)  # replica url → times of 200s
+    acked: dict[str, int] = field(default_factory=dict)  # attempt → order id
+    refused: set[str] = field(default_factory=set)  # answered with an error: no order
+    uncertain: set[str] = field(default_factory=set)  # no answer (or a 5xx): once or never
+
+    def at(self) -> float:
+        return time.monotonic() - self.started
+
+    def percentile(self, p: float, endpoint: str | None = None) -> float:
+        ordered = sorted(self.latencies if endpoint is None else self.by_endpoint[endpoint])
+        return ordered[min(len(ordered) - 1, int(len(ordered) * p))] if ordered else 0.0
+
+    def report(self) -> str:
+        total = len(self.latencies)
+        return (
+            f"{total} answers in {SECONDS:.0f} s ({total / SECONDS:.0f}/s), "
+            f"p50 {self.percentile(0.5) * 1000:.0f} ms, p99 {self.percentile(0.99) * 1000:.0f} ms, "
+            f"max {max(self.latencies, default=0) * 1000:.0f} ms; p99 by endpoint "
+            + ", ".join(
+                f"{name} {self.percentile(0.99, name) * 1000:.0f} ms"
+                for name in sorted(self.by_endpoint)
+            )
+            + f"; statuses {dict(self.statuses)}"
+            + f" (5xx: {dict(Counter(e[1] for e in self.server_errors))}); "
+            f"transport errors {dict(self.transport_kinds)}; orders acked {len(self.acked)}, "
+            f"refused {len(self.refused)}, uncertain {len(self.uncertain)}"
+        )
+
+
+async def client_loop(
+    http: httpx.AsyncClient,
+    worker: int,
+    token: str,
+    targets: list[str],
+    deadline: float,
+    out: Outcome,
+) -> None:
+    rng = random.Random(worker)
+    mine: list[tuple[int, bool]] = []  # (order id, spot) of this client's live orders
+    headers = {"auth": token}
+    if True:
+        attempt_no = 0
+        while time.monotonic() < deadline:
+            await asyncio.sleep(rng.uniform(0, 2 * THINK))
+            base = rng.choice(targets)  # the load balancer's pick (the list drops dead ones)
+            roll = rng.random()
+            attempt: str | None = None
+            if roll < 0.30:
+                name, method, body = "marketplace", "GET", None
+            elif roll < 0.45:
+                name, method, body = "wallets", "GET", None
+            elif roll < 0.60:
+                name, method, body = "my_orders", "GET", None
+            elif roll < 0.65:
+                name, method, body = "spot_marketplace", "GET", None
+            elif roll < 0.85 or not mine:
+                attempt_no += 1
+                attempt = f"w{worker}-{attempt_no}"
+                spot = rng.random() < 0.3
+                body = {
+                    "currency": "bitcoin",
+                    "image": "cloreai/ubuntu20.04-jupyter",
+                    "renting_server": 1000 + rng.randrange(SERVERS),
+                    "type": "spot" if spot else "on-demand",
+                    "ports": {"22": "tcp"},
+                    "env": {ATTEMPT: attempt},
+                }
+                if spot:
+                    body["spotprice"] = 0.00002
+                name, method = "create_order", "POST"
+            elif roll < 0.95:
+                order_id, _ = mine.pop(rng.randrange(len(mine)))
+                name, method, body = "cancel_order", "POST", {"id": order_id}
+            else:
+                spots = [o for o, spot in mine if spot]
+                if not spots:
+                    continue
+                body = {"order_id": rng.choice(spots), "desired_price": 0.00003}
+                name, method = "set_spot_price", "POST"
+            url = f"{base}/v1/{name}"
+            if name == "spot_marketplace":
+                url += f"?market={1000 + rng.randrange(SERVERS)}"
+            sent = time.monotonic()
+            try:
+                if method == "GET":
+                    answer = await http.get(url, headers=headers)
+                else:
+                    answer = await http.post(url, json=body, headers=headers)
+            except TRANSPORT_ERRORS as exc:
+                out.transport_errors += 1
+                out.transport_kinds[f"{name}: {type(exc).__name__}"] += 1
+                if attempt is not None:
+                    out.uncertain.add(attempt)
+                continue
+            took = time.monotonic() - sent
+            out.latencies.append(took)
+            out.by_endpoint.setdefault(name, []).append(took)
+            out.statuses[answer.status_code] += 1
+            if answer.status_code >= 500:
+                out.server_errors.append((out.at(), name, answer.status_code, answer.text[:200]))
+                if attempt is not None:
+                    out.uncertain.add(attempt)
+                continue
+            code = int(answer.json()["code"])
+            out.codes[(name, code)] += 1
+            if answer.status_code == 200:
+                out.ok_after.setdefault(base, []).append(out.at())
+            if attempt is not None:
+                if code == 0:
+                    out.acked[attempt] = int(answer.json()["order_id"])
+                    mine.append((out.acked[attempt], body["type"] == "spot"))  # type: ignore[index]
+                else:
+                    out.refused.add(attempt)
+
+
+async def run_load(tokens: list[str], targets: list[str], out: Outcome, seconds: float) -> None:
+    # one connection pool for all (a client each would spend seconds of CPU on TLS contexts
+    # alone); each client still has its own token and at most one request in flight
+    # idle connections are dropped before the server's keep-alive timeout (5 s) could close one
+    # just as a request goes out on it (a race of keep-alive itself, not a server fault)
+    limits = httpx.Limits(
+        max_connections=CLIENTS * 2, max_keepalive_connections=CLIENTS * 2, keepalive_expiry=2.0
+    )
+    async with httpx.AsyncClient(timeout=TIMEOUT, limits=limits) as http:
+        deadline = time.monotonic() + seconds
+        await asyncio.gather(
+            *(
+                client_loop(http, i, tokens[i % len(tokens)], targets, deadline, out)
+                for i in range(CLIENTS)
+            )
+        )
+
+
+# ----------------------------------------------------------------------------- the checks
+
+
+def check_orders_and_books(market: Market, out: Outcome) -> None:
+    with market.db.read() as conn:
+        by_attempt: dict[str, list[int]] = {}
+        for row in conn.execute(select(orders.c.id, orders.c.env)):
+            attempt = (row.env or {}).get(ATTEMPT)
+            if attempt is not None:
+                by_attempt.setdefault(attempt, []).append(int(row.id))
+        duplicated = {a: ids for a, ids in by_attempt.items() if len(ids) > 1}
+        assert not duplicated, f"orders created twice: {duplicated}"
+        lost = {a: o for a, o in out.acked.items() if by_attempt.get(a) != [o]}
+        assert not lost, f"acknowledged orders missing: {lost}"
+        ghosts = {a: by_attempt[a] for a in out.refused if a in by_attempt}
+        assert not ghosts, f"refused requests that left an order: {ghosts}"
+        unknown = set(by_attempt) - set(out.acked) - out.uncertain - out.refused
+        assert not unknown, f"orders no request asked for: {unknown}"
+
+        assert conn.execute(select(func.sum(accounts.c.balance))).scalar() == 0
+        for currency, total in conn.execute(
+            select(accounts.c.currency, func.sum(accounts.c.balance)).group_by(accounts.c.currency)
+        ):
+            assert total == 0, currency
+        booked = booked_by_order(conn)
+        wrong = []
+        for o in conn.execute(select(orders)):
+            spend, fee = booked.get((o.id, "spend"), 0), booked.get((o.id, "fee"), 0)
+            if spend + fee != o.spend or fee != o.fee_paid:
+                wrong.append((o.id, spend, fee, o.spend, o.fee_paid, o.spot, o.running, o.expired))
+        assert not wrong, f"booked (id, spend, fee) differs from the orders' totals: {wrong}"
+
+
+def logged_errors(replicas: list[Replica]) -> str:
+    """The error lines the replicas logged (shown when a check fails)."""
+    lines = []
+    for replica in replicas:
+        for line in replica.log.read_text(errors="replace").splitlines():
+            if "Error" in line or "error" in line or line.startswith("  File"):
+                lines.append(line)
+    return "\n".join(lines[-60:])
+
+
+def report(out: Outcome, record_property: Any, label: str) -> None:
+    line = f"{label}: {out.report()}"
+    print("\n" + line)
+    record_property("load", line)
+    assert out.acked and out.codes[("marketplace", 0)], "the load did not get through"
+
+
+# ----------------------------------------------------------------------------- the tests
+
+
+def test_two_replicas_under_200_clients(
+    market: Market, replicas: list[Replica], record_property: Any
+) -> None:
+    tokens = populate(market)
+    out = Outcome()
+    asyncio.run(run_load(tokens, [r.url for r in replicas], out, SECONDS))
+    report(out, record_property, "two replicas, 200 clients")
+    assert not out.server_errors, (out.server_errors[:5], logged_errors(replicas))
+    assert out.transport_errors == 0
+    assert not out.uncertain
+    assert all(out.ok_after.get(r.url) for r in replicas)  # both served
+    check_orders_and_books(market, out)
+
+
+def test_kill_9_one_replica_under_load(
+    market: Market, replicas: list[Replica], record_property: Any
+) -> None:
+    tokens = populate(market)
+    out = Outcome()
+    targets = [r.url for r in replicas]
+    victim, survivor = replicas
+
+    async def scenario() -> float:
+        load = asyncio.create_task(run_load(tokens, targets, out, SECONDS))
+        await asyncio.sleep(SECONDS / 3)
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        killed_at = out.at()
+        targets.remove(victim.url)  # the balancer's health check drops it
+        await load
+        return killed_at
+
+    killed_at = asyncio.run(scenario())
+    victim.proc.wait(timeout=10)
+    report(out, record_property, "kill -9 of one replica")
+    assert not out.server_errors, (out.server_errors[:5], logged_errors(replicas))
+    served_after = [t for t in out.ok_after.get(survivor.url, []) if t > killed_at + 1]
+    assert len(served_after) > 50, "the surviving replica stopped serving"
+    assert survivor.proc.poll() is None
+    check_orders_and_books(market, out)
+
+
+def test_database_connections_terminated_under_load(
+    market: Market, replicas: list[Replica], record_property: Any
+) -> None:
+    tokens = populate(market)
+    out = Outcome()
+    terminated: list[int] = []
+    recovery = 2.0
+    cuts = 3
+
+    async def terminator() -> float:
+        last = 0.0
+        await asyncio.sleep(SECONDS / 4)
+        for _ in range(cuts):
+            with market.db.engine.connect() as conn:
+                killed = conn.execute(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                ).scalar_one()
+            terminated.append(int(killed))
+            last = out.at()
+            await asyncio.sleep(1.5)
+        return last
+
+    async def scenario() -> float:
+        load = asyncio.create_task(run_load(tokens, [r.url for r in replicas], out, SECONDS))
+        last = await terminator()
+        await load
+        return last
+
+    last = asyncio.run(scenario())
+    report(out, record_property, f"pg_terminate_backend x{len(terminated)}")
+    assert len(terminated) == cuts and min(terminated) > 0, terminated  # connections were cut
+    assert last + recovery < SECONDS - 1, "no time left to see the recovery: raise the duration"
+    late = [e for e in out.server_errors if e[0] > last + recovery]
+    assert not late, f"5xx after the pools recovered: {late[:5]}"
+    # in flight: a clean code-1 answer at worst, never a traceback or a dropped connection
+    assert all('"code":1' in e[3] for e in out.server_errors), out.server_errors[:5]
+    assert out.transport_errors == 0
+    for replica in replicas:
+        assert [t for t in out.ok_after.get(replica.url, []) if t > last + recovery]
+    check_orders_and_books(market, out)
