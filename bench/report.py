@@ -89,11 +89,28 @@ def agent_start(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def console(r: dict[str, Any]) -> list[str]:
+    out = [_machine(r), ""]
+    out += [
+        "| page | console p50 ms | p95 ms | API, same query, p50 ms | ratio | p50 < 50 ms |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for name, shape in r.get("shapes", {}).items():
+        c, a = shape["console"], shape["api_same_query"]
+        out.append(
+            f"| {name} | {c['p50_ms']:.1f} | {c['p95_ms']:.1f} | {a['p50_ms']:.1f} | "
+            f"{shape['ratio_p50']:.2f} | {'yes' if shape['pass'] else 'NO'} |"
+        )
+    out.append(f"\nCold first render: {r.get('cold_first_render_ms')} ms.")
+    return out
+
+
 def main() -> int:
     for name, render in (
         ("marketplace", marketplace),
         ("settlement", settlement),
         ("agent_start", agent_start),
+        ("console", console),
     ):
         result = _load(name)
         print(f"### {name}\n")

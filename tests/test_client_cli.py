@@ -134,6 +134,8 @@ def test_market_filters_and_sorts(world: tuple[Cli, Cli, int], market: Market) -
     # the listing needs no token, and the text table shows the columns
     text = cli("market", "--per-hour", OPENCLORE_API_KEY=None).stdout
     assert "2x RTX 3090" in text and "per hour" in text and "yes" in text
+    # the filters ran on the server: it answered only the match, and counted it
+    assert "1 of 1 servers" in cli("market", "--gpu", "3090").stdout
     cli.error("market", "--max-price", "cheap", code=1)
     assert cli("market", "--sort", "nonsense", code=2).exit_code == 2
 

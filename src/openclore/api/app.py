@@ -47,7 +47,7 @@ from openclore.engine.clock import Clock, SandboxClock, SystemClock
 from openclore.engine.ticker import tick
 from openclore.engine.webhooks import Deliverer
 from openclore.gateway.service import serve_gateway
-from openclore.market import audit, requests
+from openclore.market import audit, requests, search
 from openclore.market import gigaspot as gigaspot_service
 from openclore.market import logs as logs_service
 from openclore.market import orders as order_service
@@ -195,8 +195,20 @@ def _server_config(state: AppState, call: Call) -> dict[str, Any]:
 
 
 def _marketplace(state: AppState, call: Call) -> Response:
+    params = call.request.query_params
+    query = None
+    if search.has_query(params):  # the extension; no parameter: the cached listing as it is
+        query = search.parse_query(
+            params, state.settings.currencies, state.settings.default_currency
+        )
     with call.read() as conn:
         listing = state.market.listing(conn)
+        if query is not None:
+            found = search.search(listing.index, query)
+            mine = server_service.own_server_ids(conn, call.user_id) if call.user_id else []
+            return PartsResponse(
+                state.market.query_parts(listing, found.positions, found.total, mine)
+            )
         if call.user_id is None:
             if "gzip" in call.request.headers.get("accept-encoding", ""):
                 return Response(

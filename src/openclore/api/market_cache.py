@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection
@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from openclore.api.wire import dumps
 from openclore.config import Settings
+from openclore.market.search import SearchIndex, build_index
 from openclore.market.servers import marketplace_servers
 from openclore.store.db import listing_version
 
@@ -32,21 +33,32 @@ class Listing:
     servers_json: bytes  # b'[{...},...]'
     anonymous: bytes  # full body without a caller
     anonymous_gzip: bytes
+    servers: list[dict[str, Any]]  # the listing as data (for queries and the web console)
+    items_json: list[bytes]  # each server's JSON, in listing order
+    _index: list[SearchIndex] = field(default_factory=list)
+
+    @property
+    def index(self) -> SearchIndex:
+        """The search fields of every server, extracted on the first query of this version (the
+        unfiltered listing never pays for it; two threads racing build the same index)."""
+        if not self._index:
+            self._index.append(build_index(self.servers))
+        return self._index[0]
 
 
-def _serialize(listing: list[dict[str, Any]]) -> bytes:
-    """The listing as JSON; a server whose stored data cannot be serialized is left out (and
+def _serialize(listing: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """Each server as JSON; a server whose stored data cannot be serialized is left out (and
     logged) rather than failing the listing for everyone."""
-    try:
-        return dumps(listing)
-    except TypeError:
-        parts = []
-        for item in listing:
-            try:
-                parts.append(dumps(item))
-            except TypeError as exc:
-                log.error("server %s left out of the marketplace: %s", item.get("id"), exc)
-        return b"[" + b",".join(parts) + b"]"
+    kept: list[dict[str, Any]] = []
+    parts: list[bytes] = []
+    for item in listing:
+        try:
+            parts.append(dumps(item))
+        except TypeError as exc:
+            log.error("server %s left out of the marketplace: %s", item.get("id"), exc)
+            continue
+        kept.append(item)
+    return kept, parts
 
 
 class MarketCache:
@@ -64,11 +76,34 @@ class MarketCache:
             cached = self._listing
             if cached is not None and cached.version == version:
                 return cached
-            servers_json = _serialize(marketplace_servers(conn, self._settings))
+            kept, items = _serialize(marketplace_servers(conn, self._settings))
+            servers_json = b"[" + b",".join(items) + b"]"
             anonymous = b"".join(self.parts_for(servers_json, []))
-            cached = Listing(version, servers_json, anonymous, gzip.compress(anonymous, 6))
+            cached = Listing(
+                version,
+                servers_json,
+                anonymous,
+                gzip.compress(anonymous, 6),
+                kept,
+                items,
+            )
             self._listing = cached
             return cached
+
+    @staticmethod
+    def query_parts(
+        listing: Listing, positions: list[int], total: int, my_servers: list[int]
+    ) -> list[bytes]:
+        """The body of a marketplace query: the chosen servers' cached JSON, joined."""
+        return [
+            b'{"servers":[',
+            b",".join(listing.items_json[i] for i in positions),
+            b'],"my_servers":'
+            + dumps(my_servers)
+            + b',"total":'
+            + str(total).encode()
+            + b',"code":0}',
+        ]
 
     @staticmethod
     def parts_for(servers_json: bytes, my_servers: list[int]) -> list[bytes]:

@@ -157,6 +157,9 @@ class MarketServer(BaseModel):
 class MarketplaceResponse(Envelope):
     servers: list[MarketServer]
     my_servers: list[int]
+    total: int | None = Field(
+        None, description="openclore query extension: matches before limit/offset"
+    )
 
 
 class Order(BaseModel):

@@ -67,7 +67,10 @@ SUMMARIES = {
     "wallets": "Wallets and balances",
     "my_servers": "Servers you offer on the market",
     "server_config": "One of your servers' configuration (GET with a JSON body, ?server_name=)",
-    "marketplace": "Public servers on the market (token optional)",
+    "marketplace": (
+        "Public servers on the market (token optional); openclore extension: the query "
+        "parameters filter, sort and page on the server (without them: the whole cached listing)"
+    ),
     "my_orders": "Your orders (?return_completed=true adds ended ones)",
     "spot_marketplace": "The spot order book of one server (?market=SERVER_ID)",
     "set_server_settings": "Change availability, mrl (hours) and prices of your server",
@@ -103,6 +106,19 @@ SUMMARIES = {
     "fetched from its host (?id=ORDER&tail=200)",
 }
 QUERY: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "marketplace": [
+        ("gpu", {"type": "string"}),
+        ("min_gpus", {"type": "integer", "minimum": 0}),
+        ("min_vram", {"type": "number", "minimum": 0}),
+        ("max_price", {"type": "number", "minimum": 0}),
+        ("currency", {"type": "string"}),
+        ("country", {"type": "string"}),
+        ("min_reliability", {"type": "number", "minimum": 0, "maximum": 1}),
+        ("available", {"type": "boolean"}),
+        ("sort", {"type": "string", "enum": ["id", "price", "gpus", "vram", "reliability"]}),
+        ("limit", {"type": "integer", "minimum": 0, "maximum": 10000}),
+        ("offset", {"type": "integer", "minimum": 0}),
+    ],
     "my_orders": [("return_completed", {"type": "boolean"})],
     "order_logs": [
         ("id", {"type": "integer"}),

@@ -445,8 +445,27 @@ def market(
     c = ctx(json, profile, url, api_key)
     limit_price = parse_decimal(max_price, "--max-price") if max_price is not None else None
     divisor = Decimal(24) if per_hour else Decimal(1)
+    # openclore filters on the server (the query extension); a market that ignores the query
+    # (Clore.ai) sends everything, and the same filters below then choose locally
+    query: dict[str, str | int | float | bool] = {"currency": currency, "sort": sort.value}
+    if gpu:
+        query["gpu"] = gpu
+    if gpus is not None:
+        query["min_gpus"] = gpus
+    if vram is not None:
+        query["min_vram"] = vram
+    if limit_price is not None:
+        query["max_price"] = str(limit_price * divisor)
+    if country:
+        query["country"] = country
+    if min_reliability is not None:
+        query["min_reliability"] = min_reliability
+    if available_only:
+        query["available"] = True
+    if limit is not None and ram is None:  # --ram is chosen here, after the server's page
+        query["limit"] = max(0, limit)
     with handled(c.target), c.client(need_key=False) as client:
-        listing = call("loading the marketplace…", client.marketplace)
+        listing = call("loading the marketplace…", lambda: client.marketplace(**query))
 
     def price(s: MarketServer) -> Decimal | None:
         p = s.on_demand_price(currency)
@@ -510,8 +529,9 @@ def market(
                 "yes" if s.rented else "",
             ]
         )
+    matched = listing.total if listing.total is not None else len(listing.servers)
     print_table(
-        f"{len(chosen)} of {len(listing.servers)} servers, {currency} per {unit}",
+        f"{len(chosen)} of {matched} servers, {currency} per {unit}",
         MARKET_COLUMNS,
         rows,
     )

@@ -191,6 +191,8 @@ def serve(
             console.print(table)
         console.print(
             f"Try: curl -H 'auth: b8qwqRAL5W7YDyDJeB4XANVvKndbrrPk' {base}/v1/wallets\n"
+            f"Web console: {base}/ (a token above, or jan / renter with the password "
+            "openclore-demo; jan is the operator)\n"
             f"API docs: {base}/docs",
             highlight=False,
         )
@@ -208,7 +210,7 @@ def serve(
     os.environ["OPENCLORE_DEMO"] = "1" if settings.demo else "0"
     _metrics_dir(settings.workers)
     uvicorn.run(
-        "openclore.api.server:app_factory",
+        "openclore.web.server:app_factory",
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -302,12 +304,30 @@ def _with_db(database_url: str | None) -> tuple[Settings, Any]:
 
 
 @user_app.command("add")
-def user_add(name: str, database_url: DatabaseOpt = None) -> None:
+def user_add(
+    name: str,
+    password: Annotated[
+        bool,
+        typer.Option(
+            "--password",
+            help="Ask for a password for the web console (or read OPENCLORE_NEW_PASSWORD).",
+        ),
+    ] = False,
+    admin: Annotated[
+        bool, typer.Option("--admin", help="An operator: the console's operator pages.")
+    ] = False,
+    database_url: DatabaseOpt = None,
+) -> None:
     """Create a user and print a first API token."""
     from sqlalchemy.exc import IntegrityError
 
-    from openclore.market.accounts import create_user, issue_token
+    from openclore.market.accounts import create_user, issue_token, set_password, set_role
 
+    secret = None
+    if password:
+        secret = os.environ.get("OPENCLORE_NEW_PASSWORD") or typer.prompt(
+            "Password", hide_input=True, confirmation_prompt=True
+        )
     settings, db = _with_db(database_url)
     now = int(time.time())
     try:
@@ -316,9 +336,52 @@ def user_add(name: str, database_url: DatabaseOpt = None) -> None:
             token = issue_token(conn, user_id, now)
             _audit(conn, "user.add", f"user:{user_id}", {"name": name}, user_id)
             _audit(conn, "token.issue", f"user:{user_id}", {"prefix": token[:8]}, user_id)
+            if secret is not None:
+                set_password(conn, user_id, secret)
+                _audit(conn, "user.password", f"user:{user_id}", {}, user_id)
+            if admin:
+                set_role(conn, user_id, "admin")
+                _audit(conn, "user.role", f"user:{user_id}", {"role": "admin"}, user_id)
     except IntegrityError:
         fail(f"a user named {name!r} exists already")
+    except ValueError as exc:
+        fail(str(exc))
     console.print(f"user {user_id} {name}\ntoken {token}", highlight=False)
+
+
+@user_app.command("password")
+def user_password(user: str, database_url: DatabaseOpt = None) -> None:
+    """Set USER's web console password (asked, or read from OPENCLORE_NEW_PASSWORD)."""
+    from openclore.market.accounts import UnknownUser, find_user, set_password
+
+    secret = os.environ.get("OPENCLORE_NEW_PASSWORD") or typer.prompt(
+        "Password", hide_input=True, confirmation_prompt=True
+    )
+    _, db = _with_db(database_url)
+    try:
+        with db.write() as conn:
+            uid = find_user(conn, user)
+            set_password(conn, uid, secret)
+            _audit(conn, "user.password", f"user:{uid}", {}, uid)
+    except (UnknownUser, ValueError) as exc:
+        fail(str(exc))
+    console.print("password set")
+
+
+@user_app.command("role")
+def user_role(user: str, role: str, database_url: DatabaseOpt = None) -> None:
+    """Make USER an operator (admin) or a plain user."""
+    from openclore.market.accounts import UnknownUser, find_user, set_role
+
+    _, db = _with_db(database_url)
+    try:
+        with db.write() as conn:
+            uid = find_user(conn, user)
+            set_role(conn, uid, role)
+            _audit(conn, "user.role", f"user:{uid}", {"role": role}, uid)
+    except (UnknownUser, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"{user} is now {role}")
 
 
 @token_app.command("issue")

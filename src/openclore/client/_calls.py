@@ -204,12 +204,16 @@ def server_config(server_name: str) -> ApiCall[ServerConfig]:
     )
 
 
-def marketplace() -> ApiCall[Marketplace]:
+def marketplace(query: dict[str, str] | None = None) -> ApiCall[Marketplace]:
+    """``query``: openclore's server-side filters (gpu, min_gpus, min_vram, max_price, currency,
+    country, min_reliability, available, sort, limit, offset); a market without the extension
+    (Clore.ai) ignores them and sends every server."""
+
     def parse(body: dict[str, Any]) -> Marketplace:
         parsed = MarketplaceResponse.model_validate(body)
         return Marketplace.model_validate(parsed.model_dump(exclude={"code"}))
 
-    return ApiCall("GET", "/v1/marketplace", parse)
+    return ApiCall("GET", "/v1/marketplace", parse, params=query or None)
 
 
 def my_orders(return_completed: bool = False) -> ApiCall[list[Order]]:

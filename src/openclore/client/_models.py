@@ -171,6 +171,7 @@ class MarketServer(CloreModel):
 class Marketplace(CloreModel):
     servers: list[MarketServer] = Field(default_factory=list)
     my_servers: list[int] = Field(default_factory=list, description="ids of your own servers")
+    total: int | None = Field(None, description="matches before limit/offset (openclore query)")
 
 
 _TCP_PORT = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")

@@ -185,9 +185,12 @@ class Client(BaseClient):
         """One of your servers by name (mrl in hours)."""
         return self._run(calls.server_config(server_name))
 
-    def marketplace(self) -> Marketplace:
-        """Every public, available, online server (rented ones too, ``rented=True``)."""
-        return self._run(calls.marketplace())
+    def marketplace(self, **query: str | int | float | bool) -> Marketplace:
+        """Every public, available, online server (rented ones too, ``rented=True``); keyword
+        arguments ask openclore to filter on the server (``gpu="4090", sort="price"``, see
+        ``GET /v1/marketplace`` in docs/extensions.md); Clore.ai ignores them."""
+        params = {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in query.items()}
+        return self._run(calls.marketplace(params))
 
     def my_orders(self, return_completed: bool = False) -> list[Order]:
         """Your orders and spot offers; ``return_completed`` adds ended ones."""

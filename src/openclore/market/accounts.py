@@ -7,6 +7,8 @@ import hmac
 import secrets
 import string
 
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Connection, insert, or_, select, update
 
 from openclore.config import Settings
@@ -98,3 +100,83 @@ def authenticate(conn: Connection, token: str) -> int | None:
     if row is None or not hmac.compare_digest(row.token_hash, digest):
         return None
     return int(row.user_id)
+
+
+# ----------------------------------------------------------------------------- passwords, roles
+
+_hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
+MIN_PASSWORD = 8
+ROLES = ("user", "admin")
+
+
+def set_password(conn: Connection, user_id: int, password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise ValueError(f"a password has at least {MIN_PASSWORD} characters")
+    conn.execute(
+        update(users).where(users.c.id == user_id).values(password_hash=_hasher.hash(password))
+    )
+
+
+def set_role(conn: Connection, user_id: int, role: str) -> None:
+    if role not in ROLES:
+        raise ValueError(f"role: one of {', '.join(ROLES)}")
+    conn.execute(update(users).where(users.c.id == user_id).values(role=role))
+
+
+def check_password(conn: Connection, name: str, password: str) -> int | None:
+    """The user whose name and password these are, or None. An unknown name costs a hash
+    check too, so timing does not tell which names exist."""
+    row = conn.execute(
+        select(users.c.id, users.c.password_hash).where(users.c.name == name)
+    ).first()
+    stored = row.password_hash if row is not None else None
+    try:
+        _hasher.verify(stored or _DUMMY_HASH, password)
+    except (VerificationError, InvalidHashError):
+        return None
+    if row is None or stored is None:
+        return None
+    return int(row.id)
+
+
+_DUMMY_HASH = _hasher.hash("not a password of anyone")
+
+
+def list_users(conn: Connection) -> list[dict[str, object]]:
+    """Every user with its role and live token prefixes (the operator's view)."""
+    live: dict[int, list[str]] = {}
+    for t in conn.execute(
+        select(api_tokens.c.user_id, api_tokens.c.prefix)
+        .where(api_tokens.c.revoked_at.is_(None))
+        .order_by(api_tokens.c.id)
+    ):
+        live.setdefault(int(t.user_id), []).append(str(t.prefix))
+    return [
+        {
+            "id": int(r.id),
+            "name": str(r.name),
+            "role": str(r.role),
+            "password": r.password_hash is not None,
+            "tokens": live.get(int(r.id), []),
+        }
+        for r in conn.execute(
+            select(users.c.id, users.c.name, users.c.role, users.c.password_hash).order_by(
+                users.c.id
+            )
+        )
+    ]
+
+
+def revoke_token_prefix(conn: Connection, user_id: int, prefix: str, now: int) -> int:
+    """Revoke a user's live tokens that start with ``prefix`` (as the operator sees them)."""
+    return int(
+        conn.execute(
+            update(api_tokens)
+            .where(
+                api_tokens.c.user_id == user_id,
+                api_tokens.c.prefix == prefix,
+                api_tokens.c.revoked_at.is_(None),
+            )
+            .values(revoked_at=now)
+        ).rowcount
+    )

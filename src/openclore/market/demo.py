@@ -23,7 +23,13 @@ from openclore.engine.billing import lock_server, resolve_server, settle
 from openclore.engine.clock import SandboxClock
 from openclore.ledger import ensure_system_accounts
 from openclore.ledger.ledger import system_account_id, transfer, wallet_id
-from openclore.market.accounts import authenticate, create_user, issue_token
+from openclore.market.accounts import (
+    authenticate,
+    create_user,
+    issue_token,
+    set_password,
+    set_role,
+)
 from openclore.market.wallets import deposit
 from openclore.store.db import get_meta, listing_changed, set_meta
 from openclore.store.schema import (
@@ -180,6 +186,10 @@ def seed(conn: Connection, settings: Settings, now: int) -> DemoWorld:
     for expected_id, user in enumerate(world["users"], start=1):
         user_id = create_user(conn, user["name"], now - 86400 * 60, settings)
         assert user_id == expected_id
+        if "password" in user:  # the web console's sign-in (the demo's passwords are public)
+            set_password(conn, user_id, user["password"])
+        if "role" in user:
+            set_role(conn, user_id, user["role"])
     conn.execute(
         update(accounts)
         .where(accounts.c.key == "wallet:bitcoin:1")

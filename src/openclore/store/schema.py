@@ -37,6 +37,22 @@ users = Table(
     Column("id", Integer, primary_key=True),
     Column("name", String(64), nullable=False, unique=True),
     Column("created_at", BigInteger, nullable=False),
+    # web console sign-in (argon2id hash; NULL: token sign-in only) and the operator role
+    Column("password_hash", String(255), nullable=True),
+    Column("role", String(16), nullable=False, default="user", server_default="user"),
+    CheckConstraint("role IN ('user', 'admin')", name="role"),
+)
+
+# web console sessions: the cookie holds a random id, the table its hash (a leaked database
+# signs no one in); ``csrf`` is the token every form of the session must carry
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False, index=True),
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
 )
 
 api_tokens = Table(

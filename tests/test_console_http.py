@@ -1,0 +1,325 @@
+"""The console's forms over plain HTTP (no browser): the operator's actions, refusals shown as
+messages, the money-over-time read models with a moved clock, and the CLI's password users."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from openclore.api.app import create_app
+from openclore.market import console as console_service
+from openclore.market.accounts import check_password, find_user, set_password, set_role
+from openclore.store.schema import gateways, orders, servers
+from openclore.web.app import install_console
+from openclore.web.i18n import negotiate
+
+from support import Market, ok, order_body, spot_body
+
+PASSWORD = "correct horse battery"
+
+
+class Browserless:
+    """A signed-in session of the console driven with httpx (cookies kept by the client)."""
+
+    def __init__(self, market: Market, token: str) -> None:
+        self.client = httpx.Client(base_url=market.url, timeout=30)
+        market.clients.append(self.client)
+        form = self.client.get("/signin").text
+        signed = self.client.post("/signin", data={"csrf": _csrf(form), "token": token})
+        assert signed.status_code == 303
+        self.csrf = _csrf(self.client.get("/market").text)
+
+    def post(self, path: str, **data: str) -> tuple[str, str]:
+        """Post a form; returns where it redirected and the one-time message shown there."""
+        answer = self.client.post(path, data={"csrf": self.csrf, **data})
+        assert answer.status_code == 303, answer.text
+        flash = answer.cookies.get("flash")
+        message = json.loads(base64.urlsafe_b64decode(flash))["text"] if flash else ""
+        return answer.headers["location"], message
+
+
+def _csrf(page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found is not None
+    return found.group(1)
+
+
+@pytest.fixture
+def served(market: Market) -> Market:
+    app = create_app(market.settings, db=market.db, clock=market.clock)
+    install_console(app)
+    market.switch.app = app
+    return market
+
+
+def _operator(market: Market) -> str:
+    token = market.user("operator")
+    with market.db.write() as conn:
+        uid = find_user(conn, "operator")
+        set_role(conn, uid, "admin")
+    return token
+
+
+def test_operator_hides_removes_issues_and_revokes(served: Market) -> None:
+    market = served
+    admin = Browserless(market, _operator(market))
+    host = market.user("host")
+    hidden = market.server(host, "one")
+    removed = market.server(host, "two")
+    renter = market.user("renter", bitcoin="1")
+    ok(market.client(renter).post("/v1/create_order", json=order_body(removed)))
+    assert admin.post(f"/admin/servers/{hidden}/hide") == ("/admin", "Server hidden.")
+    assert admin.post(f"/admin/servers/{removed}/remove") == ("/admin", "Server removed.")
+    listed = [s["id"] for s in ok(market.client().get("/v1/marketplace"))["servers"]]
+    assert hidden not in listed and removed not in listed
+    # the removed server's order ended now
+    assert ok(market.client(renter).get("/v1/my_orders"))["orders"] == []
+    assert admin.post(f"/admin/servers/{removed}/remove")[1] == "No such server."
+    # a token issued to the renter works, is shown once, and can be revoked by its prefix
+    _, message = admin.post("/admin/token", user="renter")
+    assert message == "Token issued."
+    page = admin.client.get("/admin").text
+    issued = re.search(r'<code id="issued">([A-Za-z0-9]+)</code>', page)
+    assert issued is not None
+    new_token = issued.group(1)
+    ok(market.client(new_token).get("/v1/wallets"))
+    assert admin.post("/admin/revoke", user="renter", prefix=new_token[:8])[1] == "Token revoked."
+    assert market.client(new_token).get("/v1/wallets").json()["code"] == 3
+    assert admin.post("/admin/token", user="nobody")[1] == "No such user."
+    assert admin.post("/admin/credit", user="renter", currency="bitcoin", amount="x")[1] == (
+        "Enter a price as a positive number."
+    )
+    # the operator pages are the operator's only
+    other = Browserless(market, renter)
+    assert other.client.get("/admin").status_code == 403
+    assert other.client.post(
+        "/admin/token", data={"csrf": other.csrf, "user": "x"}
+    ).status_code == (403)
+
+
+def test_market_refusals_come_back_as_messages(served: Market) -> None:
+    market = served
+    host = market.user("host")
+    sid = market.server(host, "rig", on_demand="0.001")
+    renter = Browserless(market, market.user("poor"))
+    image = "cloreai/ubuntu20.04-jupyter"
+    where, message = renter.post(f"/servers/{sid}/rent", image=image, currency="bitcoin")
+    assert where == f"/servers/{sid}"
+    assert message == "Your wallet does not hold enough for this."
+    where, message = renter.post(f"/servers/{sid}/rent", image="bad image!", currency="bitcoin")
+    assert message.startswith("Invalid input:")
+    own = Browserless(market, host)
+    assert own.post(f"/servers/{sid}/rent", image=image)[1] == "You cannot rent your own server."
+    assert own.post("/host/servers/nope", mrl="5")[1] == "No such server."
+    assert own.post("/host/servers/rig", mrl="five")[1] == (
+        "Enter the maximum rental length in whole hours."
+    )
+    assert own.post("/host/add", name="rig")[1] == "You have a server with this name already."
+    # the Chinese reader gets the same refusal in Chinese
+    own.client.cookies.set("lang", "zh-CN")
+    assert own.post("/host/add", name="rig")[1] == "您已有同名服务器。"
+    for huge in ("1e30", "-1", "NaN", "one"):
+        assert own.post("/host/servers/rig", bitcoin_on_demand=huge)[1] == "请输入正数价格。"
+    # a polled part asked for after signing out sends the page to the sign-in
+    gone = httpx.get(market.url + "/orders/rows", headers={"HX-Request": "true"})
+    assert gone.status_code == 204 and gone.headers["HX-Redirect"] == "/signin"
+    # bad marketplace filters are shown, not a failure
+    page = renter.client.get("/market?min_gpus=lots")
+    assert page.status_code == 200 and "Invalid input:" in page.text
+    assert renter.client.get("/servers/99999").status_code == 404
+
+
+def test_money_over_time_follows_the_ledger(served: Market) -> None:
+    market = served
+    host = market.user("host")
+    sid = market.server(host, "rig", on_demand="0.0024", spot="0.0001")
+    renter = market.user("renter", bitcoin="1")
+    ok(market.client(renter).post("/v1/create_order", json=order_body(sid)))
+    market.advance(86400)
+    now = market.now()
+    with market.db.read() as conn:
+        renter_id = find_user(conn, "renter")
+        host_id = find_user(conn, "host")
+        spent = console_service.spend_series(conn, renter_id, "bitcoin", now, days=3)
+        earned = console_service.earnings_series(conn, host_id, "bitcoin", now, days=3)
+        revenue = console_service.platform_revenue(conn, "bitcoin", now, days=3)
+        nothing = console_service.spend_series(conn, renter_id, "nocoin", now, days=2)
+    assert len(spent) == 3 and [t for t, _ in spent] == sorted(t for t, _ in spent)
+    total_spent = sum(v for _, v in spent)
+    total_earned = sum(v for _, v in earned[sid])
+    total_fees = sum(v for _, v in revenue)
+    # a day at 0.0024 plus the creation fee, split between host and platform
+    assert total_spent == total_earned + total_fees
+    assert total_earned + total_fees >= 2_400_000
+    assert nothing == [(t, 0) for t, _ in nothing] and len(nothing) == 2
+    page = Browserless(market, renter).client.get("/wallets").text
+    assert "<svg" in page and "data-chart=" in page  # QR code and spend chart
+
+
+def test_spot_board_shows_the_wait_and_the_step(served: Market) -> None:
+    market = served
+    host = market.user("host")
+    sid = market.server(host, "rig", spot="0.000002")
+    renter = market.user("renter", bitcoin="1")
+    ok(market.client(renter).post("/v1/create_order", json=spot_body(sid, "0.00001")))
+    with market.db.read() as conn:
+        (bid,) = console_service.order_board(
+            conn, find_user(conn, "renter"), market.settings, market.now()
+        )
+    assert bid["lower_in"] == 0 and bid["lowest_bid"] == 8_000 and bid["min_spot"] == 2_000
+
+
+def test_accept_language_picks_the_page_language() -> None:
+    assert negotiate("zh-CN,zh;q=0.9,en;q=0.8") == "zh-CN"
+    assert negotiate("en-US,en;q=0.9,zh-CN;q=0.8") == "en"
+    assert negotiate("de-DE, zh-TW;q=0.5") == "zh-CN"
+    assert negotiate("fr, de") == "en"
+    assert negotiate("") == "en"
+    assert negotiate("zh;q=bad, en;q=0.1") == "en"
+
+
+def test_cli_adds_an_operator_with_a_password(market: Market) -> None:
+    env = {"OPENCLORE_NEW_PASSWORD": PASSWORD, "OPENCLORE_DATABASE_URL": market.db.url}
+    run = subprocess.run(
+        [sys.executable, "-m", "openclore", "admin", "user", "add", "ops", "--password", "--admin"],
+        capture_output=True,
+        text=True,
+        env={**_base_env(), **env},
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "token" in run.stdout
+    with market.db.read() as conn:
+        uid = find_user(conn, "ops")
+        assert check_password(conn, "ops", PASSWORD) == uid
+        assert check_password(conn, "ops", "wrong") is None
+        assert check_password(conn, "nobody", PASSWORD) is None
+    short = subprocess.run(
+        [sys.executable, "-m", "openclore", "admin", "user", "password", "ops"],
+        capture_output=True,
+        text=True,
+        env={**_base_env(), **env, "OPENCLORE_NEW_PASSWORD": "short"},
+        check=False,
+    )
+    assert short.returncode != 0 and "at least 8" in short.stdout + short.stderr
+    role = subprocess.run(
+        [sys.executable, "-m", "openclore", "admin", "user", "role", "ops", "user"],
+        capture_output=True,
+        text=True,
+        env={**_base_env(), **env},
+        check=False,
+    )
+    assert role.returncode == 0, role.stderr
+    with market.db.write() as conn:
+        set_password(conn, uid, "another password")
+        assert check_password(conn, "ops", PASSWORD) is None
+
+
+def _base_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("OPENCLORE_")}
+
+
+def test_orders_show_the_ssh_line_and_http_pub_links(served: Market) -> None:
+    market = served
+    host = market.user("host")
+    sid = market.server(host, "rig")
+    renter = market.user("renter", bitcoin="1")
+    order_id = ok(market.client(renter).post("/v1/create_order", json=order_body(sid)))["order_id"]
+    with market.db.write() as conn:
+        conn.execute(
+            gateways.insert().values(
+                name="gw.example",
+                ssh_address="gw.example:2222",
+                host_key="-",
+                host_key_public="-",
+                http_url="https://{order}-{port}.gw.example",
+            )
+        )
+        conn.execute(
+            orders.update()
+            .where(orders.c.id == order_id)
+            .values(pub_cluster=["gw.example"], tcp_ports=["22:40022"], http_port="8888")
+        )
+    rows = Browserless(market, renter).client.get("/orders/rows").text
+    assert "ssh root@gw.example -p 40022" in rows
+    assert f'href="https://{order_id}-8888.gw.example"' in rows
+
+
+def test_accounts_sessions_and_messages_edge_cases(market: Market) -> None:
+    from openclore.domain.errors import MarketError, RateLimited
+    from openclore.market import sessions
+    from openclore.web.i18n import Catalogs
+    from openclore.web.messages import error_text
+
+    market.user("tokenonly")
+    with market.db.write() as conn:
+        uid = find_user(conn, "tokenonly")
+        with pytest.raises(ValueError):
+            set_role(conn, uid, "king")
+        with pytest.raises(ValueError):
+            set_password(conn, uid, "short")
+        assert check_password(conn, "tokenonly", "anything at all") is None  # no password set
+        sid = sessions.start_session(conn, uid, int(time.time()) - sessions.SESSION_SECONDS - 1)
+        assert sessions.session_for(conn, sid, int(time.time())) is None  # expired
+        assert sessions.session_for(conn, "x" * 200, int(time.time())) is None
+        assert sessions.session_for(conn, "", int(time.time())) is None
+        assert console_service.platform_revenue(conn, "nocoin", market.now(), days=2)[0][1] == 0
+    catalogs = Catalogs()
+    zh = catalogs.get("zh-CN")
+    assert zh.gettext("Sign in") == "登录"
+    assert zh.gettext("no such msgid") == "no such msgid"
+    assert "no such msgid" in catalogs.missing  # (the console uses no plural forms)
+
+    def t(_request: object, message: str) -> str:
+        return message
+
+    request = None
+    assert error_text(t, request, RateLimited(1.0)).startswith("Too many requests")  # type: ignore[arg-type]
+    text = error_text(
+        t,
+        request,  # type: ignore[arg-type]
+        MarketError("can_lower_every_600_seconds", time_to_lowering=42, max_step=1, min_price=2),
+    )
+    assert "Seconds left: 42" in text and "Lowest allowed now: 1" in text and "Minimum: 2" in text
+    assert error_text(t, request, MarketError("brand_new_error")).endswith("brand_new_error")  # type: ignore[arg-type]
+
+
+def test_logs_view_asks_the_agent_and_says_when_it_cannot(served: Market) -> None:
+    market = served
+    host = market.user("host")
+    sid = market.server(host, "rig")
+    with market.db.write() as conn:  # a real host's server whose agent is not connected now
+        conn.execute(servers.update().where(servers.c.id == sid).values(simulated=False))
+    renter = market.user("renter", bitcoin="1")
+    order_id = ok(market.client(renter).post("/v1/create_order", json=order_body(sid)))["order_id"]
+    view = Browserless(market, renter)
+    started = time.monotonic()
+    lines = view.client.get(f"/orders/{order_id}/logs/lines").text
+    assert "did not answer in time" in lines and time.monotonic() - started < 8
+    ok(market.client(renter).post("/v1/cancel_order", json={"id": order_id}))
+    assert "This order has ended." in view.client.get(f"/orders/{order_id}/logs").text
+    assert "No such order." in view.client.get("/orders/99999/logs/lines").text
+
+
+def test_operator_actions_are_in_the_audit_log(served: Market) -> None:
+    from openclore.store.schema import audit_log
+
+    market = served
+    admin = Browserless(market, _operator(market))
+    market.user("renter")
+    admin.post("/admin/credit", user="renter", currency="bitcoin", amount="0.5")
+    with market.db.read() as conn:
+        (entry,) = conn.execute(
+            audit_log.select().where(audit_log.c.action == "admin.deposit")
+        ).all()
+    assert entry.actor == "admin:operator" and entry.source.startswith("web@")
+    assert entry.detail == {"user": "renter", "currency": "bitcoin", "amount": "0.5"}
