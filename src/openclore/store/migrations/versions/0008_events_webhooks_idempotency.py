@@ -1,7 +1,7 @@
 """events outbox, webhooks and their deliveries, idempotency keys, low-balance alerts
 
 Revision ID: events_webhooks_idempotency
-Revises: audit_log
+Revises: web_console
 Create Date: 2026-11-27 05:40:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "events_webhooks_idempotency"
-down_revision = "audit_log"
+down_revision = "web_console"
 branch_labels = None
 depends_on = None
 
