@@ -10,6 +10,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
@@ -64,7 +65,9 @@ def deliver_due(d: Deliverer) -> int:
         finally:
             await d.aclose()
 
-    return asyncio.run(run())
+    # a thread of its own: other tests (the browser console's) may leave a loop in this one
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result()
 
 
 def test_register_list_delete_and_the_ssrf_policy(market: Market, receiver: Receiver) -> None:
