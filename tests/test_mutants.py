@@ -176,6 +176,10 @@ def test_system_accounts_are_keyed_by_kind_and_currency(market: Market) -> None:
         "external:CLORE-Blockchain": ("external", "CLORE-Blockchain"),
         "platform:USD-Blockchain": ("platform", "USD-Blockchain"),
         "external:USD-Blockchain": ("external", "USD-Blockchain"),
+        # money on its way out: withdrawals asked for and not yet approved or rejected
+        "pending_withdrawals:bitcoin": ("platform", "bitcoin"),
+        "pending_withdrawals:CLORE-Blockchain": ("platform", "CLORE-Blockchain"),
+        "pending_withdrawals:USD-Blockchain": ("platform", "USD-Blockchain"),
     }
 
 
