@@ -37,14 +37,18 @@ class NameLock:
         self._conn: Any = None
         self._fd: int | None = None
 
+    @property
+    def key(self) -> int:
+        """The name's advisory lock key (a signed 64-bit integer)."""
+        key = int.from_bytes(hashlib.sha256(f"gateway:{self.name}".encode()).digest()[:8], "big")
+        return key - (1 << 64) if key >= 1 << 63 else key
+
     def acquire(self) -> bool:
         if self.db.is_postgres:
-            key = int.from_bytes(
-                hashlib.sha256(f"gateway:{self.name}".encode()).digest()[:8], "big"
-            )
-            key -= 1 << 63 if key >= 1 << 63 else 0
             conn = self.db.engine.connect()
-            got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+            got = bool(
+                conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar()
+            )
             conn.commit()
             if got:
                 self._conn = conn
@@ -65,7 +69,11 @@ class NameLock:
     def release(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(Exception):
-                self._conn.close()  # the session ends: the advisory lock goes with it
+                # the connection goes back to the pool, its session (and a lock) would stay
+                self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+                self._conn.commit()
+            with contextlib.suppress(Exception):
+                self._conn.close()
             self._conn = None
         if self._fd is not None:
             with contextlib.suppress(OSError):
