@@ -34,7 +34,7 @@ SCREENSHOTS = ROOT / "docs" / "screenshots"
 PASSWORD = "correct horse battery"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # playwright holds an event loop while it runs
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         message = f"{CHROMIUM} missing: apt-get install -y --no-install-recommends chromium"
