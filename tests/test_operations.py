@@ -170,7 +170,9 @@ def test_metrics_show_the_market_ticks_and_rate_limit_refusals(market: Market) -
 
     market.reconfigure(rate_limit_interval=1.0)
     client = market.client(renter)
-    refused_before = value(scrape(market), "openclore_rate_limit_refusals_total")
+    refused_before = value(
+        scrape(market), "openclore_rate_limit_refusals_total", endpoint="wallets"
+    )
     ok(client.get("/v1/wallets"))
     assert client.get("/v1/wallets").json()["code"] == 5
     refusals = value(scrape(market), "openclore_rate_limit_refusals_total", endpoint="wallets")
