@@ -34,6 +34,7 @@ from test_agent_docker import (
     containers,
     docker_client,
     docker_run,
+    published,
 )
 
 from agent_support import (
@@ -136,10 +137,6 @@ def rental_order(server_id: int, ports: dict[str, str] | None = None) -> dict[st
     return order_body(server_id, image=IMAGE, ports=ports, command=RENTAL)
 
 
-def public(order: dict[str, Any], container_port: str) -> int:
-    return int(dict(p.split(":") for p in order["tcp_ports"])[container_port])
-
-
 def read_banner(port: int, timeout: float = 5.0) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         data = b""
@@ -225,7 +222,7 @@ def test_rental_ports_are_reached_through_the_gateway_only(
         order = wait_order_state(renter, oid, "running", timeout=30)
         assert order["pub_cluster"] == ["localhost"]
         lo, hi = market.settings.gateway_ports
-        ssh_port = public(order, "22")
+        ssh_port = published(order, "22")
         assert lo <= ssh_port <= hi
         http_port = gateway.gateway.http_port
         assert order["http_port"] == "80"
@@ -271,10 +268,10 @@ def test_rental_ports_are_reached_through_the_gateway_only(
         websocket_echo(http_port, host)
 
         # 100 concurrent connections to a tcp port (busybox httpd on 8000 behind it)
-        concurrent_requests(public(order, "8000"), 100)
+        concurrent_requests(published(order, "8000"), 100)
 
         # slow readers: ten 32 MiB downloads nobody reads keep the gateway's memory bounded
-        grew = stalled_readers_memory(public(order, "8000"), 10)
+        grew = stalled_readers_memory(published(order, "8000"), 10)
         assert grew < 48 * 1024 * 1024, f"gateway memory grew by {grew} bytes"
 
         # a gateway restart: the agent's tunnel comes back and new connections work
@@ -667,7 +664,7 @@ def test_a_real_agent_joining_the_demo_tunnels_through_the_gateway(
         order = wait_order_state(renter, oid, "running")
         lo, hi = market.settings.gateway_ports
         assert order["pub_cluster"] == ["localhost"] and "simulated" not in order
-        assert lo <= public(order, "22") <= hi
+        assert lo <= published(order, "22") <= hi
         logs = ok(renter.get("/v1/order_logs", params={"id": oid}))["logs"]
         assert logs[0].startswith("[simulated] container ")  # the agent's runtime answered
     finally:
@@ -728,7 +725,7 @@ def test_connection_caps_and_idle_timeout(market: Market, tmp_path: Path) -> Non
         order = wait_order_state(renter, oid, "running")
         (status,) = [s for s in agent.reconciler.snapshot() if s.order_id == oid]
         echo = EchoServer(status.tcp_ports["22"])
-        port = public(order, "22")
+        port = published(order, "22")
         wait_for(lambda: port in gw.gateway.listeners, 10, what="public port open")
         first = socket.create_connection(("127.0.0.1", port), timeout=5)
         second = socket.create_connection(("127.0.0.1", port), timeout=5)
