@@ -115,6 +115,11 @@ def start_replicas(market: Market, tmp_path: Path, count: int = 2) -> list[Repli
         "OPENCLORE_CREATE_ORDER_INTERVAL": "0",
         "OPENCLORE_LOG_LEVEL": "warning",
         "OPENCLORE_GATEWAY": "0",  # the access gateway is not under test here
+        # as behind any load balancer: the server keeps an idle connection open longer than the
+        # balancer (the clients here, 2 s) reuses one, so the server never closes a connection
+        # just as a request goes out on it (a race of keep-alive itself, not a server fault; with
+        # 5 s and a loaded machine, a client that read its answer seconds late lost that race)
+        "OPENCLORE_KEEP_ALIVE_TIMEOUT": "30",
     }
     replicas = []
     for i in range(count):
@@ -290,8 +295,8 @@ async def client_loop(
 async def run_load(tokens: list[str], targets: list[str], out: Outcome, seconds: float) -> None:
     # one connection pool for all (a client each would spend seconds of CPU on TLS contexts
     # alone); each client still has its own token and at most one request in flight
-    # idle connections are dropped before the server's keep-alive timeout (5 s) could close one
-    # just as a request goes out on it (a race of keep-alive itself, not a server fault)
+    # idle connections are dropped long before the servers' keep-alive timeout (30 s, see
+    # start_replicas) could close one just as a request goes out on it
     limits = httpx.Limits(
         max_connections=CLIENTS * 2, max_keepalive_connections=CLIENTS * 2, keepalive_expiry=2.0
     )
