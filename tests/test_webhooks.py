@@ -136,6 +136,9 @@ def test_deliveries_are_signed_filtered_and_logged(market: Market, receiver: Rec
     assert [d["state"] for d in log["deliveries"]] == ["delivered"] * 3
     assert all(d["attempts"] == 1 and d["last_status"] == 200 for d in log["deliveries"])
     assert deliver_due(deliverer(market)) == 0  # nothing is sent twice
+    for bad in ({"id": "abc"}, {"id": "-1"}, {}):
+        refused = market.client(token).get("/v1/webhook_deliveries", params=bad).json()
+        assert refused["code"] == 2 and refused["error"].startswith("id"), (bad, refused)
 
 
 def test_a_receiver_failing_three_times_gets_each_event_once_it_recovers(
