@@ -17,6 +17,12 @@ from sqlalchemy import Connection, func, insert, select, update
 from openclore.config import Settings
 from openclore.domain.errors import MarketError
 from openclore.domain.money import coins_str, to_coins, to_units
+from openclore.engine.outbox import (
+    WITHDRAWAL_APPROVED,
+    WITHDRAWAL_REJECTED,
+    WITHDRAWAL_REQUESTED,
+    emit,
+)
 from openclore.ledger.addresses import valid_address
 from openclore.ledger.ledger import (
     InsufficientFunds,
@@ -112,6 +118,17 @@ def request_withdrawal(
         )
     except InsufficientFunds:
         raise MarketError("not_enough_balance") from None  # the caller's transaction rolls back
+    emit(
+        conn,
+        user_id,
+        WITHDRAWAL_REQUESTED,
+        now,
+        withdrawal_id=wid,
+        currency=currency,
+        amount=to_coins(amount),
+        fee=to_coins(fee),
+        address=address,
+    )
     return wid
 
 
@@ -171,6 +188,18 @@ def approve_withdrawal(
         .where(withdrawals.c.id == row.id)
         .values(state="approved", decided_at=now, decided_by=actor, txid=txid)
     )
+    emit(
+        conn,
+        row.user_id,
+        WITHDRAWAL_APPROVED,
+        now,
+        withdrawal_id=row.id,
+        currency=row.currency,
+        amount=to_coins(row.amount),
+        fee=to_coins(row.fee),
+        address=row.address,
+        txid=txid,
+    )
 
 
 def reject_withdrawal(
@@ -198,6 +227,17 @@ def reject_withdrawal(
         update(withdrawals)
         .where(withdrawals.c.id == row.id)
         .values(state="rejected", decided_at=now, decided_by=actor, reason=reason)
+    )
+    emit(
+        conn,
+        row.user_id,
+        WITHDRAWAL_REJECTED,
+        now,
+        withdrawal_id=row.id,
+        currency=row.currency,
+        amount=to_coins(row.amount),
+        fee=to_coins(row.fee),
+        reason=reason,
     )
 
 
