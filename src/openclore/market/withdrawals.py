@@ -118,18 +118,33 @@ def request_withdrawal(
         )
     except InsufficientFunds:
         raise MarketError("not_enough_balance") from None  # the caller's transaction rolls back
+    _announce(conn, WITHDRAWAL_REQUESTED, user_id, wid, currency, amount, fee, now, address=address)
+    return wid
+
+
+def _announce(
+    conn: Connection,
+    type_: str,
+    user_id: int,
+    withdrawal_id: int,
+    currency: str,
+    amount: int,
+    fee: int,
+    now: int,
+    **extra: str,
+) -> None:
+    """The user's event for a step of a withdrawal, in the step's transaction."""
     emit(
         conn,
         user_id,
-        WITHDRAWAL_REQUESTED,
+        type_,
         now,
-        withdrawal_id=wid,
+        withdrawal_id=withdrawal_id,
         currency=currency,
         amount=to_coins(amount),
         fee=to_coins(fee),
-        address=address,
+        **extra,
     )
-    return wid
 
 
 def withdrawal_owner(conn: Connection, withdrawal_id: int) -> int | None:
@@ -188,15 +203,15 @@ def approve_withdrawal(
         .where(withdrawals.c.id == row.id)
         .values(state="approved", decided_at=now, decided_by=actor, txid=txid)
     )
-    emit(
+    _announce(
         conn,
-        row.user_id,
         WITHDRAWAL_APPROVED,
+        row.user_id,
+        row.id,
+        row.currency,
+        row.amount,
+        row.fee,
         now,
-        withdrawal_id=row.id,
-        currency=row.currency,
-        amount=to_coins(row.amount),
-        fee=to_coins(row.fee),
         address=row.address,
         txid=txid,
     )
@@ -228,15 +243,15 @@ def reject_withdrawal(
         .where(withdrawals.c.id == row.id)
         .values(state="rejected", decided_at=now, decided_by=actor, reason=reason)
     )
-    emit(
+    _announce(
         conn,
-        row.user_id,
         WITHDRAWAL_REJECTED,
+        row.user_id,
+        row.id,
+        row.currency,
+        row.amount,
+        row.fee,
         now,
-        withdrawal_id=row.id,
-        currency=row.currency,
-        amount=to_coins(row.amount),
-        fee=to_coins(row.fee),
         reason=reason,
     )
 
