@@ -10,11 +10,15 @@ Orders this fast path does not take are left to the exact per-server path
 tick, and all orders of a wallet that cannot pay for this tick (they end at the last second the
 balance covers, and the next bid of their server starts right then).
 
+Booking: one ``spend`` transfer per (renter, host) and one ``fee`` transfer per (renter, platform)
+and tick, each order's share of it in ``order_charges`` (statements show the shares, one entry per
+order); the balances move once per account.
+
 Concurrency: on PostgreSQL the orders UPDATE re-checks ``billed_at`` under the row lock and only
 the orders it applied to are booked (an order a use case changed meanwhile is settled by that use
 case, or by the next tick); one ticker at a time holds an advisory lock. On SQLite the whole tick
-holds the database write lock. Either way nothing is billed twice, and transfer keys carry the
-cumulative totals, so a replay is refused by the unique index.
+holds the database write lock. Either way nothing is billed twice, and transfer keys carry an
+order's cumulative total, so a replay is refused by the unique index.
 """
 
 from __future__ import annotations
