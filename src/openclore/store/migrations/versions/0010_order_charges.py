@@ -5,7 +5,7 @@ Every running order's row is rewritten at every tick; with at most half of each 
 entries) even on the first tick after the orders were created.
 
 Revision ID: order_charges
-Revises: events_webhooks_idempotency
+Revises: event_retention
 Create Date: 2026-11-27 09:00:00
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "order_charges"
-down_revision = "events_webhooks_idempotency"
+down_revision = "event_retention"
 branch_labels = None
 depends_on = None
 
