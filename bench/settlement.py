@@ -12,8 +12,9 @@ of all of them. The cases:
 
 After every tick the books are checked, so a fast wrong answer is a failure: the ledger sums to
 zero per currency, no balance is negative, every order's spend and fee follow from its active
-seconds, its transfers add up to them, every wallet lost or gained exactly that, and every order
-ran, ended by its balance or ended at its end of life as the case says.
+seconds, what was booked for it (its own transfers, its shares of the tick's) adds up to them,
+every wallet lost or gained exactly that, and every order ran, ended by its balance or ended at
+its end of life as the case says.
 
 The ceiling is the same number of rows updated by one bare ``UPDATE orders SET active_seconds =
 active_seconds + 1`` in the same database, measured in the same run. Each (case, database, size)
