@@ -12,8 +12,9 @@ of all of them. The cases:
 
 After every tick the books are checked, so a fast wrong answer is a failure: the ledger sums to
 zero per currency, no balance is negative, every order's spend and fee follow from its active
-seconds, its transfers add up to them, every wallet lost or gained exactly that, and every order
-ran, ended by its balance or ended at its end of life as the case says.
+seconds, what was booked for it (its own transfers, its shares of the tick's) adds up to them,
+every wallet lost or gained exactly that, and every order ran, ended by its balance or ended at
+its end of life as the case says.
 
 The ceiling is the same number of rows updated by one bare ``UPDATE orders SET active_seconds =
 active_seconds + 1`` in the same database, measured in the same run. Each (case, database, size)
@@ -43,8 +44,9 @@ from openclore.domain.money import fee_for, spend_for
 from openclore.engine.ticker import tick
 from openclore.ledger import ensure_system_accounts
 from openclore.ledger.ledger import account_key
+from openclore.ledger.statements import booked_by_order
 from openclore.store.db import Database
-from openclore.store.schema import accounts, orders, server_prices, servers, transfers, users
+from openclore.store.schema import accounts, orders, server_prices, servers, users
 
 from _common import BenchmarkFailed, machine, median_run, write_result
 
@@ -222,11 +224,8 @@ def verify(db: Database, market: Market, now: int) -> dict[str, int]:
         platform = conn.execute(
             select(accounts.c.balance).where(accounts.c.key == "platform:bitcoin")
         ).scalar_one()
-        paid: dict[tuple[int, str], int] = defaultdict(int)
-        for order_id, kind, amount in conn.execute(
-            select(transfers.c.order_id, transfers.c.kind, transfers.c.amount)
-        ):
-            paid[(int(order_id), kind)] += int(amount)
+        # per order: its own transfers and its shares of the tick's transfers
+        paid: dict[tuple[int, str], int] = defaultdict(int, booked_by_order(conn))
         rows = conn.execute(
             select(
                 orders.c.id,

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 
 from openclore.api.app import create_app
@@ -21,11 +21,12 @@ from openclore.config import Settings
 from openclore.domain.money import to_units
 from openclore.engine.clock import ManualClock
 from openclore.engine.ticker import tick
+from openclore.ledger.statements import booked_by_order as ledger_booked_by_order
 from openclore.market.accounts import create_user, issue_token
 from openclore.market.servers import add_server
 from openclore.market.wallets import deposit
 from openclore.store.db import Database, listing_changed, normalize_url
-from openclore.store.schema import metadata, server_prices, servers, transfers
+from openclore.store.schema import metadata, server_prices, servers
 
 PG_SERVER_URL = os.environ.get(
     "OPENCLORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -189,13 +190,9 @@ class Market:
 
 
 def booked_by_order(conn: Connection) -> dict[tuple[int, str], int]:
-    """``{(order_id, kind): total}`` of the transfers booked for orders."""
-    query = (
-        select(transfers.c.order_id, transfers.c.kind, func.sum(transfers.c.amount).label("total"))
-        .where(transfers.c.order_id.is_not(None))
-        .group_by(transfers.c.order_id, transfers.c.kind)
-    )
-    return {(int(r.order_id), r.kind): int(r.total) for r in conn.execute(query)}
+    """``{(order_id, kind): total}`` of everything booked for orders (their own transfers and
+    their shares of the tick's transfers)."""
+    return ledger_booked_by_order(conn)
 
 
 def ok(response: httpx.Response) -> dict[str, Any]:

@@ -3,11 +3,12 @@ docs/testing.md): each pins, with numbers written here, a rule that a surviving 
 
 from __future__ import annotations
 
+import threading
 import time
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import Connection, select, text, update
+from sqlalchemy import select, text, update
 
 from openclore.api.app import create_app
 from openclore.api.ratelimit import Decision, RateLimiter
@@ -20,7 +21,6 @@ from openclore.domain.money import (
     to_units,
 )
 from openclore.domain.spot import choose_running, lowest_bid
-from openclore.engine import settlement
 from openclore.engine.billing import can_pay_next_second, end_order, lock_server, resolve_server
 from openclore.engine.clock import ManualClock
 from openclore.engine.events import subscribe
@@ -488,31 +488,47 @@ def test_the_fast_path_counts_the_orders_it_settled(market: Market) -> None:
         assert settle_running_orders(conn, market.now() + 100, 15) == SettlementResult(2, [])
 
 
-def test_a_tick_skips_an_order_settled_since_it_read_it(
-    market: Market, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """PostgreSQL: a cancel that settles an order after the tick read its candidates (and before
-    the tick writes) wins; the tick bills that order nothing. (On SQLite the tick holds the
-    write lock, so nothing can come in between: the tick just bills the order.)"""
+def tick_waits_for_a_lock(market: Market) -> bool:
+    with market.db.read() as conn:  # a transaction of its own: a fresh activity snapshot
+        waiting = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE '%UPDATE orders SET active_seconds%'"
+            )
+        ).scalar()
+    return bool(waiting)
+
+
+def test_a_tick_skips_an_order_settled_since_it_read_it(market: Market) -> None:
+    """PostgreSQL: a cancel that settles an order while the tick runs wins: the tick read the
+    order before the cancel committed, its UPDATE waits for the cancel's row lock, then re-checks
+    the order on its new version and leaves it; the tick bills that order nothing. (On SQLite
+    the tick holds the write lock, so nothing can come in between: the tick just bills it.)"""
     sid = market.server(market.user(), on_demand="0.0864")  # 1,000 units a second
     c = market.client(market.user(bitcoin="1"))
     oid = ok(c.post("/v1/create_order", json=order_body(sid)))["order_id"]
     market.clock.advance(100)
-    read_candidates = settlement._create_candidates
+    now = market.now()
+    if market.backend == "postgresql":
+        results: list[SettlementResult] = []
 
-    def then_cancel(conn: Connection, now: int, grace: int) -> int:
-        found = read_candidates(conn, now, grace)
-        if market.backend == "postgresql":
-            ok(c.post("/v1/cancel_order", json={"id": oid}))  # another connection, committed
-        return found
+        def run_tick() -> None:
+            with market.db.write() as conn:
+                results.append(settle_running_orders(conn, now, 15))
 
-    monkeypatch.setattr(settlement, "_create_candidates", then_cancel)
-    with market.db.write() as conn:
-        result = settle_running_orders(conn, market.now(), 15)
-    expected = (
-        SettlementResult(0, []) if market.backend == "postgresql" else SettlementResult(1, [])
-    )
-    assert result == expected
+        with market.db.write() as cancel:
+            assert lock_server(cancel, sid) is not None
+            assert end_order(cancel, oid, now, "cancelled") == "cancelled"
+            ticker = threading.Thread(target=run_tick)
+            ticker.start()
+            deadline = time.monotonic() + 20
+            while not tick_waits_for_a_lock(market) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        ticker.join(30)
+        assert results == [SettlementResult(0, [])]
+    else:
+        with market.db.write() as conn:
+            assert settle_running_orders(conn, now, 15) == SettlementResult(1, [])
     row = order_row(market, oid)
     assert row["spend"] == 100_000 and row["active_seconds"] == 100
     with market.db.read() as conn:

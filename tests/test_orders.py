@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from openclore.store.schema import accounts, orders, transfers
 
-from support import Market, error, ok, order_body, spot_body
+from support import Market, booked_by_order, error, ok, order_body, spot_body
 
 
 def balance(market: Market, token: str, currency: str = "bitcoin") -> float:
@@ -288,11 +288,8 @@ def test_spend_equals_transfers_and_host_gets_price_minus_fee(market: Market) ->
     order = ok(c.get("/v1/my_orders"))["orders"][0]
     assert order["spend"] == 0.00001
     with market.db.read() as conn:
-        booked = conn.execute(
-            select(func.sum(transfers.c.amount)).where(
-                transfers.c.order_id == oid, transfers.c.kind.in_(["spend", "fee"])
-            )
-        ).scalar_one()
+        by_order = booked_by_order(conn)
+        booked = by_order.get((oid, "spend"), 0) + by_order.get((oid, "fee"), 0)
         host_wallet = conn.execute(
             select(accounts.c.balance).where(
                 accounts.c.key == f"wallet:bitcoin:{market.user_id(host_token)}"

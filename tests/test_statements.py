@@ -11,9 +11,10 @@ from sqlalchemy import select
 
 from openclore.domain.errors import MarketError
 from openclore.domain.money import to_units
+from openclore.market.console import earnings_series
 from openclore.market.wallets import adjust, deposit
 from openclore.store.db import run_write
-from openclore.store.schema import accounts
+from openclore.store.schema import accounts, order_charges, transfers
 
 from support import Market, error, ok, order_body
 
@@ -208,3 +209,84 @@ def test_the_sdk_reads_transactions_statements_and_withdrawals(market: Market) -
         statement = client.statement()
         assert statement.closing_balance == Decimal("0.0079")
         assert statement.totals["withdrawal_fee"] == Decimal("-0.0001")
+
+
+def test_a_tick_books_rental_per_account_pair_and_statements_show_it_per_order(
+    market: Market,
+) -> None:
+    """The tick books one spend and one fee transfer per renter and host, each order's share
+    kept beside it: entries, pages, statements and the host's earnings still read per order."""
+    market.clock.set(NOV_1 + 3600)
+    host, renter = market.user(), market.user(bitcoin="0.5")
+    c = market.client(renter)
+    sids = [market.server(host, f"s{i}", on_demand=price) for i, price in enumerate(PRICES)]
+    oids = [ok(c.post("/v1/create_order", json=order_body(sid)))["order_id"] for sid in sids]
+    for step in (7, 11, 5):
+        market.advance(step)
+    with market.db.read() as conn:
+        wallet = conn.execute(
+            select(accounts.c.id, accounts.c.balance).where(
+                accounts.c.key == f"wallet:bitcoin:{market.user_id(renter)}"
+            )
+        ).one()
+        rental = conn.execute(
+            select(transfers.c.id, transfers.c.amount).where(
+                transfers.c.debit_account_id == wallet.id,
+                transfers.c.kind.in_(["spend", "fee"]),
+                transfers.c.order_id.is_(None),
+            )
+        ).all()
+        shares = conn.execute(select(order_charges)).all()
+    assert 0 < len(rental) <= 6  # per tick one spend and one fee transfer, not one per order
+    assert len(shares) > len(rental)
+    for t in rental:  # the shares of a transfer add up to it, to the unit
+        assert sum(s.amount for s in shares if s.transfer_id == t.id) == t.amount
+    # one entry per order per transfer, paged one by one, through the shares of a transfer
+    pages, cursor = [], None
+    while True:
+        params: dict[str, Any] = {"limit": 1}
+        if cursor:
+            params["cursor"] = cursor
+        body = ok(c.get("/v1/transactions", params=params))
+        pages.append(body["transactions"])
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    entries = [e for page in pages for e in page]
+    assert all(len(p) == 1 for p in pages)
+    assert len(entries) == len({(e["id"], e["order_id"]) for e in entries})
+    running = 0
+    for e in entries:
+        running += units(e["amount"])
+        assert units(e["balance"]) == running
+    assert running == wallet.balance
+    orders_now = {o["id"]: o for o in ok(c.get("/v1/my_orders"))["orders"]}
+    for oid in oids:
+        spent = -sum(
+            units(e["amount"])
+            for e in entries
+            if e["order_id"] == oid and e["kind"] in ("spend", "fee")
+        )
+        assert spent == units(orders_now[oid]["spend"]) > 0
+    # the month's statement: rental per order
+    statement = ok(c.get("/v1/statement", params={"month": "2026-11"}))["statement"]
+    per_order = {o["order_id"]: o for o in statement["orders"]}
+    for oid in oids:
+        assert -units(per_order[oid]["spend"]) - units(per_order[oid]["fee"]) == units(
+            orders_now[oid]["spend"]
+        )
+    assert statement["entry_count"] == len(entries)
+    # the host's earnings per server
+    with market.db.read() as conn:
+        series = earnings_series(conn, market.user_id(host), "bitcoin", market.now(), days=1)
+    host_entries = ok(market.client(host).get("/v1/transactions"))["transactions"]
+    assert sum(v for points in series.values() for _, v in points) == sum(
+        units(e["amount"]) for e in host_entries
+    )
+    for sid, oid in zip(sids, oids, strict=True):
+        assert series[sid][0][1] == sum(
+            units(e["amount"]) for e in host_entries if e["order_id"] == oid
+        )
+
+
+PRICES = ("0.0864", "0.1728", "0.05")

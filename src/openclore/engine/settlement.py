@@ -10,11 +10,15 @@ Orders this fast path does not take are left to the exact per-server path
 tick, and all orders of a wallet that cannot pay for this tick (they end at the last second the
 balance covers, and the next bid of their server starts right then).
 
+Booking: one ``spend`` transfer per (renter, host) and one ``fee`` transfer per (renter, platform)
+and tick, each order's share of it in ``order_charges`` (statements show the shares, one entry per
+order); the balances move once per account.
+
 Concurrency: on PostgreSQL the orders UPDATE re-checks ``billed_at`` under the row lock and only
 the orders it applied to are booked (an order a use case changed meanwhile is settled by that use
 case, or by the next tick); one ticker at a time holds an advisory lock. On SQLite the whole tick
-holds the database write lock. Either way nothing is billed twice, and transfer keys carry the
-cumulative totals, so a replay is refused by the unique index.
+holds the database write lock. Either way nothing is billed twice, and transfer keys carry an
+order's cumulative total, so a replay is refused by the unique index.
 """
 
 from __future__ import annotations
@@ -38,7 +42,13 @@ class SettlementResult:
     deferred_servers: list[int]  # servers whose orders need the exact per-server path
 
 
-def _create_candidates(conn: Connection, now: int, grace: int) -> int:
+_COLUMNS = (
+    "id, server_id, renter, host, platform, old_billed_at, new_billed_at, new_active, "
+    "new_spend, new_fee, d_spend, d_fee"
+)
+
+
+def _create_tick_table(conn: Connection) -> None:
     pg = conn.dialect.name == "postgresql"
     conn.execute(text("DROP TABLE IF EXISTS tick_orders"))
     conn.execute(
@@ -50,6 +60,11 @@ def _create_candidates(conn: Connection, now: int, grace: int) -> int:
                 {"ON COMMIT DROP" if pg else ""}"""
         )
     )
+
+
+def _candidates(pg: bool, grace: int) -> str:
+    """The running orders that stay alive through ``:now``, with what billing them to ``:now``
+    gives (``_COLUMNS``)."""
     # Billing of an agent's server runs at most `grace` seconds past its last heartbeat, so a
     # server that went silent is not billed for its downtime.
     least = "LEAST" if pg else "MIN"
@@ -62,16 +77,10 @@ def _create_candidates(conn: Connection, now: int, grace: int) -> int:
         "o.", "b."
     )
     fee = _FEE.format(s="c.new_spend").replace("o.", "c.")
-    return int(
-        conn.execute(
-            text(
-                f"""
-            INSERT INTO tick_orders (id, server_id, renter, host, platform, old_billed_at,
-                                     new_billed_at, new_active, new_spend, new_fee, d_spend,
-                                     d_fee)
+    return f"""
             SELECT c.id, c.server_id, c.renter, c.host, c.platform, c.old_billed_at,
-                   c.new_billed_at, c.new_active, c.new_spend, {fee},
-                   c.new_spend - c.old_spend, {fee} - c.old_fee
+                   c.new_billed_at, c.new_active, c.new_spend, {fee} AS new_fee,
+                   c.new_spend - c.old_spend AS d_spend, {fee} - c.old_fee AS d_fee
               FROM (
                 SELECT b.*, {spend} AS new_spend
                   FROM (
@@ -94,7 +103,14 @@ def _create_candidates(conn: Connection, now: int, grace: int) -> int:
                   ) AS b
               ) AS c
             """
-            ),
+
+
+def _create_candidates(conn: Connection, now: int, grace: int) -> int:
+    """SQLite: the candidates into ``tick_orders``."""
+    _create_tick_table(conn)
+    return int(
+        conn.execute(
+            text(f"INSERT INTO tick_orders ({_COLUMNS}) {_candidates(False, grace)}"),
             {"now": now},
         ).rowcount
     )
@@ -102,10 +118,58 @@ def _create_candidates(conn: Connection, now: int, grace: int) -> int:
 
 def settle_running_orders(conn: Connection, now: int, grace: int) -> SettlementResult:
     """Bill every running order that stays alive through ``now`` (one transaction)."""
-    candidates = _create_candidates(conn, now, grace)
-    if candidates == 0:
-        _drop(conn)
-        return SettlementResult(settled=0, deferred_servers=[])
+    if conn.dialect.name == "postgresql":
+        short = _apply_postgresql(conn, now, grace)
+    else:
+        short = _apply_sqlite(conn, now, grace)
+    settled = int(conn.execute(text("SELECT COUNT(*) FROM tick_orders")).scalar_one())
+    if settled:
+        _book(conn, now)
+    _drop(conn)
+    return SettlementResult(settled=settled, deferred_servers=short)
+
+
+def _apply_postgresql(conn: Connection, now: int, grace: int) -> list[int]:
+    """One statement: read the candidates, leave out the wallets that cannot pay for all their
+    orders of this tick, move the orders' totals, keep what was applied in ``tick_orders``;
+    answers the servers of the wallets left out (the exact path settles them).
+
+    An order a use case changed after this statement's snapshot (it holds the row lock, so the
+    UPDATE waits, then re-checks ``billed_at`` and the running state on the new row version) is
+    not updated, so not returned, so not booked: that use case settled it, or the next tick will.
+    """
+    _create_tick_table(conn)
+    return sorted(
+        int(sid)
+        for sid in conn.execute(
+            text(
+                f"""
+                WITH c AS ({_candidates(True, grace)}),
+                w AS (
+                    SELECT c.*, SUM(c.d_spend) OVER (PARTITION BY c.renter) > a.balance AS short
+                      FROM c JOIN accounts a ON a.id = c.renter),
+                applied AS (
+                    UPDATE orders SET active_seconds = w.new_active, spend = w.new_spend,
+                                      fee_paid = w.new_fee, billed_at = w.new_billed_at
+                      FROM w
+                     WHERE orders.id = w.id AND NOT w.short
+                       AND orders.billed_at = w.old_billed_at
+                       AND orders.running AND NOT orders.expired
+                 RETURNING w.*),
+                kept AS (
+                    INSERT INTO tick_orders ({_COLUMNS}) SELECT {_COLUMNS} FROM applied)
+                SELECT DISTINCT w.server_id FROM w WHERE w.short
+                """
+            ),
+            {"now": now},
+        ).scalars()
+    )
+
+
+def _apply_sqlite(conn: Connection, now: int, grace: int) -> list[int]:
+    """The same in steps: the tick holds SQLite's write lock, so nothing changes meanwhile."""
+    if _create_candidates(conn, now, grace) == 0:
+        return []
     # wallets that cannot pay for all their orders of this tick go the exact way
     short = sorted(
         int(sid)
@@ -134,88 +198,110 @@ def settle_running_orders(conn: Connection, now: int, grace: int) -> SettlementR
                 """
             )
         )
-    if conn.dialect.name == "postgresql":
-        # An order a use case changed after the candidates were read (it holds the row lock, so
-        # this UPDATE waits, then re-checks billed_at) is skipped: drop it before booking money.
-        conn.execute(
-            text(
-                """
-                WITH applied AS (
-                    UPDATE orders SET active_seconds = t.new_active, spend = t.new_spend,
-                                      fee_paid = t.new_fee, billed_at = t.new_billed_at
-                      FROM tick_orders t
-                     WHERE orders.id = t.id AND orders.billed_at = t.old_billed_at
-                       AND orders.running AND NOT orders.expired
-                 RETURNING orders.id)
-                DELETE FROM tick_orders WHERE id NOT IN (SELECT id FROM applied)
-                """
-            )
-        )
-    else:  # the tick holds SQLite's write lock: nothing changed since the candidates were read
-        conn.execute(
-            text(
-                """
-                UPDATE orders SET active_seconds = t.new_active, spend = t.new_spend,
-                                  fee_paid = t.new_fee, billed_at = t.new_billed_at
-                  FROM tick_orders t
-                 WHERE orders.id = t.id
-                """
-            )
-        )
-    settled = int(conn.execute(text("SELECT COUNT(*) FROM tick_orders")).scalar_one())
-    params = {"now": now}
     conn.execute(
         text(
             """
-            INSERT INTO transfers (key, debit_account_id, credit_account_id, amount, kind,
-                                   order_id, created_at)
-            SELECT 'order:' || t.id || ':host:' || (t.new_spend - t.new_fee), t.renter, t.host,
-                   t.d_spend - t.d_fee, 'spend', t.id, :now
-              FROM tick_orders t WHERE t.d_spend - t.d_fee > 0
+            UPDATE orders SET active_seconds = t.new_active, spend = t.new_spend,
+                              fee_paid = t.new_fee, billed_at = t.new_billed_at
+              FROM tick_orders t
+             WHERE orders.id = t.id
             """
-        ),
-        params,
+        )
     )
+    return short
+
+
+# A tick's rental legs, one per (renter, host) for the hosts' share and (renter, platform) for
+# the fee; ``first`` is the lowest order id in the group, whose new cumulative total makes the
+# transfer's key (``tick:<order>:host:<total>``, ``tick:<order>:fee:<total>``): an order's totals
+# only grow, so the key is never used twice, and a tick booked twice fails on it.
+_LEGS = (
+    ("spend", "t.host", "t.d_spend - t.d_fee", "host", "t.new_spend - t.new_fee"),
+    ("fee", "t.platform", "t.d_fee", "fee", "t.new_fee"),
+)
+
+
+def _book(conn: Connection, now: int) -> None:
+    """Book the settled orders' rental: one transfer per account pair, each order's share of it
+    in ``order_charges``, then the balances (one UPDATE per side)."""
+    pg = conn.dialect.name == "postgresql"
+    conn.execute(text("DROP TABLE IF EXISTS tick_legs"))
     conn.execute(
         text(
-            """
-            INSERT INTO transfers (key, debit_account_id, credit_account_id, amount, kind,
-                                   order_id, created_at)
-            SELECT 'order:' || t.id || ':fee:' || t.new_fee, t.renter, t.platform, t.d_fee,
-                   'fee', t.id, :now
-              FROM tick_orders t WHERE t.d_fee > 0
-            """
-        ),
-        params,
+            f"""CREATE TEMP TABLE tick_legs (
+                kind VARCHAR(16), debit BIGINT, credit BIGINT, amount BIGINT, key VARCHAR(128),
+                transfer_id BIGINT, PRIMARY KEY (kind, debit, credit))
+                {"ON COMMIT DROP" if pg else ""}"""
+        )
     )
-    if conn.dialect.name == "postgresql":  # the accounts' locks in id order (lock_accounts)
+    for kind, credit, amount, label, total in _LEGS:
+        conn.execute(
+            text(
+                f"""
+                INSERT INTO tick_legs (kind, debit, credit, amount, key)
+                SELECT '{kind}', g.debit, g.credit, g.amount,
+                       'tick:' || t.id || ':{label}:' || ({total})
+                  FROM (SELECT t.renter AS debit, {credit} AS credit, SUM({amount}) AS amount,
+                               MIN(t.id) AS first
+                          FROM tick_orders t WHERE {amount} > 0
+                         GROUP BY t.renter, {credit}) AS g
+                  JOIN tick_orders t ON t.id = g.first
+                """
+            )
+        )
+    if pg:  # the accounts' locks in id order (lock_accounts)
         conn.execute(
             text(
                 """
                 SELECT a.id FROM accounts a
-                 WHERE a.id IN (SELECT renter FROM tick_orders UNION SELECT host FROM tick_orders
-                                UNION SELECT platform FROM tick_orders)
+                 WHERE a.id IN (SELECT debit FROM tick_legs UNION SELECT credit FROM tick_legs)
                  ORDER BY a.id FOR UPDATE
                 """
             )
         )
-    for column, amount, sign in (
-        ("renter", "t.d_spend", "-"),
-        ("host", "t.d_spend - t.d_fee", "+"),
-        ("platform", "t.d_fee", "+"),
-    ):
+    conn.execute(
+        text(
+            """
+            INSERT INTO transfers (key, debit_account_id, credit_account_id, amount, kind,
+                                   created_at)
+            SELECT g.key, g.debit, g.credit, g.amount, g.kind, :now FROM tick_legs g
+            """
+        ),
+        {"now": now},
+    )
+    conn.execute(
+        text(
+            "UPDATE tick_legs SET transfer_id = "
+            "(SELECT tr.id FROM transfers tr WHERE tr.key = tick_legs.key)"
+        )
+    )
+    for kind, credit, amount, _, _ in _LEGS:
+        conn.execute(
+            text(
+                f"""
+                INSERT INTO order_charges (transfer_id, order_id, amount)
+                SELECT g.transfer_id, t.id, {amount}
+                  FROM tick_orders t
+                  JOIN tick_legs g ON g.kind = '{kind}' AND g.debit = t.renter
+                                  AND g.credit = {credit}
+                 WHERE {amount} > 0
+                 ORDER BY g.transfer_id, t.id
+                """
+            )
+        )
+    for side, sign in (("debit", "-"), ("credit", "+")):
         conn.execute(
             text(
                 f"""
                 UPDATE accounts SET balance = accounts.balance {sign} x.total
-                  FROM (SELECT t.{column} AS account, SUM({amount}) AS total
-                          FROM tick_orders t GROUP BY t.{column}) AS x
-                 WHERE accounts.id = x.account AND x.total <> 0
+                  FROM (SELECT g.{side} AS account, SUM(g.amount) AS total
+                          FROM tick_legs g GROUP BY g.{side}) AS x
+                 WHERE accounts.id = x.account
                 """
             )
         )
-    _drop(conn)
-    return SettlementResult(settled=settled, deferred_servers=short)
+    if not pg:
+        conn.execute(text("DROP TABLE tick_legs"))
 
 
 def _drop(conn: Connection) -> None:

@@ -16,7 +16,7 @@ from openclore.ledger.ledger import account_key
 from openclore.market.orders import my_orders
 from openclore.market.servers import prices_of, remove_server
 from openclore.store.db import listing_changed
-from openclore.store.schema import accounts, orders, servers, transfers, users
+from openclore.store.schema import accounts, order_charges, orders, servers, transfers, users
 
 DAY = 86400
 
@@ -116,17 +116,24 @@ def earnings_series(
     ]
     out: dict[int, list[int]] = {sid: [0] * days for sid in mine}
     if wallet is not None and mine:
-        for r in conn.execute(
+        earned = (
+            transfers.c.credit_account_id == wallet,
+            transfers.c.kind == "spend",
+            transfers.c.created_at >= start,
+            orders.c.server_id.in_(mine),
+        )
+        # rental booked for one order, and the orders' shares of the tick's transfers
+        for query in (
             select(orders.c.server_id, transfers.c.created_at, transfers.c.amount)
             .join(orders, orders.c.id == transfers.c.order_id)
-            .where(
-                transfers.c.credit_account_id == wallet,
-                transfers.c.kind == "spend",
-                transfers.c.created_at >= start,
-                orders.c.server_id.in_(mine),
-            )
+            .where(*earned),
+            select(orders.c.server_id, transfers.c.created_at, order_charges.c.amount)
+            .join(order_charges, order_charges.c.transfer_id == transfers.c.id)
+            .join(orders, orders.c.id == order_charges.c.order_id)
+            .where(*earned),
         ):
-            out[int(r.server_id)][(int(r.created_at) - start) // DAY] += int(r.amount)
+            for r in conn.execute(query):
+                out[int(r.server_id)][(int(r.created_at) - start) // DAY] += int(r.amount)
     return {sid: [(start + i * DAY, v) for i, v in enumerate(vals)] for sid, vals in out.items()}
 
 

@@ -13,11 +13,19 @@ from openclore.config import Settings
 from openclore.domain.errors import InvalidInput, MarketError
 from openclore.domain.money import to_coins
 from openclore.ledger.ledger import wallet_id
-from openclore.ledger.statements import Entry, all_entries, balance_at, entries, rental_by_order
+from openclore.ledger.statements import (
+    LAST_PART,
+    Entry,
+    all_entries,
+    balance_at,
+    entries,
+    rental_by_order,
+)
 from openclore.store.schema import accounts, users
 
 MAX_PAGE = 1000
 MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+CURSOR = re.compile(r"(\d{1,18})(?:\.(\d{1,10}))?")
 
 
 def _wallets(conn: Connection, user_id: int, currency: str | None) -> dict[int, str]:
@@ -59,19 +67,25 @@ def transactions(
         raise MarketError("currency-not-allowed")
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidInput(f"limit: between 1 and {MAX_PAGE}")
-    after = 0
+    after = (0, LAST_PART)
     if cursor:
-        if not cursor.isdigit() or len(cursor) > 18:
+        found = CURSOR.fullmatch(cursor)
+        if found is None:
             raise InvalidInput("cursor: not a cursor this endpoint gave")
-        after = int(cursor)
+        after = (int(found.group(1)), int(found.group(2)) if found.group(2) else LAST_PART)
     wallets = _wallets(conn, user_id, currency)
-    page = entries(conn, sorted(wallets), since=since, until=until, after_id=after, limit=limit + 1)
+    page = entries(conn, sorted(wallets), since=since, until=until, after=after, limit=limit + 1)
     more = len(page) > limit
     page = page[:limit]
     return {
         "transactions": [entry_wire(e, wallets[e.account_id]) for e in page],
-        "next_cursor": str(page[-1].id) if more else None,
+        "next_cursor": _cursor(page[-1]) if more else None,
     }
+
+
+def _cursor(e: Entry) -> str:
+    """``<transfer id>``, or ``<transfer id>.<order id>`` within a tick's rental transfer."""
+    return f"{e.id}.{e.part}" if e.part else str(e.id)
 
 
 def month_bounds(month: str) -> tuple[int, int]:

@@ -182,8 +182,10 @@ orders = Table(
     CheckConstraint("price > 0", name="price_positive"),
     CheckConstraint("rating IS NULL OR (rating >= 1 AND rating <= 5)", name="rating_range"),
     CheckConstraint("spend >= 0 AND fee_paid >= 0 AND fee_paid <= spend", name="spend_sane"),
-    # room on each page so the tick's billing updates stay heap-only (HOT) on PostgreSQL
-    postgresql_with={"fillfactor": 70},
+    # room on each page so the tick's billing updates stay heap-only (HOT) on PostgreSQL: each
+    # running order is rewritten every tick, so its next version must fit beside it (migration
+    # order_charges; the initial schema had 70, which left room for about 40 % of a page's rows)
+    postgresql_with={"fillfactor": 45},
 )
 # The database itself guarantees one live on-demand order per server and one live bid per user
 # and server, whatever the isolation level or the number of API processes.
@@ -246,6 +248,21 @@ transfers = Table(
 # statements read one account's entries in id order, from either side
 Index("ix_transfers_debit_account", transfers.c.debit_account_id, transfers.c.id)
 Index("ix_transfers_credit_account", transfers.c.credit_account_id, transfers.c.id)
+
+# The per-order split of the engine tick's rental transfers. The tick books rental once per
+# (renter, host) and (renter, platform) pair (a ``spend`` or ``fee`` transfer without an order);
+# each row here is one order's share of such a transfer, so statements still show rental per
+# order: the shares of a transfer add up to its amount, to the unit. No foreign keys: the rows
+# are written in the same statement batch as their transfer (and a per-row check would cost more
+# than the booking), and nothing is ever deleted from either table.
+order_charges = Table(
+    "order_charges",
+    metadata,
+    Column("transfer_id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("order_id", Integer, primary_key=True),
+    Column("amount", BigInteger, nullable=False),
+    CheckConstraint("amount > 0", name="amount_positive"),
+)
 
 withdrawals = Table(
     "withdrawals",
