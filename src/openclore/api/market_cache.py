@@ -77,14 +77,14 @@ class MarketCache:
         """The listing at ``version`` or later: from memory, else read through ``conn()`` (at the
         version that transaction sees)."""
         cached = self._listing
-        if cached is not None and cached.version >= version:
+        if cached is not None and cached.version == version:
             return cached
         with self._lock:
-            cached = self._listing
-            if cached is not None and cached.version >= version:
-                return cached
             reader = conn()
-            version = listing_version(reader)
+            version = listing_version(reader)  # what this transaction sees (maybe newer)
+            cached = self._listing
+            if cached is not None and cached.version == version:
+                return cached
             kept, items = _serialize(marketplace_servers(reader, self._settings))
             servers_json = b"[" + b",".join(items) + b"]"
             anonymous = b"".join(self.parts_for(servers_json, []))

@@ -81,9 +81,9 @@ def changed_here(url: str) -> None:
 class Freshness:
     """The versions of one database, from memory while they are known to be current."""
 
-    def __init__(self, db: Database, recheck: float = RECHECK_SECONDS) -> None:
+    def __init__(self, db: Database, recheck: float | None = None) -> None:
         self._db = db
-        self._recheck = recheck
+        self._recheck = RECHECK_SECONDS if recheck is None else recheck
         self._lock = threading.Lock()
         self._epoch = 0  # moves on every sign of a change
         # what was read: versions, the epoch and data_version before the read, when
