@@ -28,7 +28,7 @@ from openclore.api.agent_api import install_agent_api
 from openclore.api.callers import Callers
 from openclore.api.errors import error_response
 from openclore.api.logs import RequestId
-from openclore.api.market_cache import MarketCache, PartsResponse
+from openclore.api.market_cache import Listing, MarketCache, PartsResponse
 from openclore.api.openapi import install_openapi
 from openclore.api.ratelimit import RateLimiter
 from openclore.api.transport import BodyLimit, BodyTooLarge, DateHeader, too_large
@@ -235,15 +235,45 @@ def _marketplace(state: AppState, call: Call) -> Response:
     if query is not None:
         found = search.search(listing.index, query)
         return PartsResponse(state.market.query_parts(listing, found.positions, found.total, mine))
-    if call.user_id is None:
-        if "gzip" in call.request.headers.get("accept-encoding", ""):
+    return _listing_response(call.request, listing, call.user_id, mine)
+
+
+def _listing_response(
+    request: Request, listing: Listing, user_id: int | None, mine: list[int]
+) -> Response:
+    """The whole listing (no query) for a caller, from the cached bytes."""
+    if user_id is None:
+        if "gzip" in request.headers.get("accept-encoding", ""):
             return Response(
                 listing.anonymous_gzip,
                 media_type="application/json",
                 headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"},
             )
         return Response(listing.anonymous, media_type="application/json")
-    return PartsResponse(state.market.parts_for(listing.servers_json, mine))
+    return PartsResponse(MarketCache.parts_for(listing.servers_json, mine))
+
+
+def _known_listing(state: AppState, request: Request, token: str | None) -> Response | None:
+    """The plain listing when everything it needs is held in memory and known current (no
+    database read, no worker thread), else None: the request then goes the usual way."""
+    if request.scope.get("query_string"):
+        return None
+    versions = state.db.freshness.cached()
+    if versions is None:
+        return None
+    listing = state.market.known(versions.market)
+    if listing is None:
+        return None
+    user_id, mine = None, []
+    if token:
+        user_id = state.callers.known_user(token, versions.auth)
+        if user_id is None:
+            return None
+        known = state.callers.known_servers(user_id, versions.market)
+        if known is None:
+            return None
+        mine = known
+    return _listing_response(request, listing, user_id, mine)
 
 
 def _my_orders(state: AppState, call: Call) -> dict[str, Any]:
@@ -737,6 +767,9 @@ def create_app(
         redoc_url=None,
     )
     app.state.openclore = state
+    # a request answered from memory must not need the database for anything else: not for a
+    # rate limit (held in the database), nor for the time (a sandbox clock's offset)
+    served_from_memory = settings.rate_limit_interval <= 0 and not isinstance(clock, SandboxClock)
 
     async def run_endpoint(ep: Endpoint, request: Request) -> Response:
         mode = settings.http_status
@@ -748,6 +781,12 @@ def create_app(
                 )
             token = (request.headers.get("auth") or "").strip() or None
             raw = await request.body()
+            if ep.handler is _marketplace and served_from_memory and not raw:
+                known = _known_listing(state, request, token)
+                if known is not None:
+                    request.state.clore_code = 0
+                    known.headers["Date"] = formatdate(state.now(), usegmt=True)
+                    return known
             # one worker-thread hop per request: rate limit, parse, authenticate, run
             headers, result = await run_in_threadpool(_handle, ep, request, token, raw)
             request.state.clore_code = 0

@@ -28,6 +28,17 @@ class Callers:
         self._servers: dict[int, tuple[int, list[int]]] = {}  # user -> (market version, ids)
         self._lock = threading.Lock()
 
+    def known_user(self, token: str, auth_version: int) -> int | None:
+        """The token's user if remembered at ``auth_version``, else None (without reading)."""
+        if not token or len(token) > 256:
+            return None
+        held = self._tokens.get(hash_token(token))
+        return held[0] if held is not None and held[1] == auth_version else None
+
+    def known_servers(self, user_id: int, market_version: int) -> list[int] | None:
+        held = self._servers.get(user_id)
+        return held[1] if held is not None and held[0] == market_version else None
+
     def user(self, token: str, auth_version: int, conn: Callable[[], Connection]) -> int | None:
         """The user a live token belongs to, or None. ``auth_version`` must have been read
         before the token is looked up (a revocation after it then shows as a newer version)."""

@@ -73,6 +73,11 @@ class MarketCache:
         """The listing as of ``conn``'s transaction."""
         return self.at(listing_version(conn), lambda: conn)
 
+    def known(self, version: int) -> Listing | None:
+        """The listing if it is held at ``version`` (without reading)."""
+        cached = self._listing
+        return cached if cached is not None and cached.version == version else None
+
     def at(self, version: int, conn: Callable[[], Connection]) -> Listing:
         """The listing at ``version`` or later: from memory, else read through ``conn()`` (at the
         version that transaction sees)."""

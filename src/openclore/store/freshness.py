@@ -109,6 +109,13 @@ class Freshness:
 
     # ------------------------------------------------------------------------- the versions
 
+    def cached(self) -> Versions | None:
+        """The versions if they are known to be current without reading them, else None."""
+        held = self._held
+        if held is not None and self._current(held):
+            return held[0]
+        return None
+
     def versions(self) -> Versions:
         held = self._held
         if held is not None and self._current(held):
