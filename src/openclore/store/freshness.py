@@ -100,8 +100,13 @@ class Freshness:
             self._enabled = True
         elif db.is_postgres:
             self._enabled = True
+            dsn = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            # the thread holds the Freshness weakly: one nobody disposed of still ends it
             self._thread = threading.Thread(
-                target=self._listen, name="openclore-listen", daemon=True
+                target=_listen,
+                args=(weakref.ref(self), dsn, self._closed),
+                name="openclore-listen",
+                daemon=True,
             )
             self._thread.start()
         with _LOCAL_LOCK:
@@ -160,33 +165,6 @@ class Freshness:
 
     # ------------------------------------------------------------------------- PostgreSQL
 
-    def _listen(self) -> None:
-        import psycopg
-
-        dsn = self._db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        wait = RECONNECT_SECONDS[0]
-        while not self._closed.is_set():
-            try:
-                with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    # anything may have changed while not listening
-                    self.invalidate()
-                    self._listening = True
-                    wait = RECONNECT_SECONDS[0]
-                    while not self._closed.is_set():
-                        for _ in conn.notifies(timeout=0.5):
-                            self.invalidate()
-                        if conn.closed or conn.broken:
-                            raise psycopg.OperationalError("notification connection lost")
-            except Exception as exc:
-                if not self._closed.is_set():
-                    log.warning("change notifications lost, reading versions: %s", exc)
-            finally:
-                self._listening = False
-                self.invalidate()
-            self._closed.wait(wait)
-            wait = min(wait * 2, RECONNECT_SECONDS[1])
-
     def close(self) -> None:
         self._closed.set()
         with _LOCAL_LOCK:
@@ -195,12 +173,58 @@ class Freshness:
                 watchers.discard(self)
                 if not watchers:
                     del _LOCAL[self._key]
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2)
+        # the listener sees _closed within its 0.5 s wait and ends by itself (not joined here:
+        # a process disposing of many databases, such as the tests, does not wait for each)
         if self._sqlite is not None:
             with self._lock, contextlib.suppress(sqlite3.Error):
                 self._sqlite.close()
             self._sqlite = None
+
+
+def _listen(ref: weakref.ref[Freshness], dsn: str, closed: threading.Event) -> None:
+    """PostgreSQL: LISTEN on a dedicated connection; every notification (and every reconnection)
+    invalidates the versions; reconnect with a backoff after a loss."""
+    import psycopg
+
+    def watch() -> Freshness | None:
+        found = ref()
+        if found is None:
+            closed.set()
+        return found
+
+    wait = RECONNECT_SECONDS[0]
+    while not closed.is_set():
+        try:
+            with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(f"LISTEN {CHANNEL}")
+                alive = watch()
+                if alive is None:
+                    return
+                alive.invalidate()  # anything may have changed while not listening
+                alive._listening = True
+                del alive
+                wait = RECONNECT_SECONDS[0]
+                while not closed.is_set():
+                    for _ in conn.notifies(timeout=0.5):
+                        alive = watch()
+                        if alive is not None:
+                            alive.invalidate()
+                        del alive
+                    if conn.closed or conn.broken:
+                        raise psycopg.OperationalError("notification connection lost")
+                    if ref() is None:
+                        return
+        except Exception as exc:
+            if not closed.is_set():
+                log.warning("change notifications lost, reading versions: %s", exc)
+        finally:
+            alive = watch()
+            if alive is not None:
+                alive._listening = False
+                alive.invalidate()
+            del alive
+        closed.wait(wait)
+        wait = min(wait * 2, RECONNECT_SECONDS[1])
 
 
 def notify(conn: Connection, kinds: Iterable[str]) -> None:
