@@ -95,6 +95,15 @@ class Database:
         self.is_postgres = self.engine.dialect.name == "postgresql"
         event.listen(self.engine, "commit", _unflushed)
         event.listen(self.engine, "rollback", _drop_before_commit)
+        key = url_key(self.engine)
+
+        def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+            # after the commit (the ``commit`` event fires before it): this process's caches of
+            # the database learn that a version moved before the request that moved it answers
+            if record is not None and record.info.pop(_COMMITTED_CHANGE, None):
+                changed_here(key)
+
+        event.listen(self.engine, "checkin", _on_checkin)
         self._freshness: Freshness | None = None
         self._freshness_lock = threading.Lock()
 
@@ -115,17 +124,12 @@ class Database:
         with self.engine.connect() as conn:
             if self.is_sqlite:
                 conn = conn.execution_options(sqlite_immediate=True)
-            changed = None
             try:
                 with conn.begin():
                     yield conn
                     _run_before_commit(conn)
-                    changed = conn.info.pop(_CHANGED, None)
             finally:
                 conn.info.pop(_BEFORE_COMMIT, None)
-                conn.info.pop(_CHANGED, None)
-            if changed:  # committed: this process's caches are stale now, not at the notification
-                changed_here(url_key(self.engine))
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
@@ -147,6 +151,7 @@ class Database:
 
 _BEFORE_COMMIT = "openclore_before_commit"
 _CHANGED = "openclore_changed"
+_COMMITTED_CHANGE = "openclore_changed_committed"
 
 
 def before_commit(
@@ -167,8 +172,8 @@ def before_commit(
 def _unflushed(conn: Connection) -> None:
     """A transaction other than ``Database.write()`` would commit without the rows: refuse the
     commit loudly (one that is rolled back, such as a what-if, may use them freely)."""
-    if conn.info.pop(_CHANGED, None):  # committed outside write(): other processes are told by
-        changed_here(url_key(conn.engine))  # notification; this one now (before the commit)
+    if conn.info.pop(_CHANGED, None):  # told when the connection is checked in, after this
+        conn.info[_COMMITTED_CHANGE] = True
     hooks = conn.info.pop(_BEFORE_COMMIT, None)
     if hooks and any(items for _, items in hooks.values()):
         raise RuntimeError("rows for before_commit need a Database.write() transaction")

@@ -8,8 +8,9 @@ listing or token costs no database round trip.
 
 What says they moved:
 
-* In this process: :meth:`Database.write` tells every :class:`Freshness` of the same database
-  (any ``Database`` instance on that URL in this process) right after a commit that bumped one.
+* In this process: a transaction that bumped one tells every :class:`Freshness` of the same
+  database (any ``Database`` instance on that URL in this process) when its connection is checked
+  back in to the pool, after the commit.
 * On PostgreSQL, from other processes and replicas: the bumping transaction sends
   ``pg_notify('openclore_changes', …)``, delivered when (and only if) it commits. Each process
   listens on one dedicated connection, in a thread. While that connection is down, nothing is
