@@ -20,6 +20,7 @@ from openclore.api.app import create_app
 from openclore.market.accounts import revoke_token
 from openclore.store import freshness
 from openclore.store.db import Database
+
 from support import Market, free_port, ok
 
 BOUND = freshness.RECHECK_SECONDS

@@ -11,7 +11,7 @@ from openclore.config import Settings
 from openclore.domain.errors import MarketError
 from openclore.domain.money import to_coins, to_units
 from openclore.domain.spot import runway_seconds
-from openclore.engine.outbox import DEPOSIT_CREDITED, emit
+from openclore.engine.outbox import BALANCE_ADJUSTED, DEPOSIT_CREDITED, emit
 from openclore.ledger.ledger import (
     InsufficientFunds,
     ensure_wallet,
@@ -147,3 +147,14 @@ def adjust(
         )
     except InsufficientFunds:
         raise MarketError("not_enough_balance") from None
+    emit(
+        conn,
+        user_id,
+        BALANCE_ADJUSTED,
+        now,
+        currency=currency,
+        amount=to_coins(amount),
+        kind="refund" if refund else "adjustment",
+        reason=reason.strip(),
+        order_id=order_id,
+    )
