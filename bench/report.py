@@ -51,6 +51,28 @@ def marketplace(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def endpoints(r: dict[str, Any]) -> list[str]:
+    labels = {
+        "bare": 'raw ASGI app answering {"code":0} (ceiling)',
+        "wallets": "openclore wallets",
+        "my_orders": f"openclore my_orders ({r.get('orders', '?')} orders)",
+    }
+    out = [
+        _machine(r),
+        "",
+        f"Database: {r.get('database', '?')}.",
+        "",
+        "| target | round | req/s | p50 ms | p99 ms | ratio to ceiling | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in r.get("median_run", {}).items():
+        out.append(
+            f"| {labels[name]} | {row['round']} | {row['rps']:.1f} | {row['p50_ms']:.1f} | "
+            f"{row['p99_ms']:.1f} | {row.get('ratio_to_bare', 1.0):.2f} | {row['errors']} |"
+        )
+    return out
+
+
 def settlement(r: dict[str, Any]) -> list[str]:
     out = [
         _machine(r),
@@ -108,6 +130,8 @@ def console(r: dict[str, Any]) -> list[str]:
 def main() -> int:
     for name, render in (
         ("marketplace", marketplace),
+        ("endpoints", endpoints),
+        ("endpoints-postgresql", endpoints),
         ("settlement", settlement),
         ("agent_start", agent_start),
         ("console", console),

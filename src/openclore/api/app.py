@@ -25,9 +25,10 @@ from starlette.responses import Response
 
 from openclore.api import extensions, idempotency, metrics
 from openclore.api.agent_api import install_agent_api
+from openclore.api.callers import Callers
 from openclore.api.errors import error_response
 from openclore.api.logs import RequestId
-from openclore.api.market_cache import MarketCache, PartsResponse
+from openclore.api.market_cache import Listing, MarketCache, PartsResponse
 from openclore.api.openapi import install_openapi
 from openclore.api.ratelimit import RateLimiter
 from openclore.api.transport import BodyLimit, BodyTooLarge, DateHeader, too_large
@@ -58,14 +59,36 @@ from openclore.market import statements as statement_service
 from openclore.market import wallets as wallet_service
 from openclore.market import webhooks as webhook_service
 from openclore.market import withdrawals as withdrawal_service
-from openclore.market.accounts import authenticate
 from openclore.market.demo import reset_world
 from openclore.market.stats import MarketFigures, market_figures
 from openclore.store.db import Database, run_write
+from openclore.store.freshness import Versions
 from openclore.store.migrate import current_revision, head_revision
 
 log = logging.getLogger("openclore.api")
 log_engine = logging.getLogger("openclore.engine")
+
+
+class Reader:
+    """A request's read transaction, begun only when something has to be read (a request that
+    is answered from memory never opens one); one for the caller and the answer."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._stack = contextlib.ExitStack()
+        self._conn: Connection | None = None
+
+    def __call__(self) -> Connection:
+        if self._conn is None:
+            self._conn = self._stack.enter_context(self._db.read())
+        return self._conn
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._conn = None
+        self._stack.__exit__(*exc)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -77,13 +100,14 @@ class Call:
     user_id: int | None
     now: int
     db: Database
-    conn: Connection | None = None  # the read transaction the caller was authenticated in
+    reader: Reader | None = None  # the read transaction the caller was authenticated in
+    versions: Versions | None = None  # the market's versions when the request came in
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
         """A read transaction: the request's own one when it has it (read-only endpoints)."""
-        if self.conn is not None:
-            yield self.conn
+        if self.reader is not None:
+            yield self.reader()
         else:
             with self.db.read() as conn:
                 yield conn
@@ -118,6 +142,7 @@ class AppState:
         self.rate_clock: Clock = rate_clock or SystemClock()
         self.limiter = RateLimiter(db.engine, settings.rate_limit_tolerance)
         self.market = MarketCache(settings)
+        self.callers = Callers()
 
     def now(self) -> int:
         return int(self.clock.now())
@@ -202,24 +227,54 @@ def _marketplace(state: AppState, call: Call) -> Response:
         query = search.parse_query(
             params, state.settings.currencies, state.settings.default_currency
         )
-    with call.read() as conn:
-        listing = state.market.listing(conn)
-        if query is not None:
-            found = search.search(listing.index, query)
-            mine = server_service.own_server_ids(conn, call.user_id) if call.user_id else []
-            return PartsResponse(
-                state.market.query_parts(listing, found.positions, found.total, mine)
+    assert call.reader is not None and call.versions is not None  # a read-only endpoint
+    market_version = call.versions.market
+    listing = state.market.at(market_version, call.reader)
+    mine: list[int] = []
+    if call.user_id is not None:
+        mine = state.callers.own_servers(call.user_id, market_version, call.reader)
+    if query is not None:
+        found = search.search(listing.index, query)
+        return PartsResponse(state.market.query_parts(listing, found.positions, found.total, mine))
+    return _listing_response(call.request, listing, call.user_id, mine)
+
+
+def _listing_response(
+    request: Request, listing: Listing, user_id: int | None, mine: list[int]
+) -> Response:
+    """The whole listing (no query) for a caller, from the cached bytes."""
+    if user_id is None:
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            return Response(
+                listing.anonymous_gzip,
+                media_type="application/json",
+                headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"},
             )
-        if call.user_id is None:
-            if "gzip" in call.request.headers.get("accept-encoding", ""):
-                return Response(
-                    listing.anonymous_gzip,
-                    media_type="application/json",
-                    headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"},
-                )
-            return Response(listing.anonymous, media_type="application/json")
-        mine = server_service.own_server_ids(conn, call.user_id)
-    return PartsResponse(state.market.parts_for(listing.servers_json, mine))
+        return Response(listing.anonymous, media_type="application/json")
+    return PartsResponse(MarketCache.parts_for(listing.servers_json, mine))
+
+
+def _known_listing(state: AppState, request: Request, token: str | None) -> Response | None:
+    """The plain listing when everything it needs is held in memory and known current (no
+    database read, no worker thread), else None: the request then goes the usual way."""
+    if request.scope.get("query_string"):
+        return None
+    versions = state.db.freshness.cached()
+    if versions is None:
+        return None
+    listing = state.market.known(versions.market)
+    if listing is None:
+        return None
+    user_id, mine = None, []
+    if token:
+        user_id = state.callers.known_user(token, versions.auth)
+        if user_id is None:
+            return None
+        known = state.callers.known_servers(user_id, versions.market)
+        if known is None:
+            return None
+        mine = known
+    return _listing_response(request, listing, user_id, mine)
 
 
 def _my_orders(state: AppState, call: Call) -> dict[str, Any]:
@@ -740,6 +795,9 @@ def create_app(
         redoc_url=None,
     )
     app.state.openclore = state
+    # a request answered from memory must not need the database for anything else: not for a
+    # rate limit (held in the database), nor for the time (a sandbox clock's offset)
+    served_from_memory = settings.rate_limit_interval <= 0 and not isinstance(clock, SandboxClock)
 
     async def run_endpoint(ep: Endpoint, request: Request) -> Response:
         mode = settings.http_status
@@ -751,6 +809,12 @@ def create_app(
                 )
             token = (request.headers.get("auth") or "").strip() or None
             raw = await request.body()
+            if ep.handler is _marketplace and served_from_memory and not raw:
+                known = _known_listing(state, request, token)
+                if known is not None:
+                    request.state.clore_code = 0
+                    known.headers["Date"] = formatdate(state.now(), usegmt=True)
+                    return known
             # one worker-thread hop per request: rate limit, parse, authenticate, run
             headers, result = await run_in_threadpool(_handle, ep, request, token, raw)
             request.state.clore_code = 0
@@ -828,12 +892,16 @@ def create_app(
     ) -> Any:
         for attempt in range(READ_ATTEMPTS):
             try:
-                with database.read() as conn:
-                    user_id = authenticate(conn, token) if token else None
+                # the versions are read before the caller: a token revoked after this moment
+                # shows as a newer auth version on the next request
+                versions = database.freshness.versions()
+                with Reader(database) as reader:
+                    user_id = state.callers.user(token, versions.auth, reader) if token else None
                     if user_id is None and (ep.auth or token):
                         raise InvalidToken("invalid api token")
-                    if ep.readonly:  # one transaction for the caller and the answer
-                        return ep.handler(state, Call(request, body, user_id, now, database, conn))
+                    if ep.readonly:  # one transaction (if any) for the caller and the answer
+                        call = Call(request, body, user_id, now, database, reader, versions)
+                        return ep.handler(state, call)
                 break
             except DBAPIError as exc:
                 # a connection the database dropped (restart, pg_terminate_backend): reading

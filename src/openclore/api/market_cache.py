@@ -2,8 +2,9 @@
 
 Per-request serialization of a 10,000-server listing is the whole cost of the endpoint, so each
 process keeps the serialized ``servers`` array (and a gzipped anonymous body) keyed by the
-``market_version`` counter that every listing-changing transaction bumps. A request costs one
-indexed read of that counter, plus the caller's own server ids when authenticated.
+``market_version`` counter that every listing-changing transaction bumps. The counter itself is
+held in memory (:mod:`openclore.store.freshness`), so a request for a cached listing costs no
+database round trip.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import gzip
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,15 +70,27 @@ class MarketCache:
         self._lock = threading.Lock()
 
     def listing(self, conn: Connection) -> Listing:
-        version = listing_version(conn)
+        """The listing as of ``conn``'s transaction."""
+        return self.at(listing_version(conn), lambda: conn)
+
+    def known(self, version: int) -> Listing | None:
+        """The listing if it is held at ``version`` (without reading)."""
+        cached = self._listing
+        return cached if cached is not None and cached.version == version else None
+
+    def at(self, version: int, conn: Callable[[], Connection]) -> Listing:
+        """The listing at ``version`` or later: from memory, else read through ``conn()`` (at the
+        version that transaction sees)."""
         cached = self._listing
         if cached is not None and cached.version == version:
             return cached
         with self._lock:
+            reader = conn()
+            version = listing_version(reader)  # what this transaction sees (maybe newer)
             cached = self._listing
             if cached is not None and cached.version == version:
                 return cached
-            kept, items = _serialize(marketplace_servers(conn, self._settings))
+            kept, items = _serialize(marketplace_servers(reader, self._settings))
             servers_json = b"[" + b",".join(items) + b"]"
             anonymous = b"".join(self.parts_for(servers_json, []))
             cached = Listing(

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, insert, or_, select, update
 
 from openclore.config import Settings
 from openclore.ledger import ensure_wallet
-from openclore.store.db import inserted_id
+from openclore.store.db import inserted_id, tokens_changed
 from openclore.store.schema import api_tokens, users
 
 TOKEN_ALPHABET = string.ascii_letters + string.digits
@@ -69,7 +69,7 @@ def issue_token(conn: Connection, user_id: int, now: int, token: str | None = No
 
 def revoke_token(conn: Connection, token: str, now: int) -> bool:
     """Revoke a token given in full. Returns False if no live token matched."""
-    return (
+    done = (
         conn.execute(
             update(api_tokens)
             .where(api_tokens.c.token_hash == hash_token(token), api_tokens.c.revoked_at.is_(None))
@@ -77,6 +77,9 @@ def revoke_token(conn: Connection, token: str, now: int) -> bool:
         ).rowcount
         == 1
     )
+    if done:
+        tokens_changed(conn)
+    return done
 
 
 def token_owner(conn: Connection, token: str) -> int | None:
@@ -169,7 +172,7 @@ def list_users(conn: Connection) -> list[dict[str, object]]:
 
 def revoke_token_prefix(conn: Connection, user_id: int, prefix: str, now: int) -> int:
     """Revoke a user's live tokens that start with ``prefix`` (as the operator sees them)."""
-    return int(
+    count = int(
         conn.execute(
             update(api_tokens)
             .where(
@@ -180,3 +183,6 @@ def revoke_token_prefix(conn: Connection, user_id: int, prefix: str, now: int) -
             .values(revoked_at=now)
         ).rowcount
     )
+    if count:
+        tokens_changed(conn)
+    return count

@@ -80,6 +80,7 @@ def add_server(
             )
         )
     )
+    listing_changed(conn)  # the owner's ``my_servers`` in every cached listing answer
     return server_id, token
 
 

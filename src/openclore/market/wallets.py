@@ -5,13 +5,12 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from openclore.config import Settings
 from openclore.domain.errors import MarketError
 from openclore.domain.money import to_coins, to_units
 from openclore.domain.spot import runway_seconds
-from openclore.engine.alerts import burn_per_day
 from openclore.engine.outbox import BALANCE_ADJUSTED, DEPOSIT_CREDITED, emit
 from openclore.ledger.ledger import (
     InsufficientFunds,
@@ -23,19 +22,34 @@ from openclore.store.schema import accounts, orders
 
 
 def wallets(conn: Connection, user_id: int, settings: Settings) -> dict[str, Any]:
+    # one query: each wallet with what the user's running orders burn per day in its currency
+    # (the sum :func:`burn_per_day` gives)
+    burns = (
+        select(orders.c.currency, func.sum(orders.c.price).label("burn"))
+        .where(
+            orders.c.user_id == user_id,
+            orders.c.running.is_(True),
+            orders.c.expired.is_(False),
+        )
+        .group_by(orders.c.currency)
+        .subquery()
+    )
     rows = {
         r.currency: r
         for r in conn.execute(
-            select(accounts).where(accounts.c.user_id == user_id, accounts.c.kind == "wallet")
+            select(
+                accounts.c.currency, accounts.c.deposit_address, accounts.c.balance, burns.c.burn
+            )
+            .select_from(accounts.outerjoin(burns, burns.c.currency == accounts.c.currency))
+            .where(accounts.c.user_id == user_id, accounts.c.kind == "wallet")
         )
     }
-    burns = burn_per_day(conn, [user_id])
     out = []
     for currency in settings.currencies:
         row = rows.get(currency)
         if row is None:
             continue
-        burn = burns.get((user_id, currency), 0)
+        burn = int(row.burn or 0)
         out.append(
             {
                 "name": currency,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import NullPool
 
+from openclore.store.freshness import (
+    AUTH_VERSION,
+    MARKET_VERSION,
+    Freshness,
+    changed_here,
+    notify,
+    url_key,
+)
 from openclore.store.schema import meta, metadata
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -86,6 +95,27 @@ class Database:
         self.is_postgres = self.engine.dialect.name == "postgresql"
         event.listen(self.engine, "commit", _unflushed)
         event.listen(self.engine, "rollback", _drop_before_commit)
+        key = url_key(self.engine)
+
+        def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+            # after the commit (the ``commit`` event fires before it): this process's caches of
+            # the database learn that a version moved before the request that moved it answers
+            if record is not None and record.info.pop(_COMMITTED_CHANGE, None):
+                changed_here(key)
+
+        event.listen(self.engine, "checkin", _on_checkin)
+        self._freshness: Freshness | None = None
+        self._freshness_lock = threading.Lock()
+
+    @property
+    def freshness(self) -> Freshness:
+        """The market's versions as this process knows them (started on first use: a listener
+        thread on PostgreSQL)."""
+        if self._freshness is None:
+            with self._freshness_lock:
+                if self._freshness is None:
+                    self._freshness = Freshness(self)
+        return self._freshness
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
@@ -113,10 +143,15 @@ class Database:
         upgrade(self)
 
     def dispose(self) -> None:
+        if self._freshness is not None:
+            self._freshness.close()
+            self._freshness = None
         self.engine.dispose()
 
 
 _BEFORE_COMMIT = "openclore_before_commit"
+_CHANGED = "openclore_changed"
+_COMMITTED_CHANGE = "openclore_changed_committed"
 
 
 def before_commit(
@@ -137,6 +172,8 @@ def before_commit(
 def _unflushed(conn: Connection) -> None:
     """A transaction other than ``Database.write()`` would commit without the rows: refuse the
     commit loudly (one that is rolled back, such as a what-if, may use them freely)."""
+    if conn.info.pop(_CHANGED, None):  # told when the connection is checked in, after this
+        conn.info[_COMMITTED_CHANGE] = True
     hooks = conn.info.pop(_BEFORE_COMMIT, None)
     if hooks and any(items for _, items in hooks.values()):
         raise RuntimeError("rows for before_commit need a Database.write() transaction")
@@ -144,6 +181,7 @@ def _unflushed(conn: Connection) -> None:
 
 def _drop_before_commit(conn: Connection) -> None:
     conn.info.pop(_BEFORE_COMMIT, None)
+    conn.info.pop(_CHANGED, None)
 
 
 def _run_before_commit(conn: Connection) -> None:
@@ -217,17 +255,26 @@ def bump_meta(conn: Connection, key: str) -> None:
     _upsert_meta(conn, key, 1, add=True)
 
 
-MARKET_VERSION = "market_version"
-
-
 def listing_version(conn: Connection) -> int:
     """The marketplace version: it moves whenever anything a listing shows changes."""
     return get_meta(conn, MARKET_VERSION)
 
 
+def _changed(conn: Connection, key: str) -> None:
+    bump_meta(conn, key)
+    conn.info.setdefault(_CHANGED, set()).add(key)
+    notify(conn, [key])
+
+
 def listing_changed(conn: Connection) -> None:
-    """Something every marketplace listing shows changed: cached listings are stale at commit."""
-    bump_meta(conn, MARKET_VERSION)
+    """Something every marketplace listing shows (or a user's own servers) changed: cached
+    listings are stale at commit, in every process (see :mod:`openclore.store.freshness`)."""
+    _changed(conn, MARKET_VERSION)
+
+
+def tokens_changed(conn: Connection) -> None:
+    """API tokens were revoked or thrown away: cached token lookups are stale at commit."""
+    _changed(conn, AUTH_VERSION)
 
 
 __all__ = [
@@ -240,4 +287,5 @@ __all__ = [
     "metadata",
     "run_write",
     "set_meta",
+    "tokens_changed",
 ]
