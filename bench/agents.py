@@ -60,6 +60,7 @@ from typing import Any
 
 import httpx
 import psutil
+from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -96,7 +97,6 @@ def fresh_database(base_url: str, n: int, tmp: Path) -> str:
     if base_url.startswith("sqlite"):
         return f"sqlite:///{tmp / f'agents-{n}.sqlite'}"
     import psycopg
-    from sqlalchemy.engine import make_url
 
     url = make_url(base_url)
     name = f"openclore_bench_agents_{n}"
@@ -111,7 +111,6 @@ def drop_database(url: str) -> None:
     if url.startswith("sqlite"):
         return
     import psycopg
-    from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
     admin = parsed.set(drivername="postgresql", database="postgres")
@@ -223,11 +222,14 @@ def tree_cpu(proc: psutil.Process) -> float:
     return total
 
 
-def postgres_cpu() -> dict[int, float]:
-    """CPU seconds of each PostgreSQL process (backends come and go: compare pid by pid)."""
+def postgres_cpu(database: str) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend serving ``database`` (its process title names it;
+    other databases on the same server are not counted). Backends come and go: compare pid by
+    pid."""
     out: dict[int, float] = {}
-    for p in psutil.process_iter(["name"]):
-        if p.info["name"] and p.info["name"].startswith("postgres"):
+    for p in psutil.process_iter(["name", "cmdline"]):
+        title = " ".join(p.info["cmdline"] or [])
+        if (p.info["name"] or "").startswith("postgres") and f" {database} " in f"{title} ":
             with contextlib.suppress(psutil.Error):
                 t = p.cpu_times()
                 out[p.pid] = t.user + t.system
@@ -517,14 +519,15 @@ def _run_step(args: argparse.Namespace, n: int, url: str) -> dict[str, Any]:
         time.sleep(args.settle)  # every agent's first heartbeat, the hello storm's writes done
 
         # heartbeats only
-        beats0, cpu0, pg0 = clients.poll()["heartbeats"], tree_cpu(server), postgres_cpu()
+        database = "" if url.startswith("sqlite") else str(make_url(url).database)
+        beats0, cpu0, pg0 = clients.poll()["heartbeats"], tree_cpu(server), postgres_cpu(database)
         w0 = time.monotonic()
         time.sleep(args.window)
         state = clients.poll()
         window = time.monotonic() - w0
         beats = state["heartbeats"] - beats0
         cpu = tree_cpu(server) - cpu0
-        pg = cpu_since(pg0, postgres_cpu())
+        pg = cpu_since(pg0, postgres_cpu(database))
         rss_full = tree_rss(server)
         if state["dropped"] or state["connected"] != n:
             raise BenchmarkFailed(f"{n} agents during heartbeats: {state}")
