@@ -521,13 +521,24 @@ def _run_step(args: argparse.Namespace, n: int, url: str) -> dict[str, Any]:
         # heartbeats only
         database = "" if url.startswith("sqlite") else str(make_url(url).database)
         beats0, cpu0, pg0 = clients.poll()["heartbeats"], tree_cpu(server), postgres_cpu(database)
+        client_procs = [psutil.Process(p.pid) for p in clients.procs]
+        client0 = sum(tree_cpu(p) for p in client_procs)
         w0 = time.monotonic()
+        spy = None
+        if args.profile:  # py-spy samples the server during the window (its CPU counts too)
+            out = Path(args.profile).with_suffix(f".{n}.txt")
+            cmd = ["py-spy", "record", "-p", str(proc.pid), "-d", str(int(args.window))]
+            cmd += ["-r", "50", "-f", "raw", "--nonblocking", "-o", str(out)]
+            spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(args.window)
+        if spy is not None:
+            spy.wait(30)
         state = clients.poll()
         window = time.monotonic() - w0
         beats = state["heartbeats"] - beats0
         cpu = tree_cpu(server) - cpu0
         pg = cpu_since(pg0, postgres_cpu(database))
+        client_cpu = sum(tree_cpu(p) for p in client_procs) - client0
         rss_full = tree_rss(server)
         if state["dropped"] or state["connected"] != n:
             raise BenchmarkFailed(f"{n} agents during heartbeats: {state}")
@@ -552,12 +563,16 @@ def _run_step(args: argparse.Namespace, n: int, url: str) -> dict[str, Any]:
             raise BenchmarkFailed(f"orders reached the wrong agents: {stray[:10]}")
         latencies = []
         missing = 0
+        first = min(t for _sid, t in committed.values())
+        slow: list[tuple[float, float]] = []  # (commit, seconds after the first; latency ms)
         for oid, (sid, t_commit) in committed.items():
             got = received.get(f"{sid}:{oid}")
             if got is None:
                 missing += 1
             else:
                 latencies.append(got - t_commit)
+                if got - t_commit > 0.1:
+                    slow.append((round(t_commit - first, 2), round((got - t_commit) * 1000)))
         if missing:  # never delivered within push_timeout: counts as that long
             latencies += [float(args.push_timeout)] * missing
         return {
@@ -572,12 +587,16 @@ def _run_step(args: argparse.Namespace, n: int, url: str) -> dict[str, Any]:
             "server_cpu_us_per_heartbeat": round(cpu / beats * 1e6, 1) if beats else None,
             "postgres_cpu_share": round(pg / window, 3),
             "postgres_cpu_us_per_heartbeat": round(pg / beats * 1e6, 1) if beats else None,
+            "clients_cpu_share": round(client_cpu / window, 3),
+            "load_average_1m": round(os.getloadavg()[0], 2),
             "orders": len(committed),
             "orders_not_delivered": missing,
             "push_p50_ms": round(percentile(latencies, 50) * 1000, 1),
             "push_p99_ms": round(percentile(latencies, 99) * 1000, 1),
             "push_max_ms": round(max(latencies) * 1000, 1),
             "push_mean_ms": round(statistics.fmean(latencies) * 1000, 1),
+            # when the slow ones were committed: together (a stall) or spread (a queue)
+            "push_over_100ms": sorted(slow)[:40],
         }
     finally:
         if clients is not None:
@@ -604,6 +623,9 @@ def main() -> None:
     parser.add_argument("--push-timeout", type=float, default=30.0)
     parser.add_argument("--goal", type=float, default=1.0, help="push p99 goal (seconds)")
     parser.add_argument("--output", default="agents")
+    parser.add_argument(
+        "--profile", default=None, help="py-spy the server during the window into PATH.<N>.txt"
+    )
     args = parser.parse_args()
     raise_nofile()
     steps = [int(s) for s in args.steps.split(",")]
