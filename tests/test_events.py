@@ -342,6 +342,31 @@ def test_cli_watch_prints_the_stream(market: Market, tmp_path: Path) -> None:
         )
     )
     assert text == "2023-11-14 22:13:20  #7 order.ended  order 12 on server 3: cancelled, spend 0.5"
+    paid = Event(
+        id=8,
+        type="withdrawal.approved",
+        time=1_700_000_000,
+        data={
+            "withdrawal_id": 4,
+            "currency": "bitcoin",
+            "amount": Decimal("0.002"),
+            "fee": Decimal("0.0001"),
+            "address": "bc1q…",
+            "txid": "tx-1",
+        },
+    )
+    assert describe_event(paid).endswith(
+        "withdrawal.approved  withdrawal 4: amount 0.002, currency bitcoin, fee 0.0001, txid tx-1"
+    )
+    adjusted = Event(
+        id=9,
+        type="balance.adjusted",
+        time=1_700_000_000,
+        data={"currency": "bitcoin", "amount": Decimal("-0.0002"), "order_id": None, "reason": "x"},
+    )
+    assert describe_event(adjusted).endswith(
+        "balance.adjusted  x, amount -0.0002, currency bitcoin"
+    )
 
 
 def test_events_commit_with_their_change_or_not_at_all(market: Market) -> None:

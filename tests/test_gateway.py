@@ -6,9 +6,11 @@ Needs the Docker engine and image of ``test_agent_docker.py`` (mandatory when ``
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import socket
@@ -764,3 +766,57 @@ def test_one_process_serves_a_gateway_name(market: Market) -> None:
         first.release()
     assert second.acquire()
     second.release()
+
+
+def test_a_busy_port_is_tried_again_until_the_gateway_listens(
+    market: Market, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another program holding the SSH port does not end the gateway for the process's life:
+    the name's lock goes back and binding is tried again until the port is free."""
+    from openclore.gateway import service
+
+    monkeypatch.setattr(service, "RETRY_SECONDS", 0.2)
+    ssh_port = free_port()
+    settings = market.settings.model_copy(
+        update={
+            "gateway_name": "localhost",
+            "gateway_ssh_port": ssh_port,
+            "gateway_ssh_address": f"127.0.0.1:{ssh_port}",
+            "gateway_http_port": 0,
+        }
+    )
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", ssh_port))
+    squatter.listen()
+
+    async def scenario() -> bytes:
+        stop = asyncio.Event()
+        task = asyncio.create_task(service.serve_gateway(market.db, settings, stop))
+        try:
+            await asyncio.sleep(1.0)  # several tries, all refused
+            squatter.close()
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", ssh_port)
+                    banner = await asyncio.wait_for(reader.readline(), 5)
+                    writer.close()
+                    if banner:
+                        return banner
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, "the gateway never listened"
+                await asyncio.sleep(0.1)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+
+    with caplog.at_level(logging.INFO, logger="openclore.gateway"):
+        banner = asyncio.run(scenario())
+    squatter.close()
+    assert banner.startswith(b"SSH-2.0-")
+    messages = [r.getMessage() for r in caplog.records]
+    refusals = [m for m in messages if "cannot listen" in m]
+    assert len(refusals) == 1, messages  # logged once, not at every try
+    assert any("listening after" in m for m in messages), messages

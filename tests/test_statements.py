@@ -129,6 +129,27 @@ def test_a_month_reconciles_and_shows_refunds_with_their_reason(market: Market) 
             ),
         )
     assert exc.value.name == "reason_required"
+    adjusted = [
+        e["data"]
+        for e in ok(c.get("/v1/events", params={"after": 0}))["events"]
+        if e["type"] == "balance.adjusted"
+    ]
+    assert adjusted == [
+        {
+            "currency": "bitcoin",
+            "amount": 0.001,
+            "kind": "refund",
+            "reason": "GPU fell off the bus",
+            "order_id": oid,
+        },
+        {
+            "currency": "bitcoin",
+            "amount": -0.0002,
+            "kind": "adjustment",
+            "reason": "chargeback fee",
+            "order_id": None,
+        },
+    ]  # the one refused for want of a reason wrote no event
     ok(c.post("/v1/cancel_order", json={"id": oid}))
     market.clock.set(DEC_1 + 10)
     run_write(

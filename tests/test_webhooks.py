@@ -15,13 +15,13 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from openclore.domain.money import to_units
-from openclore.engine.webhooks import Deliverer, backoff, verify
+from openclore.engine.webhooks import Deliverer, Policy, backoff, verify
 from openclore.market.wallets import deposit
 from openclore.market.webhooks import policy
-from openclore.store.schema import webhook_deliveries
+from openclore.store.schema import webhook_deliveries, webhooks
 
 from event_support import Receiver, serve, stop
 from support import Market, error, free_port, ok
@@ -136,6 +136,9 @@ def test_deliveries_are_signed_filtered_and_logged(market: Market, receiver: Rec
     assert [d["state"] for d in log["deliveries"]] == ["delivered"] * 3
     assert all(d["attempts"] == 1 and d["last_status"] == 200 for d in log["deliveries"])
     assert deliver_due(deliverer(market)) == 0  # nothing is sent twice
+    for bad in ({"id": "abc"}, {"id": "-1"}, {}):
+        refused = market.client(token).get("/v1/webhook_deliveries", params=bad).json()
+        assert refused["code"] == 2 and refused["error"].startswith("id"), (bad, refused)
 
 
 def test_a_receiver_failing_three_times_gets_each_event_once_it_recovers(
@@ -179,6 +182,51 @@ def test_retries_stop_after_the_window_not_before_a_day(market: Market) -> None:
     assert row.state == "failed" and row.attempts == attempts
     assert row.last_attempt_at - start >= 86400  # retried for more than a day
     assert "ConnectError" in row.last_error
+
+
+class Rebinding:
+    """A name server whose answers change between two lookups of the same name."""
+
+    def __init__(self, *answers: list[str]) -> None:
+        self.answers = list(answers)
+        self.asked: list[str] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.asked.append(host)
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+def test_the_connection_goes_to_the_address_checked_not_a_rebound_one(
+    market: Market, receiver: Receiver
+) -> None:
+    token = market.user()
+    url = receiver.start()
+    port = int(url.split(":")[2].split("/")[0])
+    made = hook(market, token, url)
+    with market.db.write() as conn:  # a name only the test's name server knows
+        conn.execute(
+            update(webhooks)
+            .where(webhooks.c.id == made["id"])
+            .values(url=f"http://hooks.rebind.test:{port}/hook")
+        )
+    credit(market, token, 1)
+    outside = Policy(allow_private=False, allow_loopback=False)  # a market outside the sandbox
+    # public to the check, loopback to the connection: refused, nothing reaches the receiver
+    dns = Rebinding(["93.184.216.34"], ["127.0.0.1"])
+    assert deliver_due(Deliverer(market.db, outside, resolver=dns)) == 1
+    assert dns.asked == ["hooks.rebind.test", "hooks.rebind.test"]
+    assert receiver.received == []
+    with market.db.read() as conn:
+        row = conn.execute(select(webhook_deliveries)).one()
+    assert row.state == "pending" and row.last_error.startswith("refused: "), row.last_error
+    with market.db.write() as conn:
+        conn.execute(update(webhook_deliveries).values(next_attempt_at=0))
+    # where loopback is allowed, the connection goes to the address the name server gave (the
+    # system's resolver does not know the name) and the request still names the host
+    allowed = Policy(allow_private=False, allow_loopback=True)
+    assert deliver_due(Deliverer(market.db, allowed, resolver=Rebinding(["127.0.0.1"]))) == 1
+    assert len(receiver.received) == 1
+    assert receiver.received[0].headers["Host"] == f"hooks.rebind.test:{port}"
 
 
 # ----------------------------------------------------------------------------- processes

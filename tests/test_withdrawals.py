@@ -173,6 +173,39 @@ def test_approval_pays_out_and_rejection_refunds_with_the_reason(market: Market)
     ]
     assert "sanctions" in txs[-1]["memo"] and txs[-1]["by"] == "ops"
     assert txs[-1]["balance"] == 0.0079
+    # each step is an event for the user, with the same exact amounts
+    events = ok(c.get("/v1/events", params={"after": 0}))["events"]
+    steps = [(e["type"], e["data"]) for e in events if e["type"].startswith("withdrawal.")]
+    common = {"currency": "bitcoin", "fee": 0.0001}
+    assert steps == [
+        (
+            "withdrawal.requested",
+            {"withdrawal_id": first, **common, "amount": 0.002, "address": BTC_ADDRESS},
+        ),
+        (
+            "withdrawal.requested",
+            {"withdrawal_id": second, **common, "amount": 0.003, "address": BTC_ADDRESS},
+        ),
+        (
+            "withdrawal.approved",
+            {
+                "withdrawal_id": first,
+                **common,
+                "amount": 0.002,
+                "address": BTC_ADDRESS,
+                "txid": "tx-1",
+            },
+        ),
+        (
+            "withdrawal.rejected",
+            {
+                "withdrawal_id": second,
+                **common,
+                "amount": 0.003,
+                "reason": "address on a sanctions list",
+            },
+        ),
+    ]
     # nothing is ever deleted: both rows and all seven transfers of the two requests remain
     with market.db.read() as conn:
         assert conn.execute(select(func.count()).select_from(withdrawals)).scalar() == 2

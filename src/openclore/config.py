@@ -255,6 +255,12 @@ class Settings(BaseSettings):
         259200.0, ge=86400, description="Seconds a delivery is retried before it fails for good"
     )
     max_webhooks_per_user: int = Field(10, ge=0, description="Webhooks one user may register")
+    event_retention_days: int = Field(
+        30,
+        ge=0,
+        description="Days events and finished webhook deliveries are kept (0: forever); "
+        "pending deliveries are kept until they finish",
+    )
     idempotency_ttl: int = Field(
         86400, ge=60, description="Seconds an Idempotency-Key's answer is kept for replay"
     )

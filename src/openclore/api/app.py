@@ -43,6 +43,7 @@ from openclore.domain.errors import (
     RateLimited,
 )
 from openclore.domain.money import to_units
+from openclore.engine import housekeeping
 from openclore.engine.clock import Clock, SandboxClock, SystemClock
 from openclore.engine.ticker import tick
 from openclore.engine.webhooks import Deliverer
@@ -653,6 +654,31 @@ async def _ticker(state: AppState) -> None:
             log_engine.exception("engine tick failed")
 
 
+async def _housekeeper(state: AppState) -> None:
+    """Old events and finished webhook deliveries go (:mod:`openclore.engine.housekeeping`),
+    soon after the process starts and then every hour."""
+    await asyncio.sleep(housekeeping.FIRST_DELAY)
+    while True:
+        try:
+            purged = await run_in_threadpool(
+                housekeeping.purge,
+                state.db,
+                state.now(),
+                time.time(),
+                state.settings.event_retention_days,
+            )
+            if purged.events or purged.deliveries:
+                log_engine.info(
+                    "purged %d events and %d webhook deliveries older than %d days",
+                    purged.events,
+                    purged.deliveries,
+                    state.settings.event_retention_days,
+                )
+        except Exception:  # tried again at the next run
+            log_engine.exception("housekeeping failed")
+        await asyncio.sleep(housekeeping.INTERVAL)
+
+
 def create_app(
     settings: Settings,
     db: Database | None = None,
@@ -675,6 +701,8 @@ def create_app(
         tasks = []
         if background_ticker and settings.tick_interval > 0:
             tasks.append(asyncio.create_task(_ticker(state)))
+        if background_ticker and settings.event_retention_days > 0:
+            tasks.append(asyncio.create_task(_housekeeper(state)))
         if background_ticker and settings.webhook_delivery:
             deliverer = Deliverer(database, webhook_service.policy(settings))
             tasks.append(asyncio.create_task(deliverer.run()))

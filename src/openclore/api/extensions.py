@@ -154,8 +154,8 @@ def ping_webhook(state: AppState, call: Call) -> dict[str, Any]:
 
 def webhook_deliveries(state: AppState, call: Call) -> dict[str, Any]:
     body = dict(call.body)
-    if "id" not in body and call.request.query_params.get("id", "").isdigit():
-        body["id"] = int(call.request.query_params["id"])
+    if "id" not in body:
+        body["id"] = _int_query(call, "id", None, 2**63 - 1)
     req = requests.validate_body(requests.WebhookIdRequest, body)
     limit = _int_query(call, "limit", 50, MAX_PAGE) or 1
     with call.read() as conn:

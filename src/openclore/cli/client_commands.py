@@ -1265,8 +1265,10 @@ def describe_event(event: Event) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(event.time))
     data = event.data
     parts = []
-    if "order_id" in data:
+    if data.get("order_id") is not None:
         parts.append(f"order {data['order_id']}")
+    if data.get("withdrawal_id") is not None:
+        parts.append(f"withdrawal {data['withdrawal_id']}")
     if "server_id" in data:
         parts.append(("on " if parts else "") + f"server {data['server_id']}")
     if "name" in data:
@@ -1281,6 +1283,8 @@ def describe_event(event: Event) -> str:
             "currency",
             "runway_seconds",
             "spend",
+            "fee",
+            "txid",
             "webhook_id",
         )
         if data.get(key) is not None

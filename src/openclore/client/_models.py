@@ -395,8 +395,9 @@ class CreateOrderResponse(Envelope):
 class Event(CloreModel):
     """One market event (openclore): ``order.created``, ``order.running``, ``order.outbid``,
     ``order.paused``, ``order.failed``, ``order.ended``, ``balance.low``, ``server.online``,
-    ``server.offline``, ``deposit.credited``, ``webhook.ping``. ``id`` grows in commit order:
-    dedupe and resume on it."""
+    ``server.offline``, ``deposit.credited``, ``withdrawal.requested``, ``withdrawal.approved``,
+    ``withdrawal.rejected``, ``balance.adjusted``, ``webhook.ping``. ``id`` grows in commit
+    order: dedupe and resume on it."""
 
     id: int
     type: str

@@ -43,6 +43,10 @@ BALANCE_LOW = "balance.low"  # a wallet's runway dropped under the user's thresh
 SERVER_ONLINE = "server.online"
 SERVER_OFFLINE = "server.offline"
 DEPOSIT_CREDITED = "deposit.credited"
+WITHDRAWAL_REQUESTED = "withdrawal.requested"  # amount and fee moved to pending at once
+WITHDRAWAL_APPROVED = "withdrawal.approved"  # paid out: txid
+WITHDRAWAL_REJECTED = "withdrawal.rejected"  # amount and fee back in the wallet: reason
+BALANCE_ADJUSTED = "balance.adjusted"  # an operator's refund or adjustment: reason
 WEBHOOK_PING = "webhook.ping"  # a test delivery, to one webhook only
 EVENT_TYPES = (
     ORDER_CREATED,
@@ -55,6 +59,10 @@ EVENT_TYPES = (
     SERVER_ONLINE,
     SERVER_OFFLINE,
     DEPOSIT_CREDITED,
+    WITHDRAWAL_REQUESTED,
+    WITHDRAWAL_APPROVED,
+    WITHDRAWAL_REJECTED,
+    BALANCE_ADJUSTED,
     WEBHOOK_PING,
 )
 # how orders end, as billing and the use cases write ``orders.end_reason``: the renter cancelled,

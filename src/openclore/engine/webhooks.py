@@ -14,7 +14,9 @@ anything else is retried after ``retry_base × 2^(attempt-1)`` seconds (at most
 ``retry_max_delay``) until ``retry_window`` has passed since the event.
 
 Before each POST the host name is resolved and every address checked against the SSRF policy
-(:mod:`openclore.domain.netpolicy`); redirects are not followed.
+(:mod:`openclore.domain.netpolicy`); redirects are not followed. The connection itself is opened
+to an address checked at that moment (:class:`PinnedBackend`): a name that answers a public
+address to the check and a private one to the connection (DNS rebinding) is refused too.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 from sqlalchemy import Connection, select, update
 
@@ -132,17 +135,102 @@ def address_refusal(url: str, policy: Policy) -> str | None:
     return _refused([str(info[4][0]) for info in infos], policy)
 
 
-async def address_refusal_async(url: str, policy: Policy) -> str | None:
-    host = urlsplit(url).hostname or ""
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """The addresses a host name (or address) stands for, in the resolver's order."""
     with contextlib.suppress(ValueError):  # an address needs no resolver (nor a thread)
-        return _refused([str(ipaddress.ip_address(host))], policy)
+        return [str(ipaddress.ip_address(host))]
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+async def address_refusal_async(
+    url: str, policy: Policy, resolver: Resolver = resolve
+) -> str | None:
+    host = urlsplit(url).hostname or ""
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, _port(url), type=socket.SOCK_STREAM
-        )
+        addresses = await resolver(host, _port(url))
     except OSError as exc:
         return f"cannot resolve {host}: {exc.strerror or exc}"
-    return _refused([str(info[4][0]) for info in infos], policy)
+    return _refused(addresses, policy)
+
+
+class AddressRefused(httpcore.ConnectError):
+    """The connection's address is one the SSRF policy refuses."""
+
+
+class PinnedBackend(httpcore.AsyncNetworkBackend):
+    """Opens every connection to an address resolved and checked against the policy just then.
+
+    httpcore hands the host name to the network backend, which would otherwise resolve it again
+    after the check: a name with a short TTL could answer a public address to the check and a
+    private one to the connection. Here the one resolution both decides and connects; TLS still
+    verifies the certificate against the host name (httpcore passes it as the SNI name)."""
+
+    def __init__(self, policy: Policy, resolver: Resolver = resolve) -> None:
+        self.policy = policy
+        self.resolver = resolver
+        self._backend = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            addresses = await self.resolver(host, port)
+        except OSError as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc.strerror or exc}") from exc
+        why = _refused(addresses, self.policy)
+        if why is not None:
+            raise AddressRefused(f"refused: {why}")
+        if not addresses:
+            raise httpcore.ConnectError(f"cannot resolve {host}: no address")
+        failure: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._backend.connect_tcp(
+                    address.split("%", 1)[0],
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("webhooks are delivered over TCP only")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._backend.sleep(seconds)
+
+
+class PinnedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport (TLS verified, no proxy from the environment) over a
+    :class:`PinnedBackend`."""
+
+    def __init__(self, policy: Policy, limits: httpx.Limits, resolver: Resolver = resolve) -> None:
+        super().__init__(limits=limits, trust_env=False)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=PinnedBackend(policy, resolver),
+        )
 
 
 # ----------------------------------------------------------------------------- the deliverer
@@ -271,20 +359,23 @@ class Deliverer:
         *,
         clock: Callable[[], float] = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
+        resolver: Resolver = resolve,
     ) -> None:
         self.db = db
         self.policy = policy
         self.clock = clock
+        self.resolver = resolver
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
 
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
+            limits = httpx.Limits(max_connections=CONCURRENCY)
             self._client = httpx.AsyncClient(
                 timeout=self.policy.timeout,
                 follow_redirects=False,
-                transport=self._transport,
-                limits=httpx.Limits(max_connections=CONCURRENCY),
+                transport=self._transport or PinnedTransport(self.policy, limits, self.resolver),
+                trust_env=False,
             )
         return self._client
 
@@ -294,7 +385,7 @@ class Deliverer:
             self._client = None
 
     async def send(self, due: Due) -> Outcome:
-        why = await address_refusal_async(due.url, self.policy)
+        why = await address_refusal_async(due.url, self.policy, self.resolver)
         if why is not None:
             return Outcome(None, f"refused: {why}")
         body = due.body.encode()
@@ -308,6 +399,10 @@ class Deliverer:
             headers["Openclore-Event-Id"] = str(due.event_id)
         try:
             response = await self.client().post(due.url, content=body, headers=headers)
+        except httpx.ConnectError as exc:
+            if str(exc).startswith("refused: "):  # the address changed since the check above
+                return Outcome(None, str(exc)[:500])
+            return Outcome(None, ("ConnectError: " + str(exc))[:500])
         except httpx.HTTPError as exc:
             return Outcome(None, (type(exc).__name__ + ": " + str(exc))[:500])
         error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"

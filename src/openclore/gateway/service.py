@@ -83,25 +83,43 @@ class NameLock:
 
 
 async def serve_gateway(db: Database, settings: Settings, stop: asyncio.Event) -> None:
-    """Serve ``settings.gateway_name`` whenever this process holds its lock, until ``stop``."""
+    """Serve ``settings.gateway_name`` whenever this process holds its lock, until ``stop``.
+
+    A port that cannot be bound (another program holds it) is not fatal: the lock goes back (a
+    process elsewhere may take the name) and the attempt is repeated every ``RETRY_SECONDS``,
+    logged at the first failure and then once a minute."""
     lock = NameLock(db, settings.gateway_name.lower())
-    try:
-        while not stop.is_set():
-            if await asyncio.to_thread(lock.acquire):
-                break
+    failures = 0
+    while not stop.is_set():
+        if not await asyncio.to_thread(lock.acquire):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), RETRY_SECONDS)
-        else:
-            return
+            continue
         gateway = Gateway(db, settings)
         try:
-            await gateway.start()
-        except OSError as exc:
-            log.error("gateway %s cannot listen: %s", settings.gateway_name, exc)
-            return
-        try:
-            await stop.wait()
+            try:
+                await gateway.start()
+            except OSError as exc:
+                if failures % max(1, int(60 / RETRY_SECONDS)) == 0:
+                    log.error(
+                        "gateway %s cannot listen: %s (trying again every %.0f s)",
+                        settings.gateway_name,
+                        exc,
+                        RETRY_SECONDS,
+                    )
+                failures += 1
+            else:
+                if failures:
+                    log.info(
+                        "gateway %s listening after %d failed tries",
+                        settings.gateway_name,
+                        failures,
+                    )
+                failures = 0
+                await stop.wait()
         finally:
             await gateway.stop()
-    finally:
-        await asyncio.to_thread(lock.release)
+            await asyncio.to_thread(lock.release)
+        if not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), RETRY_SECONDS)

@@ -12,7 +12,7 @@ from openclore.domain.errors import MarketError
 from openclore.domain.money import to_coins, to_units
 from openclore.domain.spot import runway_seconds
 from openclore.engine.alerts import burn_per_day
-from openclore.engine.outbox import DEPOSIT_CREDITED, emit
+from openclore.engine.outbox import BALANCE_ADJUSTED, DEPOSIT_CREDITED, emit
 from openclore.ledger.ledger import (
     InsufficientFunds,
     ensure_wallet,
@@ -133,3 +133,14 @@ def adjust(
         )
     except InsufficientFunds:
         raise MarketError("not_enough_balance") from None
+    emit(
+        conn,
+        user_id,
+        BALANCE_ADJUSTED,
+        now,
+        currency=currency,
+        amount=to_coins(amount),
+        kind="refund" if refund else "adjustment",
+        reason=reason.strip(),
+        order_id=order_id,
+    )

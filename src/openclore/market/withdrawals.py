@@ -17,6 +17,12 @@ from sqlalchemy import Connection, func, insert, select, update
 from openclore.config import Settings
 from openclore.domain.errors import MarketError
 from openclore.domain.money import coins_str, to_coins, to_units
+from openclore.engine.outbox import (
+    WITHDRAWAL_APPROVED,
+    WITHDRAWAL_REJECTED,
+    WITHDRAWAL_REQUESTED,
+    emit,
+)
 from openclore.ledger.addresses import valid_address
 from openclore.ledger.ledger import (
     InsufficientFunds,
@@ -112,7 +118,33 @@ def request_withdrawal(
         )
     except InsufficientFunds:
         raise MarketError("not_enough_balance") from None  # the caller's transaction rolls back
+    _announce(conn, WITHDRAWAL_REQUESTED, user_id, wid, currency, amount, fee, now, address=address)
     return wid
+
+
+def _announce(
+    conn: Connection,
+    type_: str,
+    user_id: int,
+    withdrawal_id: int,
+    currency: str,
+    amount: int,
+    fee: int,
+    now: int,
+    **extra: str,
+) -> None:
+    """The user's event for a step of a withdrawal, in the step's transaction."""
+    emit(
+        conn,
+        user_id,
+        type_,
+        now,
+        withdrawal_id=withdrawal_id,
+        currency=currency,
+        amount=to_coins(amount),
+        fee=to_coins(fee),
+        **extra,
+    )
 
 
 def withdrawal_owner(conn: Connection, withdrawal_id: int) -> int | None:
@@ -171,6 +203,18 @@ def approve_withdrawal(
         .where(withdrawals.c.id == row.id)
         .values(state="approved", decided_at=now, decided_by=actor, txid=txid)
     )
+    _announce(
+        conn,
+        WITHDRAWAL_APPROVED,
+        row.user_id,
+        row.id,
+        row.currency,
+        row.amount,
+        row.fee,
+        now,
+        address=row.address,
+        txid=txid,
+    )
 
 
 def reject_withdrawal(
@@ -198,6 +242,17 @@ def reject_withdrawal(
         update(withdrawals)
         .where(withdrawals.c.id == row.id)
         .values(state="rejected", decided_at=now, decided_by=actor, reason=reason)
+    )
+    _announce(
+        conn,
+        WITHDRAWAL_REJECTED,
+        row.user_id,
+        row.id,
+        row.currency,
+        row.amount,
+        row.fee,
+        now,
+        reason=reason,
     )
 
 

@@ -333,6 +333,7 @@ events = Table(
     Column("data", Text, nullable=False),  # the event's JSON object, rendered once (exact amounts)
 )
 Index("ix_events_user_id_id", events.c.user_id, events.c.id)
+Index("ix_events_created_at", events.c.created_at)  # the retention purge
 
 webhooks = Table(
     "webhooks",
