@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import random
 import time
@@ -140,7 +141,8 @@ class HeartbeatWriter:
         task = self._task
         loop = asyncio.get_running_loop()
         if task is None or task.done() or task.get_loop() is not loop:
-            self._task = loop.create_task(self._flush())
+            # a context of its own: the batch is no one channel's (nor its request id's)
+            self._task = loop.create_task(self._flush(), context=contextvars.Context())
 
     async def _flush(self) -> None:
         while self.pending:
