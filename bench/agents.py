@@ -527,7 +527,9 @@ def _run_step(args: argparse.Namespace, n: int, url: str) -> dict[str, Any]:
         spy = None
         if args.profile:  # py-spy samples the server during the window (its CPU counts too)
             out = Path(args.profile).with_suffix(f".{n}.txt")
-            cmd = ["py-spy", "record", "-p", str(proc.pid), "-d", str(int(args.window))]
+            spy_bin = Path(sys.executable).parent / "py-spy"  # pip install py-spy
+            cmd = [str(spy_bin) if spy_bin.exists() else "py-spy", "record", "-p", str(proc.pid)]
+            cmd += ["-d", str(int(args.window))]
             cmd += ["-r", "50", "-f", "raw", "--nonblocking", "-o", str(out)]
             spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(args.window)
