@@ -164,6 +164,10 @@ def test_offline_then_back_online_re_resolves_the_market(market: Market, tmp_pat
         # …until the next heartbeat brings the server back and the order runs again
         wait_for(lambda: _server_row(market, sid)["online"] is True, 5)
         wait_for(lambda: my_order(c, oid)["running"] is True, 5)
+        # the push of the order's desired set follows the commit that set it running: the
+        # agent may still be re-creating its container when the API already says running
+        wait_for(lambda: len(engine.containers) == 1, 5, what="the order's container back")
+        time.sleep(0.3)
         assert len(engine.containers) == 1
     finally:
         running.stop()
