@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -105,8 +108,20 @@ def test_parallel_cancel_ends_once(market: Market) -> None:
 # ------------------------------------------------------------ several server processes
 
 
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """End the supervisor and its workers (a session of their own): SIGTERM, then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 @pytest.fixture
-def workers(market: Market) -> Iterator[str]:
+def workers(market: Market, tmp_path: Path) -> Iterator[str]:
     """``openclore serve --workers 2`` on the test's database, with the documented limits."""
     port = free_port()
     env = {
@@ -114,26 +129,29 @@ def workers(market: Market) -> Iterator[str]:
         "OPENCLORE_DATABASE_URL": market.db.url,
         "OPENCLORE_TICK_INTERVAL": "0",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "openclore", "serve", "--port", str(port), "--workers", "2"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    log = tmp_path / "serve.log"  # a file, not a pipe: nobody has to drain it
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "openclore", "serve", "--port", str(port), "--workers", "2"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its workers are stopped with it, whatever happens
+        )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            httpx.get(url + "/openapi.json", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("server did not start: " + (proc.stderr.read().decode() if proc.stderr else ""))
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    deadline = time.time() + 60
+    try:
+        while True:
+            try:
+                httpx.get(url + "/openapi.json", timeout=1)
+                break
+            except httpx.HTTPError:
+                if proc.poll() is not None or time.time() > deadline:
+                    pytest.fail("server did not start: " + log.read_text(errors="replace")[-3000:])
+                time.sleep(0.1)
+        yield url
+    finally:
+        _stop_group(proc)
 
 
 def test_rate_limits_hold_across_worker_processes(market: Market, workers: str) -> None:
