@@ -164,6 +164,10 @@ def test_offline_then_back_online_re_resolves_the_market(market: Market, tmp_pat
         # …until the next heartbeat brings the server back and the order runs again
         wait_for(lambda: _server_row(market, sid)["online"] is True, 5)
         wait_for(lambda: my_order(c, oid)["running"] is True, 5)
+        # the push of the order's desired set follows the commit that set it running: the
+        # agent may still be re-creating its container when the API already says running
+        wait_for(lambda: len(engine.containers) == 1, 5, what="the order's container back")
+        time.sleep(0.3)
         assert len(engine.containers) == 1
     finally:
         running.stop()
@@ -545,3 +549,53 @@ def test_openclore_agent_command_runs_until_sigterm(market: Market, tmp_path: Pa
         output, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, output
     assert "connected as server" in output
+
+
+# ----------------------------------------------------------------------------- heartbeats
+
+
+def test_heartbeats_written_together_leave_out_offline_and_removed_servers(
+    market: Market,
+) -> None:
+    from sqlalchemy import update
+
+    from openclore.market.agents import agent_heartbeats
+
+    host = market.user()
+    live, offline, removed = (host_server(market, host, name)[0] for name in ("a", "b", "c"))
+    with market.db.write() as conn:
+        conn.execute(update(servers).where(servers.c.id.in_([live, removed])).values(online=True))
+        conn.execute(update(servers).where(servers.c.id == removed).values(removed_at=1))
+    market.clock.advance(7)
+    with market.db.write() as conn:
+        late = agent_heartbeats(conn, [removed, live, offline, live], market.now())
+    assert late == sorted([offline, removed])
+    assert _server_row(market, live)["last_seen"] == market.now()
+    assert _server_row(market, offline)["last_seen"] != market.now()
+
+
+def test_a_heartbeat_of_a_server_removed_without_notice_closes_the_channel(
+    market: Market, tmp_path: Path
+) -> None:
+    from sqlalchemy import update
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    sid, token = host_server(market, market.user())
+    state = register(market.url, token, tmp_path / "s")
+    url = market.url.replace("http://", "ws://") + "/agent/v1/connect"
+    auth = {"Authorization": f"Bearer {state.agent_token}"}
+    with connect(url, additional_headers=auth) as ws:
+        ws.send(json.dumps({"type": "hello"}))
+        assert json.loads(ws.recv(5))["server_id"] == sid
+        assert json.loads(ws.recv(5))["type"] == "desired"
+        ws.send(json.dumps({"type": "heartbeat"}))
+        wait_for(lambda: _server_row(market, sid)["last_seen"] == market.now(), 5)
+        # gone behind the market's back (no notification): the next heartbeat finds it out
+        with market.db.write() as conn:
+            conn.execute(update(servers).where(servers.c.id == sid).values(removed_at=1))
+        ws.send(json.dumps({"type": "heartbeat"}))
+        with pytest.raises(ConnectionClosed):
+            while True:
+                ws.recv(10)
+        assert ws.close_code == 4401

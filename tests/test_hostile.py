@@ -212,6 +212,19 @@ def test_hostile_container_reports_are_checked(market: Market) -> None:
 
 
 @pytest.mark.timing
+def _stream_huge_frame(ws: ClientConnection, length: int) -> None:
+    """Send one text frame of ``length`` bytes as a hostile client would: the header announces
+    it all, the payload follows in 64 KiB writes of one reused buffer (so that the memory that
+    grows is the market's, not this client's own copy of the frame)."""
+    header = bytes([0x81, 0x80 | 127]) + length.to_bytes(8, "big") + b"\0\0\0\0"  # mask 0
+    ws.socket.sendall(header)
+    chunk = b"x" * 65536
+    sent = 0
+    while sent < length:
+        ws.socket.sendall(chunk[: length - sent])
+        sent += len(chunk)
+
+
 def test_huge_frames_are_refused_before_they_are_buffered(market: Market) -> None:
     _sid, token = agent_for(market, market.user())
     process = psutil.Process()
@@ -221,7 +234,7 @@ def test_huge_frames_are_refused_before_they_are_buffered(market: Market) -> Non
             ws_url(market), additional_headers={"Authorization": f"Bearer {token}"}, max_size=None
         )
         try:
-            ws.send("x" * 15_000_000)
+            _stream_huge_frame(ws, 15_000_000)
             ws.recv(timeout=10)
         except (ConnectionClosed, OSError):
             pass

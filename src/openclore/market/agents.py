@@ -14,6 +14,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,6 +166,45 @@ def agent_heartbeat(conn: Connection, server_id: int, now: int) -> bool:
     listing_changed(conn)
     resolve_server(conn, server_id, now)
     return True
+
+
+HEARTBEAT_CHUNK = 512  # ids per statement (SQLite's bound parameters stay well under its cap)
+
+
+def _padded(ids: list[int]) -> list[int]:
+    """``ids`` padded with its last id to a power of two (at least 8): an ``IN`` list of another
+    length is another SQL text, which neither SQLAlchemy's nor the driver's statement cache
+    holds; a few lengths keep every batch's statement cached."""
+    size = 8
+    while size < len(ids):
+        size *= 2
+    return ids + [ids[-1]] * (size - len(ids))
+
+
+def agent_heartbeats(conn: Connection, server_ids: Iterable[int], now: int) -> list[int]:
+    """Many agents are alive (one process's heartbeats of the last moment, written together):
+    ``last_seen = now`` for each of those servers that is online and not removed, one statement
+    per :data:`HEARTBEAT_CHUNK` ids, in id order (concurrent writers lock rows in one order),
+    padded to a few lengths (:func:`_padded`). Returns the ids left out (marked offline
+    meanwhile, or removed): each then goes through :func:`agent_heartbeat` in its own
+    transaction (back online, or its agent must go)."""
+    ids = sorted(set(server_ids))
+    fresh: set[int] = set()
+    for start in range(0, len(ids), HEARTBEAT_CHUNK):
+        chunk = _padded(ids[start : start + HEARTBEAT_CHUNK])
+        fresh.update(
+            conn.execute(
+                update(servers)
+                .where(
+                    servers.c.id.in_(chunk),
+                    servers.c.removed_at.is_(None),
+                    servers.c.online.is_(True),
+                )
+                .values(last_seen=now)
+                .returning(servers.c.id)
+            ).scalars()
+        )
+    return [i for i in ids if i not in fresh]
 
 
 def agent_specs(conn: Connection, server_id: int, message: dict[str, Any]) -> None:
