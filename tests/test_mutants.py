@@ -8,7 +8,7 @@ import time
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 
 from openclore.api.app import create_app
 from openclore.api.ratelimit import Decision, RateLimiter
@@ -534,6 +534,76 @@ def test_a_tick_skips_an_order_settled_since_it_read_it(market: Market) -> None:
     with market.db.read() as conn:
         booked = booked_by_order(conn)
     assert booked[(oid, "spend")] + booked[(oid, "fee")] == 100_000
+
+
+def test_a_wallet_drained_during_the_tick_makes_it_read_again_not_fail(market: Market) -> None:
+    """PostgreSQL: money leaves a wallet (here a withdrawal-like transfer out) after the tick
+    read the balances and before it books: the booking breaks the no-negative-balance check, the
+    tick's transaction rolls back whole and is run again, and that renter's order goes the exact
+    path (billed until the money runs out, then ended). On SQLite the tick holds the write lock
+    and nothing comes in between."""
+    if market.backend != "postgresql":
+        pytest.skip("SQLite: the tick holds the write lock; no drain can come in between")
+    from openclore.engine.ticker import tick
+
+    sid = market.server(market.user(), on_demand="0.0864")  # 1,000 units a second
+    renter = market.user(bitcoin="0.01")
+    c = market.client(renter)
+    oid = ok(c.post("/v1/create_order", json=order_body(sid)))["order_id"]
+    market.clock.advance(60)  # the tick will want 60,000 units
+    now = market.now()
+    uid = market.user_id(renter)
+    with market.db.read() as conn:
+        wallet = conn.execute(
+            select(accounts.c.id, accounts.c.balance).where(
+                accounts.c.key == f"wallet:bitcoin:{uid}"
+            )
+        ).one()
+    drain = int(wallet.balance) - 30_000  # leaves 30,000: half of what the tick wants
+    failures: list[BaseException] = []
+
+    def run_tick() -> None:
+        try:
+            tick(market.db, now, market.settings.agent_timeout)
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    with market.db.write() as conn:
+        transfer(
+            conn,
+            key="test:drain",
+            debit=int(wallet.id),
+            credit=system_account_id(conn, "external", "bitcoin"),
+            amount=drain,
+            kind="adjustment",
+            now=now,
+        )
+        ticker = threading.Thread(target=run_tick)
+        ticker.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with market.db.read() as probe:
+                waiting = probe.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                    )
+                ).scalar()
+            if waiting:
+                break
+            time.sleep(0.02)
+    ticker.join(60)
+    assert not ticker.is_alive() and failures == []
+    row = order_row(market, oid)
+    assert row["end_reason"] == "balance" and row["active_seconds"] == 30
+    with market.db.read() as conn:
+        assert (
+            conn.execute(select(accounts.c.balance).where(accounts.c.id == wallet.id)).scalar() == 0
+        )
+        total = conn.execute(select(func.sum(accounts.c.balance))).scalar()
+        booked = booked_by_order(conn)
+    assert total == 0
+    assert booked[(oid, "spend")] + booked[(oid, "fee")] == row["spend"] == 30_000
 
 
 # --- orders ------------------------------------------------------------------------------------

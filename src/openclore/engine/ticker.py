@@ -8,9 +8,12 @@ never bill the same seconds twice: a second ticker finds ``billed_at`` already m
 from __future__ import annotations
 
 import functools
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, select, text, update
+from sqlalchemy.exc import IntegrityError
 
 from openclore.engine.alerts import check_low_balances
 from openclore.engine.billing import BILLING_GRACE, lock_server, resolve_server
@@ -21,6 +24,8 @@ from openclore.store.db import Database, listing_changed, run_write
 from openclore.store.schema import servers
 
 TICK_LOCK = 0x71C4
+
+log = logging.getLogger("openclore.engine")
 
 
 def mark_offline(db: Database, now: int, timeout: int) -> list[int]:
@@ -86,11 +91,34 @@ def tick(db: Database, now: int, agent_timeout: int, reliability_interval: int =
         result = settle_running_orders(conn, now, BILLING_GRACE)
         return result.settled, result.deferred_servers + servers_due(conn, now)
 
-    settled, exact = run_write(db, fast)
+    settled, exact = _fast_with_rereads(db, fast)
     for server_id in sorted(set(exact)):
         settle_server(db, server_id, now)
     check_low_balances(db, now)
     return TickReport(offline=offline, settled=settled, exact_servers=len(set(exact)))
+
+
+DRAINED_RETRIES = 3
+
+
+def _fast_with_rereads(
+    db: Database, fast: Callable[[Connection], tuple[int, list[int]]]
+) -> tuple[int, list[int]]:
+    """The set-based billing, read again when a wallet it counted on was drained meanwhile.
+
+    A use case that takes money from a wallet (a creation fee, a withdrawal) between the tick's
+    read of the balances and its booking makes the booking break the no-negative-balance check:
+    the tick's transaction rolls back whole (nothing was billed) and is simply run again, and
+    this time that wallet's orders go the exact path. Any other integrity error is a fault and
+    goes up."""
+    for attempt in range(DRAINED_RETRIES):
+        try:
+            return run_write(db, fast)
+        except IntegrityError as exc:
+            if "balance_not_negative" not in str(exc) or attempt + 1 == DRAINED_RETRIES:
+                raise
+            log.info("a wallet was drained during the tick's billing: reading again")
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
