@@ -97,7 +97,9 @@ nc -ll -p 80 -e /http.sh
 
 def start_gateway(market: Market, **settings: Any) -> GatewayThread:
     """A gateway named ``localhost`` on free ports, the market configured to assign it."""
-    base = 43000 + (os.getpid() % 40) * 20
+    # below the kernel's ephemeral ports (32768 and up), where an outgoing connection of anything
+    # on the machine could hold one of them
+    base = 30000 + (os.getpid() % 40) * 20
     ssh_port = free_port()
     market.reconfigure(
         gateway_name="localhost",
