@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Connection, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from openclore.api.app import create_app
@@ -21,7 +21,7 @@ from openclore.config import Settings
 from openclore.domain.money import to_units
 from openclore.engine.clock import ManualClock
 from openclore.engine.ticker import tick
-from openclore.ledger.statements import booked_by_order as ledger_booked_by_order
+from openclore.ledger.statements import booked_by_order as booked_by_order  # the tests' books
 from openclore.market.accounts import create_user, issue_token
 from openclore.market.servers import add_server
 from openclore.market.wallets import deposit
@@ -187,12 +187,6 @@ class Market:
         for client in self.clients:
             client.close()
         self.db.dispose()
-
-
-def booked_by_order(conn: Connection) -> dict[tuple[int, str], int]:
-    """``{(order_id, kind): total}`` of everything booked for orders (their own transfers and
-    their shares of the tick's transfers)."""
-    return ledger_booked_by_order(conn)
 
 
 def ok(response: httpx.Response) -> dict[str, Any]:
