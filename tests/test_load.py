@@ -324,7 +324,13 @@ async def run_load(tokens: list[str], targets: list[str], out: Outcome, seconds:
 
 
 def check_orders_and_books(market: Market, out: Outcome) -> None:
-    with market.db.read() as conn:
+    # one snapshot for every read below: the replicas still tick, and under READ COMMITTED a
+    # tick committing between reading the bookings and reading the orders looks like a lost
+    # booking
+    with (
+        market.db.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn,
+        conn.begin(),
+    ):
         by_attempt: dict[str, list[int]] = {}
         for row in conn.execute(select(orders.c.id, orders.c.env)):
             attempt = (row.env or {}).get(ATTEMPT)
