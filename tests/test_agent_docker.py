@@ -7,6 +7,7 @@ elsewhere. Every container a test starts carries a per-test label and is removed
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import ipaddress
 import shutil
@@ -416,6 +417,28 @@ class _HostListener:
         self.server.server_close()
 
 
+@contextlib.contextmanager
+def _busy_port_before_a_free_one(lo: int, hi: int) -> Iterator[int]:
+    """Hold a port p of [lo, hi] whose next one is free (anything on the machine, an outgoing
+    connection included, may hold a fixed one); yields p."""
+    for port in range(lo, hi):
+        busy = socket.socket()
+        try:
+            busy.bind(("0.0.0.0", port))
+            with socket.socket() as probe:
+                probe.bind(("0.0.0.0", port + 1))
+        except OSError:
+            busy.close()
+            continue
+        busy.listen()
+        try:
+            yield port
+        finally:
+            busy.close()
+        return
+    raise AssertionError(f"no two free ports in {lo}-{hi}")
+
+
 def test_ports_never_collide_with_ports_in_use(
     market: Market, tmp_path: Path, docker_client: Any, docker_run: dict[str, str]
 ) -> None:
@@ -423,15 +446,13 @@ def test_ports_never_collide_with_ports_in_use(
     host = market.user()
     renter = market.client(market.user(bitcoin="0.01"))
     sid, token = host_server(market, host)
-    with socket.socket() as busy:
-        busy.bind(("0.0.0.0", 42500))
-        busy.listen()
+    with _busy_port_before_a_free_one(42000, 42998) as taken:
         agent = docker_agent(market.url, tmp_path / "s", docker_run, token)
-        agent.reconciler._port_cursor = 42500
+        agent.reconciler._port_cursor = taken
         try:
             oid = ok(renter.post("/v1/create_order", json=web_order(sid)))["order_id"]
             order = wait_order_state(renter, oid, "running")
-            assert published(order, "8000") == 42501
+            assert published(order, "8000") == taken + 1
         finally:
             agent.stop()
 
