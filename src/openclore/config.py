@@ -238,7 +238,21 @@ class Settings(BaseSettings):
         description="Allow webhook URLs resolving to loopback, private, link-local or CGNAT "
         "addresses (the operator's own network); sandbox/demo mode allows loopback only",
     )
-    webhook_timeout: float = Field(10.0, gt=0, description="Seconds a receiver has to answer")
+    webhook_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds one delivery attempt may take in all (connecting, sending, the "
+        "answer's headers); only the answer's first 4 KiB are read",
+    )
+    webhook_concurrency: int = Field(
+        64, ge=1, description="Webhook deliveries in flight at once in one process"
+    )
+    webhook_user_concurrency: int = Field(
+        8, ge=1, description="Of those, at most this many for one user (a fair share)"
+    )
+    webhook_hook_concurrency: int = Field(
+        4, ge=1, description="Of those, at most this many for one webhook"
+    )
     webhook_lease: float = Field(
         60.0,
         gt=0,

@@ -8,6 +8,14 @@ takes them while the POST is in flight. A process killed mid-delivery leaves its
 due again when the lease runs out: the event is delivered again (receivers dedupe on its id),
 never lost.
 
+Each attempt has one deadline for all of it (``timeout``: connecting, sending, the answer's
+headers), and only a prefix of the answer (``MAX_ANSWER_BYTES``) is ever read: a receiver that
+trickles its answer or streams without end costs one slot for ``timeout`` seconds and a few KiB.
+The slots of a process are shared fairly: at most ``user_concurrency`` deliveries of one user and
+``hook_concurrency`` of one webhook are in flight at once, so one user's slow receivers cannot hold
+the slots other users' deliveries need. While an attempt runs its lease is renewed, so a slow
+attempt is never taken over by another process mid-flight.
+
 Deliveries are signed ``Openclore-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``
 (Stripe's scheme: the timestamp lets receivers refuse replays). A receiver's 2xx is success;
 anything else is retried after ``retry_base × 2^(attempt-1)`` seconds (at most
@@ -29,14 +37,15 @@ import ipaddress
 import logging
 import socket
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpcore
 import httpx
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, func, select, update
 
 from openclore.domain.netpolicy import refusal
 from openclore.engine import events as wake
@@ -49,7 +58,8 @@ log = logging.getLogger("openclore.webhooks")
 SIGNATURE_HEADER = "Openclore-Signature"
 MAX_URL_LENGTH = 2048
 CLAIM_BATCH = 100
-CONCURRENCY = 64
+CONCURRENCY = 64  # the default of Policy.concurrency
+MAX_ANSWER_BYTES = 4096  # of a receiver's answer body; the rest is never read
 POLL_INTERVAL = 1.0  # retries come due without a wake-up; SQLite replicas have no NOTIFY
 
 
@@ -83,8 +93,11 @@ class Policy:
 
     allow_private: bool = False  # loopback, private, link-local, CGNAT
     allow_loopback: bool = False  # sandbox/demo: bots test against localhost
-    timeout: float = 10.0
+    timeout: float = 10.0  # the whole attempt's deadline
     lease: float = 60.0
+    concurrency: int = CONCURRENCY  # deliveries in flight in one process
+    user_concurrency: int = 8  # of them, one user's
+    hook_concurrency: int = 4  # of them, one webhook's
     retry_base: float = 10.0
     retry_max_delay: float = 21600.0
     retry_window: float = 259200.0
@@ -246,6 +259,7 @@ class Due:
     created_at: float
     url: str
     secret: str
+    user_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -258,11 +272,93 @@ class Outcome:
         return self.status is not None and 200 <= self.status < 300
 
 
-def claim(db: Database, now: float, limit: int, lease: float) -> list[Due]:
-    """Take up to ``limit`` due deliveries for this process for ``lease`` seconds."""
+@dataclass
+class InFlight:
+    """What one process is delivering now, per user and per webhook (the fair-share caps)."""
+
+    users: Counter[int] = field(default_factory=Counter)
+    hooks: Counter[int] = field(default_factory=Counter)
+    ids: set[int] = field(default_factory=set)
+
+    def add(self, due: Due) -> None:
+        self.users[due.user_id] += 1
+        self.hooks[due.webhook_id] += 1
+        self.ids.add(due.id)
+
+    def remove(self, due: Due) -> None:
+        self.users[due.user_id] -= 1
+        self.hooks[due.webhook_id] -= 1
+        self.ids.discard(due.id)
+        if self.users[due.user_id] <= 0:
+            del self.users[due.user_id]
+        if self.hooks[due.webhook_id] <= 0:
+            del self.hooks[due.webhook_id]
+
+
+def _candidates(conn: Connection, now: float, limit: int, policy: Policy, busy: InFlight) -> Any:
+    """Ids of due deliveries, at most ``hook_concurrency`` per webhook and ``user_concurrency``
+    per user (window ranks), earliest first, without the users and webhooks already at their cap
+    in this process: one user's backlog never hides another user's due delivery."""
     d, w = webhook_deliveries, webhooks
+    due = (
+        select(
+            d.c.id,
+            d.c.next_attempt_at,
+            w.c.user_id,
+            func.row_number()
+            .over(partition_by=d.c.webhook_id, order_by=(d.c.next_attempt_at, d.c.id))
+            .label("in_hook"),
+        )
+        .join(w, w.c.id == d.c.webhook_id)
+        .where(d.c.state == "pending", d.c.next_attempt_at <= now)
+    )
+    full_users = [u for u, n in busy.users.items() if n >= policy.user_concurrency]
+    full_hooks = [h for h, n in busy.hooks.items() if n >= policy.hook_concurrency]
+    if full_users:
+        due = due.where(w.c.user_id.not_in(full_users))
+    if full_hooks:
+        due = due.where(d.c.webhook_id.not_in(full_hooks))
+    per_hook = due.subquery()
+    per_user = (
+        select(
+            per_hook.c.id,
+            per_hook.c.next_attempt_at,
+            func.row_number()
+            .over(
+                partition_by=per_hook.c.user_id,
+                order_by=(per_hook.c.next_attempt_at, per_hook.c.id),
+            )
+            .label("in_user"),
+        )
+        .where(per_hook.c.in_hook <= policy.hook_concurrency)
+        .subquery()
+    )
+    return (
+        select(per_user.c.id)
+        .where(per_user.c.in_user <= policy.user_concurrency)
+        .order_by(per_user.c.next_attempt_at, per_user.c.id)
+        .limit(limit)
+    )
+
+
+def claim(
+    db: Database,
+    now: float,
+    limit: int,
+    lease: float,
+    policy: Policy | None = None,
+    busy: InFlight | None = None,
+) -> list[Due]:
+    """Take up to ``limit`` due deliveries for this process for ``lease`` seconds, within the
+    fair-share caps of ``policy`` given what this process has in flight (``busy``)."""
+    d, w = webhook_deliveries, webhooks
+    policy = policy or Policy()
+    busy = busy or InFlight()
 
     def run(conn: Connection) -> list[Due]:
+        ids = [int(i) for i in conn.execute(_candidates(conn, now, limit, policy, busy)).scalars()]
+        if not ids:
+            return []
         query = (
             select(
                 d.c.id,
@@ -272,32 +368,22 @@ def claim(db: Database, now: float, limit: int, lease: float) -> list[Due]:
                 d.c.attempts,
                 d.c.created_at,
             )
-            .where(d.c.state == "pending", d.c.next_attempt_at <= now)
+            .where(d.c.id.in_(ids), d.c.state == "pending", d.c.next_attempt_at <= now)
             .order_by(d.c.next_attempt_at, d.c.id)
-            .limit(limit)
             .with_for_update(skip_locked=True)
         )
         rows = conn.execute(query).all()
         if not rows:
             return []
-        ids = [int(r.id) for r in rows]
-        conn.execute(
-            update(d)
-            .where(d.c.id.in_(ids))
-            .values(
-                next_attempt_at=now + lease,
-                attempts=d.c.attempts + 1,
-                last_attempt_at=now,
-            )
-        )
         hooks = {
             int(h.id): h
             for h in conn.execute(
-                select(w.c.id, w.c.url, w.c.secret, w.c.deleted_at).where(
+                select(w.c.id, w.c.user_id, w.c.url, w.c.secret, w.c.deleted_at).where(
                     w.c.id.in_({int(r.webhook_id) for r in rows})
                 )
             )
         }
+        taken = InFlight(Counter(busy.users), Counter(busy.hooks))
         out = []
         for r in rows:
             hook = hooks[int(r.webhook_id)]
@@ -308,21 +394,54 @@ def claim(db: Database, now: float, limit: int, lease: float) -> list[Due]:
                     .values(state="failed", last_error="webhook deleted")
                 )
                 continue
-            out.append(
-                Due(
-                    int(r.id),
-                    int(r.webhook_id),
-                    None if r.event_id is None else int(r.event_id),
-                    r.body,
-                    int(r.attempts) + 1,
-                    float(r.created_at),
-                    hook.url,
-                    hook.secret,
+            due = Due(
+                int(r.id),
+                int(r.webhook_id),
+                None if r.event_id is None else int(r.event_id),
+                r.body,
+                int(r.attempts) + 1,
+                float(r.created_at),
+                hook.url,
+                hook.secret,
+                int(hook.user_id),
+            )
+            if (
+                taken.users[due.user_id] >= policy.user_concurrency
+                or taken.hooks[due.webhook_id] >= policy.hook_concurrency
+            ):
+                continue
+            taken.add(due)
+            out.append(due)
+        if out:
+            conn.execute(
+                update(d)
+                .where(d.c.id.in_([due.id for due in out]))
+                .values(
+                    next_attempt_at=now + lease,
+                    attempts=d.c.attempts + 1,
+                    last_attempt_at=now,
                 )
             )
         return out
 
     return run_write(db, run)
+
+
+def renew(db: Database, ids: Iterable[int], until: float) -> None:
+    """Keep the leases of deliveries still in flight here (a slow attempt is not taken over)."""
+    d = webhook_deliveries
+    chosen = sorted(ids)
+    if not chosen:
+        return
+
+    def run(conn: Connection) -> None:
+        conn.execute(
+            update(d)
+            .where(d.c.id.in_(chosen), d.c.state == "pending", d.c.next_attempt_at < until)
+            .values(next_attempt_at=until)
+        )
+
+    run_write(db, run)
 
 
 Result = tuple[Due, Outcome, float]  # a delivery, its attempt's outcome, when it ended
@@ -367,10 +486,11 @@ class Deliverer:
         self.resolver = resolver
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        self.in_flight = InFlight()
 
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
-            limits = httpx.Limits(max_connections=CONCURRENCY)
+            limits = httpx.Limits(max_connections=self.policy.concurrency)
             self._client = httpx.AsyncClient(
                 timeout=self.policy.timeout,
                 follow_redirects=False,
@@ -385,6 +505,14 @@ class Deliverer:
             self._client = None
 
     async def send(self, due: Due) -> Outcome:
+        """One attempt, ended at ``policy.timeout`` whatever the receiver does."""
+        try:
+            async with asyncio.timeout(self.policy.timeout):
+                return await self._send(due)
+        except TimeoutError:
+            return Outcome(None, f"timed out: no answer within {self.policy.timeout:g} s")
+
+    async def _send(self, due: Due) -> Outcome:
         why = await address_refusal_async(due.url, self.policy, self.resolver)
         if why is not None:
             return Outcome(None, f"refused: {why}")
@@ -398,7 +526,10 @@ class Deliverer:
         if due.event_id is not None:
             headers["Openclore-Event-Id"] = str(due.event_id)
         try:
-            response = await self.client().post(due.url, content=body, headers=headers)
+            async with self.client().stream(
+                "POST", due.url, content=body, headers=headers
+            ) as response:
+                await _read_prefix(response, MAX_ANSWER_BYTES)
         except httpx.ConnectError as exc:
             if str(exc).startswith("refused: "):  # the address changed since the check above
                 return Outcome(None, str(exc)[:500])
@@ -422,23 +553,42 @@ class Deliverer:
         except Exception:  # the leases run out and the deliveries are attempted again
             log.exception("recording %d webhook deliveries failed", len(results))
 
-    async def deliver_due(self) -> int:
-        """Claim what is due now and deliver it, waiting for every attempt (tests, CLI)."""
-        claimed = await asyncio.to_thread(
-            claim, self.db, self.clock(), CLAIM_BATCH, self.policy.lease
+    async def _claim(self, limit: int) -> list[Due]:
+        return await asyncio.to_thread(
+            claim, self.db, self.clock(), limit, self.policy.lease, self.policy, self.in_flight
         )
+
+    async def deliver_due(self) -> int:
+        """Claim what is due now (within the fair-share caps) and deliver it, waiting for every
+        attempt (tests, CLI)."""
+        claimed = await self._claim(min(self.policy.concurrency, CLAIM_BATCH))
         results = await asyncio.gather(*(self._attempt(d) for d in claimed))
         if results:
             await self._record(list(results))
         return len(claimed)
 
-    async def _recorder(self, queue: asyncio.Queue[Result]) -> None:
-        """Write outcomes as they come, everything waiting in one transaction."""
+    async def _recorder(self, queue: asyncio.Queue[Result], freed: asyncio.Event) -> None:
+        """Write outcomes as they come, everything waiting in one transaction; each recorded
+        attempt frees its slot and wakes the claiming loop."""
         while True:
             batch = [await queue.get()]
             while not queue.empty():
                 batch.append(queue.get_nowait())
             await self._record(batch)
+            for due, _outcome, _at in batch:
+                self.in_flight.remove(due)  # recorded: its slot is free
+            freed.set()
+
+    async def _renewer(self) -> None:
+        """Renew the leases of what is in flight here, three times a lease."""
+        while True:
+            await asyncio.sleep(self.policy.lease / 3)
+            try:
+                await asyncio.to_thread(
+                    renew, self.db, set(self.in_flight.ids), self.clock() + self.policy.lease
+                )
+            except Exception:
+                log.exception("renewing webhook delivery leases failed")
 
     async def _deliver(self, due: Due, queue: asyncio.Queue[Result]) -> None:
         queue.put_nowait(await self._attempt(due))
@@ -451,42 +601,48 @@ class Deliverer:
         subscription = wake.subscribe(self.db.engine, WAKE_ID, lambda: _set_soon(loop, woken))
         tasks: set[asyncio.Task[None]] = set()
         results: asyncio.Queue[Result] = asyncio.Queue()
-        recorder = asyncio.create_task(self._recorder(results))
+        recorder = asyncio.create_task(self._recorder(results, woken))
+        renewer = asyncio.create_task(self._renewer())
         try:
             await asyncio.to_thread(subscription.wait_ready, 5.0)
             while True:
                 woken.clear()
-                free = CONCURRENCY - len(tasks)
+                free = self.policy.concurrency - len(self.in_flight.ids)
                 claimed: list[Due] = []
                 if free > 0:
                     try:
-                        claimed = await asyncio.to_thread(
-                            claim,
-                            self.db,
-                            self.clock(),
-                            min(free, CLAIM_BATCH),
-                            self.policy.lease,
-                        )
+                        claimed = await self._claim(min(free, CLAIM_BATCH))
                     except Exception:
                         log.exception("claiming webhook deliveries failed")
                 for due in claimed:
+                    self.in_flight.add(due)
                     task = asyncio.create_task(self._deliver(due, results))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 if claimed and len(claimed) == min(free, CLAIM_BATCH):
                     await asyncio.sleep(0)  # more may be due
                     continue
-                if len(tasks) >= CONCURRENCY:  # full: look again as soon as slots free up
-                    await asyncio.sleep(0.05)
-                    continue
+                # woken by a new event or a freed slot; retries come due within POLL_INTERVAL
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken.wait(), POLL_INTERVAL)
         finally:
             subscription.close()
             recorder.cancel()
+            renewer.cancel()
             for task in tasks:
                 task.cancel()
             await self.aclose()
+
+
+async def _read_prefix(response: httpx.Response, limit: int) -> bytes:
+    """At most ``limit`` bytes of the answer's body; the rest is never read (the connection is
+    closed instead of drained when more was sent)."""
+    kept = bytearray()
+    async for chunk in response.aiter_raw():
+        kept += chunk[: limit - len(kept)]
+        if len(kept) >= limit:
+            break
+    return bytes(kept)
 
 
 def _set_soon(loop: asyncio.AbstractEventLoop, flag: asyncio.Event) -> None:

@@ -12,6 +12,7 @@ from openclore.config import Settings
 from openclore.domain.errors import InvalidInput, MarketError
 from openclore.engine.outbox import EVENT_TYPES, emit_ping
 from openclore.engine.webhooks import Policy, address_refusal, url_problem
+from openclore.market.accounts import lock_user
 from openclore.store.db import inserted_id
 from openclore.store.schema import user_alerts, webhook_deliveries, webhooks
 
@@ -24,6 +25,9 @@ def policy(settings: Settings) -> Policy:
         allow_loopback=settings.webhook_allow_private or settings.sandbox_enabled,
         timeout=settings.webhook_timeout,
         lease=settings.webhook_lease,
+        concurrency=settings.webhook_concurrency,
+        user_concurrency=settings.webhook_user_concurrency,
+        hook_concurrency=settings.webhook_hook_concurrency,
         retry_base=settings.webhook_retry_base,
         retry_max_delay=settings.webhook_retry_max_delay,
         retry_window=settings.webhook_retry_window,
@@ -60,6 +64,7 @@ def create_webhook(
     settings: Settings,
     now: int,
 ) -> dict[str, Any]:
+    lock_user(conn, user_id)  # the webhook limit is counted under it
     count = conn.execute(
         select(func.count())
         .select_from(webhooks)
