@@ -82,3 +82,29 @@ def test_serve_help_documents_every_setting() -> None:
     text = " ".join(result.output.split())
     for name in Settings.model_fields:
         assert f"OPENCLORE_{name.upper()}" in text, name
+
+
+def test_user_signout_ends_every_console_session(market: Market) -> None:
+    from sqlalchemy import func, select
+
+    from openclore.market.accounts import find_user
+    from openclore.market.sessions import session_for, start_session
+    from openclore.store.schema import web_sessions
+
+    market.user("dora")
+    other = market.user("eve")
+    with market.db.write() as conn:
+        dora, eve = find_user(conn, "dora"), find_user(conn, "eve")
+        mine = [start_session(conn, dora, market.now()) for _ in range(3)]
+        theirs = start_session(conn, eve, market.now())
+    code, out = admin(market, "admin", "user", "signout", "dora")
+    assert code == 0 and "3 session(s) ended" in out, out
+    with market.db.read() as conn:
+        assert all(session_for(conn, sid, market.now()) is None for sid in mine)
+        assert session_for(conn, theirs, market.now()) is not None
+        left = conn.execute(select(func.count()).select_from(web_sessions)).scalar_one()
+    assert left == 1 and other
+    code, out = admin(market, "admin", "user", "signout", "nobody")
+    assert code == 1 and out.startswith("error:")
+    code, out = admin(market, "admin", "audit", "--user", "dora")
+    assert "user.signo" in out and "1 entries" in out, out

@@ -15,7 +15,14 @@ import pytest
 
 from openclore.api.app import create_app
 from openclore.market import console as console_service
-from openclore.market.accounts import check_password, find_user, set_password, set_role
+from openclore.market.accounts import (
+    check_password,
+    find_user,
+    issue_token,
+    revoke_token,
+    set_password,
+    set_role,
+)
 from openclore.store.schema import gateways, orders, servers
 from openclore.web.app import install_console
 from openclore.web.i18n import negotiate
@@ -323,3 +330,66 @@ def test_operator_actions_are_in_the_audit_log(served: Market) -> None:
         ).all()
     assert entry.actor == "admin:operator" and entry.source.startswith("web@")
     assert entry.detail == {"user": "renter", "currency": "bitcoin", "amount": "0.5"}
+
+
+# ----------------------------------------------------------------------------- sessions end
+
+
+def _signed_in(market: Market, **form: str) -> httpx.Client:
+    client = httpx.Client(base_url=market.url, timeout=30)
+    market.clients.append(client)
+    page = client.get("/signin").text
+    answer = client.post("/signin", data={"csrf": _csrf(page), **form})
+    assert answer.status_code == 303, answer.text
+    assert client.get("/orders").status_code == 200
+    return client
+
+
+def _signed_out(client: httpx.Client) -> bool:
+    answer = client.get("/orders")
+    return answer.status_code in (303, 401) or "/signin" in str(answer.url)
+
+
+def test_a_console_session_ends_with_the_token_it_was_started_with(served: Market) -> None:
+    market = served
+    token = market.user("leaky")
+    with market.db.write() as conn:
+        uid = find_user(conn, "leaky")
+        second, third = (issue_token(conn, uid, market.now()) for _ in range(2))
+    by_token = _signed_in(market, token=token)
+    by_second = _signed_in(market, token=second)
+    by_third = _signed_in(market, token=third)
+    with market.db.write() as conn:
+        assert revoke_token(conn, token, market.now())
+    assert _signed_out(by_token)
+    assert not _signed_out(by_second)  # the user's other tokens' sessions stay
+    # the operator's revoke (by prefix, in the console) ends that token's sessions too
+    admin = Browserless(market, _operator(market))
+    assert admin.post("/admin/revoke", user=str(uid), prefix=second[:8]) == (
+        "/admin",
+        "Token revoked.",
+    )
+    assert _signed_out(by_second)
+    assert not _signed_out(by_third)
+
+
+def test_a_password_change_ends_password_sessions_and_an_operator_ends_all(
+    served: Market,
+) -> None:
+    market = served
+    token = market.user("carol")
+    with market.db.write() as conn:
+        set_password(conn, find_user(conn, "carol"), PASSWORD)
+    by_password = _signed_in(market, username="carol", password=PASSWORD)
+    by_token = _signed_in(market, token=token)
+    with market.db.write() as conn:
+        set_password(conn, find_user(conn, "carol"), PASSWORD + " 2")
+    assert _signed_out(by_password)
+    assert not _signed_out(by_token)  # a token's session lives as long as its token
+    again = _signed_in(market, username="carol", password=PASSWORD + " 2")
+    admin = Browserless(market, _operator(market))
+    with market.db.read() as conn:
+        carol = find_user(conn, "carol")
+    assert admin.post("/admin/signout", user=str(carol)) == ("/admin", "Sessions ended.")
+    assert _signed_out(again) and _signed_out(by_token)
+    assert not _signed_out(admin.client)  # the operator's own session is untouched

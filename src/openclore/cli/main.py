@@ -368,6 +368,23 @@ def user_password(user: str, database_url: DatabaseOpt = None) -> None:
     console.print("password set")
 
 
+@user_app.command("signout")
+def user_signout(user: str, database_url: DatabaseOpt = None) -> None:
+    """End every web console session of USER (a leaked session, a departing person)."""
+    from openclore.market.accounts import UnknownUser, find_user
+    from openclore.market.sessions import end_user_sessions
+
+    _, db = _with_db(database_url)
+    try:
+        with db.write() as conn:
+            uid = find_user(conn, user)
+            ended = end_user_sessions(conn, uid)
+            _audit(conn, "user.signout", f"user:{uid}", {"sessions": ended}, uid)
+    except UnknownUser as exc:
+        fail(str(exc))
+    console.print(f"{ended} session(s) ended")
+
+
 @user_app.command("role")
 def user_role(user: str, role: str, database_url: DatabaseOpt = None) -> None:
     """Make USER an operator (admin) or a plain user."""

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import secrets
 import string
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -13,6 +14,7 @@ from sqlalchemy import Connection, insert, or_, select, update
 
 from openclore.config import Settings
 from openclore.ledger import ensure_wallet
+from openclore.market.sessions import end_token_sessions, end_user_sessions
 from openclore.store.db import inserted_id, tokens_changed
 from openclore.store.schema import api_tokens, users
 
@@ -68,18 +70,25 @@ def issue_token(conn: Connection, user_id: int, now: int, token: str | None = No
 
 
 def revoke_token(conn: Connection, token: str, now: int) -> bool:
-    """Revoke a token given in full. Returns False if no live token matched."""
-    done = (
-        conn.execute(
-            update(api_tokens)
-            .where(api_tokens.c.token_hash == hash_token(token), api_tokens.c.revoked_at.is_(None))
-            .values(revoked_at=now)
-        ).rowcount
-        == 1
+    """Revoke a token given in full (and end the console sessions started with it). Returns
+    False if no live token matched."""
+    ids = _live_token_ids(
+        conn, (api_tokens.c.token_hash == hash_token(token)) & api_tokens.c.revoked_at.is_(None)
     )
-    if done:
-        tokens_changed(conn)
-    return done
+    _revoke(conn, ids, now)
+    return len(ids) == 1
+
+
+def _live_token_ids(conn: Connection, where: Any) -> list[int]:
+    return [int(i) for i in conn.execute(select(api_tokens.c.id).where(where)).scalars()]
+
+
+def _revoke(conn: Connection, ids: list[int], now: int) -> None:
+    if not ids:
+        return
+    conn.execute(update(api_tokens).where(api_tokens.c.id.in_(ids)).values(revoked_at=now))
+    end_token_sessions(conn, ids)
+    tokens_changed(conn)
 
 
 def token_owner(conn: Connection, token: str) -> int | None:
@@ -92,17 +101,23 @@ def token_owner(conn: Connection, token: str) -> int | None:
 
 def authenticate(conn: Connection, token: str) -> int | None:
     """The user a live token belongs to, or None."""
+    found = authenticate_token(conn, token)
+    return None if found is None else found[0]
+
+
+def authenticate_token(conn: Connection, token: str) -> tuple[int, int] | None:
+    """(user id, token id) of a live token, or None."""
     if not token or len(token) > 256:
         return None
     digest = hash_token(token)
     row = conn.execute(
-        select(api_tokens.c.user_id, api_tokens.c.token_hash).where(
+        select(api_tokens.c.id, api_tokens.c.user_id, api_tokens.c.token_hash).where(
             api_tokens.c.token_hash == digest, api_tokens.c.revoked_at.is_(None)
         )
     ).first()
     if row is None or not hmac.compare_digest(row.token_hash, digest):
         return None
-    return int(row.user_id)
+    return int(row.user_id), int(row.id)
 
 
 # ----------------------------------------------------------------------------- passwords, roles
@@ -113,11 +128,13 @@ ROLES = ("user", "admin")
 
 
 def set_password(conn: Connection, user_id: int, password: str) -> None:
+    """Set the user's console password; every session started with the old one ends."""
     if len(password) < MIN_PASSWORD:
         raise ValueError(f"a password has at least {MIN_PASSWORD} characters")
     conn.execute(
         update(users).where(users.c.id == user_id).values(password_hash=_hasher.hash(password))
     )
+    end_user_sessions(conn, user_id, password_only=True)
 
 
 def set_role(conn: Connection, user_id: int, role: str) -> None:
@@ -171,18 +188,13 @@ def list_users(conn: Connection) -> list[dict[str, object]]:
 
 
 def revoke_token_prefix(conn: Connection, user_id: int, prefix: str, now: int) -> int:
-    """Revoke a user's live tokens that start with ``prefix`` (as the operator sees them)."""
-    count = int(
-        conn.execute(
-            update(api_tokens)
-            .where(
-                api_tokens.c.user_id == user_id,
-                api_tokens.c.prefix == prefix,
-                api_tokens.c.revoked_at.is_(None),
-            )
-            .values(revoked_at=now)
-        ).rowcount
+    """Revoke a user's live tokens that start with ``prefix`` (as the operator sees them), and
+    end the console sessions started with them."""
+    ids = _live_token_ids(
+        conn,
+        (api_tokens.c.user_id == user_id)
+        & (api_tokens.c.prefix == prefix)
+        & api_tokens.c.revoked_at.is_(None),
     )
-    if count:
-        tokens_changed(conn)
-    return count
+    _revoke(conn, ids, now)
+    return len(ids)

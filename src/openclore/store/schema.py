@@ -50,6 +50,8 @@ web_sessions = Table(
     metadata,
     Column("id_hash", String(64), primary_key=True),
     Column("user_id", Integer, ForeignKey("users.id"), nullable=False, index=True),
+    # the API token it was started with (NULL: the password); it ends with that token
+    Column("token_id", Integer, nullable=True, index=True),
     Column("csrf", String(64), nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("expires_at", BigInteger, nullable=False),

@@ -343,24 +343,25 @@ def install_console(app: FastAPI) -> None:
         name = fields.get("username", "").strip()
         password = fields.get("password", "")
 
-        def who(conn: Connection) -> int | None:
+        def who(conn: Connection) -> tuple[int, int | None] | None:
             if token:
-                return accounts.authenticate(conn, token)
+                return accounts.authenticate_token(conn, token)
             if name and password:
-                return accounts.check_password(conn, name, password)
+                found = accounts.check_password(conn, name, password)
+                return None if found is None else (found, None)
             return None
 
-        user_id: int | None = await c.db(who)
-        if user_id is None:
+        credential: tuple[int, int | None] | None = await c.db(who)
+        if credential is None:
             message = (
                 c.t(request, "Unknown or revoked API token.")
                 if token
                 else c.t(request, "Wrong username or password.")
             )
             return c.render(request, "signin.html", None, 401, next=nxt, error=message)
-        uid = user_id
+        uid, token_id = credential
         sid: str = await c.db(
-            lambda conn: sessions.start_session(conn, uid, int(time.time())), write=True
+            lambda conn: sessions.start_session(conn, uid, int(time.time()), token_id), write=True
         )
         response = RedirectResponse(nxt, 303)
         response.set_cookie(
@@ -853,6 +854,15 @@ def install_console(app: FastAPI) -> None:
             )
 
         return await admin_action(request, fn, N_("Token revoked."), "token.revoke")
+
+    @route("/admin/signout", ("POST",))
+    async def admin_signout(request: Request) -> Response:
+        def fn(f: dict[str, str], now: int) -> Callable[[Connection], Any]:
+            return lambda conn: sessions.end_user_sessions(
+                conn, accounts.find_user(conn, f.get("user", ""))
+            )
+
+        return await admin_action(request, fn, N_("Sessions ended."), "user.signout")
 
     @route("/admin/servers/{server_id:int}/hide", ("POST",))
     async def admin_hide(request: Request) -> Response:

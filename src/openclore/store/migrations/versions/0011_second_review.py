@@ -1,0 +1,30 @@
+"""web_sessions.token_id: a console session ends with the API token it was started with
+
+Revision ID: second_review
+Revises: order_charges
+Create Date: 2026-12-06 10:00:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "second_review"
+down_revision = "order_charges"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    # sessions started before this revision cannot be told apart: they end (one more sign-in)
+    op.execute("DELETE FROM web_sessions")
+    with op.batch_alter_table("web_sessions", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("token_id", sa.Integer(), nullable=True))
+        batch_op.create_index("ix_web_sessions_token_id", ["token_id"], unique=False)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("web_sessions", schema=None) as batch_op:
+        batch_op.drop_index("ix_web_sessions_token_id")
+        batch_op.drop_column("token_id")
