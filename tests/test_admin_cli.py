@@ -107,4 +107,4 @@ def test_user_signout_ends_every_console_session(market: Market) -> None:
     code, out = admin(market, "admin", "user", "signout", "nobody")
     assert code == 1 and out.startswith("error:")
     code, out = admin(market, "admin", "audit", "--user", "dora")
-    assert "user.signo" in out and "1 entries" in out, out
+    assert "admin.user.s" in out and "1 entries" in out, out
