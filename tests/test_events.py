@@ -15,12 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import event as sa_event
 from sqlalchemy import update
 
 from openclore.agent.protocol import ERROR, KIND_ORDER, ContainerStatus
 from openclore.cli.client_commands import describe_event
 from openclore.client import Client, Event
 from openclore.engine.ticker import tick
+from openclore.market.accounts import issue_token, revoke_token
 from openclore.market.agents import agent_heartbeat, apply_statuses
 from openclore.market.servers import remove_server
 from openclore.market.wallets import deposit
@@ -178,7 +180,9 @@ def test_polling_pages_and_filters(market: Market) -> None:
 class SseReader:
     """Reads one event stream in a thread; ``events`` fills as frames arrive."""
 
-    def __init__(self, market: Market, token: str, last_id: int | None) -> None:
+    def __init__(
+        self, market: Market, token: str, last_id: int | None, read_timeout: float = 2
+    ) -> None:
         headers = {"auth": token}
         if last_id is not None:
             headers["Last-Event-ID"] = str(last_id)
@@ -186,7 +190,10 @@ class SseReader:
         self.frame_ids: list[int] = []
         self.started = threading.Event()
         self.stop = threading.Event()
-        self.client = httpx.Client(base_url=market.url, timeout=httpx.Timeout(10, read=2))
+        self.revoked = False  # the server ended the stream: its token was revoked
+        self.client = httpx.Client(
+            base_url=market.url, timeout=httpx.Timeout(10, read=read_timeout)
+        )
         self.headers = headers
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
@@ -200,6 +207,8 @@ class SseReader:
                 for line in response.iter_lines():
                     if line.startswith("retry:"):
                         self.started.set()
+                    elif line == "event: revoked":
+                        self.revoked = True
                     elif line.startswith("id: "):
                         frame_id = int(line[4:])
                     elif line.startswith("data: "):
@@ -247,6 +256,80 @@ def test_sse_resume_with_last_event_id_loses_nothing(market: Market) -> None:
     got = [e["id"] for e in seen] + [e["id"] for e in second.events]
     assert got == everything[2:]  # every event after the first two, once, in order
     assert all(e["type"] == "deposit.credited" for e in second.events)
+
+
+def test_a_revoked_tokens_stream_ends_within_seconds(market: Market) -> None:
+    token = market.user()
+    with market.db.write() as conn:
+        other = issue_token(conn, market.user_id(token), market.now())
+    c = market.client(other)
+    reader = SseReader(market, token, None, read_timeout=30)
+    kept = SseReader(market, other, None, read_timeout=30)  # the same user's other token
+    try:
+        ok(c.post("/sandbox/deposit", json={"currency": "bitcoin", "amount": 1}))
+        reader.wait_for(1)
+        with market.db.write() as conn:
+            assert revoke_token(conn, token, market.now())
+        revoked_at = time.monotonic()
+        reader.thread.join(timeout=8)
+        assert not reader.thread.is_alive() and reader.revoked
+        assert time.monotonic() - revoked_at < 6
+        ok(c.post("/sandbox/deposit", json={"currency": "bitcoin", "amount": 1}))
+        kept.wait_for(2)
+        assert len(reader.events) == 1  # nothing after the revocation
+        assert not kept.revoked and kept.thread.is_alive()
+    finally:
+        reader.close()
+        kept.close()
+
+
+def test_event_streams_per_user_are_capped_and_slots_come_back(market: Market) -> None:
+    market.reconfigure(max_event_streams_per_user=2)
+    token, other = market.user(), market.user()
+    first, second = SseReader(market, token, None), SseReader(market, token, None)
+    try:
+        refused = market.client(token).get("/v1/events")
+        assert refused.status_code == 429 and refused.headers["Retry-After"]
+        assert refused.json() == {"error": "event_stream_limit_reached", "limit": 2, "code": 5}
+        SseReader(market, other, None).close()  # another user is not affected
+        first.close()
+        deadline = time.monotonic() + 10
+        while True:  # the closed stream's slot comes back once the server sees it gone
+            answer = None
+            try:
+                with market.client(token).stream("GET", "/v1/events") as answer:
+                    if answer.headers["content-type"].startswith("text/event-stream"):
+                        break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the slot never came back"
+            time.sleep(0.2)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_an_idle_stream_reads_no_table(market: Market) -> None:
+    token = market.user()
+    reads: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "events" in statement or "api_tokens" in statement:
+            reads.append(statement)
+
+    reader = SseReader(market, token, None, read_timeout=30)
+    try:
+        time.sleep(0.5)  # its first read is done
+        sa_event.listen(market.db.engine, "before_cursor_execute", count)
+        try:
+            time.sleep(3.5)  # three polling intervals, one token check
+        finally:
+            sa_event.remove(market.db.engine, "before_cursor_execute", count)
+        assert reads == []
+        ok(market.client(token).post("/sandbox/deposit", json={"currency": "bitcoin", "amount": 1}))
+        reader.wait_for(1)  # and it still hears of a new event at once
+    finally:
+        reader.close()
 
 
 def test_wallets_show_burn_and_runway_and_low_balance_alerts(market: Market) -> None:

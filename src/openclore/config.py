@@ -269,6 +269,9 @@ class Settings(BaseSettings):
         259200.0, ge=86400, description="Seconds a delivery is retried before it fails for good"
     )
     max_webhooks_per_user: int = Field(10, ge=0, description="Webhooks one user may register")
+    max_event_streams_per_user: int = Field(
+        10, ge=1, description="Event streams (GET /v1/events) one user may hold open per process"
+    )
     event_retention_days: int = Field(
         30,
         ge=0,

@@ -27,6 +27,7 @@ from openclore.api import extensions, idempotency, metrics
 from openclore.api.agent_api import install_agent_api
 from openclore.api.callers import Callers
 from openclore.api.errors import error_response
+from openclore.api.extensions import StreamSlots
 from openclore.api.logs import RequestId
 from openclore.api.market_cache import Listing, MarketCache, PartsResponse
 from openclore.api.openapi import install_openapi
@@ -143,6 +144,7 @@ class AppState:
         self.limiter = RateLimiter(db.engine, settings.rate_limit_tolerance)
         self.market = MarketCache(settings)
         self.callers = Callers()
+        self.streams = StreamSlots()  # open event streams per user
 
     def now(self) -> int:
         return int(self.clock.now())

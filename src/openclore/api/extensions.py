@@ -2,21 +2,32 @@
 
 ``GET /v1/events`` is a server-sent-event stream of the caller's events (``id:`` on each, resumable
 with ``Last-Event-ID``); ``GET /v1/events?after=ID`` answers the events after ``ID`` as JSON for
-polling clients. The stream reads the outbox after every commit that wrote events (woken in
-this process, or from any process through PostgreSQL's NOTIFY) and at least once a second.
+polling clients.
+
+The stream reads the outbox after every commit that wrote events for its user (woken in this
+process, or from any process through PostgreSQL's NOTIFY; a lost LISTEN connection wakes every
+stream to read again). An idle stream reads nothing: on SQLite, where other processes cannot
+notify, it looks once a second whether the database changed at all (``PRAGMA data_version``, no
+table read) and reads only then. Every ``TOKEN_CHECK`` seconds the stream checks its token against
+the in-memory token cache (which revocations invalidate in every process): a revoked token's
+stream ends within seconds. A user has at most ``max_event_streams_per_user`` streams open at once
+in one process; past it the request is refused with code 5.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import threading
+import weakref
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
-from openclore.domain.errors import InvalidInput
+from openclore.domain.errors import InvalidInput, RateLimited
 from openclore.engine import events as wake
 from openclore.engine.outbox import Event, events_after, latest_event_id, user_wake_id
 from openclore.market import requests
@@ -30,6 +41,37 @@ MAX_PAGE = 1000
 STREAM_BATCH = 500
 POLL_INTERVAL = 1.0  # SQLite replicas have no NOTIFY: look at least this often
 KEEPALIVE = 15.0
+TOKEN_CHECK = 2.0  # seconds between two checks of a stream's token
+
+
+class StreamSlots:
+    """How many event streams each user has open in this process."""
+
+    def __init__(self) -> None:
+        self._open: Counter[int] = Counter()
+        self._lock = threading.Lock()
+
+    def take(self, user_id: int, limit: int) -> Callable[[], None] | None:
+        """A slot for one more stream (its release, safe to call twice), or None when full."""
+        with self._lock:
+            if self._open[user_id] >= limit:
+                return None
+            self._open[user_id] += 1
+        released = threading.Event()
+
+        def release() -> None:
+            if released.is_set():
+                return
+            released.set()
+            with self._lock:
+                self._open[user_id] -= 1
+                if self._open[user_id] <= 0:
+                    del self._open[user_id]
+
+        return release
+
+    def count(self, user_id: int) -> int:
+        return self._open[user_id]
 
 
 def _uid(call: Call) -> int:
@@ -74,11 +116,28 @@ def events(state: AppState, call: Call) -> Response:
     else:
         with call.read() as conn:
             cursor = latest_event_id(conn, uid)
+    limit = state.settings.max_event_streams_per_user
+    release = state.streams.take(uid, limit)
+    if release is None:
+        raise RateLimited(5.0, error="event_stream_limit_reached", limit=limit)
+    token = (call.request.headers.get("auth") or "").strip()
+    body = stream(state.db, uid, cursor, types, lambda: _token_live(state, token, uid), release)
+    weakref.finalize(body, release)  # a stream never started still gives its slot back
     return StreamingResponse(
-        stream(state.db, uid, cursor, types),
+        body,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def _token_live(state: AppState, token: str, user_id: int) -> bool:
+    """Whether the stream's token still belongs to its user: from memory while no token was
+    revoked anywhere since it was last read (one indexed read otherwise)."""
+    versions = state.db.freshness.versions()
+    if state.callers.known_user(token, versions.auth) == user_id:
+        return True
+    with state.db.read() as conn:
+        return state.callers.user(token, versions.auth, lambda: conn) == user_id
 
 
 def _read(db: Database, user_id: int, cursor: int, types: list[str] | None) -> list[Event]:
@@ -91,34 +150,56 @@ def sse_frame(event: Event) -> bytes:
 
 
 async def stream(
-    db: Database, user_id: int, cursor: int, types: list[str] | None
+    db: Database,
+    user_id: int,
+    cursor: int,
+    types: list[str] | None,
+    live: Callable[[], bool] = lambda: True,
+    release: Callable[[], None] = lambda: None,
 ) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     woken = asyncio.Event()
     subscription = wake.subscribe(db.engine, user_wake_id(user_id), lambda: _set_soon(loop, woken))
+    # on SQLite other processes cannot notify: a change of the file is the sign to read
+    changed = db.freshness.data_version if db.is_sqlite else None
     try:
         # nothing committed after this point can be missed: the first read comes after it
         await run_in_threadpool(subscription.wait_ready, 5.0)
         yield b"retry: 1000\n\n"
-        quiet = 0.0
+        quiet = checked = 0.0
+        must_read = True
+        seen = changed() if changed is not None else 0
         while True:
-            woken.clear()
-            batch = await run_in_threadpool(_read, db, user_id, cursor, types)
-            for event in batch:
-                yield sse_frame(event)
-                cursor = event.id
-            if len(batch) == STREAM_BATCH:
-                continue
-            if batch:
-                quiet = 0.0
+            if must_read or checked >= TOKEN_CHECK:
+                checked = 0.0
+                if not await run_in_threadpool(live):  # revoked: nothing more is sent
+                    yield b"event: revoked\ndata: {}\n\n"
+                    return
+            if must_read:
+                woken.clear()
+                batch = await run_in_threadpool(_read, db, user_id, cursor, types)
+                for event in batch:
+                    yield sse_frame(event)
+                    cursor = event.id
+                if len(batch) == STREAM_BATCH:
+                    continue
+                if batch:
+                    quiet = 0.0
             try:
                 await asyncio.wait_for(woken.wait(), POLL_INTERVAL)
+                must_read = True
             except TimeoutError:
                 quiet += POLL_INTERVAL
+                checked += POLL_INTERVAL
+                must_read = False
+                if changed is not None:
+                    now_seen = changed()
+                    must_read, seen = now_seen != seen, now_seen
                 if quiet >= KEEPALIVE:
                     quiet = 0.0
                     yield b": keepalive\n\n"
     finally:
+        release()
         with contextlib.suppress(Exception):
             subscription.close()
 

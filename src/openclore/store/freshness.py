@@ -146,6 +146,12 @@ class Freshness:
                 return self._data_version() == data_version
         return self._listening
 
+    def data_version(self) -> int:
+        """SQLite: a number that moves whenever another connection committed (no table read);
+        0 elsewhere."""
+        with self._lock:
+            return self._data_version()
+
     def _data_version(self) -> int:
         if self._sqlite is None:
             return 0
