@@ -822,3 +822,79 @@ def test_a_busy_port_is_tried_again_until_the_gateway_listens(
     refusals = [m for m in messages if "cannot listen" in m]
     assert len(refusals) == 1, messages  # logged once, not at every try
     assert any("listening after" in m for m in messages), messages
+
+
+def _from(address: str, port: int) -> socket.socket:
+    """A connection to the gateway from another loopback address (another client)."""
+    return socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(address, 0))
+
+
+def test_one_client_address_cannot_lock_the_renter_out(market: Market, tmp_path: Path) -> None:
+    # the idle timeout is far longer than the probe: only the caps can close connections here
+    gw = start_gateway(
+        market,
+        gateway_max_conns_per_order=6,
+        gateway_max_conns_per_client_order=3,
+        gateway_max_conns_per_client=4,
+        gateway_idle_timeout=120.0,
+    )
+    host = market.user()
+    renter = market.client(market.user(bitcoin="0.01"))
+    sid, init = host_server(market, host)
+    backend = free_port()
+    agent = start_agent(
+        market.url, tmp_path / "agent", init_token=init, port_range=(backend, backend)
+    )
+    echo = None
+    held: list[socket.socket] = []
+    try:
+        oid = ok(renter.post("/v1/create_order", json=order_body(sid, ports={"22": "tcp"})))[
+            "order_id"
+        ]
+        order = wait_order_state(renter, oid, "running")
+        (status,) = [s for s in agent.reconciler.snapshot() if s.order_id == oid]
+        echo = EchoServer(status.tcp_ports["22"])
+        port = published(order, "22")
+        wait_for(lambda: port in gw.gateway.listeners, 10, what="public port open")
+        # one address holds its 3 connections to the order; its 4th is closed at once
+        for _ in range(3):
+            held.append(_from("127.0.0.2", port))
+            assert echoes(held[-1])
+        with _from("127.0.0.2", port) as fourth:
+            assert fourth.recv(64) == b""
+        # the renter, from another address, still gets in (and is not over any cap)
+        with _from("127.0.0.3", port) as mine:
+            assert echoes(mine, b"mine")
+        wait_for(lambda: gw.gateway.open_by_order[oid] == 3, 5, what="the renter's slot back")
+        # exactly at the caps, not one less: a third address gets its 3 too, making the order's
+        # 6; the order's cap then closes the next one from anyone
+        others = [_from("127.0.0.4", port) for _ in range(3)]
+        held.extend(others)
+        assert all(echoes(s) for s in others)
+        with _from("127.0.0.5", port) as over:
+            assert over.recv(64) == b""  # the order's cap of 6
+        # HTTP connections that never finish their head count for their address: the 5th
+        # connection of 127.0.0.6 is closed at accept, while another address is served
+        idle = [_from("127.0.0.6", gw.gateway.http_port) for _ in range(4)]
+        held.extend(idle)
+        with _from("127.0.0.6", gw.gateway.http_port) as fifth:
+            assert fifth.recv(64) == b""
+        with _from("127.0.0.7", gw.gateway.http_port) as other:
+            other.sendall(b"GET / HTTP/1.1\r\nHost: nothing.localhost\r\n\r\n")
+            assert other.recv(64).startswith(b"HTTP/1.1 404")
+        # a released connection frees its address's slot
+        held.pop(0).close()
+        deadline = time.monotonic() + 5
+        while True:
+            with _from("127.0.0.2", port) as again:
+                if echoes(again, b"again"):
+                    break
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        for sock in held:
+            sock.close()
+        if echo is not None:
+            echo.close()
+        agent.stop()
+        gw.stop()

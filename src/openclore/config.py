@@ -221,6 +221,18 @@ class Settings(BaseSettings):
     gateway_max_conns: int = Field(
         8192, ge=1, description="Open public connections through the gateway in all"
     )
+    gateway_max_conns_per_client_order: int = Field(
+        32,
+        ge=1,
+        description="Open connections from one client address to one order (below the "
+        "per-order cap: one address cannot take an order's connections from its renter)",
+    )
+    gateway_max_conns_per_client: int = Field(
+        256,
+        ge=1,
+        description="Open connections from one client address through the gateway in all "
+        "(HTTP connections count from their accept, before their request head)",
+    )
     gateway_idle_timeout: float = Field(
         900.0, gt=0, description="Seconds a connection through the gateway may stay silent"
     )

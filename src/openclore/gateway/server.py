@@ -12,8 +12,11 @@
   request's ``Host`` picks the rental, then bytes stream both ways (WebSocket upgrades, uploads,
   long responses). Unknown or ended hosts get a 404 page. TLS with a configured certificate, or
   plain HTTP behind Caddy.
-- **Limits.** Connection caps per order and in all, idle timeouts, and memory bounded per
-  connection (a read buffer and the SSH window): a slow reader slows its own stream only.
+- **Limits.** Connection caps per order and in all, and per client address: in all and per
+  order, below the per-order cap, so that one address cannot take an order's (or the gateway's)
+  connections from the renter. An HTTP connection counts from its accept, while its request head
+  is still coming. Idle timeouts, and memory bounded per connection (a read buffer and the SSH
+  window): a slow reader slows its own stream only.
 
 Each connection is checked against the database when it opens, so nothing reaches an order's
 container once the order has ended; a sync loop opens and closes the public listeners.
@@ -160,6 +163,8 @@ class Gateway:
         self.agents: set[AgentConnection] = set()
         self.listeners: dict[int, tuple[asyncio.Server, tuple[int, int]]] = {}
         self.open_by_order: Counter[int] = Counter()
+        self.open_by_client: Counter[str] = Counter()  # client address -> open connections
+        self.open_by_client_order: Counter[tuple[str, int]] = Counter()
         self.open_total = 0
         self.streams: dict[int, set[asyncio.Task[None]]] = {}
         self.ssh_port: int = settings.gateway_ssh_port
@@ -353,11 +358,34 @@ class Gateway:
 
     # ------------------------------------------------------------------ connections
 
-    def _admit(self, order_id: int) -> bool:
+    def _admit_client(self, client: str) -> bool:
+        """Room for one more connection from this address (before knowing its order)."""
         s = self.settings
-        if self.open_total >= s.gateway_max_conns:
-            return False
-        return self.open_by_order[order_id] < s.gateway_max_conns_per_order
+        return (
+            self.open_total < s.gateway_max_conns
+            and self.open_by_client[client] < s.gateway_max_conns_per_client
+        )
+
+    def _admit(self, order_id: int, client: str) -> bool:
+        """Room for this (already counted) connection of ``client`` to the order."""
+        s = self.settings
+        return (
+            self.open_by_order[order_id] < s.gateway_max_conns_per_order
+            and self.open_by_client_order[(client, order_id)] < s.gateway_max_conns_per_client_order
+        )
+
+    @contextlib.contextmanager
+    def _counted(self, client: str) -> Any:
+        """Count a public connection, in all and for its address, while it is open."""
+        self.open_total += 1
+        self.open_by_client[client] += 1
+        try:
+            yield
+        finally:
+            self.open_total -= 1
+            self.open_by_client[client] -= 1
+            if self.open_by_client[client] <= 0:
+                del self.open_by_client[client]
 
     async def _live(self, order_id: int, port: int, kind: str) -> Forward | None:
         """The agent's forward for this port, if the order still lives (checked now)."""
@@ -373,10 +401,12 @@ class Gateway:
         self, key: tuple[int, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         order_id, port = key
-        if not self._admit(order_id):
+        client = _client_of(writer)
+        if not self._admit_client(client) or not self._admit(order_id, client):
             writer.close()
             return
-        await self._stream(order_id, port, "tcp", reader, writer, b"")
+        with self._counted(client):
+            await self._stream(order_id, port, "tcp", reader, writer, b"")
 
     async def _stream(
         self,
@@ -389,8 +419,9 @@ class Gateway:
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self.open_total += 1
+        client = _client_of(writer)
         self.open_by_order[order_id] += 1
+        self.open_by_client_order[(client, order_id)] += 1
         self.streams.setdefault(order_id, set()).add(task)
         try:
             forward = await self._live(order_id, port, kind)
@@ -420,10 +451,12 @@ class Gateway:
         except (ConnectionError, OSError, asyncssh.Error):
             pass
         finally:
-            self.open_total -= 1
             self.open_by_order[order_id] -= 1
             if self.open_by_order[order_id] <= 0:
                 del self.open_by_order[order_id]
+            self.open_by_client_order[(client, order_id)] -= 1
+            if self.open_by_client_order[(client, order_id)] <= 0:
+                del self.open_by_client_order[(client, order_id)]
             tasks = self.streams.get(order_id)
             if tasks is not None:
                 tasks.discard(task)
@@ -434,6 +467,16 @@ class Gateway:
 
     async def _http_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        client = _client_of(writer)
+        if not self._admit_client(client):
+            writer.close()
+            return
+        with self._counted(client):  # from the accept: a head still coming holds a slot
+            await self._http_request(client, reader, writer)
+
+    async def _http_request(
+        self, client: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
@@ -449,7 +492,7 @@ class Gateway:
             await _answer(writer, 404, _not_found())
             return
         order_id, port = target
-        if not self._admit(order_id):
+        if not self._admit(order_id, client):
             await _answer(writer, 503, _page(503, "Too many connections to this rental."))
             return
         await self._stream(order_id, port, "http", reader, writer, head)
@@ -465,6 +508,12 @@ class Gateway:
         if port > 65535:
             return None
         return int(match.group(1)), port
+
+
+def _client_of(writer: asyncio.StreamWriter) -> str:
+    """The client's address (its port left out: one address, one budget)."""
+    peer = writer.get_extra_info("peername")
+    return str(peer[0]) if peer else ""
 
 
 async def _splice(
