@@ -12,6 +12,7 @@ import time
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from openclore.api.app import create_app
 from openclore.market import console as console_service
@@ -256,9 +257,14 @@ def test_orders_show_the_ssh_line_and_http_pub_links(served: Market) -> None:
             .where(orders.c.id == order_id)
             .values(pub_cluster=["gw.example"], tcp_ports=["22:40022"], http_port="8888")
         )
+    with market.db.read() as conn:
+        label = conn.execute(select(orders.c.http_label).where(orders.c.id == order_id)).scalar()
     rows = Browserless(market, renter).client.get("/orders/rows").text
     assert "ssh root@gw.example -p 40022" in rows
-    assert f'href="https://{order_id}-8888.gw.example"' in rows
+    assert f'href="https://{label}-8888.gw.example"' in rows
+    assert f"https://{order_id}-8888" not in rows  # the sequential id names no URL
+    listed = ok(market.client(renter).get("/v1/my_orders"))["orders"]
+    assert listed[0]["http_pub"] == f"https://{label}-8888.gw.example"
 
 
 def test_accounts_sessions_and_messages_edge_cases(market: Market) -> None:

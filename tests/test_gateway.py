@@ -25,11 +25,13 @@ import asyncssh
 import httpx
 import psutil  # type: ignore[import-untyped]
 import pytest
+from sqlalchemy import select
 
 from openclore.agent.runtime.docker import DockerRuntime
 from openclore.cli.client_commands import order_ready
 from openclore.client import Client, Order
 from openclore.client._base import ssh_banner
+from openclore.store.schema import orders
 from test_agent_docker import (
     IMAGE,
     NETWORK,
@@ -136,6 +138,14 @@ def tunnel_agent(
     return agent
 
 
+def http_label(market: Market, order_id: int) -> str:
+    """The order's random http label, as the database holds it (96 bits of hex)."""
+    with market.db.read() as conn:
+        label = conn.execute(select(orders.c.http_label).where(orders.c.id == order_id)).scalar()
+    assert isinstance(label, str) and len(label) == 24 and int(label, 16) >= 0
+    return label
+
+
 def rental_order(server_id: int, ports: dict[str, str] | None = None) -> dict[str, Any]:
     ports = ports or {"22": "tcp", "8000": "tcp", "80": "http"}
     return order_body(server_id, image=IMAGE, ports=ports, command=RENTAL)
@@ -230,7 +240,8 @@ def test_rental_ports_are_reached_through_the_gateway_only(
         assert lo <= ssh_port <= hi
         http_port = gateway.gateway.http_port
         assert order["http_port"] == "80"
-        assert order["http_pub"] == f"http://{oid}-80.localhost:{http_port}"
+        label = http_label(market, oid)
+        assert order["http_pub"] == f"http://{label}-80.localhost:{http_port}"
 
         # the container's ports are bound on the host's loopback only
         (container,) = containers(docker_client, docker_run, f"order-{oid}")
@@ -250,10 +261,20 @@ def test_rental_ports_are_reached_through_the_gateway_only(
         assert "rental-started-on-port-22-and-80" in logs
 
         # HTTP: routed by Host; an unknown host or port gets the 404 page
-        host = f"{oid}-80.localhost:{http_port}"
+        host = f"{label}-80.localhost:{http_port}"
         page = http_get(http_port, host, "/")
         assert page.text.strip() == "hello-through-the-gateway"
-        for other in (f"{oid + 1}-80.localhost", f"{oid}-22.localhost", "localhost", "x.example"):
+        # the order's id no longer names it (ids are sequential: anyone could enumerate them),
+        # nor does a label one digit off
+        near = label[:-1] + ("0" if label[-1] != "0" else "1")
+        for other in (
+            f"{oid}-80.localhost",
+            f"{near}-80.localhost",
+            f"{label.upper()}x-80.localhost",
+            f"{label}-22.localhost",
+            "localhost",
+            "x.example",
+        ):
             missing = httpx.get(f"http://127.0.0.1:{http_port}/", headers={"Host": other})
             assert missing.status_code == 404 and "No rental answers" in missing.text
 
@@ -332,7 +353,11 @@ def concurrent_requests(port: int, count: int) -> None:
 
     def one(i: int) -> None:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            # from eight client addresses: one address's connections to an order are capped
+            source = (f"127.0.0.{2 + i % 8}", 0)
+            with socket.create_connection(
+                ("127.0.0.1", port), timeout=30, source_address=source
+            ) as sock:
                 barrier.wait(30)
                 sock.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
                 data = b""
@@ -549,8 +574,8 @@ def test_https_through_the_gateway_with_a_wildcard_certificate(
         oid = ok(renter.post("/v1/create_order", json=rental_order(sid)))["order_id"]
         order = wait_order_state(renter, oid, "running", timeout=30)
         port = gw.gateway.http_port
-        assert order["http_pub"] == f"https://{oid}-80.gw.localhost:{port}"
-        name = f"{oid}-80.gw.localhost"
+        name = f"{http_label(market, oid)}-80.gw.localhost"
+        assert order["http_pub"] == f"https://{name}:{port}"
         answers: list[bytes] = []
 
         def served() -> bool:
@@ -611,9 +636,9 @@ def test_caddy_with_tls_internal_in_front_of_the_gateway(
     try:
         oid = ok(renter.post("/v1/create_order", json=rental_order(sid)))["order_id"]
         order = wait_order_state(renter, oid, "running", timeout=30)
-        assert order["http_pub"] == f"https://{oid}-80.gw.localhost:{https_port}"
+        name = f"{http_label(market, oid)}-80.gw.localhost"
+        assert order["http_pub"] == f"https://{name}:{https_port}"
         root = tmp_path / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
-        name = f"{oid}-80.gw.localhost"
         answers: list[bytes] = []
 
         def served() -> bool:

@@ -8,8 +8,10 @@
 - **TCP.** Each tcp port of a live order listens on its public port (allocated by the market,
   stable for the order's life); each connection becomes one SSH channel to the agent, which
   connects to the container's port bound on the host's loopback.
-- **HTTP(S).** One router port serves every http port as ``<order>-<port>.<http domain>``: the
-  request's ``Host`` picks the rental, then bytes stream both ways (WebSocket upgrades, uploads,
+- **HTTP(S).** One router port serves every http port as ``<label>-<port>.<http domain>``, where
+  the label is the order's 96 random bits (order ids are sequential: URLs made of them could be
+  enumerated; old ``<order id>-<port>`` names no longer route): the request's ``Host`` picks the
+  rental, then bytes stream both ways (WebSocket upgrades, uploads,
   long responses). Unknown or ended hosts get a 404 page. TLS with a configured certificate, or
   plain HTTP behind Caddy.
 - **Limits.** Connection caps per order and in all, and per client address: in all and per
@@ -177,9 +179,7 @@ class Gateway:
         self._sync_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._domain = re.compile(
-            r"^([1-9][0-9]{0,9})-([1-9][0-9]{0,4})\."
-            + re.escape(settings.http_domain.lower())
-            + r"$"
+            r"^([0-9a-f]{24})-([1-9][0-9]{0,4})\." + re.escape(settings.http_domain.lower()) + r"$"
         )
 
     # ------------------------------------------------------------------ life
@@ -488,16 +488,21 @@ class Gateway:
             writer.close()
             return
         target = self._route_host(_host_of(head))
-        if target is None:
+        found = None
+        if target is not None:
+            label = target[0]
+            found = await self.db_call(lambda c: tunnels.order_by_label(c, label))
+        if target is None or found is None:
             await _answer(writer, 404, _not_found())
             return
-        order_id, port = target
+        order_id, port = found, target[1]
         if not self._admit(order_id, client):
             await _answer(writer, 503, _page(503, "Too many connections to this rental."))
             return
         await self._stream(order_id, port, "http", reader, writer, head)
 
-    def _route_host(self, host: str | None) -> tuple[int, int] | None:
+    def _route_host(self, host: str | None) -> tuple[str, int] | None:
+        """The order label and port a ``Host`` names, or None."""
         if host is None:
             return None
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
@@ -507,7 +512,7 @@ class Gateway:
         port = int(match.group(2))
         if port > 65535:
             return None
-        return int(match.group(1)), port
+        return match.group(1), port
 
 
 def _client_of(writer: asyncio.StreamWriter) -> str:

@@ -22,7 +22,7 @@ from openclore.ledger.ledger import balance, ensure_wallet, system_account_id, t
 from openclore.market.accounts import lock_user
 from openclore.market.requests import CreateOrderRequest
 from openclore.market.servers import cuda_version, prices_of
-from openclore.market.tunnels import http_pub, http_urls
+from openclore.market.tunnels import http_pub, http_urls, new_http_label
 from openclore.store.db import inserted_id, listing_changed
 from openclore.store.schema import orders, servers
 
@@ -114,6 +114,7 @@ def create_order(
                 spend=0,
                 fee_paid=0,
                 tcp_ports=[],
+                http_label=new_http_label(),
             )
         )
     )
@@ -307,7 +308,9 @@ def order_view(
         out["http_port"] = row["http_port"]
         url = None
         if http_templates and not row["expired"]:
-            url = http_pub(http_templates, row["pub_cluster"], row["id"], row["http_port"])
+            url = http_pub(
+                http_templates, row["pub_cluster"], row.get("http_label"), row["http_port"]
+            )
         if url is not None:
             out["http_pub"] = url
     if row["spot"]:

@@ -13,6 +13,7 @@ import base64
 import binascii
 import contextlib
 import re
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,8 +166,28 @@ def agent_key_matches(conn: Connection, server_id: int, gateway: str, key: str) 
     )
 
 
+HTTP_LABEL_BYTES = 12  # 96 bits: an order's http URLs cannot be guessed or enumerated
+HTTP_LABEL = re.compile(r"[0-9a-f]{24}")
+
+
+def new_http_label() -> str:
+    """The random first label of a new order's http URLs (hex: DNS labels are case-blind)."""
+    return secrets.token_hex(HTTP_LABEL_BYTES)
+
+
+def order_by_label(conn: Connection, label: str) -> int | None:
+    """The live order whose http URLs start with ``label``, or None."""
+    if not HTTP_LABEL.fullmatch(label):
+        return None
+    found = conn.execute(
+        select(orders.c.id).where(orders.c.http_label == label, orders.c.expired.is_(False))
+    ).scalar()
+    return None if found is None else int(found)
+
+
 def http_urls(conn: Connection) -> dict[str, str]:
-    """Gateway name → its URL template for http ports (``{order}`` and ``{port}``)."""
+    """Gateway name → its URL template for http ports (``{order}``: the order's random label,
+    and ``{port}``)."""
     return {
         row.name: row.http_url
         for row in conn.execute(select(gateways.c.name, gateways.c.http_url)).all()
@@ -174,12 +195,14 @@ def http_urls(conn: Connection) -> dict[str, str]:
     }
 
 
-def http_pub(templates: dict[str, str], pub_cluster: Any, order_id: int, port: Any) -> str | None:
+def http_pub(
+    templates: dict[str, str], pub_cluster: Any, label: str | None, port: Any
+) -> str | None:
     """The public URL of an order's http port through its gateway, if it has one."""
-    if not port or not isinstance(pub_cluster, list) or not pub_cluster:
+    if not port or not label or not isinstance(pub_cluster, list) or not pub_cluster:
         return None
     template = templates.get(str(pub_cluster[0]))
-    return None if template is None else template.format(order=order_id, port=port)
+    return None if template is None else template.format(order=label, port=port)
 
 
 # ----------------------------------------------------------------------------- ports

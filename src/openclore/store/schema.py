@@ -171,6 +171,8 @@ orders = Table(
     Column("tcp_ports", JSON, nullable=False),
     Column("pub_cluster", JSON, nullable=True),
     Column("http_port", String(8), nullable=True),
+    # the unguessable first label of the order's http URLs (<label>-<port>.<http_domain>)
+    Column("http_label", String(32), nullable=True, unique=True),
     Column("runtime_state", String(32), nullable=True),
     Column("runtime_error", Text, nullable=True),
     # the renter's score (cancel_order rating 1-5), once per order
