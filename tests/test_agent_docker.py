@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import ipaddress
+import os
 import shutil
 import socket
 import subprocess
@@ -25,7 +26,12 @@ import httpx
 import pytest
 
 from openclore.agent.runtime import LABEL_AGENT, LABEL_KEY, ImageRefused, LaunchSpec
-from openclore.agent.runtime.docker import DockerRuntime, Hardening, host_resolvers
+from openclore.agent.runtime.docker import (
+    DockerRuntime,
+    Hardening,
+    host_resolvers,
+    remove_isolation,
+)
 
 from agent_support import (
     RestartableServer,
@@ -671,3 +677,48 @@ def test_images_from_private_registries_are_refused_before_any_pull(
         agent.stop()
         probed.close()
         allowed.close()
+
+
+def test_the_agent_removes_its_isolation_rules_when_no_rental_is_left(
+    docker_client: Any, docker_run: dict[str, str]
+) -> None:
+    if shutil.which("iptables") is None:
+        message = "iptables not available: isolation rules cannot be installed here"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: the isolation test is mandatory)")
+        pytest.skip(message)
+    network = f"oc-iso-{os.getpid()}"
+
+    def rules() -> str:
+        return subprocess.run(
+            ["iptables", "-w", "5", "-S"], capture_output=True, text=True, check=True
+        ).stdout
+
+    first = DockerRuntime("iso-a", network=network, isolation="on")
+    rental = None
+    try:
+        first.prepare()
+        bridge = first.bridge
+        assert bridge and f"-N OC-F-{bridge}" in rules() and f"-j OC-I-{bridge}" in rules()
+        # a rental still runs on the bridge: the agent stops (to restart), the rules stay
+        rental = docker_client.containers.run(
+            IMAGE, ["sleep", "60"], labels=docker_run, network=network, detach=True
+        )
+        first.close()
+        assert f"-N OC-F-{bridge}" in rules()
+        rental.remove(force=True)
+        rental = None
+        # the agent starts again and stops with no rental left: nothing of it stays
+        second = DockerRuntime("iso-a", network=network, isolation="on")
+        second.prepare()
+        second.close()
+        ours = (f"OC-F-{bridge}", f"OC-I-{bridge}")  # Docker's own rules for the network stay
+        left = [line for line in rules().splitlines() if any(c in line for c in ours)]
+        assert left == [], left
+    finally:
+        if rental is not None:
+            rental.remove(force=True)
+        with contextlib.suppress(Exception):
+            remove_isolation(first.bridge or "")
+        with contextlib.suppress(Exception):
+            docker_client.networks.get(network).remove()

@@ -31,6 +31,10 @@ Docker's embedded DNS (127.0.0.11 inside the container) sends those queries from
 own network namespace, so they cross the bridge like any other packet.
 
 IPv6 is not enabled on the network, so containers have no IPv6 route at all.
+
+When the agent stops (:meth:`DockerRuntime.close`) it removes the chains and their jumps again,
+unless rentals still run on the bridge (an agent restarting leaves its rentals running; the rules
+stay to protect them until it is back).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -167,6 +171,7 @@ class DockerRuntime:
         except Exception as exc:
             raise RuntimeProblem(f"Docker engine not reachable: {exc}") from exc
         self.bridge: str | None = None
+        self._isolated = False  # this agent installed the iptables chains
         self._lock = threading.Lock()
         self._onstart_errors: dict[str, str] = {}
 
@@ -186,6 +191,7 @@ class DockerRuntime:
             return notes
         try:
             notes.extend(apply_isolation(self.bridge, host_resolvers()))
+            self._isolated = True
         except RuntimeProblem as exc:
             if self.isolation == "on":
                 raise
@@ -451,7 +457,21 @@ class DockerRuntime:
                 raise RuntimeProblem(f"cannot remove {container_id[:12]}: {_explain(exc)}") from exc
 
     def close(self) -> None:
+        """Let go of the engine; remove the isolation rules this agent installed when no rental
+        runs on its bridge any more."""
+        try:
+            if self._isolated and self.bridge and not self._rentals_on_network():
+                remove_isolation(self.bridge)
+        except Exception as exc:  # never fail a shutdown over a cleanup
+            log.warning("isolation rules of %s left in place: %s", self.bridge, exc)
         self.client.close()
+
+    def _rentals_on_network(self) -> bool:
+        if not self.network:
+            return False
+        net = self.client.networks.get(self.network)
+        net.reload()
+        return bool(net.attrs.get("Containers"))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -569,10 +589,7 @@ def _is_loopback(text: str) -> bool:
         return False
 
 
-def apply_isolation(bridge: str, resolvers: Iterable[str] = ()) -> list[str]:
-    """Install (or refresh) the iptables chains described in the module docstring; DNS (port 53)
-    is let through to ``resolvers`` only."""
-    resolvers = list(resolvers)
+def _iptables() -> Callable[..., bool]:
     iptables = shutil.which("iptables")
     if iptables is None:
         raise RuntimeProblem("iptables not found")
@@ -585,6 +602,29 @@ def apply_isolation(bridge: str, resolvers: Iterable[str] = ()) -> list[str]:
             raise RuntimeProblem(f"iptables {' '.join(args)}: {proc.stderr.strip()}")
         return proc.returncode == 0
 
+    return run
+
+
+def remove_isolation(bridge: str) -> None:
+    """Remove what :func:`apply_isolation` installed for ``bridge``: the jumps, then the chains."""
+    run = _iptables()
+    fwd, inp = f"OC-F-{bridge}", f"OC-I-{bridge}"
+    for hook in ("DOCKER-USER", "FORWARD"):
+        while run("-C", hook, "-i", bridge, "-j", fwd, check=False):
+            run("-D", hook, "-i", bridge, "-j", fwd)
+    while run("-C", "INPUT", "-i", bridge, "-j", inp, check=False):
+        run("-D", "INPUT", "-i", bridge, "-j", inp)
+    for chain in (fwd, inp):
+        if run("-n", "-L", chain, check=False):
+            run("-F", chain)
+            run("-X", chain)
+
+
+def apply_isolation(bridge: str, resolvers: Iterable[str] = ()) -> list[str]:
+    """Install (or refresh) the iptables chains described in the module docstring; DNS (port 53)
+    is let through to ``resolvers`` only."""
+    resolvers = list(resolvers)
+    run = _iptables()
     fwd, inp = f"OC-F-{bridge}", f"OC-I-{bridge}"
     for chain in (fwd, inp):
         if not run("-n", "-L", chain, check=False):
