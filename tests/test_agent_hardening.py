@@ -347,3 +347,28 @@ def test_capability_names_and_cli_helpers() -> None:
         "1536",
         "1000",
     ]
+
+
+def test_rentals_get_cpu_and_memory_limits_by_default() -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from openclore.agent.cli import rental_cpus, rental_memory
+    from openclore.cli.main import app as openclore_app
+
+    gib = 1024**3
+    # auto: a whole-server rental gets every CPU and the memory less the host's reserve
+    assert rental_cpus("auto", 32) == 32.0
+    assert rental_memory("auto", 256 * gib) == 254 * gib  # 2 GiB kept for the host
+    assert rental_memory("auto", 8 * gib) == (8 * gib - 8 * gib // 10) // 1024**2 * 1024**2
+    assert rental_cpus("12.5", 32) == 12.5 and rental_memory("48g", 256 * gib) == 48 * gib
+    assert rental_cpus("none", 32) is None and rental_memory("none", 256 * gib) is None
+    for bad in ("lots", "-1", "0.0.1"):
+        with pytest.raises(typer.BadParameter):
+            rental_cpus(bad, 32)
+    with pytest.raises(typer.BadParameter):
+        rental_memory("much", gib)
+    # and auto is what the agent runs with unless the host says otherwise
+    help_text = CliRunner().invoke(openclore_app, ["agent", "--help"], terminal_width=200).output
+    compact = " ".join(help_text.replace("│", " ").split())
+    assert "CPU limit per rental: auto" in compact and "Memory limit per rental: auto" in compact

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import psutil  # type: ignore[import-untyped]
 import typer
 
 from openclore.agent.state import (
@@ -42,6 +43,37 @@ def parse_size(text: str) -> int | None:
         raise typer.BadParameter(f"not a size: {text!r} (e.g. 16g, 512m)")
     factor = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[match.group(2)]
     return int(float(match.group(1)) * factor)
+
+
+HOST_RESERVE = 2 * 1024**3  # memory kept for the host and the agent (at most 10 % of it)
+
+
+def rental_cpus(text: str, host_cpus: int) -> float | None:
+    """``auto``: every CPU of the host (a whole-server rental's share); a number; ``none``."""
+    text = text.strip().lower()
+    if text in ("none", "0", ""):
+        return None
+    if text == "auto":
+        return float(host_cpus)
+    try:
+        value = float(text)
+    except ValueError:
+        raise typer.BadParameter(f"--cpus: auto, none or a number, not {text!r}") from None
+    if not 0 < value <= 4096:
+        raise typer.BadParameter(f"--cpus: a number of CPUs above 0, not {text!r}")
+    return value
+
+
+def rental_memory(text: str, host_memory: int) -> int | None:
+    """``auto``: the host's memory less a reserve (2 GiB, at most 10 %), so that a rental that
+    fills its memory is killed by its own limit, not the host's agent or sshd; a size; ``none``."""
+    text = text.strip().lower()
+    if text in ("none", "0", ""):
+        return None
+    if text == "auto":
+        keep = min(HOST_RESERVE, host_memory // 10)
+        return (host_memory - keep) // 1024**2 * 1024**2
+    return parse_size(text)
 
 
 def format_size(size: int) -> str:
@@ -137,11 +169,20 @@ def agent(
         str, typer.Option(envvar="OPENCLORE_AGENT_GPUS", help="auto | all | none")
     ] = "auto",
     cpus: Annotated[
-        float, typer.Option(envvar="OPENCLORE_AGENT_CPUS", help="CPU limit per rental (0: none)")
-    ] = 0.0,
+        str,
+        typer.Option(
+            envvar="OPENCLORE_AGENT_CPUS",
+            help="CPU limit per rental: auto (the host's CPUs), a number, or none",
+        ),
+    ] = "auto",
     memory: Annotated[
-        str, typer.Option(envvar="OPENCLORE_AGENT_MEMORY", help="Memory limit per rental, e.g. 48g")
-    ] = "",
+        str,
+        typer.Option(
+            envvar="OPENCLORE_AGENT_MEMORY",
+            help="Memory limit per rental: auto (the host's memory less a reserve for the "
+            "host), a size such as 48g, or none",
+        ),
+    ] = "auto",
     shm_size: Annotated[
         str, typer.Option(envvar="OPENCLORE_AGENT_SHM_SIZE", help="/dev/shm size, e.g. 8g")
     ] = "",
@@ -326,8 +367,8 @@ def agent(
             port_range=parse_range(port_range),
             bind_address=bind_address,
             gpus=use_gpus,
-            cpus=cpus or None,
-            memory=parse_size(memory),
+            cpus=rental_cpus(cpus, psutil.cpu_count(logical=True) or 1),
+            memory=rental_memory(memory, psutil.virtual_memory().total),
             shm_size=parse_size(shm_size),
             stop_timeout=stop_timeout,
             probe_ports=runtime == "docker",
