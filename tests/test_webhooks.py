@@ -5,6 +5,8 @@ process killed -9 losing nothing."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import os
 import signal
 import time
@@ -24,7 +26,7 @@ from openclore.market.webhooks import policy
 from openclore.store.schema import webhook_deliveries, webhooks
 
 from event_support import Receiver, serve, stop
-from support import Market, error, free_port, ok
+from support import Market, error, free_port, ok, order_body
 
 
 @pytest.fixture
@@ -301,3 +303,91 @@ def pending_deliveries(market: Market) -> int:
                 select(func.count()).where(webhook_deliveries.c.state == "pending")
             ).scalar_one()
         )
+
+
+# ----------------------------------------------------------------------------- known answers
+
+KNOWN_SECRET = "whsec_000102030405060708090a0b0c0d0e0f1011121314151617"
+KNOWN_BODY = b'{"id":7,"type":"deposit.credited"}'
+# HMAC-SHA256(secret, "1764222000." + body), worked out once and written down: the scheme the docs
+# give receivers, independent of the code under test
+KNOWN_HEADER = "t=1764222000,v1=c1d8dbc019804ed7df3980e63bcbb36bf816b08250f640e03a072a2521d85021"
+
+
+def test_the_signature_scheme_matches_its_known_answer() -> None:
+    from openclore.engine.webhooks import signature
+
+    assert signature(KNOWN_SECRET, 1764222000, KNOWN_BODY) == KNOWN_HEADER
+    assert verify(KNOWN_SECRET, KNOWN_HEADER, KNOWN_BODY, now=1764222000 + 299)
+    assert not verify(KNOWN_SECRET, KNOWN_HEADER, KNOWN_BODY, now=1764222000 + 301)
+    # the timestamp is signed: the same MAC under another t is refused
+    assert not verify(
+        KNOWN_SECRET,
+        KNOWN_HEADER.replace("t=1764222000", "t=1764222001"),
+        KNOWN_BODY,
+        now=1764222000,
+    )
+
+
+def test_a_late_retry_is_signed_at_its_send_time_not_the_events(
+    market: Market, receiver: Receiver
+) -> None:
+    """A retry hours after the event must still verify at a receiver's 5-minute tolerance."""
+    token = market.user()
+    made = hook(market, token, receiver.start())
+    credit(market, token, 1)
+    wall = FakeWall()
+    wall.now += 7 * 3600  # the delivery goes out seven hours after the event was written
+    assert deliver_due(deliverer(market, wall)) == 1
+    (got,) = receiver.received
+    header = got.headers["Openclore-Signature"]
+    t = int(header.split(",")[0].removeprefix("t="))
+    assert t == int(wall.now)
+    expected = hmac.new(
+        made["secret"].encode(), f"{t}.".encode() + got.body, hashlib.sha256
+    ).hexdigest()
+    assert header == f"t={t},v1={expected}"  # over "<t>.<body>", not the body alone
+
+
+def test_a_name_with_one_private_address_among_public_ones_is_refused(
+    market: Market, receiver: Receiver
+) -> None:
+    token = market.user()
+    url = receiver.start()
+    port = int(url.split(":")[2].split("/")[0])
+    made = hook(market, token, url)
+    with market.db.write() as conn:
+        conn.execute(
+            update(webhooks)
+            .where(webhooks.c.id == made["id"])
+            .values(url=f"http://mixed.rebind.test:{port}/hook")
+        )
+    credit(market, token, 1)
+    outside = Policy(allow_private=False, allow_loopback=False)
+    for answer in (
+        ["93.184.216.34", "169.254.169.254"],  # the private one second: every one is checked
+        ["93.184.216.34", "127.0.0.1"],
+        ["2606:2800:220:1::1", "fd00::1"],
+    ):
+        with market.db.write() as conn:
+            conn.execute(update(webhook_deliveries).values(next_attempt_at=0))
+        assert deliver_due(Deliverer(market.db, outside, resolver=Rebinding(answer))) == 1
+        with market.db.read() as conn:
+            row = conn.execute(select(webhook_deliveries)).one()
+        assert row.last_error.startswith("refused: "), (answer, row.last_error)
+    assert receiver.received == []
+
+
+def test_the_event_type_filter_holds_back_other_types(market: Market, receiver: Receiver) -> None:
+    token = market.user(bitcoin="1")
+    hook(market, token, receiver.start(), events=["order.ended"])
+    host = market.user()
+    sid = market.server(host, "rig")
+    c = market.client(token)
+    order_id = ok(c.post("/v1/create_order", json=order_body(sid)))["order_id"]
+    credit(market, token, 1)  # deposit.credited: filtered out
+    ok(c.post("/v1/cancel_order", json={"id": order_id}))  # order.ended: sent
+    produced = {e["type"] for e in ok(c.get("/v1/events", params={"after": 0}))["events"]}
+    assert {"order.created", "deposit.credited", "order.ended"} <= produced
+    deliver_due(deliverer(market))
+    assert [r.event["type"] for r in receiver.received] == ["order.ended"]
