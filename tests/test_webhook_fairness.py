@@ -286,3 +286,33 @@ def test_the_webhook_limit_holds_under_concurrent_creates(market: Market, n: int
     assert codes.count(0) == 10, codes
     listed = ok(client.get("/v1/webhooks"))["webhooks"]
     assert len(listed) == 10
+
+
+def test_events_of_two_users_written_in_one_transaction_go_to_their_own_hooks(
+    market: Market,
+) -> None:
+    """A server going offline tells its host (server.offline) and its renter (order.paused) in
+    one transaction: one flush writes events for both users."""
+    from sqlalchemy import update
+
+    from openclore.store.schema import servers
+
+    from support import order_body
+
+    mine, theirs = Receiver(), Receiver()
+    try:
+        host, renter = market.user(), market.user(bitcoin="1")
+        sid = market.server(host)
+        ok(market.client(renter).post("/v1/create_order", json=order_body(sid)))
+        market.advance(1)
+        hook(market, host, mine.start())
+        hook(market, renter, theirs.start())
+        with market.db.write() as conn:  # an agent's server, last heard of long ago
+            conn.execute(update(servers).where(servers.c.id == sid).values(simulated=False))
+        market.advance(120)  # no heartbeat for longer than agent_timeout
+        assert deliver_due(Deliverer(market.db, Policy(**LOOPBACK))) >= 2
+    finally:
+        mine.stop()
+        theirs.stop()
+    assert [e["type"] for e in mine.ok_events()] == ["server.offline"]
+    assert [e["type"] for e in theirs.ok_events()] == ["order.paused"]
