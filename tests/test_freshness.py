@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from openclore.api.app import create_app
 from openclore.market.accounts import revoke_token
@@ -218,3 +218,34 @@ def test_apps_on_one_database_keep_their_own_caches(market: Market) -> None:
         assert second_db.freshness.versions().market > before.market
     finally:
         second_db.dispose()
+
+
+def test_silently_lost_notifications_are_bounded_by_the_recheck(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listener looks connected (or SQLite's data_version looks unchanged) but a change was
+    never told: a revoked token still stops working within RECHECK_SECONDS."""
+    token = market.user()
+    other = market.user()
+    with market.db.write() as conn:  # an earlier revocation (told): the auth version exists
+        assert revoke_token(conn, other, market.now())
+    ok(market.client(token).get("/v1/wallets"))
+    watch = market.db.freshness
+    if market.backend == "postgresql":
+        until(lambda: watch.listening, 10)
+    before = watch.versions()
+    assert watch.cached() == before  # served from memory now
+    # the revocation is written without any notification reaching this process: no NOTIFY on
+    # PostgreSQL (a plain UPDATE), an unchanged data_version on SQLite (pinned)
+    monkeypatch.setattr(watch, "_data_version", lambda: 0)
+    watch.invalidate()
+    held = watch.versions()  # read again with the pinned data_version: cached from here on
+    with market.db.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE api_tokens SET revoked_at = 1 WHERE prefix = :p"), {"p": token[:8]}
+        )
+        conn.execute(text("UPDATE meta SET value = value + 1 WHERE key = 'auth_version'"))
+    assert watch.cached() == held  # not told: still trusted, for now
+    took = until(lambda: watch.versions().auth == held.auth + 1, BOUND + SLACK)
+    assert took <= BOUND + SLACK
+    assert market.client(token).get("/v1/wallets").json()["code"] == 3
