@@ -399,3 +399,89 @@ def test_a_password_change_ends_password_sessions_and_an_operator_ends_all(
     assert admin.post("/admin/signout", user=str(carol)) == ("/admin", "Sessions ended.")
     assert _signed_out(again) and _signed_out(by_token)
     assert not _signed_out(admin.client)  # the operator's own session is untouched
+
+
+# ----------------------------------------------------------------------------- hostile text
+
+EVIL = "<script>alert(1)</script><img src=x onerror=alert(2)>\"'&"
+EVIL_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;"
+
+
+def _security_headers(answer: httpx.Response) -> None:
+    csp = answer.headers.get("content-security-policy", "")
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp, answer.url
+    assert "script-src" not in csp or "'unsafe-inline'" not in csp.split("script-src")[1]
+    assert answer.headers.get("x-frame-options") == "DENY", answer.url
+
+
+def test_text_hosts_and_containers_control_is_escaped_and_pages_carry_security_headers(
+    served: Market,
+) -> None:
+    import threading
+
+    from openclore.market.logs import record_answer
+    from openclore.store.schema import agent_requests
+
+    market = served
+    host = market.user("host")
+    sid = market.server(
+        host, "rig", specs={"gpu": f"1x {EVIL}", "gpuram": 24, "cpu": EVIL, "mb": EVIL}
+    )
+    renter = market.user("renter", bitcoin="1")
+    oid = ok(market.client(renter).post("/v1/create_order", json=order_body(sid)))["order_id"]
+    with market.db.write() as conn:  # an agent's server now: its container's output is asked
+        conn.execute(servers.update().where(servers.c.id == sid).values(simulated=False))
+
+    def answer_logs() -> None:  # the agent: lines its container printed
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with market.db.write() as conn:
+                asked = conn.execute(
+                    select(agent_requests.c.id).where(agent_requests.c.answered_at.is_(None))
+                ).scalar()
+                if asked is not None:
+                    message = {"req": int(asked), "lines": [f"line {EVIL}"]}
+                    record_answer(conn, sid, message, int(time.time()))
+                    return
+            time.sleep(0.05)
+
+    as_renter = Browserless(market, renter)
+    agent = threading.Thread(target=answer_logs, daemon=True)
+    agent.start()
+    logs = as_renter.client.get(f"/orders/{oid}/logs")
+    agent.join(25)
+    pages = {
+        "market": as_renter.client.get("/market"),
+        "server": as_renter.client.get(f"/servers/{sid}"),
+        "orders": as_renter.client.get("/orders"),
+        "logs": logs,
+    }
+    for name, page in pages.items():
+        assert page.status_code == 200, name
+        _security_headers(page)
+        assert "<script>alert" not in page.text and "onerror=alert(2)>" not in page.text, name
+    assert EVIL_ESCAPED in pages["server"].text  # the GPU name is shown, as text
+    assert EVIL_ESCAPED in pages["logs"].text  # the container's line is shown, as text
+    # every other page a person reaches carries the headers too
+    for path in ("/signin", "/wallets", "/host"):
+        _security_headers(as_renter.client.get(path))
+    _security_headers(Browserless(market, _operator(market)).client.get("/admin"))
+
+
+def test_password_guessing_is_rate_limited_like_token_guessing(served: Market) -> None:
+    market = served
+    market.user("victim")
+    with market.db.write() as conn:
+        set_password(conn, find_user(conn, "victim"), PASSWORD)
+    client = httpx.Client(base_url=market.url, timeout=30)
+    market.clients.append(client)
+    csrf = _csrf(client.get("/signin").text)
+    codes = [
+        client.post(
+            "/signin", data={"csrf": csrf, "username": "victim", "password": f"guess {i}"}
+        ).status_code
+        for i in range(6)
+    ]
+    assert codes[:5] == [401] * 5 and codes[5] == 429, codes
+    right = client.post("/signin", data={"csrf": csrf, "username": "victim", "password": PASSWORD})
+    assert right.status_code == 429  # even the right password waits
