@@ -183,3 +183,50 @@ def test_concurrent_twins_on_two_processes_act_once(market: Market) -> None:
         for proc in procs:
             stop(proc)
     assert count_orders(market) == 4
+
+
+@pytest.mark.parametrize("failure", ["crash", "internal"])
+def test_an_internal_error_is_not_stored_and_a_retry_acts(
+    market: Market, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """A code 1 (an unexpected exception, or an InternalError raised as such) changed nothing
+    and may pass: it is never replayed for 24 h."""
+    from openclore.domain.errors import InternalError
+    from openclore.market import orders as order_service
+
+    host, renter = market.user(), market.user(bitcoin="1")
+    sid = market.server(host)
+    c = market.client(renter)
+    real = order_service.create_order
+    calls = []
+
+    def failing_once(*args: object, **kwargs: object) -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            if failure == "internal":
+                raise InternalError("the database went away")
+            raise RuntimeError("the database went away")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(order_service, "create_order", failing_once)
+    headers = {"Idempotency-Key": "after-a-crash"}
+    first = c.post("/v1/create_order", json=order_body(sid), headers=headers)
+    assert first.json()["code"] == 1 and count_orders(market) == 0
+    again = c.post("/v1/create_order", json=order_body(sid), headers=headers)
+    ok(again)
+    assert "Idempotent-Replayed" not in again.headers and count_orders(market) == 1
+    assert len(calls) == 2
+    replay = c.post("/v1/create_order", json=order_body(sid), headers=headers)
+    assert replay.content == again.content and replay.headers["Idempotent-Replayed"] == "true"
+
+
+def test_the_query_string_is_part_of_the_request(market: Market) -> None:
+    renter = market.user(bitcoin="1")
+    c = market.client(renter)
+    headers = {"Idempotency-Key": "q"}
+    first = c.post("/v1/webhooks?x=1", json={"url": "http://127.0.0.1:9/a"}, headers=headers)
+    ok(first)
+    other = c.post("/v1/webhooks?x=2", json={"url": "http://127.0.0.1:9/a"}, headers=headers)
+    assert other.json()["code"] == 2 and "Idempotency-Key" in other.json()["error"]
+    same = c.post("/v1/webhooks?x=1", json={"url": "http://127.0.0.1:9/a"}, headers=headers)
+    assert same.headers.get("Idempotent-Replayed") == "true"
