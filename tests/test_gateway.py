@@ -923,3 +923,63 @@ def test_one_client_address_cannot_lock_the_renter_out(market: Market, tmp_path:
             echo.close()
         agent.stop()
         gw.stop()
+
+
+def test_a_full_port_range_publishes_nothing_more_and_ended_orders_give_theirs_back(
+    market: Market,
+) -> None:
+    from openclore.market.tunnels import public_ports
+
+    host, renter = market.user(), market.user(bitcoin="1")
+    sid = market.server(host)
+    c = market.client(renter)
+    first = ok(c.post("/v1/create_order", json=order_body(sid)))["order_id"]
+    sid2 = market.server(host, "two")
+    second = ok(
+        market.client(market.user(bitcoin="1")).post("/v1/create_order", json=order_body(sid2))
+    )["order_id"]
+    with market.db.write() as conn:
+        assert public_ports(conn, "gw", first, [22, 8888], (31000, 31001)) == {
+            22: 31000,
+            8888: 31001,
+        }
+        # the range (two ports) is full: nothing past its end is handed out
+        assert public_ports(conn, "gw", second, [22], (31000, 31001)) == {}
+    ok(c.post("/v1/cancel_order", json={"id": first}))
+    with market.db.write() as conn:  # the ended order's ports are free again
+        assert public_ports(conn, "gw", second, [22], (31000, 31001)) == {22: 31000}
+
+
+def test_a_connection_held_across_a_cancel_is_closed(market: Market, tmp_path: Path) -> None:
+    gw = start_gateway(market, gateway_idle_timeout=300.0)  # only the cancel can close it
+    host = market.user()
+    renter = market.client(market.user(bitcoin="0.01"))
+    sid, init = host_server(market, host)
+    backend = free_port()
+    agent = start_agent(
+        market.url, tmp_path / "agent", init_token=init, port_range=(backend, backend)
+    )
+    echo = None
+    try:
+        oid = ok(renter.post("/v1/create_order", json=order_body(sid, ports={"22": "tcp"})))[
+            "order_id"
+        ]
+        order = wait_order_state(renter, oid, "running")
+        (status,) = [s for s in agent.reconciler.snapshot() if s.order_id == oid]
+        echo = EchoServer(status.tcp_ports["22"])
+        port = published(order, "22")
+        wait_for(lambda: port in gw.gateway.listeners, 10, what="public port open")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as held:
+            assert echoes(held)
+            ok(renter.post("/v1/cancel_order", json={"id": oid}))
+            held.settimeout(15)
+            started = time.monotonic()
+            assert held.recv(64) == b""  # closed by the gateway, long before any idle timeout
+            assert time.monotonic() - started < 10
+        wait_for(lambda: port not in gw.gateway.listeners, 10, what="public port closed")
+        assert connection_refused(port)
+    finally:
+        if echo is not None:
+            echo.close()
+        agent.stop()
+        gw.stop()
