@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from babel.messages.extract import extract_from_dir
+from babel.messages.extract import extract_from_dir, extract_python
 from babel.messages.pofile import read_po
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, sync_playwright
 
@@ -504,6 +504,9 @@ def test_catalog_translates_every_string_of_the_console() -> None:
             str(web), method_map, options_map=options, keywords=keywords
         )
     }
+    # the error registry's sentences, shown by the console
+    with open(ROOT / "src" / "openclore" / "domain" / "errors.py", "rb") as source:
+        marked |= {msgid for _, _, msgid, _ in extract_python(source, ["N_"], [], {}) if msgid}
     with open(LOCALE_DIR / "zh_CN" / "LC_MESSAGES" / "messages.po", "rb") as f:
         catalog = read_po(f)
     translated = {m.id: m.string for m in catalog if m.id}

@@ -30,7 +30,22 @@
         ├── PriceChanged              price_changed; .price (the price now)
         ├── ServerNameTaken           server_name_taken
         ├── ServerLimitReached        server_limit_reached
-        └── OrderLimitReached         order_limit_reached; .limit
+        ├── OrderLimitReached         order_limit_reached; .limit
+        ├── NotADemoWorld             not_a_demo_world
+        ├── OrderAlreadyRated         order_already_rated
+        ├── AgentDidNotAnswer         agent_did_not_answer (the host's agent; try again)
+        ├── IdempotencyKeyInUse       idempotency_key_in_use (the first request still runs)
+        ├── InvalidAddress            invalid_address
+        ├── WithdrawalLimitExceeded   withdrawal_limit_exceeded; .limit_left
+        ├── WithdrawalDoesNotExist    withdrawal_dont_exist
+        ├── WithdrawalNotPending      withdrawal_not_pending
+        ├── ReasonRequired            reason_required
+        ├── TxidRequired              txid_required
+        ├── UnknownAccount            unknown_account
+        ├── DepositConflict           deposit_conflict
+        ├── WebhookDoesNotExist       webhook_dont_exist
+        ├── WebhookLimitReached       webhook_limit_reached; .limit
+        └── WebhookUrlNotAllowed      webhook_url_not_allowed; .reason
 
 Numbers carried by errors (``max_step``, ``min_price``, ``price``) are :class:`~decimal.Decimal`.
 """
@@ -242,6 +257,81 @@ class OrderLimitReached(MarketError):
         return None if value is None else int(value)
 
 
+class NotADemoWorld(MarketError):
+    names = ("not_a_demo_world",)
+
+
+class OrderAlreadyRated(MarketError):
+    names = ("order_already_rated",)
+
+
+class AgentDidNotAnswer(MarketError):
+    names = ("agent_did_not_answer",)
+
+
+class IdempotencyKeyInUse(MarketError):
+    names = ("idempotency_key_in_use",)
+
+
+class InvalidAddress(MarketError):
+    names = ("invalid_address",)
+
+
+class WithdrawalLimitExceeded(MarketError):
+    names = ("withdrawal_limit_exceeded",)
+
+    @property
+    def limit_left(self) -> Decimal | None:
+        value = self.response.get("limit_left")
+        return None if value is None else Decimal(str(value))
+
+
+class WithdrawalDoesNotExist(MarketError):
+    names = ("withdrawal_dont_exist",)
+
+
+class WithdrawalNotPending(MarketError):
+    names = ("withdrawal_not_pending",)
+
+
+class ReasonRequired(MarketError):
+    names = ("reason_required",)
+
+
+class TxidRequired(MarketError):
+    names = ("txid_required",)
+
+
+class UnknownAccount(MarketError):
+    names = ("unknown_account",)
+
+
+class DepositConflict(MarketError):
+    names = ("deposit_conflict",)
+
+
+class WebhookDoesNotExist(MarketError):
+    names = ("webhook_dont_exist",)
+
+
+class WebhookLimitReached(MarketError):
+    names = ("webhook_limit_reached",)
+
+    @property
+    def limit(self) -> int | None:
+        value = self.response.get("limit")
+        return None if value is None else int(value)
+
+
+class WebhookUrlNotAllowed(MarketError):
+    names = ("webhook_url_not_allowed",)
+
+    @property
+    def reason(self) -> str | None:
+        value = self.response.get("reason")
+        return None if value is None else str(value)
+
+
 MARKET_ERRORS: dict[str, type[MarketError]] = {
     name: cls
     for cls in (
@@ -264,6 +354,21 @@ MARKET_ERRORS: dict[str, type[MarketError]] = {
         ServerNameTaken,
         ServerLimitReached,
         OrderLimitReached,
+        NotADemoWorld,
+        OrderAlreadyRated,
+        AgentDidNotAnswer,
+        IdempotencyKeyInUse,
+        InvalidAddress,
+        WithdrawalLimitExceeded,
+        WithdrawalDoesNotExist,
+        WithdrawalNotPending,
+        ReasonRequired,
+        TxidRequired,
+        UnknownAccount,
+        DepositConflict,
+        WebhookDoesNotExist,
+        WebhookLimitReached,
+        WebhookUrlNotAllowed,
     )
     for name in cls.names
 }

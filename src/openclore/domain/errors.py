@@ -6,6 +6,7 @@ Codes (SPEC §1): 1 internal, 2 invalid input, 3 invalid token, 4 invalid endpoi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -65,40 +66,107 @@ class MarketError(CloreError):
         self.name = name
 
 
-# Every named error (code 6) openclore sends, with the HTTP status used in "rest" mode.
-ERROR_HTTP_STATUS: dict[str, int] = {
-    "server-dont-exist": 404,
-    "server_dont_exist": 404,
-    "order_dont_exist": 404,
-    "server-offline": 409,
-    "server-already-rented": 409,
-    "you_already_have_spot_order": 409,
-    "order_not_active": 409,
-    "can_lower_every_600_seconds": 409,
-    "price_changed": 409,
-    "not_enough_balance": 400,
-    "too_low_price": 400,
-    "amount_too_low": 400,
-    "exceeded_max_step": 400,
-    "currency-not-allowed": 400,
-    "issue_description_too_long": 400,
-    "server_name_taken": 409,
-    "server_limit_reached": 403,
-    "order_limit_reached": 403,
-    "cant_rent_from_yourself": 403,
-    "you_dont_own_this_order": 403,
-    "not_a_demo_world": 409,
-    "order_already_rated": 409,
-    "invalid_address": 400,
-    "withdrawal_limit_exceeded": 403,
-    "withdrawal_dont_exist": 404,
-    "withdrawal_not_pending": 409,
-    "reason_required": 400,
-    "txid_required": 400,
-    "unknown_account": 404,
-    "deposit_conflict": 409,
-    "agent_did_not_answer": 504,
-}
+def N_(message: str) -> str:
+    """Marks a sentence for the console's translation catalog (translated where it is shown)."""
+    return message
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    """One named error (code 6): its wire name, the HTTP status of ``http_status=rest``, the
+    extra fields its envelope may carry, and the sentence people read (a catalog msgid)."""
+
+    name: str
+    status: int
+    message: str
+    extra: tuple[str, ...] = ()
+    api: bool = True  # False: the console's own form errors, never sent by the API
+
+
+# Every named error (code 6) openclore sends: the one place its name is written. The REST status
+# table, the console's sentences and (by a test) the SDK's exceptions follow from it.
+_KINDS = (
+    ErrorKind("server-dont-exist", 404, N_("This server is not on the market.")),
+    ErrorKind("server_dont_exist", 404, N_("No such server.")),
+    ErrorKind("order_dont_exist", 404, N_("No such order.")),
+    ErrorKind("server-offline", 409, N_("This server is offline.")),
+    ErrorKind("server-already-rented", 409, N_("Someone rents this server on demand already.")),
+    ErrorKind("you_already_have_spot_order", 409, N_("You have a bid on this server already.")),
+    ErrorKind("order_not_active", 409, N_("This order has ended.")),
+    ErrorKind(
+        "can_lower_every_600_seconds",
+        409,
+        N_("A bid may be lowered once every 600 seconds."),
+        ("time_to_lowering",),
+    ),
+    ErrorKind("price_changed", 409, N_("The price changed meanwhile."), ("price",)),
+    ErrorKind("not_enough_balance", 400, N_("Your wallet does not hold enough for this.")),
+    ErrorKind(
+        "too_low_price",
+        400,
+        N_("The bid is below the server's minimum spot price."),
+        ("min_price",),
+    ),
+    ErrorKind(
+        "amount_too_low",
+        400,
+        N_("The price is below the server's minimum spot price."),
+        ("min_price",),
+    ),
+    ErrorKind(
+        "exceeded_max_step",
+        400,
+        N_("That is a larger step down than one lowering allows."),
+        ("max_step",),
+    ),
+    ErrorKind("currency-not-allowed", 400, N_("This server does not take that currency.")),
+    ErrorKind("issue_description_too_long", 400, N_("The description is too long.")),
+    ErrorKind("server_name_taken", 409, N_("You have a server with this name already.")),
+    ErrorKind("server_limit_reached", 403, N_("You have reached the limit of servers.")),
+    ErrorKind(
+        "order_limit_reached", 403, N_("You have reached the limit of active orders."), ("limit",)
+    ),
+    ErrorKind("cant_rent_from_yourself", 403, N_("You cannot rent your own server.")),
+    ErrorKind("you_dont_own_this_order", 403, N_("This order is not yours.")),
+    ErrorKind("not_a_demo_world", 409, N_("This market is not the demo world.")),
+    ErrorKind("order_already_rated", 409, N_("This order has been rated already.")),
+    ErrorKind("invalid_address", 400, N_("That is not a valid address for this currency.")),
+    ErrorKind(
+        "withdrawal_limit_exceeded",
+        403,
+        N_("This is more than today's withdrawal limit allows."),
+        ("limit_left",),
+    ),
+    ErrorKind("withdrawal_dont_exist", 404, N_("No such withdrawal.")),
+    ErrorKind("withdrawal_not_pending", 409, N_("This withdrawal was decided already.")),
+    ErrorKind("reason_required", 400, N_("Give a reason.")),
+    ErrorKind("txid_required", 400, N_("Give the payout's transaction id.")),
+    ErrorKind("unknown_account", 404, N_("No such account.")),
+    ErrorKind("deposit_conflict", 409, N_("This deposit was recorded already, differently.")),
+    ErrorKind(
+        "agent_did_not_answer", 504, N_("The host's agent did not answer in time; trying again.")
+    ),
+    ErrorKind(
+        "idempotency_key_in_use", 409, N_("The same request is still being worked on; retry.")
+    ),
+    ErrorKind("invalid_price", 400, N_("Enter a price as a positive number."), api=False),
+    ErrorKind("invalid_mrl", 400, N_("Enter the maximum rental length in whole hours."), api=False),
+    ErrorKind("webhook_dont_exist", 404, N_("No such webhook.")),
+    ErrorKind(
+        "webhook_limit_reached", 403, N_("You have reached the limit of webhooks."), ("limit",)
+    ),
+    ErrorKind(
+        "webhook_url_not_allowed",
+        400,
+        N_("Webhooks cannot be sent to that address."),
+        ("reason",),
+    ),
+)
+REGISTRY: dict[str, ErrorKind] = {kind.name: kind for kind in _KINDS}
+
+# The HTTP status of each named error in "rest" mode (derived from the registry).
+ERROR_HTTP_STATUS: dict[str, int] = {kind.name: kind.status for kind in _KINDS}
+
 
 CODE_HTTP_STATUS_REST = {0: 200, 1: 500, 2: 400, 3: 401, 4: 404, 5: 429}
 CODE_HTTP_STATUS_CLORE = {0: 200, 1: 500, 2: 200, 3: 200, 4: 200, 5: 429, 6: 200}
