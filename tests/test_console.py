@@ -449,6 +449,17 @@ def test_every_page_in_both_languages_without_missing_translations(
         "admin": "/admin",
     }
     who = {"host": host, "host-server": host, "admin": admin}
+    # what each page exists for, in words that are data (the same in both languages)
+    shows = {
+        "market": ["RTX 4090", "RTX 3090"],
+        "server": [f"#{s4090}", "RTX 4090", "DE"],
+        "orders": [f"#{order_id}", "bitcoin", "ssh root@"],
+        "logs": [f"order {order_id}", "[simulated]"],
+        "wallets": ["bitcoin"],
+        "host": ["rig-3090", "rig-4090"],
+        "host-server": ["rig-4090"],
+        "admin": ["renter", "operator", "rig-4090"],
+    }
     shots = backend == "sqlite"  # one set of screenshots per run
     for lang, tag in (("zh-CN", "zh-CN"), ("en-US", "en")):
         signin = console.page(lang)
@@ -464,9 +475,16 @@ def test_every_page_in_both_languages_without_missing_translations(
             if token not in tabs:
                 tabs[token] = console.sign_in(token, lang)
             page = tabs[token]
-            page.goto(console.url + path)
+            answer = page.goto(console.url + path)
+            assert answer is not None and answer.status == 200, name
             assert page.locator("html").get_attribute("lang") == tag, name
             page.wait_for_load_state("networkidle")
+            headers = answer.headers
+            assert "default-src 'self'" in headers.get("content-security-policy", ""), name
+            assert headers.get("x-frame-options") == "DENY", name
+            text = page.inner_text("main")
+            missing = [word for word in shows[name] if word not in text]
+            assert missing == [], (name, lang, missing)
             if shots:
                 _shot(page, tag, name)
         if shots:  # the marketplace on a phone
