@@ -24,7 +24,7 @@ from openclore.market.accounts import (
     set_password,
     set_role,
 )
-from openclore.store.schema import gateways, orders, servers
+from openclore.store.schema import api_tokens, gateways, orders, servers
 from openclore.web.app import install_console
 from openclore.web.i18n import negotiate
 
@@ -377,6 +377,13 @@ def test_a_console_session_ends_with_the_token_it_was_started_with(served: Marke
     )
     assert _signed_out(by_second)
     assert not _signed_out(by_third)
+    # however a token comes to be revoked (here a plain UPDATE, which ends no session itself),
+    # its sessions are refused from then on
+    with market.db.write() as conn:
+        conn.execute(
+            api_tokens.update().where(api_tokens.c.prefix == third[:8]).values(revoked_at=1)
+        )
+    assert _signed_out(by_third)
 
 
 def test_a_password_change_ends_password_sessions_and_an_operator_ends_all(

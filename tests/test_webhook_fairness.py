@@ -215,7 +215,8 @@ def _url(r: Receiver) -> str:
 def test_fair_share_claims_see_past_one_users_backlog(market: Market) -> None:
     """A single claim with one user's long backlog due first still takes the other user's row."""
     first, second = market.user(), market.user()
-    hook(market, first, "http://127.0.0.1:9/a")
+    for n in range(6):  # six webhooks: 12 rows due at two per webhook, more than one claim takes
+        hook(market, first, f"http://127.0.0.1:9/a{n}")
     credit(market, first, 30)
     hook(market, second, "http://127.0.0.1:9/b")
     credit(market, second, 1)
