@@ -393,3 +393,58 @@ def test_a_password_change_ends_password_sessions_and_an_operator_ends_all(
     assert admin.post("/admin/signout", user=str(carol)) == ("/admin", "Sessions ended.")
     assert _signed_out(again) and _signed_out(by_token)
     assert not _signed_out(admin.client)  # the operator's own session is untouched
+
+
+# ----------------------------------------------------------------------------- bad text
+
+
+CONSOLE_GETS = ["/market", "/orders", "/orders/rows", "/wallets", "/host", "/admin", "/prefs"]
+CONSOLE_FORMS = [
+    "/signout",
+    "/servers/1/rent",
+    "/orders/1/cancel",
+    "/orders/1/bid",
+    "/host/add",
+    "/host/servers/rig",
+    "/admin/credit",
+    "/admin/token",
+    "/admin/revoke",
+    "/admin/signout",
+    "/admin/servers/1/hide",
+    "/admin/servers/1/remove",
+    "/sandbox/advance",
+]
+
+
+def test_nul_in_a_path_query_or_form_is_a_400_page_never_a_500(served: Market) -> None:
+    market = served
+    market.user("alice")
+    with market.db.write() as conn:
+        set_password(conn, find_user(conn, "alice"), PASSWORD)
+    # the sign-in form, before any session (its double-submit CSRF cookie and field)
+    client = httpx.Client(base_url=market.url, timeout=30)
+    market.clients.append(client)
+    csrf = _csrf(client.get("/signin").text)
+    for form in (
+        {"username": "al\x00ice", "password": PASSWORD},
+        {"username": "alice", "password": "pass\x00word"},
+        {"token": "tok\x00en"},
+        {"username": "alice", "password": PASSWORD, "next": "/market\x00"},
+    ):
+        answer = client.post("/signin", data={"csrf": csrf, **form})
+        assert answer.status_code == 400, (form, answer.text)
+        assert "not allowed" in answer.text
+    assert client.get("/signin?next=%2Fmarket%00").status_code == 400
+    # signed in as an operator: every page and every form
+    admin = Browserless(market, _operator(market))
+    market.server(market.user("host"), "rig")
+    for path in ("/host/servers/a%00b", "/host/servers/rig%00", *CONSOLE_GETS):
+        query = "" if "%00" in path else "?currency=bit%00coin&q=a%00b"
+        answer = admin.client.get(path + query)
+        assert answer.status_code == 400, (path, answer.status_code, answer.text[:200])
+        assert "not allowed" in answer.text
+    for path in ["/host/servers/a%00b", *CONSOLE_FORMS]:
+        for field in ("name", "user", "issue", "price", "amount", "prefix", "mrl", "next"):
+            answer = admin.client.post(path, data={"csrf": admin.csrf, field: "x\x00y"})
+            assert answer.status_code == 400, (path, field, answer.status_code)
+    assert admin.client.get("/market").status_code == 200  # still signed in, nothing broke

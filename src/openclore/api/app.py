@@ -45,6 +45,7 @@ from openclore.domain.errors import (
     RateLimited,
 )
 from openclore.domain.money import to_units
+from openclore.domain.text import check_pairs
 from openclore.engine import housekeeping
 from openclore.engine.clock import Clock, SandboxClock, SystemClock
 from openclore.engine.ticker import tick
@@ -809,6 +810,8 @@ def create_app(
                 raise InvalidEndpoint(
                     "sandbox mode is off (start with --demo or OPENCLORE_SANDBOX=1)"
                 )
+            if request.scope.get("query_string"):
+                check_pairs(request.query_params.multi_items(), "query")
             token = (request.headers.get("auth") or "").strip() or None
             raw = await request.body()
             if ep.handler is _marketplace and served_from_memory and not raw:

@@ -13,7 +13,7 @@ import json
 import secrets
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,9 @@ from starlette.staticfiles import StaticFiles
 
 from openclore.api.app import AppState
 from openclore.api.ratelimit import RateLimiter
-from openclore.domain.errors import CloreError, MarketError
+from openclore.domain.errors import CloreError, InvalidInput, MarketError
 from openclore.domain.money import UNITS_PER_COIN, AmountError, Coins, coins_str, to_units
+from openclore.domain.text import check_pairs
 from openclore.engine.clock import SandboxClock
 from openclore.engine.ticker import tick
 from openclore.market import accounts, audit, console, requests, search, sessions
@@ -60,6 +61,19 @@ class Refused(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+BAD_TEXT = "bad text"
+BAD_TEXT_MESSAGE = N_("It held characters that are not allowed (NUL or invalid text).")
+
+
+def _check_text(pairs: Iterable[tuple[str, str]]) -> None:
+    """Refuse a NUL or a lone surrogate in a path, query or form (400, never a database
+    error): :mod:`openclore.domain.text`."""
+    try:
+        check_pairs(pairs, "request")
+    except InvalidInput:
+        raise Refused(400, BAD_TEXT) from None
 
 
 def _secure(request: Request) -> bool:
@@ -144,6 +158,7 @@ class Console:
         double-submit cookie's."""
         data = await request.form()
         fields = {k: v for k, v in data.items() if isinstance(v, str)}
+        _check_text(fields.items())
         sent = fields.pop("csrf", "") or request.headers.get("x-csrf-token", "")
         expected = session.csrf if session else request.cookies.get(PRE_CSRF_COOKIE, "")
         if not expected or not secrets.compare_digest(sent.encode(), expected.encode()):
@@ -282,6 +297,8 @@ def install_console(app: FastAPI) -> None:
         def add(fn: Callable[..., Any]) -> Any:
             async def endpoint(request: Request) -> Response:
                 try:
+                    _check_text([("path", request.scope["path"])])
+                    _check_text(request.query_params.multi_items())
                     response: Response = await fn(request)
                     return response
                 except Refused as exc:
@@ -293,11 +310,13 @@ def install_console(app: FastAPI) -> None:
                             "/signin?next=" + urllib.parse.quote(request.url.path), 303
                         )
                     session = await c.session(request)
-                    text = c.t(request, "This request was refused.") + (
-                        " " + c.t(request, "The form expired: reload the page and try again.")
-                        if exc.message == "csrf"
-                        else ""
-                    )
+                    text = c.t(request, "This request was refused.")
+                    if exc.message == "csrf":
+                        text += " " + c.t(
+                            request, "The form expired: reload the page and try again."
+                        )
+                    elif exc.message == BAD_TEXT:
+                        text += " " + c.t(request, BAD_TEXT_MESSAGE)
                     return c.render(request, "error.html", session, exc.status, message=text)
 
             app.add_api_route(path, endpoint, methods=list(methods), include_in_schema=False)
