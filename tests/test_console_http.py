@@ -448,3 +448,33 @@ def test_nul_in_a_path_query_or_form_is_a_400_page_never_a_500(served: Market) -
             answer = admin.client.post(path, data={"csrf": admin.csrf, field: "x\x00y"})
             assert answer.status_code == 400, (path, field, answer.status_code)
     assert admin.client.get("/market").status_code == 200  # still signed in, nothing broke
+
+
+def test_the_operator_page_shows_no_secret(market: Market) -> None:
+    secrets_set = {
+        "address_secret": "addr-secret-4f1c9e",
+        "payments_webhook_secret": "whsec-9d2b7a61",
+        "metrics_token": "metrics-token-77e0c3",
+        "gateway_tls_key": "/etc/openclore/tls-key-3b8d.pem",
+    }
+    settings = market.settings.model_copy(
+        update={
+            **secrets_set,
+            "database_url": "postgresql://market:pg-pass-51aa@db.internal:5432/market"
+            "?sslpassword=ssl-pass-c0ffee",
+            "gateway_http_url": "https://gw:gw-pass-8e8e@{order}-{port}.gpu.example.com",
+        }
+    )
+    app = create_app(settings, db=market.db, clock=market.clock)
+    install_console(app)
+    market.switch.app = app
+    admin = Browserless(market, _operator(market))
+    page = admin.client.get("/admin").text
+    for secret in [*secrets_set.values(), "pg-pass-51aa", "ssl-pass-c0ffee", "gw-pass-8e8e"]:
+        assert secret not in page
+    rows = dict(re.findall(r"<tr><th>([a-z_]+)</th><td><code>([^<]*)</code>", page))
+    for name in secrets_set:
+        assert rows[name] == '"set"', (name, rows[name])
+    assert "db.internal" in rows["database_url"] and "***" in rows["database_url"]
+    assert "gpu.example.com" in rows["gateway_http_url"]
+    assert rows["gateway_name"] == '"localhost"'

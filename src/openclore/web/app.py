@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from sqlalchemy import Connection
+from sqlalchemy.engine import make_url
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -31,6 +32,7 @@ from starlette.staticfiles import StaticFiles
 
 from openclore.api.app import AppState
 from openclore.api.ratelimit import RateLimiter
+from openclore.config import Settings
 from openclore.domain.errors import CloreError, InvalidInput, MarketError
 from openclore.domain.money import UNITS_PER_COIN, AmountError, Coins, coins_str, to_units
 from openclore.domain.text import check_pairs
@@ -49,7 +51,10 @@ SESSION_COOKIE = "oc_session"
 PRE_CSRF_COOKIE = "oc_csrf"  # double-submit token of the sign-in form (no session yet)
 PAGE_SIZE = 50
 LOGS_WAIT = 4.0  # seconds a logs view waits for the agent (the view asks again every 5 s)
-HIDDEN_SETTINGS = ("database_url", "address_secret", "gateway_tls_key")  # credentials stay out
+# a setting (or URL parameter) whose name holds one of these holds a credential: shown as set
+# or not set
+SECRET_PARTS = ("secret", "token", "pass", "credential")
+SECRET_WORDS = frozenset({"key", "auth", "pwd"})
 SIGNIN_INTERVAL = 2.0  # one sign-in attempt per 2 s per address, after a burst of 5
 SIGNIN_BURST = 5
 
@@ -74,6 +79,37 @@ def _check_text(pairs: Iterable[tuple[str, str]]) -> None:
         check_pairs(pairs, "request")
     except InvalidInput:
         raise Refused(400, BAD_TEXT) from None
+
+
+def _is_secret(name: str) -> bool:
+    lowered = name.lower()
+    words = set(lowered.replace("-", "_").split("_"))
+    return any(part in lowered for part in SECRET_PARTS) or bool(SECRET_WORDS & words)
+
+
+def _masked_url(raw: str) -> str:
+    """A URL without its password (nor any secret-like query parameter's value)."""
+    try:
+        url = make_url(raw)
+    except Exception:
+        return "set"
+    query = {k: "hidden" if _is_secret(k) else v for k, v in url.query.items()}
+    return url.set(query=query).render_as_string(hide_password=True)
+
+
+def shown_settings(settings: Settings) -> dict[str, Any]:
+    """The settings as the operator page shows them: no secret anywhere. A secret setting is
+    only said to be set or not; a URL's password is masked (the database URL's, or any other
+    setting's)."""
+    shown: dict[str, Any] = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if _is_secret(name):
+            shown[name] = "set" if value else "not set"
+        elif isinstance(value, str) and "://" in value and "@" in value:
+            shown[name] = _masked_url(value)
+        else:
+            shown[name] = value
+    return shown
 
 
 def _secure(request: Request) -> bool:
@@ -780,9 +816,7 @@ def install_console(app: FastAPI) -> None:
             )
 
         users, all_servers, revenue = await c.db(run)
-        shown = {
-            k: v for k, v in settings.model_dump(mode="json").items() if k not in HIDDEN_SETTINGS
-        }
+        shown = shown_settings(settings)
         chart = {"t": [t for t, _ in revenue], "v": [v / UNITS_PER_COIN for _, v in revenue]}
         return c.render(
             request,
