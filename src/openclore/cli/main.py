@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from openclore.agent.cli import agent as agent_command
 from openclore.cli.client_commands import client_app, fail
+from openclore.cli.output import terminal
 from openclore.cli.sandbox import sandbox_app
 from openclore.config import Settings
 
@@ -47,8 +47,8 @@ app.command("agent")(agent_command)
 app.add_typer(client_app)
 app.add_typer(sandbox_app, name="sandbox")
 
-console = Console()
-err = Console(stderr=True)
+console = terminal()
+err = terminal(stderr=True)
 DEMO_DATABASE = "openclore-demo.sqlite"
 
 DatabaseOpt = Annotated[
