@@ -27,6 +27,7 @@ from openclore.api import metrics
 from openclore.api.app import create_app
 from openclore.api.logs import JsonFormatter, RequestIdFilter
 from openclore.cli.main import app as cli
+from openclore.config import Settings
 from openclore.engine.clock import ManualClock
 from openclore.market import audit
 from openclore.store.db import Database
@@ -34,12 +35,13 @@ from openclore.store.migrate import head_revision
 from openclore.store.schema import audit_log, servers
 
 import support
-from support import Market, free_port, ok, spot_body
+from support import METRICS_TOKEN, Market, free_port, ok, spot_body
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def scrape(market: Market, **headers: str) -> Samples:
+    headers = headers or {"Authorization": f"Bearer {METRICS_TOKEN}"}
     response = market.client().get("/metrics", headers=headers)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
@@ -213,6 +215,26 @@ def test_metrics_token_protects_the_endpoint(market: Market) -> None:
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert "openclore_orders" in scrape(market, Authorization="Bearer s3cret-scrape").__repr__()
+    # a token set and metrics public: the token still counts
+    market.reconfigure(metrics_token="s3cret-scrape", metrics_public=True)
+    assert client.get("/metrics").status_code == 401
+
+
+def test_metrics_are_not_public_by_default(market: Market) -> None:
+    """They show every wallet's total and the platform's revenue: without a token, nobody sees
+    them unless the operator makes them public."""
+    assert Settings().metrics_public is False and Settings().metrics_token is None
+    market.user(bitcoin="1.5")
+    market.reconfigure(metrics_token=None)
+    client = market.client()
+    for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": "Bearer anything"}):
+        refused = client.get("/metrics", headers=headers)
+        assert refused.status_code == 403, refused.text
+        message = refused.json()["error"]
+        assert "OPENCLORE_METRICS_TOKEN" in message and "OPENCLORE_METRICS_PUBLIC" in message
+        assert "openclore_" not in refused.text and "1.5" not in refused.text
+    market.reconfigure(metrics_token=None, metrics_public=True)
+    assert "openclore_ledger_balance_units" in client.get("/metrics").text
 
 
 # ----------------------------------------------------------------------------- request ids
@@ -387,6 +409,7 @@ def test_serve_with_workers_adds_up_metrics_and_logs_json(market: Market, tmp_pa
         "OPENCLORE_TICK_INTERVAL": "0",
         "OPENCLORE_RATE_LIMIT_INTERVAL": "0",
         "OPENCLORE_GATEWAY": "0",
+        "OPENCLORE_METRICS_PUBLIC": "1",
     }
     shared = tmp_path / "metrics"
     shared.mkdir()

@@ -168,7 +168,12 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="Log level of the server's logs")
     metrics_token: str | None = Field(
-        None, description="When set, /metrics requires 'Authorization: Bearer <token>'"
+        None, description="/metrics requires 'Authorization: Bearer <token>' (unset: see below)"
+    )
+    metrics_public: bool = Field(
+        False,
+        description="Serve /metrics to anyone when no metrics_token is set (it shows wallet "
+        "totals and orders); otherwise /metrics without a token is refused (403)",
     )
 
     tick_interval: float = Field(

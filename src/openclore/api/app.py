@@ -1029,6 +1029,11 @@ def create_app(
 # ----------------------------------------------------------------------------- operations
 
 READ_ATTEMPTS = 3
+METRICS_TOKEN_REQUIRED = "metrics token required: send 'Authorization: Bearer <token>'"
+METRICS_OFF = (
+    "metrics are not public: set OPENCLORE_METRICS_TOKEN and scrape with 'Authorization: Bearer "
+    "<token>', or set OPENCLORE_METRICS_PUBLIC=1 to serve them to anyone"
+)
 READY_TIMEOUT = 5.0
 _HEAD: list[str | None] = []  # the migrations' head, read once per process
 
@@ -1070,12 +1075,18 @@ def install_operations(app: FastAPI, state: AppState) -> None:
         return plain(503, {"status": "not ready", "reason": reason})
 
     async def metrics_endpoint(request: Request) -> Response:
+        # the figures include every wallet's total and the platform's revenue: a scraper shows
+        # the token, unless the operator made them public
         token = state.settings.metrics_token
         if token:
             given = request.headers.get("authorization", "")
             expected = f"Bearer {token}"
             if not hmac.compare_digest(given.encode(), expected.encode()):
-                return plain(401, {"error": "metrics token required"})
+                answer = plain(401, {"error": METRICS_TOKEN_REQUIRED})
+                answer.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+                return answer
+        elif not state.settings.metrics_public:
+            return plain(403, {"error": METRICS_OFF})
         try:
             body, content_type = await run_in_threadpool(metrics.render, state.figures)
         except Exception:
