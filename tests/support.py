@@ -37,6 +37,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 T0 = 1_700_000_000
 HEADER_TIMEOUT = 3.0  # the test server's; `openclore serve` defaults to 10 s
 METRICS_TOKEN = "test-metrics-token"  # the tests' markets' (/metrics needs one, or to be public)
+ADDRESS_SECRET = "test-address-secret"  # `serve` outside the sandbox refuses the default
 
 
 def free_port() -> int:

@@ -613,7 +613,8 @@ def test_database_errors_never_show_the_password_or_a_traceback() -> None:
 
     url = "postgresql://market:s3cr3t-pw@127.0.0.1:1/market"
     for args in (["db", "upgrade"], ["admin", "user", "add", "bob"], ["serve"]):
-        result = CliRunner().invoke(app, [*args, "--database-url", url])
+        env = {"OPENCLORE_ADDRESS_SECRET": "test-address-secret"}  # (`serve` checks it first)
+        result = CliRunner().invoke(app, [*args, "--database-url", url], env=env)
         assert result.exit_code == 1, result.output
         assert "s3cr3t-pw" not in result.output and "Traceback" not in result.output
         assert "cannot use database postgresql://market:***@127.0.0.1:1/market" in result.output

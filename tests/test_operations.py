@@ -27,7 +27,7 @@ from openclore.api import metrics
 from openclore.api.app import create_app
 from openclore.api.logs import JsonFormatter, RequestIdFilter
 from openclore.cli.main import app as cli
-from openclore.config import Settings
+from openclore.config import DEFAULT_ADDRESS_SECRET, Settings
 from openclore.engine.clock import ManualClock
 from openclore.market import audit
 from openclore.store.db import Database
@@ -35,7 +35,7 @@ from openclore.store.migrate import head_revision
 from openclore.store.schema import audit_log, servers
 
 import support
-from support import METRICS_TOKEN, Market, free_port, ok, spot_body
+from support import ADDRESS_SECRET, METRICS_TOKEN, Market, free_port, ok, spot_body
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -410,6 +410,7 @@ def test_serve_with_workers_adds_up_metrics_and_logs_json(market: Market, tmp_pa
         "OPENCLORE_RATE_LIMIT_INTERVAL": "0",
         "OPENCLORE_GATEWAY": "0",
         "OPENCLORE_METRICS_PUBLIC": "1",
+        "OPENCLORE_ADDRESS_SECRET": ADDRESS_SECRET,
     }
     shared = tmp_path / "metrics"
     shared.mkdir()
@@ -507,3 +508,24 @@ def test_exchange_rate_commands_are_audited(market: Market) -> None:
         ("admin.rates.clear", "rate:bitcoin"),
     ]
     assert found[0].detail == {"bitcoin": "60000", "repriced": 0}
+
+
+def test_serve_refuses_the_default_address_secret_outside_the_sandbox(tmp_path: Path) -> None:
+    """Every installation keeping the built-in secret would give out the same deposit
+    addresses: `serve` refuses to start with it (or none), before touching the database."""
+    path = tmp_path / "market.sqlite"
+    for secret in (None, DEFAULT_ADDRESS_SECRET, "  "):
+        result = CliRunner().invoke(
+            cli,
+            ["serve", "--database-url", f"sqlite:///{path}"],
+            env={"OPENCLORE_ADDRESS_SECRET": secret, "OPENCLORE_SANDBOX": None},
+        )
+        assert result.exit_code == 1, result.output
+        line = " ".join(result.output.split())
+        assert line.startswith("error: OPENCLORE_ADDRESS_SECRET is not set"), line
+        assert "Traceback" not in result.output and not path.exists()
+    # sandbox and demo mode need none; a market of its own secret may serve
+    assert Settings(sandbox=True).address_secret_problem() is None
+    assert Settings(demo=True).address_secret_problem() is None
+    assert Settings(address_secret="k3p7-this-installation").address_secret_problem() is None
+    assert "OPENCLORE_ADDRESS_SECRET" in (Settings().address_secret_problem() or "")

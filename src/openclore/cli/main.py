@@ -170,6 +170,9 @@ def serve(
             Path(DEMO_DATABASE + suffix).unlink(missing_ok=True)
         database_url = f"sqlite:///{DEMO_DATABASE}"
     settings = _settings(database_url, host=host, port=port, workers=workers, demo=demo or None)
+    problem = settings.address_secret_problem()
+    if problem is not None:
+        fail(problem)
     db = _open_database(settings)
     if settings.demo:
         with db.write() as conn:
