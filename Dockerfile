@@ -1,6 +1,7 @@
 # The openclore market server (also the image of the compose file's gateway).
 #   docker build -t openclore .
-#   docker run -e OPENCLORE_DATABASE_URL=postgresql://… -p 8000:8000 openclore
+#   docker run -e OPENCLORE_DATABASE_URL=postgresql://… -e OPENCLORE_ADDRESS_SECRET=… \
+#     -p 8000:8000 openclore
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./

@@ -201,6 +201,7 @@ def server_env(url: str, port: int, n: int) -> dict[str, str]:
         "OPENCLORE_GATEWAY": "0",
         "OPENCLORE_MAX_CONNECTIONS": str(n + 1000),
         "OPENCLORE_LOG_LEVEL": "warning",
+        "OPENCLORE_ADDRESS_SECRET": "bench-address-secret",  # `serve` refuses the default
     }
 
 

@@ -36,6 +36,8 @@ PG_URL = str(make_url(normalize_url(PG_SERVER_URL)).set(database=PG_DATABASE))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 T0 = 1_700_000_000
 HEADER_TIMEOUT = 3.0  # the test server's; `openclore serve` defaults to 10 s
+METRICS_TOKEN = "test-metrics-token"  # the tests' markets' (/metrics needs one, or to be public)
+ADDRESS_SECRET = "test-address-secret"  # `serve` outside the sandbox refuses the default
 
 
 def free_port() -> int:
@@ -80,6 +82,7 @@ def test_settings(url: str, **overrides: Any) -> Settings:
         "create_order_interval": 0,
         "tick_interval": 0,
         "sandbox": True,
+        "metrics_token": METRICS_TOKEN,
     }
     values.update(overrides)
     return Settings(**values)

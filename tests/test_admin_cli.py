@@ -108,3 +108,18 @@ def test_user_signout_ends_every_console_session(market: Market) -> None:
     assert code == 1 and out.startswith("error:")
     code, out = admin(market, "admin", "audit", "--user", "dora")
     assert "admin.user.s" in out and "1 entries" in out, out
+
+
+def test_audit_prints_markup_in_names_and_details_as_it_is(market: Market) -> None:
+    """A server name is anyone's text: ``[/]`` in it ended ``admin audit`` with a MarkupError."""
+    host = market.client(market.user("host"))
+    for name in ("rig [/]", "[bold red]x[/]", "[link=http://evil]rig"):
+        ok(host.post("/v1/add_server", json={"name": name}))
+    code, out = admin(market, "admin", "server", "add", "host", "[/]b")
+    assert code == 0, out
+    result = runner.invoke(
+        app, ["admin", "audit", "--database-url", market.db.url], env={"COLUMNS": "250"}
+    )
+    assert result.exit_code == 0, (result.output, result.exception)
+    for name in ("rig [/]", "[bold red]x[/]", "[link=http://evil]rig"):
+        assert f'{{"name": "{name}"}}' in result.output

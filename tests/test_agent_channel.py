@@ -30,7 +30,7 @@ from agent_support import (
     wait_for,
     wait_order_state,
 )
-from support import Market, ok, order_body, spot_body
+from support import ADDRESS_SECRET, Market, ok, order_body, spot_body
 
 pytestmark = pytest.mark.timing  # agents and the market talk in real time
 
@@ -433,6 +433,7 @@ def test_order_created_on_one_api_process_reaches_an_agent_on_another(
         "OPENCLORE_RATE_LIMIT_INTERVAL": "0",
         "OPENCLORE_CREATE_ORDER_INTERVAL": "0",
         "OPENCLORE_TICK_INTERVAL": "0",
+        "OPENCLORE_ADDRESS_SECRET": ADDRESS_SECRET,
     }
     try:
         for _ in range(2):

@@ -527,3 +527,42 @@ def test_fees_rating_and_registry_login(world: tuple[Cli, Cli, int], market: Mar
     assert "rated 4" in cli("cancel", str(order["id"]), "--rating", "4").stdout
     assert "order_already_rated" in cli.error("cancel", str(order["id"]), "--rating", "5")
     cli("cancel", str(order["id"]), "--rating", "9", code=2)
+
+
+MARKUP = "[/] [bold red]x[/] [link=http://evil]"
+BTC = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"
+
+
+def test_markup_in_stored_text_is_printed_as_it_is(market: Market, tmp_path: Path) -> None:
+    """Server names, the GPU models an agent reported, images, memos and reasons are anyone's
+    text: printed literally by every table and line, never read as rich markup (``[/]`` ended
+    the command with a MarkupError; ``[link=…]`` made a link)."""
+    host = market.user("host")
+    token = market.user("renter", bitcoin="0.01")
+    sid = market.server(
+        host, f"rig {MARKUP}", specs={"gpu": f"1x NVIDIA GeForce RTX 4090 {MARKUP}", "gpuram": 24}
+    )
+    set_gpus(market, sid, [f"NVIDIA GeForce RTX 4090 {MARKUP}"])
+    renter, hoster = Cli(market, tmp_path, token), Cli(market, tmp_path, host)
+    order = renter.json("rent", str(sid), "--image", IMAGE)
+    with market.db.write() as conn:
+        conn.execute(update(orders).where(orders.c.id == order["id"]).values(image=MARKUP))
+    withdrawal = renter.json("withdraw", "bitcoin", "0.001", BTC)
+    admin_env = {"OPENCLORE_DATABASE_URL": market.db.url}
+    renter("admin", "refund", "renter", "bitcoin", "0.0001", "--reason", MARKUP, **admin_env)
+    renter("admin", "withdrawals", "reject", str(withdrawal["id"]), "--reason", MARKUP, **admin_env)
+    for cli, args in [
+        (renter, ("market",)),
+        (renter, ("transactions",)),
+        (renter, ("statement", time.strftime("%Y-%m", time.gmtime()))),  # (the admin's time)
+        (renter, ("withdrawals",)),
+        (hoster, ("servers",)),
+        (renter, ("admin", "withdrawals", "list")),
+        (renter, ("admin", "audit")),
+    ]:
+        env = admin_env if args[0] == "admin" else {}
+        text = " ".join(cli(*args, **env).stdout.split())  # (a cell may fold)
+        assert MARKUP in text or MARKUP.replace(" ", "") in text.replace(" ", ""), (args, text)
+    assert f"1x RTX 4090 {MARKUP}" in " ".join(renter("market").stdout.split())
+    for args in (("orders",), ("orders", "--all"), ("spot", str(sid)), ("wallets",)):
+        renter(*args)  # (the image shows with --json only)

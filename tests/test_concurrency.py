@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from openclore.store.schema import accounts, orders
 
-from support import Market, free_port, ok, order_body, spot_body
+from support import ADDRESS_SECRET, Market, free_port, ok, order_body, spot_body
 
 
 def run_parallel(n: int, fn: Callable[[int], Any]) -> list[Any]:
@@ -128,6 +128,7 @@ def workers(market: Market, tmp_path: Path) -> Iterator[str]:
         **os.environ,
         "OPENCLORE_DATABASE_URL": market.db.url,
         "OPENCLORE_TICK_INTERVAL": "0",
+        "OPENCLORE_ADDRESS_SECRET": ADDRESS_SECRET,
     }
     log = tmp_path / "serve.log"  # a file, not a pipe: nobody has to drain it
     with log.open("wb") as out:

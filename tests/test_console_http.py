@@ -492,3 +492,88 @@ def test_password_guessing_is_rate_limited_like_token_guessing(served: Market) -
     assert codes[:5] == [401] * 5 and codes[5] == 429, codes
     right = client.post("/signin", data={"csrf": csrf, "username": "victim", "password": PASSWORD})
     assert right.status_code == 429  # even the right password waits
+
+
+# ----------------------------------------------------------------------------- bad text
+
+
+CONSOLE_GETS = ["/market", "/orders", "/orders/rows", "/wallets", "/host", "/admin", "/prefs"]
+CONSOLE_FORMS = [
+    "/signout",
+    "/servers/1/rent",
+    "/orders/1/cancel",
+    "/orders/1/bid",
+    "/host/add",
+    "/host/servers/rig",
+    "/admin/credit",
+    "/admin/token",
+    "/admin/revoke",
+    "/admin/signout",
+    "/admin/servers/1/hide",
+    "/admin/servers/1/remove",
+    "/sandbox/advance",
+]
+
+
+def test_nul_in_a_path_query_or_form_is_a_400_page_never_a_500(served: Market) -> None:
+    market = served
+    market.user("alice")
+    with market.db.write() as conn:
+        set_password(conn, find_user(conn, "alice"), PASSWORD)
+    # the sign-in form, before any session (its double-submit CSRF cookie and field)
+    client = httpx.Client(base_url=market.url, timeout=30)
+    market.clients.append(client)
+    csrf = _csrf(client.get("/signin").text)
+    for form in (
+        {"username": "al\x00ice", "password": PASSWORD},
+        {"username": "alice", "password": "pass\x00word"},
+        {"token": "tok\x00en"},
+        {"username": "alice", "password": PASSWORD, "next": "/market\x00"},
+    ):
+        answer = client.post("/signin", data={"csrf": csrf, **form})
+        assert answer.status_code == 400, (form, answer.text)
+        assert "not allowed" in answer.text
+    assert client.get("/signin?next=%2Fmarket%00").status_code == 400
+    # signed in as an operator: every page and every form
+    admin = Browserless(market, _operator(market))
+    market.server(market.user("host"), "rig")
+    for path in ("/host/servers/a%00b", "/host/servers/rig%00", *CONSOLE_GETS):
+        query = "" if "%00" in path else "?currency=bit%00coin&q=a%00b"
+        answer = admin.client.get(path + query)
+        assert answer.status_code == 400, (path, answer.status_code, answer.text[:200])
+        assert "not allowed" in answer.text
+    for path in ["/host/servers/a%00b", *CONSOLE_FORMS]:
+        for field in ("name", "user", "issue", "price", "amount", "prefix", "mrl", "next"):
+            answer = admin.client.post(path, data={"csrf": admin.csrf, field: "x\x00y"})
+            assert answer.status_code == 400, (path, field, answer.status_code)
+    assert admin.client.get("/market").status_code == 200  # still signed in, nothing broke
+
+
+def test_the_operator_page_shows_no_secret(market: Market) -> None:
+    secrets_set = {
+        "address_secret": "addr-secret-4f1c9e",
+        "payments_webhook_secret": "whsec-9d2b7a61",
+        "metrics_token": "metrics-token-77e0c3",
+        "gateway_tls_key": "/etc/openclore/tls-key-3b8d.pem",
+    }
+    settings = market.settings.model_copy(
+        update={
+            **secrets_set,
+            "database_url": "postgresql://market:pg-pass-51aa@db.internal:5432/market"
+            "?sslpassword=ssl-pass-c0ffee",
+            "gateway_http_url": "https://gw:gw-pass-8e8e@{order}-{port}.gpu.example.com",
+        }
+    )
+    app = create_app(settings, db=market.db, clock=market.clock)
+    install_console(app)
+    market.switch.app = app
+    admin = Browserless(market, _operator(market))
+    page = admin.client.get("/admin").text
+    for secret in [*secrets_set.values(), "pg-pass-51aa", "ssl-pass-c0ffee", "gw-pass-8e8e"]:
+        assert secret not in page
+    rows = dict(re.findall(r"<tr><th>([a-z_]+)</th><td><code>([^<]*)</code>", page))
+    for name in secrets_set:
+        assert rows[name] == '"set"', (name, rows[name])
+    assert "db.internal" in rows["database_url"] and "***" in rows["database_url"]
+    assert "gpu.example.com" in rows["gateway_http_url"]
+    assert rows["gateway_name"] == '"localhost"'

@@ -613,7 +613,8 @@ def test_database_errors_never_show_the_password_or_a_traceback() -> None:
 
     url = "postgresql://market:s3cr3t-pw@127.0.0.1:1/market"
     for args in (["db", "upgrade"], ["admin", "user", "add", "bob"], ["serve"]):
-        result = CliRunner().invoke(app, [*args, "--database-url", url])
+        env = {"OPENCLORE_ADDRESS_SECRET": "test-address-secret"}  # (`serve` checks it first)
+        result = CliRunner().invoke(app, [*args, "--database-url", url], env=env)
         assert result.exit_code == 1, result.output
         assert "s3cr3t-pw" not in result.output and "Traceback" not in result.output
         assert "cannot use database postgresql://market:***@127.0.0.1:1/market" in result.output
@@ -663,3 +664,67 @@ def test_an_invalid_field_of_net_drops_only_that_field() -> None:
     assert clean == {"net": {"up": 10.5, "down": 90}, "ram": 64}
     assert problems == []
     assert check_specs({"net": "fast"}) == ({}, ["invalid net"])
+
+
+BAD_TEXT = {"nul": "al\u0000ice", "surrogate": "al\ud800ice"}
+TEXT_KEYS = ["name", "server_name", "id", "order_id", "currency", "market", "cursor", "month"]
+
+
+@pytest.mark.parametrize("bad", list(BAD_TEXT.values()), ids=list(BAD_TEXT))
+def test_nul_or_a_lone_surrogate_anywhere_is_invalid_input(market: Market, bad: str) -> None:
+    """In any JSON body (keys included) and any query string of every endpoint: code 2, never
+    an internal error, on both databases (PostgreSQL refuses NUL, every encoder a lone
+    surrogate)."""
+    from openclore.api.app import SANDBOX_ENDPOINTS, V1_ENDPOINTS
+
+    client = market.client(market.user(bitcoin="0.01"))
+    paths = [f"/v1/{ep.name}" for ep in V1_ENDPOINTS]
+    paths += [f"/sandbox/{ep.name}" for ep in SANDBOX_ENDPOINTS]
+    body = json.dumps({**{key: bad for key in TEXT_KEYS}, bad: 1}).encode()
+    for path in paths:
+        for answer in (
+            client.post(path, content=body, headers={"Content-Type": "application/json"}),
+            client.post(path, content=json.dumps([{"order_id": 1, "image": bad}]).encode()),
+        ):
+            assert answer.status_code == 200, (path, answer.text)
+            assert answer.json()["code"] == 2, (path, answer.text)
+        if "\x00" in bad:  # a query string cannot carry a lone surrogate (it is UTF-8)
+            for key in TEXT_KEYS:
+                answer = client.get(f"{path}?{key}=al%00ice")
+                assert answer.status_code == 200, (path, key, answer.text)
+                assert answer.json()["code"] == 2, (path, key, answer.text)
+    # the agents' registration and the signed deposit webhook
+    url = f"{market.url}/agent/v1/register"
+    for sent in ({"init_token": bad}, {"init_token": "x", bad: 1}):
+        answer = httpx.post(url, content=json.dumps(sent).encode(), timeout=10)
+        assert answer.status_code == 400 and answer.json()["error"], answer.text
+    from openclore.market.payments import sign
+
+    market.reconfigure(payments_webhook_secret="whsec-test-0123456789")
+    raw = json.dumps(
+        {"external_id": bad, "currency": "bitcoin", "amount": "0.001", "user": "x"}
+    ).encode()
+    answer = market.client().post(
+        "/payments/deposit",
+        content=raw,
+        headers={"Openclore-Signature": sign("whsec-test-0123456789", int(time.time()), raw)},
+    )
+    assert answer.status_code == 400 and answer.json()["code"] == 2, answer.text
+    ok(market.client().get("/v1/marketplace"))
+
+
+def test_an_agent_message_with_a_lone_surrogate_is_ignored(market: Market) -> None:
+    """A lone surrogate is not text any database takes: the message is dropped (as malformed
+    JSON is), and the channel goes on."""
+    sid, token = agent_for(market, market.user())
+    with open_channel(market, token, {"specs": {"gpu": "1x RTX 4090"}}) as ws:
+        wait_until(lambda: specs_of(market, sid) == {"gpu": "1x RTX 4090"})
+        ws.send(json.dumps({"type": "specs", "specs": {"gpu": "1x RTX\ud800", "ram": 8}}))
+        ws.send(json.dumps({"type": "specs", "specs": {"gpu": "1x A100", "ram": 64}}))
+        assert wait_until(lambda: specs_of(market, sid) == {"gpu": "1x A100", "ram": 64})
+        ws.send(json.dumps({"type": "specs", "specs": {"gpu": "1x RTX\udfff", "ram": 8}}))
+        ws.send(json.dumps({"type": "heartbeat"}))
+        time.sleep(0.5)
+        assert specs_of(market, sid) == {"gpu": "1x A100", "ram": 64}
+    (listed,) = ok(market.client().get("/v1/marketplace"))["servers"]
+    assert listed["specs"] == {"gpu": "1x A100", "ram": 64}

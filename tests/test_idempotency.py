@@ -71,6 +71,31 @@ def test_same_key_another_request_is_code_2(market: Market) -> None:
         assert r.json()["code"] == 2, bad
 
 
+def test_numbers_are_compared_by_value(market: Market) -> None:
+    """As the docs say, after parsing: 0.0010 and 0.001 (or 2 and 2.0) are the same request; a
+    different amount is another one."""
+    host, renter = market.user(), market.user(bitcoin="1")
+    sid = market.server(host)
+    c = market.client(renter)
+
+    def send(spot: str, mrl: str = "72", key: str = "bid") -> httpx.Response:
+        body = f'{{"renting_server": {sid}, "image": "cloreai/ubuntu", "type": "spot", '
+        body += f'"currency": "bitcoin", "spotprice": {spot}, "ports": {{}}, "mrl": {mrl}}}'
+        headers = {"Idempotency-Key": key, "Content-Type": "application/json"}
+        return c.post("/v1/create_order", content=body.encode(), headers=headers)
+
+    first = send("0.0010")
+    ok(first)
+    for spot, mrl in (("0.001", "72"), ("0.00100000", "72.0"), ("1e-3", "7.2e1"), ("1.0E-3", "72")):
+        again = send(spot, mrl)
+        assert again.headers.get("Idempotent-Replayed") == "true", (spot, mrl, again.text)
+        assert again.content == first.content
+    for spot, mrl in (("0.0011", "72"), ("0.001", "73"), ('"0.001"', "72"), ("0.001", '"72"')):
+        refused = send(spot, mrl).json()
+        assert refused["code"] == 2 and "Idempotency-Key" in refused["error"], (spot, mrl)
+    assert count_orders(market) == 1
+
+
 def test_every_mutating_endpoint_and_errors_replay(market: Market) -> None:
     host, renter = market.user(), market.user(bitcoin="1")
     sid = market.server(host)

@@ -35,7 +35,7 @@ from openclore.market.accounts import issue_token
 from openclore.store.db import listing_changed
 from openclore.store.schema import accounts, orders, server_prices, servers
 
-from support import Market, booked_by_order, free_port
+from support import ADDRESS_SECRET, Market, booked_by_order, free_port
 
 pytestmark = [pytest.mark.load, pytest.mark.parametrize("backend", ["postgresql"])]
 
@@ -115,6 +115,7 @@ def start_replicas(market: Market, tmp_path: Path, count: int = 2) -> list[Repli
         "OPENCLORE_CREATE_ORDER_INTERVAL": "0",
         "OPENCLORE_LOG_LEVEL": "warning",
         "OPENCLORE_GATEWAY": "0",  # the access gateway is not under test here
+        "OPENCLORE_ADDRESS_SECRET": ADDRESS_SECRET,
         # as behind any load balancer: the server keeps an idle connection open longer than the
         # balancer (the clients here, 2 s) reuses one, so the server never closes a connection
         # just as a request goes out on it (a race of keep-alive itself, not a server fault; with

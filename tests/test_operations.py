@@ -27,6 +27,7 @@ from openclore.api import metrics
 from openclore.api.app import create_app
 from openclore.api.logs import JsonFormatter, RequestIdFilter
 from openclore.cli.main import app as cli
+from openclore.config import DEFAULT_ADDRESS_SECRET, Settings
 from openclore.engine.clock import ManualClock
 from openclore.market import audit
 from openclore.store.db import Database
@@ -34,12 +35,13 @@ from openclore.store.migrate import head_revision
 from openclore.store.schema import audit_log, servers
 
 import support
-from support import Market, free_port, ok, spot_body
+from support import ADDRESS_SECRET, METRICS_TOKEN, Market, free_port, ok, spot_body
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def scrape(market: Market, **headers: str) -> Samples:
+    headers = headers or {"Authorization": f"Bearer {METRICS_TOKEN}"}
     response = market.client().get("/metrics", headers=headers)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
@@ -213,6 +215,26 @@ def test_metrics_token_protects_the_endpoint(market: Market) -> None:
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert "openclore_orders" in scrape(market, Authorization="Bearer s3cret-scrape").__repr__()
+    # a token set and metrics public: the token still counts
+    market.reconfigure(metrics_token="s3cret-scrape", metrics_public=True)
+    assert client.get("/metrics").status_code == 401
+
+
+def test_metrics_are_not_public_by_default(market: Market) -> None:
+    """They show every wallet's total and the platform's revenue: without a token, nobody sees
+    them unless the operator makes them public."""
+    assert Settings().metrics_public is False and Settings().metrics_token is None
+    market.user(bitcoin="1.5")
+    market.reconfigure(metrics_token=None)
+    client = market.client()
+    for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": "Bearer anything"}):
+        refused = client.get("/metrics", headers=headers)
+        assert refused.status_code == 403, refused.text
+        message = refused.json()["error"]
+        assert "OPENCLORE_METRICS_TOKEN" in message and "OPENCLORE_METRICS_PUBLIC" in message
+        assert "openclore_" not in refused.text and "1.5" not in refused.text
+    market.reconfigure(metrics_token=None, metrics_public=True)
+    assert "openclore_ledger_balance_units" in client.get("/metrics").text
 
 
 # ----------------------------------------------------------------------------- request ids
@@ -387,6 +409,8 @@ def test_serve_with_workers_adds_up_metrics_and_logs_json(market: Market, tmp_pa
         "OPENCLORE_TICK_INTERVAL": "0",
         "OPENCLORE_RATE_LIMIT_INTERVAL": "0",
         "OPENCLORE_GATEWAY": "0",
+        "OPENCLORE_METRICS_PUBLIC": "1",
+        "OPENCLORE_ADDRESS_SECRET": ADDRESS_SECRET,
     }
     shared = tmp_path / "metrics"
     shared.mkdir()
@@ -484,3 +508,24 @@ def test_exchange_rate_commands_are_audited(market: Market) -> None:
         ("admin.rates.clear", "rate:bitcoin"),
     ]
     assert found[0].detail == {"bitcoin": "60000", "repriced": 0}
+
+
+def test_serve_refuses_the_default_address_secret_outside_the_sandbox(tmp_path: Path) -> None:
+    """Every installation keeping the built-in secret would give out the same deposit
+    addresses: `serve` refuses to start with it (or none), before touching the database."""
+    path = tmp_path / "market.sqlite"
+    for secret in (None, DEFAULT_ADDRESS_SECRET, "  "):
+        result = CliRunner().invoke(
+            cli,
+            ["serve", "--database-url", f"sqlite:///{path}"],
+            env={"OPENCLORE_ADDRESS_SECRET": secret, "OPENCLORE_SANDBOX": None},
+        )
+        assert result.exit_code == 1, result.output
+        line = " ".join(result.output.split())
+        assert line.startswith("error: OPENCLORE_ADDRESS_SECRET is not set"), line
+        assert "Traceback" not in result.output and not path.exists()
+    # sandbox and demo mode need none; a market of its own secret may serve
+    assert Settings(sandbox=True).address_secret_problem() is None
+    assert Settings(demo=True).address_secret_problem() is None
+    assert Settings(address_secret="k3p7-this-installation").address_secret_problem() is None
+    assert "OPENCLORE_ADDRESS_SECRET" in (Settings().address_secret_problem() or "")

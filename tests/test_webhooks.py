@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import os
 import signal
 import time
@@ -20,6 +21,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from openclore.domain.money import to_units
+from openclore.domain.netpolicy import address_class, refusal
 from openclore.engine.webhooks import Deliverer, Policy, backoff, verify
 from openclore.market.wallets import deposit
 from openclore.market.webhooks import policy
@@ -90,6 +92,8 @@ def test_register_list_delete_and_the_ssrf_policy(market: Market, receiver: Rece
         "http://100.64.0.1/",
         "http://[fd00::1]/",
         "http://0.0.0.0:8080/",
+        "http://[2002:7f00:1::]/",  # 6to4 of 127.0.0.1
+        "http://[fec0::1]/",  # site-local
     ):
         refused = c.post("/v1/webhooks", json={"url": url}).json()
         assert refused["error"] == "webhook_url_not_allowed", (url, refused)
@@ -391,3 +395,55 @@ def test_the_event_type_filter_holds_back_other_types(market: Market, receiver: 
     assert {"order.created", "deposit.credited", "order.ended"} <= produced
     deliver_due(deliverer(market))
     assert [r.event["type"] for r in receiver.received] == ["order.ended"]
+
+
+# (address, its class): IPv4 carried inside IPv6 is judged by the IPv4 rules
+ADDRESS_CLASSES = [
+    ("93.184.216.34", "public"),
+    ("2606:4700::1111", "public"),
+    ("127.0.0.1", "loopback"),
+    ("::1", "loopback"),
+    ("10.0.0.7", "private"),
+    ("100.64.0.1", "private"),
+    ("::", "private"),
+    ("fec0::1", "private"),  # deprecated site-local
+    ("feff:ffff::1", "private"),  # (the end of fec0::/10)
+    ("fe80::1", "private"),
+    ("fd00::1", "private"),
+    # IPv4-mapped: the IPv4 address itself
+    ("::ffff:127.0.0.1", "loopback"),
+    ("::ffff:10.0.0.7", "private"),
+    ("::ffff:169.254.169.254", "private"),
+    ("::ffff:100.64.0.1", "private"),
+    ("::ffff:93.184.216.34", "public"),
+    # 6to4 (2002:a.b.c.d::/48)
+    ("2002:7f00:1::", "private"),  # 127.0.0.1: a tunnelled loopback is never this machine
+    ("2002:7f00:1:1::5", "private"),
+    ("2002:a00:7::1", "private"),  # 10.0.0.7
+    ("2002:c0a8:101::", "private"),  # 192.168.1.1
+    ("2002:a9fe:a9fe::", "private"),  # 169.254.169.254
+    ("2002:6440:1::", "private"),  # 100.64.0.1
+    ("2002::", "private"),  # 0.0.0.0
+    # Teredo: 2001:0:<server>:<flags>:<port>:<client, inverted>
+    ("2001:0:7f00:1:8000:63bf:3fff:fdd2", "private"),  # server 127.0.0.1
+    ("2001:0:4136:e378:8000:63bf:f5ff:fff8", "private"),  # client 10.0.0.7
+    ("2001:0:4136:e378:8000:63bf:3f57:fefe", "private"),  # client 192.168.1.1
+    # NAT64 well-known prefix and IPv4-compatible addresses
+    ("64:ff9b::7f00:1", "private"),
+    ("64:ff9b::a00:7", "private"),
+    ("64:ff9b::a9fe:a9fe", "private"),
+    ("64:ff9b:1::a00:7", "private"),  # local-use NAT64
+    ("::7f00:1", "private"),
+    ("::a00:7", "private"),
+]
+
+
+@pytest.mark.parametrize(("address", "kind"), ADDRESS_CLASSES, ids=[a for a, _ in ADDRESS_CLASSES])
+def test_the_address_policy_sees_ipv4_inside_ipv6(address: str, kind: str) -> None:
+    parsed = ipaddress.ip_address(address)
+    assert address_class(parsed) == kind
+    outside = refusal(parsed, allow_private=False, allow_loopback=False)
+    sandbox = refusal(parsed, allow_private=False, allow_loopback=True)
+    assert (outside is None) == (kind == "public")
+    assert (sandbox is None) == (kind in ("public", "loopback"))
+    assert refusal(parsed, allow_private=True, allow_loopback=False) is None

@@ -30,7 +30,7 @@ from openclore.market.withdrawals import approve_withdrawal, reject_withdrawal
 from openclore.store.db import run_write
 from openclore.store.schema import accounts, transfers, withdrawals
 
-from support import Market, free_port
+from support import ADDRESS_SECRET, Market, free_port
 
 USERS = 4
 KILLS = 4
@@ -79,6 +79,7 @@ def test_kill_9_between_request_and_approval_loses_nothing(market: Market) -> No
         "OPENCLORE_DATABASE_URL": market.db.url,
         "OPENCLORE_TICK_INTERVAL": "0",
         "OPENCLORE_RATE_LIMIT_INTERVAL": "0",
+        "OPENCLORE_ADDRESS_SECRET": ADDRESS_SECRET,
     }
     url = f"http://127.0.0.1:{port}"
     rng = random.Random(15)

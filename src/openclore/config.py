@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_CURRENCIES = ["bitcoin", "CLORE-Blockchain", "USD-Blockchain"]
 MAX_RATE = Decimal(10) ** 9
+# the built-in address secret: every installation keeping it derives the same deposit addresses
+DEFAULT_ADDRESS_SECRET = "openclore-deposit-addresses"
 
 
 def parse_rates(raw: Any) -> dict[str, Decimal]:
@@ -168,7 +170,12 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="Log level of the server's logs")
     metrics_token: str | None = Field(
-        None, description="When set, /metrics requires 'Authorization: Bearer <token>'"
+        None, description="/metrics requires 'Authorization: Bearer <token>' (unset: see below)"
+    )
+    metrics_public: bool = Field(
+        False,
+        description="Serve /metrics to anyone when no metrics_token is set (it shows wallet "
+        "totals and orders); otherwise /metrics without a token is refused (403)",
     )
 
     tick_interval: float = Field(
@@ -238,8 +245,9 @@ class Settings(BaseSettings):
     )
     proxy_cluster: int = Field(1, description="'p' (proxy cluster id) shown in my_orders")
     address_secret: str = Field(
-        "openclore-deposit-addresses",
-        description="Secret mixed into generated deposit addresses (set it per installation)",
+        DEFAULT_ADDRESS_SECRET,
+        description="Secret mixed into generated deposit addresses: set it per installation "
+        "(`serve` refuses the default outside sandbox/demo mode)",
     )
 
     webhook_delivery: bool = Field(
@@ -339,6 +347,22 @@ class Settings(BaseSettings):
     @property
     def sandbox_enabled(self) -> bool:
         return self.sandbox or self.demo
+
+    def address_secret_problem(self) -> str | None:
+        """Why this market may not serve with its address secret (None: it may). Outside the
+        sandbox the built-in default would give this market the deposit addresses of every
+        other installation that kept it."""
+        if self.sandbox_enabled:
+            return None
+        if not self.address_secret.strip() or self.address_secret == DEFAULT_ADDRESS_SECRET:
+            return (
+                "OPENCLORE_ADDRESS_SECRET is not set (or is the built-in default, which every "
+                "installation shares: their deposit addresses would be the same as yours). Set "
+                "it to a random value of this installation, e.g. OPENCLORE_ADDRESS_SECRET=$("
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'), and keep it "
+                "(each wallet's address is derived from it). Sandbox/demo mode needs none."
+            )
+        return None
 
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")

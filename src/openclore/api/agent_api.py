@@ -41,6 +41,7 @@ from openclore.api import metrics
 from openclore.api.transport import MAX_WS_FRAME_BYTES, BodyTooLarge
 from openclore.api.wire import dumps, parse_json, parse_object
 from openclore.domain.errors import InvalidInput
+from openclore.domain.text import has_lone_surrogate
 from openclore.engine.events import subscribe
 from openclore.market import audit
 from openclore.market.agents import (
@@ -109,10 +110,13 @@ async def _receive_message(ws: WebSocket) -> dict[str, Any] | None:
     if len(raw) > MAX_WS_FRAME_BYTES:
         raise _Closed(CLOSE_TOO_BIG, "frame too large")
     try:
-        parsed = parse_json(raw.encode("utf-8", "surrogatepass"), exact=False)
+        # NUL may stand in reported text (logs, errors): what stores it cleans it
+        parsed = parse_json(raw.encode("utf-8", "surrogatepass"), exact=False, checked=False)
     except InvalidInput:
         return None
-    return parsed if isinstance(parsed, dict) else None
+    if not isinstance(parsed, dict) or has_lone_surrogate(parsed):  # not text any store takes
+        return None
+    return parsed
 
 
 def wall_now() -> int:

@@ -45,6 +45,7 @@ from openclore.domain.errors import (
     RateLimited,
 )
 from openclore.domain.money import to_units
+from openclore.domain.text import check_pairs
 from openclore.engine import housekeeping
 from openclore.engine.clock import Clock, SandboxClock, SystemClock
 from openclore.engine.ticker import tick
@@ -809,6 +810,8 @@ def create_app(
                 raise InvalidEndpoint(
                     "sandbox mode is off (start with --demo or OPENCLORE_SANDBOX=1)"
                 )
+            if request.scope.get("query_string"):
+                check_pairs(request.query_params.multi_items(), "query")
             token = (request.headers.get("auth") or "").strip() or None
             raw = await request.body()
             if ep.handler is _marketplace and served_from_memory and not raw:
@@ -1026,6 +1029,11 @@ def create_app(
 # ----------------------------------------------------------------------------- operations
 
 READ_ATTEMPTS = 3
+METRICS_TOKEN_REQUIRED = "metrics token required: send 'Authorization: Bearer <token>'"
+METRICS_OFF = (
+    "metrics are not public: set OPENCLORE_METRICS_TOKEN and scrape with 'Authorization: Bearer "
+    "<token>', or set OPENCLORE_METRICS_PUBLIC=1 to serve them to anyone"
+)
 READY_TIMEOUT = 5.0
 _HEAD: list[str | None] = []  # the migrations' head, read once per process
 
@@ -1067,12 +1075,18 @@ def install_operations(app: FastAPI, state: AppState) -> None:
         return plain(503, {"status": "not ready", "reason": reason})
 
     async def metrics_endpoint(request: Request) -> Response:
+        # the figures include every wallet's total and the platform's revenue: a scraper shows
+        # the token, unless the operator made them public
         token = state.settings.metrics_token
         if token:
             given = request.headers.get("authorization", "")
             expected = f"Bearer {token}"
             if not hmac.compare_digest(given.encode(), expected.encode()):
-                return plain(401, {"error": "metrics token required"})
+                answer = plain(401, {"error": METRICS_TOKEN_REQUIRED})
+                answer.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+                return answer
+        elif not state.settings.metrics_public:
+            return plain(403, {"error": METRICS_OFF})
         try:
             body, content_type = await run_in_threadpool(metrics.render, state.figures)
         except Exception:

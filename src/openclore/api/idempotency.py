@@ -80,15 +80,40 @@ def bind(
     return run, committed
 
 
-def _canonical(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    raise TypeError
+def _number(value: int | float | Decimal) -> str:
+    """A number's exact value as one text: ``0.0010``, ``0.001`` and ``1e-3`` alike, ``1`` and
+    ``1.0`` alike (digits without trailing zeros, and an exponent; no rounding at any size)."""
+    exact = value if isinstance(value, Decimal) else Decimal(str(value))
+    if not exact.is_finite():
+        return str(exact)
+    if exact.is_zero():
+        return "0"
+    sign, digits, exponent = exact.as_tuple()
+    kept = list(digits)
+    assert isinstance(exponent, int)
+    while kept[-1] == 0:
+        kept.pop()
+        exponent += 1
+    return ("-" if sign else "") + "".join(map(str, kept)) + f"e{exponent}"
+
+
+def canonical(value: Any) -> str:
+    """A parsed JSON body as one text: objects' keys sorted, no spacing, numbers compared by
+    value (:func:`_number`; never equal to a string), strings and literals as JSON writes them."""
+    if value is None or isinstance(value, bool | str):
+        return json.dumps(value)
+    if isinstance(value, int | float | Decimal):
+        return _number(value)
+    if isinstance(value, dict):
+        items = sorted((str(k), v) for k, v in value.items())
+        return "{" + ",".join(f"{json.dumps(k)}:{canonical(v)}" for k, v in items) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(canonical(v) for v in value) + "]"
+    raise TypeError(f"not a JSON value: {type(value).__name__}")
 
 
 def request_hash(request: Request, body: dict[str, Any]) -> str:
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=_canonical)
-    text = f"{request.url.path}?{request.url.query}\n{canonical}"
+    text = f"{request.url.path}?{request.url.query}\n{canonical(body)}"
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 

@@ -10,6 +10,7 @@ import orjson
 
 from openclore.domain.errors import InvalidInput
 from openclore.domain.money import Coins
+from openclore.domain.text import check_text
 
 MAX_JSON_DEPTH = 32
 
@@ -63,9 +64,10 @@ def _depth(value: Any, level: int = 0) -> int:
     return level
 
 
-def parse_json(raw: bytes, *, exact: bool = True) -> Any:
+def parse_json(raw: bytes, *, exact: bool = True, checked: bool = True) -> Any:
     """Parse a request body; floats become :class:`Decimal` so money stays exact (``exact``) or
-    stay floats (measurements, such as agents' specs)."""
+    stay floats (measurements, such as agents' specs). A string (key or value) holding a NUL or
+    a lone surrogate is invalid input (``checked``; :mod:`openclore.domain.text`)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -84,6 +86,8 @@ def parse_json(raw: bytes, *, exact: bool = True) -> Any:
         raise InvalidInput(f"malformed JSON body: {detail}") from exc
     if _depth(value) > MAX_JSON_DEPTH:
         raise InvalidInput("JSON body is nested too deeply")
+    if checked:
+        check_text(value)
     return value
 
 

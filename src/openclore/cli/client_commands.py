@@ -42,9 +42,9 @@ import typer
 from pydantic import BaseModel, ValidationError
 from rich import box
 from rich.cells import cell_len
-from rich.console import Console
 from rich.table import Table
 
+from openclore.cli.output import plain, terminal
 from openclore.client import (
     DEFAULT_BASE_URL,
     CanLowerEvery600Seconds,
@@ -70,8 +70,8 @@ host_app = typer.Typer(
 )
 client_app.add_typer(host_app, name="server", rich_help_panel="Hosting")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = terminal(highlight=False, soft_wrap=True)
+err = terminal(stderr=True, highlight=False, soft_wrap=True)
 
 PANEL_RENT = "Renting"
 PANEL_HOST = "Hosting"
@@ -288,7 +288,7 @@ def parse_decimal(text: str, what: str) -> Decimal:
 
 def waiting(message: str) -> Any:
     """A spinner on stderr while a call runs (nothing when stderr is not a terminal)."""
-    return err.status(message, spinner="dots")
+    return err.status(plain(message), spinner="dots")
 
 
 def call(message: str, fn: Callable[[], T]) -> T:
@@ -397,7 +397,7 @@ def print_table(
         )
     for row in rows:
         table.add_row(*(row[i] for i in shown))
-    Console(width=width, highlight=False).print(table)
+    terminal(width=width, highlight=False).print(table)
 
 
 # ----------------------------------------------------------------------------- market
@@ -612,7 +612,9 @@ def wait_for_order(
 ) -> Order:
     started = time.monotonic()
     current = order
-    status = None if quiet else err.status(f"order {order.id}: {describe(order)}", spinner="dots")
+    status = (
+        None if quiet else err.status(plain(f"order {order.id}: {describe(order)}"), spinner="dots")
+    )
     if status is not None:
         status.start()
     try:
@@ -633,9 +635,8 @@ def wait_for_order(
             if current.expired:
                 fail(f"order {order.id} ended before it was ready")
             if status is not None:
-                status.update(
-                    f"order {order.id}: {describe(current)} ({time.monotonic() - started:.0f} s)"
-                )
+                waited = time.monotonic() - started
+                status.update(plain(f"order {order.id}: {describe(current)} ({waited:.0f} s)"))
     except KeyboardInterrupt:
         if status is not None:
             status.stop()

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from openclore.agent.cli import agent as agent_command
 from openclore.cli.client_commands import client_app, fail
+from openclore.cli.output import terminal
 from openclore.cli.sandbox import sandbox_app
 from openclore.config import Settings
 
@@ -47,8 +47,8 @@ app.command("agent")(agent_command)
 app.add_typer(client_app)
 app.add_typer(sandbox_app, name="sandbox")
 
-console = Console()
-err = Console(stderr=True)
+console = terminal()
+err = terminal(stderr=True)
 DEMO_DATABASE = "openclore-demo.sqlite"
 
 DatabaseOpt = Annotated[
@@ -170,6 +170,9 @@ def serve(
             Path(DEMO_DATABASE + suffix).unlink(missing_ok=True)
         database_url = f"sqlite:///{DEMO_DATABASE}"
     settings = _settings(database_url, host=host, port=port, workers=workers, demo=demo or None)
+    problem = settings.address_secret_problem()
+    if problem is not None:
+        fail(problem)
     db = _open_database(settings)
     if settings.demo:
         with db.write() as conn:

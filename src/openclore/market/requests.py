@@ -27,6 +27,7 @@ from pydantic import (
 
 from openclore.domain.errors import InvalidInput
 from openclore.domain.specs import UNSAFE_TEXT
+from openclore.domain.text import check_text
 
 # SPEC §4: jupyter_token, ssh_key and ssh_password may only use these characters.
 STARRED_FIELD = re.compile(r"^[a-zA-Z0-9\s\-=.@+/]+$")
@@ -64,23 +65,9 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-def _check_no_nul(value: Any, where: str = "body", depth: int = 0) -> None:
-    """No string anywhere in a request may hold a NUL character (databases refuse them)."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise InvalidInput(f"{where}: NUL characters are not allowed")
-    elif isinstance(value, dict) and depth < 64:
-        for key, item in value.items():
-            _check_no_nul(key, where, depth + 1)
-            _check_no_nul(item, f"{key}" if depth == 0 else where, depth + 1)
-    elif isinstance(value, list) and depth < 64:
-        for item in value:
-            _check_no_nul(item, where, depth + 1)
-
-
 def validate_body(model: type[Request], body: dict[str, Any]) -> Any:
     """Validate a parsed body; any problem becomes code 2 with a readable message."""
-    _check_no_nul(body)
+    check_text(body)
     try:
         return model.model_validate(body)
     except ValidationError as exc:

@@ -13,7 +13,7 @@ import json
 import secrets
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from sqlalchemy import Connection
+from sqlalchemy.engine import make_url
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -31,8 +32,10 @@ from starlette.staticfiles import StaticFiles
 
 from openclore.api.app import AppState
 from openclore.api.ratelimit import RateLimiter
-from openclore.domain.errors import CloreError, MarketError
+from openclore.config import Settings
+from openclore.domain.errors import CloreError, InvalidInput, MarketError
 from openclore.domain.money import UNITS_PER_COIN, AmountError, Coins, coins_str, to_units
+from openclore.domain.text import check_pairs
 from openclore.engine.clock import SandboxClock
 from openclore.engine.ticker import tick
 from openclore.market import accounts, audit, console, requests, search, sessions
@@ -48,7 +51,10 @@ SESSION_COOKIE = "oc_session"
 PRE_CSRF_COOKIE = "oc_csrf"  # double-submit token of the sign-in form (no session yet)
 PAGE_SIZE = 50
 LOGS_WAIT = 4.0  # seconds a logs view waits for the agent (the view asks again every 5 s)
-HIDDEN_SETTINGS = ("database_url", "address_secret", "gateway_tls_key")  # credentials stay out
+# a setting (or URL parameter) whose name holds one of these holds a credential: shown as set
+# or not set
+SECRET_PARTS = ("secret", "token", "pass", "credential")
+SECRET_WORDS = frozenset({"key", "auth", "pwd"})
 SIGNIN_INTERVAL = 2.0  # one sign-in attempt per 2 s per address, after a burst of 5
 SIGNIN_BURST = 5
 
@@ -60,6 +66,50 @@ class Refused(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+BAD_TEXT = "bad text"
+BAD_TEXT_MESSAGE = N_("It held characters that are not allowed (NUL or invalid text).")
+
+
+def _check_text(pairs: Iterable[tuple[str, str]]) -> None:
+    """Refuse a NUL or a lone surrogate in a path, query or form (400, never a database
+    error): :mod:`openclore.domain.text`."""
+    try:
+        check_pairs(pairs, "request")
+    except InvalidInput:
+        raise Refused(400, BAD_TEXT) from None
+
+
+def _is_secret(name: str) -> bool:
+    lowered = name.lower()
+    words = set(lowered.replace("-", "_").split("_"))
+    return any(part in lowered for part in SECRET_PARTS) or bool(SECRET_WORDS & words)
+
+
+def _masked_url(raw: str) -> str:
+    """A URL without its password (nor any secret-like query parameter's value)."""
+    try:
+        url = make_url(raw)
+    except Exception:
+        return "set"
+    query = {k: "hidden" if _is_secret(k) else v for k, v in url.query.items()}
+    return url.set(query=query).render_as_string(hide_password=True)
+
+
+def shown_settings(settings: Settings) -> dict[str, Any]:
+    """The settings as the operator page shows them: no secret anywhere. A secret setting is
+    only said to be set or not; a URL's password is masked (the database URL's, or any other
+    setting's)."""
+    shown: dict[str, Any] = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if _is_secret(name):
+            shown[name] = "set" if value else "not set"
+        elif isinstance(value, str) and "://" in value and "@" in value:
+            shown[name] = _masked_url(value)
+        else:
+            shown[name] = value
+    return shown
 
 
 def _secure(request: Request) -> bool:
@@ -144,6 +194,7 @@ class Console:
         double-submit cookie's."""
         data = await request.form()
         fields = {k: v for k, v in data.items() if isinstance(v, str)}
+        _check_text(fields.items())
         sent = fields.pop("csrf", "") or request.headers.get("x-csrf-token", "")
         expected = session.csrf if session else request.cookies.get(PRE_CSRF_COOKIE, "")
         if not expected or not secrets.compare_digest(sent.encode(), expected.encode()):
@@ -282,6 +333,8 @@ def install_console(app: FastAPI) -> None:
         def add(fn: Callable[..., Any]) -> Any:
             async def endpoint(request: Request) -> Response:
                 try:
+                    _check_text([("path", request.scope["path"])])
+                    _check_text(request.query_params.multi_items())
                     response: Response = await fn(request)
                     return response
                 except Refused as exc:
@@ -293,11 +346,13 @@ def install_console(app: FastAPI) -> None:
                             "/signin?next=" + urllib.parse.quote(request.url.path), 303
                         )
                     session = await c.session(request)
-                    text = c.t(request, "This request was refused.") + (
-                        " " + c.t(request, "The form expired: reload the page and try again.")
-                        if exc.message == "csrf"
-                        else ""
-                    )
+                    text = c.t(request, "This request was refused.")
+                    if exc.message == "csrf":
+                        text += " " + c.t(
+                            request, "The form expired: reload the page and try again."
+                        )
+                    elif exc.message == BAD_TEXT:
+                        text += " " + c.t(request, BAD_TEXT_MESSAGE)
                     return c.render(request, "error.html", session, exc.status, message=text)
 
             app.add_api_route(path, endpoint, methods=list(methods), include_in_schema=False)
@@ -761,9 +816,7 @@ def install_console(app: FastAPI) -> None:
             )
 
         users, all_servers, revenue = await c.db(run)
-        shown = {
-            k: v for k, v in settings.model_dump(mode="json").items() if k not in HIDDEN_SETTINGS
-        }
+        shown = shown_settings(settings)
         chart = {"t": [t for t, _ in revenue], "v": [v / UNITS_PER_COIN for _, v in revenue]}
         return c.render(
             request,
