@@ -121,10 +121,10 @@ def events(state: AppState, call: Call) -> Response:
     if release is None:
         raise RateLimited(5.0, error="event_stream_limit_reached", limit=limit)
     token = (call.request.headers.get("auth") or "").strip()
-    body = stream(state.db, uid, cursor, types, lambda: _token_live(state, token, uid), release)
-    weakref.finalize(body, release)  # a stream never started still gives its slot back
+    frames = stream(state.db, uid, cursor, types, lambda: _token_live(state, token, uid), release)
+    weakref.finalize(frames, release)  # a stream never started still gives its slot back
     return StreamingResponse(
-        body,
+        frames,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
