@@ -146,3 +146,23 @@ def test_signed_but_malformed_deliveries_are_400_and_the_webhook_can_be_off(
     r = post(market, {"external_id": "a", "currency": "doge", "amount": 1, "user": "dave"})
     assert r.json()["error"] == "currency-not-allowed"
     assert transfer_count(market) == before
+
+
+def test_the_deposit_signature_matches_its_known_answer() -> None:
+    """The scheme a payment processor's adapter implements, written out once: HMAC-SHA256 of
+    "<t>.<body>" (not the body alone), hex, under t=…,v1=…; the timestamp is signed too."""
+    from openclore.market.payments import SignatureError, verify
+
+    body = b'{"external_id":"tx-1","amount":"0.5"}'
+    header = "t=1764222000,v1=a90860b901c385630f39c5419967327199749971245baf2b6cc90fba09517c62"
+    assert sign(SECRET, 1764222000, body) == header
+    verify(SECRET, header, body, now=1764222000 + 10, tolerance=300)
+    for bad in (
+        header.replace("t=1764222000", "t=1764222001"),  # the same MAC under another time
+        header[:-1] + "3",
+    ):
+        try:
+            verify(SECRET, bad, body, now=1764222000, tolerance=300)
+        except SignatureError:
+            continue
+        raise AssertionError(f"accepted {bad}")
