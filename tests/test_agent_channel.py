@@ -9,6 +9,7 @@ import os
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -600,3 +601,55 @@ def test_a_heartbeat_of_a_server_removed_without_notice_closes_the_channel(
             while True:
                 ws.recv(10)
         assert ws.close_code == 4401
+
+
+def test_the_tunnel_withdraws_forwards_no_longer_wanted() -> None:
+    """A container restarted on a new host port: the old forward is closed and the new one asked
+    for (else the gateway would keep sending renters to the dead port)."""
+    import asyncio
+
+    import asyncssh
+
+    from openclore.agent.tunnel import Tunnel
+
+    class Listener:
+        def __init__(self, host_port: int) -> None:
+            self.host_port = host_port
+            self.closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    class Gateway:  # the SSH connection's side the tunnel uses: remote forwards
+        def __init__(self) -> None:
+            self.asked: list[tuple[str, int, int]] = []
+            self.listeners: list[Listener] = []
+
+        async def forward_remote_port(
+            self, listen_host: str, listen_port: int, dest_host: str, dest_port: int
+        ) -> Listener:
+            assert dest_host == "127.0.0.1"
+            self.asked.append((listen_host, listen_port, dest_port))
+            self.listeners.append(Listener(dest_port))
+            return self.listeners[-1]
+
+    async def run() -> None:
+        tunnel = Tunnel(asyncssh.generate_private_key("ssh-ed25519"))
+        gateway = Gateway()
+        conn: Any = gateway
+        tunnel.set_forwards({(7, 22): 40000, (7, 8888): 40001})
+        assert not await tunnel._reconcile(conn)
+        assert sorted(gateway.asked) == [("order-7", 22, 40000), ("order-7", 8888, 40001)]
+        tunnel.set_forwards({(7, 22): 40002, (7, 8888): 40001})  # 22 restarted elsewhere
+        await tunnel._reconcile(conn)
+        assert gateway.asked[-1] == ("order-7", 22, 40002) and len(gateway.asked) == 3
+        assert [(li.host_port, li.closed) for li in gateway.listeners] == [
+            (40000, True),
+            (40001, False),
+            (40002, False),
+        ]
+        tunnel.set_forwards({})  # the order ended: every forward goes
+        await tunnel._reconcile(conn)
+        assert all(li.closed for li in gateway.listeners) and tunnel.active == {}
+
+    asyncio.run(run())
