@@ -107,7 +107,7 @@ def test_user_signout_ends_every_console_session(market: Market) -> None:
     code, out = admin(market, "admin", "user", "signout", "nobody")
     assert code == 1 and out.startswith("error:")
     code, out = admin(market, "admin", "audit", "--user", "dora")
-    assert "admin.user.s" in out and "1 entries" in out, out
+    assert "admin.user.s" in out and "4 entries" in out, out  # three sign-ins, the signout
 
 
 def test_audit_prints_markup_in_names_and_details_as_it_is(market: Market) -> None:
@@ -122,4 +122,4 @@ def test_audit_prints_markup_in_names_and_details_as_it_is(market: Market) -> No
     )
     assert result.exit_code == 0, (result.output, result.exception)
     for name in ("rig [/]", "[bold red]x[/]", "[link=http://evil]rig"):
-        assert f'{{"name": "{name}"}}' in result.output
+        assert f'"name": "{name}"' in result.output

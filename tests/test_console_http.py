@@ -577,3 +577,68 @@ def test_the_operator_page_shows_no_secret(market: Market) -> None:
     assert "db.internal" in rows["database_url"] and "***" in rows["database_url"]
     assert "gpu.example.com" in rows["gateway_http_url"]
     assert rows["gateway_name"] == '"localhost"'
+
+
+# ----------------------------------------------------------------------------- audit
+
+
+def test_every_state_changing_console_action_has_its_audit_entry(served: Market) -> None:
+    """The use cases record their own entries: the console's sign-ins, rents, bids, cancels,
+    server additions and saves land in the audit log as the API's do, naming the credential."""
+    from openclore.market.audit import entries
+
+    market = served
+    host_token = market.user("hoster")
+    with market.db.write() as conn:
+        set_password(conn, find_user(conn, "hoster"), PASSWORD)
+    renter_token = market.user("tenant", bitcoin="1")
+    sid = market.server(host_token, "rig-a")
+    spot_sid = market.server(host_token, "rig-b")
+    with market.db.read() as conn:
+        host_id, renter_id = find_user(conn, "hoster"), find_user(conn, "tenant")
+        started = len(entries(conn))
+
+    renter = Browserless(market, renter_token)  # a sign-in with a token
+    assert renter.post(f"/servers/{sid}/rent", image="ubuntu", currency="bitcoin")[0] == "/orders"
+    renter.post(
+        f"/servers/{spot_sid}/rent",
+        image="ubuntu",
+        currency="bitcoin",
+        type="spot",
+        spotprice="0.00001",
+    )
+    with market.db.read() as conn:
+        ids = sorted(
+            int(i)
+            for i in conn.execute(
+                select(orders.c.id).where(orders.c.user_id == renter_id)
+            ).scalars()
+        )
+    on_demand, spot = ids
+    renter.post(f"/orders/{spot}/bid", price="0.00002")
+    renter.post(f"/orders/{on_demand}/cancel")
+    host = _signed_in(market, username="hoster", password=PASSWORD)  # a sign-in with a password
+    form = host.get("/host").text
+    csrf = _csrf(form)
+    assert host.post("/host/add", data={"csrf": csrf, "name": "rig-c"}).status_code == 200
+    saved = host.post("/host/servers/rig-a", data={"csrf": csrf, "availability": "on", "mrl": "48"})
+    assert saved.status_code == 303
+
+    with market.db.read() as conn:
+        new = entries(conn)[started:]
+    seen = [(e.actor, e.action, e.detail.get("via"), e.source.startswith("web@")) for e in new]
+    renter_actor, host_actor = f"user:{renter_id}", f"user:{host_id}"
+    assert (renter_actor, "sign_in", f"token:{renter_token[:8]}", True) in seen
+    assert (host_actor, "sign_in", "password", True) in seen
+    for action in ("order.create", "order.spot_price", "order.cancel"):
+        assert (renter_actor, action, "session", True) in seen, (action, seen)
+    for action in ("server.add", "server.settings"):
+        assert (host_actor, action, "session", True) in seen, (action, seen)
+    targets = {(e.action, e.target) for e in new}
+    assert {
+        ("order.create", f"order:{on_demand}"),
+        ("order.create", f"order:{spot}"),
+        ("order.spot_price", f"order:{spot}"),
+        ("order.cancel", f"order:{on_demand}"),
+        ("server.settings", "server:rig-a"),
+    } <= targets

@@ -305,15 +305,24 @@ def test_api_changes_are_audited_with_who_and_where(market: Market) -> None:
             "/v1/set_spot_price", json={"order_id": order["order_id"], "desired_price": 0.000004}
         )
     )
-    found = _entries(market)
+    everything = _entries(market)
+    # the test's own set-up (a server added directly, not through an entry point) is the market's
+    assert [(e.actor, e.action) for e in everything if not e.actor.startswith("user:")] == [
+        ("system", "server.add")
+    ]
+    found = [e for e in everything if e.actor.startswith("user:")]
+    oid = order["order_id"]
     assert [(e.actor, e.user_id, e.action, e.target) for e in found] == [
         (f"user:{host_id}", host_id, "server.settings", "server:rig"),
         (f"user:{host_id}", host_id, "server.add", f"server:{added['id']}"),
-        (f"user:{renter_id}", renter_id, "order.spot_price", f"order:{order['order_id']}"),
+        (f"user:{renter_id}", renter_id, "order.create", f"order:{oid}"),
+        (f"user:{renter_id}", renter_id, "order.spot_price", f"order:{oid}"),
     ]
-    assert found[0].detail == {"name": "rig", "mrl": 96, "spot": "0.000002"}
-    assert found[2].detail == {"desired_price_units": 4000}
+    via = {"via": f"token:{host[:8]}"}
+    assert found[0].detail == {"name": "rig", "mrl": 96, "spot": "0.000002", **via}
+    assert found[3].detail == {"desired_price_units": 4000, "via": f"token:{renter[:8]}"}
     assert all(e.source == "127.0.0.1" and abs(e.at - time.time()) < 60 for e in found)
+    assert all(renter not in json.dumps(e.detail) for e in found)  # never a whole token
 
 
 def _admin(market: Market, *args: str) -> tuple[int, str]:

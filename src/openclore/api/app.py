@@ -304,18 +304,19 @@ def _source(call: Call) -> str:
     return call.request.client.host if call.request.client else ""
 
 
-def _audit(conn: Connection, call: Call, action: str, target: str, detail: dict[str, Any]) -> None:
-    uid = _uid(call)
-    audit.record(conn, f"user:{uid}", action, target, detail, _source(call), user_id=uid)
+def _actor(call: Call) -> audit.Actor:
+    """The caller, as the use cases record it in the audit log."""
+    token = (call.request.headers.get("auth") or "").strip()
+    return audit.Actor.user(_uid(call), _source(call), f"token:{token[:8]}" if token else "")
 
 
 def _set_server_settings(state: AppState, call: Call) -> dict[str, Any]:
     req = requests.validate_body(requests.SetServerSettingsRequest, call.body)
 
     def run(conn: Connection) -> None:
-        server_service.set_server_settings(conn, _uid(call), req, state.settings, call.now)
-        detail = req.model_dump(mode="json", exclude_none=True)
-        _audit(conn, call, audit.SERVER_SETTINGS, f"server:{req.name}", detail)
+        server_service.set_server_settings(
+            conn, _uid(call), req, state.settings, call.now, actor=_actor(call)
+        )
 
     state.db_write(run)
     return {}
@@ -329,10 +330,8 @@ def _set_spot_price(state: AppState, call: Call) -> dict[str, Any]:
 
     def run(conn: Connection) -> None:
         order_service.set_spot_price(
-            conn, _uid(call), req.order_id, desired, state.settings, call.now
+            conn, _uid(call), req.order_id, desired, state.settings, call.now, actor=_actor(call)
         )
-        detail = {"desired_price_units": desired}
-        _audit(conn, call, audit.PRICE_CHANGE, f"order:{req.order_id}", detail)
 
     state.db_write(run)
     return {}
@@ -342,7 +341,7 @@ def _cancel_order(state: AppState, call: Call) -> dict[str, Any]:
     req = requests.validate_body(requests.CancelOrderRequest, call.body)
     state.db_write(
         lambda conn: order_service.cancel_order(
-            conn, _uid(call), req.id, req.issue, call.now, req.rating
+            conn, _uid(call), req.id, req.issue, call.now, req.rating, actor=_actor(call)
         )
     )
     return {}
@@ -366,6 +365,7 @@ def _cancel_orders(state: AppState, call: Call) -> dict[str, Any]:
                     order_id=order_id,
                     issue=None,
                     now=call.now,
+                    actor=_actor(call),
                 )
             )
             results.append({"id": order_id, "cancelled": True})
@@ -418,6 +418,7 @@ def _create_gigaspot_orders(state: AppState, call: Call) -> dict[str, Any]:
                     item=item,
                     settings=state.settings,
                     now=call.now,
+                    actor=_actor(call),
                 )
             )
         except MarketError as exc:
@@ -438,12 +439,14 @@ def _create_gigaspot_orders(state: AppState, call: Call) -> dict[str, Any]:
 
 
 def _edit_gigaspot_order(conn: Connection, state: AppState, call: Call, item: Any) -> Any:
-    problem = gigaspot_service.edit_order(
-        conn, user_id=_uid(call), item=item, settings=state.settings, now=call.now
+    return gigaspot_service.edit_order(
+        conn,
+        user_id=_uid(call),
+        item=item,
+        settings=state.settings,
+        now=call.now,
+        actor=_actor(call),
     )
-    detail = item.model_dump(mode="json", exclude_none=True)
-    _audit(conn, call, audit.PRICE_CHANGE, f"order:{item.order_id}", detail)
-    return problem
 
 
 def _edit_gigaspot_orders(state: AppState, call: Call) -> dict[str, Any]:
@@ -475,7 +478,9 @@ def _create_order(state: AppState, call: Call) -> dict[str, Any]:
     req = requests.validate_body(requests.CreateOrderRequest, call.body)
 
     def run(conn: Connection) -> dict[str, Any]:
-        order_id = order_service.create_order(conn, _uid(call), req, state.settings, call.now)
+        order_id = order_service.create_order(
+            conn, _uid(call), req, state.settings, call.now, actor=_actor(call)
+        )
         # Connection fields are left out here: the agent publishes them after start, and the
         # clore-ai SDK's Order model cannot load them as the lists they are (my_orders has them).
         order = order_service.order_detail(conn, order_id, state.settings)
@@ -493,9 +498,9 @@ def _add_server(state: AppState, call: Call) -> dict[str, Any]:
     req = requests.validate_body(requests.AddServerRequest, call.body)
 
     def run(conn: Connection) -> tuple[int, str]:
-        added = server_service.add_server(conn, _uid(call), req.name, call.now, state.settings)
-        _audit(conn, call, audit.SERVER_ADD, f"server:{added[0]}", {"name": req.name})
-        return added
+        return server_service.add_server(
+            conn, _uid(call), req.name, call.now, state.settings, actor=_actor(call)
+        )
 
     server_id, token = state.db_write(run, answer=lambda out: {"id": out[0], "init_token": out[1]})
     return {"id": server_id, "init_token": token}

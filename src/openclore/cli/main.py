@@ -118,6 +118,14 @@ def _admin() -> tuple[str, str]:
     return f"admin:{login}", f"cli@{socket.gethostname()}"
 
 
+def _admin_actor() -> Any:
+    """The operator running this command, as the use cases record them."""
+    from openclore.market import audit
+
+    actor, source = _admin()
+    return audit.Actor(actor, None, source)
+
+
 def _audit(
     conn: Any,
     action: str,
@@ -781,8 +789,9 @@ def server_add(user: str, name: str, database_url: DatabaseOpt = None) -> None:
     try:
         with db.write() as conn:
             owner = find_user(conn, user)
-            server_id, token = add_server(conn, owner, name, int(time.time()), settings)
-            _audit(conn, "server.add", f"server:{server_id}", {"name": name}, owner)
+            _, token = add_server(
+                conn, owner, name, int(time.time()), settings, actor=_admin_actor()
+            )
     except UnknownUser as exc:
         fail(str(exc))
     except CloreError as exc:

@@ -1,7 +1,9 @@
 """The audit log: who did what, when and from where.
 
 Every admin command, API token issue and revoke, server settings change, price change and sign-in
-is recorded with :func:`record`, in the same transaction as the change itself (a change that rolls
+is recorded with :func:`record`, in the same transaction as the change itself. The market's use
+cases record their own entries (:func:`record_by`), for whichever entry point called them (the API,
+the console, the CLI), from the :class:`Actor` they are given (a change that rolls
 back leaves no entry, and no change is committed without its entry). Entries are never updated.
 
 ``actor`` names who acted: ``user:<id>`` (an API token's owner), ``admin:<login>`` (the
@@ -26,9 +28,28 @@ TOKEN_REVOKE = "token.revoke"
 SERVER_SETTINGS = "server.settings"
 SERVER_ADD = "server.add"
 PRICE_CHANGE = "order.spot_price"
+ORDER_CREATE = "order.create"
+ORDER_CANCEL = "order.cancel"
 SIGN_IN = "sign_in"
 
 _MAX_TEXT = {"actor": 128, "action": 64, "target": 256, "source": 256}
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asks a use case for a change, by which credential and from where."""
+
+    name: str  # user:<id> | admin:<login> | agent:<server id> | system
+    user_id: int | None = None
+    source: str = ""  # the client's address, web@<address>, cli@<host>
+    via: str = ""  # the credential: token:<prefix>, password, session
+
+    @classmethod
+    def user(cls, user_id: int, source: str = "", via: str = "") -> Actor:
+        return cls(f"user:{user_id}", user_id, source, via)
+
+
+SYSTEM = Actor("system")  # the market itself (tests, the demo world, the engine)
 
 
 @dataclass(frozen=True)
@@ -67,6 +88,27 @@ def record(
             **values,
         )
     )
+
+
+def record_by(
+    conn: Connection,
+    actor: Actor,
+    action: str,
+    target: str = "",
+    detail: dict[str, Any] | None = None,
+    *,
+    about: int | None = None,
+) -> None:
+    """The entry of a use case's change, by ``actor``, about user ``about`` (default: the
+    actor's user). An operator's change is recorded as ``admin.<action>``, as every admin
+    command is."""
+    if actor.name.startswith("admin:") and not action.startswith(ADMIN):
+        action = ADMIN + action
+    detail = dict(detail or {})
+    if actor.via:
+        detail.setdefault("via", actor.via)
+    user_id = actor.user_id if actor.user_id is not None else about
+    record(conn, actor.name, action, target, detail, actor.source, user_id=user_id)
 
 
 def entries(

@@ -23,6 +23,7 @@ from openclore.domain.money import bp_to_percent, percent_to_bp, to_coins, to_un
 from openclore.domain.specs import clean_gpu_array, clean_specs
 from openclore.engine.events import notify_server
 from openclore.market import orders as order_service
+from openclore.market.audit import PRICE_CHANGE, SYSTEM, Actor, record_by
 from openclore.market.requests import CreateOrderRequest, GigaspotEdit, GigaspotOrder
 from openclore.market.servers import cuda_version, prices_of
 from openclore.store.schema import orders, servers
@@ -37,7 +38,13 @@ def _store_oc(conn: Connection, order_id: int, oc: list[dict[str, Any]] | None) 
 
 
 def create_order(
-    conn: Connection, user_id: int, item: GigaspotOrder, settings: Settings, now: int
+    conn: Connection,
+    user_id: int,
+    item: GigaspotOrder,
+    settings: Settings,
+    now: int,
+    *,
+    actor: Actor = SYSTEM,
 ) -> tuple[int, str | None]:
     """Place one GigaSPOT bid. Returns the order id and why its GPU settings were not taken
     (None: taken, or none asked)."""
@@ -51,7 +58,7 @@ def create_order(
             "env": item.env,
         }
     )
-    order_id = order_service.create_order(conn, user_id, req, settings, now)
+    order_id = order_service.create_order(conn, user_id, req, settings, now, actor=actor)
     oc = [g.to_stored() for g in item.oc]
     if not oc:
         return order_id, None
@@ -66,7 +73,13 @@ def create_order(
 
 
 def edit_order(
-    conn: Connection, user_id: int, item: GigaspotEdit, settings: Settings, now: int
+    conn: Connection,
+    user_id: int,
+    item: GigaspotEdit,
+    settings: Settings,
+    now: int,
+    *,
+    actor: Actor = SYSTEM,
 ) -> str | None:
     """Re-price one's own GigaSPOT bid and replace its GPU settings. Price rules are
     set_spot_price's. Returns why the GPU settings were not taken (None: taken)."""
@@ -74,6 +87,8 @@ def edit_order(
     if row is None or row.user_id != user_id or not row.spot or row.expired:
         raise MarketError("order_dont_exist")
     desired = to_units(item.price)
+    detail = item.model_dump(mode="json", exclude_none=True)
+    record_by(conn, actor, PRICE_CHANGE, f"order:{item.order_id}", detail, about=user_id)
     if desired != row.price:
         order_service.set_spot_price(conn, user_id, item.order_id, desired, settings, now)
     oc = [g.to_stored() for g in item.oc]

@@ -20,6 +20,14 @@ from openclore.engine.billing import Row, end_order, lock_server, resolve_server
 from openclore.engine.outbox import order_created
 from openclore.ledger.ledger import balance, ensure_wallet, system_account_id, transfer, wallet_id
 from openclore.market.accounts import lock_user
+from openclore.market.audit import (
+    ORDER_CANCEL,
+    ORDER_CREATE,
+    PRICE_CHANGE,
+    SYSTEM,
+    Actor,
+    record_by,
+)
 from openclore.market.requests import CreateOrderRequest
 from openclore.market.servers import cuda_version, prices_of
 from openclore.market.tunnels import http_pub, http_urls, new_http_label
@@ -30,8 +38,15 @@ MAX_ISSUE_LENGTH = 2048
 
 
 def create_order(
-    conn: Connection, user_id: int, req: CreateOrderRequest, settings: Settings, now: int
+    conn: Connection,
+    user_id: int,
+    req: CreateOrderRequest,
+    settings: Settings,
+    now: int,
+    *,
+    actor: Actor = SYSTEM,
 ) -> int:
+    """Rent a server on demand or bid for it (audited as ``actor``'s); returns the order id."""
     lock_user(conn, user_id)  # the order limit is counted under it
     server = lock_server(conn, req.renting_server)
     if server is None or server["removed_at"] is not None:
@@ -119,6 +134,8 @@ def create_order(
         )
     )
     order_created(conn, order_id, now)
+    detail = {"server": server["id"], "spot": req.is_spot, "currency": req.currency}
+    record_by(conn, actor, ORDER_CREATE, f"order:{order_id}", detail, about=user_id)
     transfer(
         conn,
         key=f"order:{order_id}:creation_fee",
@@ -174,9 +191,12 @@ def cancel_order(
     issue: str | None,
     now: int,
     rating: int | None = None,
+    *,
+    actor: Actor = SYSTEM,
 ) -> None:
-    """End one's own live order now (billed up to now). An order that settling ends on its own
-    (its balance or its time ran out) is ended all the same, and the cancel succeeds.
+    """End one's own live order now, billed up to now (audited as ``actor``'s). An order that
+    settling ends on its own (its balance or its time ran out) is ended all the same, and the
+    cancel succeeds.
 
     ``rating`` (1-5) scores the server, once per order: it may come with the cancel or, for an
     order that already ended, alone (``order_not_active`` is not raised then)."""
@@ -200,6 +220,8 @@ def cancel_order(
         rate_server(conn, order["server_id"])
     resolve_server(conn, order["server_id"], now)
     listing_changed(conn)
+    detail = {"ended": ended is not None, "rating": rating}
+    record_by(conn, actor, ORDER_CANCEL, f"order:{order_id}", detail, about=user_id)
 
 
 def rate_server(conn: Connection, server_id: int) -> None:
@@ -217,7 +239,7 @@ def rate_server(conn: Connection, server_id: int) -> None:
 
 
 def cancel_orders(
-    conn_factory: Any, user_id: int, order_ids: list[int], now: int
+    conn_factory: Any, user_id: int, order_ids: list[int], now: int, *, actor: Actor = SYSTEM
 ) -> dict[int, str | None]:
     """Cancel several orders, each in its own transaction (one failing leaves the others
     cancelled): ``{order id: None (cancelled) | error name}``."""
@@ -226,7 +248,9 @@ def cancel_orders(
         if order_id in results:
             continue
         try:
-            conn_factory(lambda conn, oid=order_id: cancel_order(conn, user_id, oid, None, now))
+            conn_factory(
+                lambda conn, oid=order_id: cancel_order(conn, user_id, oid, None, now, actor=actor)
+            )
             results[order_id] = None
         except MarketError as exc:
             results[order_id] = exc.name
@@ -234,9 +258,25 @@ def cancel_orders(
 
 
 def set_spot_price(
-    conn: Connection, user_id: int, order_id: int, desired: int, settings: Settings, now: int
+    conn: Connection,
+    user_id: int,
+    order_id: int,
+    desired: int,
+    settings: Settings,
+    now: int,
+    *,
+    actor: Actor = SYSTEM,
 ) -> None:
+    """Raise or lower one's bid (audited as ``actor``'s)."""
     order = _own_order(conn, user_id, order_id, "order_dont_exist")
+    record_by(
+        conn,
+        actor,
+        PRICE_CHANGE,
+        f"order:{order_id}",
+        {"desired_price_units": desired},
+        about=user_id,
+    )
     if not order["spot"]:
         raise MarketError("order_dont_exist")
     lock_server(conn, order["server_id"])

@@ -24,6 +24,7 @@ from openclore.engine.billing import (
 from openclore.engine.events import notify_server
 from openclore.engine.reliability import close_stretch
 from openclore.market.accounts import TOKEN_ALPHABET, lock_user
+from openclore.market.audit import SERVER_ADD, SERVER_SETTINGS, SYSTEM, Actor, record_by
 from openclore.market.rates import apply_autoprice, current_rates, rates_in_usd, usd_block
 from openclore.market.requests import SetServerSettingsRequest
 from openclore.store.db import inserted_id, listing_changed
@@ -44,8 +45,10 @@ def add_server(
     settings: Settings,
     *,
     init_token: str | None = None,
+    actor: Actor = SYSTEM,
 ) -> tuple[int, str]:
-    """A new, not yet connected, hidden server. Returns ``(id, init_token)``."""
+    """A new, not yet connected, hidden server (audited as ``actor``'s). Returns
+    ``(id, init_token)``."""
     name = name.strip()
     if not name or len(name) > 128:
         raise InvalidInput("name: 1 to 128 characters")
@@ -81,6 +84,7 @@ def add_server(
         )
     )
     listing_changed(conn)  # the owner's ``my_servers`` in every cached listing answer
+    record_by(conn, actor, SERVER_ADD, f"server:{server_id}", {"name": name}, about=owner_id)
     return server_id, token
 
 
@@ -320,9 +324,18 @@ def server_config(conn: Connection, user_id: int, name: str, settings: Settings)
 
 
 def set_server_settings(
-    conn: Connection, user_id: int, req: SetServerSettingsRequest, settings: Settings, now: int
+    conn: Connection,
+    user_id: int,
+    req: SetServerSettingsRequest,
+    settings: Settings,
+    now: int,
+    *,
+    actor: Actor = SYSTEM,
 ) -> None:
+    """Change one's server's settings (audited as ``actor``'s)."""
     found = _find_by_name(conn, user_id, req.name)
+    detail = req.model_dump(mode="json", exclude_none=True)
+    record_by(conn, actor, SERVER_SETTINGS, f"server:{req.name}", detail, about=user_id)
     if found is None:
         raise MarketError("server_dont_exist")
     per_currency: dict[str, dict[str, Decimal]] = req.per_currency(settings.currencies)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, and_, delete, insert, or_, select
 
+from openclore.market.audit import SIGN_IN, SYSTEM, Actor, record_by
 from openclore.store.schema import api_tokens, users, web_sessions
 
 SESSION_SECONDS = 7 * 86400
@@ -36,9 +37,17 @@ def _hash(session_id: str) -> str:
     return hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def start_session(conn: Connection, user_id: int, now: int, token_id: int | None = None) -> str:
+def start_session(
+    conn: Connection,
+    user_id: int,
+    now: int,
+    token_id: int | None = None,
+    *,
+    actor: Actor = SYSTEM,
+) -> str:
     """A new session for the user, started with the API token ``token_id`` (None: with the
-    password); returns the cookie value (shown nowhere else)."""
+    password), a console sign-in audited as ``actor``'s; returns the cookie value (shown nowhere
+    else)."""
     session_id = secrets.token_urlsafe(32)
     conn.execute(delete(web_sessions).where(web_sessions.c.expires_at < now))
     conn.execute(
@@ -51,6 +60,7 @@ def start_session(conn: Connection, user_id: int, now: int, token_id: int | None
             expires_at=now + SESSION_SECONDS,
         )
     )
+    record_by(conn, actor, SIGN_IN, f"user:{user_id}", {"into": "console"}, about=user_id)
     return session_id
 
 

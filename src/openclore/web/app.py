@@ -317,6 +317,15 @@ def _kv_lines(raw: str, sep: str) -> dict[str, str]:
     return out
 
 
+def _web_source(request: Request) -> str:
+    return "web@" + (request.client.host if request.client else "unknown")
+
+
+def _actor(request: Request, session: sessions.Session) -> audit.Actor:
+    """The signed-in person, as the use cases record them in the audit log."""
+    return audit.Actor.user(session.user_id, _web_source(request), "session")
+
+
 def _qr_svg(text: str) -> Markup:
     svg = segno.make(text, error="m").svg_inline(scale=4, dark="#000", light="#fff")
     return Markup(svg)
@@ -415,8 +424,11 @@ def install_console(app: FastAPI) -> None:
             )
             return c.render(request, "signin.html", None, 401, next=nxt, error=message)
         uid, token_id = credential
+        via = f"token:{token[:8]}" if token_id is not None else "password"
+        actor = audit.Actor.user(uid, _web_source(request), via)
         sid: str = await c.db(
-            lambda conn: sessions.start_session(conn, uid, int(time.time()), token_id), write=True
+            lambda conn: sessions.start_session(conn, uid, int(time.time()), token_id, actor=actor),
+            write=True,
         )
         response = RedirectResponse(nxt, 303)
         response.set_cookie(
@@ -561,7 +573,9 @@ def install_console(app: FastAPI) -> None:
             req = requests.validate_body(requests.CreateOrderRequest, body)
             now = state.now()
             await c.db(
-                lambda conn: order_service.create_order(conn, session.user_id, req, settings, now),
+                lambda conn: order_service.create_order(
+                    conn, session.user_id, req, settings, now, actor=_actor(request, session)
+                ),
                 write=True,
             )
         except CloreError as exc:
@@ -600,7 +614,7 @@ def install_console(app: FastAPI) -> None:
         try:
             await c.db(
                 lambda conn: order_service.cancel_order(
-                    conn, session.user_id, order_id, issue, now
+                    conn, session.user_id, order_id, issue, now, actor=_actor(request, session)
                 ),
                 write=True,
             )
@@ -620,7 +634,13 @@ def install_console(app: FastAPI) -> None:
                 raise MarketError("invalid_price")
             await c.db(
                 lambda conn: order_service.set_spot_price(
-                    conn, session.user_id, order_id, desired, settings, now
+                    conn,
+                    session.user_id,
+                    order_id,
+                    desired,
+                    settings,
+                    now,
+                    actor=_actor(request, session),
                 ),
                 write=True,
             )
@@ -741,7 +761,7 @@ def install_console(app: FastAPI) -> None:
             req = requests.validate_body(requests.AddServerRequest, {"name": name})
             _, token = await c.db(
                 lambda conn: server_service.add_server(
-                    conn, session.user_id, req.name, now, settings
+                    conn, session.user_id, req.name, now, settings, actor=_actor(request, session)
                 ),
                 write=True,
             )
@@ -790,7 +810,7 @@ def install_console(app: FastAPI) -> None:
             req = requests.validate_body(requests.SetServerSettingsRequest, body)
             await c.db(
                 lambda conn: server_service.set_server_settings(
-                    conn, session.user_id, req, settings, now
+                    conn, session.user_id, req, settings, now, actor=_actor(request, session)
                 ),
                 write=True,
             )
@@ -840,7 +860,7 @@ def install_console(app: FastAPI) -> None:
         session = await c.signed_in(request, admin=True)
         fields = await c.form(request, session)
         now = state.now()
-        source = "web@" + (request.client.host if request.client else "unknown")
+        source = _web_source(request)
         detail = {k: v[:128] for k, v in fields.items() if k != "csrf"}
 
         def run(conn: Connection) -> Any:
