@@ -208,7 +208,8 @@ class SseReader:
                     if line.startswith("retry:"):
                         self.started.set()
                     elif line == "event: revoked":
-                        self.revoked = True
+                        self.revoked = True  # the server's last frame: nothing follows
+                        return
                     elif line.startswith("id: "):
                         frame_id = int(line[4:])
                     elif line.startswith("data: "):
