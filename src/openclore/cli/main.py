@@ -169,7 +169,7 @@ def serve(
     """Run the API server (migrates the database first)."""
     import uvicorn
 
-    from openclore.api.logs import log_config
+    from openclore.api.request_ids import log_config
     from openclore.api.transport import server_options
     from openclore.market.demo import is_demo_world, is_seeded, seed
 
