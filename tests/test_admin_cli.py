@@ -82,6 +82,9 @@ def test_serve_help_documents_every_setting() -> None:
     text = " ".join(result.output.split())
     for name in Settings.model_fields:
         assert f"OPENCLORE_{name.upper()}" in text, name
+    # real defaults, never a library's marker for "made by a factory"
+    assert "PydanticUndefined" not in text
+    assert 'OPENCLORE_CURRENCIES: Wallet currencies (default ["bitcoin", ' in text
 
 
 def test_user_signout_ends_every_console_session(market: Market) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -145,7 +146,9 @@ def _audit(
 def _settings_help() -> str:
     lines = ["Settings (environment variables; every one also reads from the environment):\n"]
     for name, field in Settings.model_fields.items():
-        lines.append(f"OPENCLORE_{name.upper()}: {field.description} (default {field.default!r})")
+        default = field.get_default(call_default_factory=True)  # a factory's value, not its marker
+        shown = json.dumps(default, default=str) if default is not None else "none"
+        lines.append(f"OPENCLORE_{name.upper()}: {field.description} (default {shown})")
     return "\n\n".join(lines)
 
 
