@@ -324,13 +324,19 @@ def test_errors_are_one_line_and_exit_non_zero(world: tuple[Cli, Cli, int]) -> N
     cli, _, sid = world
     assert "invalid API token" in cli.error("wallets", OPENCLORE_API_KEY="wrong")
     assert "no API key" in cli.error("orders", OPENCLORE_API_KEY=None)
-    assert "server-dont-exist" in cli.error("rent", "999999", "--image", IMAGE)
-    assert "image" in cli.error("rent", str(sid), "--image", "not an image!")
+    # the sentence a person reads, then the name scripts match on
+    assert cli.error("rent", "999999", "--image", IMAGE) == (
+        "error: This server is not on the market. (server-dont-exist)"
+    )
+    bad_image = cli.error("rent", str(sid), "--image", "not an image!")
+    assert "image" in bad_image and "Value error" not in bad_image
     assert "--port" in cli.error("rent", str(sid), "--image", IMAGE, "--port", "22:udp")
     assert "--env" in cli.error("rent", str(sid), "--image", IMAGE, "--env", "NOVALUE")
     assert "--ssh-key" in cli.error("rent", str(sid), "--image", IMAGE, "--ssh-key", "/nope")
     poor = Cli(cli.market, Path(str(cli.env["OPENCLORE_CONFIG"])).parent, cli.market.user())
-    assert "not_enough_balance" in poor.error("rent", str(sid), "--image", IMAGE)
+    assert poor.error("rent", str(sid), "--image", IMAGE) == (
+        "error: Your wallet does not hold enough for this. (not_enough_balance)"
+    )
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}"

@@ -61,6 +61,7 @@ from openclore.client import (
 )
 from openclore.client._base import ssh_banner
 from openclore.client._exactjson import number_text
+from openclore.domain.errors import REGISTRY
 
 T = TypeVar("T")
 
@@ -203,21 +204,37 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+# how the extra fields of a named error read in a sentence
+_EXTRA_WORDS = {
+    "min_price": "Minimum:",
+    "max_step": "Lowest allowed now:",
+    "price": "The price now:",
+    "limit": "Limit:",
+    "limit_left": "Left today:",
+    "reason": "Why:",
+    "time_to_lowering": "Seconds left:",
+}
+
+
 def explain(exc: BaseException, target: Target | None = None) -> str:
     """One line that says what went wrong and, where it helps, what to do."""
     if isinstance(exc, ExceededMaxStep):
         return (
-            f"exceeded_max_step: a bid may be lowered by at most one step (the server's minimum "
-            f"spot price) at a time; the lowest bid allowed now is {fmt(exc.max_step)}"
+            f"A bid may be lowered by at most one step (the server's minimum spot price) at a "
+            f"time; the lowest bid allowed now is {fmt(exc.max_step)} (exceeded_max_step)"
         )
     if isinstance(exc, CanLowerEvery600Seconds):
         return (
-            f"can_lower_every_600_seconds: a bid may be lowered once every 600 s; "
-            f"try again in {exc.time_to_lowering} s (raising it is allowed any time)"
+            f"A bid may be lowered once every 600 seconds; try again in "
+            f"{exc.time_to_lowering} s (raising it is allowed any time) "
+            f"(can_lower_every_600_seconds)"
         )
     if isinstance(exc, MarketError):
-        extra = ", ".join(f"{k}={fmt_any(v)}" for k, v in exc.extra.items())
-        return exc.name + (f" ({extra})" if extra else "")
+        # the sentence people read (the error registry's), then the name scripts match on
+        kind = REGISTRY.get(exc.name)
+        text = kind.message if kind is not None else "The market refused this."
+        extra = "; ".join(f"{_EXTRA_WORDS.get(k, k)} {fmt_any(v)}" for k, v in exc.extra.items())
+        return f"{text}{' ' + extra if extra else ''} ({exc.name})"
     if isinstance(exc, InvalidToken):
         where = f" for {target.url}" if target else ""
         return f"invalid API token{where}: check OPENCLORE_API_KEY, --api-key or your profile"
