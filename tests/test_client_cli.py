@@ -137,6 +137,9 @@ def test_market_filters_and_sorts(world: tuple[Cli, Cli, int], market: Market) -
     # the filters ran on the server: it answered only the match, and counted it
     assert "1 of 1 servers" in cli("market", "--gpu", "3090").stdout
     cli.error("market", "--max-price", "cheap", code=1)
+    # nothing matches: it says so on stderr and exits non-zero (JSON stays an empty list)
+    assert "no servers match" in cli.error("market", "--gpu", "NOSUCHGPU")
+    assert cli.json("market", "--gpu", "NOSUCHGPU") == []
     assert cli("market", "--sort", "nonsense", code=2).exit_code == 2
 
 

@@ -526,6 +526,8 @@ def market(
     if json:
         emit_json(chosen)
         return
+    if not chosen:  # a search that finds nothing says so, and a script can tell from the status
+        fail("no servers match (try fewer filters, or `openclore market` for all)")
     unit = "hour" if per_hour else "day"
     digits = 4 if per_hour else 10
     rows: list[list[str]] = []
