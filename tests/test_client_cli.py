@@ -455,7 +455,8 @@ def test_tables_fit_the_terminal_and_ages_follow_the_market_clock(
     ssh = order["ssh_command"]
     assert ssh.endswith(f"root@{HOST}")
     assert "0m" in row_of(cli("orders", COLUMNS=str(columns)).stdout, str(order["id"]))
-    assert "market time is now" in cli("sandbox", "advance", "1d").stdout
+    advanced = cli("sandbox", "advance", "1d").stdout
+    assert "advanced 1d; market time is now 20" in advanced and " UTC" in advanced
     text = cli("orders", COLUMNS=str(columns)).stdout
     assert max(cell_len(line) for line in text.splitlines()) <= columns
     line = row_of(text, str(order["id"]))
