@@ -58,6 +58,13 @@ def test_withdraw_approve_reject_refund_and_statements(market: Market, tmp_path:
 
     listed = cli("admin", "withdrawals", "list", "--state", "pending").stdout
     assert BTC in listed and "alice" in listed
+    # at 80 columns too, the address is printed whole, on one line
+    narrow = runner.invoke(
+        app,
+        ["admin", "withdrawals", "list", "--database-url", market.db.url],
+        env={"COLUMNS": "80"},
+    )
+    assert narrow.exit_code == 0 and BTC in narrow.stdout, narrow.stdout
     cli("admin", "withdrawals", "approve", str(first["id"]), "--txid", "f00d", "--by", "dan")
     assert (
         "withdrawal_not_pending"

@@ -693,8 +693,13 @@ def withdrawals_list(
         sys.stdout.write(dumps(rows).decode() + "\n")
         return
     table = Table(title="withdrawals")
+    # the payout address is never cut nor folded, whatever the width: it is copied to pay
+    longest = max((len(w["address"]) for w in rows), default=7)
     for name in ("id", "user", "currency", "amount", "fee", "address", "state", "txid / reason"):
-        table.add_column(name)
+        if name == "address":
+            table.add_column(name, no_wrap=True, min_width=longest, overflow="ignore")
+        else:
+            table.add_column(name, overflow="fold")
     for w in rows:
         table.add_row(
             str(w["id"]),
