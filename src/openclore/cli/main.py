@@ -311,6 +311,20 @@ def _with_db(database_url: str | None) -> tuple[Settings, Any]:
     from openclore.ledger import ensure_system_accounts
 
     settings = _settings(database_url)
+    default = Settings.model_fields["database_url"].default
+    if settings.database_url == default:  # no database named: say which one this is
+        here, demo = Path("openclore.sqlite"), Path(DEMO_DATABASE)
+        if not here.exists() and demo.exists():
+            settings = _settings(f"sqlite:///{DEMO_DATABASE}")
+            err.print(
+                f"using the demo's database ./{DEMO_DATABASE} (OPENCLORE_DATABASE_URL or "
+                "--database-url names another)"
+            )
+        elif not here.exists():
+            err.print(
+                "no database named: a new, empty ./openclore.sqlite is created "
+                "(OPENCLORE_DATABASE_URL or --database-url names the market's)"
+            )
     db = _open_database(settings)
     with db.write() as conn:
         ensure_system_accounts(conn, settings.currencies)
