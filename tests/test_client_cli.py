@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -576,3 +577,38 @@ def test_markup_in_stored_text_is_printed_as_it_is(market: Market, tmp_path: Pat
     assert f"1x RTX 4090 {MARKUP}" in " ".join(renter("market").stdout.split())
     for args in (("orders",), ("orders", "--all"), ("spot", str(sid)), ("wallets",)):
         renter(*args)  # (the image shows with --json only)
+
+
+def test_every_commands_help_reads_cleanly_at_80_columns() -> None:
+    """No option's help loses words (rich took ``[default: …]`` for markup and left a stray
+    space before the full stop) or splits one mid-word (a long list of choices as the metavar)."""
+    import typer
+    from typer.testing import CliRunner
+
+    from openclore.cli.main import app
+
+    root = typer.main.get_command(app)
+    runner = CliRunner()
+
+    def leaves(command: Any, path: list[str]) -> Iterator[tuple[list[str], Any]]:
+        if isinstance(getattr(command, "commands", None), dict):  # a group (typer's own click)
+            for name, sub in command.commands.items():
+                yield from leaves(sub, [*path, name])
+        else:
+            yield path, command
+
+    checked = 0
+    for path, command in leaves(root, []):
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+        assert result.exit_code == 0, (path, result.output)
+        # (a line may break after a hyphen, as text wrapping does)
+        compact = re.sub(r"-\s+", "-", " ".join(result.output.replace("│", " ").split()))
+        stray = re.findall(r".{20}\s[.,](?:\s|$)", compact)  # a space before a full stop
+        assert stray == [], (path, stray)
+        for param in command.params:
+            text = getattr(param, "help", None)
+            if text:
+                expected = re.sub(r"-\s+", "-", " ".join(text.split()))
+                assert expected in compact, (path, param.name, compact)
+        checked += 1
+    assert checked > 40

@@ -137,10 +137,10 @@ ProfileOpt = Annotated[
 ]
 UrlOpt = Annotated[
     str | None,
-    typer.Option("--url", help="API base URL [default: $OPENCLORE_URL, profile, api.clore.ai]."),
+    typer.Option("--url", help="API base URL (default: $OPENCLORE_URL, profile, api.clore.ai)."),
 ]
 KeyOpt = Annotated[
-    str | None, typer.Option("--api-key", help="API token [default: $OPENCLORE_API_KEY, profile].")
+    str | None, typer.Option("--api-key", help="API token (default: $OPENCLORE_API_KEY, profile).")
 ]
 
 
@@ -450,7 +450,11 @@ def market(
         bool, typer.Option("--available-only", help="Hide servers that are rented now.")
     ] = False,
     sort: Annotated[
-        SortKey, typer.Option(help="Sort by this (price ascending, others descending).")
+        SortKey,
+        typer.Option(
+            metavar="KEY",
+            help="Sort by price (ascending), gpus, vram or reliability (descending).",
+        ),
     ] = SortKey.price,
     limit: Annotated[int | None, typer.Option(help="Show at most this many.")] = None,
     json: JsonOpt = False,
@@ -679,11 +683,11 @@ def rent(
     ] = None,
     currency: Annotated[
         str | None,
-        typer.Option(help="Pay in this currency [default: bitcoin if the server takes it]."),
+        typer.Option(help="Pay in this currency (default: bitcoin if the server takes it)."),
     ] = None,
     port: Annotated[
         list[str] | None,
-        typer.Option("--port", help="PORT[:tcp|http], repeatable [default: 22:tcp]."),
+        typer.Option("--port", help="PORT[:tcp|http], repeatable (default: 22:tcp)."),
     ] = None,
     env: Annotated[list[str] | None, typer.Option("--env", help="NAME=VALUE, repeatable.")] = None,
     ssh_key: Annotated[
@@ -1128,9 +1132,9 @@ def transactions(
 @client_app.command(rich_help_panel=PANEL_MONEY)
 def statement(
     month: Annotated[
-        str | None, typer.Argument(metavar="[YYYY-MM]", help="Month [default: this month].")
+        str | None, typer.Argument(metavar="[YYYY-MM]", help="Month (default: this month).")
     ] = None,
-    currency: Annotated[str | None, typer.Option(help="Currency [default: the market's].")] = None,
+    currency: Annotated[str | None, typer.Option(help="Currency (default: the market's).")] = None,
     pdf: Annotated[Path | None, typer.Option("--pdf", help="Also write it as a PDF here.")] = None,
     json: JsonOpt = False,
     profile: ProfileOpt = None,
@@ -1426,7 +1430,7 @@ def server_set(
     spot: Annotated[str | None, typer.Option(help="Minimum spot bid per day.")] = None,
     mrl: Annotated[int | None, typer.Option(help="Maximum rental length, hours.")] = None,
     currency: Annotated[
-        str | None, typer.Option(help="Currency of --price/--spot [default: the market's].")
+        str | None, typer.Option(help="Currency of --price/--spot (default: the market's).")
     ] = None,
     available: Annotated[
         bool | None,

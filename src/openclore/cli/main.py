@@ -23,6 +23,7 @@ app = typer.Typer(
     help="openclore: a self-hostable GPU-rental marketplace speaking the Clore.ai API v1.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     add_completion=False,
 )
 admin_app = typer.Typer(help="Administer a market directly in its database.", no_args_is_help=True)
@@ -476,7 +477,7 @@ def _operator(by: str | None) -> str:
 
 ByOpt = Annotated[
     str | None,
-    typer.Option("--by", help="Who does this, recorded in the ledger [default: your login]."),
+    typer.Option("--by", help="Who does this, recorded in the ledger (default: your login)."),
 ]
 
 
@@ -688,7 +689,7 @@ def admin_adjust(
 @withdrawals_app.command("list")
 def withdrawals_list(
     state: Annotated[
-        str | None, typer.Option(help="pending, approved or rejected [default: all].")
+        str | None, typer.Option(help="pending, approved or rejected (default: all).")
     ] = None,
     json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     database_url: DatabaseOpt = None,
