@@ -319,7 +319,7 @@ def test_wait_gives_up_after_the_timeout(world: tuple[Cli, Cli, int], market: Ma
     with market.db.write() as conn:
         conn.execute(update(servers).where(servers.c.id == sid).values(simulated=False))
     line = cli.error("rent", str(sid), "--image", IMAGE, "--wait", "--timeout", "1")
-    assert "not ready after 1 s" in line
+    assert "not ready after 1 s (running; waiting for the host to publish its SSH port)" in line
     (order,) = cli.json("orders")  # it keeps running
     assert "publishes no SSH port" in cli.error("ssh", str(order["id"]))
 

@@ -630,13 +630,26 @@ def describe(order: Order) -> str:
     return "ports published" if order.tcp_ports else "starting"
 
 
+def waiting_for(order: Order, want_ssh: bool) -> str:
+    """What ``--wait`` waits for now, in words."""
+    if order.running is False or order.state not in (None, "running"):
+        return f"waiting for the host to start it ({describe(order)})"
+    if want_ssh and order.ssh_command() is None:
+        return "running; waiting for the host to publish its SSH port"
+    if want_ssh:
+        return f"running; waiting for SSH to answer on {order.host}:{order.ssh_port}"
+    return "waiting for it to run"
+
+
 def wait_for_order(
     client: Client, order: Order, want_ssh: bool, timeout: float, quiet: bool
 ) -> Order:
     started = time.monotonic()
     current = order
     status = (
-        None if quiet else err.status(plain(f"order {order.id}: {describe(order)}"), spinner="dots")
+        None
+        if quiet
+        else err.status(plain(f"order {order.id}: {waiting_for(order, want_ssh)}"), spinner="dots")
     )
     if status is not None:
         status.start()
@@ -646,7 +659,8 @@ def wait_for_order(
             if elapsed > timeout:
                 fail(
                     f"order {order.id} is not ready after {timeout:.0f} s "
-                    f"(state: {describe(current)}); it keeps running: see `openclore orders`"
+                    f"({waiting_for(current, want_ssh)}); it keeps running: see "
+                    f"`openclore orders`"
                 )
             time.sleep(1.0)
             found = next(
@@ -659,7 +673,8 @@ def wait_for_order(
                 fail(f"order {order.id} ended before it was ready")
             if status is not None:
                 waited = time.monotonic() - started
-                status.update(plain(f"order {order.id}: {describe(current)} ({waited:.0f} s)"))
+                what = waiting_for(current, want_ssh)
+                status.update(plain(f"order {order.id}: {what} ({waited:.0f} s)"))
     except KeyboardInterrupt:
         if status is not None:
             status.stop()
