@@ -57,6 +57,7 @@ from openclore.client import (
     MarketError,
     MarketServer,
     Order,
+    Transaction,
     json_dumps,
 )
 from openclore.client._base import ssh_banner
@@ -1081,13 +1082,20 @@ def transactions(
     ] = None,
     until: Annotated[str | None, typer.Option(help="Before this time.")] = None,
     csv: Annotated[bool, typer.Option("--csv", help="Print CSV (every entry) instead.")] = False,
+    every: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Every entry: each tick's rental charge too, not one line per day."
+        ),
+    ] = False,
     json: JsonOpt = False,
     profile: ProfileOpt = None,
     url: UrlOpt = None,
     api_key: KeyOpt = None,
 ) -> None:
     """Your ledger entries (deposits, rental spend, earnings, fees, withdrawals, refunds) with
-    the balance after each."""
+    the balance after each; a rental's charges, billed every few seconds, as one line per order
+    and day (--all: each one)."""
     c = ctx(json, profile, url, api_key)
     start, end = _time_arg(since, "--since"), _time_arg(until, "--until")
     with handled(c.target), c.client() as client:
@@ -1118,8 +1126,21 @@ def transactions(
                 ]
             )
         return
+    shown = [(t, True) for t in rows] if every else _daily_charges(rows)
+    lines = [
+        [
+            _iso(t.time),
+            t.currency,
+            t.kind,
+            number_text(t.amount),
+            number_text(t.balance) if running else "",
+            "" if t.order_id is None else str(t.order_id),
+            t.memo or "",
+        ]
+        for t, running in shown
+    ]
     print_table(
-        "transactions",
+        "transactions" if every else "transactions (rental charges per order and day)",
         [
             Column("time", 0),
             Column("currency", 2),
@@ -1129,19 +1150,51 @@ def transactions(
             Column("order", 1, "right"),
             Column("memo", 3, fold=True),
         ],
-        [
-            [
-                _iso(t.time),
-                t.currency,
-                t.kind,
-                number_text(t.amount),
-                number_text(t.balance),
-                "" if t.order_id is None else str(t.order_id),
-                t.memo or "",
-            ]
-            for t in rows
-        ],
+        lines,
     )
+
+
+TICK_KINDS = ("spend", "earning", "fee")  # booked every few seconds while an order runs
+
+
+def _daily_charges(rows: list[Transaction]) -> list[tuple[Transaction, bool]]:
+    """Runs of one order's rental charges on one UTC day, each kind summed into one entry (the
+    time of its last, and "N charges"); with whether its balance is the running balance (the
+    last entry of a run: inside a run spends and fees interleave)."""
+    out: list[tuple[Transaction, bool]] = []
+    run: dict[str, tuple[Transaction, int]] = {}
+    run_key: tuple[Any, ...] | None = None
+
+    def close() -> None:
+        entries = list(run.values())
+        for i, (t, n) in enumerate(entries):
+            summed = t.model_copy(update={"memo": f"{n} charges"}) if n > 1 else t
+            out.append((summed, i == len(entries) - 1))
+        run.clear()
+
+    for t in rows:
+        key = (t.order_id, t.currency, _iso(t.time)[:10])
+        if t.kind not in TICK_KINDS:
+            close()
+            run_key = None
+            out.append((t, True))
+            continue
+        if key != run_key:
+            close()
+            run_key = key
+        held = run.get(t.kind)
+        if held is None:
+            run[t.kind] = (t, 1)
+        else:
+            first, n = held
+            total = first.amount + t.amount
+            run[t.kind] = (first.model_copy(update={"amount": total, "time": t.time}), n + 1)
+        last_kind = t.kind
+        # the run's balance is the one after its last entry: keep it on that kind's entry
+        kept, n = run.pop(last_kind)
+        run[last_kind] = (kept.model_copy(update={"balance": t.balance}), n)
+    close()
+    return out
 
 
 @client_app.command(rich_help_panel=PANEL_MONEY)
