@@ -433,8 +433,8 @@ def create_orders(
 ) -> dict[int, tuple[int, float]]:
     """Order id → (server id, commit time), one transaction each, ``rate`` per second."""
     from openclore.config import Settings
+    from openclore.market.inputs import CreateOrderRequest, validate_body
     from openclore.market.orders import create_order
-    from openclore.market.requests import CreateOrderRequest, validate_body
     from openclore.store.db import Database, run_write
 
     settings = Settings(database_url=url)

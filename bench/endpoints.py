@@ -26,8 +26,8 @@ from sqlalchemy import insert
 sys.path.insert(0, str(Path(__file__).parent))
 from openclore.config import Settings
 from openclore.ledger import ensure_system_accounts
+from openclore.market import inputs
 from openclore.market import orders as order_service
-from openclore.market import requests
 from openclore.market.accounts import create_user, issue_token
 from openclore.market.wallets import deposit
 from openclore.store.db import Database, listing_changed
@@ -105,7 +105,7 @@ def populate(url: str) -> str:
             "ports": {"22": "tcp", "8888": "http"},
             "renting_server": i,
         }
-        req = requests.validate_body(requests.CreateOrderRequest, body)
+        req = inputs.validate_body(inputs.CreateOrderRequest, body)
         with db.write() as conn:
             order_service.create_order(conn, renter, req, settings, now)
     db.dispose()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from openclore.cli.main import app
@@ -82,6 +84,9 @@ def test_serve_help_documents_every_setting() -> None:
     text = " ".join(result.output.split())
     for name in Settings.model_fields:
         assert f"OPENCLORE_{name.upper()}" in text, name
+    # real defaults, never a library's marker for "made by a factory"
+    assert "PydanticUndefined" not in text
+    assert 'OPENCLORE_CURRENCIES: Wallet currencies (default ["bitcoin", ' in text
 
 
 def test_user_signout_ends_every_console_session(market: Market) -> None:
@@ -123,3 +128,26 @@ def test_audit_prints_markup_in_names_and_details_as_it_is(market: Market) -> No
     assert result.exit_code == 0, (result.output, result.exception)
     for name in ("rig [/]", "[bold red]x[/]", "[link=http://evil]rig"):
         assert f'"name": "{name}"' in result.output
+
+
+def test_admin_in_a_demo_folder_finds_the_demo_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPENCLORE_DATABASE_URL", raising=False)
+    # no database at all: it says a new one is made, and where
+    fresh = runner.invoke(app, ["admin", "user", "add", "first"])
+    assert fresh.exit_code == 0, fresh.output
+    assert "a new, empty ./openclore.sqlite" in fresh.stderr
+    (tmp_path / "openclore.sqlite").unlink()
+    # a demo folder: the demo's database is the one used, and it says so
+    seeded = runner.invoke(
+        app, ["admin", "user", "add", "second", "--database-url", "sqlite:///openclore-demo.sqlite"]
+    )
+    assert seeded.exit_code == 0, seeded.output
+    listed = runner.invoke(app, ["admin", "user", "add", "third"])
+    assert listed.exit_code == 0, listed.output
+    assert "using the demo's database ./openclore-demo.sqlite" in listed.stderr
+    assert not (tmp_path / "openclore.sqlite").exists()
+    again = runner.invoke(app, ["admin", "user", "add", "second"])  # the demo's second user
+    assert again.exit_code == 1 and "exists already" in again.output

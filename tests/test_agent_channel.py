@@ -484,7 +484,7 @@ def test_order_created_on_one_api_process_reaches_an_agent_on_another(
 
 def test_event_hub_delivers_only_after_commit(market: Market) -> None:
     """notify_server inside a transaction: nothing before the commit, nothing after a rollback."""
-    from openclore.engine.events import notify_server, subscribe
+    from openclore.engine.notify import notify_server, subscribe
 
     heard: list[float] = []
     sub = subscribe(market.db.engine, 77, lambda: heard.append(time.monotonic()))
@@ -505,7 +505,7 @@ def test_event_hub_delivers_only_after_commit(market: Market) -> None:
 
 
 def test_no_subscriber_leaks(market: Market, tmp_path: Path) -> None:
-    from openclore.engine.events import hub
+    from openclore.engine.notify import hub
 
     host = market.user()
     _, token = host_server(market, host)

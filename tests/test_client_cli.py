@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,9 @@ def test_market_filters_and_sorts(world: tuple[Cli, Cli, int], market: Market) -
     # the filters ran on the server: it answered only the match, and counted it
     assert "1 of 1 servers" in cli("market", "--gpu", "3090").stdout
     cli.error("market", "--max-price", "cheap", code=1)
+    # nothing matches: it says so on stderr and exits non-zero (JSON stays an empty list)
+    assert "no servers match" in cli.error("market", "--gpu", "NOSUCHGPU")
+    assert cli.json("market", "--gpu", "NOSUCHGPU") == []
     assert cli("market", "--sort", "nonsense", code=2).exit_code == 2
 
 
@@ -315,7 +319,7 @@ def test_wait_gives_up_after_the_timeout(world: tuple[Cli, Cli, int], market: Ma
     with market.db.write() as conn:
         conn.execute(update(servers).where(servers.c.id == sid).values(simulated=False))
     line = cli.error("rent", str(sid), "--image", IMAGE, "--wait", "--timeout", "1")
-    assert "not ready after 1 s" in line
+    assert "not ready after 1 s (running; waiting for the host to publish its SSH port)" in line
     (order,) = cli.json("orders")  # it keeps running
     assert "publishes no SSH port" in cli.error("ssh", str(order["id"]))
 
@@ -324,13 +328,19 @@ def test_errors_are_one_line_and_exit_non_zero(world: tuple[Cli, Cli, int]) -> N
     cli, _, sid = world
     assert "invalid API token" in cli.error("wallets", OPENCLORE_API_KEY="wrong")
     assert "no API key" in cli.error("orders", OPENCLORE_API_KEY=None)
-    assert "server-dont-exist" in cli.error("rent", "999999", "--image", IMAGE)
-    assert "image" in cli.error("rent", str(sid), "--image", "not an image!")
+    # the sentence a person reads, then the name scripts match on
+    assert cli.error("rent", "999999", "--image", IMAGE) == (
+        "error: This server is not on the market. (server-dont-exist)"
+    )
+    bad_image = cli.error("rent", str(sid), "--image", "not an image!")
+    assert "image" in bad_image and "Value error" not in bad_image
     assert "--port" in cli.error("rent", str(sid), "--image", IMAGE, "--port", "22:udp")
     assert "--env" in cli.error("rent", str(sid), "--image", IMAGE, "--env", "NOVALUE")
     assert "--ssh-key" in cli.error("rent", str(sid), "--image", IMAGE, "--ssh-key", "/nope")
     poor = Cli(cli.market, Path(str(cli.env["OPENCLORE_CONFIG"])).parent, cli.market.user())
-    assert "not_enough_balance" in poor.error("rent", str(sid), "--image", IMAGE)
+    assert poor.error("rent", str(sid), "--image", IMAGE) == (
+        "error: Your wallet does not hold enough for this. (not_enough_balance)"
+    )
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -446,7 +456,8 @@ def test_tables_fit_the_terminal_and_ages_follow_the_market_clock(
     ssh = order["ssh_command"]
     assert ssh.endswith(f"root@{HOST}")
     assert "0m" in row_of(cli("orders", COLUMNS=str(columns)).stdout, str(order["id"]))
-    assert "market time is now" in cli("sandbox", "advance", "1d").stdout
+    advanced = cli("sandbox", "advance", "1d").stdout
+    assert "advanced 1d; market time is now 20" in advanced and " UTC" in advanced
     text = cli("orders", COLUMNS=str(columns)).stdout
     assert max(cell_len(line) for line in text.splitlines()) <= columns
     line = row_of(text, str(order["id"]))
@@ -566,3 +577,38 @@ def test_markup_in_stored_text_is_printed_as_it_is(market: Market, tmp_path: Pat
     assert f"1x RTX 4090 {MARKUP}" in " ".join(renter("market").stdout.split())
     for args in (("orders",), ("orders", "--all"), ("spot", str(sid)), ("wallets",)):
         renter(*args)  # (the image shows with --json only)
+
+
+def test_every_commands_help_reads_cleanly_at_80_columns() -> None:
+    """No option's help loses words (rich took ``[default: …]`` for markup and left a stray
+    space before the full stop) or splits one mid-word (a long list of choices as the metavar)."""
+    import typer
+    from typer.testing import CliRunner
+
+    from openclore.cli.main import app
+
+    root = typer.main.get_command(app)
+    runner = CliRunner()
+
+    def leaves(command: Any, path: list[str]) -> Iterator[tuple[list[str], Any]]:
+        if isinstance(getattr(command, "commands", None), dict):  # a group (typer's own click)
+            for name, sub in command.commands.items():
+                yield from leaves(sub, [*path, name])
+        else:
+            yield path, command
+
+    checked = 0
+    for path, command in leaves(root, []):
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+        assert result.exit_code == 0, (path, result.output)
+        # (a line may break after a hyphen, as text wrapping does)
+        compact = re.sub(r"-\s+", "-", " ".join(result.output.replace("│", " ").split()))
+        stray = re.findall(r".{20}\s[.,](?:\s|$)", compact)  # a space before a full stop
+        assert stray == [], (path, stray)
+        for param in command.params:
+            text = getattr(param, "help", None)
+            if text:
+                expected = re.sub(r"-\s+", "-", " ".join(text.split()))
+                assert expected in compact, (path, param.name, compact)
+        checked += 1
+    assert checked > 40

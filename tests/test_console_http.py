@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from openclore.api.app import create_app
-from openclore.market import console as console_service
+from openclore.market import read_models as console_service
 from openclore.market.accounts import (
     check_password,
     find_user,

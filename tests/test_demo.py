@@ -229,6 +229,13 @@ def test_serve_demo_command_starts_a_fresh_world(tmp_path: Path) -> None:
         out = proc.communicate(timeout=15)[0].decode()
     assert RENTER_HOST_TOKEN in out and RENTER_TOKEN in out
     assert f"curl -H 'auth: {RENTER_HOST_TOKEN}'" in out.replace("\n", " ")
+    assert "Deprecation" not in out  # no library's warnings on every start
+    # nothing but its database is left in the folder it ran in (no lock files beside it)
+    assert {p.name for p in tmp_path.iterdir()} <= {
+        "openclore-demo.sqlite",
+        "openclore-demo.sqlite-wal",
+        "openclore-demo.sqlite-shm",
+    }
     time.sleep(1.1)  # the rate limit of the previous world's token does not carry over anyway
     proc = start()
     try:

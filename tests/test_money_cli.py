@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,13 @@ def test_withdraw_approve_reject_refund_and_statements(market: Market, tmp_path:
 
     listed = cli("admin", "withdrawals", "list", "--state", "pending").stdout
     assert BTC in listed and "alice" in listed
+    # at 80 columns too, the address is printed whole, on one line
+    narrow = runner.invoke(
+        app,
+        ["admin", "withdrawals", "list", "--database-url", market.db.url],
+        env={"COLUMNS": "80"},
+    )
+    assert narrow.exit_code == 0 and BTC in narrow.stdout, narrow.stdout
     cli("admin", "withdrawals", "approve", str(first["id"]), "--txid", "f00d", "--by", "dan")
     assert (
         "withdrawal_not_pending"
@@ -105,3 +113,33 @@ def test_withdraw_approve_reject_refund_and_statements(market: Market, tmp_path:
         assert conn.execute(select(func.sum(accounts.c.balance))).scalar() == 0
         actors = {r.actor for r in conn.execute(select(transfers.c.actor))}
     assert {"admin:carol", "admin:dan"} <= actors
+
+
+def test_transactions_show_a_rentals_charges_per_day_unless_all(
+    market: Market, tmp_path: Path
+) -> None:
+    from support import order_body
+
+    renter = market.user("renter", bitcoin="1")
+    sid = market.server(market.user("host"), "rig")
+    ok = market.client(renter).post("/v1/create_order", json=order_body(sid)).json()
+    assert ok["code"] == 0
+    for _ in range(6):  # six ticks on the first day, then two on the next
+        market.advance(600)
+    market.advance(86400)
+    market.advance(600)
+
+    def cli(*args: str) -> Any:
+        return run(market, tmp_path, renter, *args)
+
+    every = list(csv.DictReader(io.StringIO(cli("transactions", "--csv").stdout)))
+    spends = [r for r in every if r["kind"] == "spend"]
+    assert len(spends) >= 8  # each tick's charge is its own entry
+    grouped = cli("transactions").stdout
+    spend_lines = [line for line in grouped.splitlines() if " spend " in f" {line} "]
+    assert len(spend_lines) == len({r["time"][:10] for r in spends}) <= 3, grouped
+    assert "charges" in grouped and "per order and day" in grouped
+    total = sum(Decimal(r["amount"]) for r in spends)
+    shown = sum(Decimal(line.split()[4]) for line in spend_lines)
+    assert shown == total  # the day lines add up to every charge
+    assert cli("transactions", "--all").stdout.count(" spend ") == len(spends)

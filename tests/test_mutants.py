@@ -23,7 +23,7 @@ from openclore.domain.money import (
 from openclore.domain.spot import choose_running, lowest_bid
 from openclore.engine.billing import can_pay_next_second, end_order, lock_server, resolve_server
 from openclore.engine.clock import ManualClock
-from openclore.engine.events import subscribe
+from openclore.engine.notify import subscribe
 from openclore.engine.settlement import SettlementResult, settle_running_orders
 from openclore.ledger.addresses import deposit_address
 from openclore.ledger.ledger import (

@@ -25,7 +25,7 @@ from websockets.sync.client import connect
 
 from openclore.api import metrics
 from openclore.api.app import create_app
-from openclore.api.logs import JsonFormatter, RequestIdFilter
+from openclore.api.request_ids import JsonFormatter, RequestIdFilter
 from openclore.cli.main import app as cli
 from openclore.config import DEFAULT_ADDRESS_SECRET, Settings
 from openclore.engine.clock import ManualClock

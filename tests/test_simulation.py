@@ -43,7 +43,7 @@ from openclore.market import servers as server_service
 from openclore.market import statements as statement_service
 from openclore.market import withdrawals as withdrawal_service
 from openclore.market.accounts import create_user
-from openclore.market.requests import CreateOrderRequest, SetServerSettingsRequest
+from openclore.market.inputs import CreateOrderRequest, SetServerSettingsRequest
 from openclore.market.wallets import adjust, deposit
 from openclore.store.db import Database, run_write
 from openclore.store.schema import accounts, orders, servers, withdrawals

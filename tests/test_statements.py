@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from openclore.domain.errors import MarketError
 from openclore.domain.money import to_units
-from openclore.market.console import earnings_series
+from openclore.market.read_models import earnings_series
 from openclore.market.wallets import adjust, deposit
 from openclore.store.db import run_write
 from openclore.store.schema import accounts, order_charges, transfers

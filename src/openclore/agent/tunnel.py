@@ -57,10 +57,6 @@ def forwards_of(statuses: list[ContainerStatus]) -> dict[tuple[int, int], int]:
     return wanted
 
 
-class _Client(asyncssh.SSHClient):
-    pass
-
-
 class Tunnel:
     """Keeps the SSH connection to the assigned gateway and the forwards it should carry."""
 

@@ -42,7 +42,7 @@ from openclore.api.transport import MAX_WS_FRAME_BYTES, BodyTooLarge
 from openclore.api.wire import dumps, parse_json, parse_object
 from openclore.domain.errors import InvalidInput
 from openclore.domain.text import has_lone_surrogate
-from openclore.engine.events import subscribe
+from openclore.engine.notify import subscribe
 from openclore.market import audit
 from openclore.market.agents import (
     AgentRefused,

@@ -23,15 +23,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from openclore.api import extensions, idempotency, metrics
+from openclore.api import event_endpoints, idempotency, metrics
 from openclore.api.agent_api import install_agent_api
 from openclore.api.callers import Callers
 from openclore.api.errors import error_response
-from openclore.api.extensions import StreamSlots
-from openclore.api.logs import RequestId
+from openclore.api.event_endpoints import StreamSlots
 from openclore.api.market_cache import Listing, MarketCache, PartsResponse
 from openclore.api.openapi import install_openapi
 from openclore.api.ratelimit import RateLimiter
+from openclore.api.request_ids import RequestId
 from openclore.api.transport import BodyLimit, BodyTooLarge, DateHeader, too_large
 from openclore.api.wire import dumps, parse_body, parse_object
 from openclore.config import Settings
@@ -51,7 +51,7 @@ from openclore.engine.clock import Clock, SandboxClock, SystemClock
 from openclore.engine.ticker import tick
 from openclore.engine.webhooks import Deliverer
 from openclore.gateway.service import serve_gateway
-from openclore.market import audit, requests, search
+from openclore.market import audit, inputs, search
 from openclore.market import gigaspot as gigaspot_service
 from openclore.market import logs as logs_service
 from openclore.market import orders as order_service
@@ -218,7 +218,7 @@ def _server_config(state: AppState, call: Call) -> dict[str, Any]:
     body = dict(call.body)
     if "server_name" not in body and "server_name" in call.request.query_params:
         body["server_name"] = call.request.query_params["server_name"]
-    req = requests.validate_body(requests.ServerNameRequest, body)
+    req = inputs.validate_body(inputs.ServerNameRequest, body)
     with call.read() as conn:
         return server_service.server_config(conn, _uid(call), req.server_name, state.settings)
 
@@ -311,7 +311,7 @@ def _actor(call: Call) -> audit.Actor:
 
 
 def _set_server_settings(state: AppState, call: Call) -> dict[str, Any]:
-    req = requests.validate_body(requests.SetServerSettingsRequest, call.body)
+    req = inputs.validate_body(inputs.SetServerSettingsRequest, call.body)
 
     def run(conn: Connection) -> None:
         server_service.set_server_settings(
@@ -323,7 +323,7 @@ def _set_server_settings(state: AppState, call: Call) -> dict[str, Any]:
 
 
 def _set_spot_price(state: AppState, call: Call) -> dict[str, Any]:
-    req = requests.validate_body(requests.SetSpotPriceRequest, call.body)
+    req = inputs.validate_body(inputs.SetSpotPriceRequest, call.body)
     desired = to_units(req.desired_price)
     if desired <= 0:
         raise InvalidInput("desired_price: must be positive")
@@ -338,7 +338,7 @@ def _set_spot_price(state: AppState, call: Call) -> dict[str, Any]:
 
 
 def _cancel_order(state: AppState, call: Call) -> dict[str, Any]:
-    req = requests.validate_body(requests.CancelOrderRequest, call.body)
+    req = inputs.validate_body(inputs.CancelOrderRequest, call.body)
     state.db_write(
         lambda conn: order_service.cancel_order(
             conn, _uid(call), req.id, req.issue, call.now, req.rating, actor=_actor(call)
@@ -350,7 +350,7 @@ def _cancel_order(state: AppState, call: Call) -> dict[str, Any]:
 def _cancel_orders(state: AppState, call: Call) -> dict[str, Any]:
     """Each order cancelled in its own transaction: one that fails leaves the others done.
     ``failed_to_cancel`` (live Clore: the ids, as strings) plus ``results``, per order."""
-    req = requests.validate_body(requests.CancelOrdersRequest, call.body)
+    req = inputs.validate_body(inputs.CancelOrdersRequest, call.body)
     results: list[dict[str, Any]] = []
     seen: set[int] = set()
     for order_id in req.order_ids:
@@ -404,7 +404,7 @@ def _get_gigaspot(state: AppState, call: Call) -> dict[str, Any]:
 
 def _create_gigaspot_orders(state: AppState, call: Call) -> dict[str, Any]:
     """Each bid in its own transaction, like a create_order each."""
-    req = requests.validate_body(requests.CreateGigaspotOrdersRequest, call.body)
+    req = inputs.validate_body(inputs.CreateGigaspotOrdersRequest, call.body)
     created: list[dict[str, Any]] = []
     failed_oc: list[int] = []
     failed: list[int] = []
@@ -450,7 +450,7 @@ def _edit_gigaspot_order(conn: Connection, state: AppState, call: Call, item: An
 
 
 def _edit_gigaspot_orders(state: AppState, call: Call) -> dict[str, Any]:
-    req = requests.validate_body(requests.EditGigaspotOrdersRequest, call.body)
+    req = inputs.validate_body(inputs.EditGigaspotOrdersRequest, call.body)
     done: list[int] = []
     failed: list[int] = []
     too_low: list[int] = []
@@ -475,7 +475,7 @@ def _edit_gigaspot_orders(state: AppState, call: Call) -> dict[str, Any]:
 
 
 def _create_order(state: AppState, call: Call) -> dict[str, Any]:
-    req = requests.validate_body(requests.CreateOrderRequest, call.body)
+    req = inputs.validate_body(inputs.CreateOrderRequest, call.body)
 
     def run(conn: Connection) -> dict[str, Any]:
         order_id = order_service.create_order(
@@ -495,7 +495,7 @@ def _create_order(state: AppState, call: Call) -> dict[str, Any]:
 
 
 def _add_server(state: AppState, call: Call) -> dict[str, Any]:
-    req = requests.validate_body(requests.AddServerRequest, call.body)
+    req = inputs.validate_body(inputs.AddServerRequest, call.body)
 
     def run(conn: Connection) -> tuple[int, str]:
         return server_service.add_server(
@@ -507,7 +507,7 @@ def _add_server(state: AppState, call: Call) -> dict[str, Any]:
 
 
 def _sandbox_advance(state: AppState, call: Call) -> dict[str, Any]:
-    req = requests.validate_body(requests.SandboxAdvanceRequest, call.body)
+    req = inputs.validate_body(inputs.SandboxAdvanceRequest, call.body)
 
     state.db_write(lambda conn: SandboxClock.advance(conn, req.seconds))
     now = state.now()
@@ -522,7 +522,7 @@ def _sandbox_reset(state: AppState, call: Call) -> dict[str, Any]:
 
 
 def _sandbox_deposit(state: AppState, call: Call) -> dict[str, Any]:
-    req = requests.validate_body(requests.SandboxDepositRequest, call.body)
+    req = inputs.validate_body(inputs.SandboxDepositRequest, call.body)
     amount = to_units(req.amount)
     state.db_write(
         lambda conn: wallet_service.deposit(
@@ -607,7 +607,7 @@ def _statement(state: AppState, call: Call) -> dict[str, Any]:
 
 
 def _withdraw(state: AppState, call: Call) -> dict[str, Any]:
-    req = requests.validate_body(requests.WithdrawRequest, call.body)
+    req = inputs.validate_body(inputs.WithdrawRequest, call.body)
     amount = to_units(req.amount)
 
     def run(conn: Connection) -> dict[str, Any]:
@@ -656,13 +656,13 @@ V1_ENDPOINTS = [
     Endpoint("create_order", _create_order, extra_interval="create_order_interval"),
     Endpoint("add_server", _add_server),
     # events, webhooks and alerts (openclore extensions)
-    Endpoint("events", extensions.events, readonly=True),
-    Endpoint("webhooks", extensions.webhooks),
-    Endpoint("delete_webhook", extensions.delete_webhook),
-    Endpoint("ping_webhook", extensions.ping_webhook),
-    Endpoint("webhook_deliveries", extensions.webhook_deliveries, readonly=True),
-    Endpoint("set_alerts", extensions.set_alerts),
-    Endpoint("alerts", extensions.alerts, readonly=True),
+    Endpoint("events", event_endpoints.events, readonly=True),
+    Endpoint("webhooks", event_endpoints.webhooks),
+    Endpoint("delete_webhook", event_endpoints.delete_webhook),
+    Endpoint("ping_webhook", event_endpoints.ping_webhook),
+    Endpoint("webhook_deliveries", event_endpoints.webhook_deliveries, readonly=True),
+    Endpoint("set_alerts", event_endpoints.set_alerts),
+    Endpoint("alerts", event_endpoints.alerts, readonly=True),
     Endpoint("cancel_orders", _cancel_orders),
     Endpoint("renter_fees", _renter_fees, auth=False, readonly=True),
     Endpoint("poh_balance", _poh_balance, readonly=True),
@@ -1000,7 +1000,7 @@ def create_app(
             state.rate_clock.now(),
             settings.payments_webhook_tolerance,
         )
-        req = requests.validate_body(requests.PaymentDepositRequest, parse_object(raw))
+        req = inputs.validate_body(inputs.PaymentDepositRequest, parse_object(raw))
         amount = to_units(req.amount)
         now = state.now()
 

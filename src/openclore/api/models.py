@@ -1,5 +1,5 @@
 """Response shapes of the Clore API v1, as documented in the OpenAPI schema (the request bodies
-are the market's: :mod:`openclore.market.requests`)."""
+are the market's: :mod:`openclore.market.inputs`)."""
 
 from __future__ import annotations
 

@@ -15,28 +15,28 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from openclore.api import models
-from openclore.market import requests
+from openclore.market import inputs
 
 if TYPE_CHECKING:
     from openclore.api.app import Endpoint
 
 REQUESTS: dict[str, type[BaseModel]] = {
-    "server_config": requests.ServerNameRequest,
-    "set_server_settings": requests.SetServerSettingsRequest,
-    "set_spot_price": requests.SetSpotPriceRequest,
-    "cancel_order": requests.CancelOrderRequest,
-    "create_order": requests.CreateOrderRequest,
-    "add_server": requests.AddServerRequest,
-    "cancel_orders": requests.CancelOrdersRequest,
-    "create_gigaspot_orders": requests.CreateGigaspotOrdersRequest,
-    "edit_gigaspot_orders": requests.EditGigaspotOrdersRequest,
-    "advance_time": requests.SandboxAdvanceRequest,
-    "deposit": requests.SandboxDepositRequest,
-    "webhooks": requests.CreateWebhookRequest,
-    "delete_webhook": requests.WebhookIdRequest,
-    "ping_webhook": requests.WebhookIdRequest,
-    "set_alerts": requests.SetAlertsRequest,
-    "withdraw": requests.WithdrawRequest,
+    "server_config": inputs.ServerNameRequest,
+    "set_server_settings": inputs.SetServerSettingsRequest,
+    "set_spot_price": inputs.SetSpotPriceRequest,
+    "cancel_order": inputs.CancelOrderRequest,
+    "create_order": inputs.CreateOrderRequest,
+    "add_server": inputs.AddServerRequest,
+    "cancel_orders": inputs.CancelOrdersRequest,
+    "create_gigaspot_orders": inputs.CreateGigaspotOrdersRequest,
+    "edit_gigaspot_orders": inputs.EditGigaspotOrdersRequest,
+    "advance_time": inputs.SandboxAdvanceRequest,
+    "deposit": inputs.SandboxDepositRequest,
+    "webhooks": inputs.CreateWebhookRequest,
+    "delete_webhook": inputs.WebhookIdRequest,
+    "ping_webhook": inputs.WebhookIdRequest,
+    "set_alerts": inputs.SetAlertsRequest,
+    "withdraw": inputs.WithdrawRequest,
 }
 RESPONSES: dict[str, type[BaseModel]] = {
     "wallets": models.WalletsResponse,
@@ -157,7 +157,7 @@ def install_openapi(app: FastAPI, v1: Sequence[Endpoint], sandbox: Sequence[Endp
         all_models: list[type[BaseModel]] = [
             *REQUESTS.values(),
             *RESPONSES.values(),
-            requests.PaymentDepositRequest,
+            inputs.PaymentDepositRequest,
             models.PaymentDepositResponse,
             models.ErrorEnvelope,
             models.Envelope,
@@ -165,7 +165,7 @@ def install_openapi(app: FastAPI, v1: Sequence[Endpoint], sandbox: Sequence[Endp
         ]
         _, top = models_json_schema(
             [
-                (m, "validation" if issubclass(m, requests.Request) else "serialization")
+                (m, "validation" if issubclass(m, inputs.Request) else "serialization")
                 for m in all_models
             ],
             ref_template="#/components/schemas/{model}",
@@ -256,7 +256,7 @@ def _payments_path() -> dict[str, Any]:
             ],
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": _ref(requests.PaymentDepositRequest)}},
+                "content": {"application/json": {"schema": _ref(inputs.PaymentDepositRequest)}},
             },
             "responses": {
                 "200": {

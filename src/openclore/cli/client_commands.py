@@ -57,10 +57,12 @@ from openclore.client import (
     MarketError,
     MarketServer,
     Order,
+    Transaction,
     json_dumps,
 )
 from openclore.client._base import ssh_banner
 from openclore.client._exactjson import number_text
+from openclore.domain.errors import REGISTRY
 
 T = TypeVar("T")
 
@@ -136,10 +138,10 @@ ProfileOpt = Annotated[
 ]
 UrlOpt = Annotated[
     str | None,
-    typer.Option("--url", help="API base URL [default: $OPENCLORE_URL, profile, api.clore.ai]."),
+    typer.Option("--url", help="API base URL (default: $OPENCLORE_URL, profile, api.clore.ai)."),
 ]
 KeyOpt = Annotated[
-    str | None, typer.Option("--api-key", help="API token [default: $OPENCLORE_API_KEY, profile].")
+    str | None, typer.Option("--api-key", help="API token (default: $OPENCLORE_API_KEY, profile).")
 ]
 
 
@@ -203,21 +205,37 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+# how the extra fields of a named error read in a sentence
+_EXTRA_WORDS = {
+    "min_price": "Minimum:",
+    "max_step": "Lowest allowed now:",
+    "price": "The price now:",
+    "limit": "Limit:",
+    "limit_left": "Left today:",
+    "reason": "Why:",
+    "time_to_lowering": "Seconds left:",
+}
+
+
 def explain(exc: BaseException, target: Target | None = None) -> str:
     """One line that says what went wrong and, where it helps, what to do."""
     if isinstance(exc, ExceededMaxStep):
         return (
-            f"exceeded_max_step: a bid may be lowered by at most one step (the server's minimum "
-            f"spot price) at a time; the lowest bid allowed now is {fmt(exc.max_step)}"
+            f"A bid may be lowered by at most one step (the server's minimum spot price) at a "
+            f"time; the lowest bid allowed now is {fmt(exc.max_step)} (exceeded_max_step)"
         )
     if isinstance(exc, CanLowerEvery600Seconds):
         return (
-            f"can_lower_every_600_seconds: a bid may be lowered once every 600 s; "
-            f"try again in {exc.time_to_lowering} s (raising it is allowed any time)"
+            f"A bid may be lowered once every 600 seconds; try again in "
+            f"{exc.time_to_lowering} s (raising it is allowed any time) "
+            f"(can_lower_every_600_seconds)"
         )
     if isinstance(exc, MarketError):
-        extra = ", ".join(f"{k}={fmt_any(v)}" for k, v in exc.extra.items())
-        return exc.name + (f" ({extra})" if extra else "")
+        # the sentence people read (the error registry's), then the name scripts match on
+        kind = REGISTRY.get(exc.name)
+        text = kind.message if kind is not None else "The market refused this."
+        extra = "; ".join(f"{_EXTRA_WORDS.get(k, k)} {fmt_any(v)}" for k, v in exc.extra.items())
+        return f"{text}{' ' + extra if extra else ''} ({exc.name})"
     if isinstance(exc, InvalidToken):
         where = f" for {target.url}" if target else ""
         return f"invalid API token{where}: check OPENCLORE_API_KEY, --api-key or your profile"
@@ -433,7 +451,11 @@ def market(
         bool, typer.Option("--available-only", help="Hide servers that are rented now.")
     ] = False,
     sort: Annotated[
-        SortKey, typer.Option(help="Sort by this (price ascending, others descending).")
+        SortKey,
+        typer.Option(
+            metavar="KEY",
+            help="Sort by price (ascending), gpus, vram or reliability (descending).",
+        ),
     ] = SortKey.price,
     limit: Annotated[int | None, typer.Option(help="Show at most this many.")] = None,
     json: JsonOpt = False,
@@ -509,6 +531,8 @@ def market(
     if json:
         emit_json(chosen)
         return
+    if not chosen:  # a search that finds nothing says so, and a script can tell from the status
+        fail("no servers match (try fewer filters, or `openclore market` for all)")
     unit = "hour" if per_hour else "day"
     digits = 4 if per_hour else 10
     rows: list[list[str]] = []
@@ -607,13 +631,26 @@ def describe(order: Order) -> str:
     return "ports published" if order.tcp_ports else "starting"
 
 
+def waiting_for(order: Order, want_ssh: bool) -> str:
+    """What ``--wait`` waits for now, in words."""
+    if order.running is False or order.state not in (None, "running"):
+        return f"waiting for the host to start it ({describe(order)})"
+    if want_ssh and order.ssh_command() is None:
+        return "running; waiting for the host to publish its SSH port"
+    if want_ssh:
+        return f"running; waiting for SSH to answer on {order.host}:{order.ssh_port}"
+    return "waiting for it to run"
+
+
 def wait_for_order(
     client: Client, order: Order, want_ssh: bool, timeout: float, quiet: bool
 ) -> Order:
     started = time.monotonic()
     current = order
     status = (
-        None if quiet else err.status(plain(f"order {order.id}: {describe(order)}"), spinner="dots")
+        None
+        if quiet
+        else err.status(plain(f"order {order.id}: {waiting_for(order, want_ssh)}"), spinner="dots")
     )
     if status is not None:
         status.start()
@@ -623,7 +660,8 @@ def wait_for_order(
             if elapsed > timeout:
                 fail(
                     f"order {order.id} is not ready after {timeout:.0f} s "
-                    f"(state: {describe(current)}); it keeps running: see `openclore orders`"
+                    f"({waiting_for(current, want_ssh)}); it keeps running: see "
+                    f"`openclore orders`"
                 )
             time.sleep(1.0)
             found = next(
@@ -636,7 +674,8 @@ def wait_for_order(
                 fail(f"order {order.id} ended before it was ready")
             if status is not None:
                 waited = time.monotonic() - started
-                status.update(plain(f"order {order.id}: {describe(current)} ({waited:.0f} s)"))
+                what = waiting_for(current, want_ssh)
+                status.update(plain(f"order {order.id}: {what} ({waited:.0f} s)"))
     except KeyboardInterrupt:
         if status is not None:
             status.stop()
@@ -660,11 +699,11 @@ def rent(
     ] = None,
     currency: Annotated[
         str | None,
-        typer.Option(help="Pay in this currency [default: bitcoin if the server takes it]."),
+        typer.Option(help="Pay in this currency (default: bitcoin if the server takes it)."),
     ] = None,
     port: Annotated[
         list[str] | None,
-        typer.Option("--port", help="PORT[:tcp|http], repeatable [default: 22:tcp]."),
+        typer.Option("--port", help="PORT[:tcp|http], repeatable (default: 22:tcp)."),
     ] = None,
     env: Annotated[list[str] | None, typer.Option("--env", help="NAME=VALUE, repeatable.")] = None,
     ssh_key: Annotated[
@@ -1043,13 +1082,20 @@ def transactions(
     ] = None,
     until: Annotated[str | None, typer.Option(help="Before this time.")] = None,
     csv: Annotated[bool, typer.Option("--csv", help="Print CSV (every entry) instead.")] = False,
+    every: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Every entry: each tick's rental charge too, not one line per day."
+        ),
+    ] = False,
     json: JsonOpt = False,
     profile: ProfileOpt = None,
     url: UrlOpt = None,
     api_key: KeyOpt = None,
 ) -> None:
     """Your ledger entries (deposits, rental spend, earnings, fees, withdrawals, refunds) with
-    the balance after each."""
+    the balance after each; a rental's charges, billed every few seconds, as one line per order
+    and day (--all: each one)."""
     c = ctx(json, profile, url, api_key)
     start, end = _time_arg(since, "--since"), _time_arg(until, "--until")
     with handled(c.target), c.client() as client:
@@ -1080,8 +1126,21 @@ def transactions(
                 ]
             )
         return
+    shown = [(t, True) for t in rows] if every else _daily_charges(rows)
+    lines = [
+        [
+            _iso(t.time),
+            t.currency,
+            t.kind,
+            number_text(t.amount),
+            number_text(t.balance) if running else "",
+            "" if t.order_id is None else str(t.order_id),
+            t.memo or "",
+        ]
+        for t, running in shown
+    ]
     print_table(
-        "transactions",
+        "transactions" if every else "transactions (rental charges per order and day)",
         [
             Column("time", 0),
             Column("currency", 2),
@@ -1091,27 +1150,59 @@ def transactions(
             Column("order", 1, "right"),
             Column("memo", 3, fold=True),
         ],
-        [
-            [
-                _iso(t.time),
-                t.currency,
-                t.kind,
-                number_text(t.amount),
-                number_text(t.balance),
-                "" if t.order_id is None else str(t.order_id),
-                t.memo or "",
-            ]
-            for t in rows
-        ],
+        lines,
     )
+
+
+TICK_KINDS = ("spend", "earning", "fee")  # booked every few seconds while an order runs
+
+
+def _daily_charges(rows: list[Transaction]) -> list[tuple[Transaction, bool]]:
+    """Runs of one order's rental charges on one UTC day, each kind summed into one entry (the
+    time of its last, and "N charges"); with whether its balance is the running balance (the
+    last entry of a run: inside a run spends and fees interleave)."""
+    out: list[tuple[Transaction, bool]] = []
+    run: dict[str, tuple[Transaction, int]] = {}
+    run_key: tuple[Any, ...] | None = None
+
+    def close() -> None:
+        entries = list(run.values())
+        for i, (t, n) in enumerate(entries):
+            summed = t.model_copy(update={"memo": f"{n} charges"}) if n > 1 else t
+            out.append((summed, i == len(entries) - 1))
+        run.clear()
+
+    for t in rows:
+        key = (t.order_id, t.currency, _iso(t.time)[:10])
+        if t.kind not in TICK_KINDS:
+            close()
+            run_key = None
+            out.append((t, True))
+            continue
+        if key != run_key:
+            close()
+            run_key = key
+        held = run.get(t.kind)
+        if held is None:
+            run[t.kind] = (t, 1)
+        else:
+            first, n = held
+            total = first.amount + t.amount
+            run[t.kind] = (first.model_copy(update={"amount": total, "time": t.time}), n + 1)
+        last_kind = t.kind
+        # the run's balance is the one after its last entry: keep it on that kind's entry
+        kept, n = run.pop(last_kind)
+        run[last_kind] = (kept.model_copy(update={"balance": t.balance}), n)
+    close()
+    return out
 
 
 @client_app.command(rich_help_panel=PANEL_MONEY)
 def statement(
     month: Annotated[
-        str | None, typer.Argument(metavar="[YYYY-MM]", help="Month [default: this month].")
+        str | None, typer.Argument(metavar="[YYYY-MM]", help="Month (default: this month).")
     ] = None,
-    currency: Annotated[str | None, typer.Option(help="Currency [default: the market's].")] = None,
+    currency: Annotated[str | None, typer.Option(help="Currency (default: the market's).")] = None,
     pdf: Annotated[Path | None, typer.Option("--pdf", help="Also write it as a PDF here.")] = None,
     json: JsonOpt = False,
     profile: ProfileOpt = None,
@@ -1407,7 +1498,7 @@ def server_set(
     spot: Annotated[str | None, typer.Option(help="Minimum spot bid per day.")] = None,
     mrl: Annotated[int | None, typer.Option(help="Maximum rental length, hours.")] = None,
     currency: Annotated[
-        str | None, typer.Option(help="Currency of --price/--spot [default: the market's].")
+        str | None, typer.Option(help="Currency of --price/--spot (default: the market's).")
     ] = None,
     available: Annotated[
         bool | None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -22,6 +23,7 @@ app = typer.Typer(
     help="openclore: a self-hostable GPU-rental marketplace speaking the Clore.ai API v1.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     add_completion=False,
 )
 admin_app = typer.Typer(help="Administer a market directly in its database.", no_args_is_help=True)
@@ -145,7 +147,9 @@ def _audit(
 def _settings_help() -> str:
     lines = ["Settings (environment variables; every one also reads from the environment):\n"]
     for name, field in Settings.model_fields.items():
-        lines.append(f"OPENCLORE_{name.upper()}: {field.description} (default {field.default!r})")
+        default = field.get_default(call_default_factory=True)  # a factory's value, not its marker
+        shown = json.dumps(default, default=str) if default is not None else "none"
+        lines.append(f"OPENCLORE_{name.upper()}: {field.description} (default {shown})")
     return "\n\n".join(lines)
 
 
@@ -169,7 +173,7 @@ def serve(
     """Run the API server (migrates the database first)."""
     import uvicorn
 
-    from openclore.api.logs import log_config
+    from openclore.api.request_ids import log_config
     from openclore.api.transport import server_options
     from openclore.market.demo import is_demo_world, is_seeded, seed
 
@@ -308,6 +312,20 @@ def _with_db(database_url: str | None) -> tuple[Settings, Any]:
     from openclore.ledger import ensure_system_accounts
 
     settings = _settings(database_url)
+    default = Settings.model_fields["database_url"].default
+    if settings.database_url == default:  # no database named: say which one this is
+        here, demo = Path("openclore.sqlite"), Path(DEMO_DATABASE)
+        if not here.exists() and demo.exists():
+            settings = _settings(f"sqlite:///{DEMO_DATABASE}")
+            err.print(
+                f"using the demo's database ./{DEMO_DATABASE} (OPENCLORE_DATABASE_URL or "
+                "--database-url names another)"
+            )
+        elif not here.exists():
+            err.print(
+                "no database named: a new, empty ./openclore.sqlite is created "
+                "(OPENCLORE_DATABASE_URL or --database-url names the market's)"
+            )
     db = _open_database(settings)
     with db.write() as conn:
         ensure_system_accounts(conn, settings.currencies)
@@ -459,7 +477,7 @@ def _operator(by: str | None) -> str:
 
 ByOpt = Annotated[
     str | None,
-    typer.Option("--by", help="Who does this, recorded in the ledger [default: your login]."),
+    typer.Option("--by", help="Who does this, recorded in the ledger (default: your login)."),
 ]
 
 
@@ -671,7 +689,7 @@ def admin_adjust(
 @withdrawals_app.command("list")
 def withdrawals_list(
     state: Annotated[
-        str | None, typer.Option(help="pending, approved or rejected [default: all].")
+        str | None, typer.Option(help="pending, approved or rejected (default: all).")
     ] = None,
     json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     database_url: DatabaseOpt = None,
@@ -690,8 +708,13 @@ def withdrawals_list(
         sys.stdout.write(dumps(rows).decode() + "\n")
         return
     table = Table(title="withdrawals")
+    # the payout address is never cut nor folded, whatever the width: it is copied to pay
+    longest = max((len(w["address"]) for w in rows), default=7)
     for name in ("id", "user", "currency", "amount", "fee", "address", "state", "txid / reason"):
-        table.add_column(name)
+        if name == "address":
+            table.add_column(name, no_wrap=True, min_width=longest, overflow="ignore")
+        else:
+            table.add_column(name, overflow="fold")
     for w in rows:
         table.add_row(
             str(w["id"]),

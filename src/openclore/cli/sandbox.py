@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated
 
@@ -39,6 +40,16 @@ def parse_duration(text: str) -> int:
     return sum(int(n) * _UNITS[u or "s"] for n, u in parts)
 
 
+def _span(seconds: int) -> str:
+    """``90061`` → ``1d 1h 1m 1s`` (what was typed, as a person reads it)."""
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return " ".join(parts) or "0s"
+
+
 @sandbox_app.command()
 def advance(
     duration: Annotated[str, typer.Argument(help="how long: 90, 15m, 2h, 1d, 1d12h …")],
@@ -55,7 +66,8 @@ def advance(
     if json:
         emit_json({"advanced": seconds, "now": now})
     else:
-        out.print(f"advanced {seconds} s; market time is now {now}")
+        when = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        out.print(f"advanced {_span(seconds)}; market time is now {when}")
 
 
 @sandbox_app.command()

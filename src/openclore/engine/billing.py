@@ -15,7 +15,7 @@ from sqlalchemy import Connection, select, update
 
 from openclore.domain.money import affordable_seconds, fee_for, segment_spend
 from openclore.domain.spot import ranked
-from openclore.engine.events import notify_server
+from openclore.engine.notify import notify_server
 from openclore.engine.outbox import order_ended, order_states, record_order_changes
 from openclore.ledger.ledger import (
     balance,

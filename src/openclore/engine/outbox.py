@@ -28,7 +28,7 @@ import orjson
 from sqlalchemy import Connection, func, insert, select, text
 
 from openclore.domain.money import Coins, to_coins
-from openclore.engine.events import notify_server
+from openclore.engine.notify import notify_server
 from openclore.store.db import before_commit, inserted_id
 from openclore.store.schema import events, orders, servers, webhook_deliveries, webhooks
 

@@ -48,7 +48,7 @@ import httpx
 from sqlalchemy import Connection, func, select, update
 
 from openclore.domain.netpolicy import refusal
-from openclore.engine import events as wake
+from openclore.engine import notify as wake
 from openclore.engine.outbox import WAKE_ID
 from openclore.store.db import Database, run_write
 from openclore.store.schema import webhook_deliveries, webhooks

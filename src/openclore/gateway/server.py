@@ -119,7 +119,7 @@ class AgentConnection(asyncssh.SSHServer):
         server_id = int(username)
         line = key.export_public_key("openssh").decode()
         name = self.gateway.name
-        ok = await self.gateway.db_call(
+        ok = await self.gateway.db_read(
             lambda c: tunnels.agent_key_matches(c, server_id, name, line)
         )
         if ok:
@@ -131,7 +131,7 @@ class AgentConnection(asyncssh.SSHServer):
         if order_id is None or self.server_id is None or not 0 < listen_port < 65536:
             return False
         name = self.gateway.name
-        route = await self.gateway.db_call(lambda c: tunnels.route(c, name, order_id, listen_port))
+        route = await self.gateway.db_read(lambda c: tunnels.route(c, name, order_id, listen_port))
         if route is None or route.server_id != self.server_id:
             log.warning(
                 "server %s asked for a forward of %s:%s it does not run; refused",
@@ -264,7 +264,17 @@ class Gateway:
                 await asyncio.wait_for(self._http.wait_closed(), 2)
 
     async def db_call(self, fn: Callable[[Any], T]) -> T:
+        """A write (the gateway's own row), retried as every write is."""
         return await asyncio.to_thread(run_write, self.db, fn)
+
+    async def db_read(self, fn: Callable[[Any], T]) -> T:
+        """A read: a read transaction, never the write lock (SQLite) nor a row lock."""
+
+        def run() -> T:
+            with self.db.read() as conn:
+                return fn(conn)
+
+        return await asyncio.to_thread(run)
 
     # ------------------------------------------------------------------ forwards
 
@@ -316,7 +326,7 @@ class Gateway:
         """Open the public port of every tcp port whose order lives and whose agent offers it;
         close the rest; forget forwards of orders that ended."""
         started = time.monotonic() if started is None else started
-        routes = await self.db_call(lambda c: tunnels.routes(c, self.name))
+        routes = await self.db_read(lambda c: tunnels.routes(c, self.name))
         live = {(r.order_id, r.container_port) for r in routes}
         for key, forward in list(self.forwards.items()):
             if key not in live and forward.registered < started:
@@ -392,7 +402,7 @@ class Gateway:
         forward = self.forwards.get((order_id, port))
         if forward is None or forward.kind != kind:
             return None
-        route = await self.db_call(lambda c: tunnels.route(c, self.name, order_id, port))
+        route = await self.db_read(lambda c: tunnels.route(c, self.name, order_id, port))
         if route is None or route.kind != kind or route.server_id != forward.agent.server_id:
             return None
         return forward
@@ -491,7 +501,7 @@ class Gateway:
         found = None
         if target is not None:
             label = target[0]
-            found = await self.db_call(lambda c: tunnels.order_by_label(c, label))
+            found = await self.db_read(lambda c: tunnels.order_by_label(c, label))
         if target is None or found is None:
             await _answer(writer, 404, _not_found())
             return

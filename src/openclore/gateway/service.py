@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,12 @@ class NameLock:
             else:
                 conn.close()
             return got
-        path = Path(self.db.engine.url.database or "openclore.sqlite")
-        lock_path = path.with_name(f"{path.name}.gateway-{self.name}.lock")
+        # a file lock in the temporary directory, named after the database's absolute path, so
+        # every process on this machine using that database finds the same one (and nothing is
+        # written beside the database: a demo leaves nothing in the checkout but its database)
+        path = Path(self.db.engine.url.database or "openclore.sqlite").resolve()
+        digest = hashlib.sha256(f"{path}\n{self.name}".encode()).hexdigest()[:24]
+        lock_path = Path(tempfile.gettempdir()) / f"openclore-gateway-{digest}.lock"
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1,4 +1,8 @@
-"""Accounts and transfers.
+"""Accounts and transfers: the one place money moves.
+
+Why one place: the rules every movement must keep (exactly once, never below zero, always
+balanced, every amount an exact integer) are then enforced once, here, instead of by each use case
+that pays, bills, refunds or withdraws; the use cases say who pays whom how much, and why.
 
 Every movement of money is one row in ``transfers`` plus the two balance updates, in the caller's
 transaction. A transfer's ``key`` is unique, so replaying it (a retried request, a re-run tick) is a

@@ -21,10 +21,10 @@ from openclore.domain.errors import MarketError
 from openclore.domain.gpu_settings import settings_problem, snapshot_gpus
 from openclore.domain.money import bp_to_percent, percent_to_bp, to_coins, to_units
 from openclore.domain.specs import clean_gpu_array, clean_specs
-from openclore.engine.events import notify_server
+from openclore.engine.notify import notify_server
 from openclore.market import orders as order_service
 from openclore.market.audit import PRICE_CHANGE, SYSTEM, Actor, record_by
-from openclore.market.requests import CreateOrderRequest, GigaspotEdit, GigaspotOrder
+from openclore.market.inputs import CreateOrderRequest, GigaspotEdit, GigaspotOrder
 from openclore.market.servers import cuda_version, prices_of
 from openclore.store.schema import orders, servers
 

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, select, update
 
 from openclore.domain.errors import InvalidInput, MarketError
-from openclore.engine.events import notify_server
+from openclore.engine.notify import notify_server
 from openclore.store.db import inserted_id
 from openclore.store.schema import agent_requests, orders, servers
 

@@ -28,7 +28,7 @@ from openclore.market.audit import (
     Actor,
     record_by,
 )
-from openclore.market.requests import CreateOrderRequest
+from openclore.market.inputs import CreateOrderRequest
 from openclore.market.servers import cuda_version, prices_of
 from openclore.market.tunnels import http_pub, http_urls, new_http_label
 from openclore.store.db import inserted_id, listing_changed

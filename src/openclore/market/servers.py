@@ -21,12 +21,12 @@ from openclore.engine.billing import (
     lock_server,
     resolve_server,
 )
-from openclore.engine.events import notify_server
+from openclore.engine.notify import notify_server
 from openclore.engine.reliability import close_stretch
 from openclore.market.accounts import TOKEN_ALPHABET, lock_user
 from openclore.market.audit import SERVER_ADD, SERVER_SETTINGS, SYSTEM, Actor, record_by
+from openclore.market.inputs import SetServerSettingsRequest
 from openclore.market.rates import apply_autoprice, current_rates, rates_in_usd, usd_block
-from openclore.market.requests import SetServerSettingsRequest
 from openclore.store.db import inserted_id, listing_changed
 from openclore.store.schema import orders, server_prices, servers
 

@@ -38,7 +38,7 @@ from openclore.domain.money import UNITS_PER_COIN, AmountError, Coins, coins_str
 from openclore.domain.text import check_pairs
 from openclore.engine.clock import SandboxClock
 from openclore.engine.ticker import tick
-from openclore.market import accounts, audit, console, requests, search, sessions
+from openclore.market import accounts, audit, inputs, read_models, search, sessions
 from openclore.market import logs as logs_service
 from openclore.market import orders as order_service
 from openclore.market import servers as server_service
@@ -539,7 +539,9 @@ def install_console(app: FastAPI) -> None:
             )
         quotes = {}
         for currency, price in found["price"]["on_demand"].items():
-            quotes[currency] = console.rent_quote(price.units, balances.get(currency, 0), settings)
+            quotes[currency] = read_models.rent_quote(
+                price.units, balances.get(currency, 0), settings
+            )
         return c.render(
             request,
             "server.html",
@@ -570,7 +572,7 @@ def install_console(app: FastAPI) -> None:
         try:
             if body["type"] == "spot":
                 body["spotprice"] = _price_input(fields.get("spotprice", ""))
-            req = requests.validate_body(requests.CreateOrderRequest, body)
+            req = inputs.validate_body(inputs.CreateOrderRequest, body)
             now = state.now()
             await c.db(
                 lambda conn: order_service.create_order(
@@ -596,7 +598,7 @@ def install_console(app: FastAPI) -> None:
         completed = request.query_params.get("completed") == "1"
         now = state.now()
         board = await c.db(
-            lambda conn: console.order_board(conn, session.user_id, settings, now, completed)
+            lambda conn: read_models.order_board(conn, session.user_id, settings, now, completed)
         )
         return {
             "orders": board,
@@ -705,7 +707,7 @@ def install_console(app: FastAPI) -> None:
         def run(conn: Connection) -> Any:
             listed = wallet_service.wallets(conn, session.user_id, settings)["wallets"]
             series = {
-                w["name"]: console.spend_series(conn, session.user_id, w["name"], now)
+                w["name"]: read_models.spend_series(conn, session.user_id, w["name"], now)
                 for w in listed
             }
             return listed, series
@@ -730,7 +732,7 @@ def install_console(app: FastAPI) -> None:
 
         def run(conn: Connection) -> Any:
             mine = server_service.my_servers(conn, session.user_id, settings)
-            earned = console.earnings_series(conn, session.user_id, currency, now)
+            earned = read_models.earnings_series(conn, session.user_id, currency, now)
             return mine, earned
 
         mine, earned = await c.db(run)
@@ -758,7 +760,7 @@ def install_console(app: FastAPI) -> None:
         name = fields.get("name", "").strip()
         now = state.now()
         try:
-            req = requests.validate_body(requests.AddServerRequest, {"name": name})
+            req = inputs.validate_body(inputs.AddServerRequest, {"name": name})
             _, token = await c.db(
                 lambda conn: server_service.add_server(
                     conn, session.user_id, req.name, now, settings, actor=_actor(request, session)
@@ -807,7 +809,7 @@ def install_console(app: FastAPI) -> None:
                     raw = fields.get(f"{currency}_{kind}", "").strip()
                     if raw:
                         body[f"{currency}_{kind}"] = _price_input(raw)
-            req = requests.validate_body(requests.SetServerSettingsRequest, body)
+            req = inputs.validate_body(inputs.SetServerSettingsRequest, body)
             await c.db(
                 lambda conn: server_service.set_server_settings(
                     conn, session.user_id, req, settings, now, actor=_actor(request, session)
@@ -831,8 +833,8 @@ def install_console(app: FastAPI) -> None:
         def run(conn: Connection) -> Any:
             return (
                 accounts.list_users(conn),
-                console.all_servers(conn),
-                console.platform_revenue(conn, currency, now),
+                read_models.all_servers(conn),
+                read_models.platform_revenue(conn, currency, now),
             )
 
         users, all_servers, revenue = await c.db(run)
@@ -942,7 +944,7 @@ def install_console(app: FastAPI) -> None:
         server_id = int(request.path_params["server_id"])
         return await admin_action(
             request,
-            lambda f, now: lambda conn: console.hide_server(conn, server_id),
+            lambda f, now: lambda conn: read_models.hide_server(conn, server_id),
             N_("Server hidden."),
             "server.hide",
         )
@@ -952,7 +954,7 @@ def install_console(app: FastAPI) -> None:
         server_id = int(request.path_params["server_id"])
         return await admin_action(
             request,
-            lambda f, now: lambda conn: console.remove_server_by_id(conn, server_id, now),
+            lambda f, now: lambda conn: read_models.remove_server_by_id(conn, server_id, now),
             N_("Server removed."),
             "server.remove",
         )

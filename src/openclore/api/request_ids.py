@@ -107,7 +107,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 def log_config(log_format: str, level: str = "info") -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for the server and uvicorn (text or JSON lines)."""
     formatter: dict[str, Any] = (
-        {"()": "openclore.api.logs.JsonFormatter"}
+        {"()": "openclore.api.request_ids.JsonFormatter"}
         if log_format == "json"
         else {"format": TEXT_FORMAT}
     )
@@ -121,7 +121,7 @@ def log_config(log_format: str, level: str = "info") -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"request_id": {"()": "openclore.api.logs.RequestIdFilter"}},
+        "filters": {"request_id": {"()": "openclore.api.request_ids.RequestIdFilter"}},
         "formatters": {"main": formatter},
         "handlers": {"main": handler},
         "loggers": {

@@ -74,7 +74,9 @@ def validate_body(model: type[Request], body: dict[str, Any]) -> Any:
         problems = []
         for err in exc.errors(include_url=False)[:5]:
             where = ".".join(str(p) for p in err["loc"]) or "body"
-            problems.append(f"{where}: {err['msg']}")
+            # a validator's own sentence, without pydantic's "Value error, " in front of it
+            message = str(err["msg"]).removeprefix("Value error, ")
+            problems.append(f"{where}: {message}")
         raise InvalidInput("; ".join(problems)) from None
 
 

@@ -28,9 +28,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from openclore.domain.errors import InvalidInput, RateLimited
-from openclore.engine import events as wake
+from openclore.engine import notify as wake
 from openclore.engine.outbox import Event, events_after, latest_event_id, user_wake_id
-from openclore.market import requests
+from openclore.market import inputs
 from openclore.market import webhooks as webhook_service
 from openclore.store.db import Database
 
@@ -210,7 +210,7 @@ def webhooks(state: AppState, call: Call) -> dict[str, Any]:
     if call.request.method == "GET" or not call.body:
         with state.db.read() as conn:
             return webhook_service.list_webhooks(conn, uid)
-    req = requests.validate_body(requests.CreateWebhookRequest, call.body)
+    req = inputs.validate_body(inputs.CreateWebhookRequest, call.body)
     types = webhook_service.check_event_types(req.events)
     webhook_service.check_url(req.url, state.settings)
     result: dict[str, Any] = state.db_write(
@@ -222,13 +222,13 @@ def webhooks(state: AppState, call: Call) -> dict[str, Any]:
 
 
 def delete_webhook(state: AppState, call: Call) -> dict[str, Any]:
-    req = requests.validate_body(requests.WebhookIdRequest, call.body)
+    req = inputs.validate_body(inputs.WebhookIdRequest, call.body)
     state.db_write(lambda conn: webhook_service.delete_webhook(conn, _uid(call), req.id, call.now))
     return {}
 
 
 def ping_webhook(state: AppState, call: Call) -> dict[str, Any]:
-    req = requests.validate_body(requests.WebhookIdRequest, call.body)
+    req = inputs.validate_body(inputs.WebhookIdRequest, call.body)
     state.db_write(lambda conn: webhook_service.ping_webhook(conn, _uid(call), req.id, call.now))
     return {}
 
@@ -237,14 +237,14 @@ def webhook_deliveries(state: AppState, call: Call) -> dict[str, Any]:
     body = dict(call.body)
     if "id" not in body:
         body["id"] = _int_query(call, "id", None, 2**63 - 1)
-    req = requests.validate_body(requests.WebhookIdRequest, body)
+    req = inputs.validate_body(inputs.WebhookIdRequest, body)
     limit = _int_query(call, "limit", 50, MAX_PAGE) or 1
     with call.read() as conn:
         return webhook_service.deliveries(conn, _uid(call), req.id, limit)
 
 
 def set_alerts(state: AppState, call: Call) -> dict[str, Any]:
-    req = requests.validate_body(requests.SetAlertsRequest, call.body)
+    req = inputs.validate_body(inputs.SetAlertsRequest, call.body)
     state.db_write(
         lambda conn: webhook_service.set_alerts(conn, _uid(call), req.low_balance_seconds)
     )
