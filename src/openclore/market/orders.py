@@ -268,7 +268,6 @@ def set_spot_price(
     actor: Actor = SYSTEM,
 ) -> None:
     """Raise or lower one's bid (audited as ``actor``'s)."""
-    order = _own_order(conn, user_id, order_id, "order_dont_exist")
     record_by(
         conn,
         actor,
@@ -277,6 +276,15 @@ def set_spot_price(
         {"desired_price_units": desired},
         about=user_id,
     )
+    reprice(conn, user_id, order_id, desired, settings, now)
+
+
+def reprice(
+    conn: Connection, user_id: int, order_id: int, desired: int, settings: Settings, now: int
+) -> None:
+    """The spot rules of a re-priced bid, for a use case that records its own audit entry
+    (:func:`set_spot_price`, a GigaSPOT edit)."""
+    order = _own_order(conn, user_id, order_id, "order_dont_exist")
     if not order["spot"]:
         raise MarketError("order_dont_exist")
     lock_server(conn, order["server_id"])
