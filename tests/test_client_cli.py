@@ -612,3 +612,19 @@ def test_every_commands_help_reads_cleanly_at_80_columns() -> None:
                 assert expected in compact, (path, param.name, compact)
         checked += 1
     assert checked > 40
+
+
+def test_what_wait_says_it_waits_for() -> None:
+    from openclore.cli.client_commands import waiting_for
+    from openclore.client import Order
+
+    base = {"id": 7, "si": 3, "currency": "bitcoin", "price": 1, "mrl": 3600, "ct": 0}
+    starting = Order.model_validate({**base, "running": False})
+    assert waiting_for(starting, True).startswith("waiting for the host to start it")
+    unpublished = Order.model_validate({**base, "running": True})
+    assert waiting_for(unpublished, True) == "running; waiting for the host to publish its SSH port"
+    published = Order.model_validate(
+        {**base, "running": True, "tcp_ports": ["22:40022"], "pub_cluster": ["gw.example"]}
+    )
+    assert waiting_for(published, True) == "running; waiting for SSH to answer on gw.example:40022"
+    assert waiting_for(unpublished, False) == "waiting for it to run"
