@@ -73,3 +73,18 @@ def test_the_sdk_maps_every_name_the_api_sends() -> None:
         error = sdk.error_for({"code": 6, "error": name, "limit": 3, "limit_left": "0.5"})
         assert type(error) is not sdk.MarketError and isinstance(error, sdk.MarketError), name
         assert error.error == name
+
+
+def test_the_sdk_errors_carry_their_fields() -> None:
+    from decimal import Decimal
+
+    left = sdk.error_for({"code": 6, "error": "withdrawal_limit_exceeded", "limit_left": 0.25})
+    assert isinstance(left, sdk.WithdrawalLimitExceeded) and left.limit_left == Decimal("0.25")
+    hooks = sdk.error_for({"code": 6, "error": "webhook_limit_reached", "limit": 10})
+    assert isinstance(hooks, sdk.WebhookLimitReached) and hooks.limit == 10
+    where = sdk.error_for({"code": 6, "error": "webhook_url_not_allowed", "reason": "loopback"})
+    assert isinstance(where, sdk.WebhookUrlNotAllowed) and where.reason == "loopback"
+    bare = sdk.error_for({"code": 6, "error": "webhook_limit_reached"})
+    assert isinstance(bare, sdk.WebhookLimitReached) and bare.limit is None
+    assert sdk.error_for({"code": 6, "error": "webhook_url_not_allowed"}).reason is None  # type: ignore[attr-defined]
+    assert sdk.error_for({"code": 6, "error": "withdrawal_limit_exceeded"}).limit_left is None  # type: ignore[attr-defined]
