@@ -4,19 +4,26 @@ processes on a test's database."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 
-from support import Market
+from openclore.domain.money import to_units
+from openclore.engine.webhooks import Deliverer
+from openclore.market.wallets import deposit
+
+from support import Market, ok
 
 
 @dataclass
@@ -120,3 +127,30 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def hook(market: Market, token: str, url: str, **extra: Any) -> dict[str, Any]:
+    """A webhook of ``token``'s user."""
+    return ok(market.client(token).post("/v1/webhooks", json={"url": url, **extra}))
+
+
+def credit(market: Market, token: str, n: int) -> None:
+    """n deposits, each a deposit.credited event, in one transaction per deposit."""
+    uid = market.user_id(token)
+    for _ in range(n):
+        with market.db.write() as conn:
+            deposit(conn, uid, "bitcoin", to_units(Decimal(1)), market.settings, market.now())
+
+
+def deliver_due(d: Deliverer, timeout: float = 30) -> int:
+    """One ``Deliverer.deliver_due()`` round, waiting for every attempt."""
+
+    async def run() -> int:
+        try:
+            return await d.deliver_due()
+        finally:
+            await d.aclose()
+
+    # a thread of its own: other tests (the browser console's) may leave a loop in this one
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result(timeout=timeout)

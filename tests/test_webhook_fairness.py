@@ -13,43 +13,18 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from openclore.domain.money import to_units
 from openclore.engine.webhooks import MAX_ANSWER_BYTES, Deliverer, Policy, claim
-from openclore.market.wallets import deposit
 from openclore.store.schema import webhook_deliveries
 
-from event_support import Receiver
+from event_support import Receiver, credit, deliver_due, hook
 from support import Market, ok
 
 LOOPBACK = {"allow_private": False, "allow_loopback": True}
-
-
-def hook(market: Market, token: str, url: str, **extra: Any) -> dict[str, Any]:
-    return ok(market.client(token).post("/v1/webhooks", json={"url": url, **extra}))
-
-
-def credit(market: Market, token: str, n: int) -> None:
-    uid = market.user_id(token)
-    for _ in range(n):
-        with market.db.write() as conn:
-            deposit(conn, uid, "bitcoin", to_units(Decimal(1)), market.settings, market.now())
-
-
-def deliver_due(d: Deliverer, timeout: float = 30) -> int:
-    async def run() -> int:
-        try:
-            return await d.deliver_due()
-        finally:
-            await d.aclose()
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, run()).result(timeout=timeout)
 
 
 @contextmanager

@@ -4,7 +4,6 @@ process killed -9 losing nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -13,21 +12,16 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from decimal import Decimal
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
 
-from openclore.domain.money import to_units
 from openclore.domain.netpolicy import address_class, refusal
 from openclore.engine.webhooks import Deliverer, Policy, backoff, verify
-from openclore.market.wallets import deposit
 from openclore.market.webhooks import policy
 from openclore.store.schema import webhook_deliveries, webhooks
 
-from event_support import Receiver, serve, stop
+from event_support import Receiver, credit, deliver_due, hook, serve, stop
 from support import Market, error, free_port, ok, order_body
 
 
@@ -36,18 +30,6 @@ def receiver() -> Iterator[Receiver]:
     r = Receiver()
     yield r
     r.stop()
-
-
-def hook(market: Market, token: str, url: str, **extra: Any) -> dict[str, Any]:
-    return ok(market.client(token).post("/v1/webhooks", json={"url": url, **extra}))
-
-
-def credit(market: Market, token: str, n: int) -> None:
-    """n deposits, each a deposit.credited event, in one transaction per deposit."""
-    uid = market.user_id(token)
-    for _ in range(n):
-        with market.db.write() as conn:
-            deposit(conn, uid, "bitcoin", to_units(Decimal(1)), market.settings, market.now())
 
 
 class FakeWall:
@@ -60,18 +42,6 @@ class FakeWall:
 
 def deliverer(market: Market, clock: FakeWall | None = None) -> Deliverer:
     return Deliverer(market.db, policy(market.settings), clock=clock or time.time)
-
-
-def deliver_due(d: Deliverer) -> int:
-    async def run() -> int:
-        try:
-            return await d.deliver_due()
-        finally:
-            await d.aclose()
-
-    # a thread of its own: other tests (the browser console's) may leave a loop in this one
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, run()).result()
 
 
 def test_register_list_delete_and_the_ssrf_policy(market: Market, receiver: Receiver) -> None:
