@@ -365,9 +365,11 @@ def test_a_console_session_ends_with_the_token_it_was_started_with(served: Marke
     by_token = _signed_in(market, token=token)
     by_second = _signed_in(market, token=second)
     by_third = _signed_in(market, token=third)
+    bystander = _signed_in(market, token=market.user("bystander"))  # another user's session
     with market.db.write() as conn:
         assert revoke_token(conn, token, market.now())
     assert _signed_out(by_token)
+    assert not _signed_out(bystander)  # one token's revocation ends only its own sessions
     assert not _signed_out(by_second)  # the user's other tokens' sessions stay
     # the operator's revoke (by prefix, in the console) ends that token's sessions too
     admin = Browserless(market, _operator(market))
