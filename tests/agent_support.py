@@ -24,7 +24,6 @@ from openclore.agent.state import AgentState, load_state, register
 from openclore.api.app import create_app
 from openclore.domain.money import to_units
 from openclore.market.servers import add_server
-from openclore.store.db import listing_changed
 from openclore.store.schema import server_prices, servers
 
 from support import Market, free_port, ok
@@ -86,7 +85,6 @@ def host_server(
                 spot=to_units(Decimal(spot)),
             )
         )
-        listing_changed(conn)
     return server_id, token
 
 

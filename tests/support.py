@@ -25,7 +25,7 @@ from openclore.ledger.statements import booked_by_order as booked_by_order  # th
 from openclore.market.accounts import create_user, issue_token
 from openclore.market.servers import add_server
 from openclore.market.wallets import deposit
-from openclore.store.db import Database, listing_changed, normalize_url
+from openclore.store.db import Database, normalize_url
 from openclore.store.schema import metadata, server_prices, servers
 
 PG_SERVER_URL = os.environ.get(
@@ -178,7 +178,6 @@ class Market:
                     spot=to_units(Decimal(spot)),
                 )
             )
-            listing_changed(conn)
         return server_id
 
     def advance(self, seconds: int) -> None:

@@ -88,11 +88,8 @@ def world(market: Market, tmp_path: Path) -> tuple[Cli, Cli, int]:
 
 
 def set_gpus(market: Market, server_id: int, names: list[str]) -> None:
-    from openclore.store.db import listing_changed
-
     with market.db.write() as conn:
         conn.execute(update(servers).where(servers.c.id == server_id).values(gpu_array=names))
-        listing_changed(conn)
 
 
 def test_market_filters_and_sorts(world: tuple[Cli, Cli, int], market: Market) -> None:

@@ -23,7 +23,6 @@ from openclore.api.app import create_app
 from openclore.domain.money import to_units
 from openclore.engine.clock import Clock, SandboxClock
 from openclore.market.accounts import find_user, set_password, set_role
-from openclore.store.db import listing_changed
 from openclore.store.schema import servers
 from openclore.web.app import install_console
 from openclore.web.i18n import LOCALE_DIR
@@ -257,7 +256,6 @@ def _gpus(market: Market, server_id: int, names: list[str]) -> None:
     """The GPU names as the agent reports them (the helper's server says one 3090)."""
     with market.db.write() as conn:
         conn.execute(servers.update().where(servers.c.id == server_id).values(gpu_array=names))
-        listing_changed(conn)
 
 
 def test_renter_filters_rents_sees_running_opens_logs_and_cancels(console: Console) -> None:

@@ -54,9 +54,6 @@ def add_price(market: Market, server_id: int, currency: str, on_demand: str, spo
                 spot=to_units(Decimal(spot)),
             )
         )
-        from openclore.store.db import listing_changed
-
-        listing_changed(conn)
 
 
 # ----------------------------------------------------------------------------- exchange rates

@@ -32,7 +32,6 @@ import pytest
 from sqlalchemy import func, insert, select, text
 
 from openclore.market.accounts import issue_token
-from openclore.store.db import listing_changed
 from openclore.store.schema import accounts, orders, server_prices, servers
 
 from support import ADDRESS_SECRET, Market, booked_by_order, free_port
@@ -95,7 +94,6 @@ def populate(market: Market) -> list[str]:
                 for i in range(SERVERS)
             ],
         )
-        listing_changed(conn)
     return tokens
 
 

@@ -12,7 +12,6 @@ from openclore.config import Settings
 from openclore.domain.errors import InvalidInput
 from openclore.market.search import build_index, parse_query, search
 from openclore.market.servers import marketplace_servers
-from openclore.store.db import listing_changed
 from openclore.store.schema import servers
 
 from support import Market, ok, order_body
@@ -43,7 +42,6 @@ def _world(market: Market) -> dict[str, int]:
                 .where(servers.c.id == ids[key])
                 .values(gpu_array=["NVIDIA GeForce RTX 4090"] * gpus)
             )
-        listing_changed(conn)
     return ids
 
 

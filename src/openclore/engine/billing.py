@@ -24,7 +24,6 @@ from openclore.ledger.ledger import (
     transfer,
     wallet_id,
 )
-from openclore.store.db import listing_changed
 from openclore.store.schema import orders, servers
 
 Row = Mapping[str, Any]
@@ -229,7 +228,6 @@ def resolve_server(conn: Connection, server_id: int, now: int) -> None:
         if start >= now:
             break
     if changed:
-        listing_changed(conn)
         notify_server(conn, server_id)
         record_order_changes(conn, server_id, before, now)
 

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, select, update
 
 from openclore.domain.reliability import WINDOW_SECONDS, overlap, reliability
-from openclore.store.db import get_meta, listing_changed, set_meta
+from openclore.store.db import get_meta, set_meta
 from openclore.store.schema import online_intervals, servers
 
 RELIABILITY_AT = "reliability_at"
@@ -97,6 +97,4 @@ def recompute(conn: Connection, now: int, interval: int = 0) -> int:
         if current.get(server_id) != value:
             conn.execute(update(servers).where(servers.c.id == server_id).values(reliability=value))
             changed += 1
-    if changed:
-        listing_changed(conn)
     return changed

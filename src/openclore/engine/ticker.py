@@ -20,7 +20,7 @@ from openclore.engine.billing import BILLING_GRACE, lock_server, resolve_server
 from openclore.engine.outbox import SERVER_OFFLINE, emit
 from openclore.engine.reliability import close_stretch, recompute, reliability_due
 from openclore.engine.settlement import servers_due, settle_running_orders
-from openclore.store.db import Database, listing_changed, run_write
+from openclore.store.db import Database, run_write
 from openclore.store.schema import servers
 
 TICK_LOCK = 0x71C4
@@ -59,7 +59,6 @@ def _take_offline(conn: Connection, server_id: int, now: int, timeout: int) -> N
     conn.execute(update(servers).where(servers.c.id == server_id).values(online=False))
     emit(conn, server["owner_id"], SERVER_OFFLINE, now, server_id=server_id, name=server["name"])
     resolve_server(conn, server_id, now)
-    listing_changed(conn)
 
 
 def settle_server(db: Database, server_id: int, now: int) -> None:

@@ -39,7 +39,6 @@ from openclore.engine.billing import lock_server, resolve_server
 from openclore.engine.outbox import ORDER_FAILED, SERVER_ONLINE, emit
 from openclore.engine.reliability import came_online
 from openclore.market.tunnels import public_ports
-from openclore.store.db import listing_changed
 from openclore.store.schema import orders, servers
 
 log = logging.getLogger("openclore.agents")
@@ -88,7 +87,6 @@ def register_agent(conn: Connection, init_token: str) -> dict[str, Any]:
     ).rowcount
     if done != 1:  # a concurrent registration won
         raise AgentRefused(409, "init_token_already_used")
-    listing_changed(conn)
     return {"server_id": row.id, "name": row.name, "agent_token": token}
 
 
@@ -118,26 +116,22 @@ def agent_hello(
     row = lock_server(conn, server_id)
     if row is None or row["removed_at"] is not None:
         return False
-    values: dict[str, Any] = {"last_seen": now, "online": True}
-    changed = not row["online"]
+    # only what moved is written: a listed column written moves the listing's version
+    values: dict[str, Any] = {"last_seen": now}
     if not row["online"]:
-        values.update(came_online(row, now))
+        values.update(online=True, **came_online(row, now))
     specs = valid_specs(server_id, hello.get("specs"))
     if specs is not None and specs != row["specs"]:
         values["specs"] = specs
-        changed = True
     gpu_array = check_gpu_array(hello.get("gpu_array"))
     if gpu_array is not None and gpu_array != row["gpu_array"]:
         values["gpu_array"] = gpu_array
-        changed = True
     gpu_limits = check_gpu_limits(hello.get("gpu_limits"))
     if gpu_limits is not None and gpu_limits != row["gpu_limits"]:
         values["gpu_limits"] = gpu_limits
     if pub_cluster != row["pub_cluster"]:
         values["pub_cluster"] = pub_cluster
     conn.execute(update(servers).where(servers.c.id == server_id).values(**values))
-    if changed:
-        listing_changed(conn)
     if not row["online"]:
         emit(conn, row["owner_id"], SERVER_ONLINE, now, server_id=server_id, name=row["name"])
         resolve_server(conn, server_id, now)
@@ -163,7 +157,6 @@ def agent_heartbeat(conn: Connection, server_id: int, now: int) -> bool:
         update(servers).where(live).values(last_seen=now, online=True, **came_online(row, now))
     )
     emit(conn, row["owner_id"], SERVER_ONLINE, now, server_id=server_id, name=row["name"])
-    listing_changed(conn)
     resolve_server(conn, server_id, now)
     return True
 
@@ -225,7 +218,6 @@ def agent_specs(conn: Connection, server_id: int, message: dict[str, Any]) -> No
             .where(servers.c.id == server_id, servers.c.removed_at.is_(None))
             .values(**values)
         )
-        listing_changed(conn)
 
 
 def valid_specs(server_id: int, raw: Any) -> dict[str, Any] | None:

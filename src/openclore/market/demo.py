@@ -31,7 +31,7 @@ from openclore.market.accounts import (
     set_role,
 )
 from openclore.market.wallets import deposit
-from openclore.store.db import get_meta, listing_changed, set_meta, tokens_changed
+from openclore.store.db import get_meta, set_meta, tokens_changed
 from openclore.store.schema import (
     accounts,
     metadata,
@@ -369,7 +369,6 @@ def reset_world(conn: Connection, settings: Settings, now: int) -> DemoWorld:
             conn.execute(table.delete())
     SandboxClock.reset(conn)
     world = seed(conn, settings, now)
-    listing_changed(conn)
     tokens_changed(conn)  # every token was thrown away (the demo's are issued again)
     return world
 

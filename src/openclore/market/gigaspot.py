@@ -25,7 +25,7 @@ from openclore.engine.notify import notify_server
 from openclore.market import orders as order_service
 from openclore.market.audit import PRICE_CHANGE, SYSTEM, Actor, record_by
 from openclore.market.inputs import CreateOrderRequest, GigaspotEdit, GigaspotOrder
-from openclore.market.servers import cuda_version, prices_of
+from openclore.market.servers import cuda_version, listed_servers
 from openclore.store.schema import orders, servers
 
 # a bid refused for its price goes in too_low_bids_servers / too_low_bid_ids
@@ -105,16 +105,7 @@ def edit_order(
 def snapshot(conn: Connection, settings: Settings) -> dict[str, Any]:
     """``{server id: {...}}``: every public, online server that can be rented on spot, with
     its live bids and what its GPUs allow."""
-    rows = conn.execute(
-        select(servers)
-        .where(
-            servers.c.removed_at.is_(None),
-            servers.c.visibility == "public",
-            servers.c.online.is_(True),
-        )
-        .order_by(servers.c.id)
-    ).all()
-    prices = prices_of(conn, (r.id for r in rows), enabled_only=True)
+    rows, prices = listed_servers(conn)
     live = conn.execute(
         select(orders)
         .where(orders.c.expired.is_(False), orders.c.server_id.in_([r.id for r in rows]))

@@ -31,7 +31,7 @@ from openclore.market.audit import (
 from openclore.market.inputs import CreateOrderRequest
 from openclore.market.servers import cuda_version, prices_of
 from openclore.market.tunnels import http_pub, http_urls, new_http_label
-from openclore.store.db import inserted_id, listing_changed
+from openclore.store.db import inserted_id
 from openclore.store.schema import orders, servers
 
 MAX_ISSUE_LENGTH = 2048
@@ -149,7 +149,6 @@ def create_order(
     if server["simulated"]:
         _simulate_connection(conn, order_id, server, req, settings)
     resolve_server(conn, server["id"], now)
-    listing_changed(conn)
     return order_id
 
 
@@ -219,7 +218,6 @@ def cancel_order(
     if rating is not None:
         rate_server(conn, order["server_id"])
     resolve_server(conn, order["server_id"], now)
-    listing_changed(conn)
     detail = {"ended": ended is not None, "rating": rating}
     record_by(conn, actor, ORDER_CANCEL, f"order:{order_id}", detail, about=user_id)
 

@@ -24,7 +24,6 @@ from openclore.config import Settings
 from openclore.domain.money import Coins, to_coins, to_units
 from openclore.domain.usd import rate_units, units_for_usd, usd_of
 from openclore.engine.billing import lock_server, resolve_server
-from openclore.store.db import listing_changed
 from openclore.store.schema import server_prices, servers, usd_rates
 
 # marketplace price.usd: per-currency keys for the currencies live Clore names there
@@ -62,7 +61,6 @@ def set_rates(
         if not updated:
             conn.execute(insert(usd_rates).values(currency=currency, rate=rate, updated_at=now))
     repriced = reprice_all(conn, settings, now)
-    listing_changed(conn)
     return repriced
 
 
@@ -71,7 +69,6 @@ def clear_rate(conn: Connection, currency: str, settings: Settings, now: int) ->
     gone = conn.execute(delete(usd_rates).where(usd_rates.c.currency == currency)).rowcount
     if gone:
         reprice_all(conn, settings, now)
-        listing_changed(conn)
     return bool(gone)
 
 

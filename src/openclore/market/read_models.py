@@ -15,7 +15,6 @@ from openclore.domain.spot import lowest_bid, runway, seconds_until_lowering
 from openclore.ledger.ledger import account_key
 from openclore.market.orders import my_orders
 from openclore.market.servers import prices_of, remove_server
-from openclore.store.db import listing_changed
 from openclore.store.schema import accounts, order_charges, orders, servers, transfers, users
 
 DAY = 86400
@@ -187,7 +186,6 @@ def hide_server(conn: Connection, server_id: int) -> None:
     """The operator takes a server off the listing (its host may list it again)."""
     _server_row(conn, server_id)
     conn.execute(update(servers).where(servers.c.id == server_id).values(visibility="hidden"))
-    listing_changed(conn)
 
 
 def remove_server_by_id(conn: Connection, server_id: int, now: int) -> int:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Row as SqlRow
 
 from openclore.agent.protocol import env_dict
 from openclore.config import Settings
@@ -27,7 +28,7 @@ from openclore.market.accounts import TOKEN_ALPHABET, lock_user
 from openclore.market.audit import SERVER_ADD, SERVER_SETTINGS, SYSTEM, Actor, record_by
 from openclore.market.inputs import SetServerSettingsRequest
 from openclore.market.rates import apply_autoprice, current_rates, rates_in_usd, usd_block
-from openclore.store.db import inserted_id, listing_changed
+from openclore.store.db import inserted_id
 from openclore.store.schema import orders, server_prices, servers
 
 INIT_TOKEN_LENGTH = 48
@@ -83,7 +84,6 @@ def add_server(
             )
         )
     )
-    listing_changed(conn)  # the owner's ``my_servers`` in every cached listing answer
     record_by(conn, actor, SERVER_ADD, f"server:{server_id}", {"name": name}, about=owner_id)
     return server_id, token
 
@@ -106,7 +106,6 @@ def remove_server(conn: Connection, owner_id: int, name: str, now: int) -> int:
         .where(servers.c.id == found["id"])
         .values(removed_at=now, visibility="hidden", online=False)
     )
-    listing_changed(conn)
     notify_server(conn, found["id"])  # its agent is told to go
     return ended
 
@@ -236,8 +235,11 @@ def my_servers(conn: Connection, user_id: int, settings: Settings) -> dict[str, 
     return {"servers": out, "limit": settings.max_servers_per_user}
 
 
-def marketplace_servers(conn: Connection, settings: Settings) -> list[dict[str, Any]]:
-    """Every server on the market, as the ``marketplace`` listing shows it."""
+def listed_servers(
+    conn: Connection,
+) -> tuple[Sequence[SqlRow[Any]], dict[int, dict[str, tuple[int, int]]]]:
+    """The servers the market lists (public, online, not removed), in id order, with the prices
+    of the currencies their hosts accept: the one rule behind ``marketplace`` and GigaSPOT."""
     rows = conn.execute(
         select(servers)
         .where(
@@ -247,7 +249,12 @@ def marketplace_servers(conn: Connection, settings: Settings) -> list[dict[str, 
         )
         .order_by(servers.c.id)
     ).all()
-    prices = prices_of(conn, (r.id for r in rows), enabled_only=True)
+    return rows, prices_of(conn, (r.id for r in rows), enabled_only=True)
+
+
+def marketplace_servers(conn: Connection, settings: Settings) -> list[dict[str, Any]]:
+    """Every server on the market, as the ``marketplace`` listing shows it."""
+    rows, prices = listed_servers(conn)
     rates = current_rates(conn, settings)
     rented = set(
         conn.execute(
@@ -414,7 +421,6 @@ def set_server_settings(
             rates or current_rates(conn, settings),
         )
     resolve_server(conn, found["id"], now)
-    listing_changed(conn)
 
 
 def spot_marketplace(

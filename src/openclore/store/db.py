@@ -36,6 +36,7 @@ from openclore.store.freshness import (
     notify,
     url_key,
 )
+from openclore.store.listing import touches_listing
 from openclore.store.schema import meta, metadata
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -104,6 +105,7 @@ class Database:
                 changed_here(key)
 
         event.listen(self.engine, "checkin", _on_checkin)
+        event.listen(self.engine, "before_cursor_execute", _watch_listing)
         self._freshness: Freshness | None = None
         self._freshness_lock = threading.Lock()
 
@@ -127,6 +129,8 @@ class Database:
             try:
                 with conn.begin():
                     yield conn
+                    if conn.info.pop(_LISTING_WRITTEN, None):
+                        listing_changed(conn)
                     _run_before_commit(conn)
             finally:
                 conn.info.pop(_BEFORE_COMMIT, None)
@@ -152,6 +156,16 @@ class Database:
 _BEFORE_COMMIT = "openclore_before_commit"
 _CHANGED = "openclore_changed"
 _COMMITTED_CHANGE = "openclore_changed_committed"
+_LISTING_WRITTEN = "openclore_listing_written"
+
+
+def _watch_listing(
+    conn: Connection, _cursor: Any, statement: str, _params: Any, _context: Any, _many: bool
+) -> None:
+    """Note a statement that wrote what the listing is made of (see
+    :mod:`openclore.store.listing`): the write transaction moves the version once, at its end."""
+    if touches_listing(statement):
+        conn.info[_LISTING_WRITTEN] = True
 
 
 def before_commit(
@@ -172,6 +186,7 @@ def before_commit(
 def _unflushed(conn: Connection) -> None:
     """A transaction other than ``Database.write()`` would commit without the rows: refuse the
     commit loudly (one that is rolled back, such as a what-if, may use them freely)."""
+    conn.info.pop(_LISTING_WRITTEN, None)  # outside write(): migrations, a fresh schema
     if conn.info.pop(_CHANGED, None):  # told when the connection is checked in, after this
         conn.info[_COMMITTED_CHANGE] = True
     hooks = conn.info.pop(_BEFORE_COMMIT, None)
@@ -181,6 +196,7 @@ def _unflushed(conn: Connection) -> None:
 
 def _drop_before_commit(conn: Connection) -> None:
     conn.info.pop(_BEFORE_COMMIT, None)
+    conn.info.pop(_LISTING_WRITTEN, None)
     conn.info.pop(_CHANGED, None)
 
 
@@ -268,7 +284,9 @@ def _changed(conn: Connection, key: str) -> None:
 
 def listing_changed(conn: Connection) -> None:
     """Something every marketplace listing shows (or a user's own servers) changed: cached
-    listings are stale at commit, in every process (see :mod:`openclore.store.freshness`)."""
+    listings are stale at commit, in every process (see :mod:`openclore.store.freshness`).
+    A write transaction calls it by itself when it wrote a listed table
+    (:mod:`openclore.store.listing`); use cases never need to."""
     _changed(conn, MARKET_VERSION)
 
 
