@@ -23,8 +23,11 @@ DAY = 86400
 def order_board(
     conn: Connection, user_id: int, settings: Settings, now: int, completed: bool = False
 ) -> list[dict[str, Any]]:
-    """``my_orders`` with, for each live spot bid, when it may next be lowered and how far."""
+    """``my_orders`` with each order's SSH line (:func:`ssh_line`) and, for each live spot bid,
+    when it may next be lowered and how far."""
     listed: list[dict[str, Any]] = my_orders(conn, user_id, completed, settings)["orders"]
+    for o in listed:
+        o["ssh"] = ssh_line(o)
     spot_ids = [o["id"] for o in listed if o.get("spot") and not o.get("expired")]
     rows = (
         {
@@ -51,6 +54,20 @@ def order_board(
         o["lowest_bid"] = lowest_bid(current, min_spot)
         o["min_spot"] = min_spot
     return listed
+
+
+def ssh_line(order: dict[str, Any]) -> str | None:
+    """How a renter connects to an order as the console shows it, ``ssh root@HOST -p PORT``
+    (the first public host, the public side of the last published port 22), else None (port 22
+    not published yet, or no public host)."""
+    port = None
+    for mapping in order.get("tcp_ports") or []:
+        if mapping.startswith("22:"):
+            port = mapping.split(":")[1]
+    hosts = order.get("pub_cluster")
+    if port and hosts:
+        return f"ssh root@{hosts[0]} -p {port}"
+    return None
 
 
 def rent_quote(price_per_day: int, balance: int, settings: Settings) -> dict[str, int]:
