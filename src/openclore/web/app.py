@@ -30,8 +30,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from openclore.api.app import AppState
 from openclore.api.ratelimit import RateLimiter
+from openclore.api.state import AppState
 from openclore.config import Settings
 from openclore.domain.errors import CloreError, InvalidInput, MarketError
 from openclore.domain.money import UNITS_PER_COIN, AmountError, Coins, coins_str, to_units
