@@ -225,7 +225,7 @@ def serve(
     os.environ["OPENCLORE_DEMO"] = "1" if settings.demo else "0"
     _metrics_dir(settings.workers)
     uvicorn.run(
-        "openclore.web.server:app_factory",
+        "openclore.serve:app_factory",
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -272,11 +272,9 @@ def gateway(
     """Run an access gateway on its own (``serve`` embeds one unless OPENCLORE_GATEWAY=0):
     agents tunnel to it, renters reach their rentals' ports through it. Of several processes
     started for one name, one serves it and the others stand by."""
-    import asyncio
     import logging
-    import signal
 
-    from openclore.gateway.service import serve_gateway
+    from openclore.serve import run_gateway
 
     settings = _settings(database_url, gateway_name=name, gateway_bind=bind)
     db = _open_database(settings)
@@ -287,15 +285,8 @@ def gateway(
         highlight=False,
     )
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve_gateway(db, settings, stop)
-
     try:
-        asyncio.run(main())
+        run_gateway(db, settings)
     finally:
         db.dispose()
 

@@ -10,7 +10,6 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy import Row as SqlRow
 
-from openclore.agent.protocol import env_dict
 from openclore.config import Settings
 from openclore.domain.errors import InvalidInput, MarketError
 from openclore.domain.money import Coins, to_coins, to_units
@@ -29,6 +28,7 @@ from openclore.market.accounts import TOKEN_ALPHABET, lock_user
 from openclore.market.audit import SERVER_ADD, SERVER_SETTINGS, SYSTEM, Actor, record_by
 from openclore.market.inputs import SetServerSettingsRequest
 from openclore.market.rates import apply_autoprice, current_rates, rates_in_usd, usd_block
+from openclore.protocol import env_dict
 from openclore.store.db import inserted_id
 from openclore.store.schema import orders, server_prices, servers
 
