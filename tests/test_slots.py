@@ -396,6 +396,14 @@ def test_admission_places_on_demand_orders_before_the_spot_book() -> None:
     assert on_demand_admission(2, spot_only, 2) == (0, 1)
 
 
+def test_admission_places_each_on_demand_order_around_the_ones_below_it() -> None:
+    # order 1 holds nothing yet: it avoids slot 1 (order 2 names it) and slot 0 (a bid holds it)
+    book = [od(1, 50), od(2, 10, wanted=(1,)), bid(3, 99, held=(0,))]
+    assert alloc(3, book) == {1: (2,), 2: (1,), 3: (0,)}
+    assert on_demand_admission(3, book, 1) == (0,)
+    assert on_demand_admission(3, book, 2) is None
+
+
 def test_preempted_names_only_spot_orders_that_hold_the_slots() -> None:
     book = [od(1, 10, held=(0,)), bid(2, 9, held=(1,)), bid(3, 9, held=(2,)), bid(4, 9)]
     assert preempted(book, (0, 1, 3)) == (2,)
@@ -561,3 +569,32 @@ def test_whole_server_orders_run_exactly_as_today(
     today = choose_running(online, whole_server_live(book))
     assert running == ([] if today is None else [today])
     assert all(got[id_] == tuple(range(n)) for id_ in running)
+
+
+def test_the_worked_example_of_docs_partial_rentals() -> None:
+    coin = 10**9
+    assert bid_meets_minimum(12 * coin // 10, 1, 4 * coin, 4)
+    assert not bid_meets_minimum(9 * coin // 10, 1, 4 * coin, 4)
+    book = settle(4, [bid(1, 25 * coin // 10), bid(2, 2 * coin), bid(3, 15 * coin // 10)])
+    book = settle(4, [*book, bid(4, 12 * coin // 10)])
+    assert [c.held for c in book] == [(0,), (1,), (2,), (3,)]
+    price = slot_price(10 * coin, 2, 4)
+    assert price == 5 * coin
+    slots = on_demand_admission(4, book, 2)
+    assert slots == (2, 3) and preempted(book, slots) == (3, 4)
+    book = settle(4, [*book, od(5, price, k=2, held=slots)])
+    assert [c.held for c in book] == [(0,), (1,), (), (), (2, 3)]
+    assert on_demand_admission(4, book, 3) is None
+    assert on_demand_admission(4, book, 2) == (0, 1)
+    book.append(bid(6, 12 * coin, k=4, waiting_since=1000))
+    for now, holds, reserved in (
+        (1000, {1: (0,), 2: (1,)}, {}),
+        (4600, {1: (0,), 2: (1,)}, {}),
+        (4601, {1: (), 2: ()}, {6: (0, 1)}),
+    ):
+        got = plan(4, book, online=True, now=now, starvation_seconds=3600)
+        assert {i: got.holds[i] for i in (1, 2)} == holds and got.reserved == reserved
+        assert got.holds[5] == (2, 3) and got.holds[6] == ()
+    ended = [c for c in book if c.id != 5]
+    assert allocate(4, ended, online=True, now=4601, starvation_seconds=3600)[6] == (0, 1, 2, 3)
+    assert allocate(4, ended, online=True, now=4601, starvation_seconds=None)[6] == (0, 1, 2, 3)
