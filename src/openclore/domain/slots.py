@@ -17,9 +17,10 @@ slot, highest first, ties: the earlier order):
    left that it needs, so that lower-ranked bids cannot take them.
 
 Where a placement may pick (no explicit indices, nothing held that is still free) it takes the
-slots nobody holds first (lowest index first), then the slots held by the lowest-ranked orders
-placed after it, walking up the ranking until it has enough, so as few running orders as
-possible lose their slots.
+slots that no order ranked below it holds or names first (lowest index first), then the slots
+of the lowest-ranked orders below it, walking up the ranking until it has enough (a slot counts
+for the highest-ranked order that holds or names it), so as few running orders as possible lose
+their slots, and on-demand orders' slots last.
 """
 
 from __future__ import annotations
@@ -102,8 +103,7 @@ def plan(
     starvation_seconds: int | None,
 ) -> Allocation:
     """The allocation of an ``n``-slot server among its live orders (the module's docstring)."""
-    order = ranked(claims)
-    _check_claims(n, order)
+    order = _checked(n, claims)
     holds: dict[int, Slots] = {claim.id: () for claim in order}
     reserved: dict[int, Slots] = {}
     if not online:
@@ -145,8 +145,7 @@ def on_demand_admission(
     _check_count(k, n)
     if wanted is not None:
         _check_indices(tuple(wanted), k, n)
-    order = ranked(orders)
-    _check_claims(n, order)
+    order = _checked(n, orders)
     free = set(range(n))
     bids = [claim for claim in order if claim.spot]
     for at, claim in enumerate(order[: len(order) - len(bids)]):
@@ -188,12 +187,14 @@ def _place(claim: Claim, free: set[int], lower: Sequence[Claim]) -> Slots | None
 
 
 def _choose(k: int, free: set[int], lower: Sequence[Claim]) -> Slots:
-    """``k`` of ``free`` (which has at least ``k``): the ones no order below holds, lowest
-    first, then those of the orders below from the lowest-ranked up."""
-    held_below = {slot for claim in lower for slot in claim.held}
-    pool = sorted(free - held_below)
-    for claim in reversed(lower):
-        pool.extend(sorted(free.intersection(claim.held) - set(pool)))
+    """``k`` of ``free`` (which has at least ``k``): first the ones that no order below holds or
+    asks for by index, lowest first; then the others, those whose highest-ranked claimant
+    ranks lowest first (so a slot an on-demand order below holds is taken last)."""
+    owner: dict[int, int] = {}
+    for rank, claim in enumerate(lower):
+        for slot in (*claim.held, *(claim.wanted or ())):
+            owner.setdefault(slot, rank)
+    pool = sorted(free, key=lambda slot: (-owner.get(slot, len(lower)), slot))
     return tuple(sorted(pool[:k]))
 
 
@@ -207,10 +208,13 @@ def _check_indices(indices: Slots, k: int, n: int) -> None:
         raise ValueError(f"explicit slots must be {k} different indices below {n}")
 
 
-def _check_claims(n: int, claims: Sequence[Claim]) -> None:
-    if len({claim.id for claim in claims}) != len(claims):
+def _checked(n: int, claims: Iterable[Claim]) -> list[Claim]:
+    """The claims in rank order, once each is known to be well-formed for ``n`` slots."""
+    listed = list(claims)
+    if len({claim.id for claim in listed}) != len(listed):
         raise ValueError("two orders with one id")
-    for claim in claims:
+    for claim in listed:
         _check_count(claim.k, n)
         if claim.wanted is not None:
             _check_indices(claim.wanted, claim.k, n)
+    return ranked(listed)
