@@ -19,7 +19,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy import update
 
 from openclore.agent.protocol import ERROR, KIND_ORDER, ContainerStatus
-from openclore.cli.client_commands import describe_event
+from openclore.cli.commands.events import describe_event
 from openclore.client import Client, Event
 from openclore.engine.ticker import tick
 from openclore.market.accounts import issue_token, revoke_token
