@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 from pydantic import ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from openclore.agent.state import default_state_dir
+
 ENV_PREFIX = "OPENCLORE_AGENT_"
 HOST_RESERVE = 2 * 1024**3  # memory kept for the host and the agent (at most 10 % of it)
 
@@ -147,8 +149,6 @@ class AgentSettings(BaseSettings):
     @property
     def directory(self) -> Path:
         """Where the agent keeps its credential."""
-        from openclore.agent.state import default_state_dir
-
         return self.state_dir or default_state_dir()
 
     @field_validator("runtime", mode="before")
