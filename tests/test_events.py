@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import event as sa_event
 from sqlalchemy import update
 
-from openclore.cli.client_commands import describe_event
+from openclore.cli.commands.events import describe_event
 from openclore.client import Client, Event
 from openclore.engine.ticker import tick
 from openclore.market.accounts import issue_token, revoke_token

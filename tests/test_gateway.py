@@ -28,7 +28,7 @@ import pytest
 from sqlalchemy import select
 
 from openclore.agent.runtime.docker import DockerRuntime
-from openclore.cli.client_commands import order_ready
+from openclore.cli.commands.orders import order_ready
 from openclore.client import Client, Order
 from openclore.client._base import ssh_banner
 from openclore.store.schema import orders
