@@ -2,14 +2,19 @@
 
 It knows, for one currency, every wallet's balance and every order's life: who holds each server at
 each second (an online server runs its live on-demand order, else its highest bid, ties to the
-earliest), what each order spent (``floor(price × seconds / 86400)`` per price it ran at, the
-platform's fee ``floor(spend × bp / 10000)`` from the total), when it ended (cancelled, or at
-``ct + mrl``, the next order starting at that very second), and which requests the market must
-refuse and why.
+earliest; a server rented per GPU (SPEC §8) runs its on-demand orders and then, by price per GPU,
+every bid whose GPUs still fit), what each order spent (``floor(price × seconds / 86400)`` per
+price it ran at, the platform's fee ``floor(spend × bp / 10000)`` from the total), when it ended
+(cancelled, or at ``ct + mrl``, the next order starting at that very second), and which requests
+the market must refuse and why.
 
 The engine bills lazily (at ticks and when a request touches a server), so a few of its answers
 depend on what it has already booked; the model follows that too: each server has a time up to
 which the engine has settled it, and the balance the engine checks is the *booked* balance.
+
+A bid that waits longer than ``spot_starvation_seconds`` keeps lower bids off the GPUs it needs;
+the model does not know that rule (tests/test_slots.py pins it): the simulation sets the setting
+beyond its runs.
 
 The model is exact while no wallet runs dry: once a wallet falls under a minute of its orders'
 spend, which order gets the last units depends on the order the engine settles servers in, and the
@@ -57,6 +62,7 @@ class Order:
     ended_at: int | None = None
     end_reason: str | None = None
     last_lowered_at: int | None = None
+    gpus: int | None = None  # GPUs asked for on a server rented per GPU; None: the whole server
 
     @property
     def price(self) -> int:
@@ -93,6 +99,12 @@ class Server:
     on_demand: int
     min_spot: int
     settled_at: int  # the engine has brought this server's orders up to here
+    gpus: int = 1  # its GPUs (slots)
+    partial: bool = False  # renters may take some of them
+    min_gpus: int = 1
+
+    def slots(self, order: Order) -> int:
+        return self.gpus if order.gpus is None else order.gpus
 
 
 @dataclass
@@ -130,15 +142,29 @@ class Model:
             key=lambda o: o.id,
         )
 
-    def holder(self, server: int, at: int) -> Order | None:
-        """Who runs on the server during the second starting at ``at``."""
-        if not self.servers[server].online:
-            return None
+    def holders(self, server: int, at: int) -> list[Order]:
+        """Who runs on the server during the second starting at ``at`` (SPEC §8): the live
+        on-demand orders, then the bids from the highest price per GPU (ties: the earliest),
+        each while its GPUs fit in what is left."""
+        s = self.servers[server]
+        if not s.online:
+            return []
         live = [o for o in self.live(server, at) if o.ct <= at]
-        on_demand = [o for o in live if not o.spot]
-        if on_demand:
-            return on_demand[0]
-        return max(live, key=lambda o: (o.price, -o.id), default=None)
+        out = [o for o in live if not o.spot]
+        free = s.gpus - sum(s.slots(o) for o in out)
+        bids = [o for o in live if o.spot]
+        # price per GPU, highest first, compared exactly: a/k > b/j <=> a*j > b*k
+        for _ in range(len(bids)):
+            best = bids[0]
+            for o in bids[1:]:
+                mine, theirs = o.price * s.slots(best), best.price * s.slots(o)
+                if mine > theirs or (mine == theirs and o.id < best.id):
+                    best = o
+            bids.remove(best)
+            if s.slots(best) <= free:
+                out.append(best)
+                free -= s.slots(best)
+        return sorted(out, key=lambda o: o.id)
 
     def advance(self, now: int) -> None:
         """Let time pass: holders run, orders reach their end of life on the second they do."""
@@ -151,8 +177,7 @@ class Model:
             ]
             stop = min(ends, default=now)
             for server in self.servers:
-                holder = self.holder(server, t)
-                if holder is not None:
+                for holder in self.holders(server, t):
                     holder.segments[-1].seconds += stop - t
             for o in self.orders.values():
                 if o.ended_at is None and o.ct + o.mrl == stop:
@@ -253,7 +278,14 @@ class Model:
         w.state = "approved" if approve else "rejected"
         return None
 
-    def create(self, user: int, server_id: int, spot: bool, bid: int) -> str | None:
+    @staticmethod
+    def asked(server: Server, gpus: int | None) -> int | None:
+        """The GPUs an order holds: None (the whole server) when it asks for none or all."""
+        return None if gpus is None or gpus == server.gpus else gpus
+
+    def create(
+        self, user: int, server_id: int, spot: bool, bid: int, gpus: int | None = None
+    ) -> str | None:
         """The error create_order must answer, or None (then :meth:`created` follows)."""
         server = self.servers[server_id]
         if server.owner == user:
@@ -262,21 +294,29 @@ class Model:
             return "server-dont-exist"
         if not server.online:
             return "server-offline"
+        k = self.asked(server, gpus)
+        if k is not None and not server.partial:
+            return "partial_gpu_rental_off"
+        if k is not None and not server.min_gpus <= k <= server.gpus:
+            return "gpu_count_out_of_range"
+        want = server.gpus if k is None else k
         seen = [o for o in self.orders.values() if o.server == server_id and self.visibly_live(o)]
         if spot:
             if server.min_spot <= 0:
                 return "currency-not-allowed"
-            if bid < server.min_spot:
+            if bid * server.gpus < server.min_spot * want:  # per GPU against the minimum ÷ n
                 return "too_low_price"
             if any(o.spot and o.user == user for o in seen):
                 return "you_already_have_spot_order"
             price, fee = bid, self.rules.creation_fee_spot
         else:
-            if server.on_demand <= 0:
+            price = server.on_demand * want // server.gpus
+            if price <= 0:
                 return "currency-not-allowed"
-            if any(not o.spot for o in seen):
+            held = sum(server.slots(o) for o in seen if not o.spot)
+            if (k is None and held) or held + want > server.gpus:
                 return "server-already-rented"
-            price, fee = server.on_demand, self.rules.creation_fee_on_demand
+            fee = self.rules.creation_fee_on_demand
         active = sum(1 for o in self.orders.values() if o.user == user and self.visibly_live(o))
         if active >= self.rules.max_active_orders:
             return "order_limit_reached"
@@ -284,8 +324,18 @@ class Model:
             return "not_enough_balance"
         return None
 
-    def created(self, order_id: int, user: int, server_id: int, spot: bool, bid: int) -> None:
+    def created(
+        self,
+        order_id: int,
+        user: int,
+        server_id: int,
+        spot: bool,
+        bid: int,
+        gpus: int | None = None,
+    ) -> None:
         server = self.servers[server_id]
+        k = self.asked(server, gpus)
+        on_demand = server.on_demand * (server.gpus if k is None else k) // server.gpus
         self.orders[order_id] = Order(
             id=order_id,
             user=user,
@@ -297,7 +347,8 @@ class Model:
             creation_fee=self.rules.creation_fee_spot
             if spot
             else self.rules.creation_fee_on_demand,
-            segments=[Segment(bid if spot else server.on_demand)],
+            segments=[Segment(bid if spot else on_demand)],
+            gpus=k,
         )
         self.settle(server_id)
 
@@ -316,6 +367,10 @@ class Model:
             return "order_dont_exist"
         current = order.price
         server = self.servers[order.server]
+        # a bid for some GPUs: the server's minimum for those GPUs, rounded up (SPEC §8)
+        least = server.min_spot
+        if order.gpus is not None:
+            least = -(-server.min_spot * order.gpus // server.gpus)
         if desired > current:
             if self.booked_balance(order.user) < desired * self.rules.runway_seconds // DAY:
                 return "not_enough_balance"
@@ -323,9 +378,9 @@ class Model:
             last = order.last_lowered_at
             if last is not None and self.now - last < self.rules.lowering_interval:
                 return "can_lower_every_600_seconds"
-            if desired < server.min_spot:
+            if desired < least:
                 return "amount_too_low"
-            if desired < max(current - max(server.min_spot, 1), server.min_spot):
+            if desired < max(current - max(least, 1), least):
                 return "exceeded_max_step"
         if desired == current:
             return None
@@ -350,6 +405,6 @@ class Model:
 
     # ------------------------------------------------------------------ what the engine shows
 
-    def running(self, server: int) -> int | None:
-        holder = self.holder(server, self.now)
-        return None if holder is None else holder.id
+    def running(self, server: int) -> list[int]:
+        """The ids of the orders that run on the server now, ascending."""
+        return [o.id for o in self.holders(server, self.now)]

@@ -221,3 +221,18 @@ def test_events_say_which_gpus_an_order_got_and_lost(market: Market) -> None:
     assert kinds == ["order.created", "order.running", "order.outbid"]
     assert mine[1][1]["gpus"] == [2]
     assert mine[2][1]["reason"] == "preempted" and mine[2][1]["gpus_lost"] == [2]
+
+
+def test_the_demo_world_rents_two_multi_gpu_servers_per_gpu(market: Market) -> None:
+    from openclore.market.demo import seed
+
+    with market.db.write() as conn:
+        world = seed(conn, market.settings, market.now())
+    listing = ok(market.client().get("/v1/marketplace"))["servers"]
+    partial = [s for s in listing if s["partial_gpu_rental"]["enabled"]]
+    assert len(partial) == 2 and all(len(s["gpu_array"]) >= 2 for s in partial)
+    renter = market.client(world.tokens[next(k for k in world.tokens if "renter" in k)])
+    sid = partial[0]["id"]
+    oid = ok(renter.post("/v1/create_order", json=order_body(sid, gpu_count=1)))["order_id"]
+    order = orders_of(renter)[oid]
+    assert order["running"] and len(order["gpus"]) == 1 and order.get("simulated") is True

@@ -190,13 +190,16 @@ def resolve_server(conn: Connection, server_id: int, now: int) -> None:
     changed = False
     while True:
         live = live_orders(conn, server_id, lock=True)
-        # the running order first: if it ran out before `now`, the book moves on at that moment
-        start = now
+        # the running orders first, up to the first end of life among them (the slots it frees
+        # go to the next orders at that second, while the others run on); if one ran out of
+        # money before that, the book moves on at that moment
+        bound = min([now, *(o["ct"] + o["mrl"] for o in live if o["running"])])
+        start = bound
         remaining: list[Row] = []
         for order in (o for o in live if o["running"]):
-            order = settle(conn, order, now)
+            order = settle(conn, order, bound)
             if not order["expired"] and online and not can_pay_next_second(conn, order):
-                order = {**order, "expired": True, "ended_at": _end_unfunded(conn, order, now)}
+                order = {**order, "expired": True, "ended_at": _end_unfunded(conn, order, bound)}
             if order["expired"]:
                 changed = True
                 start = min(start, order["ended_at"])

@@ -245,6 +245,7 @@ def seed(conn: Connection, settings: Settings, now: int) -> DemoWorld:
             rating=(round(rng.uniform(3.5, 5.0), 1), rng.randint(0, 250)),
         )
 
+    _partial_rental(conn, world["partial_gpu_rental"], generated)
     for item in world["deposits"]:
         amount = to_units(item["amount"]) + item.get("extra_units", 0)
         when = now - 86400 * item["days_ago"]
@@ -256,6 +257,26 @@ def seed(conn: Connection, settings: Settings, now: int) -> DemoWorld:
     resolve_server(conn, world["offer"]["server"], now)
     _fix_sequences(conn)
     return DemoWorld(tokens=tokens)
+
+
+def _partial_rental(conn: Connection, rule: dict[str, Any], generated: dict[str, Any]) -> None:
+    """The generated servers with the most GPUs (ties: the lowest id) rent per GPU (SPEC §8), so
+    a sandbox shows per-GPU rentals. No draw: the rest of the world stays the same."""
+    rows = conn.execute(
+        select(servers.c.id, servers.c.gpu_array).where(
+            servers.c.id.between(generated["first_id"], generated["last_id"])
+        )
+    ).all()
+    multi = sorted(
+        (r for r in rows if len(r.gpu_array or []) >= 2),
+        key=lambda r: (-len(r.gpu_array), r.id),
+    )
+    for row in multi[: rule["count"]]:
+        conn.execute(
+            update(servers)
+            .where(servers.c.id == row.id)
+            .values(partial_gpu_rental=True, min_gpus=rule["min_gpus"])
+        )
 
 
 def _price_table(rng: random.Random, prices: Any) -> dict[str, tuple[str, str]]:

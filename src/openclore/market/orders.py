@@ -163,6 +163,11 @@ def create_order(
     return order_id
 
 
+def server_gpu_array(conn: Connection, server_id: int) -> Any:
+    """The GPU names the server reported (its row is locked by the caller)."""
+    return conn.execute(select(servers.c.gpu_array).where(servers.c.id == server_id)).scalar()
+
+
 def _slots_asked(
     req: CreateOrderRequest, server: Row, n: int
 ) -> tuple[int | None, tuple[int, ...] | None]:
@@ -343,6 +348,9 @@ def reprice(
         min_spot = prices_of(conn, [order["server_id"]])[order["server_id"]].get(
             order["currency"], (0, 0)
         )[1]
+        if order["gpu_count"] is not None:  # a bid for k of n GPUs: the minimum for its GPUs
+            n = slot_count(server_gpu_array(conn, order["server_id"]))
+            min_spot = -(-min_spot * min(order["gpu_count"], n) // n)
         wait = seconds_until_lowering(
             order["last_lowered_at"], now, settings.spot_lowering_interval
         )
