@@ -36,7 +36,6 @@ import uvicorn
 sys.path.insert(0, str(Path(__file__).parent))
 
 from openclore.agent.channel import Agent, AgentThread, ChannelConfig
-from openclore.agent.protocol import DesiredContainer
 from openclore.agent.reconcile import Reconciler, ReconcileSettings
 from openclore.agent.runtime import LABEL_AGENT
 from openclore.agent.runtime.docker import DockerRuntime
@@ -49,6 +48,7 @@ from openclore.ledger import ensure_system_accounts
 from openclore.market.accounts import create_user, issue_token
 from openclore.market.servers import add_server
 from openclore.market.wallets import deposit
+from openclore.protocol import DesiredContainer
 from openclore.store.db import Database, listing_changed
 from openclore.store.schema import server_prices, servers
 

@@ -263,7 +263,7 @@ class Fleet:
     async def agent(self, sid: int) -> None:
         from websockets.asyncio.client import connect
 
-        from openclore.agent.protocol import PROTOCOL_VERSION
+        from openclore.protocol import PROTOCOL_VERSION
 
         headers = {"Authorization": f"Bearer {agent_token(sid)}"}
         hello = {

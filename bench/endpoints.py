@@ -158,7 +158,7 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
     )
     rounds: list[dict[str, Any]] = []
     with process(
-        uvicorn_args("openclore.api.server:app_factory", port_app, factory=True),
+        uvicorn_args("openclore.serve:api_app_factory", port_app, factory=True),
         env,
         f"{app}/healthz",
     ):

@@ -149,7 +149,7 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
     )
     rounds: list[dict[str, Any]] = []
     with process(
-        uvicorn_args("openclore.api.server:app_factory", port_app, factory=True), env, app_url
+        uvicorn_args("openclore.serve:api_app_factory", port_app, factory=True), env, app_url
     ):
         body = httpx.get(app_url, headers={"Accept-Encoding": "identity"}).content
         parsed = json.loads(body)

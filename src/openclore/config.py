@@ -133,6 +133,12 @@ class Settings(BaseSettings):
     spot_lowering_interval: int = Field(
         600, ge=0, description="Seconds between two lowerings of one spot bid"
     )
+    spot_starvation_seconds: int = Field(
+        3600,
+        ge=0,
+        description="A spot bid waiting for GPU slots this long keeps lower bids off the free"
+        " slots it needs (SPEC §8)",
+    )
 
     rate_limit_interval: float = Field(
         1.0, ge=0, description="Seconds between requests per API token; 0 switches limits off"

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from openclore.agent.gpu import GpuTuner
-from openclore.agent.protocol import KIND_ORDER, RUNNING, DesiredContainer
 from openclore.agent.reconcile import Reconciler, ReconcileSettings
 from openclore.agent.runtime.simulated import SimulatedEngine, SimulatedRuntime
+from openclore.protocol import KIND_ORDER, RUNNING, DesiredContainer
 
 
 class NVMLError(Exception):

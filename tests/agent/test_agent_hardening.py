@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from openclore.agent.cli import format_size, split_list
 from openclore.agent.images import (
     InvalidReference,
     RegistryPolicy,
@@ -26,6 +25,7 @@ from openclore.agent.runtime.docker import (
     host_resolvers,
     normalize_capability,
 )
+from openclore.agent.settings import format_size, split_list
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -350,10 +350,9 @@ def test_capability_names_and_cli_helpers() -> None:
 
 
 def test_rentals_get_cpu_and_memory_limits_by_default() -> None:
-    import typer
     from typer.testing import CliRunner
 
-    from openclore.agent.cli import rental_cpus, rental_memory
+    from openclore.agent.settings import rental_cpus, rental_memory
     from openclore.cli.main import app as openclore_app
 
     gib = 1024**3
@@ -364,11 +363,96 @@ def test_rentals_get_cpu_and_memory_limits_by_default() -> None:
     assert rental_cpus("12.5", 32) == 12.5 and rental_memory("48g", 256 * gib) == 48 * gib
     assert rental_cpus("none", 32) is None and rental_memory("none", 256 * gib) is None
     for bad in ("lots", "-1", "0.0.1"):
-        with pytest.raises(typer.BadParameter):
+        with pytest.raises(ValueError, match="--cpus"):
             rental_cpus(bad, 32)
-    with pytest.raises(typer.BadParameter):
+    with pytest.raises(ValueError, match="not a size"):
         rental_memory("much", gib)
     # and auto is what the agent runs with unless the host says otherwise
     help_text = CliRunner().invoke(openclore_app, ["agent", "--help"], terminal_width=200).output
     compact = " ".join(help_text.replace("│", " ").split())
     assert "CPU limit per rental: auto" in compact and "Memory limit per rental: auto" in compact
+
+
+def test_agent_settings_read_the_agents_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AgentSettings reads the OPENCLORE_AGENT_* variables the command's options read, lists
+    space- or comma-separated as before; sizes, ranges and limits come out parsed."""
+    from openclore.agent.settings import AgentSettings
+
+    for name, value in {
+        "OPENCLORE_AGENT_ALLOWED_REGISTRIES": "registry.lan, 10.0.0.5:5000",
+        "OPENCLORE_AGENT_CAP_DROP": "net_raw,MKNOD",
+        "OPENCLORE_AGENT_PUBLIC_HOST": "gpu1.example.net gpu1b.example.net",
+        "OPENCLORE_AGENT_PORT_RANGE": "41000-41010",
+        "OPENCLORE_AGENT_MEMORY": "48g",
+        "OPENCLORE_AGENT_LOG_MAX_SIZE": "10m",
+        "OPENCLORE_AGENT_DIRECT": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = AgentSettings()
+    assert settings.allowed_registries == ["registry.lan", "10.0.0.5:5000"]
+    assert settings.cap_drop == ("NET_RAW", "MKNOD")
+    assert settings.public_host == ["gpu1.example.net", "gpu1b.example.net"]
+    assert settings.port_range == (41000, 41010)
+    assert settings.memory == 48 * 1024**3 and settings.cpus == "auto"
+    assert settings.log_max_size == 10 * 1024**2 and settings.direct is True
+
+
+def test_agent_options_and_settings_agree() -> None:
+    """Every option of ``openclore agent`` that reads a variable reads its AgentSettings field's,
+    and its default is the field's (parsed)."""
+    import typer
+
+    from openclore.agent.cli import agent
+    from openclore.agent.settings import ENV_PREFIX, AgentSettings
+
+    app = typer.Typer(add_completion=False)
+    app.command()(agent)
+    command = typer.main.get_command(app)
+    renamed = {"allowed_registry": "allowed_registries"}
+    checked = 0
+    for param in command.params:
+        assert param.name is not None
+        field = renamed.get(param.name, param.name)
+        if field == "register_only":
+            continue
+        assert field in AgentSettings.model_fields, field
+        envvar = getattr(param, "envvar", None)
+        if envvar is not None:
+            assert envvar == ENV_PREFIX + field.upper()
+        if param.default is not None:
+            parsed = AgentSettings.model_validate({field: param.default})
+            assert getattr(parsed, field) == AgentSettings.model_fields[field].default, field
+        checked += 1
+    assert checked == len(AgentSettings.model_fields)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--runtime", "podman"], "--runtime must be docker or simulated"),
+        (["--runtime", "simulated", "--gpus", "some"], "--gpus must be auto, all or none"),
+        (
+            ["--runtime", "simulated", "--log-max-files", "0"],
+            "--log-max-size and --log-max-files must be positive",
+        ),
+        (["--runtime", "simulated", "--port-range", "9-1"], "bad port range 9-1"),
+        (["--runtime", "simulated", "--cpus", "lots"], "--cpus: auto, none or a number"),
+        (["--cap-drop", "NET_RAWW"], "--cap-drop: unknown capability 'NET_RAWW'"),
+    ],
+)
+def test_agent_refuses_a_bad_option_in_one_line(
+    tmp_path: Path, options: list[str], message: str
+) -> None:
+    """A registered agent given a value that does not fit stops before it starts anything: a
+    usage error (exit status 2) naming the option, as it always has."""
+    from typer.testing import CliRunner
+
+    from openclore.cli.main import app as openclore_app
+
+    state = {"server_url": "http://[::1]:9", "server_id": 5, "agent_token": "t", "agent_id": "x"}
+    (tmp_path / "agent.json").write_text(json.dumps(state))
+    result = CliRunner().invoke(
+        openclore_app, ["agent", "--state-dir", str(tmp_path), *options], terminal_width=200
+    )
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value: {message}" in result.output

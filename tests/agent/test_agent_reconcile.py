@@ -2,16 +2,6 @@
 
 from __future__ import annotations
 
-from openclore.agent.protocol import (
-    ERROR,
-    KIND_BACKGROUND,
-    KIND_ORDER,
-    PULLING,
-    RESTARTING,
-    RUNNING,
-    STOPPED,
-    DesiredContainer,
-)
 from openclore.agent.reconcile import (
     AUTOSSH_ENTRYPOINT,
     ONSTART_PATH,
@@ -21,6 +11,16 @@ from openclore.agent.reconcile import (
 )
 from openclore.agent.runtime import LABEL_AGENT, LABEL_KEY, LABEL_ORDER, LaunchSpec
 from openclore.agent.runtime.simulated import SimulatedEngine, SimulatedRuntime
+from openclore.protocol import (
+    ERROR,
+    KIND_BACKGROUND,
+    KIND_ORDER,
+    PULLING,
+    RESTARTING,
+    RUNNING,
+    STOPPED,
+    DesiredContainer,
+)
 
 IMAGE = "img/app:1"
 

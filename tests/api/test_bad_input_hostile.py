@@ -70,7 +70,7 @@ def test_nul_or_a_lone_surrogate_anywhere_is_invalid_input(market: Market, bad: 
     """In any JSON body (keys included) and any query string of every endpoint: code 2, never
     an internal error, on both databases (PostgreSQL refuses NUL, every encoder a lone
     surrogate)."""
-    from openclore.api.app import SANDBOX_ENDPOINTS, V1_ENDPOINTS
+    from openclore.api.v1 import SANDBOX_ENDPOINTS, V1_ENDPOINTS
 
     client = market.client(market.user(bitcoin="0.01"))
     paths = [f"/v1/{ep.name}" for ep in V1_ENDPOINTS]

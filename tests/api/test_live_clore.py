@@ -11,7 +11,6 @@ import pytest
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
-from openclore.agent.protocol import RUNNING, ContainerStatus
 from openclore.cli.main import app as cli_app
 from openclore.config import Settings, parse_rates
 from openclore.domain.money import to_units
@@ -26,6 +25,7 @@ from openclore.market.agents import (
     desired_for,
     register_agent,
 )
+from openclore.protocol import RUNNING, ContainerStatus
 from openclore.store.schema import online_intervals, orders, server_prices, servers
 
 from agent_support import host_server

@@ -466,7 +466,8 @@ def test_tables_fit_the_terminal_and_ages_follow_the_market_clock(
 
 
 def test_narrow_terminals_fold_rather_than_squeeze(capsys: pytest.CaptureFixture[str]) -> None:
-    from openclore.cli.client_commands import ORDER_COLUMNS, fit_columns, print_table
+    from openclore.cli.commands.orders import ORDER_COLUMNS
+    from openclore.cli.output import fit_columns, print_table
 
     row = ["7", "3", "on-demand", "0.00001 bitcoin", "0.0000042", "running", "1d0h"]
     ssh = f"ssh -p 40001 root@{HOST}"
@@ -485,7 +486,8 @@ def test_narrow_terminals_fold_rather_than_squeeze(capsys: pytest.CaptureFixture
 
 
 def test_market_clock_is_the_servers_date() -> None:
-    from openclore.cli.client_commands import MarketClock, age
+    from openclore.cli.commands.common import MarketClock
+    from openclore.cli.output import age
 
     clock = MarketClock()
     ahead = email.utils.formatdate(time.time() + 86400, usegmt=True)
@@ -612,7 +614,7 @@ def test_every_commands_help_reads_cleanly_at_80_columns() -> None:
 
 
 def test_what_wait_says_it_waits_for() -> None:
-    from openclore.cli.client_commands import waiting_for
+    from openclore.cli.commands.orders import waiting_for
     from openclore.client import Order
 
     base = {"id": 7, "si": 3, "currency": "bitcoin", "price": 1, "mrl": 3600, "ct": 0}

@@ -18,14 +18,14 @@ import pytest
 from sqlalchemy import event as sa_event
 from sqlalchemy import update
 
-from openclore.agent.protocol import ERROR, KIND_ORDER, ContainerStatus
-from openclore.cli.client_commands import describe_event
+from openclore.cli.commands.events import describe_event
 from openclore.client import Client, Event
 from openclore.engine.ticker import tick
 from openclore.market.accounts import issue_token, revoke_token
 from openclore.market.agents import agent_heartbeat, apply_statuses
 from openclore.market.servers import remove_server
 from openclore.market.wallets import deposit
+from openclore.protocol import ERROR, KIND_ORDER, ContainerStatus
 from openclore.store.schema import servers
 
 from support import Market, ok, order_body, spot_body

@@ -78,13 +78,13 @@ def test_old_events_and_finished_deliveries_go_pending_ones_and_money_stay(
 def test_a_serving_process_purges_by_itself(
     market: Market, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from openclore.api.app import create_app
+    from openclore.serve import server_app
 
     monkeypatch.setattr(housekeeping, "FIRST_DELAY", 0.0)
     token = market.user()
     credit(market, token, 3)
     market.clock.advance(31 * DAY)
-    app = create_app(market.settings, db=market.db, clock=market.clock, background_ticker=True)
+    app = server_app(market.settings, db=market.db, clock=market.clock)
 
     async def serve_a_while() -> None:  # the app's lifespan, as uvicorn runs it
         async with app.router.lifespan_context(app):

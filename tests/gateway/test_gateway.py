@@ -28,7 +28,7 @@ import pytest
 from sqlalchemy import select
 
 from openclore.agent.runtime.docker import DockerRuntime
-from openclore.cli.client_commands import order_ready
+from openclore.cli.commands.orders import order_ready
 from openclore.client import Client, Order
 from openclore.client._base import ssh_banner
 from openclore.store.schema import orders
@@ -667,18 +667,22 @@ def test_a_real_agent_joining_the_demo_tunnels_through_the_gateway(
     market: Market, gateway: GatewayThread, tmp_path: Path
 ) -> None:
     """The demo's never-connected server (Michael) joined by a real agent: no longer simulated,
-    its rentals are reached through the gateway named ``localhost``."""
+    its rentals are reached through the gateway named ``localhost``: bytes sent to the public
+    port come back from the rental's port on the host, through the agent's tunnel."""
     from openclore.market.demo import seed
 
     with market.db.write() as conn:
         world = seed(conn, market.settings, market.now())
     owner = market.client(world.tokens[next(k for k in world.tokens if "jan" in k)])
     renter = market.client(world.tokens[next(k for k in world.tokens if "renter" in k)])
+    backend = free_port()  # the one host port the agent's runtime hands out
     agent = start_agent(
         market.url,
         tmp_path / "michael",
         init_token="qnwVIMsZPjUWS7jw6gAbTOeoGQNgTH9XVxJaiCEbG0OlmfjF",
+        port_range=(backend, backend),
     )
+    echo = None
     try:
         ok(
             owner.post(
@@ -696,7 +700,16 @@ def test_a_real_agent_joining_the_demo_tunnels_through_the_gateway(
         assert lo <= published(order, "22") <= hi
         logs = ok(renter.get("/v1/order_logs", params={"id": oid}))["logs"]
         assert logs[0].startswith("[simulated] container ")  # the agent's runtime answered
+        (status,) = [s for s in agent.reconciler.snapshot() if s.order_id == oid]
+        assert status.tcp_ports["22"] == backend
+        echo = EchoServer(backend)
+        port = published(order, "22")
+        wait_for(lambda: port in gateway.gateway.listeners, 10, what="public port open")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            assert echoes(conn, b"through-the-tunnel")
     finally:
+        if echo is not None:
+            echo.close()
         agent.stop()
 
 

@@ -21,6 +21,9 @@ def test_add_server_over_http_and_my_servers_shape(market: Market) -> None:
         "pricing": {"bitcoin": 0.0, "CLORE-Blockchain": 0.0, "USD-Blockchain": 0.0},
         "online": False,
         "min_spot_pricing": {"bitcoin": 0.0, "CLORE-Blockchain": 0.0, "USD-Blockchain": 0.0},
+        "partial_gpu_rental": False,
+        "min_gpus": 1,
+        "gpu_orders": {},
         "init_token": body["init_token"],
     }
     assert error(c.post("/v1/add_server", json={"name": "Michael"})) == "server_name_taken"

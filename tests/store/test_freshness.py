@@ -157,7 +157,7 @@ def replica(market: Market) -> Iterator[str]:
         "OPENCLORE_CREATE_ORDER_INTERVAL": "0",
         "OPENCLORE_TICK_INTERVAL": "0",
     }
-    args = [sys.executable, "-m", "uvicorn", "openclore.api.server:app_factory", "--factory"]
+    args = [sys.executable, "-m", "uvicorn", "openclore.serve:api_app_factory", "--factory"]
     proc = subprocess.Popen(
         [*args, "--port", str(port), "--log-level", "warning"],
         env=env,

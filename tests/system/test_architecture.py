@@ -1,10 +1,15 @@
 """The package import graph goes one way: a new import against it fails here, not in review.
 
-    domain  ←  ledger  ←  engine  ←  market  ←  api  ←  web  ←  cli
-      (pure)    store ↗                  ↖ agent.protocol (shared with the host agent)
+    domain  ←  ledger  ←  engine  ←  market  ←  api  ←  web  ←  serve  ←  cli
+      (pure)    store ↗                ↑   ↖ gateway ←────────────┘
+                                   protocol (shared with the host agent)
 
-``client`` (the SDK) and ``agent`` (the host agent) run on other machines and import nothing of
-the server; ``agent.protocol`` is the one module both sides share.
+``serve`` is the composition root: it builds a serving process's app and starts the background
+work (engine ticker, housekeeping, webhook deliverer, gateway), so it may import every server
+package, and ``api`` knows nothing of ``gateway``. ``client`` (the SDK) and ``agent`` (the host
+agent) run on other machines and import nothing of the server; ``protocol`` is the one module
+both sides share, and it imports nothing of openclore. Within ``api`` the modules import one way
+too (no circle, not even under ``TYPE_CHECKING``).
 """
 
 from __future__ import annotations
@@ -22,16 +27,31 @@ ALLOWED: dict[str, set[str]] = {
     "domain": set(),
     "store": set(),
     "config": set(),
+    "protocol": set(),
     "ledger": {"store"},
     "engine": {"domain", "ledger", "store"},
-    "market": {"domain", "ledger", "engine", "store", "config", "agent.protocol"},
-    "api": {"domain", "ledger", "engine", "market", "store", "config", "agent.protocol", "gateway"},
+    "market": {"domain", "ledger", "engine", "store", "config", "protocol"},
+    "api": {"domain", "ledger", "engine", "market", "store", "config", "protocol"},
     # the web console: pages over the market use cases, mounted on the API's app (no SQL)
     "web": {"api", "market", "domain", "engine", "config"},
     "client": set(),
-    "agent": set(),
+    "agent": {"protocol"},
     "gateway": {"market", "store", "config"},
+    # the composition root: a serving process's app and its background work
+    "serve": {
+        "api",
+        "web",
+        "gateway",
+        "market",
+        "engine",
+        "ledger",
+        "domain",
+        "store",
+        "config",
+        "protocol",
+    },
     "cli": {
+        "serve",
         "api",
         "web",
         "market",
@@ -42,7 +62,6 @@ ALLOWED: dict[str, set[str]] = {
         "config",
         "client",
         "agent",
-        "gateway",
     },
     "__main__": {"cli"},
 }
@@ -71,8 +90,6 @@ def _target(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] != "openclore" or len(parts) < 2:
         return None
-    if parts[1] == "agent" and len(parts) > 2 and parts[2] == "protocol":
-        return "agent.protocol"
     return parts[1]
 
 
@@ -82,7 +99,7 @@ def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
         package = _package(path, root)
         for module in _imports(path):
             target = _target(module)
-            if target is not None and target != package and target.split(".")[0] != package:
+            if target is not None and target != package:
                 graph[package].add(target)
     return graph
 
@@ -93,7 +110,7 @@ def test_packages_import_only_downwards() -> None:
         allowed = ALLOWED.get(package)
         assert allowed is not None, f"new package {package!r}: add it to ALLOWED"
         for target in targets:
-            if target not in allowed and target.split(".")[0] not in allowed:
+            if target not in allowed:
                 leaks.append(f"{package} imports {target}")
     assert leaks == []
 
@@ -104,10 +121,48 @@ def test_the_domain_is_pure() -> None:
         assert not roots & DOMAIN_FORBIDDEN, (path.name, roots & DOMAIN_FORBIDDEN)
 
 
-def test_the_agent_protocol_stands_alone() -> None:
-    """Both sides load it: it imports nothing of openclore."""
-    modules = _imports(ROOT / "agent" / "protocol.py")
-    assert not [m for m in modules if m.startswith("openclore")]
+def _module_graph(package: Path) -> dict[str, set[str]]:
+    """Each module of ``package`` → the modules of the same package it imports (at any level,
+    ``TYPE_CHECKING`` blocks and function bodies included)."""
+    prefix = f"openclore.{package.name}."
+    modules = {path.stem for path in package.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in package.glob("*.py"):
+        found = set()
+        for module in _imports(path):
+            if module.startswith(prefix):
+                name = module[len(prefix) :].split(".")[0]
+                if name in modules and name != path.stem:
+                    found.add(name)
+        graph[path.stem] = found
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import circle of ``graph`` (its modules in order), or [] when there is none."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return []
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return []
+
+
+def test_the_api_modules_import_without_a_circle() -> None:
+    assert _cycle(_module_graph(ROOT / "api")) == []
 
 
 def test_the_checker_sees_a_leak(tmp_path: Path) -> None:
@@ -115,6 +170,19 @@ def test_the_checker_sees_a_leak(tmp_path: Path) -> None:
     (tmp_path / "domain").mkdir()
     (tmp_path / "domain" / "rules.py").write_text("from openclore.api.wire import dumps\n")
     (tmp_path / "market").mkdir()
-    (tmp_path / "market" / "x.py").write_text("import openclore.agent.protocol\n")
+    (tmp_path / "market" / "x.py").write_text("import openclore.protocol\n")
     graph = import_graph(tmp_path)
-    assert graph == {"domain": {"api"}, "market": {"agent.protocol"}}
+    assert graph == {"domain": {"api"}, "market": {"protocol"}}
+
+
+def test_the_checker_sees_a_circle(tmp_path: Path) -> None:
+    """A circle hidden under TYPE_CHECKING counts: the module graph reads every import."""
+    api = tmp_path / "api"
+    api.mkdir()
+    (api / "a.py").write_text("from openclore.api.b import B\n")
+    (api / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from openclore.api.a import A\n"
+    )
+    (api / "c.py").write_text("from openclore.api import a\n")
+    assert _module_graph(api) == {"a": {"b"}, "b": {"a"}, "c": {"a"}}
+    assert _cycle(_module_graph(api)) == ["a", "b", "a"]

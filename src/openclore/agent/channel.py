@@ -19,15 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from openclore.agent.protocol import (
+from openclore.agent.reconcile import Reconciler
+from openclore.agent.specs import Specs
+from openclore.agent.tunnel import Tunnel, forwards_of, load_key
+from openclore.protocol import (
     CLOSE_UNAUTHORIZED,
     PROTOCOL_VERSION,
     ContainerStatus,
     DesiredContainer,
 )
-from openclore.agent.reconcile import Reconciler
-from openclore.agent.specs import Specs
-from openclore.agent.tunnel import Tunnel, forwards_of, load_key
 
 log = logging.getLogger("openclore.agent")
 

@@ -37,18 +37,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from openclore.agent.gpu import GpuTuner
-from openclore.agent.protocol import (
-    CRASH_LOOP,
-    ERROR,
-    KIND_ORDER,
-    PULLING,
-    RESTARTING,
-    RUNNING,
-    STARTING,
-    STOPPED,
-    ContainerStatus,
-    DesiredContainer,
-)
 from openclore.agent.runtime import (
     LABEL_AGENT,
     LABEL_HTTP,
@@ -64,6 +52,18 @@ from openclore.agent.runtime import (
     PortTaken,
     Runtime,
     RuntimeProblem,
+)
+from openclore.protocol import (
+    CRASH_LOOP,
+    ERROR,
+    KIND_ORDER,
+    PULLING,
+    RESTARTING,
+    RUNNING,
+    STARTING,
+    STOPPED,
+    ContainerStatus,
+    DesiredContainer,
 )
 
 log = logging.getLogger("openclore.agent.reconcile")

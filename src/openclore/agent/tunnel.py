@@ -21,7 +21,7 @@ from typing import Any
 
 import asyncssh
 
-from openclore.agent.protocol import KIND_ORDER, RUNNING, ContainerStatus
+from openclore.protocol import KIND_ORDER, RUNNING, ContainerStatus
 
 log = logging.getLogger("openclore.agent.tunnel")
 

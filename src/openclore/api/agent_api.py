@@ -5,7 +5,7 @@
   issues the agent's own long-lived credential, of which only a SHA-256 hash is stored
   (``servers.agent_token_hash``). A spent token gets HTTP 409, an unknown one 401.
 - ``WS /agent/v1/connect`` with ``Authorization: Bearer <agent_token>``: one persistent
-  connection per agent (protocol in :mod:`openclore.agent.protocol`).
+  connection per agent (protocol in :mod:`openclore.protocol`).
 
 Why a WebSocket: the server must *push* a new order to the machine in well under a second, and
 agents sit behind NAT and firewalls that allow only outbound connections. A WebSocket is one
@@ -28,7 +28,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -36,8 +36,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from openclore.agent.protocol import CLOSE_UNAUTHORIZED, PROTOCOL_VERSION, desired_rev
 from openclore.api import metrics
+from openclore.api.state import AppState
 from openclore.api.transport import MAX_WS_FRAME_BYTES, BodyTooLarge
 from openclore.api.wire import dumps, parse_json, parse_object
 from openclore.domain.errors import InvalidInput
@@ -60,9 +60,7 @@ from openclore.market.agents import (
 )
 from openclore.market.logs import open_questions, record_answer
 from openclore.market.tunnels import assign_gateway
-
-if TYPE_CHECKING:
-    from openclore.api.app import AppState
+from openclore.protocol import CLOSE_UNAUTHORIZED, PROTOCOL_VERSION, desired_rev
 
 log = logging.getLogger("openclore.agent_api")
 

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import weakref
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
+from openclore.api.state import AppState, Call
 from openclore.domain.errors import InvalidInput, RateLimited
 from openclore.engine import notify as wake
 from openclore.engine.outbox import Event, events_after, latest_event_id, user_wake_id
@@ -34,44 +33,11 @@ from openclore.market import inputs
 from openclore.market import webhooks as webhook_service
 from openclore.store.db import Database
 
-if TYPE_CHECKING:
-    from openclore.api.app import AppState, Call
-
 MAX_PAGE = 1000
 STREAM_BATCH = 500
 POLL_INTERVAL = 1.0  # SQLite replicas have no NOTIFY: look at least this often
 KEEPALIVE = 15.0
 TOKEN_CHECK = 2.0  # seconds between two checks of a stream's token
-
-
-class StreamSlots:
-    """How many event streams each user has open in this process."""
-
-    def __init__(self) -> None:
-        self._open: Counter[int] = Counter()
-        self._lock = threading.Lock()
-
-    def take(self, user_id: int, limit: int) -> Callable[[], None] | None:
-        """A slot for one more stream (its release, safe to call twice), or None when full."""
-        with self._lock:
-            if self._open[user_id] >= limit:
-                return None
-            self._open[user_id] += 1
-        released = threading.Event()
-
-        def release() -> None:
-            if released.is_set():
-                return
-            released.set()
-            with self._lock:
-                self._open[user_id] -= 1
-                if self._open[user_id] <= 0:
-                    del self._open[user_id]
-
-        return release
-
-    def count(self, user_id: int) -> int:
-        return self._open[user_id]
 
 
 def _uid(call: Call) -> int:

@@ -7,7 +7,7 @@ the same pydantic models the handlers validate with.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -15,10 +15,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from openclore.api import models
+from openclore.api.state import Endpoint
 from openclore.market import inputs
-
-if TYPE_CHECKING:
-    from openclore.api.app import Endpoint
 
 REQUESTS: dict[str, type[BaseModel]] = {
     "server_config": inputs.ServerNameRequest,

@@ -9,18 +9,8 @@ from typing import Annotated
 
 import typer
 
-from openclore.cli.client_commands import (
-    JsonOpt,
-    KeyOpt,
-    ProfileOpt,
-    UrlOpt,
-    ctx,
-    emit_json,
-    fail,
-    handled,
-    out,
-    parse_decimal,
-)
+from openclore.cli.commands.common import Ctx, client_command, parse_decimal
+from openclore.cli.output import emit_json, fail, out
 
 sandbox_app = typer.Typer(
     help="A sandbox market (serve --demo, OPENCLORE_SANDBOX=1): travel in time, fund wallets.",
@@ -51,19 +41,15 @@ def _span(seconds: int) -> str:
 
 
 @sandbox_app.command()
+@client_command
 def advance(
-    duration: Annotated[str, typer.Argument(help="how long: 90, 15m, 2h, 1d, 1d12h …")],
-    json: JsonOpt = False,
-    profile: ProfileOpt = None,
-    url: UrlOpt = None,
-    api_key: KeyOpt = None,
+    c: Ctx, duration: Annotated[str, typer.Argument(help="how long: 90, 15m, 2h, 1d, 1d12h …")]
 ) -> None:
     """Move the market's clock forward: billing and expiry happen as if the time had passed."""
     seconds = parse_duration(duration)
-    c = ctx(json, profile, url, api_key)
-    with handled(c.target), c.client() as client:
+    with c.session() as client:
         now = client.sandbox.advance_time(seconds)
-    if json:
+    if c.json:
         emit_json({"advanced": seconds, "now": now})
     else:
         when = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -71,39 +57,27 @@ def advance(
 
 
 @sandbox_app.command()
-def deposit(
-    currency: str,
-    amount: str,
-    json: JsonOpt = False,
-    profile: ProfileOpt = None,
-    url: UrlOpt = None,
-    api_key: KeyOpt = None,
-) -> None:
+@client_command
+def deposit(c: Ctx, currency: str, amount: str) -> None:
     """Credit AMOUNT whole coins of CURRENCY to your own wallet."""
     value: Decimal = parse_decimal(amount, "amount")
     if value <= 0:
         fail("the amount must be positive")
-    c = ctx(json, profile, url, api_key)
-    with handled(c.target), c.client() as client:
+    with c.session() as client:
         client.sandbox.deposit(currency, value)
-    if json:
+    if c.json:
         emit_json({"currency": currency, "amount": value})
     else:
         out.print(f"deposited {amount} {currency}")
 
 
 @sandbox_app.command()
-def reset(
-    json: JsonOpt = False,
-    profile: ProfileOpt = None,
-    url: UrlOpt = None,
-    api_key: KeyOpt = None,
-) -> None:
+@client_command
+def reset(c: Ctx) -> None:
     """Throw the sandbox market away and restore the demo world."""
-    c = ctx(json, profile, url, api_key)
-    with handled(c.target), c.client() as client:
+    with c.session() as client:
         client.request("POST", "/sandbox/reset")
-    if json:
+    if c.json:
         emit_json({"reset": True})
     else:
         out.print("the demo world is back")

@@ -257,6 +257,28 @@ class OrderLimitReached(MarketError):
         return None if value is None else int(value)
 
 
+class PartialGpuRentalOff(MarketError):
+    """The server rents whole only: an order for some of its GPUs is refused."""
+
+    names = ("partial_gpu_rental_off",)
+
+
+class GpuCountOutOfRange(MarketError):
+    """The GPU count asked for is below the server's ``min_gpus`` or above its GPUs."""
+
+    names = ("gpu_count_out_of_range",)
+
+    @property
+    def min_gpus(self) -> int | None:
+        value = self.response.get("min_gpus")
+        return None if value is None else int(value)
+
+    @property
+    def max_gpus(self) -> int | None:
+        value = self.response.get("max_gpus")
+        return None if value is None else int(value)
+
+
 class NotADemoWorld(MarketError):
     names = ("not_a_demo_world",)
 
@@ -369,6 +391,8 @@ MARKET_ERRORS: dict[str, type[MarketError]] = {
         WebhookDoesNotExist,
         WebhookLimitReached,
         WebhookUrlNotAllowed,
+        PartialGpuRentalOff,
+        GpuCountOutOfRange,
     )
     for name in cls.names
 }

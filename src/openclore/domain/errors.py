@@ -91,6 +91,17 @@ _KINDS = (
     ErrorKind("order_dont_exist", 404, N_("No such order.")),
     ErrorKind("server-offline", 409, N_("This server is offline.")),
     ErrorKind("server-already-rented", 409, N_("Someone rents this server on demand already.")),
+    ErrorKind(
+        "partial_gpu_rental_off",
+        409,
+        N_("This server is rented whole: ask for all of its GPUs, or leave the count out."),
+    ),
+    ErrorKind(
+        "gpu_count_out_of_range",
+        400,
+        N_("This server rents out between its minimum and all of its GPUs."),
+        ("min_gpus", "max_gpus"),
+    ),
     ErrorKind("you_already_have_spot_order", 409, N_("You have a bid on this server already.")),
     ErrorKind("order_not_active", 409, N_("This order has ended.")),
     ErrorKind(

@@ -1,9 +1,12 @@
 """Billing and the running state of orders, applied inside the caller's transaction.
 
-An order is *running* (and billed) when its server is online and it holds the server: the live
-on-demand order if there is one, else the highest live spot bid (ties: the earliest). Every change
-that may move that (a bid, a new or ended order, a server going offline or online) calls
-:func:`resolve_server` in the same transaction; every order that stops running is settled first.
+An order is *running* (and billed) when its server is online and it holds GPU slots: the
+allocation of :mod:`openclore.domain.slots` (SPEC §8) gives them to on-demand orders first, then
+to spot bids by price per slot (ties: the earliest). A whole-server order needs every slot, so on
+a server rented whole this is the live on-demand order if there is one, else the highest bid.
+Every change that may move that (a bid, a new or ended order, a server going offline or online)
+calls :func:`resolve_server` in the same transaction; every order that stops running is settled
+first.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from openclore.domain.money import affordable_seconds, fee_for, segment_spend
-from openclore.domain.spot import ranked
+from openclore.domain.slots import Claim, Slots, allocate
+from openclore.domain.specs import clean_gpu_array
 from openclore.engine.notify import notify_server
 from openclore.engine.outbox import order_ended, order_states, record_order_changes
 from openclore.ledger.ledger import (
@@ -24,12 +28,16 @@ from openclore.ledger.ledger import (
     transfer,
     wallet_id,
 )
+from openclore.store.db import get_meta
 from openclore.store.schema import orders, servers
 
 Row = Mapping[str, Any]
 # Agents heartbeat every few seconds; billing of a silent server stops this long after the last
 # heartbeat, so renters are not charged for the time it takes to declare a server offline.
 BILLING_GRACE = 15
+# the market's spot_starvation_seconds, as `openclore serve` records it in the meta table
+STARVATION_KEY = "spot_starvation_seconds"
+DEFAULT_STARVATION_SECONDS = 3600
 
 
 def _wallet(conn: Connection, user_id: int, currency: str) -> int:
@@ -174,9 +182,10 @@ def resolve_server(conn: Connection, server_id: int, now: int) -> None:
     exactly as if the time had passed second by second. The caller holds the server row lock
     (:func:`lock_server`), so this is the only transaction changing this server's orders.
     """
-    online = bool(
-        conn.execute(select(servers.c.online).where(servers.c.id == server_id)).scalar_one()
-    )
+    server = conn.execute(
+        select(servers.c.online, servers.c.gpu_array).where(servers.c.id == server_id)
+    ).one()
+    online = bool(server.online)
     before = order_states(conn, server_id)
     changed = False
     while True:
@@ -199,37 +208,100 @@ def resolve_server(conn: Connection, server_id: int, now: int) -> None:
                 changed = True
             else:
                 remaining.append(order)
-        winner: int | None = None
-        unfunded: set[int] = set()
-        for candidate in ranked(remaining) if online else []:
-            if candidate["running"] or can_pay_next_second(conn, candidate):
-                winner = int(candidate["id"])
-                break
-            _end_unfunded(conn, candidate, start)  # it would take the server and not pay
-            unfunded.add(candidate["id"])
-            changed = True
+        holds, unfunded = _allocate(conn, server, remaining, online, start)
+        changed = changed or bool(unfunded)
         remaining = [o for o in remaining if o["id"] not in unfunded]
         for order in remaining:
-            should_run = order["id"] == winner
-            if should_run and not order["running"]:
-                conn.execute(
-                    update(orders)
-                    .where(orders.c.id == order["id"])
-                    .values(running=True, billed_at=max(start, order["ct"]))
-                )
-                changed = True
-            elif not should_run and order["running"]:
-                conn.execute(
-                    update(orders)
-                    .where(orders.c.id == order["id"])
-                    .values(running=False, billed_at=None)
-                )
-                changed = True
+            changed = _apply(conn, order, holds.get(order["id"], ()), start) or changed
         if start >= now:
             break
     if changed:
         notify_server(conn, server_id)
         record_order_changes(conn, server_id, before, now)
+
+
+def slot_count(gpu_array: Any) -> int:
+    """A server's GPU slots: its reported GPUs, and one slot for a server without any (it is
+    rented whole)."""
+    return max(1, len(clean_gpu_array(gpu_array)))
+
+
+def order_slots(order: Row, n: int) -> int:
+    """How many slots an order needs: its ``gpu_count``, or all ``n`` for a whole-server order."""
+    return int(order["gpu_count"]) if order.get("gpu_count") is not None else n
+
+
+def order_claim(order: Row, n: int) -> Claim | None:
+    """The order as the allocation sees it; None when it cannot fit this server any more (the
+    server reports fewer GPUs than it asked for): it waits, holding nothing."""
+    k = order_slots(order, n)
+    wanted = tuple(order["gpus_wanted"]) if order.get("gpus_wanted") else None
+    if k > n or (wanted is not None and max(wanted) >= n):
+        return None
+    held: Slots = ()
+    if order["running"]:
+        stored = tuple(order.get("gpus") or ())
+        held = stored if len(stored) == k else tuple(range(n)) if k == n else ()
+    return Claim(
+        id=int(order["id"]),
+        spot=bool(order["spot"]),
+        price=int(order["price"]),
+        k=k,
+        wanted=wanted,
+        held=held,
+        waiting_since=order.get("waiting_since"),
+    )
+
+
+def _allocate(
+    conn: Connection, server: Any, live: list[Row], online: bool, at: int
+) -> tuple[dict[int, Slots], set[int]]:
+    """The slots each live order holds from ``at`` on, and the orders ended because they would
+    start without the money for their first second (they never take slots they cannot pay)."""
+    n = slot_count(server.gpu_array)
+    unfunded: set[int] = set()
+    if not online:
+        return {}, unfunded
+    starvation: int | None = None
+    if any(o["spot"] and not o["running"] for o in live):
+        starvation = get_meta(conn, STARVATION_KEY, DEFAULT_STARVATION_SECONDS)
+    while True:
+        claims = [
+            c for o in live if o["id"] not in unfunded and (c := order_claim(o, n)) is not None
+        ]
+        holds = allocate(n, claims, online=True, now=at, starvation_seconds=starvation)
+        broke = [
+            o
+            for o in live
+            if o["id"] not in unfunded
+            and holds.get(o["id"])
+            and not o["running"]
+            and not can_pay_next_second(conn, o)
+        ]
+        if not broke:
+            return holds, unfunded
+        for order in broke:
+            _end_unfunded(conn, order, at)  # it would take slots and not pay
+            unfunded.add(order["id"])
+
+
+def _apply(conn: Connection, order: Row, slots: Slots, at: int) -> bool:
+    """Start, stop or move one order to the slots it was given; True when it ran or stopped."""
+    values: dict[str, Any] = {}
+    if slots and not order["running"]:
+        values = {"running": True, "billed_at": max(at, order["ct"]), "gpus": list(slots)}
+        values["waiting_since"] = None
+    elif not slots and order["running"]:
+        values = {"running": False, "billed_at": None, "gpus": []}
+        if order["spot"]:
+            values["waiting_since"] = at
+    elif slots and list(slots) != list(order.get("gpus") or ()):
+        values = {"gpus": list(slots)}  # moved (or first recorded): the agent follows
+    elif not slots and order["spot"] and order.get("waiting_since") is None:
+        values = {"waiting_since": max(at, order["ct"])}
+    if values:
+        conn.execute(update(orders).where(orders.c.id == order["id"]).values(**values))
+    return "running" in values or "gpus" in values
 
 
 def lock_server(conn: Connection, server_id: int) -> Row | None:

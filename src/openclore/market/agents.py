@@ -20,7 +20,13 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from openclore.agent.protocol import (
+from openclore.domain.gpu_settings import check_gpu_limits
+from openclore.domain.specs import UNSAFE_TEXT, check_gpu_array, check_specs
+from openclore.engine.billing import lock_server, resolve_server
+from openclore.engine.outbox import ORDER_FAILED, SERVER_ONLINE, emit
+from openclore.engine.reliability import came_online
+from openclore.market.tunnels import public_ports
+from openclore.protocol import (
     CRASH_LOOP,
     ERROR,
     KIND_BACKGROUND,
@@ -33,12 +39,6 @@ from openclore.agent.protocol import (
     DesiredContainer,
     env_dict,
 )
-from openclore.domain.gpu_settings import check_gpu_limits
-from openclore.domain.specs import UNSAFE_TEXT, check_gpu_array, check_specs
-from openclore.engine.billing import lock_server, resolve_server
-from openclore.engine.outbox import ORDER_FAILED, SERVER_ONLINE, emit
-from openclore.engine.reliability import came_online
-from openclore.market.tunnels import public_ports
 from openclore.store.schema import orders, servers
 
 log = logging.getLogger("openclore.agents")

@@ -37,6 +37,7 @@ ENV_NAME = re.compile(r"^[^=\x00]+$")
 # price × the longest rental in seconds inside 64-bit integers, in SQL as in Python.
 MAX_COINS = Decimal(1_000_000)
 MAX_ID = 2**31 - 1
+MAX_GPUS = 64  # GPU slots on one server: more than any machine has
 
 
 def _json_number(value: Any) -> Any:
@@ -120,6 +121,9 @@ class SetServerSettingsRequest(Request):
     # live Clore: USD prices per currency, and which currencies follow them ("usd") or not
     usd_pricing: dict[StrictStr, dict[Literal["on_demand", "spot"], Price | None]] | None = None
     autoprice: dict[StrictStr, Literal["usd", False]] | None = None
+    # per-GPU rentals (SPEC §8): renters may take some of the GPUs, at least min_gpus of them
+    partial_gpu_rental: StrictBool | None = None
+    min_gpus: Annotated[StrictInt, Field(ge=1, le=MAX_GPUS)] | None = None
 
     def enabled(self, currencies: list[str]) -> dict[str, bool]:
         """``enabled-<currency>`` keys: whether the server accepts that currency."""
@@ -170,6 +174,19 @@ class CreateOrderRequest(Request):
     autossh_entrypoint: StrictBool | None = None
     # registry credentials for this pull only ("user:password" or "user:token")
     dockerhub_auth: StrictStr | None = Field(None, max_length=2048)
+    # GPU slots (SPEC §8): how many of a partial server's GPUs, or exactly which (NVML indices);
+    # neither: the whole server, as every Clore client asks
+    gpu_count: Annotated[StrictInt, Field(ge=1, le=MAX_GPUS)] | None = None
+    gpus: (
+        Annotated[list[Annotated[StrictInt, Field(ge=0, lt=MAX_GPUS)]], Field(min_length=1)] | None
+    ) = None
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("each GPU index once")
+        return None if value is None else sorted(value)
 
     @field_validator("dockerhub_auth")
     @classmethod
@@ -230,7 +247,14 @@ class CreateOrderRequest(Request):
     def _spot_needs_price(self) -> CreateOrderRequest:
         if self.is_spot and self.spotprice is None:
             raise ValueError("spotprice is required for a spot order")
+        if self.gpus is not None and self.gpu_count not in (None, len(self.gpus)):
+            raise ValueError("gpu_count and gpus disagree: send one of them")
         return self
+
+    @property
+    def slots_asked(self) -> int | None:
+        """How many GPUs the order asks for (None: the whole server)."""
+        return len(self.gpus) if self.gpus is not None else self.gpu_count
 
     @property
     def is_spot(self) -> bool:

@@ -7,16 +7,25 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, select, update
 
 from openclore.config import Settings
-from openclore.domain.errors import MarketError
+from openclore.domain.errors import InvalidInput, MarketError
 from openclore.domain.money import (
     bp_to_percent,
     percent_to_bp,
     to_coins,
     to_units,
 )
+from openclore.domain.slots import bid_meets_minimum, on_demand_admission, slot_price
 from openclore.domain.specs import clean_gpu_array, clean_specs
 from openclore.domain.spot import lowest_bid, runway, seconds_until_lowering
-from openclore.engine.billing import Row, end_order, lock_server, resolve_server
+from openclore.engine.billing import (
+    Row,
+    end_order,
+    live_orders,
+    lock_server,
+    order_claim,
+    resolve_server,
+    slot_count,
+)
 from openclore.engine.outbox import order_created
 from openclore.ledger.ledger import balance, ensure_wallet, system_account_id, transfer, wallet_id
 from openclore.market.accounts import lock_user
@@ -62,29 +71,28 @@ def create_order(
     on_demand_price, min_spot = prices_of(conn, [server["id"]], enabled_only=True)[
         server["id"]
     ].get(req.currency, (0, 0))
-    live = conn.execute(
-        select(orders.c.user_id, orders.c.spot).where(
-            orders.c.server_id == server["id"], orders.c.expired.is_(False)
-        )
-    ).all()
+    live = live_orders(conn, server["id"])
+    n = slot_count(server["gpu_array"])
+    k, wanted = _slots_asked(req, server, n)
     if req.is_spot:
         if min_spot <= 0:
             raise MarketError("currency-not-allowed")
         assert req.spotprice is not None
         price = to_units(req.spotprice)
-        if price < min_spot:
-            raise MarketError("too_low_price", min_price=to_coins(min_spot))
-        if any(o.spot and o.user_id == user_id for o in live):
+        if not bid_meets_minimum(price, k or n, min_spot, n):
+            least = -(-min_spot * (k or n) // n)  # the minimum for its slots, rounded up
+            raise MarketError("too_low_price", min_price=to_coins(least))
+        if any(o["spot"] and o["user_id"] == user_id for o in live):
             raise MarketError("you_already_have_spot_order")
         fee_bp = percent_to_bp(settings.fee_spot)
         creation_fee = to_units(settings.creation_fee_spot.get(req.currency, 0))
     else:
-        if on_demand_price <= 0:
+        price = on_demand_price if k is None else slot_price(on_demand_price, k, n)
+        if price <= 0:
             raise MarketError("currency-not-allowed")
-        price = on_demand_price
         if req.required_price is not None and to_units(req.required_price) != price:
             raise MarketError("price_changed", price=to_coins(price))
-        if any(not o.spot for o in live):
+        if not _on_demand_fits(live, n, k, wanted):
             raise MarketError("server-already-rented")
         fee_bp = percent_to_bp(settings.fee_on_demand)
         creation_fee = to_units(settings.creation_fee_on_demand.get(req.currency, 0))
@@ -130,6 +138,9 @@ def create_order(
                 fee_paid=0,
                 tcp_ports=[],
                 http_label=new_http_label(),
+                gpu_count=k,
+                gpus_wanted=None if wanted is None else list(wanted),
+                gpus=[],
             )
         )
     )
@@ -150,6 +161,35 @@ def create_order(
         _simulate_connection(conn, order_id, server, req, settings)
     resolve_server(conn, server["id"], now)
     return order_id
+
+
+def _slots_asked(
+    req: CreateOrderRequest, server: Row, n: int
+) -> tuple[int | None, tuple[int, ...] | None]:
+    """The GPU slots an order asks for (SPEC §8): ``(None, None)`` for the whole server (no
+    count, or every GPU), else the count and the explicit indices if any."""
+    asked = req.slots_asked
+    if asked is None or (asked == n and req.gpus is None):
+        return None, None
+    if req.gpus is not None and req.gpus[-1] >= n:
+        raise InvalidInput(f"gpus: this server's GPUs are 0 to {n - 1}")
+    if asked == n:
+        return None, None  # every index: the whole server
+    if not server["partial_gpu_rental"]:
+        raise MarketError("partial_gpu_rental_off")
+    if not server["min_gpus"] <= asked <= n:
+        raise MarketError("gpu_count_out_of_range", min_gpus=server["min_gpus"], max_gpus=n)
+    return asked, None if req.gpus is None else tuple(req.gpus)
+
+
+def _on_demand_fits(live: list[Row], n: int, k: int | None, wanted: tuple[int, ...] | None) -> bool:
+    """Whether a new on-demand order gets its slots: a whole-server order while no other
+    on-demand order lives; a partial one while on-demand orders leave it enough (it preempts
+    the lowest bids it needs)."""
+    if k is None:
+        return not any(not o["spot"] for o in live)
+    claims = [c for o in live if (c := order_claim(o, n)) is not None]
+    return on_demand_admission(n, claims, k, wanted) is not None
 
 
 def _simulate_connection(
@@ -376,6 +416,10 @@ def order_view(
         out["oc"] = list(row["oc"])
         if row["oc_failed"] is not None:
             out["oc_failed"] = row["oc_failed"]
+    n = len(clean_gpu_array(server["gpu_array"])) if server is not None else 0
+    # GPU slots (SPEC §8): every index for a whole-server order, else the ones it holds now
+    out["gpus"] = list(range(n)) if row.get("gpu_count") is None else list(row.get("gpus") or [])
+    out["gpu_count"] = n if row.get("gpu_count") is None else row["gpu_count"]
     out["running"] = row["running"]
     if row["runtime_state"]:
         out["state"] = row["runtime_state"]

@@ -10,11 +10,11 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy import Row as SqlRow
 
-from openclore.agent.protocol import env_dict
 from openclore.config import Settings
 from openclore.domain.errors import InvalidInput, MarketError
 from openclore.domain.money import Coins, to_coins, to_units
 from openclore.domain.reliability import PRIOR
+from openclore.domain.slots import slot_price
 from openclore.domain.specs import clean_gpu_array, clean_specs
 from openclore.engine.billing import (
     Row,
@@ -28,6 +28,7 @@ from openclore.market.accounts import TOKEN_ALPHABET, lock_user
 from openclore.market.audit import SERVER_ADD, SERVER_SETTINGS, SYSTEM, Actor, record_by
 from openclore.market.inputs import SetServerSettingsRequest
 from openclore.market.rates import apply_autoprice, current_rates, rates_in_usd, usd_block
+from openclore.protocol import env_dict
 from openclore.store.db import inserted_id
 from openclore.store.schema import orders, server_prices, servers
 
@@ -216,6 +217,7 @@ def my_servers(conn: Connection, user_id: int, settings: Settings) -> dict[str, 
         .order_by(servers.c.id)
     ).all()
     prices = prices_of(conn, (r.id for r in rows))
+    holders = gpu_holders(conn, [r.id for r in rows])
     out = []
     for r in rows:
         item: dict[str, Any] = {
@@ -226,6 +228,10 @@ def my_servers(conn: Connection, user_id: int, settings: Settings) -> dict[str, 
             "pricing": price_map(prices[r.id], 0, settings.currencies, all_coins=True),
             "online": r.online,
             "min_spot_pricing": price_map(prices[r.id], 1, settings.currencies, all_coins=True),
+            "partial_gpu_rental": bool(r.partial_gpu_rental),
+            "min_gpus": r.min_gpus,
+            # which running order holds which GPU ({"index": order id})
+            "gpu_orders": holders.get(r.id, {}),
         }
         if not r.connected:
             item["init_token"] = r.init_token
@@ -233,6 +239,26 @@ def my_servers(conn: Connection, user_id: int, settings: Settings) -> dict[str, 
             item["specs"] = clean_specs(r.specs)
         out.append(item)
     return {"servers": out, "limit": settings.max_servers_per_user}
+
+
+def gpu_holders(conn: Connection, server_ids: list[int]) -> dict[int, dict[str, int]]:
+    """``{server id: {GPU index: order id}}`` for the running orders on these servers."""
+    out: dict[int, dict[str, int]] = {}
+    if not server_ids:
+        return out
+    rows = conn.execute(
+        select(orders.c.id, orders.c.server_id, orders.c.gpus, servers.c.gpu_array)
+        .join(servers, servers.c.id == orders.c.server_id)
+        .where(
+            orders.c.server_id.in_(server_ids),
+            orders.c.running.is_(True),
+            orders.c.expired.is_(False),
+        )
+    )
+    for o in rows:
+        indices = o.gpus or range(len(clean_gpu_array(o.gpu_array)))
+        out.setdefault(o.server_id, {}).update({str(i): o.id for i in indices})
+    return out
 
 
 def listed_servers(
@@ -256,11 +282,18 @@ def marketplace_servers(conn: Connection, settings: Settings) -> list[dict[str, 
     """Every server on the market, as the ``marketplace`` listing shows it."""
     rows, prices = listed_servers(conn)
     rates = current_rates(conn, settings)
-    rented = set(
-        conn.execute(
-            select(orders.c.server_id).where(orders.c.expired.is_(False), orders.c.spot.is_(False))
-        ).scalars()
-    )
+    rented: set[int] = set()
+    held: dict[int, set[int]] = {}
+    for o in conn.execute(
+        select(orders.c.server_id, orders.c.spot, orders.c.running, orders.c.gpus).where(
+            orders.c.expired.is_(False)
+        )
+    ):
+        if not o.spot:
+            rented.add(o.server_id)
+        if o.running:
+            # a running order from before GPU slots holds every slot: an empty set marks it
+            held.setdefault(o.server_id, set()).update(o.gpus or [-1])
     out = []
     for r in rows:
         on_demand = price_map(prices[r.id], 0, settings.currencies, all_coins=False)
@@ -288,9 +321,36 @@ def marketplace_servers(conn: Connection, settings: Settings) -> list[dict[str, 
                 "rating": {"avg": r.rating_avg, "cnt": r.rating_cnt},
                 "cuda_version": cuda_version(r.specs),
                 "online": True,  # the listing shows online servers only
+                "partial_gpu_rental": partial_view(
+                    r, held.get(r.id, set()), prices[r.id], settings.currencies
+                ),
             }
         )
     return out
+
+
+def partial_view(
+    server: Any, held: set[int], prices: dict[str, tuple[int, int]], currencies: list[str]
+) -> dict[str, Any]:
+    """``partial_gpu_rental`` of a listed server (SPEC §8): whether renters may take some of its
+    GPUs, the smallest rental, the indices no running order holds, and the price of one GPU
+    (on demand: 1/n of the server's price, rounded down; spot: the minimum bid per GPU,
+    rounded up)."""
+    n = len(clean_gpu_array(server.gpu_array))
+    free = [] if -1 in held else [i for i in range(n) if i not in held]
+    per_gpu: dict[str, dict[str, Coins]] = {"on_demand": {}, "spot": {}}
+    for currency in (c for c in currencies if c in prices and n):
+        on_demand, spot = prices[currency]
+        if on_demand:
+            per_gpu["on_demand"][currency] = to_coins(slot_price(on_demand, 1, n))
+        if spot:
+            per_gpu["spot"][currency] = to_coins(-(-spot // n))
+    return {
+        "enabled": bool(server.partial_gpu_rental) and n >= 2,
+        "min_gpus": server.min_gpus,
+        "free_indices": free,
+        "price_per_gpu": per_gpu,
+    }
 
 
 def server_config(conn: Connection, user_id: int, name: str, settings: Settings) -> dict[str, Any]:
@@ -325,6 +385,8 @@ def server_config(conn: Connection, user_id: int, name: str, settings: Settings)
             "gpu_array": clean_gpu_array(row["gpu_array"]),
             "usd_pricing": usd_pricing_view(row["usd_pricing"], settings.currencies),
             "autoprice": {c: autoprice.get(c, False) for c in settings.currencies},
+            "partial_gpu_rental": bool(row["partial_gpu_rental"]),
+            "min_gpus": row["min_gpus"],
         },
         "creation_completed": True,
     }
@@ -381,6 +443,7 @@ def set_server_settings(
                 raise InvalidInput(f"autoprice: no exchange rate for {currency} on this market")
             merged_auto[currency] = mode
         values["autoprice"] = merged_auto
+    values.update(_partial_rental(req, found))
     if not values and not any(per_currency.values()) and not enabled:
         raise InvalidInput("nothing to change: send availability, mrl, on_demand or spot")
     lock_server(conn, found["id"])
@@ -423,6 +486,44 @@ def set_server_settings(
     resolve_server(conn, found["id"], now)
 
 
+def gpu_slots(server: Row) -> int:
+    """How many GPU slots a server has: the GPUs its agent reported (SPEC §8)."""
+    return len(clean_gpu_array(server.get("gpu_array")))
+
+
+def _partial_rental(req: SetServerSettingsRequest, server: Row) -> dict[str, Any]:
+    """``partial_gpu_rental`` and ``min_gpus`` as the host sent them, checked against its GPUs."""
+    values: dict[str, Any] = {}
+    if req.partial_gpu_rental is not None:
+        values["partial_gpu_rental"] = req.partial_gpu_rental
+    if req.min_gpus is not None:
+        n = gpu_slots(server)
+        if n and req.min_gpus > n:
+            raise InvalidInput(f"min_gpus: this server has {n} GPUs")
+        values["min_gpus"] = req.min_gpus
+    if values.get("partial_gpu_rental") and gpu_slots(server) < 2:
+        raise InvalidInput("partial_gpu_rental: needs a server with at least 2 GPUs")
+    return values
+
+
+def offer_view(order: Any, server: Any, user_id: int | None) -> dict[str, Any]:
+    """One bid as ``spot_marketplace`` shows it; on a server rented per GPU, with how many GPUs
+    it bids for and which it holds while active (SPEC §8)."""
+    out: dict[str, Any] = {
+        "offer_id": order.id,
+        "bid": to_coins(order.price),
+        "active": order.running,
+        "my": order.user_id == user_id,
+        "currency": order.currency,
+    }
+    if server.partial_gpu_rental or order.gpu_count is not None:
+        n = len(clean_gpu_array(server.gpu_array))
+        whole = order.gpu_count is None
+        out["gpu_count"] = n if whole else order.gpu_count
+        out["gpus"] = list(range(n)) if whole and order.running else list(order.gpus or [])
+    return out
+
+
 def spot_marketplace(
     conn: Connection, server_id: int, user_id: int | None, settings: Settings
 ) -> dict[str, Any]:
@@ -443,16 +544,7 @@ def spot_marketplace(
     return {
         "market": {
             "currency_rates_in_usd": rates_in_usd(rates, settings.currencies),
-            "offers": [
-                {
-                    "offer_id": o.id,
-                    "bid": to_coins(o.price),
-                    "active": o.running,
-                    "my": o.user_id == user_id,
-                    "currency": o.currency,
-                }
-                for o in live
-            ],
+            "offers": [offer_view(o, row, user_id) for o in live],
             "server": {
                 "min_pricing": price_map(prices, 1, settings.currencies, all_coins=False),
                 "mrl": row.mrl_hours * 3600,

@@ -31,13 +31,15 @@ LISTED: dict[str, frozenset[str] | None] = {
             "rating_avg",
             "rating_cnt",
             "usd_pricing",
+            "partial_gpu_rental",
+            "min_gpus",
         }
     ),
     "server_prices": None,
     "usd_rates": None,
     # orders: whether a server is rented (and GigaSPOT's bids), not what an order has spent
     "orders": frozenset(
-        {"user_id", "server_id", "spot", "expired", "running", "price", "currency", "oc"}
+        {"user_id", "server_id", "spot", "expired", "running", "price", "currency", "oc", "gpus"}
     ),
 }
 

@@ -106,7 +106,13 @@ servers = Table(
     # the access gateway this server's agent tunnels through (None: ports published directly)
     Column("gateway", String(253), nullable=True),
     Column("tunnel_key", Text, nullable=True),  # the agent's SSH public key (OpenSSH format)
+    # per-GPU rentals (SPEC §8): the host lets renters take some of its GPUs, at least min_gpus
+    Column(
+        "partial_gpu_rental", Boolean, nullable=False, default=False, server_default=text("false")
+    ),
+    Column("min_gpus", Integer, nullable=False, default=1, server_default="1"),
     CheckConstraint("visibility IN ('public', 'hidden')", name="visibility"),
+    CheckConstraint("min_gpus >= 1", name="min_gpus_positive"),
     CheckConstraint("mrl_hours > 0", name="mrl_positive"),
 )
 Index(
@@ -183,7 +189,15 @@ orders = Table(
     # the agent could apply them (None: not reported yet)
     Column("oc", JSON, nullable=True),
     Column("oc_failed", Boolean, nullable=True),
+    # GPU slots (SPEC §8): how many the order asked for (None: the whole server), the explicit
+    # indices it asked for (None: any), the indices it holds now ([] while not running) and since
+    # when a bid has waited without slots (the starvation rule)
+    Column("gpu_count", Integer, nullable=True),
+    Column("gpus_wanted", JSON, nullable=True),
+    Column("gpus", JSON, nullable=True),
+    Column("waiting_since", BigInteger, nullable=True),
     CheckConstraint("price > 0", name="price_positive"),
+    CheckConstraint("gpu_count IS NULL OR gpu_count >= 1", name="gpu_count_positive"),
     CheckConstraint("rating IS NULL OR (rating >= 1 AND rating <= 5)", name="rating_range"),
     CheckConstraint("spend >= 0 AND fee_paid >= 0 AND fee_paid <= spend", name="spend_sane"),
     # room on each page so the tick's billing updates stay heap-only (HOT) on PostgreSQL: each
@@ -197,8 +211,10 @@ Index(
     "uq_orders_on_demand_live",
     orders.c.server_id,
     unique=True,
-    sqlite_where=text("NOT spot AND NOT expired"),
-    postgresql_where=text("NOT spot AND NOT expired"),
+    # whole-server on-demand orders; GPU-slot orders share a server (the server's row lock
+    # keeps their slots apart, SPEC §8)
+    sqlite_where=text("NOT spot AND NOT expired AND gpu_count IS NULL"),
+    postgresql_where=text("NOT spot AND NOT expired AND gpu_count IS NULL"),
 )
 Index(
     "uq_orders_spot_live",

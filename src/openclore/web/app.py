@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from openclore.api.app import AppState
+from openclore.api.state import AppState
 from openclore.web.context import HERE, Console
 from openclore.web.pages import host, money, operator, renter, sandbox, signin
 from openclore.web.routing import Route, mount

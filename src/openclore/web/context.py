@@ -24,8 +24,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from openclore.api.app import AppState
 from openclore.api.ratelimit import RateLimiter
+from openclore.api.state import AppState
 from openclore.config import Settings
 from openclore.domain.errors import CloreError
 from openclore.domain.money import UNITS_PER_COIN, Coins, coins_str

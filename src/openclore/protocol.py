@@ -8,7 +8,8 @@ Server → agent: ``hello`` ``{server_id, name, heartbeat_interval}``, then ``de
 ``{rev, containers: [desired…]}`` whenever the set may have changed: the complete set of
 containers this machine must run (the running order, if any, else the background job).
 
-This module is shared by both sides and imports nothing heavy.
+This module is shared by both sides (the server's ``market`` and ``api``, and the host ``agent``):
+it imports nothing heavy and nothing of openclore.
 """
 
 from __future__ import annotations

@@ -1,0 +1,235 @@
+"""The request pipeline every Clore API endpoint goes through: the sandbox switch, the query's
+text check, the in-memory listing fast path, then one worker-thread hop for the rate limit, the
+body, the caller's authentication and the handler (under an Idempotency-Key when one is sent);
+errors become the Clore error envelope, never a traceback."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from email.utils import formatdate
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from openclore.api import idempotency, metrics
+from openclore.api.errors import error_response
+from openclore.api.listing import known_listing
+from openclore.api.state import AppState, Call, Endpoint, Reader
+from openclore.api.transport import BodyTooLarge, too_large
+from openclore.api.wire import dumps, parse_body
+from openclore.config import Settings
+from openclore.domain.errors import (
+    CloreError,
+    InternalError,
+    InvalidEndpoint,
+    InvalidInput,
+    InvalidToken,
+    RateLimited,
+)
+from openclore.domain.text import check_pairs
+from openclore.engine.clock import SandboxClock
+
+log = logging.getLogger("openclore.api")
+
+READ_ATTEMPTS = 3
+
+
+def _json(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(dumps(body), media_type="application/json", headers=headers)
+
+
+def _client_key(request: Request, token: str | None) -> str:
+    if token:
+        return "t:" + hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+    host = request.client.host if request.client else "unknown"
+    return "a:" + host
+
+
+def _rate_headers(decision_reset: float, remaining: int) -> dict[str, str]:
+    return {
+        "RateLimit-Limit": "1",
+        "RateLimit-Remaining": str(remaining),
+        "RateLimit-Reset": str(max(0, round(decision_reset))),
+    }
+
+
+class Pipeline:
+    """Runs endpoints for one app (one :class:`AppState`)."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self.settings = state.settings
+        # a request answered from memory must not need the database for anything else: not for
+        # a rate limit (held in the database), nor for the time (a sandbox clock's offset)
+        self.served_from_memory = self.settings.rate_limit_interval <= 0 and not isinstance(
+            state.clock, SandboxClock
+        )
+
+    def register(self, app: FastAPI, prefix: str, ep: Endpoint) -> None:
+        """Serve ``ep`` at ``{prefix}/{ep.name}`` (GET and POST)."""
+
+        async def endpoint(request: Request) -> Response:
+            return await self.run(ep, request)
+
+        endpoint.__name__ = ep.name
+        app.add_api_route(
+            f"{prefix}/{ep.name}",
+            endpoint,
+            methods=["GET", "POST"],
+            name=ep.name,
+            include_in_schema=False,
+        )
+
+    async def run(self, ep: Endpoint, request: Request) -> Response:
+        settings, state = self.settings, self.state
+        mode = settings.http_status
+        headers: dict[str, str] = {}
+        try:
+            if ep.sandbox and not settings.sandbox_enabled:
+                raise InvalidEndpoint(
+                    "sandbox mode is off (start with --demo or OPENCLORE_SANDBOX=1)"
+                )
+            if request.scope.get("query_string"):
+                check_pairs(request.query_params.multi_items(), "query")
+            token = (request.headers.get("auth") or "").strip() or None
+            raw = await request.body()
+            if ep.memory_listing and self.served_from_memory and not raw:
+                known = known_listing(state, request, token)
+                if known is not None:
+                    request.state.clore_code = 0
+                    known.headers["Date"] = formatdate(state.now(), usegmt=True)
+                    return known
+            # one worker-thread hop per request: rate limit, parse, authenticate, run
+            headers, result = await run_in_threadpool(self._handle, ep, request, token, raw)
+            request.state.clore_code = 0
+            if isinstance(result, Response):
+                result.headers.update(headers)
+                return result
+            result["code"] = 0
+            return _json(result, headers)
+        except CloreError as exc:
+            response = error_response(exc, mode)
+            headers = exc.headers
+            request.state.clore_code = exc.code
+            if isinstance(exc, RateLimited):
+                metrics.RATE_LIMITED.labels(ep.name).inc()
+        except BodyTooLarge:
+            request.state.clore_code = 2
+            return too_large(settings.max_body_bytes)
+        except Exception:  # never a traceback on the wire
+            log.exception("internal error on %s", ep.name)
+            request.state.clore_code = 1
+            response = error_response(InternalError("internal error"), mode)
+        response.headers.update(headers)
+        return response
+
+    def _check_rate(self, ep: Endpoint, request: Request, token: str | None) -> dict[str, str]:
+        settings, state = self.settings, self.state
+        interval = settings.rate_limit_interval
+        if interval <= 0:
+            return {}
+        key = _client_key(request, token)
+        wall = state.rate_clock.now()
+        decision = state.limiter.hit(key, interval, wall)
+        if not decision.allowed:
+            raise RateLimited(decision.retry_after)
+        extra = getattr(settings, ep.extra_interval) if ep.extra_interval else 0
+        if extra > 0:
+            second = state.limiter.hit(f"{key}:{ep.name}", extra, wall)
+            if not second.allowed:
+                # a refused create_order does not use up the token's next-second call
+                state.limiter.refund(key, interval)
+                raise RateLimited(second.retry_after)
+        return _rate_headers(decision.reset, 0)
+
+    def _handle(
+        self, ep: Endpoint, request: Request, token: str | None, raw: bytes
+    ) -> tuple[dict[str, str], Any]:
+        headers = self._check_rate(ep, request, token)
+        now = self.state.now()
+        # the answer's Date is the market's time: a travelled sandbox clock included
+        headers["Date"] = formatdate(now, usegmt=True)
+        try:
+            body = parse_body(raw, ep.array_body)
+            return headers, self._dispatch(ep, request, token, body, now)
+        except InvalidToken as exc:
+            if token:
+                self._unknown_token(request, token)
+            exc.headers = headers
+            raise
+        except CloreError as exc:
+            exc.headers = headers
+            raise
+
+    def _unknown_token(self, request: Request, token: str) -> None:
+        """An unknown token gets no rate-limit budget of its own (random tokens would each get
+        one): its slot is dropped and the call counts against the caller's address instead."""
+        state = self.state
+        interval = self.settings.rate_limit_interval
+        if interval <= 0:
+            return
+        state.limiter.forget(_client_key(request, token))
+        decision = state.limiter.hit(_client_key(request, None), interval, state.rate_clock.now())
+        if not decision.allowed:
+            raise RateLimited(decision.retry_after)
+
+    def _dispatch(
+        self, ep: Endpoint, request: Request, token: str | None, body: dict[str, Any], now: int
+    ) -> Any:
+        state = self.state
+        database = state.db
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                # the versions are read before the caller: a token revoked after this moment
+                # shows as a newer auth version on the next request
+                versions = database.freshness.versions()
+                with Reader(database) as reader:
+                    user_id = state.callers.user(token, versions.auth, reader) if token else None
+                    if user_id is None and (ep.auth or token):
+                        raise InvalidToken("invalid api token")
+                    if ep.readonly:  # one transaction (if any) for the caller and the answer
+                        call = Call(request, body, user_id, now, database, reader, versions)
+                        return ep.handler(state, call)
+                break
+            except DBAPIError as exc:
+                # a connection the database dropped (restart, pg_terminate_backend): reading
+                # again on a fresh one is safe; writes retry in run_write, before their commit
+                if not exc.connection_invalidated or attempt + 1 == READ_ATTEMPTS:
+                    raise
+        call = Call(request, body, user_id, now, database)
+        key = idempotency.key_of(request)
+        if key is None or user_id is None:
+            return ep.handler(state, call)
+        return idempotency.run_once(
+            database,
+            request,
+            ep.name,
+            key,
+            user_id,
+            body,
+            self.settings.http_status,
+            self.settings.idempotency_ttl,
+            lambda: ep.handler(state, call),
+        )
+
+
+def install_error_handlers(app: FastAPI, settings: Settings) -> None:
+    """An unknown path or method is ``invalid endpoint``; any other HTTP or validation error the
+    framework raises is ``invalid input``, in the Clore envelope."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code in (404, 405):
+            return error_response(InvalidEndpoint("invalid endpoint"), settings.http_status)
+        return error_response(InvalidInput(str(exc.detail)), settings.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
+        return error_response(InvalidInput("invalid request"), settings.http_status)

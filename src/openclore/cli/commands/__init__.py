@@ -1,0 +1,44 @@
+"""``openclore`` commands that drive a Clore-compatible market over its API (openclore or Clore.ai).
+
+One module per group: :mod:`.market` (what is for rent), :mod:`.orders` (renting), :mod:`.money`,
+:mod:`.events`, :mod:`.servers` (hosting); what they share (the ``--json``/``--profile``/
+``--url``/``--api-key`` options, the error handling) is in :mod:`.common`, where the commands go
+in :mod:`openclore.cli.profiles`, tables and formatting in :mod:`openclore.cli.output`.
+
+The commands are registered here, in the order ``openclore --help`` lists them.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from openclore.cli.commands import events, market, money, orders, servers
+from openclore.cli.commands.common import PANEL_HOST, PANEL_MONEY, PANEL_RENT
+
+client_app = typer.Typer(no_args_is_help=True)
+host_app = typer.Typer(
+    help="Servers you host: add one, change its prices and availability.", no_args_is_help=True
+)
+client_app.add_typer(host_app, name="server", rich_help_panel=PANEL_HOST)
+
+for panel, command in (
+    (PANEL_RENT, market.market),
+    (PANEL_RENT, orders.rent),
+    (PANEL_RENT, orders.orders),
+    (PANEL_RENT, orders.cancel),
+    (PANEL_RENT, orders.logs),
+    (PANEL_RENT, orders.bid),
+    (PANEL_RENT, market.spot),
+    (PANEL_RENT, market.fees),
+    (PANEL_RENT, money.wallets),
+    (PANEL_MONEY, money.transactions),
+    (PANEL_MONEY, money.statement),
+    (PANEL_MONEY, money.withdraw),
+    (PANEL_MONEY, money.withdrawals),
+    (PANEL_RENT, events.watch),
+    (PANEL_RENT, orders.ssh),
+    (PANEL_HOST, servers.servers),
+):
+    client_app.command(rich_help_panel=panel)(command)
+host_app.command("add")(servers.server_add)
+host_app.command("set")(servers.server_set)

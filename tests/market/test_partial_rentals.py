@@ -1,0 +1,171 @@
+"""Per-GPU rentals through the API (SPEC §8), on both databases: a host opts a multi-GPU server
+in, renters take some of its GPUs on demand or by bidding per GPU, and each order is priced and
+billed for its own slots. The allocation rule itself is pinned in tests/domain/test_slots.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from sqlalchemy import update
+
+from openclore.store.schema import servers
+
+from support import Market, error, ok, order_body, spot_body
+
+GPU = "NVIDIA GeForce RTX 4090"
+
+
+def four_gpu_server(
+    market: Market, host: str, *, partial: bool = True, min_gpus: int = 1, **prices: str
+) -> int:
+    """A 4-GPU server at 0.0004 BTC a day on demand (0.0001 per GPU), spot minimum 0.00004."""
+    sid = market.server(
+        host,
+        "quad",
+        on_demand=prices.get("on_demand", "0.0004"),
+        spot=prices.get("spot", "0.00004"),
+    )
+    with market.db.write() as conn:
+        conn.execute(update(servers).where(servers.c.id == sid).values(gpu_array=[GPU] * 4))
+    body: dict[str, Any] = {"name": "quad", "partial_gpu_rental": partial, "min_gpus": min_gpus}
+    ok(market.client(host).post("/v1/set_server_settings", json=body))
+    return sid
+
+
+def orders_of(client: httpx.Client) -> dict[int, dict[str, Any]]:
+    return {o["id"]: o for o in ok(client.post("/v1/my_orders", json={}))["orders"]}
+
+
+def listed(market: Market, sid: int) -> dict[str, Any]:
+    found = ok(market.client().get("/v1/marketplace"))["servers"]
+    (server,) = [s for s in found if s["id"] == sid]
+    return server
+
+
+def test_four_renters_each_rent_one_gpu_and_pay_a_quarter(market: Market) -> None:
+    host = market.user()
+    sid = four_gpu_server(market, host)
+    assert listed(market, sid)["partial_gpu_rental"] == {
+        "enabled": True,
+        "min_gpus": 1,
+        "free_indices": [0, 1, 2, 3],
+        "price_per_gpu": {"on_demand": {"bitcoin": 0.0001}, "spot": {"bitcoin": 0.00001}},
+    }
+    renters = [market.client(market.user(bitcoin="1")) for _ in range(4)]
+    ids = [
+        ok(r.post("/v1/create_order", json=order_body(sid, gpu_count=1)))["order_id"]
+        for r in renters
+    ]
+    held = []
+    for renter, oid in zip(renters, ids, strict=True):
+        order = orders_of(renter)[oid]
+        assert order["running"] and order["price"] == 0.0001 and order["gpu_count"] == 1
+        held.extend(order["gpus"])
+    assert sorted(held) == [0, 1, 2, 3]
+    server = listed(market, sid)
+    assert server["rented"] is True and server["partial_gpu_rental"]["free_indices"] == []
+    mine = ok(market.client(host).get("/v1/my_servers"))["servers"][0]
+    assert sorted(mine["gpu_orders"].values()) == sorted(ids)
+    # a fifth renter finds no GPU left on demand, and no whole server either
+    late = market.client(market.user(bitcoin="1"))
+    assert error(late.post("/v1/create_order", json=order_body(sid, gpu_count=1))) == (
+        "server-already-rented"
+    )
+    assert error(late.post("/v1/create_order", json=order_body(sid))) == "server-already-rented"
+    market.advance(86400)
+    for renter, oid in zip(renters, ids, strict=True):
+        assert orders_of(renter)[oid]["spend"] == 0.0001  # a quarter of the server's day
+
+
+def test_an_on_demand_order_preempts_exactly_the_two_lowest_bids(market: Market) -> None:
+    host = market.user()
+    sid = four_gpu_server(market, host)
+    bidders = [market.client(market.user(bitcoin="1")) for _ in range(4)]
+    bids = ["0.00005", "0.00002", "0.00004", "0.00001"]  # per day, for one GPU each
+    ids = [
+        ok(b.post("/v1/create_order", json=spot_body(sid, price, gpu_count=1)))["order_id"]
+        for b, price in zip(bidders, bids, strict=True)
+    ]
+    assert all(orders_of(b)[oid]["running"] for b, oid in zip(bidders, ids, strict=True))
+    renter = market.client(market.user(bitcoin="1"))
+    oid = ok(renter.post("/v1/create_order", json=order_body(sid, gpu_count=2)))["order_id"]
+    mine = orders_of(renter)[oid]
+    assert mine["running"] and mine["price"] == 0.0002 and len(mine["gpus"]) == 2
+    running = {oid for b, oid in zip(bidders, ids, strict=True) if orders_of(b)[oid]["running"]}
+    assert running == {ids[0], ids[2]}  # the two highest bids keep their GPUs
+    held = [g for b, i in zip(bidders, ids, strict=True) for g in orders_of(b)[i]["gpus"]]
+    assert sorted(held + mine["gpus"]) == [0, 1, 2, 3]
+    offers = ok(market.client().get("/v1/spot_marketplace", params={"market": sid}))["market"]
+    assert {o["offer_id"]: o["active"] for o in offers["offers"]} == {
+        ids[0]: True,
+        ids[2]: True,
+        ids[1]: False,
+        ids[3]: False,
+    }
+    # the on-demand order ends: the preempted bids run again, on the GPUs it freed
+    ok(renter.post("/v1/cancel_order", json={"id": oid}))
+    assert all(orders_of(b)[i]["running"] for b, i in zip(bidders, ids, strict=True))
+
+
+def test_a_spot_bid_competes_per_gpu_against_the_minimum(market: Market) -> None:
+    host = market.user()
+    sid = four_gpu_server(market, host)  # spot minimum 0.00004 a day: 0.00001 per GPU
+    bidder = market.client(market.user(bitcoin="1"))
+    refused = bidder.post("/v1/create_order", json=spot_body(sid, "0.000019", gpu_count=2))
+    assert refused.json()["error"] == "too_low_price"
+    assert refused.json()["min_price"] == 0.00002
+    ok(bidder.post("/v1/create_order", json=spot_body(sid, "0.00002", gpu_count=2)))
+
+
+def test_whole_server_orders_and_a_server_rented_whole(market: Market) -> None:
+    host = market.user()
+    sid = four_gpu_server(market, host, partial=False)
+    renter = market.client(market.user(bitcoin="1"))
+    assert error(renter.post("/v1/create_order", json=order_body(sid, gpu_count=1))) == (
+        "partial_gpu_rental_off"
+    )
+    assert listed(market, sid)["partial_gpu_rental"]["enabled"] is False
+    # every GPU, by count or by index, is the whole server
+    oid = ok(renter.post("/v1/create_order", json=order_body(sid, gpus=[3, 2, 1, 0])))["order_id"]
+    order = orders_of(renter)[oid]
+    assert order["gpus"] == [0, 1, 2, 3] and order["price"] == 0.0004
+    assert listed(market, sid)["partial_gpu_rental"]["free_indices"] == []
+
+
+def test_the_count_asked_for_is_checked(market: Market) -> None:
+    host = market.user()
+    sid = four_gpu_server(market, host, min_gpus=2)
+    renter = market.client(market.user(bitcoin="1"))
+    body = renter.post("/v1/create_order", json=order_body(sid, gpu_count=1)).json()
+    assert body == {
+        "code": 6,
+        "error": "gpu_count_out_of_range",
+        "min_gpus": 2,
+        "max_gpus": 4,
+    }
+    for bad in ({"gpu_count": 0}, {"gpus": [1, 1]}, {"gpus": []}, {"gpu_count": "2"}):
+        assert renter.post("/v1/create_order", json=order_body(sid, **bad)).json()["code"] == 2
+    assert renter.post("/v1/create_order", json=order_body(sid, gpus=[4, 0])).json()["code"] == 2
+    mismatch = order_body(sid, gpu_count=3, gpus=[0, 1])
+    assert renter.post("/v1/create_order", json=mismatch).json()["code"] == 2
+    oid = ok(renter.post("/v1/create_order", json=order_body(sid, gpus=[2, 3])))["order_id"]
+    assert orders_of(renter)[oid]["gpus"] == [2, 3]
+    other = market.client(market.user(bitcoin="1"))
+    taken = other.post("/v1/create_order", json=order_body(sid, gpus=[1, 2]))
+    assert error(taken) == "server-already-rented"
+    ok(other.post("/v1/create_order", json=order_body(sid, gpus=[0, 1])))
+
+
+def test_a_host_turns_partial_rental_on_only_for_a_multi_gpu_server(market: Market) -> None:
+    host = market.user()
+    market.server(host, "single")  # one GPU
+    h = market.client(host)
+    refused = h.post("/v1/set_server_settings", json={"name": "single", "partial_gpu_rental": True})
+    assert refused.json()["code"] == 2
+    sid = four_gpu_server(market, host)
+    too_many = h.post("/v1/set_server_settings", json={"name": "quad", "min_gpus": 5})
+    assert too_many.json()["code"] == 2
+    config = ok(h.post("/v1/server_config", json={"server_name": "quad"}))["config"]
+    assert config["partial_gpu_rental"] is True and config["min_gpus"] == 1
+    assert config["id"] == sid
