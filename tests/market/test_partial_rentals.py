@@ -4,9 +4,12 @@ billed for its own slots. The allocation rule itself is pinned in tests/domain/t
 
 from __future__ import annotations
 
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import update
 
 from openclore.store.schema import servers
@@ -169,3 +172,52 @@ def test_a_host_turns_partial_rental_on_only_for_a_multi_gpu_server(market: Mark
     config = ok(h.post("/v1/server_config", json={"server_name": "quad"}))["config"]
     assert config["partial_gpu_rental"] is True and config["min_gpus"] == 1
     assert config["id"] == sid
+
+
+def test_the_sdk_and_the_cli_rent_some_gpus(market: Market, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from openclore.cli.main import app
+    from openclore.client import Client, GpuCountOutOfRange
+
+    host = market.user()
+    sid = four_gpu_server(market, host, min_gpus=2)
+    token = market.user(bitcoin="1")
+    with Client(token, base_url=market.url, rate_limit=False) as client:
+        server = next(s for s in client.marketplace().servers if s.id == sid)
+        assert server.partial_gpu_rental is not None and server.partial_gpu_rental.enabled
+        assert server.partial_gpu_rental.free_indices == [0, 1, 2, 3]
+        with pytest.raises(GpuCountOutOfRange) as refused:
+            client.create_order(sid, "busybox", gpu_count=1)
+        assert (refused.value.min_gpus, refused.value.max_gpus) == (2, 4)
+        order = client.create_order(sid, "busybox", gpu_count=2)
+        assert order.gpu_count == 2 and order.price == Decimal("0.0002")
+    env = {
+        "OPENCLORE_URL": market.url,
+        "OPENCLORE_API_KEY": market.user(bitcoin="1"),
+        "OPENCLORE_CONFIG": str(tmp_path / "config.toml"),
+        "COLUMNS": "120",
+    }
+    result = CliRunner().invoke(
+        app, ["rent", str(sid), "--image", "busybox", "--gpus", "2", "--spot", "0.00003"], env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert "(2 GPUs)" in result.stdout and "spot bid 0.00003" in result.stdout
+    bad = CliRunner().invoke(app, ["rent", str(sid), "--image", "busybox", "--gpus", "0"], env=env)
+    assert bad.exit_code == 2
+
+
+def test_events_say_which_gpus_an_order_got_and_lost(market: Market) -> None:
+    host = market.user()
+    sid = four_gpu_server(market, host)
+    bidder_token = market.user(bitcoin="1")
+    bidder = market.client(bidder_token)
+    oid = ok(bidder.post("/v1/create_order", json=spot_body(sid, "0.00001", gpus=[2])))["order_id"]
+    renter = market.client(market.user(bitcoin="1"))
+    ok(renter.post("/v1/create_order", json=order_body(sid, gpus=[1, 2])))
+    events = ok(bidder.get("/v1/events", params={"after": 0}))["events"]
+    mine = [(e["type"], e["data"]) for e in events if e["data"].get("order_id") == oid]
+    kinds = [kind for kind, _ in mine]
+    assert kinds == ["order.created", "order.running", "order.outbid"]
+    assert mine[1][1]["gpus"] == [2]
+    assert mine[2][1]["reason"] == "preempted" and mine[2][1]["gpus_lost"] == [2]

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from openclore.api.app import create_app
+from openclore.engine.clock import ManualClock
 from openclore.market import read_models as console_service
 from openclore.market.accounts import (
     check_password,
@@ -477,8 +478,11 @@ def test_text_hosts_and_containers_control_is_escaped_and_pages_carry_security_h
     _security_headers(Browserless(market, _operator(market)).client.get("/admin"))
 
 
-def test_password_guessing_is_rate_limited_like_token_guessing(served: Market) -> None:
-    market = served
+def test_password_guessing_is_rate_limited_like_token_guessing(market: Market) -> None:
+    # the limiter's clock stands still: hashing six guesses on a busy machine frees no slot
+    app = create_app(market.settings, db=market.db, clock=market.clock, rate_clock=ManualClock())
+    install_console(app)
+    market.switch.app = app
     market.user("victim")
     with market.db.write() as conn:
         set_password(conn, find_user(conn, "victim"), PASSWORD)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import email.utils
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Generic, Literal, TypeVar
@@ -376,6 +376,8 @@ def create_order(
     required_price: Amount | None = None,
     autossh_entrypoint: bool | None = None,
     dockerhub_auth: str | None = None,
+    gpu_count: int | None = None,
+    gpus: Sequence[int] | None = None,
 ) -> ApiCall[CreateOrderResponse]:
     if type not in ("on-demand", "spot"):
         raise ValueError("type must be 'on-demand' or 'spot'")
@@ -406,6 +408,11 @@ def create_order(
         body["required_price"] = decimal(required_price, "required_price")
     if autossh_entrypoint is not None:
         body["autossh_entrypoint"] = autossh_entrypoint
+    # openclore: some of a server's GPUs (SPEC §8); neither: the whole server
+    if gpu_count is not None:
+        body["gpu_count"] = int(gpu_count)
+    if gpus is not None:
+        body["gpus"] = [int(i) for i in gpus]
     return ApiCall(
         "POST",
         "/v1/create_order",

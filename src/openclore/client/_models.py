@@ -124,6 +124,15 @@ class Rating(CloreModel):
 _GPU_COUNT = re.compile(r"^\s*(\d+)\s*x\s*(.*)$")
 
 
+class PartialGpuRental(CloreModel):
+    """openclore: whether renters may take some of a server's GPUs, and which are free."""
+
+    enabled: bool = False
+    min_gpus: int = 1
+    free_indices: list[int] = Field(default_factory=list, description="GPUs no order holds")
+    price_per_gpu: MarketPrice = Field(default_factory=MarketPrice, description="per GPU per day")
+
+
 class MarketServer(CloreModel):
     """A listing in ``marketplace``."""
 
@@ -139,6 +148,7 @@ class MarketServer(CloreModel):
     rating: Rating | None = None
     cuda_version: str | None = None
     online: bool | None = None
+    partial_gpu_rental: PartialGpuRental | None = Field(None, description="openclore: per GPU")
 
     @property
     def gpu_count(self) -> int:
@@ -210,6 +220,8 @@ class Order(CloreModel):
     running: bool | None = Field(None, description="openclore: the container runs now")
     state: str | None = Field(None, description="openclore: runtime state reported by the agent")
     simulated: bool | None = Field(None, description="openclore: a demo server's order")
+    gpus: list[int] | None = Field(None, description="openclore: the GPU indices it holds")
+    gpu_count: int | None = Field(None, description="openclore: how many GPUs it rents")
 
     @property
     def type(self) -> Literal["spot", "on-demand"]:

@@ -317,9 +317,13 @@ class Client(BaseClient):
         required_price: Amount | None = None,
         autossh_entrypoint: bool | None = None,
         dockerhub_auth: str | None = None,
+        gpu_count: int | None = None,
+        gpus: Sequence[int] | None = None,
     ) -> Order:
         """Rent ``server_id`` (on-demand, or a spot bid of ``spot_price`` per day) and return the
-        new order. ``ports`` maps container ports to ``"tcp"``/``"http"``.
+        new order. ``ports`` maps container ports to ``"tcp"``/``"http"``. ``gpu_count`` (or
+        explicit ``gpus`` indices) rents some of a server's GPUs where its host allows it
+        (openclore); the bid is then the price per day for those GPUs.
 
         openclore answers with the order; a server that answers ``{"code":0}`` alone (Clore.ai)
         gets a *best-effort* lookup in ``my_orders`` by server, type and creation time, which
@@ -341,6 +345,8 @@ class Client(BaseClient):
             required_price=required_price,
             autossh_entrypoint=autossh_entrypoint,
             dockerhub_auth=dockerhub_auth,
+            gpu_count=gpu_count,
+            gpus=gpus,
         )
         started = time.time()
         result = self._run(call)

@@ -192,23 +192,24 @@ def events_after(
 # ----------------------------------------------------------------------------- orders
 
 
-OrderStates = dict[int, bool]  # live order id -> running
+OrderStates = dict[int, tuple[bool, tuple[int, ...]]]  # live order id -> running, GPUs held
 
 
 def order_states(conn: Connection, server_id: int) -> OrderStates:
-    """The live orders of a server and whether each runs: compared after a change by
-    :func:`record_order_changes`."""
+    """The live orders of a server, whether each runs and on which GPUs: compared after a
+    change by :func:`record_order_changes`."""
     rows = conn.execute(
-        select(orders.c.id, orders.c.running).where(
+        select(orders.c.id, orders.c.running, orders.c.gpus).where(
             orders.c.server_id == server_id, orders.c.expired.is_(False)
         )
     )
-    return {int(r.id): bool(r.running) for r in rows}
+    return {int(r.id): (bool(r.running), tuple(r.gpus or ())) for r in rows}
 
 
 def record_order_changes(conn: Connection, server_id: int, before: OrderStates, now: int) -> None:
-    """Emit what happened to a server's orders since ``before``: started running, outbid or
-    preempted, paused with the server offline, ended (with billing's reason)."""
+    """Emit what happened to a server's orders since ``before``: started running (on which
+    GPUs), outbid or preempted (which GPUs it lost), paused with the server offline, ended
+    (with billing's reason)."""
     if not before:
         return
     rows = [
@@ -217,14 +218,14 @@ def record_order_changes(conn: Connection, server_id: int, before: OrderStates, 
             select(orders).where(orders.c.id.in_(list(before))).order_by(orders.c.id)
         )
     ]
-    holder = next((r for r in rows if r["running"] and not r["expired"]), None)
+    running = [r for r in rows if r["running"] and not r["expired"]]
     online = None
     for row in rows:
-        was_running = before[row["id"]]
+        was_running, lost = before[row["id"]]
         if row["expired"]:
             order_ended(conn, row, str(row["end_reason"]), now)
         elif row["running"] and not was_running:
-            emit(conn, row["user_id"], ORDER_RUNNING, now, **_order_data(row))
+            emit(conn, row["user_id"], ORDER_RUNNING, now, **_order_data(row), **_gpus(row))
         elif was_running and not row["running"]:
             if online is None:
                 online = bool(
@@ -232,7 +233,8 @@ def record_order_changes(conn: Connection, server_id: int, before: OrderStates, 
                         select(servers.c.online).where(servers.c.id == server_id)
                     ).scalar_one()
                 )
-            if not online or holder is None:
+            takers = [r for r in running if not lost or not r["gpus"] or set(lost) & set(r["gpus"])]
+            if not online or (not takers and row["gpu_count"] is None):
                 emit(
                     conn,
                     row["user_id"],
@@ -241,9 +243,18 @@ def record_order_changes(conn: Connection, server_id: int, before: OrderStates, 
                     **_order_data(row),
                     reason="server_offline",
                 )
-            else:
-                reason = "outbid" if holder["spot"] else "preempted"
-                emit(conn, row["user_id"], ORDER_OUTBID, now, **_order_data(row), reason=reason)
+                continue
+            # a per-GPU bid may lose its GPUs to a bid that waited too long (no taker: outbid)
+            reason = "preempted" if any(not r["spot"] for r in takers) else "outbid"
+            extra = {"gpus_lost": list(lost)} if row["gpu_count"] is not None else {}
+            emit(
+                conn, row["user_id"], ORDER_OUTBID, now, **_order_data(row), reason=reason, **extra
+            )
+
+
+def _gpus(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The GPU indices a per-GPU order got (whole-server orders say nothing: they hold all)."""
+    return {} if row["gpu_count"] is None else {"gpus": list(row["gpus"] or [])}
 
 
 def order_ended(conn: Connection, row: Mapping[str, Any], reason: str, now: int) -> None:

@@ -190,6 +190,15 @@ def rent(
             help="USER:TOKEN for a private image (dockerhub_auth; used for this pull only).",
         ),
     ] = None,
+    gpus: Annotated[
+        int | None,
+        typer.Option(
+            "--gpus",
+            min=1,
+            help="Rent this many of the server's GPUs (where its host rents per GPU);"
+            " with --spot, the bid is for these GPUs. Default: the whole server.",
+        ),
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait until it runs, then print the SSH command.")
     ] = False,
@@ -219,12 +228,14 @@ def rent(
                 command=command,
                 required_price=required,
                 dockerhub_auth=registry_login,
+                gpu_count=gpus,
             ),
         )
         if not c.json:
             kind = f"spot bid {fmt(order.price)}" if order.spot else f"on-demand {fmt(order.price)}"
+            share = f" ({order.gpu_count} GPUs)" if gpus is not None else ""
             out.print(
-                f"order {order.id}: {kind} {order.currency}/day on server {order.si}, "
+                f"order {order.id}: {kind} {order.currency}/day on server {order.si}{share}, "
                 f"image {order.image}"
             )
         if wait:
