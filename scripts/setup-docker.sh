@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make a Docker engine available for the host-agent tests (tests/test_agent_*.py), idempotently:
+# Make a Docker engine available for the host-agent tests (tests/agent/test_agent_*.py), idempotently:
 #   - install docker.io and busybox-static with apt (apt-get update only when a package is missing),
 #   - remove a stale /var/run/docker.pid, start dockerd in the background unless one answers,
 #   - wait until `docker info` works,

@@ -13,6 +13,7 @@ one). Without a reachable server the PostgreSQL half is skipped with a message, 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -42,6 +43,16 @@ from support import (
     fresh_database,
     test_settings,
 )
+
+# Tests sit in one folder per subject (tests/<subject>/test_*.py, basenames unique across the
+# folders); the helpers (support.py, agent_support.py, event_support.py, market_model.py) stay
+# here. A few test modules import from another subject's (test_gateway from test_agent_docker,
+# test_clore_ai_compat from test_client_sdk): every subject folder is on the path, so that works
+# whichever files a run selects.
+_TESTS = Path(__file__).resolve().parent
+for _folder in sorted(_TESTS.iterdir()):
+    if _folder.is_dir() and any(_folder.glob("test_*.py")) and str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
 
 # The `serve` processes tests start run no embedded gateway: its default ports are fixed, and
 # the gateway tests start their own on free ports.

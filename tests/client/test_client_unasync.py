@@ -13,7 +13,7 @@ import pytest
 
 from openclore.client import AsyncClient, AsyncSandbox, Client, Sandbox
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "unasync.py"
 
 

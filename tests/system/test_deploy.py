@@ -14,7 +14,7 @@ import yaml  # type: ignore[import-untyped]
 
 from openclore.config import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = {f"OPENCLORE_{name.upper()}" for name in Settings.model_fields}
 
 

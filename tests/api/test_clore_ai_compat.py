@@ -324,7 +324,7 @@ def test_openclore_sdk_reads_what_clore_ai_cannot(market: Market) -> None:
 def test_the_docs_show_this_table() -> None:
     from pathlib import Path
 
-    doc = (Path(__file__).parent.parent / "docs" / "clore-ai-compat.md").read_text()
+    doc = (Path(__file__).parents[2] / "docs" / "clore-ai-compat.md").read_text()
     rows = [line for line in doc.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == len(EXPECTED) + 1  # + the header
     for result in EXPECTED.values():

@@ -30,7 +30,7 @@ from openclore.web.i18n import LOCALE_DIR
 from support import IN_CI, Market, ok, spot_body
 
 CHROMIUM = Path("/usr/bin/chromium")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # the documentation's screenshots are rewritten only when asked for; otherwise they go to a
 # scratch folder (still taken: a page that cannot render fails the test), and a test run leaves
 # the working tree as it found it

@@ -621,7 +621,7 @@ def test_caddy_with_tls_internal_in_front_of_the_gateway(
         "XDG_DATA_HOME": str(tmp_path / "data"),
         "XDG_CONFIG_HOME": str(tmp_path / "config"),
     }
-    caddyfile = Path(__file__).parent.parent / "deploy" / "Caddyfile"
+    caddyfile = Path(__file__).parents[2] / "deploy" / "Caddyfile"
     log = (tmp_path / "caddy.log").open("wb")
     proxy = subprocess.Popen(
         [caddy, "run", "--config", str(caddyfile), "--adapter", "caddyfile"],

@@ -1,6 +1,6 @@
 """The agent's hardening, without Docker: image references, the registry policy, the resolvers the
 firewall lets DNS through to, and the container options. (The same things on real containers:
-tests/test_agent_docker.py.)"""
+tests/agent/test_agent_docker.py.)"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Per-GPU rentals through the API (SPEC §8), on both databases: a host opts a multi-GPU server
 in, renters take some of its GPUs on demand or by bidding per GPU, and each order is priced and
-billed for its own slots. The allocation rule itself is pinned in tests/test_slots.py."""
+billed for its own slots. The allocation rule itself is pinned in tests/domain/test_slots.py."""
 
 from __future__ import annotations
 

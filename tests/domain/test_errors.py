@@ -11,7 +11,7 @@ from openclore.client import _errors as sdk
 from openclore.domain.errors import ERROR_HTTP_STATUS, REGISTRY, http_status
 from openclore.web.messages import ERRORS
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "openclore"
+SRC = Path(__file__).resolve().parents[2] / "src" / "openclore"
 # Clore's other spellings of a few names, which the SDK also understands
 CLORE_ALIASES = {
     "currency_not_allowed",
