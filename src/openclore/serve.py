@@ -25,6 +25,7 @@ from openclore.api.state import AppState
 from openclore.api.transport import configure_protocol
 from openclore.config import Settings
 from openclore.engine import housekeeping
+from openclore.engine.billing import publish_rules
 from openclore.engine.clock import Clock
 from openclore.engine.webhooks import Deliverer
 from openclore.gateway.service import serve_gateway
@@ -72,6 +73,8 @@ def background_work(*, gateway: bool) -> Background:
     @contextlib.asynccontextmanager
     async def run(state: AppState) -> AsyncIterator[None]:
         settings = state.settings
+        # the market's rules the engine reads from the database (every replica, every resolve)
+        await run_in_threadpool(publish_rules, state.db, settings.spot_starvation_seconds)
         tasks = []
         if settings.tick_interval > 0:
             tasks.append(asyncio.create_task(_ticker(state)))

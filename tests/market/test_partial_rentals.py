@@ -236,3 +236,28 @@ def test_the_demo_world_rents_two_multi_gpu_servers_per_gpu(market: Market) -> N
     oid = ok(renter.post("/v1/create_order", json=order_body(sid, gpu_count=1)))["order_id"]
     order = orders_of(renter)[oid]
     assert order["running"] and len(order["gpus"]) == 1 and order.get("simulated") is True
+
+
+def test_a_bid_waiting_past_the_starvation_setting_keeps_lower_bids_off(market: Market) -> None:
+    from openclore.engine.billing import STARVATION_KEY, publish_rules
+    from openclore.store.db import get_meta
+
+    publish_rules(market.db, 100)
+    with market.db.read() as conn:
+        assert get_meta(conn, STARVATION_KEY) == 100
+    host = market.user()
+    sid = four_gpu_server(market, host)
+    holder = market.client(market.user(bitcoin="1"))
+    ok(holder.post("/v1/create_order", json=order_body(sid, gpus=[0])))
+    big = market.client(market.user(bitcoin="1"))  # all four GPUs at 0.00002 each: waits
+    big_id = ok(big.post("/v1/create_order", json=spot_body(sid, "0.00008")))["order_id"]
+    low = market.client(market.user(bitcoin="1"))  # two GPUs at 0.000015 each: runs meanwhile
+    low_id = ok(low.post("/v1/create_order", json=spot_body(sid, "0.00003", gpu_count=2)))[
+        "order_id"
+    ]
+    assert orders_of(low)[low_id]["running"] and not orders_of(big)[big_id]["running"]
+    market.advance(60)
+    assert orders_of(low)[low_id]["running"]  # not waited long enough yet
+    market.advance(60)  # the big bid has waited 120 s > 100 s: the tick reserves its GPUs
+    assert not orders_of(low)[low_id]["running"] and not orders_of(big)[big_id]["running"]
+    assert listed(market, sid)["partial_gpu_rental"]["free_indices"] == [1, 2, 3]

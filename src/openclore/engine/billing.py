@@ -28,7 +28,7 @@ from openclore.ledger.ledger import (
     transfer,
     wallet_id,
 )
-from openclore.store.db import get_meta
+from openclore.store.db import Database, get_meta, set_meta
 from openclore.store.schema import orders, servers
 
 Row = Mapping[str, Any]
@@ -221,6 +221,35 @@ def resolve_server(conn: Connection, server_id: int, now: int) -> None:
     if changed:
         notify_server(conn, server_id)
         record_order_changes(conn, server_id, before, now)
+
+
+def publish_rules(db: Database, starvation_seconds: int) -> None:
+    """Record the market's ``spot_starvation_seconds`` where every resolve reads it (a serving
+    process does at start: one setting for the whole market, whichever replica resolves)."""
+    with db.write() as conn:
+        if get_meta(conn, STARVATION_KEY, -1) != starvation_seconds:
+            set_meta(conn, STARVATION_KEY, starvation_seconds)
+
+
+def servers_starving(conn: Connection, now: int) -> list[int]:
+    """Servers with a bid that has waited for GPU slots past the starvation setting: the tick
+    resolves them, so that its reservation holds from then on (SPEC §8)."""
+    limit = now - get_meta(conn, STARVATION_KEY, DEFAULT_STARVATION_SECONDS)
+    return [
+        int(sid)
+        for sid in conn.execute(
+            select(orders.c.server_id)
+            .join(servers, servers.c.id == orders.c.server_id)
+            .where(
+                servers.c.partial_gpu_rental.is_(True),
+                orders.c.expired.is_(False),
+                orders.c.spot.is_(True),
+                orders.c.running.is_(False),
+                orders.c.waiting_since < limit,
+            )
+            .distinct()
+        ).scalars()
+    ]
 
 
 def slot_count(gpu_array: Any) -> int:

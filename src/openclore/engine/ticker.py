@@ -16,7 +16,7 @@ from sqlalchemy import Connection, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from openclore.engine.alerts import check_low_balances
-from openclore.engine.billing import BILLING_GRACE, lock_server, resolve_server
+from openclore.engine.billing import BILLING_GRACE, lock_server, resolve_server, servers_starving
 from openclore.engine.outbox import SERVER_OFFLINE, emit
 from openclore.engine.reliability import close_stretch, recompute, reliability_due
 from openclore.engine.settlement import servers_due, settle_running_orders
@@ -88,7 +88,8 @@ def tick(db: Database, now: int, agent_timeout: int, reliability_interval: int =
         ):
             return 0, []  # another process is ticking right now
         result = settle_running_orders(conn, now, BILLING_GRACE)
-        return result.settled, result.deferred_servers + servers_due(conn, now)
+        due = servers_due(conn, now) + servers_starving(conn, now)
+        return result.settled, result.deferred_servers + due
 
     settled, exact = _fast_with_rereads(db, fast)
     for server_id in sorted(set(exact)):
