@@ -261,3 +261,25 @@ def test_a_bid_waiting_past_the_starvation_setting_keeps_lower_bids_off(market: 
     market.advance(60)  # the big bid has waited 120 s > 100 s: the tick reserves its GPUs
     assert not orders_of(low)[low_id]["running"] and not orders_of(big)[big_id]["running"]
     assert listed(market, sid)["partial_gpu_rental"]["free_indices"] == [1, 2, 3]
+
+
+def test_the_free_gpus_filter_counts_what_can_be_rented_now(market: Market) -> None:
+    host = market.user()
+    sid = four_gpu_server(market, host, min_gpus=2)
+    single = market.server(host, "single")
+    anyone = market.client()
+
+    def found(free: int) -> set[int]:
+        body = ok(anyone.get("/v1/marketplace", params={"free_gpus": free}))
+        return {s["id"] for s in body["servers"]}
+
+    assert found(1) == {sid, single} and found(4) == {sid}
+    renter = market.client(market.user(bitcoin="1"))
+    ok(renter.post("/v1/create_order", json=order_body(sid, gpus=[0, 1])))
+    ok(renter.post("/v1/create_order", json=order_body(single)))
+    assert found(2) == {sid} and found(3) == set() and found(1) == {sid}
+    other = market.client(market.user(bitcoin="1"))
+    ok(other.post("/v1/create_order", json=order_body(sid, gpu_count=2)))
+    assert found(1) == set()
+    bad = anyone.get("/v1/marketplace", params={"free_gpus": "two"}).json()
+    assert bad["code"] == 2

@@ -22,6 +22,7 @@ from openclore.domain.money import MAX_UNITS, Coins, to_units
 PARAMS = (
     "gpu",
     "min_gpus",
+    "free_gpus",
     "min_vram",
     "max_price",
     "currency",
@@ -44,6 +45,7 @@ class MarketQuery:
 
     gpu: str | None = None
     min_gpus: int | None = None
+    free_gpus: int | None = None  # this many GPUs can be rented now (per GPU or whole)
     min_vram: float | None = None
     max_price: int | None = None
     currency: str | None = None  # only servers that accept it
@@ -66,6 +68,7 @@ class Entry:
     country: str
     reliability: float
     rented: bool
+    free: int  # the most GPUs one renter can take now: the free ones per GPU, else all or none
     on_demand: dict[str, int]  # currency -> units per day
     coins: frozenset[str]
 
@@ -88,6 +91,17 @@ def gpu_count(server: Mapping[str, Any]) -> int:
     specs = server.get("specs") or {}
     match = _GPU_COUNT.match(str(specs.get("gpu") or ""))
     return int(match.group(1)) if match else 0
+
+
+def free_gpus(server: Mapping[str, Any]) -> int:
+    """How many GPUs one renter can take now (SPEC §8): the free ones of a server rented per GPU
+    (0 below its ``min_gpus``), else every GPU of a server no order holds, else none."""
+    partial = server.get("partial_gpu_rental") or {}
+    free = len(partial.get("free_indices") or [])
+    if partial.get("enabled"):
+        return free if free >= int(partial.get("min_gpus") or 1) else 0
+    n = gpu_count(server)
+    return n if free == n and not server.get("rented") else 0
 
 
 def gpu_name(server: Mapping[str, Any]) -> str:
@@ -125,6 +139,7 @@ def build_index(listing: Sequence[Mapping[str, Any]]) -> SearchIndex:
                 country=country_of(server).upper(),
                 reliability=float(server.get("reliability") or 0.0),
                 rented=bool(server.get("rented")),
+                free=free_gpus(server),
                 on_demand={c: _units(p) for c, p in (price.get("on_demand") or {}).items()},
                 coins=frozenset(server.get("allowed_coins") or []),
             )
@@ -200,6 +215,7 @@ def parse_query(
     return MarketQuery(
         gpu=gpu,
         min_gpus=_int(params, "min_gpus", 0, 1024),
+        free_gpus=_int(params, "free_gpus", 0, 1024),
         min_vram=_float(params, "min_vram", 100_000),
         max_price=max_price,
         currency=currency,
@@ -217,6 +233,8 @@ def _matches(e: Entry, q: MarketQuery) -> bool:
     if q.gpu is not None and q.gpu not in e.gpu_text:
         return False
     if q.min_gpus is not None and e.gpus < q.min_gpus:
+        return False
+    if q.free_gpus is not None and e.free < q.free_gpus:
         return False
     if q.min_vram is not None and e.vram < q.min_vram:
         return False
