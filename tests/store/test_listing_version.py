@@ -55,6 +55,11 @@ from support import Market, ok, order_body, spot_body
             False,
         ),
         ("WITH x AS (UPDATE orders SET price = 5 RETURNING id) SELECT 1", True),
+        # what comes before SET is not an assignment
+        ("WITH c AS (SELECT 1 WHERE running = 1) UPDATE orders SET spend = 1", False),
+        # statements as written in the code, indented on their own lines
+        ("\n    UPDATE servers SET online = :online\n    WHERE id = :id\n", True),
+        ("\n    insert into usd_rates (currency) values (:c)", True),
         # when the assignments cannot be read, it counts as a change
         ("UPDATE orders SET (price, spot) = (SELECT 1, 0)", True),
     ],

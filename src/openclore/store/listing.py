@@ -46,8 +46,8 @@ LISTED: dict[str, frozenset[str] | None] = {
 _WRITES = ("INSERT", "UPDATE", "DELETE", "WITH", "TRUNCA")
 _NAMES = "|".join(LISTED)
 _TABLE_WRITE = re.compile(
-    rf"\b(?:(INSERT\s+INTO|DELETE\s+FROM|TRUNCATE)\s+(?:\w+\s*,\s*)*({_NAMES})\b"
-    rf"|UPDATE\s+({_NAMES})\s+SET\b)",
+    rf"\b(?:(?:INSERT\s+INTO|DELETE\s+FROM|TRUNCATE)\s+(?:\w+\s*,\s*)*(?:{_NAMES})\b"
+    rf"|UPDATE\s+(?P<updated>{_NAMES})\s+SET\b)",
     re.IGNORECASE,
 )
 # ``name =`` at the start of an assignment (not ``table.name =`` of a WHERE clause)
@@ -59,9 +59,10 @@ def touches_listing(statement: str) -> bool:
     if not statement.lstrip()[:6].upper().startswith(_WRITES):
         return False
     for found in _TABLE_WRITE.finditer(statement):
-        if found.group(1):  # an INSERT, a DELETE or a TRUNCATE of a listed table
+        updated = found.group("updated")
+        if updated is None:  # an INSERT, a DELETE or a TRUNCATE of a listed table
             return True
-        columns = LISTED[found.group(3).lower()]
+        columns = LISTED[updated.lower()]
         if columns is None:
             return True
         # the assignments after SET (and whatever follows: reading too much only adds names)
