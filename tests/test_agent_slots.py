@@ -3,7 +3,8 @@ memory, disk and ports, and cannot see or signal the others.
 
 The protocol and the container a rental becomes are checked without Docker; two rentals side by
 side on a simulated 4-GPU host are then run with the real engine (``openclore-test/busybox``,
-skipped without it, mandatory when ``CI=true``) and what Docker created is inspected. This
+skipped without it, mandatory when ``CI=true``) and what Docker created is inspected, first
+through the reconciler alone, then end to end (market, channel, agent) on a 2-GPU server. This
 machine has no NVIDIA runtime, so the real containers request no GPU; the exact GPU device
 request is pinned on the options the runtime builds (``scripts/gpu-partial-check.sh`` checks it
 on a GPU machine).
@@ -15,6 +16,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import docker  # type: ignore[import-untyped]
@@ -27,8 +29,8 @@ from openclore.agent.runtime.docker import DockerRuntime, Hardening, create_opti
 from openclore.agent.runtime.simulated import SimulatedEngine, SimulatedRuntime
 from openclore.protocol import KIND_BACKGROUND, KIND_ORDER, RUNNING, DesiredContainer
 
-from agent_support import wait_for
-from support import IN_CI
+from agent_support import host_server, start_agent, wait_for, wait_order_state
+from support import IN_CI, Market, ok, order_body
 
 IMAGE = "openclore-test/busybox:latest"
 TEST_LABEL = "openclore.test"
@@ -314,3 +316,61 @@ def test_two_rentals_side_by_side_on_a_four_gpu_host(
     assert not client.containers.list(
         all=True, filters={"label": f"{TEST_LABEL}={labels[TEST_LABEL]}"}
     )
+
+
+def test_the_market_runs_two_renters_on_one_machine_each_on_its_gpu(
+    market: Market, tmp_path: Path, engine_labels: tuple[Any, dict[str, str]]
+) -> None:
+    """End to end: a 2-GPU server rented per GPU by two renters; the agent gets both orders over
+    its channel and runs each in its own container on its own GPU's share of the machine."""
+    client, labels = engine_labels
+    host = market.user()
+    sid, token = host_server(market, host, on_demand="0.00002")
+    agent = start_agent(
+        market.url,
+        tmp_path / "s",
+        init_token=token,
+        runtime_factory=lambda agent_id: DockerRuntime(
+            agent_id, network="openclore-test", isolation="off"
+        ),
+        port_range=(43100, 43199),
+        probe_ports=True,
+        extra_labels=labels,
+        cpus=2.0,
+        memory=512 * MiB,
+        host_cpus=[0, 1],
+    )
+    try:
+        settings = {"name": "rig", "partial_gpu_rental": True}
+        ok(market.client(host).post("/v1/set_server_settings", json=settings))
+        renters = [market.client(market.user(bitcoin="0.01")) for _ in range(2)]
+        body = order_body(sid, image=IMAGE, ports={"22": "tcp"}, gpu_count=1)
+        ids = [ok(r.post("/v1/create_order", json=body))["order_id"] for r in renters]
+        seen = [wait_order_state(r, oid, "running") for r, oid in zip(renters, ids, strict=True)]
+        assert sorted(g for o in seen for g in o["gpus"]) == [0, 1]
+        assert len({o["tcp_ports"][0] for o in seen}) == 2  # port 22 of each: two public ports
+        for order in seen:
+            found = client.containers.list(
+                filters={
+                    "label": [
+                        f"{TEST_LABEL}={labels[TEST_LABEL]}",
+                        f"openclore.order={order['id']}",
+                    ]
+                }
+            )
+            (container,) = found
+            config = container.attrs["HostConfig"]
+            (gpu,) = order["gpus"]
+            assert config["CpusetCpus"] == str(gpu) and config["Memory"] == 256 * MiB
+            assert f"NVIDIA_VISIBLE_DEVICES={gpu}" in container.attrs["Config"]["Env"]
+            assert config["IpcMode"] == "private" and config["PidMode"] == ""
+        for renter, oid in zip(renters, ids, strict=True):
+            ok(renter.post("/v1/cancel_order", json={"id": oid}))
+        label = f"{TEST_LABEL}={labels[TEST_LABEL]}"
+        wait_for(
+            lambda: not client.containers.list(all=True, filters={"label": label}),
+            15,
+            what="both containers removed",
+        )
+    finally:
+        agent.stop()
