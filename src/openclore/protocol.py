@@ -6,7 +6,9 @@ what changed) and ``specs`` ``{specs, gpu_array}``.
 
 Server → agent: ``hello`` ``{server_id, name, heartbeat_interval}``, then ``desired``
 ``{rev, containers: [desired…]}`` whenever the set may have changed: the complete set of
-containers this machine must run (the running order, if any, else the background job).
+containers this machine must run (every running order, each on its own GPUs, else the background
+job). A desired container's ``gpus`` (NVML indices) and ``share`` (k of n GPUs) say which part of
+the machine it gets; both absent (``null``) mean the whole machine, as before per-GPU rentals.
 
 This module is shared by both sides (the server's ``market`` and ``api``, and the host ``agent``):
 it imports nothing heavy and nothing of openclore.
@@ -59,21 +61,35 @@ class DesiredContainer:
     # GigaSPOT per-GPU settings applied while the container runs (not part of the spec: a change
     # is applied to the GPUs without a new container)
     gpu_settings: list[dict[str, Any]] = field(default_factory=list)
+    # per-GPU rentals (SPEC §8): the NVML indices the container may use, None for every GPU of
+    # the machine (a whole-server order, the background job)
+    gpus: list[int] | None = None
+    # the rental's part of the machine, k of n GPUs (its CPUs, memory and disk follow); None: whole
+    share: tuple[int, int] | None = None
 
     def spec_hash(self) -> str:
         """Identifies everything that shapes the container: a change means a new container."""
         shape = asdict(self)
         shape.pop("registry_auth")
         shape.pop("gpu_settings")
+        # absent for a whole-machine container, so that its hash is the one agents computed
+        # before per-GPU rentals (an upgrade does not restart running rentals)
+        for name in ("gpus", "share"):
+            if shape[name] is None:
+                shape.pop(name)
         raw = json.dumps(shape, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
-
-    def to_wire(self) -> dict[str, Any]:
-        return asdict(self)
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> DesiredContainer:
         order_id = data.get("order_id")
+        gpus, share = _gpus(data.get("gpus")), _share(data.get("share"))
+        if (
+            share is not None
+            and gpus is not None
+            and (len(gpus) != share[0] or gpus[-1] >= share[1])
+        ):
+            raise ValueError("gpus: k different indices below n of share [k, n]")
         return cls(
             key=str(data["key"]),
             kind=str(data.get("kind", KIND_ORDER)),
@@ -88,7 +104,40 @@ class DesiredContainer:
             autossh_entrypoint=bool(data.get("autossh_entrypoint", False)),
             registry_auth=data.get("registry_auth") or None,
             gpu_settings=[g for g in (data.get("gpu_settings") or []) if isinstance(g, dict)],
+            gpus=gpus,
+            share=share,
         )
+
+    def to_wire(self) -> dict[str, Any]:
+        wire = asdict(self)
+        if self.share is not None:
+            wire["share"] = list(self.share)
+        return wire
+
+
+def _gpus(value: Any) -> list[int] | None:
+    """NVML indices, ascending and once each; None (every GPU) when absent (an older server)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 1024 for i in value
+    ):
+        raise ValueError("gpus: a list of GPU indices")
+    return sorted(set(value))
+
+
+def _share(value: Any) -> tuple[int, int] | None:
+    """``[k, n]`` with 1 ≤ k ≤ n; None (the whole machine) when absent."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list | tuple)
+        or len(value) != 2
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in value)
+        or not 1 <= value[0] <= value[1]
+    ):
+        raise ValueError("share: [k, n] with 1 <= k <= n")
+    return int(value[0]), int(value[1])
 
 
 @dataclass(frozen=True)

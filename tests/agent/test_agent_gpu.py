@@ -220,6 +220,20 @@ def test_the_reconciler_reports_refused_settings() -> None:
     assert plain.statuses()["order-9"].gpu_settings_error == "the host does not allow GPU settings"
 
 
+def test_a_per_gpu_rentals_settings_never_reach_other_rentals_gpus() -> None:
+    """The tuner numbers settings from GPU 0: a rental holding GPU 1 of 2 would set GPU 0,
+    another rental's. Its settings are refused (and said so); a whole-machine order's apply."""
+    nvml = FakeNVML()
+    r = reconciler(nvml, SimulatedEngine())
+    r.set_desired([gpu_order(5, [{"pl": 300}], gpus=[1], share=(1, 2))])
+    r.reconcile_once()
+    r.reconcile_once()
+    status = r.statuses()["order-5"]
+    assert status.state == RUNNING and status.gpu_settings_applied is False
+    assert status.gpu_settings_error == "GPU settings are applied to whole-server rentals only"
+    assert nvml.calls == []
+
+
 def test_the_registry_login_is_used_for_the_pull_only() -> None:
     engine = SimulatedEngine(pullable={"private/app:1"})
     r = reconciler(None, engine)

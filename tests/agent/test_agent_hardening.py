@@ -323,7 +323,8 @@ def test_container_options() -> None:
     assert options["log_config"]["Type"] == "json-file"
     assert options["log_config"]["Config"] == {"max-size": "50m", "max-file": "3"}
     bare = Hardening(cap_drop=(), no_new_privileges=False, pids_limit=None).container_options()
-    assert set(bare) == {"log_config"}
+    assert set(bare) == {"log_config", "ipc_mode"}  # a private IPC namespace, always
+    assert bare["ipc_mode"] == options["ipc_mode"] == "private"
 
 
 def test_capability_names_and_cli_helpers() -> None:

@@ -12,6 +12,8 @@ import httpx
 import pytest
 from sqlalchemy import update
 
+from openclore.market.agents import desired_for
+from openclore.protocol import DesiredContainer
 from openclore.store.schema import servers
 
 from support import Market, error, ok, order_body, spot_body
@@ -283,3 +285,36 @@ def test_the_free_gpus_filter_counts_what_can_be_rented_now(market: Market) -> N
     assert found(1) == set()
     bad = anyone.get("/v1/marketplace", params={"free_gpus": "two"}).json()
     assert bad["code"] == 2
+
+
+def test_the_agent_is_sent_every_running_order_on_its_own_gpus(market: Market) -> None:
+    host = market.user()
+    sid = four_gpu_server(market, host)
+    with market.db.write() as conn:
+        conn.execute(update(servers).where(servers.c.id == sid).values(bg_image="miner:1"))
+
+    def desired() -> list[DesiredContainer]:
+        with market.db.read() as conn:
+            found = desired_for(conn, sid)
+        assert found is not None
+        return found
+
+    (background,) = desired()
+    assert background.kind == "background" and background.gpus is None
+    assert background.share is None
+    renters = [market.client(market.user(bitcoin="1")) for _ in range(2)]
+    one = ok(renters[0].post("/v1/create_order", json=order_body(sid, gpus=[3])))["order_id"]
+    two = ok(renters[1].post("/v1/create_order", json=order_body(sid, gpu_count=2)))["order_id"]
+    first, second = desired()  # by order id; no background job while any order runs
+    assert (first.order_id, first.gpus, first.share) == (one, [3], (1, 4))
+    assert (second.order_id, second.gpus, second.share) == (two, [0, 1], (2, 4))
+    assert second.gpus == orders_of(renters[1])[two]["gpus"]
+    # what the agent receives over the wire is the same
+    assert [DesiredContainer.from_wire(d.to_wire()) for d in (first, second)] == [first, second]
+    for renter, oid in zip(renters, (one, two), strict=True):
+        ok(renter.post("/v1/cancel_order", json={"id": oid}))
+    # a whole-server order (by count or by every index) is the whole machine, as before
+    whole = ok(renters[0].post("/v1/create_order", json=order_body(sid, gpu_count=4)))
+    (container,) = desired()
+    assert container.order_id == whole["order_id"]
+    assert container.gpus is None and container.share is None

@@ -21,6 +21,9 @@ Container conventions (the way common GPU-cloud images expect their settings):
 - the container runs with an init process (``init=True``), the host's NVIDIA GPUs when it has
   any, the CPU and memory limits of the agent's settings, on the agent's isolated network, and
   hardened by the runtime (:class:`openclore.agent.runtime.docker.Hardening`);
+- a per-GPU rental (``gpus`` and ``share`` set) gets only its GPUs (``NVIDIA_VISIBLE_DEVICES``
+  set to them, over any value of the renter's) and k/n of the machine: its own CPUs, memory and
+  disk (:mod:`openclore.agent.share`);
 - an image that cannot be used is reported as ``image <image> is unavailable: <reason>`` with
   the runtime's generic reason (never the engine's own text).
 """
@@ -36,6 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from openclore.agent import share
 from openclore.agent.gpu import GpuTuner
 from openclore.agent.runtime import (
     LABEL_AGENT,
@@ -116,6 +120,7 @@ trap 'exit 0' TERM INT
 while :; do sleep 3600 & wait $!; done
 """
 
+PARTIAL_GPU_SETTINGS = "GPU settings are applied to whole-server rentals only"
 CRASH_WINDOW = 600.0  # seconds over which exits count towards a crash loop
 CRASH_LOOP_AFTER = 3  # exits within the window
 MAX_RESTART_DELAY = 60.0
@@ -130,6 +135,8 @@ class ReconcileSettings:
     http_bind_address: str = "127.0.0.1"  # http ports: for the host's HTTP proxy only
     gpus: bool = False
     cpus: float | None = None
+    # the CPUs per-GPU rentals are pinned within (None: the machine's, see agent.share.host_cpus)
+    host_cpus: list[int] | None = None
     memory: int | None = None
     shm_size: int | None = None
     stop_timeout: float = 5.0
@@ -284,11 +291,30 @@ class Reconciler:
     # ------------------------------------------------------------------ GPU settings
 
     def _tune_gpus(self, desired: list[DesiredContainer]) -> None:
-        """The running order's GigaSPOT settings on the GPUs; the defaults when none runs."""
+        """The running order's GigaSPOT settings on the GPUs; the defaults when none runs.
+        Only a whole-machine order's: the tuner numbers settings from GPU 0, so a per-GPU
+        rental's settings would reach GPUs that other rentals hold; they are refused."""
+        for d in desired:
+            if d.gpu_settings and d.gpus is not None and d.key not in self._gpu_result:
+                self._gpu_result[d.key] = (False, PARTIAL_GPU_SETTINGS)
+                with self._lock:
+                    current = self._statuses.get(d.key)
+                if current is not None:
+                    self._set(
+                        replace(
+                            current,
+                            gpu_settings_applied=False,
+                            gpu_settings_error=PARTIAL_GPU_SETTINGS,
+                        )
+                    )
         with self._lock:
             running = {k for k, st in self._statuses.items() if st.state == RUNNING}
         target = next(
-            (d for d in desired if d.gpu_settings and d.key in running and d.kind == KIND_ORDER),
+            (
+                d
+                for d in desired
+                if d.gpu_settings and d.key in running and d.kind == KIND_ORDER and d.gpus is None
+            ),
             None,
         )
         wanted = None if target is None else (target.key, json.dumps(target.gpu_settings))
@@ -328,7 +354,7 @@ class Reconciler:
             for _attempt in range(5):
                 bindings = self._allocate(d, exclude)
                 try:
-                    observed = self.runtime.launch(self._launch_spec(d, bindings))
+                    observed = self.runtime.launch(self.launch_spec(d, bindings))
                     break
                 except PortTaken:
                     exclude.update(b.host_port for b in bindings)
@@ -442,7 +468,8 @@ class Reconciler:
                 return False
         return True
 
-    def _launch_spec(self, d: DesiredContainer, bindings: list[PortBinding]) -> LaunchSpec:
+    def launch_spec(self, d: DesiredContainer, bindings: list[PortBinding]) -> LaunchSpec:
+        """The container ``d`` becomes with these host ports (its labels, env, GPUs, limits)."""
         s = self.settings
         labels = {
             **s.extra_labels,
@@ -476,6 +503,15 @@ class Reconciler:
             script = onstart_script(d.command) if d.command else ""
             entrypoint = ["/bin/sh", "-c", AUTOSSH_ENTRYPOINT, "openclore-entrypoint", script]
             command = []
+        cpus, memory, pinned = s.cpus, s.memory, None
+        if d.gpus is not None:
+            # exactly its GPUs, whatever the renter's env or the image says
+            env["NVIDIA_VISIBLE_DEVICES"] = share.visible_devices(d.gpus)
+        if d.share is not None:
+            cpus, memory = share.scaled_cpus(s.cpus, d.share), share.scaled(s.memory, d.share)
+            if d.gpus:
+                host = s.host_cpus or share.host_cpus(s.cpus)
+                pinned = share.cpuset(share.cpus_for_slots(d.gpus, d.share[1], host))
         suffix = s.agent_id[:8]
         return LaunchSpec(
             name=f"openclore-{d.key}-{suffix}",
@@ -487,8 +523,11 @@ class Reconciler:
             command=command,
             onstart=None if d.autossh_entrypoint else _onstart(d),
             gpus=s.gpus,
-            cpus=s.cpus,
-            memory=s.memory,
+            gpu_ids=None if d.gpus is None else list(d.gpus),
+            cpuset_cpus=pinned,
+            disk_share=d.share,
+            cpus=cpus,
+            memory=memory,
             shm_size=s.shm_size,
         )
 

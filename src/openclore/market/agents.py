@@ -22,7 +22,7 @@ from sqlalchemy import Connection, select, update
 
 from openclore.domain.gpu_settings import check_gpu_limits
 from openclore.domain.specs import UNSAFE_TEXT, check_gpu_array, check_specs
-from openclore.engine.billing import lock_server, resolve_server
+from openclore.engine.billing import lock_server, resolve_server, slot_count
 from openclore.engine.outbox import ORDER_FAILED, SERVER_ONLINE, emit
 from openclore.engine.reliability import came_online
 from openclore.market.tunnels import public_ports
@@ -309,11 +309,13 @@ def apply_statuses(
 
 
 def desired_for(conn: Connection, server_id: int) -> list[DesiredContainer] | None:
-    """What the machine must run now: the running order, else the background job.
-    ``None`` when the server was removed: its agent is no longer welcome."""
+    """What the machine must run now: every running order (by id), each on the GPUs it holds,
+    else the background job. ``None`` when the server was removed: its agent is no longer
+    welcome."""
     server = conn.execute(
         select(
             servers.c.removed_at,
+            servers.c.gpu_array,
             servers.c.bg_image,
             servers.c.bg_command,
             servers.c.bg_env,
@@ -322,7 +324,7 @@ def desired_for(conn: Connection, server_id: int) -> list[DesiredContainer] | No
     ).first()
     if server is None or server.removed_at is not None:
         return None
-    order = conn.execute(
+    running = conn.execute(
         select(orders)
         .where(
             orders.c.server_id == server_id,
@@ -330,26 +332,10 @@ def desired_for(conn: Connection, server_id: int) -> list[DesiredContainer] | No
             orders.c.expired.is_(False),
         )
         .order_by(orders.c.id)
-        .limit(1)
-    ).first()
-    if order is not None:
-        return [
-            DesiredContainer(
-                key=f"order-{order.id}",
-                kind=KIND_ORDER,
-                order_id=order.id,
-                image=order.image,
-                command=order.command or "",
-                env={str(k): str(v) for k, v in (order.env or {}).items()},
-                ports={str(k): str(v) for k, v in (order.ports or {}).items()},
-                jupyter_token=order.jupyter_token,
-                ssh_key=order.ssh_key,
-                ssh_password=order.ssh_password,
-                autossh_entrypoint=bool(order.autossh_entrypoint),
-                registry_auth=order.dockerhub_auth,
-                gpu_settings=list(order.oc or []),
-            )
-        ]
+    ).all()
+    if running:
+        n = slot_count(server.gpu_array)
+        return [d for order in running if (d := _order_container(order, n)) is not None]
     if server.bg_image:
         return [
             DesiredContainer(
@@ -361,6 +347,38 @@ def desired_for(conn: Connection, server_id: int) -> list[DesiredContainer] | No
             )
         ]
     return []
+
+
+def _order_container(order: Any, n: int) -> DesiredContainer | None:
+    """A running order's container. A whole-server order (``gpu_count`` null, or all ``n``
+    GPUs) gets the whole machine; a per-GPU order exactly the slots it holds and the share
+    ``(k, n)``, or nothing while its slots are not recorded (the allocation records them in the
+    transaction that starts it, so this is not expected)."""
+    gpus: list[int] | None = None
+    share: tuple[int, int] | None = None
+    if order.gpu_count is not None and order.gpu_count < n:
+        gpus = sorted({int(i) for i in order.gpus or ()})
+        if len(gpus) != order.gpu_count or any(i >= n for i in gpus):
+            log.warning("order %s runs without its %s slots recorded", order.id, order.gpu_count)
+            return None
+        share = (len(gpus), n)
+    return DesiredContainer(
+        key=f"order-{order.id}",
+        kind=KIND_ORDER,
+        order_id=order.id,
+        image=order.image,
+        command=order.command or "",
+        env={str(k): str(v) for k, v in (order.env or {}).items()},
+        ports={str(k): str(v) for k, v in (order.ports or {}).items()},
+        jupyter_token=order.jupyter_token,
+        ssh_key=order.ssh_key,
+        ssh_password=order.ssh_password,
+        autossh_entrypoint=bool(order.autossh_entrypoint),
+        registry_auth=order.dockerhub_auth,
+        gpu_settings=list(order.oc or []),
+        gpus=gpus,
+        share=share,
+    )
 
 
 def parse_statuses(raw: Any) -> list[ContainerStatus]:

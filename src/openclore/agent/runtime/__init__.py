@@ -45,7 +45,10 @@ class LaunchSpec:
     command: list[str] | None = None
     files: list[FileSpec] = field(default_factory=list)  # copied in before the first start
     onstart: list[str] | None = None  # run (detached) in the container after every start
-    gpus: bool = False
+    gpus: bool = False  # the agent gives rentals GPUs (it has GPUs and the NVIDIA runtime)
+    gpu_ids: list[int] | None = None  # with gpus: exactly these NVML indices; None: all of them
+    cpuset_cpus: str | None = None  # "0-3": the CPUs a per-GPU rental is pinned to
+    disk_share: tuple[int, int] | None = None  # k of n: that part of the runtime's disk quota
     cpus: float | None = None
     memory: int | None = None  # bytes
     shm_size: int | None = None  # bytes

@@ -6,7 +6,11 @@ Hardening of every rental (:class:`Hardening`, the agent's settings): the capabi
 processes is limited (``pids_limit``), logs are ``json-file`` with rotation (``max-size`` ×
 ``max-file``), and a disk quota (``storage_opt size``) is set when the host asked for one and the
 storage driver supports it (overlay2 only on xfs mounted with ``pquota``; otherwise the agent warns
-once and runs rentals without a quota).
+once and runs rentals without a quota). Every rental has its own PID and a private IPC namespace.
+
+Per-GPU rentals (:mod:`openclore.agent.share`): a device request for exactly the rental's GPU
+indices (:func:`gpu_request`, only when the agent gives rentals GPUs), its ``cpuset``, and its k/n
+of the CPU, memory and disk limits.
 
 Images: before any pull the reference is checked against the registry policy
 (:mod:`openclore.agent.images`), and pull errors reach the market in generic terms only.
@@ -73,6 +77,7 @@ from openclore.agent.runtime import (
     PortTaken,
     RuntimeProblem,
 )
+from openclore.agent.share import scaled
 
 log = logging.getLogger("openclore.agent.docker")
 
@@ -131,6 +136,10 @@ class Hardening:
             options["security_opt"] = ["no-new-privileges"]
         if self.pids_limit:
             options["pids_limit"] = self.pids_limit
+        # its own PID namespace (Docker's default: pid_mode unset) and a private IPC namespace
+        # that no other container can join (the engine's default may be "shareable"): rentals
+        # on one machine neither see nor signal each other's processes, nor share memory
+        options["ipc_mode"] = "private"
         return options
 
 
@@ -337,31 +346,7 @@ class DockerRuntime:
     # ------------------------------------------------------------------ actions
 
     def launch(self, spec: LaunchSpec) -> Observed:
-        kwargs: dict[str, Any] = {
-            "name": spec.name,
-            "environment": spec.env,
-            "labels": spec.labels,
-            "detach": True,
-            "init": True,
-            "ports": {f"{b.container_port}/tcp": (b.host_ip, b.host_port) for b in spec.ports},
-            **self.hardening.container_options(),
-        }
-        if self.disk_quota:
-            kwargs["storage_opt"] = {"size": str(self.disk_quota)}
-        if self.network:
-            kwargs["network"] = self.network
-        if spec.entrypoint is not None:
-            kwargs["entrypoint"] = spec.entrypoint
-        if spec.command is not None:
-            kwargs["command"] = spec.command
-        if spec.gpus:
-            kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
-        if spec.cpus:
-            kwargs["nano_cpus"] = int(spec.cpus * 1e9)
-        if spec.memory:
-            kwargs["mem_limit"] = spec.memory
-        if spec.shm_size:
-            kwargs["shm_size"] = spec.shm_size
+        kwargs = create_options(spec, self.hardening, self.network, self.disk_quota)
         try:
             container = self._create(spec.image, kwargs)
         except docker.errors.ImageNotFound as exc:
@@ -475,6 +460,51 @@ class DockerRuntime:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def create_options(
+    spec: LaunchSpec, hardening: Hardening, network: str | None, disk_quota: int | None
+) -> dict[str, Any]:
+    """The engine's options for creating ``spec``'s container (``containers.create``)."""
+    kwargs: dict[str, Any] = {
+        "name": spec.name,
+        "environment": spec.env,
+        "labels": spec.labels,
+        "detach": True,
+        "init": True,
+        "ports": {f"{b.container_port}/tcp": (b.host_ip, b.host_port) for b in spec.ports},
+        **hardening.container_options(),
+    }
+    if disk_quota:
+        kwargs["storage_opt"] = {"size": str(scaled(disk_quota, spec.disk_share))}
+    if network:
+        kwargs["network"] = network
+    if spec.entrypoint is not None:
+        kwargs["entrypoint"] = spec.entrypoint
+    if spec.command is not None:
+        kwargs["command"] = spec.command
+    if spec.gpus and (request := gpu_request(spec.gpu_ids)) is not None:
+        kwargs["device_requests"] = [request]
+    if spec.cpuset_cpus:
+        kwargs["cpuset_cpus"] = spec.cpuset_cpus
+    if spec.cpus:
+        kwargs["nano_cpus"] = int(spec.cpus * 1e9)
+    if spec.memory:
+        kwargs["mem_limit"] = spec.memory
+    if spec.shm_size:
+        kwargs["shm_size"] = spec.shm_size
+    return kwargs
+
+
+def gpu_request(gpu_ids: list[int] | None) -> DeviceRequest | None:
+    """The NVIDIA device request of a rental: every GPU (``None``), exactly these NVML indices,
+    or none at all (an empty list). Only the ``gpu`` capability is named, so the driver
+    capabilities stay the NVIDIA runtime's default or the image's (compute and utility)."""
+    if gpu_ids is None:
+        return DeviceRequest(count=-1, capabilities=[["gpu"]])
+    if not gpu_ids:
+        return None
+    return DeviceRequest(device_ids=[str(i) for i in sorted(gpu_ids)], capabilities=[["gpu"]])
 
 
 def _observed(attrs: dict[str, Any]) -> Observed:
