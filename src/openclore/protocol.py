@@ -21,7 +21,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+# agents from this protocol on keep per-GPU rentals apart (``gpus``/``share``); the market lets a
+# server be rented per GPU only when its agent says so in its hello (an older agent would give
+# every rental every GPU)
+PER_GPU_PROTOCOL = 2
 
 KIND_ORDER = "order"
 KIND_BACKGROUND = "background"

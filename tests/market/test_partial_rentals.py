@@ -318,3 +318,26 @@ def test_the_agent_is_sent_every_running_order_on_its_own_gpus(market: Market) -
     (container,) = desired()
     assert container.order_id == whole["order_id"]
     assert container.gpus is None and container.share is None
+
+
+def test_a_server_whose_agent_cannot_keep_rentals_apart_is_rented_whole(market: Market) -> None:
+    """An agent from before per-GPU rentals would give every rental every GPU: its server is
+    rented whole until the agent is updated."""
+    host = market.user()
+    sid = four_gpu_server(market, host)
+    with market.db.write() as conn:  # a real agent that named protocol 1 in its hello
+        conn.execute(
+            update(servers).where(servers.c.id == sid).values(simulated=False, agent_protocol=1)
+        )
+    h = market.client(host)
+    refused = h.post("/v1/set_server_settings", json={"name": "quad", "partial_gpu_rental": True})
+    assert refused.json()["code"] == 2 and "update it" in refused.json()["error"]
+    assert listed(market, sid)["partial_gpu_rental"]["enabled"] is False
+    renter = market.client(market.user(bitcoin="1"))
+    assert error(renter.post("/v1/create_order", json=order_body(sid, gpu_count=1))) == (
+        "partial_gpu_rental_off"
+    )
+    with market.db.write() as conn:  # the agent is updated
+        conn.execute(update(servers).where(servers.c.id == sid).values(agent_protocol=2))
+    assert listed(market, sid)["partial_gpu_rental"]["enabled"] is True
+    ok(renter.post("/v1/create_order", json=order_body(sid, gpu_count=1)))

@@ -118,6 +118,10 @@ def agent_hello(
         return False
     # only what moved is written: a listed column written moves the listing's version
     values: dict[str, Any] = {"last_seen": now}
+    protocol = hello.get("protocol")
+    protocol = protocol if isinstance(protocol, int) and not isinstance(protocol, bool) else 1
+    if protocol != row["agent_protocol"]:
+        values["agent_protocol"] = protocol
     if not row["online"]:
         values.update(online=True, **came_online(row, now))
     specs = valid_specs(server_id, hello.get("specs"))

@@ -38,7 +38,7 @@ from openclore.market.audit import (
     record_by,
 )
 from openclore.market.inputs import CreateOrderRequest
-from openclore.market.servers import cuda_version, prices_of
+from openclore.market.servers import cuda_version, prices_of, rents_per_gpu
 from openclore.market.tunnels import http_pub, http_urls, new_http_label
 from openclore.store.db import inserted_id
 from openclore.store.schema import orders, servers
@@ -180,7 +180,7 @@ def _slots_asked(
         raise InvalidInput(f"gpus: this server's GPUs are 0 to {n - 1}")
     if asked == n:
         return None, None  # every index: the whole server
-    if not server["partial_gpu_rental"]:
+    if not rents_per_gpu(server):
         raise MarketError("partial_gpu_rental_off")
     if not server["min_gpus"] <= asked <= n:
         raise MarketError("gpu_count_out_of_range", min_gpus=server["min_gpus"], max_gpus=n)

@@ -28,7 +28,7 @@ from openclore.market.accounts import TOKEN_ALPHABET, lock_user
 from openclore.market.audit import SERVER_ADD, SERVER_SETTINGS, SYSTEM, Actor, record_by
 from openclore.market.inputs import SetServerSettingsRequest
 from openclore.market.rates import apply_autoprice, current_rates, rates_in_usd, usd_block
-from openclore.protocol import env_dict
+from openclore.protocol import PER_GPU_PROTOCOL, env_dict
 from openclore.store.db import inserted_id
 from openclore.store.schema import orders, server_prices, servers
 
@@ -346,7 +346,7 @@ def partial_view(
         if spot:
             per_gpu["spot"][currency] = to_coins(-(-spot // n))
     return {
-        "enabled": bool(server.partial_gpu_rental) and n >= 2,
+        "enabled": rents_per_gpu(server._mapping),
         "min_gpus": server.min_gpus,
         "free_indices": free,
         "price_per_gpu": per_gpu,
@@ -486,6 +486,14 @@ def set_server_settings(
     resolve_server(conn, found["id"], now)
 
 
+def rents_per_gpu(server: Any) -> bool:
+    """Whether renters may take some of a server's GPUs now: its host turned it on, it has at
+    least two GPUs, and its agent keeps rentals apart (a demo server has no agent)."""
+    if not server["partial_gpu_rental"] or len(clean_gpu_array(server["gpu_array"])) < 2:
+        return False
+    return bool(server["simulated"]) or (server["agent_protocol"] or 0) >= PER_GPU_PROTOCOL
+
+
 def gpu_slots(server: Row) -> int:
     """How many GPU slots a server has: the GPUs its agent reported (SPEC §8)."""
     return len(clean_gpu_array(server.get("gpu_array")))
@@ -503,6 +511,11 @@ def _partial_rental(req: SetServerSettingsRequest, server: Row) -> dict[str, Any
         values["min_gpus"] = req.min_gpus
     if values.get("partial_gpu_rental") and gpu_slots(server) < 2:
         raise InvalidInput("partial_gpu_rental: needs a server with at least 2 GPUs")
+    agent = server["agent_protocol"]
+    if values.get("partial_gpu_rental") and agent is not None and agent < PER_GPU_PROTOCOL:
+        raise InvalidInput(
+            "partial_gpu_rental: this server's agent gives every rental every GPU; update it"
+        )
     return values
 
 

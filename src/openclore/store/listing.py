@@ -33,6 +33,8 @@ LISTED: dict[str, frozenset[str] | None] = {
             "usd_pricing",
             "partial_gpu_rental",
             "min_gpus",
+            "agent_protocol",  # whether it may be rented per GPU
+            "simulated",
         }
     ),
     "server_prices": None,

@@ -111,6 +111,7 @@ servers = Table(
         "partial_gpu_rental", Boolean, nullable=False, default=False, server_default=text("false")
     ),
     Column("min_gpus", Integer, nullable=False, default=1, server_default="1"),
+    Column("agent_protocol", Integer, nullable=True),  # the protocol its agent's hello named
     CheckConstraint("visibility IN ('public', 'hidden')", name="visibility"),
     CheckConstraint("min_gpus >= 1", name="min_gpus_positive"),
     CheckConstraint("mrl_hours > 0", name="mrl_positive"),

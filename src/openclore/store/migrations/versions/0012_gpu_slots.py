@@ -1,4 +1,5 @@
-"""GPU slots (SPEC §8): servers.partial_gpu_rental and min_gpus; orders.gpu_count, gpus_wanted,
+"""GPU slots (SPEC §8): servers.partial_gpu_rental, min_gpus and agent_protocol (an agent that
+keeps per-GPU rentals apart says so); orders.gpu_count, gpus_wanted,
 gpus and waiting_since; the one-live-on-demand-order index covers whole-server orders only
 
 Revision ID: gpu_slots
@@ -28,6 +29,7 @@ def upgrade() -> None:
             )
         )
         batch_op.add_column(sa.Column("min_gpus", sa.Integer(), nullable=False, server_default="1"))
+        batch_op.add_column(sa.Column("agent_protocol", sa.Integer(), nullable=True))
         batch_op.create_check_constraint(
             batch_op.f("ck_servers_min_gpus_positive"), "min_gpus >= 1"
         )
@@ -66,5 +68,6 @@ def downgrade() -> None:
         batch_op.drop_column("gpu_count")
     with op.batch_alter_table("servers", schema=None) as batch_op:
         batch_op.drop_constraint(batch_op.f("ck_servers_min_gpus_positive"), type_="check")
+        batch_op.drop_column("agent_protocol")
         batch_op.drop_column("min_gpus")
         batch_op.drop_column("partial_gpu_rental")
