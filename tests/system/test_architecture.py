@@ -165,6 +165,79 @@ def test_the_api_modules_import_without_a_circle() -> None:
     assert _cycle(_module_graph(ROOT / "api")) == []
 
 
+def _tree_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """Every module of the package (``market.orders``, ``web.pages.renter``…) → the modules it
+    imports, at any level (``TYPE_CHECKING`` blocks and function bodies included); ``from
+    openclore.market import orders`` counts as importing the module ``market.orders``."""
+    modules: dict[str, Path] = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if not node.module.startswith("openclore"):
+                    continue
+                base = node.module[len("openclore") :].lstrip(".")
+                for alias in node.names:
+                    full = f"{base}.{alias.name}".strip(".")
+                    found.add(full if full in modules else base)
+            elif isinstance(node, ast.Import):
+                found |= {a.name[len("openclore.") :] for a in node.names}
+        graph[name] = {m for m in found if m in modules and m not in (name, "")}
+    return graph
+
+
+def test_no_module_imports_itself_round_a_circle() -> None:
+    """Not even under TYPE_CHECKING: a type a module needs from one that imports it is a
+    Protocol of its own (store.freshness, store.migrate)."""
+    graph = _tree_graph()
+    assert len(graph) > 100 and "market.orders" in graph["api.v1"]
+    assert _cycle(graph) == []
+
+
+# generated code and migrations are what they are; everything else is read by people
+SIZE_EXEMPT = ("store/migrations/", "client/_sync.py")
+MAX_FUNCTION_LINES = 120
+MAX_FILE_LINES = 800
+
+
+def _sizes(root: Path = ROOT) -> tuple[list[str], list[str]]:
+    long_functions, long_files = [], []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith(SIZE_EXEMPT):
+            continue
+        text = path.read_text()
+        if text.count("\n") > MAX_FILE_LINES:
+            long_files.append(f"{rel}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text, rel)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long_functions.append(f"{rel}:{node.lineno} {node.name}: {lines} lines")
+    return long_functions, long_files
+
+
+def test_functions_and_files_stay_readable() -> None:
+    """No function over 120 lines and no hand-written file over 800 (generated and migration
+    files exempt): a page can be read, and tested, alone."""
+    assert _sizes() == ([], [])
+
+
+def test_the_size_check_sees_a_long_function(tmp_path: Path) -> None:
+    body = "\n".join(f"    x = {i}" for i in range(MAX_FUNCTION_LINES))
+    (tmp_path / "long.py").write_text(f"def long() -> None:\n{body}\n")
+    (tmp_path / "store" / "migrations").mkdir(parents=True)
+    (tmp_path / "store" / "migrations" / "m.py").write_text(f"def upgrade() -> None:\n{body}\n")
+    (tmp_path / "big.py").write_text("x = 1\n" * (MAX_FILE_LINES + 1))
+    assert _sizes(tmp_path) == (["long.py:1 long: 121 lines"], ["big.py: 801 lines"])
+
+
 def test_the_checker_sees_a_leak(tmp_path: Path) -> None:
     """The graph really is read from the sources: a module importing upwards shows up."""
     (tmp_path / "domain").mkdir()

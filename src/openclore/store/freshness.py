@@ -32,13 +32,22 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sqlalchemy import Connection, Engine, text
 
-if TYPE_CHECKING:
-    from openclore.store.db import Database
+
+class Database(Protocol):
+    """What the freshness of a database needs of :class:`openclore.store.db.Database` (which
+    owns one, so this module does not import it)."""
+
+    engine: Engine
+    is_sqlite: bool
+    is_postgres: bool
+
+    def read(self) -> AbstractContextManager[Connection]: ...
 
 log = logging.getLogger("openclore.store")
 

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
-if TYPE_CHECKING:
-    from openclore.store.db import Database
+
+class Database(Protocol):
+    """What migrating needs of :class:`openclore.store.db.Database` (whose ``create_all``
+    migrates, so this module does not import it)."""
+
+    url: str
+    engine: Engine
+    is_postgres: bool
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Several API processes or replicas may start at once: one migrates, the others wait for it.
