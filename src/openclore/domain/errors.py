@@ -152,6 +152,7 @@ _KINDS = (
     ErrorKind("invalid_price", 400, N_("Enter a price as a positive number."), api=False),
     ErrorKind("invalid_mrl", 400, N_("Enter the maximum rental length in whole hours."), api=False),
     ErrorKind("webhook_dont_exist", 404, N_("No such webhook.")),
+    ErrorKind("api_key_dont_exist", 404, N_("No such API key."), api=False),
     ErrorKind(
         "webhook_limit_reached", 403, N_("You have reached the limit of webhooks."), ("limit",)
     ),

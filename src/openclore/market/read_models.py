@@ -209,3 +209,43 @@ def remove_server_by_id(conn: Connection, server_id: int, now: int) -> int:
     """The operator removes a server for good (as its host could): its orders end now."""
     row = _server_row(conn, server_id)
     return remove_server(conn, int(row.owner_id), str(row.name), now)
+
+
+def deposits(
+    conn: Connection, user_id: int | None = None, currency: str | None = None, limit: int = 500
+) -> list[dict[str, Any]]:
+    """Deposits credited to wallets, newest first: one user's (``user_id``), or everyone's
+    with the user's name (the operator's list)."""
+    query = (
+        select(
+            transfers.c.id,
+            transfers.c.created_at,
+            transfers.c.amount,
+            transfers.c.memo,
+            transfers.c.actor,
+            accounts.c.currency,
+            accounts.c.user_id,
+            users.c.name,
+        )
+        .join(accounts, accounts.c.id == transfers.c.credit_account_id)
+        .join(users, users.c.id == accounts.c.user_id)
+        .where(transfers.c.kind == "deposit", accounts.c.kind == "wallet")
+    )
+    if user_id is not None:
+        query = query.where(accounts.c.user_id == user_id)
+    if currency is not None:
+        query = query.where(accounts.c.currency == currency)
+    rows = conn.execute(query.order_by(transfers.c.id.desc()).limit(limit))
+    return [
+        {
+            "id": int(r.id),
+            "time": int(r.created_at),
+            "currency": str(r.currency),
+            "amount": int(r.amount),
+            "user_id": int(r.user_id),
+            "user": str(r.name),
+            "memo": r.memo,
+            "by": r.actor,
+        }
+        for r in rows
+    ]
