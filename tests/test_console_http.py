@@ -499,7 +499,24 @@ def test_password_guessing_is_rate_limited_like_token_guessing(served: Market) -
 # ----------------------------------------------------------------------------- bad text
 
 
-CONSOLE_GETS = ["/market", "/orders", "/orders/rows", "/wallets", "/host", "/admin", "/prefs"]
+CONSOLE_GETS = [
+    "/market",
+    "/orders",
+    "/orders/rows",
+    "/wallets",
+    "/money/transactions",
+    "/money/statement",
+    "/money/deposits",
+    "/money/withdrawals",
+    "/account/keys",
+    "/account/webhooks",
+    "/host",
+    "/admin",
+    "/admin/withdrawals",
+    "/admin/deposits",
+    "/admin/audit",
+    "/prefs",
+]
 CONSOLE_FORMS = [
     "/signout",
     "/servers/1/rent",
@@ -513,6 +530,14 @@ CONSOLE_FORMS = [
     "/admin/signout",
     "/admin/servers/1/hide",
     "/admin/servers/1/remove",
+    "/admin/withdrawals/1/approve",
+    "/admin/withdrawals/1/reject",
+    "/money/withdrawals",
+    "/account/keys",
+    "/account/keys/abcdefgh/revoke",
+    "/account/webhooks",
+    "/account/webhooks/1/ping",
+    "/account/webhooks/1/delete",
     "/sandbox/advance",
 ]
 

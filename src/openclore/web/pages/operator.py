@@ -93,9 +93,18 @@ async def admin_page(c: Console, request: Request) -> Response:
 
 
 async def admin_action(
-    c: Console, request: Request, fn: Action, done: str, action: str
+    c: Console,
+    request: Request,
+    fn: Action,
+    done: str,
+    action: str,
+    back: str = "/admin",
+    target: str | None = None,
+    about: Callable[[Connection], int | None] | None = None,
 ) -> Response:
-    """An operator's action, recorded in the audit log in its own transaction."""
+    """An operator's action, recorded in the audit log in its own transaction (``target``: what
+    it acted on, default the form's path; ``about``: the user it concerns, default the
+    operator); then back to ``back`` with its message."""
     session = await c.signed_in(request, admin=True)
     fields = await c.form(request, session)
     now = c.state.now()
@@ -108,20 +117,20 @@ async def admin_action(
             conn,
             f"admin:{session.name}",
             audit.ADMIN + action,
-            request.url.path,
+            target or request.url.path,
             detail,
             source,
-            user_id=session.user_id,
+            user_id=session.user_id if about is None else about(conn),
         )
         return result
 
     try:
         result = await c.db(run, write=True)
     except CloreError as exc:
-        return c.failed(request, "/admin", exc)
+        return c.failed(request, back, exc)
     except (accounts.UnknownUser, ValueError):
-        return c.redirect(request, "/admin", c.t(request, "No such user."), ok=False)
-    response = c.redirect(request, "/admin", c.t(request, done))
+        return c.redirect(request, back, c.t(request, "No such user."), ok=False)
+    response = c.redirect(request, back, c.t(request, done))
     if isinstance(result, str):  # a new token: shown once, on the next page only
         response.set_cookie(
             "issued",
