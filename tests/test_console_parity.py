@@ -14,7 +14,7 @@ import pytest
 
 from openclore.api.app import create_app
 from openclore.web.app import install_console
-from test_console_http import Browserless, _operator, _security_headers
+from test_console_http import PASSWORD, Browserless, _operator, _security_headers
 
 from support import Market, ok, order_body
 
@@ -245,3 +245,81 @@ def test_unknown_console_paths_are_an_html_404_and_pages_are_gzipped(served: Mar
         assert raw.headers["content-encoding"] == "gzip"
         body = b"".join(raw.iter_raw())
     assert json.loads(gzip.decompress(body))["code"] == 0
+
+
+def test_operator_tools_and_the_low_balance_alert(served: Market) -> None:
+    from openclore.market.accounts import check_password, find_user
+
+    market = served
+    admin = Browserless(market, _operator(market))
+    renter_token = market.user("renter", bitcoin="0.5")
+    # a user added with a password and the operator role; its first token shown once
+    assert admin.post("/admin/users/add", name="dora", password="short")[1] == (
+        "A password has at least 8 characters."
+    )
+    assert admin.post("/admin/users/add", name="dora", password=PASSWORD, admin="on") == (
+        "/admin",
+        "User added.",
+    )
+    issued = re.search(r'<code id="issued">([A-Za-z0-9]+)</code>', admin.client.get("/admin").text)
+    assert issued is not None
+    ok(market.client(issued.group(1)).get("/v1/wallets"))
+    assert admin.post("/admin/users/add", name="dora")[1] == "A user with this name exists already."
+    assert admin.post("/admin/users/add", name="123")[1].startswith("Give a name")
+    assert admin.post("/admin/users/password", user="renter", password=PASSWORD + "!") == (
+        "/admin",
+        "Password set.",
+    )
+    assert admin.post("/admin/users/role", user="renter", role="king")[1] == (
+        "Choose a role: user or operator."
+    )
+    assert admin.post("/admin/users/role", user="dora", role="user")[1] == "Role set."
+    with market.db.read() as conn:
+        assert check_password(conn, "renter", PASSWORD + "!") == find_user(conn, "renter")
+    # refunds and adjustments, with the reason the user reads
+    assert admin.post(
+        "/admin/adjust", user="renter", currency="bitcoin", amount="-0.1", reason="correction"
+    ) == ("/admin", "Wallet adjusted.")
+    assert admin.post(
+        "/admin/adjust", user="renter", currency="bitcoin", amount="-9", reason="too much"
+    )[1] == ("Your wallet does not hold enough for this.")
+    assert admin.post(
+        "/admin/adjust", user="renter", currency="bitcoin", amount="lots", reason="x"
+    )[1] == ("Enter an amount as a number of coins.")
+    assert admin.post("/admin/adjust", user="renter", currency="bitcoin", amount="1", reason="")[
+        1
+    ] == ("Give a reason.")
+    wallet = ok(market.client(renter_token).get("/v1/wallets"))["wallets"]
+    assert [str(w["balance"]) for w in wallet if w["name"] == "bitcoin"] == ["0.4"]
+    # exchange rates, stored and cleared
+    assert admin.post("/admin/rates", currency="bitcoin", usd="60000")[1] == (
+        "Exchange rate stored."
+    )
+    assert "bitcoin = 60000 USD" in admin.client.get("/admin").text
+    assert admin.post("/admin/rates", currency="bitcoin", usd="-1")[1] == (
+        "Enter a rate as a positive number of dollars."
+    )
+    assert admin.post("/admin/rates/clear", currency="bitcoin")[1] == "Exchange rate cleared."
+    assert admin.post("/admin/rates/clear", currency="bitcoin")[1] == (
+        "No rate is stored for this currency."
+    )
+    seen = _audit_seen(market)
+    for action in ("user.add", "user.password", "user.role", "adjust", "rates.set"):
+        assert any(s[0] == "admin:operator" and s[1] == "admin." + action for s in seen), action
+    with market.db.read() as conn:
+        from openclore.market.audit import entries
+
+        assert all("password" not in e.detail for e in entries(conn))  # never recorded
+    # the renter's low-balance alert: the API's set_alerts
+    renter = Browserless(market, renter_token)
+    assert renter.post("/account/alerts", hours="12") == ("/account/webhooks", "Alert saved.")
+    alerts = ok(market.client(renter_token).get("/v1/alerts"))
+    assert alerts["low_balance_seconds"] == 12 * 3600
+    assert 'value="12"' in renter.client.get("/account/webhooks").text
+    assert renter.post("/account/alerts", hours="-1")[1].startswith("Invalid input:")
+    assert renter.post("/account/alerts", hours="")[1] == "Alert saved."
+    assert ok(market.client(renter_token).get("/v1/alerts"))["low_balance_seconds"] is None
+    assert any(s[1] == "alerts.set" for s in _audit_seen(market))
+    for path in ("/admin/users/add", "/admin/adjust", "/admin/rates"):
+        other = renter.client.post(path, data={"csrf": renter.csrf, "name": "x"})
+        assert other.status_code == 403, path

@@ -258,8 +258,11 @@ def webhook_deliveries(state: AppState, call: Call) -> dict[str, Any]:
 
 def set_alerts(state: AppState, call: Call) -> dict[str, Any]:
     req = inputs.validate_body(inputs.SetAlertsRequest, call.body)
+    actor = _actor(call)
     state.db_write(
-        lambda conn: webhook_service.set_alerts(conn, _uid(call), req.low_balance_seconds)
+        lambda conn: webhook_service.set_alerts(
+            conn, _uid(call), req.low_balance_seconds, actor=actor
+        )
     )
     return {}
 

@@ -167,8 +167,17 @@ def deliveries(conn: Connection, user_id: int, webhook_id: int, limit: int) -> d
     }
 
 
-def set_alerts(conn: Connection, user_id: int, low_balance_seconds: int | None) -> None:
+def set_alerts(
+    conn: Connection,
+    user_id: int,
+    low_balance_seconds: int | None,
+    *,
+    actor: Actor | None = None,
+) -> None:
     conn.execute(delete(user_alerts).where(user_alerts.c.user_id == user_id))
+    if actor is not None:
+        detail = {"low_balance_seconds": low_balance_seconds}
+        record_by(conn, actor, "alerts.set", f"user:{user_id}", detail)
     if low_balance_seconds is not None:
         conn.execute(
             insert(user_alerts).values(

@@ -28,6 +28,7 @@ from openclore.web.pages import (
     money,
     operator,
     operator_money,
+    operator_tools,
     renter,
     sandbox,
     signin,
@@ -61,6 +62,7 @@ ROUTES: list[Route] = [
     *host.ROUTES,
     *operator.ROUTES,
     *operator_money.ROUTES,
+    *operator_tools.ROUTES,
     *sandbox.ROUTES,
 ]
 

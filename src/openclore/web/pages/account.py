@@ -3,6 +3,7 @@ an event filter, list, delivery log, test ping, delete). Revoking and deleting a
 
 from __future__ import annotations
 
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import Connection
@@ -75,10 +76,41 @@ async def key_revoke(c: Console, request: Request) -> Response:
 
 async def hooks_page(c: Console, request: Request) -> Response:
     session = await c.signed_in(request)
-    found = await c.db(lambda conn: webhook_service.list_webhooks(conn, session.user_id))
+
+    def run(conn: Connection) -> Any:
+        found = webhook_service.list_webhooks(conn, session.user_id)["webhooks"]
+        return found, webhook_service.alerts(conn, session.user_id)["low_balance_seconds"]
+
+    hooks, low = await c.db(run)
+    hours = "" if low is None else f"{low / 3600:g}"
     return c.render(
-        request, "webhooks.html", session, hooks=found["webhooks"], event_types=EVENT_TYPES
+        request, "webhooks.html", session, hooks=hooks, event_types=EVENT_TYPES, hours=hours
     )
+
+
+async def alerts_save(c: Console, request: Request) -> Response:
+    """The low-balance alert (``balance.low`` when a wallet's runway drops under it): the API's
+    ``set_alerts``; empty switches it off."""
+    session = await c.signed_in(request)
+    fields = await c.form(request, session)
+    raw = fields.get("hours", "").strip()
+    try:
+        seconds: Any = None
+        if raw:
+            try:
+                seconds = int(Decimal(raw) * 3600)
+            except (InvalidOperation, ValueError):
+                seconds = raw  # refused by the validation, as the API refuses it
+        req = inputs.validate_body(inputs.SetAlertsRequest, {"low_balance_seconds": seconds})
+        await c.db(
+            lambda conn: webhook_service.set_alerts(
+                conn, session.user_id, req.low_balance_seconds, actor=actor(request, session)
+            ),
+            write=True,
+        )
+    except CloreError as exc:
+        return c.failed(request, HOOKS, exc)
+    return c.redirect(request, HOOKS, c.t(request, "Alert saved."))
 
 
 async def hook_create(c: Console, request: Request) -> Response:
@@ -188,6 +220,7 @@ ROUTES = [
     Route(KEYS + "/{prefix:str}/revoke", key_revoke, POST),
     Route(HOOKS, hooks_page),
     Route(HOOKS, hook_create, POST),
+    Route("/account/alerts", alerts_save, POST),
     Route(HOOKS + "/{hook_id:int}", hook_page),
     Route(HOOKS + "/{hook_id:int}/ping", hook_ping, POST),
     Route(HOOKS + "/{hook_id:int}/delete", hook_delete_confirm),

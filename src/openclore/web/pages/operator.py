@@ -14,7 +14,8 @@ from starlette.responses import Response
 from openclore.config import Settings
 from openclore.domain.errors import CloreError
 from openclore.domain.money import UNITS_PER_COIN, to_units
-from openclore.market import accounts, audit, read_models, sessions
+from openclore.domain.usd import rate_text
+from openclore.market import accounts, audit, rates, read_models, sessions
 from openclore.market import wallets as wallet_service
 from openclore.web.common import price_input, secure, web_source
 from openclore.web.context import Console
@@ -74,9 +75,11 @@ async def admin_page(c: Console, request: Request) -> Response:
             accounts.list_users(conn),
             read_models.all_servers(conn),
             read_models.platform_revenue(conn, currency, now),
+            rates.current_rates(conn, settings),
+            rates.stored_rates(conn),
         )
 
-    users, all_servers, revenue = await c.db(run)
+    users, all_servers, revenue, in_use, stored = await c.db(run)
     shown = shown_settings(settings)
     chart = {"t": [t for t, _ in revenue], "v": [v / UNITS_PER_COIN for _, v in revenue]}
     return c.render(
@@ -89,6 +92,7 @@ async def admin_page(c: Console, request: Request) -> Response:
         currency=currency,
         shown=shown,
         issued=request.cookies.get("issued"),
+        rates={cur: (rate_text(r), cur in stored) for cur, r in sorted(in_use.items())},
     )
 
 
@@ -109,7 +113,8 @@ async def admin_action(
     fields = await c.form(request, session)
     now = c.state.now()
     source = web_source(request)
-    detail = {k: v[:128] for k, v in fields.items() if k != "csrf"}
+    # what the form said, never a password
+    detail = {k: v[:128] for k, v in fields.items() if k != "csrf" and "password" not in k}
 
     def run(conn: Connection) -> Any:
         result = fn(fields, now)(conn)
