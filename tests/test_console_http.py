@@ -510,6 +510,8 @@ CONSOLE_GETS = [
     "/money/withdrawals",
     "/account/keys",
     "/account/webhooks",
+    "/account/events",
+    "/sandbox/world/reset",
     "/host",
     "/admin",
     "/admin/withdrawals",
@@ -538,7 +540,16 @@ CONSOLE_FORMS = [
     "/account/webhooks",
     "/account/webhooks/1/ping",
     "/account/webhooks/1/delete",
+    "/account/alerts",
+    "/admin/users/add",
+    "/admin/users/password",
+    "/admin/users/role",
+    "/admin/adjust",
+    "/admin/rates",
+    "/admin/rates/clear",
     "/sandbox/advance",
+    "/sandbox/credit",
+    "/sandbox/world/reset",
 ]
 
 

@@ -323,3 +323,33 @@ def test_operator_tools_and_the_low_balance_alert(served: Market) -> None:
     for path in ("/admin/users/add", "/admin/adjust", "/admin/rates"):
         other = renter.client.post(path, data={"csrf": renter.csrf, "name": "x"})
         assert other.status_code == 403, path
+
+
+def test_events_fees_and_the_sandbox_controls(served: Market) -> None:
+    market = served
+    host = market.user("host")
+    sid = market.server(host, "rig")
+    alice_token = market.user("alice", bitcoin="0.2")
+    market.user("bob", bitcoin="0.3")
+    ok(market.client(alice_token).post("/v1/create_order", json=order_body(sid)))
+    alice = Browserless(market, alice_token)
+    events = alice.client.get("/account/events").text
+    assert "order.created" in events or "order.started" in events
+    assert "deposit.credited" in events and "0.3" not in events  # bob's deposit is not hers
+    assert "No events yet." in Browserless(market, host).client.get("/account/events").text
+    # the rent dialog says the fees (/v1/renter_fees)
+    fees = ok(market.client().get("/v1/renter_fees"))["renter_fees"]["on_demand"]["base"]
+    page = alice.client.get(f"/servers/{sid}").text
+    assert f"takes {fees['bitcoin']} percent of on-demand spend" in page
+    # sandbox: play money, and a reset that asks first (refused outside the demo world)
+    assert alice.post("/sandbox/credit", currency="bitcoin", amount="0.05", next="/wallets") == (
+        "/wallets",
+        "Play money credited.",
+    )
+    wallets = ok(market.client(alice_token).get("/v1/wallets"))["wallets"]
+    assert any(w["name"] == "bitcoin" and str(w["balance"]).startswith("0.2") for w in wallets)
+    assert alice.post("/sandbox/credit", currency="bitcoin", amount="-1")[1] == (
+        "Enter a price as a positive number."
+    )
+    assert 'action="/sandbox/world/reset"' in alice.client.get("/sandbox/world/reset").text
+    assert alice.post("/sandbox/world/reset")[1] == "This market is not the demo world."

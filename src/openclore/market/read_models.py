@@ -15,7 +15,15 @@ from openclore.domain.spot import lowest_bid, runway, seconds_until_lowering
 from openclore.ledger.ledger import account_key
 from openclore.market.orders import my_orders
 from openclore.market.servers import prices_of, remove_server
-from openclore.store.schema import accounts, order_charges, orders, servers, transfers, users
+from openclore.store.schema import (
+    accounts,
+    events,
+    order_charges,
+    orders,
+    servers,
+    transfers,
+    users,
+)
 
 DAY = 86400
 
@@ -247,5 +255,20 @@ def deposits(
             "memo": r.memo,
             "by": r.actor,
         }
+        for r in rows
+    ]
+
+
+def recent_events(conn: Connection, user_id: int, limit: int = 100) -> list[dict[str, Any]]:
+    """The user's newest events (what ``/v1/events`` streams and webhooks receive), newest
+    first, each with its JSON data as rendered once."""
+    rows = conn.execute(
+        select(events.c.id, events.c.type, events.c.created_at, events.c.data)
+        .where(events.c.user_id == user_id)
+        .order_by(events.c.id.desc())
+        .limit(limit)
+    )
+    return [
+        {"id": int(r.id), "type": str(r.type), "at": int(r.created_at), "data": str(r.data)}
         for r in rows
     ]

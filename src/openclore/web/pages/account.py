@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from openclore.domain.errors import CloreError
 from openclore.engine.outbox import EVENT_TYPES
-from openclore.market import accounts, inputs
+from openclore.market import accounts, inputs, read_models
 from openclore.market import webhooks as webhook_service
 from openclore.web.common import actor
 from openclore.web.context import Console
@@ -23,6 +23,7 @@ from openclore.web.routing import POST, Route
 KEYS = "/account/keys"
 HOOKS = "/account/webhooks"
 DELIVERIES = 50  # the newest deliveries a webhook's page shows
+EVENTS = 100  # the newest events the events page shows
 
 
 async def keys_page(c: Console, request: Request) -> Response:
@@ -213,7 +214,15 @@ async def hook_delete(c: Console, request: Request) -> Response:
     return c.redirect(request, HOOKS, c.t(request, "Webhook deleted."))
 
 
+async def events_page(c: Console, request: Request) -> Response:
+    """The user's newest events: what ``openclore watch`` and ``/v1/events`` show."""
+    session = await c.signed_in(request)
+    found = await c.db(lambda conn: read_models.recent_events(conn, session.user_id, EVENTS))
+    return c.render(request, "events.html", session, events=found, limit=EVENTS)
+
+
 ROUTES = [
+    Route("/account/events", events_page),
     Route(KEYS, keys_page),
     Route(KEYS, key_create, POST),
     Route(KEYS + "/{prefix:str}/revoke", key_revoke_confirm),
