@@ -179,12 +179,15 @@ def test_operator_decides_withdrawals_and_searches_deposits_and_the_audit_log(
     reject = f"/admin/withdrawals/{second}/reject"
     assert 'name="reason"' in admin.client.get(reject).text  # asked first
     assert admin.post(reject, reason=" ")[1] == "Give a reason."
-    assert admin.post(reject, reason="wrong chain")[1] == (
+    assert admin.post(reject, reason="wrong chain <script>alert(1)</script>")[1] == (
         "Withdrawal rejected; the money is back in the wallet."
     )
     states = {w["id"]: w["state"] for w in ok(c.get("/v1/withdrawals"))["withdrawals"]}
     assert states == {first: "approved", second: "rejected"}
     assert "tx-77" in admin.client.get("/admin/withdrawals?state=approved").text
+    # the operator's reason reaches the renter's page as text, never as markup
+    shown = Browserless(market, renter).client.get("/money/withdrawals").text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in shown and "<script>alert" not in shown
     seen = _audit_seen(market)
     assert ("admin:operator", "admin.withdrawal.approve", f"withdrawal:{first}", None) in seen
     assert ("admin:operator", "admin.withdrawal.reject", f"withdrawal:{second}", None) in seen
@@ -225,6 +228,10 @@ def test_unknown_console_paths_are_an_html_404_and_pages_are_gzipped(served: Mar
         assert words in missing.text
         _security_headers(missing)
     renter.client.cookies.set("lang", "en")
+    wrong_method = renter.client.get("/money/withdrawals/1/nothing")
+    assert wrong_method.status_code == 404 and "<html" in wrong_method.text
+    form_by_get = renter.client.get("/account/webhooks/1/ping")  # a POST-only path
+    assert form_by_get.status_code == 405 and "<html" in form_by_get.text
     anonymous = httpx.get(market.url + "/nothing-here")
     assert anonymous.status_code == 404 and "<html" in anonymous.text
     for path in ("/v1/no_such_endpoint", "/agent/v1/nothing"):

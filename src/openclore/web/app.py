@@ -88,19 +88,19 @@ class ConsoleGzip:
 
 
 def _not_found_page(app: FastAPI, console: Console) -> None:
-    """An unknown console path is an HTML page (404) in the reader's language; the API's
-    paths keep the API's JSON answer."""
+    """An unknown console path (or a form's path asked with GET: 405) is an HTML page in the
+    reader's language; the API's paths keep the API's JSON answer."""
     api_handler: Any = app.exception_handlers[StarletteHTTPException]
 
     async def handler(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code != 404 or is_api_path(request.url.path):
+        if exc.status_code not in (404, 405) or is_api_path(request.url.path):
             answer: Response = await api_handler(request, exc)
             return answer
         session = await console.session(request)
         message = console.t(request, "There is no page at this address.")
         return console.render(
-            request, "error.html", session, 404, message=message, title="Page not found"
+            request, "error.html", session, exc.status_code, message=message, title="Page not found"
         )
 
     app.add_exception_handler(StarletteHTTPException, handler)
