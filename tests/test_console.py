@@ -571,13 +571,22 @@ BTC_ADDRESS = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"
 VIEWPORTS = ({"width": 1366, "height": 768}, {"width": 390, "height": 844})
 
 
-def _fits(page: Page) -> bool:
-    """No page is wider than the window (tables scroll inside their own box)."""
-    wide: bool = page.evaluate(
-        "document.documentElement.scrollWidth <= window.innerWidth"
-        " && document.body.scrollWidth <= window.innerWidth"
+def _too_wide(page: Page) -> list[str]:
+    """Empty when no page is wider than the window (tables scroll inside their own box); else
+    what sticks out, to say where."""
+    if not page.evaluate(
+        "document.documentElement.scrollWidth > window.innerWidth"
+        " || document.body.scrollWidth > window.innerWidth"
+    ):
+        return []
+    found: list[str] = page.evaluate(
+        """Array.from(document.querySelectorAll('body *'))
+             .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)
+             .slice(0, 5)
+             .map(e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '')
+                       + ' ' + Math.round(e.getBoundingClientRect().right) + 'px')"""
     )
-    return wide
+    return ["the page scrolls sideways", *found]
 
 
 def test_money_self_service_and_operator_pages_in_both_languages(
@@ -585,7 +594,7 @@ def test_money_self_service_and_operator_pages_in_both_languages(
 ) -> None:
     market = console.market
     console.expected.add(404)  # the unknown page walked on purpose
-    host, renter, admin, _ = _busy_market(market)
+    host, renter, admin, s4090 = _busy_market(market)
     r = market.client(renter)
     hook = ok(r.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook"}))["id"]
     ok(r.post("/v1/ping_webhook", json={"id": hook}))
@@ -603,6 +612,11 @@ def test_money_self_service_and_operator_pages_in_both_languages(
             .prefix
         )
     pages = {
+        "market": "/market",
+        "orders": "/orders",
+        "wallets": "/wallets",
+        "host": "/host",
+        "server": f"/servers/{s4090}",
         "transactions": "/money/transactions",
         "transactions-all": "/money/transactions?all=1&kind=spend",
         "statement": "/money/statement",
@@ -650,7 +664,7 @@ def test_money_self_service_and_operator_pages_in_both_languages(
                 assert answer.status == (404 if name == "not-found" else 200), (name, lang)
                 assert page.locator("html").get_attribute("lang") == tag, name
                 page.wait_for_load_state("networkidle")
-                assert _fits(page), (name, lang, size)
+                assert _too_wide(page) == [], (name, lang, size)
             text = page.inner_text("main")
             missing = [word for word in shows.get(name, []) if word not in text]
             assert missing == [], (name, lang, missing)
