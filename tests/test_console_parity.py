@@ -207,9 +207,20 @@ def test_operator_decides_withdrawals_and_searches_deposits_and_the_audit_log(
     assert (
         f"withdrawal:{first}" in admin.client.get(f"/admin/audit?since={today}&until={today}").text
     )
+    # the operator's other destructive actions ask first too, on a page posting to the same path
+    sid = market.server(market.user("host"), "rig")
+    asks = {
+        f"/admin/revoke?user=2&prefix={renter[:8]}": ['name="prefix" value="' + renter[:8]],
+        "/admin/signout?user=2": ['name="user" value="2"'],
+        f"/admin/servers/{sid}/remove": [f'action="/admin/servers/{sid}/remove"'],
+    }
+    for path, words in asks.items():
+        page = admin.client.get(path).text
+        assert 'id="confirm"' in page and all(w in page for w in words), path
+    ok(market.client(renter).get("/v1/wallets"))  # asking revoked nothing
     # the operator's pages are the operator's only
     other = Browserless(market, renter)
-    for path in ("/admin/withdrawals", "/admin/deposits", "/admin/audit", reject):
+    for path in ("/admin/withdrawals", "/admin/deposits", "/admin/audit", reject, *asks):
         assert other.client.get(path).status_code == 403, path
     assert other.client.post(approve, data={"csrf": other.csrf, "txid": "x"}).status_code == 403
 

@@ -214,8 +214,76 @@ async def admin_remove(c: Console, request: Request) -> Response:
     )
 
 
+async def _confirm(
+    c: Console,
+    request: Request,
+    title: str,
+    text: str,
+    subject: str,
+    button: str,
+    hidden: dict[str, str],
+) -> Response:
+    """The page that asks before a destructive action, posting its form to the same path."""
+    session = await c.signed_in(request, admin=True)
+    return c.render(
+        request,
+        "confirm.html",
+        session,
+        title=title,
+        text=text,
+        subject=subject,
+        action=request.url.path,
+        button=button,
+        back="/admin",
+        fields=[],
+        hidden=hidden,
+    )
+
+
+async def confirm_revoke(c: Console, request: Request) -> Response:
+    user, prefix = request.query_params.get("user", ""), request.query_params.get("prefix", "")
+    return await _confirm(
+        c,
+        request,
+        N_("Revoke this API token?"),
+        N_("Programs using it stop working at once; console sessions started with it end."),
+        f"{prefix}… (#{user})",
+        N_("Revoke"),
+        {"user": user, "prefix": prefix},
+    )
+
+
+async def confirm_signout(c: Console, request: Request) -> Response:
+    user = request.query_params.get("user", "")
+    return await _confirm(
+        c,
+        request,
+        N_("End every console session of this user?"),
+        N_("The user is signed out everywhere; API tokens keep working."),
+        f"#{user}",
+        N_("End all sessions"),
+        {"user": user},
+    )
+
+
+async def confirm_remove(c: Console, request: Request) -> Response:
+    server_id = int(request.path_params["server_id"])
+    return await _confirm(
+        c,
+        request,
+        N_("Remove this server?"),
+        N_("It leaves the market and its orders end now (billed up to now)."),
+        f"#{server_id}",
+        N_("Remove"),
+        {},
+    )
+
+
 ROUTES = [
     Route("/admin", admin_page),
+    Route("/admin/revoke", confirm_revoke),
+    Route("/admin/signout", confirm_signout),
+    Route("/admin/servers/{server_id:int}/remove", confirm_remove),
     Route("/admin/credit", admin_credit, POST),
     Route("/admin/token", admin_token, POST),
     Route("/admin/revoke", admin_revoke, POST),
