@@ -499,12 +499,16 @@ def test_money_admin_commands_are_audited(market: Market) -> None:
         ("admin.deposit", f"user:{alice}"),
         ("admin.refund", f"user:{alice}"),
         ("admin.adjust", f"user:{alice}"),
+        # the requests themselves, by alice through the API (the use case records them)
+        ("withdrawal.request", f"withdrawal:{wid1}"),
+        ("withdrawal.request", f"withdrawal:{wid2}"),
         ("admin.withdrawal.approve", f"withdrawal:{wid1}"),
         ("admin.withdrawal.reject", f"withdrawal:{wid2}"),
     ]
     assert found[0].actor == "admin:carol"
     assert found[2].detail["units"] == -500_000 and found[2].detail["reason"] == "typo"
-    assert found[3].detail == {"txid": "f00d"}
+    assert found[3].actor == f"user:{alice}" and found[3].detail["address"] == btc
+    assert found[5].detail == {"txid": "f00d"}
 
 
 def test_exchange_rate_commands_are_audited(market: Market) -> None:

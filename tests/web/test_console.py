@@ -23,7 +23,7 @@ from openclore.api.app import create_app
 from openclore.domain.money import to_units
 from openclore.engine.clock import Clock, SandboxClock
 from openclore.market.accounts import find_user, set_password, set_role
-from openclore.store.schema import servers
+from openclore.store.schema import api_tokens, servers
 from openclore.web.app import install_console
 from openclore.web.i18n import LOCALE_DIR
 
@@ -563,3 +563,128 @@ def test_sandbox_banner_moves_the_market_clock(market: Market, browser: Browser)
     for context in c.contexts:
         context.close()
     assert c.errors == []
+
+
+# ----------------------------------------------------------------------------- console parity
+
+BTC_ADDRESS = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"
+VIEWPORTS = ({"width": 1366, "height": 768}, {"width": 390, "height": 844})
+
+
+def _too_wide(page: Page) -> list[str]:
+    """Empty when no page is wider than the window (tables scroll inside their own box); else
+    what sticks out, to say where."""
+    if not page.evaluate(
+        "document.documentElement.scrollWidth > window.innerWidth"
+        " || document.body.scrollWidth > window.innerWidth"
+    ):
+        return []
+    found: list[str] = page.evaluate(
+        """Array.from(document.querySelectorAll('body *'))
+             .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)
+             .slice(0, 5)
+             .map(e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '')
+                       + ' ' + Math.round(e.getBoundingClientRect().right) + 'px')"""
+    )
+    return ["the page scrolls sideways", *found]
+
+
+def test_money_self_service_and_operator_pages_in_both_languages(
+    console: Console, backend: str
+) -> None:
+    market = console.market
+    console.expected.add(404)  # the unknown page walked on purpose
+    host, renter, admin, s4090 = _busy_market(market)
+    r = market.client(renter)
+    hook = ok(r.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook"}))["id"]
+    ok(r.post("/v1/ping_webhook", json={"id": hook}))
+    withdrawal = ok(
+        r.post(
+            "/v1/withdraw", json={"currency": "bitcoin", "amount": 0.001, "address": BTC_ADDRESS}
+        )
+    )["withdrawal"]["id"]
+    with market.db.read() as conn:
+        prefix = (
+            conn.execute(
+                api_tokens.select().where(api_tokens.c.user_id == find_user(conn, "renter"))
+            )
+            .first()
+            .prefix
+        )
+    pages = {
+        "market": "/market",
+        "orders": "/orders",
+        "wallets": "/wallets",
+        "host": "/host",
+        "server": f"/servers/{s4090}",
+        "transactions": "/money/transactions",
+        "transactions-all": "/money/transactions?all=1&kind=spend",
+        "statement": "/money/statement",
+        "deposits": "/money/deposits",
+        "withdrawals": "/money/withdrawals",
+        "keys": "/account/keys",
+        "key-revoke": f"/account/keys/{prefix}/revoke",
+        "webhooks": "/account/webhooks",
+        "webhook": f"/account/webhooks/{hook}",
+        "webhook-delete": f"/account/webhooks/{hook}/delete",
+        "events": "/account/events",
+        "sandbox-reset": "/sandbox/world/reset",
+        "admin-overview": "/admin",
+        "admin-withdrawals": "/admin/withdrawals",
+        "admin-reject": f"/admin/withdrawals/{withdrawal}/reject",
+        "admin-deposits": "/admin/deposits",
+        "admin-audit": "/admin/audit?action=withdrawal",
+        "not-found": "/no/such/page",
+    }
+    shows = {
+        "transactions": ["bitcoin", "0.01"],
+        "statement": ["bitcoin", "PDF"],
+        "deposits": ["0.01"],
+        "withdrawals": [BTC_ADDRESS],
+        "keys": [prefix],
+        "key-revoke": [prefix],
+        "webhooks": ["127.0.0.1:9/hook"],
+        "webhook": ["127.0.0.1:9/hook"],
+        "webhook-delete": [f"#{hook}"],
+        "events": ["webhook.ping"],
+        "admin-overview": ["renter", "operator"],
+        "admin-withdrawals": [BTC_ADDRESS, "renter"],
+        "admin-reject": [f"#{withdrawal}"],
+        "admin-deposits": ["renter", "0.01"],
+        "admin-audit": ["withdrawal.request"],
+    }
+    for lang, tag in (("zh-CN", "zh-CN"), ("en-US", "en")):
+        tabs = {renter: console.sign_in(renter, lang), admin: console.sign_in(admin, lang)}
+        for name, path in pages.items():
+            page = tabs[admin if name.startswith("admin") else renter]
+            for size in VIEWPORTS:
+                page.set_viewport_size(size)
+                answer = page.goto(console.url + path)
+                assert answer is not None, name
+                assert answer.status == (404 if name == "not-found" else 200), (name, lang)
+                assert page.locator("html").get_attribute("lang") == tag, name
+                page.wait_for_load_state("networkidle")
+                assert _too_wide(page) == [], (name, lang, size)
+            text = page.inner_text("main")
+            missing = [word for word in shows.get(name, []) if word not in text]
+            assert missing == [], (name, lang, missing)
+            if backend == "sqlite" and name in ("transactions", "keys", "admin-withdrawals"):
+                _shot(page, tag, name)
+    assert console.catalogs_missing() == set()
+    # a key made and revoked in the browser, with the confirmation step
+    page = console.sign_in(host)
+    page.goto(console.url + "/account/keys")
+    page.click("#create-key button[type=submit]")
+    secret = page.inner_text("#secret").strip()
+    ok(market.client(secret).get("/v1/wallets"))
+    page.click("text=Done")
+    page.click(f"tr[data-prefix='{secret[:8]}'] a.danger")
+    page.click("#confirm button[type=submit]")
+    assert "API key revoked." in page.inner_text(".flash")
+    assert market.client(secret).get("/v1/wallets").json()["code"] == 3
+    # a withdrawal asked for in the browser, refused with the registry's sentence
+    page.goto(console.url + "/money/withdrawals")
+    page.fill("#withdraw input[name=amount]", "0.0001")
+    page.fill("#withdraw input[name=address]", "not-an-address")
+    page.click("#withdraw button[type=submit]")
+    assert "That is not a valid address for this currency." in page.inner_text(".flash")

@@ -503,7 +503,26 @@ def test_password_guessing_is_rate_limited_like_token_guessing(market: Market) -
 # ----------------------------------------------------------------------------- bad text
 
 
-CONSOLE_GETS = ["/market", "/orders", "/orders/rows", "/wallets", "/host", "/admin", "/prefs"]
+CONSOLE_GETS = [
+    "/market",
+    "/orders",
+    "/orders/rows",
+    "/wallets",
+    "/money/transactions",
+    "/money/statement",
+    "/money/deposits",
+    "/money/withdrawals",
+    "/account/keys",
+    "/account/webhooks",
+    "/account/events",
+    "/sandbox/world/reset",
+    "/host",
+    "/admin",
+    "/admin/withdrawals",
+    "/admin/deposits",
+    "/admin/audit",
+    "/prefs",
+]
 CONSOLE_FORMS = [
     "/signout",
     "/servers/1/rent",
@@ -517,7 +536,24 @@ CONSOLE_FORMS = [
     "/admin/signout",
     "/admin/servers/1/hide",
     "/admin/servers/1/remove",
+    "/admin/withdrawals/1/approve",
+    "/admin/withdrawals/1/reject",
+    "/money/withdrawals",
+    "/account/keys",
+    "/account/keys/abcdefgh/revoke",
+    "/account/webhooks",
+    "/account/webhooks/1/ping",
+    "/account/webhooks/1/delete",
+    "/account/alerts",
+    "/admin/users/add",
+    "/admin/users/password",
+    "/admin/users/role",
+    "/admin/adjust",
+    "/admin/rates",
+    "/admin/rates/clear",
     "/sandbox/advance",
+    "/sandbox/credit",
+    "/sandbox/world/reset",
 ]
 
 

@@ -29,7 +29,7 @@ from openclore.api.state import AppState, Call
 from openclore.domain.errors import InvalidInput, RateLimited
 from openclore.engine import notify as wake
 from openclore.engine.outbox import Event, events_after, latest_event_id, user_wake_id
-from openclore.market import inputs
+from openclore.market import audit, inputs
 from openclore.market import webhooks as webhook_service
 from openclore.store.db import Database
 
@@ -43,6 +43,13 @@ TOKEN_CHECK = 2.0  # seconds between two checks of a stream's token
 def _uid(call: Call) -> int:
     assert call.user_id is not None
     return call.user_id
+
+
+def _actor(call: Call) -> audit.Actor:
+    """The caller, as the use cases record it in the audit log (as ``api.app`` names it)."""
+    token = (call.request.headers.get("auth") or "").strip()
+    source = call.request.client.host if call.request.client else ""
+    return audit.Actor.user(_uid(call), source, f"token:{token[:8]}" if token else "")
 
 
 def _int_query(call: Call, name: str, default: int | None, top: int) -> int | None:
@@ -181,7 +188,7 @@ def webhooks(state: AppState, call: Call) -> dict[str, Any]:
     webhook_service.check_url(req.url, state.settings)
     result: dict[str, Any] = state.db_write(
         lambda conn: webhook_service.create_webhook(
-            conn, uid, req.url, types, state.settings, call.now
+            conn, uid, req.url, types, state.settings, call.now, actor=_actor(call)
         )
     )
     return result
@@ -189,13 +196,19 @@ def webhooks(state: AppState, call: Call) -> dict[str, Any]:
 
 def delete_webhook(state: AppState, call: Call) -> dict[str, Any]:
     req = inputs.validate_body(inputs.WebhookIdRequest, call.body)
-    state.db_write(lambda conn: webhook_service.delete_webhook(conn, _uid(call), req.id, call.now))
+    actor = _actor(call)
+    state.db_write(
+        lambda conn: webhook_service.delete_webhook(conn, _uid(call), req.id, call.now, actor=actor)
+    )
     return {}
 
 
 def ping_webhook(state: AppState, call: Call) -> dict[str, Any]:
     req = inputs.validate_body(inputs.WebhookIdRequest, call.body)
-    state.db_write(lambda conn: webhook_service.ping_webhook(conn, _uid(call), req.id, call.now))
+    actor = _actor(call)
+    state.db_write(
+        lambda conn: webhook_service.ping_webhook(conn, _uid(call), req.id, call.now, actor=actor)
+    )
     return {}
 
 
@@ -211,8 +224,11 @@ def webhook_deliveries(state: AppState, call: Call) -> dict[str, Any]:
 
 def set_alerts(state: AppState, call: Call) -> dict[str, Any]:
     req = inputs.validate_body(inputs.SetAlertsRequest, call.body)
+    actor = _actor(call)
     state.db_write(
-        lambda conn: webhook_service.set_alerts(conn, _uid(call), req.low_balance_seconds)
+        lambda conn: webhook_service.set_alerts(
+            conn, _uid(call), req.low_balance_seconds, actor=actor
+        )
     )
     return {}
 

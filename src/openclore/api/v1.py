@@ -417,7 +417,14 @@ def _withdraw(state: AppState, call: Call) -> dict[str, Any]:
 
     def run(conn: Connection) -> dict[str, Any]:
         wid = withdrawal_service.request_withdrawal(
-            conn, _uid(call), req.currency, amount, req.address, state.settings, call.now
+            conn,
+            _uid(call),
+            req.currency,
+            amount,
+            req.address,
+            state.settings,
+            call.now,
+            actor=_actor(call),
         )
         mine = withdrawal_service.my_withdrawals(conn, _uid(call))["withdrawals"]
         return {"withdrawal": next(w for w in mine if w["id"] == wid)}

@@ -163,6 +163,20 @@ _KINDS = (
     ErrorKind("invalid_price", 400, N_("Enter a price as a positive number."), api=False),
     ErrorKind("invalid_mrl", 400, N_("Enter the maximum rental length in whole hours."), api=False),
     ErrorKind("webhook_dont_exist", 404, N_("No such webhook.")),
+    ErrorKind("api_key_dont_exist", 404, N_("No such API key."), api=False),
+    # the operator's console forms
+    ErrorKind("password_too_short", 400, N_("A password has at least 8 characters."), api=False),
+    ErrorKind("user_name_taken", 409, N_("A user with this name exists already."), api=False),
+    ErrorKind(
+        "invalid_user_name",
+        400,
+        N_("Give a name of 1 to 64 characters, not only digits."),
+        api=False,
+    ),
+    ErrorKind("invalid_role", 400, N_("Choose a role: user or operator."), api=False),
+    ErrorKind("invalid_amount", 400, N_("Enter an amount as a number of coins."), api=False),
+    ErrorKind("invalid_rate", 400, N_("Enter a rate as a positive number of dollars."), api=False),
+    ErrorKind("no_stored_rate", 404, N_("No rate is stored for this currency."), api=False),
     ErrorKind(
         "webhook_limit_reached", 403, N_("You have reached the limit of webhooks."), ("limit",)
     ),

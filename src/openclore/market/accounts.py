@@ -13,7 +13,9 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Connection, insert, or_, select, update
 
 from openclore.config import Settings
+from openclore.domain.errors import MarketError
 from openclore.ledger import ensure_wallet
+from openclore.market.audit import TOKEN_ISSUE, TOKEN_REVOKE, Actor, record_by
 from openclore.market.sessions import end_token_sessions, end_user_sessions
 from openclore.store.db import inserted_id, tokens_changed
 from openclore.store.schema import api_tokens, users
@@ -198,3 +200,34 @@ def revoke_token_prefix(conn: Connection, user_id: int, prefix: str, now: int) -
     )
     _revoke(conn, ids, now)
     return len(ids)
+
+
+# ----------------------------------------------------------------------------- self-service keys
+
+
+def my_tokens(conn: Connection, user_id: int) -> list[dict[str, Any]]:
+    """The user's live API tokens as the user may see them: prefix and creation time (never
+    the token, which is kept only as a hash)."""
+    rows = conn.execute(
+        select(api_tokens.c.prefix, api_tokens.c.created_at)
+        .where(api_tokens.c.user_id == user_id, api_tokens.c.revoked_at.is_(None))
+        .order_by(api_tokens.c.id)
+    )
+    return [{"prefix": str(r.prefix), "created_at": int(r.created_at)} for r in rows]
+
+
+def create_own_token(conn: Connection, actor: Actor, now: int) -> str:
+    """A new API token for the acting user (shown to them once), recorded in the audit log."""
+    assert actor.user_id is not None
+    token = issue_token(conn, actor.user_id, now)
+    record_by(conn, actor, TOKEN_ISSUE, f"user:{actor.user_id}", {"prefix": token[:8]})
+    return token
+
+
+def revoke_own_token(conn: Connection, actor: Actor, prefix: str, now: int) -> None:
+    """Revoke the acting user's live tokens starting with ``prefix`` (and the console sessions
+    started with them); ``api_key_dont_exist`` when none matches."""
+    assert actor.user_id is not None
+    if not prefix or len(prefix) > 8 or revoke_token_prefix(conn, actor.user_id, prefix, now) == 0:
+        raise MarketError("api_key_dont_exist")
+    record_by(conn, actor, TOKEN_REVOKE, f"user:{actor.user_id}", {"prefix": prefix})

@@ -112,14 +112,34 @@ def record_by(
 
 
 def entries(
-    conn: Connection, *, user_id: int | None = None, since: int | None = None, limit: int = 1000
+    conn: Connection,
+    *,
+    user_id: int | None = None,
+    since: int | None = None,
+    limit: int = 1000,
+    until: int | None = None,
+    actor: str | None = None,
+    action: str | None = None,
+    target: str | None = None,
 ) -> list[Entry]:
-    """Newest last: the entries about (or by) ``user_id``, from ``since`` on."""
+    """Newest last: the entries about (or by) ``user_id``, from ``since`` on (and before
+    ``until``), whose actor, action and target contain the given texts (the operator's
+    search)."""
     query = select(audit_log)
     if user_id is not None:
         query = query.where(audit_log.c.user_id == user_id)
     if since is not None:
         query = query.where(audit_log.c.at >= since)
+    if until is not None:
+        query = query.where(audit_log.c.at < until)
+    searched = (
+        (audit_log.c.actor, actor),
+        (audit_log.c.action, action),
+        (audit_log.c.target, target),
+    )
+    for column, text in searched:
+        if text:
+            query = query.where(column.contains(text, autoescape=True))
     newest = query.order_by(audit_log.c.id.desc()).limit(limit)
     rows = list(conn.execute(newest))
     return [

@@ -15,7 +15,15 @@ from openclore.domain.spot import lowest_bid, runway, seconds_until_lowering
 from openclore.ledger.ledger import account_key
 from openclore.market.orders import my_orders
 from openclore.market.servers import prices_of, remove_server
-from openclore.store.schema import accounts, order_charges, orders, servers, transfers, users
+from openclore.store.schema import (
+    accounts,
+    events,
+    order_charges,
+    orders,
+    servers,
+    transfers,
+    users,
+)
 
 DAY = 86400
 
@@ -209,3 +217,58 @@ def remove_server_by_id(conn: Connection, server_id: int, now: int) -> int:
     """The operator removes a server for good (as its host could): its orders end now."""
     row = _server_row(conn, server_id)
     return remove_server(conn, int(row.owner_id), str(row.name), now)
+
+
+def deposits(
+    conn: Connection, user_id: int | None = None, currency: str | None = None, limit: int = 500
+) -> list[dict[str, Any]]:
+    """Deposits credited to wallets, newest first: one user's (``user_id``), or everyone's
+    with the user's name (the operator's list)."""
+    query = (
+        select(
+            transfers.c.id,
+            transfers.c.created_at,
+            transfers.c.amount,
+            transfers.c.memo,
+            transfers.c.actor,
+            accounts.c.currency,
+            accounts.c.user_id,
+            users.c.name,
+        )
+        .join(accounts, accounts.c.id == transfers.c.credit_account_id)
+        .join(users, users.c.id == accounts.c.user_id)
+        .where(transfers.c.kind == "deposit", accounts.c.kind == "wallet")
+    )
+    if user_id is not None:
+        query = query.where(accounts.c.user_id == user_id)
+    if currency is not None:
+        query = query.where(accounts.c.currency == currency)
+    rows = conn.execute(query.order_by(transfers.c.id.desc()).limit(limit))
+    return [
+        {
+            "id": int(r.id),
+            "time": int(r.created_at),
+            "currency": str(r.currency),
+            "amount": int(r.amount),
+            "user_id": int(r.user_id),
+            "user": str(r.name),
+            "memo": r.memo,
+            "by": r.actor,
+        }
+        for r in rows
+    ]
+
+
+def recent_events(conn: Connection, user_id: int, limit: int = 100) -> list[dict[str, Any]]:
+    """The user's newest events (what ``/v1/events`` streams and webhooks receive), newest
+    first, each with its JSON data as rendered once."""
+    rows = conn.execute(
+        select(events.c.id, events.c.type, events.c.created_at, events.c.data)
+        .where(events.c.user_id == user_id)
+        .order_by(events.c.id.desc())
+        .limit(limit)
+    )
+    return [
+        {"id": int(r.id), "type": str(r.type), "at": int(r.created_at), "data": str(r.data)}
+        for r in rows
+    ]

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, select
 
 from openclore.config import Settings
 from openclore.domain.errors import InvalidInput, MarketError
-from openclore.domain.money import to_coins
+from openclore.domain.money import Coins, to_coins
 from openclore.ledger.ledger import wallet_id
 from openclore.ledger.statements import (
     LAST_PART,
@@ -145,3 +145,86 @@ def monthly_statement(
             "entry_count": len(period),
         }
     }
+
+
+# ----------------------------------------------------------------------------- the console's view
+
+TICK_KINDS = ("spend", "earning", "fee")  # booked every few seconds while an order runs
+VIEW_CAP = 20_000  # entries a view reads at most (a narrower period or filter shows the rest)
+
+
+def transaction_view(
+    conn: Connection,
+    user_id: int,
+    settings: Settings,
+    *,
+    currency: str | None = None,
+    kind: str | None = None,
+    order_id: int | None = None,
+    since: int | None = None,
+    until: int | None = None,
+    grouped: bool = True,
+) -> dict[str, Any]:
+    """The caller's entries in a period (:func:`transactions`, page after page), filtered by
+    kind and order, and by default with a rental's charges summed per order, day and kind
+    (:func:`daily_charges`, as ``openclore transactions`` shows them); ``truncated`` when the
+    period held more than :data:`VIEW_CAP` entries."""
+    rows: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        page = transactions(
+            conn,
+            user_id,
+            settings,
+            currency=currency,
+            since=since,
+            until=until,
+            limit=MAX_PAGE,
+            cursor=cursor,
+        )
+        rows.extend(page["transactions"])
+        cursor = page["next_cursor"]
+        if cursor is None or len(rows) >= VIEW_CAP:
+            break
+    if kind:
+        rows = [r for r in rows if r["kind"] == kind]
+    if order_id is not None:
+        rows = [r for r in rows if r["order_id"] == order_id]
+    shown = daily_charges(rows) if grouped else [{**r, "count": 1, "running": True} for r in rows]
+    return {"transactions": shown, "truncated": cursor is not None}
+
+
+def daily_charges(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs of one order's rental charges on one UTC day, each kind summed into one entry (the
+    time of its last, ``count`` charges); ``running`` says whether its balance is the running
+    balance (the last entry of a run: inside a run spends and fees interleave)."""
+    out: list[dict[str, Any]] = []
+    run: dict[str, dict[str, Any]] = {}
+    run_key: tuple[Any, ...] | None = None
+
+    def close() -> None:
+        held = list(run.values())
+        out.extend({**t, "running": i == len(held) - 1} for i, t in enumerate(held))
+        run.clear()
+
+    for t in rows:
+        if t["kind"] not in TICK_KINDS:
+            close()
+            run_key = None
+            out.append({**t, "count": 1, "running": True})
+            continue
+        key = (t["order_id"], t["currency"], t["time"] // 86_400)
+        if key != run_key:
+            close()
+            run_key = key
+        held = run.pop(t["kind"], None)
+        if held is None:
+            held = {**t, "count": 1}
+        else:
+            summed = Coins(held["amount"].units + t["amount"].units)
+            held = {**held, "amount": summed, "time": t["time"]}
+            held["count"] += 1
+        held["balance"] = t["balance"]
+        run[t["kind"]] = held  # the kind seen last ends the run: its balance is the running one
+    close()
+    return out

@@ -13,6 +13,7 @@ from openclore.domain.errors import InvalidInput, MarketError
 from openclore.engine.outbox import EVENT_TYPES, emit_ping
 from openclore.engine.webhooks import Policy, address_refusal, url_problem
 from openclore.market.accounts import lock_user
+from openclore.market.audit import Actor, record_by
 from openclore.store.db import inserted_id
 from openclore.store.schema import user_alerts, webhook_deliveries, webhooks
 
@@ -63,6 +64,8 @@ def create_webhook(
     types: list[str] | None,
     settings: Settings,
     now: int,
+    *,
+    actor: Actor | None = None,
 ) -> dict[str, Any]:
     lock_user(conn, user_id)  # the webhook limit is counted under it
     count = conn.execute(
@@ -80,6 +83,10 @@ def create_webhook(
             )
         )
     )
+    if actor is not None:
+        record_by(
+            conn, actor, "webhook.create", f"webhook:{webhook_id}", {"url": url, "events": types}
+        )
     return {"id": webhook_id, "secret": secret, "url": url, "events": types}
 
 
@@ -108,7 +115,9 @@ def _own(conn: Connection, user_id: int, webhook_id: int) -> None:
         raise MarketError("webhook_dont_exist")
 
 
-def delete_webhook(conn: Connection, user_id: int, webhook_id: int, now: int) -> None:
+def delete_webhook(
+    conn: Connection, user_id: int, webhook_id: int, now: int, *, actor: Actor | None = None
+) -> None:
     _own(conn, user_id, webhook_id)
     conn.execute(update(webhooks).where(webhooks.c.id == webhook_id).values(deleted_at=now))
     conn.execute(
@@ -119,11 +128,17 @@ def delete_webhook(conn: Connection, user_id: int, webhook_id: int, now: int) ->
         )
         .values(state="failed", last_error="webhook deleted")
     )
+    if actor is not None:
+        record_by(conn, actor, "webhook.delete", f"webhook:{webhook_id}")
 
 
-def ping_webhook(conn: Connection, user_id: int, webhook_id: int, now: int) -> None:
+def ping_webhook(
+    conn: Connection, user_id: int, webhook_id: int, now: int, *, actor: Actor | None = None
+) -> None:
     _own(conn, user_id, webhook_id)
     emit_ping(conn, user_id, webhook_id, now)
+    if actor is not None:
+        record_by(conn, actor, "webhook.ping", f"webhook:{webhook_id}")
 
 
 def deliveries(conn: Connection, user_id: int, webhook_id: int, limit: int) -> dict[str, Any]:
@@ -152,8 +167,17 @@ def deliveries(conn: Connection, user_id: int, webhook_id: int, limit: int) -> d
     }
 
 
-def set_alerts(conn: Connection, user_id: int, low_balance_seconds: int | None) -> None:
+def set_alerts(
+    conn: Connection,
+    user_id: int,
+    low_balance_seconds: int | None,
+    *,
+    actor: Actor | None = None,
+) -> None:
     conn.execute(delete(user_alerts).where(user_alerts.c.user_id == user_id))
+    if actor is not None:
+        detail = {"low_balance_seconds": low_balance_seconds}
+        record_by(conn, actor, "alerts.set", f"user:{user_id}", detail)
     if low_balance_seconds is not None:
         conn.execute(
             insert(user_alerts).values(

@@ -32,6 +32,7 @@ from openclore.ledger.ledger import (
     wallet_id,
 )
 from openclore.market.accounts import lock_user
+from openclore.market.audit import Actor, record_by
 from openclore.store.db import inserted_id
 from openclore.store.schema import users, withdrawals
 
@@ -51,8 +52,11 @@ def request_withdrawal(
     address: str,
     settings: Settings,
     now: int,
+    *,
+    actor: Actor | None = None,
 ) -> int:
-    """Record a withdrawal and move amount + fee to the pending account; returns its id."""
+    """Record a withdrawal and move amount + fee to the pending account; returns its id (and,
+    given the ``actor``, its audit entry)."""
     if currency not in settings.currencies:
         raise MarketError("currency-not-allowed")
     if amount <= 0:
@@ -119,6 +123,9 @@ def request_withdrawal(
     except InsufficientFunds:
         raise MarketError("not_enough_balance") from None  # the caller's transaction rolls back
     _announce(conn, WITHDRAWAL_REQUESTED, user_id, wid, currency, amount, fee, now, address=address)
+    if actor is not None:
+        detail = {"currency": currency, "amount": coins_str(amount), "address": address}
+        record_by(conn, actor, "withdrawal.request", f"withdrawal:{wid}", detail, about=user_id)
     return wid
 
 

@@ -49,6 +49,7 @@ class Database(Protocol):
 
     def read(self) -> AbstractContextManager[Connection]: ...
 
+
 log = logging.getLogger("openclore.store")
 
 CHANNEL = "openclore_changes"

@@ -18,6 +18,7 @@ class Database(Protocol):
     engine: Engine
     is_postgres: bool
 
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Several API processes or replicas may start at once: one migrates, the others wait for it.
 PG_MIGRATION_LOCK = 0x0C10E

@@ -3,7 +3,9 @@ return-URL check, form parsing and the audit actor."""
 
 from __future__ import annotations
 
+import calendar
 from collections.abc import Iterable
+from datetime import date
 from decimal import Decimal, InvalidOperation
 
 import segno
@@ -64,6 +66,29 @@ def price_input(raw: str) -> Decimal:
     except (InvalidOperation, AmountError):
         pass
     raise MarketError("invalid_price")
+
+
+def date_input(raw: str, what: str) -> int | None:
+    """A date typed into a filter (``YYYY-MM-DD``, UTC) as the unix second it starts; empty:
+    None."""
+    text = raw.strip()
+    if not text:
+        return None
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"{what}: a date such as 2026-11-01") from None
+    return calendar.timegm(day.timetuple())
+
+
+def id_input(raw: str, what: str) -> int | None:
+    """A whole number typed into a filter (an order id); empty: None."""
+    text = raw.strip().lstrip("#")
+    if not text:
+        return None
+    if not text.isdigit() or len(text) > 15:
+        raise InvalidInput(f"{what}: a whole number")
+    return int(text)
 
 
 def kv_lines(raw: str, sep: str) -> dict[str, str]:

@@ -199,7 +199,7 @@ def statement(
         found = call("loading statement…", lambda: client.statement(month, currency))
     data = to_plain(found.model_dump(by_alias=True))
     if pdf is not None:
-        from openclore.cli.statement_pdf import render
+        from openclore.market.statement_pdf import render
 
         with handled(c.target):
             render(data, pdf)

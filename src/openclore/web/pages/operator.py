@@ -14,7 +14,8 @@ from starlette.responses import Response
 from openclore.config import Settings
 from openclore.domain.errors import CloreError
 from openclore.domain.money import UNITS_PER_COIN, to_units
-from openclore.market import accounts, audit, read_models, sessions
+from openclore.domain.usd import rate_text
+from openclore.market import accounts, audit, rates, read_models, sessions
 from openclore.market import wallets as wallet_service
 from openclore.web.common import price_input, secure, web_source
 from openclore.web.context import Console
@@ -74,9 +75,11 @@ async def admin_page(c: Console, request: Request) -> Response:
             accounts.list_users(conn),
             read_models.all_servers(conn),
             read_models.platform_revenue(conn, currency, now),
+            rates.current_rates(conn, settings),
+            rates.stored_rates(conn),
         )
 
-    users, all_servers, revenue = await c.db(run)
+    users, all_servers, revenue, in_use, stored = await c.db(run)
     shown = shown_settings(settings)
     chart = {"t": [t for t, _ in revenue], "v": [v / UNITS_PER_COIN for _, v in revenue]}
     return c.render(
@@ -89,18 +92,29 @@ async def admin_page(c: Console, request: Request) -> Response:
         currency=currency,
         shown=shown,
         issued=request.cookies.get("issued"),
+        rates={cur: (rate_text(r), cur in stored) for cur, r in sorted(in_use.items())},
     )
 
 
 async def admin_action(
-    c: Console, request: Request, fn: Action, done: str, action: str
+    c: Console,
+    request: Request,
+    fn: Action,
+    done: str,
+    action: str,
+    back: str = "/admin",
+    target: str | None = None,
+    about: Callable[[Connection], int | None] | None = None,
 ) -> Response:
-    """An operator's action, recorded in the audit log in its own transaction."""
+    """An operator's action, recorded in the audit log in its own transaction (``target``: what
+    it acted on, default the form's path; ``about``: the user it concerns, default the
+    operator); then back to ``back`` with its message."""
     session = await c.signed_in(request, admin=True)
     fields = await c.form(request, session)
     now = c.state.now()
     source = web_source(request)
-    detail = {k: v[:128] for k, v in fields.items() if k != "csrf"}
+    # what the form said, never a password
+    detail = {k: v[:128] for k, v in fields.items() if k != "csrf" and "password" not in k}
 
     def run(conn: Connection) -> Any:
         result = fn(fields, now)(conn)
@@ -108,20 +122,20 @@ async def admin_action(
             conn,
             f"admin:{session.name}",
             audit.ADMIN + action,
-            request.url.path,
+            target or request.url.path,
             detail,
             source,
-            user_id=session.user_id,
+            user_id=session.user_id if about is None else about(conn),
         )
         return result
 
     try:
         result = await c.db(run, write=True)
     except CloreError as exc:
-        return c.failed(request, "/admin", exc)
+        return c.failed(request, back, exc)
     except (accounts.UnknownUser, ValueError):
-        return c.redirect(request, "/admin", c.t(request, "No such user."), ok=False)
-    response = c.redirect(request, "/admin", c.t(request, done))
+        return c.redirect(request, back, c.t(request, "No such user."), ok=False)
+    response = c.redirect(request, back, c.t(request, done))
     if isinstance(result, str):  # a new token: shown once, on the next page only
         response.set_cookie(
             "issued",
@@ -200,8 +214,76 @@ async def admin_remove(c: Console, request: Request) -> Response:
     )
 
 
+async def _confirm(
+    c: Console,
+    request: Request,
+    title: str,
+    text: str,
+    subject: str,
+    button: str,
+    hidden: dict[str, str],
+) -> Response:
+    """The page that asks before a destructive action, posting its form to the same path."""
+    session = await c.signed_in(request, admin=True)
+    return c.render(
+        request,
+        "confirm.html",
+        session,
+        title=title,
+        text=text,
+        subject=subject,
+        action=request.url.path,
+        button=button,
+        back="/admin",
+        fields=[],
+        hidden=hidden,
+    )
+
+
+async def confirm_revoke(c: Console, request: Request) -> Response:
+    user, prefix = request.query_params.get("user", ""), request.query_params.get("prefix", "")
+    return await _confirm(
+        c,
+        request,
+        N_("Revoke this API token?"),
+        N_("Programs using it stop working at once; console sessions started with it end."),
+        f"{prefix}… (#{user})",
+        N_("Revoke"),
+        {"user": user, "prefix": prefix},
+    )
+
+
+async def confirm_signout(c: Console, request: Request) -> Response:
+    user = request.query_params.get("user", "")
+    return await _confirm(
+        c,
+        request,
+        N_("End every console session of this user?"),
+        N_("The user is signed out everywhere; API tokens keep working."),
+        f"#{user}",
+        N_("End all sessions"),
+        {"user": user},
+    )
+
+
+async def confirm_remove(c: Console, request: Request) -> Response:
+    server_id = int(request.path_params["server_id"])
+    return await _confirm(
+        c,
+        request,
+        N_("Remove this server?"),
+        N_("It leaves the market and its orders end now (billed up to now)."),
+        f"#{server_id}",
+        N_("Remove"),
+        {},
+    )
+
+
 ROUTES = [
     Route("/admin", admin_page),
+    Route("/admin/revoke", confirm_revoke),
+    Route("/admin/signout", confirm_signout),
+    Route("/admin/servers/{server_id:int}/remove", confirm_remove),
     Route("/admin/credit", admin_credit, POST),
     Route("/admin/token", admin_token, POST),
     Route("/admin/revoke", admin_revoke, POST),

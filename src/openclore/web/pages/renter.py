@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from openclore.domain.errors import CloreError, MarketError
 from openclore.domain.money import to_units
+from openclore.market import gigaspot as gigaspot_service
 from openclore.market import inputs, read_models, search, sessions
 from openclore.market import logs as logs_service
 from openclore.market import orders as order_service
@@ -107,6 +108,7 @@ async def server_page(c: Console, request: Request) -> Response:
         book=book,
         quotes=quotes,
         balances=balances,
+        fees=gigaspot_service.renter_fees(settings),  # as /v1/renter_fees answers
     )
 
 

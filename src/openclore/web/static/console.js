@@ -67,7 +67,7 @@
     if (!form) return;
     var select = form.querySelector("select[name=currency]");
     var show = function () {
-      document.querySelectorAll("#quote span[data-currency]").forEach(function (span) {
+      document.querySelectorAll("#quote span[data-currency], #fees span[data-currency]").forEach(function (span) {
         span.hidden = span.getAttribute("data-currency") !== select.value;
       });
     };

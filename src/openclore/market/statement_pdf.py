@@ -1,4 +1,6 @@
-"""A month's statement as a PDF (fpdf2), drawn from the statement the API answers.
+"""A month's statement as a PDF (fpdf2), drawn from the statement the API answers
+(:func:`openclore.market.statements.monthly_statement`): the CLI's ``statement --pdf`` and the
+console's download both draw it here.
 
 Amounts are printed as the exact decimal text the API sent, never through a float.
 """
@@ -12,10 +14,16 @@ from typing import Any
 
 from fpdf import FPDF
 
-from openclore.client._exactjson import number_text
-
 # the PDF core fonts are Latin-1: anything else (a user's name, a reason) is shown as "?"
 _LATIN1 = "latin-1"
+
+
+def number_text(value: Decimal) -> str:
+    """A Decimal as plain text (no exponent, no trailing zeros): ``0.0000042``."""
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
 
 
 def _text(value: Any) -> str:
@@ -50,6 +58,11 @@ def _numeric(cell: str) -> bool:
 
 def render(statement: dict[str, Any], path: Path) -> None:
     """Write ``statement`` (the ``statement`` object of ``/v1/statement``) to ``path``."""
+    path.write_bytes(render_bytes(statement))
+
+
+def render_bytes(statement: dict[str, Any]) -> bytes:
+    """``statement`` (the ``statement`` object of ``/v1/statement``) as a PDF document."""
     s = statement
     currency = s["currency"]
     pdf = FPDF(orientation="P", unit="mm", format="A4")
@@ -100,4 +113,4 @@ def render(statement: dict[str, Any], path: Path) -> None:
         )
     pdf.set_font("Helvetica", "I", 7)
     pdf.cell(0, 5, f"{s['entry_count']} ledger entries; opening + totals = closing.")
-    pdf.output(str(path))
+    return bytes(pdf.output())
