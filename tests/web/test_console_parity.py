@@ -371,3 +371,41 @@ def test_events_fees_and_the_sandbox_controls(served: Market) -> None:
     )
     assert 'action="/sandbox/world/reset"' in alice.client.get("/sandbox/world/reset").text
     assert alice.post("/sandbox/world/reset")[1] == "This market is not the demo world."
+
+
+def test_the_console_rents_some_of_a_servers_gpus(served: Market) -> None:
+    """The marketplace says which servers rent per GPU and how many GPUs are free; the rent form
+    asks how many GPUs (the whole server by default)."""
+    from sqlalchemy import update
+
+    from openclore.store.schema import servers
+
+    market = served
+    host = market.user("host")
+    sid = market.server(host, "quad", on_demand="0.0024")
+    with market.db.write() as conn:
+        conn.execute(update(servers).where(servers.c.id == sid).values(gpu_array=["RTX"] * 4))
+    body = {"name": "quad", "partial_gpu_rental": True, "min_gpus": 2}
+    ok(market.client(host).post("/v1/set_server_settings", json=body))
+    renter_token = market.user("renter", bitcoin="1")
+    renter = Browserless(market, renter_token)
+    listing = renter.client.get("/market").text
+    assert "per GPU: 4 of 4 free" in listing
+    assert "0.000025 per GPU per hour" in listing  # 0.0024 a day ÷ 4 GPUs ÷ 24 h
+    page = renter.client.get(f"/servers/{sid}").text
+    options = re.findall(r'<option value="(\d*)">', page.split('name="gpu_count"')[1])
+    assert options[:3] == ["", "2", "3"]  # the whole server, then 2 and 3 (min_gpus 2)
+    where, _ = renter.post(
+        f"/servers/{sid}/rent", type="on-demand", currency="bitcoin", image="busybox", gpu_count="2"
+    )
+    assert where == "/orders"
+    (order,) = ok(market.client(renter_token).post("/v1/my_orders", json={}))["orders"]
+    assert order["gpu_count"] == 2 and len(order["gpus"]) == 2 and order["price"] == 0.0012
+    assert "per GPU: 2 of 4 free" in renter.client.get("/market").text
+    refused = renter.client.post(
+        f"/servers/{sid}/rent",
+        data={"csrf": renter.csrf, "type": "on-demand", "image": "busybox", "gpu_count": "1"},
+    )
+    assert refused.status_code == 303 and "/servers/" in refused.headers["location"]
+    chinese = renter.client.get("/market", headers={"Accept-Language": "zh-CN"}).text
+    assert "按 GPU 出租：4 块中 2 块空闲" in chinese

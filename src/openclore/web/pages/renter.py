@@ -129,6 +129,9 @@ async def rent(c: Console, request: Request) -> Response:
     for key in ("ssh_key", "ssh_password", "jupyter_token", "command"):
         if fields.get(key, "").strip():
             body[key] = fields[key].strip()
+    gpus = fields.get("gpu_count", "").strip()
+    if gpus:  # some of a per-GPU server's GPUs (none: the whole server)
+        body["gpu_count"] = int(gpus) if gpus.isdigit() else gpus
     try:
         if body["type"] == "spot":
             body["spotprice"] = price_input(fields.get("spotprice", ""))
