@@ -409,3 +409,33 @@ def test_the_console_rents_some_of_a_servers_gpus(served: Market) -> None:
     assert refused.status_code == 303 and "/servers/" in refused.headers["location"]
     chinese = renter.client.get("/market", headers={"Accept-Language": "zh-CN"}).text
     assert "按 GPU 出租：4 块中 2 块空闲" in chinese
+
+
+def test_a_host_turns_per_gpu_rental_on_in_the_console(served: Market) -> None:
+    from sqlalchemy import update
+
+    from openclore.store.schema import servers
+
+    market = served
+    host_token = market.user("host")
+    sid = market.server(host_token, "quad")
+    market.server(host_token, "single")  # one GPU: nothing to rent one by one
+    with market.db.write() as conn:
+        conn.execute(update(servers).where(servers.c.id == sid).values(gpu_array=["RTX"] * 4))
+    host = Browserless(market, host_token)
+    assert 'name="partial_gpu_rental"' not in host.client.get("/host/servers/single").text
+    page = host.client.get("/host/servers/quad").text
+    assert 'name="partial_gpu_rental"' in page and 'name="min_gpus"' in page
+    form = {"availability": "on", "mrl": "72", "per_gpu_form": "1"}
+    where, _ = host.post("/host/servers/quad", **form, partial_gpu_rental="on", min_gpus="2")
+    assert where == "/host/servers/quad"
+    api = market.client(host_token)
+    config = ok(api.post("/v1/server_config", json={"server_name": "quad"}))["config"]
+    assert config["partial_gpu_rental"] is True and config["min_gpus"] == 2
+    host.post("/host/servers/quad", **form, min_gpus="2")  # the box unticked: rented whole
+    config = ok(api.post("/v1/server_config", json={"server_name": "quad"}))["config"]
+    assert config["partial_gpu_rental"] is False
+    where, _ = host.post("/host/servers/quad", **form, partial_gpu_rental="on", min_gpus="9")
+    assert where == "/host/servers/quad"  # refused: the page shows why, nothing changed
+    config = ok(api.post("/v1/server_config", json={"server_name": "quad"}))["config"]
+    assert config["partial_gpu_rental"] is False and config["min_gpus"] == 2

@@ -99,6 +99,11 @@ async def host_server_save(c: Console, request: Request) -> Response:
             if not fields["mrl"].strip().isdigit():
                 raise MarketError("invalid_mrl")
             body["mrl"] = int(fields["mrl"])
+        if fields.get("per_gpu_form") == "1":  # the server has the GPUs for it
+            body["partial_gpu_rental"] = fields.get("partial_gpu_rental") == "on"
+            least = fields.get("min_gpus", "").strip()
+            if least:
+                body["min_gpus"] = int(least) if least.isdigit() else least
         for currency in settings.currencies:
             for kind in ("on_demand", "spot"):
                 raw = fields.get(f"{currency}_{kind}", "").strip()
