@@ -24,6 +24,7 @@ from openclore.domain.slots import (
     rank_key,
     ranked,
     ranked_bids,
+    slot_minimum,
     slot_price,
     starving,
 )
@@ -83,6 +84,19 @@ def test_k_of_n_prices_round_down_to_the_unit() -> None:
     # exact for amounts far beyond a float's 53 bits
     assert slot_price(9 * 10**18 - 1, 7, 8) == (9 * 10**18 - 1) * 7 // 8
     assert slot_price(9 * 10**18 - 1, 7, 8) == 7_874_999_999_999_999_999
+
+
+def test_the_minimum_for_some_slots_rounds_up_and_is_met_exactly() -> None:
+    assert slot_minimum(10, 1, 3) == 4  # 3.33… rounded up
+    assert slot_minimum(10, 2, 3) == 7
+    assert slot_minimum(12, 1, 3) == 4  # exact: no rounding
+    assert slot_minimum(10, 3, 3) == 10
+    assert slot_minimum(0, 1, 4) == 0
+    for least, k, n in ((10, 1, 3), (11, 2, 7), (9 * 10**18 - 1, 5, 8)):
+        bid = slot_minimum(least, k, n)
+        assert bid_meets_minimum(bid, k, least, n) and not bid_meets_minimum(bid - 1, k, least, n)
+    with pytest.raises(ValueError):
+        slot_minimum(10, 4, 3)
 
 
 def test_a_four_gpu_server_rents_four_quarters_at_once() -> None:

@@ -65,6 +65,13 @@ def slot_price(price_per_day: int, k: int, n: int) -> int:
     return price_per_day * k // n
 
 
+def slot_minimum(server_min_per_day: int, k: int, n: int) -> int:
+    """The least a bid for ``k`` of ``n`` slots may be per day: k/n of the server's minimum,
+    rounded UP to the unit (so that it meets :func:`bid_meets_minimum`)."""
+    _check_count(k, n)
+    return -(-server_min_per_day * k // n)
+
+
 def bid_meets_minimum(bid_per_day: int, k: int, server_min_per_day: int, n: int) -> bool:
     """Whether a bid for ``k`` slots is at least the server's minimum per slot (minimum ÷ n),
     compared exactly: bid / k ≥ minimum / n ⇔ bid · n ≥ minimum · k."""

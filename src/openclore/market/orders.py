@@ -14,7 +14,12 @@ from openclore.domain.money import (
     to_coins,
     to_units,
 )
-from openclore.domain.slots import bid_meets_minimum, on_demand_admission, slot_price
+from openclore.domain.slots import (
+    bid_meets_minimum,
+    on_demand_admission,
+    slot_minimum,
+    slot_price,
+)
 from openclore.domain.specs import clean_gpu_array, clean_specs
 from openclore.domain.spot import lowest_bid, runway, seconds_until_lowering
 from openclore.engine.billing import (
@@ -80,7 +85,7 @@ def create_order(
         assert req.spotprice is not None
         price = to_units(req.spotprice)
         if not bid_meets_minimum(price, k or n, min_spot, n):
-            least = -(-min_spot * (k or n) // n)  # the minimum for its slots, rounded up
+            least = slot_minimum(min_spot, k or n, n)
             raise MarketError("too_low_price", min_price=to_coins(least))
         if any(o["spot"] and o["user_id"] == user_id for o in live):
             raise MarketError("you_already_have_spot_order")
@@ -350,7 +355,7 @@ def reprice(
         )[1]
         if order["gpu_count"] is not None:  # a bid for k of n GPUs: the minimum for its GPUs
             n = slot_count(server_gpu_array(conn, order["server_id"]))
-            min_spot = -(-min_spot * min(order["gpu_count"], n) // n)
+            min_spot = slot_minimum(min_spot, min(order["gpu_count"], n), n)
         wait = seconds_until_lowering(
             order["last_lowered_at"], now, settings.spot_lowering_interval
         )

@@ -14,7 +14,7 @@ from openclore.config import Settings
 from openclore.domain.errors import InvalidInput, MarketError
 from openclore.domain.money import Coins, to_coins, to_units
 from openclore.domain.reliability import PRIOR
-from openclore.domain.slots import slot_price
+from openclore.domain.slots import slot_minimum, slot_price
 from openclore.domain.specs import clean_gpu_array, clean_specs
 from openclore.engine.billing import (
     Row,
@@ -344,7 +344,7 @@ def partial_view(
         if on_demand:
             per_gpu["on_demand"][currency] = to_coins(slot_price(on_demand, 1, n))
         if spot:
-            per_gpu["spot"][currency] = to_coins(-(-spot // n))
+            per_gpu["spot"][currency] = to_coins(slot_minimum(spot, 1, n))
     return {
         "enabled": rents_per_gpu(server._mapping),
         "min_gpus": server.min_gpus,
