@@ -5,10 +5,20 @@ containers: [status…]}``; then ``heartbeat`` ``{}``, ``status`` ``{containers:
 what changed) and ``specs`` ``{specs, gpu_array}``.
 
 Server → agent: ``hello`` ``{server_id, name, heartbeat_interval}``, then ``desired``
-``{rev, containers: [desired…]}`` whenever the set may have changed: the complete set of
-containers this machine must run (every running order, each on its own GPUs, else the background
-job). A desired container's ``gpus`` (NVML indices) and ``share`` (k of n GPUs) say which part of
-the machine it gets; both absent (``null``) mean the whole machine, as before per-GPU rentals.
+``{rev, containers: [desired…], volumes: [volume…]}`` whenever the set may have changed: the
+complete set of containers this machine must keep (every running order, each on its own GPUs,
+else the background job; and, from protocol 3, every stopped order, whose container is kept
+stopped with its disk) and of renters' volumes it must keep. A desired container's ``gpus`` (NVML
+indices) and ``share`` (k of n GPUs) say which part of the machine it gets; both absent
+(``null``) mean the whole machine, as before per-GPU rentals.
+
+Protocol 3 (keeping work, SPEC §8): a desired container may be ``stopped`` (stop it, keep it and
+its disk; start it again when that turns false), carry ``restart`` (a number that grows with each
+restart the renter asks for: restart the container once for each new number, and report it back
+as ``restarted``), ``generation`` (a reset: a new number means a new container from the image),
+``mounts`` (volume name → path in the container) and ``disk_gb`` (the disk the rental gets). The
+agent reports the volumes it holds in ``hello`` and ``status`` as ``volumes: [{name, ok, quota,
+error}]``, always the full list.
 
 This module is shared by both sides (the server's ``market`` and ``api``, and the host ``agent``):
 it imports nothing heavy and nothing of openclore.
@@ -21,11 +31,14 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 # agents from this protocol on keep per-GPU rentals apart (``gpus``/``share``); the market lets a
 # server be rented per GPU only when its agent says so in its hello (an older agent would give
 # every rental every GPU)
 PER_GPU_PROTOCOL = 2
+# agents from this protocol on keep a stopped order's container (stop_order, a preempted spot
+# order) and hold volumes; an older agent would remove the container, so stopping is refused
+KEEP_PROTOCOL = 3
 
 KIND_ORDER = "order"
 KIND_BACKGROUND = "background"
@@ -37,9 +50,10 @@ RUNNING = "running"
 RESTARTING = "restarting"  # exited, will be started again after a backoff
 CRASH_LOOP = "crash_loop"  # exited again and again; still retried, slowly
 ERROR = "error"  # could not be started (bad image, bad settings); retried slowly
-STOPPED = "stopped"  # removed because its order ended, was outbid or preempted
+STOPPED = "stopped"  # removed because its order ended (or an older market outbid it)
+HALTED = "halted"  # stopped on purpose (a stopped order): kept with its disk, started again later
 
-STATES = frozenset({PULLING, STARTING, RUNNING, RESTARTING, CRASH_LOOP, ERROR, STOPPED})
+STATES = frozenset({PULLING, STARTING, RUNNING, RESTARTING, CRASH_LOOP, ERROR, STOPPED, HALTED})
 
 CLOSE_UNAUTHORIZED = 4401  # WebSocket close code: unknown or revoked agent credential
 
@@ -70,16 +84,31 @@ class DesiredContainer:
     gpus: list[int] | None = None
     # the rental's part of the machine, k of n GPUs (its CPUs, memory and disk follow); None: whole
     share: tuple[int, int] | None = None
+    # protocol 3 (keeping work): keep the container stopped with its disk (not part of the spec:
+    # stopping and starting keeps the same container)
+    stopped: bool = False
+    # the renter's restarts so far: restart the container once for each new number (not part of
+    # the spec); 0 when none is pending
+    restart: int = 0
+    # resets so far: a new number means a new container from the image (part of the spec)
+    generation: int = 0
+    # volume name -> absolute path in the container (part of the spec)
+    mounts: dict[str, str] = field(default_factory=dict)
+    # the disk the rental gets, in GB (None: the runtime's default); part of the spec
+    disk_gb: int | None = None
 
     def spec_hash(self) -> str:
         """Identifies everything that shapes the container: a change means a new container."""
         shape = asdict(self)
-        shape.pop("registry_auth")
-        shape.pop("gpu_settings")
-        # absent for a whole-machine container, so that its hash is the one agents computed
-        # before per-GPU rentals (an upgrade does not restart running rentals)
-        for name in ("gpus", "share"):
+        for name in ("registry_auth", "gpu_settings", "stopped", "restart"):
+            shape.pop(name)
+        # absent while unused, so that the hash is the one older agents computed (an upgrade
+        # does not restart running rentals)
+        for name in ("gpus", "share", "disk_gb"):
             if shape[name] is None:
+                shape.pop(name)
+        for name in ("generation", "mounts"):
+            if not shape[name]:
                 shape.pop(name)
         raw = json.dumps(shape, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
@@ -110,6 +139,11 @@ class DesiredContainer:
             gpu_settings=[g for g in (data.get("gpu_settings") or []) if isinstance(g, dict)],
             gpus=gpus,
             share=share,
+            stopped=data.get("stopped") is True,
+            restart=_count(data.get("restart")),
+            generation=_count(data.get("generation")),
+            mounts=_mounts(data.get("mounts")),
+            disk_gb=None if data.get("disk_gb") is None else _count(data.get("disk_gb")) or None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -117,6 +151,68 @@ class DesiredContainer:
         if self.share is not None:
             wire["share"] = list(self.share)
         return wire
+
+
+def _count(value: Any) -> int:
+    """A non-negative integer field; 0 when absent."""
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**53:
+        raise ValueError("a non-negative integer")
+    return value
+
+
+def _mounts(value: Any) -> dict[str, str]:
+    """Volume name -> absolute path in the container."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v.startswith("/") for k, v in value.items()
+    ):
+        raise ValueError("mounts: volume name -> absolute path")
+    return dict(value)
+
+
+@dataclass(frozen=True)
+class DesiredVolume:
+    """A renter's volume the machine must keep (protocol 3)."""
+
+    name: str  # the Docker volume's name, "openclore-vol-<id>"
+    size_gb: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> DesiredVolume:
+        size = _count(data.get("size_gb"))
+        if not isinstance(data.get("name"), str) or not data["name"] or size < 1:
+            raise ValueError("volume: name and size_gb")
+        return cls(name=str(data["name"]), size_gb=size)
+
+
+@dataclass(frozen=True)
+class VolumeStatus:
+    """A volume as the agent holds it: ``ok`` (it exists and can be mounted), ``quota`` (its
+    size is enforced by the storage driver) and the problem if any."""
+
+    name: str
+    ok: bool
+    quota: bool = False
+    error: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> VolumeStatus:
+        error = data.get("error")
+        return cls(
+            name=str(data["name"])[:128],
+            ok=data.get("ok") is True,
+            quota=data.get("quota") is True,
+            error=None if error is None else str(error)[:1000],
+        )
 
 
 def _gpus(value: Any) -> list[int] | None:
@@ -160,6 +256,8 @@ class ContainerStatus:
     # GigaSPOT: None (no settings asked), True (applied) or False (refused: gpu_settings_error)
     gpu_settings_applied: bool | None = None
     gpu_settings_error: str | None = None
+    # protocol 3: the last ``restart`` number carried out for this container
+    restarted: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,6 +282,9 @@ class ContainerStatus:
             gpu_settings_error=None
             if data.get("gpu_settings_error") is None
             else str(data["gpu_settings_error"])[:1000],
+            restarted=data.get("restarted")
+            if isinstance(data.get("restarted"), int) and not isinstance(data["restarted"], bool)
+            else None,
         )
 
 
@@ -206,7 +307,14 @@ def env_dict(value: Any) -> dict[str, str]:
     return out
 
 
-def desired_rev(containers: list[DesiredContainer]) -> str:
-    return hashlib.sha256(
-        ",".join(f"{c.key}:{c.spec_hash()}" for c in containers).encode()
-    ).hexdigest()[:16]
+def desired_rev(
+    containers: list[DesiredContainer], volumes: list[DesiredVolume] | None = None
+) -> str:
+    """Changes whenever what the agent must do changes: a container's spec, its stopped state or
+    a new restart, or the volumes."""
+    parts = [
+        f"{c.key}:{c.spec_hash()}" + (":stopped" if c.stopped else "") + f":{c.restart or ''}"
+        for c in containers
+    ]
+    parts += [f"vol:{v.name}:{v.size_gb}" for v in volumes or ()]
+    return hashlib.sha256(",".join(parts).encode()).hexdigest()[:16]
