@@ -50,6 +50,11 @@ def test_every_operation_answers_in_the_documented_shape(case: Any, market: Mark
         query.setdefault("after", "0")
         case.query = query
     response = case.call(base_url=market.url)
+    if response.status_code == 400 and response.text == "Invalid HTTP request received.":
+        # raw non-ASCII in the request line (e.g. ?until=²) is not HTTP: the server's HTTP
+        # parser refuses it before the application sees it
+        assert any(not str(v).isascii() for v in (case.query or {}).values()), case.query
+        return
     assert response.status_code != 500, response.text
     content_type = response.headers.get("content-type") or ""
     if isinstance(content_type, list):  # schemathesis' response keeps every value

@@ -75,6 +75,7 @@ def test_an_orders_whole_life_in_order(market: Market) -> None:
         "spot": True,
         "currency": "bitcoin",
         "reason": "preempted",  # by bob's on-demand order
+        "stopped": True,  # it keeps its disk and starts again by itself (SPEC §8)
     }
     assert ended["reason"] == "expired" and ended["order_id"] == a["order_id"]
     assert ended["ended_at"] == found[0]["time"] + 2 * 3600

@@ -55,11 +55,13 @@ from openclore.market.agents import (
     authenticate_agent,
     desired_for,
     parse_statuses,
+    parse_volumes,
     pub_cluster_for,
     register_agent,
 )
 from openclore.market.logs import open_questions, record_answer
 from openclore.market.tunnels import assign_gateway
+from openclore.market.volumes import apply_volume_reports, desired_volumes
 from openclore.protocol import CLOSE_UNAUTHORIZED, PROTOCOL_VERSION, desired_rev
 
 log = logging.getLogger("openclore.agent_api")
@@ -299,16 +301,26 @@ class AgentChannel:
                 with self.state.db.read() as conn:
                     desired = desired_for(conn, self.server_id)
                     if desired is None:
-                        return None, []
-                    return desired, open_questions(conn, self.server_id, wall_now(), self.asked)
+                        return None, [], []
+                    return (
+                        desired,
+                        desired_volumes(conn, self.server_id),
+                        open_questions(conn, self.server_id, wall_now(), self.asked),
+                    )
 
-            desired, questions = await run_in_threadpool(_read)
+            desired, volumes, questions = await run_in_threadpool(_read)
             if desired is None:
                 raise _Closed(CLOSE_UNAUTHORIZED, "server removed")
-            rev = desired_rev(desired)
+            rev = desired_rev(desired, volumes)
             if rev != sent:
-                containers = [c.to_wire() for c in desired]
-                await self._send({"type": "desired", "rev": rev, "containers": containers})
+                await self._send(
+                    {
+                        "type": "desired",
+                        "rev": rev,
+                        "containers": [c.to_wire() for c in desired],
+                        "volumes": [v.to_wire() for v in volumes],
+                    }
+                )
                 sent = rev
             for question in questions:
                 await self._send(question)
@@ -325,6 +337,13 @@ class AgentChannel:
                 # removed server wakes the push, which finds it gone and closes the channel)
                 self.heartbeats.beat(self.server_id, self.wake.set)
             elif kind == "status":
+                reported = parse_volumes(message.get("volumes"))
+                if reported is not None:
+                    await self._write(
+                        lambda c, r=reported: apply_volume_reports(
+                            c, self.server_id, r, self.state.now()
+                        )
+                    )
                 statuses = parse_statuses(message.get("containers"))
                 if statuses:
                     await self._write(

@@ -35,6 +35,13 @@ REQUESTS: dict[str, type[BaseModel]] = {
     "ping_webhook": inputs.WebhookIdRequest,
     "set_alerts": inputs.SetAlertsRequest,
     "withdraw": inputs.WithdrawRequest,
+    "stop_order": inputs.OrderIdRequest,
+    "start_order": inputs.OrderIdRequest,
+    "restart_order": inputs.OrderIdRequest,
+    "reset_order": inputs.OrderIdRequest,
+    "extend_order": inputs.ExtendOrderRequest,
+    "create_volume": inputs.CreateVolumeRequest,
+    "delete_volume": inputs.OrderIdRequest,
 }
 RESPONSES: dict[str, type[BaseModel]] = {
     "wallets": models.WalletsResponse,
@@ -102,6 +109,19 @@ SUMMARIES = {
     "withdrawals": "openclore extension: your withdrawal requests and their state",
     "order_logs": "openclore extension: the last lines of your order's container output, "
     "fetched from its host (?id=ORDER&tail=200)",
+    "stop_order": "openclore extension: stop an order; it frees its GPUs, keeps its disk and "
+    "pays storage only (answer: the order)",
+    "start_order": "openclore extension: start a stopped order again on its server, or "
+    "gpus_not_free (it stays stopped)",
+    "restart_order": "openclore extension: restart the order's container (its files stay)",
+    "reset_order": "openclore extension: recreate the order's container from its image "
+    "(volumes and ports stay)",
+    "extend_order": "openclore extension: {id, hours}: more time before the order ends, "
+    "within the host's maximum rental length",
+    "create_volume": "openclore extension: {server_id, size_gb, name, currency?}: a volume on "
+    "that server, billed per GB per day until deleted",
+    "volumes": "openclore extension: your volumes (?include_ended=true adds deleted ones)",
+    "delete_volume": "openclore extension: {id}: delete a volume no live order mounts",
 }
 QUERY: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "marketplace": [

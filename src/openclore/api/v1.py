@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from openclore.api import event_endpoints
+from openclore.api.keeping import KEEPING_ENDPOINTS
 from openclore.api.listing import listing_response
 from openclore.api.market_cache import PartsResponse
 from openclore.api.state import AppState, Call, Endpoint
@@ -479,6 +480,7 @@ V1_ENDPOINTS = [
     Endpoint("statement", _statement, readonly=True),
     Endpoint("withdraw", _withdraw),
     Endpoint("withdrawals", _withdrawals, readonly=True),
+    *KEEPING_ENDPOINTS,
 ]
 
 SANDBOX_ENDPOINTS = [

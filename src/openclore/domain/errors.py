@@ -85,7 +85,7 @@ class ErrorKind:
 
 # Every named error (code 6) openclore sends: the one place its name is written. The REST status
 # table, the console's sentences and (by a test) the SDK's exceptions follow from it.
-_KINDS = (
+_KINDS: tuple[ErrorKind, ...] = (
     ErrorKind("server-dont-exist", 404, N_("This server is not on the market.")),
     ErrorKind("server_dont_exist", 404, N_("No such server.")),
     ErrorKind("order_dont_exist", 404, N_("No such order.")),
@@ -185,6 +185,51 @@ _KINDS = (
         400,
         N_("Webhooks cannot be sent to that address."),
         ("reason",),
+    ),
+)
+# keeping work (SPEC §8)
+_KINDS += (
+    ErrorKind("order_not_running", 409, N_("This order is not running.")),
+    ErrorKind("order_not_stopped", 409, N_("This order is not stopped.")),
+    ErrorKind("order_already_stopped", 409, N_("This order is stopped already.")),
+    ErrorKind(
+        "gpus_not_free",
+        409,
+        N_("Its GPUs are rented by someone else now; the order stays stopped."),
+        ("gpu_count",),
+    ),
+    ErrorKind(
+        "stop_not_supported",
+        409,
+        N_(
+            "This server's agent cannot keep a stopped rental or a volume; its host must update it."
+        ),
+    ),
+    ErrorKind(
+        "extend_out_of_range",
+        400,
+        N_("That is longer than the host's maximum rental length allows."),
+        ("max_hours",),
+    ),
+    ErrorKind("disk_not_offered", 409, N_("This server offers no disk to choose.")),
+    ErrorKind(
+        "disk_gb_out_of_range",
+        400,
+        N_("That is more disk than the host offers."),
+        ("max_disk_gb",),
+    ),
+    ErrorKind("volume_dont_exist", 404, N_("No such volume."), ("volume_id",)),
+    ErrorKind(
+        "volume_not_on_server",
+        409,
+        N_("A volume can only be mounted by orders on its own server."),
+        ("volume_id",),
+    ),
+    ErrorKind(
+        "volume_in_use", 409, N_("A live order mounts this volume; end it first."), ("orders",)
+    ),
+    ErrorKind(
+        "volume_limit_reached", 403, N_("You have reached the limit of volumes."), ("limit",)
     ),
 )
 REGISTRY: dict[str, ErrorKind] = {kind.name: kind for kind in _KINDS}

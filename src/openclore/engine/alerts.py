@@ -1,6 +1,7 @@
-"""Runway: what a user's running orders burn per day, how long each wallet lasts at that rate,
-and the ``balance.low`` event when that drops under the user's threshold (checked every tick;
-sent once per dip, again only after the runway was back above the threshold)."""
+"""Runway: what a user's orders (running, or stopped with a disk) and volumes burn per day, how
+long each wallet lasts at that rate, and the ``balance.low`` event when that drops under the
+user's threshold (checked every tick; sent once per dip, again only after the runway was back
+above the threshold)."""
 
 from __future__ import annotations
 
@@ -9,24 +10,43 @@ from sqlalchemy import Connection, func, select, update
 from openclore.domain.money import to_coins
 from openclore.domain.spot import runway_seconds
 from openclore.engine.outbox import BALANCE_LOW, emit
+from openclore.engine.storage import BILLED_VOLUME_STATES
 from openclore.store.db import Database, run_write
-from openclore.store.schema import accounts, orders, user_alerts
+from openclore.store.schema import accounts, orders, user_alerts, volumes
 
 
 def burn_per_day(conn: Connection, user_ids: list[int]) -> dict[tuple[int, str], int]:
-    """``{(user, currency): Σ price per day of the user's running orders}``."""
+    """``{(user, currency): Σ per day}`` of what the user's orders and volumes cost now: the
+    price of running orders, the storage of stopped ones and of live volumes (SPEC §8)."""
     if not user_ids:
         return {}
-    rows = conn.execute(
-        select(orders.c.user_id, orders.c.currency, func.sum(orders.c.price))
-        .where(
-            orders.c.user_id.in_(user_ids),
-            orders.c.running.is_(True),
-            orders.c.expired.is_(False),
-        )
-        .group_by(orders.c.user_id, orders.c.currency)
+    out: dict[tuple[int, str], int] = {}
+    queries = (
+        select(orders.c.user_id, orders.c.currency, func.sum(orders.c.price)).where(
+            orders.c.running.is_(True)
+        ),
+        select(orders.c.user_id, orders.c.currency, func.sum(orders.c.storage_rate)).where(
+            orders.c.stopped.is_(True)
+        ),
     )
-    return {(int(r[0]), str(r[1])): int(r[2]) for r in rows}
+    for query in queries:
+        rows = conn.execute(
+            query.where(orders.c.user_id.in_(user_ids), orders.c.expired.is_(False)).group_by(
+                orders.c.user_id, orders.c.currency
+            )
+        )
+        for r in rows:
+            key = (int(r[0]), str(r[1]))
+            out[key] = out.get(key, 0) + int(r[2] or 0)
+    rows = conn.execute(
+        select(volumes.c.user_id, volumes.c.currency, func.sum(volumes.c.rate))
+        .where(volumes.c.user_id.in_(user_ids), volumes.c.state.in_(BILLED_VOLUME_STATES))
+        .group_by(volumes.c.user_id, volumes.c.currency)
+    )
+    for r in rows:
+        key = (int(r[0]), str(r[1]))
+        out[key] = out.get(key, 0) + int(r[2] or 0)
+    return {k: v for k, v in out.items() if v > 0}
 
 
 def check_low_balances(db: Database, now: int) -> int:

@@ -21,6 +21,7 @@ from openclore.domain.slots import Claim, Slots, allocate
 from openclore.domain.specs import clean_gpu_array
 from openclore.engine.notify import notify_server
 from openclore.engine.outbox import order_ended, order_states, record_order_changes
+from openclore.engine.storage import settle_stored, settle_volumes
 from openclore.ledger.ledger import (
     balance,
     lock_accounts,
@@ -38,6 +39,8 @@ BILLING_GRACE = 15
 # the market's spot_starvation_seconds, as `openclore serve` records it in the meta table
 STARVATION_KEY = "spot_starvation_seconds"
 DEFAULT_STARVATION_SECONDS = 3600
+# orders.stop_reason of a spot order that lost its slots: it bids on and starts by itself
+PREEMPTED = "preempted"
 
 
 def _wallet(conn: Connection, user_id: int, currency: str) -> int:
@@ -56,6 +59,12 @@ def settle(conn: Connection, order: Row, now: int) -> Row:
     t_end = min(now, end_of_life, _paid_until(conn, order["server_id"], now))
     values: dict[str, Any] = {}
     ended_reason: str | None = None
+    if order["stopped"]:  # its disk is kept and paid for, whether the host is heard or not
+        t_end = min(now, end_of_life)
+        values = settle_stored(conn, order, t_end, now)
+        if "ended_at" in values:
+            t_end = values.pop("ended_at")
+            ended_reason = "balance"
     if order["running"] and order["billed_at"] is not None and t_end > order["billed_at"]:
         renter = _wallet(conn, order["user_id"], order["currency"])
         seconds = t_end - order["billed_at"]
@@ -193,7 +202,13 @@ def resolve_server(conn: Connection, server_id: int, now: int) -> None:
         # the running orders first, up to the first end of life among them (the slots it frees
         # go to the next orders at that second, while the others run on); if one ran out of
         # money before that, the book moves on at that moment
-        bound = min([now, *(o["ct"] + o["mrl"] for o in live if o["running"])])
+        bound = min(
+            [
+                now,
+                *(o["ct"] + o["mrl"] for o in live if o["running"]),
+                *(o["stop_at"] for o in live if o["stop_at"] is not None and not o["stopped"]),
+            ]
+        )
         start = bound
         remaining: list[Row] = []
         for order in (o for o in live if o["running"]):
@@ -211,13 +226,20 @@ def resolve_server(conn: Connection, server_id: int, now: int) -> None:
                 changed = True
             else:
                 remaining.append(order)
-        holds, unfunded = _allocate(conn, server, remaining, online, start)
+        for i, order in enumerate(remaining):
+            if order["stop_at"] is not None and order["stop_at"] <= bound and not order["stopped"]:
+                remaining[i] = stop(conn, order, max(order["stop_at"], order["ct"]), "timer")
+                changed = True
+        # a stopped order holds nothing; a preempted spot order still bids (SPEC §8)
+        bidding = [o for o in remaining if not o["stopped"] or o["stop_reason"] == PREEMPTED]
+        holds, unfunded = _allocate(conn, server, bidding, online, start)
         changed = changed or bool(unfunded)
-        remaining = [o for o in remaining if o["id"] not in unfunded]
-        for order in remaining:
-            changed = _apply(conn, order, holds.get(order["id"], ()), start) or changed
+        bidding = [o for o in bidding if o["id"] not in unfunded]
+        for order in bidding:
+            changed = _apply(conn, order, holds.get(order["id"], ()), start, online) or changed
         if start >= now:
             break
+    settle_volumes(conn, server_id, now)
     if changed:
         notify_server(conn, server_id)
         record_order_changes(conn, server_id, before, now)
@@ -317,16 +339,23 @@ def _allocate(
             unfunded.add(order["id"])
 
 
-def _apply(conn: Connection, order: Row, slots: Slots, at: int) -> bool:
-    """Start, stop or move one order to the slots it was given; True when it ran or stopped."""
+def _apply(conn: Connection, order: Row, slots: Slots, at: int, online: bool = True) -> bool:
+    """Start, stop or move one order to the slots it was given; True when it ran or stopped.
+    A spot order that loses its slots on an online server is stopped (it keeps its disk and
+    pays for it) until the allocation gives it slots again (SPEC §8)."""
     values: dict[str, Any] = {}
     if slots and not order["running"]:
         values = {"running": True, "billed_at": max(at, order["ct"]), "gpus": list(slots)}
         values["waiting_since"] = None
+        if order["stopped"]:  # a preempted spot order starts again by itself
+            values.update(stopped=False, stop_reason=None, stored_at=None)
     elif not slots and order["running"]:
         values = {"running": False, "billed_at": None, "gpus": []}
         if order["spot"]:
             values["waiting_since"] = at
+            if online:
+                values.update(stopped=True, stop_reason=PREEMPTED, stored_at=at)
+                values["kept_gpus"] = list(order.get("gpus") or [])
     elif slots and list(slots) != list(order.get("gpus") or ()):
         values = {"gpus": list(slots)}  # moved (or first recorded): the agent follows
     elif not slots and order["spot"] and order.get("waiting_since") is None:
@@ -334,6 +363,25 @@ def _apply(conn: Connection, order: Row, slots: Slots, at: int) -> bool:
     if values:
         conn.execute(update(orders).where(orders.c.id == order["id"]).values(**values))
     return "running" in values or "gpus" in values
+
+
+def stop(conn: Connection, order: Row, at: int, reason: str) -> Row:
+    """Stop an order at ``at`` (billed up to then by the caller): it holds no slot, keeps its
+    disk and pays its storage from then on (SPEC §8). Returns the order as it is afterwards."""
+    values: dict[str, Any] = {
+        "running": False,
+        "billed_at": None,
+        "gpus": [],
+        "stopped": True,
+        "stop_reason": reason,
+        "stored_at": at,
+        "stop_at": None,
+        "waiting_since": None,
+    }
+    if order["running"]:
+        values["kept_gpus"] = list(order.get("gpus") or [])
+    conn.execute(update(orders).where(orders.c.id == order["id"]).values(**values))
+    return {**order, **values}
 
 
 def lock_server(conn: Connection, server_id: int) -> Row | None:

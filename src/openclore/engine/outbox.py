@@ -48,6 +48,16 @@ WITHDRAWAL_APPROVED = "withdrawal.approved"  # paid out: txid
 WITHDRAWAL_REJECTED = "withdrawal.rejected"  # amount and fee back in the wallet: reason
 BALANCE_ADJUSTED = "balance.adjusted"  # an operator's refund or adjustment: reason
 WEBHOOK_PING = "webhook.ping"  # a test delivery, to one webhook only
+# keeping work (SPEC §8)
+ORDER_STOPPED = "order.stopped"  # holds no GPU, keeps its disk: reason user | timer | preempted
+ORDER_RESTARTED = "order.restarted"  # restart_order: the same container starts again
+ORDER_RESET = "order.reset"  # reset_order: a new container from the image
+ORDER_EXTENDED = "order.extended"  # extend_order: mrl (seconds) is the new max rental length
+VOLUME_CREATED = "volume.created"
+VOLUME_READY = "volume.ready"  # the host's agent holds it: quota says whether size_gb is enforced
+VOLUME_GONE = "volume.gone"  # the host's agent reports it lost: billing stopped
+VOLUME_DELETED = "volume.deleted"  # by its renter
+VOLUME_ENDED = "volume.ended"  # reason: balance | server_removed
 EVENT_TYPES = (
     ORDER_CREATED,
     ORDER_RUNNING,
@@ -64,6 +74,15 @@ EVENT_TYPES = (
     WITHDRAWAL_REJECTED,
     BALANCE_ADJUSTED,
     WEBHOOK_PING,
+    ORDER_STOPPED,
+    ORDER_RESTARTED,
+    ORDER_RESET,
+    ORDER_EXTENDED,
+    VOLUME_CREATED,
+    VOLUME_READY,
+    VOLUME_GONE,
+    VOLUME_DELETED,
+    VOLUME_ENDED,
 )
 # how orders end, as billing and the use cases write ``orders.end_reason``: the renter cancelled,
 # its max rental length ran out, its wallet could not pay for the next second, the host removed
@@ -192,18 +211,18 @@ def events_after(
 # ----------------------------------------------------------------------------- orders
 
 
-OrderStates = dict[int, tuple[bool, tuple[int, ...]]]  # live order id -> running, GPUs held
+OrderStates = dict[int, tuple[bool, tuple[int, ...], bool]]  # id -> running, GPUs, stopped
 
 
 def order_states(conn: Connection, server_id: int) -> OrderStates:
     """The live orders of a server, whether each runs and on which GPUs: compared after a
     change by :func:`record_order_changes`."""
     rows = conn.execute(
-        select(orders.c.id, orders.c.running, orders.c.gpus).where(
+        select(orders.c.id, orders.c.running, orders.c.gpus, orders.c.stopped).where(
             orders.c.server_id == server_id, orders.c.expired.is_(False)
         )
     )
-    return {int(r.id): (bool(r.running), tuple(r.gpus or ())) for r in rows}
+    return {int(r.id): (bool(r.running), tuple(r.gpus or ()), bool(r.stopped)) for r in rows}
 
 
 def record_order_changes(conn: Connection, server_id: int, before: OrderStates, now: int) -> None:
@@ -221,11 +240,13 @@ def record_order_changes(conn: Connection, server_id: int, before: OrderStates, 
     running = [r for r in rows if r["running"] and not r["expired"]]
     online = None
     for row in rows:
-        was_running, lost = before[row["id"]]
+        was_running, lost, was_stopped = before[row["id"]]
         if row["expired"]:
             order_ended(conn, row, str(row["end_reason"]), now)
         elif row["running"] and not was_running:
             emit(conn, row["user_id"], ORDER_RUNNING, now, **_order_data(row), **_gpus(row))
+        elif row["stopped"] and not was_stopped and row["stop_reason"] != "preempted":
+            order_stopped(conn, row, str(row["stop_reason"]), now)
         elif was_running and not row["running"]:
             if online is None:
                 online = bool(
@@ -247,6 +268,8 @@ def record_order_changes(conn: Connection, server_id: int, before: OrderStates, 
             # a per-GPU bid may lose its GPUs to a bid that waited too long (no taker: outbid)
             reason = "preempted" if any(not r["spot"] for r in takers) else "outbid"
             extra = {"gpus_lost": list(lost)} if row["gpu_count"] is not None else {}
+            if row["stopped"]:  # it keeps its disk and starts again by itself (SPEC §8)
+                extra["stopped"] = True
             emit(
                 conn, row["user_id"], ORDER_OUTBID, now, **_order_data(row), reason=reason, **extra
             )
@@ -255,6 +278,19 @@ def record_order_changes(conn: Connection, server_id: int, before: OrderStates, 
 def _gpus(row: Mapping[str, Any]) -> dict[str, Any]:
     """The GPU indices a per-GPU order got (whole-server orders say nothing: they hold all)."""
     return {} if row["gpu_count"] is None else {"gpus": list(row["gpus"] or [])}
+
+
+def order_stopped(conn: Connection, row: Mapping[str, Any], reason: str, now: int) -> None:
+    emit(
+        conn,
+        row["user_id"],
+        ORDER_STOPPED,
+        now,
+        **_order_data(row),
+        reason=reason,
+        disk_gb=row["disk_gb"],
+        storage_per_day=to_coins(int(row["storage_rate"])),
+    )
 
 
 def order_ended(conn: Connection, row: Mapping[str, Any], reason: str, now: int) -> None:
@@ -267,6 +303,11 @@ def order_ended(conn: Connection, row: Mapping[str, Any], reason: str, now: int)
         reason=reason,
         ended_at=row["ended_at"],
         spend=to_coins(int(row["spend"])),
+        **(
+            {"storage_spend": to_coins(int(row["storage_spend"]))}
+            if row.get("storage_spend")
+            else {}
+        ),
     )
 
 

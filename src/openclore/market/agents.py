@@ -26,9 +26,12 @@ from openclore.engine.billing import lock_server, resolve_server, slot_count
 from openclore.engine.outbox import ORDER_FAILED, SERVER_ONLINE, emit
 from openclore.engine.reliability import came_online
 from openclore.market.tunnels import public_ports
+from openclore.market.volumes import apply_volume_reports, docker_name
 from openclore.protocol import (
     CRASH_LOOP,
     ERROR,
+    HALTED,
+    KEEP_PROTOCOL,
     KIND_BACKGROUND,
     KIND_ORDER,
     PULLING,
@@ -37,6 +40,7 @@ from openclore.protocol import (
     STOPPED,
     ContainerStatus,
     DesiredContainer,
+    VolumeStatus,
     env_dict,
 )
 from openclore.store.schema import orders, servers
@@ -142,6 +146,9 @@ def agent_hello(
     apply_statuses(
         conn, server_id, parse_statuses(hello.get("containers")), pub_cluster, tunnel, now=now
     )
+    reported = parse_volumes(hello.get("volumes"))
+    if reported is not None:
+        apply_volume_reports(conn, server_id, reported, now)
     return True
 
 
@@ -283,6 +290,10 @@ def apply_statuses(
             if status.state != STOPPED
             else [],
         }
+        if status.state == HALTED and not published:
+            values.pop("tcp_ports")  # a kept container keeps the ports it had
+        if status.restarted is not None and status.restarted > (row.restart_done or 0):
+            values["restart_done"] = min(status.restarted, row.restart_requested or 0)
         if status.http_port and asked.get(status.http_port) == "http":
             values["http_port"] = status.http_port
         if status.state == RUNNING or status.tcp_ports:
@@ -324,22 +335,23 @@ def desired_for(conn: Connection, server_id: int) -> list[DesiredContainer] | No
             servers.c.bg_command,
             servers.c.bg_env,
             servers.c.bg_times_updated,
+            servers.c.agent_protocol,
         ).where(servers.c.id == server_id)
     ).first()
     if server is None or server.removed_at is not None:
         return None
-    running = conn.execute(
+    keeps = (server.agent_protocol or 0) >= KEEP_PROTOCOL
+    kept = orders.c.running.is_(True)
+    if keeps:  # stopped orders' containers are kept, stopped, with their disk (SPEC §8)
+        kept = kept | orders.c.stopped.is_(True)
+    live = conn.execute(
         select(orders)
-        .where(
-            orders.c.server_id == server_id,
-            orders.c.running.is_(True),
-            orders.c.expired.is_(False),
-        )
+        .where(orders.c.server_id == server_id, kept, orders.c.expired.is_(False))
         .order_by(orders.c.id)
     ).all()
-    if running:
+    if live:
         n = slot_count(server.gpu_array)
-        return [d for order in running if (d := _order_container(order, n)) is not None]
+        return [d for order in live if (d := _order_container(order, n)) is not None]
     if server.bg_image:
         return [
             DesiredContainer(
@@ -360,12 +372,26 @@ def _order_container(order: Any, n: int) -> DesiredContainer | None:
     transaction that starts it, so this is not expected)."""
     gpus: list[int] | None = None
     share: tuple[int, int] | None = None
+    stopped = bool(order.stopped) and not order.running
     if order.gpu_count is not None and order.gpu_count < n:
+        if stopped:  # kept as it last ran: its slots are recorded again when it starts
+            share = (order.gpu_count, n)
+            gpus = sorted({int(i) for i in order.kept_gpus or ()}) or None
+            if gpus is None or len(gpus) != order.gpu_count or any(i >= n for i in gpus):
+                gpus = list(range(order.gpu_count))
+            return _container(order, gpus, share, stopped)
         gpus = sorted({int(i) for i in order.gpus or ()})
         if len(gpus) != order.gpu_count or any(i >= n for i in gpus):
             log.warning("order %s runs without its %s slots recorded", order.id, order.gpu_count)
             return None
         share = (len(gpus), n)
+    return _container(order, gpus, share, stopped)
+
+
+def _container(
+    order: Any, gpus: list[int] | None, share: tuple[int, int] | None, stopped: bool
+) -> DesiredContainer:
+    restart = int(order.restart_requested or 0)
     return DesiredContainer(
         key=f"order-{order.id}",
         kind=KIND_ORDER,
@@ -382,7 +408,24 @@ def _order_container(order: Any, n: int) -> DesiredContainer | None:
         gpu_settings=list(order.oc or []),
         gpus=gpus,
         share=share,
+        stopped=stopped,
+        restart=restart if restart > int(order.restart_done or 0) else 0,
+        generation=int(order.generation or 0),
+        mounts={docker_name(int(v)): p for v, p in (order.mounts or {}).items()},
+        disk_gb=order.disk_gb,
     )
+
+
+def parse_volumes(raw: Any) -> list[VolumeStatus] | None:
+    """The volumes an agent reports (the full list), or None when the message has none (an
+    agent before protocol 3 says nothing about volumes)."""
+    if not isinstance(raw, list):
+        return None
+    out: list[VolumeStatus] = []
+    for item in raw[:MAX_STATUSES]:
+        if isinstance(item, dict) and isinstance(item.get("name"), str):
+            out.append(VolumeStatus.from_wire(item))
+    return out
 
 
 def parse_statuses(raw: Any) -> list[ContainerStatus]:

@@ -38,6 +38,9 @@ ENV_NAME = re.compile(r"^[^=\x00]+$")
 MAX_COINS = Decimal(1_000_000)
 MAX_ID = 2**31 - 1
 MAX_GPUS = 64  # GPU slots on one server: more than any machine has
+MAX_DISK_GB = 1_000_000  # a petabyte: more than any host offers one rental
+MAX_TIMER = 10 * 365 * 86400  # stop_after / terminate_after, seconds
+MOUNT_PATH = re.compile(r"^/[A-Za-z0-9_./-]{1,255}$")
 
 
 def _json_number(value: Any) -> Any:
@@ -103,6 +106,24 @@ class SetSpotPriceRequest(Request):
     desired_price: PositivePrice
 
 
+class OrderIdRequest(Request):
+    """stop_order, start_order, restart_order, reset_order."""
+
+    id: Id
+
+
+class ExtendOrderRequest(Request):
+    id: Id
+    hours: Annotated[StrictInt, Field(ge=1, le=24 * 365)]
+
+
+class CreateVolumeRequest(Request):
+    server_id: Id
+    size_gb: Annotated[StrictInt, Field(ge=1, le=MAX_DISK_GB)]
+    name: StrictStr = Field(min_length=1, max_length=64)
+    currency: StrictStr | None = Field(None, min_length=1, max_length=32)
+
+
 class AddServerRequest(Request):
     name: Name
 
@@ -124,6 +145,10 @@ class SetServerSettingsRequest(Request):
     # per-GPU rentals (SPEC §8): renters may take some of the GPUs, at least min_gpus of them
     partial_gpu_rental: StrictBool | None = None
     min_gpus: Annotated[StrictInt, Field(ge=1, le=MAX_GPUS)] | None = None
+    # storage (SPEC §8): the disk each rental gets (0: none offered) and its price per GB per
+    # day in the server's default currency (per currency: "<currency>_storage")
+    disk_gb: Annotated[StrictInt, Field(ge=0, le=MAX_DISK_GB)] | None = None
+    storage_price: Price | None = None
 
     def enabled(self, currencies: list[str]) -> dict[str, bool]:
         """``enabled-<currency>`` keys: whether the server accepts that currency."""
@@ -143,7 +168,7 @@ class SetServerSettingsRequest(Request):
         out: dict[str, dict[str, Decimal]] = {}
         for key, value in (self.model_extra or {}).items():
             for currency in currencies:
-                for kind in ("on_demand", "spot"):
+                for kind in ("on_demand", "spot", "storage"):
                     if key == f"{currency}_{kind}":
                         out.setdefault(currency, {})[kind] = _price(key, value)
         return out
@@ -180,6 +205,29 @@ class CreateOrderRequest(Request):
     gpus: (
         Annotated[list[Annotated[StrictInt, Field(ge=0, lt=MAX_GPUS)]], Field(min_length=1)] | None
     ) = None
+
+    # keeping work (SPEC §8): the disk it gets (up to the host's offer), volumes of the same
+    # server to mount ({"<volume id>": "/path"}), and timers in seconds from creation
+    disk_gb: Annotated[StrictInt, Field(ge=1, le=MAX_DISK_GB)] | None = None
+    volumes: dict[StrictStr, StrictStr] | None = None
+    stop_after: Annotated[StrictInt, Field(ge=1, le=MAX_TIMER)] | None = None
+    terminate_after: Annotated[StrictInt, Field(ge=1, le=MAX_TIMER)] | None = None
+
+    @field_validator("volumes")
+    @classmethod
+    def _volumes(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if not value:
+            return None
+        paths: set[str] = set()
+        for key, path in value.items():
+            if not key.isdigit() or len(key) > 12:
+                raise ValueError(f"volume {key[:16]!r}: a volume id")
+            if not MOUNT_PATH.match(path) or "/../" in path + "/" or path.rstrip("/") == "":
+                raise ValueError(f"volume {key}: an absolute path such as /workspace")
+            if path.rstrip("/") in paths:
+                raise ValueError(f"volume {key}: two volumes at {path}")
+            paths.add(path.rstrip("/"))
+        return value
 
     @field_validator("gpus")
     @classmethod

@@ -23,6 +23,7 @@ from openclore.domain.slots import (
 from openclore.domain.specs import clean_gpu_array, clean_specs
 from openclore.domain.spot import lowest_bid, runway, seconds_until_lowering
 from openclore.engine.billing import (
+    PREEMPTED,
     Row,
     end_order,
     live_orders,
@@ -43,8 +44,10 @@ from openclore.market.audit import (
     record_by,
 )
 from openclore.market.inputs import CreateOrderRequest
+from openclore.market.keeping import keeps_work
 from openclore.market.servers import cuda_version, prices_of, rents_per_gpu
 from openclore.market.tunnels import http_pub, http_urls, new_http_label
+from openclore.market.volumes import checked_mounts, storage_price
 from openclore.store.db import inserted_id
 from openclore.store.schema import orders, servers
 
@@ -114,6 +117,16 @@ def create_order(
     funds = balance(conn, wallet, lock=True)
     if funds < creation_fee + runway(price, settings.runway_seconds):
         raise MarketError("not_enough_balance")
+    disk_gb = _disk_asked(req, server, k, n)
+    storage_rate = (
+        0 if disk_gb is None else disk_gb * storage_price(conn, server["id"], req.currency)
+    )
+    mounts = checked_mounts(conn, user_id, server["id"], req.volumes)
+    if (mounts or req.stop_after) and not keeps_work(server):
+        raise MarketError("stop_not_supported")
+    mrl = server["mrl_hours"] * 3600
+    if req.terminate_after is not None:  # the order ends then, like at its mrl
+        mrl = min(mrl, req.terminate_after)
 
     order_id = inserted_id(
         conn.execute(
@@ -125,7 +138,7 @@ def create_order(
                 price=price,
                 fee_bp=fee_bp,
                 creation_fee=creation_fee,
-                mrl=server["mrl_hours"] * 3600,
+                mrl=mrl,
                 ct=now,
                 image=req.image,
                 command=req.command or "",
@@ -146,6 +159,10 @@ def create_order(
                 gpu_count=k,
                 gpus_wanted=None if wanted is None else list(wanted),
                 gpus=[],
+                disk_gb=disk_gb,
+                storage_rate=storage_rate,
+                mounts=mounts,
+                stop_at=None if req.stop_after is None else now + req.stop_after,
             )
         )
     )
@@ -192,13 +209,36 @@ def _slots_asked(
     return asked, None if req.gpus is None else tuple(req.gpus)
 
 
+def _disk_asked(req: CreateOrderRequest, server: Row, k: int | None, n: int) -> int | None:
+    """The disk an order gets (SPEC §8): what it asks for, up to the host's offer (k/n of it for
+    k of n GPUs, at least 1 GB); the whole offer when it does not ask; None when the host
+    offers none."""
+    offer = server["disk_gb"]
+    if offer is None:
+        if req.disk_gb is not None:
+            raise MarketError("disk_not_offered")
+        return None
+    if k is not None:
+        offer = max(1, offer * k // n)
+    if req.disk_gb is None:
+        return int(offer)
+    if req.disk_gb > offer:
+        raise MarketError("disk_gb_out_of_range", max_disk_gb=offer)
+    return req.disk_gb
+
+
 def _on_demand_fits(live: list[Row], n: int, k: int | None, wanted: tuple[int, ...] | None) -> bool:
     """Whether a new on-demand order gets its slots: a whole-server order while no other
     on-demand order lives; a partial one while on-demand orders leave it enough (it preempts
     the lowest bids it needs)."""
     if k is None:
-        return not any(not o["spot"] for o in live)
-    claims = [c for o in live if (c := order_claim(o, n)) is not None]
+        return not any(not o["spot"] and not o["stopped"] for o in live)
+    claims = [
+        c
+        for o in live
+        if (not o["stopped"] or o["stop_reason"] == PREEMPTED)
+        and (c := order_claim(o, n)) is not None
+    ]
     return on_demand_admission(n, claims, k, wanted) is not None
 
 
@@ -434,12 +474,53 @@ def order_view(
     out["gpus"] = list(range(n)) if row.get("gpu_count") is None else list(row.get("gpus") or [])
     out["gpu_count"] = n if row.get("gpu_count") is None else row["gpu_count"]
     out["running"] = row["running"]
+    state = lifecycle_state(row)
+    if state is not None:
+        out["state"] = state
     if row["runtime_state"]:
-        out["state"] = row["runtime_state"]
+        out["container_state"] = row["runtime_state"]
     if row["runtime_error"]:
         out["error"] = row["runtime_error"]
+    out.update(_keeping_view(row))
     if server is not None and server["simulated"]:
         out["simulated"] = True  # a demo server: no host, nothing answers on its ports
+    return out
+
+
+def lifecycle_state(row: Row) -> str | None:
+    """``state`` (SPEC §8): ``ended``, ``stopped`` (keeps its disk), ``waiting`` (a bid holding
+    no GPU), ``paused`` (its server is offline), else what its container does (``running``,
+    ``pulling``, ``starting``, ``crash_loop``…; None before the agent said anything)."""
+    if row["expired"]:
+        return "ended"
+    if row.get("stopped"):
+        return "stopped"
+    if not row["running"]:
+        return "waiting" if row["spot"] else "paused"
+    runtime = row["runtime_state"]
+    return None if runtime in (None, "stopped", "halted") else str(runtime)
+
+
+def _keeping_view(row: Row) -> dict[str, Any]:
+    """The order's disk, storage, volumes and timers, where it has any (SPEC §8)."""
+    out: dict[str, Any] = {}
+    if row.get("disk_gb") is not None:
+        out["disk_gb"] = row["disk_gb"]
+        out["storage_per_day"] = to_coins(row["storage_rate"])
+        out["storage_spend"] = to_coins(row["storage_spend"])
+    if row.get("stopped"):
+        out["stop_reason"] = row["stop_reason"]
+    if row.get("mounts"):
+        out["volumes"] = [
+            {"id": int(vid), "path": path}
+            for vid, path in sorted(row["mounts"].items(), key=lambda kv: int(kv[0]))
+        ]
+    if row.get("stop_at") is not None and not row["expired"]:
+        out["stop_at"] = row["stop_at"]
+    if row.get("restart_requested"):
+        out["restarts"] = row["restart_requested"]
+    if row.get("generation"):
+        out["resets"] = row["generation"]
     return out
 
 

@@ -28,6 +28,7 @@ from openclore.market.accounts import TOKEN_ALPHABET, lock_user
 from openclore.market.audit import SERVER_ADD, SERVER_SETTINGS, SYSTEM, Actor, record_by
 from openclore.market.inputs import SetServerSettingsRequest
 from openclore.market.rates import apply_autoprice, current_rates, rates_in_usd, usd_block
+from openclore.market.volumes import end_server_volumes
 from openclore.protocol import PER_GPU_PROTOCOL, env_dict
 from openclore.store.db import inserted_id
 from openclore.store.schema import orders, server_prices, servers
@@ -102,6 +103,7 @@ def remove_server(conn: Connection, owner_id: int, name: str, now: int) -> int:
         select(orders.c.id).where(orders.c.server_id == found["id"], orders.c.expired.is_(False))
     ).scalars()
     ended = sum(end_order(conn, int(oid), now, "server_removed") is not None for oid in list(live))
+    end_server_volumes(conn, found["id"], now)
     conn.execute(
         update(servers)
         .where(servers.c.id == found["id"])
@@ -413,6 +415,8 @@ def set_server_settings(
         default.setdefault("on_demand", req.on_demand)
     if req.spot is not None:
         default.setdefault("spot", req.spot)
+    if req.storage_price is not None:
+        default.setdefault("storage", req.storage_price)
     enabled = req.enabled(settings.currencies)
     values: dict[str, Any] = {}
     if req.mrl is not None:
@@ -444,8 +448,12 @@ def set_server_settings(
             merged_auto[currency] = mode
         values["autoprice"] = merged_auto
     values.update(_partial_rental(req, found))
+    if req.disk_gb is not None:
+        values["disk_gb"] = req.disk_gb or None  # 0: no disk offered
     if not values and not any(per_currency.values()) and not enabled:
-        raise InvalidInput("nothing to change: send availability, mrl, on_demand or spot")
+        raise InvalidInput(
+            "nothing to change: send availability, mrl, on_demand, spot, disk_gb or storage_price"
+        )
     lock_server(conn, found["id"])
     if values:
         conn.execute(update(servers).where(servers.c.id == found["id"]).values(**values))
@@ -460,6 +468,8 @@ def set_server_settings(
         if "spot" in change:
             spot = to_units(change["spot"])
         row_values: dict[str, Any] = {"on_demand": on_demand, "spot": spot}
+        if "storage" in change:
+            row_values["storage"] = to_units(change["storage"])
         if currency in enabled:
             row_values["enabled"] = enabled[currency]
         if currency in current:

@@ -112,7 +112,11 @@ servers = Table(
     ),
     Column("min_gpus", Integer, nullable=False, default=1, server_default="1"),
     Column("agent_protocol", Integer, nullable=True),  # the protocol its agent's hello named
+    # storage (SPEC §8): the disk each rental gets, in GB (None: no disk offered, so no
+    # disk_gb in create_order and no storage billed); prices per GB per day in server_prices
+    Column("disk_gb", Integer, nullable=True),
     CheckConstraint("visibility IN ('public', 'hidden')", name="visibility"),
+    CheckConstraint("disk_gb IS NULL OR disk_gb >= 1", name="disk_gb_positive"),
     CheckConstraint("min_gpus >= 1", name="min_gpus_positive"),
     CheckConstraint("mrl_hours > 0", name="mrl_positive"),
 )
@@ -134,7 +138,10 @@ server_prices = Table(
     Column("spot", BigInteger, nullable=False, default=0),
     # set_server_settings enabled-<currency>: false stops renting in that currency
     Column("enabled", Boolean, nullable=False, default=True, server_default=text("true")),
+    # per GB per day: what a stopped order's disk and a volume pay (SPEC §8)
+    Column("storage", BigInteger, nullable=False, default=0, server_default="0"),
     CheckConstraint("on_demand >= 0 AND spot >= 0", name="prices_not_negative"),
+    CheckConstraint("storage >= 0", name="storage_not_negative"),
 )
 
 orders = Table(
@@ -197,7 +204,33 @@ orders = Table(
     Column("gpus_wanted", JSON, nullable=True),
     Column("gpus", JSON, nullable=True),
     Column("waiting_since", BigInteger, nullable=True),
+    # keeping work (SPEC §8): a stopped order holds no slot and keeps its disk, billed
+    # storage_rate (disk_gb × the host's storage price, per day, fixed at creation) per second
+    # from stored_at; why it stopped: "user" (stop_order), "timer" (stop_after) or "preempted"
+    # (a spot order that lost its slots: it starts again by itself)
+    Column("stopped", Boolean, nullable=False, default=False, server_default=text("false")),
+    Column("stop_reason", String(16), nullable=True),
+    Column("disk_gb", Integer, nullable=True),
+    Column("storage_rate", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("stored_seconds", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("storage_spend", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("storage_fee", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("stored_at", BigInteger, nullable=True),  # start of the unbilled stopped interval
+    Column("stop_at", BigInteger, nullable=True),  # create_order stop_after: stop at this second
+    # restart_order asks (restart_requested grows), the agent reports (restart_done);
+    # reset_order makes a new container from the image (generation grows)
+    Column("restart_requested", Integer, nullable=False, default=0, server_default="0"),
+    Column("restart_done", Integer, nullable=False, default=0, server_default="0"),
+    Column("generation", Integer, nullable=False, default=0, server_default="0"),
+    Column("mounts", JSON, nullable=True),  # {volume id: absolute path in the container}
+    # the GPU slots a stopped per-GPU order last held: its kept container is described with
+    # them, so that stopping does not change the container's shape
+    Column("kept_gpus", JSON, nullable=True),
     CheckConstraint("price > 0", name="price_positive"),
+    CheckConstraint(
+        "storage_spend >= 0 AND storage_fee >= 0 AND storage_fee <= storage_spend",
+        name="storage_sane",
+    ),
     CheckConstraint("gpu_count IS NULL OR gpu_count >= 1", name="gpu_count_positive"),
     CheckConstraint("rating IS NULL OR (rating >= 1 AND rating <= 5)", name="rating_range"),
     CheckConstraint("spend >= 0 AND fee_paid >= 0 AND fee_paid <= spend", name="spend_sane"),
@@ -214,8 +247,8 @@ Index(
     unique=True,
     # whole-server on-demand orders; GPU-slot orders share a server (the server's row lock
     # keeps their slots apart, SPEC §8)
-    sqlite_where=text("NOT spot AND NOT expired AND gpu_count IS NULL"),
-    postgresql_where=text("NOT spot AND NOT expired AND gpu_count IS NULL"),
+    sqlite_where=text("NOT spot AND NOT expired AND NOT stopped AND gpu_count IS NULL"),
+    postgresql_where=text("NOT spot AND NOT expired AND NOT stopped AND gpu_count IS NULL"),
 )
 Index(
     "uq_orders_spot_live",
@@ -229,6 +262,38 @@ Index(
     "ix_orders_live",
     orders.c.expired,
     orders.c.running,
+)
+
+# Renters' volumes (SPEC §8): kept by the agent of the server they live on, billed
+# size_gb × the host's storage price per day (``rate``, fixed at creation) from creation to
+# deletion, like an order's rent (seconds, spend, fee_paid, billed_at). state: "creating" (the
+# agent has not reported it yet), "ready", "gone" (the agent reported it lost: billing stopped),
+# "deleted" (by the renter), "ended" (its renter could not pay, or the server was removed).
+volumes = Table(
+    "volumes",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False, index=True),
+    Column("server_id", Integer, ForeignKey("servers.id"), nullable=False, index=True),
+    Column("name", String(64), nullable=False),
+    Column("size_gb", Integer, nullable=False),
+    Column("currency", String(32), nullable=False),
+    Column("rate", BigInteger, nullable=False),
+    Column("fee_bp", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("billed_at", BigInteger, nullable=True),
+    Column("seconds", BigInteger, nullable=False, default=0),
+    Column("spend", BigInteger, nullable=False, default=0),
+    Column("fee_paid", BigInteger, nullable=False, default=0),
+    Column("state", String(16), nullable=False),
+    Column("ended_at", BigInteger, nullable=True),
+    Column("quota", Boolean, nullable=True),  # the agent enforces size_gb (None: not reported)
+    Column("error", Text, nullable=True),
+    CheckConstraint("size_gb >= 1", name="size_positive"),
+    CheckConstraint("spend >= 0 AND fee_paid >= 0 AND fee_paid <= spend", name="spend_sane"),
+    CheckConstraint(
+        "state IN ('creating', 'ready', 'gone', 'deleted', 'ended')", name="volume_state"
+    ),
 )
 
 accounts = Table(
