@@ -36,13 +36,19 @@ Keeping work (protocol 3):
   container is started (onstart runs again), so the files written before are there. A restarted
   agent adopts a stopped container and keeps it while the desired set says stopped;
 - a changed spec (new GPUs, disk size, volumes…) of an order's container keeps the renter's
-  files: the old container is stopped and committed into a local image
-  (:func:`openclore.agent.launch.keep_image`, labelled as the agent's and with the key), the old
-  container removed, and the new one created from that image (its labels, env and limits are the
-  new spec's, over those of the old container that the image holds) on the same host ports where
-  they are free. The image is removed as soon as no container stands on it (the engine keeps an
-  image a container uses): when the container made from it is removed. A stopped container
-  whose spec changes is kept as it is and carried over when it starts again;
+  files. The old container is stopped and committed (``docker commit``) into a local image
+  ``openclore-keep/<key>:g<generation>-<agent>`` (:func:`openclore.agent.launch.keep_image`;
+  labelled as the agent's, with the key and the generation); the old container is removed (it
+  holds the name and the host ports); the new one is created from that image with the new spec
+  (its labels, env and limits over those of the old container that the image holds) on the same
+  host ports where they are free, and started. The committed image is removed as soon as the
+  engine allows it: an image a container stands on cannot be deleted (a forced removal would only
+  untag it and leave it behind), so it goes when the container made from it is removed (the order
+  ends, or the next change commits a newer image on top of it, whose removal takes its untagged
+  parents along). A commit that fails leaves the old container in place (``error``, tried again
+  later); an image committed by an agent that stopped before the new container was made is found
+  again by its name. A stopped container whose spec changes is kept as it is while stopped and
+  carried over when it starts again. A background job is never carried;
 - a reset (a new ``generation``) is the one spec change that starts again from the order's
   image: nothing is committed (a stopped container is removed at once), the host ports are kept
   where free;

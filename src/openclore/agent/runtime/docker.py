@@ -11,11 +11,13 @@ the quota's place under the same condition: where the driver cannot, the agent s
 and once when the engine refuses, and the rental runs without a size. Every rental has its own
 PID and a private IPC namespace.
 
-Kept work (protocol 3): a stopped rental's container is stopped, not removed (:meth:`DockerRuntime.
-stop`); a container is committed into a local image (:meth:`DockerRuntime.commit`) to carry its
-files into a new container. Renters' volumes are ``local`` volumes labelled as the agent's, with the
-driver's ``size`` option (a quota, on xfs with project quotas); where the driver refuses it the
-volume is made without one and reported as such (``quota`` false).
+Kept work (protocol 3): a stopped rental's container is stopped, not removed
+(:meth:`DockerRuntime.stop`); a container is committed into a local image
+(:meth:`DockerRuntime.commit`) to carry its files into a new container; images are never removed
+by force (an image a container stands on stays until that container is gone). Renters' volumes
+are ``local`` volumes labelled as the agent's, with the driver's ``size`` option (a quota, on xfs
+with project quotas); where the driver refuses it the volume is made without one and reported as
+such (``quota`` false).
 
 Per-GPU rentals (:mod:`openclore.agent.share`): a device request for exactly the rental's GPU
 indices (:func:`gpu_request`, only when the agent gives rentals GPUs), its ``cpuset``, and its k/n
