@@ -382,6 +382,37 @@ def test_a_mounted_volume_is_never_removed_and_its_data_outlives_the_container()
     assert runtime.containers() == [] and runtime.volumes() == []
 
 
+class Careless(SimulatedRuntime):
+    """An engine that would remove a volume a container mounts: the reconciler must not ask."""
+
+    removed: list[str]
+
+    def remove_volume(self, name: str) -> None:
+        self.removed = [*getattr(self, "removed", []), name]
+        with self.engine.lock:
+            self.engine.volumes.pop(name, None)
+
+
+def test_the_reconciler_itself_never_removes_a_mounted_volume() -> None:
+    engine = SimulatedEngine()
+    runtime = Careless("agent-a", engine)
+    settings = ReconcileSettings(agent_id="agent-a", port_range=(50000, 50009), probe_ports=False)
+    reconciler = Reconciler(runtime, settings)
+    mounted = order(mounts={"v1": "/data"})
+    run(reconciler, mounted, volumes=[DesiredVolume(name="v1", size_gb=1)])
+    run(reconciler, mounted, volumes=[], passes=2)
+    run(reconciler, order(mounts={"v1": "/data"}, stopped=True), volumes=[], passes=2)
+    assert [v.name for v in runtime.volumes()] == ["v1"]
+    assert getattr(runtime, "removed", []) == []
+    run(reconciler, volumes=[])
+    assert runtime.removed == ["v1"] and runtime.volumes() == []
+
+    # nor one that a desired container will mount (a stopped order without its container yet)
+    run(reconciler, volumes=[DesiredVolume(name="v2", size_gb=1)])
+    run(reconciler, order(2, mounts={"v2": "/data"}, stopped=True), volumes=[], passes=2)
+    assert runtime.containers() == [] and [v.name for v in runtime.volumes()] == ["v2"]
+
+
 def test_a_mount_of_a_missing_volume_is_an_error() -> None:
     reconciler, runtime = make()
     run(reconciler, order(mounts={"nope": "/data"}), volumes=[])

@@ -177,7 +177,6 @@ class Reconciler:
         self._restarted: dict[str, int] = {}  # key -> the last restart number carried out
         self._halted: set[str] = set()  # keys stopped on purpose: their next start is no crash
         self._ports: dict[str, dict[str, int]] = {}  # key -> its last host ports, to reuse
-        self._carried: dict[str, str] = {}  # key -> the committed image its next launch uses
         self._statuses: dict[str, ContainerStatus] = {}
         self._pending: dict[str, ContainerStatus] = {}
         self._retries: dict[str, _Retry] = {}
@@ -308,7 +307,6 @@ class Reconciler:
         _forget(self._gpu_result, wanted)
         _forget(self._restarted, wanted)
         _forget(self._ports, wanted)
-        _forget(self._carried, wanted)
         self._halted &= set(wanted)
 
     def _report_volumes(self, volumes: list[DesiredVolume] | None) -> None:
@@ -405,21 +403,18 @@ class Reconciler:
             self._fail(d, str(exc))
             return
         self._retries.pop(d.key, None)
-        self._carried.pop(d.key, None)
         self._started(d)
         source = d.image if base is None else f"its kept files ({base[:19]})"
         log.info("started %s (%s) from %s", d.key, observed.id[:12], source)
         self._report_observed(d.key, observed, d)
 
     def _carried_image(self, d: DesiredContainer) -> str | None:
-        """The committed image an order's new container is made from (its files as they were
-        in its previous container), or None: from the order's image."""
+        """The committed image (its id) an order's new container is made from, with the files
+        of its previous container, or None: from the order's image. Found by its name, so that
+        an image committed by an agent process that stopped before the new container was made
+        is used all the same; a reset's new generation never finds the files of before it."""
         if d.kind != KIND_ORDER:
             return None
-        image = self._carried.get(d.key)
-        if image is not None and self.runtime.has_image(image):
-            return image
-        # committed by an agent process that stopped before the new container was made
         return self.runtime.image_id(keep_image(d.key, d.generation, self.settings.agent_id))
 
     def _replace(self, d: DesiredContainer, c: Observed, reset: bool) -> bool:
@@ -437,14 +432,13 @@ class Reconciler:
             try:
                 if c.state in ("running", "restarting", "paused"):
                     self.runtime.stop(c.id, self.settings.stop_timeout)
-                self._carried[d.key] = self.runtime.commit(c.id, image, labels)
+                self.runtime.commit(c.id, image, labels)
             except RuntimeProblem as exc:
                 self._fail(d, f"its files could not be kept for its new settings: {exc}")
                 return False
             log.info("%s: files of %s kept in %s for its new settings", d.key, c.id[:12], image)
         self._remove(c)
-        if reset:
-            self._carried.pop(d.key, None)
+        if reset:  # an image of the previous generation that no container was made from
             self._discard_image(keep_image(d.key, _generation(c), agent))
         return True
 
