@@ -3,6 +3,12 @@ exponential backoff (plus jitter) across server restarts and network cuts.
 
 The reconciler keeps running whatever happens to the connection: containers keep running while
 the agent is disconnected, and the statuses it could not send go out in the next ``hello``.
+
+Protocol 3: the ``hello`` carries ``volumes`` (every volume the agent holds, see
+:class:`openclore.protocol.VolumeStatus`), and a ``status`` message carries the full ``volumes``
+list whenever it changed (its ``containers`` may then be empty). A ``desired`` message's
+``volumes`` are handed to the reconciler; without that key (an older market) the volumes are left
+alone.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from openclore.protocol import (
     PROTOCOL_VERSION,
     ContainerStatus,
     DesiredContainer,
+    DesiredVolume,
 )
 
 log = logging.getLogger("openclore.agent")
@@ -80,6 +87,7 @@ class Agent:
         self.server_id: int | None = None
         self.desired_received = 0
         self.last_desired: list[DesiredContainer] | None = None
+        self.last_volumes: list[DesiredVolume] | None = None
         self.last_desired_at: float | None = None
         self._changed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -175,6 +183,7 @@ class Agent:
             "gpu_limits": specs.gpu_limits,
             "public_host": self.config.public_host,
             "containers": [s.to_wire() for s in self.reconciler.snapshot()],
+            "volumes": [v.to_wire() for v in self.reconciler.volume_snapshot()],
         }
         if self.tunnel is not None:
             hello_out["tunnel_key"] = self.tunnel.public_key
@@ -243,14 +252,24 @@ class Agent:
                     desired = [
                         DesiredContainer.from_wire(c) for c in message.get("containers") or []
                     ]
-                except (KeyError, TypeError, ValueError) as exc:
+                    volumes = (
+                        None
+                        if "volumes" not in message
+                        else [DesiredVolume.from_wire(v) for v in message["volumes"] or []]
+                    )
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
                     log.error("malformed desired set ignored: %s", exc)
                     continue
                 self.desired_received += 1
                 self.last_desired = desired
+                self.last_volumes = volumes
                 self.last_desired_at = time.monotonic()
-                log.info("desired: %s", ", ".join(d.key for d in desired) or "nothing")
-                self.reconciler.set_desired(desired)
+                log.info(
+                    "desired: %s%s",
+                    ", ".join(d.key for d in desired) or "nothing",
+                    "" if volumes is None else f"; volumes: {len(volumes)}",
+                )
+                self.reconciler.set_desired(desired, volumes)
             elif message.get("type") == "logs":
                 task = asyncio.create_task(self._answer_logs(ws, message))
                 self._tasks.add(task)
@@ -291,10 +310,15 @@ class Agent:
             await self._changed.wait()
             self._changed.clear()
             changes: list[ContainerStatus] = self.reconciler.take_changes()
-            if changes:
-                await ws.send(
-                    json.dumps({"type": "status", "containers": [c.to_wire() for c in changes]})
-                )
+            volumes = self.reconciler.take_volume_changes()
+            if changes or volumes is not None:
+                message: dict[str, Any] = {
+                    "type": "status",
+                    "containers": [c.to_wire() for c in changes],
+                }
+                if volumes is not None:
+                    message["volumes"] = [v.to_wire() for v in volumes]
+                await ws.send(json.dumps(message))
 
 
 def _raise_if_unauthorized(exc: Exception) -> None:

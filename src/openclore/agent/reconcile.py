@@ -26,6 +26,40 @@ Container conventions (the way common GPU-cloud images expect their settings):
   disk (:mod:`openclore.agent.share`);
 - an image that cannot be used is reported as ``image <image> is unavailable: <reason>`` with
   the runtime's generic reason (never the engine's own text).
+
+Keeping work (protocol 3):
+
+- ``stopped``: the container is stopped (SIGTERM, then SIGKILL after the stop timeout) and kept
+  with its writable layer, reported as ``halted`` with its ports; it is neither a crash nor
+  started again. A desired container that is stopped and has no container is not launched
+  (``halted``, with the ports it had when known). When ``stopped`` turns false the same
+  container is started (onstart runs again), so the files written before are there. A restarted
+  agent adopts a stopped container and keeps it while the desired set says stopped;
+- a changed spec (new GPUs, disk size, volumes…) of an order's container keeps the renter's
+  files. The old container is stopped and committed (``docker commit``) into a local image
+  ``openclore-keep/<key>:g<generation>-<agent>`` (:func:`openclore.agent.launch.keep_image`;
+  labelled as the agent's, with the key and the generation); the old container is removed (it
+  holds the name and the host ports); the new one is created from that image with the new spec
+  (its labels, env and limits over those of the old container that the image holds) on the same
+  host ports where they are free, and started. The committed image is removed as soon as the
+  engine allows it: an image a container stands on cannot be deleted (a forced removal would only
+  untag it and leave it behind), so it goes when the container made from it is removed (the order
+  ends, or the next change commits a newer image on top of it, whose removal takes its untagged
+  parents along). A commit that fails leaves the old container in place (``error``, tried again
+  later); an image committed by an agent that stopped before the new container was made is found
+  again by its name. A stopped container whose spec changes is kept as it is while stopped and
+  carried over when it starts again. A background job is never carried;
+- a reset (a new ``generation``) is the one spec change that starts again from the order's
+  image: nothing is committed (a stopped container is removed at once), the host ports are kept
+  where free;
+- ``restart``: a number that grows with the renter's restarts; each new one restarts the
+  container once (stop, start, onstart) and is reported back as ``restarted``. A launch or a
+  start after a stop counts as that restart. The numbers carried out are kept in memory only: a
+  restarted agent may restart a container once more, never in a loop;
+- volumes (:mod:`openclore.agent.volumes`): made before the containers that mount them
+  (``mounts``, read-write), removed when no longer desired unless mounted, reported in full;
+- ``disk_gb``: the container's disk size where the storage driver can set one (the runtime says
+  so when it cannot), over the k/n share of the host's quota.
 """
 
 from __future__ import annotations
@@ -36,15 +70,37 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-from openclore.agent import share
 from openclore.agent.gpu import GpuTuner
+from openclore.agent.launch import (
+    AUTOSSH_ENTRYPOINT as AUTOSSH_ENTRYPOINT,
+)
+from openclore.agent.launch import (
+    ONSTART_PATH as ONSTART_PATH,
+)
+from openclore.agent.launch import (
+    RUN_ONSTART as RUN_ONSTART,
+)
+from openclore.agent.launch import (
+    ReconcileSettings as ReconcileSettings,
+)
+from openclore.agent.launch import (
+    keep_image,
+    launch_spec,
+    onstart,
+)
+from openclore.agent.launch import (
+    onstart_script as onstart_script,
+)
 from openclore.agent.runtime import (
     LABEL_AGENT,
+    LABEL_BASE,
+    LABEL_GENERATION,
     LABEL_HTTP,
-    LABEL_KEY,
+    LABEL_KEEP,
     LABEL_KIND,
     LABEL_ORDER,
     LABEL_SPEC,
@@ -57,9 +113,11 @@ from openclore.agent.runtime import (
     Runtime,
     RuntimeProblem,
 )
+from openclore.agent.volumes import Volumes
 from openclore.protocol import (
     CRASH_LOOP,
     ERROR,
+    HALTED,
     KIND_ORDER,
     PULLING,
     RESTARTING,
@@ -68,81 +126,17 @@ from openclore.protocol import (
     STOPPED,
     ContainerStatus,
     DesiredContainer,
+    DesiredVolume,
+    VolumeStatus,
 )
 
 log = logging.getLogger("openclore.agent.reconcile")
-
-ONSTART_PATH = "/root/onstart.sh"
-# The script travels as an argument ($1) of the exec or of the entrypoint, not as a file copied
-# into the container beforehand: copying (put_archive) costs a mount of the container's
-# filesystem, about 50 ms of every start.
-RUN_ONSTART = (
-    "mkdir -p /root /var/log 2>/dev/null; "
-    f'printf "%s" "$1" > {ONSTART_PATH} && chmod 755 {ONSTART_PATH}; '
-    "cd /root 2>/dev/null || cd /; "
-    f"exec {ONSTART_PATH} >>/var/log/onstart.log 2>&1"
-)
-AUTOSSH_ENTRYPOINT = r"""# openclore autossh entrypoint: sshd, then /root/onstart.sh
-mkdir -p /var/log /root/.ssh /run/sshd /var/run/sshd 2>/dev/null
-if [ -n "$1" ]; then
-  printf '%s' "$1" >/root/onstart.sh && chmod 755 /root/onstart.sh
-fi
-chmod 700 /root/.ssh 2>/dev/null
-if [ -n "$SSH_KEY" ]; then
-  printf '%s\n' "$SSH_KEY" >>/root/.ssh/authorized_keys
-  chmod 600 /root/.ssh/authorized_keys
-fi
-if [ -n "$SSH_PASSWORD" ]; then
-  echo "root:$SSH_PASSWORD" | chpasswd 2>/dev/null || true
-fi
-if ! command -v sshd >/dev/null 2>&1 && [ ! -x /usr/sbin/sshd ]; then
-  {
-    if command -v apt-get >/dev/null 2>&1; then
-      apt-get update && DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y --no-install-recommends openssh-server
-    elif command -v apk >/dev/null 2>&1; then
-      apk add --no-cache openssh
-    elif command -v dnf >/dev/null 2>&1; then
-      dnf install -y openssh-server
-    fi
-  } >>/var/log/openclore-ssh.log 2>&1
-fi
-SSHD=$(command -v sshd 2>/dev/null || echo /usr/sbin/sshd)
-if [ -x "$SSHD" ]; then
-  ssh-keygen -A >/dev/null 2>&1
-  if [ -n "$SSH_PASSWORD" ]; then PW=yes; else PW=no; fi
-  "$SSHD" -o PermitRootLogin=yes -o PasswordAuthentication=$PW >>/var/log/openclore-ssh.log 2>&1
-fi
-if [ -f /root/onstart.sh ]; then
-  (cd /root && /root/onstart.sh >>/var/log/onstart.log 2>&1 &)
-fi
-trap 'exit 0' TERM INT
-while :; do sleep 3600 & wait $!; done
-"""
 
 PARTIAL_GPU_SETTINGS = "GPU settings are applied to whole-server rentals only"
 CRASH_WINDOW = 600.0  # seconds over which exits count towards a crash loop
 CRASH_LOOP_AFTER = 3  # exits within the window
 MAX_RESTART_DELAY = 60.0
 IMAGE_RETRY_MAX = 300.0
-
-
-@dataclass
-class ReconcileSettings:
-    agent_id: str
-    port_range: tuple[int, int] = (40000, 40999)
-    bind_address: str = "0.0.0.0"  # where renters' tcp ports are published
-    http_bind_address: str = "127.0.0.1"  # http ports: for the host's HTTP proxy only
-    gpus: bool = False
-    cpus: float | None = None
-    # the CPUs per-GPU rentals are pinned within (None: the machine's, see agent.share.host_cpus)
-    host_cpus: list[int] | None = None
-    memory: int | None = None
-    shm_size: int | None = None
-    stop_timeout: float = 5.0
-    poll_interval: float = 1.0
-    probe_ports: bool = True  # check a host port is free with a bind() before using it
-    extra_labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -178,6 +172,11 @@ class Reconciler:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._desired: list[DesiredContainer] | None = None
+        self._desired_volumes: list[DesiredVolume] | None = None
+        self.volumes = Volumes(runtime)
+        self._restarted: dict[str, int] = {}  # key -> the last restart number carried out
+        self._halted: set[str] = set()  # keys stopped on purpose: their next start is no crash
+        self._ports: dict[str, dict[str, int]] = {}  # key -> its last host ports, to reuse
         self._statuses: dict[str, ContainerStatus] = {}
         self._pending: dict[str, ContainerStatus] = {}
         self._retries: dict[str, _Retry] = {}
@@ -188,9 +187,13 @@ class Reconciler:
 
     # ------------------------------------------------------------------ interface
 
-    def set_desired(self, containers: list[DesiredContainer]) -> None:
+    def set_desired(
+        self, containers: list[DesiredContainer], volumes: list[DesiredVolume] | None = None
+    ) -> None:
+        """The server's desired set; ``volumes`` None (an older server) leaves volumes alone."""
         with self._lock:
             self._desired = list(containers)
+            self._desired_volumes = None if volumes is None else list(volumes)
         self._wake.set()
 
     def start(self) -> None:
@@ -220,6 +223,14 @@ class Reconciler:
         with self._lock:
             return dict(self._statuses)
 
+    def volume_snapshot(self) -> list[VolumeStatus]:
+        """Every volume the agent holds (or failed to make), for a hello."""
+        return self.volumes.snapshot()
+
+    def take_volume_changes(self) -> list[VolumeStatus] | None:
+        """The full volume list when it changed since it was last taken, else None."""
+        return self.volumes.take_changes()
+
     # ------------------------------------------------------------------ the loop
 
     def _run(self) -> None:
@@ -235,6 +246,8 @@ class Reconciler:
         self.passes += 1
         with self._lock:
             desired = None if self._desired is None else list(self._desired)
+            volumes = None if desired is None else self._desired_volumes
+        self.volumes.ensure(volumes)
         observed = self.runtime.containers()
         by_key: dict[str, list[Observed]] = {}
         for c in observed:
@@ -243,13 +256,14 @@ class Reconciler:
             # not yet told what to run: adopt and report, change nothing
             for key, containers in by_key.items():
                 self._report_observed(key, _best(containers), None)
+            self._report_volumes(None)
             return
         wanted = {d.key: d for d in desired}
         for key, containers in by_key.items():
             d = wanted.get(key)
             keep = _best(containers) if d is not None else None
             for c in containers:
-                if c is keep and c.labels.get(LABEL_SPEC) == d.spec_hash():  # type: ignore[union-attr]
+                if c is keep:
                     continue
                 self._remove(c)
                 if d is None:
@@ -261,32 +275,49 @@ class Reconciler:
                             order_id=_order_id(c),
                         )
                     )
-                if c is keep:
-                    keep = None
             by_key[key] = [keep] if keep is not None else []
         for d in desired:
             current = by_key.get(d.key) or []
             if self._stop.is_set():
                 return
-            if not current:
+            found = current[0] if current else None
+            if found is not None and found.labels.get(LABEL_SPEC) != d.spec_hash():
+                reset = _generation(found) != d.generation
+                if not d.stopped or reset:
+                    if not self._replace(d, found, reset):
+                        continue  # could not keep its files: tried again later
+                    found = None
+                # else: kept as it is while stopped, carried over when it starts again
+            if d.stopped:
+                self._halt(d, found)
+            elif found is None:
                 self._launch(d)
             else:
-                self._check(d, current[0])
+                self._check(d, found)
         self._tune_gpus(desired)
+        self.volumes.prune(volumes, lambda: self._mounted(desired))
+        self._report_volumes(volumes)
         # forget what is neither wanted nor present (its STOPPED status has been queued)
         with self._lock:
             for key in list(self._statuses):
                 if key not in wanted:
                     del self._statuses[key]
-            for key in list(self._retries):
-                if key not in wanted:
-                    del self._retries[key]
-            for key in list(self._crashes):
-                if key not in wanted:
-                    del self._crashes[key]
-            for key in list(self._gpu_result):
-                if key not in wanted:
-                    del self._gpu_result[key]
+        _forget(self._retries, wanted)
+        _forget(self._crashes, wanted)
+        _forget(self._gpu_result, wanted)
+        _forget(self._restarted, wanted)
+        _forget(self._ports, wanted)
+        self._halted &= set(wanted)
+
+    def _report_volumes(self, volumes: list[DesiredVolume] | None) -> None:
+        if self.volumes.report(volumes):
+            self.on_change()
+
+    def _mounted(self, desired: list[DesiredContainer]) -> set[str]:
+        """Volumes a container of this agent mounts (or a desired one will)."""
+        names = {name for d in desired for name in d.mounts}
+        names.update(name for c in self.runtime.containers() for name in c.mounts)
+        return names
 
     # ------------------------------------------------------------------ GPU settings
 
@@ -345,8 +376,13 @@ class Reconciler:
         retry = self._retries.get(d.key)
         if retry is not None and time.monotonic() < retry.next_at:
             return
+        missing = sorted(name for name in d.mounts if name not in self.volumes.present)
+        if missing:
+            self._fail(d, f"volume {missing[0]} is not on this machine")
+            return
         try:
-            if not self.runtime.has_image(d.image):
+            base = self._carried_image(d)
+            if base is None and not self.runtime.has_image(d.image):
                 self._set(self._status(d, PULLING))
                 self.runtime.pull(d.image, auth=d.registry_auth)
             self._set(self._status(d, STARTING))
@@ -354,7 +390,7 @@ class Reconciler:
             for _attempt in range(5):
                 bindings = self._allocate(d, exclude)
                 try:
-                    observed = self.runtime.launch(self.launch_spec(d, bindings))
+                    observed = self.runtime.launch(self.launch_spec(d, bindings, base))
                     break
                 except PortTaken:
                     exclude.update(b.host_port for b in bindings)
@@ -367,10 +403,89 @@ class Reconciler:
             self._fail(d, str(exc))
             return
         self._retries.pop(d.key, None)
-        log.info("started %s (%s) from %s", d.key, observed.id[:12], d.image)
+        self._started(d)
+        source = d.image if base is None else f"its kept files ({base[:19]})"
+        log.info("started %s (%s) from %s", d.key, observed.id[:12], source)
         self._report_observed(d.key, observed, d)
 
+    def _carried_image(self, d: DesiredContainer) -> str | None:
+        """The committed image (its id) an order's new container is made from, with the files
+        of its previous container, or None: from the order's image. Found by its name, so that
+        an image committed by an agent process that stopped before the new container was made
+        is used all the same; a reset's new generation never finds the files of before it."""
+        if d.kind != KIND_ORDER:
+            return None
+        return self.runtime.image_id(keep_image(d.key, d.generation, self.settings.agent_id))
+
+    def _replace(self, d: DesiredContainer, c: Observed, reset: bool) -> bool:
+        """``c`` no longer has ``d``'s spec: remove it, after committing its files unless this
+        is a reset (or not an order). False when its files could not be kept (it stays)."""
+        retry = self._retries.get(d.key)
+        if retry is not None and time.monotonic() < retry.next_at:
+            return False
+        if c.host_ports:
+            self._ports[d.key] = dict(c.host_ports)
+        agent = self.settings.agent_id
+        if not reset and d.kind == KIND_ORDER and c.labels.get(LABEL_KIND) == KIND_ORDER:
+            image = keep_image(d.key, d.generation, agent)
+            labels = {LABEL_AGENT: agent, LABEL_KEEP: d.key, LABEL_GENERATION: str(d.generation)}
+            try:
+                if c.state in ("running", "restarting", "paused"):
+                    self.runtime.stop(c.id, self.settings.stop_timeout)
+                self.runtime.commit(c.id, image, labels)
+            except RuntimeProblem as exc:
+                self._fail(d, f"its files could not be kept for its new settings: {exc}")
+                return False
+            log.info("%s: files of %s kept in %s for its new settings", d.key, c.id[:12], image)
+        self._remove(c)
+        if reset:  # an image of the previous generation that no container was made from
+            self._discard_image(keep_image(d.key, _generation(c), agent))
+        return True
+
+    def _halt(self, d: DesiredContainer, c: Observed | None) -> None:
+        """A stopped order: its container stopped and kept, not launched when there is none."""
+        self._halted.add(d.key)
+        self._crashes.pop(d.key, None)
+        if c is None:
+            self._set(self._status(d, HALTED, host_ports=self._ports.get(d.key)))
+            return
+        if c.state in ("running", "restarting", "paused"):
+            try:
+                c = self.runtime.stop(c.id, self.settings.stop_timeout)
+            except RuntimeProblem as exc:
+                self._set(self._status(d, RUNNING, error=str(exc), observed=c))
+                return
+            log.info("stopped %s (%s), kept with its disk", d.key, c.id[:12])
+        self._set(self._status(d, HALTED, observed=c))
+
+    def _restart(self, d: DesiredContainer, c: Observed) -> None:
+        """The renter's restart number ``d.restart``, carried out once."""
+        self._restarted[d.key] = d.restart
+        log.info("restarting %s (%s): restart %d", d.key, c.id[:12], d.restart)
+        try:
+            started = self.runtime.restart(c.id, self.settings.stop_timeout, self._onstart(d))
+        except RuntimeProblem as exc:
+            self._set(self._status(d, RESTARTING, error=f"restart failed: {exc}", observed=c))
+            return
+        self._report_observed(d.key, started, d)
+
+    def _started(self, d: DesiredContainer) -> None:
+        """``d`` was just launched or started after a stop: that was any restart asked."""
+        self._halted.discard(d.key)
+        if d.restart:
+            self._restarted[d.key] = d.restart
+
+    def _onstart(self, d: DesiredContainer) -> list[str] | None:
+        return None if d.autossh_entrypoint else onstart(d)
+
     def _check(self, d: DesiredContainer, c: Observed) -> None:
+        if d.key in self._halted:
+            # started again after a stop: its exit was no crash
+            self._crashes[d.key] = _Crashes(seen={c.finished_at})
+            self._started(d)
+        elif d.restart and self._restarted.get(d.key) != d.restart:
+            self._restart(d, c)
+            return
         if c.state == "running":
             self._report_observed(d.key, c, d)
             return
@@ -392,7 +507,7 @@ class Reconciler:
             self._set(self._status(d, state, error=error, observed=c))
             return
         try:
-            started = self.runtime.start(c.id, None if d.autossh_entrypoint else _onstart(d))
+            started = self.runtime.start(c.id, self._onstart(d))
         except RuntimeProblem as exc:
             self._set(self._status(d, state, error=f"{error}; restart failed: {exc}", observed=c))
             return
@@ -407,6 +522,16 @@ class Reconciler:
             self.runtime.remove(c.id, self.settings.stop_timeout)
         except RuntimeProblem as exc:
             log.warning("could not remove %s: %s", c.id[:12], exc)
+            return
+        base = c.labels.get(LABEL_BASE)
+        if base:  # the committed image it was made from, unless another image stands on it
+            self._discard_image(base)
+
+    def _discard_image(self, image: str) -> None:
+        try:
+            self.runtime.remove_image(image)
+        except RuntimeProblem as exc:
+            log.debug("image %s kept: %s", image, exc)
 
     def _fail(self, d: DesiredContainer, error: str) -> None:
         retry = self._retries.setdefault(d.key, _Retry())
@@ -435,17 +560,27 @@ class Reconciler:
     # ------------------------------------------------------------------ ports and specs
 
     def _allocate(self, d: DesiredContainer, exclude: set[int]) -> list[PortBinding]:
+        """Host ports for ``d``: those its previous container had where they are free (a
+        renter's ports survive a reset or a new container), else the next free ones."""
         lo, hi = self.settings.port_range
         used = self.runtime.used_host_ports() | exclude
-        for status in self.statuses().values():
+        for key, status in self.statuses().items():
+            if key == d.key:  # its own previous container's: gone by now
+                continue
             used.update(status.tcp_ports.values())
             if status.http_host_port:
                 used.add(status.http_host_port)
+        previous = self._ports.get(d.key, {})
         out: list[PortBinding] = []
         size = hi - lo + 1
         for container_port, kind in sorted(d.ports.items(), key=lambda kv: int(kv[0])):
             s = self.settings
             host_ip = s.bind_address if kind == "tcp" else s.http_bind_address
+            port = previous.get(container_port, 0)
+            if lo <= port <= hi and port not in used and self._bindable(host_ip, port):
+                used.add(port)
+                out.append(PortBinding(container_port, port, host_ip, kind))
+                continue
             for _ in range(size):
                 port = self._port_cursor
                 self._port_cursor = lo if port >= hi else port + 1
@@ -468,68 +603,11 @@ class Reconciler:
                 return False
         return True
 
-    def launch_spec(self, d: DesiredContainer, bindings: list[PortBinding]) -> LaunchSpec:
-        """The container ``d`` becomes with these host ports (its labels, env, GPUs, limits)."""
-        s = self.settings
-        labels = {
-            **s.extra_labels,
-            LABEL_AGENT: s.agent_id,
-            LABEL_KEY: d.key,
-            LABEL_KIND: d.kind,
-            LABEL_SPEC: d.spec_hash(),
-        }
-        if d.order_id is not None:
-            labels[LABEL_ORDER] = str(d.order_id)
-        http = [port for port, kind in d.ports.items() if kind == "http"]
-        if http:
-            labels[LABEL_HTTP] = http[0]
-        env = dict(d.env)
-        if d.jupyter_token:
-            env.setdefault("JUPYTER_TOKEN", d.jupyter_token)
-        if d.ssh_password:
-            env.setdefault("SSH_PASSWORD", d.ssh_password)
-            env.setdefault("ROOT_PASSWORD", d.ssh_password)
-        if d.ssh_key:
-            env.setdefault("SSH_KEY", d.ssh_key)
-            env.setdefault("PUBLIC_KEY", d.ssh_key)
-        if d.order_id is not None:
-            env.setdefault("OPENCLORE_ORDER_ID", str(d.order_id))
-        tcp = [f"{b.container_port}:{b.host_port}" for b in bindings if b.kind == "tcp"]
-        if tcp:
-            env.setdefault("OPENCLORE_TCP_PORTS", ",".join(tcp))
-        entrypoint: list[str] | None = None
-        command: list[str] | None = None
-        if d.autossh_entrypoint:
-            script = onstart_script(d.command) if d.command else ""
-            entrypoint = ["/bin/sh", "-c", AUTOSSH_ENTRYPOINT, "openclore-entrypoint", script]
-            command = []
-        cpus, memory, pinned = s.cpus, s.memory, None
-        if d.gpus is not None:
-            # exactly its GPUs, whatever the renter's env or the image says
-            env["NVIDIA_VISIBLE_DEVICES"] = share.visible_devices(d.gpus)
-        if d.share is not None:
-            cpus, memory = share.scaled_cpus(s.cpus, d.share), share.scaled(s.memory, d.share)
-            if d.gpus:
-                host = s.host_cpus or share.host_cpus(s.cpus)
-                pinned = share.cpuset(share.cpus_for_slots(d.gpus, d.share[1], host))
-        suffix = s.agent_id[:8]
-        return LaunchSpec(
-            name=f"openclore-{d.key}-{suffix}",
-            image=d.image,
-            env=env,
-            labels=labels,
-            ports=bindings,
-            entrypoint=entrypoint,
-            command=command,
-            onstart=None if d.autossh_entrypoint else _onstart(d),
-            gpus=s.gpus,
-            gpu_ids=None if d.gpus is None else list(d.gpus),
-            cpuset_cpus=pinned,
-            disk_share=d.share,
-            cpus=cpus,
-            memory=memory,
-            shm_size=s.shm_size,
-        )
+    def launch_spec(
+        self, d: DesiredContainer, bindings: list[PortBinding], base: str | None = None
+    ) -> LaunchSpec:
+        """The container ``d`` becomes with these host ports (see :func:`launch.launch_spec`)."""
+        return launch_spec(self.settings, d, bindings, base)
 
     # ------------------------------------------------------------------ statuses
 
@@ -540,16 +618,18 @@ class Reconciler:
         *,
         error: str | None = None,
         observed: Observed | None = None,
+        host_ports: dict[str, int] | None = None,
     ) -> ContainerStatus:
         tcp: dict[str, int] = {}
         http_host: int | None = None
         http_port = next((p for p, kind in d.ports.items() if kind == "http"), None)
         if observed is not None:
-            for port, host_port in observed.host_ports.items():
-                if d.ports.get(port) == "http":
-                    http_host = host_port
-                else:
-                    tcp[port] = host_port
+            host_ports = observed.host_ports
+        for port, host_port in (host_ports or {}).items():
+            if d.ports.get(port) == "http":
+                http_host = host_port
+            else:
+                tcp[port] = host_port
         return ContainerStatus(
             key=d.key,
             kind=d.kind,
@@ -562,6 +642,7 @@ class Reconciler:
             container_id=None if observed is None else observed.id,
             gpu_settings_applied=self._gpu_result.get(d.key, (None, None))[0],
             gpu_settings_error=self._gpu_result.get(d.key, (None, None))[1],
+            restarted=self._restarted.get(d.key),
         )
 
     def _report_observed(self, key: str, c: Observed, d: DesiredContainer | None) -> None:
@@ -582,6 +663,11 @@ class Reconciler:
             self._set(self._status(d, RESTARTING, error=self._exit_error(c, 0), observed=c))
 
     def _set(self, status: ContainerStatus) -> None:
+        ports = dict(status.tcp_ports)
+        if status.http_port and status.http_host_port:
+            ports[status.http_port] = status.http_host_port
+        if ports:  # the reconcile thread's alone
+            self._ports[status.key] = ports
         with self._lock:
             if status.state == STOPPED:
                 self._statuses.pop(status.key, None)
@@ -593,6 +679,18 @@ class Reconciler:
         self.on_change()
 
 
+def _forget(memory: dict[str, Any], wanted: Container[str]) -> None:
+    for key in list(memory):
+        if key not in wanted:
+            del memory[key]
+
+
+def _generation(c: Observed) -> int:
+    """The resets of its order when the container was made (0 before protocol 3)."""
+    raw = c.labels.get(LABEL_GENERATION, "")
+    return int(raw) if raw.isdigit() else 0
+
+
 def _best(containers: list[Observed]) -> Observed:
     """Of several containers under one key (should not happen), keep a running one."""
     return sorted(containers, key=lambda c: (c.state != "running", c.started_at))[0]
@@ -601,16 +699,3 @@ def _best(containers: list[Observed]) -> Observed:
 def _order_id(c: Observed) -> int | None:
     raw = c.labels.get(LABEL_ORDER)
     return int(raw) if raw and raw.isdigit() else None
-
-
-def onstart_script(command: str) -> str:
-    """Clore's onstart script: the order's command, with a shebang when it has none."""
-    script = command if command.startswith("#!") else "#!/bin/sh\n" + command
-    return script if script.endswith("\n") else script + "\n"
-
-
-def _onstart(d: DesiredContainer) -> list[str] | None:
-    """What the runtime executes in the container after each start (for plain images)."""
-    if not d.command:
-        return None
-    return ["/bin/sh", "-c", RUN_ONSTART, "onstart", onstart_script(d.command)]

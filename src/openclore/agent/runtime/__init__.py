@@ -3,7 +3,10 @@ one for tests. The reconciler (:mod:`openclore.agent.reconcile`) decides *what* 
 only knows *how* to run a container described by a :class:`LaunchSpec`.
 
 Containers are found by label, never by the agent's memory, so a restarted agent adopts what is
-already running instead of killing it.
+already running instead of killing it. So are renters' volumes (:meth:`Runtime.volumes`), which
+outlive containers, orders and agent restarts, and the images the reconciler commits to carry a
+kept container's files into a new one (``openclore-keep/<key>``, see
+:mod:`openclore.agent.reconcile`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ LABEL_KIND = "openclore.kind"  # "order" | "background"
 LABEL_ORDER = "openclore.order"  # the order id (orders only)
 LABEL_SPEC = "openclore.spec"  # hash of the desired spec: a change means a new container
 LABEL_HTTP = "openclore.http"  # the container port served over HTTP, if any
+LABEL_GENERATION = "openclore.generation"  # the order's resets so far when it was created
+LABEL_BASE = "openclore.base"  # the committed image (id) the container was created from
+LABEL_KEEP = "openclore.keep"  # on a committed image: the key whose files it carries
+LABEL_SIZE = "openclore.size_gb"  # on a volume: the size it was asked for
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,8 @@ class LaunchSpec:
     gpu_ids: list[int] | None = None  # with gpus: exactly these NVML indices; None: all of them
     cpuset_cpus: str | None = None  # "0-3": the CPUs a per-GPU rental is pinned to
     disk_share: tuple[int, int] | None = None  # k of n: that part of the runtime's disk quota
+    disk_gb: int | None = None  # the rental's disk (writable layer) size; over disk_share
+    mounts: dict[str, str] = field(default_factory=dict)  # volume name -> path, read-write
     cpus: float | None = None
     memory: int | None = None  # bytes
     shm_size: int | None = None  # bytes
@@ -68,10 +77,20 @@ class Observed:
     finished_at: str = ""
     oom_killed: bool = False
     error: str | None = None  # the engine's own error for the last start, if any
+    mounts: dict[str, str] = field(default_factory=dict)  # volume name -> path in the container
 
     @property
     def key(self) -> str:
         return self.labels.get(LABEL_KEY, "")
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A volume of this agent as the engine holds it."""
+
+    name: str
+    size_gb: int | None  # as asked when it was created (None: unknown)
+    quota: bool  # the size is enforced by the volume driver
 
 
 class RuntimeProblem(Exception):
@@ -124,8 +143,44 @@ class Runtime(Protocol):
 
     def start(self, container_id: str, onstart: list[str] | None) -> Observed: ...
 
+    def stop(self, container_id: str, timeout: float) -> Observed:
+        """Stop (SIGTERM, then SIGKILL after ``timeout`` seconds) and keep the container with its
+        writable layer: :meth:`start` runs it again."""
+        ...
+
+    def restart(self, container_id: str, timeout: float, onstart: list[str] | None) -> Observed:
+        """Stop as :meth:`stop` does (a stopped one is just started), start, run ``onstart``."""
+        ...
+
     def remove(self, container_id: str, timeout: float) -> None:
         """Stop (SIGTERM, then SIGKILL after ``timeout`` seconds) and remove."""
+        ...
+
+    def commit(self, container_id: str, image: str, labels: dict[str, str]) -> str:
+        """A local image ``image`` ("repository:tag") of the container as it is now (its
+        writable layer included), with ``labels`` besides the container's own; returns its id."""
+        ...
+
+    def image_id(self, image: str) -> str | None:
+        """The id of the local image ``image``; None when it is not on this host."""
+        ...
+
+    def remove_image(self, image: str) -> None:
+        """Remove a local image (a name or an id) unless a container still uses it (then it stays:
+        raises :class:`RuntimeProblem`); untagged images it was made from go with it."""
+        ...
+
+    def volumes(self) -> list[Volume]:
+        """This agent's volumes (by label)."""
+        ...
+
+    def create_volume(self, name: str, size_gb: int) -> Volume:
+        """A volume of ``size_gb`` labelled as this agent's; its size is enforced where the
+        volume driver can (``quota``), else it is created all the same."""
+        ...
+
+    def remove_volume(self, name: str) -> None:
+        """Remove a volume and its data; :class:`RuntimeProblem` while a container mounts it."""
         ...
 
     def logs(self, container_id: str, tail: int) -> str: ...

@@ -6,7 +6,18 @@ Hardening of every rental (:class:`Hardening`, the agent's settings): the capabi
 processes is limited (``pids_limit``), logs are ``json-file`` with rotation (``max-size`` ×
 ``max-file``), and a disk quota (``storage_opt size``) is set when the host asked for one and the
 storage driver supports it (overlay2 only on xfs mounted with ``pquota``; otherwise the agent warns
-once and runs rentals without a quota). Every rental has its own PID and a private IPC namespace.
+once and runs rentals without a quota). A rental's own disk size (``disk_gb``, protocol 3) takes
+the quota's place under the same condition: where the driver cannot, the agent says so at start
+and once when the engine refuses, and the rental runs without a size. Every rental has its own
+PID and a private IPC namespace.
+
+Kept work (protocol 3): a stopped rental's container is stopped, not removed
+(:meth:`DockerRuntime.stop`); a container is committed into a local image
+(:meth:`DockerRuntime.commit`) to carry its files into a new container; images are never removed
+by force (an image a container stands on stays until that container is gone). Renters' volumes
+are ``local`` volumes labelled as the agent's, with the driver's ``size`` option (a quota, on xfs
+with project quotas); where the driver refuses it the volume is made without one and reported as
+such (``quota`` false).
 
 Per-GPU rentals (:mod:`openclore.agent.share`): a device request for exactly the rental's GPU
 indices (:func:`gpu_request`, only when the agent gives rentals GPUs), its ``cpuset``, and its k/n
@@ -16,45 +27,20 @@ Images: before any pull the reference is checked against the registry policy
 (:mod:`openclore.agent.images`), and pull errors reach the market in generic terms only.
 
 Network isolation: rentals run on a dedicated bridge network (default ``openclore``) with
-inter-container traffic off (``enable_icc=false``). When ``iptables`` is usable (root), the agent
-also installs, idempotently, two chains for that bridge:
-
-- ``OC-F-<bridge>``, jumped to from ``DOCKER-USER`` (forwarded traffic): new connections from
-  containers to private, link-local, CGNAT, benchmark and multicast ranges (10/8, 172.16/12,
-  192.168/16, 169.254/16, 100.64/10, 198.18/15, 224/4, 0/8) are rejected; replies to renters'
-  inbound connections and DNS to the host's resolvers are let through; the public internet is
-  reachable;
-- ``OC-I-<bridge>``, jumped to from ``INPUT``: containers cannot open connections to the host
-  itself (any of its addresses: the agent, the host's SSH, a local database…).
-
-The DNS exception (port 53, UDP and TCP) in both chains is for the resolvers the host's Docker
-daemon forwards containers' queries to (:func:`host_resolvers`: ``dns`` of
-``/etc/docker/daemon.json`` and the nameservers of ``/etc/resolv.conf``, or of systemd-resolved's
-upstream file when that one only names a loopback stub), not for port 53 of every private address.
-Docker's embedded DNS (127.0.0.11 inside the container) sends those queries from the container's
-own network namespace, so they cross the bridge like any other packet.
-
-IPv6 is not enabled on the network, so containers have no IPv6 route at all.
-
-When the agent stops (:meth:`DockerRuntime.close`) it removes the chains and their jumps again,
-unless rentals still run on the bridge (an agent restarting leaves its rentals running; the rules
-stay to protect them until it is back).
+inter-container traffic off, and iptables rules keep them from the host and private networks
+(:mod:`openclore.agent.runtime.isolation`).
 """
 
 from __future__ import annotations
 
 import io
-import ipaddress
-import json
 import logging
-import shutil
-import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 import docker  # type: ignore[import-untyped]
@@ -69,6 +55,7 @@ from openclore.agent.images import (
 )
 from openclore.agent.runtime import (
     LABEL_AGENT,
+    LABEL_SIZE,
     ImageRefused,
     ImageUnavailable,
     LaunchFailed,
@@ -76,21 +63,24 @@ from openclore.agent.runtime import (
     Observed,
     PortTaken,
     RuntimeProblem,
+    Volume,
+)
+from openclore.agent.runtime.isolation import (  # re-exported where they were before
+    PRIVATE_RANGES as PRIVATE_RANGES,
+)
+from openclore.agent.runtime.isolation import (
+    apply_isolation as apply_isolation,
+)
+from openclore.agent.runtime.isolation import (
+    host_resolvers as host_resolvers,
+)
+from openclore.agent.runtime.isolation import (
+    remove_isolation as remove_isolation,
 )
 from openclore.agent.share import scaled
 
 log = logging.getLogger("openclore.agent.docker")
 
-PRIVATE_RANGES = [
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "169.254.0.0/16",
-    "100.64.0.0/10",
-    "198.18.0.0/15",
-    "224.0.0.0/4",
-    "0.0.0.0/8",
-]
 NETWORK_LABEL = "openclore.network"
 
 # Of Docker's default capabilities (AUDIT_WRITE CHOWN DAC_OVERRIDE FOWNER FSETID KILL MKNOD
@@ -107,9 +97,6 @@ SYS_ADMIN SYS_BOOT SYS_CHROOT SYS_MODULE SYS_NICE SYS_PACCT SYS_PTRACE SYS_RAWIO
 SYS_TIME SYS_TTY_CONFIG SYSLOG WAKE_ALARM ALL
 """
 CAPABILITIES = frozenset(_CAPABILITY_NAMES.split())
-DAEMON_JSON = Path("/etc/docker/daemon.json")
-RESOLV_CONF = Path("/etc/resolv.conf")
-SYSTEMD_RESOLV_CONF = Path("/run/systemd/resolve/resolv.conf")
 
 
 @dataclass(frozen=True)
@@ -170,6 +157,7 @@ class DockerRuntime:
         self.hardening = hardening or Hardening()
         self.registries = RegistryPolicy(allowed_registries)
         self.disk_quota = self.hardening.disk_quota  # set to None when the engine refuses it
+        self.disk_sizes = True  # rentals' disk_gb can be set (False once the engine refuses it)
         try:
             self.client = (
                 docker.DockerClient(base_url=base_url, timeout=int(timeout))
@@ -215,16 +203,19 @@ class DockerRuntime:
             f"pids limit {h.pids_limit or 'none'}; "
             f"logs json-file {h.log_max_size} x {h.log_max_files}"
         ]
+        problem = None
+        try:
+            info = self.client.info()
+        except docker.errors.DockerException:
+            info = {}
+        driver = str(info.get("Driver", ""))
+        backing = dict(info.get("DriverStatus") or []).get("Backing Filesystem", "")
+        if driver == "overlay2" and backing and backing != "xfs":
+            problem = f"overlay2 on {backing} (needs xfs mounted with pquota)"
+        if problem is not None:
+            self.disk_sizes = False
+            notes.append(f"rentals' disk sizes (disk_gb) are not enforced: {problem}")
         if self.disk_quota:
-            problem = None
-            try:
-                info = self.client.info()
-            except docker.errors.DockerException:
-                info = {}
-            driver = str(info.get("Driver", ""))
-            backing = dict(info.get("DriverStatus") or []).get("Backing Filesystem", "")
-            if driver == "overlay2" and backing and backing != "xfs":
-                problem = f"overlay2 on {backing} (needs xfs mounted with pquota)"
             if problem is not None:
                 self.disk_quota = None
                 notes.append(f"WARNING: no disk quota for rentals: {problem}")
@@ -346,7 +337,9 @@ class DockerRuntime:
     # ------------------------------------------------------------------ actions
 
     def launch(self, spec: LaunchSpec) -> Observed:
-        kwargs = create_options(spec, self.hardening, self.network, self.disk_quota)
+        kwargs = create_options(
+            spec, self.hardening, self.network, self.disk_quota, disk_sizes=self.disk_sizes
+        )
         try:
             container = self._create(spec.image, kwargs)
         except docker.errors.ImageNotFound as exc:
@@ -379,10 +372,12 @@ class DockerRuntime:
                     continue
                 if "storage_opt" in kwargs and _refuses_storage_opt(exc):
                     log.warning(
-                        "the engine refuses a disk quota (%s): rentals run without one",
+                        "the engine refuses a disk size (%s): rentals run without one, "
+                        "their disk_gb is not enforced",
                         _explain(exc),
                     )
                     self.disk_quota = None
+                    self.disk_sizes = False
                     del kwargs["storage_opt"]
                     continue
                 raise
@@ -416,6 +411,91 @@ class DockerRuntime:
                 self._onstart_errors[container_id] = (
                     f"onstart script could not be run: {_explain(exc)}"
                 )
+
+    def stop(self, container_id: str, timeout: float) -> Observed:
+        with self._lock:
+            self._onstart_errors.pop(container_id, None)
+        try:
+            self.client.api.stop(container_id, timeout=int(max(0, timeout)))
+            return _observed(self.client.api.inspect_container(container_id))
+        except docker.errors.DockerException as exc:
+            raise RuntimeProblem(f"cannot stop the container: {_explain(exc)}") from exc
+
+    def restart(self, container_id: str, timeout: float, onstart: list[str] | None) -> Observed:
+        try:
+            self.client.api.restart(container_id, timeout=int(max(0, timeout)))
+        except docker.errors.DockerException as exc:
+            raise LaunchFailed(f"cannot restart the container: {_explain(exc)}") from exc
+        return self._after_start(container_id, onstart)
+
+    def commit(self, container_id: str, image: str, labels: dict[str, str]) -> str:
+        repository, _, tag = image.rpartition(":")
+        try:
+            # the container's config (env, entrypoint, labels) is kept; ours are added to it
+            made = self.client.api.commit(
+                container_id, repository=repository, tag=tag, conf={"Labels": labels}
+            )
+        except docker.errors.DockerException as exc:
+            raise RuntimeProblem(f"cannot keep the container's files: {_explain(exc)}") from exc
+        return str(made["Id"])
+
+    def image_id(self, image: str) -> str | None:
+        try:
+            return str(self.client.api.inspect_image(image)["Id"])
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.DockerException as exc:
+            raise RuntimeProblem(f"cannot look up image {image}: {_explain(exc)}") from exc
+
+    def remove_image(self, image: str) -> None:
+        try:
+            # never forced: a forced removal would untag an image in use (leaving it behind
+            # nameless) or drop one a stopped container still stands on
+            self.client.api.remove_image(image, force=False, noprune=False)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.DockerException as exc:
+            raise RuntimeProblem(f"cannot remove image {image}: {_explain(exc)}") from exc
+
+    def volumes(self) -> list[Volume]:
+        try:
+            listed = self.client.api.volumes(filters={"label": f"{LABEL_AGENT}={self.agent_id}"})
+        except docker.errors.DockerException as exc:
+            raise RuntimeProblem(f"cannot list volumes: {_explain(exc)}") from exc
+        return [_volume(v) for v in (listed or {}).get("Volumes") or []]
+
+    def create_volume(self, name: str, size_gb: int) -> Volume:
+        try:
+            found = self.client.api.inspect_volume(name)
+        except docker.errors.NotFound:
+            found = None
+        except docker.errors.DockerException as exc:
+            raise RuntimeProblem(f"cannot look up volume {name}: {_explain(exc)}") from exc
+        if found is not None:
+            if (found.get("Labels") or {}).get(LABEL_AGENT) != self.agent_id:
+                raise RuntimeProblem(f"a volume {name} exists that is not this agent's")
+            return _volume(found)
+        labels = {LABEL_AGENT: self.agent_id, LABEL_SIZE: str(size_gb)}
+        try:
+            made = self.client.api.create_volume(
+                name, driver="local", driver_opts={"size": f"{size_gb}G"}, labels=labels
+            )
+        except docker.errors.DockerException as exc:
+            # the local driver enforces a size only on xfs with project quotas
+            log.warning("volume %s made without a size quota: %s", name, _explain(exc))
+            try:
+                made = self.client.api.create_volume(name, driver="local", labels=labels)
+            except docker.errors.DockerException as again:
+                raise RuntimeProblem(f"cannot create volume {name}: {_explain(again)}") from again
+        return _volume(made)
+
+    def remove_volume(self, name: str) -> None:
+        try:
+            self.client.api.remove_volume(name)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.DockerException as exc:
+            raise RuntimeProblem(f"cannot remove volume {name}: {_explain(exc)}") from exc
 
     def remove(self, container_id: str, timeout: float) -> None:
         with self._lock:
@@ -463,9 +543,16 @@ class DockerRuntime:
 
 
 def create_options(
-    spec: LaunchSpec, hardening: Hardening, network: str | None, disk_quota: int | None
+    spec: LaunchSpec,
+    hardening: Hardening,
+    network: str | None,
+    disk_quota: int | None,
+    *,
+    disk_sizes: bool = True,
 ) -> dict[str, Any]:
-    """The engine's options for creating ``spec``'s container (``containers.create``)."""
+    """The engine's options for creating ``spec``'s container (``containers.create``): its disk
+    size is its own ``disk_gb`` (when ``disk_sizes``: the engine can set one), else its part of
+    the host's ``disk_quota``."""
     kwargs: dict[str, Any] = {
         "name": spec.name,
         "environment": spec.env,
@@ -475,8 +562,12 @@ def create_options(
         "ports": {f"{b.container_port}/tcp": (b.host_ip, b.host_port) for b in spec.ports},
         **hardening.container_options(),
     }
-    if disk_quota:
+    if spec.disk_gb and disk_sizes:
+        kwargs["storage_opt"] = {"size": f"{spec.disk_gb}G"}
+    elif disk_quota:
         kwargs["storage_opt"] = {"size": str(scaled(disk_quota, spec.disk_share))}
+    if spec.mounts:
+        kwargs["volumes"] = {name: {"bind": p, "mode": "rw"} for name, p in spec.mounts.items()}
     if network:
         kwargs["network"] = network
     if spec.entrypoint is not None:
@@ -527,6 +618,20 @@ def _observed(attrs: dict[str, Any]) -> Observed:
         finished_at=str(state.get("FinishedAt", "")),
         oom_killed=bool(state.get("OOMKilled", False)),
         error=state.get("Error") or None,
+        mounts={
+            str(m["Name"]): str(m.get("Destination", ""))
+            for m in attrs.get("Mounts") or []
+            if m.get("Type") == "volume" and m.get("Name")
+        },
+    )
+
+
+def _volume(attrs: dict[str, Any]) -> Volume:
+    size = (attrs.get("Labels") or {}).get(LABEL_SIZE, "")
+    return Volume(
+        name=str(attrs.get("Name", "")),
+        size_gb=int(size) if size.isdigit() else None,
+        quota="size" in (attrs.get("Options") or {}),
     )
 
 
@@ -563,119 +668,3 @@ def _refuses_storage_opt(exc: Exception) -> bool:
 def _explain(exc: Exception) -> str:
     explanation = getattr(exc, "explanation", None)
     return str(explanation or exc).strip()[:1000]
-
-
-# ----------------------------------------------------------------------------- isolation
-
-
-def host_resolvers(
-    resolv_conf: Path = RESOLV_CONF,
-    systemd_resolv_conf: Path = SYSTEMD_RESOLV_CONF,
-    daemon_json: Path = DAEMON_JSON,
-) -> list[str]:
-    """The IPv4 resolvers containers' DNS queries go to: the daemon's ``dns`` setting and the
-    host's nameservers (systemd-resolved's upstream ones when ``/etc/resolv.conf`` only names a
-    loopback stub, as Docker does). Loopback addresses are left out (Docker never hands them to
-    containers); so are IPv6 ones (the rental network has no IPv6)."""
-    found: list[str] = []
-    try:
-        config = json.loads(daemon_json.read_text())
-    except (OSError, ValueError):
-        config = None
-    if isinstance(config, dict) and isinstance(config.get("dns"), list):
-        found.extend(str(x) for x in config["dns"])
-    names = _nameservers(resolv_conf)
-    if all(_is_loopback(n) for n in names):
-        names += _nameservers(systemd_resolv_conf)
-    found.extend(names)
-    out: list[str] = []
-    for text in found:
-        try:
-            address = ipaddress.ip_address(text.partition("%")[0])
-        except ValueError:
-            continue
-        if address.version == 4 and not address.is_loopback and str(address) not in out:
-            out.append(str(address))
-    return out
-
-
-def _nameservers(path: Path) -> list[str]:
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        fields = line.split()
-        if len(fields) >= 2 and fields[0] == "nameserver":
-            out.append(fields[1])
-    return out
-
-
-def _is_loopback(text: str) -> bool:
-    try:
-        return ipaddress.ip_address(text.partition("%")[0]).is_loopback
-    except ValueError:
-        return False
-
-
-def _iptables() -> Callable[..., bool]:
-    iptables = shutil.which("iptables")
-    if iptables is None:
-        raise RuntimeProblem("iptables not found")
-
-    def run(*args: str, check: bool = True) -> bool:
-        proc = subprocess.run(
-            [iptables, "-w", "5", *args], capture_output=True, text=True, timeout=30
-        )
-        if check and proc.returncode != 0:
-            raise RuntimeProblem(f"iptables {' '.join(args)}: {proc.stderr.strip()}")
-        return proc.returncode == 0
-
-    return run
-
-
-def remove_isolation(bridge: str) -> None:
-    """Remove what :func:`apply_isolation` installed for ``bridge``: the jumps, then the chains."""
-    run = _iptables()
-    fwd, inp = f"OC-F-{bridge}", f"OC-I-{bridge}"
-    for hook in ("DOCKER-USER", "FORWARD"):
-        while run("-C", hook, "-i", bridge, "-j", fwd, check=False):
-            run("-D", hook, "-i", bridge, "-j", fwd)
-    while run("-C", "INPUT", "-i", bridge, "-j", inp, check=False):
-        run("-D", "INPUT", "-i", bridge, "-j", inp)
-    for chain in (fwd, inp):
-        if run("-n", "-L", chain, check=False):
-            run("-F", chain)
-            run("-X", chain)
-
-
-def apply_isolation(bridge: str, resolvers: Iterable[str] = ()) -> list[str]:
-    """Install (or refresh) the iptables chains described in the module docstring; DNS (port 53)
-    is let through to ``resolvers`` only."""
-    resolvers = list(resolvers)
-    run = _iptables()
-    fwd, inp = f"OC-F-{bridge}", f"OC-I-{bridge}"
-    for chain in (fwd, inp):
-        if not run("-n", "-L", chain, check=False):
-            run("-N", chain)
-        run("-F", chain)
-    for chain in (fwd, inp):
-        run("-A", chain, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN")
-        for resolver in resolvers:
-            for proto in ("udp", "tcp"):
-                run("-A", chain, "-d", resolver, "-p", proto, "--dport", "53", "-j", "RETURN")
-    for cidr in PRIVATE_RANGES:
-        run("-A", fwd, "-d", cidr, "-j", "REJECT")
-    run("-A", fwd, "-j", "RETURN")
-    run("-A", inp, "-j", "REJECT")
-    hook = "DOCKER-USER" if run("-n", "-L", "DOCKER-USER", check=False) else "FORWARD"
-    if not run("-C", hook, "-i", bridge, "-j", fwd, check=False):
-        run("-I", hook, "1", "-i", bridge, "-j", fwd)
-    if not run("-C", "INPUT", "-i", bridge, "-j", inp, check=False):
-        run("-I", "INPUT", "1", "-i", bridge, "-j", inp)
-    return [
-        f"iptables: {bridge} → private/link-local/CGNAT ranges rejected ({hook}), "
-        f"{bridge} → host rejected (INPUT); replies allowed; DNS allowed to "
-        f"{', '.join(resolvers) or 'no private resolver'}"
-    ]
