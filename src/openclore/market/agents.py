@@ -475,6 +475,9 @@ def _sane(status: ContainerStatus) -> ContainerStatus | None:
         gpu_settings_error=None
         if status.gpu_settings_error is None
         else UNSAFE_TEXT.sub(" ", status.gpu_settings_error)[:MAX_ERROR_LENGTH],
+        restarted=status.restarted
+        if status.restarted is not None and 0 <= status.restarted < 2**31
+        else None,
     )
 
 
