@@ -40,6 +40,7 @@ from openclore.client._models import (
     Statement,
     Transaction,
     TransactionsPage,
+    Volume,
     Wallet,
     Webhook,
     Withdrawal,
@@ -245,12 +246,16 @@ class AsyncClient(BaseClient):
         enabled: Mapping[str, bool] | None = None,
         usd_pricing: Mapping[str, Mapping[str, Amount]] | None = None,
         autoprice: Mapping[str, Literal["usd", False]] | None = None,
+        disk_gb: int | None = None,
+        storage_price: Amount | None = None,
     ) -> None:
         """Change your server's settings: prices per day, ``mrl`` in hours. Only what is given
         changes. With ``currency`` the prices go to that currency (``<currency>_on_demand``).
         ``enabled`` stops or starts accepting currencies; ``usd_pricing`` (USD per day per
         currency) with ``autoprice={"<currency>": "usd"}`` makes that currency's prices follow
-        the market's exchange rate."""
+        the market's exchange rate. openclore: ``disk_gb`` is the disk each rental gets (0:
+        none offered), ``storage_price`` what a stopped order's disk or a volume pays per GB
+        per day (in ``currency``, else the market's default currency)."""
         await self._run(
             calls.set_server_settings(
                 name,
@@ -263,6 +268,8 @@ class AsyncClient(BaseClient):
                 enabled=enabled,
                 usd_pricing=usd_pricing,
                 autoprice=autoprice,
+                disk_gb=disk_gb,
+                storage_price=storage_price,
             )
         )
 
@@ -323,11 +330,20 @@ class AsyncClient(BaseClient):
         dockerhub_auth: str | None = None,
         gpu_count: int | None = None,
         gpus: Sequence[int] | None = None,
+        disk_gb: int | None = None,
+        volumes: Mapping[int, str] | Mapping[str, str] | None = None,
+        stop_after: int | None = None,
+        terminate_after: int | None = None,
     ) -> Order:
         """Rent ``server_id`` (on-demand, or a spot bid of ``spot_price`` per day) and return the
         new order. ``ports`` maps container ports to ``"tcp"``/``"http"``. ``gpu_count`` (or
         explicit ``gpus`` indices) rents some of a server's GPUs where its host allows it
         (openclore); the bid is then the price per day for those GPUs.
+
+        openclore, keeping work: ``disk_gb`` (at most what the host offers; default: all of
+        it), ``volumes`` (``{volume id: "/path"}``, your volumes on this server), and timers
+        in seconds from now: ``stop_after`` stops it (it keeps its disk),
+        ``terminate_after`` ends it.
 
         openclore answers with the order; a server that answers ``{"code":0}`` alone (Clore.ai)
         gets a *best-effort* lookup in ``my_orders`` by server, type and creation time, which
@@ -351,6 +367,10 @@ class AsyncClient(BaseClient):
             dockerhub_auth=dockerhub_auth,
             gpu_count=gpu_count,
             gpus=gpus,
+            disk_gb=disk_gb,
+            volumes=volumes,
+            stop_after=stop_after,
+            terminate_after=terminate_after,
         )
         started = time.time()
         result = await self._run(call)
@@ -376,6 +396,48 @@ class AsyncClient(BaseClient):
             f"(order_id={result.order_id})",
             response=result.model_dump(),
         )
+
+    # ------------------------------------------------------------------ keeping work (openclore)
+
+    async def stop_order(self, order_id: int) -> Order:
+        """Stop a running order: its GPUs go back to the market, its container and disk stay
+        on the host, and it pays only ``storage_per_day`` until you start it again."""
+        return await self._run(calls.stop_order(order_id))
+
+    async def start_order(self, order_id: int) -> Order:
+        """Start a stopped order again, in the same container on the same server. Raises
+        :class:`GpusNotFree` (and it stays stopped) when its GPUs are rented by someone else."""
+        return await self._run(calls.start_order(order_id))
+
+    async def restart_order(self, order_id: int) -> int:
+        """Restart a running order's container (its files stay); returns the restart's number."""
+        return await self._run(calls.restart_order(order_id))
+
+    async def reset_order(self, order_id: int) -> int:
+        """Recreate a running order's container from its image: its files are lost, its volumes
+        and ports stay. Returns how many resets it has had."""
+        return await self._run(calls.reset_order(order_id))
+
+    async def extend_order(self, order_id: int, hours: int) -> int:
+        """Give an order ``hours`` more (within the host's maximum rental length, else
+        :class:`ExtendOutOfRange` with ``max_hours``); returns its new ``mrl`` in seconds."""
+        return await self._run(calls.extend_order(order_id, hours))
+
+    async def create_volume(
+        self, server_id: int, size_gb: int, name: str, currency: str | None = None
+    ) -> Volume:
+        """A volume of ``size_gb`` on ``server_id``, billed from now until you delete it; mount
+        it with ``create_order(..., volumes={volume.id: "/data"})`` on the same server."""
+        return await self._run(calls.create_volume(server_id, size_gb, name, currency))
+
+    async def volumes(self, include_ended: bool = False) -> list[Volume]:
+        """Your volumes (newest first); ``include_ended`` adds deleted and ended ones."""
+        return await self._run(calls.volumes(include_ended))
+
+    async def delete_volume(self, volume_id: int) -> None:
+        """Delete a volume and its files (billed up to now). Raises :class:`VolumeInUse` while
+        a live order mounts it."""
+        await self._run(calls.delete_volume(volume_id))
 
     # ------------------------------------------------------------------ openclore extensions
 

@@ -24,6 +24,7 @@ from openclore.client._models import (
     AddedServer,
     CancelOrdersResponse,
     CreateOrderResponse,
+    CreateVolumeResponse,
     Event,
     EventPage,
     Gigaspot,
@@ -36,6 +37,7 @@ from openclore.client._models import (
     MyServersResponse,
     Order,
     OrderLogsResponse,
+    OrderResponse,
     RenterFees,
     ServerConfig,
     ServerConfigResponse,
@@ -44,6 +46,8 @@ from openclore.client._models import (
     Statement,
     StatementResponse,
     TransactionsPage,
+    Volume,
+    VolumesResponse,
     Wallet,
     WalletsResponse,
     Webhook,
@@ -258,6 +262,8 @@ def set_server_settings(
     enabled: Mapping[str, bool] | None = None,
     usd_pricing: Mapping[str, Mapping[str, Amount]] | None = None,
     autoprice: Mapping[str, Literal["usd", False]] | None = None,
+    disk_gb: int | None = None,
+    storage_price: Amount | None = None,
 ) -> ApiCall[None]:
     body: dict[str, Any] = {"name": name}
     for coin, on in (enabled or {}).items():
@@ -280,6 +286,12 @@ def set_server_settings(
         body[prefix + "on_demand"] = decimal(on_demand, "on_demand")
     if spot is not None:
         body[prefix + "spot"] = decimal(spot, "spot")
+    # openclore: the disk each rental gets (0: none) and its price per GB per day (SPEC §8)
+    if disk_gb is not None:
+        body["disk_gb"] = int(disk_gb)
+    if storage_price is not None:
+        key = f"{currency}_storage" if currency else "storage_price"
+        body[key] = decimal(storage_price, "storage_price")
     return ApiCall("POST", "/v1/set_server_settings", _none, body=body)
 
 
@@ -378,6 +390,10 @@ def create_order(
     dockerhub_auth: str | None = None,
     gpu_count: int | None = None,
     gpus: Sequence[int] | None = None,
+    disk_gb: int | None = None,
+    volumes: Mapping[int, str] | Mapping[str, str] | None = None,
+    stop_after: int | None = None,
+    terminate_after: int | None = None,
 ) -> ApiCall[CreateOrderResponse]:
     if type not in ("on-demand", "spot"):
         raise ValueError("type must be 'on-demand' or 'spot'")
@@ -413,6 +429,15 @@ def create_order(
         body["gpu_count"] = int(gpu_count)
     if gpus is not None:
         body["gpus"] = [int(i) for i in gpus]
+    # openclore: keeping work (SPEC §8)
+    if disk_gb is not None:
+        body["disk_gb"] = int(disk_gb)
+    if volumes:
+        body["volumes"] = {str(int(vid)): path for vid, path in volumes.items()}
+    if stop_after is not None:
+        body["stop_after"] = int(stop_after)
+    if terminate_after is not None:
+        body["terminate_after"] = int(terminate_after)
     return ApiCall(
         "POST",
         "/v1/create_order",
@@ -423,6 +448,66 @@ def create_order(
         # one key for this order and all its retries: the server rents once per key
         idempotency_key=new_idempotency_key(),
     )
+
+
+# ------------------------------------------------------- keeping work (openclore, SPEC §8)
+
+
+def _keyed(path: str, parse: Callable[[dict[str, Any]], T], body: dict[str, Any]) -> ApiCall[T]:
+    """A call that changes something once: sent with its own Idempotency-Key, so that a retry
+    after a lost answer gets the first answer instead of acting (or failing) twice."""
+    return ApiCall(
+        "POST", path, parse, body=body, idempotent=False, idempotency_key=new_idempotency_key()
+    )
+
+
+def _order(body: dict[str, Any]) -> Order:
+    return OrderResponse.model_validate(body).order
+
+
+def stop_order(order_id: int) -> ApiCall[Order]:
+    return _keyed("/v1/stop_order", _order, {"id": int(order_id)})
+
+
+def start_order(order_id: int) -> ApiCall[Order]:
+    return _keyed("/v1/start_order", _order, {"id": int(order_id)})
+
+
+def restart_order(order_id: int) -> ApiCall[int]:
+    return _keyed("/v1/restart_order", lambda b: int(b["restart"]), {"id": int(order_id)})
+
+
+def reset_order(order_id: int) -> ApiCall[int]:
+    return _keyed("/v1/reset_order", lambda b: int(b["generation"]), {"id": int(order_id)})
+
+
+def extend_order(order_id: int, hours: int) -> ApiCall[int]:
+    body = {"id": int(order_id), "hours": int(hours)}
+    return _keyed("/v1/extend_order", lambda b: int(b["mrl"]), body)
+
+
+def create_volume(
+    server_id: int, size_gb: int, name: str, currency: str | None = None
+) -> ApiCall[Volume]:
+    body: dict[str, Any] = {"server_id": int(server_id), "size_gb": int(size_gb), "name": name}
+    if currency:
+        body["currency"] = currency
+    return _keyed(
+        "/v1/create_volume", lambda b: CreateVolumeResponse.model_validate(b).volume, body
+    )
+
+
+def volumes(include_ended: bool = False) -> ApiCall[list[Volume]]:
+    return ApiCall(
+        "GET",
+        "/v1/volumes",
+        lambda b: VolumesResponse.model_validate(b).volumes,
+        params={"include_ended": "true" if include_ended else "false"},
+    )
+
+
+def delete_volume(volume_id: int) -> ApiCall[None]:
+    return _keyed("/v1/delete_volume", _none, {"id": int(volume_id)})
 
 
 def new_idempotency_key() -> str:

@@ -45,7 +45,21 @@
         ├── DepositConflict           deposit_conflict
         ├── WebhookDoesNotExist       webhook_dont_exist
         ├── WebhookLimitReached       webhook_limit_reached; .limit
-        └── WebhookUrlNotAllowed      webhook_url_not_allowed; .reason
+        ├── WebhookUrlNotAllowed      webhook_url_not_allowed; .reason
+        ├── PartialGpuRentalOff       partial_gpu_rental_off
+        ├── GpuCountOutOfRange        gpu_count_out_of_range; .min_gpus, .max_gpus
+        ├── OrderNotRunning           order_not_running
+        ├── OrderNotStopped           order_not_stopped
+        ├── OrderAlreadyStopped       order_already_stopped
+        ├── GpusNotFree               gpus_not_free; .gpu_count (start_order: it stays stopped)
+        ├── StopNotSupported          stop_not_supported (the host's agent is too old)
+        ├── ExtendOutOfRange          extend_out_of_range; .max_hours
+        ├── DiskNotOffered            disk_not_offered
+        ├── DiskOutOfRange            disk_gb_out_of_range; .max_disk_gb
+        ├── VolumeDoesNotExist        volume_dont_exist; .volume_id
+        ├── VolumeNotOnServer         volume_not_on_server; .volume_id
+        ├── VolumeInUse               volume_in_use; .orders (the live orders mounting it)
+        └── VolumeLimitReached        volume_limit_reached; .limit
 
 Numbers carried by errors (``max_step``, ``min_price``, ``price``) are :class:`~decimal.Decimal`.
 """
@@ -140,6 +154,15 @@ class MarketError(CloreError):
     @property
     def extra(self) -> dict[str, Any]:
         return {k: v for k, v in self.response.items() if k not in ("code", "error")}
+
+    def _int(self, field: str) -> int | None:
+        value = self.response.get(field)
+        if value is None or isinstance(value, bool):
+            return None
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return None
 
     def _decimal(self, field: str) -> Decimal | None:
         value = self.response.get(field)
@@ -354,6 +377,95 @@ class WebhookUrlNotAllowed(MarketError):
         return None if value is None else str(value)
 
 
+# ----------------------------------------------------------------- keeping work (SPEC §8)
+
+
+class OrderNotRunning(MarketError):
+    """restart/reset need a running order; a waiting spot bid has nothing to stop."""
+
+    names = ("order_not_running",)
+
+
+class OrderNotStopped(MarketError):
+    names = ("order_not_stopped",)
+
+
+class OrderAlreadyStopped(MarketError):
+    names = ("order_already_stopped",)
+
+
+class GpusNotFree(MarketError):
+    """``start_order``: its GPUs are rented by someone else now; the order stays stopped."""
+
+    names = ("gpus_not_free",)
+
+    @property
+    def gpu_count(self) -> int | None:
+        return self._int("gpu_count")
+
+
+class StopNotSupported(MarketError):
+    """The server's agent cannot keep a stopped rental or a volume (its host must update it)."""
+
+    names = ("stop_not_supported",)
+
+
+class ExtendOutOfRange(MarketError):
+    names = ("extend_out_of_range",)
+
+    @property
+    def max_hours(self) -> int | None:
+        """The most hours the order may be extended by now."""
+        return self._int("max_hours")
+
+
+class DiskNotOffered(MarketError):
+    names = ("disk_not_offered",)
+
+
+class DiskOutOfRange(MarketError):
+    names = ("disk_gb_out_of_range",)
+
+    @property
+    def max_disk_gb(self) -> int | None:
+        return self._int("max_disk_gb")
+
+
+class VolumeDoesNotExist(MarketError):
+    names = ("volume_dont_exist",)
+
+    @property
+    def volume_id(self) -> int | None:
+        return self._int("volume_id")
+
+
+class VolumeNotOnServer(MarketError):
+    """A volume is mounted only by orders on the server it lives on."""
+
+    names = ("volume_not_on_server",)
+
+    @property
+    def volume_id(self) -> int | None:
+        return self._int("volume_id")
+
+
+class VolumeInUse(MarketError):
+    names = ("volume_in_use",)
+
+    @property
+    def orders(self) -> list[int]:
+        """The live orders that mount it (end them first)."""
+        return [int(i) for i in self.response.get("orders") or []]
+
+
+class VolumeLimitReached(MarketError):
+    names = ("volume_limit_reached",)
+
+    @property
+    def limit(self) -> int | None:
+        return self._int("limit")
+
+
 MARKET_ERRORS: dict[str, type[MarketError]] = {
     name: cls
     for cls in (
@@ -393,6 +505,18 @@ MARKET_ERRORS: dict[str, type[MarketError]] = {
         WebhookUrlNotAllowed,
         PartialGpuRentalOff,
         GpuCountOutOfRange,
+        OrderNotRunning,
+        OrderNotStopped,
+        OrderAlreadyStopped,
+        GpusNotFree,
+        StopNotSupported,
+        ExtendOutOfRange,
+        DiskNotOffered,
+        DiskOutOfRange,
+        VolumeDoesNotExist,
+        VolumeNotOnServer,
+        VolumeInUse,
+        VolumeLimitReached,
     )
     for name in cls.names
 }

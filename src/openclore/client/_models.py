@@ -187,6 +187,13 @@ class Marketplace(CloreModel):
 _TCP_PORT = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
+class OrderVolume(CloreModel):
+    """openclore: a volume an order mounts, and where in its container."""
+
+    id: int
+    path: str
+
+
 class Order(CloreModel):
     """An order or spot offer (``my_orders``; ``create_order``'s ``order``)."""
 
@@ -218,10 +225,30 @@ class Order(CloreModel):
     oc: list[dict[str, float]] | None = Field(None, description="GigaSPOT GPU settings")
     oc_failed: bool | None = Field(None, description="the host could not apply oc")
     running: bool | None = Field(None, description="openclore: the container runs now")
-    state: str | None = Field(None, description="openclore: runtime state reported by the agent")
+    state: str | None = Field(
+        None,
+        description="openclore: running (or what its container does while it holds its GPUs: "
+        "pulling, starting, crash_loop…), stopped, waiting, paused or ended",
+    )
+    container_state: str | None = Field(None, description="openclore: as the host's agent said")
+    error: str | None = Field(None, description="openclore: why its container cannot run")
     simulated: bool | None = Field(None, description="openclore: a demo server's order")
     gpus: list[int] | None = Field(None, description="openclore: the GPU indices it holds")
     gpu_count: int | None = Field(None, description="openclore: how many GPUs it rents")
+    # keeping work (openclore, SPEC §8):
+    disk_gb: int | None = Field(None, description="the disk it keeps while stopped, GB")
+    storage_per_day: Decimal | None = Field(None, description="what it pays per day stopped")
+    storage_spend: Decimal | None = Field(None, description="storage paid so far")
+    stop_reason: str | None = Field(None, description="while stopped: user, timer or preempted")
+    volumes: list[OrderVolume] = Field(default_factory=list, description="volumes it mounts")
+    stop_at: int | None = Field(None, description="when its stop_after timer stops it, unix s")
+    restarts: int | None = Field(None, description="restart_order calls so far")
+    resets: int | None = Field(None, description="reset_order calls so far")
+
+    @property
+    def stopped(self) -> bool:
+        """openclore: it holds no GPU and keeps its disk (``start_order`` runs it again)."""
+        return self.state == "stopped"
 
     @property
     def type(self) -> Literal["spot", "on-demand"]:
@@ -283,6 +310,28 @@ class SpotMarketplace(CloreModel):
     @property
     def offers(self) -> list[SpotOffer]:
         return self.market.offers if self.market else []
+
+
+class Volume(CloreModel):
+    """openclore: a renter's volume (SPEC §8): storage on one server that outlives every order,
+    billed ``price_per_day`` from creation to deletion; orders on its server mount it."""
+
+    id: int
+    name: str
+    server_id: int
+    size_gb: int
+    currency: str
+    price_per_day: Decimal = Field(description="size_gb × the host's storage price per GB")
+    state: Literal["creating", "ready", "gone", "ended", "deleted"] | str = Field(
+        description="creating (its host's agent makes it), ready, gone (the host lost it), "
+        "ended (the server left, or the balance ran out), deleted"
+    )
+    created_at: int
+    ended_at: int | None = None
+    spend: Decimal = Field(Decimal(0), description="paid so far")
+    quota: bool | None = Field(None, description="the host enforces size_gb (None: not known)")
+    mounted_by: list[int] = Field(default_factory=list, description="live orders mounting it")
+    error: str | None = Field(None, description="what the host's agent said went wrong")
 
 
 class AddedServer(CloreModel):
@@ -397,6 +446,21 @@ class SpotMarketplaceResponse(Envelope, SpotMarketplace):
     pass
 
 
+class OrderResponse(Envelope):
+    """openclore ``stop_order`` / ``start_order``: the order as it is now."""
+
+    order: Order
+
+
+class VolumesResponse(Envelope):
+    volumes: list[Volume] = Field(default_factory=list)
+
+
+class CreateVolumeResponse(Envelope):
+    volume_id: int
+    volume: Volume
+
+
 class CreateOrderResponse(Envelope):
     """openclore adds ``order_id`` and ``order``; Clore sends ``{"code":0}`` alone."""
 
@@ -408,8 +472,10 @@ class Event(CloreModel):
     """One market event (openclore): ``order.created``, ``order.running``, ``order.outbid``,
     ``order.paused``, ``order.failed``, ``order.ended``, ``balance.low``, ``server.online``,
     ``server.offline``, ``deposit.credited``, ``withdrawal.requested``, ``withdrawal.approved``,
-    ``withdrawal.rejected``, ``balance.adjusted``, ``webhook.ping``. ``id`` grows in commit
-    order: dedupe and resume on it."""
+    ``withdrawal.rejected``, ``balance.adjusted``, ``webhook.ping``, ``order.stopped``,
+    ``order.restarted``, ``order.reset``, ``order.extended``, ``volume.created``,
+    ``volume.ready``, ``volume.gone``, ``volume.deleted``, ``volume.ended``. ``id`` grows in
+    commit order: dedupe and resume on it."""
 
     id: int
     type: str

@@ -14,7 +14,7 @@ from openclore.domain.errors import MarketError
 from openclore.domain.spot import lowest_bid, runway, seconds_until_lowering
 from openclore.ledger.ledger import account_key
 from openclore.market.orders import my_orders
-from openclore.market.servers import prices_of, remove_server
+from openclore.market.servers import prices_of, remove_server, storage_prices
 from openclore.store.schema import (
     accounts,
     events,
@@ -76,6 +76,13 @@ def ssh_line(order: dict[str, Any]) -> str | None:
     if port and hosts:
         return f"ssh root@{hosts[0]} -p {port}"
     return None
+
+
+def storage_offer(conn: Connection, server_id: int, currencies: list[str]) -> dict[str, Any]:
+    """What a server offers to keep (SPEC §8): the disk each rental gets at most (``disk_gb``,
+    None: none offered) and the storage price per GB per day in each currency."""
+    disk = conn.execute(select(servers.c.disk_gb).where(servers.c.id == server_id)).scalar()
+    return {"disk_gb": disk, "storage_pricing": storage_prices(conn, server_id, currencies)}
 
 
 def rent_quote(price_per_day: int, balance: int, settings: Settings) -> dict[str, int]:

@@ -389,9 +389,25 @@ def server_config(conn: Connection, user_id: int, name: str, settings: Settings)
             "autoprice": {c: autoprice.get(c, False) for c in settings.currencies},
             "partial_gpu_rental": bool(row["partial_gpu_rental"]),
             "min_gpus": row["min_gpus"],
+            # keeping work (SPEC §8): what set_server_settings' disk_gb and storage_price set
+            "disk_gb": row["disk_gb"] or 0,
+            "storage_pricing": storage_prices(conn, row["id"], settings.currencies),
         },
         "creation_completed": True,
     }
+
+
+def storage_prices(conn: Connection, server_id: int, currencies: list[str]) -> dict[str, Coins]:
+    """The host's storage price per GB per day, per currency (0: storage is free there)."""
+    found = {
+        r.currency: int(r.storage or 0)
+        for r in conn.execute(
+            select(server_prices.c.currency, server_prices.c.storage).where(
+                server_prices.c.server_id == server_id
+            )
+        )
+    }
+    return {c: to_coins(found.get(c, 0)) for c in currencies}
 
 
 def set_server_settings(
