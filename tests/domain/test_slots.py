@@ -168,8 +168,21 @@ def test_bids_rank_by_price_per_slot_then_the_earlier_bid() -> None:
     d = od(9, 1, k=1)
     assert [x.id for x in ranked([a, b, c, d])] == [9, 4, 3, 5]
     assert [x.id for x in ranked_bids([a, b, c, d])] == [4, 3, 5]
-    assert rank_key(a) == (True, Fraction(-10), 5)
-    assert rank_key(d) == (False, Fraction(-1), 9)
+    assert rank_key(a) == (True, False, Fraction(-10), 5)
+    assert rank_key(d) == (False, True, Fraction(-1), 9)
+
+
+def test_running_on_demand_orders_keep_their_slots_before_one_that_starts_again() -> None:
+    # a stopped on-demand order (id 1, not holding) started again ranks after the running
+    # on-demand order (id 2, holding slots 0-2), whatever their ids and prices (SPEC §8)
+    again = od(1, 10, k=2)
+    running = dataclasses.replace(od(2, 1, k=3), held=(0, 1, 2))
+    assert [x.id for x in ranked([again, running])] == [2, 1]
+    assert allocate(4, [again, running], online=True, now=0, starvation_seconds=None) == {
+        2: (0, 1, 2),
+        1: (),
+    }
+    assert rank_key(running) == (False, False, Fraction(-1, 3), 2)
 
 
 def test_ranking_is_exact_where_a_float_would_tie() -> None:
@@ -578,9 +591,12 @@ def test_whole_server_orders_run_exactly_as_today(
     book: tuple[int, list[Claim]], online: bool, starve: int | None
 ) -> None:
     n, claims = book
+    # the database keeps one live (not stopped) whole-server on-demand order per server
+    first = next((c for c in claims if not c.spot), None)
+    claims = [c for c in claims if c.spot or c is first]
     got = allocate(n, claims, online=online, now=NOW, starvation_seconds=starve)
     running = [id_ for id_, slots in got.items() if slots]
-    today = choose_running(online, whole_server_live(book))
+    today = choose_running(online, whole_server_live((n, claims)))
     assert running == ([] if today is None else [today])
     assert all(got[id_] == tuple(range(n)) for id_ in running)
 

@@ -79,9 +79,16 @@ def bid_meets_minimum(bid_per_day: int, k: int, server_min_per_day: int, n: int)
     return bid_per_day * n >= server_min_per_day * k
 
 
-def rank_key(claim: Claim) -> tuple[bool, Fraction, int]:
-    """On-demand before spot, then the higher price per slot (exact), then the earlier order."""
-    return (claim.spot, -Fraction(claim.price, claim.k), claim.id)
+def rank_key(claim: Claim) -> tuple[bool, bool, Fraction, int]:
+    """On-demand before spot, running on-demand orders before the one starting (they keep their
+    slots: a stopped order started again comes after them, SPEC §8), then the higher price per
+    slot (exact), then the earlier order."""
+    return (
+        claim.spot,
+        not claim.spot and not claim.held,
+        -Fraction(claim.price, claim.k),
+        claim.id,
+    )
 
 
 def ranked(claims: Iterable[Claim]) -> list[Claim]:

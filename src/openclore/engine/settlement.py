@@ -6,8 +6,8 @@ carrying cumulative totals), written as SQL so that the cost per tick grows line
 small: no Python loop per order.
 
 Orders this fast path does not take are left to the exact per-server path
-(:func:`openclore.engine.billing.resolve_server`): orders that reach their end of life in this
-tick, and all orders of a wallet that cannot pay for this tick (they end at the last second the
+(:func:`openclore.engine.billing.resolve_server`): orders that reach their end of life or their
+stop timer in this tick, and all orders of a wallet that cannot pay for this tick (they end at the last second the
 balance covers, and the next bid of their server starts right then).
 
 Booking: one ``spend`` transfer per (renter, host) and one ``fee`` transfer per (renter, platform)
@@ -100,6 +100,7 @@ def _candidates(pg: bool, grace: int) -> str:
                      WHERE o.running AND NOT o.expired
                        AND o.billed_at < {paid_until}
                        AND o.ct + o.mrl > :now
+                       AND (o.stop_at IS NULL OR o.stop_at > :now)
                   ) AS b
               ) AS c
             """
