@@ -58,7 +58,8 @@ def _restart_order(state: AppState, call: Call) -> dict[str, Any]:
     number = state.db_write(
         lambda conn: keeping_service.restart_order(
             conn, _uid(call), req.id, call.now, actor=_actor(call)
-        )
+        ),
+        answer=lambda n: {"restart": n},  # what an Idempotency-Key replays
     )
     return {"restart": number}
 
@@ -68,7 +69,8 @@ def _reset_order(state: AppState, call: Call) -> dict[str, Any]:
     generation = state.db_write(
         lambda conn: keeping_service.reset_order(
             conn, _uid(call), req.id, call.now, actor=_actor(call)
-        )
+        ),
+        answer=lambda n: {"generation": n},
     )
     return {"generation": generation}
 
@@ -78,7 +80,8 @@ def _extend_order(state: AppState, call: Call) -> dict[str, Any]:
     mrl = state.db_write(
         lambda conn: keeping_service.extend_order(
             conn, _uid(call), req.id, req.hours, call.now, actor=_actor(call)
-        )
+        ),
+        answer=lambda n: {"mrl": n},
     )
     return {"mrl": mrl}
 

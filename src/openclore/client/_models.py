@@ -97,6 +97,10 @@ class ServerConfig(CloreModel):
     autoprice: dict[str, str | bool] = Field(
         default_factory=dict, description='"usd": the currency follows usd_pricing'
     )
+    disk_gb: int | None = Field(None, description="openclore: the disk each rental gets (0: none)")
+    storage_pricing: CoinMap = Field(
+        default_factory=dict, description="openclore: storage price per GB per day"
+    )
 
 
 class UsdPrice(CloreModel):
