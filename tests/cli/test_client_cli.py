@@ -469,9 +469,9 @@ def test_narrow_terminals_fold_rather_than_squeeze(capsys: pytest.CaptureFixture
     from openclore.cli.commands.orders import ORDER_COLUMNS
     from openclore.cli.output import fit_columns, print_table
 
-    row = ["7", "3", "on-demand", "0.00001 bitcoin", "0.0000042", "running", "1d0h"]
+    row = ["7", "3", "on-demand", "0.00001 bitcoin", "0.0000042", "running", "50 GB", "1d0h"]
     ssh = f"ssh -p 40001 root@{HOST}"
-    # the least important columns go first: spent, server, type, then age and state
+    # the least important columns go first: spent, server, type, storage, then age and state
     assert [ORDER_COLUMNS[i].name for i in fit_columns(ORDER_COLUMNS, [[*row, ssh]], 70)] == [
         "id",
         "price/day",

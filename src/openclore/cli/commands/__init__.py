@@ -1,7 +1,8 @@
 """``openclore`` commands that drive a Clore-compatible market over its API (openclore or Clore.ai).
 
-One module per group: :mod:`.market` (what is for rent), :mod:`.orders` (renting), :mod:`.money`,
-:mod:`.events`, :mod:`.servers` (hosting); what they share (the ``--json``/``--profile``/
+One module per group: :mod:`.market` (what is for rent), :mod:`.orders` (renting), :mod:`.keeping`
+(stop, start, restart, reset, extend, volumes), :mod:`.money`, :mod:`.events`, :mod:`.servers`
+(hosting); what they share (the ``--json``/``--profile``/
 ``--url``/``--api-key`` options, the error handling) is in :mod:`.common`, where the commands go
 in :mod:`openclore.cli.profiles`, tables and formatting in :mod:`openclore.cli.output`.
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import typer
 
-from openclore.cli.commands import events, market, money, orders, servers
+from openclore.cli.commands import events, keeping, market, money, orders, servers
 from openclore.cli.commands.common import PANEL_HOST, PANEL_MONEY, PANEL_RENT
 
 client_app = typer.Typer(no_args_is_help=True)
@@ -20,12 +21,22 @@ host_app = typer.Typer(
     help="Servers you host: add one, change its prices and availability.", no_args_is_help=True
 )
 client_app.add_typer(host_app, name="server", rich_help_panel=PANEL_HOST)
+volume_app = typer.Typer(
+    help="Your volumes: storage on one server that outlives every order (openclore).",
+    no_args_is_help=True,
+)
+client_app.add_typer(volume_app, name="volume", rich_help_panel=PANEL_RENT)
 
 for panel, command in (
     (PANEL_RENT, market.market),
     (PANEL_RENT, orders.rent),
     (PANEL_RENT, orders.orders),
     (PANEL_RENT, orders.cancel),
+    (PANEL_RENT, keeping.stop),
+    (PANEL_RENT, keeping.start),
+    (PANEL_RENT, keeping.restart),
+    (PANEL_RENT, keeping.reset),
+    (PANEL_RENT, keeping.extend),
     (PANEL_RENT, orders.logs),
     (PANEL_RENT, orders.bid),
     (PANEL_RENT, market.spot),
@@ -42,3 +53,6 @@ for panel, command in (
     client_app.command(rich_help_panel=panel)(command)
 host_app.command("add")(servers.server_add)
 host_app.command("set")(servers.server_set)
+volume_app.command("create")(keeping.volume_create)
+volume_app.command("list")(keeping.volume_list)
+volume_app.command("delete")(keeping.volume_delete)

@@ -168,7 +168,20 @@ _EXTRA_WORDS = {
     "limit_left": "Left today:",
     "reason": "Why:",
     "time_to_lowering": "Seconds left:",
+    "max_hours": "Hours allowed at most:",
+    "max_disk_gb": "GB allowed at most:",
+    "orders": "Mounted by orders:",
+    "volume_id": "Volume:",
+    "gpu_count": "GPUs:",
+    "min_gpus": "Fewest GPUs:",
+    "max_gpus": "Most GPUs:",
 }
+
+
+def _extra_text(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(fmt_any(v) for v in value)
+    return fmt_any(value)
 
 
 def explain(exc: BaseException, target: Target | None = None) -> str:
@@ -188,7 +201,9 @@ def explain(exc: BaseException, target: Target | None = None) -> str:
         # the sentence people read (the error registry's), then the name scripts match on
         kind = REGISTRY.get(exc.name)
         text = kind.message if kind is not None else "The market refused this."
-        extra = "; ".join(f"{_EXTRA_WORDS.get(k, k)} {fmt_any(v)}" for k, v in exc.extra.items())
+        extra = "; ".join(
+            f"{_EXTRA_WORDS.get(k, k)} {_extra_text(v)}" for k, v in exc.extra.items()
+        )
         return f"{text}{' ' + extra if extra else ''} ({exc.name})"
     if isinstance(exc, InvalidToken):
         where = f" for {target.url}" if target else ""

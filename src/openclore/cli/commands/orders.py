@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from openclore.cli.commands.common import Ctx, client_command, parse_decimal
+from openclore.cli.commands.keeping import parse_duration, parse_volumes, storage_cell
 from openclore.cli.output import (
     Column,
     age,
@@ -73,6 +74,8 @@ def order_ready(order: Order, want_ssh: bool) -> bool:
 def describe(order: Order) -> str:
     if order.expired:
         return "ended"
+    if order.stopped and order.stop_reason:
+        return f"stopped ({order.stop_reason})"
     if order.state:
         return order.state
     if order.running is not None:
@@ -199,6 +202,23 @@ def rent(
             " with --spot, the bid is for these GPUs. Default: the whole server.",
         ),
     ] = None,
+    disk: Annotated[
+        int | None,
+        typer.Option(
+            "--disk", min=1, help="GB of disk it keeps when stopped (default: all the host offers)."
+        ),
+    ] = None,
+    volume: Annotated[
+        list[str] | None,
+        typer.Option("--volume", help="VOLUME_ID:/path, a volume of yours to mount, repeatable."),
+    ] = None,
+    stop_after: Annotated[
+        str | None,
+        typer.Option(help="Stop it after this long (3600, 90m, 12h, 7d); it keeps its disk."),
+    ] = None,
+    terminate_after: Annotated[
+        str | None, typer.Option(help="End it after this long (3600, 90m, 12h, 7d).")
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait until it runs, then print the SSH command.")
     ] = False,
@@ -206,6 +226,9 @@ def rent(
 ) -> None:
     """Rent SERVER: on-demand, or a spot bid with --spot PRICE."""
     ports = parse_ports(port or ["22:tcp"])
+    mounts = parse_volumes(volume or [])
+    stop_in = parse_duration(stop_after, "--stop-after") if stop_after else None
+    end_in = parse_duration(terminate_after, "--terminate-after") if terminate_after else None
     variables = parse_env(env or [])
     bid = parse_decimal(spot, "--spot") if spot is not None else None
     required = parse_decimal(required_price, "--required-price") if required_price else None
@@ -229,6 +252,10 @@ def rent(
                 required_price=required,
                 dockerhub_auth=registry_login,
                 gpu_count=gpus,
+                disk_gb=disk,
+                volumes=mounts or None,
+                stop_after=stop_in,
+                terminate_after=end_in,
             ),
         )
         if not c.json:
@@ -238,6 +265,11 @@ def rent(
                 f"order {order.id}: {kind} {order.currency}/day on server {order.si}{share}, "
                 f"image {order.image}"
             )
+            if order.disk_gb is not None:
+                out.print(
+                    f"disk {order.disk_gb} GB, kept when stopped for "
+                    f"{fmt(order.storage_per_day)} {order.currency}/day"
+                )
         if wait:
             order = wait_for_order(client, order, "22" in ports, timeout, quiet=c.json)
     if c.json:
@@ -274,6 +306,7 @@ ORDER_COLUMNS = [
     Column("price/day", 1, "right"),
     Column("spent", 7, "right"),
     Column("state", 2),
+    Column("storage", 4),
     Column("age", 3),
     Column("connect", 0, fold=True),
 ]
@@ -301,6 +334,7 @@ def orders(
                 f"{fmt(o.price)} {o.currency or ''}".rstrip(),
                 fmt(o.spend),
                 describe(o),
+                storage_cell(o),
                 age(o.ct, now),
                 "-" if o.expired else (o.ssh_command() or ", ".join(o.tcp_ports) or "-"),
             ]

@@ -85,12 +85,25 @@ def server_set(
         bool | None,
         typer.Option("--available/--hidden", help="List it for rent, or hide it."),
     ] = None,
+    disk: Annotated[
+        int | None,
+        typer.Option("--disk", min=0, help="GB of disk each rental gets (0: none offered)."),
+    ] = None,
+    storage_price: Annotated[
+        str | None,
+        typer.Option(help="What kept disk and volumes pay per GB per day (in --currency)."),
+    ] = None,
 ) -> None:
-    """Change your server's prices, maximum rental length and availability."""
+    """Change your server's prices, maximum rental length, availability and storage."""
     on_demand = parse_decimal(price, "--price") if price is not None else None
     minimum = parse_decimal(spot, "--spot") if spot is not None else None
-    if on_demand is None and minimum is None and mrl is None and available is None:
-        fail("nothing to change: give --price, --spot, --mrl, --available or --hidden")
+    storage = parse_decimal(storage_price, "--storage-price") if storage_price else None
+    given = (on_demand, minimum, mrl, available, disk, storage)
+    if all(v is None for v in given):
+        fail(
+            "nothing to change: give --price, --spot, --mrl, --available, --hidden, --disk "
+            "or --storage-price"
+        )
     with c.session() as client:
         call(
             f"updating {name!r}…",
@@ -101,6 +114,8 @@ def server_set(
                 on_demand=on_demand,
                 spot=minimum,
                 currency=currency,
+                disk_gb=disk,
+                storage_price=storage,
             ),
         )
     changes: dict[str, Any] = {
@@ -110,6 +125,8 @@ def server_set(
             ("spot", minimum),
             ("mrl", mrl),
             ("availability", available),
+            ("disk_gb", disk),
+            ("storage_price", storage),
         )
         if v is not None
     }
