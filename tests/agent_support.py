@@ -173,7 +173,9 @@ def wait_order_state(
 
     def check() -> bool:
         result.update(my_order(client, order_id))
-        return result.get("state") == state
+        # the order's state, or its container's as the agent reported it (an ended order's
+        # container is "stopped" once removed)
+        return state in (result.get("state"), result.get("container_state"))
 
     try:
         wait_for(check, timeout, interval=0.05)

@@ -237,9 +237,13 @@ def test_outbid_spot_order_is_stopped_and_the_winner_started(
         wait_order_state(low, first["order_id"], "running")
         second = ok(high.post("/v1/create_order", json=spot_body(sid, "0.000003", image=IMAGE)))
         wait_order_state(high, second["order_id"], "running")
-        wait_order_state(low, first["order_id"], "stopped")
-        keys = {c.labels["openclore.key"] for c in engine.containers.values()}
-        assert keys == {f"order-{second['order_id']}"}
+        # outbid: stopped, its container kept (not running) with its disk (SPEC §8)
+        wait_order_state(low, first["order_id"], "halted")
+        states = {c.labels["openclore.key"]: c.state for c in engine.containers.values()}
+        assert states == {
+            f"order-{second['order_id']}": "running",
+            f"order-{first['order_id']}": "exited",
+        }
     finally:
         running.stop()
 
@@ -256,9 +260,12 @@ def test_preempted_spot_order_gives_way_to_on_demand(market: Market, tmp_path: P
         wait_order_state(bidder, spot["order_id"], "running")
         oid = ok(renter.post("/v1/create_order", json=order_body(sid, image=IMAGE)))["order_id"]
         wait_order_state(renter, oid, "running")
-        wait_order_state(bidder, spot["order_id"], "stopped")
-        keys = {c.labels["openclore.key"] for c in engine.containers.values()}
-        assert keys == {f"order-{oid}"}
+        wait_order_state(bidder, spot["order_id"], "halted")
+        states = {c.labels["openclore.key"]: c.state for c in engine.containers.values()}
+        assert states == {f"order-{oid}": "running", f"order-{spot['order_id']}": "exited"}
+        # the on-demand order leaves: the preempted bid starts again in its kept container
+        ok(renter.post("/v1/cancel_order", json={"id": oid}))
+        wait_order_state(bidder, spot["order_id"], "running")
     finally:
         running.stop()
 

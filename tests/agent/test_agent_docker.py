@@ -249,9 +249,20 @@ def test_expiry_and_outbid_stop_the_container(
         wait_order_state(low, first["order_id"], "running")
         second = ok(high.post("/v1/create_order", json=spot_body(sid, "0.000003", image=IMAGE)))
         wait_order_state(high, second["order_id"], "running")
-        wait_order_state(low, first["order_id"], "stopped")
-        keys = [x.labels[LABEL_KEY] for x in containers(docker_client, docker_run)]
-        assert keys == [f"order-{second['order_id']}"]
+        # the outbid bid is stopped, not ended: its container is kept, stopped, with its disk
+        # (SPEC §8), and starts again when the bid wins again
+        wait_order_state(low, first["order_id"], "halted")
+
+        def kept() -> bool:
+            found = {x.labels[LABEL_KEY]: x.status for x in containers(docker_client, docker_run)}
+            return found == {
+                f"order-{second['order_id']}": "running",
+                f"order-{first['order_id']}": "exited",
+            }
+
+        wait_for(kept, 15, what="the outbid container kept, stopped")
+        ok(high.post("/v1/cancel_order", json={"id": second["order_id"]}))
+        wait_order_state(low, first["order_id"], "running")
     finally:
         agent.stop()
 

@@ -7,8 +7,8 @@ small: no Python loop per order.
 
 Orders this fast path does not take are left to the exact per-server path
 (:func:`openclore.engine.billing.resolve_server`): orders that reach their end of life or their
-stop timer in this tick, and all orders of a wallet that cannot pay for this tick (they end at the last second the
-balance covers, and the next bid of their server starts right then).
+stop timer in this tick, and all orders of a wallet that cannot pay for this tick (they end at
+the last second the balance covers, and the next bid of their server starts right then).
 
 Booking: one ``spend`` transfer per (renter, host) and one ``fee`` transfer per (renter, platform)
 and tick, each order's share of it in ``order_charges`` (statements show the shares, one entry per

@@ -58,7 +58,9 @@ def storage_bill(
         spend = segment_spend(rate, 0, 0, total)
     fee = fee_for(spend, fee_bp)
     if spend > spent and renter is not None:
-        owner = conn.execute(select(servers.c.owner_id).where(servers.c.id == server_id)).scalar()
+        owner = conn.execute(
+            select(servers.c.owner_id).where(servers.c.id == server_id)
+        ).scalar_one()
         host = wallet_id(conn, int(owner), currency)
         platform = system_account_id(conn, "platform", currency)
         if host is None:

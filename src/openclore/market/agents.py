@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import ColumnElement, Connection, select, update
 
 from openclore.domain.gpu_settings import check_gpu_limits
 from openclore.domain.specs import UNSAFE_TEXT, check_gpu_array, check_specs
@@ -341,7 +341,7 @@ def desired_for(conn: Connection, server_id: int) -> list[DesiredContainer] | No
     if server is None or server.removed_at is not None:
         return None
     keeps = (server.agent_protocol or 0) >= KEEP_PROTOCOL
-    kept = orders.c.running.is_(True)
+    kept: ColumnElement[bool] = orders.c.running.is_(True)
     if keeps:  # stopped orders' containers are kept, stopped, with their disk (SPEC §8)
         kept = kept | orders.c.stopped.is_(True)
     live = conn.execute(
