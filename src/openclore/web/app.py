@@ -25,6 +25,7 @@ from openclore.web.context import HERE, Console
 from openclore.web.pages import (
     account,
     host,
+    keeping,
     money,
     operator,
     operator_money,
@@ -57,6 +58,7 @@ API_PREFIXES = (
 ROUTES: list[Route] = [
     *signin.ROUTES,
     *renter.ROUTES,
+    *keeping.ROUTES,
     *money.ROUTES,
     *account.ROUTES,
     *host.ROUTES,

@@ -36,4 +36,11 @@ def error_text(t: Callable[[Request, str], str], request: Request, exc: CloreErr
         text += " " + t(request, "Lowest allowed now:") + f" {extra['max_step']}"
     if "min_price" in extra:
         text += " " + t(request, "Minimum:") + f" {extra['min_price']}"
+    if "max_hours" in extra:
+        text += " " + t(request, "Hours allowed at most:") + f" {extra['max_hours']}"
+    if "max_disk_gb" in extra:
+        text += " " + t(request, "GB allowed at most:") + f" {extra['max_disk_gb']}"
+    if extra.get("orders"):
+        orders = ", ".join(f"#{o}" for o in extra["orders"])
+        text += " " + t(request, "Mounted by orders:") + f" {orders}"
     return text

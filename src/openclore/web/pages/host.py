@@ -104,8 +104,11 @@ async def host_server_save(c: Console, request: Request) -> Response:
             least = fields.get("min_gpus", "").strip()
             if least:
                 body["min_gpus"] = int(least) if least.isdigit() else least
+        disk = fields.get("disk_gb", "").strip()
+        if disk:  # the disk each rental gets (0: none offered)
+            body["disk_gb"] = int(disk) if disk.isdigit() and len(disk) < 9 else disk
         for currency in settings.currencies:
-            for kind in ("on_demand", "spot"):
+            for kind in ("on_demand", "spot", "storage"):
                 raw = fields.get(f"{currency}_{kind}", "").strip()
                 if raw:
                     body[f"{currency}_{kind}"] = price_input(raw)

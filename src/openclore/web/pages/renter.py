@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.parse
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import Connection
@@ -18,6 +19,7 @@ from openclore.market import inputs, read_models, search, sessions
 from openclore.market import logs as logs_service
 from openclore.market import orders as order_service
 from openclore.market import servers as server_service
+from openclore.market import volumes as volume_service
 from openclore.market import wallets as wallet_service
 from openclore.web.common import actor, kv_lines, price_input
 from openclore.web.context import Console
@@ -86,9 +88,15 @@ async def server_page(c: Console, request: Request) -> Response:
             w["name"]: w["balance"].units
             for w in wallet_service.wallets(conn, session.user_id, settings)["wallets"]
         }
-        return found, book, balances
+        offer = read_models.storage_offer(conn, server_id, settings.currencies)
+        volumes = [
+            v
+            for v in volume_service.my_volumes(conn, session.user_id)["volumes"]
+            if v["server_id"] == server_id and v["state"] in ("creating", "ready")
+        ]
+        return found, book, balances, offer, volumes
 
-    found, book, balances = await c.db(run)
+    found, book, balances, offer, volumes = await c.db(run)
     if found is None:
         return c.render(
             request,
@@ -109,6 +117,8 @@ async def server_page(c: Console, request: Request) -> Response:
         quotes=quotes,
         balances=balances,
         fees=gigaspot_service.renter_fees(settings),  # as /v1/renter_fees answers
+        offer=offer,
+        volumes=volumes,
     )
 
 
@@ -132,6 +142,7 @@ async def rent(c: Console, request: Request) -> Response:
     gpus = fields.get("gpu_count", "").strip()
     if gpus:  # some of a per-GPU server's GPUs (none: the whole server)
         body["gpu_count"] = int(gpus) if gpus.isdigit() else gpus
+    body.update(_keeping_fields(fields))
     try:
         if body["type"] == "spot":
             body["spotprice"] = price_input(fields.get("spotprice", ""))
@@ -146,6 +157,31 @@ async def rent(c: Console, request: Request) -> Response:
     except CloreError as exc:
         return c.failed(request, back, exc)
     return c.redirect(request, "/orders", c.t(request, "Order created."))
+
+
+def _keeping_fields(fields: dict[str, str]) -> dict[str, Any]:
+    """The rent form's disk, volumes (``volume_<id>``: where to mount it, empty: not) and timers
+    (hours) as create_order's ``disk_gb``, ``volumes``, ``stop_after`` and ``terminate_after``;
+    what is not a number goes as typed, for the validation to refuse in its words."""
+    out: dict[str, Any] = {}
+    disk = fields.get("disk_gb", "").strip()
+    if disk:
+        out["disk_gb"] = int(disk) if disk.isdigit() and len(disk) < 9 else disk
+    mounts = {
+        key.removeprefix("volume_"): path.strip()
+        for key, path in fields.items()
+        if key.startswith("volume_") and path.strip()
+    }
+    if mounts:
+        out["volumes"] = mounts
+    for name in ("stop_after", "terminate_after"):
+        raw = fields.get(f"{name}_hours", "").strip()
+        if raw:
+            try:
+                out[name] = int(Decimal(raw) * 3600)
+            except (InvalidOperation, ValueError, OverflowError):
+                out[name] = raw
+    return out
 
 
 async def orders_page(c: Console, request: Request) -> Response:
