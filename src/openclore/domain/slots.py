@@ -83,12 +83,8 @@ def rank_key(claim: Claim) -> tuple[bool, bool, Fraction, int]:
     """On-demand before spot, running on-demand orders before the one starting (they keep their
     slots: a stopped order started again comes after them, SPEC §8), then the higher price per
     slot (exact), then the earlier order."""
-    return (
-        claim.spot,
-        not claim.spot and not claim.held,
-        -Fraction(claim.price, claim.k),
-        claim.id,
-    )
+    starting = not claim.spot and not claim.held
+    return (claim.spot, starting, -Fraction(claim.price, claim.k), claim.id)
 
 
 def ranked(claims: Iterable[Claim]) -> list[Claim]:

@@ -117,16 +117,7 @@ def create_order(
     funds = balance(conn, wallet, lock=True)
     if funds < creation_fee + runway(price, settings.runway_seconds):
         raise MarketError("not_enough_balance")
-    disk_gb = _disk_asked(req, server, k, n)
-    storage_rate = (
-        0 if disk_gb is None else disk_gb * storage_price(conn, server["id"], req.currency)
-    )
-    mounts = checked_mounts(conn, user_id, server["id"], req.volumes)
-    if (mounts or req.stop_after) and not keeps_work(server):
-        raise MarketError("stop_not_supported")
-    mrl = server["mrl_hours"] * 3600
-    if req.terminate_after is not None:  # the order ends then, like at its mrl
-        mrl = min(mrl, req.terminate_after)
+    keeping = _keeping(conn, user_id, req, server, k, n, now)
 
     order_id = inserted_id(
         conn.execute(
@@ -138,7 +129,7 @@ def create_order(
                 price=price,
                 fee_bp=fee_bp,
                 creation_fee=creation_fee,
-                mrl=mrl,
+                mrl=keeping.pop("mrl"),
                 ct=now,
                 image=req.image,
                 command=req.command or "",
@@ -159,10 +150,7 @@ def create_order(
                 gpu_count=k,
                 gpus_wanted=None if wanted is None else list(wanted),
                 gpus=[],
-                disk_gb=disk_gb,
-                storage_rate=storage_rate,
-                mounts=mounts,
-                stop_at=None if req.stop_after is None else now + req.stop_after,
+                **keeping,
             )
         )
     )
@@ -207,6 +195,33 @@ def _slots_asked(
     if not server["min_gpus"] <= asked <= n:
         raise MarketError("gpu_count_out_of_range", min_gpus=server["min_gpus"], max_gpus=n)
     return asked, None if req.gpus is None else tuple(req.gpus)
+
+
+def _keeping(
+    conn: Connection,
+    user_id: int,
+    req: CreateOrderRequest,
+    server: Row,
+    k: int | None,
+    n: int,
+    now: int,
+) -> dict[str, Any]:
+    """A new order's disk, storage rate, volumes, timers and mrl (SPEC §8)."""
+    disk_gb = _disk_asked(req, server, k, n)
+    rate = 0 if disk_gb is None else disk_gb * storage_price(conn, server["id"], req.currency)
+    mounts = checked_mounts(conn, user_id, server["id"], req.volumes)
+    if (mounts or req.stop_after) and not keeps_work(server):
+        raise MarketError("stop_not_supported")
+    mrl = server["mrl_hours"] * 3600
+    if req.terminate_after is not None:  # the order ends then, like at its mrl
+        mrl = min(mrl, req.terminate_after)
+    return {
+        "disk_gb": disk_gb,
+        "storage_rate": rate,
+        "mounts": mounts,
+        "stop_at": None if req.stop_after is None else now + req.stop_after,
+        "mrl": mrl,
+    }
 
 
 def _disk_asked(req: CreateOrderRequest, server: Row, k: int | None, n: int) -> int | None:
