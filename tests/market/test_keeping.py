@@ -12,6 +12,9 @@ from sqlalchemy import select, update
 
 from openclore.domain.money import spend_for, to_coins, to_units
 from openclore.market.agents import desired_for
+from openclore.market.servers import remove_server
+from openclore.market.volumes import apply_volume_reports
+from openclore.protocol import VolumeStatus
 from openclore.store.schema import orders, servers
 
 from support import Market, error, ok, order_body, spot_body
@@ -252,3 +255,33 @@ def test_a_stopped_order_whose_renter_cannot_pay_its_storage_ends(market: Market
     assert order["state"] == "ended"
     assert btc(alice) < Decimal("0.0000001")
     assert ("order.ended", "balance") in event_types(alice)
+
+
+def test_a_volume_the_agent_lost_is_gone_and_a_removed_servers_volumes_end(
+    market: Market,
+) -> None:
+    host = market.user()
+    sid = storage_server(market, host)
+    alice = market.client(market.user(bitcoin="1"))
+    lost = ok(alice.post("/v1/create_volume", json={"server_id": sid, "size_gb": 2, "name": "a"}))
+    kept = ok(alice.post("/v1/create_volume", json={"server_id": sid, "size_gb": 2, "name": "b"}))
+    market.advance(DAY)
+    with market.db.write() as conn:  # the agent reports only the second one
+        held = [VolumeStatus(name=f"openclore-vol-{kept['volume_id']}", ok=True, quota=False)]
+        apply_volume_reports(conn, sid, held, market.now())
+    states = {v["id"]: v for v in ok(alice.get("/v1/volumes"))["volumes"]}
+    assert states[lost["volume_id"]]["state"] == "gone"
+    assert states[lost["volume_id"]]["spend"] == 0.0004  # billed up to the report, then no more
+    assert states[kept["volume_id"]]["quota"] is False
+    market.advance(DAY)
+    assert ok(alice.get("/v1/volumes"))["volumes"][-1]["spend"] == 0.0004
+    with market.db.write() as conn:
+        remove_server(conn, market.user_id(host), "keeper", market.now())
+    (ended,) = [
+        v
+        for v in ok(alice.get("/v1/volumes?include_ended=true"))["volumes"]
+        if v["id"] == kept["volume_id"]
+    ]
+    assert ended["state"] == "ended" and ended["spend"] == 0.0008
+    kinds = event_types(alice)
+    assert ("volume.gone", None) in kinds and ("volume.ended", "server_removed") in kinds
