@@ -12,6 +12,13 @@ The engine bills lazily (at ticks and when a request touches a server), so a few
 depend on what it has already booked; the model follows that too: each server has a time up to
 which the engine has settled it, and the balance the engine checks is the *booked* balance.
 
+Keeping work (SPEC §8): an order the renter stops holds nothing and pays its storage rate
+(``disk_gb`` × the host's storage price per day, fixed at creation) for every second it is
+stopped, ``floor(rate × seconds / 86400)`` with its own fee; a spot order that loses its server
+while the server is online is stopped the same way (``preempted``) but keeps bidding, and runs
+again, without storage, when it wins. A start takes the order's GPUs again or is refused. Running
+on-demand orders keep their GPUs before one that starts again.
+
 A bid that waits longer than ``spot_starvation_seconds`` keeps lower bids off the GPUs it needs;
 the model does not know that rule (tests/test_slots.py pins it): the simulation sets the setting
 beyond its runs.
@@ -63,6 +70,9 @@ class Order:
     end_reason: str | None = None
     last_lowered_at: int | None = None
     gpus: int | None = None  # GPUs asked for on a server rented per GPU; None: the whole server
+    stored: Segment = field(default_factory=lambda: Segment(0))  # storage: rate per day
+    stopped: str | None = None  # "user" (stop_order) | "preempted" (a spot order that lost)
+    running: bool = False  # whether it held GPUs in the last second the model let pass
 
     @property
     def price(self) -> int:
@@ -79,6 +89,12 @@ class Order:
 
     def fee(self) -> int:
         return self.spend() * self.fee_bp // BASIS
+
+    def storage_fee(self) -> int:
+        return self.stored.spend() * self.fee_bp // BASIS
+
+    def booked_storage_fee(self) -> int:
+        return self.stored.booked_spend() * self.fee_bp // BASIS
 
 
 @dataclass
@@ -102,6 +118,8 @@ class Server:
     gpus: int = 1  # its GPUs (slots)
     partial: bool = False  # renters may take some of them
     min_gpus: int = 1
+    disk_gb: int = 0  # the disk each rental gets (0: none offered)
+    storage: int = 0  # per GB per day
 
     def slots(self, order: Order) -> int:
         return self.gpus if order.gpus is None else order.gpus
@@ -149,9 +167,14 @@ class Model:
         s = self.servers[server]
         if not s.online:
             return []
-        live = [o for o in self.live(server, at) if o.ct <= at]
-        out = [o for o in live if not o.spot]
-        free = s.gpus - sum(s.slots(o) for o in out)
+        live = [o for o in self.live(server, at) if o.ct <= at and o.stopped != "user"]
+        out: list[Order] = []
+        free = s.gpus
+        # running on-demand orders keep their GPUs, then one that starts again if it fits
+        for o in sorted((o for o in live if not o.spot), key=lambda o: (not o.running, o.id)):
+            if s.slots(o) <= free:
+                out.append(o)
+                free -= s.slots(o)
         bids = [o for o in live if o.spot]
         # price per GPU, highest first, compared exactly: a/k > b/j <=> a*j > b*k
         for _ in range(len(bids)):
@@ -177,20 +200,38 @@ class Model:
             ]
             stop = min(ends, default=now)
             for server in self.servers:
+                self._transitions(server, t)
                 for holder in self.holders(server, t):
                     holder.segments[-1].seconds += stop - t
             for o in self.orders.values():
+                if o.ended_at is None and o.stopped is not None:
+                    o.stored.seconds += stop - t
                 if o.ended_at is None and o.ct + o.mrl == stop:
                     o.ended_at, o.end_reason = stop, "expired"
             t = stop
         self.now = now
         self._check_runway()
 
+    def _transitions(self, server: int, at: int) -> None:
+        """Who starts and stops running at ``at``: a spot order that loses its GPUs on an
+        online server is stopped (preempted), one that wins them again is not."""
+        holders = {o.id for o in self.holders(server, at)}
+        online = self.servers[server].online
+        for o in self.live(server, at):
+            if o.ct > at:
+                continue
+            runs = o.id in holders
+            if o.running and not runs and o.spot and online:
+                o.stopped = "preempted"
+            if runs and o.stopped == "preempted":
+                o.stopped = None
+            o.running = runs
+
     def _check_runway(self) -> None:
         """Past this point who gets a wallet's last units depends on settling order: stop."""
         for user in self.deposits:
             minute = sum(
-                spend_of(o.price, 60) + 1
+                spend_of(o.price + o.stored.price, 60) + 2
                 for o in self.orders.values()
                 if o.user == user and o.ended_at is None
             )
@@ -198,11 +239,13 @@ class Model:
                 self.diverged = True
 
     def settle(self, server: int) -> None:
-        """The engine has just brought this server up to now."""
+        """The engine has just brought this server up to now (and given its GPUs to whom the
+        rules give them now)."""
+        self._transitions(server, self.now)
         self.servers[server].settled_at = self.now
         for o in self.orders.values():
             if o.server == server:
-                for s in o.segments:
+                for s in [*o.segments, o.stored]:
                     s.booked = s.seconds
 
     def settle_all(self) -> None:
@@ -229,9 +272,9 @@ class Model:
         out = self.deposits.get(user, 0) - self.withdrawn(user)
         for o in self.orders.values():
             if o.user == user:
-                out -= o.creation_fee + o.spend()
+                out -= o.creation_fee + o.spend() + o.stored.spend()
             if self.servers[o.server].owner == user:
-                out += o.spend() - o.fee()
+                out += o.spend() - o.fee() + o.stored.spend() - o.storage_fee()
         return out
 
     def booked_balance(self, user: int) -> int:
@@ -239,10 +282,11 @@ class Model:
         out = self.deposits.get(user, 0) - self.withdrawn(user)
         for o in self.orders.values():
             booked = o.booked_spend()
+            stored = o.stored.booked_spend()
             if o.user == user:
-                out -= o.creation_fee + booked
+                out -= o.creation_fee + booked + stored
             if self.servers[o.server].owner == user:
-                out += booked - booked * o.fee_bp // BASIS
+                out += booked - booked * o.fee_bp // BASIS + stored - o.booked_storage_fee()
         return out
 
     def visibly_live(self, order: Order) -> bool:
@@ -313,7 +357,7 @@ class Model:
             price = server.on_demand * want // server.gpus
             if price <= 0:
                 return "currency-not-allowed"
-            held = sum(server.slots(o) for o in seen if not o.spot)
+            held = sum(server.slots(o) for o in seen if not o.spot and o.stopped != "user")
             if (k is None and held) or held + want > server.gpus:
                 return "server-already-rented"
             fee = self.rules.creation_fee_on_demand
@@ -336,6 +380,7 @@ class Model:
         server = self.servers[server_id]
         k = self.asked(server, gpus)
         on_demand = server.on_demand * (server.gpus if k is None else k) // server.gpus
+        disk = server.disk_gb if k is None else max(1, server.disk_gb * k // server.gpus)
         self.orders[order_id] = Order(
             id=order_id,
             user=user,
@@ -349,8 +394,63 @@ class Model:
             else self.rules.creation_fee_on_demand,
             segments=[Segment(bid if spot else on_demand)],
             gpus=k,
+            stored=Segment(disk * server.storage if server.disk_gb else 0),
         )
         self.settle(server_id)
+
+    def stop(self, order_id: int) -> str | None:
+        """stop_order: the error it must answer, or None (then it is stopped)."""
+        order = self.orders[order_id]
+        if order.ended_at is not None:
+            return "order_not_active"
+        if order.stopped is not None:
+            return "order_already_stopped"
+        if order.spot and not order.running:
+            return "order_not_running"
+        order.stopped, order.running = "user", False
+        self.settle(order.server)
+        return None
+
+    def start(self, order_id: int) -> str | None:
+        """start_order: the error it must answer, or None (then it runs again)."""
+        order = self.orders[order_id]
+        server = self.servers[order.server]
+        if order.ended_at is not None:
+            return "order_not_active"
+        if order.stopped is None:
+            return "order_not_stopped"
+        if not server.online:
+            return "server-offline"
+        # the engine brings the server up to now first: its booked balance is then the truth
+        # for this server's orders
+        booked = {id(s): s.booked for o in self.live(order.server) for s in [*o.segments, o.stored]}
+        for o in self.live(order.server):
+            for seg in [*o.segments, o.stored]:
+                seg.booked = seg.seconds
+        refused: str | None = None
+        if self.booked_balance(order.user) < order.price * self.rules.runway_seconds // DAY:
+            refused = "not_enough_balance"
+        elif (
+            not order.spot
+            and order.gpus is None
+            and any(
+                not o.spot and o.stopped is None and o.id != order_id
+                for o in self.live(order.server)
+            )
+        ):
+            refused = "gpus_not_free"
+        else:
+            before = order.stopped
+            order.stopped = "preempted" if order.spot else None
+            if order.id not in {o.id for o in self.holders(order.server, self.now)}:
+                order.stopped, refused = before, "gpus_not_free"
+        if refused is not None:  # rolled back: nothing was booked
+            for o in self.live(order.server):
+                for seg in [*o.segments, o.stored]:
+                    seg.booked = booked[id(seg)]
+            return refused
+        self.settle(order.server)
+        return None
 
     def cancel(self, order_id: int) -> str | None:
         order = self.orders[order_id]

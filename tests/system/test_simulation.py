@@ -1,6 +1,7 @@
 """A seeded, stateful simulation of the market, with the invariants checked after every step.
 
-Hypothesis drives deposits, on-demand and spot orders, bid raises and lowerings, cancels, servers
+Hypothesis drives deposits, on-demand and spot orders, bid raises and lowerings, cancels, stops
+and starts (SPEC §8: a stopped or preempted order pays its disk's storage), servers
 going offline and online, settings changes, withdrawals (requested, approved, rejected), operator
 refunds and clock jumps (ticks included) through the same market services the API calls, on
 SQLite and PostgreSQL. After every step:
@@ -40,6 +41,7 @@ from openclore.domain.money import to_units
 from openclore.engine.billing import STARVATION_KEY, lock_server, resolve_server
 from openclore.engine.ticker import tick
 from openclore.ledger import ensure_system_accounts
+from openclore.market import keeping as keeping_service
 from openclore.market import orders as order_service
 from openclore.market import servers as server_service
 from openclore.market import statements as statement_service
@@ -59,6 +61,7 @@ STEPS = int(os.environ.get("OPENCLORE_SIM_STEPS", "50"))
 USERS = 4
 SERVERS = 4
 PARTIAL = 3  # the last server has four GPUs and rents them per GPU (SPEC §8)
+STORAGE_PRICE = "0.0000003"  # per GB per day: a stopped order's 10-30 GB cost about a rent
 GPUS = 4
 # prices per day that do not divide 86,400 evenly (but one), so rounding shows
 PRICES = [
@@ -137,6 +140,9 @@ def make_machine(db: Database, stats: dict[str, int]) -> type[RuleBasedStateMach
                             on_demand=Decimal("0.00001"),
                             spot=Decimal("0.000001"),
                             partial_gpu_rental=i == PARTIAL,
+                            # every server but the first offers a disk, priced per GB per day
+                            disk_gb=10 * i,
+                            storage_price=Decimal(STORAGE_PRICE),
                         ),
                         config,
                         T0,
@@ -153,6 +159,8 @@ def make_machine(db: Database, stats: dict[str, int]) -> type[RuleBasedStateMach
                         settled_at=T0,
                         gpus=gpus,
                         partial=i == PARTIAL,
+                        disk_gb=10 * i,
+                        storage=to_units(STORAGE_PRICE),
                     )
 
         def _run(self, fn: Any, expected: str | bool | None = False) -> Any:
@@ -305,6 +313,45 @@ def make_machine(db: Database, stats: dict[str, int]) -> type[RuleBasedStateMach
                 expected,
             )
 
+        @rule(data=st.data())
+        def stop(self, data: st.DataObject) -> None:
+            """A renter stops an order: it keeps its disk and pays for it (SPEC §8)."""
+            if not self.orders:
+                return
+            self._step()
+            oid = data.draw(st.sampled_from(self._live(orders.c.running) or self.orders))
+            owner = self._owner(oid)
+            expected = self.model.stop(oid) if not self.model.diverged else False
+            done = self._run(
+                lambda conn: keeping_service.stop_order(conn, owner, oid, self.now) or True,
+                expected,
+            )
+            stats["stops"] += bool(done)
+
+        @rule(data=st.data(), seconds=st.sampled_from(JUMPS))
+        def pause(self, data: st.DataObject, seconds: int) -> None:
+            """Stop an order, let time pass (the engine ticks), start it again."""
+            self.stop(data)
+            self.advance(seconds)
+            self.start(data)
+
+        @rule(data=st.data())
+        def start(self, data: st.DataObject) -> None:
+            """A renter starts a stopped order again, or is refused and nothing changes."""
+            if not self.orders:
+                return
+            self._step()
+            oid = data.draw(st.sampled_from(self._live(orders.c.stopped) or self.orders))
+            owner = self._owner(oid)
+            expected = self.model.start(oid) if not self.model.diverged else False
+            done = self._run(
+                lambda conn: (
+                    keeping_service.start_order(conn, owner, oid, config, self.now) or True
+                ),
+                expected,
+            )
+            stats["starts"] += bool(done)
+
         @rule(server=st.integers(0, SERVERS - 1), online=st.booleans())
         def set_online(self, server: int, online: bool) -> None:
             self._step()
@@ -371,11 +418,23 @@ def make_machine(db: Database, stats: dict[str, int]) -> type[RuleBasedStateMach
                 stats["ended"] += conn.execute(
                     select(func.count()).where(orders.c.expired.is_(True))
                 ).scalar_one()
+                stats["stored"] += conn.execute(
+                    select(func.count()).where(orders.c.storage_spend > 0)
+                ).scalar_one()
+                stats["preempted"] += conn.execute(
+                    select(func.count()).where(orders.c.stop_reason == "preempted")
+                ).scalar_one()
                 for state, n in conn.execute(
                     select(withdrawals.c.state, func.count()).group_by(withdrawals.c.state)
                 ):
                     stats[state] = stats.get(state, 0) + int(n)
                     stats["withdrawn"] = stats.get("withdrawn", 0) + int(n)
+
+        def _live(self, flag: Any) -> list[int]:
+            """The live orders running (or stopped), to stop (or start) rather than others."""
+            query = select(orders.c.id).where(orders.c.expired.is_(False), flag.is_(True))
+            with db.read() as conn:
+                return [int(i) for i in conn.execute(query.order_by(orders.c.id)).scalars()]
 
         def _owner(self, oid: int) -> int:
             with db.read() as conn:
@@ -452,6 +511,10 @@ def make_machine(db: Database, stats: dict[str, int]) -> type[RuleBasedStateMach
                     fee_leg = booked.get((o.id, "fee"), 0)
                     assert spend_leg + fee_leg == o.spend, (o.id, spend_leg, fee_leg, o.spend)
                     assert fee_leg == o.fee_paid == o.spend * o.fee_bp // 10000
+                    stored = booked.get((o.id, "storage"), 0)
+                    stored_fee = booked.get((o.id, "storage_fee"), 0)
+                    assert stored + stored_fee == o.storage_spend, (o.id, stored, stored_fee)
+                    assert stored_fee == o.storage_fee == o.storage_spend * o.fee_bp // 10000
                     assert booked.get((o.id, "creation_fee"), 0) == o.creation_fee
                     if o.expired:
                         assert not o.running
@@ -481,6 +544,10 @@ def make_machine(db: Database, stats: dict[str, int]) -> type[RuleBasedStateMach
                 assert now["spend"] == want.spend(), (oid, now, want)
                 assert now["active_seconds"] == want.seconds(), (oid, now, want)
                 assert now["fee_paid"] == want.fee()
+                assert booked["storage_spend"] == want.stored.booked_spend(), (oid, booked, want)
+                assert now["stored_seconds"] == want.stored.seconds, (oid, now, want)
+                assert now["storage_spend"] == want.stored.spend(), (oid, now, want)
+                assert now["stopped"] == (want.stopped is not None), (oid, now, want)
                 assert now["expired"] == (want.ended_at is not None), (oid, now, want)
                 if want.ended_at is not None:
                     assert (now["ended_at"], now["end_reason"]) == (want.ended_at, want.end_reason)
@@ -551,6 +618,10 @@ def test_market_simulation(request: pytest.FixtureRequest, backend: str, tmp_pat
         "unmodelled": 0,
         "statements": 0,
         "shared": 0,
+        "stops": 0,
+        "starts": 0,
+        "stored": 0,
+        "preempted": 0,
     }
     machine = make_machine(db, stats)
     machine.TestCase.settings = settings(
@@ -571,6 +642,9 @@ def test_market_simulation(request: pytest.FixtureRequest, backend: str, tmp_pat
         assert stats["statements"] > 1.5 * USERS * stats["runs"], stats
         # the server rented per GPU really ran several orders at once
         assert stats["shared"] > 0, stats
+        # orders were stopped and started again, paid for their disks, and bids were preempted
+        keeping = {k: stats[k] for k in ("stops", "starts", "stored", "preempted")}
+        assert all(keeping.values()), keeping
         # the model stops once a wallet runs dry: most steps must still be checked against it
         assert stats["modelled"] > 2 * stats["unmodelled"], stats
         print(f"simulation on {backend}: {stats}")

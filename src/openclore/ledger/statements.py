@@ -25,8 +25,8 @@ from sqlalchemy import Connection, func, select
 
 from openclore.store.schema import order_charges, transfers
 
-# the host's side of a rental transfer is an earning, not a spend
-_CREDIT_KIND = {"spend": "earning"}
+# the host's side of a rental (or storage) transfer is an earning, not a spend
+_CREDIT_KIND = {"spend": "earning", "storage": "storage_earning"}
 
 
 @dataclass(frozen=True)
