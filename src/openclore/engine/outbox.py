@@ -49,7 +49,9 @@ WITHDRAWAL_REJECTED = "withdrawal.rejected"  # amount and fee back in the wallet
 BALANCE_ADJUSTED = "balance.adjusted"  # an operator's refund or adjustment: reason
 WEBHOOK_PING = "webhook.ping"  # a test delivery, to one webhook only
 # keeping work (SPEC §8)
-ORDER_STOPPED = "order.stopped"  # holds no GPU, keeps its disk: reason user | timer | preempted
+# holds no GPU, keeps its disk: reason user | timer (a preempted spot order is ORDER_OUTBID with
+# stopped: true)
+ORDER_STOPPED = "order.stopped"
 ORDER_RESTARTED = "order.restarted"  # restart_order: the same container starts again
 ORDER_RESET = "order.reset"  # reset_order: a new container from the image
 ORDER_EXTENDED = "order.extended"  # extend_order: mrl (seconds) is the new max rental length
@@ -267,7 +269,9 @@ def record_order_changes(conn: Connection, server_id: int, before: OrderStates, 
                 continue
             # a per-GPU bid may lose its GPUs to a bid that waited too long (no taker: outbid)
             reason = "preempted" if any(not r["spot"] for r in takers) else "outbid"
-            extra = {"gpus_lost": list(lost)} if row["gpu_count"] is not None else {}
+            extra: dict[str, Any] = {}
+            if row["gpu_count"] is not None:
+                extra["gpus_lost"] = list(lost)
             if row["stopped"]:  # it keeps its disk and starts again by itself (SPEC §8)
                 extra["stopped"] = True
             emit(

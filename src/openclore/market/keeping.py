@@ -112,7 +112,8 @@ def start_order(
     if not order["spot"] and order["gpu_count"] is None:
         others = [o for o in live_orders(conn, server["id"]) if o["id"] != order_id]
         if any(not o["spot"] and not o["stopped"] for o in others):
-            raise MarketError("gpus_not_free")  # another on-demand order rents it whole
+            # another on-demand order rents (some of) it
+            raise MarketError("gpus_not_free", gpu_count=slot_count(server["gpu_array"]))
     values: dict[str, Any] = {"stopped": False, "stop_reason": None, "stored_at": None}
     if order["spot"]:
         # back in the book: it runs now if its bid wins its slots, else the start is refused

@@ -19,7 +19,11 @@ depends_on = None
 
 RUNNING_WHOLE = "NOT spot AND NOT expired AND NOT stopped AND gpu_count IS NULL"
 WHOLE = "NOT spot AND NOT expired AND gpu_count IS NULL"
-ZERO = {"nullable": False, "server_default": "0"}
+
+
+def _zero(name: str, type_: type[sa.Integer] | type[sa.BigInteger]) -> sa.Column[int]:
+    """A counter that starts at 0 (existing rows too)."""
+    return sa.Column(name, type_(), nullable=False, server_default="0")
 
 
 def upgrade() -> None:
@@ -29,7 +33,7 @@ def upgrade() -> None:
             batch_op.f("ck_servers_disk_gb_positive"), "disk_gb IS NULL OR disk_gb >= 1"
         )
     with op.batch_alter_table("server_prices", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("storage", sa.BigInteger(), **ZERO))
+        batch_op.add_column(_zero("storage", sa.BigInteger))
         batch_op.create_check_constraint(
             batch_op.f("ck_server_prices_storage_not_negative"), "storage >= 0"
         )
@@ -40,11 +44,11 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("stop_reason", sa.String(16), nullable=True))
         batch_op.add_column(sa.Column("disk_gb", sa.Integer(), nullable=True))
         for name in ("storage_rate", "stored_seconds", "storage_spend", "storage_fee"):
-            batch_op.add_column(sa.Column(name, sa.BigInteger(), **ZERO))
+            batch_op.add_column(_zero(name, sa.BigInteger))
         batch_op.add_column(sa.Column("stored_at", sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column("stop_at", sa.BigInteger(), nullable=True))
         for name in ("restart_requested", "restart_done", "generation"):
-            batch_op.add_column(sa.Column(name, sa.Integer(), **ZERO))
+            batch_op.add_column(_zero(name, sa.Integer))
         batch_op.add_column(sa.Column("mounts", sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column("kept_gpus", sa.JSON(), nullable=True))
         batch_op.create_check_constraint(
