@@ -12,10 +12,11 @@ from sqlalchemy import select, update
 
 from openclore.domain.money import spend_for, to_coins, to_units
 from openclore.market.agents import desired_for
+from openclore.market.demo import seed
 from openclore.market.servers import remove_server
 from openclore.market.volumes import apply_volume_reports
 from openclore.protocol import VolumeStatus
-from openclore.store.schema import orders, servers
+from openclore.store.schema import orders, server_prices, servers
 
 from support import Market, error, ok, order_body, spot_body
 
@@ -285,3 +286,30 @@ def test_a_volume_the_agent_lost_is_gone_and_a_removed_servers_volumes_end(
     assert ended["state"] == "ended" and ended["spend"] == 0.0008
     kinds = event_types(alice)
     assert ("volume.gone", None) in kinds and ("volume.ended", "server_removed") in kinds
+
+
+def test_the_sandbox_bills_a_stopped_day_at_disk_times_storage_price(market: Market) -> None:
+    """The demo world's generated servers offer 100 GB at a thousandth of their on-demand price
+    per GB per day: one stopped day in the sandbox costs disk_gb × storage_price, to the unit."""
+    with market.db.write() as conn:
+        seed(conn, market.settings, market.now())
+        row = conn.execute(
+            select(servers.c.id, server_prices.c.on_demand, server_prices.c.storage)
+            .join(server_prices, server_prices.c.server_id == servers.c.id)
+            .where(
+                servers.c.disk_gb == 100,
+                servers.c.partial_gpu_rental.is_(False),
+                server_prices.c.currency == "bitcoin",
+                server_prices.c.on_demand > 0,
+            )
+            .order_by(servers.c.id)
+        ).first()
+    assert row is not None and row.storage == row.on_demand // 1000
+    renter = market.client(market.user(bitcoin="1"))
+    body = order_body(row.id, disk_gb=40)
+    oid = ok(renter.post("/v1/create_order", json=body))["order_id"]
+    ok(renter.post("/v1/stop_order", json={"id": oid}))
+    market.advance(DAY)  # the sandbox's time travel: the clock moves, the engine ticks
+    order = order_of(renter, oid)
+    assert order["storage_spend"] == float(str(to_coins(40 * row.storage)))
+    assert order["storage_per_day"] == order["storage_spend"]

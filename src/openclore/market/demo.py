@@ -246,6 +246,7 @@ def seed(conn: Connection, settings: Settings, now: int) -> DemoWorld:
         )
 
     _partial_rental(conn, world["partial_gpu_rental"], generated)
+    _storage(conn, world["storage"], generated)
     for item in world["deposits"]:
         amount = to_units(item["amount"]) + item.get("extra_units", 0)
         when = now - 86400 * item["days_ago"]
@@ -277,6 +278,18 @@ def _partial_rental(conn: Connection, rule: dict[str, Any], generated: dict[str,
             .where(servers.c.id == row.id)
             .values(partial_gpu_rental=True, min_gpus=rule["min_gpus"])
         )
+
+
+def _storage(conn: Connection, rule: dict[str, Any], generated: dict[str, Any]) -> None:
+    """The generated servers offer a disk and price storage (no draw: the rest of the world
+    stays the same)."""
+    ids = servers.c.id.between(generated["first_id"], generated["last_id"])
+    conn.execute(update(servers).where(ids).values(disk_gb=rule["disk_gb"]))
+    conn.execute(
+        update(server_prices)
+        .where(server_prices.c.server_id.between(generated["first_id"], generated["last_id"]))
+        .values(storage=server_prices.c.on_demand // rule["price_divisor"])
+    )
 
 
 def _price_table(rng: random.Random, prices: Any) -> dict[str, tuple[str, str]]:
