@@ -306,6 +306,17 @@ def test_rental_ports_are_reached_through_the_gateway_only(
         assert wait_banner(ssh_port).startswith(b"SSH-2.0-")
         assert http_get(http_port, host, "/").status_code == 200
 
+        # stopped (SPEC §8): its URL is kept and says so; after the start it routes again
+        ok(renter.post("/v1/stop_order", json={"id": oid}))
+        stopped = httpx.get(f"http://127.0.0.1:{http_port}/", headers={"Host": host})
+        assert stopped.status_code == 503 and "stopped" in stopped.text
+        assert wait_order_state(renter, oid, "halted", timeout=20)["http_pub"] == (
+            f"http://{label}-80.localhost:{http_port}"
+        )
+        ok(renter.post("/v1/start_order", json={"id": oid}))
+        wait_order_state(renter, oid, "running", timeout=20)
+        assert http_get(http_port, host, "/").text.strip() == "hello-through-the-gateway"
+
         # the order ends: its public port refuses and its URL answers 404 at once
         ok(renter.post("/v1/cancel_order", json={"id": oid}))
         assert connection_refused(ssh_port)

@@ -505,7 +505,10 @@ class Gateway:
         if target is None or found is None:
             await _answer(writer, 404, _not_found())
             return
-        order_id, port = found, target[1]
+        (order_id, stopped), port = found, target[1]
+        if stopped:  # its URL is kept and routes again once its renter starts it
+            await _answer(writer, 503, _page(503, STOPPED_PAGE))
+            return
         if not self._admit(order_id, client):
             await _answer(writer, 503, _page(503, "Too many connections to this rental."))
             return
@@ -523,6 +526,9 @@ class Gateway:
         if port > 65535:
             return None
         return match.group(1), port
+
+
+STOPPED_PAGE = "This rental is stopped; it answers again once its renter starts it."
 
 
 def _client_of(writer: asyncio.StreamWriter) -> str:

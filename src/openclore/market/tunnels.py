@@ -175,14 +175,17 @@ def new_http_label() -> str:
     return secrets.token_hex(HTTP_LABEL_BYTES)
 
 
-def order_by_label(conn: Connection, label: str) -> int | None:
-    """The live order whose http URLs start with ``label``, or None."""
+def order_by_label(conn: Connection, label: str) -> tuple[int, bool] | None:
+    """The live order whose http URLs start with ``label`` and whether it is stopped (its URLs
+    are kept while stopped, SPEC §8), or None."""
     if not HTTP_LABEL.fullmatch(label):
         return None
     found = conn.execute(
-        select(orders.c.id).where(orders.c.http_label == label, orders.c.expired.is_(False))
-    ).scalar()
-    return None if found is None else int(found)
+        select(orders.c.id, orders.c.stopped).where(
+            orders.c.http_label == label, orders.c.expired.is_(False)
+        )
+    ).first()
+    return None if found is None else (int(found.id), bool(found.stopped))
 
 
 def http_urls(conn: Connection) -> dict[str, str]:
