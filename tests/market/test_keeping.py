@@ -71,6 +71,9 @@ def test_a_stopped_order_frees_its_server_keeps_its_disk_and_pays_storage_exactl
     rent = Decimal(str(order_of(alice, oid)["spend"]))
     assert rent == Decimal(str(to_coins(spend_for(to_units("0.0001"), 100))))
     assert error(alice.post("/v1/stop_order", json={"id": oid})) == "order_already_stopped"
+    # the listing shows the server free at once (a stopped order holds no GPU)
+    (listed,) = [s for s in ok(market.client().get("/v1/marketplace"))["servers"] if s["id"] == sid]
+    assert listed["rented"] is False
 
     # someone else rents the whole server meanwhile; the stopped order cannot start
     bob = market.client(market.user(bitcoin="1"))

@@ -139,7 +139,8 @@ def snapshot(conn: Connection, settings: Settings) -> dict[str, Any]:
                 for o in server_orders
                 if o.spot
             ],
-            "on_demand_rented": any(not o.spot for o in server_orders),
+            # a stopped on-demand order holds no GPU (SPEC §8)
+            "on_demand_rented": any(not o.spot and not o.stopped for o in server_orders),
             "online": True,
             "cpu": specs.get("cpu", ""),
             "cores": _int(cores),

@@ -287,11 +287,11 @@ def marketplace_servers(conn: Connection, settings: Settings) -> list[dict[str, 
     rented: set[int] = set()
     held: dict[int, set[int]] = {}
     for o in conn.execute(
-        select(orders.c.server_id, orders.c.spot, orders.c.running, orders.c.gpus).where(
-            orders.c.expired.is_(False)
-        )
+        select(
+            orders.c.server_id, orders.c.spot, orders.c.running, orders.c.gpus, orders.c.stopped
+        ).where(orders.c.expired.is_(False))
     ):
-        if not o.spot:
+        if not o.spot and not o.stopped:  # a stopped order holds no GPU (SPEC §8)
             rented.add(o.server_id)
         if o.running:
             # a running order from before GPU slots holds every slot: an empty set marks it

@@ -41,7 +41,18 @@ LISTED: dict[str, frozenset[str] | None] = {
     "usd_rates": None,
     # orders: whether a server is rented (and GigaSPOT's bids), not what an order has spent
     "orders": frozenset(
-        {"user_id", "server_id", "spot", "expired", "running", "price", "currency", "oc", "gpus"}
+        {
+            "user_id",
+            "server_id",
+            "spot",
+            "expired",
+            "running",
+            "stopped",
+            "price",
+            "currency",
+            "oc",
+            "gpus",
+        }
     ),
 }
 
