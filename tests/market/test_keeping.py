@@ -74,6 +74,7 @@ def test_a_stopped_order_frees_its_server_keeps_its_disk_and_pays_storage_exactl
     # the listing shows the server free at once (a stopped order holds no GPU)
     (listed,) = [s for s in ok(market.client().get("/v1/marketplace"))["servers"] if s["id"] == sid]
     assert listed["rented"] is False
+    assert listed["storage"] == {"disk_gb": 50, "price_per_gb_day": {"bitcoin": 0.0002}}
 
     # someone else rents the whole server meanwhile; the stopped order cannot start
     bob = market.client(market.user(bitcoin="1"))

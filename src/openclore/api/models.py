@@ -139,6 +139,13 @@ class Rating(BaseModel):
     cnt: int
 
 
+class StorageOffer(BaseModel):
+    """openclore (SPEC §8): the disk each rental gets and what storage costs per GB per day."""
+
+    disk_gb: int
+    price_per_gb_day: dict[str, float] = Field(description="per currency, coins")
+
+
 class MarketServer(BaseModel):
     id: int
     owner: int
@@ -152,6 +159,7 @@ class MarketServer(BaseModel):
     rating: Rating
     cuda_version: str = Field(description='"" when unknown')
     online: bool
+    storage: StorageOffer | None = Field(None, description="openclore: absent when none offered")
 
 
 class MarketplaceResponse(Envelope):

@@ -137,6 +137,13 @@ class PartialGpuRental(CloreModel):
     price_per_gpu: MarketPrice = Field(default_factory=MarketPrice, description="per GPU per day")
 
 
+class StorageOffer(CloreModel):
+    """openclore: the disk each rental gets and its storage price per GB per day."""
+
+    disk_gb: int
+    price_per_gb_day: dict[str, Decimal] = Field(default_factory=dict)
+
+
 class MarketServer(CloreModel):
     """A listing in ``marketplace``."""
 
@@ -153,6 +160,7 @@ class MarketServer(CloreModel):
     cuda_version: str | None = None
     online: bool | None = None
     partial_gpu_rental: PartialGpuRental | None = Field(None, description="openclore: per GPU")
+    storage: StorageOffer | None = Field(None, description="openclore: disk and storage price")
 
     @property
     def gpu_count(self) -> int:

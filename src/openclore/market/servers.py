@@ -296,6 +296,14 @@ def marketplace_servers(conn: Connection, settings: Settings) -> list[dict[str, 
         if o.running:
             # a running order from before GPU slots holds every slot: an empty set marks it
             held.setdefault(o.server_id, set()).update(o.gpus or [-1])
+    storage: dict[int, dict[str, Coins]] = {}
+    for p in conn.execute(
+        select(server_prices.c.server_id, server_prices.c.currency, server_prices.c.storage).where(
+            server_prices.c.storage > 0, server_prices.c.enabled.is_(True)
+        )
+    ):
+        if p.currency in settings.currencies:
+            storage.setdefault(p.server_id, {})[p.currency] = to_coins(p.storage)
     out = []
     for r in rows:
         on_demand = price_map(prices[r.id], 0, settings.currencies, all_coins=False)
@@ -328,6 +336,11 @@ def marketplace_servers(conn: Connection, settings: Settings) -> list[dict[str, 
                 ),
             }
         )
+        if r.disk_gb is not None:  # the disk each rental gets and its storage price (SPEC §8)
+            out[-1]["storage"] = {
+                "disk_gb": r.disk_gb,
+                "price_per_gb_day": storage.get(r.id, {}),
+            }
     return out
 
 

@@ -34,6 +34,7 @@ LISTED: dict[str, frozenset[str] | None] = {
             "partial_gpu_rental",
             "min_gpus",
             "agent_protocol",  # whether it may be rented per GPU
+            "disk_gb",  # its storage offer
             "simulated",
         }
     ),
