@@ -42,6 +42,10 @@ REQUESTS: dict[str, type[BaseModel]] = {
     "extend_order": inputs.ExtendOrderRequest,
     "create_volume": inputs.CreateVolumeRequest,
     "delete_volume": inputs.OrderIdRequest,
+    "add_ssh_key": inputs.AddSshKeyRequest,
+    "delete_ssh_key": inputs.OrderIdRequest,
+    "create_template": inputs.CreateTemplateRequest,
+    "delete_template": inputs.OrderIdRequest,
 }
 RESPONSES: dict[str, type[BaseModel]] = {
     "wallets": models.WalletsResponse,
@@ -122,6 +126,14 @@ SUMMARIES = {
     "that server, billed per GB per day until deleted",
     "volumes": "openclore extension: your volumes (?include_ended=true adds deleted ones)",
     "delete_volume": "openclore extension: {id}: delete a volume no live order mounts",
+    "add_ssh_key": "openclore extension: {name, public_key}: keep an SSH public key on your "
+    "account; every new order's container gets it",
+    "ssh_keys": "openclore extension: your account's SSH keys",
+    "delete_ssh_key": "openclore extension: {id}: remove a key (orders made before keep it)",
+    "create_template": "openclore extension: {name, image, command?, env?, ports?, "
+    "jupyter_token?, disk_gb?, public?, readme?}: a template create_order can start from",
+    "templates": "openclore extension: your templates and the public ones (?q= searches names)",
+    "delete_template": "openclore extension: {id}: delete one of your templates",
 }
 QUERY: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "marketplace": [

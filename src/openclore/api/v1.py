@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from openclore.api import event_endpoints
+from openclore.api.account import ACCOUNT_ENDPOINTS
 from openclore.api.keeping import KEEPING_ENDPOINTS
 from openclore.api.listing import listing_response
 from openclore.api.market_cache import PartsResponse
@@ -481,6 +482,7 @@ V1_ENDPOINTS = [
     Endpoint("withdraw", _withdraw),
     Endpoint("withdrawals", _withdrawals, readonly=True),
     *KEEPING_ENDPOINTS,
+    *ACCOUNT_ENDPOINTS,
 ]
 
 SANDBOX_ENDPOINTS = [

@@ -37,7 +37,9 @@ from openclore.client._models import (
     RenterFees,
     ServerConfig,
     SpotMarketplace,
+    SshKey,
     Statement,
+    Template,
     Transaction,
     TransactionsPage,
     Volume,
@@ -314,8 +316,9 @@ class AsyncClient(BaseClient):
     async def create_order(
         self,
         server_id: int,
-        image: str,
+        image: str | None = None,
         *,
+        template_id: int | None = None,
         type: OrderType = "on-demand",
         currency: str = "bitcoin",
         spot_price: Amount | None = None,
@@ -345,6 +348,9 @@ class AsyncClient(BaseClient):
         in seconds from now: ``stop_after`` stops it (it keeps its disk),
         ``terminate_after`` ends it.
 
+        openclore, templates: ``template_id`` (yours or a public one) gives the image and
+        settings; the ones passed here override them (``image`` may then be left out).
+
         openclore answers with the order; a server that answers ``{"code":0}`` alone (Clore.ai)
         gets a *best-effort* lookup in ``my_orders`` by server, type and creation time, which
         raises :class:`OrderLookupFailed` when nothing matches. It carries an Idempotency-Key;
@@ -353,6 +359,7 @@ class AsyncClient(BaseClient):
         call = calls.create_order(
             server_id,
             image,
+            template_id=template_id,
             type=type,
             currency=currency,
             spot_price=spot_price,
@@ -438,6 +445,59 @@ class AsyncClient(BaseClient):
         """Delete a volume and its files (billed up to now). Raises :class:`VolumeInUse` while
         a live order mounts it."""
         await self._run(calls.delete_volume(volume_id))
+
+    # ---------------------------------------------------- renters' own things (SPEC §8)
+
+    async def add_ssh_key(self, name: str, public_key: str) -> SshKey:
+        """Keep an SSH public key (one ``type base64 [comment]`` line: ed25519, ECDSA, or RSA
+        of 2048+ bits) on the account: every order created from now on gets it in root's
+        authorized_keys. Raises :class:`InvalidSshKey` or :class:`SshKeyExists`."""
+        return await self._run(calls.add_ssh_key(name, public_key))
+
+    async def ssh_keys(self) -> list[SshKey]:
+        """The account's SSH keys (oldest first)."""
+        return await self._run(calls.ssh_keys())
+
+    async def delete_ssh_key(self, key_id: int) -> None:
+        """Remove a key from the account; orders created before keep it."""
+        await self._run(calls.delete_ssh_key(key_id))
+
+    async def create_template(
+        self,
+        name: str,
+        image: str,
+        *,
+        command: str | None = None,
+        env: Mapping[str, str] | None = None,
+        ports: Mapping[int, str] | Mapping[str, str] | None = None,
+        jupyter_token: str | None = None,
+        disk_gb: int | None = None,
+        public: bool = False,
+        readme: str | None = None,
+    ) -> Template:
+        """A template ``create_order(template_id=…)`` can start from; ``public`` lists it to
+        everyone."""
+        return await self._run(
+            calls.create_template(
+                name,
+                image,
+                command=command,
+                env=env,
+                ports=ports,
+                jupyter_token=jupyter_token,
+                disk_gb=disk_gb,
+                public=public,
+                readme=readme,
+            )
+        )
+
+    async def templates(self, q: str | None = None) -> list[Template]:
+        """Your templates and the public ones; ``q`` searches names (any case)."""
+        return await self._run(calls.templates(q))
+
+    async def delete_template(self, template_id: int) -> None:
+        """Delete one of your templates (orders made from it keep their settings)."""
+        await self._run(calls.delete_template(template_id))
 
     # ------------------------------------------------------------------ openclore extensions
 

@@ -43,8 +43,14 @@ from openclore.client._models import (
     ServerConfigResponse,
     SpotMarketplace,
     SpotMarketplaceResponse,
+    SshKey,
+    SshKeyResponse,
+    SshKeysResponse,
     Statement,
     StatementResponse,
+    Template,
+    TemplateResponse,
+    TemplatesResponse,
     TransactionsPage,
     Volume,
     VolumesResponse,
@@ -374,8 +380,9 @@ def edit_gigaspot_orders(edits: Iterable[Mapping[str, Any]]) -> ApiCall[Gigaspot
 
 def create_order(
     server_id: int,
-    image: str,
+    image: str | None = None,
     *,
+    template_id: int | None = None,
     type: OrderType = "on-demand",
     currency: str = "bitcoin",
     spot_price: Amount | None = None,
@@ -399,12 +406,13 @@ def create_order(
         raise ValueError("type must be 'on-demand' or 'spot'")
     if type == "spot" and spot_price is None:
         raise ValueError("a spot order needs spot_price (the bid per day)")
-    body: dict[str, Any] = {
-        "currency": currency,
-        "image": image,
-        "renting_server": int(server_id),
-        "type": type,
-    }
+    if image is None and template_id is None:
+        raise ValueError("an order needs an image, or a template_id to take it from")
+    body: dict[str, Any] = {"currency": currency, "renting_server": int(server_id), "type": type}
+    if image is not None:
+        body["image"] = image
+    if template_id is not None:  # openclore: its image and settings, unless given here
+        body["template_id"] = int(template_id)
     if type == "spot" and spot_price is not None:
         body["spotprice"] = decimal(spot_price, "spot_price")
     if ports:
@@ -667,3 +675,61 @@ def pick_new_order(
     recent = [o for o in candidates if o.ct is None or o.ct >= started - CLOCK_SKEW]
     pool = recent or candidates
     return max(pool, key=lambda o: (o.ct or 0, o.id))
+
+
+# ------------------------------------------- renters' own things (openclore, SPEC §8)
+
+
+def add_ssh_key(name: str, public_key: str) -> ApiCall[SshKey]:
+    body = {"name": name, "public_key": public_key}
+    return _keyed("/v1/add_ssh_key", lambda b: SshKeyResponse.model_validate(b).key, body)
+
+
+def ssh_keys() -> ApiCall[list[SshKey]]:
+    return ApiCall("GET", "/v1/ssh_keys", lambda b: SshKeysResponse.model_validate(b).keys)
+
+
+def delete_ssh_key(key_id: int) -> ApiCall[None]:
+    return _keyed("/v1/delete_ssh_key", _none, {"id": int(key_id)})
+
+
+def create_template(
+    name: str,
+    image: str,
+    *,
+    command: str | None = None,
+    env: Mapping[str, str] | None = None,
+    ports: Mapping[int, str] | Mapping[str, str] | None = None,
+    jupyter_token: str | None = None,
+    disk_gb: int | None = None,
+    public: bool = False,
+    readme: str | None = None,
+) -> ApiCall[Template]:
+    body: dict[str, Any] = {"name": name, "image": image, "public": bool(public)}
+    if command:
+        body["command"] = command
+    if env:
+        body["env"] = dict(env)
+    if ports:
+        body["ports"] = {str(port): proto for port, proto in ports.items()}
+    if jupyter_token:
+        body["jupyter_token"] = jupyter_token
+    if disk_gb is not None:
+        body["disk_gb"] = int(disk_gb)
+    if readme:
+        body["readme"] = readme
+    parse = lambda b: TemplateResponse.model_validate(b).template  # noqa: E731
+    return _keyed("/v1/create_template", parse, body)
+
+
+def templates(q: str | None = None) -> ApiCall[list[Template]]:
+    return ApiCall(
+        "GET",
+        "/v1/templates",
+        lambda b: TemplatesResponse.model_validate(b).templates,
+        params={"q": q} if q else None,
+    )
+
+
+def delete_template(template_id: int) -> ApiCall[None]:
+    return _keyed("/v1/delete_template", _none, {"id": int(template_id)})

@@ -59,7 +59,14 @@
         ├── VolumeDoesNotExist        volume_dont_exist; .volume_id
         ├── VolumeNotOnServer         volume_not_on_server; .volume_id
         ├── VolumeInUse               volume_in_use; .orders (the live orders mounting it)
-        └── VolumeLimitReached        volume_limit_reached; .limit
+        ├── VolumeLimitReached        volume_limit_reached; .limit
+        ├── InvalidSshKey             invalid_ssh_key; .reason
+        ├── SshKeyExists              ssh_key_exists; .key_id (the key already there)
+        ├── SshKeyDoesNotExist        ssh_key_dont_exist; .key_id
+        ├── SshKeyLimitReached        ssh_key_limit_reached; .limit
+        ├── TemplateDoesNotExist      template_dont_exist; .template_id
+        ├── NotYourTemplate           not_your_template; .template_id
+        └── TemplateLimitReached      template_limit_reached; .limit
 
 Numbers carried by errors (``max_step``, ``min_price``, ``price``) are :class:`~decimal.Decimal`.
 """
@@ -466,6 +473,70 @@ class VolumeLimitReached(MarketError):
         return self._int("limit")
 
 
+class InvalidSshKey(MarketError):
+    """Not an SSH public key the marketplace accepts (ed25519, ECDSA, RSA of 2048+ bits)."""
+
+    names = ("invalid_ssh_key",)
+
+    @property
+    def reason(self) -> str | None:
+        value = self.response.get("reason")
+        return value if isinstance(value, str) else None
+
+
+class SshKeyExists(MarketError):
+    names = ("ssh_key_exists",)
+
+    @property
+    def key_id(self) -> int | None:
+        """The id of the same key, already on the account."""
+        return self._int("key_id")
+
+
+class SshKeyDoesNotExist(MarketError):
+    names = ("ssh_key_dont_exist",)
+
+    @property
+    def key_id(self) -> int | None:
+        return self._int("key_id")
+
+
+class SshKeyLimitReached(MarketError):
+    names = ("ssh_key_limit_reached",)
+
+    @property
+    def limit(self) -> int | None:
+        return self._int("limit")
+
+
+class TemplateDoesNotExist(MarketError):
+    """No such template, or someone else's private one."""
+
+    names = ("template_dont_exist",)
+
+    @property
+    def template_id(self) -> int | None:
+        return self._int("template_id")
+
+
+class NotYourTemplate(MarketError):
+    """A public template of someone else's: only its owner deletes it."""
+
+    names = ("not_your_template",)
+
+    @property
+    def template_id(self) -> int | None:
+        return self._int("template_id")
+
+
+class TemplateLimitReached(MarketError):
+    names = ("template_limit_reached",)
+
+    @property
+    def limit(self) -> int | None:
+        return self._int("limit")
+
+
 MARKET_ERRORS: dict[str, type[MarketError]] = {
     name: cls
     for cls in (
@@ -517,6 +588,13 @@ MARKET_ERRORS: dict[str, type[MarketError]] = {
         VolumeNotOnServer,
         VolumeInUse,
         VolumeLimitReached,
+        InvalidSshKey,
+        SshKeyExists,
+        SshKeyDoesNotExist,
+        SshKeyLimitReached,
+        TemplateDoesNotExist,
+        NotYourTemplate,
+        TemplateLimitReached,
     )
     for name in cls.names
 }

@@ -256,6 +256,7 @@ class Order(CloreModel):
     stop_at: int | None = Field(None, description="when its stop_after timer stops it, unix s")
     restarts: int | None = Field(None, description="restart_order calls so far")
     resets: int | None = Field(None, description="reset_order calls so far")
+    template_id: int | None = Field(None, description="openclore: the template it started from")
 
     @property
     def stopped(self) -> bool:
@@ -473,6 +474,54 @@ class CreateVolumeResponse(Envelope):
     volume: Volume
 
 
+class SshKey(CloreModel):
+    """openclore: an SSH public key on the account (SPEC §8); every new order's container gets
+    it besides the order's own ``ssh_key``."""
+
+    id: int
+    name: str
+    type: str = Field(description="ssh-ed25519, ecdsa-sha2-nistp256…, ssh-rsa")
+    bits: int
+    fingerprint: str = Field(description="as ssh-keygen -l prints it: SHA256:…")
+    public_key: str = Field("", description="the key line as kept")
+    created_at: int
+
+
+class Template(CloreModel):
+    """openclore: an image and its settings ``create_order(template_id=…)`` starts from; the
+    order's own fields override them. Public templates are listed to everyone."""
+
+    id: int
+    name: str
+    image: str
+    command: str | None = None
+    env: dict[str, str] | None = None
+    ports: dict[str, str] | None = None
+    jupyter_token: str | None = None
+    disk_gb: int | None = None
+    public: bool = False
+    readme: str | None = None
+    owner: int | None = None
+    mine: bool = False
+    created_at: int = 0
+
+
+class SshKeyResponse(Envelope):
+    key: SshKey
+
+
+class SshKeysResponse(Envelope):
+    keys: list[SshKey] = Field(default_factory=list)
+
+
+class TemplateResponse(Envelope):
+    template: Template
+
+
+class TemplatesResponse(Envelope):
+    templates: list[Template] = Field(default_factory=list)
+
+
 class CreateOrderResponse(Envelope):
     """openclore adds ``order_id`` and ``order``; Clore sends ``{"code":0}`` alone."""
 
@@ -486,7 +535,8 @@ class Event(CloreModel):
     ``server.offline``, ``deposit.credited``, ``withdrawal.requested``, ``withdrawal.approved``,
     ``withdrawal.rejected``, ``balance.adjusted``, ``webhook.ping``, ``order.stopped``,
     ``order.restarted``, ``order.reset``, ``order.extended``, ``volume.created``,
-    ``volume.ready``, ``volume.gone``, ``volume.deleted``, ``volume.ended``. ``id`` grows in
+    ``volume.ready``, ``volume.gone``, ``volume.deleted``, ``volume.ended``, ``ssh_key.added``,
+    ``ssh_key.deleted``, ``template.created``, ``template.deleted``. ``id`` grows in
     commit order: dedupe and resume on it."""
 
     id: int

@@ -231,6 +231,25 @@ _KINDS += (
     ErrorKind(
         "volume_limit_reached", 403, N_("You have reached the limit of volumes."), ("limit",)
     ),
+    # renters' own things (SPEC §8): account SSH keys and templates
+    ErrorKind(
+        "invalid_ssh_key",
+        400,
+        N_("That is not an SSH public key this marketplace accepts."),
+        ("reason",),
+    ),
+    ErrorKind("ssh_key_exists", 409, N_("This key is already on your account."), ("key_id",)),
+    ErrorKind("ssh_key_dont_exist", 404, N_("No such SSH key."), ("key_id",)),
+    ErrorKind(
+        "ssh_key_limit_reached", 403, N_("You have reached the limit of SSH keys."), ("limit",)
+    ),
+    ErrorKind("template_dont_exist", 404, N_("No such template."), ("template_id",)),
+    ErrorKind(
+        "not_your_template", 403, N_("Only its owner can delete a template."), ("template_id",)
+    ),
+    ErrorKind(
+        "template_limit_reached", 403, N_("You have reached the limit of templates."), ("limit",)
+    ),
 )
 REGISTRY: dict[str, ErrorKind] = {kind.name: kind for kind in _KINDS}
 

@@ -60,6 +60,11 @@ VOLUME_READY = "volume.ready"  # the host's agent holds it: quota says whether s
 VOLUME_GONE = "volume.gone"  # the host's agent reports it lost: billing stopped
 VOLUME_DELETED = "volume.deleted"  # by its renter
 VOLUME_ENDED = "volume.ended"  # reason: balance | server_removed
+# renters' own things (SPEC §8)
+SSH_KEY_ADDED = "ssh_key.added"  # key_id, name, fingerprint
+SSH_KEY_DELETED = "ssh_key.deleted"  # key_id, fingerprint
+TEMPLATE_CREATED = "template.created"  # template_id, name, public
+TEMPLATE_DELETED = "template.deleted"  # template_id
 EVENT_TYPES = (
     ORDER_CREATED,
     ORDER_RUNNING,
@@ -85,6 +90,10 @@ EVENT_TYPES = (
     VOLUME_GONE,
     VOLUME_DELETED,
     VOLUME_ENDED,
+    SSH_KEY_ADDED,
+    SSH_KEY_DELETED,
+    TEMPLATE_CREATED,
+    TEMPLATE_DELETED,
 )
 # how orders end, as billing and the use cases write ``orders.end_reason``: the renter cancelled,
 # its max rental length ran out, its wallet could not pay for the next second, the host removed

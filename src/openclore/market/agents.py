@@ -25,6 +25,7 @@ from openclore.domain.specs import UNSAFE_TEXT, check_gpu_array, check_specs
 from openclore.engine.billing import lock_server, resolve_server, slot_count
 from openclore.engine.outbox import ORDER_FAILED, SERVER_ONLINE, emit
 from openclore.engine.reliability import came_online
+from openclore.market.account_keys import joined_keys
 from openclore.market.tunnels import public_ports
 from openclore.market.volumes import apply_volume_reports, docker_name
 from openclore.protocol import (
@@ -401,7 +402,7 @@ def _container(
         env={str(k): str(v) for k, v in (order.env or {}).items()},
         ports={str(k): str(v) for k, v in (order.ports or {}).items()},
         jupyter_token=order.jupyter_token,
-        ssh_key=order.ssh_key,
+        ssh_key=joined_keys(order.ssh_key, order.account_keys),
         ssh_password=order.ssh_password,
         autossh_entrypoint=bool(order.autossh_entrypoint),
         registry_auth=order.dockerhub_auth,

@@ -185,7 +185,9 @@ def _price(key: str, value: Any) -> Decimal:
 
 class CreateOrderRequest(Request):
     currency: StrictStr = Field(min_length=1, max_length=32)
-    image: StrictStr = Field(min_length=1, max_length=512)
+    # required unless template_id is given (the template's image is used then)
+    image: StrictStr | None = Field(None, min_length=1, max_length=512)
+    template_id: Id | None = None
     renting_server: Id
     type: StrictStr
     spotprice: PositivePrice | None = None
@@ -249,8 +251,8 @@ class CreateOrderRequest(Request):
 
     @field_validator("image")
     @classmethod
-    def _image(cls, value: str) -> str:
-        if not IMAGE_REF.match(value):
+    def _image(cls, value: str | None) -> str | None:
+        if value is not None and not IMAGE_REF.match(value):
             raise ValueError("not a valid Docker image reference")
         return value
 
@@ -293,6 +295,8 @@ class CreateOrderRequest(Request):
 
     @model_validator(mode="after")
     def _spot_needs_price(self) -> CreateOrderRequest:
+        if self.image is None and self.template_id is None:
+            raise ValueError("image is required unless template_id is given")
         if self.is_spot and self.spotprice is None:
             raise ValueError("spotprice is required for a spot order")
         if self.gpus is not None and self.gpu_count not in (None, len(self.gpus)):
@@ -342,7 +346,9 @@ GpuSettingsList = Annotated[list[GpuSettings], Field(max_length=64)]
 
 class GigaspotOrder(Request):
     currency: StrictStr = Field(min_length=1, max_length=32)
-    image: StrictStr = Field(min_length=1, max_length=512)
+    # required unless template_id is given (the template's image is used then)
+    image: StrictStr | None = Field(None, min_length=1, max_length=512)
+    template_id: Id | None = None
     renting_server: Id
     price: PositivePrice
     oc: GpuSettingsList = Field(default_factory=list)
@@ -440,3 +446,31 @@ class PaymentDepositRequest(Request):
         if (self.user is None) == (self.address is None):
             raise ValueError("give exactly one of user and address")
         return self
+
+
+class AddSshKeyRequest(Request):
+    name: Annotated[StrictStr, Field(min_length=1, max_length=64), AfterValidator(_printable)]
+    public_key: StrictStr = Field(min_length=1, max_length=16384)
+
+
+class CreateTemplateRequest(Request):
+    """A template's fields are validated like create_order's."""
+
+    name: Annotated[StrictStr, Field(min_length=1, max_length=64), AfterValidator(_printable)]
+    image: StrictStr = Field(min_length=1, max_length=512)
+    command: StrictStr | None = Field(None, max_length=16384)
+    env: dict[str, StrictStr] | None = None
+    ports: dict[str, StrictStr] | None = None
+    jupyter_token: StrictStr | None = Field(None, max_length=32)
+    disk_gb: Annotated[StrictInt, Field(ge=1, le=MAX_DISK_GB)] | None = None
+    public: StrictBool = False
+    readme: StrictStr | None = Field(None, max_length=20000)
+
+    _image = field_validator("image")(CreateOrderRequest._image.__func__)  # type: ignore[attr-defined]
+    _ports = field_validator("ports")(CreateOrderRequest._ports.__func__)  # type: ignore[attr-defined]
+    _token = field_validator("jupyter_token")(CreateOrderRequest._starred.__func__)  # type: ignore[attr-defined]
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return check_env(value)

@@ -34,6 +34,7 @@ from openclore.engine.billing import (
 )
 from openclore.engine.outbox import order_created
 from openclore.ledger.ledger import balance, ensure_wallet, system_account_id, transfer, wallet_id
+from openclore.market.account_keys import account_keys
 from openclore.market.accounts import lock_user
 from openclore.market.audit import (
     ORDER_CANCEL,
@@ -46,6 +47,7 @@ from openclore.market.audit import (
 from openclore.market.inputs import CreateOrderRequest
 from openclore.market.keeping import keeps_work
 from openclore.market.servers import cuda_version, prices_of, rents_per_gpu
+from openclore.market.templates import apply_template
 from openclore.market.tunnels import http_pub, http_urls, new_http_label
 from openclore.market.volumes import checked_mounts, storage_price
 from openclore.store.db import inserted_id
@@ -65,6 +67,7 @@ def create_order(
 ) -> int:
     """Rent a server on demand or bid for it (audited as ``actor``'s); returns the order id."""
     lock_user(conn, user_id)  # the order limit is counted under it
+    req = apply_template(conn, user_id, req)
     server = lock_server(conn, req.renting_server)
     if server is None or server["removed_at"] is not None:
         raise MarketError("server-dont-exist")
@@ -137,6 +140,8 @@ def create_order(
                 ports=req.ports or {},
                 jupyter_token=req.jupyter_token,
                 ssh_key=req.ssh_key,
+                account_keys=account_keys(conn, user_id),
+                template_id=req.template_id,
                 ssh_password=req.ssh_password,
                 autossh_entrypoint=bool(req.autossh_entrypoint),
                 dockerhub_auth=req.dockerhub_auth,
@@ -497,6 +502,8 @@ def order_view(
     if row["runtime_error"]:
         out["error"] = row["runtime_error"]
     out.update(_keeping_view(row))
+    if row.get("template_id") is not None:
+        out["template_id"] = row["template_id"]
     if server is not None and server["simulated"]:
         out["simulated"] = True  # a demo server: no host, nothing answers on its ports
     return out

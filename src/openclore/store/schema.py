@@ -226,6 +226,10 @@ orders = Table(
     # the GPU slots a stopped per-GPU order last held: its kept container is described with
     # them, so that stopping does not change the container's shape
     Column("kept_gpus", JSON, nullable=True),
+    # renters' own things (SPEC §8): the account's SSH keys as they were at creation (one per
+    # line; the container gets them beside ssh_key) and the template the order was made from
+    Column("account_keys", Text, nullable=True),
+    Column("template_id", Integer, nullable=True),
     CheckConstraint("price > 0", name="price_positive"),
     CheckConstraint(
         "storage_spend >= 0 AND storage_fee >= 0 AND storage_fee <= storage_spend",
@@ -294,6 +298,41 @@ volumes = Table(
     CheckConstraint(
         "state IN ('creating', 'ready', 'gone', 'deleted', 'ended')", name="volume_state"
     ),
+)
+
+# Renters' own things (SPEC §8). An account's SSH keys: every new order's container gets them
+# (orders.account_keys). public_key is the canonical "type base64 [comment]" line.
+ssh_keys = Table(
+    "ssh_keys",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False, index=True),
+    Column("name", String(64), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("bits", Integer, nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("public_key", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    UniqueConstraint("user_id", "fingerprint", name="uq_ssh_keys_user_fingerprint"),
+)
+
+# Templates: an image and its settings that create_order can start from (template_id); public
+# ones are listed to everyone, private ones to their owner only.
+templates = Table(
+    "templates",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False, index=True),
+    Column("name", String(64), nullable=False),
+    Column("image", String(512), nullable=False),
+    Column("command", Text, nullable=True),
+    Column("env", JSON, nullable=True),
+    Column("ports", JSON, nullable=True),
+    Column("jupyter_token", String(32), nullable=True),
+    Column("disk_gb", Integer, nullable=True),
+    Column("public", Boolean, nullable=False, default=False),
+    Column("readme", Text, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
 )
 
 accounts = Table(

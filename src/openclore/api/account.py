@@ -1,0 +1,70 @@
+"""Renters' own things (openclore extensions, SPEC §8): add_ssh_key, ssh_keys, delete_ssh_key,
+create_template, templates, delete_template."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from openclore.api.keeping import _actor, _uid
+from openclore.api.state import AppState, Call, Endpoint
+from openclore.market import account_keys, inputs, templates
+
+
+def _add_ssh_key(state: AppState, call: Call) -> dict[str, Any]:
+    req = inputs.validate_body(inputs.AddSshKeyRequest, call.body)
+    key = state.db_write(
+        lambda conn: account_keys.add_key(
+            conn, _uid(call), req.name, req.public_key, call.now, actor=_actor(call)
+        ),
+        answer=lambda k: {"key": k},
+    )
+    return {"key": key}
+
+
+def _ssh_keys(state: AppState, call: Call) -> dict[str, Any]:
+    with call.read() as conn:
+        return {"keys": account_keys.list_keys(conn, _uid(call))}
+
+
+def _delete_ssh_key(state: AppState, call: Call) -> dict[str, Any]:
+    req = inputs.validate_body(inputs.OrderIdRequest, call.body)
+    state.db_write(
+        lambda conn: account_keys.delete_key(conn, _uid(call), req.id, call.now, actor=_actor(call))
+    )
+    return {}
+
+
+def _create_template(state: AppState, call: Call) -> dict[str, Any]:
+    req = inputs.validate_body(inputs.CreateTemplateRequest, call.body)
+    template = state.db_write(
+        lambda conn: templates.create_template(conn, _uid(call), req, call.now, actor=_actor(call)),
+        answer=lambda t: {"template": t},
+    )
+    return {"template": template}
+
+
+def _templates(state: AppState, call: Call) -> dict[str, Any]:
+    q = call.request.query_params.get("q", call.body.get("q"))
+    with call.read() as conn:
+        found = templates.list_templates(conn, _uid(call), q if isinstance(q, str) else None)
+    return {"templates": found}
+
+
+def _delete_template(state: AppState, call: Call) -> dict[str, Any]:
+    req = inputs.validate_body(inputs.OrderIdRequest, call.body)
+    state.db_write(
+        lambda conn: templates.delete_template(
+            conn, _uid(call), req.id, call.now, actor=_actor(call)
+        )
+    )
+    return {}
+
+
+ACCOUNT_ENDPOINTS = [
+    Endpoint("add_ssh_key", _add_ssh_key),
+    Endpoint("ssh_keys", _ssh_keys, readonly=True),
+    Endpoint("delete_ssh_key", _delete_ssh_key),
+    Endpoint("create_template", _create_template),
+    Endpoint("templates", _templates, readonly=True),
+    Endpoint("delete_template", _delete_template),
+]
