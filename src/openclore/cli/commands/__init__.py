@@ -1,7 +1,8 @@
 """``openclore`` commands that drive a Clore-compatible market over its API (openclore or Clore.ai).
 
 One module per group: :mod:`.market` (what is for rent), :mod:`.orders` (renting), :mod:`.keeping`
-(stop, start, restart, reset, extend, volumes), :mod:`.money`, :mod:`.events`, :mod:`.servers`
+(stop, start, restart, reset, extend, volumes), :mod:`.account` (SSH keys, templates),
+:mod:`.money`, :mod:`.events`, :mod:`.servers`
 (hosting); what they share (the ``--json``/``--profile``/
 ``--url``/``--api-key`` options, the error handling) is in :mod:`.common`, where the commands go
 in :mod:`openclore.cli.profiles`, tables and formatting in :mod:`openclore.cli.output`.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import typer
 
-from openclore.cli.commands import events, keeping, market, money, orders, servers
+from openclore.cli.commands import account, events, keeping, market, money, orders, servers
 from openclore.cli.commands.common import PANEL_HOST, PANEL_MONEY, PANEL_RENT
 
 client_app = typer.Typer(no_args_is_help=True)
@@ -26,6 +27,15 @@ volume_app = typer.Typer(
     no_args_is_help=True,
 )
 client_app.add_typer(volume_app, name="volume", rich_help_panel=PANEL_RENT)
+ssh_key_app = typer.Typer(
+    help="SSH keys on your account: every new order gets them (openclore).", no_args_is_help=True
+)
+client_app.add_typer(ssh_key_app, name="ssh-key", rich_help_panel=PANEL_RENT)
+template_app = typer.Typer(
+    help="Templates: an image and its settings that `rent --template` starts from (openclore).",
+    no_args_is_help=True,
+)
+client_app.add_typer(template_app, name="template", rich_help_panel=PANEL_RENT)
 
 for panel, command in (
     (PANEL_RENT, market.market),
@@ -56,3 +66,9 @@ host_app.command("set")(servers.server_set)
 volume_app.command("create")(keeping.volume_create)
 volume_app.command("list")(keeping.volume_list)
 volume_app.command("delete")(keeping.volume_delete)
+ssh_key_app.command("add")(account.ssh_key_add)
+ssh_key_app.command("list")(account.ssh_key_list)
+ssh_key_app.command("rm")(account.ssh_key_rm)
+template_app.command("create")(account.template_create)
+template_app.command("list")(account.template_list)
+template_app.command("rm")(account.template_rm)

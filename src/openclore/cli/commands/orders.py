@@ -164,7 +164,12 @@ def payment_coin(client: Client, server: int) -> str:
 def rent(
     c: Ctx,
     server: Annotated[int, typer.Argument(help="Server id (see `openclore market`).")],
-    image: Annotated[str, typer.Option(help="Docker image, e.g. cloreai/ubuntu20.04-jupyter.")],
+    image: Annotated[
+        str | None, typer.Option(help="Docker image, e.g. cloreai/ubuntu20.04-jupyter.")
+    ] = None,
+    template: Annotated[
+        int | None, typer.Option("--template", help="Start from this template (its id).")
+    ] = None,
     spot: Annotated[
         str | None, typer.Option(help="Bid this price per day on the spot market.")
     ] = None,
@@ -224,8 +229,11 @@ def rent(
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 600.0,
 ) -> None:
-    """Rent SERVER: on-demand, or a spot bid with --spot PRICE."""
-    ports = parse_ports(port or ["22:tcp"])
+    """Rent SERVER: on-demand, or a spot bid with --spot PRICE; --image, or --template ID
+    (its image and settings; the options given here override them)."""
+    if image is None and template is None:
+        fail("rent needs --image or --template")
+    ports = parse_ports(port or ([] if template is not None else ["22:tcp"]))
     mounts = parse_volumes(volume or [])
     stop_in = parse_duration(stop_after, "--stop-after") if stop_after else None
     end_in = parse_duration(terminate_after, "--terminate-after") if terminate_after else None
@@ -240,10 +248,11 @@ def rent(
             lambda: client.create_order(
                 server,
                 image,
+                template_id=template,
                 type="spot" if bid is not None else "on-demand",
                 currency=coin or "bitcoin",
                 spot_price=bid,
-                ports=ports,
+                ports=ports or None,
                 env=variables or None,
                 jupyter_token=jupyter_token,
                 ssh_key=key_text,
@@ -259,17 +268,7 @@ def rent(
             ),
         )
         if not c.json:
-            kind = f"spot bid {fmt(order.price)}" if order.spot else f"on-demand {fmt(order.price)}"
-            share = f" ({order.gpu_count} GPUs)" if gpus is not None else ""
-            out.print(
-                f"order {order.id}: {kind} {order.currency}/day on server {order.si}{share}, "
-                f"image {order.image}"
-            )
-            if order.disk_gb is not None:
-                out.print(
-                    f"disk {order.disk_gb} GB, kept when stopped for "
-                    f"{fmt(order.storage_per_day)} {order.currency}/day"
-                )
+            print_rented(order, gpus is not None)
         if wait:
             order = wait_for_order(client, order, "22" in ports, timeout, quiet=c.json)
     if c.json:
@@ -281,6 +280,20 @@ def rent(
     if wait:
         out.print(f"order {order.id} is {describe(order)}")
         print_endpoints(order)
+
+
+def print_rented(order: Order, per_gpu: bool) -> None:
+    kind = f"spot bid {fmt(order.price)}" if order.spot else f"on-demand {fmt(order.price)}"
+    share = f" ({order.gpu_count} GPUs)" if per_gpu else ""
+    out.print(
+        f"order {order.id}: {kind} {order.currency}/day on server {order.si}{share}, "
+        f"image {order.image}"
+    )
+    if order.disk_gb is not None:
+        out.print(
+            f"disk {order.disk_gb} GB, kept when stopped for "
+            f"{fmt(order.storage_per_day)} {order.currency}/day"
+        )
 
 
 def print_endpoints(order: Order) -> None:
