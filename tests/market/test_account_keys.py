@@ -58,6 +58,12 @@ def test_keys_are_parsed_fingerprinted_listed_and_deleted(market: Market) -> Non
     assert third["type"] == "ssh-rsa" and third["bits"] == 3072
     assert third["fingerprint"] == ssh_keygen_fingerprint(big)
 
+    # a retry with the same Idempotency-Key gets the first answer, not ssh_key_exists
+    retry, headers = {"name": "o", "public_key": ed25519_key()}, {"Idempotency-Key": "add-o"}
+    first = ok(alice.post("/v1/add_ssh_key", json=retry, headers=headers))
+    assert ok(alice.post("/v1/add_ssh_key", json=retry, headers=headers)) == first
+    ok(alice.post("/v1/delete_ssh_key", json={"id": first["key"]["id"]}))
+
     listed = ok(alice.get("/v1/ssh_keys"))["keys"]
     assert [k["id"] for k in listed] == [key["id"], second["id"], third["id"]]
     # another user sees none of them and cannot delete them
@@ -76,7 +82,7 @@ def test_keys_are_parsed_fingerprinted_listed_and_deleted(market: Market) -> Non
     )
     events = ok(alice.get("/v1/events", params={"after": 0}))["events"]
     kinds = [e["type"] for e in events]
-    assert kinds.count("ssh_key.added") == 3 and kinds.count("ssh_key.deleted") == 1
+    assert kinds.count("ssh_key.added") == 4 and kinds.count("ssh_key.deleted") == 2
 
 
 def test_bad_keys_and_names_are_refused(market: Market) -> None:

@@ -132,3 +132,18 @@ def test_an_order_starts_from_a_template_and_overrides_its_fields(market: Market
     oid3 = ok(alice.post("/v1/create_order", json=order_body(sid)))["order_id"]
     (plain,) = [o for o in ok(alice.get("/v1/my_orders"))["orders"] if o["id"] == oid3]
     assert "template_id" not in plain
+
+
+def test_the_demo_world_offers_two_public_templates(market: Market) -> None:
+    from openclore.market.demo import seed
+
+    with market.db.write() as conn:
+        seed(conn, market.settings, market.now())
+    renter = market.client(market.user())
+    found = ok(renter.get("/v1/templates"))["templates"]
+    assert [(t["id"], t["name"], t["owner"], t["public"]) for t in found] == [
+        (1, "PyTorch + Jupyter", 3, True),
+        (2, "Ubuntu + SSH", 3, True),
+    ]
+    assert found[0]["image"] == "pytorch/pytorch:latest"
+    assert found[0]["ports"] == {"22": "tcp", "8888": "http"}

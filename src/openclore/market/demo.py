@@ -38,6 +38,7 @@ from openclore.store.schema import (
     orders,
     server_prices,
     servers,
+    templates,
     usd_rates,
     users,
 )
@@ -246,6 +247,19 @@ def seed(conn: Connection, settings: Settings, now: int) -> DemoWorld:
         )
 
     _partial_rental(conn, world["partial_gpu_rental"], generated)
+    for template in world.get("templates", []):
+        conn.execute(
+            insert(templates).values(
+                user_id=template["owner"],
+                name=template["name"],
+                image=template["image"],
+                ports=template.get("ports"),
+                command=template.get("command"),
+                readme=template.get("readme"),
+                public=True,
+                created_at=now - 86400 * 30,
+            )
+        )
     _storage(conn, world["storage"], generated)
     for item in world["deposits"]:
         amount = to_units(item["amount"]) + item.get("extra_units", 0)
