@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import subprocess
 import warnings
+from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 
-from openclore.market.account_keys import MAX_KEYS
+from openclore.agent.launch import AUTOSSH_ENTRYPOINT
+from openclore.market.account_keys import MAX_KEYS, joined_keys
 from openclore.market.agents import desired_for
 
 from support import Market, error, ok, order_body
@@ -153,3 +156,18 @@ def test_a_new_order_carries_the_accounts_keys_as_they_were(market: Market) -> N
     with market.db.read() as conn:
         (plain,) = [d for d in desired_for(conn, sid2) or [] if d.order_id == oid3]
     assert plain.ssh_key is None
+
+
+def test_the_autossh_entrypoint_writes_every_key_on_its_own_line(tmp_path: Path) -> None:
+    """The agent's entrypoint (``printf '%s\\n' "$SSH_KEY"``) run by a real POSIX shell, with
+    /root/.ssh moved to a temporary folder: a multi-line SSH_KEY becomes one line per key."""
+    script = AUTOSSH_ENTRYPOINT
+    start = script.index('if [ -n "$SSH_KEY" ]')
+    snippet = script[start : script.index("fi\n", start) + 3]
+    snippet = snippet.replace("/root/.ssh", str(tmp_path))
+    keys = [ed25519_key("a@x"), rsa_key(2048), ed25519_key("order@x")]
+    joined = joined_keys(keys[2], "\n".join(keys[:2]))
+    assert joined is not None
+    subprocess.run(["sh", "-c", snippet], env={"SSH_KEY": joined}, check=True)
+    written = (tmp_path / "authorized_keys").read_text()
+    assert written.splitlines() == [keys[2], keys[0], keys[1]] and written.endswith("\n")
