@@ -82,6 +82,11 @@ def test_templates_and_rent_from_one(market: Market, tmp_path: Path) -> None:
         (container,) = [d for d in desired_for(conn, sid) or [] if d.order_id == order["id"]]
     assert container.ports == {"22": "tcp", "8888": "http"} and container.env == {"MODE": "train"}
 
+    renter("cancel", str(order["id"]))
+    # --wait knows from the template that port 22 is published: it waits for SSH and prints it
+    waited = renter("rent", str(sid), "--template", str(public["id"]), "--wait").stdout
+    assert any(line.startswith("ssh -p ") for line in waited.splitlines()), waited
+
     assert "not_your_template" in renter.error("template", "rm", str(public["id"]))
     assert "template_dont_exist" in renter.error("rent", str(sid), "--template", str(private["id"]))
     assert owner("template", "rm", str(private["id"])).stdout.strip() == (

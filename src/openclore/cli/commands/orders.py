@@ -270,7 +270,8 @@ def rent(
         if not c.json:
             print_rented(order, gpus is not None)
         if wait:
-            order = wait_for_order(client, order, "22" in ports, timeout, quiet=c.json)
+            want_ssh = "22" in (ports or template_ports(client, template))
+            order = wait_for_order(client, order, want_ssh, timeout, quiet=c.json)
     if c.json:
         data = to_plain(order)
         if order.ssh_command():
@@ -280,6 +281,14 @@ def rent(
     if wait:
         out.print(f"order {order.id} is {describe(order)}")
         print_endpoints(order)
+
+
+def template_ports(client: Client, template_id: int | None) -> dict[str, str]:
+    """The ports of a template the order started from (no --port given)."""
+    if template_id is None:
+        return {}
+    found = call("loading templates…", client.templates)
+    return next((dict(t.ports or {}) for t in found if t.id == template_id), {})
 
 
 def print_rented(order: Order, per_gpu: bool) -> None:
