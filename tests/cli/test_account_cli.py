@@ -22,6 +22,12 @@ def new_key() -> str:
     return ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(*OPENSSH).decode()
 
 
+def write_key(tmp_path: Path) -> Path:
+    path = tmp_path / "late.pub"
+    path.write_text(new_key() + "\n")
+    return path
+
+
 def test_ssh_keys_from_a_file_and_from_stdin(market: Market, tmp_path: Path) -> None:
     cli = Cli(market, tmp_path, market.user("renter"))
     pub = tmp_path / "id_ed25519.pub"
@@ -82,6 +88,11 @@ def test_templates_and_rent_from_one(market: Market, tmp_path: Path) -> None:
         (container,) = [d for d in desired_for(conn, sid) or [] if d.order_id == order["id"]]
     assert container.ports == {"22": "tcp", "8888": "http"} and container.env == {"MODE": "train"}
 
+    key = renter.json("ssh-key", "add", str(write_key(tmp_path)), "--name", "late")
+    attached = renter("ssh-key", "attach", str(order["id"]), str(key["id"])).stdout.strip()
+    assert attached == f"key {key['id']} attached to order {order['id']}"
+    again = renter.json("ssh-key", "attach", str(order["id"]), str(key["id"]))
+    assert again == {"order_id": order["id"], "key_id": key["id"], "attached": False}
     renter("cancel", str(order["id"]))
     # --wait knows from the template that port 22 is published: it waits for SSH and prints it
     waited = renter("rent", str(sid), "--template", str(public["id"]), "--wait").stdout

@@ -92,9 +92,13 @@ def test_templates_through_the_sdk(market: Market, clients: list[Client]) -> Non
 
     order = renter.create_order(sid, template_id=template.id, env={"MODE": "eval"})
     assert order.image == "pytorch/pytorch:latest" and order.template_id == template.id
+    key = renter.add_ssh_key("later", new_key())
+    assert renter.attach_ssh_key(order.id, key.id) is True
+    assert renter.attach_ssh_key(order.id, key.id) is False
     with market.db.read() as conn:
         (container,) = [d for d in desired_for(conn, sid) or [] if d.order_id == order.id]
     assert container.env == {"MODE": "eval"} and container.ports == {"22": "tcp", "8888": "http"}
+    assert container.ssh_key == key.public_key
     with pytest.raises(ValueError):
         renter.create_order(sid)  # neither image nor template: refused before sending
     with pytest.raises(TemplateDoesNotExist):

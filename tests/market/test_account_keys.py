@@ -171,3 +171,28 @@ def test_the_autossh_entrypoint_writes_every_key_on_its_own_line(tmp_path: Path)
     subprocess.run(["sh", "-c", snippet], env={"SSH_KEY": joined}, check=True)
     written = (tmp_path / "authorized_keys").read_text()
     assert written.splitlines() == [keys[2], keys[0], keys[1]] and written.endswith("\n")
+
+
+def test_a_key_is_attached_to_a_live_order_made_before_it(market: Market) -> None:
+    sid = market.server(market.user())
+    alice = market.client(market.user(bitcoin="1"))
+    own = ed25519_key("order@x")
+    oid = ok(alice.post("/v1/create_order", json=order_body(sid, ssh_key=own)))["order_id"]
+    with market.db.read() as conn:
+        (before,) = [d for d in desired_for(conn, sid) or [] if d.order_id == oid]
+    later = ed25519_key("later@x")
+    key = ok(alice.post("/v1/add_ssh_key", json={"name": "later", "public_key": later}))["key"]
+    body = {"order_id": oid, "key_id": key["id"]}
+    assert ok(alice.post("/v1/attach_ssh_key", json=body))["attached"] is True
+    with market.db.read() as conn:
+        (after,) = [d for d in desired_for(conn, sid) or [] if d.order_id == oid]
+    assert after.ssh_key == f"{own}\n{later}" and after.spec_hash() != before.spec_hash()
+    assert ok(alice.post("/v1/attach_ssh_key", json=body))["attached"] is False  # once
+
+    bob = market.client(market.user(bitcoin="1"))
+    bob_key = ok(bob.post("/v1/add_ssh_key", json={"name": "b", "public_key": ed25519_key()}))
+    theirs = {"order_id": oid, "key_id": bob_key["key"]["id"]}
+    assert error(bob.post("/v1/attach_ssh_key", json=theirs)) == "order_dont_exist"
+    assert error(alice.post("/v1/attach_ssh_key", json=theirs)) == "ssh_key_dont_exist"
+    ok(alice.post("/v1/cancel_order", json={"id": oid}))
+    assert error(alice.post("/v1/attach_ssh_key", json=body)) == "order_not_active"

@@ -1,5 +1,5 @@
 """Renters' own things (openclore extensions, SPEC §8): add_ssh_key, ssh_keys, delete_ssh_key,
-create_template, templates, delete_template."""
+attach_ssh_key, create_template, templates, delete_template."""
 
 from __future__ import annotations
 
@@ -34,6 +34,17 @@ def _delete_ssh_key(state: AppState, call: Call) -> dict[str, Any]:
     return {}
 
 
+def _attach_ssh_key(state: AppState, call: Call) -> dict[str, Any]:
+    req = inputs.validate_body(inputs.AttachSshKeyRequest, call.body)
+    added = state.db_write(
+        lambda conn: account_keys.attach_key(
+            conn, _uid(call), req.order_id, req.key_id, call.now, actor=_actor(call)
+        ),
+        answer=lambda a: {"attached": a},
+    )
+    return {"attached": added}
+
+
 def _create_template(state: AppState, call: Call) -> dict[str, Any]:
     req = inputs.validate_body(inputs.CreateTemplateRequest, call.body)
     template = state.db_write(
@@ -64,6 +75,7 @@ ACCOUNT_ENDPOINTS = [
     Endpoint("add_ssh_key", _add_ssh_key),
     Endpoint("ssh_keys", _ssh_keys, readonly=True),
     Endpoint("delete_ssh_key", _delete_ssh_key),
+    Endpoint("attach_ssh_key", _attach_ssh_key),
     Endpoint("create_template", _create_template),
     Endpoint("templates", _templates, readonly=True),
     Endpoint("delete_template", _delete_template),

@@ -44,6 +44,7 @@ REQUESTS: dict[str, type[BaseModel]] = {
     "delete_volume": inputs.OrderIdRequest,
     "add_ssh_key": inputs.AddSshKeyRequest,
     "delete_ssh_key": inputs.OrderIdRequest,
+    "attach_ssh_key": inputs.AttachSshKeyRequest,
     "create_template": inputs.CreateTemplateRequest,
     "delete_template": inputs.OrderIdRequest,
 }
@@ -130,6 +131,8 @@ SUMMARIES = {
     "account; every new order's container gets it",
     "ssh_keys": "openclore extension: your account's SSH keys",
     "delete_ssh_key": "openclore extension: {id}: remove a key (orders made before keep it)",
+    "attach_ssh_key": "openclore extension: {order_id, key_id}: add an account key to a live "
+    "order made before it (its container is made again, its files kept)",
     "create_template": "openclore extension: {name, image, command?, env?, ports?, "
     "jupyter_token?, disk_gb?, public?, readme?}: a template create_order can start from",
     "templates": "openclore extension: your templates and the public ones (?q= searches names)",

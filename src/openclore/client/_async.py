@@ -462,6 +462,11 @@ class AsyncClient(BaseClient):
         """Remove a key from the account; orders created before keep it."""
         await self._run(calls.delete_ssh_key(key_id))
 
+    async def attach_ssh_key(self, order_id: int, key_id: int) -> bool:
+        """Add one of the account's keys to a live order made before it; its container is made
+        again with the key (its files kept, as a restart does). False: it had the key."""
+        return await self._run(calls.attach_ssh_key(order_id, key_id))
+
     async def create_template(
         self,
         name: str,

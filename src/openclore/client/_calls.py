@@ -693,6 +693,11 @@ def delete_ssh_key(key_id: int) -> ApiCall[None]:
     return _keyed("/v1/delete_ssh_key", _none, {"id": int(key_id)})
 
 
+def attach_ssh_key(order_id: int, key_id: int) -> ApiCall[bool]:
+    body = {"order_id": int(order_id), "key_id": int(key_id)}
+    return _keyed("/v1/attach_ssh_key", lambda b: bool(b["attached"]), body)
+
+
 def create_template(
     name: str,
     image: str,

@@ -19,14 +19,16 @@ from typing import Any
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy import Connection, delete, func, insert, select, update
 
 from openclore.domain.errors import MarketError
+from openclore.engine.notify import notify_server
 from openclore.engine.outbox import SSH_KEY_ADDED, SSH_KEY_DELETED, emit
 from openclore.market.accounts import lock_user
 from openclore.market.audit import SYSTEM, Actor, record_by
+from openclore.market.keeping import _locked_order
 from openclore.store.db import inserted_id
-from openclore.store.schema import ssh_keys
+from openclore.store.schema import orders, ssh_keys
 
 MAX_KEYS = 20
 MIN_RSA_BITS = 2048
@@ -39,6 +41,7 @@ ACCEPTED = (
 )
 SSH_KEY_ADD = "ssh_key.add"
 SSH_KEY_DELETE = "ssh_key.delete"
+SSH_KEY_ATTACH = "ssh_key.attach"
 # a comment kept after the key: the characters an order's ssh_key may use (SPEC §4)
 COMMENT = re.compile(r"^[a-zA-Z0-9\-=.@+/_ ]{1,200}$")
 
@@ -179,3 +182,24 @@ def joined_keys(order_key: str | None, account: str | None) -> str | None:
             if line.strip() and line.strip() not in seen:
                 seen.append(line.strip())
     return "\n".join(seen) or None
+
+
+def attach_key(
+    conn: Connection, user_id: int, order_id: int, key_id: int, now: int, *, actor: Actor = SYSTEM
+) -> bool:
+    """Add one of the account's keys to a live order made before it: its container is made
+    again with the key (its files kept, as a restart does). False: the order had it already."""
+    key = conn.execute(
+        select(ssh_keys).where(ssh_keys.c.id == key_id, ssh_keys.c.user_id == user_id)
+    ).first()
+    if key is None:
+        raise MarketError("ssh_key_dont_exist", key_id=key_id)
+    order, server = _locked_order(conn, user_id, order_id, now)
+    has = joined_keys(order["ssh_key"], order["account_keys"]) or ""
+    if key.public_key in has.splitlines():
+        return False
+    keys = joined_keys(order["account_keys"], key.public_key)
+    conn.execute(update(orders).where(orders.c.id == order_id).values(account_keys=keys))
+    notify_server(conn, int(server["id"]))
+    record_by(conn, actor, SSH_KEY_ATTACH, f"order:{order_id}", {"fingerprint": key.fingerprint})
+    return True

@@ -453,6 +453,11 @@ class AddSshKeyRequest(Request):
     public_key: StrictStr = Field(min_length=1, max_length=16384)
 
 
+class AttachSshKeyRequest(Request):
+    order_id: Id
+    key_id: Id
+
+
 class CreateTemplateRequest(Request):
     """A template's fields are validated like create_order's."""
 

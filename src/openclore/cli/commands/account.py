@@ -1,6 +1,6 @@
-"""Renters' own things (openclore, SPEC §8): ``openclore ssh-key add|list|rm`` (keys every new
-order's container gets) and ``openclore template create|list|rm`` (what ``rent --template``
-starts from)."""
+"""Renters' own things (openclore, SPEC §8): ``openclore ssh-key add|list|rm|attach`` (keys
+every new order's container gets; ``attach`` adds one to an older order) and ``openclore
+template create|list|rm`` (what ``rent --template`` starts from)."""
 
 from __future__ import annotations
 
@@ -89,6 +89,22 @@ def ssh_key_rm(c: Ctx, key_id: Annotated[int, typer.Argument(metavar="ID")]) -> 
         emit_json({"id": key_id, "deleted": True})
     else:
         out.print(f"key {key_id} removed")
+
+
+@client_command
+def ssh_key_attach(
+    c: Ctx,
+    order_id: Annotated[int, typer.Argument(metavar="ORDER", help="Your live order.")],
+    key_id: Annotated[int, typer.Argument(metavar="KEY", help="One of your keys.")],
+) -> None:
+    """Add a key to an order made before it: its container is made again with the key, its
+    files kept."""
+    with c.session() as client:
+        added = call("attaching the key…", lambda: client.attach_ssh_key(order_id, key_id))
+    if c.json:
+        emit_json({"order_id": order_id, "key_id": key_id, "attached": added})
+    else:
+        out.print(f"key {key_id} {'attached to' if added else 'was already on'} order {order_id}")
 
 
 @client_command
