@@ -196,3 +196,11 @@ def test_a_key_is_attached_to_a_live_order_made_before_it(market: Market) -> Non
     assert error(alice.post("/v1/attach_ssh_key", json=theirs)) == "ssh_key_dont_exist"
     ok(alice.post("/v1/cancel_order", json={"id": oid}))
     assert error(alice.post("/v1/attach_ssh_key", json=body)) == "order_not_active"
+
+
+def test_an_order_without_account_keys_keeps_its_key_exactly() -> None:
+    """Orders made before account keys existed keep their container's spec hash."""
+    odd = "ssh-ed25519 AAAAC3 me@x \n\nssh-ed25519 AAAAC3 me@x"
+    assert joined_keys(odd, None) == odd and joined_keys("", None) == ""
+    assert joined_keys(None, None) is None
+    assert joined_keys(odd, "ssh-rsa AAAAB3 k") == "ssh-ed25519 AAAAC3 me@x\nssh-rsa AAAAB3 k"

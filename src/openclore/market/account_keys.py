@@ -175,7 +175,11 @@ def account_keys(conn: Connection, user_id: int) -> str | None:
 
 
 def joined_keys(order_key: str | None, account: str | None) -> str | None:
-    """An order's own ssh_key and its account's keys, one per line, each once."""
+    """An order's own ssh_key and its account's keys, one per line, each once. Without account
+    keys the order's key is kept as it is, so that orders made before account keys keep their
+    container's spec (an upgrade does not make their containers again)."""
+    if not account:
+        return order_key
     seen: list[str] = []
     for chunk in (order_key, account):
         for line in (chunk or "").splitlines():
