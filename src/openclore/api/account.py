@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from openclore.api.keeping import _actor, _uid
 from openclore.api.state import AppState, Call, Endpoint
+from openclore.api.state import caller_actor as _actor
+from openclore.api.state import caller_id as _uid
 from openclore.market import account_keys, inputs, templates
 
 

@@ -26,10 +26,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from openclore.api.state import AppState, Call
+from openclore.api.state import caller_actor as _actor
+from openclore.api.state import caller_id as _uid
 from openclore.domain.errors import InvalidInput, RateLimited
 from openclore.engine import notify as wake
 from openclore.engine.outbox import Event, events_after, latest_event_id, user_wake_id
-from openclore.market import audit, inputs
+from openclore.market import inputs
 from openclore.market import webhooks as webhook_service
 from openclore.store.db import Database
 
@@ -38,18 +40,6 @@ STREAM_BATCH = 500
 POLL_INTERVAL = 1.0  # SQLite replicas have no NOTIFY: look at least this often
 KEEPALIVE = 15.0
 TOKEN_CHECK = 2.0  # seconds between two checks of a stream's token
-
-
-def _uid(call: Call) -> int:
-    assert call.user_id is not None
-    return call.user_id
-
-
-def _actor(call: Call) -> audit.Actor:
-    """The caller, as the use cases record it in the audit log (as ``api.app`` names it)."""
-    token = (call.request.headers.get("auth") or "").strip()
-    source = call.request.client.host if call.request.client else ""
-    return audit.Actor.user(_uid(call), source, f"token:{token[:8]}" if token else "")
 
 
 def _int_query(call: Call, name: str, default: int | None, top: int) -> int | None:

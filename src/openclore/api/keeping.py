@@ -8,21 +8,12 @@ from typing import Any
 from sqlalchemy import Connection
 
 from openclore.api.state import AppState, Call, Endpoint
-from openclore.market import audit, inputs
+from openclore.api.state import caller_actor as _actor
+from openclore.api.state import caller_id as _uid
+from openclore.market import inputs
 from openclore.market import keeping as keeping_service
 from openclore.market import orders as order_service
 from openclore.market import volumes as volume_service
-
-
-def _uid(call: Call) -> int:
-    assert call.user_id is not None
-    return call.user_id
-
-
-def _actor(call: Call) -> audit.Actor:
-    token = (call.request.headers.get("auth") or "").strip()
-    source = call.request.client.host if call.request.client else ""
-    return audit.Actor.user(_uid(call), source, f"token:{token[:8]}" if token else "")
 
 
 def _order_answer(conn: Connection, state: AppState, order_id: int) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from openclore.config import Settings
 from openclore.domain.errors import CloreError, InternalError, MarketError
 from openclore.engine.clock import Clock, SystemClock
 from openclore.engine.ticker import tick
+from openclore.market import audit
 from openclore.market.stats import MarketFigures, market_figures
 from openclore.store.db import Database, run_write
 from openclore.store.freshness import Versions
@@ -73,6 +74,19 @@ class Call:
         else:
             with self.db.read() as conn:
                 yield conn
+
+
+def caller_id(call: Call) -> int:
+    """The authenticated caller of an endpoint that requires a token."""
+    assert call.user_id is not None
+    return call.user_id
+
+
+def caller_actor(call: Call) -> audit.Actor:
+    """The caller, as the use cases record it in the audit log: user, address, token prefix."""
+    token = (call.request.headers.get("auth") or "").strip()
+    source = call.request.client.host if call.request.client else ""
+    return audit.Actor.user(caller_id(call), source, f"token:{token[:8]}" if token else "")
 
 
 Handler = Callable[["AppState", Call], Any]

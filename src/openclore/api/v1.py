@@ -19,12 +19,14 @@ from openclore.api.keeping import KEEPING_ENDPOINTS
 from openclore.api.listing import listing_response
 from openclore.api.market_cache import PartsResponse
 from openclore.api.state import AppState, Call, Endpoint
+from openclore.api.state import caller_actor as _actor
+from openclore.api.state import caller_id as _uid
 from openclore.api.wire import dumps
 from openclore.domain.errors import InvalidInput, MarketError
 from openclore.domain.money import to_units
 from openclore.engine.clock import SandboxClock
-from openclore.market import audit, inputs, search
 from openclore.market import gigaspot as gigaspot_service
+from openclore.market import inputs, search
 from openclore.market import logs as logs_service
 from openclore.market import orders as order_service
 from openclore.market import servers as server_service
@@ -105,16 +107,6 @@ def _spot_marketplace(state: AppState, call: Call) -> dict[str, Any]:
         return {"exists": False}
     with call.read() as conn:
         return server_service.spot_marketplace(conn, server_id, call.user_id, state.settings)
-
-
-def _source(call: Call) -> str:
-    return call.request.client.host if call.request.client else ""
-
-
-def _actor(call: Call) -> audit.Actor:
-    """The caller, as the use cases record it in the audit log."""
-    token = (call.request.headers.get("auth") or "").strip()
-    return audit.Actor.user(_uid(call), _source(call), f"token:{token[:8]}" if token else "")
 
 
 def _set_server_settings(state: AppState, call: Call) -> dict[str, Any]:
@@ -438,11 +430,6 @@ def _withdraw(state: AppState, call: Call) -> dict[str, Any]:
 def _withdrawals(state: AppState, call: Call) -> dict[str, Any]:
     with call.read() as conn:
         return withdrawal_service.my_withdrawals(conn, _uid(call))
-
-
-def _uid(call: Call) -> int:
-    assert call.user_id is not None
-    return call.user_id
 
 
 V1_ENDPOINTS = [
