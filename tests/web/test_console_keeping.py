@@ -6,6 +6,7 @@ created and deleted."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,6 +201,18 @@ def _flash_ok(page: Page) -> None:
     assert "ok" in (flash.get_attribute("class") or ""), flash.inner_text()
 
 
+def _shots(page: Page, tmp_path: Path, lang: str, name: str) -> None:
+    """The page at each viewport (the table scrolls in its box, the page never sideways),
+    screenshots in $OPENCLORE_SCREENSHOTS (default: the test's tmp_path)."""
+    shots = Path(os.environ.get("OPENCLORE_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    for size in VIEWPORTS:
+        page.set_viewport_size(ViewportSize(width=size["width"], height=size["height"]))
+        assert _too_wide(page) == [], (lang, name, size)
+        path = shots / f"keeping-{lang}-{name}-{size['width']}.png"
+        page.screenshot(path=str(path), full_page=True)
+
+
 def _confirm(page: Page, link: str) -> None:
     """Click an action's link, then the confirmation page's button."""
     page.click(link)
@@ -260,13 +273,13 @@ def test_demo_world_stop_start_and_a_volume_in_both_languages(
         _confirm(page, f"#actions-{oid} a.start")
         assert ok(api.post("/v1/my_orders", json={}))["orders"][0]["state"] == "running"
         assert state.locator(".tag.free").count() == 1
+        _shots(page, tmp_path, lang, "orders")
+        page.set_viewport_size(ViewportSize(width=1366, height=768))
         page.click(f"#actions-{oid} form.cancel button")
         page.wait_for_url(re.compile(r".*/orders$"))
 
         page.click("header nav a[href='/volumes']")
-        for size in VIEWPORTS:  # the table scrolls in its box, the page never sideways
-            page.set_viewport_size(ViewportSize(width=size["width"], height=size["height"]))
-            assert _too_wide(page) == [], (lang, size)
+        _shots(page, tmp_path, lang, "volumes")
         _confirm(page, f"#volumes tr[data-id='{volume['id']}'] a.danger")
         assert ok(api.post("/v1/volumes", json={}))["volumes"] == []
         if lang == "zh-CN":
