@@ -32,30 +32,11 @@ from openclore.protocol import (
 )
 
 from agent_support import wait_for
-from support import IN_CI
 
 IMAGE = "openclore-test/busybox:latest"
 TEST_LABEL = "openclore.test"
 WORK = "/root/work.txt"
 ONSTART_LOG = "/root/onstart-runs.txt"
-
-
-@pytest.fixture(scope="module")
-def docker_client() -> Iterator[Any]:
-    problem = None
-    try:
-        client = docker.from_env(timeout=60)
-        client.ping()
-        client.images.get(IMAGE)
-    except Exception as exc:
-        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if problem is not None:
-        message = f"no Docker engine with {IMAGE} ({problem}); run scripts/setup-docker.sh"
-        if IN_CI:
-            pytest.fail(message + " (CI=true: the Docker tests are mandatory)")
-        pytest.skip(message)
-    yield client
-    client.close()
 
 
 class Run:
