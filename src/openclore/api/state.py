@@ -104,6 +104,8 @@ class Endpoint:
     # the plain listing (no query, no body) may be answered from the listing and callers held
     # in memory, on the event loop, when they are known current (the marketplace)
     memory_listing: bool = False
+    # the key scope it needs (SPEC §8: read, rent, host, money, account); every endpoint names one
+    scope: str = "read"
 
 
 class StreamSlots:

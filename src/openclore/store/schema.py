@@ -66,6 +66,12 @@ api_tokens = Table(
     Column("prefix", String(8), nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("revoked_at", BigInteger, nullable=True),
+    # a renter's own key (create_api_key): its name, its scopes (NULL: every scope, as operator
+    # issued tokens have), when it stops working, and its daily spend limit per currency
+    Column("name", String(64), nullable=True),
+    Column("scopes", String(64), nullable=True),
+    Column("expires_at", BigInteger, nullable=True),
+    Column("spend_limit", JSON, nullable=True),
 )
 
 servers = Table(
@@ -230,6 +236,10 @@ orders = Table(
     # line; the container gets them beside ssh_key) and the template the order was made from
     Column("account_keys", Text, nullable=True),
     Column("template_id", Integer, nullable=True),
+    # the API key the order was created with (its spend limit bounds the order's billing)
+    Column("api_key_id", Integer, nullable=True, index=True),
+    # why stop_at is set: NULL (the renter's timer) or "spend_limit" (the key's daily cap)
+    Column("timer_reason", String(16), nullable=True),
     CheckConstraint("price > 0", name="price_positive"),
     CheckConstraint(
         "storage_spend >= 0 AND storage_fee >= 0 AND storage_fee <= storage_spend",
@@ -384,7 +394,7 @@ order_charges = Table(
     "order_charges",
     metadata,
     Column("transfer_id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
-    Column("order_id", Integer, primary_key=True),
+    Column("order_id", Integer, primary_key=True, index=True),
     Column("amount", BigInteger, nullable=False),
     CheckConstraint("amount > 0", name="amount_positive"),
 )
