@@ -198,7 +198,8 @@ class Pipeline:
                     if key is not None:
                         if key.expired(now):
                             raise InvalidToken("api key expired")
-                        if ep.scope is not None and not key.allows(ep.scope):  # refused before anything is read or done
+                        # refused before anything is read or done
+                        if ep.scope is not None and not key.allows(ep.scope):
                             raise MissingScope(ep.scope)
                     user_id = None if key is None else key.user_id
                     if ep.readonly:  # one transaction (if any) for the caller and the answer

@@ -203,7 +203,7 @@ def create_key(
             )
         )
     )
-    detail = {"name": name, "scopes": sorted(scopes), "expires_at": expires_at}
+    detail: dict[str, Any] = {"name": name, "scopes": sorted(scopes), "expires_at": expires_at}
     if spend_limit is not None:
         detail["spend_limit"] = {c: str(to_coins(v)) for c, v in spend_limit}
     record_by(conn, actor, API_KEY_CREATE, f"api_key:{key_id}", detail)
