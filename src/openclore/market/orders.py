@@ -57,6 +57,24 @@ from openclore.store.schema import orders, servers
 MAX_ISSUE_LENGTH = 2048
 
 
+def _rentable_server(
+    conn: Connection, user_id: int, req: CreateOrderRequest, settings: Settings
+) -> dict[str, Any]:
+    """The server an order asks for, locked, when ``user_id`` may rent it in that currency."""
+    server = lock_server(conn, req.renting_server)
+    if server is None or server["removed_at"] is not None:
+        raise MarketError("server-dont-exist")
+    if server["owner_id"] == user_id:
+        raise MarketError("cant_rent_from_yourself")
+    if server["visibility"] != "public":
+        raise MarketError("server-dont-exist")
+    if not server["online"]:
+        raise MarketError("server-offline")
+    if req.currency not in settings.currencies:
+        raise MarketError("currency-not-allowed")
+    return dict(server)
+
+
 def create_order(
     conn: Connection,
     user_id: int,
@@ -69,17 +87,7 @@ def create_order(
     """Rent a server on demand or bid for it (audited as ``actor``'s); returns the order id."""
     lock_user(conn, user_id)  # the order limit is counted under it
     req = apply_template(conn, user_id, req)
-    server = lock_server(conn, req.renting_server)
-    if server is None or server["removed_at"] is not None:
-        raise MarketError("server-dont-exist")
-    if server["owner_id"] == user_id:
-        raise MarketError("cant_rent_from_yourself")
-    if server["visibility"] != "public":
-        raise MarketError("server-dont-exist")
-    if not server["online"]:
-        raise MarketError("server-offline")
-    if req.currency not in settings.currencies:
-        raise MarketError("currency-not-allowed")
+    server = _rentable_server(conn, user_id, req, settings)
     on_demand_price, min_spot = prices_of(conn, [server["id"]], enabled_only=True)[
         server["id"]
     ].get(req.currency, (0, 0))
