@@ -88,6 +88,7 @@ from openclore.client._exactjson import dumps as json_dumps
 from openclore.client._exactjson import loads as json_loads
 from openclore.client._models import (
     AddedServer,
+    ApiKey,
     BackgroundJob,
     CancelOrdersResponse,
     CancelResult,
@@ -146,6 +147,7 @@ __all__ = [
     "AgentDidNotAnswer",
     "Amount",
     "AmountTooLow",
+    "ApiKey",
     "AsyncClient",
     "AsyncSandbox",
     "BackgroundJob",

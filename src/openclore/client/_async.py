@@ -25,6 +25,7 @@ from openclore.client._errors import (
 )
 from openclore.client._models import (
     AddedServer,
+    ApiKey,
     CancelOrdersResponse,
     Event,
     EventPage,
@@ -447,6 +448,10 @@ class AsyncClient(BaseClient):
         await self._run(calls.delete_volume(volume_id))
 
     # ---------------------------------------------------- renters' own things (SPEC §8)
+
+    async def api_key_info(self) -> ApiKey:
+        """openclore: the key this client runs with: its scopes, expiry and spend limit."""
+        return await self._run(calls.api_key())
 
     async def add_ssh_key(self, name: str, public_key: str) -> SshKey:
         """Keep an SSH public key (one ``type base64 [comment]`` line: ed25519, ECDSA, or RSA

@@ -22,6 +22,8 @@ from openclore.client._errors import (
 )
 from openclore.client._models import (
     AddedServer,
+    ApiKey,
+    ApiKeyResponse,
     CancelOrdersResponse,
     CreateOrderResponse,
     CreateVolumeResponse,
@@ -678,6 +680,10 @@ def pick_new_order(
 
 
 # ------------------------------------------- renters' own things (openclore, SPEC §8)
+
+
+def api_key() -> ApiCall[ApiKey]:
+    return ApiCall("GET", "/v1/api_key", lambda b: ApiKeyResponse.model_validate(b).key)
 
 
 def add_ssh_key(name: str, public_key: str) -> ApiCall[SshKey]:

@@ -506,6 +506,22 @@ class Template(CloreModel):
     created_at: int = 0
 
 
+class ApiKey(CloreModel):
+    """openclore: the key a client runs with (``GET /v1/api_key``, SPEC §8): its scopes (from
+    ``read``, ``rent``, ``host``, ``money``, ``account``; operator-issued tokens have all five),
+    when it stops working and its daily spend limit per currency (None: no limit)."""
+
+    id: int
+    name: str | None = None
+    scopes: list[str] = Field(default_factory=list)
+    expires_at: int | None = Field(None, description="unix seconds; None: never")
+    spend_limit: CoinMap | None = Field(None, description="per currency, per market day (UTC)")
+
+
+class ApiKeyResponse(Envelope):
+    key: ApiKey
+
+
 class SshKeyResponse(Envelope):
     key: SshKey
 

@@ -21,6 +21,7 @@ from openclore.client._errors import (
 )
 from openclore.client._models import (
     AddedServer,
+    ApiKey,
     CancelOrdersResponse,
     Event,
     EventPage,
@@ -443,6 +444,10 @@ class Client(BaseClient):
         self._run(calls.delete_volume(volume_id))
 
     # ---------------------------------------------------- renters' own things (SPEC §8)
+
+    def api_key_info(self) -> ApiKey:
+        """openclore: the key this client runs with: its scopes, expiry and spend limit."""
+        return self._run(calls.api_key())
 
     def add_ssh_key(self, name: str, public_key: str) -> SshKey:
         """Keep an SSH public key (one ``type base64 [comment]`` line: ed25519, ECDSA, or RSA

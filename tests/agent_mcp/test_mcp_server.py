@@ -1,0 +1,424 @@
+"""``openclore mcp`` driven by the official MCP SDK's own client (``mcp.ClientSession``), over
+stdio to a ``python -m openclore mcp`` process and over streamable HTTP, against a real openclore
+sandbox market over real HTTP: list the tools, search, rent, status with connection info, logs,
+stop and start, cancel, wallet and runway, templates; a key's scopes choose the tools."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamablehttp_client
+from mcp.types import CallToolResult
+
+from openclore.client import AsyncClient, Client
+from openclore.mcp.server import build_server, key_info
+from openclore.mcp.tools import SCOPES, TOOL_SCOPES, KeyInfo, allowed_tools, money, plain
+
+from support import Market, free_port
+
+IMAGE = "cloreai/ubuntu20.04-jupyter"
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+READ_TOOLS = {"search_offers", "order_status", "order_logs", "wallet", "list_templates"}
+
+
+@pytest.fixture
+def backend() -> str:
+    """The MCP server only speaks HTTP to the market: one database backend is enough here (the
+    market's own tests cover both)."""
+    return "sqlite"
+
+
+@pytest.fixture
+def world(market: Market) -> tuple[str, int]:
+    """A renter's token and a host's server (on-demand 0.0001, spot 0.00001 a day, 50 GB of
+    disk kept when stopped at 0.0002 a GB-day)."""
+    host = market.user("host")
+    renter = market.user("renter", bitcoin="1")
+    sid = market.server(host, "keeper", on_demand="0.0001", spot="0.00001", mrl=720)
+    with Client(host, base_url=market.url, rate_limit=False) as client:
+        client.set_server_settings("keeper", disk_gb=50, storage_price="0.0002")
+    return renter, sid
+
+
+def _env(market: Market, token: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        OPENCLORE_URL=market.url,
+        OPENCLORE_API_KEY=token,
+        OPENCLORE_CONFIG=os.devnull,
+        PYTHONPATH=os.pathsep.join(p for p in (SRC, env.get("PYTHONPATH")) if p),
+    )
+    env.pop("OPENCLORE_PROFILE", None)
+    return env
+
+
+@asynccontextmanager
+async def stdio_session(market: Market, token: str) -> AsyncIterator[ClientSession]:
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "openclore", "mcp"], env=_env(market, token)
+    )
+    async with (
+        stdio_client(params) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        yield session
+
+
+@pytest.fixture
+def http_mcp(market: Market, world: tuple[str, int]) -> Iterator[str]:
+    """``openclore mcp --transport http`` as its own process; yields its URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "openclore", "mcp", "--transport", "http", "--port", str(port)],
+        env=_env(market, world[0]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert time.time() < deadline, "the MCP server did not listen"
+            time.sleep(0.1)
+    try:
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stderr:
+            process.stderr.close()
+
+
+def data(result: CallToolResult) -> Any:
+    """A tool's answer: its structured content, which its text content repeats as JSON."""
+    assert not result.isError, result.content
+    assert result.structuredContent is not None
+    text = result.content[0]
+    assert text.type == "text" and json.loads(text.text) == result.structuredContent
+    return result.structuredContent
+
+
+def refused(result: CallToolResult) -> str:
+    assert result.isError
+    text = result.content[0]
+    assert text.type == "text"
+    return text.text
+
+
+async def call(session: ClientSession, tool: str, **arguments: Any) -> CallToolResult:
+    return await session.call_tool(tool, arguments)
+
+
+# ----------------------------------------------------------------------------- over stdio
+
+
+def test_stdio_rent_status_stop_start_cancel(market: Market, world: tuple[str, int]) -> None:
+    token, sid = world
+
+    async def flow() -> None:
+        async with stdio_session(market, token) as session:
+            listed = await session.list_tools()
+            tools = {t.name: t for t in listed.tools}
+            # a market without scoped keys: the key is taken to have every scope
+            assert set(tools) == set(TOOL_SCOPES)
+            rent = tools["rent_server"].inputSchema
+            assert rent["required"] == ["server_id"]
+            assert set(rent["properties"]) >= {
+                "server_id", "image", "type", "price", "currency", "ports", "env",
+                "template_id", "gpu_count",
+            }  # fmt: skip
+            price = rent["properties"]["price"]["anyOf"][0]
+            assert price["type"] == "string" and "pattern" in price  # money: exact strings
+            assert tools["search_offers"].annotations is not None
+            assert tools["search_offers"].annotations.readOnlyHint is True
+            assert tools["cancel_order"].annotations is not None
+            assert tools["cancel_order"].annotations.destructiveHint is True
+            assert all(t.description for t in listed.tools)
+
+            found = data(await call(session, "search_offers", gpu="3090", max_price="0.001"))
+            assert found["total"] == 1
+            (offer,) = found["offers"]
+            assert offer["id"] == sid and offer["gpu"] == "NVIDIA GeForce RTX 3090"
+            assert offer["on_demand_per_day"] == {"bitcoin": "0.0001"}
+            assert offer["country"] == "CZ" and offer["gpu_count"] == 1
+            cheap = data(await call(session, "search_offers", max_price="0.00001"))
+            assert cheap["offers"] == []
+            bad = await call(session, "search_offers", max_price=0.001)  # a float: refused
+            assert bad.isError
+
+            before = data(await call(session, "wallet"))
+            (btc,) = [w for w in before["wallets"] if w["currency"] == "bitcoin"]
+            assert btc["balance"] == "1" or Decimal(btc["balance"]) == 1
+            assert before["key"]["scopes"] == sorted(SCOPES)
+            assert before["key"]["spend_limit_per_day"] is None
+
+            wrong = refused(
+                await call(session, "rent_server", server_id=sid, image=IMAGE, price="0.0002")
+            )
+            assert "price_changed" in wrong
+            rented = data(
+                await call(
+                    session,
+                    "rent_server",
+                    server_id=sid,
+                    image=IMAGE,
+                    price="0.0001",
+                    ports={"22": "tcp", "8888": "http"},
+                    env={"HELLO": "world"},
+                )
+            )["order"]
+            oid = rented["id"]
+            assert rented["server_id"] == sid and rented["type"] == "on-demand"
+            assert rented["price_per_day"] == "0.0001" and rented["currency"] == "bitcoin"
+            assert rented["disk_gb"] == 50 and rented["storage_per_day"] == "0.01"
+
+            status = data(await call(session, "order_status", order_id=oid))["order"]
+            assert status["state"] == "running"
+            assert status["connection"]["ssh"].startswith("ssh -p ")
+            assert "22" in status["connection"]["tcp"]
+            everything = data(await call(session, "order_status"))["orders"]
+            assert [o["id"] for o in everything] == [oid]
+
+            burning = data(await call(session, "wallet"))
+            (btc,) = [w for w in burning["wallets"] if w["currency"] == "bitcoin"]
+            assert Decimal(btc["burn_per_day"]) > 0 and btc["runway_seconds"] > 0
+            assert "runway_hours" in btc
+
+            logs = await call(session, "order_logs", order_id=oid, tail=10)
+            if not logs.isError:  # a simulated host may have nothing to say
+                assert isinstance(data(logs)["lines"], list)
+
+            stopped = data(await call(session, "stop_order", order_id=oid))["order"]
+            assert stopped["state"] == "stopped" and stopped["stop_reason"] == "user"
+            again = refused(await call(session, "stop_order", order_id=oid))
+            assert "order_already_stopped" in again
+            started = data(await call(session, "start_order", order_id=oid))["order"]
+            assert started["state"] == "running"
+
+            assert data(await call(session, "cancel_order", order_id=oid)) == {
+                "order_id": oid,
+                "cancelled": True,
+            }
+            assert data(await call(session, "order_status"))["orders"] == []
+            gone = refused(await call(session, "cancel_order", order_id=oid))
+            assert "order" in gone
+
+            spot = refused(
+                await call(session, "rent_server", server_id=sid, type="spot", image=IMAGE)
+            )
+            assert "needs `price`" in spot
+
+    asyncio.run(flow())
+
+
+def test_stdio_templates(market: Market, world: tuple[str, int]) -> None:
+    token, sid = world
+
+    async def flow() -> None:
+        async with stdio_session(market, token) as session:
+            made = data(
+                await call(
+                    session,
+                    "create_template",
+                    name="notebook",
+                    image=IMAGE,
+                    ports={"8888": "http"},
+                    env={"A": "1"},
+                )
+            )["template"]
+            assert made["name"] == "notebook" and made["image"] == IMAGE
+            listed = data(await call(session, "list_templates", q="NOTE"))["templates"]
+            assert [t["id"] for t in listed] == [made["id"]]
+            order = data(await call(session, "rent_server", server_id=sid, template_id=made["id"]))[
+                "order"
+            ]
+            assert order["image"] == IMAGE and order["template_id"] == made["id"]
+            data(await call(session, "cancel_order", order_id=order["id"]))
+
+    asyncio.run(flow())
+
+
+def test_stdio_bad_key_is_one_clear_line(market: Market) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "openclore", "mcp"],
+        env=_env(market, "not-a-token"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().startswith("error: invalid API token"), done.stderr
+
+
+# ----------------------------------------------------------------------------- over HTTP
+
+
+def test_streamable_http(market: Market, world: tuple[str, int], http_mcp: str) -> None:
+    _, sid = world
+
+    async def flow() -> None:
+        async with (
+            streamablehttp_client(http_mcp) as (read, write, _),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            names = {t.name for t in (await session.list_tools()).tools}
+            assert names == set(TOOL_SCOPES)
+            (offer,) = data(await call(session, "search_offers"))["offers"]
+            assert offer["id"] == sid
+            order = data(await call(session, "rent_server", server_id=sid, image=IMAGE))["order"]
+            status = data(await call(session, "order_status", order_id=order["id"]))["order"]
+            assert status["connection"]["ssh"].startswith("ssh -p ")
+            data(await call(session, "cancel_order", order_id=order["id"]))
+            wallets = data(await call(session, "wallet"))["wallets"]
+            assert any(w["currency"] == "bitcoin" for w in wallets)
+
+    asyncio.run(flow())
+
+
+# ----------------------------------------------------------------------------- scopes
+
+
+def test_scopes_choose_the_tools() -> None:
+    assert allowed_tools(frozenset({"read"})) == sorted(READ_TOOLS, key=list(TOOL_SCOPES).index)
+    assert set(allowed_tools(frozenset({"read", "rent"}))) == set(TOOL_SCOPES) - {"create_template"}
+    assert allowed_tools(frozenset(SCOPES)) == list(TOOL_SCOPES)
+    assert allowed_tools(frozenset({"host", "money"})) == []
+    assert set(TOOL_SCOPES.values()) <= set(SCOPES)
+
+
+def test_a_read_only_key_is_offered_only_the_read_tools(market: Market) -> None:
+    async def listed(scopes: set[str]) -> set[str]:
+        async with AsyncClient("unused", base_url=market.url) as client:
+            server = build_server(client, KeyInfo(scopes=frozenset(scopes)))
+            return {t.name for t in await server.list_tools()}
+
+    assert asyncio.run(listed({"read"})) == READ_TOOLS
+    assert asyncio.run(listed({"read", "account"})) == READ_TOOLS | {"create_template"}
+
+
+def test_the_wallet_shows_the_keys_budget(market: Market) -> None:
+    token = market.user("agent", bitcoin="0.5")
+    key = KeyInfo(
+        scopes=frozenset({"read"}),
+        name="agent",
+        spend_limit={"bitcoin": Decimal("0.00000113")},
+        expires_at=1800000000,
+    )
+
+    async def wallet() -> Any:
+        async with AsyncClient(token, base_url=market.url, rate_limit=False) as client:
+            server = build_server(client, key)
+            _, structured = await server.call_tool("wallet", {})
+            return structured
+
+    answer = asyncio.run(wallet())
+    assert answer["key"] == {
+        "scopes": ["read"],
+        "spend_limit_per_day": {"bitcoin": "0.00000113"},
+        "name": "agent",
+        "expires_at": 1800000000,
+    }
+    (btc,) = [w for w in answer["wallets"] if w["currency"] == "bitcoin"]
+    assert btc["balance"] == "0.5"
+
+
+def test_a_market_without_key_scopes_gives_every_scope(market: Market) -> None:
+    """A market that answers code 4 (no ``GET /v1/api_key``) is taken to give every scope."""
+    token = market.user("agent")
+
+    async def info() -> KeyInfo:
+        async with AsyncClient(token, base_url=market.url, rate_limit=False) as client:
+            return await key_info(client)
+
+    key = asyncio.run(info())
+    if key.reported:  # the market reports scoped keys: an operator-issued token has all five
+        assert key.scopes == frozenset(SCOPES)
+    else:
+        assert key == KeyInfo.unreported()
+
+
+def test_money_is_exact_decimal_strings() -> None:
+    assert money(Decimal("6.944444444444445e-9")) == "0.000000006944444444444445"
+    assert money(Decimal("1E-8")) == "0.00000001"
+    assert money(Decimal("10.5")) == "10.5"
+    assert plain({"a": [Decimal("0.1")], "b": 1}) == {"a": ["0.1"], "b": 1}
+
+
+def test_the_sdk_reads_the_key_it_runs_with() -> None:
+    """``api_key_info()`` (sync and async) reads ``GET /v1/api_key``: scopes, expiry and the
+    spend limit as exact Decimals."""
+    body = (
+        b'{"code": 0, "key": {"id": 7, "name": "agent", "scopes": ["read"], '
+        b'"expires_at": 1800000000, "spend_limit": {"CLORE-Blockchain": 10.5}}}'
+    )
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.path} {request.headers.get('auth')}")
+        return httpx.Response(200, content=body, headers={"content-type": "application/json"})
+
+    with Client("k", base_url="http://market", transport=httpx.MockTransport(answer)) as client:
+        key = client.api_key_info()
+    assert seen == ["GET /v1/api_key k"]
+    assert key.id == 7 and key.name == "agent" and key.scopes == ["read"]
+    assert key.expires_at == 1800000000
+    assert key.spend_limit == {"CLORE-Blockchain": Decimal("10.5")}
+    info = KeyInfo.from_api(key)
+    assert info.scopes == {"read"} and info.spend_limit == {"CLORE-Blockchain": Decimal("10.5")}
+
+    async def read() -> KeyInfo:
+        transport = httpx.MockTransport(answer)
+        async with AsyncClient("k", base_url="http://market", transport=transport) as client:
+            return await key_info(client)
+
+    assert asyncio.run(read()) == info
+
+
+def test_the_command_says_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from openclore.cli import mcp_command
+    from openclore.cli.main import app
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["mcp", "--transport", "sse"], env={"OPENCLORE_API_KEY": "k"})
+    assert bad.exit_code == 2 and "stdio or http" in bad.stderr
+    real = mcp_command.importlib.util.find_spec
+    monkeypatch.setattr(
+        mcp_command.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "mcp" else real(name, *a),
+    )
+    missing = runner.invoke(app, ["mcp"], env={"OPENCLORE_API_KEY": "k"})
+    assert missing.exit_code == 1
+    assert "pip install 'openclore[mcp]'" in missing.stderr
+    monkeypatch.undo()
+    nokey = runner.invoke(
+        app, ["mcp"], env={"OPENCLORE_API_KEY": None, "OPENCLORE_CONFIG": os.devnull}
+    )
+    assert nokey.exit_code == 1 and "no API key" in nokey.stderr
