@@ -205,7 +205,8 @@ def test_stdio_rent_status_stop_start_cancel(market: Market, world: tuple[str, i
             burning = data(await call(session, "wallet"))
             (btc,) = [w for w in burning["wallets"] if w["currency"] == "bitcoin"]
             assert Decimal(btc["burn_per_day"]) > 0 and btc["runway_seconds"] > 0
-            assert "runway_hours" in btc
+            runway = Decimal(btc["runway_seconds"]) / 86400
+            assert abs(Decimal(btc["runway_days"]) - runway) <= Decimal("0.005")
 
             logs = await call(session, "order_logs", order_id=oid, tail=10)
             if not logs.isError:  # a simulated host may have nothing to say

@@ -152,7 +152,8 @@ def order_view(order: Order) -> dict[str, Any]:
         "created_at": order.ct,
         "max_rental_seconds": order.mrl,
         "gpu_count": order.gpu_count,
-        "gpus": order.gpu_array or None,
+        "gpu_names": order.gpu_array or None,
+        "gpu_indices": order.gpus,
         "disk_gb": order.disk_gb,
         "storage_per_day": money(order.storage_per_day),
         "stop_reason": order.stop_reason,
@@ -447,8 +448,8 @@ class MarketTools:
                 "deposit_address": w.deposit,
             }
             if w.runway_seconds is not None:
-                row["runway_hours"] = money(
-                    (Decimal(w.runway_seconds) / 3600).quantize(Decimal("0.01"))
+                row["runway_days"] = money(
+                    (Decimal(w.runway_seconds) / 86400).quantize(Decimal("0.01"))
                 )
             out.append({k: v for k, v in row.items() if v is not None})
         key: dict[str, Any] = {
