@@ -235,7 +235,7 @@ def test_stdio_rent_status_stop_start_cancel(market: Market, world: tuple[str, i
     asyncio.run(flow())
 
 
-def test_stdio_templates(market: Market, world: tuple[str, int]) -> None:
+def test_stdio_templates_and_spot(market: Market, world: tuple[str, int]) -> None:
     token, sid = world
 
     async def flow() -> None:
@@ -258,6 +258,26 @@ def test_stdio_templates(market: Market, world: tuple[str, int]) -> None:
             ]
             assert order["image"] == IMAGE and order["template_id"] == made["id"]
             data(await call(session, "cancel_order", order_id=order["id"]))
+
+            low = refused(
+                await call(
+                    session,
+                    "rent_server",
+                    server_id=sid,
+                    image=IMAGE,
+                    type="spot",
+                    price="0.000001",
+                )
+            )
+            assert "too_low_price" in low and "min_price: 0.00001" in low
+            bid = data(
+                await call(
+                    session, "rent_server", server_id=sid, image=IMAGE, type="spot",
+                    price="0.000012",
+                )
+            )["order"]  # fmt: skip
+            assert bid["type"] == "spot" and bid["price_per_day"] == "0.000012"
+            data(await call(session, "cancel_order", order_id=bid["id"]))
 
     asyncio.run(flow())
 
