@@ -311,9 +311,13 @@ def test_streamable_http(market: Market, world: tuple[str, int], http_mcp: str) 
             assert names == set(TOOL_SCOPES)
             (offer,) = data(await call(session, "search_offers"))["offers"]
             assert offer["id"] == sid
-            order = data(await call(session, "rent_server", server_id=sid, image=IMAGE))["order"]
+            order = data(
+                await call(session, "rent_server", server_id=sid, image=IMAGE, wait_seconds=30)
+            )["order"]
+            assert order["state"] == "running"
+            assert order["connection"]["ssh"].startswith("ssh -p ")  # waited for it
             status = data(await call(session, "order_status", order_id=order["id"]))["order"]
-            assert status["connection"]["ssh"].startswith("ssh -p ")
+            assert status["connection"] == order["connection"]
             data(await call(session, "cancel_order", order_id=order["id"]))
             wallets = data(await call(session, "wallet"))["wallets"]
             assert any(w["currency"] == "bitcoin" for w in wallets)

@@ -351,6 +351,15 @@ class MarketTools:
         ssh_key: Annotated[
             str | None, Field(description="An SSH public key to log in with.")
         ] = None,
+        wait_seconds: Annotated[
+            int,
+            Field(
+                ge=0,
+                le=300,
+                description="Wait up to this long for the order to be reachable (running and, "
+                "with port 22, SSH answering) before answering; 0: answer at once.",
+            ),
+        ] = 0,
     ) -> dict[str, Any]:
         """Rent a server: creates an order and returns it. Money moves: the order is billed per
         second at its price until cancelled. Once running, order_status shows how to connect."""
@@ -377,6 +386,14 @@ class MarketTools:
                 ssh_key=ssh_key,
             )
         )
+        if wait_seconds:
+            try:
+                order = await self.client.wait_for_order(order.id, timeout=wait_seconds)
+            except TimeoutError:
+                note = f"not reachable yet after {wait_seconds} s: poll order_status"
+                return {"order": order_view(order), "note": note}
+            except (LookupError, CloreError) as exc:
+                return {"order": order_view(order), "note": f"while waiting: {exc}"}
         return {"order": order_view(order)}
 
     async def order_status(
