@@ -33,6 +33,7 @@ from support import Market, free_port
 
 IMAGE = "cloreai/ubuntu20.04-jupyter"
 SRC = str(Path(__file__).resolve().parents[2] / "src")
+HTTP_TOKEN = "mcp-test-token"
 READ_TOOLS = {"search_offers", "order_status", "order_logs", "wallet", "list_templates"}
 
 
@@ -82,11 +83,12 @@ async def stdio_session(market: Market, token: str) -> AsyncIterator[ClientSessi
 
 @pytest.fixture
 def http_mcp(market: Market, world: tuple[str, int]) -> Iterator[str]:
-    """``openclore mcp --transport http`` as its own process; yields its URL."""
+    """``openclore mcp --transport http`` as its own process, answering only requests with the
+    bearer token ``HTTP_TOKEN``; yields its URL."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "openclore", "mcp", "--transport", "http", "--port", str(port)],
-        env=_env(market, world[0]),
+        env=_env(market, world[0]) | {"OPENCLORE_MCP_TOKEN": HTTP_TOKEN},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -301,9 +303,15 @@ def test_stdio_bad_key_is_one_clear_line(market: Market) -> None:
 def test_streamable_http(market: Market, world: tuple[str, int], http_mcp: str) -> None:
     _, sid = world
 
+    hello = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        answer = httpx.post(http_mcp, json=hello, headers=headers, timeout=10)
+        assert answer.status_code == 401 and answer.headers["www-authenticate"] == "Bearer"
+
     async def flow() -> None:
+        bearer = {"Authorization": f"Bearer {HTTP_TOKEN}"}
         async with (
-            streamablehttp_client(http_mcp) as (read, write, _),
+            streamablehttp_client(http_mcp, headers=bearer) as (read, write, _),
             ClientSession(read, write) as session,
         ):
             await session.initialize()

@@ -39,6 +39,13 @@ def mcp(
     path: Annotated[
         str, typer.Option(envvar="OPENCLORE_MCP_PATH", help="http: the endpoint's path.")
     ] = "/mcp",
+    http_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="OPENCLORE_MCP_TOKEN",
+            help="http: answer only requests with 'Authorization: Bearer <this>'.",
+        ),
+    ] = None,
     profile: ProfileOpt = None,
     url: UrlOpt = None,
     api_key: KeyOpt = None,
@@ -70,6 +77,7 @@ def mcp(
                 host=host,
                 port=port,
                 path=path,
+                http_token=http_token,
             )
 
     with handled(target):

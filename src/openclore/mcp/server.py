@@ -3,11 +3,13 @@ official ``mcp`` SDK (FastMCP)."""
 
 from __future__ import annotations
 
+import hmac
 import sys
 from typing import Any, Literal
 
 from mcp.server.fastmcp import FastMCP
 from mcp.types import ToolAnnotations
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from openclore.client import AsyncClient, InvalidEndpoint
 from openclore.mcp.tools import KeyInfo, MarketTools, allowed_tools
@@ -87,6 +89,35 @@ def build_server(
     return server
 
 
+class BearerToken:
+    """HTTP requests must carry ``Authorization: Bearer <token>`` (401 otherwise); the lifespan
+    passes through."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            given = dict(scope.get("headers", [])).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                body = b'{"error": "unauthorized: send Authorization: Bearer <token>"}'
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"www-authenticate", b"Bearer"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
 async def serve(
     client: AsyncClient,
     transport: Transport,
@@ -94,18 +125,26 @@ async def serve(
     host: str = "127.0.0.1",
     port: int = 8765,
     path: str = "/mcp",
+    http_token: str | None = None,
 ) -> None:
     """Read the key's scopes, then serve until the client goes (stdio) or the process is
-    stopped (HTTP)."""
+    stopped (HTTP; with ``http_token``, only to requests that carry it as a bearer token)."""
     key = await key_info(client)
     server = build_server(client, key, host=host, port=port, path=path)
     if transport == "stdio":
         await server.run_stdio_async()
         return
+    import uvicorn
+
+    app: ASGIApp = server.streamable_http_app()
+    if http_token:
+        app = BearerToken(app, http_token)
     print(
-        f"openclore MCP server on http://{host}:{port}{path} (streamable HTTP), "
+        f"openclore MCP server on http://{host}:{port}{path} (streamable HTTP"
+        f"{', bearer token required' if http_token else ''}), "
         f"tools: {', '.join(allowed_tools(key.scopes)) or 'none'}",
         file=sys.stderr,
         flush=True,
     )
-    await server.run_streamable_http_async()
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+    await uvicorn.Server(config).serve()
