@@ -25,8 +25,8 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamablehttp_client
 from mcp.types import CallToolResult
 
-from openclore.client import AsyncClient, Client
-from openclore.mcp.server import build_server, key_info
+from openclore.client import AsyncClient, Client, InvalidToken
+from openclore.mcp.server import key_info
 from openclore.mcp.tools import SCOPES, TOOL_SCOPES, KeyInfo, allowed_tools, money, plain
 
 from support import Market, free_port
@@ -144,7 +144,7 @@ def test_stdio_rent_status_stop_start_cancel(market: Market, world: tuple[str, i
         async with stdio_session(market, token) as session:
             listed = await session.list_tools()
             tools = {t.name: t for t in listed.tools}
-            # a market without scoped keys: the key is taken to have every scope
+            # an operator-issued token has every scope: every tool
             assert set(tools) == set(TOOL_SCOPES)
             rent = tools["rent_server"].inputSchema
             assert rent["required"] == ["server_id"]
@@ -174,7 +174,7 @@ def test_stdio_rent_status_stop_start_cancel(market: Market, world: tuple[str, i
             before = data(await call(session, "wallet"))
             (btc,) = [w for w in before["wallets"] if w["currency"] == "bitcoin"]
             assert btc["balance"] == "1" or Decimal(btc["balance"]) == 1
-            assert before["key"]["scopes"] == sorted(SCOPES)
+            assert before["key"]["scopes"] == list(SCOPES)  # an operator-issued token
             assert before["key"]["spend_limit_per_day"] is None
 
             wrong = refused(
@@ -344,55 +344,116 @@ def test_scopes_choose_the_tools() -> None:
     assert set(TOOL_SCOPES.values()) <= set(SCOPES)
 
 
-def test_a_read_only_key_is_offered_only_the_read_tools(market: Market) -> None:
-    async def listed(scopes: set[str]) -> set[str]:
-        async with AsyncClient("unused", base_url=market.url) as client:
-            server = build_server(client, KeyInfo(scopes=frozenset(scopes)))
-            return {t.name for t in await server.list_tools()}
-
-    assert asyncio.run(listed({"read"})) == READ_TOOLS
-    assert asyncio.run(listed({"read", "account"})) == READ_TOOLS | {"create_template"}
+def _key(market: Market, token: str, scopes: list[str], **options: Any) -> str:
+    """A new API key of ``token``'s account; returns its secret."""
+    with Client(token, base_url=market.url, rate_limit=False) as client:
+        return client.create_api_key(scopes, name="agent", **options).secret
 
 
-def test_the_wallet_shows_the_keys_budget(market: Market) -> None:
-    token = market.user("agent", bitcoin="0.5")
-    key = KeyInfo(
-        scopes=frozenset({"read"}),
-        name="agent",
-        spend_limit={"bitcoin": Decimal("0.00000113")},
-        expires_at=1800000000,
-    )
+def test_a_read_only_key_is_offered_only_the_read_tools(
+    market: Market, world: tuple[str, int]
+) -> None:
+    token, sid = world
+    reader = _key(market, token, ["read"])
 
-    async def wallet() -> Any:
-        async with AsyncClient(token, base_url=market.url, rate_limit=False) as client:
-            server = build_server(client, key)
-            _, structured = await server.call_tool("wallet", {})
-            return structured
+    async def flow() -> None:
+        async with stdio_session(market, reader) as session:
+            assert {t.name for t in (await session.list_tools()).tools} == READ_TOOLS
+            (offer,) = data(await call(session, "search_offers"))["offers"]
+            assert offer["id"] == sid
+            key = data(await call(session, "wallet"))["key"]
+            assert key == {"scopes": ["read"], "name": "agent", "spend_limit_per_day": None}
+            assert data(await call(session, "order_status")) == {"orders": []}
+            # a tool it is not offered is not there to call
+            assert "rent_server" in refused(
+                await call(session, "rent_server", server_id=sid, image=IMAGE)
+            )
 
-    answer = asyncio.run(wallet())
-    assert answer["key"] == {
-        "scopes": ["read"],
-        "spend_limit_per_day": {"bitcoin": "0.00000113"},
-        "name": "agent",
-        "expires_at": 1800000000,
-    }
-    (btc,) = [w for w in answer["wallets"] if w["currency"] == "bitcoin"]
-    assert btc["balance"] == "0.5"
+    asyncio.run(flow())
+    # the market itself refuses the key what it may not do
+    with Client(reader, base_url=market.url, rate_limit=False) as client:
+        assert client.my_orders() == []
 
 
-def test_a_market_without_key_scopes_gives_every_scope(market: Market) -> None:
-    """A market that answers code 4 (no ``GET /v1/api_key``) is taken to give every scope."""
+def test_a_spend_limit_is_the_agents_budget(market: Market, world: tuple[str, int]) -> None:
+    token, sid = world
+    small = _key(market, token, ["read", "rent"], spend_limit={"bitcoin": "0.00000113"})
+    agent = _key(market, token, ["read", "rent"], spend_limit={"bitcoin": "0.001"})
+
+    async def flow() -> None:
+        async with stdio_session(market, small) as session:
+            names = {t.name for t in (await session.list_tools()).tools}
+            assert names == set(TOOL_SCOPES) - {"create_template"}
+            key = data(await call(session, "wallet"))["key"]
+            assert key == {
+                "scopes": ["read", "rent"],
+                "name": "agent",
+                "spend_limit_per_day": {"bitcoin": "0.00000113"},
+                "spent_today": {"bitcoin": "0"},
+                "left_today": {"bitcoin": "0.00000113"},
+            }
+            # 0.0001 a day is more than the key may spend in a day
+            over = refused(await call(session, "rent_server", server_id=sid, image=IMAGE))
+            assert "spend_limit_exceeded" in over and "limit: 0.00000113" in over
+        async with stdio_session(market, agent) as session:
+            order = data(await call(session, "rent_server", server_id=sid, image=IMAGE))["order"]
+            market.advance(8640)  # a tenth of a day at 0.0001 a day
+            key = data(await call(session, "wallet"))["key"]
+            spent = Decimal(key["spent_today"]["bitcoin"])
+            assert Decimal("0") < spent <= Decimal("0.00001")
+            assert Decimal(key["left_today"]["bitcoin"]) == Decimal("0.001") - spent
+            data(await call(session, "cancel_order", order_id=order["id"]))
+
+    asyncio.run(flow())
+
+
+def test_the_server_reads_the_key_it_runs_with(market: Market) -> None:
     token = market.user("agent")
+    secret = _key(market, token, ["read"], spend_limit={"bitcoin": "10.5"})
+
+    async def info(key: str) -> KeyInfo:
+        async with AsyncClient(key, base_url=market.url, rate_limit=False) as client:
+            return await key_info(client)
+
+    operator_issued = asyncio.run(info(token))
+    assert operator_issued.scopes == frozenset(SCOPES) and operator_issued.reported
+    assert operator_issued.spend_limit is None
+    limited = asyncio.run(info(secret))
+    assert limited.scopes == {"read"} and limited.name == "agent"
+    assert limited.spend_limit == {"bitcoin": Decimal("10.5")}
+    with pytest.raises(InvalidToken):
+        asyncio.run(info("not-a-token"))
+
+
+def test_a_market_without_key_scopes_gives_every_scope() -> None:
+    """A market without ``GET /v1/api_key`` (code 4) is taken to give the key every scope once a
+    read shows the key is valid there."""
+    valid = True
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/api_key":
+            body: dict[str, Any] = {"code": 4}
+        else:
+            body = {"code": 0, "wallets": []} if valid else {"code": 3}
+        return httpx.Response(200, json=body)
 
     async def info() -> KeyInfo:
-        async with AsyncClient(token, base_url=market.url, rate_limit=False) as client:
+        transport = httpx.MockTransport(answer)
+        async with AsyncClient(
+            "k", base_url="http://market", transport=transport, rate_limit=False
+        ) as client:
             return await key_info(client)
 
     key = asyncio.run(info())
-    if key.reported:  # the market reports scoped keys: an operator-issued token has all five
-        assert key.scopes == frozenset(SCOPES)
-    else:
-        assert key == KeyInfo.unreported()
+    assert key == KeyInfo.unreported() and key.scopes == frozenset(SCOPES)
+    assert key.budget(None) == {
+        "scopes": list(SCOPES),
+        "spend_limit_per_day": None,
+        "note": "the market does not report key scopes; every tool is offered",
+    }
+    valid = False
+    with pytest.raises(InvalidToken):
+        asyncio.run(info())
 
 
 def test_money_is_exact_decimal_strings() -> None:
@@ -400,36 +461,6 @@ def test_money_is_exact_decimal_strings() -> None:
     assert money(Decimal("1E-8")) == "0.00000001"
     assert money(Decimal("10.5")) == "10.5"
     assert plain({"a": [Decimal("0.1")], "b": 1}) == {"a": ["0.1"], "b": 1}
-
-
-def test_the_sdk_reads_the_key_it_runs_with() -> None:
-    """``api_key_info()`` (sync and async) reads ``GET /v1/api_key``: scopes, expiry and the
-    spend limit as exact Decimals."""
-    body = (
-        b'{"code": 0, "key": {"id": 7, "name": "agent", "scopes": ["read"], '
-        b'"expires_at": 1800000000, "spend_limit": {"CLORE-Blockchain": 10.5}}}'
-    )
-    seen: list[str] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        seen.append(f"{request.method} {request.url.path} {request.headers.get('auth')}")
-        return httpx.Response(200, content=body, headers={"content-type": "application/json"})
-
-    with Client("k", base_url="http://market", transport=httpx.MockTransport(answer)) as client:
-        key = client.api_key_info()
-    assert seen == ["GET /v1/api_key k"]
-    assert key.id == 7 and key.name == "agent" and key.scopes == ["read"]
-    assert key.expires_at == 1800000000
-    assert key.spend_limit == {"CLORE-Blockchain": Decimal("10.5")}
-    info = KeyInfo.from_api(key)
-    assert info.scopes == {"read"} and info.spend_limit == {"CLORE-Blockchain": Decimal("10.5")}
-
-    async def read() -> KeyInfo:
-        transport = httpx.MockTransport(answer)
-        async with AsyncClient("k", base_url="http://market", transport=transport) as client:
-            return await key_info(client)
-
-    assert asyncio.run(read()) == info
 
 
 def test_the_command_says_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:

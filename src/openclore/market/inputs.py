@@ -453,6 +453,25 @@ class AddSshKeyRequest(Request):
     public_key: StrictStr = Field(min_length=1, max_length=16384)
 
 
+class CreateApiKeyRequest(Request):
+    """create_api_key: scopes are checked by market.api_keys (names, and what the caller holds),
+    spend_limit's amounts as any other amount."""
+
+    name: (
+        Annotated[StrictStr, Field(min_length=1, max_length=64), AfterValidator(_printable)] | None
+    ) = None
+    scopes: list[StrictStr] | StrictStr
+    expires_at: Annotated[StrictInt, Field(ge=0, le=2**62)] | None = None
+    expires_in: Annotated[StrictInt, Field(ge=1, le=2**40)] | None = None  # seconds from now
+    spend_limit: dict[StrictStr, Any] | None = None  # amounts: checked by parse_spend_limit
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> CreateApiKeyRequest:
+        if self.expires_at is not None and self.expires_in is not None:
+            raise ValueError("give expires_at or expires_in, not both")
+        return self
+
+
 class AttachSshKeyRequest(Request):
     order_id: Id
     key_id: Id

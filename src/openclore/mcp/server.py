@@ -53,12 +53,13 @@ _ANNOTATIONS: dict[str, ToolAnnotations] = {
 
 
 async def key_info(client: AsyncClient) -> KeyInfo:
-    """The key's scopes and spend limit as the market reports them (``GET /v1/api_key``); a
+    """The key's scopes, spend limit and today's spend as the market reports them
+    (``GET /v1/api_key``, the SDK's ``current_api_key``); a
     market without that endpoint (code 4) is taken to give the key every scope, once a read
     (``wallets``) shows the key is valid there. Raises ``InvalidToken`` for a key the market
     refuses."""
     try:
-        return KeyInfo.from_api(await client.api_key_info())
+        return KeyInfo.from_api(await client.current_api_key())
     except InvalidEndpoint:
         await client.wallets()
         return KeyInfo.unreported()

@@ -28,6 +28,7 @@ from openclore.client import (
     InvalidToken,
     MarketError,
     MarketServer,
+    MissingScope,
     Order,
     Template,
 )
@@ -90,6 +91,28 @@ class KeyInfo:
             expires_at=key.expires_at,
             spend_limit=dict(key.spend_limit) if key.spend_limit is not None else None,
         )
+
+    def budget(self, key: ApiKey | None) -> dict[str, Any]:
+        """The key as the wallet shows it: scopes, name, expiry, and the budget: the daily
+        spend limit with what the key's orders were billed today (``key``: the market's answer
+        now; None where the market does not report keys)."""
+        out: dict[str, Any] = {"scopes": [s for s in SCOPES if s in self.scopes]}
+        if key is not None:
+            out["scopes"] = [s for s in SCOPES if s in key.scopes]
+            out["name"] = key.name
+            out["expires_at"] = key.expires_at
+            out["spend_limit_per_day"] = plain(key.spend_limit)
+            if key.spend_limit is not None:
+                spent = key.spent_today or {}
+                out["spent_today"] = plain(spent)
+                out["left_today"] = {
+                    c: money(max(limit - spent.get(c, Decimal(0)), Decimal(0)))
+                    for c, limit in key.spend_limit.items()
+                }
+        else:
+            out["spend_limit_per_day"] = None
+            out["note"] = "the market does not report key scopes; every tool is offered"
+        return {k: v for k, v in out.items() if v is not None or k == "spend_limit_per_day"}
 
     @classmethod
     def unreported(cls) -> KeyInfo:
@@ -213,11 +236,10 @@ def explain(exc: CloreError) -> str:
         text = kind.message if kind is not None else "The market refused this."
         extra = ", ".join(f"{k}: {plain(v)}" for k, v in exc.extra.items())
         return f"{text} ({exc.name}{'; ' + extra if extra else ''})"
+    if isinstance(exc, MissingScope):
+        return f"This API key lacks the scope this needs: {exc.scope} (missing_scope)."
     if isinstance(exc, InvalidToken):
-        if exc.error == "missing_scope" or "scope" in exc.response:
-            scope = exc.response.get("scope")
-            return f"This API key lacks the scope this needs ({scope or 'missing_scope'})."
-        return "The market refused the API key (invalid or expired token)."
+        return "The market refused the API key (invalid, revoked or expired token)."
     if isinstance(exc, CloreConnectionError):
         return f"The market did not answer: {exc.message}"
     return exc.message or type(exc).__name__
@@ -453,7 +475,8 @@ class MarketTools:
 
     async def wallet(self) -> dict[str, Any]:
         """Your balances per currency with what your orders burn per day and the runway (how
-        long the balance lasts at that rate), and this key's budget: its daily spend limit."""
+        long the balance lasts at that rate), and this key's budget: its daily spend limit per
+        currency, what its orders were billed today and what is left."""
         wallets = await _call(self.client.wallets)
         out: list[dict[str, Any]] = []
         for w in wallets:
@@ -469,17 +492,8 @@ class MarketTools:
                     (Decimal(w.runway_seconds) / 86400).quantize(Decimal("0.01"))
                 )
             out.append({k: v for k, v in row.items() if v is not None})
-        key: dict[str, Any] = {
-            "scopes": sorted(self.key.scopes),
-            "spend_limit_per_day": plain(self.key.spend_limit),
-        }
-        if self.key.name is not None:
-            key["name"] = self.key.name
-        if self.key.expires_at is not None:
-            key["expires_at"] = self.key.expires_at
-        if not self.key.reported:
-            key["note"] = "the market does not report key scopes; every tool is offered"
-        return {"wallets": out, "key": key}
+        now = await _call(self.client.current_api_key) if self.key.reported else None
+        return {"wallets": out, "key": self.key.budget(now)}
 
     async def list_templates(
         self, q: Annotated[str | None, Field(description="Names contain this (any case).")] = None
