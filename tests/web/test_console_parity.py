@@ -14,7 +14,7 @@ import pytest
 
 from openclore.api.app import create_app
 from openclore.web.app import install_console
-from test_console_http import PASSWORD, Browserless, _operator, _security_headers
+from test_console_http import PASSWORD, Browserless, _csrf, _operator, _security_headers
 
 from support import Market, ok, order_body
 
@@ -117,8 +117,13 @@ def test_api_keys_and_webhooks_are_self_service(served: Market) -> None:
     assert alice.post(f"/account/keys/{key[:8]}/revoke") == ("/account/keys", "API key revoked.")
     assert market.client(key).get("/v1/wallets").json()["code"] == 3
     seen = _audit_seen(market)
-    for action in ("token.issue", "token.revoke"):
-        assert (f"user:{alice_id}", action, f"user:{alice_id}", "session") in seen, action
+    made = [
+        t
+        for a, act, t, via in seen
+        if (a, act, via) == (f"user:{alice_id}", "api_key.create", "session")
+    ]
+    assert len(made) == 1 and made[0].startswith("api_key:")
+    assert (f"user:{alice_id}", "token.revoke", f"user:{alice_id}", "session") in seen
     # webhooks: create (secret once), list, log, test, delete
     answer = alice.client.post(
         "/account/webhooks",
@@ -153,6 +158,46 @@ def test_api_keys_and_webhooks_are_self_service(served: Market) -> None:
         assert (f"user:{alice_id}", action, f"webhook:{hook['id']}", "session") in seen, action
     # without the form's token nothing happens
     assert alice.client.post("/account/keys").status_code == 403
+
+
+def test_a_scoped_key_with_a_limit_from_the_console(served: Market) -> None:
+    market = served
+    token = market.user("alice", bitcoin="1")
+    alice = Browserless(market, token)
+    fields = {
+        "csrf": alice.csrf,
+        "scoped": "1",
+        "name": "agent",
+        "scope_read": "1",
+        "scope_rent": "1",
+        "expires_days": "7",
+        "limit_bitcoin": "0.001",
+    }
+    created = alice.client.post("/account/keys", data=fields)
+    assert created.status_code == 200
+    found = re.search(r'<code class="secret" id="secret">([A-Za-z0-9]+)</code>', created.text)
+    assert found is not None
+    key = ok(market.client(found.group(1)).get("/v1/api_key"))["key"]
+    assert key["scopes"] == ["read", "rent"] and key["name"] == "agent"
+    assert key["spend_limit"] == {"bitcoin": 0.001}
+    assert key["expires_at"] == market.now() + 7 * 86400
+    page = alice.client.get("/account/keys").text
+    assert "read, rent" in page and "0.001 bitcoin" in page and "agent" in page
+    # a read key cannot rent through the API, nor sign in to the console (whose pages can)
+    assert market.client(found.group(1)).post("/v1/withdraw", json={}).json()["scope"] == "money"
+    with httpx.Client(base_url=market.url, timeout=30) as signin:
+        form = signin.get("/signin").text
+        refused = signin.post("/signin", data={"csrf": _csrf(form), "token": found.group(1)})
+    assert refused.status_code == 403 and "This API key is limited" in refused.text
+    # bad forms are refused with a message, and make nothing
+    assert alice.post("/account/keys", scoped="1")[1].startswith("Invalid input:")
+    assert alice.post("/account/keys", scoped="1", scope_read="1", expires_days="x")[1] == (
+        "Invalid input: expires_days: whole days, 1 to 3650"
+    )
+    assert alice.post("/account/keys", scoped="1", scope_read="1", limit_bitcoin="-1")[
+        1
+    ].startswith("Invalid input:")
+    assert len(ok(market.client(token).get("/v1/api_keys"))["keys"]) == 2
 
 
 def test_operator_decides_withdrawals_and_searches_deposits_and_the_audit_log(
