@@ -25,9 +25,25 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamablehttp_client
 from mcp.types import CallToolResult
 
-from openclore.client import AsyncClient, Client, InvalidToken
+from openclore.client import (
+    AsyncClient,
+    Client,
+    CloreConnectionError,
+    InvalidToken,
+    Order,
+    error_for,
+)
 from openclore.mcp.server import key_info
-from openclore.mcp.tools import SCOPES, TOOL_SCOPES, KeyInfo, allowed_tools, money, plain
+from openclore.mcp.tools import (
+    SCOPES,
+    TOOL_SCOPES,
+    KeyInfo,
+    allowed_tools,
+    explain,
+    money,
+    order_view,
+    plain,
+)
 
 from support import Market, free_port
 
@@ -281,6 +297,11 @@ def test_stdio_templates_and_spot(market: Market, world: tuple[str, int]) -> Non
             assert bid["type"] == "spot" and bid["price_per_day"] == "0.000012"
             data(await call(session, "cancel_order", order_id=bid["id"]))
 
+            nothing = refused(await call(session, "rent_server", server_id=sid))
+            assert "Give an `image` or a `template_id`" in nothing
+            stranger = refused(await call(session, "order_status", order_id=999999))
+            assert "Order 999999 is not one of yours" in stranger
+
     asyncio.run(flow())
 
 
@@ -461,6 +482,43 @@ def test_money_is_exact_decimal_strings() -> None:
     assert money(Decimal("1E-8")) == "0.00000001"
     assert money(Decimal("10.5")) == "10.5"
     assert plain({"a": [Decimal("0.1")], "b": 1}) == {"a": ["0.1"], "b": 1}
+
+
+def test_refusals_read_as_one_sentence_the_agent_can_act_on() -> None:
+    assert explain(error_for({"code": 3, "error": "missing_scope", "scope": "rent"})) == (
+        "This API key lacks the scope this needs: rent (missing_scope)."
+    )
+    assert "invalid, revoked or expired" in explain(error_for({"code": 3}))
+    too_low = explain(error_for({"code": 6, "error": "too_low_price", "min_price": 0.5}))
+    assert too_low.endswith("(too_low_price; min_price: 0.5)")
+    unknown = explain(error_for({"code": 6, "error": "something_new"}))
+    assert unknown == "The market refused this. (something_new)"
+    down = explain(CloreConnectionError("connection refused", sent=False))
+    assert down == "The market did not answer: connection refused"
+    assert explain(error_for({"code": 2, "error": "bad id"})) == "bad id"
+
+
+def test_an_orders_connection_info() -> None:
+    base = {"id": 7, "si": 3, "currency": "bitcoin", "price": "0.5", "mrl": 3600, "ct": 0}
+    waiting = Order.model_validate({**base, "running": False})
+    assert order_view(waiting)["connection"] == {}
+    published = Order.model_validate(
+        {
+            **base,
+            "running": True,
+            "pub_cluster": ["n1.example.net"],
+            "tcp_ports": ["22:10022", "6006:10023"],
+            "http_port": "8888",
+            "http_pub": "https://o7-8888.example.net",
+        }
+    )
+    view = order_view(published)
+    assert view["connection"] == {
+        "ssh": "ssh -p 10022 root@n1.example.net",
+        "tcp": {"22": "n1.example.net:10022", "6006": "n1.example.net:10023"},
+        "http": {"port": "8888", "url": "https://o7-8888.example.net"},
+    }
+    assert view["price_per_day"] == "0.5" and view["state"] == "running"
 
 
 def test_the_command_says_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
