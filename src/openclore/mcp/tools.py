@@ -53,14 +53,7 @@ TOOL_SCOPES: dict[str, str] = {
     "create_template": "account",
 }
 
-DECIMAL_PATTERN = r"^[0-9]+(\.[0-9]+)?$"
-Price = Annotated[
-    str,
-    Field(
-        pattern=DECIMAL_PATTERN,
-        description='An exact decimal string in whole coins per day, e.g. "0.00001" (no float).',
-    ),
-]
+DECIMAL_PATTERN = r"^[0-9]+(\.[0-9]+)?$"  # an amount the agent passes: "0.00001", never a float
 
 
 def allowed_tools(scopes: frozenset[str] | set[str]) -> list[str]:
