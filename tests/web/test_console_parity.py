@@ -484,3 +484,80 @@ def test_a_host_turns_per_gpu_rental_on_in_the_console(served: Market) -> None:
     assert where == "/host/servers/quad"  # refused: the page shows why, nothing changed
     config = ok(api.post("/v1/server_config", json={"server_name": "quad"}))["config"]
     assert config["partial_gpu_rental"] is False and config["min_gpus"] == 2
+
+
+def test_ssh_keys_and_templates_from_the_console(served: Market) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    market = served
+    token = market.user("alice", bitcoin="1")
+    alice, bob = Browserless(market, token), Browserless(market, market.user("bob"))
+    public = (
+        ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
+    assert alice.post("/account/ssh-keys", public_key=public + " alice@laptop") == (
+        "/account/ssh-keys",
+        "SSH key added.",
+    )
+    (key,) = ok(market.client(token).get("/v1/ssh_keys"))["keys"]
+    assert key["name"] == "alice@laptop"
+    page = alice.client.get("/account/ssh-keys").text
+    assert (
+        key["fingerprint"] in page
+        and key["fingerprint"] not in bob.client.get("/account/ssh-keys").text
+    )
+    assert alice.post("/account/ssh-keys", public_key="ssh-rsa AAAA broken")[1].startswith(
+        "That is not an SSH public key"
+    )
+    assert alice.post("/account/ssh-keys", public_key=public)[1] == (
+        "This key is already on your account."
+    )
+    assert "Delete this SSH key?" in alice.client.get(f"/account/ssh-keys/{key['id']}/delete").text
+    assert bob.post(f"/account/ssh-keys/{key['id']}/delete")[1] == "No such SSH key."
+
+    # a template, then a rental from it in the server page's form
+    sid = market.server(market.user("host"), "rig")
+    made = alice.post(
+        "/account/templates",
+        name="Torch",
+        image="pytorch/pytorch:latest",
+        ports="22:tcp\n8888:http",
+        env="MODE=train",
+        public="1",
+    )
+    assert made == ("/account/templates", "Template created.")
+    (template,) = [
+        t for t in ok(market.client(token).get("/v1/templates"))["templates"] if t["mine"]
+    ]
+    assert template["ports"] == {"22": "tcp", "8888": "http"} and template["public"] is True
+    assert "<code>pytorch/pytorch:latest</code>" in bob.client.get("/account/templates?q=tor").text
+    assert (
+        "<code>pytorch/pytorch:latest</code>" not in bob.client.get("/account/templates?q=zzz").text
+    )
+    assert bob.post(f"/account/templates/{template['id']}/delete")[1] == (
+        "Only its owner can delete a template."
+    )
+    assert alice.post("/account/templates", name="", image="x")[1].startswith("Invalid input:")
+    server_page = alice.client.get(f"/servers/{sid}").text
+    assert f'<option value="{template["id"]}">Torch · pytorch/pytorch:latest</option>' in (
+        server_page
+    )
+    rented = alice.post(
+        f"/servers/{sid}/rent",
+        currency="bitcoin",
+        type="on-demand",
+        template_id=str(template["id"]),
+        image="ignored/by-the-template",
+        ports="22:tcp",
+        env="",
+    )
+    assert rented == ("/orders", "Order created.")
+    (order,) = ok(market.client(token).get("/v1/my_orders"))["orders"]
+    assert order["image"] == "pytorch/pytorch:latest" and order["template_id"] == template["id"]
+    assert alice.post(f"/account/templates/{template['id']}/delete")[1] == "Template deleted."
+    assert alice.post(f"/account/ssh-keys/{key['id']}/delete")[1] == "SSH key deleted."
+    assert ok(market.client(token).get("/v1/ssh_keys"))["keys"] == []
