@@ -7,9 +7,10 @@
 ``serve`` is the composition root: it builds a serving process's app and starts the background
 work (engine ticker, housekeeping, webhook deliverer, gateway), so it may import every server
 package, and ``api`` knows nothing of ``gateway``. ``client`` (the SDK) and ``agent`` (the host
-agent) run on other machines and import nothing of the server; ``protocol`` is the one module
-both sides share, and it imports nothing of openclore. Within ``api`` the modules import one way
-too (no circle, not even under ``TYPE_CHECKING``).
+agent) run on other machines and import nothing of the server, nor does ``mcp`` (the MCP server
+for AI agents, over the SDK; the pure ``domain`` gives it the error messages); ``protocol`` is the
+one module both sides share, and it imports nothing of openclore. Within ``api`` the modules import
+one way too (no circle, not even under ``TYPE_CHECKING``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ ALLOWED: dict[str, set[str]] = {
     # the web console: pages over the market use cases, mounted on the API's app (no SQL)
     "web": {"api", "market", "domain", "engine", "config"},
     "client": set(),
+    # the MCP server for AI agents: runs beside the agent and speaks to a market through the SDK
+    "mcp": {"client", "domain"},
     "agent": {"protocol"},
     "gateway": {"market", "store", "config"},
     # the composition root: a serving process's app and its background work
@@ -62,6 +65,7 @@ ALLOWED: dict[str, set[str]] = {
         "config",
         "client",
         "agent",
+        "mcp",
     },
     "__main__": {"cli"},
 }

@@ -1,7 +1,8 @@
 """The ``openclore`` command: serve the market and administer it.
 
 ``serve``, ``gateway`` and ``db`` live here; ``admin`` in :mod:`openclore.cli.admin`, the
-commands over the API in :mod:`openclore.cli.commands`, ``agent`` in :mod:`openclore.agent.cli`.
+commands over the API in :mod:`openclore.cli.commands`, ``agent`` in :mod:`openclore.agent.cli`,
+``mcp`` (the MCP server for AI agents) in :mod:`openclore.cli.mcp_command`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from openclore.cli.commands import client_app
 from openclore.cli.database import DEMO_DATABASE, DatabaseOpt, database_problem, safe_url
 from openclore.cli.database import load_settings as _settings
 from openclore.cli.database import open_database as _open_database
+from openclore.cli.mcp_command import mcp as mcp_command
 from openclore.cli.output import fail, terminal
 from openclore.cli.sandbox import sandbox_app
 from openclore.config import Settings
@@ -39,6 +41,7 @@ app.add_typer(db_app, name="db")
 app.command("agent")(agent_command)
 app.add_typer(client_app)
 app.add_typer(sandbox_app, name="sandbox")
+app.command("mcp")(mcp_command)
 
 console = terminal()
 err = terminal(stderr=True)
