@@ -190,6 +190,11 @@ class Settings(BaseSettings):
     agent_timeout: int = Field(
         60, ge=1, description="Seconds without a heartbeat before a server goes offline"
     )
+    public_url: str | None = Field(
+        None,
+        description="The market's address as hosts and renters reach it (https://market.example;"
+        " default: the address a console page was asked at)",
+    )
     public_hostnames: list[str] = Field(
         default_factory=list,
         description="pub_cluster for servers whose agent reports no public hostname",

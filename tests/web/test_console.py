@@ -352,7 +352,10 @@ def test_host_adds_a_server_and_changes_its_prices(console: Console) -> None:
     token = page.inner_text("#init-token")
     assert len(token) == 48
     command = page.inner_text("#agent-command")
-    assert command == f"openclore agent --server-url {console.url} --init-token {token}"
+    assert command == (
+        f"sudo /opt/openclore/venv/bin/openclore agent --server-url {console.url} "
+        f"--init-token {token}"
+    )
     page.click("text=Set its prices")
     page.fill("#settings input[name=bitcoin_on_demand]", "0.00002")
     page.fill("#settings input[name=bitcoin_spot]", "0.000003")

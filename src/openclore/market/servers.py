@@ -234,6 +234,10 @@ def my_servers(conn: Connection, user_id: int, settings: Settings) -> dict[str, 
             "min_gpus": r.min_gpus,
             # which running order holds which GPU ({"index": order id})
             "gpu_orders": holders.get(r.id, {}),
+            # the agent: its last heartbeat (market time), its protocol, or a simulated one
+            "last_seen": r.last_seen,
+            "agent_protocol": r.agent_protocol,
+            "simulated": bool(r.simulated),
         }
         if not r.connected:
             item["init_token"] = r.init_token

@@ -45,6 +45,7 @@ async def host_page(c: Console, request: Request) -> Response:
         limit=mine["limit"],
         chart=chart,
         currency=currency,
+        agent_timeout=settings.agent_timeout,
     )
 
 
@@ -63,14 +64,18 @@ async def host_add(c: Console, request: Request) -> Response:
         )
     except CloreError as exc:
         return c.failed(request, "/host", exc)
-    market_url = str(request.base_url).rstrip("/")
+    market_url = (c.settings.public_url or str(request.base_url)).rstrip("/")
     return c.render(
         request,
         "host_added.html",
         session,
         name=name,
         token=token,
-        command=f"openclore agent --server-url {market_url} --init-token {token}",
+        market_url=market_url,
+        install="sudo python3 -m venv /opt/openclore/venv && "
+        "sudo /opt/openclore/venv/bin/pip install openclore",
+        command=f"sudo /opt/openclore/venv/bin/openclore agent --server-url {market_url} "
+        f"--init-token {token}",
     )
 
 

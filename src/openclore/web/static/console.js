@@ -7,7 +7,17 @@
     var button = event.target.closest && event.target.closest("button.copy");
     if (!button) return;
     var text = button.getAttribute("data-copy") || "";
-    var done = function () { button.classList.add("copied"); };
+    var done = function () {
+      // the button says it copied, for two seconds (its label comes back after)
+      var label = button.getAttribute("data-label") || button.textContent;
+      button.setAttribute("data-label", label);
+      button.classList.add("copied");
+      button.textContent = document.body.getAttribute("data-copied") || "Copied";
+      setTimeout(function () {
+        button.textContent = label;
+        button.classList.remove("copied");
+      }, 2000);
+    };
     if (navigator.clipboard && window.isSecureContext) {
       navigator.clipboard.writeText(text).then(done, function () {});
     } else {
