@@ -39,6 +39,18 @@ SIGNIN_INTERVAL = 2.0  # one sign-in attempt per 2 s per address, after a burst 
 SIGNIN_BURST = 5
 
 
+def _usd_hour(per_day: Any, gpus: int = 1) -> str:
+    """A USD price per day as dollars per hour (per GPU with ``gpus``), rounded for people:
+    cents from $1 up, three significant digits under it ("$0.0417")."""
+    units = per_day.units if isinstance(per_day, Coins) else int(per_day)
+    hourly = Decimal(units) / UNITS_PER_COIN / 24 / max(gpus, 1)
+    if hourly >= 1:
+        return f"${hourly:,.2f}"
+    if hourly <= 0:
+        return "$0"
+    return "$" + format(float(f"{hourly:.3g}"), "f").rstrip("0").rstrip(".")
+
+
 def _fmt_coins(value: Any, digits: int | None = None) -> str:
     units = value.units if isinstance(value, Coins) else int(value)
     if digits is None:
@@ -72,6 +84,7 @@ class Console:
         env.filters["per_hour"] = lambda v: _fmt_coins(
             (v.units if isinstance(v, Coins) else int(v)) // 24
         )
+        env.filters["usd_hour"] = _usd_hour
         env.filters["utc"] = lambda ts: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
         env.filters["duration"] = lambda s: _duration(int(s), t)
         env.globals["gpu_name"] = search.gpu_name
