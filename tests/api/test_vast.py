@@ -12,11 +12,13 @@ from sqlalchemy import select, update
 from openclore.domain.errors import InvalidInput
 from openclore.domain.money import Coins, to_units
 from openclore.domain.usd import rate_units
-from openclore.market import vast
+from openclore.market import vast, vast_offers
 from openclore.market.rates import set_rates
 from openclore.store.schema import audit_log, orders, server_prices, servers
 
 from support import Market
+
+parse = vast_offers.parse_offer_query
 
 RATE = rate_units("60000")  # USD per bitcoin
 KEY = (
@@ -66,9 +68,9 @@ def listed(
 
 
 def test_whole_server_offer_shape_and_prices() -> None:
-    q = vast.parse_offer_query({"num_gpus": {"gte": "1"}})
-    (offer,) = vast.search_offers([listed()], {"bitcoin": RATE}, q, 1000)
-    assert offer["id"] == 7 * vast.OFFER_STRIDE + 2 and offer["machine_id"] == 7
+    q = vast_offers.parse_offer_query({"num_gpus": {"gte": "1"}})
+    (offer,) = vast_offers.search_offers([listed()], {"bitcoin": RATE}, q, 1000)
+    assert offer["id"] == 7 * vast_offers.OFFER_STRIDE + 2 and offer["machine_id"] == 7
     assert offer["num_gpus"] == 2 and offer["gpu_name"] == "RTX 3090"
     assert offer["gpu_ram"] == 24_000 and offer["cpu_ram"] == 64_000  # MB
     assert offer["cpu_cores"] == 16 and offer["cpu_cores_effective"] == 16
@@ -83,19 +85,19 @@ def test_whole_server_offer_shape_and_prices() -> None:
 
 
 def test_partial_server_has_one_offer_per_gpu_count() -> None:
-    q = vast.parse_offer_query({"order": [["num_gpus", "asc"]]})
-    offers = vast.search_offers(
+    q = vast_offers.parse_offer_query({"order": [["num_gpus", "asc"]]})
+    offers = vast_offers.search_offers(
         [listed(gpus=4, partial=True, free=[2, 3])], {"bitcoin": RATE}, q, 0
     )
     assert [o["num_gpus"] for o in offers] == [1, 2, 3, 4]
-    assert [o["id"] % vast.OFFER_STRIDE for o in offers] == [1, 2, 3, 4]
+    assert [o["id"] % vast_offers.OFFER_STRIDE for o in offers] == [1, 2, 3, 4]
     assert [o["rentable"] for o in offers] == [True, True, False, False]
     assert offers[0]["dph_base"] == pytest.approx(0.25 / 4)
     assert offers[0]["cpu_cores_effective"] == 4 and offers[0]["disk_space"] == 25
-    bids = vast.search_offers(
+    bids = vast_offers.search_offers(
         [listed(gpus=4, partial=True, free=[])],
         {"bitcoin": RATE},
-        vast.parse_offer_query({"type": "bid"}),
+        vast_offers.parse_offer_query({"type": "bid"}),
         0,
     )
     assert all(o["rentable"] and o["is_bid"] for o in bids)
@@ -112,8 +114,7 @@ def test_query_operators_and_text_values() -> None:
 
     def ids(query: dict[str, Any]) -> list[int]:
         return sorted(
-            o["machine_id"]
-            for o in vast.search_offers(market, rates, vast.parse_offer_query(query), 0)
+            o["machine_id"] for o in vast_offers.search_offers(market, rates, parse(query), 0)
         )
 
     assert ids({"num_gpus": {"gte": "2"}}) == [2, 3]
@@ -132,12 +133,12 @@ def test_query_operators_and_text_values() -> None:
     assert ids({"verified": {"eq": False}}) == []
     assert ids({"compute_cap": {"gt": 600}}) == [1, 2, 3]  # a field openclore has not: ignored
     assert ids({"num_gpus": 2}) == [2]  # a bare value is eq
-    ordered = vast.search_offers(
-        market, rates, vast.parse_offer_query({"order": [["dph_total", "desc"]], "limit": 2}), 0
+    ordered = vast_offers.search_offers(
+        market, rates, parse({"order": [["dph_total", "desc"]], "limit": 2}), 0
     )
     assert [o["machine_id"] for o in ordered] == [3, 2]
     # no rate for the server's currency: not offered
-    assert vast.search_offers(market, {}, vast.parse_offer_query({}), 0) == []
+    assert vast_offers.search_offers(market, {}, vast_offers.parse_offer_query({}), 0) == []
 
 
 @pytest.mark.parametrize(
@@ -153,7 +154,7 @@ def test_query_operators_and_text_values() -> None:
 )
 def test_bad_queries_say_what_is_wrong(query: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
-        vast.parse_offer_query(query)
+        vast_offers.parse_offer_query(query)
 
 
 def test_create_body_translation() -> None:

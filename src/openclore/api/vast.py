@@ -38,7 +38,7 @@ from openclore.domain.errors import (
     http_status,
 )
 from openclore.market import account_keys as key_service
-from openclore.market import audit, vast
+from openclore.market import audit, vast, vast_offers
 from openclore.market import keeping as keeping_service
 from openclore.market import orders as order_service
 from openclore.market.accounts import authenticate_token
@@ -170,11 +170,11 @@ def _offers(state: AppState, call: VastCall) -> dict[str, Any]:
         if not isinstance(q, dict):
             raise InvalidInput("q: expected a JSON object")
         body = q
-    query = vast.parse_offer_query(body)
+    query = vast_offers.parse_offer_query(body)
     with state.db.read() as conn:
         listing = state.market.listing(conn)
         rates = _rates(state, conn)
-    return {"offers": vast.search_offers(listing.servers, rates, query, call.now)}
+    return {"offers": vast_offers.search_offers(listing.servers, rates, query, call.now)}
 
 
 def _create_instance(state: AppState, call: VastCall) -> dict[str, Any]:
@@ -202,7 +202,8 @@ def _create_instance(state: AppState, call: VastCall) -> dict[str, Any]:
 
 
 def _instances_v1(state: AppState, call: VastCall) -> dict[str, Any]:
-    filters = vast.parse_filters(_json_param(call.request, "select_filters", {}), "select_filters")
+    raw_filters = _json_param(call.request, "select_filters", {})
+    filters = vast_offers.parse_filters(raw_filters, "select_filters")
     order_by = _json_param(call.request, "order_by", [{"col": "id", "dir": "asc"}])
     if not isinstance(order_by, list) or not all(
         isinstance(o, dict) and isinstance(o.get("col"), str) for o in order_by
@@ -220,8 +221,8 @@ def _instances_v1(state: AppState, call: VastCall) -> dict[str, Any]:
     labels: dict[str, int] = {}
     for row in rows:
         labels[row["label"] or ""] = labels.get(row["label"] or "", 0) + 1
-    rows = [r for r in rows if vast.matches(r, filters)]
-    vast.sort_rows(rows, [(o["col"], o.get("dir") == "desc") for o in order_by])
+    rows = [r for r in rows if vast_offers.matches(r, filters)]
+    vast_offers.sort_rows(rows, [(o["col"], o.get("dir") == "desc") for o in order_by])
     page = rows[start : start + limit]
     more = start + limit < len(rows)
     return {
