@@ -357,6 +357,17 @@ def test_vast_api_over_http(market: Market) -> None:
     with market.db.read() as conn:
         bid = conn.execute(select(orders).where(orders.c.id == high.json()["new_contract"])).one()
     assert bid.spot is True and bid.price == to_units("0.000004")  # 0.24 USD a day
+    raised = api.put(
+        f"/api/v0/instances/bid_price/{bid.id}/", json={"client_id": "me", "price": 0.02}
+    )
+    assert raised.json() == {"success": True}
+    with market.db.read() as conn:
+        assert conn.execute(
+            select(orders.c.price).where(orders.c.id == bid.id)
+        ).scalar() == to_units("0.000008")
+    not_bid = api.put(f"/api/v0/instances/bid_price/{order_id}/", json={"price": 1})
+    assert not_bid.status_code in (400, 409) and not_bid.json()["success"] is False
+    assert api.put(f"/api/v0/instances/reboot/{bid.id}/", json={}).json() == {"success": True}
 
 
 def test_vast_account_and_errors(market: Market) -> None:

@@ -284,6 +284,34 @@ def _destroy_instance(state: AppState, call: VastCall) -> dict[str, Any]:
     return {"success": True}
 
 
+def _change_bid(state: AppState, call: VastCall) -> dict[str, Any]:
+    order_id = _int_param(call.request.path_params["id"], "id")
+    price = vast.read_price(call.body.get("price"))
+    state.db_write(
+        lambda conn: vast.change_bid(
+            conn,
+            call.caller.user_id,
+            order_id,
+            price,
+            _rates(state, conn),
+            state.settings,
+            call.now,
+            actor=call.caller.actor,
+        )
+    )
+    return {"success": True}
+
+
+def _reboot_instance(state: AppState, call: VastCall) -> dict[str, Any]:
+    order_id = _int_param(call.request.path_params["id"], "id")
+    state.db_write(
+        lambda conn: keeping_service.restart_order(
+            conn, call.caller.user_id, order_id, call.now, actor=call.caller.actor
+        )
+    )
+    return {"success": True}
+
+
 # ------------------------------------------------------------------------------------- account
 
 
@@ -365,6 +393,8 @@ ROUTES: list[tuple[str, str, Work, str]] = [
     ("GET", "/instances/{id}/", _instance, READ),
     ("PUT", "/instances/{id}/", _change_instance, RENT),
     ("DELETE", "/instances/{id}/", _destroy_instance, RENT),
+    ("PUT", "/instances/bid_price/{id}/", _change_bid, RENT),
+    ("PUT", "/instances/reboot/{id}/", _reboot_instance, RENT),
     ("GET", "/ssh/", _ssh_keys, ACCOUNT),
     ("POST", "/ssh/", _add_ssh_key, ACCOUNT),
     ("PUT", "/ssh/{id}/", _update_ssh_key, ACCOUNT),

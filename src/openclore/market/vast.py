@@ -34,7 +34,7 @@ from openclore.ledger.ledger import balance, wallet_id
 from openclore.market import inputs
 from openclore.market.account_keys import account_keys
 from openclore.market.audit import SYSTEM, Actor, record_by
-from openclore.market.orders import create_order, lifecycle_state
+from openclore.market.orders import create_order, lifecycle_state, set_spot_price
 from openclore.market.servers import prices_of
 from openclore.market.vast_offers import (
     number,
@@ -120,17 +120,7 @@ def read_create(body: Mapping[str, Any]) -> CreateInstance:
         ports.setdefault("22", "tcp")
     if "jupyter" in runtype:
         ports["8080"] = "http"
-    price: Decimal | None = None
-    raw_price = body.get("price")
-    if raw_price is not None:
-        if isinstance(raw_price, bool) or not isinstance(raw_price, int | float | Decimal | str):
-            raise InvalidInput("price: expected a number (USD per hour) or null")
-        try:
-            price = Decimal(str(raw_price))
-        except InvalidOperation:
-            raise InvalidInput("price: expected a number (USD per hour) or null") from None
-        if not price.is_finite() or price < 0:
-            raise InvalidInput("price: expected a number ≥ 0 (USD per hour) or null")
+    price = read_price(body.get("price"))
     disk = body.get("disk")
     return CreateInstance(
         image=image,
@@ -145,6 +135,21 @@ def read_create(body: Mapping[str, Any]) -> CreateInstance:
         image_login=_text(body, "image_login", 2048),
         currency=_text(body, "currency", 32),
     )
+
+
+def read_price(raw: Any) -> Decimal | None:
+    """A price in USD per hour (null: none, i.e. on demand)."""
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int | float | Decimal | str):
+        raise InvalidInput("price: expected a number (USD per hour) or null")
+    try:
+        price = Decimal(str(raw))
+    except InvalidOperation:
+        raise InvalidInput("price: expected a number (USD per hour) or null") from None
+    if not price.is_finite() or price < 0:
+        raise InvalidInput("price: expected a number ≥ 0 (USD per hour) or null")
+    return price
 
 
 def _container_port(spec: str) -> str:
@@ -264,6 +269,39 @@ def create_instance(
     if ask.label:
         set_label(conn, user_id, order_id, ask.label, actor=actor)
     return order_id
+
+
+def change_bid(
+    conn: Connection,
+    user_id: int,
+    order_id: int,
+    usd_hour: Decimal | None,
+    rates: Mapping[str, int],
+    settings: Settings,
+    now: int,
+    *,
+    actor: Actor = SYSTEM,
+) -> None:
+    """``PUT /instances/bid_price/{id}/``: a bid's new price in USD per hour, through
+    ``set_spot_price`` (every spot rule holds: the lowering window, the step); ``None`` or 0:
+    the least the bid may be."""
+    row = conn.execute(select(orders).where(orders.c.id == order_id)).first()
+    if row is None or row.user_id != user_id:
+        raise MarketError("order_dont_exist")
+    if not row.spot:
+        raise InvalidInput("not an interruptible instance: only a bid has a bid price")
+    rate = rates.get(row.currency)
+    if rate is None:
+        raise InvalidInput(f"no USD rate for {row.currency}: the bid cannot be priced in USD")
+    if usd_hour is None or usd_hour == 0:
+        server = conn.execute(select(servers.c.gpu_array).where(servers.c.id == row.server_id))
+        n = len(clean_gpu_array(server.scalar()))
+        spot_min = prices_of(conn, [row.server_id])[row.server_id].get(row.currency, (0, 0))[1]
+        k = n if row.gpu_count is None else int(row.gpu_count)
+        desired = slot_minimum(spot_min, k, n) if n and k != n else spot_min
+    else:
+        desired = units_per_day(usd_hour, rate)
+    set_spot_price(conn, user_id, order_id, desired, settings, now, actor=actor)
 
 
 # ------------------------------------------------------------------------------------- labels
