@@ -30,9 +30,10 @@ from openclore.cli.main import app as cli
 from openclore.config import DEFAULT_ADDRESS_SECRET, Settings
 from openclore.engine.clock import ManualClock
 from openclore.market import audit
+from openclore.market.accounts import hash_token
 from openclore.store.db import Database
 from openclore.store.migrate import head_revision
-from openclore.store.schema import audit_log, servers
+from openclore.store.schema import api_tokens, audit_log, servers
 
 import support
 from support import ADDRESS_SECRET, METRICS_TOKEN, Market, free_port, ok, spot_body
@@ -318,9 +319,20 @@ def test_api_changes_are_audited_with_who_and_where(market: Market) -> None:
         (f"user:{renter_id}", renter_id, "order.create", f"order:{oid}"),
         (f"user:{renter_id}", renter_id, "order.spot_price", f"order:{oid}"),
     ]
-    via = {"via": f"token:{host[:8]}"}
+    # the key used, by its id and prefix (SPEC §8: the audit log names the key)
+    with market.db.read() as conn:
+        key_ids = {
+            t: conn.execute(
+                select(api_tokens.c.id).where(api_tokens.c.token_hash == hash_token(t))
+            ).scalar_one()
+            for t in (host, renter)
+        }
+    via = {"via": f"key:{key_ids[host]}:{host[:8]}"}
     assert found[0].detail == {"name": "rig", "mrl": 96, "spot": "0.000002", **via}
-    assert found[3].detail == {"desired_price_units": 4000, "via": f"token:{renter[:8]}"}
+    assert found[3].detail == {
+        "desired_price_units": 4000,
+        "via": f"key:{key_ids[renter]}:{renter[:8]}",
+    }
     assert all(e.source == "127.0.0.1" and abs(e.at - time.time()) < 60 for e in found)
     assert all(renter not in json.dumps(e.detail) for e in found)  # never a whole token
 

@@ -1,5 +1,6 @@
 """Renters' own things (openclore extensions, SPEC §8): add_ssh_key, ssh_keys, delete_ssh_key,
-attach_ssh_key, create_template, templates, delete_template."""
+attach_ssh_key, create_template, templates, delete_template, create_api_key, api_keys, api_key,
+revoke_api_key."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 from openclore.api.state import AppState, Call, Endpoint
 from openclore.api.state import caller_actor as _actor
 from openclore.api.state import caller_id as _uid
-from openclore.market import account_keys, inputs, templates
+from openclore.market import account_keys, api_keys, inputs, templates
 
 
 def _add_ssh_key(state: AppState, call: Call) -> dict[str, Any]:
@@ -72,12 +73,61 @@ def _delete_template(state: AppState, call: Call) -> dict[str, Any]:
     return {}
 
 
+def _create_api_key(state: AppState, call: Call) -> dict[str, Any]:
+    req = inputs.validate_body(inputs.CreateApiKeyRequest, call.body)
+    scopes = api_keys.parse_scopes(req.scopes)
+    limit = api_keys.parse_spend_limit(req.spend_limit, state.settings.currencies)
+    made = state.db_write(
+        lambda conn: api_keys.create_key(
+            conn,
+            _uid(call),
+            name=req.name,
+            scopes=scopes,
+            expires_at=req.expires_at,
+            spend_limit=limit,
+            now=call.now,
+            creator=call.key,
+            actor=_actor(call),
+        ),
+        # an Idempotency-Key replays the key's row, never its secret
+        answer=lambda made: {"key": made[0]},
+    )
+    row, secret = made
+    return {"key": row, "secret": secret}
+
+
+def _api_keys(state: AppState, call: Call) -> dict[str, Any]:
+    with call.read() as conn:
+        return {"keys": api_keys.list_keys(conn, _uid(call), call.now)}
+
+
+def _api_key(state: AppState, call: Call) -> dict[str, Any]:
+    """The key this request is made with: its scopes, expiry, spend limit and today's spend."""
+    assert call.key is not None
+    with call.read() as conn:
+        return {"key": api_keys.key_info(conn, call.key, call.now)}
+
+
+def _revoke_api_key(state: AppState, call: Call) -> dict[str, Any]:
+    req = inputs.validate_body(inputs.OrderIdRequest, call.body)
+    state.db_write(
+        lambda conn: api_keys.revoke_key(
+            conn, _uid(call), req.id, call.now, call.key, actor=_actor(call)
+        )
+    )
+    return {}
+
+
 ACCOUNT_ENDPOINTS = [
-    Endpoint("add_ssh_key", _add_ssh_key),
+    Endpoint("add_ssh_key", _add_ssh_key, scope="account"),
     Endpoint("ssh_keys", _ssh_keys, readonly=True),
-    Endpoint("delete_ssh_key", _delete_ssh_key),
-    Endpoint("attach_ssh_key", _attach_ssh_key),
-    Endpoint("create_template", _create_template),
+    Endpoint("delete_ssh_key", _delete_ssh_key, scope="account"),
+    Endpoint("attach_ssh_key", _attach_ssh_key, scope="account"),
+    Endpoint("create_template", _create_template, scope="rent"),
     Endpoint("templates", _templates, readonly=True),
-    Endpoint("delete_template", _delete_template),
+    Endpoint("delete_template", _delete_template, scope="rent"),
+    Endpoint("create_api_key", _create_api_key, scope="account"),
+    Endpoint("api_keys", _api_keys, readonly=True),
+    Endpoint("api_key", _api_key, readonly=True, scope=None),
+    Endpoint("revoke_api_key", _revoke_api_key, scope="account"),
 ]

@@ -16,7 +16,8 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection
 
-from openclore.market.accounts import authenticate, hash_token
+from openclore.market.accounts import hash_token
+from openclore.market.api_keys import Key, key_for_token
 from openclore.market.servers import own_server_ids
 
 MAX_ENTRIES = 10_000  # per table; a full table is emptied (a cheap, bounded forgetting)
@@ -24,37 +25,46 @@ MAX_ENTRIES = 10_000  # per table; a full table is emptied (a cheap, bounded for
 
 class Callers:
     def __init__(self) -> None:
-        self._tokens: dict[str, tuple[int, int]] = {}  # token digest -> (user id, auth version)
+        self._tokens: dict[str, tuple[Key, int]] = {}  # token digest -> (key, auth version)
         self._servers: dict[int, tuple[int, list[int]]] = {}  # user -> (market version, ids)
         self._lock = threading.Lock()
 
     def known_user(self, token: str, auth_version: int) -> int | None:
-        """The token's user if remembered at ``auth_version``, else None (without reading)."""
+        """The token's user if remembered at ``auth_version``, else None (without reading); a
+        key that cannot read, or that expires, is left to the full path."""
         if not token or len(token) > 256:
             return None
         held = self._tokens.get(hash_token(token))
-        return held[0] if held is not None and held[1] == auth_version else None
+        if held is None or held[1] != auth_version:
+            return None
+        key = held[0]
+        return key.user_id if key.allows("read") and key.expires_at is None else None
 
     def known_servers(self, user_id: int, market_version: int) -> list[int] | None:
         held = self._servers.get(user_id)
         return held[1] if held is not None and held[0] == market_version else None
 
     def user(self, token: str, auth_version: int, conn: Callable[[], Connection]) -> int | None:
-        """The user a live token belongs to, or None. ``auth_version`` must have been read
-        before the token is looked up (a revocation after it then shows as a newer version)."""
+        """The user a live token belongs to, or None."""
+        key = self.key(token, auth_version, conn)
+        return None if key is None else key.user_id
+
+    def key(self, token: str, auth_version: int, conn: Callable[[], Connection]) -> Key | None:
+        """The live key a token is, or None. ``auth_version`` must have been read before the
+        token is looked up (a revocation after it then shows as a newer version)."""
         if not token or len(token) > 256:
             return None
         digest = hash_token(token)
         held = self._tokens.get(digest)
         if held is not None and held[1] == auth_version:
             return held[0]
-        user_id = authenticate(conn(), token)
-        if user_id is not None:
+        key = key_for_token(conn(), token)
+        if key is not None:
             with self._lock:
                 if len(self._tokens) >= MAX_ENTRIES:
                     self._tokens.clear()
-                self._tokens[digest] = (user_id, auth_version)
-        return user_id
+                self._tokens[digest] = (key, auth_version)
+        return key
 
     def own_servers(
         self, user_id: int, market_version: int, conn: Callable[[], Connection]

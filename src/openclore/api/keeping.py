@@ -117,12 +117,12 @@ def _delete_volume(state: AppState, call: Call) -> dict[str, Any]:
 
 
 KEEPING_ENDPOINTS = [
-    Endpoint("stop_order", _stop_order),
-    Endpoint("start_order", _start_order),
-    Endpoint("restart_order", _restart_order),
-    Endpoint("reset_order", _reset_order),
-    Endpoint("extend_order", _extend_order),
-    Endpoint("create_volume", _create_volume),
+    Endpoint("stop_order", _stop_order, scope="rent"),
+    Endpoint("start_order", _start_order, scope="rent"),
+    Endpoint("restart_order", _restart_order, scope="rent"),
+    Endpoint("reset_order", _reset_order, scope="rent"),
+    Endpoint("extend_order", _extend_order, scope="rent"),
+    Endpoint("create_volume", _create_volume, scope="rent"),
     Endpoint("volumes", _volumes, readonly=True),
-    Endpoint("delete_volume", _delete_volume),
+    Endpoint("delete_volume", _delete_volume, scope="rent"),
 ]

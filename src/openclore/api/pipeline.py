@@ -31,6 +31,7 @@ from openclore.domain.errors import (
     InvalidEndpoint,
     InvalidInput,
     InvalidToken,
+    MissingScope,
     RateLimited,
 )
 from openclore.domain.text import check_pairs
@@ -160,7 +161,7 @@ class Pipeline:
             body = parse_body(raw, ep.array_body)
             return headers, self._dispatch(ep, request, token, body, now)
         except InvalidToken as exc:
-            if token:
+            if token and not isinstance(exc, MissingScope):  # a known key keeps its budget
                 self._unknown_token(request, token)
             exc.headers = headers
             raise
@@ -191,11 +192,18 @@ class Pipeline:
                 # shows as a newer auth version on the next request
                 versions = database.freshness.versions()
                 with Reader(database) as reader:
-                    user_id = state.callers.user(token, versions.auth, reader) if token else None
-                    if user_id is None and (ep.auth or token):
+                    key = state.callers.key(token, versions.auth, reader) if token else None
+                    if key is None and (ep.auth or token):
                         raise InvalidToken("invalid api token")
+                    if key is not None:
+                        if key.expired(now):
+                            raise InvalidToken("api key expired")
+                        # refused before anything is read or done
+                        if ep.scope is not None and not key.allows(ep.scope):
+                            raise MissingScope(ep.scope)
+                    user_id = None if key is None else key.user_id
                     if ep.readonly:  # one transaction (if any) for the caller and the answer
-                        call = Call(request, body, user_id, now, database, reader, versions)
+                        call = Call(request, body, user_id, now, database, reader, versions, key)
                         return ep.handler(state, call)
                 break
             except DBAPIError as exc:
@@ -203,15 +211,15 @@ class Pipeline:
                 # again on a fresh one is safe; writes retry in run_write, before their commit
                 if not exc.connection_invalidated or attempt + 1 == READ_ATTEMPTS:
                     raise
-        call = Call(request, body, user_id, now, database)
-        key = idempotency.key_of(request)
-        if key is None or user_id is None:
+        call = Call(request, body, user_id, now, database, key=key)
+        idem = idempotency.key_of(request)
+        if idem is None or user_id is None:
             return ep.handler(state, call)
         return idempotency.run_once(
             database,
             request,
             ep.name,
-            key,
+            idem,
             user_id,
             body,
             self.settings.http_status,

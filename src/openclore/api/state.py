@@ -25,6 +25,7 @@ from openclore.domain.errors import CloreError, InternalError, MarketError
 from openclore.engine.clock import Clock, SystemClock
 from openclore.engine.ticker import tick
 from openclore.market import audit
+from openclore.market.api_keys import Key
 from openclore.market.stats import MarketFigures, market_figures
 from openclore.store.db import Database, run_write
 from openclore.store.freshness import Versions
@@ -65,6 +66,7 @@ class Call:
     db: Database
     reader: Reader | None = None  # the read transaction the caller was authenticated in
     versions: Versions | None = None  # the market's versions when the request came in
+    key: Key | None = None  # the API key the caller used (its scopes were checked)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
@@ -83,10 +85,12 @@ def caller_id(call: Call) -> int:
 
 
 def caller_actor(call: Call) -> audit.Actor:
-    """The caller, as the use cases record it in the audit log: user, address, token prefix."""
-    token = (call.request.headers.get("auth") or "").strip()
+    """The caller, as the use cases record it in the audit log: user, address, the key (its
+    id and prefix) with its spend limit."""
     source = call.request.client.host if call.request.client else ""
-    return audit.Actor.user(caller_id(call), source, f"token:{token[:8]}" if token else "")
+    if call.key is not None:
+        return call.key.actor(source)
+    return audit.Actor.user(caller_id(call), source)
 
 
 Handler = Callable[["AppState", Call], Any]
@@ -104,8 +108,9 @@ class Endpoint:
     # the plain listing (no query, no body) may be answered from the listing and callers held
     # in memory, on the event loop, when they are known current (the marketplace)
     memory_listing: bool = False
-    # the key scope it needs (SPEC §8: read, rent, host, money, account); every endpoint names one
-    scope: str = "read"
+    # the key scope it needs (SPEC §8: read, rent, host, money, account); None: any live key
+    # (``api_key``: a key always sees itself)
+    scope: str | None = "read"
 
 
 class StreamSlots:

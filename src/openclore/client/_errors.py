@@ -9,6 +9,7 @@
     ├── InternalError                 code 1 (database / internal error)
     ├── InvalidInput                  code 2 (malformed request; .error says what)
     ├── InvalidToken                  code 3
+    │   └── MissingScope              code 3 missing_scope; .scope (the key lacks it)
     ├── InvalidEndpoint               code 4 (also: sandbox endpoints on a non-sandbox server)
     ├── RateLimited                   code 5; .retry_after (seconds, from Retry-After)
     └── MarketError                   code 6, generic fallback for an unknown ``error`` name
@@ -66,7 +67,13 @@
         ├── SshKeyLimitReached        ssh_key_limit_reached; .limit
         ├── TemplateDoesNotExist      template_dont_exist; .template_id
         ├── NotYourTemplate           not_your_template; .template_id
-        └── TemplateLimitReached      template_limit_reached; .limit
+        ├── TemplateLimitReached      template_limit_reached; .limit
+        ├── SpendLimitReached         spend_limit_reached; .currency, .limit, .spent (API key)
+        ├── SpendLimitExceeded        spend_limit_exceeded; .currency, .limit (per day > limit)
+        ├── ScopeNotHeld              scope_not_held; .scopes (a key cannot give more)
+        ├── SpendLimitNotHeld         spend_limit_not_held
+        ├── ApiKeyDoesNotExist        api_key_dont_exist
+        └── ApiKeyLimitReached        api_key_limit_reached; .limit
 
 Numbers carried by errors (``max_step``, ``min_price``, ``price``) are :class:`~decimal.Decimal`.
 """
@@ -133,6 +140,15 @@ class InvalidInput(CloreError):
 
 class InvalidToken(CloreError):
     code = 3
+
+
+class MissingScope(InvalidToken):
+    """The API key lacks the scope the endpoint needs (``.scope``); nothing changed."""
+
+    @property
+    def scope(self) -> str | None:
+        value = self.response.get("scope")
+        return value if isinstance(value, str) else None
 
 
 class InvalidEndpoint(CloreError):
@@ -537,6 +553,60 @@ class TemplateLimitReached(MarketError):
         return self._int("limit")
 
 
+class _KeyLimit(MarketError):
+    @property
+    def currency(self) -> str | None:
+        value = self.response.get("currency")
+        return value if isinstance(value, str) else None
+
+    @property
+    def limit(self) -> Decimal | None:
+        value = self.response.get("limit")
+        return None if value is None else Decimal(str(value))
+
+
+class SpendLimitReached(_KeyLimit):
+    """The API key's orders have been billed its daily limit in this currency today."""
+
+    names = ("spend_limit_reached",)
+
+    @property
+    def spent(self) -> Decimal | None:
+        value = self.response.get("spent")
+        return None if value is None else Decimal(str(value))
+
+
+class SpendLimitExceeded(_KeyLimit):
+    """The order costs more per day than the API key may spend in a day."""
+
+    names = ("spend_limit_exceeded",)
+
+
+class ScopeNotHeld(MarketError):
+    names = ("scope_not_held",)
+
+    @property
+    def scopes(self) -> list[str]:
+        value = self.response.get("scopes")
+        return [str(s) for s in value] if isinstance(value, list) else []
+
+
+class SpendLimitNotHeld(MarketError):
+    names = ("spend_limit_not_held",)
+
+
+class ApiKeyDoesNotExist(MarketError):
+    names = ("api_key_dont_exist",)
+
+
+class ApiKeyLimitReached(MarketError):
+    names = ("api_key_limit_reached",)
+
+    @property
+    def limit(self) -> int | None:
+        return self._int("limit")
+
+
 MARKET_ERRORS: dict[str, type[MarketError]] = {
     name: cls
     for cls in (
@@ -595,6 +665,12 @@ MARKET_ERRORS: dict[str, type[MarketError]] = {
         TemplateDoesNotExist,
         NotYourTemplate,
         TemplateLimitReached,
+        SpendLimitReached,
+        SpendLimitExceeded,
+        ScopeNotHeld,
+        SpendLimitNotHeld,
+        ApiKeyDoesNotExist,
+        ApiKeyLimitReached,
     )
     for name in cls.names
 }
@@ -617,6 +693,8 @@ def error_for(
     common: dict[str, Any] = {"error": error_text, "response": body, "status_code": status_code}
     if code == 5:
         return RateLimited(retry_after=retry_after, **common)
+    if code == 3 and error_text == "missing_scope":
+        return MissingScope(error_text, **common)
     if code == 6:
         cls = MARKET_ERRORS.get(error_text or "", MarketError)
         return cls(error_text or "market error", **common)

@@ -44,6 +44,13 @@ class InvalidToken(CloreError):
     code = 3
 
 
+class MissingScope(InvalidToken):
+    """Code 3 ``missing_scope``: the API key lacks the scope the endpoint needs (SPEC §8)."""
+
+    def __init__(self, scope: str) -> None:
+        super().__init__("missing_scope", scope=scope)
+
+
 class InvalidEndpoint(CloreError):
     code = 4
 
@@ -250,6 +257,31 @@ _KINDS += (
     ErrorKind(
         "template_limit_reached", 403, N_("You have reached the limit of templates."), ("limit",)
     ),
+    ErrorKind(
+        "spend_limit_reached",
+        403,
+        N_("This API key has spent its limit for today."),
+        ("currency", "limit", "spent"),
+    ),
+    ErrorKind(
+        "spend_limit_exceeded",
+        403,
+        N_("This costs more per day than this API key may spend in a day."),
+        ("currency", "limit"),
+    ),
+    ErrorKind(
+        "scope_not_held",
+        403,
+        N_("A key cannot give or revoke scopes it does not have itself."),
+        ("scopes",),
+    ),
+    ErrorKind(
+        "spend_limit_not_held", 403, N_("A key cannot make a key that may spend more than it.")
+    ),
+    ErrorKind("api_key_dont_exist", 404, N_("No such API key.")),
+    ErrorKind(
+        "api_key_limit_reached", 403, N_("You have reached the limit of API keys."), ("limit",)
+    ),
 )
 REGISTRY: dict[str, ErrorKind] = {kind.name: kind for kind in _KINDS}
 
@@ -267,4 +299,6 @@ def http_status(code: int, error: str | None, mode: str) -> int:
         return CODE_HTTP_STATUS_CLORE.get(code, 200)
     if code == 6:
         return ERROR_HTTP_STATUS.get(error or "", 400)
+    if code == 3 and error == "missing_scope":
+        return 403
     return CODE_HTTP_STATUS_REST.get(code, 200)

@@ -228,7 +228,8 @@ def resolve_server(conn: Connection, server_id: int, now: int) -> None:
                 remaining.append(order)
         for i, order in enumerate(remaining):
             if order["stop_at"] is not None and order["stop_at"] <= bound and not order["stopped"]:
-                remaining[i] = stop(conn, order, max(order["stop_at"], order["ct"]), "timer")
+                at = max(order["stop_at"], order["ct"])
+                remaining[i] = stop(conn, order, at, order.get("timer_reason") or "timer")
                 changed = True
         # a stopped order holds nothing; a preempted spot order still bids (SPEC §8)
         bidding = [o for o in remaining if not o["stopped"] or o["stop_reason"] == PREEMPTED]
@@ -376,6 +377,7 @@ def stop(conn: Connection, order: Row, at: int, reason: str) -> Row:
         "stop_reason": reason,
         "stored_at": at,
         "stop_at": None,
+        "timer_reason": None,
         "waiting_since": None,
     }
     if order["running"]:

@@ -20,6 +20,7 @@ from openclore.engine.billing import BILLING_GRACE, lock_server, resolve_server,
 from openclore.engine.outbox import SERVER_OFFLINE, emit
 from openclore.engine.reliability import close_stretch, recompute, reliability_due
 from openclore.engine.settlement import servers_due, settle_running_orders
+from openclore.engine.spending import apply_spend_caps
 from openclore.engine.storage import servers_storing
 from openclore.store.db import Database, run_write
 from openclore.store.schema import servers
@@ -88,6 +89,7 @@ def tick(db: Database, now: int, agent_timeout: int, reliability_interval: int =
             ).scalar()
         ):
             return 0, []  # another process is ticking right now
+        apply_spend_caps(conn, now)  # a key's limit reached in this tick: stop timers at it
         result = settle_running_orders(conn, now, BILLING_GRACE)
         due = servers_due(conn, now) + servers_starving(conn, now) + servers_storing(conn, now)
         return result.settled, result.deferred_servers + due

@@ -42,11 +42,22 @@ class Actor:
     name: str  # user:<id> | admin:<login> | agent:<server id> | system
     user_id: int | None = None
     source: str = ""  # the client's address, web@<address>, cli@<host>
-    via: str = ""  # the credential: token:<prefix>, password, session
+    via: str = ""  # the credential: key:<id>:<prefix>, password, session
+    # the API key that acts (SPEC §8 scopes): what it may spend per currency and day (None: no
+    # limit); orders it creates remember it, and the engine stops them at its limit
+    key_id: int | None = None
+    spend_limit: tuple[tuple[str, int], ...] | None = None
 
     @classmethod
-    def user(cls, user_id: int, source: str = "", via: str = "") -> Actor:
-        return cls(f"user:{user_id}", user_id, source, via)
+    def user(
+        cls,
+        user_id: int,
+        source: str = "",
+        via: str = "",
+        key_id: int | None = None,
+        spend_limit: tuple[tuple[str, int], ...] | None = None,
+    ) -> Actor:
+        return cls(f"user:{user_id}", user_id, source, via, key_id, spend_limit)
 
 
 SYSTEM = Actor("system")  # the market itself (tests, the demo world, the engine)

@@ -90,7 +90,7 @@ def edit_order(
     detail = item.model_dump(mode="json", exclude_none=True)
     record_by(conn, actor, PRICE_CHANGE, f"order:{item.order_id}", detail, about=user_id)
     if desired != row.price:
-        order_service.reprice(conn, user_id, item.order_id, desired, settings, now)
+        order_service.reprice(conn, user_id, item.order_id, desired, settings, now, actor)
     oc = [g.to_stored() for g in item.oc]
     limits = conn.execute(
         select(servers.c.gpu_limits).where(servers.c.id == row.server_id)

@@ -453,6 +453,18 @@ class AddSshKeyRequest(Request):
     public_key: StrictStr = Field(min_length=1, max_length=16384)
 
 
+class CreateApiKeyRequest(Request):
+    """create_api_key: scopes are checked by market.api_keys (names, and what the caller holds),
+    spend_limit's amounts as any other amount."""
+
+    name: (
+        Annotated[StrictStr, Field(min_length=1, max_length=64), AfterValidator(_printable)] | None
+    ) = None
+    scopes: list[StrictStr] | StrictStr
+    expires_at: Annotated[StrictInt, Field(ge=0, le=2**62)] | None = None
+    spend_limit: dict[StrictStr, Any] | None = None  # amounts: checked by parse_spend_limit
+
+
 class AttachSshKeyRequest(Request):
     order_id: Id
     key_id: Id

@@ -33,6 +33,7 @@ from openclore.engine.outbox import (
     order_stopped,
 )
 from openclore.ledger.ledger import balance, wallet_id
+from openclore.market.api_keys import check_spend
 from openclore.market.audit import SYSTEM, Actor, record_by
 from openclore.protocol import KEEP_PROTOCOL
 from openclore.store.schema import orders
@@ -109,6 +110,7 @@ def start_order(
     funds = 0 if wallet is None else balance(conn, wallet, lock=True)
     if funds < runway(order["price"], settings.runway_seconds):
         raise MarketError("not_enough_balance")
+    check_spend(conn, actor, order["currency"], order["price"], now)
     if not order["spot"] and order["gpu_count"] is None:
         others = [o for o in live_orders(conn, server["id"]) if o["id"] != order_id]
         if any(not o["spot"] and not o["stopped"] for o in others):

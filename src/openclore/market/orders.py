@@ -36,6 +36,7 @@ from openclore.engine.outbox import order_created
 from openclore.ledger.ledger import balance, ensure_wallet, system_account_id, transfer, wallet_id
 from openclore.market.account_keys import account_keys
 from openclore.market.accounts import lock_user
+from openclore.market.api_keys import check_spend
 from openclore.market.audit import (
     ORDER_CANCEL,
     ORDER_CREATE,
@@ -120,6 +121,7 @@ def create_order(
     funds = balance(conn, wallet, lock=True)
     if funds < creation_fee + runway(price, settings.runway_seconds):
         raise MarketError("not_enough_balance")
+    check_spend(conn, actor, req.currency, price, now, upfront=creation_fee)
     keeping = _keeping(conn, user_id, req, server, k, n, now)
 
     order_id = inserted_id(
@@ -132,6 +134,7 @@ def create_order(
                 price=price,
                 fee_bp=fee_bp,
                 creation_fee=creation_fee,
+                api_key_id=actor.key_id,
                 mrl=keeping.pop("mrl"),
                 ct=now,
                 image=req.image,
@@ -384,11 +387,17 @@ def set_spot_price(
         {"desired_price_units": desired},
         about=user_id,
     )
-    reprice(conn, user_id, order_id, desired, settings, now)
+    reprice(conn, user_id, order_id, desired, settings, now, actor)
 
 
 def reprice(
-    conn: Connection, user_id: int, order_id: int, desired: int, settings: Settings, now: int
+    conn: Connection,
+    user_id: int,
+    order_id: int,
+    desired: int,
+    settings: Settings,
+    now: int,
+    actor: Actor = SYSTEM,
 ) -> None:
     """The spot rules of a re-priced bid, for a use case that records its own audit entry
     (:func:`set_spot_price`, a GigaSPOT edit)."""
@@ -409,6 +418,7 @@ def reprice(
         funds = 0 if wallet is None else balance(conn, wallet, lock=True)
         if funds < runway(desired, settings.runway_seconds):
             raise MarketError("not_enough_balance")
+        check_spend(conn, actor, order["currency"], desired, now)
     if desired < current:
         min_spot = prices_of(conn, [order["server_id"]])[order["server_id"]].get(
             order["currency"], (0, 0)
@@ -543,6 +553,8 @@ def _keeping_view(row: Row) -> dict[str, Any]:
         out["restarts"] = row["restart_requested"]
     if row.get("generation"):
         out["resets"] = row["generation"]
+    if row.get("api_key_id") is not None:
+        out["api_key_id"] = row["api_key_id"]  # the key it was created with (SPEC §8)
     return out
 
 
