@@ -13,6 +13,8 @@ from openclore.domain.errors import InvalidInput
 from openclore.domain.money import Coins, to_units
 from openclore.domain.usd import rate_units
 from openclore.market import vast, vast_offers
+from openclore.market.api_keys import create_key
+from openclore.market.audit import SYSTEM
 from openclore.market.rates import set_rates
 from openclore.store.schema import audit_log, orders, server_prices, servers
 
@@ -409,6 +411,27 @@ def test_vast_account_and_errors(market: Market) -> None:
         assert response.status_code == status, (response.request.url, response.text)
         body = response.json()
         assert body["success"] is False and body["error"] == name and body["msg"], body
+    # a key's scopes (SPEC §8): a read-only key searches, but rents nothing and sees no keys
+    with market.db.write() as conn:
+        _, secret = create_key(
+            conn,
+            market.user_id(renter),
+            name="reader",
+            scopes=frozenset({"read"}),
+            expires_at=None,
+            spend_limit=None,
+            now=market.now(),
+            creator=None,
+            actor=SYSTEM,
+        )
+    reader = vast_client(market, secret)
+    assert reader.post("/api/v0/bundles/", json={}).status_code == 200
+    refused = reader.put(f"/api/v0/asks/{sid * 100 + 1}/", json={"image": "busybox"})
+    assert refused.status_code == 403
+    assert refused.json()["error"] == "missing_scope" and refused.json()["scope"] == "rent"
+    assert reader.get("/api/v0/ssh/").json()["scope"] == "account"
+    with market.db.read() as conn:
+        assert conn.execute(select(orders.c.id)).first() is None
     poor = market.user()
     broke = vast_client(market, poor).put(
         f"/api/v0/asks/{sid * 100 + 1}/", json={"image": "busybox"}

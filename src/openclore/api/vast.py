@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from openclore.api.state import AppState
+from openclore.api.state import AppState, Reader
 from openclore.api.transport import BodyTooLarge
 from openclore.api.wire import dumps, parse_object
 from openclore.domain.errors import (
@@ -34,6 +34,7 @@ from openclore.domain.errors import (
     InvalidInput,
     InvalidToken,
     MarketError,
+    MissingScope,
     RateLimited,
     http_status,
 )
@@ -41,7 +42,6 @@ from openclore.market import account_keys as key_service
 from openclore.market import audit, vast, vast_offers
 from openclore.market import keeping as keeping_service
 from openclore.market import orders as order_service
-from openclore.market.accounts import authenticate_token
 from openclore.market.rates import current_rates
 
 log = logging.getLogger("openclore.api")
@@ -78,7 +78,10 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 def error_response(exc: CloreError) -> Response:
     """A market error in Vast's shape: ``success`` false, ``error`` (a name), ``msg``."""
     headers: dict[str, str] = {}
-    if isinstance(exc, MarketError):
+    if isinstance(exc, MissingScope):
+        scope = exc.extra.get("scope")
+        name, msg = "missing_scope", f"this API key lacks the '{scope}' scope"
+    elif isinstance(exc, MarketError):
         name = exc.name
         kind = REGISTRY.get(name)
         msg = kind.message if kind is not None else name.replace("_", " ")
@@ -104,23 +107,29 @@ def error_response(exc: CloreError) -> Response:
 
 
 def authenticate(state: AppState, request: Request, scope: str) -> Caller:
-    """The caller of a Vast request (``Authorization: Bearer <token>``), allowed ``scope``.
+    """The caller of a Vast request (``Authorization: Bearer <API key>``), whose key has ``scope``
+    (SPEC §8: ``missing_scope`` otherwise, before anything is read or done).
 
-    The one place this API checks credentials: the key's scopes are checked here once keys carry
-    them (SPEC §8); every endpoint below names the scope it needs."""
+    The one place this API checks credentials; every endpoint names the scope it needs. The key
+    is the Clore API's (the same cache of live keys, the same expiry), and the audit log and
+    the key's spend limit see the caller as they do there (:meth:`Key.actor`)."""
     header = (request.headers.get("authorization") or "").strip()
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
-        raise InvalidToken("missing API key: send 'Authorization: Bearer <API token>'")
+        raise InvalidToken("missing API key: send 'Authorization: Bearer <API key>'")
     _rate_limit(state, request, token)
-    with state.db.read() as conn:
-        found = authenticate_token(conn, token)
-    if found is None:
+    versions = state.db.freshness.versions()  # read before the key (as the Clore pipeline)
+    with Reader(state.db) as reader:
+        key = state.callers.key(token, versions.auth, reader)
+    if key is None:
         raise InvalidToken("invalid API key")
-    user_id, token_id = found
+    if key.expired(state.now()):
+        raise InvalidToken("API key expired")
+    if not key.allows(scope):
+        raise MissingScope(scope)
     source = request.client.host if request.client else ""
-    return Caller(user_id, token_id, audit.Actor.user(user_id, source, f"token:{token[:8]}"))
+    return Caller(key.user_id, key.id, key.actor(source))
 
 
 def _rate_limit(state: AppState, request: Request, token: str) -> None:
