@@ -21,6 +21,7 @@ from sqlalchemy import select, update
 
 from openclore.domain.money import to_units
 from openclore.domain.usd import rate_units
+from openclore.market.demo import RENTER_TOKEN, seed
 from openclore.market.rates import set_rates
 from openclore.store.schema import orders, server_prices, servers
 
@@ -232,3 +233,50 @@ def test_vastai_sdk(market: Market, tmp_path: Path) -> None:
     with market.db.read() as conn:
         bid = conn.execute(select(orders).where(orders.c.id == out["bid"]["new_contract"])).one()
     assert bid.spot is True and bid.price == to_units("0.000004") and bid.expired is True
+
+
+DEMO_SCRIPT = r"""
+import json, sys
+from vastai import VastAI
+url, token = sys.argv[1:3]
+sdk = VastAI(api_key=token, server_url=url)
+out = {"all": sdk.search_offers(no_default=True, limit=1000)}
+out["single"] = sdk.search_offers(query="num_gpus=1 rentable=True", order=[["dph_total", "asc"]])
+pick = [o for o in out["single"] if o["gpu_frac"] < 1][0]
+made = sdk.create_instance(id=pick["id"], image="ubuntu:22.04", disk=10, ssh=True, label="demo")
+out["pick"], out["made"] = pick, made
+out["instance"] = sdk.show_instance(id=made["new_contract"])
+out["ssh_url"] = sdk.ssh_url(id=made["new_contract"])
+out["destroy"] = sdk.destroy_instance(id=made["new_contract"])
+print(json.dumps(out))
+"""
+
+
+def test_vastai_sdk_against_the_demo_world(market: Market, tmp_path: Path) -> None:
+    """The demo world (USD rates, whole and per-GPU servers) as Vast offers: a one-GPU bundle of
+    a partial server rented, shown and destroyed through the SDK."""
+    with market.db.write() as conn:
+        seed(conn, market.settings, market.now())
+    env = {**os.environ, "HOME": str(tmp_path), "VASTAI_NO_UPDATE_CHECK": "1"}
+    done = subprocess.run(
+        [str(PYTHON), "-c", DEMO_SCRIPT, market.url, RENTER_TOKEN],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    machines = {o["machine_id"] for o in out["all"]}
+    assert len(machines) > 10 and all(o["dph_total"] > 0 for o in out["all"])
+    assert any(o["num_gpus"] < max(p["num_gpus"] for p in out["all"]) for o in out["all"])
+    prices = [o["dph_total"] for o in out["single"]]
+    assert prices == sorted(prices) and all(o["num_gpus"] == 1 for o in out["single"])
+    pick, inst = out["pick"], out["instance"]
+    assert out["made"]["success"] is True
+    assert inst["num_gpus"] == 1 and inst["machine_id"] == pick["machine_id"]
+    assert inst["label"] == "demo" and out["ssh_url"].startswith("ssh://root@")
+    assert out["destroy"] == {"success": True}
+    with market.db.read() as conn:
+        row = conn.execute(select(orders).where(orders.c.id == out["made"]["new_contract"])).one()
+    assert row.gpu_count == 1 and row.expired is True
