@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 from openclore.domain.errors import InvalidInput
 from openclore.domain.money import Coins, to_units
 from openclore.domain.usd import rate_units
+from openclore.engine.clock import ManualClock
 from openclore.market import vast, vast_offers
 from openclore.market.api_keys import create_key
 from openclore.market.audit import SYSTEM
@@ -439,3 +440,69 @@ def test_vast_account_and_errors(market: Market) -> None:
     assert broke.status_code == 400 and broke.json()["error"] == "not_enough_balance"
     own = vast_client(market, host).put(f"/api/v0/asks/{sid * 100 + 1}/", json={"image": "busybox"})
     assert own.status_code == 403 and own.json()["error"] == "cant_rent_from_yourself"
+
+
+def test_vast_rate_limit_and_hostile_input(market: Market) -> None:
+    host, renter = market.user(), market.user(bitcoin="0.01")
+    sid = rig(market, host)
+    api = vast_client(market, renter)
+    hostile: list[Any] = [
+        [],
+        "text",
+        {"num_gpus": {"eq": {"deep": [1, {"x": None}]}}},
+        {"num_gpus": {"in": [{"a": 1}, None, True, "x"]}},
+        {"order": [[1, "asc"]]},
+        {"order": [["num_gpus", "sideways"]]},
+        {"limit": 10**30},
+        {"limit": True},
+        {"allocated_storage": "lots"},
+        {"q": "not an object"},
+        {"type": ["bid"]},
+        {"image": ["busybox"]},
+        {"image": "busybox", "env": {"-p 99999:99999": "1"}},
+        {"image": "busybox", "env": {"A": {"nested": 1}}},
+        {"image": "busybox", "disk": "big"},
+        {"image": "busybox", "price": True},
+        {"image": "busybox", "label": "x" * 1000},
+        {"image": "busybox", "args": [1, 2]},
+        {"image": "busybox", "image_login": "-u only"},
+        {"state": 5},
+        {"label": 7},
+        {"ssh_key": 42},
+        {"price": "NaN"},
+    ]
+    paths = [
+        ("POST", "/api/v0/bundles/"),
+        ("PUT", "/api/v0/search/asks/"),
+        ("PUT", f"/api/v0/asks/{sid * 100 + 1}/"),
+        ("PUT", "/api/v0/instances/1/"),
+        ("PUT", "/api/v0/instances/bid_price/1/"),
+        ("POST", "/api/v0/ssh/"),
+        ("PUT", "/api/v0/ssh/1/"),
+    ]
+    for method, path in paths:
+        for body in hostile:
+            response = api.request(method, path, json=body)
+            assert response.status_code < 500, (method, path, body, response.text)
+            assert response.json().get("success", True) in (True, False)
+            if response.status_code >= 400:
+                assert response.json()["msg"], response.text
+    for params in [
+        {"select_filters": "{bad"},
+        {"select_filters": '{"label": {"approx": 1}}'},
+        {"order_by": '"id"'},
+        {"limit": "x"},
+        {"after_token": "-5"},
+    ]:
+        response = api.get("/api/v1/instances/", params=params)
+        assert response.status_code in (200, 400), response.text
+    assert api.get("/api/v0/instances").json() == {"instances": []}  # older clients: no slash
+    with market.db.read() as conn:
+        assert conn.execute(select(orders.c.id)).first() is None  # nothing hostile rented
+
+    market.reconfigure(rate_limit_interval=1.0, rate_clock=ManualClock(5000.0))
+    api = vast_client(market, renter)
+    assert api.get("/api/v0/users/current").status_code == 200
+    limited = api.get("/api/v0/users/current")
+    assert limited.status_code == 429 and limited.json()["error"] == "rate_limited"
+    assert int(limited.headers["Retry-After"]) >= 1

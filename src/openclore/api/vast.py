@@ -123,6 +123,7 @@ def authenticate(state: AppState, request: Request, scope: str) -> Caller:
     with Reader(state.db) as reader:
         key = state.callers.key(token, versions.auth, reader)
     if key is None:
+        _unknown_key(state, request, token)
         raise InvalidToken("invalid API key")
     if key.expired(state.now()):
         raise InvalidToken("API key expired")
@@ -132,13 +133,29 @@ def authenticate(state: AppState, request: Request, scope: str) -> Caller:
     return Caller(key.user_id, key.id, key.actor(source))
 
 
+def _token_key(token: str) -> str:
+    return "t:" + hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+
 def _rate_limit(state: AppState, request: Request, token: str) -> None:
-    """The same per-token limit as the Clore API (``rate_limit_interval``)."""
+    """The same per-key limit as the Clore API (``rate_limit_interval``)."""
     interval = state.settings.rate_limit_interval
     if interval <= 0:
         return
-    key = "t:" + hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:40]
-    decision = state.limiter.hit(key, interval, state.rate_clock.now())
+    decision = state.limiter.hit(_token_key(token), interval, state.rate_clock.now())
+    if not decision.allowed:
+        raise RateLimited(decision.retry_after)
+
+
+def _unknown_key(state: AppState, request: Request, token: str) -> None:
+    """An unknown key gets no budget of its own (random keys would each get one): the request
+    counts against the caller's address instead, as in the Clore API."""
+    interval = state.settings.rate_limit_interval
+    if interval <= 0:
+        return
+    state.limiter.forget(_token_key(token))
+    address = "a:" + (request.client.host if request.client else "unknown")
+    decision = state.limiter.hit(address, interval, state.rate_clock.now())
     if not decision.allowed:
         raise RateLimited(decision.retry_after)
 
@@ -398,6 +415,7 @@ ROUTES: list[tuple[str, str, Work, str]] = [
     ("PUT", "/search/asks/", _offers, READ),
     ("PUT", "/asks/{id}/", _create_instance, RENT),
     ("GET", "/instances/", _instances_v1, READ),
+    ("GET", "/instances", _instances_v1, READ),  # older clients (vastai-sdk 0.2), no slash
     ("GET", "/instances/filters/", _instance_filters, READ),
     ("GET", "/instances/{id}/", _instance, READ),
     ("PUT", "/instances/{id}/", _change_instance, RENT),
