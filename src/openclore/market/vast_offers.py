@@ -269,9 +269,9 @@ def server_facts(item: Mapping[str, Any]) -> dict[str, Any]:
         "machine_id": item["id"],
         "host_id": item.get("owner"),
         "gpu_name": short_gpu_name(gpus[0]) if gpus else None,
-        "gpu_ram": None if gpuram is None else float(gpuram) * 1000,
+        "gpu_ram": None if gpuram is None else round(float(gpuram) * 1000),  # MB, an int as Vast
         "cpu_name": specs.get("cpu"),
-        "cpu_ram": None if specs.get("ram") is None else float(specs["ram"]) * 1000,
+        "cpu_ram": None if specs.get("ram") is None else round(float(specs["ram"]) * 1000),
         "mobo_name": specs.get("mb"),
         "disk_name": specs.get("disk"),
         "disk_bw": specs.get("disk_speed"),
