@@ -103,3 +103,40 @@ def test_templates_and_rent_from_one(market: Market, tmp_path: Path) -> None:
     assert owner("template", "rm", str(private["id"])).stdout.strip() == (
         f"template {private['id']} deleted"
     )
+
+
+def test_api_keys_in_the_cli(market: Market, tmp_path: Path) -> None:
+    sid = market.server(market.user("host"), "rig")
+    owner = Cli(market, tmp_path, market.user("owner", bitcoin="0.01"))
+    made = owner(
+        "key",
+        "create",
+        "--scopes",
+        "read,rent",
+        "--name",
+        "agent",
+        "--spend-limit",
+        "bitcoin=0.001",
+        "--expires-in",
+        "3600",
+    ).stdout
+    assert "this secret is shown once" in made
+    secret = made.split(": ", 1)[1].split()[0]
+    listed = owner.json("key", "list")
+    assert [k["scopes"] for k in listed][1] == ["read", "rent"]
+    assert listed[1]["spend_limit"] == {"bitcoin": 0.001}
+    table = owner("key", "list").stdout
+    assert "agent" in table and "0.001 bitcoin" in table and "in 1h00m" in table
+    assert secret not in table
+    agent = Cli(market, tmp_path, secret)
+    shown = agent.json("key", "show")
+    assert shown["name"] == "agent" and shown["spent_today"] == {"bitcoin": 0}
+    assert "missing_scope" in agent.error("ssh-key", "add", "-")
+    assert len(agent.json("key", "list")) == 2  # a read
+    rented = agent.json("rent", str(sid), "--image", "ubuntu", "--currency", "bitcoin")
+    assert rented["api_key_id"] == listed[1]["id"], rented
+    assert "--spend-limit" in owner.error("key", "create", "--scopes", "read", "--spend-limit", "x")
+    assert owner("key", "revoke", str(listed[1]["id"])).stdout.strip() == (
+        f"key {listed[1]['id']} revoked"
+    )
+    assert "invalid" in agent.error("key", "show").lower()

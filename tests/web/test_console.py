@@ -624,6 +624,8 @@ def test_money_self_service_and_operator_pages_in_both_languages(
         "withdrawals": "/money/withdrawals",
         "keys": "/account/keys",
         "key-revoke": f"/account/keys/{prefix}/revoke",
+        "ssh-keys": "/account/ssh-keys",
+        "templates": "/account/templates",
         "webhooks": "/account/webhooks",
         "webhook": f"/account/webhooks/{hook}",
         "webhook-delete": f"/account/webhooks/{hook}/delete",

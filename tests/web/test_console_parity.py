@@ -14,7 +14,7 @@ import pytest
 
 from openclore.api.app import create_app
 from openclore.web.app import install_console
-from test_console_http import PASSWORD, Browserless, _operator, _security_headers
+from test_console_http import PASSWORD, Browserless, _csrf, _operator, _security_headers
 
 from support import Market, ok, order_body
 
@@ -117,8 +117,13 @@ def test_api_keys_and_webhooks_are_self_service(served: Market) -> None:
     assert alice.post(f"/account/keys/{key[:8]}/revoke") == ("/account/keys", "API key revoked.")
     assert market.client(key).get("/v1/wallets").json()["code"] == 3
     seen = _audit_seen(market)
-    for action in ("token.issue", "token.revoke"):
-        assert (f"user:{alice_id}", action, f"user:{alice_id}", "session") in seen, action
+    made = [
+        t
+        for a, act, t, via in seen
+        if (a, act, via) == (f"user:{alice_id}", "api_key.create", "session")
+    ]
+    assert len(made) == 1 and made[0].startswith("api_key:")
+    assert (f"user:{alice_id}", "token.revoke", f"user:{alice_id}", "session") in seen
     # webhooks: create (secret once), list, log, test, delete
     answer = alice.client.post(
         "/account/webhooks",
@@ -153,6 +158,46 @@ def test_api_keys_and_webhooks_are_self_service(served: Market) -> None:
         assert (f"user:{alice_id}", action, f"webhook:{hook['id']}", "session") in seen, action
     # without the form's token nothing happens
     assert alice.client.post("/account/keys").status_code == 403
+
+
+def test_a_scoped_key_with_a_limit_from_the_console(served: Market) -> None:
+    market = served
+    token = market.user("alice", bitcoin="1")
+    alice = Browserless(market, token)
+    fields = {
+        "csrf": alice.csrf,
+        "scoped": "1",
+        "name": "agent",
+        "scope_read": "1",
+        "scope_rent": "1",
+        "expires_days": "7",
+        "limit_bitcoin": "0.001",
+    }
+    created = alice.client.post("/account/keys", data=fields)
+    assert created.status_code == 200
+    found = re.search(r'<code class="secret" id="secret">([A-Za-z0-9]+)</code>', created.text)
+    assert found is not None
+    key = ok(market.client(found.group(1)).get("/v1/api_key"))["key"]
+    assert key["scopes"] == ["read", "rent"] and key["name"] == "agent"
+    assert key["spend_limit"] == {"bitcoin": 0.001}
+    assert key["expires_at"] == market.now() + 7 * 86400
+    page = alice.client.get("/account/keys").text
+    assert "read, rent" in page and "0.001 bitcoin" in page and "agent" in page
+    # a read key cannot rent through the API, nor sign in to the console (whose pages can)
+    assert market.client(found.group(1)).post("/v1/withdraw", json={}).json()["scope"] == "money"
+    with httpx.Client(base_url=market.url, timeout=30) as signin:
+        form = signin.get("/signin").text
+        refused = signin.post("/signin", data={"csrf": _csrf(form), "token": found.group(1)})
+    assert refused.status_code == 403 and "This API key is limited" in refused.text
+    # bad forms are refused with a message, and make nothing
+    assert alice.post("/account/keys", scoped="1")[1].startswith("Invalid input:")
+    assert alice.post("/account/keys", scoped="1", scope_read="1", expires_days="x")[1] == (
+        "Invalid input: expires_days: whole days, 1 to 3650"
+    )
+    assert alice.post("/account/keys", scoped="1", scope_read="1", limit_bitcoin="-1")[
+        1
+    ].startswith("Invalid input:")
+    assert len(ok(market.client(token).get("/v1/api_keys"))["keys"]) == 2
 
 
 def test_operator_decides_withdrawals_and_searches_deposits_and_the_audit_log(
@@ -439,3 +484,80 @@ def test_a_host_turns_per_gpu_rental_on_in_the_console(served: Market) -> None:
     assert where == "/host/servers/quad"  # refused: the page shows why, nothing changed
     config = ok(api.post("/v1/server_config", json={"server_name": "quad"}))["config"]
     assert config["partial_gpu_rental"] is False and config["min_gpus"] == 2
+
+
+def test_ssh_keys_and_templates_from_the_console(served: Market) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    market = served
+    token = market.user("alice", bitcoin="1")
+    alice, bob = Browserless(market, token), Browserless(market, market.user("bob"))
+    public = (
+        ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
+    assert alice.post("/account/ssh-keys", public_key=public + " alice@laptop") == (
+        "/account/ssh-keys",
+        "SSH key added.",
+    )
+    (key,) = ok(market.client(token).get("/v1/ssh_keys"))["keys"]
+    assert key["name"] == "alice@laptop"
+    page = alice.client.get("/account/ssh-keys").text
+    assert (
+        key["fingerprint"] in page
+        and key["fingerprint"] not in bob.client.get("/account/ssh-keys").text
+    )
+    assert alice.post("/account/ssh-keys", public_key="ssh-rsa AAAA broken")[1].startswith(
+        "That is not an SSH public key"
+    )
+    assert alice.post("/account/ssh-keys", public_key=public)[1] == (
+        "This key is already on your account."
+    )
+    assert "Delete this SSH key?" in alice.client.get(f"/account/ssh-keys/{key['id']}/delete").text
+    assert bob.post(f"/account/ssh-keys/{key['id']}/delete")[1] == "No such SSH key."
+
+    # a template, then a rental from it in the server page's form
+    sid = market.server(market.user("host"), "rig")
+    made = alice.post(
+        "/account/templates",
+        name="Torch",
+        image="pytorch/pytorch:latest",
+        ports="22:tcp\n8888:http",
+        env="MODE=train",
+        public="1",
+    )
+    assert made == ("/account/templates", "Template created.")
+    (template,) = [
+        t for t in ok(market.client(token).get("/v1/templates"))["templates"] if t["mine"]
+    ]
+    assert template["ports"] == {"22": "tcp", "8888": "http"} and template["public"] is True
+    assert "<code>pytorch/pytorch:latest</code>" in bob.client.get("/account/templates?q=tor").text
+    assert (
+        "<code>pytorch/pytorch:latest</code>" not in bob.client.get("/account/templates?q=zzz").text
+    )
+    assert bob.post(f"/account/templates/{template['id']}/delete")[1] == (
+        "Only its owner can delete a template."
+    )
+    assert alice.post("/account/templates", name="", image="x")[1].startswith("Invalid input:")
+    server_page = alice.client.get(f"/servers/{sid}").text
+    assert f'<option value="{template["id"]}">Torch · pytorch/pytorch:latest</option>' in (
+        server_page
+    )
+    rented = alice.post(
+        f"/servers/{sid}/rent",
+        currency="bitcoin",
+        type="on-demand",
+        template_id=str(template["id"]),
+        image="ignored/by-the-template",
+        ports="22:tcp",
+        env="",
+    )
+    assert rented == ("/orders", "Order created.")
+    (order,) = ok(market.client(token).get("/v1/my_orders"))["orders"]
+    assert order["image"] == "pytorch/pytorch:latest" and order["template_id"] == template["id"]
+    assert alice.post(f"/account/templates/{template['id']}/delete")[1] == "Template deleted."
+    assert alice.post(f"/account/ssh-keys/{key['id']}/delete")[1] == "SSH key deleted."
+    assert ok(market.client(token).get("/v1/ssh_keys"))["keys"] == []

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from openclore.api import idempotency
 from openclore.api.state import AppState, Call, Endpoint
 from openclore.api.state import caller_actor as _actor
 from openclore.api.state import caller_id as _uid
+from openclore.domain.errors import InvalidInput
 from openclore.market import account_keys, api_keys, inputs, templates
 
 
@@ -74,6 +76,9 @@ def _delete_template(state: AppState, call: Call) -> dict[str, Any]:
 
 
 def _create_api_key(state: AppState, call: Call) -> dict[str, Any]:
+    if idempotency.key_of(call.request) is not None:
+        # a stored answer would hold the secret, which the market never keeps
+        raise InvalidInput("create_api_key takes no Idempotency-Key: its secret is never stored")
     req = inputs.validate_body(inputs.CreateApiKeyRequest, call.body)
     scopes = api_keys.parse_scopes(req.scopes)
     limit = api_keys.parse_spend_limit(req.spend_limit, state.settings.currencies)
@@ -83,14 +88,12 @@ def _create_api_key(state: AppState, call: Call) -> dict[str, Any]:
             _uid(call),
             name=req.name,
             scopes=scopes,
-            expires_at=req.expires_at,
+            expires_at=req.expires_at if req.expires_in is None else call.now + req.expires_in,
             spend_limit=limit,
             now=call.now,
             creator=call.key,
             actor=_actor(call),
         ),
-        # an Idempotency-Key replays the key's row, never its secret
-        answer=lambda made: {"key": made[0]},
     )
     row, secret = made
     return {"key": row, "secret": secret}

@@ -95,10 +95,12 @@ from openclore.client._exactjson import dumps as json_dumps
 from openclore.client._exactjson import loads as json_loads
 from openclore.client._models import (
     AddedServer,
+    ApiKey,
     BackgroundJob,
     CancelOrdersResponse,
     CancelResult,
     CoinMap,
+    CreatedApiKey,
     CreateOrderResponse,
     CreateVolumeResponse,
     Event,
@@ -153,6 +155,7 @@ __all__ = [
     "AgentDidNotAnswer",
     "Amount",
     "AmountTooLow",
+    "ApiKey",
     "ApiKeyDoesNotExist",
     "ApiKeyLimitReached",
     "AsyncClient",
@@ -168,6 +171,7 @@ __all__ = [
     "CoinMap",
     "CreateOrderResponse",
     "CreateVolumeResponse",
+    "CreatedApiKey",
     "CurrencyNotAllowed",
     "DepositConflict",
     "DiskNotOffered",

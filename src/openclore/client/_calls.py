@@ -22,7 +22,11 @@ from openclore.client._errors import (
 )
 from openclore.client._models import (
     AddedServer,
+    ApiKey,
+    ApiKeyResponse,
+    ApiKeysResponse,
     CancelOrdersResponse,
+    CreatedApiKey,
     CreateOrderResponse,
     CreateVolumeResponse,
     Event,
@@ -738,3 +742,38 @@ def templates(q: str | None = None) -> ApiCall[list[Template]]:
 
 def delete_template(template_id: int) -> ApiCall[None]:
     return _keyed("/v1/delete_template", _none, {"id": int(template_id)})
+
+
+def create_api_key(
+    scopes: Sequence[str],
+    *,
+    name: str | None = None,
+    expires_at: int | None = None,
+    expires_in: int | None = None,
+    spend_limit: Mapping[str, Amount] | None = None,
+) -> ApiCall[CreatedApiKey]:
+    body: dict[str, Any] = {"scopes": list(scopes)}
+    if name is not None:
+        body["name"] = name
+    if expires_at is not None:
+        body["expires_at"] = int(expires_at)
+    if expires_in is not None:
+        body["expires_in"] = int(expires_in)
+    if spend_limit is not None:
+        body["spend_limit"] = {c: str(v) for c, v in spend_limit.items()}
+    # no Idempotency-Key: the market never stores an answer holding a secret (nor retries it)
+    return ApiCall(
+        "POST", "/v1/create_api_key", CreatedApiKey.model_validate, body=body, idempotent=False
+    )
+
+
+def api_keys() -> ApiCall[list[ApiKey]]:
+    return ApiCall("GET", "/v1/api_keys", lambda b: ApiKeysResponse.model_validate(b).keys)
+
+
+def api_key() -> ApiCall[ApiKey]:
+    return ApiCall("GET", "/v1/api_key", lambda b: ApiKeyResponse.model_validate(b).key)
+
+
+def revoke_api_key(key_id: int) -> ApiCall[None]:
+    return _keyed("/v1/revoke_api_key", _none, {"id": int(key_id)})

@@ -506,6 +506,37 @@ class Template(CloreModel):
     created_at: int = 0
 
 
+class ApiKey(CloreModel):
+    """openclore: an API key of the account (SPEC §8 scopes), never with its secret."""
+
+    id: int
+    name: str | None = None
+    prefix: str = Field("", description="the secret's first 8 characters")
+    scopes: list[str] = Field(default_factory=list, description="read, rent, host, money, account")
+    created_at: int = 0
+    expires_at: int | None = None
+    expired: bool = False
+    spend_limit: CoinMap | None = Field(
+        None, description="what its orders may be billed per market day (UTC), per currency"
+    )
+    spent_today: CoinMap | None = None
+
+
+class CreatedApiKey(CloreModel):
+    """A new key and its secret, which the market shows this once."""
+
+    key: ApiKey
+    secret: str
+
+
+class ApiKeyResponse(Envelope):
+    key: ApiKey
+
+
+class ApiKeysResponse(Envelope):
+    keys: list[ApiKey] = Field(default_factory=list)
+
+
 class SshKeyResponse(Envelope):
     key: SshKey
 

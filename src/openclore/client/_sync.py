@@ -21,7 +21,9 @@ from openclore.client._errors import (
 )
 from openclore.client._models import (
     AddedServer,
+    ApiKey,
     CancelOrdersResponse,
+    CreatedApiKey,
     Event,
     EventPage,
     Gigaspot,
@@ -499,6 +501,41 @@ class Client(BaseClient):
     def delete_template(self, template_id: int) -> None:
         """Delete one of your templates (orders made from it keep their settings)."""
         self._run(calls.delete_template(template_id))
+
+    def create_api_key(
+        self,
+        scopes: Sequence[str],
+        *,
+        name: str | None = None,
+        expires_at: int | None = None,
+        expires_in: int | None = None,
+        spend_limit: Mapping[str, Amount] | None = None,
+    ) -> CreatedApiKey:
+        """A new API key with ``scopes`` (read, rent, host, money, account), optionally expiring
+        (``expires_at`` market time, or ``expires_in`` seconds from now) and with a daily
+        ``spend_limit`` per currency; its ``secret`` is shown this once. A key
+        never makes a stronger key (:class:`ScopeNotHeld`, :class:`SpendLimitNotHeld`)."""
+        return self._run(
+            calls.create_api_key(
+                scopes,
+                name=name,
+                expires_at=expires_at,
+                expires_in=expires_in,
+                spend_limit=spend_limit,
+            )
+        )
+
+    def api_keys(self) -> list[ApiKey]:
+        """The account's live keys, without their secrets."""
+        return self._run(calls.api_keys())
+
+    def current_api_key(self) -> ApiKey:
+        """The key this client calls with: its scopes, expiry, limit and today's spend."""
+        return self._run(calls.api_key())
+
+    def revoke_api_key(self, key_id: int) -> None:
+        """Revoke a key at once (in every API process); console sessions it began end."""
+        self._run(calls.revoke_api_key(key_id))
 
     # ------------------------------------------------------------------ openclore extensions
 

@@ -170,7 +170,7 @@ _KINDS: tuple[ErrorKind, ...] = (
     ErrorKind("invalid_price", 400, N_("Enter a price as a positive number."), api=False),
     ErrorKind("invalid_mrl", 400, N_("Enter the maximum rental length in whole hours."), api=False),
     ErrorKind("webhook_dont_exist", 404, N_("No such webhook.")),
-    ErrorKind("api_key_dont_exist", 404, N_("No such API key."), api=False),
+    ErrorKind("api_key_dont_exist", 404, N_("No such API key.")),
     # the operator's console forms
     ErrorKind("password_too_short", 400, N_("A password has at least 8 characters."), api=False),
     ErrorKind("user_name_taken", 409, N_("A user with this name exists already."), api=False),
@@ -278,7 +278,6 @@ _KINDS += (
     ErrorKind(
         "spend_limit_not_held", 403, N_("A key cannot make a key that may spend more than it.")
     ),
-    ErrorKind("api_key_dont_exist", 404, N_("No such API key.")),
     ErrorKind(
         "api_key_limit_reached", 403, N_("You have reached the limit of API keys."), ("limit",)
     ),

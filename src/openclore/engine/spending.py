@@ -63,7 +63,17 @@ def apply_spend_caps(conn: Connection, now: int) -> int:
     """Set the stop timer of the running orders whose key's daily limit is reached by ``now``
     to the second it is reached (``timer_reason`` ``spend_limit``); the tick's exact path then
     bills them to that second and stops them. Returns how many orders got the timer. One
-    indexed query when no running order has a limited key."""
+    query of the (few) limited keys when none has a running order."""
+    limits: dict[int, dict[str, int]] = {
+        int(row.id): dict(limit_of(row.spend_limit) or ())
+        for row in conn.execute(
+            select(api_tokens.c.id, api_tokens.c.spend_limit).where(
+                api_tokens.c.spend_limit.is_not(None)
+            )
+        )
+    }
+    if not limits:
+        return 0
     running = conn.execute(
         select(
             orders.c.id,
@@ -72,22 +82,16 @@ def apply_spend_caps(conn: Connection, now: int) -> int:
             orders.c.price,
             orders.c.billed_at,
             orders.c.stop_at,
-            api_tokens.c.spend_limit,
-        )
-        .join(api_tokens, api_tokens.c.id == orders.c.api_key_id)
-        .where(
-            orders.c.api_key_id.is_not(None),
+        ).where(
+            orders.c.api_key_id.in_(list(limits)),
             orders.c.running.is_(True),
             orders.c.expired.is_(False),
             orders.c.stopped.is_(False),
-            api_tokens.c.spend_limit.is_not(None),
         )
     ).all()
     groups: dict[tuple[int, str], list[Any]] = {}
-    limits: dict[int, dict[str, int]] = {}
     for row in running:
         groups.setdefault((int(row.api_key_id), str(row.currency)), []).append(row)
-        limits[int(row.api_key_id)] = dict(limit_of(row.spend_limit) or ())
     capped = 0
     spent_cache: dict[int, dict[str, int]] = {}
     for (key_id, currency), rows in groups.items():

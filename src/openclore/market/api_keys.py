@@ -64,6 +64,11 @@ class Key:
         )
 
 
+def is_full(key: Key) -> bool:
+    """Every scope, no spend limit, no expiry: what a console session may start from."""
+    return key.scopes == ALL_SCOPES and key.spend_limit is None and key.expires_at is None
+
+
 def _scopes_of(stored: str | None) -> frozenset[str]:
     return ALL_SCOPES if stored is None else frozenset(s for s in stored.split(",") if s)
 

@@ -462,7 +462,14 @@ class CreateApiKeyRequest(Request):
     ) = None
     scopes: list[StrictStr] | StrictStr
     expires_at: Annotated[StrictInt, Field(ge=0, le=2**62)] | None = None
+    expires_in: Annotated[StrictInt, Field(ge=1, le=2**40)] | None = None  # seconds from now
     spend_limit: dict[StrictStr, Any] | None = None  # amounts: checked by parse_spend_limit
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> CreateApiKeyRequest:
+        if self.expires_at is not None and self.expires_in is not None:
+            raise ValueError("give expires_at or expires_in, not both")
+        return self
 
 
 class AttachSshKeyRequest(Request):

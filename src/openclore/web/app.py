@@ -33,6 +33,7 @@ from openclore.web.pages import (
     renter,
     sandbox,
     signin,
+    things,
 )
 from openclore.web.routing import Route, mount
 
@@ -61,6 +62,7 @@ ROUTES: list[Route] = [
     *keeping.ROUTES,
     *money.ROUTES,
     *account.ROUTES,
+    *things.ROUTES,
     *host.ROUTES,
     *operator.ROUTES,
     *operator_money.ROUTES,

@@ -36,6 +36,11 @@ template_app = typer.Typer(
     no_args_is_help=True,
 )
 client_app.add_typer(template_app, name="template", rich_help_panel=PANEL_RENT)
+key_app = typer.Typer(
+    help="API keys with scopes, an expiry and a daily spend limit, for bots and agents.",
+    no_args_is_help=True,
+)
+client_app.add_typer(key_app, name="key", rich_help_panel=PANEL_MONEY)
 
 for panel, command in (
     (PANEL_RENT, market.market),
@@ -73,3 +78,7 @@ ssh_key_app.command("attach")(account.ssh_key_attach)
 template_app.command("create")(account.template_create)
 template_app.command("list")(account.template_list)
 template_app.command("rm")(account.template_rm)
+key_app.command("create")(account.key_create)
+key_app.command("list")(account.key_list)
+key_app.command("show")(account.key_show)
+key_app.command("revoke")(account.key_revoke)

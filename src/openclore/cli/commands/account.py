@@ -1,10 +1,12 @@
 """Renters' own things (openclore, SPEC §8): ``openclore ssh-key add|list|rm|attach`` (keys
 every new order's container gets; ``attach`` adds one to an older order) and ``openclore
-template create|list|rm`` (what ``rent --template`` starts from)."""
+template create|list|rm`` (what ``rent --template`` starts from), ``openclore key
+create|list|show|revoke`` (scoped API keys with an expiry and a daily spend limit)."""
 
 from __future__ import annotations
 
 import sys
+from decimal import Decimal
 from typing import Annotated
 
 import typer
@@ -12,7 +14,7 @@ import typer
 from openclore.cli.commands.common import Ctx, client_command
 from openclore.cli.commands.orders import parse_env, parse_ports
 from openclore.cli.output import Column, age, call, emit_json, fail, out, print_table
-from openclore.client import SshKey, Template
+from openclore.client import ApiKey, SshKey, Template
 
 KEY_COLUMNS = [
     Column("id", 0, "right"),
@@ -182,3 +184,123 @@ def template_rm(c: Ctx, template_id: Annotated[int, typer.Argument(metavar="ID")
         emit_json({"id": template_id, "deleted": True})
     else:
         out.print(f"template {template_id} deleted")
+
+
+API_KEY_COLUMNS = [
+    Column("id", 0, "right"),
+    Column("name", 0),
+    Column("prefix", 2),
+    Column("scopes", 1),
+    Column("expires", 3),
+    Column("limit / day", 2),
+    Column("spent today", 3),
+]
+
+
+def _coins(amounts: dict[str, Decimal] | None) -> str:
+    if amounts is None:
+        return "-"
+    return ", ".join(f"{v.normalize():f} {c}" for c, v in sorted(amounts.items()))
+
+
+def _api_key_row(k: ApiKey, now: int) -> list[str]:
+    expires = (
+        "-"
+        if k.expires_at is None
+        else ("expired" if k.expired else "in " + age(now, k.expires_at))
+    )
+    return [
+        str(k.id),
+        k.name or "",
+        k.prefix,
+        ",".join(k.scopes),
+        expires,
+        _coins(k.spend_limit),
+        _coins(k.spent_today),
+    ]
+
+
+def parse_limit(values: list[str]) -> dict[str, str] | None:
+    """``CURRENCY=AMOUNT`` pairs."""
+    if not values:
+        return None
+    limit: dict[str, str] = {}
+    for item in values:
+        currency, sep, amount = item.partition("=")
+        if not sep or not currency or not amount:
+            fail(f"--spend-limit {item!r}: write CURRENCY=AMOUNT, e.g. bitcoin=0.001")
+        limit[currency] = amount
+    return limit
+
+
+@client_command
+def key_create(
+    c: Ctx,
+    scopes: Annotated[
+        str,
+        typer.Option(
+            "--scopes", help="Comma-separated: read, rent, host, money, account (e.g. read,rent)."
+        ),
+    ],
+    name: Annotated[str | None, typer.Option("--name", help="What to call it.")] = None,
+    expires_in: Annotated[
+        int | None,
+        typer.Option("--expires-in", min=1, help="Seconds of market time until it stops working."),
+    ] = None,
+    spend_limit: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--spend-limit",
+            help="CURRENCY=AMOUNT its orders may be billed per market day (repeatable).",
+        ),
+    ] = None,
+) -> None:
+    """Make an API key that can do less than your account: for a bot or an AI agent."""
+    limit = parse_limit(spend_limit or [])
+    listed = [s.strip() for s in scopes.split(",") if s.strip()]
+    with c.session() as client:
+        made = call(
+            "making the key…",
+            lambda: client.create_api_key(
+                listed, name=name, expires_in=expires_in, spend_limit=limit
+            ),
+        )
+    if c.json:
+        emit_json(made)
+        return
+    out.print(f"key {made.key.id} ({','.join(made.key.scopes)}): {made.secret}")
+    out.print("this secret is shown once: keep it now")
+
+
+@client_command
+def key_list(c: Ctx) -> None:
+    """Your account's API keys (never their secrets)."""
+    with c.session() as client:
+        keys = call("loading keys…", client.api_keys)
+    if c.json:
+        emit_json(keys)
+        return
+    now = c.now()
+    print_table(f"{len(keys)} key(s)", API_KEY_COLUMNS, [_api_key_row(k, now) for k in keys])
+
+
+@client_command
+def key_show(c: Ctx) -> None:
+    """The key this command runs with: its scopes, expiry, limit and today's spend."""
+    with c.session() as client:
+        key = call("loading the key…", client.current_api_key)
+    if c.json:
+        emit_json(key)
+        return
+    print_table("this key", API_KEY_COLUMNS, [_api_key_row(key, c.now())])
+
+
+@client_command
+def key_revoke(c: Ctx, key_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+    """Revoke an API key at once."""
+    with c.session() as client:
+        call(f"revoking key {key_id}…", lambda: client.revoke_api_key(key_id))
+    if c.json:
+        emit_json({"id": key_id, "revoked": True})
+    else:
+        out.print(f"key {key_id} revoked")

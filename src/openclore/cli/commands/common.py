@@ -32,6 +32,7 @@ from openclore.client import (
     ExceededMaxStep,
     InvalidToken,
     MarketError,
+    MissingScope,
 )
 from openclore.domain.errors import REGISTRY
 
@@ -205,7 +206,11 @@ def explain(exc: BaseException, target: Target | None = None) -> str:
             f"{_EXTRA_WORDS.get(k, k)} {_extra_text(v)}" for k, v in exc.extra.items()
         )
         return f"{text}{' ' + extra if extra else ''} ({exc.name})"
+    if isinstance(exc, MissingScope):
+        return f"this API key lacks the {exc.scope!r} scope (missing_scope)"
     if isinstance(exc, InvalidToken):
+        if exc.message == "api key expired":
+            return "this API key has expired: make a new one (openclore key create)"
         where = f" for {target.url}" if target else ""
         return f"invalid API token{where}: check OPENCLORE_API_KEY, --api-key or your profile"
     if isinstance(exc, CloreError):

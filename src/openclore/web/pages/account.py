@@ -1,4 +1,5 @@
-"""Self-service: the user's API keys (create, shown once; list; revoke) and webhooks (create with
+"""Self-service: the user's API keys (create with scopes, an expiry and a daily spend limit,
+shown once; list with today's spend; revoke) and webhooks (create with
 an event filter, list, delivery log, test ping, delete). Revoking and deleting ask first."""
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from openclore.domain.errors import CloreError
+from openclore.domain.errors import CloreError, InvalidInput
 from openclore.engine.outbox import EVENT_TYPES
-from openclore.market import accounts, inputs, read_models
+from openclore.market import accounts, api_keys, inputs, read_models
 from openclore.market import webhooks as webhook_service
 from openclore.web.common import actor
 from openclore.web.context import Console
@@ -28,19 +29,68 @@ EVENTS = 100  # the newest events the events page shows
 
 async def keys_page(c: Console, request: Request) -> Response:
     session = await c.signed_in(request)
-    keys = await c.db(lambda conn: accounts.my_tokens(conn, session.user_id))
-    return c.render(request, "keys.html", session, keys=keys)
+    now = c.state.now()
+    keys = await c.db(lambda conn: api_keys.list_keys(conn, session.user_id, now))
+    return c.render(
+        request,
+        "keys.html",
+        session,
+        keys=keys,
+        scopes=api_keys.SCOPES,
+    )
+
+
+def _key_request(fields: dict[str, str]) -> dict[str, Any]:
+    """The create form as create_api_key's body: without ``scoped`` (the one-button form of
+    old) a key with every scope; days → ``expires_in``; one limit field per currency."""
+    body: dict[str, Any] = {"scopes": list(api_keys.SCOPES)}
+    if fields.get("scoped"):
+        body["scopes"] = [s for s in api_keys.SCOPES if fields.get(f"scope_{s}")]
+    if fields.get("name", "").strip():
+        body["name"] = fields["name"].strip()
+    days = fields.get("expires_days", "").strip()
+    if days:
+        if not days.isdigit() or not 0 < int(days) <= 3650:
+            raise InvalidInput("expires_days: whole days, 1 to 3650")
+        body["expires_in"] = int(days) * 86400
+    limit = {
+        name[len("limit_") :]: value.strip()
+        for name, value in fields.items()
+        if name.startswith("limit_") and value.strip()
+    }
+    if limit:
+        body["spend_limit"] = limit
+    return body
 
 
 async def key_create(c: Console, request: Request) -> Response:
-    """A new key, shown on this page only (it is kept as a hash)."""
+    """A new key with the scopes, expiry and daily limit asked for, shown on this page only
+    (it is kept as a hash)."""
     session = await c.signed_in(request)
-    await c.form(request, session)
+    fields = await c.form(request, session)
     now = c.state.now()
-    token = await c.db(
-        lambda conn: accounts.create_own_token(conn, actor(request, session), now), write=True
-    )
-    return c.render(request, "secret.html", session, kind="key", secret=token, back=KEYS)
+    settings = c.state.settings
+    try:
+        req = inputs.validate_body(inputs.CreateApiKeyRequest, _key_request(fields))
+        scopes = api_keys.parse_scopes(req.scopes)
+        limit = api_keys.parse_spend_limit(req.spend_limit, settings.currencies)
+        made = await c.db(
+            lambda conn: api_keys.create_key(
+                conn,
+                session.user_id,
+                name=req.name,
+                scopes=scopes,
+                expires_at=None if req.expires_in is None else now + req.expires_in,
+                spend_limit=limit,
+                now=now,
+                creator=None,
+                actor=actor(request, session),
+            ),
+            write=True,
+        )
+    except CloreError as exc:
+        return c.failed(request, KEYS, exc)
+    return c.render(request, "secret.html", session, kind="key", secret=made[1], back=KEYS)
 
 
 async def key_revoke_confirm(c: Console, request: Request) -> Response:

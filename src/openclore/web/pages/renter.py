@@ -19,6 +19,7 @@ from openclore.market import inputs, read_models, search, sessions
 from openclore.market import logs as logs_service
 from openclore.market import orders as order_service
 from openclore.market import servers as server_service
+from openclore.market import templates as template_service
 from openclore.market import volumes as volume_service
 from openclore.market import wallets as wallet_service
 from openclore.web.common import actor, kv_lines, price_input
@@ -94,9 +95,10 @@ async def server_page(c: Console, request: Request) -> Response:
             for v in volume_service.my_volumes(conn, session.user_id)["volumes"]
             if v["server_id"] == server_id and v["state"] in ("creating", "ready")
         ]
-        return found, book, balances, offer, volumes
+        usable = template_service.list_templates(conn, session.user_id)
+        return found, book, balances, offer, volumes, usable
 
-    found, book, balances, offer, volumes = await c.db(run)
+    found, book, balances, offer, volumes, usable = await c.db(run)
     if found is None:
         return c.render(
             request,
@@ -119,6 +121,7 @@ async def server_page(c: Console, request: Request) -> Response:
         fees=gigaspot_service.renter_fees(settings),  # as /v1/renter_fees answers
         offer=offer,
         volumes=volumes,
+        templates=usable,
     )
 
 
@@ -143,6 +146,11 @@ async def rent(c: Console, request: Request) -> Response:
     if gpus:  # some of a per-GPU server's GPUs (none: the whole server)
         body["gpu_count"] = int(gpus) if gpus.isdigit() else gpus
     body.update(_keeping_fields(fields))
+    chosen = fields.get("template_id", "").strip()
+    if chosen:  # the template's image and ports replace the form's (its env merges under it)
+        body["template_id"] = int(chosen) if chosen.isdigit() and len(chosen) < 10 else chosen
+        del body["image"]
+        body.pop("ports")
     try:
         if body["type"] == "spot":
             body["spotprice"] = price_input(fields.get("spotprice", ""))

@@ -9,11 +9,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from openclore.market import accounts, audit, sessions
+from openclore.market import accounts, api_keys, audit, sessions
 from openclore.web.common import SESSION_COOKIE, safe_next, secure, web_source
 from openclore.web.context import SIGNIN_INTERVAL, Console
 from openclore.web.i18n import LOCALES
 from openclore.web.routing import POST, Route
+
+LIMITED_KEY = "limited"
 
 
 async def home(c: Console, request: Request) -> Response:
@@ -45,16 +47,27 @@ async def signin(c: Console, request: Request) -> Response:
     name = fields.get("username", "").strip()
     password = fields.get("password", "")
 
-    def who(conn: Connection) -> tuple[int, int | None] | None:
+    def who(conn: Connection) -> tuple[int, int | None] | str | None:
         if token:
+            key = api_keys.key_for_token(conn, token)
+            if key is not None and not api_keys.is_full(key):
+                return LIMITED_KEY
             return accounts.authenticate_token(conn, token)
         if name and password:
             found = accounts.check_password(conn, name, password)
             return None if found is None else (found, None)
         return None
 
-    credential: tuple[int, int | None] | None = await c.db(who)
-    if credential is None:
+    credential: tuple[int, int | None] | str | None = await c.db(who)
+    if credential == LIMITED_KEY:
+        # the console's pages act with every scope and no limit: a limited key cannot start one
+        message = c.t(
+            request,
+            "This API key is limited (scopes, a spend limit or an expiry). "
+            "Sign in with a full key or your password.",
+        )
+        return c.render(request, "signin.html", None, 403, next=nxt, error=message)
+    if credential is None or isinstance(credential, str):
         message = (
             c.t(request, "Unknown or revoked API token.")
             if token

@@ -1,0 +1,181 @@
+"""Renters' own things (SPEC §8) in the console: the account's SSH keys (add, list, delete) and
+templates (yours and the public ones, searchable; create; delete). Deleting asks first. The
+server page's rent form starts from a template (:mod:`.renter`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from openclore.domain.errors import CloreError
+from openclore.market import account_keys, inputs
+from openclore.market import templates as template_service
+from openclore.web.common import actor, kv_lines
+from openclore.web.context import Console
+from openclore.web.messages import N_
+from openclore.web.routing import POST, Route
+
+SSH_KEYS = "/account/ssh-keys"
+TEMPLATES = "/account/templates"
+
+
+async def ssh_keys_page(c: Console, request: Request) -> Response:
+    session = await c.signed_in(request)
+    keys = await c.db(lambda conn: account_keys.list_keys(conn, session.user_id))
+    return c.render(request, "ssh_keys.html", session, keys=keys)
+
+
+async def ssh_key_add(c: Console, request: Request) -> Response:
+    session = await c.signed_in(request)
+    fields = await c.form(request, session)
+    now = c.state.now()
+    text = fields.get("public_key", "").strip()
+    name = fields.get("name", "").strip() or (text.split()[2] if len(text.split()) > 2 else "")
+    try:
+        req = inputs.validate_body(
+            inputs.AddSshKeyRequest, {"name": name[:64] or "key", "public_key": text}
+        )
+        await c.db(
+            lambda conn: account_keys.add_key(
+                conn, session.user_id, req.name, req.public_key, now, actor=actor(request, session)
+            ),
+            write=True,
+        )
+    except CloreError as exc:
+        return c.failed(request, SSH_KEYS, exc)
+    return c.redirect(request, SSH_KEYS, c.t(request, "SSH key added."))
+
+
+async def ssh_key_delete_confirm(c: Console, request: Request) -> Response:
+    session = await c.signed_in(request)
+    key_id = int(request.path_params["key_id"])
+    keys = await c.db(lambda conn: account_keys.list_keys(conn, session.user_id))
+    found = next((k for k in keys if k["id"] == key_id), None)
+    if found is None:
+        return c.redirect(request, SSH_KEYS, c.t(request, "No such SSH key."), ok=False)
+    return c.render(
+        request,
+        "confirm.html",
+        session,
+        title=N_("Delete this SSH key?"),
+        text=N_("New orders will not get it; orders created before keep it."),
+        subject=f"{found['name']} ({found['fingerprint']})",
+        action=f"{SSH_KEYS}/{key_id}/delete",
+        button=N_("Delete"),
+        back=SSH_KEYS,
+        fields=[],
+    )
+
+
+async def ssh_key_delete(c: Console, request: Request) -> Response:
+    session = await c.signed_in(request)
+    await c.form(request, session)
+    key_id = int(request.path_params["key_id"])
+    now = c.state.now()
+    try:
+        await c.db(
+            lambda conn: account_keys.delete_key(
+                conn, session.user_id, key_id, now, actor=actor(request, session)
+            ),
+            write=True,
+        )
+    except CloreError as exc:
+        return c.failed(request, SSH_KEYS, exc)
+    return c.redirect(request, SSH_KEYS, c.t(request, "SSH key deleted."))
+
+
+async def templates_page(c: Console, request: Request) -> Response:
+    session = await c.signed_in(request)
+    q = request.query_params.get("q", "").strip()[:64]
+    found = await c.db(
+        lambda conn: template_service.list_templates(conn, session.user_id, q or None)
+    )
+    return c.render(request, "templates.html", session, templates=found, q=q)
+
+
+def template_body(fields: dict[str, str]) -> dict[str, Any]:
+    """The create form as create_template's body (ports ``22:tcp`` and env ``NAME=value`` one
+    per line, as the rent form takes them)."""
+    body: dict[str, Any] = {
+        "name": fields.get("name", "").strip(),
+        "image": fields.get("image", "").strip(),
+        "ports": kv_lines(fields.get("ports", ""), ":") or None,
+        "env": kv_lines(fields.get("env", ""), "=") or None,
+        "public": bool(fields.get("public")),
+    }
+    for key in ("command", "jupyter_token", "readme"):
+        if fields.get(key, "").strip():
+            body[key] = fields[key].strip()
+    disk = fields.get("disk_gb", "").strip()
+    if disk:
+        body["disk_gb"] = int(disk) if disk.isdigit() and len(disk) < 9 else disk
+    return body
+
+
+async def template_create(c: Console, request: Request) -> Response:
+    session = await c.signed_in(request)
+    fields = await c.form(request, session)
+    now = c.state.now()
+    try:
+        req = inputs.validate_body(inputs.CreateTemplateRequest, template_body(fields))
+        await c.db(
+            lambda conn: template_service.create_template(
+                conn, session.user_id, req, now, actor=actor(request, session)
+            ),
+            write=True,
+        )
+    except CloreError as exc:
+        return c.failed(request, TEMPLATES, exc)
+    return c.redirect(request, TEMPLATES, c.t(request, "Template created."))
+
+
+async def template_delete_confirm(c: Console, request: Request) -> Response:
+    session = await c.signed_in(request)
+    template_id = int(request.path_params["template_id"])
+    found = await c.db(lambda conn: template_service.list_templates(conn, session.user_id))
+    mine = next((t for t in found if t["id"] == template_id and t["mine"]), None)
+    if mine is None:
+        return c.redirect(request, TEMPLATES, c.t(request, "No such template."), ok=False)
+    return c.render(
+        request,
+        "confirm.html",
+        session,
+        title=N_("Delete this template?"),
+        text=N_("Orders made from it keep their settings."),
+        subject=f"{mine['name']} ({mine['image']})",
+        action=f"{TEMPLATES}/{template_id}/delete",
+        button=N_("Delete"),
+        back=TEMPLATES,
+        fields=[],
+    )
+
+
+async def template_delete(c: Console, request: Request) -> Response:
+    session = await c.signed_in(request)
+    await c.form(request, session)
+    template_id = int(request.path_params["template_id"])
+    now = c.state.now()
+    try:
+        await c.db(
+            lambda conn: template_service.delete_template(
+                conn, session.user_id, template_id, now, actor=actor(request, session)
+            ),
+            write=True,
+        )
+    except CloreError as exc:
+        return c.failed(request, TEMPLATES, exc)
+    return c.redirect(request, TEMPLATES, c.t(request, "Template deleted."))
+
+
+ROUTES = [
+    Route(SSH_KEYS, ssh_keys_page),
+    Route(SSH_KEYS, ssh_key_add, POST),
+    Route(SSH_KEYS + "/{key_id:int}/delete", ssh_key_delete_confirm),
+    Route(SSH_KEYS + "/{key_id:int}/delete", ssh_key_delete, POST),
+    Route(TEMPLATES, templates_page),
+    Route(TEMPLATES, template_create, POST),
+    Route(TEMPLATES + "/{template_id:int}/delete", template_delete_confirm),
+    Route(TEMPLATES + "/{template_id:int}/delete", template_delete, POST),
+]
