@@ -23,6 +23,7 @@ from openclore.api.request_ids import RequestId
 from openclore.api.state import AppState
 from openclore.api.transport import BodyLimit, DateHeader
 from openclore.api.v1 import SANDBOX_ENDPOINTS, V1_ENDPOINTS, install_snapshot
+from openclore.api.vast import install_vast_api
 from openclore.config import Settings
 from openclore.engine.clock import Clock, SandboxClock, SystemClock
 from openclore.store.db import Database
@@ -86,6 +87,7 @@ def create_app(
     install_payments(app, state)
     install_agent_api(app, state)  # host agents: /agent/v1, apart from the Clore API
     install_operations(app, state)
+    install_vast_api(app, state)  # Vast.ai's API v0/v1 (docs/vast-compat.md)
     install_openapi(app, V1_ENDPOINTS, SANDBOX_ENDPOINTS)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(DateHeader)
