@@ -49,8 +49,12 @@ def _client_python() -> str | None:
 PYTHON = _client_python()
 if PYTHON is None:
     if IN_CI:
-        raise RuntimeError("vastai is not installed (pip install -e '.[test]')")
-    pytest.skip("vastai 1.9.1 is not installed (pip install -e '.[test]')", allow_module_level=True)
+        raise RuntimeError("vastai is not installed (./scripts/test makes .vastai-venv)")
+    pytest.skip(
+        "vastai 1.9.1 is not installed (./scripts/test makes .vastai-venv; or: python -m venv "
+        ".vastai-venv && .vastai-venv/bin/pip install vastai==1.9.1)",
+        allow_module_level=True,
+    )
 
 
 def rig(market: Market, host: str) -> int:
