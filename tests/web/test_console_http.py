@@ -141,7 +141,9 @@ def test_market_refusals_come_back_as_messages(served: Market) -> None:
     assert gone.status_code == 204 and gone.headers["HX-Redirect"] == "/signin"
     # bad marketplace filters are shown, not a failure
     page = renter.client.get("/market?min_gpus=lots")
-    assert page.status_code == 200 and "Invalid input:" in page.text
+    assert page.status_code == 200 and "Invalid input: min_gpus" in page.text
+    # ... and list nothing, rather than the whole market as if there were no filter
+    assert "No server matches these filters." in page.text and 'data-id="' not in page.text
     assert renter.client.get("/servers/99999").status_code == 404
 
 

@@ -53,6 +53,8 @@ async def market(c: Console, request: Request) -> Response:
         error = None
 
     def run(conn: Connection) -> tuple[list[dict[str, Any]], int]:
+        if error is not None:  # a refused filter lists nothing (not everything)
+            return [], 0
         listing = c.state.market.listing(conn)
         found = search.search(listing.index, query)
         return [listing.servers[i] for i in found.positions], found.total
