@@ -514,6 +514,8 @@ def order_view(
     out.update(_keeping_view(row))
     if row.get("template_id") is not None:
         out["template_id"] = row["template_id"]
+    if row.get("image_digest") is not None:
+        out["image_digest"] = row["image_digest"]
     if server is not None and server["simulated"]:
         out["simulated"] = True  # a demo server: no host, nothing answers on its ports
     return out
