@@ -20,6 +20,11 @@ as ``restarted``), ``generation`` (a reset: a new number means a new container f
 agent reports the volumes it holds in ``hello`` and ``status`` as ``volumes: [{name, ok, quota,
 error}]``, always the full list.
 
+A container status may carry ``image_digest``: the repository digest of the image the container
+was created from (``repo@sha256:…``), or the image's id (``sha256:…``) for an image that has
+none. It needs no new protocol number: an older market ignores the field, an older agent does
+not send it.
+
 This module is shared by both sides (the server's ``market`` and ``api``, and the host ``agent``):
 it imports nothing heavy and nothing of openclore.
 """
@@ -258,6 +263,10 @@ class ContainerStatus:
     gpu_settings_error: str | None = None
     # protocol 3: the last ``restart`` number carried out for this container
     restarted: int | None = None
+    # the image the container was created from, as the agent pulled it: its repository digest
+    # ("repo@sha256:…") or, for an image without one (built or imported on the host), its id
+    # ("sha256:…"); None when unknown (an older agent sends none, an older market ignores it)
+    image_digest: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -284,6 +293,9 @@ class ContainerStatus:
             else str(data["gpu_settings_error"])[:1000],
             restarted=data.get("restarted")
             if isinstance(data.get("restarted"), int) and not isinstance(data["restarted"], bool)
+            else None,
+            image_digest=data["image_digest"][:300]
+            if isinstance(data.get("image_digest"), str) and data["image_digest"]
             else None,
         )
 

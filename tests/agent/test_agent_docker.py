@@ -167,6 +167,10 @@ def test_rental_runs_in_a_container_reachable_from_outside(
         assert NETWORK in attrs["NetworkSettings"]["Networks"]
         assert "GREETING=hello-from-env" in attrs["Config"]["Env"]
         assert container.labels["openclore.order"] == str(oid)
+        # the image it was created from: imported on this host, so no repository digest but
+        # its id, reported by the agent and kept on the order
+        assert order["image_digest"] == docker_client.images.get(IMAGE).id
+        assert order["image_digest"].startswith("sha256:")
 
         ok(renter.post("/v1/cancel_order", json={"id": oid}))
         wait_for(lambda: not containers(docker_client, docker_run), 15, what="container removed")

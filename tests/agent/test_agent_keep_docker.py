@@ -146,6 +146,9 @@ def test_a_stopped_rental_keeps_its_files_through_start_agent_restart_and_new_gp
     assert sh(docker_client, cid, f"echo precious > {WORK}")[0] == 0
     ports = status.tcp_ports
     assert set(ports) == {"8000"}
+    # the image it was created from: imported on this host, so its id (no repository digest)
+    digest = docker_client.images.get(IMAGE).id
+    assert status.image_digest == digest
 
     # stop: the container is kept (stopped, not removed), on the same ports
     step(first, order(stopped=True, **on_gpu0), passes=3)
@@ -176,6 +179,8 @@ def test_a_stopped_rental_keeps_its_files_through_start_agent_restart_and_new_gp
     new_id = moved.container_id
     assert new_id is not None and new_id != cid
     assert moved.tcp_ports == ports
+    # made from the committed image, it reports the order's image all the same
+    assert moved.image_digest == digest
     assert sh(docker_client, new_id, f"cat {WORK}") == (0, "precious\n")
     attrs = inspect(docker_client, new_id)
     assert attrs["HostConfig"]["CpusetCpus"] == "1"  # the second GPU's CPUs of this 2-CPU host

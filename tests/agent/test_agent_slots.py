@@ -367,8 +367,10 @@ def test_the_market_runs_two_renters_on_one_machine_each_on_its_gpu(
         for renter, oid in zip(renters, ids, strict=True):
             ok(renter.post("/v1/cancel_order", json={"id": oid}))
         label = f"{TEST_LABEL}={labels[TEST_LABEL]}"
+        # the low-level list: the high-level one inspects each container it lists, and one
+        # removed in between raises NotFound
         wait_for(
-            lambda: not client.containers.list(all=True, filters={"label": label}),
+            lambda: not client.api.containers(all=True, filters={"label": label}),
             15,
             what="both containers removed",
         )

@@ -11,6 +11,7 @@ from openclore.agent import share
 from openclore.agent.runtime import (
     LABEL_AGENT,
     LABEL_BASE,
+    LABEL_DIGEST,
     LABEL_GENERATION,
     LABEL_HTTP,
     LABEL_KEY,
@@ -94,10 +95,12 @@ def launch_spec(
     d: DesiredContainer,
     bindings: list[PortBinding],
     base: str | None = None,
+    digest: str | None = None,
 ) -> LaunchSpec:
     """The container ``d`` becomes with these host ports (its labels, env, GPUs, limits, disk
     and volumes), created from ``base`` (a committed image carrying the renter's files) when
-    given, else from the order's image."""
+    given, else from the order's image, whose ``digest`` it is labelled with (a container made
+    from ``base`` inherits the label of the container that was committed)."""
     labels = {
         **s.extra_labels,
         LABEL_AGENT: s.agent_id,
@@ -111,6 +114,8 @@ def launch_spec(
     http = [port for port, kind in d.ports.items() if kind == "http"]
     if http:
         labels[LABEL_HTTP] = http[0]
+    if digest and base is None:
+        labels[LABEL_DIGEST] = digest
     if base is not None:
         # the committed image has the old container's labels: ours override them
         labels[LABEL_BASE] = base

@@ -26,6 +26,10 @@ Container conventions (the way common GPU-cloud images expect their settings):
   disk (:mod:`openclore.agent.share`);
 - an image that cannot be used is reported as ``image <image> is unavailable: <reason>`` with
   the runtime's generic reason (never the engine's own text).
+- each container is labelled with the digest of the order's image it was created from
+  (``openclore.image_digest``: :meth:`Runtime.image_digest`, the repository digest, else the
+  image's id) and reports it as ``image_digest``; a container made from committed files
+  inherits the label from the committed image.
 
 Keeping work (protocol 3):
 
@@ -98,6 +102,7 @@ from openclore.agent.launch import (
 from openclore.agent.runtime import (
     LABEL_AGENT,
     LABEL_BASE,
+    LABEL_DIGEST,
     LABEL_GENERATION,
     LABEL_HTTP,
     LABEL_KEEP,
@@ -386,11 +391,12 @@ class Reconciler:
                 self._set(self._status(d, PULLING))
                 self.runtime.pull(d.image, auth=d.registry_auth)
             self._set(self._status(d, STARTING))
+            digest = None if base is not None else self._digest(d.image)
             exclude: set[int] = set()
             for _attempt in range(5):
                 bindings = self._allocate(d, exclude)
                 try:
-                    observed = self.runtime.launch(self.launch_spec(d, bindings, base))
+                    observed = self.runtime.launch(self.launch_spec(d, bindings, base, digest))
                     break
                 except PortTaken:
                     exclude.update(b.host_port for b in bindings)
@@ -407,6 +413,15 @@ class Reconciler:
         source = d.image if base is None else f"its kept files ({base[:19]})"
         log.info("started %s (%s) from %s", d.key, observed.id[:12], source)
         self._report_observed(d.key, observed, d)
+
+    def _digest(self, image: str) -> str | None:
+        """The digest of the order's image as it is on the host now (None: unknown; the
+        container runs all the same)."""
+        try:
+            return self.runtime.image_digest(image)
+        except RuntimeProblem as exc:
+            log.warning("digest of %s unknown: %s", image, exc)
+            return None
 
     def _carried_image(self, d: DesiredContainer) -> str | None:
         """The committed image (its id) an order's new container is made from, with the files
@@ -604,10 +619,14 @@ class Reconciler:
         return True
 
     def launch_spec(
-        self, d: DesiredContainer, bindings: list[PortBinding], base: str | None = None
+        self,
+        d: DesiredContainer,
+        bindings: list[PortBinding],
+        base: str | None = None,
+        digest: str | None = None,
     ) -> LaunchSpec:
         """The container ``d`` becomes with these host ports (see :func:`launch.launch_spec`)."""
-        return launch_spec(self.settings, d, bindings, base)
+        return launch_spec(self.settings, d, bindings, base, digest)
 
     # ------------------------------------------------------------------ statuses
 
@@ -643,6 +662,7 @@ class Reconciler:
             gpu_settings_applied=self._gpu_result.get(d.key, (None, None))[0],
             gpu_settings_error=self._gpu_result.get(d.key, (None, None))[1],
             restarted=self._restarted.get(d.key),
+            image_digest=None if observed is None else observed.labels.get(LABEL_DIGEST) or None,
         )
 
     def _report_observed(self, key: str, c: Observed, d: DesiredContainer | None) -> None:

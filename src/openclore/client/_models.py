@@ -257,6 +257,9 @@ class Order(CloreModel):
     restarts: int | None = Field(None, description="restart_order calls so far")
     resets: int | None = Field(None, description="reset_order calls so far")
     template_id: int | None = Field(None, description="openclore: the template it started from")
+    image_digest: str | None = Field(
+        None, description="openclore: the image its container was created from (repo@sha256:…)"
+    )
 
     @property
     def stopped(self) -> bool:

@@ -58,6 +58,10 @@ _HOSTNAME = re.compile(
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
 )
 
+# an image digest renters may be shown: ``[repository@]sha256:<64 hex>`` (a repository as Docker
+# writes one: registry host[:port], path components)
+_IMAGE_DIGEST = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._:/-]{0,200}@)?sha256:[0-9a-f]{64}$")
+
 
 class AgentRefused(Exception):
     """Registration refused: ``status`` is the HTTP status, ``error`` the reason's name."""
@@ -297,6 +301,8 @@ def apply_statuses(
             values["restart_done"] = min(status.restarted, row.restart_requested or 0)
         if status.http_port and asked.get(status.http_port) == "http":
             values["http_port"] = status.http_port
+        if status.image_digest is not None:  # kept while a report carries none (an older agent)
+            values["image_digest"] = status.image_digest
         if status.state == RUNNING or status.tcp_ports:
             values["pub_cluster"] = pub_cluster
         if status.state not in (PULLING, ERROR) and row.dockerhub_auth is not None:
@@ -478,6 +484,9 @@ def _sane(status: ContainerStatus) -> ContainerStatus | None:
         else UNSAFE_TEXT.sub(" ", status.gpu_settings_error)[:MAX_ERROR_LENGTH],
         restarted=status.restarted
         if status.restarted is not None and 0 <= status.restarted < 2**31
+        else None,
+        image_digest=status.image_digest
+        if status.image_digest is not None and _IMAGE_DIGEST.fullmatch(status.image_digest)
         else None,
     )
 

@@ -116,12 +116,7 @@ def create_order(
             raise MarketError("server-already-rented")
         fee_bp = percent_to_bp(settings.fee_on_demand)
         creation_fee = to_units(settings.creation_fee_on_demand.get(req.currency, 0))
-    active_count = conn.execute(
-        select(func.count())
-        .select_from(orders)
-        .where(orders.c.user_id == user_id, orders.c.expired.is_(False))
-    ).scalar_one()
-    if active_count >= settings.max_active_orders:
+    if _live_order_count(conn, user_id) >= settings.max_active_orders:
         raise MarketError("order_limit_reached", limit=settings.max_active_orders)
     # both wallets exist before any money moves (a currency may have been added since)
     wallet = ensure_wallet(conn, user_id, req.currency, settings.address_secret)
@@ -187,6 +182,17 @@ def create_order(
         _simulate_connection(conn, order_id, server, req, settings)
     resolve_server(conn, server["id"], now)
     return order_id
+
+
+def _live_order_count(conn: Connection, user_id: int) -> int:
+    """The renter's orders that have not ended (create_order's limit counts them)."""
+    return int(
+        conn.execute(
+            select(func.count())
+            .select_from(orders)
+            .where(orders.c.user_id == user_id, orders.c.expired.is_(False))
+        ).scalar_one()
+    )
 
 
 def server_gpu_array(conn: Connection, server_id: int) -> Any:
@@ -522,6 +528,8 @@ def order_view(
     out.update(_keeping_view(row))
     if row.get("template_id") is not None:
         out["template_id"] = row["template_id"]
+    if row.get("image_digest") is not None:
+        out["image_digest"] = row["image_digest"]
     if server is not None and server["simulated"]:
         out["simulated"] = True  # a demo server: no host, nothing answers on its ports
     return out

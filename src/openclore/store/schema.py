@@ -236,6 +236,10 @@ orders = Table(
     # line; the container gets them beside ssh_key) and the template the order was made from
     Column("account_keys", Text, nullable=True),
     Column("template_id", Integer, nullable=True),
+    # the image its container was created from, as the agent reports it: the repository digest
+    # ("repo@sha256:…") or the image id ("sha256:…") of an image without one (migration
+    # image_digest)
+    Column("image_digest", String(300), nullable=True),
     # the API key the order was created with (its spend limit bounds the order's billing)
     Column("api_key_id", Integer, nullable=True, index=True),
     # why stop_at is set: NULL (the renter's timer) or "spend_limit" (the key's daily cap)

@@ -24,6 +24,9 @@ LABEL_GENERATION = "openclore.generation"  # the order's resets so far when it w
 LABEL_BASE = "openclore.base"  # the committed image (id) the container was created from
 LABEL_KEEP = "openclore.keep"  # on a committed image: the key whose files it carries
 LABEL_SIZE = "openclore.size_gb"  # on a volume: the size it was asked for
+# the digest of the order's image the container was created from (see Runtime.image_digest); a
+# container made from a committed image inherits it from that image's labels
+LABEL_DIGEST = "openclore.image_digest"
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,12 @@ class Runtime(Protocol):
 
     def image_id(self, image: str) -> str | None:
         """The id of the local image ``image``; None when it is not on this host."""
+        ...
+
+    def image_digest(self, image: str) -> str | None:
+        """What identifies the local image ``image`` wherever it came from: its repository digest
+        (``repo@sha256:…``, the one of its own repository when it has several), else its id
+        (``sha256:…``: an image built or imported on this host); None when it is not here."""
         ...
 
     def remove_image(self, image: str) -> None:

@@ -447,6 +447,15 @@ class DockerRuntime:
         except docker.errors.DockerException as exc:
             raise RuntimeProblem(f"cannot look up image {image}: {_explain(exc)}") from exc
 
+    def image_digest(self, image: str) -> str | None:
+        try:
+            attrs = self.client.api.inspect_image(image)
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.DockerException as exc:
+            raise RuntimeProblem(f"cannot look up image {image}: {_explain(exc)}") from exc
+        return image_digest(image, attrs)
+
     def remove_image(self, image: str) -> None:
         try:
             # never forced: a forced removal would untag an image in use (leaving it behind
@@ -585,6 +594,30 @@ def create_options(
     if spec.shm_size:
         kwargs["shm_size"] = spec.shm_size
     return kwargs
+
+
+def image_digest(image: str, attrs: dict[str, Any]) -> str | None:
+    """The digest an image (``docker image inspect``'s ``attrs``) was pulled by: the RepoDigests
+    entry of ``image``'s own repository, else the first one, else the image's id (an image built
+    or imported on the host has no repository digest)."""
+    digests = [d for d in attrs.get("RepoDigests") or [] if isinstance(d, str) and "@" in d]
+    own = _repository(image)
+    for digest in digests:
+        if own is not None and _repository(digest) == own:
+            return digest
+    if digests:
+        return digests[0]
+    found = attrs.get("Id")
+    return str(found) if isinstance(found, str) and found else None
+
+
+def _repository(image: str) -> tuple[str, str] | None:
+    """(registry, path) of an image reference, None when it is none (an image id)."""
+    try:
+        ref = parse_reference(image)
+    except InvalidReference:
+        return None
+    return ref.registry, ref.path
 
 
 def gpu_request(gpu_ids: list[int] | None) -> DeviceRequest | None:

@@ -12,6 +12,7 @@ carries the layer into the containers created from it, and volumes outlive conta
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import threading
 import time
@@ -105,6 +106,14 @@ class SimulatedRuntime:
             found = self.engine.resolve(image)
             return found if found in self.engine.images else None
 
+    def image_digest(self, image: str) -> str | None:
+        """Like Docker's for an image without a repository digest: its id, made up here."""
+        with self.engine.lock:
+            found = self.engine.resolve(image)
+            if found not in self.engine.images:
+                return None
+            return "sha256:" + hashlib.sha256(found.encode()).hexdigest()
+
     def pull(self, image: str, auth: str | None = None) -> None:
         with self.engine.lock:
             self.engine.pulls.append((image, auth))
@@ -135,7 +144,8 @@ class SimulatedRuntime:
             observed = Observed(
                 id=cid,
                 name=spec.name,
-                labels=dict(spec.labels),
+                # as Docker does: the image's labels (a committed one's), then the container's
+                labels={**self.engine.image_labels.get(image, {}), **spec.labels},
                 state="running",
                 host_ports={b.container_port: b.host_port for b in spec.ports},
                 started_at=_stamp(),
