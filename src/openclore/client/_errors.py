@@ -66,7 +66,10 @@
         ├── SshKeyLimitReached        ssh_key_limit_reached; .limit
         ├── TemplateDoesNotExist      template_dont_exist; .template_id
         ├── NotYourTemplate           not_your_template; .template_id
-        └── TemplateLimitReached      template_limit_reached; .limit
+        ├── TemplateLimitReached      template_limit_reached; .limit
+        ├── StandingOrderDoesNotExist standing_order_dont_exist
+        ├── StandingOrderNotOpen      standing_order_not_open; .state
+        └── StandingOrderLimitReached standing_order_limit_reached; .limit
 
 Numbers carried by errors (``max_step``, ``min_price``, ``price``) are :class:`~decimal.Decimal`.
 """
@@ -537,6 +540,27 @@ class TemplateLimitReached(MarketError):
         return self._int("limit")
 
 
+class StandingOrderDoesNotExist(MarketError):
+    names = ("standing_order_dont_exist",)
+
+
+class StandingOrderNotOpen(MarketError):
+    names = ("standing_order_not_open",)
+
+    @property
+    def state(self) -> str | None:
+        value = self.response.get("state")
+        return value if isinstance(value, str) else None
+
+
+class StandingOrderLimitReached(MarketError):
+    names = ("standing_order_limit_reached",)
+
+    @property
+    def limit(self) -> int | None:
+        return self._int("limit")
+
+
 MARKET_ERRORS: dict[str, type[MarketError]] = {
     name: cls
     for cls in (
@@ -595,6 +619,9 @@ MARKET_ERRORS: dict[str, type[MarketError]] = {
         TemplateDoesNotExist,
         NotYourTemplate,
         TemplateLimitReached,
+        StandingOrderDoesNotExist,
+        StandingOrderNotOpen,
+        StandingOrderLimitReached,
     )
     for name in cls.names
 }
