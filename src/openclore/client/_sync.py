@@ -34,6 +34,7 @@ from openclore.client._models import (
     ServerConfig,
     SpotMarketplace,
     SshKey,
+    StandingOrder,
     Statement,
     Template,
     Transaction,
@@ -499,6 +500,59 @@ class Client(BaseClient):
     def delete_template(self, template_id: int) -> None:
         """Delete one of your templates (orders made from it keep their settings)."""
         self._run(calls.delete_template(template_id))
+
+    def create_standing_order(
+        self,
+        max_price_per_day: Amount,
+        image: str | None = None,
+        *,
+        query: Mapping[str, str | int | float | bool] | None = None,
+        currency: str = "bitcoin",
+        gpu_count: int | None = None,
+        type: OrderType = "on-demand",
+        count: int = 1,
+        expires_at: int | None = None,
+        template_id: int | None = None,
+        ports: Mapping[int, str] | Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+        jupyter_token: str | None = None,
+        ssh_key: str | None = None,
+        ssh_password: str | None = None,
+        command: str | None = None,
+        disk_gb: int | None = None,
+    ) -> StandingOrder:
+        """openclore: rent up to ``count`` servers matching ``query`` (marketplace filters:
+        ``gpu``, ``min_gpus``, ``country``…) at or below ``max_price_per_day`` as soon as they
+        appear, before any later standing order or direct ``create_order``; the fields are
+        ``create_order``'s. It fills at once where a matching server is free."""
+        return self._run(
+            calls.create_standing_order(
+                max_price_per_day,
+                image,
+                query=query,
+                currency=currency,
+                gpu_count=gpu_count,
+                type=type,
+                count=count,
+                expires_at=expires_at,
+                template_id=template_id,
+                ports=ports,
+                env=env,
+                jupyter_token=jupyter_token,
+                ssh_key=ssh_key,
+                ssh_password=ssh_password,
+                command=command,
+                disk_gb=disk_gb,
+            )
+        )
+
+    def standing_orders(self) -> list[StandingOrder]:
+        """openclore: your standing orders, newest first, with the orders they made."""
+        return self._run(calls.standing_orders())
+
+    def cancel_standing_order(self, standing_order_id: int) -> StandingOrder:
+        """openclore: an open standing order fills no more (the orders it made stay)."""
+        return self._run(calls.cancel_standing_order(standing_order_id))
 
     # ------------------------------------------------------------------ openclore extensions
 
