@@ -199,6 +199,7 @@ def test_expired_and_unfundable_standing_orders_are_skipped_with_a_reason(
     place(bob)
     place(carol)
     market.clock.advance(120)
+    assert mine(alice)[0]["state"] == "expired"  # shown so before the engine records it
     market.reconfigure(max_active_orders=0)  # nobody may hold another order now
     bring_online(market, a)
     assert mine(alice)[0]["state"] == "expired"

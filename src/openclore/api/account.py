@@ -86,7 +86,7 @@ def _create_standing_order(state: AppState, call: Call) -> dict[str, Any]:
 
 def _standing_orders(state: AppState, call: Call) -> dict[str, Any]:
     with call.read() as conn:
-        return {"standing_orders": standing.list_standing_orders(conn, _uid(call))}
+        return {"standing_orders": standing.list_standing_orders(conn, _uid(call), call.now)}
 
 
 def _cancel_standing_order(state: AppState, call: Call) -> dict[str, Any]:

@@ -187,7 +187,9 @@ def _row(conn: Connection, standing_id: int, *, lock: bool = False) -> dict[str,
     return dict(row._mapping)
 
 
-def standing_view(conn: Connection, row: dict[str, Any]) -> dict[str, Any]:
+def standing_view(conn: Connection, row: dict[str, Any], now: int | None = None) -> dict[str, Any]:
+    """A standing order as the API shows it; an open one past ``expires_at`` (at ``now``) shows
+    as ``expired`` before the engine's next match records it."""
     filled = [
         r.order_id
         for r in conn.execute(
@@ -199,7 +201,7 @@ def standing_view(conn: Connection, row: dict[str, Any]) -> dict[str, Any]:
     fields = {k: v for k, v in dict(row["fields"] or {}).items() if k not in _HIDDEN}
     return {
         "id": row["id"],
-        "state": row["state"],
+        "state": "expired" if _lapsed(row, now) else row["state"],
         "query": dict(row["query"] or {}),
         "max_price_per_day": to_coins(row["max_price"]),
         "currency": row["currency"],
@@ -217,14 +219,19 @@ def standing_view(conn: Connection, row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def list_standing_orders(conn: Connection, user_id: int) -> list[dict[str, Any]]:
+def _lapsed(row: dict[str, Any], now: int | None) -> bool:
+    expires_at = row["expires_at"]
+    return row["state"] == "open" and None not in (now, expires_at) and expires_at <= now
+
+
+def list_standing_orders(conn: Connection, user_id: int, now: int) -> list[dict[str, Any]]:
     """The user's standing orders, newest first."""
     rows = conn.execute(
         select(standing_orders)
         .where(standing_orders.c.user_id == user_id)
         .order_by(standing_orders.c.id.desc())
     )
-    return [standing_view(conn, dict(r._mapping)) for r in rows]
+    return [standing_view(conn, dict(r._mapping), now) for r in rows]
 
 
 def cancel_standing_order(
