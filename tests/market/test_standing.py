@@ -294,3 +294,61 @@ def test_concurrent_freeing_and_direct_orders_never_beat_a_standing_order(
     assert alice_so["state"] == bob_so["state"] == "filled"
     got = {orders_on(market, a)[0][1], orders_on(market, b)[0][1]}
     assert got == {market.user_id(alice.headers["auth"]), market.user_id(bob.headers["auth"])}
+
+
+def test_standing_orders_follow_the_reference_model(market: Market) -> None:
+    """Seeded random steps (standing orders placed and cancelled, servers coming online, direct
+    orders, rentals ending) through the API; after each, who holds each server and each standing
+    order's state are what the reference model (tests/market_model.py) says."""
+    import random
+
+    from openclore.domain.money import to_units
+
+    from market_model import StandingBook
+
+    rng = random.Random(25)
+    host = market.user()
+    prices = ["0.00001", "0.000012", "0.000015", "0.00002"]
+    model = StandingBook()
+    ids = []
+    for i in range(6):
+        price = rng.choice(prices)
+        sid = offline_server(market, host, f"s{i}", on_demand=price)
+        model.prices[sid] = to_units(price)
+        ids.append(sid)
+    tokens = [market.user(bitcoin="0.01") for _ in range(4)]
+    renters = [market.client(t) for t in tokens]
+    uid = {market.user_id(t): i for i, t in enumerate(tokens)}
+    placed: list[tuple[int, int]] = []  # (standing id, renter index)
+    for _ in range(40):
+        step = rng.choice(["place", "place", "cancel", "online", "direct", "end"])
+        if step == "place":
+            who = rng.randrange(3)  # renters 0-2 place standing orders, 3 orders directly
+            price, count = rng.choice(prices), rng.choice([1, 1, 2])
+            so = place(renters[who], max_price_per_day=float(price), count=count)
+            placed.append((so["id"], who))
+            model.place(so["id"], who, to_units(price), count)
+        elif step == "cancel" and placed:
+            standing_id, who = rng.choice(placed)
+            answer = renters[who].post("/v1/cancel_standing_order", json={"id": standing_id})
+            assert (answer.json()["code"] == 0) == model.cancel(standing_id)
+        elif step == "online":
+            batch = [s for s in ids if s not in model.online and rng.random() < 0.5]
+            bring_online(market, *batch)
+            model.come_online(batch)
+        elif step == "direct":
+            server = rng.choice(ids)
+            answer = renters[3].post("/v1/create_order", json=order_body(server)).json()
+            assert (answer["code"] == 0) == model.direct(server, 3), answer
+        elif step == "end" and model.holder:
+            server = rng.choice(sorted(model.holder))
+            ((order_id, user_id),) = orders_on(market, server)
+            ok(renters[uid[user_id]].post("/v1/cancel_order", json={"id": order_id}))
+            model.end(server)
+        held = {s: uid[live[0][1]] for s in ids if (live := orders_on(market, s))}
+        assert held == model.holder, step
+        states = {so["id"]: (so["state"], so["filled"]) for r in renters[:3] for so in mine(r)}
+        assert states == {so.id: (so.state, so.filled) for so in model.book}, step
+    # the run went through the interesting cases
+    assert sum(so.filled for so in model.book) >= 3
+    assert {so.state for so in model.book} >= {"open", "filled"}
