@@ -352,3 +352,28 @@ def test_standing_orders_follow_the_reference_model(market: Market) -> None:
     # the run went through the interesting cases
     assert sum(so.filled for so in model.book) >= 3
     assert {so.state for so in model.book} >= {"open", "filled"}
+
+
+def test_a_per_gpu_standing_order_takes_gpus_of_one_server(market: Market) -> None:
+    from test_partial_rentals import four_gpu_server
+
+    host = market.user()
+    quad = four_gpu_server(market, host)  # 0.0001 BTC per GPU per day
+    with market.db.write() as conn:
+        conn.execute(update(servers).where(servers.c.id == quad).values(online=False))
+    alice = market.client(market.user(bitcoin="0.1"))
+    bob = market.client(market.user(bitcoin="0.1"))
+    query = {"gpu": "4090"}
+    place(alice, query=query, gpu_count=1, count=2, max_price_per_day=0.0001)
+    place(bob, query=query, gpu_count=2, max_price_per_day=0.0002, type="spot")
+    bring_online(market, quad)
+    (alice_so,) = mine(alice)
+    (bob_so,) = mine(bob)
+    assert alice_so["state"] == "filled" and len(alice_so["order_ids"]) == 2
+    assert bob_so["state"] == "filled" and len(bob_so["order_ids"]) == 1
+    held = {o["id"]: o for o in ok(alice.get("/v1/my_orders"))["orders"]}
+    assert sorted(len(held[i]["gpus"]) for i in alice_so["order_ids"]) == [1, 1]
+    assert all(held[i]["price"] == 0.0001 for i in alice_so["order_ids"])
+    (bid,) = ok(bob.get("/v1/my_orders"))["orders"]
+    assert bid["spot"] and bid["gpu_count"] == 2 and bid["price"] == 0.00002  # the minimum
+    assert bid["running"] and len(bid["gpus"]) == 2

@@ -335,9 +335,12 @@ def _fill(
     made = 0
     error: str | None = so["last_error"]
     actor = Actor.user(so["user_id"], "engine", f"standing_order:{so['id']}")
-    for price, server_id in _candidates(conn, so, listing, settings):
-        if filled >= so["count"]:
-            break
+    queue = _candidates(conn, so, listing, settings)
+    at = 0
+    while at < len(queue) and filled < so["count"]:
+        price, server_id = queue[at]
+        # a whole server once; GPUs of one server while it has enough free
+        at += so["gpu_count"] is None
         try:
             req = fill_request(
                 dict(so["fields"] or {}),
@@ -351,14 +354,16 @@ def _fill(
                 order_id = create_order(conn, so["user_id"], req, settings, now, actor=actor)
         except MarketError as exc:
             if exc.name in SERVER_REFUSALS:
+                at += so["gpu_count"] is not None
                 continue
             error = exc.name  # the renter's to fix (money, the order limit, a template)
             break
         except InvalidInput:
             error = "invalid_order"
             break
-        except IntegrityError:
-            continue  # a unique index refused it: the server is taken
+        except IntegrityError:  # a unique index refused it: the server is taken
+            at += so["gpu_count"] is not None
+            continue
         if so["api_key_id"] is not None:
             conn.execute(
                 update(orders).where(orders.c.id == order_id).values(api_key_id=so["api_key_id"])
