@@ -127,10 +127,11 @@ def create_standing_order(
     it fills at once where a matching server is free. Returns its view."""
     params = _query_params(req.query)
     _parsed(params, settings, req.currency)  # code 2 for a bad filter, as marketplace answers
-    fields = {k: body[k] for k in STANDING_ORDER_FIELDS if body.get(k) is not None}
+    given = {k: body[k] for k in STANDING_ORDER_FIELDS if body.get(k) is not None}
     max_price = to_units(req.max_price_per_day)
-    # the fields as create_order would check them (code 2), with a stand-in server
-    fill_request(fields, 0, req.currency, req.is_spot, req.gpu_count, _coins(max_price))
+    # the fields as create_order checks them (code 2), with a stand-in server; kept as checked
+    checked = fill_request(given, 0, req.currency, req.is_spot, req.gpu_count, _coins(max_price))
+    fields = checked.model_dump(include=set(STANDING_ORDER_FIELDS), exclude_none=True)
     if req.expires_at is not None and req.expires_at <= now:
         raise InvalidInput("expires_at: must be in the future (unix seconds)")
     lock_user(conn, user_id)
