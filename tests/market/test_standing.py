@@ -377,3 +377,46 @@ def test_a_per_gpu_standing_order_takes_gpus_of_one_server(market: Market) -> No
     (bid,) = ok(bob.get("/v1/my_orders"))["orders"]
     assert bid["spot"] and bid["gpu_count"] == 2 and bid["price"] == 0.00002  # the minimum
     assert bid["running"] and len(bid["gpus"]) == 2
+
+
+def test_with_no_open_standing_order_a_listing_change_pays_one_query(market: Market) -> None:
+    from sqlalchemy import event
+
+    host = market.user()
+    a = offline_server(market, host, "a")
+    seen: list[str] = []
+
+    def watch(*args: Any) -> None:
+        if "standing_orders" in args[2]:
+            seen.append(args[2])
+
+    event.listen(market.db.engine, "before_cursor_execute", watch)
+    try:
+        bring_online(market, a)
+    finally:
+        event.remove(market.db.engine, "before_cursor_execute", watch)
+    (query,) = seen
+    assert query.lstrip().upper().startswith("SELECT")
+
+
+def test_a_failing_match_does_not_refuse_the_change_that_ran_it(
+    market: Market, monkeypatch: Any
+) -> None:
+    from openclore.market import standing
+
+    def broken(*_args: Any) -> list[tuple[int, int]]:
+        raise RuntimeError("a bug in the match")
+
+    host = market.user()
+    a = offline_server(market, host, "a")
+    alice = market.client(market.user(bitcoin="0.01"))
+    place(alice)
+    monkeypatch.setattr(standing, "_candidates", broken)
+    bring_online(market, a)
+    with market.db.read() as conn:
+        assert conn.execute(select(servers.c.online).where(servers.c.id == a)).scalar() is True
+    assert mine(alice)[0]["state"] == "open"
+    monkeypatch.undo()
+    with market.db.write() as conn:  # the next change matches again
+        conn.execute(update(servers).where(servers.c.id == a).values(reliability=0.9))
+    assert mine(alice)[0]["state"] == "filled"

@@ -17,12 +17,13 @@ that is fixed. A standing order past its ``expires_at`` becomes ``expired``.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from openclore.config import Settings
 from openclore.domain.errors import InvalidInput, MarketError
@@ -52,6 +53,8 @@ from openclore.market.servers import marketplace_servers, prices_of
 from openclore.market.templates import usable_template
 from openclore.store.db import inserted_id, savepoint
 from openclore.store.schema import orders, standing_order_fills, standing_orders
+
+log = logging.getLogger("openclore.standing")
 
 MAX_OPEN = 20  # open standing orders per user
 STANDING_CREATE = "standing_order.create"
@@ -269,6 +272,20 @@ def match_standing_orders(conn: Connection, settings: Settings, now: int) -> int
     rows = [dict(r._mapping) for r in conn.execute(query)]
     if not rows:
         return 0
+    # undone alone if it fails for a reason of its own: a bug here must not refuse the change
+    # that ran it (a server coming online); a database error (a deadlock) goes on, so that the
+    # whole transaction is tried again
+    try:
+        with savepoint(conn):
+            return _match(conn, rows, settings, now)
+    except DBAPIError:
+        raise
+    except Exception:
+        log.exception("standing-order match failed; the change commits without it")
+        return 0
+
+
+def _match(conn: Connection, rows: list[dict[str, Any]], settings: Settings, now: int) -> int:
     made = 0
     listing: list[dict[str, Any]] | None = None
     for so in rows:
