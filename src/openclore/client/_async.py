@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 
 from openclore.client import _calls as calls
+from openclore.client import _standing
 from openclore.client._base import BaseClient, ssh_banner_async
 from openclore.client._calls import Amount, ApiCall, OrderType
 from openclore.client._errors import (
@@ -530,7 +531,7 @@ class AsyncClient(BaseClient):
         appear, before any later standing order or direct ``create_order``; the fields are
         ``create_order``'s. It fills at once where a matching server is free."""
         return await self._run(
-            calls.create_standing_order(
+            _standing.create_standing_order(
                 max_price_per_day,
                 image,
                 query=query,
@@ -552,11 +553,11 @@ class AsyncClient(BaseClient):
 
     async def standing_orders(self) -> list[StandingOrder]:
         """openclore: your standing orders, newest first, with the orders they made."""
-        return await self._run(calls.standing_orders())
+        return await self._run(_standing.standing_orders())
 
     async def cancel_standing_order(self, standing_order_id: int) -> StandingOrder:
         """openclore: an open standing order fills no more (the orders it made stay)."""
-        return await self._run(calls.cancel_standing_order(standing_order_id))
+        return await self._run(_standing.cancel_standing_order(standing_order_id))
 
     # ------------------------------------------------------------------ openclore extensions
 

@@ -11,6 +11,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 
 from openclore.client import _calls as calls
+from openclore.client import _standing
 from openclore.client._base import BaseClient, ssh_banner
 from openclore.client._calls import Amount, ApiCall, OrderType
 from openclore.client._errors import (
@@ -526,7 +527,7 @@ class Client(BaseClient):
         appear, before any later standing order or direct ``create_order``; the fields are
         ``create_order``'s. It fills at once where a matching server is free."""
         return self._run(
-            calls.create_standing_order(
+            _standing.create_standing_order(
                 max_price_per_day,
                 image,
                 query=query,
@@ -548,11 +549,11 @@ class Client(BaseClient):
 
     def standing_orders(self) -> list[StandingOrder]:
         """openclore: your standing orders, newest first, with the orders they made."""
-        return self._run(calls.standing_orders())
+        return self._run(_standing.standing_orders())
 
     def cancel_standing_order(self, standing_order_id: int) -> StandingOrder:
         """openclore: an open standing order fills no more (the orders it made stay)."""
-        return self._run(calls.cancel_standing_order(standing_order_id))
+        return self._run(_standing.cancel_standing_order(standing_order_id))
 
     # ------------------------------------------------------------------ openclore extensions
 
