@@ -241,6 +241,8 @@ def test_bad_standing_orders_are_refused_with_clore_errors(market: Market) -> No
     assert error(alice.post("/v1/cancel_standing_order", json={"id": 12345})) == (
         "standing_order_dont_exist"
     )
+    market.reconfigure(max_active_orders=0)
+    assert error(alice.post("/v1/create_standing_order", json=WANT)) == "order_limit_reached"
     assert mine(alice) == []
 
 

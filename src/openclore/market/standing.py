@@ -22,7 +22,7 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from openclore.config import Settings
@@ -145,10 +145,21 @@ def create_standing_order(
     open_count = conn.execute(
         select(func.count())
         .select_from(standing_orders)
-        .where(standing_orders.c.user_id == user_id, standing_orders.c.state == "open")
+        .where(
+            standing_orders.c.user_id == user_id,
+            standing_orders.c.state == "open",
+            or_(standing_orders.c.expires_at.is_(None), standing_orders.c.expires_at > now),
+        )
     ).scalar_one()
     if open_count >= MAX_OPEN:
         raise MarketError("standing_order_limit_reached", limit=MAX_OPEN)
+    live = conn.execute(
+        select(func.count())
+        .select_from(orders)
+        .where(orders.c.user_id == user_id, orders.c.expired.is_(False))
+    ).scalar_one()
+    if live >= settings.max_active_orders:  # no fill could be made (create_order's limit)
+        raise MarketError("order_limit_reached", limit=settings.max_active_orders)
     if not _funded(conn, user_id, req.currency, req.is_spot, max_price, settings):
         raise MarketError("not_enough_balance")
     standing_id = inserted_id(
