@@ -18,7 +18,7 @@ that is fixed. A standing order past its ``expires_at`` becomes ``expired``.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -43,6 +43,7 @@ from openclore.market.orders import create_order
 from openclore.market.search import (
     PARAMS,
     MarketQuery,
+    SearchIndex,
     build_index,
     free_gpus,
     gpu_count,
@@ -298,18 +299,27 @@ def match_standing_orders(conn: Connection, settings: Settings, now: int) -> int
 
 def _match(conn: Connection, rows: list[dict[str, Any]], settings: Settings, now: int) -> int:
     made = 0
-    listing: list[dict[str, Any]] | None = None
+    market: Market | None = None
     for so in rows:
         if so["expires_at"] is not None and so["expires_at"] <= now:
             _set(conn, so["id"], state="expired", ended_at=now)
             continue
-        if listing is None:
+        if market is None:
             listing = marketplace_servers(conn, settings)
-        filled = _fill(conn, so, listing, settings, now)
+            market = Market(listing, build_index(listing))
+        filled = _fill(conn, so, market, settings, now)
         if filled:
             made += filled
-            listing = None  # what it took is no longer free
+            market = None  # what it took is no longer free
     return made
+
+
+@dataclass(frozen=True)
+class Market:
+    """The listing as this transaction sees it, and its search index (built once per change)."""
+
+    listing: list[dict[str, Any]]
+    index: SearchIndex
 
 
 def _set(conn: Connection, standing_id: int, **values: Any) -> None:
@@ -319,7 +329,7 @@ def _set(conn: Connection, standing_id: int, **values: Any) -> None:
 
 
 def _candidates(
-    conn: Connection, so: dict[str, Any], listing: list[dict[str, Any]], settings: Settings
+    conn: Connection, so: dict[str, Any], market: Market, settings: Settings
 ) -> list[tuple[int, int]]:
     """``(price, server id)`` of the listed servers the standing order may take now, cheapest
     first (ties: lowest id)."""
@@ -327,7 +337,7 @@ def _candidates(
         q = _parsed(dict(so["query"] or {}), settings, so["currency"])
     except InvalidInput:
         return []  # a currency the operator no longer offers
-    found = [listing[i] for i in search(build_index(listing), q).positions]
+    found = [market.listing[i] for i in search(market.index, q).positions]
     found = [s for s in found if s["owner"] != so["user_id"]]
     prices = prices_of(conn, [s["id"] for s in found], enabled_only=True)
     k = so["gpu_count"]
@@ -355,7 +365,7 @@ def _candidates(
 def _fill(
     conn: Connection,
     so: dict[str, Any],
-    listing: list[dict[str, Any]],
+    market: Market,
     settings: Settings,
     now: int,
 ) -> int:
@@ -364,7 +374,7 @@ def _fill(
     made = 0
     error: str | None = so["last_error"]
     actor = Actor.user(so["user_id"], "engine", f"standing_order:{so['id']}")
-    queue = _candidates(conn, so, listing, settings)
+    queue = _candidates(conn, so, market, settings)
     at = 0
     while at < len(queue) and filled < so["count"]:
         price, server_id = queue[at]
