@@ -422,3 +422,49 @@ def test_a_failing_match_does_not_refuse_the_change_that_ran_it(
     with market.db.write() as conn:  # the next change matches again
         conn.execute(update(servers).where(servers.c.id == a).values(reliability=0.9))
     assert mine(alice)[0]["state"] == "filled"
+
+
+def test_a_host_lowering_the_price_fills_in_that_request(market: Market) -> None:
+    host = market.user()
+    market.server(host, "a", on_demand="0.0001")
+    alice = market.client(market.user(bitcoin="0.01"))
+    assert place(alice)["state"] == "open"  # too dear
+    body = {"name": "a", "on_demand": 0.000015, "spot": 0.000001}
+    ok(market.client(host).post("/v1/set_server_settings", json=body))
+    (so,) = mine(alice)
+    assert so["state"] == "filled"
+    (order,) = ok(alice.get("/v1/my_orders"))["orders"]
+    assert order["price"] == 0.000015
+
+
+def test_a_spot_standing_order_waits_for_free_gpus_and_bids_the_minimum(
+    market: Market,
+) -> None:
+    from support import spot_body
+
+    host = market.user()
+    a = market.server(host, "a", spot="0.000002")
+    bob = market.client(market.user(bitcoin="0.01"))
+    alice = market.client(market.user(bitcoin="0.01"))
+    bid = ok(bob.post("/v1/create_order", json=spot_body(a, "0.000005")))["order_id"]
+    assert place(alice, type="spot")["state"] == "open"  # bob's bid holds the server
+    ok(bob.post("/v1/cancel_order", json={"id": bid}))
+    (so,) = mine(alice)
+    assert so["state"] == "filled" and so["type"] == "spot"
+    (order,) = ok(alice.get("/v1/my_orders"))["orders"]
+    assert order["spot"] and order["price"] == 0.000002 and order["running"]
+
+
+def test_an_on_demand_standing_order_preempts_a_spot_bid_like_create_order(
+    market: Market,
+) -> None:
+    from support import spot_body
+
+    host = market.user()
+    a = market.server(host, "a")
+    bob = market.client(market.user(bitcoin="0.01"))
+    alice = market.client(market.user(bitcoin="0.01"))
+    ok(bob.post("/v1/create_order", json=spot_body(a, "0.000005")))
+    assert place(alice)["state"] == "filled"  # on demand takes the server from a bid (SPEC §4)
+    (bid,) = ok(bob.get("/v1/my_orders"))["orders"]
+    assert not bid["running"]
