@@ -468,3 +468,16 @@ def test_an_on_demand_standing_order_preempts_a_spot_bid_like_create_order(
     assert place(alice)["state"] == "filled"  # on demand takes the server from a bid (SPEC §4)
     (bid,) = ok(bob.get("/v1/my_orders"))["orders"]
     assert not bid["running"]
+
+
+def test_the_tick_ending_an_order_fills_a_standing_order(market: Market) -> None:
+    host = market.user()
+    a = market.server(host, "a", mrl=1)
+    dave = market.client(market.user(bitcoin="0.01"))
+    alice = market.client(market.user(bitcoin="0.01"))
+    ok(dave.post("/v1/create_order", json=order_body(a)))
+    assert place(alice)["state"] == "open"
+    market.advance(3600)  # dave's order reaches its max rental length: the tick ends it
+    (so,) = mine(alice)
+    assert so["state"] == "filled"
+    assert orders_on(market, a) == [(so["order_ids"][0], market.user_id(alice.headers["auth"]))]
