@@ -23,6 +23,10 @@ A bid that waits longer than ``spot_starvation_seconds`` keeps lower bids off th
 the model does not know that rule (tests/test_slots.py pins it): the simulation sets the setting
 beyond its runs.
 
+Standing orders (SPEC §8) have their own small model, :class:`StandingBook`: their priority
+(placement order, each taking the cheapest available servers within its price) over direct
+orders, for whole-server on-demand rentals.
+
 The model is exact while no wallet runs dry: once a wallet falls under a minute of its orders'
 spend, which order gets the last units depends on the order the engine settles servers in, and the
 model stops predicting (``diverged``); the simulation then checks only its other invariants.
@@ -508,3 +512,78 @@ class Model:
     def running(self, server: int) -> list[int]:
         """The ids of the orders that run on the server now, ascending."""
         return [o.id for o in self.holders(server, self.now)]
+
+
+# ---------------------------------------------------------------------- standing orders (SPEC §8)
+
+
+@dataclass
+class Standing:
+    id: int
+    user: int
+    max_price: int  # per day, whole-server on demand
+    count: int
+    filled: int = 0
+    state: str = "open"  # open, filled, cancelled
+
+
+@dataclass
+class StandingBook:
+    """Who holds each (one-GPU, whole-server, on-demand) server when standing orders compete
+    with direct orders, from SPEC §8 alone: whenever servers become available (come online, or
+    their order ends) the open standing orders, in placement order, each take the cheapest
+    available servers at or below their price (ties: lowest id) up to their count, before anyone
+    else can see the servers; a direct order gets a server only if no standing order took it.
+    Placing a standing order fills it at once from what is available then."""
+
+    prices: dict[int, int] = field(default_factory=dict)  # server -> on-demand price per day
+    online: set[int] = field(default_factory=set)
+    holder: dict[int, int] = field(default_factory=dict)  # server -> user holding it
+    book: list[Standing] = field(default_factory=list)  # in placement order
+
+    def available(self) -> list[int]:
+        return sorted(
+            (s for s in self.online if s not in self.holder), key=lambda s: (self.prices[s], s)
+        )
+
+    def match(self) -> None:
+        for so in self.book:
+            if so.state != "open":
+                continue
+            for server in self.available():
+                if so.filled >= so.count:
+                    break
+                if self.prices[server] <= so.max_price:
+                    self.holder[server] = so.user
+                    so.filled += 1
+            if so.filled >= so.count:
+                so.state = "filled"
+
+    def place(self, standing_id: int, user: int, max_price: int, count: int) -> None:
+        self.book.append(Standing(standing_id, user, max_price, count))
+        self.match()
+
+    def cancel(self, standing_id: int) -> bool:
+        """Whether the cancel succeeds (only an open one can be cancelled)."""
+        so = next(s for s in self.book if s.id == standing_id)
+        if so.state != "open":
+            return False
+        so.state = "cancelled"
+        return True
+
+    def come_online(self, servers: list[int]) -> None:
+        self.online.update(servers)
+        self.match()
+
+    def direct(self, server: int, user: int) -> bool:
+        """A direct create_order: it gets the server only if it is online and nobody holds it."""
+        if server not in self.online or server in self.holder:
+            return False
+        self.holder[server] = user
+        self.match()  # changes the listing: the engine matches (nothing changes for it)
+        return True
+
+    def end(self, server: int) -> None:
+        """The server's order ends (cancelled): the server is available again."""
+        del self.holder[server]
+        self.match()

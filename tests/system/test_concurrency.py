@@ -183,3 +183,38 @@ def test_one_rental_across_worker_processes(market: Market, workers: str) -> Non
         ),
     )
     assert Counter(results) == {"ok": 1, "server-already-rented": 15}
+
+
+def test_standing_orders_win_across_worker_processes(market: Market, workers: str) -> None:
+    """Two renters free their servers through the worker processes while twelve bots ask for
+    the same servers there: the two standing orders placed before get them, no bot does."""
+    host = market.user()
+    a, b = market.server(host, "a"), market.server(host, "b")
+    holders = [market.user(bitcoin="0.01") for _ in range(2)]
+    held = [
+        ok(market.client(t).post("/v1/create_order", json=order_body(s)))["order_id"]
+        for t, s in zip(holders, (a, b), strict=True)
+    ]
+    want = {"max_price_per_day": 0.0001, "currency": "bitcoin", "image": "ubuntu"}
+    standing = [market.user(bitcoin="0.01") for _ in range(2)]
+    for token in standing:
+        placed = ok(market.client(token).post("/v1/create_standing_order", json=want))
+        assert placed["standing_order"]["state"] == "open"
+    bots = [market.user(bitcoin="0.01") for _ in range(12)]
+
+    def act(i: int) -> str:
+        if i < 2:
+            body, path, token = {"id": held[i]}, "/v1/cancel_order", holders[i]
+        else:
+            body, path, token = order_body((a, b)[i % 2]), "/v1/create_order", bots[i - 2]
+        return outcome(httpx.post(workers + path, json=body, headers={"auth": token}, timeout=30))
+
+    results = run_parallel(14, act)
+    assert results[:2] == ["ok", "ok"]
+    assert Counter(results[2:]) == {"server-already-rented": 12}
+    with market.db.read() as conn:
+        live = conn.execute(
+            select(orders.c.server_id, orders.c.user_id).where(orders.c.expired.is_(False))
+        ).all()
+    assert {uid for _, uid in live} == {market.user_id(t) for t in standing}
+    assert sorted(sid for sid, _ in live) == [a, b]

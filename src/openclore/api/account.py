@@ -1,6 +1,6 @@
 """Renters' own things (openclore extensions, SPEC §8): add_ssh_key, ssh_keys, delete_ssh_key,
 attach_ssh_key, create_template, templates, delete_template, create_api_key, api_keys, api_key,
-revoke_api_key."""
+revoke_api_key; create_standing_order, standing_orders, cancel_standing_order."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from openclore.api.state import AppState, Call, Endpoint
 from openclore.api.state import caller_actor as _actor
 from openclore.api.state import caller_id as _uid
 from openclore.domain.errors import InvalidInput
-from openclore.market import account_keys, api_keys, inputs, templates
+from openclore.market import account_keys, api_keys, inputs, standing, templates
 
 
 def _add_ssh_key(state: AppState, call: Call) -> dict[str, Any]:
@@ -121,6 +121,33 @@ def _revoke_api_key(state: AppState, call: Call) -> dict[str, Any]:
     return {}
 
 
+def _create_standing_order(state: AppState, call: Call) -> dict[str, Any]:
+    req = inputs.validate_body(inputs.CreateStandingOrderRequest, call.body)
+    placed = state.db_write(
+        lambda conn: standing.create_standing_order(
+            conn, _uid(call), req, call.body, state.settings, call.now, actor=_actor(call)
+        ),
+        answer=lambda s: {"standing_order": s},
+    )
+    return {"standing_order": placed}
+
+
+def _standing_orders(state: AppState, call: Call) -> dict[str, Any]:
+    with call.read() as conn:
+        return {"standing_orders": standing.list_standing_orders(conn, _uid(call), call.now)}
+
+
+def _cancel_standing_order(state: AppState, call: Call) -> dict[str, Any]:
+    req = inputs.validate_body(inputs.OrderIdRequest, call.body)
+    cancelled = state.db_write(
+        lambda conn: standing.cancel_standing_order(
+            conn, _uid(call), req.id, call.now, actor=_actor(call)
+        ),
+        answer=lambda s: {"standing_order": s},
+    )
+    return {"standing_order": cancelled}
+
+
 ACCOUNT_ENDPOINTS = [
     Endpoint("add_ssh_key", _add_ssh_key, scope="account"),
     Endpoint("ssh_keys", _ssh_keys, readonly=True),
@@ -133,4 +160,12 @@ ACCOUNT_ENDPOINTS = [
     Endpoint("api_keys", _api_keys, readonly=True),
     Endpoint("api_key", _api_key, readonly=True, scope=None),
     Endpoint("revoke_api_key", _revoke_api_key, scope="account"),
+    Endpoint(
+        "create_standing_order",
+        _create_standing_order,
+        extra_interval="create_order_interval",
+        scope="rent",
+    ),
+    Endpoint("standing_orders", _standing_orders, readonly=True, scope="read"),
+    Endpoint("cancel_standing_order", _cancel_standing_order, scope="rent"),
 ]

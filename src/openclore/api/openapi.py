@@ -47,6 +47,8 @@ REQUESTS: dict[str, type[BaseModel]] = {
     "attach_ssh_key": inputs.AttachSshKeyRequest,
     "create_template": inputs.CreateTemplateRequest,
     "delete_template": inputs.OrderIdRequest,
+    "create_standing_order": inputs.CreateStandingOrderRequest,
+    "cancel_standing_order": inputs.OrderIdRequest,
 }
 RESPONSES: dict[str, type[BaseModel]] = {
     "wallets": models.WalletsResponse,
@@ -137,6 +139,11 @@ SUMMARIES = {
     "jupyter_token?, disk_gb?, public?, readme?}: a template create_order can start from",
     "templates": "openclore extension: your templates and the public ones (?q= searches names)",
     "delete_template": "openclore extension: {id}: delete one of your templates",
+    "create_standing_order": "openclore extension: {query, max_price_per_day, currency, "
+    "gpu_count?, type?, count?, expires_at?, template_id? or create_order's fields}: rent up to "
+    "count matching servers as soon as they appear, in the order standing orders were placed",
+    "standing_orders": "openclore extension: your standing orders and the orders they made",
+    "cancel_standing_order": "openclore extension: {id}: an open standing order fills no more",
 }
 QUERY: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "marketplace": [

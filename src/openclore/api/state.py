@@ -24,7 +24,7 @@ from openclore.config import Settings
 from openclore.domain.errors import CloreError, InternalError, MarketError
 from openclore.engine.clock import Clock, SystemClock
 from openclore.engine.ticker import tick
-from openclore.market import audit
+from openclore.market import audit, standing
 from openclore.market.api_keys import Key
 from openclore.market.stats import MarketFigures, market_figures
 from openclore.store.db import Database, run_write
@@ -171,9 +171,15 @@ class AppState:
         self.market = MarketCache(settings)
         self.callers = Callers()
         self.streams = StreamSlots()  # open event streams per user
+        # the engine's standing-order match (SPEC §8): at the end of every write transaction
+        # that may have made a server or GPU slots available, before it commits
+        db.listing_hooks["standing_orders"] = self._match_standing_orders
 
     def now(self) -> int:
         return int(self.clock.now())
+
+    def _match_standing_orders(self, conn: Connection) -> None:
+        standing.match_standing_orders(conn, self.settings, self.now())
 
     def tick(self, now: int) -> None:
         """One engine tick, timed for the metrics."""

@@ -73,7 +73,10 @@
         ├── ScopeNotHeld              scope_not_held; .scopes (a key cannot give more)
         ├── SpendLimitNotHeld         spend_limit_not_held
         ├── ApiKeyDoesNotExist        api_key_dont_exist
-        └── ApiKeyLimitReached        api_key_limit_reached; .limit
+        ├── ApiKeyLimitReached        api_key_limit_reached; .limit
+        ├── StandingOrderDoesNotExist standing_order_dont_exist
+        ├── StandingOrderNotOpen      standing_order_not_open; .state
+        └── StandingOrderLimitReached standing_order_limit_reached; .limit
 
 Numbers carried by errors (``max_step``, ``min_price``, ``price``) are :class:`~decimal.Decimal`.
 """
@@ -602,6 +605,23 @@ class ApiKeyDoesNotExist(MarketError):
 class ApiKeyLimitReached(MarketError):
     names = ("api_key_limit_reached",)
 
+
+class StandingOrderDoesNotExist(MarketError):
+    names = ("standing_order_dont_exist",)
+
+
+class StandingOrderNotOpen(MarketError):
+    names = ("standing_order_not_open",)
+
+    @property
+    def state(self) -> str | None:
+        value = self.response.get("state")
+        return value if isinstance(value, str) else None
+
+
+class StandingOrderLimitReached(MarketError):
+    names = ("standing_order_limit_reached",)
+
     @property
     def limit(self) -> int | None:
         return self._int("limit")
@@ -671,6 +691,9 @@ MARKET_ERRORS: dict[str, type[MarketError]] = {
         SpendLimitNotHeld,
         ApiKeyDoesNotExist,
         ApiKeyLimitReached,
+        StandingOrderDoesNotExist,
+        StandingOrderNotOpen,
+        StandingOrderLimitReached,
     )
     for name in cls.names
 }

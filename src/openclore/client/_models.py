@@ -540,6 +540,39 @@ class ApiKeysResponse(Envelope):
     keys: list[ApiKey] = Field(default_factory=list)
 
 
+class StandingOrder(CloreModel):
+    """openclore: a standing order (SPEC §8): the market rents up to ``count`` servers (or
+    ``gpu_count`` GPUs each) matching ``query`` at or below ``max_price_per_day`` as soon as
+    they appear, earlier standing orders first. ``state``: open, filled, cancelled, expired;
+    ``order_ids``: the ordinary orders its fills made; ``last_error``: why the last attempt
+    could not fill it (``not_enough_balance``…)."""
+
+    id: int
+    state: str
+    query: dict[str, str] = Field(default_factory=dict)
+    max_price_per_day: Decimal
+    currency: str
+    gpu_count: int | None = None
+    type: str = "on-demand"
+    template_id: int | None = None
+    order: dict[str, Any] = Field(default_factory=dict)
+    count: int = 1
+    filled: int = 0
+    order_ids: list[int] = Field(default_factory=list)
+    expires_at: int | None = None
+    created_at: int = 0
+    ended_at: int | None = None
+    last_error: str | None = None
+
+
+class StandingOrderResponse(Envelope):
+    standing_order: StandingOrder
+
+
+class StandingOrdersResponse(Envelope):
+    standing_orders: list[StandingOrder] = Field(default_factory=list)
+
+
 class SshKeyResponse(Envelope):
     key: SshKey
 

@@ -11,6 +11,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 
 from openclore.client import _calls as calls
+from openclore.client import _standing
 from openclore.client._base import BaseClient, ssh_banner
 from openclore.client._calls import Amount, ApiCall, OrderType
 from openclore.client._errors import (
@@ -36,6 +37,7 @@ from openclore.client._models import (
     ServerConfig,
     SpotMarketplace,
     SshKey,
+    StandingOrder,
     Statement,
     Template,
     Transaction,
@@ -536,6 +538,59 @@ class Client(BaseClient):
     def revoke_api_key(self, key_id: int) -> None:
         """Revoke a key at once (in every API process); console sessions it began end."""
         self._run(calls.revoke_api_key(key_id))
+
+    def create_standing_order(
+        self,
+        max_price_per_day: Amount,
+        image: str | None = None,
+        *,
+        query: Mapping[str, str | int | float | bool] | None = None,
+        currency: str = "bitcoin",
+        gpu_count: int | None = None,
+        type: OrderType = "on-demand",
+        count: int = 1,
+        expires_at: int | None = None,
+        template_id: int | None = None,
+        ports: Mapping[int, str] | Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+        jupyter_token: str | None = None,
+        ssh_key: str | None = None,
+        ssh_password: str | None = None,
+        command: str | None = None,
+        disk_gb: int | None = None,
+    ) -> StandingOrder:
+        """openclore: rent up to ``count`` servers matching ``query`` (marketplace filters:
+        ``gpu``, ``min_gpus``, ``country``…) at or below ``max_price_per_day`` as soon as they
+        appear, before any later standing order or direct ``create_order``; the fields are
+        ``create_order``'s. It fills at once where a matching server is free."""
+        return self._run(
+            _standing.create_standing_order(
+                max_price_per_day,
+                image,
+                query=query,
+                currency=currency,
+                gpu_count=gpu_count,
+                type=type,
+                count=count,
+                expires_at=expires_at,
+                template_id=template_id,
+                ports=ports,
+                env=env,
+                jupyter_token=jupyter_token,
+                ssh_key=ssh_key,
+                ssh_password=ssh_password,
+                command=command,
+                disk_gb=disk_gb,
+            )
+        )
+
+    def standing_orders(self) -> list[StandingOrder]:
+        """openclore: your standing orders, newest first, with the orders they made."""
+        return self._run(_standing.standing_orders())
+
+    def cancel_standing_order(self, standing_order_id: int) -> StandingOrder:
+        """openclore: an open standing order fills no more (the orders it made stay)."""
+        return self._run(_standing.cancel_standing_order(standing_order_id))
 
     # ------------------------------------------------------------------ openclore extensions
 

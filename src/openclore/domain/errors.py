@@ -281,6 +281,16 @@ _KINDS += (
     ErrorKind(
         "api_key_limit_reached", 403, N_("You have reached the limit of API keys."), ("limit",)
     ),
+    ErrorKind("standing_order_dont_exist", 404, N_("No such standing order.")),
+    ErrorKind(
+        "standing_order_not_open", 409, N_("This standing order is no longer open."), ("state",)
+    ),
+    ErrorKind(
+        "standing_order_limit_reached",
+        403,
+        N_("You have reached the limit of open standing orders."),
+        ("limit",),
+    ),
 )
 REGISTRY: dict[str, ErrorKind] = {kind.name: kind for kind in _KINDS}
 

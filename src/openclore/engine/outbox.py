@@ -65,6 +65,9 @@ SSH_KEY_ADDED = "ssh_key.added"  # key_id, name, fingerprint
 SSH_KEY_DELETED = "ssh_key.deleted"  # key_id, fingerprint
 TEMPLATE_CREATED = "template.created"  # template_id, name, public
 TEMPLATE_DELETED = "template.deleted"  # template_id
+# a standing order made an ordinary order (its own order.created comes with it): standing_order_id,
+# order_id, server_id, currency, price, filled, count
+STANDING_ORDER_FILLED = "standing_order.filled"
 EVENT_TYPES = (
     ORDER_CREATED,
     ORDER_RUNNING,
@@ -94,6 +97,7 @@ EVENT_TYPES = (
     SSH_KEY_DELETED,
     TEMPLATE_CREATED,
     TEMPLATE_DELETED,
+    STANDING_ORDER_FILLED,
 )
 # how orders end, as billing and the use cases write ``orders.end_reason``: the renter cancelled,
 # its max rental length ran out, its wallet could not pay for the next second, the host removed

@@ -498,3 +498,71 @@ class CreateTemplateRequest(Request):
     @classmethod
     def _env(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         return check_env(value)
+
+
+# the create_order fields a standing order keeps for its fills (renting_server, the price and the
+# GPU indices are the engine's to choose; volumes belong to one server)
+STANDING_ORDER_FIELDS = (
+    "image",
+    "template_id",
+    "ports",
+    "env",
+    "jupyter_token",
+    "ssh_key",
+    "ssh_password",
+    "command",
+    "autossh_entrypoint",
+    "dockerhub_auth",
+    "disk_gb",
+    "stop_after",
+    "terminate_after",
+)
+QueryValue = StrictStr | StrictInt | float | StrictBool
+
+
+class CreateStandingOrderRequest(Request):
+    """create_standing_order (SPEC §8): what to rent (marketplace filters), up to which price per
+    day, how many, until when; the order fields are create_order's (checked as it checks them)."""
+
+    query: dict[StrictStr, QueryValue] = Field(default_factory=dict)
+    max_price_per_day: PositivePrice
+    currency: StrictStr = Field(min_length=1, max_length=32)
+    gpu_count: Annotated[StrictInt, Field(ge=1, le=MAX_GPUS)] | None = None
+    type: StrictStr = "on-demand"
+    count: Annotated[StrictInt, Field(ge=1, le=100)] = 1
+    expires_at: Annotated[StrictInt, Field(ge=0, le=2**62)] | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, value: str) -> str:
+        if value not in ORDER_TYPES:
+            raise ValueError("must be 'on-demand' or 'spot'")
+        return value
+
+    @property
+    def is_spot(self) -> bool:
+        return ORDER_TYPES[self.type]
+
+
+def fill_request(
+    fields: dict[str, Any],
+    server_id: int,
+    currency: str,
+    spot: bool,
+    gpu_count: int | None,
+    price: Decimal | None,
+) -> CreateOrderRequest:
+    """A standing order's fill as a create_order request, validated as create_order validates
+    one (InvalidInput: code 2)."""
+    body: dict[str, Any] = {
+        **{k: v for k, v in fields.items() if k in STANDING_ORDER_FIELDS},
+        "renting_server": server_id,
+        "currency": currency,
+        "type": "spot" if spot else "on-demand",
+    }
+    if gpu_count is not None:
+        body["gpu_count"] = gpu_count
+    if spot:
+        body["spotprice"] = price if price is not None else Decimal(1)
+    result: CreateOrderRequest = validate_body(CreateOrderRequest, body)
+    return result

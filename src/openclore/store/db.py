@@ -108,6 +108,9 @@ class Database:
         event.listen(self.engine, "before_cursor_execute", _watch_listing)
         self._freshness: Freshness | None = None
         self._freshness_lock = threading.Lock()
+        # name → work a write transaction that wrote what the listing shows runs last, before
+        # its commit (the engine's standing-order match, SPEC §8); set by the composition root
+        self.listing_hooks: dict[str, Callable[[Connection], None]] = {}
 
     @property
     def freshness(self) -> Freshness:
@@ -121,8 +124,9 @@ class Database:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
-        """A write transaction: committed on success, rolled back on any exception. Work
-        registered with :func:`before_commit` runs last, inside it."""
+        """A write transaction: committed on success, rolled back on any exception. When it
+        wrote what the listing shows, :attr:`listing_hooks` run at its end; work registered
+        with :func:`before_commit` runs last, inside it."""
         with self.engine.connect() as conn:
             if self.is_sqlite:
                 conn = conn.execution_options(sqlite_immediate=True)
@@ -130,6 +134,11 @@ class Database:
                 with conn.begin():
                     yield conn
                     if conn.info.pop(_LISTING_WRITTEN, None):
+                        # a server or GPU slots may have become available: whatever the hooks
+                        # do (fill standing orders) commits with it, before anyone sees it
+                        for hook in list(self.listing_hooks.values()):
+                            hook(conn)
+                        conn.info.pop(_LISTING_WRITTEN, None)
                         listing_changed(conn)
                     _run_before_commit(conn)
             finally:
@@ -181,6 +190,22 @@ def before_commit(
         hooks[key] = (flush, [])
     items: list[Any] = hooks[key][1]
     return items
+
+
+@contextlib.contextmanager
+def savepoint(conn: Connection) -> Iterator[None]:
+    """A part of the current write transaction that an exception undoes alone (a SAVEPOINT):
+    its statements and what it appended to :func:`before_commit` lists (an event of a change
+    that did not happen) are dropped; the exception goes on to the caller."""
+    hooks = conn.info.get(_BEFORE_COMMIT, {})
+    kept = {key: len(items) for key, (_, items) in hooks.items()}
+    try:
+        with conn.begin_nested():
+            yield
+    except BaseException:
+        for key, (_, items) in conn.info.get(_BEFORE_COMMIT, {}).items():
+            del items[kept.get(key, 0) :]
+        raise
 
 
 def _unflushed(conn: Connection) -> None:
@@ -304,6 +329,7 @@ __all__ = [
     "listing_changed",
     "metadata",
     "run_write",
+    "savepoint",
     "set_meta",
     "tokens_changed",
 ]

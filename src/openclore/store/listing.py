@@ -4,7 +4,9 @@ Every process caches the serialized listing (and each user's own server ids) key
 ``market_version`` counter (:mod:`openclore.store.freshness`). Rather than each use case
 remembering to move the counter, :class:`openclore.store.db.Database` watches the statements a
 write transaction sends and moves it once, just before the commit, when one of them wrote what
-the listing is made of. A use case added later cannot forget it.
+the listing is made of. A use case added later cannot forget it. The same moment runs the
+database's ``listing_hooks``: the engine's standing-order match (SPEC §8) sees every
+transaction that may have made a server or GPU slots available, before it commits.
 
 The rule errs one way only: a statement it cannot read closely (a multi-table ``UPDATE … FROM``,
 an ``INSERT`` or ``DELETE`` on a listed table) counts as a change. A missed change would leave

@@ -349,6 +349,59 @@ templates = Table(
     Column("created_at", BigInteger, nullable=False),
 )
 
+# Standing orders (SPEC §8): a renter's request to rent up to ``count`` servers (or ``gpu_count``
+# GPUs each) matching ``query`` (marketplace filters) at or below ``max_price`` (units of
+# ``currency`` per day) as soon as they appear. The engine fills the open ones in placement order
+# (created_at, id) in the transaction that makes a server available; each fill is an ordinary
+# order made from ``fields`` (create_order's fields). state: open, filled, cancelled, expired;
+# last_error: why the last attempt could not fill it (not_enough_balance…).
+standing_orders = Table(
+    "standing_orders",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False, index=True),
+    Column("api_key_id", Integer, nullable=True),
+    Column("query", JSON, nullable=False),
+    Column("max_price", BigInteger, nullable=False),
+    Column("currency", String(32), nullable=False),
+    Column("gpu_count", Integer, nullable=True),
+    Column("spot", Boolean, nullable=False),
+    Column("template_id", Integer, nullable=True),
+    Column("fields", JSON, nullable=False),  # the order fields (create_order's)
+    Column("count", Integer, nullable=False),
+    Column("filled", Integer, nullable=False, default=0),
+    Column("expires_at", BigInteger, nullable=True),
+    Column("state", String(16), nullable=False),
+    Column("last_error", String(64), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("ended_at", BigInteger, nullable=True),
+    CheckConstraint("count >= 1 AND filled >= 0 AND filled <= count", name="count_sane"),
+    CheckConstraint("state IN ('open', 'filled', 'cancelled', 'expired')", name="standing_state"),
+)
+# the engine's one query when nothing is open: the open ones, in placement order
+Index(
+    "ix_standing_orders_open",
+    standing_orders.c.state,
+    standing_orders.c.created_at,
+    standing_orders.c.id,
+)
+
+# Each fill of a standing order: the ordinary order it made
+standing_order_fills = Table(
+    "standing_order_fills",
+    metadata,
+    Column("order_id", Integer, ForeignKey("orders.id"), primary_key=True),
+    Column(
+        "standing_order_id",
+        Integer,
+        ForeignKey("standing_orders.id"),
+        nullable=False,
+        index=True,
+    ),
+    Column("server_id", Integer, nullable=False),
+    Column("filled_at", BigInteger, nullable=False),
+)
+
 accounts = Table(
     "accounts",
     metadata,

@@ -2,6 +2,7 @@
 
 One module per group: :mod:`.market` (what is for rent), :mod:`.orders` (renting), :mod:`.keeping`
 (stop, start, restart, reset, extend, volumes), :mod:`.account` (SSH keys, templates),
+:mod:`.standing` (standing orders),
 :mod:`.money`, :mod:`.events`, :mod:`.servers`
 (hosting); what they share (the ``--json``/``--profile``/
 ``--url``/``--api-key`` options, the error handling) is in :mod:`.common`, where the commands go
@@ -14,7 +15,16 @@ from __future__ import annotations
 
 import typer
 
-from openclore.cli.commands import account, events, keeping, market, money, orders, servers
+from openclore.cli.commands import (
+    account,
+    events,
+    keeping,
+    market,
+    money,
+    orders,
+    servers,
+    standing,
+)
 from openclore.cli.commands.common import PANEL_HOST, PANEL_MONEY, PANEL_RENT
 
 client_app = typer.Typer(no_args_is_help=True)
@@ -41,6 +51,12 @@ key_app = typer.Typer(
     no_args_is_help=True,
 )
 client_app.add_typer(key_app, name="key", rich_help_panel=PANEL_MONEY)
+standing_app = typer.Typer(
+    help="Standing orders: the market rents matching servers for you as soon as they appear, "
+    "earlier standing orders first (openclore).",
+    no_args_is_help=True,
+)
+client_app.add_typer(standing_app, name="standing", rich_help_panel=PANEL_RENT)
 
 for panel, command in (
     (PANEL_RENT, market.market),
@@ -82,3 +98,6 @@ key_app.command("create")(account.key_create)
 key_app.command("list")(account.key_list)
 key_app.command("show")(account.key_show)
 key_app.command("revoke")(account.key_revoke)
+standing_app.command("place")(standing.standing_place)
+standing_app.command("list")(standing.standing_list)
+standing_app.command("cancel")(standing.standing_cancel)

@@ -1,7 +1,7 @@
 """The image digest each order's container was created from, as its agent reports it
 
 Revision ID: image_digest
-Revises: scoped_keys
+Revises: standing_orders
 Create Date: 2026-12-06 20:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "image_digest"
-down_revision = "scoped_keys"
+down_revision = "standing_orders"
 branch_labels = None
 depends_on = None
 
