@@ -481,3 +481,39 @@ def test_the_tick_ending_an_order_fills_a_standing_order(market: Market) -> None
     (so,) = mine(alice)
     assert so["state"] == "filled"
     assert orders_on(market, a) == [(so["order_ids"][0], market.user_id(alice.headers["auth"]))]
+
+
+def test_a_standing_order_placed_with_a_limited_key_spends_within_its_limit(
+    market: Market,
+) -> None:
+    """A standing order's fills act with the key it was placed with: they carry it, and the
+    key's daily spend limit refuses a fill the limit cannot pay (SPEC §8)."""
+    host = market.user()
+    a = offline_server(market, host, "a", on_demand="0.00001")
+    b = offline_server(market, host, "b", on_demand="0.00001")
+    owner = market.client(market.user(bitcoin="0.01"))
+    made = ok(
+        owner.post(
+            "/v1/create_api_key",
+            json={"scopes": ["read", "rent"], "spend_limit": {"bitcoin": "0.00001"}},
+        )
+    )
+    bot = market.client(made["secret"])
+    # more per day than the key may spend: refused at placement
+    too_dear = bot.post("/v1/create_standing_order", json={**WANT, "max_price_per_day": 0.0001})
+    assert too_dear.json()["error"] == "spend_limit_exceeded"
+    standing = place(bot, count=2, max_price_per_day=0.00001)
+    bring_online(market, a)
+    (filled,) = mine(bot)
+    (order_id,) = filled["order_ids"]
+    order = next(o for o in ok(owner.get("/v1/my_orders"))["orders"] if o["id"] == order_id)
+    assert order["api_key_id"] == made["key"]["id"]
+    # the next market day, a day of rent at 0.00001 reaches the day's limit: the key's order
+    # stops at that second, and the second server does not fill for the key
+    market.advance(86400)
+    bring_online(market, b)
+    (after,) = mine(bot)
+    assert after["id"] == standing["id"] and after["order_ids"] == [order_id]
+    assert after["last_error"] == "spend_limit_reached"
+    stopped = next(o for o in ok(owner.get("/v1/my_orders"))["orders"] if o["id"] == order_id)
+    assert stopped["state"] == "stopped" and stopped["stop_reason"] == "spend_limit"

@@ -31,8 +31,10 @@ from openclore.domain.money import UNITS_PER_COIN, to_coins, to_units
 from openclore.domain.slots import slot_minimum, slot_price
 from openclore.domain.spot import runway
 from openclore.engine.outbox import STANDING_ORDER_FILLED, emit
+from openclore.engine.spending import limit_of
 from openclore.ledger.ledger import balance, wallet_id
 from openclore.market.accounts import lock_user
+from openclore.market.api_keys import check_spend
 from openclore.market.audit import SYSTEM, Actor, record_by
 from openclore.market.inputs import (
     STANDING_ORDER_FIELDS,
@@ -53,7 +55,7 @@ from openclore.market.search import (
 from openclore.market.servers import marketplace_servers, prices_of
 from openclore.market.templates import usable_template
 from openclore.store.db import inserted_id, savepoint
-from openclore.store.schema import orders, standing_order_fills, standing_orders
+from openclore.store.schema import api_tokens, orders, standing_order_fills, standing_orders
 
 log = logging.getLogger("openclore.standing")
 
@@ -133,6 +135,8 @@ def create_standing_order(
     _parsed(params, settings, req.currency)  # code 2 for a bad filter, as marketplace answers
     given = {k: body[k] for k in STANDING_ORDER_FIELDS if body.get(k) is not None}
     max_price = to_units(req.max_price_per_day)
+    # a key with a daily limit cannot place what it could not pay for a day (SPEC §8)
+    check_spend(conn, actor, req.currency, max_price, now)
     # the fields as create_order checks them (code 2), with a stand-in server; kept as checked
     checked = fill_request(given, 0, req.currency, req.is_spot, req.gpu_count, _coins(max_price))
     fields = checked.model_dump(include=set(STANDING_ORDER_FIELDS), exclude_none=True)
@@ -167,7 +171,7 @@ def create_standing_order(
         conn.execute(
             insert(standing_orders).values(
                 user_id=user_id,
-                api_key_id=api_key_id,
+                api_key_id=api_key_id if api_key_id is not None else actor.key_id,
                 query=params,
                 max_price=max_price,
                 currency=req.currency,
@@ -362,6 +366,19 @@ def _candidates(
     return out
 
 
+def _fill_actor(conn: Connection, so: dict[str, Any]) -> Actor:
+    """Who a fill acts as: the standing order's owner with the key it was placed with, so that
+    the key's daily spend limit bounds its fills as it bounds the key's own orders."""
+    via = f"standing_order:{so['id']}"
+    key_id = so["api_key_id"]
+    if key_id is None:
+        return Actor.user(so["user_id"], "engine", via)
+    stored = conn.execute(
+        select(api_tokens.c.spend_limit).where(api_tokens.c.id == key_id)
+    ).scalar()
+    return Actor.user(so["user_id"], "engine", via, key_id, limit_of(stored))
+
+
 def _fill(
     conn: Connection,
     so: dict[str, Any],
@@ -373,7 +390,7 @@ def _fill(
     filled = so["filled"]
     made = 0
     error: str | None = so["last_error"]
-    actor = Actor.user(so["user_id"], "engine", f"standing_order:{so['id']}")
+    actor = _fill_actor(conn, so)
     queue = _candidates(conn, so, market, settings)
     at = 0
     while at < len(queue) and filled < so["count"]:
@@ -403,10 +420,6 @@ def _fill(
         except IntegrityError:  # a unique index refused it: the server is taken
             at += so["gpu_count"] is not None
             continue
-        if so["api_key_id"] is not None:
-            conn.execute(
-                update(orders).where(orders.c.id == order_id).values(api_key_id=so["api_key_id"])
-            )
         conn.execute(
             insert(standing_order_fills).values(
                 order_id=order_id, standing_order_id=so["id"], server_id=server_id, filled_at=now
