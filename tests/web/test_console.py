@@ -629,6 +629,7 @@ def test_money_self_service_and_operator_pages_in_both_languages(
         "key-revoke": f"/account/keys/{prefix}/revoke",
         "ssh-keys": "/account/ssh-keys",
         "templates": "/account/templates",
+        "standing": "/account/standing",
         "webhooks": "/account/webhooks",
         "webhook": f"/account/webhooks/{hook}",
         "webhook-delete": f"/account/webhooks/{hook}/delete",

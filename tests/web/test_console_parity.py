@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from openclore.api.app import create_app
+from openclore.store.schema import servers
 from openclore.web.app import install_console
 from test_console_http import PASSWORD, Browserless, _csrf, _operator, _security_headers
 
@@ -561,3 +562,59 @@ def test_ssh_keys_and_templates_from_the_console(served: Market) -> None:
     assert alice.post(f"/account/templates/{template['id']}/delete")[1] == "Template deleted."
     assert alice.post(f"/account/ssh-keys/{key['id']}/delete")[1] == "SSH key deleted."
     assert ok(market.client(token).get("/v1/ssh_keys"))["keys"] == []
+
+
+def test_standing_orders_from_the_console(served: Market) -> None:
+    market = served
+    token = market.user("alice", bitcoin="1")
+    alice, bob = Browserless(market, token), Browserless(market, market.user("bob"))
+    host = market.user("host")
+    sid = market.server(host, "rig", on_demand="0.00001", online=False)
+    placed = alice.post(
+        "/account/standing",
+        gpu="3090",
+        currency="bitcoin",
+        max_price_per_day="0.00002",
+        type="on-demand",
+        count="1",
+        image="cloreai/ubuntu20.04-jupyter",
+        ports="22:tcp",
+        expires_hours="24",
+    )
+    assert placed == (
+        "/account/standing",
+        "Standing order placed; it rents as soon as a server matches.",
+    )
+    (so,) = ok(market.client(token).get("/v1/standing_orders"))["standing_orders"]
+    assert so["query"] == {"gpu": "3090"} and so["state"] == "open"
+    assert so["expires_at"] == market.now() + 24 * 3600
+    page = alice.client.get("/account/standing").text
+    assert "<code>gpu=3090</code>" in page and f"/account/standing/{so['id']}/cancel" in page
+    assert "gpu=3090" not in bob.client.get("/account/standing").text
+    # the server comes online: the standing order rents it in that same transaction
+    with market.db.write() as conn:
+        conn.execute(servers.update().where(servers.c.id == sid).values(online=True))
+    (filled,) = ok(market.client(token).get("/v1/standing_orders"))["standing_orders"]
+    assert filled["state"] == "filled" and len(filled["order_ids"]) == 1
+    assert f"#{filled['order_ids'][0]}" in alice.client.get("/account/standing").text
+    # refusals come back as messages; a cancel asks first
+    refused = alice.post("/account/standing", currency="bitcoin", max_price_per_day="x")
+    assert refused[1] == "Enter a price as a positive number."
+    assert alice.post(
+        "/account/standing", currency="bitcoin", max_price_per_day="1", expires_hours="-2"
+    )[1] == ("Invalid input: expires_hours: whole hours, 1 to 8760")
+    second = ok(
+        market.client(token).post(
+            "/v1/create_standing_order",
+            json={"max_price_per_day": 0.00002, "currency": "bitcoin", "image": "ubuntu"},
+        )
+    )["standing_order"]
+    assert second["state"] == "open", second
+    assert (
+        "Cancel this standing order?"
+        in alice.client.get(f"/account/standing/{second['id']}/cancel").text
+    )
+    assert bob.post(f"/account/standing/{second['id']}/cancel")[1] == "No such standing order."
+    assert alice.post(f"/account/standing/{second['id']}/cancel")[1] == (
+        "Standing order cancelled."
+    )
