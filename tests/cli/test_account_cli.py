@@ -94,6 +94,14 @@ def test_templates_and_rent_from_one(market: Market, tmp_path: Path) -> None:
     again = renter.json("ssh-key", "attach", str(order["id"]), str(key["id"]))
     assert again == {"order_id": order["id"], "key_id": key["id"], "attached": False}
     renter("cancel", str(order["id"]))
+    # a template by its name's slug ("PyTorch + Jupyter": pytorch-jupyter)
+    by_name = renter.json("rent", str(sid), "--template", "pytorch-jupyter")
+    assert by_name["template_id"] == public["id"]
+    assert by_name["image"] == "pytorch/pytorch:latest"
+    renter("cancel", str(by_name["id"]))
+    assert "no template of that name (yours and public ones: pytorch-jupyter)" in renter.error(
+        "rent", str(sid), "--template", "tensorflow"
+    )
     # --wait knows from the template that port 22 is published: it waits for SSH and prints it
     waited = renter("rent", str(sid), "--template", str(public["id"]), "--wait").stdout
     assert any(line.startswith("ssh -p ") for line in waited.splitlines()), waited

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -168,7 +169,12 @@ def rent(
         str | None, typer.Option(help="Docker image, e.g. cloreai/ubuntu20.04-jupyter.")
     ] = None,
     template: Annotated[
-        int | None, typer.Option("--template", help="Start from this template (its id).")
+        str | None,
+        typer.Option(
+            "--template",
+            help="Start from this template: its id, or its name as a slug ('PyTorch + Jupyter':"
+            " pytorch-jupyter).",
+        ),
     ] = None,
     spot: Annotated[
         str | None, typer.Option(help="Bid this price per day on the spot market.")
@@ -242,13 +248,14 @@ def rent(
     required = parse_decimal(required_price, "--required-price") if required_price else None
     key_text = read_key(ssh_key)
     with c.session() as client:
+        template_id = resolve_template(client, template)
         coin = currency if currency is not None else payment_coin(client, server)
         order = call(
             f"renting server {server}…",
             lambda: client.create_order(
                 server,
                 image,
-                template_id=template,
+                template_id=template_id,
                 type="spot" if bid is not None else "on-demand",
                 currency=coin or "bitcoin",
                 spot_price=bid,
@@ -270,7 +277,7 @@ def rent(
         if not c.json:
             print_rented(order, gpus is not None)
         if wait:
-            want_ssh = "22" in (ports or template_ports(client, template))
+            want_ssh = "22" in (ports or template_ports(client, template_id))
             order = wait_for_order(client, order, want_ssh, timeout, quiet=c.json)
     if c.json:
         data = to_plain(order)
@@ -281,6 +288,30 @@ def rent(
     if wait:
         out.print(f"order {order.id} is {describe(order)}")
         print_endpoints(order)
+
+
+def slug(name: str) -> str:
+    """A template's name as one word of lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def resolve_template(client: Client, given: str | None) -> int | None:
+    """``--template``: an id, or the slug or name of one of the templates you can use."""
+    if given is None:
+        return None
+    if given.isdigit():
+        return int(given)
+    found = call("loading templates…", client.templates)
+    wanted = slug(given)
+    matches = [t for t in found if slug(t.name) == wanted]
+    mine = [t for t in matches if t.mine]
+    if len(mine or matches) == 1:
+        return (mine or matches)[0].id
+    if not matches:
+        known = ", ".join(sorted({slug(t.name) for t in found})) or "none"
+        fail(f"--template {given!r}: no template of that name (yours and public ones: {known})")
+    ids = ", ".join(str(t.id) for t in matches)
+    fail(f"--template {given!r}: several templates have that name; give its id ({ids})")
 
 
 def template_ports(client: Client, template_id: int | None) -> dict[str, str]:
