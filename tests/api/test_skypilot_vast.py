@@ -8,6 +8,7 @@ step (it logs in to set the cluster up) is not part of it: only the provisioner'
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -85,8 +86,10 @@ print(json.dumps(out))
 """
 
 
-def test_skypilot_vast_provisioner(market: Market, tmp_path: Path) -> None:
-    host, renter = market.user(), market.user(bitcoin="0.01")
+def sky_server(market: Market) -> int:
+    """A server SkyPilot's Vast search keeps (its catalog fetcher asks for 80 GB of disk and
+    100 Mb/s down), with a disk to keep and a USD rate."""
+    host = market.user()
     sid = market.server(
         host,
         specs={
@@ -95,17 +98,56 @@ def test_skypilot_vast_provisioner(market: Market, tmp_path: Path) -> None:
             # SkyPilot's "chunked" offers have at least 64 GiB and 32 CPUs (vastai's filter)
             "ram": 128,
             "cpus": "16/32",
-            "net": {"cc": "CZ"},
+            "net": {"cc": "CZ", "down": 1000, "up": 500},
         },
     )
     with market.db.write() as conn:
-        conn.execute(update(servers).where(servers.c.id == sid).values(disk_gb=50))
+        conn.execute(update(servers).where(servers.c.id == sid).values(disk_gb=100))
         conn.execute(
             update(server_prices)
             .where(server_prices.c.server_id == sid)
             .values(storage=to_units("0.0000001"))
         )
         set_rates(conn, {"bitcoin": rate_units("60000")}, market.settings, market.now())
+    return sid
+
+
+def test_skypilots_catalog_fetcher_writes_the_markets_offers(
+    market: Market, tmp_path: Path
+) -> None:
+    """``sky launch --infra vast`` picks from a catalog (vast/vms.csv): SkyPilot's own fetcher,
+    pointed at the market with VAST_URL, writes it from openclore's offers (docs/vast-compat.md).
+    It lists an instance type in a region once two offers of it are there."""
+    sky_server(market)
+    sky_server(market)
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "VAST_URL": market.url,
+        "VAST_API_KEY": market.user(),
+        "VASTAI_NO_UPDATE_CHECK": "1",
+    }
+    done = subprocess.run(
+        [str(PYTHON), "-m", "sky.catalog.data_fetchers.fetch_vast"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    with open(tmp_path / "vast" / "vms.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert rows, "the catalog lists no offer"
+    (row,) = rows
+    assert row["AcceleratorName"] == "RTX3090" and row["AcceleratorCount"] in ("1", "1.0")
+    assert row["Region"] == "CZ, EU"  # georegion: the country and its region
+    assert float(row["Price"]) > 0
+
+
+def test_skypilot_vast_provisioner(market: Market, tmp_path: Path) -> None:
+    renter = market.user(bitcoin="0.01")
+    sid = sky_server(market)
     key = tmp_path / "id_ed25519.pub"
     key.write_text(
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl sky\n"

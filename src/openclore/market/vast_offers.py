@@ -348,6 +348,16 @@ def server_offers(
                 "rented": not free_enough,
                 "is_bid": q.bid,
                 "score": round((facts["reliability"] or 0) * k, 4),
+                # Vast's price breakdown (SkyPilot's catalog fetcher reads totalHour); a disk
+                # is billed only while stopped here, so a running hour is the GPU price
+                "search": {
+                    "gpuCostPerHour": base,
+                    "diskHour": 0.0,
+                    "totalHour": base,
+                    "discountTotalHour": 0.0,
+                    "discountedTotalPerHour": base,
+                },
+                "hosting_type": 0,
                 "currency": currency,  # openclore: the coin it is rented in
             }
         )
