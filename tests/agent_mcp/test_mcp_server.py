@@ -360,7 +360,9 @@ def test_streamable_http(market: Market, world: tuple[str, int], http_mcp: str) 
 
 def test_scopes_choose_the_tools() -> None:
     assert allowed_tools(frozenset({"read"})) == sorted(READ_TOOLS, key=list(TOOL_SCOPES).index)
-    assert set(allowed_tools(frozenset({"read", "rent"}))) == set(TOOL_SCOPES) - {"create_template"}
+    # create_template needs rent, as the API's create_template does
+    assert set(allowed_tools(frozenset({"read", "rent"}))) == set(TOOL_SCOPES)
+    assert "create_template" not in allowed_tools(frozenset({"read", "account"}))
     assert allowed_tools(frozenset(SCOPES)) == list(TOOL_SCOPES)
     assert allowed_tools(frozenset({"host", "money"})) == []
     assert set(TOOL_SCOPES.values()) <= set(SCOPES)
@@ -405,7 +407,7 @@ def test_a_spend_limit_is_the_agents_budget(market: Market, world: tuple[str, in
     async def flow() -> None:
         async with stdio_session(market, small) as session:
             names = {t.name for t in (await session.list_tools()).tools}
-            assert names == set(TOOL_SCOPES) - {"create_template"}
+            assert names == set(TOOL_SCOPES)
             key = data(await call(session, "wallet"))["key"]
             assert key == {
                 "scopes": ["read", "rent"],

@@ -50,7 +50,7 @@ TOOL_SCOPES: dict[str, str] = {
     "stop_order": "rent",
     "start_order": "rent",
     "cancel_order": "rent",
-    "create_template": "account",
+    "create_template": "rent",  # as the API's create_template
 }
 
 DECIMAL_PATTERN = r"^[0-9]+(\.[0-9]+)?$"  # an amount the agent passes: "0.00001", never a float
