@@ -26,8 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+import httpx
 import pytest
 
+from openclore.domain.usd import rate_units
+from openclore.market.rates import set_rates
 from openclore.market.read_models import ssh_line
 from test_agent_docker import containers, docker_client, docker_run
 from test_gateway import gateway, tunnel_agent, wait_banner
@@ -221,5 +224,96 @@ def test_an_account_key_logs_in_to_every_new_rental_through_the_gateway(
                 15,
                 what="the rental's container removed",
             )
+    finally:
+        agent.stop()
+
+
+def vastai_cli() -> list[str] | None:
+    """The released ``vastai`` CLI (its own environment, ``.vastai-venv``, made by scripts/test),
+    or None where it is not installed."""
+    root = Path(__file__).resolve().parents[2]
+    for candidate in (os.environ.get("OPENCLORE_VASTAI_PYTHON"), root / ".vastai-venv/bin/python"):
+        if candidate and Path(candidate).exists():
+            return [str(candidate), "-c", "from vastai.cli.main import main; main()"]
+    return None
+
+
+def test_a_vastai_instance_is_reached_over_ssh_through_the_gateway(
+    market: Market,
+    gateway: GatewayThread,
+    tmp_path: Path,
+    docker_client: Any,
+    docker_run: dict[str, str],
+    sshd_image: str,
+) -> None:
+    """``vastai create instance`` (Vast's API: the account's key, the ssh runtype) gets a
+    container that ``vastai ssh-url`` leads to, through the gateway, as root with the key alone."""
+    cli = vastai_cli()
+    if cli is None:
+        message = "vastai is not installed (./scripts/test makes .vastai-venv)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    token = market.user(bitcoin="0.01")
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    api = httpx.Client(base_url=market.url, headers={"Authorization": f"Bearer {token}"})
+    market.clients.append(api)
+    public = key.export_public_key().decode().strip()
+    assert api.post("/api/v0/ssh/", json={"ssh_key": public}).status_code == 200
+    sid, agent_token = host_server(market, market.user())
+    with market.db.write() as conn:
+        set_rates(conn, {"bitcoin": rate_units("60000")}, market.settings, market.now())
+    agent = tunnel_agent(market, tmp_path, docker_run, agent_token)
+    tunnel = agent.agent.tunnel
+    assert tunnel is not None
+    try:
+        wait_for(tunnel.connected.is_set, 10, what="tunnel up")
+        offers: list[dict[str, Any]] = []
+        wait_for(
+            lambda: offers.extend(api.post("/api/v0/bundles/", json={}).json()["offers"]) or offers,
+            15,
+            interval=0.2,
+            what="the agent's server offered",
+        )
+        (offer,) = offers
+        assert offer["machine_id"] == sid
+        made = api.put(
+            f"/api/v0/asks/{offer['id']}/",
+            json={"image": SSHD_IMAGE, "runtype": "ssh_direc ssh_proxy", "price": None},
+        )
+        assert made.status_code == 200, made.text
+        iid = made.json()["new_contract"]
+        wait_for(
+            lambda: (
+                api.get(f"/api/v0/instances/{iid}/").json()["instances"]["actual_status"]
+                == "running"
+            ),
+            30,
+            0.2,
+            what="instance running",
+        )
+        env = {**os.environ, "HOME": str(tmp_path), "VASTAI_NO_UPDATE_CHECK": "1"}
+        done = subprocess.run(
+            [*cli, "--url", market.url, "--api-key", token, "ssh-url", str(iid)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        found = re.fullmatch(r"ssh://root@(\S+):(\d+)", done.stdout.strip())
+        assert found is not None, done.stdout
+        lo, hi = market.settings.gateway_ports
+        port = int(found.group(2))
+        assert lo <= port <= hi, f"{done.stdout}: not the gateway's"
+        assert wait_banner(port, 30).startswith(b"SSH-2.0-OpenSSH")
+        line = f"ssh root@{found.group(1)} -p {port}"
+        assert run_as_root(line, key, "id -u; echo ok").split() == ["0", "ok"]
+        assert api.delete(f"/api/v0/instances/{iid}/").json() == {"success": True}
+        wait_for(
+            lambda: not containers(docker_client, docker_run, f"order-{iid}"),
+            15,
+            what="the instance's container removed",
+        )
     finally:
         agent.stop()
