@@ -24,6 +24,9 @@ def test_add_server_over_http_and_my_servers_shape(market: Market) -> None:
         "partial_gpu_rental": False,
         "min_gpus": 1,
         "gpu_orders": {},
+        "last_seen": None,
+        "agent_protocol": None,
+        "simulated": False,
         "init_token": body["init_token"],
     }
     assert error(c.post("/v1/add_server", json={"name": "Michael"})) == "server_name_taken"
@@ -37,6 +40,8 @@ def test_connected_servers_hide_init_token_and_show_specs(market: Market) -> Non
     assert "init_token" not in server
     assert server["connected"] is True
     assert server["specs"]["gpu"] == "1x GeForce GTX 1080 Ti"
+    # the agent's last heartbeat (market time) and a simulated agent say so
+    assert server["last_seen"] == market.now() and server["simulated"] is True
 
 
 def test_server_limit(market: Market) -> None:

@@ -161,6 +161,12 @@ def payment_coin(client: Client, server: int) -> str:
     return "bitcoin"
 
 
+TEMPLATE_HELP = (
+    "Start from this template: its id, or its name as a slug "
+    "('PyTorch + Jupyter': pytorch-jupyter)."
+)
+
+
 @client_command
 def rent(
     c: Ctx,
@@ -168,14 +174,7 @@ def rent(
     image: Annotated[
         str | None, typer.Option(help="Docker image, e.g. cloreai/ubuntu20.04-jupyter.")
     ] = None,
-    template: Annotated[
-        str | None,
-        typer.Option(
-            "--template",
-            help="Start from this template: its id, or its name as a slug ('PyTorch + Jupyter':"
-            " pytorch-jupyter).",
-        ),
-    ] = None,
+    template: Annotated[str | None, typer.Option("--template", help=TEMPLATE_HELP)] = None,
     spot: Annotated[
         str | None, typer.Option(help="Bid this price per day on the spot market.")
     ] = None,
