@@ -26,6 +26,26 @@ STANDING = "/account/standing"
 STANDING_QUERY = ("gpu", "min_gpus", "min_vram", "country", "min_reliability")
 
 
+async def _write_action(
+    c: Console, request: Request, back: str, param: str, use_case: Any, done: str
+) -> Response:
+    """A confirmed form that changes one of the user's things: the CSRF-checked form, the
+    use case ``use_case(conn, user_id, id, now, actor=…)`` in a write, then back to ``back``
+    with ``done`` (or the refusal in the registry's words)."""
+    session = await c.signed_in(request)
+    await c.form(request, session)
+    item = int(request.path_params[param])
+    now = c.state.now()
+    try:
+        await c.db(
+            lambda conn: use_case(conn, session.user_id, item, now, actor=actor(request, session)),
+            write=True,
+        )
+    except CloreError as exc:
+        return c.failed(request, back, exc)
+    return c.redirect(request, back, c.t(request, done))
+
+
 async def ssh_keys_page(c: Console, request: Request) -> Response:
     session = await c.signed_in(request)
     keys = await c.db(lambda conn: account_keys.list_keys(conn, session.user_id))
@@ -75,20 +95,9 @@ async def ssh_key_delete_confirm(c: Console, request: Request) -> Response:
 
 
 async def ssh_key_delete(c: Console, request: Request) -> Response:
-    session = await c.signed_in(request)
-    await c.form(request, session)
-    key_id = int(request.path_params["key_id"])
-    now = c.state.now()
-    try:
-        await c.db(
-            lambda conn: account_keys.delete_key(
-                conn, session.user_id, key_id, now, actor=actor(request, session)
-            ),
-            write=True,
-        )
-    except CloreError as exc:
-        return c.failed(request, SSH_KEYS, exc)
-    return c.redirect(request, SSH_KEYS, c.t(request, "SSH key deleted."))
+    return await _write_action(
+        c, request, SSH_KEYS, "key_id", account_keys.delete_key, "SSH key deleted."
+    )
 
 
 async def templates_page(c: Console, request: Request) -> Response:
@@ -158,20 +167,9 @@ async def template_delete_confirm(c: Console, request: Request) -> Response:
 
 
 async def template_delete(c: Console, request: Request) -> Response:
-    session = await c.signed_in(request)
-    await c.form(request, session)
-    template_id = int(request.path_params["template_id"])
-    now = c.state.now()
-    try:
-        await c.db(
-            lambda conn: template_service.delete_template(
-                conn, session.user_id, template_id, now, actor=actor(request, session)
-            ),
-            write=True,
-        )
-    except CloreError as exc:
-        return c.failed(request, TEMPLATES, exc)
-    return c.redirect(request, TEMPLATES, c.t(request, "Template deleted."))
+    return await _write_action(
+        c, request, TEMPLATES, "template_id", template_service.delete_template, "Template deleted."
+    )
 
 
 async def standing_page(c: Console, request: Request) -> Response:
@@ -265,20 +263,14 @@ async def standing_cancel_confirm(c: Console, request: Request) -> Response:
 
 
 async def standing_cancel(c: Console, request: Request) -> Response:
-    session = await c.signed_in(request)
-    await c.form(request, session)
-    standing_id = int(request.path_params["standing_id"])
-    now = c.state.now()
-    try:
-        await c.db(
-            lambda conn: standing_service.cancel_standing_order(
-                conn, session.user_id, standing_id, now, actor=actor(request, session)
-            ),
-            write=True,
-        )
-    except CloreError as exc:
-        return c.failed(request, STANDING, exc)
-    return c.redirect(request, STANDING, c.t(request, "Standing order cancelled."))
+    return await _write_action(
+        c,
+        request,
+        STANDING,
+        "standing_id",
+        standing_service.cancel_standing_order,
+        "Standing order cancelled.",
+    )
 
 
 ROUTES = [
