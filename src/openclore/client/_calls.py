@@ -382,6 +382,28 @@ def edit_gigaspot_orders(edits: Iterable[Mapping[str, Any]]) -> ApiCall[Gigaspot
     )
 
 
+def order_fields(
+    image: str | None,
+    template_id: int | None,
+    ports: Mapping[int, str] | Mapping[str, str] | None,
+    env: Mapping[str, str] | None,
+    **texts: str | None,
+) -> dict[str, Any]:
+    """The container fields of ``create_order`` (and of a standing order's fills): what is
+    given, ports keyed by text, empty texts left out."""
+    body: dict[str, Any] = {}
+    if image is not None:
+        body["image"] = image
+    if template_id is not None:  # openclore: its image and settings, unless given here
+        body["template_id"] = int(template_id)
+    if ports:
+        body["ports"] = {str(port): proto for port, proto in ports.items()}
+    if env:
+        body["env"] = dict(env)
+    body.update({key: value for key, value in texts.items() if value})
+    return body
+
+
 def create_order(
     server_id: int,
     image: str | None = None,
@@ -413,25 +435,21 @@ def create_order(
     if image is None and template_id is None:
         raise ValueError("an order needs an image, or a template_id to take it from")
     body: dict[str, Any] = {"currency": currency, "renting_server": int(server_id), "type": type}
-    if image is not None:
-        body["image"] = image
-    if template_id is not None:  # openclore: its image and settings, unless given here
-        body["template_id"] = int(template_id)
+    body.update(
+        order_fields(
+            image,
+            template_id,
+            ports,
+            env,
+            jupyter_token=jupyter_token,
+            ssh_key=ssh_key,
+            ssh_password=ssh_password,
+            command=command,
+            dockerhub_auth=dockerhub_auth,
+        )
+    )
     if type == "spot" and spot_price is not None:
         body["spotprice"] = decimal(spot_price, "spot_price")
-    if ports:
-        body["ports"] = {str(port): proto for port, proto in ports.items()}
-    if env:
-        body["env"] = dict(env)
-    for key, value in (
-        ("jupyter_token", jupyter_token),
-        ("ssh_key", ssh_key),
-        ("ssh_password", ssh_password),
-        ("command", command),
-        ("dockerhub_auth", dockerhub_auth),
-    ):
-        if value:
-            body[key] = value
     if required_price is not None:
         body["required_price"] = decimal(required_price, "required_price")
     if autossh_entrypoint is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from openclore.client._calls import Amount, ApiCall, OrderType, _keyed, decimal
+from openclore.client._calls import Amount, ApiCall, OrderType, _keyed, decimal, order_fields
 from openclore.client._models import StandingOrder, StandingOrderResponse, StandingOrdersResponse
 
 
@@ -40,26 +40,22 @@ def create_standing_order(
         "type": type,
         "count": int(count),
     }
-    if image is not None:
-        body["image"] = image
-    if template_id is not None:
-        body["template_id"] = int(template_id)
+    body.update(
+        order_fields(
+            image,
+            template_id,
+            ports,
+            env,
+            jupyter_token=jupyter_token,
+            ssh_key=ssh_key,
+            ssh_password=ssh_password,
+            command=command,
+        )
+    )
     if gpu_count is not None:
         body["gpu_count"] = int(gpu_count)
     if expires_at is not None:
         body["expires_at"] = int(expires_at)
-    if ports:
-        body["ports"] = {str(port): proto for port, proto in ports.items()}
-    if env:
-        body["env"] = dict(env)
-    for key, value in (
-        ("jupyter_token", jupyter_token),
-        ("ssh_key", ssh_key),
-        ("ssh_password", ssh_password),
-        ("command", command),
-    ):
-        if value:
-            body[key] = value
     if disk_gb is not None:
         body["disk_gb"] = int(disk_gb)
     parse = lambda b: StandingOrderResponse.model_validate(b).standing_order  # noqa: E731
