@@ -201,3 +201,29 @@ def test_the_operator_token_has_every_scope_and_a_key_sees_itself(
     _, secret = make_key(owner, scopes=[scope], name="bot")
     mine = ok(market.client(secret).get("/v1/api_key"))["key"]
     assert mine["scopes"] == [scope] and mine["name"] == "bot"
+
+
+def test_the_limit_counts_what_was_spent_earlier_that_day_and_only_running_orders(
+    market: Market,
+) -> None:
+    host = market.user()
+    first = market.server(host, "a", on_demand="0.0001")
+    second = market.server(host, "b", on_demand="0.0001")
+    owner = market.client(market.user(bitcoin="1"))
+    _, secret = make_key(owner, scopes=["read", "rent"], spend_limit={"bitcoin": "0.0001"})
+    bot = market.client(secret)
+    a = ok(bot.post("/v1/create_order", json=order_body(first)))["order_id"]
+    b = ok(bot.post("/v1/create_order", json=order_body(second)))["order_id"]
+    ok(bot.post("/v1/stop_order", json={"id": b}))  # stopped: it spends nothing, holds no share
+    # past midnight: the new day's first hours are billed before the limit is near
+    until_midnight = 86400 - market.now() % 86400
+    market.advance(until_midnight + 3600)
+    early = ok(bot.get("/v1/api_key"))["key"]["spent_today"]["bitcoin"]
+    assert 0 < early < 0.0001
+    market.advance(DAY - 3600 - 1)  # the same market day, to its last second
+    mine = {o["id"]: o for o in ok(owner.get("/v1/my_orders"))["orders"]}
+    assert mine[a]["state"] == "stopped" and mine[a]["stop_reason"] == "spend_limit"
+    # what was spent earlier that day counted: the day's total is the limit, to the unit
+    info = ok(bot.get("/v1/api_key"))["key"]
+    assert info["spent_today"] == {"bitcoin": 0.0001}, info
+    assert mine[b]["stop_reason"] == "user"

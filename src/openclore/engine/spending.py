@@ -59,11 +59,11 @@ def spent_today(conn: Connection, key_id: int, now: int) -> dict[str, int]:
     return {str(r.currency): int(r.total) for r in rows}
 
 
-def apply_spend_caps(conn: Connection, now: int) -> int:
+def apply_spend_caps(conn: Connection, now: int) -> None:
     """Set the stop timer of the running orders whose key's daily limit is reached by ``now``
     to the second it is reached (``timer_reason`` ``spend_limit``); the tick's exact path then
-    bills them to that second and stops them. Returns how many orders got the timer. One
-    query of the (few) limited keys when none has a running order."""
+    bills them to that second and stops them. One query of the (few) limited keys when none
+    has a running order."""
     limits: dict[int, dict[str, int]] = {
         int(row.id): dict(limit_of(row.spend_limit) or ())
         for row in conn.execute(
@@ -73,7 +73,7 @@ def apply_spend_caps(conn: Connection, now: int) -> int:
         )
     }
     if not limits:
-        return 0
+        return
     running = conn.execute(
         select(
             orders.c.id,
@@ -92,7 +92,6 @@ def apply_spend_caps(conn: Connection, now: int) -> int:
     groups: dict[tuple[int, str], list[Any]] = {}
     for row in running:
         groups.setdefault((int(row.api_key_id), str(row.currency)), []).append(row)
-    capped = 0
     spent_cache: dict[int, dict[str, int]] = {}
     for (key_id, currency), rows in groups.items():
         if key_id not in spent_cache:
@@ -115,5 +114,3 @@ def apply_spend_caps(conn: Connection, now: int) -> int:
                 .where(orders.c.id == r.id)
                 .values(stop_at=stop, timer_reason=SPEND_LIMIT)
             )
-            capped += 1
-    return capped
