@@ -125,3 +125,49 @@ def test_connections_beyond_the_cap_get_503() -> None:
     assert wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200)
     server.should_exit = True
     thread.join(timeout=10)
+
+
+def test_a_body_arriving_after_its_answer_does_not_start_the_header_timeout() -> None:
+    """An endpoint may answer before it reads the body (a refusal, a database error at sign-in).
+    The rest of the body then arrives on a connection with no request in progress; it armed the
+    header timeout, which then cut the idle keep-alive connection long before the keep-alive
+    timeout, just as the client sent its next request on it (a reset: a write lost)."""
+    import uvicorn
+
+    from openclore.api.transport import HeaderTimeoutProtocol, server_options
+    from openclore.config import Settings
+
+    from support import free_port
+
+    class Quick(HeaderTimeoutProtocol):
+        header_timeout = 0.3
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # answers without reading
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    port = free_port()
+    settings = Settings(header_timeout=HEADER_TIMEOUT, keep_alive_timeout=30)
+    options = {**server_options(settings), "http": Quick}  # the suite's timeout stays as it is
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert wait_until(lambda: server.started)
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.settimeout(10)
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            sock.sendall(b"{}")  # the body, after its answer
+            time.sleep(1.0)  # idle: more than the header timeout, less than the keep-alive
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            sock.sendall(b"GET / HTTP/1.1\r\nHo")  # a request that stops in its headers
+            assert sock.recv(1) == b""  # is still cut by the header timeout
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -849,8 +849,10 @@ def test_retry_after_is_honoured(market: Market, clients: list[Client]) -> None:
 
 
 def test_rate_limited_create_order_is_resent(market: Market, clients: list[Client]) -> None:
-    # code 5 means the server refused before doing anything: create_order is safe to re-send
-    market.reconfigure(rate_limit_interval=0.3, create_order_interval=1)
+    # code 5 means the server refused before doing anything: create_order is safe to re-send.
+    # The interval is long enough that the second order comes within it even when the first
+    # took seconds on a loaded machine (with 1 s, a slow first answer let the second through)
+    market.reconfigure(rate_limit_interval=0.3, create_order_interval=4)
     host = market.user()
     a, b = market.server(host, "a"), market.server(host, "b")
     rec = Recorder()

@@ -145,7 +145,7 @@ class _HeaderTimeoutMixin:
     # open HTTP connections per client address, in this process (its event loop's thread)
     per_client: ClassVar[dict[str, int]] = {}
     _header_timer: asyncio.TimerHandle | None = None
-    _timed_cycle: Any = None
+    _in_headers: bool = False  # a request's headers have begun and not ended
     _counted: str | None = None
     _refused: bool = False
 
@@ -184,6 +184,14 @@ class _HeaderTimeoutMixin:
             else:
                 self.per_client.pop(host, None)
 
+    def on_message_begin(self) -> None:  # httptools: a request's first byte
+        self._in_headers = True
+        super().on_message_begin()  # type: ignore[misc]
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        super().on_headers_complete()  # type: ignore[misc]
+
     def data_received(self, data: bytes) -> None:
         if self._refused:  # answered already: the request is read and dropped
             transport = self.transport  # type: ignore[attr-defined]
@@ -194,9 +202,10 @@ class _HeaderTimeoutMixin:
             self._disarm()
             self._release()
             return
-        cycle = getattr(self, "cycle", None)
-        waiting = cycle is None or cycle is self._timed_cycle or cycle.response_complete
-        if not waiting:
+        # only a request whose headers have begun and not ended is timed: bytes that belong to a
+        # request being answered (or answered already: the rest of a body the endpoint did not
+        # read) are not, and an idle keep-alive connection is uvicorn's keep-alive timeout's
+        if not self._in_headers:
             self._disarm()
         elif self._header_timer is None:
             self._arm()
@@ -208,7 +217,6 @@ class _HeaderTimeoutMixin:
 
     def _arm(self) -> None:
         self._disarm()
-        self._timed_cycle = getattr(self, "cycle", None)
         loop: asyncio.AbstractEventLoop = self.loop  # type: ignore[attr-defined]
         self._header_timer = loop.call_later(self.header_timeout, self._expired)
 
@@ -222,20 +230,18 @@ class _HeaderTimeoutMixin:
         return transport is not None and transport.get_protocol() is not self
 
     def _expired(self) -> None:
+        # armed at connection (nothing sent yet) or when a request's headers began; data_received
+        # disarms it once they are complete
         self._header_timer = None
         if self._upgraded():
             return
-        cycle = getattr(self, "cycle", None)
-        if cycle is None or cycle is self._timed_cycle or cycle.response_complete:
-            transport = self.transport  # type: ignore[attr-defined]
-            if not transport.is_closing():
-                transport.close()
+        transport = self.transport  # type: ignore[attr-defined]
+        if not transport.is_closing():
+            transport.close()
 
 
-try:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _Base
-except ImportError:  # pragma: no cover - uvicorn[standard] brings httptools
-    from uvicorn.protocols.http.h11_impl import H11Protocol as _Base  # type: ignore[assignment]
+# httptools (uvicorn[standard] brings it): the header timeout follows its parser's callbacks
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _Base  # noqa: E402
 
 
 class HeaderTimeoutProtocol(_HeaderTimeoutMixin, _Base):
