@@ -695,3 +695,21 @@ def test_every_state_changing_console_action_has_its_audit_entry(served: Market)
         ("order.cancel", f"order:{on_demand}"),
         ("server.settings", "server:rig-a"),
     } <= targets
+
+
+def test_sizes_measured_by_the_agent_are_rounded_for_people(served: Market) -> None:
+    """Agents report RAM and VRAM as measured; the server page shows them to one decimal."""
+    market = served
+    host, renter = market.user(), market.user()
+    sid = market.server(
+        host,
+        "rig",
+        specs={
+            "gpu": "1x NVIDIA GeForce RTX 4090",
+            "gpuram": 23.98828125,
+            "ram": 62.67348861694336,
+        },
+    )
+    page = Browserless(market, renter).client.get(f"/servers/{sid}").text
+    assert "62.7 GB" in page and "24 GB" in page
+    assert "62.673" not in page and "23.98" not in page

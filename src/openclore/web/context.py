@@ -59,6 +59,17 @@ def _fmt_coins(value: Any, digits: int | None = None) -> str:
     return f"{q:.{digits}f}".rstrip("0").rstrip(".") if q else "0"
 
 
+def _gb(value: object) -> str:
+    """A size in GB as people read it: hosts report RAM and VRAM as measured (62.67348861694336),
+    shown to one decimal at most (62.7), whole sizes without one (24)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(value)
+    rounded = round(number, 1)
+    return f"{rounded:.0f}" if rounded == int(rounded) else f"{rounded:.1f}"
+
+
 class Console:
     """The shared state and plumbing of the console's pages (``app.state.console``)."""
 
@@ -85,6 +96,7 @@ class Console:
             (v.units if isinstance(v, Coins) else int(v)) // 24
         )
         env.filters["usd_hour"] = _usd_hour
+        env.filters["gb"] = _gb
         env.filters["utc"] = lambda ts: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
         env.filters["duration"] = lambda s: _duration(int(s), t)
         env.globals["gpu_name"] = search.gpu_name
