@@ -506,3 +506,79 @@ def test_vast_rate_limit_and_hostile_input(market: Market) -> None:
     limited = api.get("/api/v0/users/current")
     assert limited.status_code == 429 and limited.json()["error"] == "rate_limited"
     assert int(limited.headers["Retry-After"]) >= 1
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ({"allocated_storage": True}, "allocated_storage: expected a number"),
+        ({"allocated_storage": "lots"}, "allocated_storage: expected a number"),
+        ({"allocated_storage": "inf"}, "allocated_storage: expected a finite number"),
+        ({"limit": [5]}, "limit"),
+        ({"order": [["dph_total", "sideways"]]}, "order"),
+        ({"order": [[]]}, "order"),
+        ({"order": [[3, "asc"]]}, "order"),
+    ],
+)
+def test_more_bad_queries_say_what_is_wrong(query: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        vast_offers.parse_offer_query(query)
+
+
+def test_filters_that_are_not_an_object_are_refused() -> None:
+    assert vast_offers.parse_filters(None) == {}
+    with pytest.raises(InvalidInput, match="q: expected an object"):
+        vast_offers.parse_filters(["num_gpus", 1], "q")
+
+
+def test_nulls_text_against_numbers_and_orders_written_as_text() -> None:
+    market = [
+        listed(1, gpus=1, on_demand="0.0003"),
+        listed(2, gpus=2, on_demand="0.0002"),
+        listed(3, gpus=4, on_demand="0.001"),
+    ]
+    market[1]["cuda_version"] = None
+    rates = {"bitcoin": RATE}
+
+    def ids(query: dict[str, Any]) -> list[int]:
+        return [o["machine_id"] for o in vast_offers.search_offers(market, rates, parse(query), 0)]
+
+    # null: equal only to null; no order against it
+    assert sorted(ids({"cuda_max_good": {"eq": None}})) == [2]
+    assert sorted(ids({"cuda_max_good": {"neq": None}})) == [1, 3]
+    assert ids({"cuda_max_good": {"gte": None}}) == []
+    # a number field asked with text that is no number: only "neq" holds
+    assert ids({"num_gpus": {"eq": "four"}}) == []
+    assert sorted(ids({"num_gpus": {"neq": "four"}})) == [1, 2, 3]
+    # a field that is an object ordered against a number: not comparable, no match, no error
+    assert ids({"search": {"gt": 1}}) == []
+    # "field-" sorts descending, "field" or "field+" ascending, as the vastai CLI writes them
+    assert ids({"order": ["dph_total-"]}) == [3, 1, 2]
+    assert ids({"order": ["dph_total+"]}) == [2, 1, 3]
+    assert ids({"order": ["dph_total"], "limit": 1}) == [2]
+
+
+def test_disk_from_the_specs_and_servers_without_a_price() -> None:
+    rates = {"bitcoin": RATE}
+    terabyte = listed(1)
+    terabyte["storage"] = {}
+    unknown = listed(2)
+    unknown["storage"] = {}
+    unknown["specs"]["disk"] = "fast"
+    disks = {
+        o["machine_id"]: o["disk_space"]
+        for o in vast_offers.search_offers([terabyte, unknown], rates, parse({}), 0)
+    }
+    assert disks == {1: 1000.0, 2: None}
+    # a server without a spot price takes no bids; one without an on-demand price has no offer
+    no_spot, no_on_demand = listed(3, spot="0"), listed(4, on_demand="0")
+    assert [
+        o["machine_id"]
+        for o in vast_offers.search_offers(
+            [no_spot, no_on_demand], rates, parse({"type": "bid"}), 0
+        )
+    ] == [4]
+    assert [
+        o["machine_id"]
+        for o in vast_offers.search_offers([no_spot, no_on_demand], rates, parse({}), 0)
+    ] == [3]
