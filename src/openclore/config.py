@@ -63,6 +63,13 @@ class Settings(BaseSettings):
         "sqlite:///openclore.sqlite",
         description="SQLAlchemy URL: sqlite:///path.sqlite (embedded) or postgresql://user@host/db",
     )
+    database_direct_url: str | None = Field(
+        None,
+        description="PostgreSQL behind a transaction pooler (PgBouncer, pool_mode=transaction): "
+        "database_url names the pooler, this URL the database itself, for what a pooler cannot "
+        "carry (LISTEN, session locks, migrations); set, it also turns prepared statements off "
+        "on database_url. See docs/operations.md",
+    )
     host: str = Field("127.0.0.1", description="Address the API server binds to")
     port: int = Field(8000, description="Port the API server listens on")
     workers: int = Field(1, ge=1, description="Number of API worker processes")

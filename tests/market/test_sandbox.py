@@ -112,3 +112,30 @@ def test_sandbox_cli(market: Market) -> None:
     assert wallets[0]["balance"] == 0.25
     bad = runner.invoke(app, ["sandbox", "advance", "soon"], env=env)
     assert bad.exit_code != 0 and "duration" in bad.output
+
+
+def test_time_inside_a_transaction_is_read_in_it(market: Market) -> None:
+    """Work inside a write transaction (the standing-order match at its end) takes the sandbox's
+    time from that transaction: it sees the transaction's own move of the clock, and opens no
+    second connection (behind a transaction pooler that could wait forever)."""
+    from sqlalchemy import event
+
+    from openclore.engine.clock import ManualClock, now_in
+
+    clock = SandboxClock(market.db.engine, base=ManualClock(1_000_000))
+    checkouts: list[object] = []
+
+    def counted(*_: object) -> None:
+        checkouts.append(_)
+
+    event.listen(market.db.engine, "checkout", counted)
+    try:
+        with market.db.write() as conn:
+            SandboxClock.advance(conn, 3600)
+            before = len(checkouts)
+            assert now_in(clock, conn) == 1_000_000 + 3600  # its own, uncommitted move
+            assert len(checkouts) == before
+    finally:
+        event.remove(market.db.engine, "checkout", counted)
+    assert clock.now() == 1_000_000 + 3600
+    assert now_in(ManualClock(5), None) == 5  # type: ignore[arg-type]  # other clocks: no read

@@ -5,7 +5,9 @@ concurrent clients with 200 tokens on a mix of reads and writes, for a bounded t
 - one replica killed with SIGKILL under load: the other keeps serving, every write either
   happened once or not at all;
 - the servers' database connections terminated (``pg_terminate_backend``) under load: requests
-  retry or fail cleanly, the pools recover, no 5xx after recovery.
+  retry or fail cleanly, the pools recover, no 5xx after recovery;
+- three replicas behind a real PgBouncer in transaction pooling (their LISTEN and session locks
+  on direct connections): the plain load's checks, with the pooler's few server connections.
 
 Every create_order carries a unique attempt id in its ``env``, so each order in the database is
 traced to the one request that asked for it. Marked ``load`` (run alone with ``-m load``); the
@@ -104,7 +106,9 @@ class Replica:
     log: Path
 
 
-def start_replicas(market: Market, tmp_path: Path, count: int = 2) -> list[Replica]:
+def start_replicas(
+    market: Market, tmp_path: Path, count: int = 2, extra_env: dict[str, str] | None = None
+) -> list[Replica]:
     env = {
         **os.environ,
         "OPENCLORE_DATABASE_URL": market.db.url,
@@ -124,6 +128,7 @@ def start_replicas(market: Market, tmp_path: Path, count: int = 2) -> list[Repli
         # past the 10 s header timeout, which the server rightly treats as a slow client and cuts
         # (one write lost its connection so in CI); the clients here are not the slow ones tested
         "OPENCLORE_HEADER_TIMEOUT": "60",
+        **(extra_env or {}),
     }
     replicas = []
     for i in range(count):
@@ -483,3 +488,173 @@ def test_database_connections_terminated_under_load(
     for replica in replicas:
         assert [t for t in out.ok_after.get(replica.url, []) if t > last + recovery]
     check_orders_and_books(market, out)
+
+
+# ----------------------------------------------------------------------------- behind PgBouncer
+
+PGBOUNCER_POOL = 6  # server connections per database and user: far fewer than the clients'
+
+
+@dataclass
+class Pooler:
+    url: str  # the market's database, through the pooler (SQLAlchemy form, like market.db.url)
+    admin: str  # libpq URL of PgBouncer's admin console
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+@pytest.fixture
+def pgbouncer(market: Market, tmp_path: Path) -> Iterator[Pooler]:
+    """A real PgBouncer (Debian's) in transaction pooling in front of the suite's PostgreSQL."""
+    import pwd
+    import shutil
+    import tempfile
+
+    from sqlalchemy.engine import make_url
+
+    binary = shutil.which("pgbouncer") or (
+        "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None
+    )
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("pgbouncer is not installed (.ci/run installs Debian's pgbouncer)")
+        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
+    direct = make_url(market.db.url)
+    port = free_port()
+    # PgBouncer refuses to run as root: it drops to `postgres`, so its files live in a
+    # directory that user can read
+    home = Path(tempfile.mkdtemp(prefix="openclore-pgbouncer-"))
+    home.chmod(0o755)
+    user = direct.username or "postgres"
+    (home / "users.txt").write_text(f'"{user}" ""\n"pgbouncer" ""\n')
+    (home / "pgbouncer.ini").write_text(
+        "[databases]\n"
+        f"* = host={direct.host or '127.0.0.1'} port={direct.port or 5432}\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\n"
+        f"auth_type = trust\nauth_file = {home / 'users.txt'}\nadmin_users = {user}\n"
+        "pool_mode = transaction\nmax_client_conn = 2000\n"
+        f"default_pool_size = {PGBOUNCER_POOL}\nreserve_pool_size = 0\n"
+        + ("user = postgres\n" if os.geteuid() == 0 else "")
+    )
+    for name in ("users.txt", "pgbouncer.ini"):
+        (home / name).chmod(0o644)
+    if os.geteuid() == 0:
+        pwd.getpwnam("postgres")  # the user PgBouncer runs as
+    log = tmp_path / "pgbouncer.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [binary, str(home / "pgbouncer.ini")], stdout=out, stderr=subprocess.STDOUT
+        )
+    admin = f"postgresql://{user}@127.0.0.1:{port}/pgbouncer"
+    pooled = direct.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+    import psycopg
+
+    deadline = time.time() + 20
+    while True:
+        try:
+            with psycopg.connect(admin, autocommit=True, connect_timeout=2) as conn:
+                conn.execute("SHOW VERSION")
+            break
+        except psycopg.Error:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.time() < deadline, "pgbouncer did not start: " + log.read_text()[-3000:]
+            time.sleep(0.1)
+    yield Pooler(pooled, admin, proc, log)
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def pooler_show(pooler: Pooler, what: str) -> list[dict[str, Any]]:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(pooler.admin, autocommit=True, row_factory=dict_row) as conn:
+        return list(conn.execute(f"SHOW {what}").fetchall())
+
+
+def test_three_replicas_behind_pgbouncer_in_transaction_pooling(
+    market: Market, pgbouncer: Pooler, tmp_path: Path, record_property: Any
+) -> None:
+    """Operators put PgBouncer in front of PostgreSQL for many replicas. Through it, psycopg's
+    prepared statements would land on server connections that do not have them, and LISTEN and
+    session locks would stay on connections the pooler hands to others: with
+    OPENCLORE_DATABASE_DIRECT_URL, requests go through the pooler without prepared statements and
+    LISTEN goes to the database itself."""
+    tokens = populate(market)
+    replicas = start_replicas(
+        market,
+        tmp_path,
+        count=3,
+        extra_env={
+            "OPENCLORE_DATABASE_URL": pgbouncer.url,
+            "OPENCLORE_DATABASE_DIRECT_URL": market.db.url,
+        },
+    )
+    try:
+        out = Outcome()
+        asyncio.run(run_load(tokens, [r.url for r in replicas], out, SECONDS))
+        report(out, record_property, "three replicas behind PgBouncer, 200 clients")
+        assert not out.server_errors, (out.server_errors[:5], logged_errors(replicas))
+        assert out.transport_errors == 0 and not out.retried
+        assert not out.uncertain
+        assert all(out.ok_after.get(r.url) for r in replicas)  # each served
+        check_orders_and_books(market, out)
+        # the pooler held its few server connections for all three replicas' pools
+        pools = [p for p in pooler_show(pgbouncer, "POOLS") if p["database"] != "pgbouncer"]
+        assert pools and all(
+            p["sv_active"] + p["sv_idle"] + p["sv_used"] + p["sv_tested"] + p["sv_login"]
+            <= PGBOUNCER_POOL
+            for p in pools
+        ), pools
+        # every replica's LISTEN connections reach the database itself, not the pooler
+        pooled_ports = {int(s["local_port"]) for s in pooler_show(pgbouncer, "SERVERS")}
+        with market.db.engine.connect() as conn:
+            listeners = conn.execute(
+                text(
+                    "SELECT client_port FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND query LIKE 'LISTEN %'"
+                )
+            ).all()
+        ports = {int(row.client_port) for row in listeners}
+        assert len(ports) >= len(replicas) and not ports & pooled_ports, (ports, pooled_ports)
+    finally:
+        for replica in replicas:
+            if replica.proc.poll() is None:
+                replica.proc.send_signal(signal.SIGTERM)
+        for replica in replicas:
+            try:
+                replica.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                replica.proc.kill()
+                replica.proc.wait(timeout=5)
+
+
+def test_a_session_lock_behind_pgbouncer_is_held_on_the_database_itself(
+    market: Market, pgbouncer: Pooler
+) -> None:
+    """A gateway's name lock is a session advisory lock. Taken through a transaction pooler, it
+    stays on a server connection the pooler then gives to the next client, who would take the
+    same lock as well."""
+    from openclore.gateway.service import NameLock
+    from openclore.store.db import Database
+
+    first = Database(pgbouncer.url, pool_size=1, direct_url=market.db.url)
+    second = Database(pgbouncer.url, pool_size=1, direct_url=market.db.url)
+    try:
+        held = NameLock(first, "edge")
+        assert held.acquire()
+        for _ in range(5):  # the pooler's most recent server connection, each time
+            assert not NameLock(second, "edge").acquire()
+        held.release()
+        again = NameLock(second, "edge")
+        assert again.acquire()
+        again.release()
+    finally:
+        first.dispose()
+        second.dispose()

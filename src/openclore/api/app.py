@@ -51,7 +51,7 @@ def create_app(
     """Build the application. ``db``, ``clock`` (the market's time) and ``rate_clock`` (the wall
     clock rate limits follow) are injectable for tests and the sandbox; ``background`` runs
     alongside the app while it serves (``openclore serve``: :mod:`openclore.serve`)."""
-    database = db or Database(settings.database_url)
+    database = db or Database(settings.database_url, direct_url=settings.database_direct_url)
     if clock is None:
         clock = SandboxClock(database.engine) if settings.sandbox_enabled else SystemClock()
     state = AppState(settings, database, clock, rate_clock)

@@ -84,8 +84,13 @@ class MarketCache:
         cached = self._listing
         if cached is not None and cached.version == version:
             return cached
+        # the transaction reads once before waiting for the lock: behind a transaction pooler it
+        # then holds its server connection, so the thread holding the lock never waits for one
+        # that threads waiting for the lock hold (with every server connection so held, a pool
+        # deadlock: requests waited for PgBouncer's query_wait_timeout, two minutes)
+        reader = conn()
+        listing_version(reader)
         with self._lock:
-            reader = conn()
             version = listing_version(reader)  # what this transaction sees (maybe newer)
             cached = self._listing
             if cached is not None and cached.version == version:

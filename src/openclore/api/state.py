@@ -22,7 +22,7 @@ from openclore.api.market_cache import MarketCache
 from openclore.api.ratelimit import RateLimiter
 from openclore.config import Settings
 from openclore.domain.errors import CloreError, InternalError, MarketError
-from openclore.engine.clock import Clock, SystemClock
+from openclore.engine.clock import Clock, SystemClock, now_in
 from openclore.engine.ticker import tick
 from openclore.market import audit, standing
 from openclore.market.api_keys import Key
@@ -179,7 +179,8 @@ class AppState:
         return int(self.clock.now())
 
     def _match_standing_orders(self, conn: Connection) -> None:
-        standing.match_standing_orders(conn, self.settings, self.now())
+        # inside the transaction: its time without a second connection
+        standing.match_standing_orders(conn, self.settings, int(now_in(self.clock, conn)))
 
     def tick(self, now: int) -> None:
         """One engine tick, timed for the metrics."""

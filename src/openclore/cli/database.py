@@ -52,7 +52,7 @@ def open_database(settings: Settings) -> Any:
     from openclore.store.db import Database
 
     try:
-        db = Database(settings.database_url)
+        db = Database(settings.database_url, direct_url=settings.database_direct_url)
         db.create_all()
     except Exception as exc:
         fail(database_problem(settings.database_url, exc))

@@ -60,6 +60,12 @@ class SandboxClock:
     def now(self) -> float:
         return self._base.now() + self.offset()
 
+    def now_in(self, conn: Connection) -> float:
+        """The time, its offset read in the caller's transaction: work inside a transaction takes
+        no second connection (behind a transaction pooler with every server connection held by
+        such transactions, waiting for one would never end)."""
+        return self._base.now() + get_meta(conn, CLOCK_OFFSET_KEY)
+
     @staticmethod
     def advance(conn: Connection, seconds: int) -> None:
         """Move every process's sandbox clock forward (in the caller's transaction)."""
@@ -69,3 +75,8 @@ class SandboxClock:
     def reset(conn: Connection) -> None:
         """Back to real time (in the caller's transaction)."""
         set_meta(conn, CLOCK_OFFSET_KEY, 0)
+
+
+def now_in(clock: Clock, conn: Connection) -> float:
+    """``clock``'s time for work inside ``conn``'s transaction."""
+    return clock.now_in(conn) if isinstance(clock, SandboxClock) else clock.now()

@@ -29,6 +29,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, event, text
 
+from openclore.store.freshness import listen_dsn
+
 CHANNEL = "openclore_servers"
 _PENDING = "openclore_notify"
 _COMMITTED = "openclore_notify_committed"
@@ -134,7 +136,7 @@ class Hub:
             if engine.dialect.name == "postgresql":
                 listener = self._listeners.get(key)
                 if listener is None or not listener.is_alive() or listener.stopping:
-                    listener = _PgListener(self, key, _libpq_url(engine))
+                    listener = _PgListener(self, key, listen_dsn(engine))
                     self._listeners[key] = listener
                     listener.start()
                 sub.listener = listener
@@ -182,10 +184,6 @@ def _call(sub: Subscription) -> None:
         sub.callback()
     except Exception:  # a subscriber's failure is its own
         log.exception("event subscriber failed")
-
-
-def _libpq_url(engine: Engine) -> str:
-    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 class _PgListener(threading.Thread):

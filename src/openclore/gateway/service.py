@@ -46,7 +46,9 @@ class NameLock:
 
     def acquire(self) -> bool:
         if self.db.is_postgres:
-            conn = self.db.engine.connect()
+            # the database itself: behind a transaction pooler, a session lock would stay on a
+            # server connection the pooler hands to others
+            conn = self.db.direct_engine.connect()
             got = bool(
                 conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar()
             )

@@ -34,6 +34,7 @@ from openclore.store.freshness import (
     Freshness,
     changed_here,
     notify,
+    register_direct,
     url_key,
 )
 from openclore.store.listing import touches_listing
@@ -52,7 +53,10 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+def make_engine(url: str, *, pool_size: int = 10, prepared: bool = True) -> Engine:
+    """``prepared=False``: no server-side prepared statements (psycopg prepares a statement run
+    five times on a connection; behind a transaction pooler the next transaction may run on
+    another server connection, which does not have it)."""
     url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -66,7 +70,13 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         )
         _setup_sqlite(engine)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True)
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=20,
+        pool_pre_ping=True,
+        connect_args={} if prepared else {"prepare_threshold": None},
+    )
 
 
 def _setup_sqlite(engine: Engine) -> None:
@@ -89,11 +99,22 @@ def _setup_sqlite(engine: Engine) -> None:
 class Database:
     """One database: an engine plus the transaction helpers every use case goes through."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, direct_url: str | None = None) -> None:
+        """``direct_url``: ``url`` names a transaction pooler (PgBouncer) in front of the
+        database this one reaches directly; LISTEN, session advisory locks and migrations use
+        it (:attr:`direct_engine`), and ``url`` gets no prepared statements."""
         self.url = normalize_url(url)
-        self.engine = make_engine(self.url, pool_size=pool_size)
+        pooled = direct_url is not None and normalize_url(direct_url) != self.url
+        self.engine = make_engine(self.url, pool_size=pool_size, prepared=not pooled)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self.is_postgres = self.engine.dialect.name == "postgresql"
+        self.direct_engine = self.engine
+        if pooled and self.is_postgres:
+            # a session of its own for each use (a gateway's lock, a migration): few and rare
+            self.direct_engine = create_engine(
+                normalize_url(str(direct_url)), poolclass=NullPool, pool_pre_ping=True
+            )
+            register_direct(self.engine, self.direct_engine)
         event.listen(self.engine, "commit", _unflushed)
         event.listen(self.engine, "rollback", _drop_before_commit)
         key = url_key(self.engine)
@@ -160,6 +181,8 @@ class Database:
             self._freshness.close()
             self._freshness = None
         self.engine.dispose()
+        if self.direct_engine is not self.engine:
+            self.direct_engine.dispose()
 
 
 _BEFORE_COMMIT = "openclore_before_commit"

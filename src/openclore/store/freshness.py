@@ -81,6 +81,25 @@ def url_key(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=False)
 
 
+# engine (url_key) → the libpq URL of the database itself, where the engine goes through a
+# transaction pooler: LISTEN needs a session of its own, which a pooler does not keep
+_DIRECT: dict[str, str] = {}
+
+
+def register_direct(engine: Engine, direct: Engine) -> None:
+    """``engine`` goes through a pooler; ``direct`` reaches the same database without one."""
+    _DIRECT[url_key(engine)] = _libpq(direct)
+
+
+def listen_dsn(engine: Engine) -> str:
+    """The libpq URL a LISTEN connection for ``engine``'s database opens (never the pooler)."""
+    return _DIRECT.get(url_key(engine)) or _libpq(engine)
+
+
+def _libpq(engine: Engine) -> str:
+    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def changed_here(url: str) -> None:
     """A transaction on ``url`` that bumped a version committed in this process."""
     with _LOCAL_LOCK:
@@ -111,7 +130,7 @@ class Freshness:
             self._enabled = True
         elif db.is_postgres:
             self._enabled = True
-            dsn = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            dsn = listen_dsn(db.engine)
             # the thread holds the Freshness weakly: one nobody disposed of still ends it
             self._thread = threading.Thread(
                 target=_listen,

@@ -16,6 +16,7 @@ class Database(Protocol):
 
     url: str
     engine: Engine
+    direct_engine: Engine  # the database itself, not a pooler in front: the lock is a session's
     is_postgres: bool
 
 
@@ -33,7 +34,7 @@ def alembic_config(db: Database) -> Config:
 
 def upgrade(db: Database, revision: str = "head") -> None:
     cfg = alembic_config(db)
-    with db.engine.connect() as conn:
+    with db.direct_engine.connect() as conn:
         if db.is_postgres:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": PG_MIGRATION_LOCK})
             conn.commit()
