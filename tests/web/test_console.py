@@ -503,6 +503,120 @@ def test_every_page_in_both_languages_without_missing_translations(
     assert "市场" in page.inner_text("header nav")
 
 
+PHONE = {"width": 390, "height": 844}
+# the wide table of each page whose rows are cards on a phone
+CARD_TABLES = {
+    "orders": "#orders",
+    "market": "#servers",
+    "server": "#prices",
+    "host": "#my-servers",
+}
+
+
+def _cards(page: Page, table: str) -> dict[str, object]:
+    """How the table's first row is shown: its head's display and its row's, how many columns have
+    a heading, for each labelled cell the label its ``::before`` shows next to its column's
+    heading, and how many cells stick out of the window."""
+    found: dict[str, object] = page.evaluate(
+        """table => {
+             const t = document.querySelector(table);
+             const heads = Array.from(t.querySelectorAll('thead th'), th => th.textContent.trim());
+             const row = t.querySelector('tbody tr');
+             const cells = Array.from(row.querySelectorAll('td'));
+             return {
+               thead: getComputedStyle(t.querySelector('thead')).display,
+               row: getComputedStyle(row).display,
+               headed: heads.filter(Boolean).length,
+               labels: cells.filter(td => td.dataset.label !== undefined).map(td => [
+                 getComputedStyle(td, '::before').content, heads[td.cellIndex]]),
+               overflowing: cells.filter(td => td.getBoundingClientRect().right
+                                                > window.innerWidth + 1).length,
+             };
+           }""",
+        table,
+    )
+    return found
+
+
+def _out_of_cards(page: Page) -> list[str]:
+    """The tables (by id) that stick out of the card holding them, with by how many pixels."""
+    found: list[str] = page.evaluate(
+        """Array.from(document.querySelectorAll('.card table'))
+             .map(t => [t, t.closest('.card').getBoundingClientRect()])
+             .filter(([t, card]) => t.getBoundingClientRect().right > card.right - 1)
+             .map(([t, card]) => t.id + ' ' + Math.round(t.getBoundingClientRect().right
+                                                           - card.right) + 'px')"""
+    )
+    return found
+
+
+def test_on_a_phone_wide_tables_are_cards_and_charts_follow_their_box(
+    console: Console, backend: str
+) -> None:
+    market = console.market
+    host, renter, _, s4090 = _busy_market(market)
+    with open(LOCALE_DIR / "zh_CN" / "LC_MESSAGES" / "messages.po", "rb") as f:
+        chinese = {m.id: m.string for m in read_po(f) if m.id}
+    paths = {
+        "orders": "/orders",
+        "market": "/market",
+        "server": f"/servers/{s4090}",
+        "host": "/host",
+    }
+    for lang, first in (("zh-CN", chinese["Order"]), ("en-US", "Order")):
+        tabs = {renter: console.sign_in(renter, lang), host: console.sign_in(host, lang)}
+        for name, path in paths.items():
+            page = tabs[host if name == "host" else renter]
+            page.set_viewport_size(PHONE)
+            page.goto(console.url + path)
+            page.wait_for_load_state("networkidle")
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390, (name, lang)
+            assert _too_wide(page) == [], (name, lang)
+            cards = _cards(page, CARD_TABLES[name])
+            assert cards["thead"] == "none" and cards["row"] == "block", (name, lang, cards)
+            assert cards["overflowing"] == 0, (name, lang)
+            labels = cards["labels"]
+            assert isinstance(labels, list) and len(labels) == cards["headed"], (name, lang)
+            # each cell is labelled with its column's heading, in the page's language
+            assert all(shown == f'"{heading}"' for shown, heading in labels), (name, lang, labels)
+            if name == "orders":
+                assert labels[0] == [f'"{first}"', first], lang
+                assert page.locator("#orders td.connect code.ssh").first.is_visible()
+        # a button in a card still works: the SSH line's copy button says it copied
+        page = tabs[renter]
+        page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+        page.goto(console.url + "/orders")
+        copy = page.locator("#orders td.connect button.copy").first
+        copy.click()
+        page.wait_for_selector("#orders td.connect button.copy.copied")
+        assert "ssh root@" in page.evaluate("navigator.clipboard.readText()")
+        # wide again, the tables are tables, inside their boxes
+        page.set_viewport_size({"width": 1366, "height": 768})
+        page.goto(console.url + f"/servers/{s4090}")
+        assert _cards(page, "#prices")["thead"] == "table-header-group"
+        assert _out_of_cards(page) == [], lang
+        # a chart drawn wide follows its box when the window narrows
+        page = tabs[host]
+        page.set_viewport_size({"width": 1366, "height": 768})
+        page.goto(console.url + "/host")
+        canvas = page.locator(".chart canvas").first
+        canvas.wait_for()
+        wide = canvas.bounding_box()
+        assert wide is not None and wide["width"] > 400, wide
+        page.set_viewport_size(PHONE)
+        page.wait_for_function(
+            """() => {
+                 const chart = document.querySelector('.chart');
+                 const canvas = chart.querySelector('canvas');
+                 return canvas.getBoundingClientRect().width <= chart.clientWidth;
+               }"""
+        )
+        narrow = canvas.bounding_box()
+        assert narrow is not None and narrow["width"] < wide["width"]
+        assert _too_wide(page) == [], lang
+    assert console.catalogs_missing() == set()
+
+
 def _shot(page: Page, lang: str, name: str) -> None:
     folder = SCREENSHOTS / lang
     folder.mkdir(parents=True, exist_ok=True)

@@ -60,16 +60,35 @@
         series.push({ label: el.getAttribute("data-label") || "", stroke: "#2f6fde", width: 1.5,
                       fill: "rgba(47,111,222,.12)" });
       }
-      var width = Math.max(260, Math.min(el.clientWidth || 600, 1100));
       var color = getComputedStyle(el).color;
       // small coin amounts: three significant digits, not rounded to 0
       var coins = function (u, values) {
         return values.map(function (v) { return v === 0 ? "0" : String(+v.toPrecision(3)); });
       };
-      new window.uPlot({ width: width, height: 180, series: series,
-                         axes: [{ stroke: color }, { stroke: color, values: coins, size: 80 }] },
-                       columns, el);
+      var chart = new window.uPlot({ width: chartWidth(el), height: CHART_HEIGHT, series: series,
+                                     axes: [{ stroke: color }, { stroke: color, values: coins, size: 80 }] },
+                                   columns, el);
+      // the chart follows its box's width (a turned phone, a resized window, a column wrapping)
+      if (window.ResizeObserver) {
+        var pending = false;
+        new ResizeObserver(function () {
+          if (pending) return;
+          pending = true;
+          requestAnimationFrame(function () {  // once a frame, outside the observer's callback
+            pending = false;
+            var width = chartWidth(el);
+            if (width !== chart.width) chart.setSize({ width: width, height: CHART_HEIGHT });
+          });
+        }).observe(el);
+      }
     });
+  }
+
+  var CHART_HEIGHT = 180;
+
+  function chartWidth(el) {
+    // the box's inner width (no wider, so the page never scrolls sideways), 200 px at least
+    return Math.max(200, Math.floor(el.clientWidth || 600));
   }
 
   function quote() {
