@@ -627,3 +627,24 @@ def test_what_wait_says_it_waits_for() -> None:
     )
     assert waiting_for(published, True) == "running; waiting for SSH to answer on gw.example:40022"
     assert waiting_for(unpublished, False) == "waiting for it to run"
+
+
+def test_orders_say_which_connections_are_simulated(
+    world: tuple[Cli, Cli, int], market: Market
+) -> None:
+    """A demo server's order: nothing answers on its published ports, and its row says so."""
+    cli, _, sid = world
+    order = cli.json("rent", str(sid), "--image", IMAGE, "--port", "22:tcp", "--wait")
+    for columns in ("200", "80"):
+        text = cli("orders", COLUMNS=columns).stdout
+        line = row_of(text, str(order["id"]))
+        assert order["ssh_command"] in line  # whole, on the order's line; the mark under it
+        below = text.splitlines()[text.splitlines().index(line) + 1]
+        assert below.strip() == "(simulated)"
+        assert below.index("(simulated)") == line.index(order["ssh_command"])
+    with market.db.write() as conn:  # the same order on a server with a real agent
+        conn.execute(update(servers).where(servers.c.id == sid).values(simulated=False))
+    text = cli("orders").stdout
+    assert order["ssh_command"] in row_of(text, str(order["id"])) and "simulated" not in text
+    cli.json("cancel", str(order["id"]))
+    assert "simulated" not in cli("orders", "--all").stdout

@@ -802,6 +802,85 @@ def test_connection_caps_and_idle_timeout(market: Market, tmp_path: Path) -> Non
         gw.stop()
 
 
+def _two_free_ports() -> int:
+    """A free port whose next one is free too (the agent's range for an SSH and an http port)."""
+    for _ in range(100):
+        lo = free_port()
+        try:
+            with socket.create_server(("127.0.0.1", lo + 1)):
+                return lo
+        except OSError:
+            continue
+    raise AssertionError("no two free ports in a row")
+
+
+def test_the_console_probe_tells_the_rental_from_the_gateway(
+    market: Market, tmp_path: Path
+) -> None:
+    """My orders' Connect probe through a real gateway and agent: the SSH port answers once an
+    SSH server runs behind it, the http URL once the rental serves it (before that, the
+    gateway's own 502 and 404 pages are not the rental answering)."""
+    from openclore.web.probe import Endpoint, answers, http_endpoint, ssh_endpoint
+
+    gw = start_gateway(market)
+    host = market.user()
+    renter = market.client(market.user(bitcoin="0.01"))
+    sid, init = host_server(market, host)
+    backend = _two_free_ports()
+    agent = start_agent(
+        market.url, tmp_path / "agent", init_token=init, port_range=(backend, backend + 1)
+    )
+    servers_: list[socket.socket] = []
+    try:
+        body = order_body(sid, ports={"22": "tcp", "8888": "http"})
+        oid = ok(renter.post("/v1/create_order", json=body))["order_id"]
+        order = wait_order_state(renter, oid, "running")
+        (status,) = [s for s in agent.reconciler.snapshot() if s.order_id == oid]
+        ssh = ssh_endpoint(order)
+        assert ssh is not None and ssh.port == published(order, "22")
+        wait_for(lambda: ssh.port in gw.gateway.listeners, 10, what="public port open")
+        url = order["http_pub"]
+        assert url.startswith("http://") and ".localhost:" in url
+        http = http_endpoint(url)
+        assert http is not None
+
+        def probe(endpoint: Endpoint) -> bool:
+            return asyncio.run(answers(endpoint, timeout=3))
+
+        assert not probe(ssh) and not probe(http)  # the gateway answers, nothing behind it
+        unknown = http_endpoint(url.replace(url.split("//")[1].split("-")[0], "0" * 24))
+        assert unknown is not None and not probe(unknown)  # the gateway's 404
+
+        def serve(port: int, answer: bytes) -> None:
+            sock = socket.create_server(("127.0.0.1", port))
+            servers_.append(sock)
+
+            def run() -> None:
+                while True:
+                    try:
+                        conn, _ = sock.accept()
+                    except OSError:
+                        return
+                    with conn:
+                        conn.sendall(answer)
+
+            threading.Thread(target=run, daemon=True).start()
+
+        serve(status.tcp_ports["22"], b"SSH-2.0-OpenSSH_9.6 rental\r\n")
+        assert status.http_host_port is not None
+        serve(status.http_host_port, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        wait_for(lambda: probe(ssh), 10, what="the SSH banner through the gateway")
+        wait_for(lambda: probe(http), 10, what="the rental's http answer through the gateway")
+        assert not probe(unknown)
+    finally:
+        for sock in servers_:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        agent.stop()
+        gw.stop()
+
+
 def test_one_process_serves_a_gateway_name(market: Market) -> None:
     """The name's lock: a second holder is refused until the first lets go."""
     from openclore.gateway.service import NameLock

@@ -6,20 +6,25 @@ created and deleted."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import re
+import socketserver
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, ViewportSize, sync_playwright
+from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
+from sqlalchemy import update
 
 from openclore.market.audit import entries
 from openclore.market.demo import RENTER_TOKEN, seed
+from openclore.store.schema import gateways, orders, servers
 from test_console import CHROMIUM, VIEWPORTS, Console, _serve_console, _too_wide
 from test_console_http import Browserless
 
-from support import IN_CI, Market, ok
+from support import IN_CI, Market, free_port, ok, order_body
 
 DAY = 86400
 
@@ -287,4 +292,115 @@ def test_demo_world_stop_start_and_a_volume_in_both_languages(
     assert console.catalogs_missing() == set()
     for context in console.contexts:
         context.close()
+    assert console.errors == []
+
+
+# ----------------------------------------------------------------------------- the Connect panel
+
+
+class _Banner(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.request.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+
+class _Jupyter(http.server.BaseHTTPRequestHandler):
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def _listen(server: socketserver.TCPServer) -> socketserver.TCPServer:
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_connect_panel_probes_the_published_ports_in_chromium(
+    served: Market, browser: Browser, tmp_path: Path
+) -> None:
+    """A running order's SSH line and its Jupyter port through the gateway's URL, each probed
+    from the market (real listeners here); a demo server's order says "simulated"."""
+    market = served
+    host = market.user("host")
+    real = market.server(host, "real")
+    demo = market.server(host, "demo")
+    renter = market.user("renter", bitcoin="1")
+    api = market.client(renter)
+    oid = ok(api.post("/v1/create_order", json=order_body(real)))["order_id"]
+    did = ok(api.post("/v1/create_order", json=order_body(demo)))["order_id"]
+    jupyter = _listen(http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Jupyter))
+    ssh_port = free_port()  # nothing listens on it yet
+    with market.db.write() as conn:
+        conn.execute(update(servers).where(servers.c.id == real).values(simulated=False))
+        conn.execute(
+            gateways.insert().values(
+                name="127.0.0.1",
+                ssh_address="127.0.0.1:2222",
+                host_key="-",
+                host_key_public="-",
+                http_url=f"http://127.0.0.1:{jupyter.server_address[1]}/{{order}}/{{port}}/",
+            )
+        )
+        for order_id, port in ((oid, ssh_port), (did, 40022)):
+            conn.execute(
+                update(orders)
+                .where(orders.c.id == order_id)
+                .values(
+                    pub_cluster=["127.0.0.1"],
+                    tcp_ports=[f"22:{port}"],
+                    http_port="8888",
+                    running=True,
+                    runtime_state="running",
+                )
+            )
+    sshd: list[socketserver.TCPServer] = []
+    console = Console(market, browser)
+    try:
+        page = console.sign_in(renter)
+        page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+        page.goto(console.url + "/orders")
+        row = page.locator(f"#order-rows tr[data-id='{oid}']")
+        ssh = row.locator(".endpoint.ssh")
+        assert ssh.locator("code.ssh").inner_text() == f"ssh root@127.0.0.1 -p {ssh_port}"
+        assert ssh.locator(".probe").inner_text() == "not yet"
+        opener = row.locator(".endpoint.http a.open")
+        assert opener.inner_text() == "Open Jupyter"
+        assert opener.get_attribute("target") == "_blank"
+        assert "noopener" in (opener.get_attribute("rel") or "").split()
+        href = opener.get_attribute("href") or ""
+        assert href.startswith(f"http://127.0.0.1:{jupyter.server_address[1]}/") and href.endswith(
+            "/8888/"
+        )
+        assert row.locator(".endpoint.http .probe").inner_text() == "answering"
+        ssh.locator("button.copy").click()
+        expect(ssh.locator("button.copy")).to_have_text("Copied")
+        demo_row = page.locator(f"#order-rows tr[data-id='{did}']")
+        assert demo_row.locator(".probe").all_inner_texts() == ["simulated", "simulated"]
+        assert demo_row.locator("code.ssh").inner_text() == "ssh root@127.0.0.1 -p 40022"
+
+        # sshd starts: the rows' 5-second refresh says so once the kept result is stale
+        sshd.append(_listen(socketserver.ThreadingTCPServer(("127.0.0.1", ssh_port), _Banner)))
+        expect(ssh.locator(".probe")).to_have_text("answering", timeout=20_000)
+        assert "simulated" not in row.inner_text()
+        _shots(page, tmp_path, "en-US", "connect")
+
+        # in Chinese, and stopped: not probed, the endpoints say "stopped"
+        zh = Browserless(market, renter)
+        rows = zh.client.get("/orders/rows", headers={"Accept-Language": "zh-CN"}).text
+        assert "打开 Jupyter" in rows and "有应答" in rows and "模拟" in rows
+        with market.db.write() as conn:
+            conn.execute(update(orders).where(orders.c.id == oid).values(stopped=True))
+        rows = zh.client.get("/orders/rows").text
+        assert rows.count('class="probe stopped"') == 2
+        assert f'href="{href}"' not in rows and "ssh root@127.0.0.1 -p " + str(ssh_port) in rows
+    finally:
+        for server in (jupyter, *sshd):
+            server.shutdown()
+            server.server_close()
+        for context in console.contexts:
+            context.close()
+    assert console.catalogs_missing() == set()
     assert console.errors == []

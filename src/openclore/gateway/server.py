@@ -619,6 +619,7 @@ def _not_found() -> bytes:
     )
 
 
+GATEWAY_HEADER = "X-Openclore-Gateway"
 _REASONS = {400: "Bad Request", 404: "Not Found", 502: "Bad Gateway", 503: "Service Unavailable"}
 
 
@@ -627,7 +628,8 @@ async def _answer(writer: asyncio.StreamWriter, status: int, body: bytes) -> Non
         f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
         "Content-Type: text/html; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\n"
-        "Cache-Control: no-store\r\nConnection: close\r\n\r\n"
+        "Cache-Control: no-store\r\nConnection: close\r\n"
+        f"{GATEWAY_HEADER}: 1\r\n\r\n"  # the gateway answered, not the rental (web/probe.py)
     ).encode()
     with contextlib.suppress(Exception):
         writer.write(head + body)

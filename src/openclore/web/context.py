@@ -33,6 +33,7 @@ from openclore.market import search, sessions
 from openclore.web.common import PRE_CSRF_COOKIE, SESSION_COOKIE, Refused, check_text, secure
 from openclore.web.i18n import LOCALES, Catalogs, negotiate
 from openclore.web.messages import error_text
+from openclore.web.probe import Prober
 
 HERE = Path(__file__).parent
 SIGNIN_INTERVAL = 2.0  # one sign-in attempt per 2 s per address, after a burst of 5
@@ -79,6 +80,7 @@ class Console:
         self.catalogs = Catalogs()
         self.envs = {lang: self._environment(lang) for lang in LOCALES}
         self.signin_limiter = RateLimiter(state.db.engine, SIGNIN_INTERVAL * (SIGNIN_BURST - 1))
+        self.probes = Prober()  # whether My orders' published endpoints answer (cached 5 s)
 
     def _environment(self, lang: str) -> Environment:
         """One template environment per language, its catalog installed once."""

@@ -351,6 +351,16 @@ def print_endpoints(order: Order) -> None:
 # ----------------------------------------------------------------------------- orders
 
 
+def connect_cell(order: Order) -> str:
+    """How to connect to an order, as its row in ``orders`` shows it: the SSH command, else its
+    published ports; "(simulated)" under it for a demo server's order, where nothing answers on
+    them (a line of its own: the command stays whole and the column no wider)."""
+    if order.expired:
+        return "-"
+    cell = order.ssh_command() or ", ".join(order.tcp_ports) or "-"
+    return f"{cell}\n(simulated)" if order.simulated else cell
+
+
 ORDER_COLUMNS = [
     Column("id", 0, "right"),
     Column("server", 6, "right"),
@@ -388,7 +398,7 @@ def orders(
                 describe(o),
                 storage_cell(o),
                 age(o.ct, now),
-                "-" if o.expired else (o.ssh_command() or ", ".join(o.tcp_ports) or "-"),
+                connect_cell(o),
             ]
             for o in rows
         ],

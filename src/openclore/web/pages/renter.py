@@ -25,6 +25,7 @@ from openclore.market import wallets as wallet_service
 from openclore.web.common import actor, kv_lines, price_input
 from openclore.web.context import Console
 from openclore.web.messages import error_text
+from openclore.web.probe import connect_panels
 from openclore.web.routing import POST, Route
 
 PAGE_SIZE = 50
@@ -211,6 +212,7 @@ async def _orders(c: Console, session: sessions.Session, request: Request) -> di
     board = await c.db(
         lambda conn: read_models.order_board(conn, session.user_id, settings, now, completed)
     )
+    await connect_panels(board, c.probes)  # the renter's own published endpoints, nobody else's
     return {
         "orders": board,
         "completed": completed,
