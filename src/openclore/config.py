@@ -206,6 +206,12 @@ class Settings(BaseSettings):
         default_factory=list,
         description="pub_cluster for servers whose agent reports no public hostname",
     )
+    connect_probe_private: bool = Field(
+        False,
+        description="The console's Connect panel probes renters' SSH endpoints at private "
+        "addresses too (a market on a LAN); by default only public ones, the market's own names "
+        "(public_hostnames, gateway_name) and, in a sandbox, the loopback",
+    )
     gateway: bool = Field(
         True,
         description="Run the embedded access gateway in `serve` (one process per gateway name "

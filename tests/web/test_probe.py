@@ -214,3 +214,40 @@ def test_the_gateways_own_answers_are_not_the_rentals() -> None:
             assert await answers(_http(f"http://127.0.0.1:{port}/"))
 
     asyncio.run(run())
+
+
+def test_an_ssh_host_the_agent_names_is_probed_only_where_the_market_allows() -> None:
+    """The SSH host is the agent's to report: a host could name an address inside the market's
+    network and rent its own server to learn what answers there. Outside a sandbox the loopback
+    is never probed, private addresses only for the market's own names or with
+    connect_probe_private, public ones always."""
+    from openclore.web.probe import Reach
+
+    connections: list[int] = []
+
+    async def counting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        await says(b"SSH-2.0-x\r\n")(reader, writer)
+
+    strict = Reach()
+
+    async def run() -> None:
+        async with listening(counting) as sshd:
+            for host in ("127.0.0.1", "localhost", "::ffff:127.0.0.1"):
+                assert not await answers(Endpoint("ssh", host, sshd), reach=strict), host
+            assert connections == []  # refused before connecting
+            sandbox = Reach(allow_loopback=True)
+            assert await answers(Endpoint("ssh", "localhost", sshd), reach=sandbox)
+            assert connections == [1]
+        assert await probe._ssh_address("10.1.2.3", 22, strict) is None
+        assert await probe._ssh_address("169.254.169.254", 22, strict) is None
+        assert await probe._ssh_address("10.1.2.3", 22, Reach(allow_private=True)) == "10.1.2.3"
+        assert await probe._ssh_address("8.8.8.8", 22, strict) == "8.8.8.8"
+        assert await probe._ssh_address("no-such-host.invalid", 22, strict) is None
+        # the market's own name: its LAN address is probed, a loopback one still is not
+        own = Reach(trusted=frozenset({"192.168.1.9"}))
+        assert await probe._ssh_address("192.168.1.9", 22, own) == "192.168.1.9"
+        loopback_named = Reach(trusted=frozenset({"localhost"}))
+        assert await probe._ssh_address("localhost", 22, loopback_named) is None
+
+    asyncio.run(run())

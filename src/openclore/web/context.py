@@ -33,7 +33,7 @@ from openclore.market import search, sessions
 from openclore.web.common import PRE_CSRF_COOKIE, SESSION_COOKIE, Refused, check_text, secure
 from openclore.web.i18n import LOCALES, Catalogs, negotiate
 from openclore.web.messages import error_text
-from openclore.web.probe import Prober
+from openclore.web.probe import Prober, Reach
 
 HERE = Path(__file__).parent
 SIGNIN_INTERVAL = 2.0  # one sign-in attempt per 2 s per address, after a burst of 5
@@ -80,7 +80,17 @@ class Console:
         self.catalogs = Catalogs()
         self.envs = {lang: self._environment(lang) for lang in LOCALES}
         self.signin_limiter = RateLimiter(state.db.engine, SIGNIN_INTERVAL * (SIGNIN_BURST - 1))
-        self.probes = Prober()  # whether My orders' published endpoints answer (cached 5 s)
+        # whether My orders' published endpoints answer (cached 5 s); an SSH host is the
+        # agent's to report, so only addresses of the kinds allowed are probed
+        settings = self.settings
+        own = [*settings.public_hostnames, settings.gateway_name]
+        self.probes = Prober(
+            reach=Reach(
+                trusted=frozenset(h.lower().rstrip(".") for h in own),
+                allow_private=settings.connect_probe_private,
+                allow_loopback=settings.sandbox_enabled,
+            )
+        )
 
     def _environment(self, lang: str) -> Environment:
         """One template environment per language, its catalog installed once."""

@@ -10,19 +10,28 @@ probes of one page run concurrently and each result is kept for a few seconds, s
 
 Only addresses the market published for the signed-in renter's own orders are probed (the page
 builds the endpoints from ``my_orders``; nothing here takes a host from a request), and never
-those of a simulated (demo) server, where nothing listens.
+those of a simulated (demo) server, where nothing listens. An SSH host is the agent's to report
+(its ``public_host``), so a host could name any address and rent its own server to learn what
+answers there from the market's network: unless it is one of the market's own names
+(``public_hostnames``, the gateway's name), it is resolved once and probed only at a public
+address (private ones with ``connect_probe_private``, a LAN market), at the address checked; the
+market's own loopback only in a sandbox.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
+import socket
 import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from openclore.domain.netpolicy import address_class, refusal
 
 TIMEOUT = 1.0  # seconds a probe waits for the connection and the first answer, together
 CACHE_SECONDS = 5.0  # a result is reused this long
@@ -88,8 +97,43 @@ def _address(host: str) -> str:
     return "127.0.0.1" if name == "localhost" or name.endswith(".localhost") else host
 
 
-async def _ssh_answers(host: str, port: int) -> bool:
-    reader, writer = await asyncio.open_connection(_address(host), port)
+@dataclass(frozen=True)
+class Reach:
+    """Which SSH hosts may be probed: at an address of a kind allowed
+    (:func:`openclore.domain.netpolicy.refusal`); the market's own names at private ones too."""
+
+    trusted: frozenset[str] = frozenset()
+    allow_private: bool = False
+    allow_loopback: bool = False
+
+
+async def _ssh_address(host: str, port: int, reach: Reach) -> str | None:
+    """The address to probe ``host`` at, or None when it may not be probed."""
+    trusted = host.lower().rstrip(".") in reach.trusted  # the market's own: a LAN address too
+    try:
+        address = ipaddress.ip_address(_address(host))
+    except ValueError:
+        loop = asyncio.get_running_loop()
+        try:
+            found = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError:  # no such name (yet)
+            return None
+        if not found:
+            return None
+        address = ipaddress.ip_address(found[0][4][0])
+    why = refusal(
+        address,
+        allow_private=reach.allow_private or (trusted and address_class(address) == "private"),
+        allow_loopback=reach.allow_loopback,
+    )
+    return None if why else str(address)
+
+
+async def _ssh_answers(host: str, port: int, reach: Reach) -> bool:
+    address = await _ssh_address(host, port, reach)
+    if address is None:
+        return False
+    reader, writer = await asyncio.open_connection(address, port)
     try:
         line = await reader.readline()
     finally:
@@ -130,12 +174,17 @@ async def _http_answers(endpoint: Endpoint) -> bool:
     return int(status[1]) not in GATEWAY_ERRORS
 
 
-async def answers(endpoint: Endpoint, timeout: float = TIMEOUT) -> bool:
+# tests and a development machine: every address (the console's prober is given the market's)
+OPEN = Reach(allow_private=True, allow_loopback=True)
+
+
+async def answers(endpoint: Endpoint, timeout: float = TIMEOUT, reach: Reach = OPEN) -> bool:
     """Does something that speaks the endpoint's protocol answer on it within ``timeout``
-    seconds (the connection and the first answer together)?"""
+    seconds (the connection and the first answer together)? An SSH host ``reach`` does not
+    allow is not probed (False)."""
     try:
         if endpoint.kind == "ssh":
-            probe = _ssh_answers(endpoint.host, endpoint.port)
+            probe = _ssh_answers(endpoint.host, endpoint.port, reach)
         else:
             probe = _http_answers(endpoint)
         return await asyncio.wait_for(probe, timeout)
@@ -151,8 +200,10 @@ class Prober:
         timeout: float = TIMEOUT,
         ttl: float = CACHE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        reach: Reach = OPEN,
     ) -> None:
         self.timeout = timeout
+        self.reach = reach
         self.ttl = ttl
         self.clock = clock
         self._seen: dict[tuple[str, str, int, bool], tuple[float, bool]] = {}
@@ -171,7 +222,7 @@ class Prober:
                 todo.append(endpoint)
         if todo:
             self.probes += len(todo)
-            results = await asyncio.gather(*(answers(e, self.timeout) for e in todo))
+            results = await asyncio.gather(*(answers(e, self.timeout, self.reach) for e in todo))
             done = self.clock()
             if len(self._seen) + len(todo) > CACHE_LIMIT:
                 self._seen = {k: v for k, v in self._seen.items() if done - v[0] < self.ttl}
