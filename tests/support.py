@@ -150,8 +150,11 @@ class Market:
         online: bool = True,
         visibility: str = "public",
         specs: dict[str, Any] | None = None,
+        gpu_array: list[str] | None = None,
     ) -> int:
-        """An online, public server with prices, as a connected agent would leave it."""
+        """An online, public server with prices, as a connected agent would leave it (with one
+        RTX 3090 unless ``gpu_array`` says otherwise: ``[]`` with ``specs={"gpu": "0x"}`` is a
+        machine whose agent found no GPU)."""
         owner = self.user_id(owner_token)
         with self.db.write() as conn:
             server_id, _ = add_server(conn, owner, name, self.now(), self.settings)
@@ -167,7 +170,7 @@ class Market:
                     mrl_hours=mrl,
                     specs=specs
                     or {"gpu": "1x NVIDIA GeForce RTX 3090", "gpuram": 24, "net": {"cc": "CZ"}},
-                    gpu_array=["NVIDIA GeForce RTX 3090"],
+                    gpu_array=["NVIDIA GeForce RTX 3090"] if gpu_array is None else gpu_array,
                 )
             )
             conn.execute(

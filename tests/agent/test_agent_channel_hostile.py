@@ -98,7 +98,9 @@ HOSTILE_SPECS: dict[str, Any] = {
 def test_hostile_specs_cannot_break_the_marketplace(market: Market) -> None:
     host, renter = market.user(), market.user(bitcoin="0.01")
     sid, token = agent_for(market, host)
-    with open_channel(market, token, {"specs": {"gpu": "1x RTX 4090", "ram": 64}}) as ws:
+    # a GPU's name in gpu_array, as a real agent sends it: the marketplace lists GPU servers only
+    hello = {"specs": {"gpu": "1x RTX 4090", "ram": 64}, "gpu_array": ["RTX 4090"]}
+    with open_channel(market, token, hello) as ws:
         wait_until(lambda: specs_of(market, sid) == {"gpu": "1x RTX 4090", "ram": 64})
         ws.send(json.dumps({"type": "specs", "specs": HOSTILE_SPECS, "gpu_array": ["\x1b[31m"]}))
         # only the valid fields are kept; the invalid gpu_array is ignored whole

@@ -292,8 +292,10 @@ def agent_server(market: Market, name: str = "rig") -> int:
 
 
 def hello(market: Market, sid: int) -> None:
+    """The agent connects, reporting one GPU (the marketplace lists GPU servers only)."""
+    gpu = {"specs": {"gpu": "1x NVIDIA L4", "gpuram": 24}, "gpu_array": ["NVIDIA L4"]}
     with market.db.write() as conn:
-        assert agent_hello(conn, sid, {"specs": None}, [], market.now())
+        assert agent_hello(conn, sid, gpu, [], market.now())
 
 
 def beat(market: Market, sid: int, seconds: int, every: int) -> None:

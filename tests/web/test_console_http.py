@@ -187,6 +187,35 @@ def test_spot_board_shows_the_wait_and_the_step(served: Market) -> None:
     assert bid["lower_in"] == 0 and bid["lowest_bid"] == 8_000 and bid["min_spot"] == 2_000
 
 
+def test_a_server_without_a_gpu_is_off_the_market_page_and_its_host_is_told(
+    served: Market,
+) -> None:
+    """Issue #26: the marketplace page leaves out a server whose agent reports no GPU; My
+    servers says why, in the reader's language; the operator's list still has it."""
+    market = served
+    host = market.user("host")
+    with_gpu = market.server(host, "gpu")
+    without = market.server(host, "cpu-only", specs={"gpu": "0x", "gpuram": 0}, gpu_array=[])
+    renter = Browserless(market, market.user("renter"))
+    for query in ("", "?min_gpus=0&sort=gpus"):
+        page = renter.client.get("/market" + query).text
+        assert f'data-id="{with_gpu}"' in page and f'data-id="{without}"' not in page
+    own = Browserless(market, host)
+    rows = {
+        name: row
+        for name, row in re.findall(
+            r'<tr data-name="([^"]+)">(.*?)</tr>', own.client.get("/host").text, re.S
+        )
+    }
+    assert "not listed: no GPU" in rows["cpu-only"] and "not listed" not in rows["gpu"]
+    own.client.cookies.set("lang", "zh-CN")
+    assert "未上架：没有 GPU" in own.client.get("/host").text
+    admin = Browserless(market, _operator(market))
+    listed = re.findall(r"<tr><td>#(\d+) (.*?)</tr>", admin.client.get("/admin").text, re.S)
+    reasons = {int(sid): "not listed: no GPU" in row for sid, row in listed}
+    assert reasons[with_gpu] is False and reasons[without] is True
+
+
 def test_accept_language_picks_the_page_language() -> None:
     assert negotiate("zh-CN,zh;q=0.9,en;q=0.8") == "zh-CN"
     assert negotiate("en-US,en;q=0.9,zh-CN;q=0.8") == "en"

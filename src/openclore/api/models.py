@@ -70,6 +70,11 @@ class MyServer(BaseModel):
     min_spot_pricing: CoinMap = Field(description="minimum spot price per day, per currency")
     init_token: str | None = Field(None, description="until the agent registers")
     specs: Specs | None = None
+    not_listed: Literal["no_gpu"] | None = Field(
+        None,
+        description="openclore: why the marketplace leaves this server out whatever its "
+        "settings (no_gpu: its agent reports no GPU); absent when nothing does",
+    )
 
 
 class MyServersResponse(Envelope):

@@ -68,6 +68,9 @@ class MyServer(CloreModel):
     min_spot_pricing: CoinMap = Field(default_factory=dict, description="minimum spot bid per day")
     init_token: str | None = Field(None, description="until the agent registers")
     specs: Specs | None = None
+    not_listed: str | None = Field(
+        None, description="openclore: why the marketplace leaves it out (no_gpu: no GPU)"
+    )
 
 
 class BackgroundJob(CloreModel):

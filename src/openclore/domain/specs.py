@@ -21,6 +21,7 @@ from typing import Any
 MAX_SPECS_BYTES = 8192
 MAX_GPUS = 64
 MAX_GPU_NAME = 128
+MAX_GPU_TEXT = 160  # specs' "Nx NAME"
 # C0 controls, DEL, C1 controls, zero-width and bidirectional formatting characters
 UNSAFE_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
@@ -86,7 +87,7 @@ SPEC_FIELDS: dict[str, Rule] = {
     "ram": Number(1_000_000),  # GB
     "disk": Text(128),
     "disk_speed": Number(1_000_000),  # MB/s
-    "gpu": Text(160),
+    "gpu": Text(MAX_GPU_TEXT),
     "gpuram": Number(100_000),  # GB
     "net": Group({"up": Number(1_000_000), "down": Number(1_000_000), "cc": Country()}),
     "cuda_version": Text(16),
@@ -144,3 +145,26 @@ def check_gpu_array(raw: Any) -> list[str] | None:
 
 def clean_gpu_array(stored: Any) -> list[str]:
     return check_gpu_array(stored) or []
+
+
+_GPU_COUNT = re.compile(r"^\s*(\d+)\s*x\s*(.*)$", re.IGNORECASE)
+
+
+def gpu_count(gpu_array: Any, specs: Any) -> int:
+    """How many GPUs a server's agent reported: its ``gpu_array``, else the N of its specs'
+    ``gpu`` "Nx NAME" (an agent on a machine without one reports ``"0x"`` and ``[]``: 0)."""
+    names = clean_gpu_array(gpu_array)
+    if names:
+        return len(names)
+    gpu = safe_text(specs.get("gpu"), MAX_GPU_TEXT) if isinstance(specs, dict) else None
+    match = _GPU_COUNT.match(gpu or "")
+    return int(match.group(1)) if match else 0
+
+
+NO_GPU = "no_gpu"  # why a server is left out of the marketplace (``my_servers`` ``not_listed``)
+
+
+def not_listed_reason(gpu_array: Any, specs: Any) -> str | None:
+    """Why the marketplace leaves out a server its host made available, on its hardware alone
+    (None: nothing): the GPU marketplace lists only servers with at least one GPU."""
+    return NO_GPU if gpu_count(gpu_array, specs) == 0 else None

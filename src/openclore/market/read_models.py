@@ -11,6 +11,7 @@ from sqlalchemy import Connection, and_, select, update
 
 from openclore.config import Settings
 from openclore.domain.errors import MarketError
+from openclore.domain.specs import not_listed_reason
 from openclore.domain.spot import lowest_bid, runway, seconds_until_lowering
 from openclore.ledger.ledger import account_key
 from openclore.market.orders import my_orders
@@ -179,7 +180,8 @@ def platform_revenue(
 
 
 def all_servers(conn: Connection) -> list[dict[str, Any]]:
-    """Every server not removed, with its owner (the operator's list)."""
+    """Every server not removed, with its owner (the operator's list) and, as ``my_servers``
+    says it to its host, why the marketplace leaves it out (``not_listed``)."""
     return [
         {
             "id": int(r.id),
@@ -187,6 +189,7 @@ def all_servers(conn: Connection) -> list[dict[str, Any]]:
             "owner": str(r.owner),
             "online": bool(r.online),
             "visibility": str(r.visibility),
+            "not_listed": not_listed_reason(r.gpu_array, r.specs) if r.connected else None,
         }
         for r in conn.execute(
             select(
@@ -194,6 +197,9 @@ def all_servers(conn: Connection) -> list[dict[str, Any]]:
                 servers.c.name,
                 servers.c.online,
                 servers.c.visibility,
+                servers.c.connected,
+                servers.c.gpu_array,
+                servers.c.specs,
                 users.c.name.label("owner"),
             )
             .join(users, users.c.id == servers.c.owner_id)

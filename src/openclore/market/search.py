@@ -18,6 +18,7 @@ from typing import Any
 
 from openclore.domain.errors import InvalidInput
 from openclore.domain.money import MAX_UNITS, Coins, to_units
+from openclore.domain.specs import gpu_count as reported_gpus
 
 PARAMS = (
     "gpu",
@@ -85,12 +86,7 @@ class SearchResult:
 
 
 def gpu_count(server: Mapping[str, Any]) -> int:
-    gpu_array = server.get("gpu_array") or []
-    if gpu_array:
-        return len(gpu_array)
-    specs = server.get("specs") or {}
-    match = _GPU_COUNT.match(str(specs.get("gpu") or ""))
-    return int(match.group(1)) if match else 0
+    return reported_gpus(server.get("gpu_array"), server.get("specs"))
 
 
 def free_gpus(server: Mapping[str, Any]) -> int:

@@ -15,7 +15,7 @@ from openclore.domain.errors import InvalidInput, MarketError
 from openclore.domain.money import Coins, to_coins, to_units
 from openclore.domain.reliability import PRIOR
 from openclore.domain.slots import slot_minimum, slot_price
-from openclore.domain.specs import clean_gpu_array, clean_specs
+from openclore.domain.specs import clean_gpu_array, clean_specs, not_listed_reason
 from openclore.engine.billing import (
     Row,
     end_order,
@@ -243,6 +243,10 @@ def my_servers(conn: Connection, user_id: int, settings: Settings) -> dict[str, 
             item["init_token"] = r.init_token
         if r.specs:
             item["specs"] = clean_specs(r.specs)
+        if r.connected:  # why the marketplace leaves it out whatever its settings ("no_gpu")
+            reason = not_listed_reason(r.gpu_array, r.specs)
+            if reason is not None:
+                item["not_listed"] = reason
         out.append(item)
     return {"servers": out, "limit": settings.max_servers_per_user}
 
@@ -270,8 +274,10 @@ def gpu_holders(conn: Connection, server_ids: list[int]) -> dict[int, dict[str, 
 def listed_servers(
     conn: Connection,
 ) -> tuple[Sequence[SqlRow[Any]], dict[int, dict[str, tuple[int, int]]]]:
-    """The servers the market lists (public, online, not removed), in id order, with the prices
-    of the currencies their hosts accept: the one rule behind ``marketplace`` and GigaSPOT."""
+    """The servers the market lists (public, online, not removed, with at least one GPU), in id
+    order, with the prices of the currencies their hosts accept: the one rule behind
+    ``marketplace`` (and so the console's market, Vast's offers and standing orders) and
+    GigaSPOT. A server whose agent reports no GPU stays rentable by id (docs/decisions.md)."""
     rows = conn.execute(
         select(servers)
         .where(
@@ -281,6 +287,7 @@ def listed_servers(
         )
         .order_by(servers.c.id)
     ).all()
+    rows = [r for r in rows if not_listed_reason(r.gpu_array, r.specs) is None]
     return rows, prices_of(conn, (r.id for r in rows), enabled_only=True)
 
 
