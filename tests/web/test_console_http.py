@@ -739,6 +739,9 @@ def test_sizes_measured_by_the_agent_are_rounded_for_people(served: Market) -> N
             "ram": 62.67348861694336,
         },
     )
-    page = Browserless(market, renter).client.get(f"/servers/{sid}").text
+    console = Browserless(market, renter).client
+    page = console.get(f"/servers/{sid}").text
     assert "62.7 GB" in page and "24 GB" in page
     assert "62.673" not in page and "23.98" not in page
+    listed = console.get("/market").text  # the marketplace's VRAM column too
+    assert "24 GB" in listed and "23.98" not in listed
