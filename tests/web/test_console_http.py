@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -60,12 +61,16 @@ def _csrf(page: str) -> str:
     return found.group(1)
 
 
-@pytest.fixture
-def served(market: Market) -> Market:
+def _serve_console(market: Market) -> Market:
     app = create_app(market.settings, db=market.db, clock=market.clock)
     install_console(app)
     market.switch.app = app
     return market
+
+
+@pytest.fixture
+def served(market: Market) -> Market:
+    return _serve_console(market)
 
 
 def _operator(market: Market) -> str:
@@ -745,3 +750,16 @@ def test_sizes_measured_by_the_agent_are_rounded_for_people(served: Market) -> N
     assert "62.673" not in page and "23.98" not in page
     listed = console.get("/market").text  # the marketplace's VRAM column too
     assert "24 GB" in listed and "23.98" not in listed
+
+
+def test_my_orders_show_dollars_per_hour_beside_the_coin_price(market: Market) -> None:
+    market.settings = market.settings.model_copy(update={"usd_rates": {"bitcoin": Decimal(60000)}})
+    _serve_console(market)
+    host, renter = market.user(), market.user(bitcoin="1")
+    sid = market.server(host, "rig", on_demand="0.00001")
+    ok(market.client(renter).post("/v1/create_order", json=order_body(sid)))
+    rows = Browserless(market, renter).client.get("/orders/rows").text
+    # 0.00001 bitcoin a day at 60,000 USD per bitcoin: $0.60 a day, $0.025 an hour
+    cell = re.search(r'<td class="num usd"[^>]*>(.*?)</td>', rows, re.S)
+    assert cell is not None and "<strong>$0.025</strong>" in cell.group(1), rows
+    assert "0.00001 bitcoin" in rows

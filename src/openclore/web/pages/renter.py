@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from openclore.domain.errors import CloreError, MarketError
 from openclore.domain.money import to_units
+from openclore.domain.usd import usd_of
 from openclore.market import gigaspot as gigaspot_service
 from openclore.market import inputs, read_models, search, sessions
 from openclore.market import logs as logs_service
@@ -22,6 +23,7 @@ from openclore.market import servers as server_service
 from openclore.market import templates as template_service
 from openclore.market import volumes as volume_service
 from openclore.market import wallets as wallet_service
+from openclore.market.rates import current_rates
 from openclore.web.common import actor, kv_lines, price_input
 from openclore.web.context import Console
 from openclore.web.messages import error_text
@@ -209,9 +211,16 @@ async def _orders(c: Console, session: sessions.Session, request: Request) -> di
     settings = c.settings
     completed = request.query_params.get("completed") == "1"
     now = c.state.now()
-    board = await c.db(
-        lambda conn: read_models.order_board(conn, session.user_id, settings, now, completed)
+    board, rates = await c.db(
+        lambda conn: (
+            read_models.order_board(conn, session.user_id, settings, now, completed),
+            current_rates(conn, settings),
+        )
     )
+    for o in board:  # dollars per hour first, as on the marketplace (the coin price beside it)
+        rate = rates.get(o["currency"])
+        if rate is not None:
+            o["usd_per_day"] = usd_of(o["price"].units, rate)
     await connect_panels(board, c.probes)  # the renter's own published endpoints, nobody else's
     return {
         "orders": board,
