@@ -64,8 +64,10 @@ def _serialize(listing: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
 
 
 class MarketCache:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, pooled: bool = False) -> None:
+        """``pooled``: the database is reached through a transaction pooler (PgBouncer)."""
         self._settings = settings
+        self._pooled = pooled
         self._listing: Listing | None = None
         self._lock = threading.Lock()
 
@@ -84,13 +86,16 @@ class MarketCache:
         cached = self._listing
         if cached is not None and cached.version == version:
             return cached
-        # the transaction reads once before waiting for the lock: behind a transaction pooler it
-        # then holds its server connection, so the thread holding the lock never waits for one
-        # that threads waiting for the lock hold (with every server connection so held, a pool
-        # deadlock: requests waited for PgBouncer's query_wait_timeout, two minutes)
-        reader = conn()
-        listing_version(reader)
+        if self._pooled:
+            # behind a transaction pooler the transaction reads once before waiting for the
+            # lock: it then holds its server connection, so the thread holding the lock never
+            # waits for one that threads waiting for the lock hold (with every server connection
+            # so held, a pool deadlock until PgBouncer's query_wait_timeout, two minutes).
+            # Not without one: there every waiter would take one of the process's own pool
+            # connections while it waits, and a burst of listing reads left writes none
+            listing_version(conn())
         with self._lock:
+            reader = conn()
             version = listing_version(reader)  # what this transaction sees (maybe newer)
             cached = self._listing
             if cached is not None and cached.version == version:

@@ -168,7 +168,7 @@ class AppState:
         # rate limits follow the wall clock, even in a time-travelling sandbox
         self.rate_clock: Clock = rate_clock or SystemClock()
         self.limiter = RateLimiter(db.engine, settings.rate_limit_tolerance)
-        self.market = MarketCache(settings)
+        self.market = MarketCache(settings, pooled=db.direct_engine is not db.engine)
         self.callers = Callers()
         self.streams = StreamSlots()  # open event streams per user
         # the engine's standing-order match (SPEC §8): at the end of every write transaction
