@@ -156,19 +156,24 @@ def start_replicas(
     return replicas
 
 
-@pytest.fixture
-def replicas(market: Market, tmp_path: Path) -> Iterator[list[Replica]]:
-    started = start_replicas(market, tmp_path)
-    yield started
-    for replica in started:
+def stop_replicas(replicas: list[Replica]) -> None:
+    """SIGTERM each replica still running, then wait (SIGKILL after 15 s)."""
+    for replica in replicas:
         if replica.proc.poll() is None:
             replica.proc.send_signal(signal.SIGTERM)
-    for replica in started:
+    for replica in replicas:
         try:
             replica.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             replica.proc.kill()
             replica.proc.wait(timeout=5)
+
+
+@pytest.fixture
+def replicas(market: Market, tmp_path: Path) -> Iterator[list[Replica]]:
+    started = start_replicas(market, tmp_path)
+    yield started
+    stop_replicas(started)
 
 
 # ----------------------------------------------------------------------------- the load
@@ -627,15 +632,7 @@ def test_three_replicas_behind_pgbouncer_in_transaction_pooling(
         ports = {int(row.client_port) for row in listeners}
         assert len(ports) >= len(replicas) and not ports & pooled_ports, (ports, pooled_ports)
     finally:
-        for replica in replicas:
-            if replica.proc.poll() is None:
-                replica.proc.send_signal(signal.SIGTERM)
-        for replica in replicas:
-            try:
-                replica.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                replica.proc.kill()
-                replica.proc.wait(timeout=5)
+        stop_replicas(replicas)
 
 
 def test_a_session_lock_behind_pgbouncer_is_held_on_the_database_itself(
