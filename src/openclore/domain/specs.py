@@ -147,7 +147,7 @@ def clean_gpu_array(stored: Any) -> list[str]:
     return check_gpu_array(stored) or []
 
 
-_GPU_COUNT = re.compile(r"^\s*(\d+)\s*x\s*(.*)$", re.IGNORECASE)
+GPU_TEXT = re.compile(r"^\s*(\d+)\s*x\s*(.*)$", re.IGNORECASE)  # specs' "gpu": "Nx NAME"
 
 
 def gpu_count(gpu_array: Any, specs: Any) -> int:
@@ -157,7 +157,7 @@ def gpu_count(gpu_array: Any, specs: Any) -> int:
     if names:
         return len(names)
     gpu = safe_text(specs.get("gpu"), MAX_GPU_TEXT) if isinstance(specs, dict) else None
-    match = _GPU_COUNT.match(gpu or "")
+    match = GPU_TEXT.match(gpu or "")
     return int(match.group(1)) if match else 0
 
 

@@ -10,7 +10,6 @@ CLI use the same query.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -18,6 +17,7 @@ from typing import Any
 
 from openclore.domain.errors import InvalidInput
 from openclore.domain.money import MAX_UNITS, Coins, to_units
+from openclore.domain.specs import GPU_TEXT
 from openclore.domain.specs import gpu_count as reported_gpus
 
 PARAMS = (
@@ -36,7 +36,6 @@ PARAMS = (
 )
 SORTS = ("id", "price", "gpus", "vram", "reliability")
 MAX_LIMIT = 10_000
-_GPU_COUNT = re.compile(r"^\s*(\d+)\s*x\s*(.*)$", re.IGNORECASE)
 _NO_PRICE = MAX_UNITS + 1  # sorts after every real price
 
 
@@ -105,7 +104,7 @@ def gpu_name(server: Mapping[str, Any]) -> str:
     if gpu_array:
         return str(gpu_array[0])
     gpu = str((server.get("specs") or {}).get("gpu") or "")
-    match = _GPU_COUNT.match(gpu)
+    match = GPU_TEXT.match(gpu)
     return match.group(2) if match else gpu
 
 
