@@ -54,9 +54,23 @@ for _folder in sorted(_TESTS.iterdir()):
     if _folder.is_dir() and any(_folder.glob("test_*.py")) and str(_folder) not in sys.path:
         sys.path.append(str(_folder))
 
+# A pytest-xdist worker inherits COLUMNS from the run that started it, and a rich Console made
+# while COLUMNS is set keeps that width for good: the CLI's module-level consoles would then
+# ignore the COLUMNS each CLI test passes to its invocation (a real CLI run is a new process).
+os.environ.pop("COLUMNS", None)
+
 # The `serve` processes tests start run no embedded gateway: its default ports are fixed, and
 # the gateway tests start their own on free ports.
 os.environ.setdefault("OPENCLORE_GATEWAY", "0")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``./scripts/test`` runs ``-n``): every test that drives the Docker
+    engine runs on one worker, one at a time as before (they share the engine, its test network
+    and the agents' host-port range), while the rest spread over the workers."""
+    for item in items:
+        if "docker_client" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("docker"))
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,7 @@ from openclore.client import (
 from openclore.mcp.server import key_info
 from openclore.mcp.tools import (
     SCOPES,
+    SIMULATED,
     TOOL_SCOPES,
     KeyInfo,
     allowed_tools,
@@ -217,6 +218,7 @@ def test_stdio_rent_status_stop_start_cancel(market: Market, world: tuple[str, i
             assert status["state"] == "running"
             assert status["connection"]["ssh"].startswith("ssh -p ")
             assert "22" in status["connection"]["tcp"]
+            assert status["connection"]["simulated"] == SIMULATED  # the demo host's order
             everything = data(await call(session, "order_status"))["orders"]
             assert [o["id"] for o in everything] == [oid]
 
@@ -522,6 +524,9 @@ def test_an_orders_connection_info() -> None:
         "http": {"port": "8888", "url": "https://o7-8888.example.net"},
     }
     assert view["price_per_day"] == "0.5" and view["state"] == "running"
+    demo = order_view(published.model_copy(update={"simulated": True}))["connection"]
+    assert demo["simulated"] == SIMULATED and "nothing answers" in demo["simulated"]
+    assert demo["ssh"] == "ssh -p 10022 root@n1.example.net"
 
 
 def test_the_command_says_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:

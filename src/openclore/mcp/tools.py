@@ -136,10 +136,19 @@ def plain(value: Any) -> Any:
     return value
 
 
+SIMULATED = (
+    "A demo server of the sandbox market: its addresses are published, but no container runs "
+    "behind them and nothing answers."
+)
+
+
 def connection(order: Order) -> dict[str, Any]:
     """How to reach an order: the SSH command, each published TCP port as host:port and the
-    HTTP URL, once its host has published them (empty before)."""
+    HTTP URL, once its host has published them (empty before). A demo server's order says it is
+    simulated: its addresses are published, but nothing answers on them."""
     out: dict[str, Any] = {}
+    if order.simulated:
+        out["simulated"] = SIMULATED
     ssh = order.ssh_command()
     if ssh:
         out["ssh"] = ssh
