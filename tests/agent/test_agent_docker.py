@@ -84,6 +84,7 @@ def docker_agent(
     labels: dict[str, str],
     token: str | None = None,
     runtime_kw: dict[str, Any] | None = None,
+    port_range: tuple[int, int] = (42000, 42999),
     **kw: Any,
 ) -> RunningAgent:
     return start_agent(
@@ -93,7 +94,7 @@ def docker_agent(
         runtime_factory=lambda agent_id: DockerRuntime(
             agent_id, network=NETWORK, **(runtime_kw or {})
         ),
-        port_range=(42000, 42999),
+        port_range=port_range,
         probe_ports=True,
         extra_labels=labels,
         **kw,
@@ -438,6 +439,18 @@ class _HostListener:
         self.server.server_close()
 
 
+def _above_ephemeral_ports(size: int) -> tuple[int, int]:
+    """A range of ``size`` ports above the kernel's ephemeral (outgoing) ports, where only a
+    listener can hold one; the agents' usual range when there is no room up there."""
+    try:
+        high = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        high = 65535
+    if high + size <= 65535:
+        return high + 1, high + size
+    return 42000, 42999
+
+
 @contextlib.contextmanager
 def _busy_port_before_a_free_one(lo: int, hi: int) -> Iterator[int]:
     """Hold a port p of [lo, hi] whose next one is free (anything on the machine, an outgoing
@@ -467,8 +480,11 @@ def test_ports_never_collide_with_ports_in_use(
     host = market.user()
     renter = market.client(market.user(bitcoin="0.01"))
     sid, token = host_server(market, host)
-    with _busy_port_before_a_free_one(42000, 42998) as taken:
-        agent = docker_agent(market.url, tmp_path / "s", docker_run, token)
+    # ports above the kernel's ephemeral range: no outgoing connection of a test running beside
+    # this one can take the free port after the busy one between the check and the agent's pick
+    lo, hi = _above_ephemeral_ports(1000)
+    with _busy_port_before_a_free_one(lo, hi - 1) as taken:
+        agent = docker_agent(market.url, tmp_path / "s", docker_run, token, port_range=(lo, hi))
         agent.reconciler._port_cursor = taken
         try:
             oid = ok(renter.post("/v1/create_order", json=web_order(sid)))["order_id"]
