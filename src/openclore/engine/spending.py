@@ -97,9 +97,8 @@ def apply_spend_caps(conn: Connection, now: int) -> None:
         if key_id not in spent_cache:
             spent_cache[key_id] = spent_today(conn, key_id, now)
         remaining = limits[key_id].get(currency, 0) - spent_cache[key_id].get(currency, 0)
+        # at least 1: every price is (the database's ck_orders_price_positive)
         rate = sum(int(r.price) for r in rows)
-        if rate <= 0:
-            continue
         # each order accrues price × (t − billed_at) / 86400: the t where the sum is `remaining`
         weighted = sum(int(r.price) * int(r.billed_at) for r in rows)
         at = (max(remaining, 0) * SECONDS_PER_DAY + weighted) // rate
