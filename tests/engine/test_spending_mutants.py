@@ -143,3 +143,17 @@ def test_a_renters_own_earlier_or_equal_timer_stays_and_the_next_order_is_capped
     caps(market, t + 5)
     assert timer(market, first) == (t, "user")
     assert timer(market, second) == (t, SPEND_LIMIT)
+
+
+def test_an_order_that_is_not_running_neither_counts_nor_gets_a_timer(market: Market) -> None:
+    host = market.user()
+    key, running = keyed_order(market, host, "a")
+    waiting = _second_order_of(market, key, running, host)
+    t = market.now()
+    set_order(market, running, price=86_400, billed_at=t)  # one unit a second
+    # a bid waiting for its GPUs: neither stopped nor ended, and not running
+    set_order(market, waiting, price=86_400_000, running=False, billed_at=None)
+    set_limit(market, key, spent(market, key, t) + 100)
+    caps(market, t + 100)  # the running order alone reaches the limit 100 s after t
+    assert timer(market, running) == (t + 100, SPEND_LIMIT)
+    assert timer(market, waiting) == (None, None)
