@@ -47,6 +47,7 @@ IMAGE = "openclore-test/busybox:latest"
 NETWORK = "openclore-test"
 TEST_LABEL = "openclore.test"
 SERVE = "httpd -f -p 8000 -h /www"
+AGENT_PORTS = (42000, 42999)  # the host ports the tests' agents publish on
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +85,7 @@ def docker_agent(
     labels: dict[str, str],
     token: str | None = None,
     runtime_kw: dict[str, Any] | None = None,
-    port_range: tuple[int, int] = (42000, 42999),
+    port_range: tuple[int, int] = AGENT_PORTS,
     **kw: Any,
 ) -> RunningAgent:
     return start_agent(
@@ -159,7 +160,7 @@ def test_rental_runs_in_a_container_reachable_from_outside(
         oid = ok(renter.post("/v1/create_order", json=web_order(sid)))["order_id"]
         order = wait_order_state(renter, oid, "running")
         port = published(order, "8000")
-        assert 42000 <= port <= 42999
+        assert AGENT_PORTS[0] <= port <= AGENT_PORTS[1]
         assert fetch(order["pub_cluster"][0], port, "/env.txt").strip() == "hello-from-env"
 
         (container,) = containers(docker_client, docker_run, f"order-{oid}")
@@ -448,7 +449,7 @@ def _above_ephemeral_ports(size: int) -> tuple[int, int]:
         high = 65535
     if high + size <= 65535:
         return high + 1, high + size
-    return 42000, 42999
+    return AGENT_PORTS
 
 
 @contextlib.contextmanager
