@@ -64,13 +64,41 @@ os.environ.pop("COLUMNS", None)
 os.environ.setdefault("OPENCLORE_GATEWAY", "0")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the mark
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``./scripts/test`` runs ``-n``): every test that drives the Docker
     engine runs on one worker, one at a time as before (they share the engine, its test network
     and the agents' host-port range), while the rest spread over the workers."""
     for item in items:
         if "docker_client" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("docker"))
+
+
+_UNGROUPED: set[str] = set()  # Docker tests xdist did not put in the "docker" group
+
+
+@pytest.hookimpl(trylast=True)  # after xdist's hook has named the groups
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """xdist groups a test by appending ``@group`` to its node id on the worker. Where that
+    fails (the hook order, or a pytest whose node ids cannot be renamed) the Docker tests would
+    spread over the workers and fight over the engine and its ports: they fail instead, saying
+    why (:func:`_docker_tests_run_grouped`)."""
+    if session.config.getoption("loadgroup", default=False):
+        _UNGROUPED.update(
+            item.nodeid
+            for item in session.items
+            if "docker_client" in getattr(item, "fixturenames", ())
+            and not item.nodeid.endswith("@docker")
+        )
+
+
+@pytest.fixture(autouse=True)
+def _docker_tests_run_grouped(request: pytest.FixtureRequest) -> None:
+    if request.node.nodeid in _UNGROUPED:
+        pytest.fail(
+            "this Docker test is not in pytest-xdist's 'docker' group, so it would run beside "
+            "the others: pytest or pytest-xdist changed how --dist loadgroup names groups"
+        )
 
 
 @pytest.fixture(scope="session")
