@@ -17,8 +17,9 @@ import pytest
 from sqlalchemy import event, text
 
 from openclore.api.app import create_app
+from openclore.engine.notify import subscribe
 from openclore.market.accounts import revoke_token
-from openclore.store import freshness
+from openclore.store import freshness, listen
 from openclore.store.db import Database
 
 from support import Market, free_port, ok
@@ -128,22 +129,82 @@ def test_a_lost_listener_reads_every_time(market: Market, monkeypatch: pytest.Mo
     """PostgreSQL: while the notification connection is down nothing is served from memory."""
     if market.backend != "postgresql":
         pytest.skip("SQLite has no listener")
-    monkeypatch.setattr(freshness, "RECONNECT_SECONDS", (3.0, 5.0))  # down long enough to see
+    monkeypatch.setattr(listen, "RECONNECT_SECONDS", (3.0, 5.0))  # down long enough to see
     ok(market.client().get("/v1/marketplace"))
     watch = market.db.freshness
     until(lambda: watch.listening, 10)
-    with market.db.engine.connect() as conn:
-        conn.exec_driver_sql(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE query = 'LISTEN openclore_changes' AND datname = current_database() "
-            "AND pid <> pg_backend_pid()"
-        )
-        conn.commit()
+    assert kill_listener(market) == 1
     until(lambda: not watch.listening, 10)
     with statements(market.db) as seen:
         ok(market.client().get("/v1/marketplace"))
     assert seen, "versions read while not listening"
     until(lambda: watch.listening, 15)  # reconnected
+
+
+def listen_connections(market: Market) -> list[int]:
+    """The backends of this process's LISTEN connections (by their application_name)."""
+    with market.db.engine.connect() as conn:
+        return [
+            int(pid)
+            for pid in conn.execute(
+                text(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = :name "
+                    "AND datname = current_database()"
+                ),
+                {"name": listen.application_name()},
+            ).scalars()
+        ]
+
+
+def kill_listener(market: Market) -> int:
+    """Terminate this process's LISTEN connections; how many there were."""
+    pids = listen_connections(market)
+    with market.db.engine.connect() as conn:
+        for pid in pids:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    return len(pids)
+
+
+def test_one_listen_connection_serves_the_versions_and_the_agents_wake_ups(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: the version cache and a server's subscribers share the process's one LISTEN
+    connection; when it is lost, both hear of it, and both work again on the new one (the
+    subscribers are told to resynchronise, as notifications may have been lost)."""
+    if market.backend != "postgresql":
+        pytest.skip("SQLite has no listener")
+    monkeypatch.setattr(listen, "RECONNECT_SECONDS", (1.0, 5.0))
+    watch = market.db.freshness
+    heard: list[str] = []
+    sub = subscribe(market.db.engine, 4242, lambda: heard.append("woken"))
+    try:
+        assert sub.wait_ready(10)
+        until(lambda: watch.listening, 10)
+        assert len(listen_connections(market)) == 1
+        assert listen.listener_count() == 1
+        assert sub.listener is market.db.freshness._listener
+
+        # a wake-up for the server and a version bump from another connection, both heard
+        watch.versions()
+        assert watch.cached() is not None
+        with market.db.engine.connect() as conn:
+            conn.execute(text("SELECT pg_notify('openclore_servers', '4242')"))
+            conn.execute(text("SELECT pg_notify('openclore_changes', 'market')"))
+            conn.commit()
+        until(lambda: heard == ["woken"], 10)
+        until(lambda: watch.cached() is None, 10)
+
+        assert kill_listener(market) == 1
+        until(lambda: not watch.listening, 10)
+        until(lambda: watch.listening and sub.listener.ready.is_set(), 15)  # type: ignore[union-attr]
+        until(lambda: heard == ["woken", "woken"], 10)  # told to resynchronise
+        assert len(listen_connections(market)) == 1
+    finally:
+        sub.close()
+    # the versions still listen on it; the last handler gone, the connection goes
+    assert len(listen_connections(market)) == 1
+    market.db.freshness.close()
+    until(lambda: not listen_connections(market), 10)
 
 
 @contextmanager

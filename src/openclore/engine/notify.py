@@ -10,9 +10,9 @@ Delivery, both after commit:
   when the connection goes back to the pool (SQLAlchemy has no "after commit" connection event;
   the ``commit`` event fires *before* the DBAPI commit, the pool ``checkin`` after it);
 - across processes (PostgreSQL): ``pg_notify`` is transactional, so PostgreSQL delivers it at
-  commit to every process listening. Each process that has subscribers keeps one ``LISTEN``
-  connection (psycopg 3, autocommit, ``notifies()`` in a daemon thread), so an agent connected to
-  any API replica hears of an order created on another within milliseconds. When the ``LISTEN``
+  commit to every process listening. A process that has subscribers listens on the one
+  connection it keeps for all its channels (:mod:`openclore.store.listen`), so an agent connected
+  to any API replica hears of an order created on another within milliseconds. When that
   connection had to be re-opened, notifications may have been lost meanwhile: every subscriber of
   that database is then told to resynchronise.
 
@@ -29,9 +29,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, event, text
 
+from openclore.store import listen
 from openclore.store.freshness import listen_dsn
 
-CHANNEL = "openclore_servers"
+CHANNEL = listen.SERVERS
 _PENDING = "openclore_notify"
 _COMMITTED = "openclore_notify_committed"
 
@@ -107,7 +108,7 @@ class Subscription:
         self.key = key
         self.server_id = server_id
         self.callback = callback
-        self.listener: _PgListener | None = None
+        self.listener: listen.Listener | None = None
         self.closed = False
 
     def wait_ready(self, timeout: float) -> bool:
@@ -120,29 +121,32 @@ class Subscription:
 
 
 class Hub:
-    """This process's subscribers, and one PostgreSQL LISTEN thread per database in use."""
+    """This process's subscribers; on PostgreSQL, one handler per database on the process's
+    listener (:mod:`openclore.store.listen`)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subs: dict[str, dict[int, set[Subscription]]] = {}
-        self._listeners: dict[str, _PgListener] = {}
+        self._channels: dict[str, _Channel] = {}
 
     def subscribe(self, engine: Engine, server_id: int, callback: Callback) -> Subscription:
         key = database_key(engine)
         sub = Subscription(key, server_id, callback)
         _hook(engine)
+        channel: _Channel | None = None
         with self._lock:
             self._subs.setdefault(key, {}).setdefault(server_id, set()).add(sub)
             if engine.dialect.name == "postgresql":
-                listener = self._listeners.get(key)
-                if listener is None or not listener.is_alive() or listener.stopping:
-                    listener = _PgListener(self, key, listen_dsn(engine))
-                    self._listeners[key] = listener
-                    listener.start()
-                sub.listener = listener
+                channel = self._channels.get(key)
+                if channel is None:
+                    channel = self._channels[key] = _Channel(self, key)
+        # outside the hub's lock: the listener calls the hub back under its own lock
+        if channel is not None:
+            sub.listener = channel.listener = listen.register(listen_dsn(engine), CHANNEL, channel)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
+        channel: _Channel | None = None
         with self._lock:
             if sub.closed:
                 return
@@ -155,9 +159,9 @@ class Hub:
                     del by_server[sub.server_id]
             if not by_server:
                 self._subs.pop(sub.key, None)
-                listener = self._listeners.pop(sub.key, None)
-                if listener is not None:
-                    listener.stop()
+                channel = self._channels.pop(sub.key, None)
+        if channel is not None and channel.listener is not None:
+            channel.listener.remove(CHANNEL, channel)
 
     def deliver(self, key: str, server_ids: set[int]) -> None:
         with self._lock:
@@ -186,50 +190,25 @@ def _call(sub: Subscription) -> None:
         log.exception("event subscriber failed")
 
 
-class _PgListener(threading.Thread):
-    """``LISTEN openclore_servers`` on a dedicated autocommit connection, re-opened with backoff."""
+class _Channel:
+    """The hub's handler of one database's ``openclore_servers`` notifications
+    (:class:`openclore.store.listen.Handler`)."""
 
-    POLL = 0.5
-
-    def __init__(self, hub: Hub, key: str, conninfo: str) -> None:
-        super().__init__(name="openclore-pg-listen", daemon=True)
+    def __init__(self, hub: Hub, key: str) -> None:
         self.hub = hub
         self.key = key
-        self.conninfo = conninfo
-        self.ready = threading.Event()
-        self.stopping = False
-        self._stop_event = threading.Event()
+        self.listener: listen.Listener | None = None
 
-    def stop(self) -> None:
-        self.stopping = True
-        self._stop_event.set()
+    def notified(self, channel: str, payload: str) -> None:
+        if payload.isdigit():
+            self.hub.deliver(self.key, {int(payload)})
 
-    def run(self) -> None:
-        import psycopg
+    def connected(self, again: bool) -> None:
+        if again:  # notifications sent while the connection was down are lost
+            self.hub.deliver_all(self.key)
 
-        backoff = 0.1
-        connected_before = False
-        while not self._stop_event.is_set():
-            try:
-                with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as pg:
-                    pg.execute(f"LISTEN {CHANNEL}")
-                    self.ready.set()
-                    if connected_before:  # notifications sent while we were away are lost
-                        self.hub.deliver_all(self.key)
-                    connected_before = True
-                    backoff = 0.1
-                    while not self._stop_event.is_set():
-                        for note in pg.notifies(timeout=self.POLL):
-                            if note.payload.isdigit():
-                                self.hub.deliver(self.key, {int(note.payload)})
-            except Exception as exc:
-                self.ready.clear()
-                if self._stop_event.is_set():
-                    break
-                log.warning("LISTEN connection lost (%s); retrying in %.1fs", exc, backoff)
-                self._stop_event.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-        self.ready.clear()
+    def lost(self) -> None:
+        pass  # subscribers wait on the listener's ``ready``
 
 
 hub = Hub()

@@ -13,8 +13,9 @@ What says they moved:
   back in to the pool, after the commit.
 * On PostgreSQL, from other processes and replicas: the bumping transaction sends
   ``pg_notify('openclore_changes', …)``, delivered when (and only if) it commits. Each process
-  listens on one dedicated connection, in a thread. While that connection is down, nothing is
-  trusted: every request reads the versions (as if there were no cache) until it is back.
+  listens on the one connection it keeps for all its channels (:mod:`openclore.store.listen`).
+  While that connection is down, nothing is trusted: every request reads the versions (as if
+  there were no cache) until it is back.
 * On SQLite: ``PRAGMA data_version`` on a dedicated connection moves whenever any other
   connection, of any process, commits to the file; checking it costs microseconds and no query.
 
@@ -26,7 +27,6 @@ within the notification's delivery (milliseconds), and never later than ``RECHEC
 from __future__ import annotations
 
 import contextlib
-import logging
 import sqlite3
 import threading
 import time
@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy import Connection, Engine, text
+
+from openclore.store import listen
 
 
 class Database(Protocol):
@@ -50,13 +52,10 @@ class Database(Protocol):
     def read(self) -> AbstractContextManager[Connection]: ...
 
 
-log = logging.getLogger("openclore.store")
-
-CHANNEL = "openclore_changes"
+CHANNEL = listen.CHANGES
 MARKET_VERSION = "market_version"
 AUTH_VERSION = "auth_version"
 RECHECK_SECONDS = 1.0  # the staleness bound should every notification be lost
-RECONNECT_SECONDS = (0.2, 5.0)  # the listener's first and longest wait before reconnecting
 
 _READ = text("SELECT key, value FROM meta WHERE key IN ('market_version', 'auth_version')")
 
@@ -118,9 +117,8 @@ class Freshness:
         self._epoch = 0  # moves on every sign of a change
         # what was read: versions, the epoch and data_version before the read, when
         self._held: tuple[Versions, int, int, float] | None = None
-        self._closed = threading.Event()
         self._listening = False
-        self._thread: threading.Thread | None = None
+        self._listener: listen.Listener | None = None
         self._sqlite: sqlite3.Connection | None = None
         self._enabled = False
         self._key = url_key(db.engine)
@@ -130,15 +128,8 @@ class Freshness:
             self._enabled = True
         elif db.is_postgres:
             self._enabled = True
-            dsn = listen_dsn(db.engine)
-            # the thread holds the Freshness weakly: one nobody disposed of still ends it
-            self._thread = threading.Thread(
-                target=_listen,
-                args=(weakref.ref(self), dsn, self._closed),
-                name="openclore-listen",
-                daemon=True,
-            )
-            self._thread.start()
+            # the listener holds its handlers weakly: one nobody closed still goes away
+            self._listener = listen.register(listen_dsn(db.engine), CHANNEL, self)
         with _LOCAL_LOCK:
             _LOCAL.setdefault(self._key, weakref.WeakSet()).add(self)
 
@@ -200,67 +191,34 @@ class Freshness:
         return self._listening
 
     # ------------------------------------------------------------------------- PostgreSQL
+    # (listen.Handler: called from the listener's thread)
+
+    def notified(self, channel: str, payload: str) -> None:
+        self.invalidate()
+
+    def connected(self, again: bool) -> None:
+        self.invalidate()  # anything may have changed while not listening
+        self._listening = True
+
+    def lost(self) -> None:
+        self._listening = False
+        self.invalidate()
 
     def close(self) -> None:
-        self._closed.set()
+        if self._listener is not None:
+            self._listener.remove(CHANNEL, self)
+            self._listener = None
+        self._listening = False
         with _LOCAL_LOCK:
             watchers = _LOCAL.get(self._key)
             if watchers is not None:
                 watchers.discard(self)
                 if not watchers:
                     del _LOCAL[self._key]
-        # the listener sees _closed within its 0.5 s wait and ends by itself (not joined here:
-        # a process disposing of many databases, such as the tests, does not wait for each)
         if self._sqlite is not None:
             with self._lock, contextlib.suppress(sqlite3.Error):
                 self._sqlite.close()
             self._sqlite = None
-
-
-def _listen(ref: weakref.ref[Freshness], dsn: str, closed: threading.Event) -> None:
-    """PostgreSQL: LISTEN on a dedicated connection; every notification (and every reconnection)
-    invalidates the versions; reconnect with a backoff after a loss."""
-    import psycopg
-
-    def watch() -> Freshness | None:
-        found = ref()
-        if found is None:
-            closed.set()
-        return found
-
-    wait = RECONNECT_SECONDS[0]
-    while not closed.is_set():
-        try:
-            with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
-                conn.execute(f"LISTEN {CHANNEL}")
-                alive = watch()
-                if alive is None:
-                    return
-                alive.invalidate()  # anything may have changed while not listening
-                alive._listening = True
-                del alive
-                wait = RECONNECT_SECONDS[0]
-                while not closed.is_set():
-                    for _ in conn.notifies(timeout=0.5):
-                        alive = watch()
-                        if alive is not None:
-                            alive.invalidate()
-                        del alive
-                    if conn.closed or conn.broken:
-                        raise psycopg.OperationalError("notification connection lost")
-                    if ref() is None:
-                        return
-        except Exception as exc:
-            if not closed.is_set():
-                log.warning("change notifications lost, reading versions: %s", exc)
-        finally:
-            alive = watch()
-            if alive is not None:
-                alive._listening = False
-                alive.invalidate()
-            del alive
-        closed.wait(wait)
-        wait = min(wait * 2, RECONNECT_SECONDS[1])
 
 
 def notify(conn: Connection, kinds: Iterable[str]) -> None:
