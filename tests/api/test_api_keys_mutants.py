@@ -6,14 +6,32 @@ the per-user key cap, the audit entry of a new key, and the fields of the spend 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from openclore.domain.errors import InvalidInput
-from openclore.market.api_keys import MAX_KEYS, _within, parse_scopes, parse_spend_limit
-from openclore.store.schema import audit_log
+from openclore.domain.errors import InvalidInput, MarketError
+from openclore.domain.money import Coins
+from openclore.engine.spending import spent_today
+from openclore.market.api_keys import (
+    ALL_SCOPES,
+    MAX_KEYS,
+    SCOPES,
+    Key,
+    _within,
+    check_spend,
+    is_full,
+    key_for_token,
+    list_keys,
+    parse_scopes,
+    parse_spend_limit,
+    revoke_key,
+)
+from openclore.market.audit import Actor
+from openclore.market.sessions import session_for, start_session
+from openclore.store.schema import api_tokens, audit_log
 from test_api_keys import make_key
 
 from support import Market, error, ok, order_body
@@ -155,3 +173,166 @@ def test_spend_refusals_name_the_currency_the_limit_and_what_was_spent(market: M
     body = market.client(spent_secret).post("/v1/create_order", json=order_body(sid)).json()
     assert body["error"] in ("spend_limit_exceeded", "spend_limit_reached")
     assert body["currency"] == "bitcoin" and body["limit"] == 0
+
+
+# ------------------------------------------------------------------ the use cases, directly
+
+
+def keyed(market: Market, **body: Any) -> tuple[int, int, str]:
+    """(user id, key id, secret) of a new key of a new user with 1 BTC."""
+    token = market.user(bitcoin="1")
+    key, secret = make_key(market.client(token), **body)
+    return market.user_id(token), int(key["id"]), secret
+
+
+def test_a_full_key_has_every_scope_no_limit_and_no_expiry() -> None:
+    full = Key(1, 2, "abcdefgh", ALL_SCOPES, None, None)
+    assert is_full(full)
+    assert not is_full(replace(full, scopes=ALL_SCOPES - {"money"}))
+    assert not is_full(replace(full, expires_at=10))
+    assert not is_full(replace(full, spend_limit=(("bitcoin", 5),)))
+
+
+def test_a_token_is_found_with_what_its_key_may_do(market: Market) -> None:
+    uid, kid, secret = keyed(
+        market, scopes=["rent", "read"], spend_limit={"bitcoin": "0.000000005"}
+    )
+    with market.db.read() as conn:
+        key = key_for_token(conn, secret)
+        assert key_for_token(conn, "") is None
+        assert key_for_token(conn, secret + "x" * (257 - len(secret))) is None
+        assert key_for_token(conn, secret[:-1]) is None
+    assert key == Key(kid, uid, secret[:8], frozenset({"read", "rent"}), None, (("bitcoin", 5),))
+    with market.db.write() as conn:
+        conn.execute(update(api_tokens).where(api_tokens.c.id == kid).values(revoked_at=1))
+    with market.db.read() as conn:
+        assert key_for_token(conn, secret) is None
+
+
+def test_an_operators_token_is_a_key_with_every_scope(market: Market) -> None:
+    token = market.user()
+    with market.db.read() as conn:
+        key = key_for_token(conn, token)
+    assert key is not None
+    assert (key.user_id, key.scopes, key.expires_at, key.spend_limit) == (
+        market.user_id(token),
+        ALL_SCOPES,
+        None,
+        None,
+    )
+    assert is_full(key)
+
+
+def test_the_listed_keys_are_the_users_live_ones_in_order_with_their_fields(
+    market: Market,
+) -> None:
+    token = market.user(bitcoin="1")
+    owner = market.client(token)
+    now = market.now()
+    first, _ = make_key(owner, name="bot", scopes=["money", "read"], expires_at=now + 60)
+    second, _ = make_key(owner, scopes=["read"], spend_limit={"bitcoin": "0.5"})
+    gone, _ = make_key(owner, scopes=["read"])
+    make_key(market.client(market.user()), scopes=["read"])  # another user's
+    ok(owner.post("/v1/revoke_api_key", json={"id": gone["id"]}))
+    uid = market.user_id(token)
+    with market.db.read() as conn:
+        listed = list_keys(conn, uid, now + 59)
+        at_expiry = list_keys(conn, uid, now + 60)
+    (operator_token,) = [k for k in listed if k["id"] not in (first["id"], second["id"])]
+    assert [k["id"] for k in listed] == sorted(k["id"] for k in listed)
+    by_id = {k["id"]: k for k in listed}
+    assert by_id[first["id"]] == {
+        "id": first["id"],
+        "name": "bot",
+        "prefix": first["prefix"],
+        "scopes": ["read", "money"],  # in the order of SCOPES
+        "created_at": now,
+        "expires_at": now + 60,
+        "expired": False,
+        "spend_limit": None,
+    }
+    assert by_id[second["id"]]["spend_limit"] == {"bitcoin": Coins(500_000_000)}
+    assert by_id[second["id"]]["spent_today"] == {"bitcoin": Coins(0)}
+    assert "spent_today" not in by_id[first["id"]]
+    assert operator_token["scopes"] == list(SCOPES)
+    assert {k["id"]: k["expired"] for k in at_expiry}[first["id"]] is True
+
+
+def test_revoking_needs_the_users_live_key_and_every_scope_it_has(market: Market) -> None:
+    uid, kid, secret = keyed(market, scopes=["read", "rent", "money"])
+    other_uid, other_kid, _ = keyed(market, scopes=["read"])
+    weaker = Key(0, uid, "x", frozenset({"read", "rent"}), None, None)
+    actor = Actor.user(uid, via="test")
+
+    def revoke(user_id: int, key_id: int, revoker: Key | None) -> MarketError | None:
+        try:
+            with market.db.write() as conn:
+                revoke_key(conn, user_id, key_id, market.now(), revoker, actor)
+        except MarketError as exc:
+            return exc
+        return None
+
+    refused = revoke(uid, kid, weaker)
+    assert refused is not None and refused.name == "scope_not_held"
+    assert refused.extra == {"scopes": ["money"]}
+    assert revoke(uid, other_kid, None).name == "api_key_dont_exist"  # type: ignore[union-attr]
+    with market.db.write() as conn:
+        cookie = start_session(conn, uid, market.now(), kid)
+    assert revoke(uid, kid, None) is None
+    with market.db.read() as conn:
+        assert session_for(conn, cookie, market.now()) is None
+        assert key_for_token(conn, secret) is None
+        entry = conn.execute(
+            select(audit_log.c.action, audit_log.c.target).where(
+                audit_log.c.action == "api_key.revoke"
+            )
+        ).one()
+    assert tuple(entry) == ("api_key.revoke", f"api_key:{kid}")
+    assert revoke(uid, kid, None).name == "api_key_dont_exist"  # type: ignore[union-attr]
+    assert other_uid != uid
+
+
+def test_spending_with_a_limited_key_stops_at_its_limit_to_the_unit(market: Market) -> None:
+    host = market.user()
+    sid = market.server(host, "billed", on_demand="0.0001")
+    uid, kid, secret = keyed(market, scopes=["read", "rent"], spend_limit={"bitcoin": "0.001"})
+    ok(market.client(secret).post("/v1/create_order", json=order_body(sid)))
+    market.advance(600)
+    now = market.now()
+    with market.db.read() as conn:
+        spent = spent_today(conn, kid, now)["bitcoin"]
+    assert spent > 0
+
+    def check(limit: int, per_day: int = 1, upfront: int = 0, currency: str = "bitcoin") -> Any:
+        actor = Actor.user(uid, key_id=kid, spend_limit=(("bitcoin", limit),))
+        try:
+            with market.db.read() as conn:
+                check_spend(conn, actor, currency, per_day, now, upfront)
+        except MarketError as exc:
+            return exc.name, exc.extra
+        return None
+
+    assert check(spent + 1) is None
+    assert check(spent + 1, upfront=1) is None  # reaches the limit exactly
+    assert check(spent + 1, upfront=2) == (
+        "spend_limit_reached",
+        {"currency": "bitcoin", "limit": Coins(spent + 1), "spent": Coins(spent)},
+    )
+    assert check(spent) == (
+        "spend_limit_reached",
+        {"currency": "bitcoin", "limit": Coins(spent), "spent": Coins(spent)},
+    )
+    assert check(spent + 10, per_day=spent + 10) is None  # a price of exactly the limit
+    assert check(spent + 10, per_day=spent + 11) == (
+        "spend_limit_exceeded",
+        {"currency": "bitcoin", "limit": Coins(spent + 10)},
+    )
+    # a currency the limit does not name cannot be spent at all
+    assert check(spent + 10, per_day=0, currency="CLORE-Blockchain") == (
+        "spend_limit_reached",
+        {"currency": "CLORE-Blockchain", "limit": Coins(0), "spent": Coins(0)},
+    )
+    # no key, or a key without a limit: nothing is checked
+    with market.db.read() as conn:
+        check_spend(conn, Actor.user(uid), "bitcoin", 10**12, now, 10**12)
+        check_spend(conn, Actor.user(uid, key_id=kid), "bitcoin", 10**12, now, 10**12)
