@@ -22,6 +22,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -465,23 +466,26 @@ def test_database_connections_terminated_under_load(
                 ).scalar_one()
             )
 
-    async def terminator() -> float:
-        last = 0.0
-        await asyncio.sleep(duration / 4)
+    cut_at: list[float] = []
+
+    def terminator() -> None:
+        # a thread of its own, not a task: the load's 200 clients keep the loop so busy under
+        # coverage that its sleeps woke seconds late and the cuts ran into the recovery time
+        time.sleep(duration / 4)
         for _ in range(cuts):
-            # in a thread: the load's clients go on meanwhile (the loop is theirs)
-            terminated.append(await asyncio.to_thread(cut))
-            last = out.at()
-            await asyncio.sleep(1.5)
-        return last
+            terminated.append(cut())
+            cut_at.append(out.at())
+            time.sleep(1.5)
 
-    async def scenario() -> float:
+    async def scenario() -> None:
+        cutting = threading.Thread(target=terminator, name="terminator")
         load = asyncio.create_task(run_load(tokens, [r.url for r in replicas], out, duration))
-        last = await terminator()
+        cutting.start()
         await load
-        return last
+        await asyncio.to_thread(cutting.join)
 
-    last = asyncio.run(scenario())
+    asyncio.run(scenario())
+    last = cut_at[-1]
     report(out, record_property, f"pg_terminate_backend x{len(terminated)}")
     assert len(terminated) == cuts and min(terminated) > 0, terminated  # connections were cut
     assert last + recovery < duration - 1, "no time left to see the recovery: raise the duration"
