@@ -174,6 +174,22 @@ def test_a_renter_without_a_wallet_in_the_currency_pays_nothing_and_is_short(
     assert booked(market) == []
 
 
+def test_a_renter_without_a_wallet_has_nothing_at_all_to_pay_with(market: Market) -> None:
+    renter, _host, sid = people(market, 10_000)
+    # at one unit a second a single unit would buy a second: there is none
+    got = bill(
+        market,
+        user_id=renter,
+        server_id=sid,
+        currency="no-such-coin",
+        rate=86_400,
+        seconds=10,
+        spent=10,
+        fee_paid=1,
+    )
+    assert got == (10, 10, 1, True)
+
+
 def test_a_host_without_a_wallet_in_the_currency_is_an_error(market: Market) -> None:
     renter, host, sid = people(market, 10_000)
     with market.db.write() as conn:
@@ -246,6 +262,21 @@ def test_a_free_disk_counts_its_seconds_and_books_nothing(market: Market) -> Non
     got = stored(market, stopped_order(renter, sid, storage_rate=0), 1_005)
     assert got == {"stored_seconds": 15, "stored_at": 1_005}
     assert booked(market) == []
+
+
+def test_a_disk_of_one_unit_a_day_is_billed_not_free(market: Market) -> None:
+    renter, _host, sid = people(market, 10_000)
+    order = stopped_order(
+        renter, sid, storage_rate=1, stored_seconds=0, storage_spend=0, storage_fee=0
+    )
+    got = stored(market, order, 1_000 + 86_400)
+    assert got == {
+        "stored_seconds": 86_400,
+        "storage_spend": 1,
+        "storage_fee": 0,
+        "stored_at": 1_000 + 86_400,
+    }
+    assert [(k, a) for k, _, _, a, *_ in booked(market)] == [("order:41:storage:1", 1)]
 
 
 @pytest.mark.parametrize(
@@ -367,6 +398,12 @@ def test_a_servers_live_volumes_are_billed_in_id_order_and_an_ended_one_tells_th
     gone = add_volume(market, renter, sid, state="deleted")
     current = add_volume(market, renter, sid, billed_at=1_005)
     away = add_volume(market, renter, other)
+    # rows in another order than their ids: PostgreSQL keeps a row moved to another server
+    # and back last in its heap and its server index (SQLite keeps rowid order)
+    with market.db.write() as conn:
+        conn.execute(update(volumes).where(volumes.c.id == first).values(server_id=other))
+    with market.db.write() as conn:
+        conn.execute(update(volumes).where(volumes.c.id == first).values(server_id=sid))
     untouched = {v: billed(market, v) for v in (gone, current, away)}
     with market.db.write() as conn:
         assert settle_volumes(conn, sid, 1_005) is True
@@ -415,6 +452,8 @@ def test_the_servers_with_storage_to_bill_or_a_timer_due(market: Market) -> None
         with_order("timer-past", stop_at=now - 10),
         with_volume("ready"),
         with_volume("creating", state="creating"),
+        with_order("disk-one-unit", **{**stopping, "storage_rate": 1}, stored_at=now - 1),
+        with_volume("volume-one-unit", rate=1),
     ]
     not_due = [
         with_order("disk-just-stored", **stopping, stored_at=now),

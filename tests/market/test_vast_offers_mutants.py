@@ -22,6 +22,7 @@ from openclore.market.vast_offers import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
     OfferQuery,
+    matches,
     parse_filters,
     parse_offer_query,
     pick_currency,
@@ -443,3 +444,90 @@ def test_rows_of_mixed_types_sort_by_their_text() -> None:
     assert [r["v"] for r in rows] == [10, 9, "a", "b"]
     sort_rows(rows, [("v", True)])
     assert [r["v"] for r in rows] == ["b", "a", 9, 10]
+
+
+# ----------------------------------------------------------------------- the second round
+
+
+def test_error_messages_quote_at_most_their_first_characters() -> None:
+    long = "x" * 40
+    with pytest.raises(InvalidInput) as caught:
+        parse_filters({"-" + long: 1})
+    assert str(caught.value) == f"query: invalid field name {('-' + long)[:32]!r}"
+    with pytest.raises(InvalidInput) as caught:
+        parse_filters({"num_gpus": {long: 1}})
+    assert str(caught.value) == (
+        f"query: unknown operator {long[:16]!r} for num_gpus "
+        "(one of eq, neq, gt, gte, lt, lte, in, notin)"
+    )
+    with pytest.raises(InvalidInput) as caught:
+        parse_offer_query({"type": long})
+    assert str(caught.value) == f"type: expected on-demand or bid, got {long[:32]!r}"
+    with pytest.raises(InvalidInput) as caught:
+        parse_offer_query({"allocated_storage": long})
+    assert str(caught.value) == f"allocated_storage: expected a number, got {long[:32]!r}"
+
+
+def test_field_names_may_have_capitals_and_order_texts_keep_other_letters() -> None:
+    assert parse_filters({"Gpu_Name_X": 1}) == {"Gpu_Name_X": {"eq": 1}}
+    assert parse_offer_query({"order": ["maxX-", "X+"]}).order == [("maxX", True), ("X", False)]
+
+
+def test_boolean_filters_take_the_clis_texts() -> None:
+    row = {"verified": True}
+    for text in ("true", "1", "yes", " YES "):
+        assert matches(row, {"verified": {"eq": text}}), text
+    assert not matches(row, {"verified": {"eq": "no"}})
+    # a boolean compared with nothing: only eq/neq can hold
+    assert not matches(row, {"verified": {"gt": None}})
+    assert matches(row, {"verified": {"neq": None}})
+
+
+def test_lte_holds_at_equality_and_an_unknown_field_skips_only_itself() -> None:
+    row = {"num_gpus": 3}
+    assert matches(row, {"num_gpus": {"lte": 3}})
+    assert not matches(row, {"num_gpus": {"lt": 3}})
+    assert not matches(row, {"not_ours": {"eq": 1}, "num_gpus": {"eq": 4}})
+
+
+def test_numbers_sort_as_numbers_both_ways() -> None:
+    rows: list[dict[str, Any]] = [{"v": 9}, {"v": 10}, {"v": 9.5}]
+    sort_rows(rows, [("v", False)])
+    assert [r["v"] for r in rows] == [9, 9.5, 10]
+    sort_rows(rows, [("v", True)])
+    assert [r["v"] for r in rows] == [10, 9.5, 9]
+
+
+def test_a_negative_bid_at_a_cheap_coin_is_still_one_unit() -> None:
+    assert units_per_day(Decimal("-1"), NANO // 1000) == 1
+    assert units_per_day(Decimal("0"), NANO // 1000) == 1
+
+
+def test_a_price_of_one_unit_is_a_price() -> None:
+    item = listed(price={"on_demand": {"bitcoin": Coins(1)}, "spot": {"bitcoin": Coins(1)}})
+    assert pick_currency(item, RATES, bid=False) == "bitcoin"
+    whole = listed(
+        price={"on_demand": {"bitcoin": Coins(1)}, "spot": {"bitcoin": Coins(1)}},
+        partial_gpu_rental={},
+    )
+    assert len(server_offers(whole, RATES, OfferQuery(), NOW)) == 1
+    assert len(server_offers(whole, RATES, OfferQuery(bid=True), NOW)) == 1
+
+
+def test_partial_rental_of_a_two_gpu_server_and_a_one_gpu_minimum_above_its_size() -> None:
+    two = listed(
+        gpu_array=["NVIDIA GeForce RTX 4090"] * 2,
+        partial_gpu_rental={"enabled": True, "min_gpus": 1, "free_indices": [0, 1]},
+    )
+    assert [o["num_gpus"] for o in server_offers(two, RATES, OfferQuery(), NOW)] == [1, 2]
+    one = listed(
+        gpu_array=["NVIDIA GeForce RTX 4090"],
+        partial_gpu_rental={"enabled": True, "min_gpus": 2, "free_indices": [0]},
+    )
+    assert [o["num_gpus"] for o in server_offers(one, RATES, OfferQuery(), NOW)] == [1]
+
+
+def test_the_score_keeps_four_decimals() -> None:
+    item = listed(reliability=0.123456, partial_gpu_rental={})
+    assert server_offers(item, RATES, OfferQuery(), NOW)[0]["score"] == round(0.123456 * 4, 4)
+    assert round(0.123456 * 4, 4) != round(0.123456 * 4, 5)
