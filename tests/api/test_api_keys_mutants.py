@@ -31,7 +31,7 @@ from openclore.market.api_keys import (
 )
 from openclore.market.audit import Actor
 from openclore.market.sessions import session_for, start_session
-from openclore.store.schema import api_tokens, audit_log
+from openclore.store.schema import api_tokens, audit_log, web_sessions
 from test_api_keys import make_key
 
 from support import Market, error, ok, order_body
@@ -193,6 +193,13 @@ def test_a_full_key_has_every_scope_no_limit_and_no_expiry() -> None:
     assert not is_full(replace(full, spend_limit=(("bitcoin", 5),)))
 
 
+def test_a_key_acts_as_its_user_through_itself() -> None:
+    key = Key(7, 2, "abcdefgh", frozenset({"read"}), None, (("bitcoin", 5),))
+    assert key.actor("203.0.113.9") == Actor(
+        "user:2", 2, "203.0.113.9", "key:7:abcdefgh", 7, (("bitcoin", 5),)
+    )
+
+
 def test_a_token_is_found_with_what_its_key_may_do(market: Market) -> None:
     uid, kid, secret = keyed(
         market, scopes=["rent", "read"], spend_limit={"bitcoin": "0.000000005"}
@@ -235,6 +242,14 @@ def test_the_listed_keys_are_the_users_live_ones_in_order_with_their_fields(
     make_key(market.client(market.user()), scopes=["read"])  # another user's
     ok(owner.post("/v1/revoke_api_key", json={"id": gone["id"]}))
     uid = market.user_id(token)
+    # the first key moved to another user and back: PostgreSQL now keeps it after the others
+    # in its heap and in the user index, so only ORDER BY lists it first
+    with market.db.write() as conn:
+        conn.execute(
+            update(api_tokens).where(api_tokens.c.id == first["id"]).values(user_id=uid + 1)
+        )
+    with market.db.write() as conn:
+        conn.execute(update(api_tokens).where(api_tokens.c.id == first["id"]).values(user_id=uid))
     with market.db.read() as conn:
         listed = list_keys(conn, uid, now + 59)
         at_expiry = list_keys(conn, uid, now + 60)
@@ -281,6 +296,9 @@ def test_revoking_needs_the_users_live_key_and_every_scope_it_has(market: Market
     assert revoke(uid, kid, None) is None
     with market.db.read() as conn:
         assert session_for(conn, cookie, market.now()) is None
+        assert not conn.execute(
+            select(web_sessions.c.id_hash).where(web_sessions.c.token_id == kid)
+        ).all()  # the session's row is gone, not only refused
         assert key_for_token(conn, secret) is None
         entry = conn.execute(
             select(audit_log.c.action, audit_log.c.target).where(
