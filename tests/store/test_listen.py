@@ -5,14 +5,12 @@ in store/test_freshness.py.)"""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import pytest
 from sqlalchemy import text
 
 from openclore.store import listen
 from openclore.store.freshness import listen_dsn
+from test_freshness import until
 
 from support import Market
 
@@ -35,13 +33,6 @@ class Recorder:
         self.states.append("lost")
 
 
-def until(check: Callable[[], bool], seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "not seen in time"
-        time.sleep(0.02)
-
-
 def test_only_the_known_channels_can_be_listened_to() -> None:
     with pytest.raises(ValueError, match="unknown channel 'openclore_other'"):
         listen.register("postgresql://nowhere/none", "openclore_other", Recorder())
@@ -60,14 +51,14 @@ def test_a_failing_handler_leaves_the_others_served(
     try:
         assert first is second is third  # one listener, one connection, both channels
         assert first.ready.wait(10)
-        until(lambda: servers.states == ["up"] and changes.states == ["up"])
+        until(lambda: servers.states == ["up"] and changes.states == ["up"], 10)
         with caplog.at_level("ERROR", logger="openclore.store"):
             with market.db.engine.connect() as conn:
                 conn.execute(text("SELECT pg_notify('openclore_servers', '7')"))
                 conn.execute(text("SELECT pg_notify('openclore_changes', 'auth')"))
                 conn.commit()
-            until(lambda: servers.heard == [("openclore_servers", "7")])
-            until(lambda: changes.heard == [("openclore_changes", "auth")])
+            until(lambda: servers.heard == [("openclore_servers", "7")], 10)
+            until(lambda: changes.heard == [("openclore_changes", "auth")], 10)
         assert failing.heard == [("openclore_servers", "7")]
         assert any("notification handler failed" in r.getMessage() for r in caplog.records)
     finally:
