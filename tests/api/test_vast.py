@@ -3,6 +3,7 @@ answer shapes, then the endpoints over real HTTP against a market on both databa
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -504,6 +505,38 @@ def test_vast_rate_limit_and_hostile_input(market: Market) -> None:
     api = vast_client(market, renter)
     assert api.get("/api/v0/users/current").status_code == 200
     limited = api.get("/api/v0/users/current")
+    assert limited.status_code == 429 and limited.json()["error"] == "rate_limited"
+    assert int(limited.headers["Retry-After"]) >= 1
+
+
+def test_offers_are_searched_without_a_key_as_the_marketplace_is(market: Market) -> None:
+    """`vastai search offers` with no key configured sends no Authorization header; the offers
+    are public as the Clore marketplace is (SPEC §1), limited per address; nothing else is."""
+    host, renter = market.user(), market.user(bitcoin="0.01")
+    rig(market, host)
+    anonymous, known = vast_client(market, None), vast_client(market, renter)
+    query = {"num_gpus": {"gte": 1}}
+    seen = anonymous.post("/api/v0/bundles/", json=query)
+    assert seen.status_code == 200, seen.text
+    assert seen.json() == known.post("/api/v0/bundles/", json=query).json()
+    assert seen.json()["offers"]
+    assert anonymous.put("/api/v0/search/asks/", json={"q": query}).json() == seen.json()
+    older = anonymous.get("/api/v1/bundles/", params={"q": json.dumps(query)})
+    assert older.json() == seen.json()
+    # a header that is there but wrong is refused, never read as anonymous
+    for header in ("Bearer nope", "Bearer", "Basic abc", ""):
+        wrong = httpx.post(
+            market.url + "/api/v0/bundles/", json=query, headers={"Authorization": header}
+        )
+        assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_api_key", header
+    for method, path in [("GET", "/api/v0/instances/"), ("GET", "/api/v0/ssh/")]:
+        refused = anonymous.request(method, path)
+        assert refused.status_code == 401 and refused.json()["error"] == "invalid_api_key"
+    # limited per client address, as anonymous marketplace calls are
+    market.reconfigure(rate_limit_interval=1.0, rate_clock=ManualClock(9000.0))
+    anonymous = vast_client(market, None)
+    assert anonymous.post("/api/v0/bundles/", json=query).status_code == 200
+    limited = anonymous.post("/api/v0/bundles/", json=query)
     assert limited.status_code == 429 and limited.json()["error"] == "rate_limited"
     assert int(limited.headers["Retry-After"]) >= 1
 

@@ -87,8 +87,9 @@ class Cli:
         self.env.pop("VAST_API_KEY", None)
 
     def __call__(self, *args: str) -> str:
+        key = ["--api-key", self.token] if self.token else []  # none: no key set at all
         done = subprocess.run(
-            [*self.base, "--url", self.url, "--api-key", self.token, *args],
+            [*self.base, "--url", self.url, *key, *args],
             capture_output=True,
             text=True,
             env=self.env,
@@ -114,6 +115,8 @@ def test_vastai_cli(market: Market, tmp_path: Path) -> None:
     assert cli.raw("search", "offers", "gpu_name=RTX_3090 geolocation in [CZ,DE]", "-o", "dph-")
     table = cli("search", "offers", "num_gpus>=1")
     assert str(sid * 100 + 1) in table and "RTX_3090" in table
+    # before any key is set: the search is public, as Vast's and the Clore marketplace are
+    assert Cli(market, "", tmp_path / "keyless").raw("search", "offers", "num_gpus>=1") == offers
 
     created = cli.raw(
         "create",

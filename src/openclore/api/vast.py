@@ -3,7 +3,8 @@ cases: offers, instances, SSH keys, the current user (docs/vast-compat.md).
 
 Every path is served under both ``/api/v0`` and ``/api/v1``, spelled as the clients spell it
 (trailing slashes included). A request authenticates with ``Authorization: Bearer <API token>``
-(:func:`authenticate`, given the scope the endpoint needs). Errors come in Vast's shape,
+(:func:`authenticate`, given the scope the endpoint needs); the offer search also answers without
+one, as the Clore ``marketplace`` does (limited per address). Errors come in Vast's shape,
 ``{"success": false, "error": <name>, "msg": <sentence>}``, with the HTTP status of the error;
 never a traceback.
 """
@@ -133,6 +134,13 @@ def authenticate(state: AppState, request: Request, scope: str) -> Caller:
     return Caller(key.user_id, key.id, key.actor(source))
 
 
+def anonymous(state: AppState, request: Request) -> None:
+    """An offer search without ``Authorization``: public, as the Clore ``marketplace`` is (SPEC
+    §1), and limited per client address as every anonymous call is. A header that is there but
+    wrong is still refused (:func:`authenticate`), never read as anonymous."""
+    _address_limit(state, request)
+
+
 def _token_key(token: str) -> str:
     return "t:" + hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
@@ -154,6 +162,13 @@ def _unknown_key(state: AppState, request: Request, token: str) -> None:
     if interval <= 0:
         return
     state.limiter.forget(_token_key(token))
+    _address_limit(state, request)
+
+
+def _address_limit(state: AppState, request: Request) -> None:
+    interval = state.settings.rate_limit_interval
+    if interval <= 0:
+        return
     address = "a:" + (request.client.host if request.client else "unknown")
     decision = state.limiter.hit(address, interval, state.rate_clock.now())
     if not decision.allowed:
@@ -188,11 +203,17 @@ def _json_param(request: Request, name: str, default: Any) -> Any:
 
 
 def _offers(state: AppState, call: VastCall) -> dict[str, Any]:
-    body = call.body
+    return _offers_for(state, call.body, call.request, call.now)
+
+
+def _offers_for(
+    state: AppState, body: dict[str, Any], request: Request, now: int
+) -> dict[str, Any]:
+    """The offers a Vast query selects; the caller plays no part (the search is public)."""
     if "q" in body and isinstance(body["q"], dict):  # PUT /search/asks/ {"select_cols", "q"}
         body = body["q"]
     elif not body:  # an older client: GET /bundles/?q=<json>
-        q = _json_param(call.request, "q", {})
+        q = _json_param(request, "q", {})
         if not isinstance(q, dict):
             raise InvalidInput("q: expected a JSON object")
         body = q
@@ -200,7 +221,7 @@ def _offers(state: AppState, call: VastCall) -> dict[str, Any]:
     with state.db.read() as conn:
         listing = state.market.listing(conn)
         rates = _rates(state, conn)
-    return {"offers": vast_offers.search_offers(listing.servers, rates, query, call.now)}
+    return {"offers": vast_offers.search_offers(listing.servers, rates, query, now)}
 
 
 def _create_instance(state: AppState, call: VastCall) -> dict[str, Any]:
@@ -438,6 +459,9 @@ def _handler(state: AppState, work: Work, scope: str) -> Callable[[Request], Awa
             body = parse_object(raw) if request.method != "GET" else {}
 
             def run() -> Any:
+                if work is _offers and "authorization" not in request.headers:
+                    anonymous(state, request)
+                    return _offers_for(state, body, request, state.now())
                 caller = authenticate(state, request, scope)
                 return work(state, VastCall(request, body, caller, state.now()))
 
