@@ -23,6 +23,7 @@ import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamablehttp_client
+from mcp.shared.memory import create_connected_server_and_client_session
 from mcp.types import CallToolResult
 
 from openclore.client import (
@@ -33,7 +34,7 @@ from openclore.client import (
     Order,
     error_for,
 )
-from openclore.mcp.server import key_info
+from openclore.mcp.server import build_server, key_info
 from openclore.mcp.tools import (
     SCOPES,
     SIMULATED,
@@ -98,6 +99,25 @@ async def stdio_session(market: Market, token: str) -> AsyncIterator[ClientSessi
         yield session
 
 
+@asynccontextmanager
+async def memory_session(market: Market, token: str) -> AsyncIterator[ClientSession]:
+    """The same server built in this process (``build_server`` as ``openclore mcp`` calls it)
+    and joined to the SDK's client by in-memory streams: what the stdio tests check, also where
+    mutation testing can see which tool code ran. Its client does not pace itself (the test
+    market has no rate limits), so these run in a fraction of the stdio ones' time."""
+    async with AsyncClient(token, base_url=market.url, rate_limit=False) as client:
+        server = build_server(client, await key_info(client))
+        async with create_connected_server_and_client_session(server) as session:
+            yield session
+
+
+@pytest.fixture(params=["stdio", "memory"])
+def session_for(request: pytest.FixtureRequest) -> Any:
+    """Opens a client session to the MCP server over stdio (a real ``openclore mcp`` process)
+    or in memory (the same server in this process)."""
+    return stdio_session if request.param == "stdio" else memory_session
+
+
 @pytest.fixture
 def http_mcp(market: Market, world: tuple[str, int]) -> Iterator[str]:
     """``openclore mcp --transport http`` as its own process, answering only requests with the
@@ -154,11 +174,13 @@ async def call(session: ClientSession, tool: str, **arguments: Any) -> CallToolR
 # ----------------------------------------------------------------------------- over stdio
 
 
-def test_stdio_rent_status_stop_start_cancel(market: Market, world: tuple[str, int]) -> None:
+def test_rent_status_stop_start_cancel(
+    market: Market, world: tuple[str, int], session_for: Any
+) -> None:
     token, sid = world
 
     async def flow() -> None:
-        async with stdio_session(market, token) as session:
+        async with session_for(market, token) as session:
             listed = await session.list_tools()
             tools = {t.name: t for t in listed.tools}
             # an operator-issued token has every scope: every tool
@@ -256,11 +278,11 @@ def test_stdio_rent_status_stop_start_cancel(market: Market, world: tuple[str, i
     asyncio.run(flow())
 
 
-def test_stdio_templates_and_spot(market: Market, world: tuple[str, int]) -> None:
+def test_templates_and_spot(market: Market, world: tuple[str, int], session_for: Any) -> None:
     token, sid = world
 
     async def flow() -> None:
-        async with stdio_session(market, token) as session:
+        async with session_for(market, token) as session:
             made = data(
                 await call(
                     session,
@@ -377,13 +399,13 @@ def _key(market: Market, token: str, scopes: list[str], **options: Any) -> str:
 
 
 def test_a_read_only_key_is_offered_only_the_read_tools(
-    market: Market, world: tuple[str, int]
+    market: Market, world: tuple[str, int], session_for: Any
 ) -> None:
     token, sid = world
     reader = _key(market, token, ["read"])
 
     async def flow() -> None:
-        async with stdio_session(market, reader) as session:
+        async with session_for(market, reader) as session:
             assert {t.name for t in (await session.list_tools()).tools} == READ_TOOLS
             (offer,) = data(await call(session, "search_offers"))["offers"]
             assert offer["id"] == sid
@@ -401,13 +423,15 @@ def test_a_read_only_key_is_offered_only_the_read_tools(
         assert client.my_orders() == []
 
 
-def test_a_spend_limit_is_the_agents_budget(market: Market, world: tuple[str, int]) -> None:
+def test_a_spend_limit_is_the_agents_budget(
+    market: Market, world: tuple[str, int], session_for: Any
+) -> None:
     token, sid = world
     small = _key(market, token, ["read", "rent"], spend_limit={"bitcoin": "0.00000113"})
     agent = _key(market, token, ["read", "rent"], spend_limit={"bitcoin": "0.001"})
 
     async def flow() -> None:
-        async with stdio_session(market, small) as session:
+        async with session_for(market, small) as session:
             names = {t.name for t in (await session.list_tools()).tools}
             assert names == set(TOOL_SCOPES)
             key = data(await call(session, "wallet"))["key"]
@@ -421,7 +445,7 @@ def test_a_spend_limit_is_the_agents_budget(market: Market, world: tuple[str, in
             # 0.0001 a day is more than the key may spend in a day
             over = refused(await call(session, "rent_server", server_id=sid, image=IMAGE))
             assert "spend_limit_exceeded" in over and "limit: 0.00000113" in over
-        async with stdio_session(market, agent) as session:
+        async with session_for(market, agent) as session:
             order = data(await call(session, "rent_server", server_id=sid, image=IMAGE))["order"]
             market.advance(8640)  # a tenth of a day at 0.0001 a day
             key = data(await call(session, "wallet"))["key"]
