@@ -12,6 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
+
+from openclore.store.schema import orders
 
 from support import HEADER_TIMEOUT, Market, ok
 
@@ -171,3 +174,36 @@ def test_a_body_arriving_after_its_answer_does_not_start_the_header_timeout() ->
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/create_order", "/api/v0/asks/101/", "/payments/deposit", "/agent/v1/register"],
+)
+def test_a_client_gone_before_its_body_is_no_internal_error(
+    market: Market, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that closes its connection before the body it announced has come in: nothing is
+    done, and the log says the client went away (no traceback, no "internal error" for an
+    operator to chase). Seen under load, where a balancer or a starved client drops
+    connections."""
+    token = market.user(bitcoin="1")
+    port = int(market.url.rsplit(":", 1)[1])
+    caplog.set_level("INFO", logger="openclore.api")
+    method = "PUT" if path.startswith("/api/") else "POST"
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(
+            f"{method} {path} HTTP/1.1\r\nHost: x\r\nauth: {token}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+            "Content-Length: 500\r\n\r\n".encode()
+            + b'{"renting_server": 1,'
+        )
+        time.sleep(0.3)  # the endpoint is reading the body
+    gone = wait_until(lambda: [r for r in caplog.records if "client went away" in r.message])
+    assert gone and gone[0].levelname == "INFO" and path in gone[0].getMessage()
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], [
+        r.getMessage() for r in caplog.records
+    ]
+    with market.db.read() as conn:
+        assert conn.execute(select(orders.c.id)).first() is None
+    ok(market.client(token).get("/v1/wallets"))  # the server goes on serving

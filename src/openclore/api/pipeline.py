@@ -15,14 +15,14 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from openclore.api import idempotency, metrics
 from openclore.api.errors import error_response
 from openclore.api.listing import known_listing
 from openclore.api.state import AppState, Call, Endpoint, Reader
-from openclore.api.transport import BodyTooLarge, too_large
+from openclore.api.transport import BodyTooLarge, client_gone, too_large
 from openclore.api.wire import dumps, parse_body
 from openclore.config import Settings
 from openclore.domain.errors import (
@@ -124,6 +124,8 @@ class Pipeline:
         except BodyTooLarge:
             request.state.clore_code = 2
             return too_large(settings.max_body_bytes)
+        except ClientDisconnect:
+            return client_gone(request.url.path)
         except Exception:  # never a traceback on the wire
             log.exception("internal error on %s", ep.name)
             request.state.clore_code = 1
@@ -230,7 +232,8 @@ class Pipeline:
 
 def install_error_handlers(app: FastAPI, settings: Settings) -> None:
     """An unknown path or method is ``invalid endpoint``; any other HTTP or validation error the
-    framework raises is ``invalid input``, in the Clore envelope."""
+    framework raises is ``invalid input``, in the Clore envelope; a client that went away while
+    sending its body is logged as such, not as an internal error."""
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
@@ -241,3 +244,8 @@ def install_error_handlers(app: FastAPI, settings: Settings) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
         return error_response(InvalidInput("invalid request"), settings.http_status)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, _exc: ClientDisconnect) -> Response:
+        # any other endpoint (the deposit webhook, the agents', the console's forms)
+        return client_gone(request.url.path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from email.utils import formatdate
 from typing import Any, ClassVar
@@ -20,6 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openclore.api.wire import dumps
 from openclore.config import Settings
+
+log = logging.getLogger("openclore.api")
 
 # The largest WebSocket frame accepted (agents' messages are a few KiB): uvicorn refuses larger
 # frames before buffering them.
@@ -100,6 +103,18 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+# the status an answer to a client that went away gets in logs and metrics (nobody reads it),
+# as nginx logs it
+CLIENT_GONE = 499
+
+
+def client_gone(name: str) -> Response:
+    """What a request whose client closed its connection before its body had come answers with:
+    nothing was done, and it is no fault of the server's (logged as such, no traceback)."""
+    log.info("client went away before its request to %s had arrived", name)
+    return Response(status_code=CLIENT_GONE)
 
 
 class DateHeader:

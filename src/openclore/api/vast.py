@@ -22,11 +22,11 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from openclore.api.state import AppState, Reader
-from openclore.api.transport import BodyTooLarge
+from openclore.api.transport import BodyTooLarge, client_gone
 from openclore.api.wire import dumps, parse_object
 from openclore.domain.errors import (
     REGISTRY,
@@ -472,6 +472,8 @@ def _handler(state: AppState, work: Work, scope: str) -> Callable[[Request], Awa
             return _json(
                 {"success": False, "error": "invalid_args", "msg": "request body too large"}, 413
             )
+        except ClientDisconnect:
+            return client_gone(request.url.path)
         except Exception:  # never a traceback on the wire
             log.exception("internal error on %s %s", request.method, request.url.path)
             return error_response(CloreError("internal error"))
