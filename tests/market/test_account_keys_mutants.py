@@ -8,21 +8,25 @@ do not see."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from openclore.domain.errors import MarketError
+from openclore.engine.notify import subscribe
 from openclore.market.account_keys import (
     MAX_KEYS,
     MIN_RSA_BITS,
     SSH_KEY_ADD,
+    SSH_KEY_ATTACH,
     SSH_KEY_DELETE,
     account_keys,
     add_key,
+    attach_key,
     delete_key,
     joined_keys,
     list_keys,
@@ -30,9 +34,9 @@ from openclore.market.account_keys import (
 )
 from openclore.market.accounts import create_user
 from openclore.market.audit import Actor
-from openclore.store.schema import audit_log, events
+from openclore.store.schema import audit_log, events, orders, ssh_keys
 
-from support import Market
+from support import Market, ok, order_body
 
 pytestmark = pytest.mark.origin("mutant")
 
@@ -185,3 +189,68 @@ def test_the_accounts_keys_in_order_and_an_orders_key_joined_once(market: Market
     assert joined_keys("", "") == ""
     assert joined_keys(None, "") is None
     assert joined_keys(None, "\n \n") is None
+
+
+def test_keys_are_listed_in_the_order_they_were_added_on_either_database(market: Market) -> None:
+    """Listed by id: on PostgreSQL a row written again moves to the end of its table and index,
+    so the first key, moved away and back, comes last unless the listing orders by id."""
+    alice, bob = person(market, "alice"), person(market, "bob")
+    with market.db.write() as conn:
+        first = add_key(conn, alice, "first", ed(), NOW)
+        second = add_key(conn, alice, "second", ed(), NOW)
+        # to another account and back: written again, not in place (its user_id is indexed)
+        moved = update(ssh_keys).where(ssh_keys.c.id == first["id"])
+        conn.execute(moved.values(user_id=bob))
+        conn.execute(moved.values(user_id=alice))
+    with market.db.read() as conn:
+        assert [k["id"] for k in list_keys(conn, alice)] == [first["id"], second["id"]]
+        assert account_keys(conn, alice) == f"{first['public_key']}\n{second['public_key']}"
+
+
+def test_attaching_a_key_to_a_live_order(market: Market) -> None:
+    token = market.user(bitcoin="1")
+    alice = market.user_id(token)
+    sid = market.server(market.user())
+    own, early, late = ed(), ed(), ed()
+    with market.db.write() as conn:
+        add_key(conn, alice, "early", early, NOW)
+    oid = ok(market.client(token).post("/v1/create_order", json=order_body(sid, ssh_key=own)))[
+        "order_id"
+    ]
+    with market.db.write() as conn:
+        owned = add_key(conn, alice, "own", own, NOW)
+        later = add_key(conn, alice, "late", late, NOW)
+        with pytest.raises(MarketError) as missing:
+            attach_key(conn, alice, oid, 999_999, NOW)
+        assert (missing.value.name, dict(missing.value.extra)) == (
+            "ssh_key_dont_exist",
+            {"key_id": 999_999},
+        )
+        # the order's own key is there already
+        assert attach_key(conn, alice, oid, owned["id"], NOW) is False
+    woken: list[int] = []
+    sub = subscribe(market.db.engine, sid, lambda: woken.append(sid))
+    try:
+        assert sub.wait_ready(5)
+        with market.db.write() as conn:
+            actor = Actor.user(alice, "10.0.0.3", "key:4:zz")
+            assert attach_key(conn, alice, oid, later["id"], NOW, actor=actor) is True
+        deadline = time.monotonic() + 5
+        while not woken and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert woken, "the server's agent was not woken"
+    finally:
+        sub.close()
+    with market.db.read() as conn:
+        keys = conn.execute(select(orders.c.account_keys).where(orders.c.id == oid)).scalar()
+        entry = conn.execute(
+            select(audit_log.c.action, audit_log.c.target, audit_log.c.detail).where(
+                audit_log.c.action == SSH_KEY_ATTACH
+            )
+        ).one()
+    assert keys == f"{early}\n{late}"  # the account keys it had, and the new one
+    assert tuple(entry) == (
+        "ssh_key.attach",
+        f"order:{oid}",
+        {"fingerprint": later["fingerprint"], "via": "key:4:zz"},
+    )

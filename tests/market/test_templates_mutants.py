@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from openclore.domain.errors import MarketError
 from openclore.market.accounts import create_user
@@ -143,6 +143,7 @@ def test_who_may_use_and_delete_a_template(market: Market) -> None:
             usable_template(conn, alice, 999_999)
         assert refusal(missing) == ("template_dont_exist", {"template_id": 999_999})
         assert [t["mine"] for t in list_templates(conn, bob)] == [False]
+        assert [t["mine"] for t in list_templates(conn, alice)] == [True, True]
     with market.db.write() as conn, pytest.raises(MarketError) as theirs:
         delete_template(conn, bob, shared["id"], NOW)
     assert refusal(theirs) == ("not_your_template", {"template_id": shared["id"]})
@@ -270,3 +271,18 @@ def test_a_template_fills_only_the_fields_an_order_leaves_out(market: Market) ->
         filled.env["X"] = "y"
         again = apply_template(conn, uid, order(template_id=full["id"]))
         assert again.env == {"MODE": "train"}
+
+
+def test_templates_are_listed_by_id_on_either_database(market: Market) -> None:
+    """On PostgreSQL a row written again moves to the end of its table and index: the first
+    template, moved to another owner and back, comes last unless the listing orders by id."""
+    alice, bob = person(market, "alice"), person(market, "bob")
+    first = make(market, alice, name="first")
+    second = make(market, alice, name="second")
+    with market.db.write() as conn:
+        moved = update(templates).where(templates.c.id == first["id"])
+        conn.execute(moved.values(user_id=bob))
+        conn.execute(moved.values(user_id=alice))
+    with market.db.read() as conn:
+        assert [t["id"] for t in list_templates(conn, alice)] == [first["id"], second["id"]]
+        assert [t["id"] for t in list_templates(conn, alice, "S")] == [first["id"], second["id"]]

@@ -71,21 +71,19 @@ def parse_key(text: str) -> ParsedKey:
     if parts[0] not in ACCEPTED:
         raise MarketError("invalid_ssh_key", reason="accepted: ed25519, ecdsa, rsa")
     try:
+        # the parser checks that the blob holds a key of the type the line names
         key = serialization.load_ssh_public_key(f"{parts[0]} {parts[1]}".encode())
-    except UnsupportedAlgorithm:
-        raise MarketError("invalid_ssh_key", reason="unsupported key type") from None
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise MarketError("invalid_ssh_key", reason="not an OpenSSH public key") from None
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        bits = 256
-    elif isinstance(key, ec.EllipticCurvePublicKey):
-        bits = key.curve.key_size
-    elif isinstance(key, rsa.RSAPublicKey):
+    if isinstance(key, rsa.RSAPublicKey):
         bits = key.key_size
         if bits < MIN_RSA_BITS:
             raise MarketError("invalid_ssh_key", reason=f"RSA keys need {MIN_RSA_BITS} bits")
-    else:
-        raise MarketError("invalid_ssh_key", reason="accepted: ed25519, ecdsa, rsa")
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        bits = key.curve.key_size
+    else:  # of the ACCEPTED types, ssh-ed25519 is the one left
+        assert isinstance(key, ed25519.Ed25519PublicKey)
+        bits = 256
     canonical = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     type_, b64 = canonical.decode().split(" ", 1)
     comment = parts[2].strip() if len(parts) > 2 else ""
