@@ -9,22 +9,42 @@ behind a 20-second wait."""
 from __future__ import annotations
 
 import hashlib
+import json
+import threading
+import time
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from sqlalchemy import insert, select, update
 from starlette.requests import Request
+from starlette.responses import Response
 
+from openclore.api import idempotency
 from openclore.api.idempotency import (
     MAX_KEY_LENGTH,
     _number,
     _stored,
+    bind,
     canonical,
     key_of,
     request_hash,
+    run_once,
     success_body,
 )
-from openclore.domain.errors import InvalidInput
+from openclore.domain.errors import (
+    CloreError,
+    InternalError,
+    InvalidInput,
+    InvalidToken,
+    MarketError,
+)
+from openclore.market.accounts import create_user
+from openclore.store.db import run_write
+from openclore.store.idempotency import KeyLost
+from openclore.store.schema import idempotency_keys
+
+from support import Market
 
 pytestmark = pytest.mark.origin("mutant")
 
@@ -114,7 +134,7 @@ def test_the_request_hash_covers_the_path_the_query_and_the_body() -> None:
     assert request_hash(request("/v1/cancel_order", "a=2"), body) != digest
     assert request_hash(request("/v1/create_order", "a=1"), body) != digest
     assert request_hash(request("/v1/cancel_order", "a=1"), {"id": 2}) != digest
-    # a lone surrogate in a body is hashed, not an error
+    # a lone surrogate in a body is hashed (JSON escapes it), not an error
     assert len(request_hash(request(), {"s": "\ud800"})) == 64
 
 
@@ -126,3 +146,211 @@ def test_a_stored_answer_says_whether_it_is_replayed() -> None:
     assert first.headers["content-type"] == "application/json"
     again = _stored(b'{"code":2}', 400, replayed=True)
     assert again.status_code == 400 and again.headers["idempotent-replayed"] == "true"
+
+
+# ------------------------------------------------------------------ run_once and bind, directly
+
+
+def person(market: Market) -> int:
+    with market.db.write() as conn:
+        return create_user(conn, f"u{time.monotonic_ns()}", 1_000_000, market.settings)
+
+
+def once(
+    market: Market, uid: int, handler: Any, body: dict[str, Any] | None = None, mode: str = "clore"
+) -> Any:
+    return run_once(
+        market.db, request(), "create_order", "k1", uid, body or {"a": 1}, mode, 3600.0, handler
+    )
+
+
+def stored(market: Market, uid: int) -> Any:
+    with market.db.read() as conn:
+        return conn.execute(
+            select(idempotency_keys).where(idempotency_keys.c.user_id == uid)
+        ).first()
+
+
+def write_through_bind(market: Market, result: dict[str, Any], answer: Any = None) -> Any:
+    """What AppState.db_write does: the use case in a transaction that stores the answer."""
+    run, committed = bind(lambda conn: result, answer)
+    out = run_write(market.db, run)
+    committed()
+    return out
+
+
+def test_an_answer_stored_after_the_fact_and_replayed(market: Market) -> None:
+    uid = person(market)
+    calls: list[int] = []
+
+    def handler() -> dict[str, Any]:  # nothing written through db_write
+        calls.append(1)
+        return {"x": 1}
+
+    first = once(market, uid, handler)
+    assert (first.status_code, first.body) == (200, b'{"x":1,"code":0}')
+    assert "idempotent-replayed" not in first.headers
+    row = stored(market, uid)
+    assert (row.state, row.status, row.response, row.endpoint) == (
+        "done",
+        200,
+        '{"x":1,"code":0}',
+        "create_order",
+    )
+    again = once(market, uid, handler)
+    assert (again.status_code, again.body) == (200, first.body) and calls == [1]
+    assert again.headers["idempotent-replayed"] == "true"
+    with pytest.raises(InvalidInput) as other:
+        once(market, uid, handler, body={"a": 2})
+    assert other.value.message == (
+        "Idempotency-Key was already used with a different request (another endpoint or body); "
+        "send a new key for a new request"
+    )
+
+
+def test_a_response_the_endpoint_made_itself_gives_the_key_back(market: Market) -> None:
+    uid = person(market)
+    made = Response(b"raw", status_code=202)
+    assert once(market, uid, lambda: made) is made
+    assert stored(market, uid) is None  # a retry runs again
+
+
+def test_the_answer_is_stored_in_the_use_cases_own_transaction(market: Market) -> None:
+    uid = person(market)
+
+    def handler() -> dict[str, Any]:
+        write_through_bind(market, {"raw": 1}, answer=lambda out: {"order_id": 7})
+        write_through_bind(market, {"second": 2})  # a second write stores nothing more
+        return {"raw": 1}  # the answer stored in the transaction is what is sent
+
+    first = once(market, uid, handler)
+    assert (first.status_code, first.body) == (200, b'{"order_id":7,"code":0}')
+    assert stored(market, uid).status == 200
+    replayed = once(market, uid, handler)
+    assert (replayed.status_code, replayed.body) == (200, first.body)
+
+    other = person(market)
+
+    def plain() -> dict[str, Any]:  # no answer function: the use case's own dict
+        write_through_bind(market, {"a": 1})
+        return {"ignored": True}
+
+    assert once(market, other, plain).body == b'{"a":1,"code":0}'
+    # a use case whose result is not a dict answers an empty object
+    third = person(market)
+    assert once(market, third, lambda: write_through_bind(market, [1]) and {"n": 1}).body == (
+        b'{"code":0}'
+    )
+    # outside a request with a key nothing is stored
+    write_through_bind(market, {"free": 1})
+    assert stored(market, person(market)) is None
+
+
+def test_a_rolled_back_use_case_stores_nothing_and_frees_the_key(market: Market) -> None:
+    uid = person(market)
+
+    def failing() -> dict[str, Any]:
+        run, _ = bind(lambda conn: {"a": 1}, None)
+
+        def then_fail(conn: Any) -> Any:
+            run(conn)
+            raise RuntimeError("after the answer was written")
+
+        run_write(market.db, then_fail)
+        return {}
+
+    with pytest.raises(RuntimeError):
+        once(market, uid, failing)
+    assert stored(market, uid) is None
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [(InvalidInput("bad"), 400), (MarketError("server-dont-exist"), 404)],
+)
+def test_refusals_are_answers_and_are_replayed(
+    market: Market, error: CloreError, status: int
+) -> None:
+    uid = person(market)
+
+    def refuse() -> dict[str, Any]:
+        raise error
+
+    with pytest.raises(CloreError):
+        once(market, uid, refuse, mode="rest")
+    row = stored(market, uid)
+    assert (row.state, row.status) == ("done", status)
+    replayed = once(market, uid, refuse, mode="rest")
+    assert replayed.status_code == status and replayed.headers["idempotent-replayed"] == "true"
+    assert json.loads(replayed.body)["code"] == error.code
+
+
+def test_an_internal_error_or_a_refused_token_frees_the_key(market: Market) -> None:
+    for error in (InternalError("boom"), InvalidToken("invalid token")):
+        uid = person(market)
+
+        def fail(error: CloreError = error) -> dict[str, Any]:
+            raise error
+
+        with pytest.raises(CloreError):
+            once(market, uid, fail)
+        assert stored(market, uid) is None, error
+
+
+def complete_as_another(market: Market, uid: int, body: bytes) -> None:
+    with market.db.write() as conn:
+        conn.execute(
+            update(idempotency_keys)
+            .where(idempotency_keys.c.user_id == uid)
+            .values(owner="someone-else", state="done", status=200, response=body.decode())
+        )
+
+
+def test_a_retry_waits_for_the_first_attempt_and_answers_as_it_does(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uid = person(market)
+    digest = request_hash(request(), {"a": 1})
+    now = time.time()
+    with market.db.write() as conn:
+        conn.execute(
+            insert(idempotency_keys).values(
+                user_id=uid,
+                key="k1",
+                endpoint="create_order",
+                request_hash=digest,
+                owner="first",
+                state="running",
+                started_at=now,
+                created_at=now,
+            )
+        )
+    monkeypatch.setattr(idempotency, "WAIT_FOR_FIRST", 0.3)
+    started = time.monotonic()
+    with pytest.raises(MarketError) as busy:
+        once(market, uid, lambda: pytest.fail("ran while the first attempt runs"))
+    assert busy.value.name == "idempotency_key_in_use"
+    assert 0.3 <= time.monotonic() - started < 5
+    monkeypatch.setattr(idempotency, "WAIT_FOR_FIRST", 10.0)
+    timer = threading.Timer(0.3, complete_as_another, (market, uid, b'{"first":1,"code":0}'))
+    timer.start()
+    try:
+        answer = once(market, uid, lambda: pytest.fail("ran while the first attempt runs"))
+    finally:
+        timer.join()
+    assert answer.body == b'{"first":1,"code":0}'
+    assert answer.headers["idempotent-replayed"] == "true"
+
+
+def test_an_attempt_whose_key_was_taken_over_answers_as_the_taker_did(market: Market) -> None:
+    uid = person(market)
+    tries: list[int] = []
+
+    def handler() -> dict[str, Any]:
+        tries.append(1)
+        complete_as_another(market, uid, b'{"taker":1,"code":0}')
+        raise KeyLost("k1")
+
+    answer = once(market, uid, handler)
+    assert answer.body == b'{"taker":1,"code":0}' and tries == [1]
+    assert answer.headers["idempotent-replayed"] == "true"
