@@ -221,6 +221,24 @@ def test_a_server_without_a_gpu_is_off_the_market_page_and_its_host_is_told(
     assert reasons[with_gpu] is False and reasons[without] is True
 
 
+def test_the_bid_help_line_is_one_sentence_in_each_language(served: Market) -> None:
+    """The spot bid's "largest step down" is one translated sentence with its own brackets and
+    stop, full-width in Chinese (it was English punctuation around a Chinese phrase)."""
+    market = served
+    sid = market.server(market.user("host"), spot="0.000002")
+    token = market.user("renter", bitcoin="0.01")
+    ok(market.client(token).post("/v1/create_order", json=spot_body(sid, "0.00001")))
+    renter = Browserless(market, token)
+    step = r'<span class="step">([0-9.]+)</span>'
+    english = re.search(
+        r"\(largest step down: " + step + r"\)\.", renter.client.get("/orders").text
+    )
+    assert english is not None and english.group(1) == "0.000002"
+    renter.client.cookies.set("lang", "zh-CN")
+    chinese = re.search("（最大降幅：" + step + "）。", renter.client.get("/orders").text)
+    assert chinese is not None and chinese.group(1) == "0.000002"
+
+
 def test_accept_language_picks_the_page_language() -> None:
     assert negotiate("zh-CN,zh;q=0.9,en;q=0.8") == "zh-CN"
     assert negotiate("en-US,en;q=0.9,zh-CN;q=0.8") == "en"
