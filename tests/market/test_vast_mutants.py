@@ -1,0 +1,409 @@
+"""Vast instances (market/vast.py) driven directly: every field of an instance row for a whole
+server, a per-GPU bid, a stopped order and one whose server is gone; the runtype, status and
+port translations at each of their cases.
+
+Written to kill the mutants `scripts/mutation vast` found alive: the HTTP tests (test_vast.py)
+check the fields the clients read, and the real clients' tests (test_vastai_client.py) run
+`vastai` in processes of its own, where mutmut cannot see."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from openclore.domain.errors import InvalidInput
+from openclore.domain.money import to_units
+from openclore.domain.usd import rate_units
+from openclore.market import vast
+
+pytestmark = pytest.mark.origin("mutant")
+
+RATES = {"bitcoin": rate_units("60000")}
+SERVER = {
+    "id": 7,
+    "owner_id": 3,
+    "specs": {
+        "gpu": "4x NVIDIA GeForce RTX 3090",
+        "gpuram": 24,
+        "ram": 64,
+        "cpus": "16/32",
+        "cpu": "AMD EPYC 7302",
+        "net": {"cc": "CZ", "up": 500, "down": 1000},
+    },
+    "gpu_array": ["NVIDIA GeForce RTX 3090"] * 4,
+    "reliability": 0.99,
+}
+ROW: dict[str, Any] = {
+    "id": 55,
+    "server_id": 7,
+    "gpu_count": None,
+    "currency": "bitcoin",
+    "price": to_units("0.0001"),  # a day: 6 USD at 60,000 USD a coin, 0.25 an hour
+    "pub_cluster": ["gw.example", "other.example"],
+    "tcp_ports": ["22:40001", "8888:40002"],
+    "stopped": False,
+    "running": True,
+    "spot": False,
+    "expired": False,
+    "runtime_state": "running",
+    "runtime_error": None,
+    "storage_rate": to_units("0.00002"),  # a day: 1.2 USD, 0.05 an hour
+    "image": "busybox:latest",
+    "ports": {"22": "tcp", "8080": "http"},
+    "jupyter_token": "tok",
+    "autossh_entrypoint": True,
+    "command": "echo hi",
+    "env": {"B": "2", "A": "1"},
+    "disk_gb": 20,
+    "ct": 1000,
+    "mrl": 3600,
+}
+MONEY = ("dph_base", "dph_total", "storage_total_cost", "min_bid")
+
+
+def exact(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with its money compared to the ninth decimal."""
+    return {k: (pytest.approx(v, rel=1e-9) if k in MONEY and v else v) for k, v in row.items()}
+
+
+def test_a_whole_server_on_demand_instance_field_by_field() -> None:
+    got = vast.instance_row(ROW, SERVER, RATES, "trainer", 1500)
+    facts = {
+        "machine_id": 7,
+        "host_id": 3,
+        "gpu_name": "RTX 3090",
+        "gpu_ram": 24000,
+        "cpu_name": "AMD EPYC 7302",
+        "cpu_ram": 64000,
+        "inet_up": 500,
+        "inet_down": 1000,
+        "geolocation": "CZ",
+        "reliability": 0.99,
+        "reliability2": 0.99,
+    }
+    assert {k: got[k] for k in facts} == facts
+    own = {k: v for k, v in got.items() if k not in vast.server_facts({"id": 0})}
+    assert own == exact(
+        {
+            "id": 55,
+            "actual_status": "running",
+            "cur_state": "running",
+            "next_state": "running",
+            "intended_status": "running",
+            "status_msg": "running",
+            "label": "trainer",
+            "image_uuid": "busybox:latest",
+            "image_runtype": "jupyter_proxy ssh_proxy",
+            "image_args": [],
+            "onstart": "echo hi",
+            "extra_env": [["A", "1"], ["B", "2"]],
+            "jupyter_token": "tok",
+            "num_gpus": 4,
+            "gpu_frac": 1.0,
+            "gpu_totalram": 96000,
+            "cpu_cores": 32,
+            "cpu_cores_effective": 32.0,
+            "disk_space": 20,
+            "disk_usage": None,
+            "gpu_util": None,
+            "dph_base": 0.25,
+            "dph_total": 0.25,
+            "storage_total_cost": 0.05,
+            "is_bid": False,
+            "min_bid": None,
+            "public_ipaddr": "gw.example",
+            "ssh_host": "gw.example",
+            "ssh_port": 40001,
+            "ssh_idx": None,
+            "ports": {
+                "22/tcp": [{"HostIp": "gw.example", "HostPort": "40001"}],
+                "8888/tcp": [{"HostIp": "gw.example", "HostPort": "40002"}],
+            },
+            "local_ipaddrs": "",
+            "start_date": 1000.0,
+            "end_date": 4600.0,
+            "duration": 500.0,
+            "currency": "bitcoin",
+            "openclore_state": "running",
+        }
+    )
+    assert isinstance(got["start_date"], float) and isinstance(got["duration"], float)
+    assert vast.instance_row(ROW, SERVER, RATES, None, 900)["duration"] == 0.0  # never negative
+
+
+def test_a_per_gpu_bid_is_its_share_of_the_server() -> None:
+    row = {**ROW, "gpu_count": 1, "spot": True, "runtime_state": None, "ports": {"22": "tcp"}}
+    got = vast.instance_row(row, SERVER, RATES, None, 1500)
+    assert (got["num_gpus"], got["gpu_frac"], got["gpu_totalram"]) == (1, 0.25, 24000)
+    assert (got["cpu_cores"], got["cpu_cores_effective"]) == (32, 8.0)
+    assert got["is_bid"] is True and got["min_bid"] == pytest.approx(0.25, rel=1e-9)
+    assert (got["actual_status"], got["status_msg"], got["openclore_state"]) == (
+        "loading",
+        "loading",
+        None,
+    )
+    assert got["image_runtype"] == "ssh_proxy"
+
+
+def test_a_stopped_order_whose_server_is_gone_and_that_has_no_rate() -> None:
+    row = {
+        **ROW,
+        "gpu_count": 2,
+        "spot": True,
+        "stopped": True,
+        "running": True,  # a stopped order holds no GPU whatever the flag says
+        "pub_cluster": [],
+        "tcp_ports": ["22:40003", "bad", "8080:", ":1"],
+        "storage_rate": 0,
+        "command": None,
+        "env": None,
+        "runtime_error": "image not found",
+        "autossh_entrypoint": False,
+        "ports": {"8080": "http"},
+        "jupyter_token": None,
+    }
+    got = vast.instance_row(row, None, {}, None, 1500)
+    assert got["machine_id"] == 7 and got["host_id"] is None and got["gpu_ram"] is None
+    assert (got["num_gpus"], got["gpu_frac"], got["gpu_totalram"]) == (2, 1.0, None)
+    assert (got["cpu_cores"], got["cpu_cores_effective"]) == (None, None)
+    assert (got["dph_base"], got["dph_total"], got["storage_total_cost"], got["min_bid"]) == (
+        None,
+        None,
+        None,
+        None,
+    )
+    assert (got["actual_status"], got["cur_state"], got["next_state"]) == (
+        "stopped",
+        "stopped",
+        "stopped",
+    )
+    assert (got["intended_status"], got["status_msg"]) == ("stopped", "image not found")
+    assert (got["public_ipaddr"], got["ssh_host"], got["ssh_port"]) == (None, None, 40003)
+    assert got["ports"] == {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": "40003"}]}
+    assert (got["onstart"], got["extra_env"], got["image_runtype"]) == ("", [], "args")
+    # a rate but no storage price: no storage cost
+    assert vast.instance_row(row, SERVER, RATES, None, 1500)["storage_total_cost"] is None
+    # running and not stopped: it holds its GPUs
+    held = vast.instance_row({**row, "stopped": False}, SERVER, RATES, None, 1500)
+    assert (held["cur_state"], held["next_state"], held["intended_status"]) == (
+        "running",
+        "running",
+        "running",
+    )
+    waiting = vast.instance_row({**row, "stopped": False, "running": False}, SERVER, RATES, None, 1)
+    assert (waiting["cur_state"], waiting["actual_status"]) == ("stopped", "stopped")
+
+
+@pytest.mark.parametrize(
+    ("fields", "runtype"),
+    [
+        (
+            {"ports": {"8080": "http"}, "jupyter_token": "t", "autossh_entrypoint": False},
+            "jupyter_proxy ssh_proxy",
+        ),
+        (
+            {"ports": {"8080": "http"}, "jupyter_token": None, "autossh_entrypoint": True},
+            "ssh_proxy",
+        ),
+        ({"ports": {"8080": "http"}, "jupyter_token": "", "autossh_entrypoint": False}, "args"),
+        ({"ports": {"22": "tcp"}, "jupyter_token": "t", "autossh_entrypoint": True}, "ssh_proxy"),
+        ({"ports": None, "jupyter_token": "t", "autossh_entrypoint": None}, "args"),
+        ({"jupyter_token": "t"}, "args"),
+    ],
+)
+def test_the_runtype_of_an_instance(fields: dict[str, Any], runtype: str) -> None:
+    assert vast._runtype(fields) == runtype
+
+
+@pytest.mark.parametrize(
+    ("fields", "status"),
+    [
+        ({"stopped": True}, "stopped"),
+        ({"running": False, "spot": True}, "stopped"),  # waiting for its GPUs
+        ({"running": False, "spot": False}, "exited"),  # its server is offline
+        ({"runtime_state": "running"}, "running"),
+        ({"runtime_state": "crash_loop"}, "exited"),
+        ({"runtime_state": "exited"}, "exited"),
+        ({"runtime_state": "error"}, "exited"),
+        ({"runtime_state": "dead"}, "exited"),
+        ({"runtime_state": "failed"}, "exited"),
+        ({"runtime_state": "pulling"}, "loading"),
+        ({"runtime_state": "starting"}, "loading"),
+        ({"runtime_state": None}, "loading"),
+        ({"runtime_state": "stopped"}, "loading"),  # the agent's stop before it runs again
+    ],
+)
+def test_the_actual_status_of_each_state(fields: dict[str, Any], status: str) -> None:
+    base = {"expired": False, "stopped": False, "running": True, "spot": False}
+    assert vast.actual_status({**base, "runtime_state": None, **fields}) == status
+
+
+def test_docker_ports_keep_only_whole_mappings() -> None:
+    assert vast.docker_ports(["22:40001", "x:1", "2:y", "3:", ":4", "5"], None) == {
+        "22/tcp": [{"HostIp": "0.0.0.0", "HostPort": "40001"}]
+    }
+    assert vast.docker_ports([], "h") == {}
+
+
+# ------------------------------------------------------------------- the create body, read
+
+
+def refused(body: dict[str, Any]) -> str:
+    with pytest.raises(InvalidInput) as caught:
+        vast.read_create(body)
+    return caught.value.message
+
+
+def test_each_refusal_of_a_create_body_says_what_is_wrong() -> None:
+    assert refused({}) == "image: required"
+    assert refused({"image": ""}) == "image: required"
+    assert refused({"template_hash_id": "abc"}) == "templates are not supported: send image"
+    assert refused({"image": 5}) == "image: expected a string"
+    assert refused({"image": "i" * 513}) == "image: at most 512 characters"
+    assert refused({"image": "x", "runtype": "r" * 65}) == "runtype: at most 64 characters"
+    assert refused({"image": "x", "args": 5}) == "args: expected a list of strings"
+    assert refused({"image": "x", "args": ["a", 1]}) == "args: expected a list of strings"
+    assert refused({"image": "x", "env": "-e A=1"}) == (
+        "env: expected an object (the vastai client parses '-e K=V -p 80:80')"
+    )
+    assert refused({"image": "x", "env": [1]}) == "env: expected an object"
+    assert refused({"image": "x", "env": {"A": None}}) == "env: 'A' must be a string"
+    assert refused({"image": "x", "env": {"A": True}}) == "env: 'A' must be a string"
+    assert refused({"image": "x", "env": {"K" * 40: []}}) == f"env: {'K' * 32!r} must be a string"
+    assert refused({"image": "x", "disk": "big"}) == "disk: expected a number, got 'big'"
+    assert refused({"image": "x", "onstart": "o" * 16001}) == "onstart: at most 16000 characters"
+    assert refused({"image": "x", "image_login": "l" * 2049}) == (
+        "image_login: at most 2048 characters"
+    )
+    assert refused({"image": "x", "currency": "c" * 33}) == "currency: at most 32 characters"
+    assert refused({"image": "x", "label": 7}) == "label: expected a string"
+    assert refused({"image": "x", "env": {"-p 8080/udp": "1"}}) == (
+        "env -p 8080/udp: only TCP ports are published"
+    )
+    assert refused({"image": "x", "env": {"-p 80:0": "1"}}) == "env -p 80:0: not a port number"
+    assert refused({"image": "x", "env": {"-p 80:65536": "1"}}) == (
+        "env -p 80:65536: not a port number"
+    )
+    long = "9" * 40
+    assert refused({"image": "x", "env": {f"-p {long}": "1"}}) == (
+        f"env -p {long[:32]}: not a port number"
+    )
+    assert refused({"image": "x", "env": {f"-p {long}/udp": "1"}}) == (
+        f"env -p {long[:32]}: only TCP ports are published"
+    )
+
+
+def test_a_create_body_at_its_limits_and_its_defaults() -> None:
+    ask = vast.read_create(
+        {
+            "image": "i" * 512,
+            "runtype": "r" * 64,
+            "onstart": "o" * 16000,
+            "image_login": "l" * 2048,
+            "currency": "c" * 32,
+        }
+    )
+    assert (len(ask.image), len(ask.onstart), ask.currency) == (512, 16000, "c" * 32)
+    assert ask.image_login == "l" * 2048 and ask.ports == {}  # no ssh or jupyter in the runtype
+    plain = vast.read_create({"image": "x", "currency": "", "label": ""})
+    assert (plain.runtype, plain.args, plain.env, plain.ports) == ("ssh", None, {}, {"22": "tcp"})
+    assert (plain.onstart, plain.label, plain.currency, plain.disk, plain.price) == (
+        "",
+        None,
+        None,
+        None,
+        None,
+    )
+    with_args = vast.read_create({"image": "x", "args": ["run", "--fast"]})
+    assert (with_args.runtype, with_args.args, with_args.ports) == ("args", ["run", "--fast"], {})
+    assert vast.read_create({"image": "x", "args": "  "}).args is None
+    assert vast.read_create({"image": "x", "args": []}).args is None
+    assert vast.read_create({"image": "x", "args": "a 'b c'"}).args == ["a", "b c"]
+    assert vast.read_create({"image": "x", "args": None}).runtype == "ssh"
+    assert vast.read_create({"image": "x", "disk": "32"}).disk == 32.0
+    assert vast.read_create({"image": "x", "currency": "bitcoin"}).currency == "bitcoin"
+
+
+def test_env_keys_become_variables_ports_or_are_left_out() -> None:
+    ask = vast.read_create(
+        {
+            "image": "x",
+            "runtype": "jupyter_proxy",
+            "env": {
+                "-p 8888:8888": "1",
+                "-p 70": "1",
+                "-p 1:1": "1",
+                "-p 2:65535/tcp": "1",
+                "-v /data:/data": "1",
+                "-n name": "1",
+                "-h host": "1",
+                "-h": "1",
+                "-x other": "2",
+                "NUM": 3,
+                "DEC": 1.5,
+                "LAST": "v",
+            },
+        }
+    )
+    assert ask.ports == {
+        "8888": "tcp",
+        "70": "tcp",
+        "1": "tcp",
+        "65535": "tcp",
+        "22": "tcp",
+        "8080": "http",
+    }
+    assert ask.env == {"-x other": "2", "NUM": "3", "DEC": "1.5", "LAST": "v"}
+    assert vast.read_create({"image": "x", "runtype": "ssh_direc ssh_proxy"}).ports == {"22": "tcp"}
+    # jupyter alone brings SSH too
+    assert vast.read_create({"image": "x", "runtype": "jupyter"}).ports == {
+        "22": "tcp",
+        "8080": "http",
+    }
+    assert vast.read_create({"image": "x", "runtype": "args"}).ports == {}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (True, "price: expected a number (USD per hour) or null"),
+        ([1], "price: expected a number (USD per hour) or null"),
+        ({"a": 1}, "price: expected a number (USD per hour) or null"),
+        ("cheap", "price: expected a number (USD per hour) or null"),
+        ("-1", "price: expected a number ≥ 0 (USD per hour) or null"),
+        (float("inf"), "price: expected a number ≥ 0 (USD per hour) or null"),
+        ("NaN", "price: expected a number ≥ 0 (USD per hour) or null"),
+    ],
+)
+def test_a_bad_price_says_what_a_price_is(raw: Any, message: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        vast.read_price(raw)
+    assert caught.value.message == message
+
+
+def test_prices_read_as_exact_decimals() -> None:
+    assert vast.read_price(None) is None
+    assert vast.read_price(0) == Decimal(0)
+    assert vast.read_price("0.25") == Decimal("0.25")
+    assert vast.read_price(Decimal("1.5")) == Decimal("1.5")
+    assert vast.read_price(2) == Decimal(2)
+
+
+def test_registry_logins() -> None:
+    assert vast.registry_auth(None) is None
+    assert vast.registry_auth("-u alice -p s3cret ghcr.io") == "alice:s3cret"
+    assert vast.registry_auth("--username alice --password 's p'") == "alice:s p"
+    for bad in ("-u alice", "-p s3cret", "alice s3cret", "-u '' -p x", "--USERNAME a -p b"):
+        with pytest.raises(InvalidInput) as caught:
+            vast.registry_auth(bad)
+        assert caught.value.message == "image_login: expected '-u USER -p PASSWORD [REGISTRY]'"
+
+
+def test_the_onstart_script_runs_the_args_last() -> None:
+    ask = vast.read_create({"image": "x", "onstart": "echo 1", "args": ["python", "a b.py"]})
+    assert vast.onstart_command(ask) == "echo 1\nexec python 'a b.py'"
+    assert vast.onstart_command(vast.read_create({"image": "x", "args": ["run"]})) == "exec run"
+    assert vast.onstart_command(vast.read_create({"image": "x", "onstart": "o"})) == "o"
+    assert vast.onstart_command(vast.read_create({"image": "x"})) == ""
