@@ -17,7 +17,11 @@ from openclore.domain.errors import InvalidInput
 from openclore.domain.money import to_units
 from openclore.domain.usd import rate_units
 from openclore.market import vast
+from openclore.market.account_keys import add_key
 
+from support import Market
+
+ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl laptop"
 pytestmark = pytest.mark.origin("mutant")
 
 RATES = {"bitcoin": rate_units("60000")}
@@ -407,3 +411,45 @@ def test_the_onstart_script_runs_the_args_last() -> None:
     assert vast.onstart_command(vast.read_create({"image": "x", "args": ["run"]})) == "exec run"
     assert vast.onstart_command(vast.read_create({"image": "x", "onstart": "o"})) == "o"
     assert vast.onstart_command(vast.read_create({"image": "x"})) == ""
+
+
+def test_an_instance_without_ssh_has_no_ssh_address() -> None:
+    row = {**ROW, "tcp_ports": ["8888:40002"]}
+    got = vast.instance_row(row, SERVER, RATES, None, 1500)
+    assert (got["public_ipaddr"], got["ssh_host"], got["ssh_port"]) == ("gw.example", None, None)
+
+
+def test_env_names_are_strings() -> None:
+    assert refused({"image": "x", "env": {1: "x"}}) == "env: names are strings"
+
+
+def test_the_current_user_in_usd_at_the_rates(market: Market) -> None:
+    token = market.user("alice", bitcoin="0.01", CLORE_Blockchain="100", USD_Blockchain="5")
+    uid = market.user_id(token)
+    other = market.user("bob", bitcoin="1")  # another account's money is not alice's
+    assert other
+    rates = {"bitcoin": rate_units("60000"), "CLORE-Blockchain": rate_units("0.02")}
+    with market.db.write() as conn:
+        key = add_key(conn, uid, "laptop", ED25519, market.now())
+        me = vast.current_user(conn, uid, rates, market.settings)
+    # 0.01 × 60,000 + 100 × 0.02 = 602 USD; the USD-Blockchain wallet has no rate here
+    assert me == {
+        "id": uid,
+        "username": "alice",
+        "email": None,
+        "fullname": "alice",
+        "balance": 602.0,
+        "credit": 602.0,
+        "has_billing": True,
+        "can_pay": True,
+        "ssh_key": key["public_key"],
+        "billed_verification": None,
+    }
+    with market.db.read() as conn:
+        poor = vast.current_user(conn, market.user_id(market.user("carol")), rates, market.settings)
+    assert (poor["balance"], poor["credit"], poor["ssh_key"], poor["username"]) == (
+        0.0,
+        0.0,
+        "",
+        "carol",
+    )
