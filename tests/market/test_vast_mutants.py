@@ -12,14 +12,17 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from sqlalchemy import insert, select, update
 
-from openclore.domain.errors import InvalidInput
+from openclore.domain.errors import InvalidInput, MarketError
 from openclore.domain.money import to_units
 from openclore.domain.usd import rate_units
 from openclore.market import vast
 from openclore.market.account_keys import add_key
+from openclore.market.audit import Actor
+from openclore.store.schema import audit_log, orders
 
-from support import Market
+from support import Market, ok, order_body
 
 ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl laptop"
 pytestmark = pytest.mark.origin("mutant")
@@ -453,3 +456,90 @@ def test_the_current_user_in_usd_at_the_rates(market: Market) -> None:
         "",
         "carol",
     )
+
+
+def test_labels_of_ones_own_live_orders(market: Market) -> None:
+    token, other = market.user(bitcoin="1"), market.user(bitcoin="1")
+    uid, them = market.user_id(token), market.user_id(other)
+    sid = market.server(market.user())
+    oid = ok(market.client(token).post("/v1/create_order", json=order_body(sid)))["order_id"]
+    with market.db.write() as conn:
+        vast.set_label(conn, uid, oid, "l" * vast.MAX_LABEL, actor=Actor.user(uid))
+        with pytest.raises(InvalidInput) as long:
+            vast.set_label(conn, uid, oid, "l" * (vast.MAX_LABEL + 1))
+        assert long.value.message == "label: at most 256 characters"
+        with pytest.raises(MarketError) as theirs:
+            vast.set_label(conn, them, oid, "mine now")
+        assert theirs.value.name == "order_dont_exist"
+        with pytest.raises(MarketError) as missing:
+            vast.set_label(conn, uid, 999_999, "x")
+        assert missing.value.name == "order_dont_exist"
+        assert vast.labels(conn, uid) == {oid: "l" * 256}
+        vast.set_label(conn, uid, oid, "")  # cleared
+        assert vast.labels(conn, uid) == {oid: None}
+        vast.set_label(conn, uid, oid, "second")
+        # entries by the system about this user count as theirs; another user's do not
+        row = conn.execute(
+            select(audit_log.c.user_id, audit_log.c.detail)
+            .where(audit_log.c.action == vast.ORDER_LABEL)
+            .order_by(audit_log.c.id.desc())
+        ).first()
+        assert row is not None and (row.user_id, row.detail) == (uid, {"label": "second"})
+        assert vast.labels(conn, them) == {}
+        # odd entries under the action are skipped
+        conn.execute(
+            insert(audit_log).values(
+                at=0,
+                actor="system",
+                user_id=uid,
+                action=vast.ORDER_LABEL,
+                target="server:5",
+                detail={"label": "no"},
+                source="",
+            )
+        )
+        conn.execute(
+            insert(audit_log).values(
+                at=0,
+                actor="system",
+                user_id=uid,
+                action=vast.ORDER_LABEL,
+                target="order:x",
+                detail={"label": "no"},
+                source="",
+            )
+        )
+        conn.execute(
+            insert(audit_log).values(
+                at=0,
+                actor="system",
+                user_id=uid,
+                action=vast.ORDER_LABEL,
+                target=f"order:{oid}",
+                detail={"label": 5},
+                source="",
+            )
+        )
+        assert vast.labels(conn, uid) == {oid: None}  # the latest: not a text
+    ok(market.client(token).post("/v1/cancel_order", json={"id": oid}))
+    with market.db.write() as conn, pytest.raises(MarketError) as ended:
+        vast.set_label(conn, uid, oid, "late")
+    assert ended.value.name == "order_not_active"
+
+
+def test_instances_are_the_users_own_live_orders_oldest_first(market: Market) -> None:
+    token, other = market.user(bitcoin="1"), market.user(bitcoin="1")
+    uid = market.user_id(token)
+    first_sid, second_sid = market.server(market.user()), market.server(market.user())
+    first = ok(market.client(token).post("/v1/create_order", json=order_body(first_sid)))
+    second = ok(market.client(token).post("/v1/create_order", json=order_body(second_sid)))
+    ok(market.client(other).post("/v1/create_order", json=order_body(market.server(market.user()))))
+    with market.db.write() as conn:  # written again: last in PostgreSQL's heap
+        moved = update(orders).where(orders.c.id == first["order_id"])
+        conn.execute(moved.values(user_id=market.user_id(other)))
+        conn.execute(moved.values(user_id=uid))
+    with market.db.read() as conn:
+        listed = vast.instances(conn, uid, RATES, market.now())
+        one = vast.instance(conn, uid, second["order_id"], RATES, market.now())
+    assert [i["id"] for i in listed] == [first["order_id"], second["order_id"]]
+    assert one is not None and one["machine_id"] == second_sid and one["host_id"] is not None
