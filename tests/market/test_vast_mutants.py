@@ -11,6 +11,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import insert, select, update
 
@@ -20,7 +21,8 @@ from openclore.domain.usd import rate_units
 from openclore.market import vast
 from openclore.market.account_keys import add_key
 from openclore.market.audit import Actor
-from openclore.store.schema import audit_log, orders
+from openclore.market.rates import set_rates
+from openclore.store.schema import audit_log, orders, server_prices, servers
 
 from support import Market, ok, order_body
 
@@ -543,3 +545,139 @@ def test_instances_are_the_users_own_live_orders_oldest_first(market: Market) ->
         one = vast.instance(conn, uid, second["order_id"], RATES, market.now())
     assert [i["id"] for i in listed] == [first["order_id"], second["order_id"]]
     assert one is not None and one["machine_id"] == second_sid and one["host_id"] is not None
+
+
+# ------------------------------------------------------------------- creating, over the API
+
+GPU = "NVIDIA GeForce RTX 4090"
+
+
+def quad(market: Market, partial: bool = True) -> int:
+    """Four GPUs at 0.0004 BTC a day on demand, a spot minimum of 0.00004 (0.00001 a GPU), a
+    100 GB disk; 60,000 USD a bitcoin."""
+    host = market.user()
+    sid = market.server(host, "quad", on_demand="0.0004", spot="0.00004")
+    with market.db.write() as conn:
+        conn.execute(
+            update(servers).where(servers.c.id == sid).values(gpu_array=[GPU] * 4, disk_gb=100)
+        )
+        conn.execute(
+            update(server_prices)
+            .where(server_prices.c.server_id == sid)
+            .values(storage=to_units("0.0000001"))
+        )
+        set_rates(conn, RATES, market.settings, market.now())
+    body = {"name": "quad", "partial_gpu_rental": partial, "min_gpus": 1}
+    ok(market.client(host).post("/v1/set_server_settings", json=body))
+    return sid
+
+
+def ask(market: Market, token: str, offer: int, **body: Any) -> Any:
+    client = httpx.Client(
+        base_url=market.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    market.clients.append(client)
+    return client.put(f"/api/v0/asks/{offer}/", json={"image": "busybox", **body})
+
+
+def made(market: Market, answer: Any) -> Any:
+    assert answer.status_code == 200, answer.text
+    with market.db.read() as conn:
+        return conn.execute(
+            select(orders).where(orders.c.id == answer.json()["new_contract"])
+        ).one()
+
+
+def test_creating_a_one_gpu_instance_with_everything(market: Market) -> None:
+    sid = quad(market)
+    token = market.user(bitcoin="0.01")
+    row = made(
+        market,
+        ask(
+            market,
+            token,
+            sid * 100 + 1,
+            disk=40.2,
+            runtype="jupyter",
+            label="lab",
+            image_login="-u a -p b",
+            onstart="echo",
+            args=["run"],
+        ),
+    )
+    assert (row.gpu_count, row.disk_gb, row.spot, row.currency) == (1, 25, False, "bitcoin")
+    assert row.autossh_entrypoint is True and row.ports == {"22": "tcp", "8080": "http"}
+    assert len(row.jupyter_token) == 32 and int(row.jupyter_token, 16) >= 0
+    assert (row.dockerhub_auth, row.command, row.env) == ("a:b", "echo\nexec run", {})
+    with market.db.read() as conn:
+        assert vast.labels(conn, market.user_id(token)) == {row.id: "lab"}
+    # the whole server: no GPU count; a disk of half a gigabyte is one
+    other = quad(market)
+    whole = made(market, ask(market, market.user(bitcoin="0.01"), other * 100 + 4, disk=0.5))
+    assert (whole.gpu_count, whole.disk_gb, whole.jupyter_token) == (None, 1, None)
+    assert whole.autossh_entrypoint is True and whole.ports == {"22": "tcp"}
+    plain = made(market, ask(market, market.user(bitcoin="0.01"), sid * 100 + 2, runtype="args"))
+    # no SSH, no ports, no script; its disk is the market's default for a GPU of the server
+    assert (plain.autossh_entrypoint, plain.ports, plain.command) == (False, {}, "")
+
+
+def test_bids_at_the_minimum_at_a_price_and_below_it(market: Market) -> None:
+    sid = quad(market)
+    least = made(market, ask(market, market.user(bitcoin="0.01"), sid * 100 + 1, price=0))
+    assert least.spot is True and least.price == to_units("0.00001")  # a quarter of the minimum
+    priced = made(market, ask(market, market.user(bitcoin="0.01"), sid * 100 + 1, price=0.05))
+    assert priced.price == to_units("0.00002")  # 0.05 USD an hour at 60,000 a coin
+    low = ask(market, market.user(bitcoin="0.01"), sid * 100 + 1, price=0.0001)
+    assert low.status_code >= 400 and low.json()["error"] == "too_low_price"
+    assert low.json()["min_bid"] == pytest.approx(0.025, rel=1e-9)
+    assert Decimal(str(low.json()["min_price"])) == Decimal("0.00001")
+    other = quad(market)
+    whole = made(market, ask(market, market.user(bitcoin="0.01"), other * 100 + 4, price=0))
+    assert whole.price == to_units("0.00004")
+
+
+def test_offers_that_cannot_be_rented(market: Market) -> None:
+    sid = quad(market, partial=False)
+    token = market.user(bitcoin="0.01")
+    for offer in (sid * 100 + 1, 999_999 * 100 + 1):
+        answer = ask(market, token, offer)
+        assert answer.status_code == 404 and answer.json()["error"] == "server-dont-exist"
+    unrated = ask(market, token, sid * 100 + 4, currency="CLORE-Blockchain")
+    assert unrated.status_code == 400
+    assert unrated.json()["msg"] == "this offer has no price in a currency with a USD rate"
+
+
+def test_a_bids_price_changed_in_usd_an_hour(market: Market) -> None:
+    sid = quad(market)
+    token = market.user(bitcoin="0.01")
+    bid = made(market, ask(market, token, sid * 100 + 1, price=0.05))  # 0.00002 a day
+
+    def change(order_id: int, price: Any, who: str = token) -> Any:
+        client = httpx.Client(
+            base_url=market.url, headers={"Authorization": f"Bearer {who}"}, timeout=30
+        )
+        market.clients.append(client)
+        return client.put(f"/api/v0/instances/bid_price/{order_id}/", json={"price": price})
+
+    def price_of(order_id: int) -> int:
+        with market.db.read() as conn:
+            return int(conn.execute(select(orders.c.price).where(orders.c.id == order_id)).scalar())
+
+    assert change(bid.id, 0.1).status_code == 200 and price_of(bid.id) == to_units("0.00004")
+    # lowered by one minimum for one GPU (a quarter of the server's), as the spot rules allow
+    assert change(bid.id, 0.075).status_code == 200 and price_of(bid.id) == to_units("0.00003")
+    stranger = change(bid.id, 0.2, who=market.user(bitcoin="0.01"))
+    assert stranger.status_code == 404 and stranger.json()["error"] == "order_dont_exist"
+    renter = market.user(bitcoin="0.01")
+    on_demand = made(market, ask(market, renter, sid * 100 + 1))
+    not_a_bid = change(on_demand.id, 0.2, who=renter)
+    assert not_a_bid.status_code == 400
+    assert not_a_bid.json()["msg"] == "not an interruptible instance: only a bid has a bid price"
+    fresh = quad(market)
+    lowered = made(market, ask(market, token, fresh * 100 + 1, price=0.05))
+    # null: the least the bid may be, a quarter of the server's minimum for one GPU
+    assert change(lowered.id, None).status_code == 200
+    assert price_of(lowered.id) == to_units("0.00001")
+    whole_sid = quad(market)
+    whole = made(market, ask(market, token, whole_sid * 100 + 4, price=0.125))  # 0.00005
+    assert change(whole.id, 0).status_code == 200 and price_of(whole.id) == to_units("0.00004")
