@@ -681,3 +681,45 @@ def test_a_bids_price_changed_in_usd_an_hour(market: Market) -> None:
     whole_sid = quad(market)
     whole = made(market, ask(market, token, whole_sid * 100 + 4, price=0.125))  # 0.00005
     assert change(whole.id, 0).status_code == 200 and price_of(whole.id) == to_units("0.00004")
+
+
+def test_the_currency_a_renter_pays_in(market: Market) -> None:
+    """No currency asked: the cheapest (in USD) of the server's rated currencies in which the
+    renter holds money, else the offer's own."""
+    sid = quad(market)
+    with market.db.write() as conn:
+        conn.execute(  # 0.0004 BTC is 24 USD a day; 1000 CLORE at 0.02 is 20 USD; USD-B: no rate
+            insert(server_prices).values(
+                server_id=sid,
+                currency="CLORE-Blockchain",
+                on_demand=to_units("1000"),
+                spot=to_units("100"),
+                enabled=True,
+                storage=0,
+            )
+        )
+        conn.execute(
+            insert(server_prices).values(
+                server_id=sid,
+                currency="USD-Blockchain",
+                on_demand=to_units("1"),
+                spot=to_units("0.1"),
+                enabled=True,
+                storage=0,
+            )
+        )
+        set_rates(
+            conn,
+            {**RATES, "CLORE-Blockchain": rate_units("0.02")},
+            market.settings,
+            market.now(),
+        )
+    both = market.user(bitcoin="0.01", CLORE_Blockchain="10000", USD_Blockchain="100")
+    assert made(market, ask(market, both, sid * 100 + 1)).currency == "CLORE-Blockchain"
+    only_btc = market.user(bitcoin="0.01")
+    assert made(market, ask(market, only_btc, sid * 100 + 1)).currency == "bitcoin"
+    # a bid looks at the spot prices: 0.00004 BTC (2.4 USD) against 100 CLORE (2 USD)
+    bidder = market.user(bitcoin="0.01", CLORE_Blockchain="10000")
+    assert made(market, ask(market, bidder, sid * 100 + 1, price=0)).currency == "CLORE-Blockchain"
+    asked = market.user(bitcoin="0.01", CLORE_Blockchain="10000")
+    assert made(market, ask(market, asked, sid * 100 + 1, currency="bitcoin")).currency == "bitcoin"
