@@ -52,6 +52,8 @@ INSTANCE_PAGE = 25  # rows per page of GET /api/v1/instances/ (the clients ask f
 
 # the scopes (SPEC §8): reads, renting, the account's own things
 READ, RENT, ACCOUNT = "read", "rent", "account"
+# a read that also answers with no key at all (the offer search, as the Clore marketplace)
+PUBLIC = "public"
 
 
 @dataclass
@@ -65,8 +67,14 @@ class Caller:
 class VastCall:
     request: Request
     body: dict[str, Any]
-    caller: Caller
+    key: Caller | None  # None: a PUBLIC route called without a key
     now: int
+
+    @property
+    def caller(self) -> Caller:
+        """The key's holder (every route but a PUBLIC one has one)."""
+        assert self.key is not None
+        return self.key
 
 
 Work = Callable[[AppState, VastCall], Any]
@@ -203,17 +211,12 @@ def _json_param(request: Request, name: str, default: Any) -> Any:
 
 
 def _offers(state: AppState, call: VastCall) -> dict[str, Any]:
-    return _offers_for(state, call.body, call.request, call.now)
-
-
-def _offers_for(
-    state: AppState, body: dict[str, Any], request: Request, now: int
-) -> dict[str, Any]:
     """The offers a Vast query selects; the caller plays no part (the search is public)."""
+    body = call.body
     if "q" in body and isinstance(body["q"], dict):  # PUT /search/asks/ {"select_cols", "q"}
         body = body["q"]
     elif not body:  # an older client: GET /bundles/?q=<json>
-        q = _json_param(request, "q", {})
+        q = _json_param(call.request, "q", {})
         if not isinstance(q, dict):
             raise InvalidInput("q: expected a JSON object")
         body = q
@@ -221,7 +224,7 @@ def _offers_for(
     with state.db.read() as conn:
         listing = state.market.listing(conn)
         rates = _rates(state, conn)
-    return {"offers": vast_offers.search_offers(listing.servers, rates, query, now)}
+    return {"offers": vast_offers.search_offers(listing.servers, rates, query, call.now)}
 
 
 def _create_instance(state: AppState, call: VastCall) -> dict[str, Any]:
@@ -431,9 +434,9 @@ def _current_user(state: AppState, call: VastCall) -> dict[str, Any]:
 
 # (method, path under each prefix, handler, scope)
 ROUTES: list[tuple[str, str, Work, str]] = [
-    ("POST", "/bundles/", _offers, READ),
-    ("GET", "/bundles/", _offers, READ),
-    ("PUT", "/search/asks/", _offers, READ),
+    ("POST", "/bundles/", _offers, PUBLIC),
+    ("GET", "/bundles/", _offers, PUBLIC),
+    ("PUT", "/search/asks/", _offers, PUBLIC),
     ("PUT", "/asks/{id}/", _create_instance, RENT),
     ("GET", "/instances/", _instances_v1, READ),
     ("GET", "/instances", _instances_v1, READ),  # older clients (vastai-sdk 0.2), no slash
@@ -459,10 +462,13 @@ def _handler(state: AppState, work: Work, scope: str) -> Callable[[Request], Awa
             body = parse_object(raw) if request.method != "GET" else {}
 
             def run() -> Any:
-                if work is _offers and "authorization" not in request.headers:
+                caller: Caller | None = None
+                if scope != PUBLIC:
+                    caller = authenticate(state, request, scope)
+                elif "authorization" in request.headers:
+                    caller = authenticate(state, request, READ)
+                else:
                     anonymous(state, request)
-                    return _offers_for(state, body, request, state.now())
-                caller = authenticate(state, request, scope)
                 return work(state, VastCall(request, body, caller, state.now()))
 
             return _json(await run_in_threadpool(run))
