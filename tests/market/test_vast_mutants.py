@@ -489,39 +489,22 @@ def test_labels_of_ones_own_live_orders(market: Market) -> None:
         assert row is not None and (row.user_id, row.detail) == (uid, {"label": "second"})
         assert vast.labels(conn, them) == {}
         # odd entries under the action are skipped
-        conn.execute(
-            insert(audit_log).values(
-                at=0,
-                actor="system",
-                user_id=uid,
-                action=vast.ORDER_LABEL,
-                target="server:5",
-                detail={"label": "no"},
-                source="",
+        for target, detail in [
+            ("server:5", {"label": "no"}),
+            ("order:x", {"label": "no"}),
+            (f"order:{oid}", {"label": 5}),
+        ]:
+            conn.execute(
+                insert(audit_log).values(
+                    at=0,
+                    actor="system",
+                    user_id=uid,
+                    action=vast.ORDER_LABEL,
+                    target=target,
+                    detail=detail,
+                    source="",
+                )
             )
-        )
-        conn.execute(
-            insert(audit_log).values(
-                at=0,
-                actor="system",
-                user_id=uid,
-                action=vast.ORDER_LABEL,
-                target="order:x",
-                detail={"label": "no"},
-                source="",
-            )
-        )
-        conn.execute(
-            insert(audit_log).values(
-                at=0,
-                actor="system",
-                user_id=uid,
-                action=vast.ORDER_LABEL,
-                target=f"order:{oid}",
-                detail={"label": 5},
-                source="",
-            )
-        )
         assert vast.labels(conn, uid) == {oid: None}  # the latest: not a text
     ok(market.client(token).post("/v1/cancel_order", json={"id": oid}))
     with market.db.write() as conn, pytest.raises(MarketError) as ended:
@@ -572,12 +555,18 @@ def quad(market: Market, partial: bool = True) -> int:
     return sid
 
 
-def ask(market: Market, token: str, offer: int, **body: Any) -> Any:
+def vast_client(market: Market, token: str) -> httpx.Client:
     client = httpx.Client(
         base_url=market.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
     )
     market.clients.append(client)
-    return client.put(f"/api/v0/asks/{offer}/", json={"image": "busybox", **body})
+    return client
+
+
+def ask(market: Market, token: str, offer: int, **body: Any) -> Any:
+    return vast_client(market, token).put(
+        f"/api/v0/asks/{offer}/", json={"image": "busybox", **body}
+    )
 
 
 def made(market: Market, answer: Any) -> Any:
@@ -653,11 +642,8 @@ def test_a_bids_price_changed_in_usd_an_hour(market: Market) -> None:
     bid = made(market, ask(market, token, sid * 100 + 1, price=0.05))  # 0.00002 a day
 
     def change(order_id: int, price: Any, who: str = token) -> Any:
-        client = httpx.Client(
-            base_url=market.url, headers={"Authorization": f"Bearer {who}"}, timeout=30
-        )
-        market.clients.append(client)
-        return client.put(f"/api/v0/instances/bid_price/{order_id}/", json={"price": price})
+        path = f"/api/v0/instances/bid_price/{order_id}/"
+        return vast_client(market, who).put(path, json={"price": price})
 
     def price_of(order_id: int) -> int:
         with market.db.read() as conn:
