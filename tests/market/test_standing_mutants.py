@@ -7,17 +7,25 @@ Written to kill mutants of `scripts/mutation standing`."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 
+from openclore.config import Settings
+from openclore.domain.errors import MarketError
+from openclore.market.inputs import CreateStandingOrderRequest
 from openclore.market.standing import (
+    MAX_OPEN,
+    QUERY_PARAMS,
+    _funded,
     cancel_standing_order,
+    create_standing_order,
     match_standing_orders,
     standing_view,
 )
-from openclore.store.schema import audit_log, servers, standing_orders
+from openclore.store.schema import audit_log, events, servers, standing_orders
 from test_partial_rentals import four_gpu_server
 from test_standing import WANT, bring_online, mine, offline_server, orders_on, place
 
@@ -251,3 +259,191 @@ def test_a_spot_order_passes_over_a_taken_server_to_a_free_one(market: Market) -
     assert error(alice.post("/v1/cancel_standing_order", json={"id": view["id"]})) == (
         "standing_order_not_open"
     )
+
+
+# ------------------------------------------------------------------ placing, at each limit
+
+
+def place_directly(
+    market: Market, user_id: int, settings: Settings | None = None, **extra: Any
+) -> dict[str, Any]:
+    """create_standing_order as the market's own (no user acting), with these settings."""
+    body = {**WANT, **extra}
+    req = CreateStandingOrderRequest.model_validate(body)
+    with market.db.write() as conn:
+        return create_standing_order(
+            conn, user_id, req, body, settings or market.settings, market.now()
+        )
+
+
+def test_at_most_twenty_open_standing_orders_each(market: Market) -> None:
+    offline_server(market, market.user(), "a")
+    alice = market.client(market.user(bitcoin="0.01"))
+    bob = market.client(market.user(bitcoin="0.01"))
+    placed = [place(alice)["id"] for _ in range(MAX_OPEN - 1)]
+    place(bob)  # another user's do not count
+    ok(alice.post("/v1/cancel_standing_order", json={"id": placed[0]}))  # nor cancelled ones
+    place(alice, expires_at=market.now() + 5)  # an expiring one counts while it lasts
+    place(alice)  # the twentieth
+    refused = alice.post("/v1/create_standing_order", json=WANT).json()
+    assert refused["error"] == "standing_order_limit_reached" and refused["limit"] == MAX_OPEN
+    market.clock.advance(5)  # the expiring one lapsed at its second: room for one more
+    place(alice)
+    assert alice.post("/v1/create_standing_order", json=WANT).json()["error"] == (
+        "standing_order_limit_reached"
+    )
+
+
+def test_the_order_limit_counts_the_renters_live_orders_only(market: Market) -> None:
+    host = market.user()
+    a = market.server(host, "a")
+    b = market.server(host, "b")
+    alice = market.user(bitcoin="0.01")
+    bob = market.client(market.user(bitcoin="0.01"))
+    one = market.settings.model_copy(update={"max_active_orders": 1})
+    ok(bob.post("/v1/create_order", json=order_body(a)))  # another renter's live order
+    nothing_fits = {"gpu": "4090"}
+    place_directly(market, market.user_id(alice), one, query=nothing_fits)
+    mine_order = ok(market.client(alice).post("/v1/create_order", json=order_body(b)))
+    with pytest.raises(MarketError) as limit:
+        place_directly(market, market.user_id(alice), one, query=nothing_fits)
+    assert limit.value.name == "order_limit_reached" and limit.value.extra == {"limit": 1}
+    ok(market.client(alice).post("/v1/cancel_order", json={"id": mine_order["order_id"]}))
+    # an ended order does not count
+    place_directly(market, market.user_id(alice), one, query=nothing_fits)
+
+
+def test_the_wallet_must_hold_the_creation_fee_and_the_runway_to_the_unit(
+    market: Market,
+) -> None:
+    offline_server(market, market.user(), "a")
+    # 0.00002 a day: 833 units of runway (an hour); the creation fee 300 on demand, 100 spot
+    exact = market.client(market.user(bitcoin="0.000001133"))
+    short = market.client(market.user(bitcoin="0.000001132"))
+    spot = market.client(market.user(bitcoin="0.000000933"))
+    place(exact)
+    assert short.post("/v1/create_standing_order", json=WANT).json()["error"] == (
+        "not_enough_balance"
+    )
+    place(spot, type="spot")
+    assert spot.post("/v1/create_standing_order", json=WANT).json()["error"] == (
+        "not_enough_balance"
+    )
+    nothing = market.client(market.user())  # no wallet of that currency at all
+    assert nothing.post("/v1/create_standing_order", json=WANT).json()["error"] == (
+        "not_enough_balance"
+    )
+
+
+def test_a_currency_without_a_creation_fee_needs_the_runway_alone(market: Market) -> None:
+    token = market.user(bitcoin="0.000000833")
+    free = market.settings.model_copy(update={"creation_fee_on_demand": {}})
+    with market.db.read() as conn:
+        assert _funded(conn, market.user_id(token), "bitcoin", False, 20_000, free)
+        assert not _funded(conn, market.user_id(token), "bitcoin", False, 20_001 * 2, free)
+
+
+def test_expires_at_must_lie_after_now(market: Market) -> None:
+    alice = market.client(market.user(bitcoin="0.01"))
+    refused = alice.post("/v1/create_standing_order", json={**WANT, "expires_at": market.now()})
+    assert refused.json()["code"] == 2
+    assert "expires_at: must be in the future (unix seconds)" in str(refused.json())
+    place(alice, expires_at=market.now() + 1)
+
+
+def test_a_placement_is_audited_with_its_terms(market: Market) -> None:
+    offline_server(market, market.user(), "a")
+    token = market.user(bitcoin="0.01")
+    view = place_directly(market, market.user_id(token), count=3)
+    (entry,) = audit(market, "standing_order.create")
+    assert entry["user_id"] == market.user_id(token)
+    assert entry["target"] == f"standing_order:{view['id']}"
+    assert entry["detail"] == {"currency": "bitcoin", "max_price_units": 20_000, "count": 3}
+
+
+def test_the_query_is_checked_and_kept_as_the_marketplace_reads_it(market: Market) -> None:
+    alice = market.client(market.user(bitcoin="0.01"))
+    long_name = "z" * 40
+    unknown = alice.post("/v1/create_standing_order", json={**WANT, "query": {long_name: 1}})
+    assert unknown.json()["code"] == 2
+    message = str(unknown.json())
+    assert repr("z" * 32) in message and repr("z" * 33) not in message
+    assert "(use " + ", ".join(QUERY_PARAMS) + ")" in message
+    bad_currency = {**WANT, "query": {"currency": "dogecoin"}}
+    assert alice.post("/v1/create_standing_order", json=bad_currency).json()["code"] == 2
+    view = place(alice, query={"gpu": "3090", "min_gpus": 1})
+    assert view["query"] == {"gpu": "3090", "min_gpus": "1"}
+
+
+def test_fill_events_carry_what_was_taken(market: Market) -> None:
+    host = market.user()
+    a = offline_server(market, host, "a", on_demand="0.000015")
+    token = market.user(bitcoin="0.01")
+    alice = market.client(token)
+    standing = place(alice, count=2)
+    bring_online(market, a)
+    (order_id,) = orders_on(market, a)[0][:1]
+    with market.db.read() as conn:
+        (data,) = [
+            json.loads(r.data) if isinstance(r.data, str) else r.data
+            for r in conn.execute(
+                select(events).where(
+                    events.c.type == "standing_order.filled",
+                    events.c.user_id == market.user_id(token),
+                )
+            )
+        ]
+    assert data == {
+        "standing_order_id": standing["id"],
+        "order_id": order_id,
+        "server_id": a,
+        "currency": "bitcoin",
+        "price": 0.000015,
+        "filled": 1,
+        "count": 2,
+    }
+
+
+def test_a_filled_standing_order_records_when(market: Market) -> None:
+    host = market.user()
+    a = offline_server(market, host, "a")
+    alice = market.client(market.user(bitcoin="0.01"))
+    standing = place(alice)
+    market.clock.advance(30)
+    bring_online(market, a)
+    row = stored(market, standing["id"])
+    assert (row["state"], row["filled"], row["ended_at"]) == ("filled", 1, market.now())
+
+
+def test_the_earliest_placed_fills_first_whatever_its_id(market: Market) -> None:
+    host = market.user()
+    a = offline_server(market, host, "a")
+    alice = market.client(market.user(bitcoin="0.01"))
+    bob = market.client(market.user(bitcoin="0.01"))
+    first = place(alice)
+    second = place(bob)
+    with market.db.write() as conn:  # bob's was placed a second earlier (a replica's clock)
+        conn.execute(
+            update(standing_orders)
+            .where(standing_orders.c.id == second["id"])
+            .values(created_at=first["created_at"] - 1)
+        )
+    bring_online(market, a)
+    assert mine(bob)[0]["state"] == "filled" and mine(alice)[0]["state"] == "open"
+
+
+def test_a_template_must_be_the_renters_own(market: Market) -> None:
+    offline_server(market, market.user(), "a")
+    alice = market.client(market.user(bitcoin="0.01"))
+    bob = market.client(market.user(bitcoin="0.01"))
+    template = ok(
+        alice.post(
+            "/v1/create_template",
+            json={"name": "t", "image": "cloreai/ubuntu20.04-jupyter", "ports": {"22": "tcp"}},
+        )
+    )["template"]
+    view = place(alice, template_id=template["id"])
+    assert view["template_id"] == template["id"]
+    assert stored(market, view["id"])["template_id"] == template["id"]
+    refused = bob.post("/v1/create_standing_order", json={**WANT, "template_id": template["id"]})
+    assert refused.json()["code"] != 0
