@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
 from openclore.config import Settings
 from openclore.domain.errors import MarketError
+from openclore.market import standing as standing_module
 from openclore.market.inputs import CreateStandingOrderRequest
 from openclore.market.standing import (
     MAX_OPEN,
@@ -179,7 +181,7 @@ def test_a_fill_acts_as_its_owner_through_the_engine(market: Market) -> None:
     b = offline_server(market, host, "b")
     token = market.user(bitcoin="0.01")
     owner = market.client(token)
-    plain = place(owner)
+    plain = place_directly(market, market.user_id(token))  # no key: the owner's own
     made = ok(owner.post("/v1/create_api_key", json={"scopes": ["read", "rent"]}))
     keyed = place(market.client(made["secret"]))
     bring_online(market, a, b)
@@ -447,3 +449,89 @@ def test_a_template_must_be_the_renters_own(market: Market) -> None:
     assert stored(market, view["id"])["template_id"] == template["id"]
     refused = bob.post("/v1/create_standing_order", json={**WANT, "template_id": template["id"]})
     assert refused.json()["code"] != 0
+
+
+# ------------------------------------------------------------------ candidates, one by one
+
+
+def per_gpu_servers(market: Market, *day_prices: str) -> list[int]:
+    """Offline 4-GPU servers rented per GPU, one per price (per day for all four GPUs)."""
+    made = []
+    for price in day_prices:
+        sid = four_gpu_server(market, market.user(), on_demand=price)
+        with market.db.write() as conn:
+            conn.execute(update(servers).where(servers.c.id == sid).values(online=False))
+        made.append(sid)
+    return made
+
+
+@pytest.mark.parametrize("refusal", ["market", "integrity"])
+def test_a_refusing_server_passes_a_per_gpu_order_to_the_next_one(
+    market: Market, monkeypatch: pytest.MonkeyPatch, refusal: str
+) -> None:
+    """Cheapest first: the first and the last refuse (a server's own refusal, or its unique
+    index), the middle one takes one GPU and then refuses too; the standing order stays open
+    with one fill, and no candidate is tried out of turn."""
+    cheap, middle, dear = per_gpu_servers(market, "0.0004", "0.0006", "0.0008")
+    real = standing_module.create_order
+    tried: list[int] = []
+
+    def create(conn: Any, user_id: int, req: Any, *args: Any, **kw: Any) -> int:
+        tried.append(req.renting_server)
+        if req.renting_server == middle and tried.count(middle) == 1:
+            return int(real(conn, user_id, req, *args, **kw))
+        if refusal == "market":
+            raise MarketError("server-already-rented")
+        raise IntegrityError("INSERT", {}, Exception("unique index"))
+
+    monkeypatch.setattr(standing_module, "create_order", create)
+    alice = market.client(market.user(bitcoin="0.1"))
+    standing = place(alice, query={"gpu": "4090"}, gpu_count=1, count=2, max_price_per_day=0.0002)
+    bring_online(market, cheap, middle, dear)
+    assert tried == [cheap, middle, middle, dear]
+    row = stored(market, standing["id"])
+    assert (row["state"], row["filled"]) == ("open", 1)
+    assert len(orders_on(market, middle)) == 1
+
+
+def test_a_server_without_a_price_in_the_currency_is_passed_over(market: Market) -> None:
+    host = market.user()
+    clore_only = offline_server(market, host, "clore", currency="CLORE-Blockchain")
+    btc = offline_server(market, host, "btc")
+    alice = market.client(market.user(bitcoin="0.01"))
+    standing = place(alice)
+    bring_online(market, clore_only, btc)
+    assert orders_on(market, btc)[0][0] == stored_fills(market, standing["id"])[0]
+    assert orders_on(market, clore_only) == []
+
+
+def test_the_query_prices_are_in_the_standing_orders_currency(market: Market) -> None:
+    host = market.user()
+    sid = offline_server(market, host, "clore", currency="CLORE-Blockchain", on_demand="2")
+    alice = market.client(market.user(CLORE_Blockchain="1000"))
+    body = {
+        "query": {"gpu": "3090", "max_price": "3"},
+        "max_price_per_day": 3,
+        "currency": "CLORE-Blockchain",
+    }
+    standing = place(alice, **body)
+    bring_online(market, sid)
+    assert orders_on(market, sid)[0][0] == stored_fills(market, standing["id"])[0]
+
+
+def test_a_price_of_one_unit_is_a_price(market: Market) -> None:
+    host = market.user()
+    sid = offline_server(market, host, "cheap", on_demand="0.000000001")
+    alice = market.client(market.user(bitcoin="0.01"))
+    place(alice)
+    bring_online(market, sid)
+    assert len(orders_on(market, sid)) == 1
+
+
+def test_a_server_without_a_spot_minimum_gets_no_spot_fill(market: Market) -> None:
+    host = market.user()
+    sid = offline_server(market, host, "no-spot", spot="0")
+    alice = market.client(market.user(bitcoin="0.01"))
+    place(alice, type="spot")
+    bring_online(market, sid)
+    assert orders_on(market, sid) == []
