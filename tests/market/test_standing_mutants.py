@@ -62,8 +62,8 @@ def test_the_view_shows_every_field_and_never_the_secrets(market: Market) -> Non
     expires = market.now() + 3600
     view = place(alice, count=2, expires_at=expires, ssh_password="Sandbox2026pass")
     order = view.pop("order")
-    assert order["image"] == WANT["image"] and order["ports"] == WANT["ports"]
-    assert "ssh_password" not in order
+    # the fields as given (never an empty one, never the password)
+    assert order == {"image": WANT["image"], "ports": WANT["ports"]}
     assert view == {
         "id": view["id"],
         "state": "open",
@@ -348,8 +348,10 @@ def test_a_currency_without_a_creation_fee_needs_the_runway_alone(market: Market
 def test_expires_at_must_lie_after_now(market: Market) -> None:
     alice = market.client(market.user(bitcoin="0.01"))
     refused = alice.post("/v1/create_standing_order", json={**WANT, "expires_at": market.now()})
-    assert refused.json()["code"] == 2
-    assert "expires_at: must be in the future (unix seconds)" in str(refused.json())
+    assert refused.json() == {
+        "code": 2,
+        "error": "expires_at: must be in the future (unix seconds)",
+    }
     place(alice, expires_at=market.now() + 1)
 
 
@@ -375,6 +377,9 @@ def test_the_query_is_checked_and_kept_as_the_marketplace_reads_it(market: Marke
     assert alice.post("/v1/create_standing_order", json=bad_currency).json()["code"] == 2
     view = place(alice, query={"gpu": "3090", "min_gpus": 1})
     assert view["query"] == {"gpu": "3090", "min_gpus": "1"}
+    # a JSON boolean is kept as the query string writes it
+    assert place(alice, query={"gpu": True})["query"] == {"gpu": "true"}
+    assert place(alice, query={"gpu": False})["query"] == {"gpu": "false"}
 
 
 def test_fill_events_carry_what_was_taken(market: Market) -> None:
@@ -535,3 +540,19 @@ def test_a_server_without_a_spot_minimum_gets_no_spot_fill(market: Market) -> No
     place(alice, type="spot")
     bring_online(market, sid)
     assert orders_on(market, sid) == []
+
+
+def test_a_failing_match_makes_no_order_and_says_so(
+    market: Market, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    offline_server(market, market.user(), "a")
+    place(market.client(market.user(bitcoin="0.01")))
+
+    def broken(*_args: Any) -> int:
+        raise RuntimeError("a bug in the match")
+
+    monkeypatch.setattr(standing_module, "_match", broken)
+    with market.db.write() as conn:
+        assert match_standing_orders(conn, market.settings, market.now()) == 0
+    (record,) = [r for r in caplog.records if r.name == "openclore.standing"]
+    assert record.getMessage() == "standing-order match failed; the change commits without it"
