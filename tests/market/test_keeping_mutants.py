@@ -17,7 +17,9 @@ import pytest
 from sqlalchemy import select, update
 
 from openclore.domain.errors import MarketError
+from openclore.domain.money import spend_for
 from openclore.engine.notify import subscribe
+from openclore.ledger.ledger import balance, wallet_id
 from openclore.market.keeping import (
     MAX_EXTEND_HOURS,
     extend_order,
@@ -27,6 +29,7 @@ from openclore.market.keeping import (
     start_order,
     stop_order,
 )
+from openclore.market.wallets import deposit
 from openclore.store.schema import audit_log, events, orders, servers
 from test_keeping import order_of, storage_server
 
@@ -266,3 +269,48 @@ def test_extend_out_of_range_says_how_many_hours_fit(market: Market) -> None:
     # 3595 s in, an hour more would be 5 s past the server's maximum
     assert most(3595, 1) == 0
     assert run(market, extend_order, uid, oid, 1, start + 3600) == 11 * 3600
+
+
+def test_a_whole_server_spot_start_refused_names_all_its_gpus(market: Market) -> None:
+    quad = storage_server(market, market.user(), gpus=4)
+    uid, oid = rent(market, quad, spot_body(quad, "0.0002"))
+    run(market, stop_order, uid, oid, market.now())
+    rent(market, quad)
+    no = refused(market, start_order, uid, oid, market.settings, market.now())
+    assert (no.name, no.extra) == ("gpus_not_free", {"gpu_count": 4})
+
+
+def test_a_start_needs_the_runway_to_the_unit(market: Market) -> None:
+    sid = storage_server(market, market.user())  # 0.0001 a day: 100,000 units
+    uid, oid = rent(market, sid)
+    run(market, stop_order, uid, oid, market.now())
+    price = 100_000
+    while True:  # a balance an exact runway of whole seconds can equal
+        with market.db.read() as conn:
+            held = balance(conn, wallet_id(conn, uid, "bitcoin"))
+        seconds = -(-held * 86400 // price)
+        if spend_for(price, seconds) == held:
+            break
+        with market.db.write() as conn:
+            deposit(conn, uid, "bitcoin", 1, market.settings, market.now())
+    exact = market.settings.model_copy(update={"runway_seconds": seconds})
+    more = market.settings.model_copy(update={"runway_seconds": seconds + 1})
+    assert refused(market, start_order, uid, oid, more, market.now()).name == "not_enough_balance"
+    run(market, start_order, uid, oid, exact, market.now())
+
+
+def test_a_start_with_a_key_that_spent_its_day_is_refused(market: Market) -> None:
+    sid = storage_server(market, market.user())  # 0.0001 a day
+    owner = market.client(market.user(bitcoin="1"))
+    made = ok(
+        owner.post(
+            "/v1/create_api_key",
+            json={"scopes": ["read", "rent"], "spend_limit": {"bitcoin": "0.0001"}},
+        )
+    )
+    bot = market.client(made["secret"])
+    oid = ok(bot.post("/v1/create_order", json=order_body(sid)))["order_id"]
+    market.advance(86400)  # a day's rent reaches the key's limit: the order stops at it
+    assert order_of(owner, oid)["state"] == "stopped"
+    refusal = bot.post("/v1/start_order", json={"id": oid}).json()
+    assert refusal["error"] == "spend_limit_reached" and refusal["currency"] == "bitcoin"
