@@ -127,7 +127,6 @@ def create_standing_order(
     now: int,
     *,
     actor: Actor = SYSTEM,
-    api_key_id: int | None = None,
 ) -> dict[str, Any]:
     """Place a standing order (``body``: the request, whose create_order fields its fills use);
     it fills at once where a matching server is free. Returns its view."""
@@ -171,7 +170,7 @@ def create_standing_order(
         conn.execute(
             insert(standing_orders).values(
                 user_id=user_id,
-                api_key_id=api_key_id if api_key_id is not None else actor.key_id,
+                api_key_id=actor.key_id,
                 query=params,
                 max_price=max_price,
                 currency=req.currency,
