@@ -16,6 +16,8 @@ from sqlalchemy import select, update
 
 from openclore.domain.errors import InvalidInput, MarketError
 from openclore.domain.money import to_coins, to_units
+from openclore.ledger.addresses import deposit_address
+from openclore.ledger.ledger import account_key
 from openclore.market.volumes import (
     MAX_LIVE_VOLUMES,
     MAX_MOUNTS,
@@ -23,12 +25,13 @@ from openclore.market.volumes import (
     checked_mounts,
     create_volume,
     delete_volume,
+    desired_volumes,
     docker_name,
     end_server_volumes,
     my_volumes,
 )
-from openclore.protocol import VolumeStatus
-from openclore.store.schema import audit_log, events, servers, volumes
+from openclore.protocol import DesiredVolume, VolumeStatus
+from openclore.store.schema import accounts, audit_log, events, servers, volumes
 from test_keeping import storage_server
 from test_keeping_mutants import woken
 
@@ -341,3 +344,136 @@ def test_mounts_at_their_limit_and_whose_they_are(market: Market) -> None:
         with pytest.raises(MarketError) as far:
             checked_mounts(conn, alice, sid, {str(away): "/x"})
         assert (far.value.name, far.value.extra) == ("volume_not_on_server", {"volume_id": away})
+
+
+def test_the_agent_keeps_its_servers_live_volumes_in_id_order(market: Market) -> None:
+    sid = storage_server(market, market.user())
+    other = storage_server(market, market.user())
+    alice = market.user_id(market.user(bitcoin="1"))
+    big = make(market, alice, sid, size=20, name="big")
+    small = make(market, alice, sid, size=3, name="small")
+    make(market, alice, other, size=4, name="elsewhere")
+    deleted = make(market, alice, sid, size=5, name="deleted")
+    with market.db.write() as conn:
+        delete_volume(conn, alice, deleted, market.now())
+    with market.db.read() as conn:
+        assert desired_volumes(conn, sid) == [
+            DesiredVolume(name=f"openclore-vol-{big}", size_gb=20),
+            DesiredVolume(name=f"openclore-vol-{small}", size_gb=3),
+        ]
+
+
+def test_reports_touch_their_servers_live_volumes_only(market: Market) -> None:
+    sid = agent_server(market, market.user())
+    other = storage_server(market, market.user())  # a demo server: its volumes are ready
+    alice = market.user_id(market.user(bitcoin="1"))
+    fresh = make(market, alice, sid, name="fresh")
+    elsewhere = make(market, alice, other, name="elsewhere")
+    deleted = make(market, alice, sid, name="deleted")
+    with market.db.write() as conn:
+        delete_volume(conn, alice, deleted, market.now())
+    before = row(market, deleted)
+    reports = [
+        VolumeStatus(docker_name(fresh), ok=True, quota=True),
+        VolumeStatus(docker_name(deleted), ok=True, quota=True, error="still here"),
+    ]
+    with market.db.write() as conn:
+        apply_volume_reports(conn, sid, reports, market.now())
+    assert row(market, elsewhere)["state"] == "ready"  # not this server's
+    assert row(market, deleted) == before  # deleted: the agent removes it, nothing changes
+    (ready,) = events_of(market, "volume.ready")
+    assert ready == {"user_id": alice, "volume_id": fresh, "server_id": sid, "quota": True}
+
+
+def test_a_renter_who_cannot_pay_ends_and_the_next_volume_is_still_seen(market: Market) -> None:
+    sid = storage_server(market, market.user())
+    poor = market.user_id(market.user(bitcoin="0.0001"))  # a 10 GB volume costs 0.002 a day
+    rich = market.user_id(market.user(bitcoin="1"))
+    first = make(market, poor, sid, name="poor")
+    second = make(market, rich, sid, name="rich")
+    market.clock.advance(86400)
+    with market.db.write() as conn:  # the agent lost both
+        apply_volume_reports(conn, sid, [], market.now())
+    assert row(market, first)["state"] == "ended"  # its renter ran dry first
+    assert row(market, second)["state"] == "gone"
+
+
+def test_a_removed_servers_volumes_after_a_renter_ran_dry(market: Market) -> None:
+    sid = storage_server(market, market.user())
+    other = storage_server(market, market.user())
+    poor = market.user_id(market.user(bitcoin="0.0001"))
+    rich = market.user_id(market.user(bitcoin="1"))
+    first = make(market, poor, sid, name="poor")
+    second = make(market, rich, sid, name="rich")
+    elsewhere = make(market, rich, other, name="elsewhere")
+    market.clock.advance(86400)
+    with market.db.write() as conn:
+        end_server_volumes(conn, sid, market.now())
+    assert (row(market, first)["state"], row(market, second)["state"]) == ("ended", "ended")
+    assert row(market, elsewhere)["state"] == "ready"
+    assert events_of(market, "volume.ended")[-1] == {
+        "user_id": rich,
+        "volume_id": second,
+        "server_id": sid,
+        "reason": "server_removed",
+    }
+    with market.db.write() as conn:  # again: nothing left to end
+        end_server_volumes(conn, sid, market.now())
+    assert len(events_of(market, "volume.ended")) == 2
+
+
+def test_deleting_bills_a_live_volume_and_only_ones_own(market: Market) -> None:
+    sid = agent_server(market, market.user())
+    alice = market.user_id(market.user(bitcoin="1"))
+    bob = market.user_id(market.user(bitcoin="1"))
+    live = make(market, alice, sid, name="live")
+    lost = make(market, alice, sid, name="lost")
+    with market.db.write() as conn:
+        apply_volume_reports(conn, sid, [VolumeStatus(docker_name(live), ok=True)], market.now())
+        conn.execute(update(volumes).where(volumes.c.id == lost).values(state="gone"))
+    with pytest.raises(MarketError) as theirs, market.db.write() as conn:
+        delete_volume(conn, bob, live, market.now())
+    assert theirs.value.name == "volume_dont_exist"
+    market.clock.advance(86400)
+    with market.db.write() as conn:
+        delete_volume(conn, alice, live, market.now())
+        delete_volume(conn, alice, lost, market.now())  # gone: nothing more to bill
+    assert row(market, live)["spend"] == 2_000_000  # a day of 10 GB at 0.0002
+    assert row(market, lost)["spend"] == 0
+
+
+def test_a_currency_the_server_does_not_price_stores_for_free(market: Market) -> None:
+    host = market.user()
+    sid = storage_server(market, host)
+    alice = market.user_id(market.user(bitcoin="1"))
+    vid = make(market, alice, sid, currency="CLORE-Blockchain")
+    assert row(market, vid)["rate"] == 0
+    with market.db.read() as conn:
+        for uid in (alice, market.user_id(host)):
+            wallet = conn.execute(
+                select(accounts.c.deposit_address).where(
+                    accounts.c.key == account_key("wallet", "CLORE-Blockchain", uid)
+                )
+            ).scalar_one()
+            assert wallet == deposit_address(
+                market.settings.address_secret, uid, "CLORE-Blockchain"
+            )
+
+
+def test_the_name_refusal_reads_exactly(market: Market) -> None:
+    sid = storage_server(market, market.user())
+    with pytest.raises(InvalidInput) as bad:
+        make(market, market.user_id(market.user(bitcoin="1")), sid, name="")
+    assert str(bad.value) == "name: 1 to 64 letters, digits, '_', '.' or '-'"
+
+
+def test_a_gone_volume_shows_why(market: Market) -> None:
+    sid = agent_server(market, market.user())
+    alice = market.user_id(market.user(bitcoin="1"))
+    vid = make(market, alice, sid)
+    with market.db.write() as conn:
+        apply_volume_reports(
+            conn, sid, [VolumeStatus(docker_name(vid), ok=False, error="disk full")], market.now()
+        )
+        (view,) = my_volumes(conn, alice)["volumes"]
+    assert view["state"] == "gone" and view["error"] == "disk full"
