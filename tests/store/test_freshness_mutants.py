@@ -146,6 +146,7 @@ def test_versions_answer_from_memory_and_read_again_after_a_change(sqlite_db: Da
 def test_a_change_told_during_the_read_leaves_nothing_trusted(sqlite_db: Database) -> None:
     standin = Standin(sqlite_db)
     watch = Freshness(standin)
+    watch.invalidate()  # told before: a read may be held from here on
     standin.before_read.append(watch)
     try:
         set_versions(sqlite_db, 6, 2)
@@ -212,8 +213,10 @@ def test_invalidate_and_the_listeners_calls_drop_what_was_read(sqlite_db: Databa
         assert watch.listening is True
         watch.lost()
         assert watch.listening is False
+        watch.connected(again=False)
     finally:
         watch.close()
+    assert watch.listening is False  # closed: not listening, whatever it heard last
 
 
 def test_a_commit_here_reaches_every_cache_of_that_database_and_no_other(
