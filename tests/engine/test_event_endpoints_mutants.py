@@ -1,0 +1,74 @@
+"""The event endpoints (api/event_endpoints.py) pinned where the event and webhook flow tests do
+not look: who the webhook and alert changes are audited as, and how the delivery log reads its
+webhook id and page size from a query string or a body, at their bounds.
+
+Written to kill mutants of `scripts/mutation events`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from openclore.store.schema import audit_log
+
+from event_support import hook
+from support import Market, ok
+
+pytestmark = pytest.mark.origin("mutant")
+
+URL = "http://127.0.0.1:9/"  # the sandbox allows loopback receivers
+
+
+def actors(market: Market, action: str) -> list[str]:
+    with market.db.read() as conn:
+        return [
+            str(a)
+            for a in conn.execute(
+                select(audit_log.c.actor).where(audit_log.c.action == action)
+            ).scalars()
+        ]
+
+
+def test_webhook_and_alert_changes_are_audited_as_the_caller(market: Market) -> None:
+    token = market.user()
+    client = market.client(token)
+    uid = market.user_id(token)
+    made = hook(market, token, URL)
+    ok(client.post("/v1/ping_webhook", json={"id": made["id"]}))
+    ok(client.post("/v1/set_alerts", json={"low_balance_seconds": 3600}))
+    ok(client.post("/v1/delete_webhook", json={"id": made["id"]}))
+    for action in ("webhook.create", "webhook.ping", "alerts.set", "webhook.delete"):
+        assert actors(market, action) == [f"user:{uid}"], action
+
+
+def deliveries(market: Market, token: str, **params: Any) -> httpx.Response:
+    return market.client(token).get("/v1/webhook_deliveries", params=params)
+
+
+def test_the_delivery_log_pages_and_reads_its_id_from_a_query_or_a_body(market: Market) -> None:
+    token = market.user()
+    made = hook(market, token, URL)
+    client = market.client(token)
+    for _ in range(52):
+        ok(client.post("/v1/ping_webhook", json={"id": made["id"]}))
+    assert len(ok(deliveries(market, token, id=made["id"]))["deliveries"]) == 50  # the default
+    assert len(ok(deliveries(market, token, id=made["id"], limit=1))["deliveries"]) == 1
+    assert len(ok(deliveries(market, token, id=made["id"], limit=0))["deliveries"]) == 1
+    assert len(ok(deliveries(market, token, id=made["id"], limit=1000))["deliveries"]) == 52
+    too_many = deliveries(market, token, id=made["id"], limit=1001).json()
+    assert too_many == {"code": 2, "error": "limit: a whole number from 0 to 1000"}
+    # the id in a body (POST), no query string
+    body = ok(client.post("/v1/webhook_deliveries", json={"id": made["id"], "limit": 3}))
+    assert len(body["deliveries"]) == 50  # a body's limit is not the query's
+    # a query's id is read as a 64-bit integer, then checked as a webhook id
+    assert deliveries(market, token, id=2**63 - 1).json() == {
+        "code": 2,
+        "error": "id: Input should be less than or equal to 2147483647",
+    }
+    assert deliveries(market, token, id=2**63).json() == {
+        "code": 2,
+        "error": "id: a whole number from 0 to 9223372036854775807",
+    }
