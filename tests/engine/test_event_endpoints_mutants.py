@@ -6,15 +6,18 @@ Written to kill mutants of `scripts/mutation events`."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import select
 
+from openclore.api.event_endpoints import STREAM_BATCH, _read, _set_soon
 from openclore.store.schema import audit_log
 
-from event_support import hook
+from event_support import credit, hook
 from support import Market, ok
 
 pytestmark = pytest.mark.origin("mutant")
@@ -72,3 +75,30 @@ def test_the_delivery_log_pages_and_reads_its_id_from_a_query_or_a_body(market: 
         "code": 2,
         "error": "id: a whole number from 0 to 9223372036854775807",
     }
+
+
+def test_a_stream_reads_its_batch_of_the_types_asked(market: Market) -> None:
+    token = market.user()
+    uid = market.user_id(token)
+    made = hook(market, token, URL)
+    client = market.client(token)
+    for _ in range(STREAM_BATCH + 1):
+        ok(client.post("/v1/ping_webhook", json={"id": made["id"]}))
+    credit(market, token, 1)
+    batch = _read(market.db, uid, 0, None)
+    assert len(batch) == STREAM_BATCH
+    assert [e.type for e in _read(market.db, uid, 0, ["deposit.credited"])] == ["deposit.credited"]
+
+
+def test_a_wake_up_from_another_thread_sets_the_streams_flag() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        flag = asyncio.Event()
+        thread = threading.Thread(target=_set_soon, args=(loop, flag))
+        thread.start()
+        thread.join()
+        loop.run_until_complete(asyncio.wait_for(flag.wait(), 5))
+        assert flag.is_set()
+    finally:
+        loop.close()
+    _set_soon(loop, asyncio.Event())  # the loop closed meanwhile: nothing to wake, no error
