@@ -27,7 +27,7 @@ from openclore.market.standing import (
     match_standing_orders,
     standing_view,
 )
-from openclore.store.schema import audit_log, events, servers, standing_orders
+from openclore.store.schema import audit_log, events, orders, servers, standing_orders
 from test_partial_rentals import four_gpu_server
 from test_standing import WANT, bring_online, mine, offline_server, orders_on, place
 
@@ -556,3 +556,15 @@ def test_a_failing_match_makes_no_order_and_says_so(
         assert match_standing_orders(conn, market.settings, market.now()) == 0
     (record,) = [r for r in caplog.records if r.name == "openclore.standing"]
     assert record.getMessage() == "standing-order match failed; the change commits without it"
+
+
+def test_a_spot_minimum_of_one_unit_is_a_minimum(market: Market) -> None:
+    host = market.user()
+    sid = offline_server(market, host, "cheap-spot", spot="0.000000001")
+    alice = market.client(market.user(bitcoin="0.01"))
+    place(alice, type="spot")
+    bring_online(market, sid)
+    (order_id, _), *_ = orders_on(market, sid)
+    with market.db.read() as conn:
+        price = conn.execute(select(orders.c.price).where(orders.c.id == order_id)).scalar_one()
+    assert price == 1  # the bid is the server's minimum, one unit a day
