@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from openclore.domain.errors import InvalidInput, MarketError
 from openclore.domain.money import to_coins, to_units
@@ -446,10 +446,17 @@ def test_a_currency_the_server_does_not_price_stores_for_free(market: Market) ->
     host = market.user()
     sid = storage_server(market, host)
     alice = market.user_id(market.user(bitcoin="1"))
+    renters = (alice, market.user_id(host))
+    with market.db.write() as conn:  # a currency the operator added after they signed up
+        conn.execute(
+            delete(accounts).where(
+                accounts.c.key.in_([account_key("wallet", "CLORE-Blockchain", u) for u in renters])
+            )
+        )
     vid = make(market, alice, sid, currency="CLORE-Blockchain")
     assert row(market, vid)["rate"] == 0
     with market.db.read() as conn:
-        for uid in (alice, market.user_id(host)):
+        for uid in renters:
             wallet = conn.execute(
                 select(accounts.c.deposit_address).where(
                     accounts.c.key == account_key("wallet", "CLORE-Blockchain", uid)
