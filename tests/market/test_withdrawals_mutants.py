@@ -1,0 +1,129 @@
+"""Withdrawals (market/withdrawals.py) pinned where the flow tests (test_withdrawals.py) do not
+look: the refusals by name, the smallest amount, the daily limit at its boundaries and per user
+and currency, a currency without a fee, what a request shows, and the operator's list.
+
+Written to kill mutants of `scripts/mutation withdrawals`."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import delete
+
+from openclore.domain.errors import MarketError
+from openclore.domain.money import to_coins
+from openclore.ledger.addresses import deposit_address
+from openclore.market.accounts import create_user
+from openclore.market.withdrawals import (
+    all_withdrawals,
+    approve_withdrawal,
+    fee_for,
+    my_withdrawals,
+    reject_withdrawal,
+    request_withdrawal,
+)
+from openclore.store.schema import accounts
+
+from support import Market
+
+pytestmark = pytest.mark.origin("mutant")
+
+BTC = deposit_address("elsewhere", 7, "bitcoin")
+CLORE = deposit_address("elsewhere", 7, "CLORE-Blockchain")
+
+
+def ask(market: Market, uid: int, amount: int, currency: str = "bitcoin", **kw: Any) -> int:
+    settings = kw.pop("settings", market.settings)
+    address = BTC if currency == "bitcoin" else CLORE
+    with market.db.write() as conn:
+        return request_withdrawal(conn, uid, currency, amount, address, settings, market.now())
+
+
+def refusal(market: Market, uid: int, amount: int, **kw: Any) -> MarketError:
+    with pytest.raises(MarketError) as caught:
+        ask(market, uid, amount, **kw)
+    return caught.value
+
+
+def test_the_smallest_withdrawal_is_one_unit(market: Market) -> None:
+    uid = market.user_id(market.user(bitcoin="1"))
+    assert refusal(market, uid, 0).name == "amount_too_low"
+    assert refusal(market, uid, -5).name == "amount_too_low"
+    ask(market, uid, 1)
+
+
+def test_a_user_without_the_wallet_has_not_enough_balance(market: Market) -> None:
+    with market.db.write() as conn:
+        uid = create_user(conn, "walletless", market.now(), market.settings)
+        conn.execute(delete(accounts).where(accounts.c.user_id == uid))
+    assert refusal(market, uid, 10).name == "not_enough_balance"
+
+
+def test_the_daily_limit_at_its_boundary_per_user_and_currency(market: Market) -> None:
+    limited = market.settings.model_copy(
+        update={"withdrawal_daily_limit": {"bitcoin": Decimal("0.000001")}}  # 1000 units
+    )
+    alice = market.user_id(market.user(bitcoin="1", CLORE_Blockchain="100"))
+    bob = market.user_id(market.user(bitcoin="1"))
+    ask(market, bob, 900, settings=limited)  # another user's do not count
+    ask(market, alice, 10**9, currency="CLORE-Blockchain", settings=limited)  # nor another currency
+    ask(market, alice, 999, settings=limited)
+    over = refusal(market, alice, 2, settings=limited)
+    assert (over.name, over.extra) == ("withdrawal_limit_exceeded", {"limit_left": to_coins(1)})
+    ask(market, alice, 1, settings=limited)  # exactly the limit
+    full = refusal(market, alice, 1, settings=limited)
+    assert full.extra == {"limit_left": to_coins(0)}
+    # a limit of one unit is a limit
+    one = market.settings.model_copy(
+        update={"withdrawal_daily_limit": {"bitcoin": Decimal("0.000000001")}}
+    )
+    carol = market.user_id(market.user(bitcoin="1"))
+    assert refusal(market, carol, 2, settings=one).name == "withdrawal_limit_exceeded"
+    # a currency the limits do not name has none
+    dave = market.user_id(market.user(bitcoin="1"))
+    ask(market, dave, 10**8, settings=limited.model_copy(update={"withdrawal_daily_limit": {}}))
+
+
+def test_a_currency_without_a_fee_costs_nothing_to_withdraw(market: Market) -> None:
+    free = market.settings.model_copy(update={"withdrawal_fee": {}})
+    assert fee_for(free, "bitcoin") == 0
+    assert fee_for(market.settings, "bitcoin") == 100_000
+
+
+def test_a_request_shows_as_it_was_made_and_the_operator_sees_all(market: Market) -> None:
+    token = market.user("erin", bitcoin="1")
+    uid = market.user_id(token)
+    first = ask(market, uid, 5000)
+    market.clock.advance(3)
+    second = ask(market, uid, 7000)
+    with market.db.write() as conn:
+        approve_withdrawal(conn, first, "txid-1", "admin:ops", market.now())
+        reject_withdrawal(conn, second, "no", "admin:ops", market.now())
+    with market.db.read() as conn:
+        mine = my_withdrawals(conn, uid)["withdrawals"]
+        everything = all_withdrawals(conn)
+        pending = all_withdrawals(conn, "pending")
+        approved = all_withdrawals(conn, "approved")
+    assert [w["id"] for w in mine] == [first, second]
+    assert mine[0] == {
+        "id": first,
+        "currency": "bitcoin",
+        "amount": to_coins(5000),
+        "fee": to_coins(100_000),
+        "address": BTC,
+        "state": "approved",
+        "created_at": market.now() - 3,
+        "decided_at": market.now(),
+        "txid": "txid-1",
+        "reason": None,
+    }
+    assert [w["id"] for w in everything] == [first, second]
+    assert pending == [] and [w["id"] for w in approved] == [first]
+    assert {k: everything[0][k] for k in ("user_id", "user", "decided_by")} == {
+        "user_id": uid,
+        "user": "erin",
+        "decided_by": "admin:ops",
+    }
+    assert (everything[0]["amount_text"], everything[0]["fee_text"]) == ("0.000005", "0.0001")
