@@ -10,12 +10,13 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
 from openclore.domain.errors import MarketError
 from openclore.domain.money import to_coins
 from openclore.ledger.addresses import deposit_address
 from openclore.market.accounts import create_user
+from openclore.market.audit import SYSTEM
 from openclore.market.withdrawals import (
     all_withdrawals,
     approve_withdrawal,
@@ -23,8 +24,9 @@ from openclore.market.withdrawals import (
     my_withdrawals,
     reject_withdrawal,
     request_withdrawal,
+    withdrawal_owner,
 )
-from openclore.store.schema import accounts
+from openclore.store.schema import accounts, audit_log, transfers
 
 from support import Market
 
@@ -127,3 +129,65 @@ def test_a_request_shows_as_it_was_made_and_the_operator_sees_all(market: Market
         "decided_by": "admin:ops",
     }
     assert (everything[0]["amount_text"], everything[0]["fee_text"]) == ("0.000005", "0.0001")
+
+
+def test_whose_withdrawal_it_is(market: Market) -> None:
+    alice = market.user_id(market.user(bitcoin="1"))
+    bob = market.user_id(market.user(bitcoin="1"))
+    first, second = ask(market, alice, 10), ask(market, bob, 10)
+    with market.db.read() as conn:
+        assert withdrawal_owner(conn, first) == alice
+        assert withdrawal_owner(conn, second) == bob
+        assert withdrawal_owner(conn, second + 1) is None
+
+
+def test_an_approval_needs_a_txid_of_at_most_128_characters(market: Market) -> None:
+    uid = market.user_id(market.user(bitcoin="1"))
+    wid = ask(market, uid, 10)
+    for bad in ("", "   ", "x" * 129):
+        with pytest.raises(MarketError) as refused, market.db.write() as conn:
+            approve_withdrawal(conn, wid, bad, "admin:ops", market.now())
+        assert refused.value.name == "txid_required", bad
+    with market.db.write() as conn:
+        approve_withdrawal(conn, wid, " " + "t" * 128 + " ", "admin:ops", market.now())
+    with market.db.read() as conn:
+        assert my_withdrawals(conn, uid)["withdrawals"][0]["txid"] == "t" * 128
+
+
+def test_each_movement_says_what_it_was_for(market: Market) -> None:
+    uid = market.user_id(market.user(bitcoin="1"))
+    wid = ask(market, uid, 10)
+    with market.db.write() as conn:
+        approve_withdrawal(conn, wid, "tx9", "admin:ops", market.now())
+    with market.db.read() as conn:
+        memos = dict(
+            conn.execute(
+                select(transfers.c.key, transfers.c.memo).where(
+                    transfers.c.key.like(f"withdrawal:{wid}:%")
+                )
+            ).all()
+        )
+    asked = f"withdrawal #{wid} to {BTC}"
+    paid = f"withdrawal #{wid} paid to {BTC}, txid tx9"
+    assert memos == {
+        f"withdrawal:{wid}:request": asked,
+        f"withdrawal:{wid}:fee": asked,
+        f"withdrawal:{wid}:payout": paid,
+        f"withdrawal:{wid}:fee_earned": paid,
+    }
+
+
+def test_a_request_is_audited_when_someone_asked_for_it(market: Market) -> None:
+    uid = market.user_id(market.user(bitcoin="1"))
+    with market.db.write() as conn:
+        wid = request_withdrawal(
+            conn, uid, "bitcoin", 1500, BTC, market.settings, market.now(), actor=SYSTEM
+        )
+        request_withdrawal(conn, uid, "bitcoin", 7, BTC, market.settings, market.now())
+    with market.db.read() as conn:
+        entries = conn.execute(
+            select(audit_log).where(audit_log.c.action == "withdrawal.request")
+        ).all()
+    (entry,) = entries  # the second had no actor: the caller audits it (admin CLI)
+    assert (entry.user_id, entry.target) == (uid, f"withdrawal:{wid}")
+    assert entry.detail == {"currency": "bitcoin", "amount": "0.0000015", "address": BTC}
