@@ -84,8 +84,9 @@ def test_the_daily_limit_at_its_boundary_per_user_and_currency(market: Market) -
     carol = market.user_id(market.user(bitcoin="1"))
     assert refusal(market, carol, 2, settings=one).name == "withdrawal_limit_exceeded"
     # a currency the limits do not name has none
-    dave = market.user_id(market.user(bitcoin="1"))
-    ask(market, dave, 10**8, settings=limited.model_copy(update={"withdrawal_daily_limit": {}}))
+    dave = market.user_id(market.user(bitcoin="3"))
+    unlimited = limited.model_copy(update={"withdrawal_daily_limit": {}})
+    ask(market, dave, 2 * 10**9, settings=unlimited)  # two whole coins
 
 
 def test_a_currency_without_a_fee_costs_nothing_to_withdraw(market: Market) -> None:
@@ -103,6 +104,8 @@ def test_a_request_shows_as_it_was_made_and_the_operator_sees_all(market: Market
     with market.db.write() as conn:
         approve_withdrawal(conn, first, "txid-1", "admin:ops", market.now())
         reject_withdrawal(conn, second, "no", "admin:ops", market.now())
+    frank = market.user_id(market.user("frank", bitcoin="1"))
+    third = ask(market, frank, 9)
     with market.db.read() as conn:
         mine = my_withdrawals(conn, uid)["withdrawals"]
         everything = all_withdrawals(conn)
@@ -121,8 +124,18 @@ def test_a_request_shows_as_it_was_made_and_the_operator_sees_all(market: Market
         "txid": "txid-1",
         "reason": None,
     }
-    assert [w["id"] for w in everything] == [first, second]
-    assert pending == [] and [w["id"] for w in approved] == [first]
+    assert [(w["id"], w["user"]) for w in everything] == [
+        (first, "erin"),
+        (second, "erin"),
+        (third, "frank"),
+    ]
+    assert [w["id"] for w in pending] == [third] and [w["id"] for w in approved] == [first]
+    assert (mine[1]["state"], mine[1]["decided_at"], mine[1]["reason"]) == (
+        "rejected",
+        market.now(),
+        "no",
+    )
+    assert everything[1]["decided_by"] == "admin:ops"
     assert {k: everything[0][k] for k in ("user_id", "user", "decided_by")} == {
         "user_id": uid,
         "user": "erin",
@@ -160,13 +173,16 @@ def test_each_movement_says_what_it_was_for(market: Market) -> None:
     with market.db.write() as conn:
         approve_withdrawal(conn, wid, "tx9", "admin:ops", market.now())
     with market.db.read() as conn:
-        memos = dict(
-            conn.execute(
-                select(transfers.c.key, transfers.c.memo).where(
-                    transfers.c.key.like(f"withdrawal:{wid}:%")
-                )
-            ).all()
-        )
+        rows = conn.execute(
+            select(transfers.c.key, transfers.c.memo, transfers.c.kind, transfers.c.actor).where(
+                transfers.c.key.like(f"withdrawal:{wid}:%")
+            )
+        ).all()
+    memos = {r.key: r.memo for r in rows}
+    assert {r.key: (r.kind, r.actor) for r in rows if "paid" in r.memo} == {
+        f"withdrawal:{wid}:payout": ("payout", "admin:ops"),
+        f"withdrawal:{wid}:fee_earned": ("withdrawal_fee", "admin:ops"),
+    }
     asked = f"withdrawal #{wid} to {BTC}"
     paid = f"withdrawal #{wid} paid to {BTC}, txid tx9"
     assert memos == {
@@ -191,3 +207,20 @@ def test_a_request_is_audited_when_someone_asked_for_it(market: Market) -> None:
     (entry,) = entries  # the second had no actor: the caller audits it (admin CLI)
     assert (entry.user_id, entry.target) == (uid, f"withdrawal:{wid}")
     assert entry.detail == {"currency": "bitcoin", "amount": "0.0000015", "address": BTC}
+
+
+def test_a_decision_needs_a_pending_withdrawal_and_a_reason_to_reject(market: Market) -> None:
+    uid = market.user_id(market.user(bitcoin="1"))
+    wid = ask(market, uid, 10)
+
+    def decide(work: Any, *args: Any) -> MarketError:
+        with pytest.raises(MarketError) as refused, market.db.write() as conn:
+            work(conn, *args, "admin:ops", market.now())
+        return refused.value
+
+    assert decide(approve_withdrawal, wid + 1, "tx").name == "withdrawal_dont_exist"
+    assert decide(reject_withdrawal, wid, "  ").name == "reason_required"
+    with market.db.write() as conn:
+        approve_withdrawal(conn, wid, "tx", "admin:ops", market.now())
+    again = decide(reject_withdrawal, wid, "late")
+    assert (again.name, again.extra) == ("withdrawal_not_pending", {"state": "approved"})
