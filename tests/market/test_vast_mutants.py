@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import insert, select, update
 
 from openclore.domain.errors import InvalidInput, MarketError
-from openclore.domain.money import to_units
+from openclore.domain.money import to_coins, to_units
 from openclore.domain.usd import rate_units
 from openclore.market import vast
 from openclore.market.account_keys import add_key
@@ -709,3 +709,62 @@ def test_the_currency_a_renter_pays_in(market: Market) -> None:
     assert made(market, ask(market, bidder, sid * 100 + 1, price=0)).currency == "CLORE-Blockchain"
     asked = market.user(bitcoin="0.01", CLORE_Blockchain="10000")
     assert made(market, ask(market, asked, sid * 100 + 1, currency="bitcoin")).currency == "bitcoin"
+
+
+# ------------------------------------------------------------------ the currency a renter pays in
+
+RATES = {"bitcoin": 10**9, "CLORE-Blockchain": 10**9}  # a dollar a coin: units compare as USD
+
+
+def offer(on_demand: dict[str, Any], spot: dict[str, Any]) -> dict[str, Any]:
+    return {"price": {"on_demand": on_demand, "spot": spot}}
+
+
+def paid_in(market: Market, token: str, item: dict[str, Any], bid: bool) -> str | None:
+    with market.db.read() as conn:
+        return vast._funded_currency(conn, market.user_id(token), item, RATES, bid)
+
+
+def test_the_funded_currency_is_read_on_the_side_asked(market: Market) -> None:
+    both = market.user(bitcoin="1", CLORE_Blockchain="1")
+    item = offer(
+        {"bitcoin": to_coins(100), "CLORE-Blockchain": to_coins(200)},
+        {"bitcoin": to_coins(300), "CLORE-Blockchain": to_coins(50)},
+    )
+    assert paid_in(market, both, item, bid=False) == "bitcoin"
+    assert paid_in(market, both, item, bid=True) == "CLORE-Blockchain"
+    clore_only = market.user(CLORE_Blockchain="1")
+    cheap_btc_spot = offer(
+        {"bitcoin": to_coins(100), "CLORE-Blockchain": to_coins(200)},
+        {"bitcoin": to_coins(50), "CLORE-Blockchain": to_coins(300)},
+    )
+    assert paid_in(market, clore_only, cheap_btc_spot, bid=True) == "CLORE-Blockchain"
+    broke = market.user()  # nothing funded: the cheapest on the side asked
+    assert paid_in(market, broke, item, bid=True) == "CLORE-Blockchain"
+    assert paid_in(market, broke, item, bid=False) == "bitcoin"
+
+
+def test_prices_that_are_no_price_are_passed_over(market: Market) -> None:
+    both = market.user(bitcoin="1", CLORE_Blockchain="1")
+    free_btc = offer({"bitcoin": to_coins(0), "CLORE-Blockchain": to_coins(5)}, {})
+    assert paid_in(market, both, free_btc, bid=False) == "CLORE-Blockchain"
+    one_unit = offer({"bitcoin": to_coins(1), "CLORE-Blockchain": to_coins(5)}, {})
+    assert paid_in(market, both, one_unit, bid=False) == "bitcoin"
+    odd = offer({"bitcoin": None, "CLORE-Blockchain": to_coins(5)}, {})
+    assert paid_in(market, both, odd, bid=False) == "CLORE-Blockchain"
+    clore_only = market.user(CLORE_Blockchain="1")
+    unrated_first = offer(
+        {
+            "USD-Blockchain": to_coins(1),
+            "bitcoin": to_coins(1),
+            "CLORE-Blockchain": to_coins(5),
+        },
+        {},
+    )
+    assert paid_in(market, clore_only, unrated_first, bid=False) == "CLORE-Blockchain"
+
+
+def test_one_unit_in_a_wallet_funds_it(market: Market) -> None:
+    crumb = market.user(CLORE_Blockchain="0.000000001")
+    item = offer({"bitcoin": to_coins(1), "CLORE-Blockchain": to_coins(5)}, {})
+    assert paid_in(market, crumb, item, bid=False) == "CLORE-Blockchain"
