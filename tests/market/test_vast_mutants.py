@@ -713,7 +713,7 @@ def test_the_currency_a_renter_pays_in(market: Market) -> None:
 
 # ------------------------------------------------------------------ the currency a renter pays in
 
-RATES = {"bitcoin": 10**9, "CLORE-Blockchain": 10**9}  # a dollar a coin: units compare as USD
+DOLLAR_A_COIN = {"bitcoin": 10**9, "CLORE-Blockchain": 10**9}  # units compare as USD
 
 
 def offer(on_demand: dict[str, Any], spot: dict[str, Any]) -> dict[str, Any]:
@@ -722,7 +722,7 @@ def offer(on_demand: dict[str, Any], spot: dict[str, Any]) -> dict[str, Any]:
 
 def paid_in(market: Market, token: str, item: dict[str, Any], bid: bool) -> str | None:
     with market.db.read() as conn:
-        return vast._funded_currency(conn, market.user_id(token), item, RATES, bid)
+        return vast._funded_currency(conn, market.user_id(token), item, DOLLAR_A_COIN, bid)
 
 
 def test_the_funded_currency_is_read_on_the_side_asked(market: Market) -> None:
@@ -768,3 +768,33 @@ def test_one_unit_in_a_wallet_funds_it(market: Market) -> None:
     crumb = market.user(CLORE_Blockchain="0.000000001")
     item = offer({"bitcoin": to_coins(1), "CLORE-Blockchain": to_coins(5)}, {})
     assert paid_in(market, crumb, item, bid=False) == "CLORE-Blockchain"
+
+
+def test_instances_and_bid_changes_are_audited_as_the_renter(market: Market) -> None:
+    sid = quad(market)
+    token = market.user(bitcoin="0.01")
+    uid = market.user_id(token)
+    bid = made(market, ask(market, token, sid * 100 + 1, price=0.05))
+    path = f"/api/v0/instances/bid_price/{bid.id}/"
+    assert vast_client(market, token).put(path, json={"price": 0.1}).status_code == 200
+    with market.db.read() as conn:
+        entries = conn.execute(
+            select(audit_log.c.action, audit_log.c.actor).where(
+                audit_log.c.target == f"order:{bid.id}"
+            )
+        ).all()
+    assert len(entries) >= 2 and {actor for _, actor in entries} == {f"user:{uid}"}
+
+
+def test_a_bid_in_a_currency_without_a_rate_cannot_be_priced_in_usd(market: Market) -> None:
+    host = market.user()
+    sid = market.server(host, "clore", currency="CLORE-Blockchain", on_demand="10", spot="1")
+    token = market.user(CLORE_Blockchain="1000")
+    body = {**order_body(sid), "type": "spot", "spotprice": 2, "currency": "CLORE-Blockchain"}
+    order_id = ok(market.client(token).post("/v1/create_order", json=body))["order_id"]
+    path = f"/api/v0/instances/bid_price/{order_id}/"
+    refused = vast_client(market, token).put(path, json={"price": 0.1})
+    assert refused.status_code == 400
+    assert refused.json()["msg"] == (
+        "no USD rate for CLORE-Blockchain: the bid cannot be priced in USD"
+    )
