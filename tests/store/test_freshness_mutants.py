@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import psycopg
 import pytest
@@ -39,8 +40,10 @@ class Clock:
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """The module's own clock only: the rest of the process (the server's event loop, the
+    listener threads) keeps the real one."""
     tick = Clock()
-    monkeypatch.setattr(freshness.time, "monotonic", tick)
+    monkeypatch.setattr(freshness, "time", SimpleNamespace(monotonic=tick))
     return tick
 
 
