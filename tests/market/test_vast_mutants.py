@@ -774,7 +774,7 @@ def test_instances_and_bid_changes_are_audited_as_the_renter(market: Market) -> 
     sid = quad(market)
     token = market.user(bitcoin="0.01")
     uid = market.user_id(token)
-    bid = made(market, ask(market, token, sid * 100 + 1, price=0.05))
+    bid = made(market, ask(market, token, sid * 100 + 1, price=0.05, label="mine"))
     path = f"/api/v0/instances/bid_price/{bid.id}/"
     assert vast_client(market, token).put(path, json={"price": 0.1}).status_code == 200
     with market.db.read() as conn:
@@ -783,7 +783,8 @@ def test_instances_and_bid_changes_are_audited_as_the_renter(market: Market) -> 
                 audit_log.c.target == f"order:{bid.id}"
             )
         ).all()
-    assert len(entries) >= 2 and {actor for _, actor in entries} == {f"user:{uid}"}
+    assert {action for action, _ in entries} >= {"order.create", "order.label"}
+    assert len(entries) >= 3 and {actor for _, actor in entries} == {f"user:{uid}"}
 
 
 def test_a_bid_in_a_currency_without_a_rate_cannot_be_priced_in_usd(market: Market) -> None:
@@ -798,3 +799,29 @@ def test_a_bid_in_a_currency_without_a_rate_cannot_be_priced_in_usd(market: Mark
     assert refused.json()["msg"] == (
         "no USD rate for CLORE-Blockchain: the bid cannot be priced in USD"
     )
+
+
+def test_a_bid_exactly_at_the_least_is_taken_and_one_dollar_below_it_is_not(
+    market: Market,
+) -> None:
+    sid = quad(market)
+    # a quarter of 0.00004 BTC a day is 0.00001, 0.025 USD an hour at 60,000 USD a coin
+    at_least = made(market, ask(market, market.user(bitcoin="0.01"), sid * 100 + 1, price=0.025))
+    assert at_least.price == to_units("0.00001")
+    dear = quad(market)
+    with market.db.write() as conn:  # 0.004 BTC a day for the server: 2.5 USD an hour per GPU
+        conn.execute(
+            update(server_prices)
+            .where(server_prices.c.server_id == dear)
+            .values(spot=to_units("0.004"))
+        )
+    low = ask(market, market.user(bitcoin="1"), dear * 100 + 1, price=1)
+    assert low.status_code >= 400 and low.json()["error"] == "too_low_price"
+
+
+def test_a_gpus_share_of_a_small_disk_is_at_least_one_gigabyte(market: Market) -> None:
+    sid = quad(market)
+    with market.db.write() as conn:
+        conn.execute(update(servers).where(servers.c.id == sid).values(disk_gb=3))
+    row = made(market, ask(market, market.user(bitcoin="0.01"), sid * 100 + 1, disk=5))
+    assert row.disk_gb == 1  # 3 GB over four GPUs rounds down to none: one is the least
