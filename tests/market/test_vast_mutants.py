@@ -817,6 +817,7 @@ def test_a_bid_exactly_at_the_least_is_taken_and_one_dollar_below_it_is_not(
         )
     low = ask(market, market.user(bitcoin="1"), dear * 100 + 1, price=1)
     assert low.status_code >= 400 and low.json()["error"] == "too_low_price"
+    assert low.json()["min_bid"] == pytest.approx(2.5, rel=1e-9)  # in USD an hour, as Vast's
 
 
 def test_a_gpus_share_of_a_small_disk_is_at_least_one_gigabyte(market: Market) -> None:
