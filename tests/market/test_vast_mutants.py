@@ -674,25 +674,23 @@ def test_the_currency_a_renter_pays_in(market: Market) -> None:
     renter holds money, else the offer's own."""
     sid = quad(market)
     with market.db.write() as conn:
-        conn.execute(  # 0.0004 BTC is 24 USD a day; 1000 CLORE at 0.02 is 20 USD; USD-B: no rate
-            insert(server_prices).values(
-                server_id=sid,
-                currency="CLORE-Blockchain",
-                on_demand=to_units("1000"),
-                spot=to_units("100"),
-                enabled=True,
-                storage=0,
-            )
-        )
+        # 0.0004 BTC is 24 USD a day; 1000 CLORE at 0.02 is 20 USD; USD-B: no rate
         conn.execute(
-            insert(server_prices).values(
-                server_id=sid,
-                currency="USD-Blockchain",
-                on_demand=to_units("1"),
-                spot=to_units("0.1"),
-                enabled=True,
-                storage=0,
-            )
+            insert(server_prices),
+            [
+                {
+                    "server_id": sid,
+                    "currency": currency,
+                    "on_demand": to_units(on_demand),
+                    "spot": to_units(spot),
+                    "enabled": True,
+                    "storage": 0,
+                }
+                for currency, on_demand, spot in (
+                    ("CLORE-Blockchain", "1000", "100"),
+                    ("USD-Blockchain", "1", "0.1"),
+                )
+            ],
         )
         set_rates(
             conn,
