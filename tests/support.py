@@ -3,6 +3,7 @@ build them are in conftest.py; test modules import from here."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -13,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 
 from openclore.api.app import create_app
@@ -26,7 +27,7 @@ from openclore.market.accounts import create_user, issue_token
 from openclore.market.servers import add_server
 from openclore.market.wallets import deposit
 from openclore.store.db import Database, normalize_url
-from openclore.store.schema import metadata, server_prices, servers
+from openclore.store.schema import audit_log, events, metadata, server_prices, servers
 
 PG_SERVER_URL = os.environ.get(
     "OPENCLORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -224,3 +225,23 @@ def spot_body(server_id: int, price: str | float, **extra: Any) -> dict[str, Any
     body = order_body(server_id, type="spot", **extra)
     body["spotprice"] = float(price) if isinstance(price, str) else price
     return body
+
+
+def stored_events(market: Market, type_: str) -> list[dict[str, Any]]:
+    """The outbox's events of one type, oldest first: each its data with the user it is for."""
+    with market.db.read() as conn:
+        rows = conn.execute(
+            select(events.c.user_id, events.c.data)
+            .where(events.c.type == type_)
+            .order_by(events.c.id)
+        ).all()
+    return [{"user_id": r.user_id, **json.loads(r.data)} for r in rows]
+
+
+def audit_entries(market: Market, action: str) -> list[dict[str, Any]]:
+    """The audit log's entries of one action, oldest first, as rows."""
+    with market.db.read() as conn:
+        rows = conn.execute(
+            select(audit_log).where(audit_log.c.action == action).order_by(audit_log.c.id)
+        ).all()
+    return [dict(r._mapping) for r in rows]

@@ -12,27 +12,15 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
 
 from openclore.api.event_endpoints import STREAM_BATCH, _read, _set_soon
-from openclore.store.schema import audit_log
 
 from event_support import credit, hook
-from support import Market, ok
+from support import Market, audit_entries, ok
 
 pytestmark = pytest.mark.origin("mutant")
 
 URL = "http://127.0.0.1:9/"  # the sandbox allows loopback receivers
-
-
-def actors(market: Market, action: str) -> list[str]:
-    with market.db.read() as conn:
-        return [
-            str(a)
-            for a in conn.execute(
-                select(audit_log.c.actor).where(audit_log.c.action == action)
-            ).scalars()
-        ]
 
 
 def test_webhook_and_alert_changes_are_audited_as_the_caller(market: Market) -> None:
@@ -44,7 +32,7 @@ def test_webhook_and_alert_changes_are_audited_as_the_caller(market: Market) -> 
     ok(client.post("/v1/set_alerts", json={"low_balance_seconds": 3600}))
     ok(client.post("/v1/delete_webhook", json={"id": made["id"]}))
     for action in ("webhook.create", "webhook.ping", "alerts.set", "webhook.delete"):
-        assert actors(market, action) == [f"user:{uid}"], action
+        assert [e["actor"] for e in audit_entries(market, action)] == [f"user:{uid}"], action
 
 
 def deliveries(market: Market, token: str, **params: Any) -> httpx.Response:

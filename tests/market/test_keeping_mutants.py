@@ -7,7 +7,6 @@ Written to kill mutants of `scripts/mutation keeping`."""
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,10 +29,11 @@ from openclore.market.keeping import (
     stop_order,
 )
 from openclore.market.wallets import deposit
-from openclore.store.schema import audit_log, events, orders, servers
+from openclore.store.schema import orders, servers
+from test_api_keys import make_key
 from test_keeping import order_of, storage_server
 
-from support import Market, error, ok, order_body, spot_body
+from support import Market, audit_entries, error, ok, order_body, spot_body, stored_events
 
 pytestmark = pytest.mark.origin("mutant")
 
@@ -55,19 +55,6 @@ def refused(market: Market, work: Callable[..., Any], *args: Any, **kw: Any) -> 
     with pytest.raises(MarketError) as caught:
         run(market, work, *args, **kw)
     return caught.value
-
-
-def entry(market: Market, action: str) -> dict[str, Any]:
-    with market.db.read() as conn:
-        (row,) = conn.execute(select(audit_log).where(audit_log.c.action == action))
-        return dict(row._mapping)
-
-
-def event(market: Market, type_: str) -> dict[str, Any]:
-    with market.db.read() as conn:
-        (row,) = conn.execute(select(events.c.user_id, events.c.data).where(events.c.type == type_))
-    data = row.data if isinstance(row.data, dict) else json.loads(row.data)
-    return {"user_id": row.user_id, **data}
 
 
 @contextmanager
@@ -106,16 +93,12 @@ def test_each_change_is_audited_and_told_about_whom_it_concerns(market: Market) 
         ("order.stop", {}),
         ("order.start", {}),
     ):
-        found = entry(market, action)
+        (found,) = audit_entries(market, action)
         assert (found["user_id"], found["target"], found["detail"]) == (uid, target, detail)
-    assert event(market, "order.restarted") == {"user_id": uid, "order_id": oid, "server_id": sid}
-    assert event(market, "order.reset") == {"user_id": uid, "order_id": oid, "server_id": sid}
-    assert event(market, "order.extended") == {
-        "user_id": uid,
-        "order_id": oid,
-        "server_id": sid,
-        "mrl": 11 * 3600,
-    }
+    told = {"user_id": uid, "order_id": oid, "server_id": sid}
+    assert stored_events(market, "order.restarted") == [told]
+    assert stored_events(market, "order.reset") == [told]
+    assert stored_events(market, "order.extended") == [{**told, "mrl": 11 * 3600}]
 
 
 def test_which_agents_keep_a_container() -> None:
@@ -237,13 +220,8 @@ def test_a_start_is_within_the_keys_spend_limit(market: Market) -> None:
     owner = market.client(token)
     oid = ok(owner.post("/v1/create_order", json=order_body(sid)))["order_id"]
     ok(owner.post("/v1/stop_order", json={"id": oid}))
-    made = ok(
-        owner.post(
-            "/v1/create_api_key",
-            json={"scopes": ["read", "rent"], "spend_limit": {"bitcoin": "0.00001"}},
-        )
-    )
-    bot = market.client(made["secret"])
+    _, secret = make_key(owner, scopes=["read", "rent"], spend_limit={"bitcoin": "0.00001"})
+    bot = market.client(secret)
     assert error(bot.post("/v1/start_order", json={"id": oid})) == "spend_limit_exceeded"
     ok(owner.post("/v1/start_order", json={"id": oid}))
 
@@ -302,13 +280,8 @@ def test_a_start_needs_the_runway_to_the_unit(market: Market) -> None:
 def test_a_start_with_a_key_that_spent_its_day_is_refused(market: Market) -> None:
     sid = storage_server(market, market.user())  # 0.0001 a day
     owner = market.client(market.user(bitcoin="1"))
-    made = ok(
-        owner.post(
-            "/v1/create_api_key",
-            json={"scopes": ["read", "rent"], "spend_limit": {"bitcoin": "0.0001"}},
-        )
-    )
-    bot = market.client(made["secret"])
+    _, secret = make_key(owner, scopes=["read", "rent"], spend_limit={"bitcoin": "0.0001"})
+    bot = market.client(secret)
     oid = ok(bot.post("/v1/create_order", json=order_body(sid)))["order_id"]
     market.advance(86400)  # a day's rent reaches the key's limit: the order stops at it
     assert order_of(owner, oid)["state"] == "stopped"

@@ -12,6 +12,7 @@ import httpx
 from sqlalchemy import select, update
 
 from openclore.store.schema import orders, servers
+from test_api_keys import make_key
 
 from support import Market, error, ok, order_body
 
@@ -492,13 +493,8 @@ def test_a_standing_order_placed_with_a_limited_key_spends_within_its_limit(
     a = offline_server(market, host, "a", on_demand="0.00001")
     b = offline_server(market, host, "b", on_demand="0.00001")
     owner = market.client(market.user(bitcoin="0.01"))
-    made = ok(
-        owner.post(
-            "/v1/create_api_key",
-            json={"scopes": ["read", "rent"], "spend_limit": {"bitcoin": "0.00001"}},
-        )
-    )
-    bot = market.client(made["secret"])
+    key, secret = make_key(owner, scopes=["read", "rent"], spend_limit={"bitcoin": "0.00001"})
+    bot = market.client(secret)
     # more per day than the key may spend: refused at placement
     too_dear = bot.post("/v1/create_standing_order", json={**WANT, "max_price_per_day": 0.0001})
     assert too_dear.json()["error"] == "spend_limit_exceeded"
@@ -507,7 +503,7 @@ def test_a_standing_order_placed_with_a_limited_key_spends_within_its_limit(
     (filled,) = mine(bot)
     (order_id,) = filled["order_ids"]
     order = next(o for o in ok(owner.get("/v1/my_orders"))["orders"] if o["id"] == order_id)
-    assert order["api_key_id"] == made["key"]["id"]
+    assert order["api_key_id"] == key["id"]
     # the next market day, a day of rent at 0.00001 reaches the day's limit: the key's order
     # stops at that second, and the second server does not fill for the key
     market.advance(86400)

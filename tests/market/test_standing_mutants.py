@@ -7,7 +7,6 @@ Written to kill mutants of `scripts/mutation standing`."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -25,13 +24,13 @@ from openclore.market.standing import (
     cancel_standing_order,
     create_standing_order,
     match_standing_orders,
-    standing_view,
 )
-from openclore.store.schema import audit_log, events, orders, servers, standing_orders
+from openclore.store.schema import orders, servers, standing_order_fills, standing_orders
+from test_api_keys import make_key
 from test_partial_rentals import four_gpu_server
 from test_standing import WANT, bring_online, mine, offline_server, orders_on, place
 
-from support import Market, error, ok, order_body
+from support import Market, audit_entries, error, ok, order_body, stored_events
 
 pytestmark = pytest.mark.origin("mutant")
 
@@ -47,12 +46,24 @@ def stored(market: Market, standing_id: int) -> dict[str, Any]:
         return dict(row.one()._mapping)
 
 
-def audit(market: Market, action: str) -> list[dict[str, Any]]:
-    with market.db.read() as conn:
-        rows = conn.execute(
-            select(audit_log).where(audit_log.c.action == action).order_by(audit_log.c.id)
+def set_stored(market: Market, standing_id: int, **values: Any) -> None:
+    """Change a standing order's row as no use case would (a stored state from elsewhere)."""
+    with market.db.write() as conn:
+        conn.execute(
+            update(standing_orders).where(standing_orders.c.id == standing_id).values(**values)
         )
-        return [dict(r._mapping) for r in rows]
+
+
+def stored_fills(market: Market, standing_id: int) -> list[int]:
+    with market.db.read() as conn:
+        return [
+            int(i)
+            for i in conn.execute(
+                select(standing_order_fills.c.order_id)
+                .where(standing_order_fills.c.standing_order_id == standing_id)
+                .order_by(standing_order_fills.c.order_id)
+            ).scalars()
+        ]
 
 
 def test_the_view_shows_every_field_and_never_the_secrets(market: Market) -> None:
@@ -103,7 +114,7 @@ def test_a_cancel_records_its_time_and_whom_it_concerns(market: Market) -> None:
         view = cancel_standing_order(conn, market.user_id(token), standing["id"], market.now())
     assert view["state"] == "cancelled" and view["ended_at"] == market.now()
     assert stored(market, standing["id"])["ended_at"] == market.now()
-    (entry,) = audit(market, "standing_order.cancel")
+    (entry,) = audit_entries(market, "standing_order.cancel")
     assert entry["user_id"] == market.user_id(token)
     assert entry["target"] == f"standing_order:{standing['id']}" and entry["detail"] == {}
     again = alice.post("/v1/cancel_standing_order", json={"id": standing["id"]}).json()
@@ -148,12 +159,7 @@ def test_a_reason_stays_until_a_fill_or_another_reason(market: Market) -> None:
     other = offline_server(market, host, "b", **RTX_4090)
     alice = market.client(market.user(bitcoin="0.01"))
     standing = place(alice)
-    with market.db.write() as conn:
-        conn.execute(
-            update(standing_orders)
-            .where(standing_orders.c.id == standing["id"])
-            .values(last_error="not_enough_balance")
-        )
+    set_stored(market, standing["id"], last_error="not_enough_balance")
     bring_online(market, other)  # a match runs and finds nothing for it
     assert stored(market, standing["id"])["last_error"] == "not_enough_balance"
 
@@ -163,12 +169,7 @@ def test_stored_fields_no_longer_valid_are_an_invalid_order(market: Market) -> N
     a = offline_server(market, host, "a")
     alice = market.client(market.user(bitcoin="0.01"))
     standing = place(alice)
-    with market.db.write() as conn:
-        conn.execute(
-            update(standing_orders)
-            .where(standing_orders.c.id == standing["id"])
-            .values(fields={"image": "", "ports": {"nope": "udp"}})
-        )
+    set_stored(market, standing["id"], fields={"image": "", "ports": {"nope": "udp"}})
     bring_online(market, a)
     row = stored(market, standing["id"])
     assert (row["state"], row["last_error"], row["filled"]) == ("open", "invalid_order", 0)
@@ -182,27 +183,16 @@ def test_a_fill_acts_as_its_owner_through_the_engine(market: Market) -> None:
     token = market.user(bitcoin="0.01")
     owner = market.client(token)
     plain = place_directly(market, market.user_id(token))  # no key: the owner's own
-    made = ok(owner.post("/v1/create_api_key", json={"scopes": ["read", "rent"]}))
-    keyed = place(market.client(made["secret"]))
+    _, secret = make_key(owner, scopes=["read", "rent"])
+    keyed = place(market.client(secret))
     bring_online(market, a, b)
-    entries = {e["target"]: e for e in audit(market, "order.create")}
+    entries = {e["target"]: e for e in audit_entries(market, "order.create")}
     for standing in (plain, keyed):
         (order_id,) = stored_fills(market, standing["id"])
         entry = entries[f"order:{order_id}"]
         assert entry["actor"] == f"user:{market.user_id(token)}"
         assert entry["source"] == "engine"
         assert entry["detail"]["via"] == f"standing_order:{standing['id']}"
-
-
-def stored_fills(market: Market, standing_id: int) -> list[int]:
-    ids: list[int] = next(s for s in mine_all(market) if s["id"] == standing_id)["order_ids"]
-    return ids
-
-
-def mine_all(market: Market) -> list[dict[str, Any]]:
-    with market.db.read() as conn:
-        rows = conn.execute(select(standing_orders).order_by(standing_orders.c.id))
-        return [standing_view(conn, dict(r._mapping)) for r in rows]
 
 
 def test_servers_that_cannot_take_it_are_passed_over_not_the_rest(market: Market) -> None:
@@ -359,7 +349,7 @@ def test_a_placement_is_audited_with_its_terms(market: Market) -> None:
     offline_server(market, market.user(), "a")
     token = market.user(bitcoin="0.01")
     view = place_directly(market, market.user_id(token), count=3)
-    (entry,) = audit(market, "standing_order.create")
+    (entry,) = audit_entries(market, "standing_order.create")
     assert entry["user_id"] == market.user_id(token)
     assert entry["target"] == f"standing_order:{view['id']}"
     assert entry["detail"] == {"currency": "bitcoin", "max_price_units": 20_000, "count": 3}
@@ -390,25 +380,18 @@ def test_fill_events_carry_what_was_taken(market: Market) -> None:
     standing = place(alice, count=2)
     bring_online(market, a)
     (order_id,) = orders_on(market, a)[0][:1]
-    with market.db.read() as conn:
-        (data,) = [
-            json.loads(r.data) if isinstance(r.data, str) else r.data
-            for r in conn.execute(
-                select(events).where(
-                    events.c.type == "standing_order.filled",
-                    events.c.user_id == market.user_id(token),
-                )
-            )
-        ]
-    assert data == {
-        "standing_order_id": standing["id"],
-        "order_id": order_id,
-        "server_id": a,
-        "currency": "bitcoin",
-        "price": 0.000015,
-        "filled": 1,
-        "count": 2,
-    }
+    assert stored_events(market, "standing_order.filled") == [
+        {
+            "user_id": market.user_id(token),
+            "standing_order_id": standing["id"],
+            "order_id": order_id,
+            "server_id": a,
+            "currency": "bitcoin",
+            "price": 0.000015,
+            "filled": 1,
+            "count": 2,
+        }
+    ]
 
 
 def test_a_filled_standing_order_records_when(market: Market) -> None:
@@ -429,12 +412,8 @@ def test_the_earliest_placed_fills_first_whatever_its_id(market: Market) -> None
     bob = market.client(market.user(bitcoin="0.01"))
     first = place(alice)
     second = place(bob)
-    with market.db.write() as conn:  # bob's was placed a second earlier (a replica's clock)
-        conn.execute(
-            update(standing_orders)
-            .where(standing_orders.c.id == second["id"])
-            .values(created_at=first["created_at"] - 1)
-        )
+    # bob's was placed a second earlier (a replica's clock)
+    set_stored(market, second["id"], created_at=first["created_at"] - 1)
     bring_online(market, a)
     assert mine(bob)[0]["state"] == "filled" and mine(alice)[0]["state"] == "open"
 

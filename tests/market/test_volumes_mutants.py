@@ -8,7 +8,6 @@ Written to kill mutants of `scripts/mutation volumes`."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -31,11 +30,11 @@ from openclore.market.volumes import (
     my_volumes,
 )
 from openclore.protocol import DesiredVolume, VolumeStatus
-from openclore.store.schema import accounts, audit_log, events, servers, volumes
+from openclore.store.schema import accounts, servers, volumes
 from test_keeping import storage_server
 from test_keeping_mutants import woken
 
-from support import Market, ok, order_body
+from support import Market, audit_entries, ok, order_body, stored_events
 
 pytestmark = pytest.mark.origin("mutant")
 
@@ -66,26 +65,6 @@ def refusal(market: Market, user_id: int, sid: int, **kw: Any) -> MarketError:
 def row(market: Market, vid: int) -> dict[str, Any]:
     with market.db.read() as conn:
         return dict(conn.execute(select(volumes).where(volumes.c.id == vid)).one()._mapping)
-
-
-def events_of(market: Market, type_: str) -> list[dict[str, Any]]:
-    with market.db.read() as conn:
-        rows = conn.execute(
-            select(events.c.user_id, events.c.data)
-            .where(events.c.type == type_)
-            .order_by(events.c.id)
-        ).all()
-    out = []
-    for r in rows:
-        data = r.data if isinstance(r.data, dict) else json.loads(r.data)
-        out.append({"user_id": r.user_id, **data})
-    return out
-
-
-def audit_of(market: Market, action: str) -> list[dict[str, Any]]:
-    with market.db.read() as conn:
-        rows = conn.execute(select(audit_log).where(audit_log.c.action == action)).all()
-    return [dict(r._mapping) for r in rows]
 
 
 def agent_server(market: Market, host: str) -> int:
@@ -169,7 +148,7 @@ def test_a_volume_row_its_events_and_its_audit_entries(market: Market) -> None:
         0,
     )
     assert (stored["fee_paid"], stored["billed_at"], stored["rate"]) == (0, market.now(), 2_000_000)
-    assert events_of(market, "volume.created") == [
+    assert stored_events(market, "volume.created") == [
         {
             "user_id": alice,
             "volume_id": vid,
@@ -187,11 +166,11 @@ def test_a_volume_row_its_events_and_its_audit_entries(market: Market) -> None:
         assert told.wait(5)
     gone = row(market, vid)
     assert (gone["state"], gone["ended_at"], gone["billed_at"]) == ("deleted", market.now(), None)
-    assert events_of(market, "volume.deleted") == [
+    assert stored_events(market, "volume.deleted") == [
         {"user_id": alice, "volume_id": vid, "server_id": sid}
     ]
-    (created,) = audit_of(market, "volume.create")
-    (deleted,) = audit_of(market, "volume.delete")
+    (created,) = audit_entries(market, "volume.create")
+    (deleted,) = audit_entries(market, "volume.delete")
     assert (created["user_id"], created["target"], created["detail"]) == (
         alice,
         f"volume:{vid}",
@@ -221,7 +200,7 @@ def test_a_volume_on_a_real_agent_is_creating_until_reported(market: Market) -> 
         apply_volume_reports(conn, sid, [report], market.now())
     ready = row(market, vid)
     assert (ready["state"], ready["quota"], ready["error"]) == ("ready", False, "no quota on ext4")
-    assert events_of(market, "volume.ready") == [
+    assert stored_events(market, "volume.ready") == [
         {
             "user_id": alice,
             "volume_id": vid,
@@ -234,7 +213,7 @@ def test_a_volume_on_a_real_agent_is_creating_until_reported(market: Market) -> 
         apply_volume_reports(conn, sid, [VolumeStatus(docker_name(vid), True, True)], market.now())
     again = row(market, vid)
     assert (again["state"], again["quota"], again["error"]) == ("ready", True, None)
-    assert len(events_of(market, "volume.ready")) == 1
+    assert len(stored_events(market, "volume.ready")) == 1
     market.clock.advance(30)
     with market.db.write() as conn:  # no longer reported: gone, billed to now
         apply_volume_reports(conn, sid, [], market.now())
@@ -245,7 +224,7 @@ def test_a_volume_on_a_real_agent_is_creating_until_reported(market: Market) -> 
         None,
         None,
     )
-    assert events_of(market, "volume.gone") == [
+    assert stored_events(market, "volume.gone") == [
         {"user_id": alice, "volume_id": vid, "server_id": sid}
     ]
     assert row(market, elsewhere)["state"] == "creating"  # another server's report is its own
@@ -259,7 +238,7 @@ def test_a_volume_the_agent_could_not_make_is_gone_with_why(market: Market) -> N
     with market.db.write() as conn:
         apply_volume_reports(conn, sid, [broken], market.now())
     assert (row(market, vid)["state"], row(market, vid)["error"]) == ("gone", "disk full")
-    (gone,) = events_of(market, "volume.gone")
+    (gone,) = stored_events(market, "volume.gone")
     assert gone == {"user_id": alice, "volume_id": vid, "server_id": sid, "error": "disk full"}
 
 
@@ -277,7 +256,7 @@ def test_a_removed_servers_volumes_end_each_of_them(market: Market) -> None:
             market.now(),
             None,
         )
-    assert [(e["volume_id"], e["reason"]) for e in events_of(market, "volume.ended")] == [
+    assert [(e["volume_id"], e["reason"]) for e in stored_events(market, "volume.ended")] == [
         (one, "server_removed"),
         (two, "server_removed"),
     ]
@@ -292,8 +271,8 @@ def test_the_list_newest_first_with_its_mounts_and_ended_ones_on_request(market:
     client = market.client(token)
     mounts = {str(kept): "/data", str(old): "/old"}
     first = ok(client.post("/v1/create_order", json=order_body(sid, volumes=mounts)))["order_id"]
+    gone = make(market, alice, sid, size=1, name="temp")
     with market.db.write() as conn:
-        gone = make_in(conn, market, alice, sid)
         delete_volume(conn, alice, gone, market.now())
     with market.db.read() as conn:
         listed = my_volumes(conn, alice)["volumes"]
@@ -315,10 +294,6 @@ def test_the_list_newest_first_with_its_mounts_and_ended_ones_on_request(market:
         "mounted_by": [first],
     }
     assert listed[1]["mounted_by"] == [first]
-
-
-def make_in(conn: Any, market: Market, user_id: int, sid: int) -> int:
-    return create_volume(conn, user_id, sid, 1, "temp", None, market.settings, market.now())
 
 
 def test_mounts_at_their_limit_and_whose_they_are(market: Market) -> None:
@@ -381,7 +356,7 @@ def test_reports_touch_their_servers_live_volumes_only(market: Market) -> None:
         apply_volume_reports(conn, sid, reports, market.now())
     assert row(market, elsewhere)["state"] == "ready"  # not this server's
     assert row(market, deleted) == before  # deleted: the agent removes it, nothing changes
-    (ready,) = events_of(market, "volume.ready")
+    (ready,) = stored_events(market, "volume.ready")
     assert ready == {"user_id": alice, "volume_id": fresh, "server_id": sid, "quota": True}
 
 
@@ -411,7 +386,7 @@ def test_a_removed_servers_volumes_after_a_renter_ran_dry(market: Market) -> Non
         end_server_volumes(conn, sid, market.now())
     assert (row(market, first)["state"], row(market, second)["state"]) == ("ended", "ended")
     assert row(market, elsewhere)["state"] == "ready"
-    assert events_of(market, "volume.ended")[-1] == {
+    assert stored_events(market, "volume.ended")[-1] == {
         "user_id": rich,
         "volume_id": second,
         "server_id": sid,
@@ -419,7 +394,7 @@ def test_a_removed_servers_volumes_after_a_renter_ran_dry(market: Market) -> Non
     }
     with market.db.write() as conn:  # again: nothing left to end
         end_server_volumes(conn, sid, market.now())
-    assert len(events_of(market, "volume.ended")) == 2
+    assert len(stored_events(market, "volume.ended")) == 2
 
 
 def test_deleting_bills_a_live_volume_and_only_ones_own(market: Market) -> None:

@@ -26,9 +26,9 @@ from openclore.market.withdrawals import (
     request_withdrawal,
     withdrawal_owner,
 )
-from openclore.store.schema import accounts, audit_log, transfers
+from openclore.store.schema import accounts, transfers
 
-from support import Market
+from support import Market, audit_entries
 
 pytestmark = pytest.mark.origin("mutant")
 
@@ -200,13 +200,10 @@ def test_a_request_is_audited_when_someone_asked_for_it(market: Market) -> None:
             conn, uid, "bitcoin", 1500, BTC, market.settings, market.now(), actor=SYSTEM
         )
         request_withdrawal(conn, uid, "bitcoin", 7, BTC, market.settings, market.now())
-    with market.db.read() as conn:
-        entries = conn.execute(
-            select(audit_log).where(audit_log.c.action == "withdrawal.request")
-        ).all()
-    (entry,) = entries  # the second had no actor: the caller audits it (admin CLI)
-    assert (entry.user_id, entry.target) == (uid, f"withdrawal:{wid}")
-    assert entry.detail == {"currency": "bitcoin", "amount": "0.0000015", "address": BTC}
+    # the second had no actor: the caller audits it (admin CLI)
+    (entry,) = audit_entries(market, "withdrawal.request")
+    assert (entry["user_id"], entry["target"]) == (uid, f"withdrawal:{wid}")
+    assert entry["detail"] == {"currency": "bitcoin", "amount": "0.0000015", "address": BTC}
 
 
 def test_a_decision_needs_a_pending_withdrawal_and_a_reason_to_reject(market: Market) -> None:
