@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from openclore.api.event_endpoints import STREAM_BATCH, _read, _set_soon
+from openclore.api import event_endpoints
+from openclore.api.event_endpoints import STREAM_BATCH, _read, _set_soon, stream
+from openclore.engine import notify as wake
+from openclore.engine.outbox import events_after
+from openclore.store.schema import events as events_table
 
 from event_support import credit, hook
 from support import Market, audit_entries, ok
@@ -90,3 +95,217 @@ def test_a_wake_up_from_another_thread_sets_the_streams_flag() -> None:
     finally:
         loop.close()
     _set_soon(loop, asyncio.Event())  # the loop closed meanwhile: nothing to wake, no error
+
+
+# ----------------------------------------------------------------------------- the stream's loop
+#
+# The stream is driven directly, its timers made short (sixteenths of a second, exact in binary)
+# and its polls counted (each wait for a wake-up that runs out is one), so that the tests say
+# after which poll a keep-alive, a token check or a read comes, whatever the machine's speed.
+
+POLL = 1 / 16
+
+
+class Polls:
+    """The stream's ``asyncio`` with its wait for a wake-up counted: ``count`` polls have run
+    out so far; ``at[n]`` runs when the n-th does. ``version`` is what SQLite's
+    ``data_version`` answers (a change of it is the sign to read)."""
+
+    def __init__(self, at: dict[int, Callable[[], None]] | None = None) -> None:
+        self.count = 0
+        self.version = 0
+        self.at = at or {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    async def wait_for(self, waiting: Any, timeout: float) -> Any:
+        try:
+            return await asyncio.wait_for(waiting, timeout)
+        except TimeoutError:
+            self.count += 1
+            if self.count in self.at:
+                self.at[self.count]()
+            raise
+
+    def data_version(self) -> int:
+        return self.version
+
+
+@pytest.fixture
+def polls(market: Market, monkeypatch: pytest.MonkeyPatch) -> Polls:
+    """Short timers: a poll every sixteenth of a second, a keep-alive after four quiet polls,
+    the token checked every second poll."""
+    counted = Polls()
+    monkeypatch.setattr(event_endpoints, "POLL_INTERVAL", POLL)
+    monkeypatch.setattr(event_endpoints, "KEEPALIVE", 4 * POLL)
+    monkeypatch.setattr(event_endpoints, "TOKEN_CHECK", 2 * POLL)
+    monkeypatch.setattr(event_endpoints, "asyncio", counted)
+    monkeypatch.setattr(market.db.freshness, "data_version", counted.data_version)
+    return counted
+
+
+class Stream:
+    """One stream of ``uid``'s events after ``cursor``; each frame is kept with the number of
+    polls made before it."""
+
+    def __init__(
+        self,
+        market: Market,
+        uid: int,
+        cursor: int,
+        polls: Polls | None = None,
+        live: Callable[[], bool] = lambda: True,
+        types: list[str] | None = None,
+    ) -> None:
+        self.polls = polls or Polls()
+        self.loop = asyncio.new_event_loop()  # one loop for the stream's whole life
+        self.released = 0
+        self.frames: list[tuple[int, bytes]] = []
+        self.frames_of = stream(market.db, uid, cursor, types, live, self._release)
+
+    def _release(self) -> None:
+        self.released += 1
+
+    def until(self, done: Callable[[list[bytes]], bool], timeout: float = 10) -> list[bytes]:
+        async def pull() -> None:
+            deadline = asyncio.get_running_loop().time() + timeout
+            while not done([f for _, f in self.frames]):
+                left = deadline - asyncio.get_running_loop().time()
+                assert left > 0, f"frames so far: {self.frames}"
+                frame = await asyncio.wait_for(self.frames_of.__anext__(), left)
+                self.frames.append((self.polls.count, frame))
+
+        self.loop.run_until_complete(pull())
+        return [f for _, f in self.frames]
+
+    def ended(self) -> bool:
+        async def next_frame() -> bool:
+            try:
+                await asyncio.wait_for(self.frames_of.__anext__(), 5)
+            except StopAsyncIteration:
+                return True
+            return False
+
+        return self.loop.run_until_complete(next_frame())
+
+    def close(self) -> None:
+        try:
+            self.loop.run_until_complete(self.frames_of.aclose())
+        finally:
+            self.loop.close()
+
+    def polls_before(self, frame: bytes) -> list[int]:
+        return [n for n, f in self.frames if f == frame]
+
+
+KEEPALIVE = b": keepalive\n\n"
+
+
+def frame_of(event: Any) -> bytes:
+    return f"id: {event.id}\nevent: {event.type}\ndata: {event.json}\n\n".encode()
+
+
+def outbox(market: Market, uid: int, after: int = 0) -> list[Any]:
+    with market.db.read() as conn:
+        return events_after(conn, uid, after, 10_000)
+
+
+def test_a_stream_opens_with_its_retry_then_sends_the_events_after_its_cursor(
+    market: Market,
+) -> None:
+    token = market.user()
+    uid = market.user_id(token)
+    credit(market, token, 3)
+    first, *rest = outbox(market, uid)
+    before = wake.hub.subscriber_count()
+    frames = Stream(market, uid, first.id)
+    got = frames.until(lambda f: len(f) == 3)
+    assert got == [b"retry: 1000\n\n", *(frame_of(e) for e in rest)]
+    assert frames.polls_before(got[-1]) == [0]  # read at once, before any poll
+    assert wake.hub.subscriber_count() == before + 1
+    frames.close()
+    assert frames.released == 1 and wake.hub.subscriber_count() == before
+
+
+def test_a_quiet_stream_keeps_alive_after_its_quiet_polls(market: Market, polls: Polls) -> None:
+    uid = market.user_id(market.user())
+    quiet = Stream(market, uid, 0, polls)
+    quiet.until(lambda f: f.count(KEEPALIVE) == 2)
+    assert quiet.polls_before(KEEPALIVE) == [4, 8]
+    quiet.close()
+
+
+def test_an_event_starts_the_quiet_count_again(market: Market, polls: Polls) -> None:
+    token = market.user()
+    uid = market.user_id(token)
+    polls.at = {2: lambda: credit(market, token, 1)}  # heard at the second poll
+    woken = Stream(market, uid, 0, polls)
+    got = woken.until(lambda f: KEEPALIVE in f)
+    (event,) = outbox(market, uid)
+    assert got == [b"retry: 1000\n\n", frame_of(event), KEEPALIVE]
+    assert woken.polls_before(frame_of(event)) == [2]
+    assert woken.polls_before(KEEPALIVE) == [6]
+    woken.close()
+
+
+def test_on_sqlite_a_changed_database_is_read_at_the_next_poll_and_only_then(
+    market: Market, polls: Polls
+) -> None:
+    """A write in another process wakes no stream here: the database's ``data_version`` moving
+    is the sign to read (here: an event written without waking anyone, then the version moved
+    at the third poll)."""
+    if not market.db.is_sqlite:
+        pytest.skip("SQLite's data_version")
+    uid = market.user_id(market.user())
+
+    def write_quietly() -> None:
+        with market.db.write() as conn:
+            conn.execute(
+                events_table.insert().values(
+                    user_id=uid, type="deposit.credited", created_at=market.now(), data="{}"
+                )
+            )
+
+    def move() -> None:
+        polls.version += 1
+
+    polls.at = {1: write_quietly, 3: move}
+    frames = Stream(market, uid, 0, polls)
+    got = frames.until(lambda f: len(f) == 2)
+    (event,) = outbox(market, uid)
+    assert got[1] == frame_of(event) and frames.polls_before(got[1]) == [3]
+    frames.close()
+
+
+def test_a_streams_token_is_checked_every_other_poll_and_a_revoked_one_ends_it(
+    market: Market, polls: Polls
+) -> None:
+    uid = market.user_id(market.user())
+    checks: list[int] = []
+
+    def live() -> bool:
+        checks.append(polls.count)
+        return len(checks) < 4
+
+    frames = Stream(market, uid, 0, polls, live)
+    got = frames.until(lambda f: f[-1:] == [b"event: revoked\ndata: {}\n\n"])
+    assert checks == [0, 2, 4, 6]
+    assert got == [b"retry: 1000\n\n", KEEPALIVE, b"event: revoked\ndata: {}\n\n"]
+    assert frames.polls_before(got[-1]) == [6]
+    assert frames.ended() and frames.released == 1
+    frames.close()
+
+
+def test_a_long_backlog_is_sent_in_batches_without_waiting(market: Market) -> None:
+    token = market.user()
+    uid = market.user_id(token)
+    made = hook(market, token, URL)
+    client = market.client(token)
+    for _ in range(STREAM_BATCH + 2):
+        ok(client.post("/v1/ping_webhook", json={"id": made["id"]}))
+    frames = Stream(market, uid, 0, types=["webhook.ping"])
+    got = frames.until(lambda f: len(f) == STREAM_BATCH + 3)
+    assert got[1:] == [frame_of(e) for e in outbox(market, uid)]
+    assert frames.polls_before(got[-1]) == [0]
+    frames.close()

@@ -119,8 +119,7 @@ def money(value: Decimal | None) -> str | None:
     """An amount as an exact decimal string without exponent (``1E-8`` → ``"0.00000001"``)."""
     if value is None:
         return None
-    text = format(value, "f")
-    return "0" if text in ("-0", "") else text
+    return format(abs(value) if value.is_zero() else value, "f")  # never "-0"
 
 
 def plain(value: Any) -> Any:
@@ -211,11 +210,12 @@ def offer_view(server: MarketServer) -> dict[str, Any]:
         "cuda": server.cuda_version,
     }
     if partial is not None and partial.enabled:
-        view["per_gpu"] = {
+        per_gpu = {
             "min_gpus": partial.min_gpus,
             "free_gpus": len(partial.free_indices),
             "on_demand_per_gpu_day": plain(partial.price_per_gpu.on_demand) or None,
         }
+        view["per_gpu"] = {k: v for k, v in per_gpu.items() if v is not None}
     if server.storage is not None:
         view["storage"] = plain(server.storage)
     return {k: v for k, v in view.items() if v is not None}
@@ -244,7 +244,7 @@ def explain(exc: CloreError) -> str:
         return "The market refused the API key (invalid, revoked or expired token)."
     if isinstance(exc, CloreConnectionError):
         return f"The market did not answer: {exc.message}"
-    return exc.message or type(exc).__name__
+    return exc.message  # never empty: the error's name where it has no text
 
 
 @contextlib.contextmanager
