@@ -824,3 +824,85 @@ def test_a_gpus_share_of_a_small_disk_is_at_least_one_gigabyte(market: Market) -
         conn.execute(update(servers).where(servers.c.id == sid).values(disk_gb=3))
     row = made(market, ask(market, market.user(bitcoin="0.01"), sid * 100 + 1, disk=5))
     assert row.disk_gb == 1  # 3 GB over four GPUs rounds down to none: one is the least
+
+
+def test_a_bid_takes_the_currency_funded_cheapest_on_the_spot_side(market: Market) -> None:
+    """CLORE is the cheaper on demand (20 USD a day against 24) but the dearer spot minimum
+    (4 USD against 2.4): a renter funded in both bids in bitcoin and rents in CLORE."""
+    sid = quad(market)
+    with market.db.write() as conn:
+        conn.execute(
+            insert(server_prices).values(
+                server_id=sid,
+                currency="CLORE-Blockchain",
+                on_demand=to_units("1000"),
+                spot=to_units("200"),
+                enabled=True,
+                storage=0,
+            )
+        )
+        set_rates(
+            conn, {**RATES, "CLORE-Blockchain": rate_units("0.02")}, market.settings, market.now()
+        )
+    both = {"bitcoin": "0.01", "CLORE_Blockchain": "10000"}
+    assert made(market, ask(market, market.user(**both), sid * 100 + 1, price=0)).currency == (
+        "bitcoin"
+    )
+    assert made(market, ask(market, market.user(**both), sid * 100 + 1)).currency == (
+        "CLORE-Blockchain"
+    )
+
+
+def test_a_bid_in_a_currency_the_host_stopped_accepting_is_refused_for_it(
+    market: Market,
+) -> None:
+    """The least a bid may be is read from the accepted currencies only: a bid in one the host
+    switched off is refused for the currency (as create_order refuses it), not for its price,
+    also at price 0 (the least, which such a currency does not have)."""
+    sid = quad(market)
+    with market.db.write() as conn:
+        conn.execute(
+            insert(server_prices).values(
+                server_id=sid,
+                currency="CLORE-Blockchain",
+                on_demand=to_units("1000"),
+                spot=to_units("200"),
+                enabled=False,
+                storage=0,
+            )
+        )
+        set_rates(
+            conn, {**RATES, "CLORE-Blockchain": rate_units("0.02")}, market.settings, market.now()
+        )
+    renter = market.user(CLORE_Blockchain="10000")
+    for price in (0, 0.01):  # the least, and 12 CLORE a day: under the switched-off minimum
+        refused = ask(market, renter, sid * 100 + 1, price=price, currency="CLORE-Blockchain")
+        assert refused.status_code >= 400, refused.text
+        assert refused.json()["error"] == "currency-not-allowed", refused.text
+
+
+def test_a_bid_lowered_to_the_least_on_a_server_now_reporting_no_gpus(market: Market) -> None:
+    """A bid for one of four GPUs may go down to a quarter of the server's minimum; once the
+    server reports no GPUs there is no share to take, and the least is the whole minimum. Other
+    servers (two GPUs here) do not count."""
+    sid = quad(market)
+    pair = quad(market)
+    with market.db.write() as conn:
+        conn.execute(update(servers).where(servers.c.id == pair).values(gpu_array=[GPU] * 2))
+    token = market.user(bitcoin="0.01")
+    bid = made(market, ask(market, token, sid * 100 + 1, price=0.05))  # 0.00002 a day
+    path = f"/api/v0/instances/bid_price/{bid.id}/"
+
+    def price_now() -> int:
+        with market.db.read() as conn:
+            return int(conn.execute(select(orders.c.price).where(orders.c.id == bid.id)).scalar())
+
+    other = made(market, ask(market, market.user(bitcoin="0.01"), pair * 100 + 1, price=0.05))
+    assert vast_client(market, token).put(path, json={"price": None}).status_code == 200
+    assert price_now() == to_units("0.00001")  # a quarter, not the pair's half
+    with market.db.write() as conn:
+        conn.execute(update(servers).where(servers.c.id == sid).values(gpu_array=[]))
+    market.advance(601)  # a bid may change again after the lowering window
+    assert vast_client(market, token).put(path, json={"price": 0}).status_code == 200
+    assert price_now() == to_units("0.00004")
+    assert other.server_id == pair

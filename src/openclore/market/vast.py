@@ -254,8 +254,10 @@ def create_instance(
     if bid:
         assert ask.price is not None
         held = prices_of(conn, [server_id], enabled_only=True)[server_id]
-        spot_min = held.get(currency, (0, 0))[1]
-        least = slot_minimum(spot_min, k, n) if n and k != n else spot_min
+        if currency not in held:  # switched off by its host, or never priced
+            raise MarketError("currency-not-allowed")
+        spot_min = held[currency][1]
+        least = slot_minimum(spot_min, k, n) if n else spot_min  # k of n GPUs: their share
         bid_units = least if ask.price == 0 else units_per_day(ask.price, rates[currency])
         if ask.price != 0 and bid_units < least:
             raise MarketError(
@@ -298,7 +300,8 @@ def change_bid(
         n = len(clean_gpu_array(server.scalar()))
         spot_min = prices_of(conn, [row.server_id])[row.server_id].get(row.currency, (0, 0))[1]
         k = n if row.gpu_count is None else int(row.gpu_count)
-        desired = slot_minimum(spot_min, k, n) if n and k != n else spot_min
+        # a server that now reports no GPUs has no share to take: its whole minimum
+        desired = slot_minimum(spot_min, k, n) if n else spot_min
     else:
         desired = units_per_day(usd_hour, rate)
     set_spot_price(conn, user_id, order_id, desired, settings, now, actor=actor)
