@@ -3,7 +3,9 @@ its API name, the defaults an agent gets by leaving an argument out) and every f
 answers (offers, orders, connection info, wallets, the key's budget, refusals). The tools are
 called directly, as the MCP server calls them, over a client whose market answers from a table
 and records each request; tests/agent_mcp/test_mcp_server.py drives the same tools end to end
-against a real market over stdio, HTTP and in memory."""
+against a real market over stdio, HTTP and in memory.
+
+Written to kill the mutants `scripts/mutation mcp_tools` found alive."""
 
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ from openclore.mcp.tools import (
     order_view,
     plain,
 )
+
+pytestmark = pytest.mark.origin("mutant")
 
 Answer = dict[str, Any] | Callable[[httpx.Request], dict[str, Any]]
 EVERY_SCOPE = KeyInfo(scopes=frozenset(SCOPES))

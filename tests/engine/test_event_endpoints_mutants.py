@@ -70,6 +70,63 @@ def test_the_delivery_log_pages_and_reads_its_id_from_a_query_or_a_body(market: 
     }
 
 
+def polled(market: Market, token: str, **params: Any) -> httpx.Response:
+    """A polling answer; one that comes as an event stream fails at once (a stream is never
+    read to its end)."""
+    with market.client(token).stream("GET", "/v1/events", params=params) as answer:
+        assert answer.headers["content-type"] == "application/json", answer.headers
+        answer.read()
+    return answer
+
+
+def test_polling_pages_a_hundred_by_default_and_takes_several_types(market: Market) -> None:
+    token = market.user()
+    credit(market, token, 101)
+    assert len(ok(polled(market, token, after=0))["events"]) == 100
+    assert len(ok(polled(market, token, after=0, limit=0))["events"]) == 1
+    made = hook(market, token, URL)
+    ok(market.client(token).post("/v1/ping_webhook", json={"id": made["id"]}))
+    both = ok(polled(market, token, after=100, types="deposit.credited, webhook.ping"))
+    assert [e["type"] for e in both["events"]] == ["deposit.credited", "webhook.ping"]
+
+
+def test_polling_after_the_largest_64_bit_id_and_past_it(market: Market) -> None:
+    token = market.user()
+    top = 2**63 - 1
+    assert ok(polled(market, token, after=top)) == {"events": [], "last_id": top, "code": 0}
+    assert polled(market, token, after=top + 1).json() == {
+        "code": 2,
+        "error": f"after: a whole number from 0 to {top}",
+    }
+
+
+def first_frame_id(market: Market, token: str, headers: dict[str, str], **params: Any) -> int:
+    """The id of the first event a new stream sends (within ten seconds)."""
+    client = httpx.Client(base_url=market.url, timeout=httpx.Timeout(10, read=10))
+    market.clients.append(client)
+    with client.stream(
+        "GET", "/v1/events", headers={"auth": token, **headers}, params=params
+    ) as answer:
+        for line in answer.iter_lines():
+            if line.startswith("id: "):
+                return int(line[4:])
+    raise AssertionError("the stream ended without an event")
+
+
+def test_a_stream_resumes_after_the_id_in_its_header_or_its_query(market: Market) -> None:
+    token = market.user()
+    credit(market, token, 3)
+    first, second, third = (e.id for e in outbox(market, market.user_id(token)))
+    assert first_frame_id(market, token, {"Last-Event-ID": str(first)}) == second
+    assert first_frame_id(market, token, {}, last_event_id=f" {second} ") == third
+    # the header wins over the query
+    assert first_frame_id(market, token, {"Last-Event-ID": str(first)}, last_event_id=second) == (
+        second
+    )
+    bad = market.client(token).get("/v1/events", headers={"Last-Event-ID": "x1"})
+    assert bad.json() == {"code": 2, "error": "Last-Event-ID: an event id"}
+
+
 def test_a_stream_reads_its_batch_of_the_types_asked(market: Market) -> None:
     token = market.user()
     uid = market.user_id(token)

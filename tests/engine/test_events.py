@@ -32,7 +32,12 @@ from support import Market, ok, order_body, spot_body
 
 
 def events(market: Market, token: str, after: int = 0) -> list[dict[str, Any]]:
-    body = ok(market.client(token).get("/v1/events", params={"after": after, "limit": 1000}))
+    params = {"after": after, "limit": 1000}
+    with market.client(token).stream("GET", "/v1/events", params=params) as answer:
+        # a polling answer, never a stream (which would not end)
+        assert answer.headers["content-type"] == "application/json", answer.headers
+        answer.read()
+    body = ok(answer)
     found: list[dict[str, Any]] = body["events"]
     assert body["last_id"] == (found[-1]["id"] if found else after)
     return found
