@@ -7,17 +7,21 @@ Written to kill mutants of `scripts/mutation events`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import event as sa_event
 
 from openclore.api import event_endpoints
-from openclore.api.event_endpoints import STREAM_BATCH, _read, _set_soon, stream
+from openclore.api.event_endpoints import STREAM_BATCH, _read, _set_soon, _token_live, stream
 from openclore.engine import notify as wake
 from openclore.engine.outbox import events_after
+from openclore.market.accounts import revoke_token
 from openclore.store.schema import events as events_table
 
 from event_support import credit, hook
@@ -38,6 +42,17 @@ def test_webhook_and_alert_changes_are_audited_as_the_caller(market: Market) -> 
     ok(client.post("/v1/delete_webhook", json={"id": made["id"]}))
     for action in ("webhook.create", "webhook.ping", "alerts.set", "webhook.delete"):
         assert [e["actor"] for e in audit_entries(market, action)] == [f"user:{uid}"], action
+
+
+def test_a_get_lists_the_webhooks_whatever_its_body_and_a_bodiless_post_too(
+    market: Market,
+) -> None:
+    token = market.user()
+    client = market.client(token)
+    made = hook(market, token, URL)
+    listed = ok(client.request("GET", "/v1/webhooks", json={"url": "http://127.0.0.1:10/"}))
+    assert [w["id"] for w in listed["webhooks"]] == [made["id"]]
+    assert [w["id"] for w in ok(client.post("/v1/webhooks"))["webhooks"]] == [made["id"]]
 
 
 def deliveries(market: Market, token: str, **params: Any) -> httpx.Response:
@@ -84,6 +99,7 @@ def test_polling_pages_a_hundred_by_default_and_takes_several_types(market: Mark
     credit(market, token, 101)
     assert len(ok(polled(market, token, after=0))["events"]) == 100
     assert len(ok(polled(market, token, after=0, limit=0))["events"]) == 1
+    assert len(ok(polled(market, token, after=0, limit=""))["events"]) == 100  # the default
     made = hook(market, token, URL)
     ok(market.client(token).post("/v1/ping_webhook", json={"id": made["id"]}))
     both = ok(polled(market, token, after=100, types="deposit.credited, webhook.ping"))
@@ -125,6 +141,108 @@ def test_a_stream_resumes_after_the_id_in_its_header_or_its_query(market: Market
     )
     bad = market.client(token).get("/v1/events", headers={"Last-Event-ID": "x1"})
     assert bad.json() == {"code": 2, "error": "Last-Event-ID: an event id"}
+
+
+def test_a_stream_sends_only_the_types_asked(market: Market) -> None:
+    token = market.user()
+    made = hook(market, token, URL)
+    credit(market, token, 1)
+    ok(market.client(token).post("/v1/ping_webhook", json={"id": made["id"]}))
+    _deposit, ping = outbox(market, market.user_id(token))
+    assert first_frame_id(market, token, {}, last_event_id=0, types="webhook.ping") == ping.id
+
+
+def opened(market: Market, token: str) -> httpx.Response:
+    with market.client(token).stream("GET", "/v1/events") as answer:
+        return answer
+
+
+def test_a_stream_refused_past_the_cap_is_told_to_retry_in_five_seconds(market: Market) -> None:
+    market.reconfigure(max_event_streams_per_user=1)
+    token = market.user()
+    with market.client(token).stream("GET", "/v1/events") as held:
+        assert held.headers["content-type"].startswith("text/event-stream")
+        # nothing between the market and the client may keep or buffer the stream
+        assert held.headers["cache-control"] == "no-cache"
+        assert held.headers["x-accel-buffering"] == "no"
+        refused = opened(market, token)
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "5"
+
+
+def test_a_stream_whose_connection_broke_before_it_started_gives_its_slot_back(
+    market: Market,
+) -> None:
+    """The response's start could not be sent (the client went): the stream never ran, and its
+    slot comes back all the same."""
+    market.reconfigure(max_event_streams_per_user=1)
+    token = market.user()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/v1/events",
+        "raw_path": b"/v1/events",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"market"), (b"auth", token.encode())],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 80),
+    }
+    started: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            started.append(message["status"])
+            raise OSError("connection reset by peer")
+
+    async def request() -> None:
+        with contextlib.suppress(Exception):
+            await market.switch.app(scope, receive, send)
+
+    asyncio.run(request())
+    gc.collect()
+    assert started[:1] == [200]
+    assert opened(market, token).headers["content-type"].startswith("text/event-stream")
+
+
+def test_a_streams_token_check_is_answered_from_memory_once_read(market: Market) -> None:
+    """The check reads the token once after a revocation anywhere (the versions moved), then
+    answers from memory again: no connection is taken for it."""
+    state = market.switch.app.state.openclore
+    token, other = market.user(), market.user()
+    uid = market.user_id(token)
+    checkouts: list[int] = []
+
+    def count(*_args: Any) -> None:
+        checkouts.append(1)
+
+    def taken(check: Callable[[], bool]) -> tuple[bool, int]:
+        """The check's answer, and the connections it took (on PostgreSQL the versions may be
+        read themselves while its listener is not current: only SQLite's count is asserted)."""
+        checkouts.clear()
+        sa_event.listen(market.db.engine, "checkout", count)
+        try:
+            return check(), len(checkouts) if market.db.is_sqlite else 0
+        finally:
+            sa_event.remove(market.db.engine, "checkout", count)
+
+    def live() -> bool:
+        return _token_live(state, token, uid)
+
+    live()  # read once
+    assert taken(live) == (True, 0)
+    with market.db.write() as conn:
+        revoke_token(conn, other, market.now())
+    state.db.freshness.invalidate()  # as the revocation's notification does
+    assert taken(live)[0] is True
+    assert taken(live) == (True, 0)
+    assert _token_live(state, token, uid + 1) is False
+    assert _token_live(state, other, market.user_id(token) + 1) is False
 
 
 def test_a_stream_reads_its_batch_of_the_types_asked(market: Market) -> None:
