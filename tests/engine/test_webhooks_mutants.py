@@ -1,0 +1,182 @@
+"""The webhook deliverer's parts pinned where the delivery flow tests do not look: what a receiver's
+check (``verify``) refuses and takes at its bounds, the fair-share bookkeeping of what is in
+flight, lease renewal, the network backend's refusals, one claim's size, and waking the
+deliverer from another thread.
+
+Written to kill the mutants `scripts/mutation webhooks` found alive."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import httpcore
+import pytest
+from sqlalchemy import insert, select
+
+from openclore.engine.webhooks import (
+    Deliverer,
+    Due,
+    InFlight,
+    PinnedBackend,
+    Policy,
+    _set_soon,
+    renew,
+    signature,
+    verify,
+)
+from openclore.store.schema import webhook_deliveries
+
+from event_support import deliver_due, hook
+from support import Market
+
+pytestmark = pytest.mark.origin("mutant")
+
+SECRET = "whsec_test"
+BODY = b'{"type":"webhook.ping"}'
+T = 1_700_000_000
+
+
+# ----------------------------------------------------------------------------- verify
+
+
+def test_a_header_without_its_time_or_its_signature_is_refused() -> None:
+    good = signature(SECRET, T, BODY)
+    assert verify(SECRET, good, BODY, now=T)
+    mac = good.split(",", 1)[1]
+    assert not verify(SECRET, mac, BODY, now=T)  # no t=
+    assert not verify(SECRET, f"t={T}", BODY, now=T)  # no v1=
+    assert not verify(SECRET, f"t={T},v1=", BODY, now=T)
+    assert not verify(SECRET, "t=soon," + mac, BODY, now=T)
+
+
+def test_a_signature_is_taken_up_to_its_tolerance_and_not_a_second_past_it() -> None:
+    header = signature(SECRET, T, BODY)
+    for now in (T - 300, T + 300, T + 10.5):
+        assert verify(SECRET, header, BODY, now=now), now
+    for now in (T - 301, T + 300.5):
+        assert not verify(SECRET, header, BODY, now=now), now
+    assert verify(SECRET, header, BODY, now=T + 60, tolerance=60)
+    assert not verify(SECRET, header, BODY, now=T + 61, tolerance=60)
+
+
+# ----------------------------------------------------------------------------- in flight
+
+
+def due(id_: int, user: int, hook_id: int) -> Due:
+    return Due(id_, hook_id, None, "{}", 1, T, "http://127.0.0.1:9/", SECRET, user_id=user)
+
+
+def test_what_is_in_flight_is_counted_per_user_and_webhook_and_forgotten_at_zero() -> None:
+    busy = InFlight()
+    a, b, c = due(1, 7, 70), due(2, 7, 70), due(3, 7, 71)
+    for d in (a, b, c):
+        busy.add(d)
+    assert (dict(busy.users), dict(busy.hooks), busy.ids) == ({7: 3}, {70: 2, 71: 1}, {1, 2, 3})
+    busy.remove(a)
+    assert (dict(busy.users), dict(busy.hooks), busy.ids) == ({7: 2}, {70: 1, 71: 1}, {2, 3})
+    busy.remove(c)
+    assert (dict(busy.users), dict(busy.hooks), busy.ids) == ({7: 1}, {70: 1}, {2})
+    busy.remove(b)
+    assert (dict(busy.users), dict(busy.hooks), busy.ids) == ({}, {}, set())
+
+
+# ----------------------------------------------------------------------------- leases
+
+
+def deliveries(market: Market, rows: list[dict[str, Any]]) -> list[int]:
+    token = market.user()
+    webhook_id = hook(market, token, "http://127.0.0.1:9/")["id"]
+    made = []
+    with market.db.write() as conn:
+        for row in rows:
+            values = {
+                "webhook_id": webhook_id,
+                "body": "{}",
+                "attempts": 1,
+                "created_at": T,
+                **row,
+            }
+            made.append(
+                int(
+                    conn.execute(insert(webhook_deliveries).values(**values)).inserted_primary_key[
+                        0
+                    ]
+                )
+            )
+    return made
+
+
+def lease_ends(market: Market, ids: list[int]) -> list[float]:
+    d = webhook_deliveries
+    with market.db.read() as conn:
+        found = dict(conn.execute(select(d.c.id, d.c.next_attempt_at).where(d.c.id.in_(ids))).all())
+    return [found[i] for i in ids]
+
+
+def test_a_lease_is_renewed_only_for_what_is_still_pending_here_and_never_shortened(
+    market: Market,
+) -> None:
+    mine, later, done, other = deliveries(
+        market,
+        [
+            {"state": "pending", "next_attempt_at": T + 10},
+            {"state": "pending", "next_attempt_at": T + 100},  # its lease already lasts longer
+            {"state": "delivered", "next_attempt_at": T + 10},
+            {"state": "pending", "next_attempt_at": T + 10},  # not in flight here
+        ],
+    )
+    renew(market.db, {mine, later, done}, T + 60)
+    assert lease_ends(market, [mine, later, done, other]) == [T + 60, T + 100, T + 10, T + 10]
+    renew(market.db, {mine}, T + 60)  # at its end already: unchanged
+    assert lease_ends(market, [mine]) == [T + 60]
+    renew(market.db, set(), T + 1000)  # nothing in flight: nothing renewed
+    assert lease_ends(market, [mine, later, done, other]) == [T + 60, T + 100, T + 10, T + 10]
+
+
+# ----------------------------------------------------------------------------- one round
+
+
+def test_one_round_claims_at_most_the_concurrency(market: Market) -> None:
+    now = time.time()
+    ids = deliveries(market, [{"state": "pending", "next_attempt_at": now - 1} for _ in range(5)])
+    d = Deliverer(market.db, Policy(allow_loopback=True, concurrency=2, hook_concurrency=4))
+    assert deliver_due(d) == 2
+    with market.db.read() as conn:
+        attempted = conn.execute(
+            select(webhook_deliveries.c.id).where(webhook_deliveries.c.last_error.is_not(None))
+        ).scalars()
+        assert sorted(attempted) == ids[:2]
+
+
+# ----------------------------------------------------------------------------- the network
+
+
+def test_the_backend_refuses_unix_sockets_and_sleeps_as_asked() -> None:
+    backend = PinnedBackend(Policy())
+
+    async def run() -> float:
+        with pytest.raises(httpcore.ConnectError) as refused:
+            await backend.connect_unix_socket("/run/docker.sock")
+        assert str(refused.value) == "webhooks are delivered over TCP only"
+        started = time.monotonic()
+        await backend.sleep(0.05)
+        return time.monotonic() - started
+
+    assert asyncio.run(run()) >= 0.04
+
+
+def test_a_wake_up_from_another_thread_sets_the_deliverers_flag() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        flag = asyncio.Event()
+        thread = threading.Thread(target=_set_soon, args=(loop, flag))
+        thread.start()
+        thread.join()
+        loop.run_until_complete(asyncio.wait_for(flag.wait(), 5))
+        assert flag.is_set()
+    finally:
+        loop.close()
+    _set_soon(loop, asyncio.Event())  # the loop closed meanwhile: nothing to wake, no error
