@@ -16,6 +16,7 @@ import httpcore
 import pytest
 from sqlalchemy import insert, select
 
+from openclore.engine import webhooks
 from openclore.engine.webhooks import (
     Deliverer,
     Due,
@@ -28,8 +29,9 @@ from openclore.engine.webhooks import (
     verify,
 )
 from openclore.store.schema import webhook_deliveries
+from test_webhook_fairness import running
 
-from event_support import deliver_due, hook
+from event_support import Receiver, credit, deliver_due, hook
 from support import Market
 
 pytestmark = pytest.mark.origin("mutant")
@@ -180,3 +182,44 @@ def test_a_wake_up_from_another_thread_sets_the_deliverers_flag() -> None:
     finally:
         loop.close()
     _set_soon(loop, asyncio.Event())  # the loop closed meanwhile: nothing to wake, no error
+
+
+# ----------------------------------------------------------------------------- the run loop
+
+
+def test_a_running_deliverer_is_woken_by_a_new_event_not_by_its_next_poll(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its poll made ten minutes long: a new event still goes out at once (the commit wakes
+    it), and so do the next ones; each is recorded once, also when several attempts end
+    together (they are recorded in one batch)."""
+    monkeypatch.setattr(webhooks, "POLL_INTERVAL", 600.0)
+    receiver = Receiver()
+    try:
+        token = market.user()
+        hook(market, token, receiver.start())
+        d = Deliverer(market.db, Policy(allow_loopback=True))
+        credit(market, token, 6)  # due before it starts: claimed and sent at once
+        with running(d):
+            receiver.wait_for(6, timeout=10)
+            time.sleep(0.3)  # it waits now
+            credit(market, token, 1)
+            receiver.wait_for(7, timeout=10)
+            credit(market, token, 2)
+            receiver.wait_for(9, timeout=10)
+            deadline = time.monotonic() + 10
+            while d.in_flight.ids or recorded(market) < 9:
+                assert time.monotonic() < deadline, (d.in_flight.ids, recorded(market))
+                time.sleep(0.02)
+    finally:
+        receiver.stop()
+    assert len(receiver.received) == 9
+    d_ = webhook_deliveries
+    with market.db.read() as conn:
+        assert conn.execute(select(d_.c.state, d_.c.attempts)).all() == [("delivered", 1)] * 9
+
+
+def recorded(market: Market) -> int:
+    d = webhook_deliveries
+    with market.db.read() as conn:
+        return len(conn.execute(select(d.c.id).where(d.c.state == "delivered")).all())
