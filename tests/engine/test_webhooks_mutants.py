@@ -223,3 +223,24 @@ def recorded(market: Market) -> int:
     d = webhook_deliveries
     with market.db.read() as conn:
         return len(conn.execute(select(d.c.id).where(d.c.state == "delivered")).all())
+
+
+def test_a_running_deliverer_keeps_to_its_concurrency_and_claims_again_as_slots_free(
+    market: Market,
+) -> None:
+    receiver = Receiver(delay=0.3)
+    try:
+        token = market.user()
+        hook(market, token, receiver.start())
+        credit(market, token, 5)
+        d = Deliverer(market.db, Policy(allow_loopback=True, concurrency=2, hook_concurrency=4))
+        most = 0
+        with running(d):
+            deadline = time.monotonic() + 20
+            while recorded(market) < 5:
+                most = max(most, len(d.in_flight.ids))
+                assert time.monotonic() < deadline, (recorded(market), d.in_flight.ids)
+                time.sleep(0.01)
+    finally:
+        receiver.stop()
+    assert most == 2 and len(receiver.received) == 5
