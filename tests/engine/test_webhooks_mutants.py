@@ -244,3 +244,31 @@ def test_a_running_deliverer_keeps_to_its_concurrency_and_claims_again_as_slots_
     finally:
         receiver.stop()
     assert most == 2 and len(receiver.received) == 5
+
+
+def test_a_failing_claim_or_renewal_is_logged_and_the_deliverer_goes_on(
+    market: Market, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[str] = []
+
+    def broken(name: str) -> Any:
+        def fail(*_args: Any) -> Any:
+            calls.append(name)
+            raise RuntimeError(f"{name}: the database went away")
+
+        return fail
+
+    monkeypatch.setattr(webhooks, "claim", broken("claim"))
+    monkeypatch.setattr(webhooks, "renew", broken("renew"))
+    monkeypatch.setattr(webhooks, "POLL_INTERVAL", 0.05)
+    d = Deliverer(market.db, Policy(lease=0.15))
+    with caplog.at_level("ERROR", logger="openclore.webhooks"), running(d):
+        deadline = time.monotonic() + 10
+        while calls.count("claim") < 2 or calls.count("renew") < 2:
+            assert time.monotonic() < deadline, calls
+            time.sleep(0.02)
+    messages = {r.getMessage() for r in caplog.records}
+    assert messages == {
+        "claiming webhook deliveries failed",
+        "renewing webhook delivery leases failed",
+    }
