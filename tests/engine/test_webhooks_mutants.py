@@ -8,6 +8,7 @@ Written to kill the mutants `scripts/mutation webhooks` found alive."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from typing import Any
@@ -25,11 +26,12 @@ from openclore.engine.webhooks import (
     Policy,
     _set_soon,
     renew,
+    resolve,
     signature,
     verify,
 )
 from openclore.store.schema import webhook_deliveries
-from test_webhook_fairness import running
+from test_webhook_fairness import RawServer, running
 
 from event_support import Receiver, credit, deliver_due, hook
 from support import Market
@@ -272,3 +274,106 @@ def test_a_failing_claim_or_renewal_is_logged_and_the_deliverer_goes_on(
         "claiming webhook deliveries failed",
         "renewing webhook delivery leases failed",
     }
+
+
+# ----------------------------------------------------------------------------- resolving
+
+
+def test_resolving_a_name_gives_each_address_once_and_an_address_needs_no_resolver(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    found = asyncio.run(resolve("localhost", 8080))
+    assert "127.0.0.1" in found and len(found) == len(set(found)), found
+
+    async def no_resolver(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("an address was sent to the resolver")
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "getaddrinfo", no_resolver)
+    assert asyncio.run(resolve("10.0.0.7", 80)) == ["10.0.0.7"]
+    assert asyncio.run(resolve("::1", 80)) == ["::1"]
+
+
+def test_the_backend_asks_for_the_urls_port_and_says_why_a_name_has_no_address() -> None:
+    asked: list[tuple[str, int]] = []
+
+    def resolver(answer: list[str] | OSError) -> Any:
+        async def resolve_(host: str, port: int) -> list[str]:
+            asked.append((host, port))
+            if isinstance(answer, OSError):
+                raise answer
+            return answer
+
+        return resolve_
+
+    async def refusal(answer: list[str] | OSError) -> str:
+        backend = PinnedBackend(Policy(allow_loopback=True), resolver(answer))
+        with pytest.raises(httpcore.ConnectError) as refused:
+            await backend.connect_tcp("hooks.example", 8443)
+        return str(refused.value)
+
+    assert asyncio.run(refusal([])) == "cannot resolve hooks.example: no address"
+    assert asyncio.run(refusal(OSError(-2, "Name or service not known"))) == (
+        "cannot resolve hooks.example: Name or service not known"
+    )
+    assert asyncio.run(refusal(OSError("resolver down"))) == (
+        "cannot resolve hooks.example: resolver down"
+    )
+    assert asked == [("hooks.example", 8443)] * 3
+
+
+def test_the_backend_connects_with_the_options_and_local_address_asked() -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+
+    async def resolve_(host: str, port_: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    async def connect() -> tuple[int, str]:
+        backend = PinnedBackend(Policy(allow_loopback=True), resolve_)
+        stream = await backend.connect_tcp(
+            "hooks.example",
+            port,
+            timeout=5,
+            local_address="127.0.0.2",
+            socket_options=[(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)],
+        )
+        try:
+            sock = stream.get_extra_info("socket")
+            return sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), sock.getsockname()[0]
+        finally:
+            await stream.aclose()
+
+    try:
+        assert asyncio.run(connect()) == (1, "127.0.0.2")
+    finally:
+        server.close()
+
+
+def test_an_answer_in_small_pieces_is_read_for_a_few_kib_only(market: Market) -> None:
+    """An endless answer sent a hundred bytes at a time: the attempt ends as soon as its first
+    few KiB are read (not at its deadline)."""
+
+    def small_pieces(server: RawServer, conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        while not server.stopped.is_set():
+            conn.sendall(b"64\r\n" + b"x" * 100 + b"\r\n")
+            server.sent += 100
+            time.sleep(0.001)
+
+    token = market.user()
+    server = RawServer(small_pieces)
+    try:
+        hook(market, token, server.url)
+        credit(market, token, 1)
+        d = Deliverer(market.db, Policy(allow_loopback=True, timeout=15))
+        started = time.monotonic()
+        assert deliver_due(d) == 1
+        took = time.monotonic() - started
+    finally:
+        server.stop()
+    with market.db.read() as conn:
+        row = conn.execute(select(webhook_deliveries)).one()
+    assert (row.state, row.last_status) == ("delivered", 200), row.last_error
+    assert took < 10, took
