@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 import time
 from typing import Any
 
 import httpcore
+import httpx
 import pytest
 from sqlalchemy import insert, select
 
@@ -22,9 +24,13 @@ from openclore.engine.webhooks import (
     Deliverer,
     Due,
     InFlight,
+    Outcome,
     PinnedBackend,
+    PinnedTransport,
     Policy,
     _set_soon,
+    address_refusal_async,
+    record,
     renew,
     resolve,
     signature,
@@ -377,3 +383,103 @@ def test_an_answer_in_small_pieces_is_read_for_a_few_kib_only(market: Market) ->
         row = conn.execute(select(webhook_deliveries)).one()
     assert (row.state, row.last_status) == ("delivered", 200), row.last_error
     assert took < 10, took
+
+
+# ----------------------------------------------------------------------------- recording
+
+
+def test_an_attempt_is_recorded_at_its_time_and_retried_up_to_the_windows_end(
+    market: Market,
+) -> None:
+    """A retry due exactly at the window's end is still made; one a second past it is not."""
+    ok_, again, last = deliveries(
+        market, [{"state": "pending", "next_attempt_at": T, "attempts": 1} for _ in range(3)]
+    )
+    policy = Policy(retry_base=10, retry_window=100)
+
+    def result(id_: int, attempts: int, outcome: Outcome, at: float) -> Any:
+        return (
+            Due(id_, 0, None, "{}", attempts, T, "http://127.0.0.1:9/", SECRET),
+            outcome,
+            at,
+        )
+
+    failed = Outcome(None, "HTTP 500")
+    record(
+        market.db,
+        [
+            result(ok_, 1, Outcome(200, None), T + 5.5),
+            result(again, 1, failed, T + 90),  # retried at T + 100: the window's end
+            result(last, 1, failed, T + 91),  # T + 101: past it
+        ],
+        policy,
+    )
+    d = webhook_deliveries
+    with market.db.read() as conn:
+        rows = {
+            r.id: r
+            for r in conn.execute(select(d.c.id, d.c.state, d.c.delivered_at, d.c.next_attempt_at))
+        }
+    assert (rows[ok_].state, rows[ok_].delivered_at) == ("delivered", T + 5.5)
+    assert (rows[again].state, rows[again].next_attempt_at) == ("pending", T + 100)
+    assert rows[last].state == "failed"
+
+
+def test_the_address_check_asks_for_the_urls_host_and_port() -> None:
+    asked: list[tuple[str, int]] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        asked.append((host, port))
+        if host == "gone.example":
+            raise OSError(-2, "Name or service not known")
+        return ["127.0.0.1"]
+
+    async def check(url: str) -> str | None:
+        return await address_refusal_async(url, Policy(allow_loopback=True), resolver)
+
+    assert asyncio.run(check("https://hooks.example:8443/x")) is None
+    assert asyncio.run(check("http:///x")) is None
+    assert asyncio.run(check("https://gone.example/")) == (
+        "cannot resolve gone.example: Name or service not known"
+    )
+    assert asked == [("hooks.example", 8443), ("", 80), ("gone.example", 443)]
+
+
+# ----------------------------------------------------------------------------- the client
+
+
+def test_a_redirect_is_not_followed_and_no_proxy_from_the_environment_is_used(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def moved(server: RawServer, conn: socket.socket) -> None:
+        conn.sendall(
+            b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/\r\nContent-Length: 0\r\n\r\n"
+        )
+
+    token = market.user()
+    server = RawServer(moved)
+    try:
+        hook(market, token, server.url)
+        credit(market, token, 1)
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+            monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        assert deliver_due(Deliverer(market.db, Policy(allow_loopback=True))) == 1
+    finally:
+        server.stop()
+    with market.db.read() as conn:
+        row = conn.execute(select(webhook_deliveries)).one()
+    assert (row.state, row.last_status, row.last_error) == ("pending", 302, "HTTP 302")
+
+
+def test_the_pinned_pool_has_the_limits_asked_and_verifies_certificates() -> None:
+    limits = httpx.Limits(max_connections=7, max_keepalive_connections=3, keepalive_expiry=9.5)
+    pool = PinnedTransport(Policy(), limits)._pool
+    assert (pool._max_connections, pool._max_keepalive_connections, pool._keepalive_expiry) == (
+        7,
+        3,
+        9.5,
+    )
+    assert pool._ssl_context is not None
+    assert pool._ssl_context.verify_mode == ssl.CERT_REQUIRED and pool._ssl_context.check_hostname
