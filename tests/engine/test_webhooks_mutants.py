@@ -483,3 +483,22 @@ def test_the_pinned_pool_has_the_limits_asked_and_verifies_certificates() -> Non
     )
     assert pool._ssl_context is not None
     assert pool._ssl_context.verify_mode == ssl.CERT_REQUIRED and pool._ssl_context.check_hostname
+
+
+def test_a_delivery_goes_through_the_transport_given_as_json(market: Market) -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(204)
+
+    token = market.user()
+    hook(market, token, "http://127.0.0.1:9/hook")
+    credit(market, token, 1)
+    d = Deliverer(market.db, Policy(allow_loopback=True), transport=httpx.MockTransport(answer))
+    assert deliver_due(d) == 1
+    (request,) = seen
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["user-agent"] == "openclore-webhooks/1"
+    with market.db.read() as conn:
+        assert conn.execute(select(webhook_deliveries.c.last_status)).scalar_one() == 204
