@@ -490,7 +490,7 @@ def test_a_delivery_goes_through_the_transport_given_as_json(market: Market) -> 
 
     def answer(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return httpx.Response(204)
+        return httpx.Response(204, stream=httpx.ByteStream(b""))
 
     token = market.user()
     hook(market, token, "http://127.0.0.1:9/hook")
