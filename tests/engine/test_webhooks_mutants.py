@@ -40,7 +40,7 @@ from openclore.store.schema import webhook_deliveries
 from test_webhook_fairness import RawServer, running
 
 from event_support import Receiver, credit, deliver_due, hook
-from support import Market
+from support import Market, ok
 
 pytestmark = pytest.mark.origin("mutant")
 
@@ -498,7 +498,40 @@ def test_a_delivery_goes_through_the_transport_given_as_json(market: Market) -> 
     d = Deliverer(market.db, Policy(allow_loopback=True), transport=httpx.MockTransport(answer))
     assert deliver_due(d) == 1
     (request,) = seen
+    assert request.method == "POST"
     assert request.headers["content-type"] == "application/json"
     assert request.headers["user-agent"] == "openclore-webhooks/1"
+    d_ = webhook_deliveries
     with market.db.read() as conn:
-        assert conn.execute(select(webhook_deliveries.c.last_status)).scalar_one() == 204
+        row = conn.execute(select(d_.c.id, d_.c.event_id, d_.c.last_status)).one()
+    assert row.last_status == 204 and row.event_id is not None
+    assert request.headers["openclore-delivery"] == str(row.id)
+    assert request.headers["openclore-event-id"] == str(row.event_id)
+
+
+@pytest.mark.parametrize(
+    ("failure", "error"),
+    [
+        (httpx.ConnectError("connection refused"), "ConnectError: connection refused"),
+        (httpx.ConnectError("refused: a private address"), "refused: a private address"),
+        (httpx.ReadError("reset"), "ReadError: reset"),
+        (httpx.ConnectError("x" * 600), "ConnectError: " + "x" * 486),
+        (httpx.ConnectError("refused: " + "y" * 600), "refused: " + "y" * 491),
+        (httpx.ReadError("z" * 600), "ReadError: " + "z" * 489),
+    ],
+)
+def test_a_failed_connection_is_logged_in_five_hundred_characters_at_most(
+    market: Market, failure: Exception, error: str
+) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        raise failure
+
+    token = market.user()
+    made = hook(market, token, "http://127.0.0.1:9/hook")
+    ok(market.client(token).post("/v1/ping_webhook", json={"id": made["id"]}))
+    d = Deliverer(market.db, Policy(allow_loopback=True), transport=httpx.MockTransport(answer))
+    assert deliver_due(d) == 1
+    d_ = webhook_deliveries
+    with market.db.read() as conn:
+        row = conn.execute(select(d_.c.event_id, d_.c.last_status, d_.c.last_error)).one()
+    assert (row.last_status, row.last_error) == (None, error) and len(error) <= 500
