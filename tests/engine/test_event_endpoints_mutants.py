@@ -11,6 +11,7 @@ import contextlib
 import gc
 import threading
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -20,7 +21,7 @@ from sqlalchemy import event as sa_event
 from openclore.api import event_endpoints
 from openclore.api.event_endpoints import STREAM_BATCH, _read, _set_soon, _token_live, stream
 from openclore.engine import notify as wake
-from openclore.engine.outbox import events_after
+from openclore.engine.outbox import events_after, user_wake_id
 from openclore.market.accounts import revoke_token
 from openclore.store.schema import events as events_table
 
@@ -386,21 +387,43 @@ def outbox(market: Market, uid: int, after: int = 0) -> list[Any]:
         return events_after(conn, uid, after, 10_000)
 
 
+class Watched:
+    """A stream's subscription to wake-ups, with whether it was closed."""
+
+    def __init__(self, subscription: Any) -> None:
+        self.subscription = subscription
+        self.closed = False
+
+    def wait_ready(self, timeout: float) -> bool:
+        return bool(self.subscription.wait_ready(timeout))
+
+    def close(self) -> None:
+        self.closed = True
+        self.subscription.close()
+
+
 def test_a_stream_opens_with_its_retry_then_sends_the_events_after_its_cursor(
-    market: Market,
+    market: Market, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     token = market.user()
     uid = market.user_id(token)
     credit(market, token, 3)
     first, *rest = outbox(market, uid)
-    before = wake.hub.subscriber_count()
+    watched: list[tuple[int, Watched]] = []
+
+    def subscribe(engine: Any, wake_id: int, callback: Callable[[], None]) -> Watched:
+        watched.append((wake_id, Watched(wake.subscribe(engine, wake_id, callback))))
+        return watched[-1][1]
+
+    monkeypatch.setattr(event_endpoints, "wake", SimpleNamespace(subscribe=subscribe))
     frames = Stream(market, uid, first.id)
     got = frames.until(lambda f: len(f) == 3)
     assert got == [b"retry: 1000\n\n", *(frame_of(e) for e in rest)]
     assert frames.polls_before(got[-1]) == [0]  # read at once, before any poll
-    assert wake.hub.subscriber_count() == before + 1
+    ((wake_id, subscription),) = watched
+    assert wake_id == user_wake_id(uid) and not subscription.closed
     frames.close()
-    assert frames.released == 1 and wake.hub.subscriber_count() == before
+    assert frames.released == 1 and subscription.closed
 
 
 def test_a_quiet_stream_keeps_alive_after_its_quiet_polls(market: Market, polls: Polls) -> None:
