@@ -826,9 +826,9 @@ def test_a_gpus_share_of_a_small_disk_is_at_least_one_gigabyte(market: Market) -
     assert row.disk_gb == 1  # 3 GB over four GPUs rounds down to none: one is the least
 
 
-def test_a_bid_takes_the_currency_funded_cheapest_on_the_spot_side(market: Market) -> None:
-    """CLORE is the cheaper on demand (20 USD a day against 24) but the dearer spot minimum
-    (4 USD against 2.4): a renter funded in both bids in bitcoin and rents in CLORE."""
+def quad_with_clore(market: Market, *, enabled: bool) -> int:
+    """quad() also priced in CLORE (1000 a day, a spot minimum of 200, at 0.02 USD a coin),
+    accepted or switched off by its host."""
     sid = quad(market)
     with market.db.write() as conn:
         conn.execute(
@@ -837,13 +837,20 @@ def test_a_bid_takes_the_currency_funded_cheapest_on_the_spot_side(market: Marke
                 currency="CLORE-Blockchain",
                 on_demand=to_units("1000"),
                 spot=to_units("200"),
-                enabled=True,
+                enabled=enabled,
                 storage=0,
             )
         )
         set_rates(
             conn, {**RATES, "CLORE-Blockchain": rate_units("0.02")}, market.settings, market.now()
         )
+    return sid
+
+
+def test_a_bid_takes_the_currency_funded_cheapest_on_the_spot_side(market: Market) -> None:
+    """CLORE is the cheaper on demand (20 USD a day against 24) but the dearer spot minimum
+    (4 USD against 2.4): a renter funded in both bids in bitcoin and rents in CLORE."""
+    sid = quad_with_clore(market, enabled=True)
     both = {"bitcoin": "0.01", "CLORE_Blockchain": "10000"}
     assert made(market, ask(market, market.user(**both), sid * 100 + 1, price=0)).currency == (
         "bitcoin"
@@ -859,21 +866,7 @@ def test_a_bid_in_a_currency_the_host_stopped_accepting_is_refused_for_it(
     """The least a bid may be is read from the accepted currencies only: a bid in one the host
     switched off is refused for the currency (as create_order refuses it), not for its price,
     also at price 0 (the least, which such a currency does not have)."""
-    sid = quad(market)
-    with market.db.write() as conn:
-        conn.execute(
-            insert(server_prices).values(
-                server_id=sid,
-                currency="CLORE-Blockchain",
-                on_demand=to_units("1000"),
-                spot=to_units("200"),
-                enabled=False,
-                storage=0,
-            )
-        )
-        set_rates(
-            conn, {**RATES, "CLORE-Blockchain": rate_units("0.02")}, market.settings, market.now()
-        )
+    sid = quad_with_clore(market, enabled=False)
     renter = market.user(CLORE_Blockchain="10000")
     for price in (0, 0.01):  # the least, and 12 CLORE a day: under the switched-off minimum
         refused = ask(market, renter, sid * 100 + 1, price=price, currency="CLORE-Blockchain")
