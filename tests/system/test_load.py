@@ -17,9 +17,11 @@ load lasts ``OPENCLORE_LOAD_SECONDS`` (default 12) per test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from sqlalchemy import func, insert, select, text
 
@@ -322,32 +325,39 @@ async def client_loop(
                 if attempt is not None:
                     out.uncertain.add(attempt)
                 continue
-            code = int(answer.json()["code"])
+            answered = orjson.loads(answer.content)
+            code = int(answered["code"])
             out.codes[(name, code)] += 1
             if answer.status_code == 200:
                 out.ok_after.setdefault(base, []).append(out.at())
             if attempt is not None:
                 if code == 0:
-                    out.acked[attempt] = int(answer.json()["order_id"])
+                    out.acked[attempt] = int(answered["order_id"])
                     mine.append((out.acked[attempt], body["type"] == "spot"))  # type: ignore[index]
                 else:
                     out.refused.add(attempt)
 
 
 async def run_load(tokens: list[str], targets: list[str], out: Outcome, seconds: float) -> None:
-    # one connection pool for all (a client each would spend seconds of CPU on TLS contexts
-    # alone); each client still has its own token and at most one request in flight
+    # a small pool per client, as 200 separate clients have: one pool for all scans its 400
+    # connections for every request (most of the clients' CPU, which this machine shares with
+    # the replicas); one TLS context for all (each client building its own costs seconds);
     # idle connections are dropped long before the servers' keep-alive timeout (30 s, see
     # start_replicas) could close one just as a request goes out on it
-    limits = httpx.Limits(
-        max_connections=CLIENTS * 2, max_keepalive_connections=CLIENTS * 2, keepalive_expiry=2.0
-    )
-    async with httpx.AsyncClient(timeout=TIMEOUT, limits=limits) as http:
+    tls = ssl.create_default_context()
+    limits = httpx.Limits(max_connections=4, max_keepalive_connections=4, keepalive_expiry=2.0)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(timeout=TIMEOUT, limits=limits, verify=tls)
+            )
+            for _ in range(CLIENTS)
+        ]
         deadline = time.monotonic() + seconds
         await asyncio.gather(
             *(
                 client_loop(http, i, tokens[i % len(tokens)], targets, deadline, out)
-                for i in range(CLIENTS)
+                for i, http in enumerate(clients)
             )
         )
 

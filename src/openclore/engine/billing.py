@@ -24,7 +24,6 @@ from openclore.engine.outbox import order_ended, order_states, record_order_chan
 from openclore.engine.storage import settle_stored, settle_volumes
 from openclore.ledger.ledger import (
     balance,
-    lock_accounts,
     system_account_id,
     transfer,
     wallet_id,
@@ -122,7 +121,6 @@ def _pay(conn: Connection, order: Row, renter: int, spend: int, fee: int, now: i
     platform = system_account_id(conn, "platform", order["currency"])
     host_total = spend - fee
     oid = order["id"]
-    lock_accounts(conn, [renter, host, platform])
     transfer(
         conn,
         key=f"order:{oid}:host:{host_total}",

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, text
 
 from openclore.domain.money import BASIS_POINTS, SECONDS_PER_DAY
+from openclore.ledger.ledger import add_pending
 
 # price × seconds / 86400 without overflowing 64 bits: p = q·86400 + r  ⇒
 # floor(p·a / 86400) = q·a + floor(r·a / 86400); the same split for the fee.
@@ -119,6 +120,7 @@ def _create_candidates(conn: Connection, now: int, grace: int) -> int:
 
 def settle_running_orders(conn: Connection, now: int, grace: int) -> SettlementResult:
     """Bill every running order that stays alive through ``now`` (one transaction)."""
+    add_pending(conn)  # its statements read and move the balances themselves
     if conn.dialect.name == "postgresql":
         short = _apply_postgresql(conn, now, grace)
     else:
@@ -250,13 +252,13 @@ def _book(conn: Connection, now: int) -> None:
                 """
             )
         )
-    if pg:  # the accounts' locks in id order (lock_accounts)
+    if pg:  # the accounts' locks in id order, so two ticks never wait on each other
         conn.execute(
             text(
                 """
                 SELECT a.id FROM accounts a
                  WHERE a.id IN (SELECT debit FROM tick_legs UNION SELECT credit FROM tick_legs)
-                 ORDER BY a.id FOR UPDATE
+                 ORDER BY a.id FOR NO KEY UPDATE
                 """
             )
         )

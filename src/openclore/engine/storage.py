@@ -21,7 +21,7 @@ from sqlalchemy import Connection, select, update
 from openclore.domain.money import affordable_seconds, fee_for, segment_spend
 from openclore.engine.notify import notify_server
 from openclore.engine.outbox import VOLUME_ENDED, emit
-from openclore.ledger.ledger import balance, lock_accounts, system_account_id, transfer, wallet_id
+from openclore.ledger.ledger import balance, system_account_id, transfer, wallet_id
 from openclore.store.schema import orders, servers, volumes
 
 Row = Mapping[str, Any]
@@ -65,7 +65,6 @@ def storage_bill(
         platform = system_account_id(conn, "platform", currency)
         if host is None:
             raise LookupError(f"the host of server {server_id} has no {currency} wallet")
-        lock_accounts(conn, [renter, host, platform])
         transfer(
             conn,
             key=f"{ref}:storage:{spend - fee}",

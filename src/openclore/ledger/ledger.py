@@ -8,14 +8,24 @@ Every movement of money is one row in ``transfers`` plus the two balance updates
 transaction. A transfer's ``key`` is unique, so replaying it (a retried request, a re-run tick) is a
 no-op. Debits use ``balance >= amount`` in the UPDATE itself and a CHECK constraint, so a balance
 can never go negative, whatever runs concurrently.
+
+Credits are added to their accounts as the transaction's very last statements (one UPDATE per
+account, in id order), not where the transfer is booked. The accounts most bookings credit (the
+platform's, a host's with many servers) are then locked from that UPDATE to the COMMIT only,
+instead of for the rest of every booking transaction: with the credit booked early, 60 bookings
+queued behind one platform row under load, each holding a pooled connection (seconds of p50).
+Within the transaction nothing sees the difference: an account's pending credits are added
+before its balance is read or debited (:func:`balance`, :func:`transfer`, :func:`add_pending`).
 """
 
 from __future__ import annotations
 
+from collections import Counter
+
 from sqlalchemy import Connection, insert, select, update
 
 from openclore.ledger.addresses import deposit_address
-from openclore.store.db import inserted_id
+from openclore.store.db import before_commit, inserted_id, pending
 from openclore.store.schema import accounts, transfers
 
 
@@ -74,26 +84,55 @@ def system_account_id(conn: Connection, kind: str, currency: str) -> int:
 
 
 def balance(conn: Connection, account_id: int, *, lock: bool = False) -> int:
-    """An account's balance; with ``lock``, the row stays locked until the transaction ends, so
-    no concurrent debit can change it between this read and the caller's transfers."""
+    """An account's balance (its credits pending in this transaction included); with ``lock``,
+    the row stays locked until the transaction ends, so no concurrent debit can change it
+    between this read and the caller's transfers."""
+    add_pending(conn, [account_id])
     query = select(accounts.c.balance).where(accounts.c.id == account_id)
-    if lock:
-        query = query.with_for_update()
+    if lock:  # NO KEY: a transfer's row referencing the account still goes in meanwhile
+        query = query.with_for_update(key_share=True)
     return int(conn.execute(query).scalar_one())
 
 
-def lock_accounts(conn: Connection, ids: list[int]) -> None:
-    """Take the row locks of these accounts in id order. Every booking that moves money between
-    several accounts locks them this way first, so two bookings never wait on each other's
-    accounts in opposite orders (a deadlock PostgreSQL would break by failing one of them)."""
-    wanted = sorted(set(ids))
-    if len(wanted) > 1 and conn.dialect.name == "postgresql":
+_CREDITS = "openclore_ledger_credits"
+
+
+def _credits(conn: Connection) -> list[tuple[int, int]]:
+    """This transaction's credits not yet added to their accounts: ``(account, amount)``; an
+    account's credits added early are cancelled by a negative item, so a savepoint rolled back
+    drops both together (see :func:`openclore.store.db.savepoint`)."""
+    return before_commit(conn, _CREDITS, _add_credits, rank=1)
+
+
+def _pending(items: list[tuple[int, int]]) -> Counter[int]:
+    totals: Counter[int] = Counter()
+    for account, amount in items:
+        totals[account] += amount
+    return totals
+
+
+def _add_credits(conn: Connection, items: list[tuple[int, int]]) -> None:
+    _apply(conn, {a: n for a, n in _pending(items).items() if n})
+
+
+def _apply(conn: Connection, totals: dict[int, int]) -> None:
+    for account in sorted(totals):  # in id order: two transactions never wait on each other
         conn.execute(
-            select(accounts.c.id)
-            .where(accounts.c.id.in_(wanted))
-            .order_by(accounts.c.id)
-            .with_for_update()
-        ).all()
+            update(accounts)
+            .where(accounts.c.id == account)
+            .values(balance=accounts.c.balance + totals[account])
+        )
+
+
+def add_pending(conn: Connection, ids: list[int] | None = None) -> None:
+    """Add this transaction's pending credits of these accounts (all of them with ``None``) to
+    their balances now: before a statement of the caller's reads the balances itself."""
+    items = pending(conn, _CREDITS)
+    if not items:
+        return
+    due = {a: n for a, n in _pending(items).items() if n and (ids is None or a in ids)}
+    _apply(conn, due)
+    items.extend((a, -n) for a, n in due.items())
 
 
 def transfer(
@@ -118,7 +157,7 @@ def transfer(
         return False
     if conn.execute(select(transfers.c.id).where(transfers.c.key == key)).first() is not None:
         return False
-    lock_accounts(conn, [debit, credit])
+    add_pending(conn, [debit])
     debited = conn.execute(
         update(accounts)
         .where(accounts.c.id == debit)
@@ -127,9 +166,7 @@ def transfer(
     ).rowcount
     if debited != 1:
         raise InsufficientFunds(f"account {debit} cannot pay {amount}")
-    conn.execute(
-        update(accounts).where(accounts.c.id == credit).values(balance=accounts.c.balance + amount)
-    )
+    _credits(conn).append((credit, amount))  # added at the end of the transaction
     # a concurrent twin with the same key fails here on the unique key, rolling back its moves
     conn.execute(
         insert(transfers).values(

@@ -45,7 +45,10 @@ def create_user(conn: Connection, name: str, now: int, settings: Settings) -> in
 def lock_user(conn: Connection, user_id: int) -> None:
     """Take the user's row lock: per-user limits are counted and used under it, so concurrent
     requests of one user (from any number of tokens and processes) take turns."""
-    conn.execute(select(users.c.id).where(users.c.id == user_id).with_for_update()).first()
+    # NO KEY: rows referencing the user (an idempotency key, an audit entry) still go in meanwhile
+    conn.execute(
+        select(users.c.id).where(users.c.id == user_id).with_for_update(key_share=True)
+    ).first()
 
 
 def find_user(conn: Connection, ref: str | int) -> int:

@@ -164,6 +164,7 @@ class Database:
                     _run_before_commit(conn)
             finally:
                 conn.info.pop(_BEFORE_COMMIT, None)
+                conn.info.pop(_RANKS, None)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
@@ -186,6 +187,8 @@ class Database:
 
 
 _BEFORE_COMMIT = "openclore_before_commit"
+_RANKS = "openclore_before_commit_ranks"
+_VERSIONS = "openclore_versions"
 _CHANGED = "openclore_changed"
 _COMMITTED_CHANGE = "openclore_changed_committed"
 _LISTING_WRITTEN = "openclore_listing_written"
@@ -201,18 +204,32 @@ def _watch_listing(
 
 
 def before_commit(
-    conn: Connection, key: str, flush: Callable[[Connection, list[Any]], None]
+    conn: Connection,
+    key: str,
+    flush: Callable[[Connection, list[Any]], None],
+    *,
+    rank: int = 0,
 ) -> list[Any]:
     """A list bound to the current write transaction: ``flush(conn, items)`` runs once, as the
     transaction's last statements, with what was appended to it (dropped on rollback). Lets a
     layer batch rows that must commit with the change (an outbox) and take a short lock for
-    them only at the end."""
+    them only at the end. Lists flush by ``rank``, then in the order they were made: the rows
+    every transaction shares (the ledger's credits, rank 1; the market's versions, rank 2) are
+    written last, so they stay locked from their UPDATE to the COMMIT only."""
     hooks: dict[str, tuple[Callable[[Connection, list[Any]], None], list[Any]]]
     hooks = conn.info.setdefault(_BEFORE_COMMIT, {})
     if key not in hooks:
         hooks[key] = (flush, [])
+        conn.info.setdefault(_RANKS, {})[key] = rank
     items: list[Any] = hooks[key][1]
     return items
+
+
+def pending(conn: Connection, key: str) -> list[Any]:
+    """The current transaction's :func:`before_commit` list under ``key``, if it has one (the
+    list itself, to append to), else an empty list bound to nothing."""
+    hook = conn.info.get(_BEFORE_COMMIT, {}).get(key)
+    return [] if hook is None else hook[1]
 
 
 @contextlib.contextmanager
@@ -237,6 +254,7 @@ def _unflushed(conn: Connection) -> None:
     conn.info.pop(_LISTING_WRITTEN, None)  # outside write(): migrations, a fresh schema
     if conn.info.pop(_CHANGED, None):  # told when the connection is checked in, after this
         conn.info[_COMMITTED_CHANGE] = True
+    conn.info.pop(_RANKS, None)
     hooks = conn.info.pop(_BEFORE_COMMIT, None)
     if hooks and any(items for _, items in hooks.values()):
         raise RuntimeError("rows for before_commit need a Database.write() transaction")
@@ -244,13 +262,15 @@ def _unflushed(conn: Connection) -> None:
 
 def _drop_before_commit(conn: Connection) -> None:
     conn.info.pop(_BEFORE_COMMIT, None)
+    conn.info.pop(_RANKS, None)
     conn.info.pop(_LISTING_WRITTEN, None)
     conn.info.pop(_CHANGED, None)
 
 
 def _run_before_commit(conn: Connection) -> None:
-    hooks = conn.info.pop(_BEFORE_COMMIT, None)
-    for flush, items in (hooks or {}).values():
+    ranks = conn.info.pop(_RANKS, {})
+    hooks = conn.info.pop(_BEFORE_COMMIT, None) or {}
+    for _, (flush, items) in sorted(hooks.items(), key=lambda hook: ranks.get(hook[0], 0)):
         if items:
             flush(conn, items)
 
@@ -325,9 +345,18 @@ def listing_version(conn: Connection) -> int:
 
 
 def _changed(conn: Connection, key: str) -> None:
-    bump_meta(conn, key)
-    conn.info.setdefault(_CHANGED, set()).add(key)
-    notify(conn, [key])
+    """Move a version at the very end of the transaction (its row is the one every writer
+    shares: locked from there to the COMMIT only)."""
+    keys = before_commit(conn, _VERSIONS, _bump_versions, rank=2)
+    if key not in keys:
+        keys.append(key)
+
+
+def _bump_versions(conn: Connection, keys: list[str]) -> None:
+    for key in sorted(set(keys)):  # in key order: two transactions never wait on each other
+        bump_meta(conn, key)
+        conn.info.setdefault(_CHANGED, set()).add(key)
+    notify(conn, sorted(set(keys)))
 
 
 def listing_changed(conn: Connection) -> None:
@@ -351,6 +380,7 @@ __all__ = [
     "get_meta",
     "listing_changed",
     "metadata",
+    "pending",
     "run_write",
     "savepoint",
     "set_meta",
