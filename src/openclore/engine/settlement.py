@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, text
 
 from openclore.domain.money import BASIS_POINTS, SECONDS_PER_DAY
-from openclore.ledger.ledger import add_pending
+from openclore.ledger.ledger import add_pending, credit_at_end
 
 # price × seconds / 86400 without overflowing 64 bits: p = q·86400 + r  ⇒
 # floor(p·a / 86400) = q·a + floor(r·a / 86400); the same split for the fee.
@@ -252,12 +252,13 @@ def _book(conn: Connection, now: int) -> None:
                 """
             )
         )
-    if pg:  # the accounts' locks in id order, so two ticks never wait on each other
+    if pg:  # the paying accounts' locks in id order, so two ticks never wait on each other
+        # (the credited ones are written at the transaction's end, as every booking's are)
         conn.execute(
             text(
                 """
                 SELECT a.id FROM accounts a
-                 WHERE a.id IN (SELECT debit FROM tick_legs UNION SELECT credit FROM tick_legs)
+                 WHERE a.id IN (SELECT debit FROM tick_legs)
                  ORDER BY a.id FOR NO KEY UPDATE
                 """
             )
@@ -292,17 +293,18 @@ def _book(conn: Connection, now: int) -> None:
                 """
             )
         )
-    for side, sign in (("debit", "-"), ("credit", "+")):
-        conn.execute(
-            text(
-                f"""
-                UPDATE accounts SET balance = accounts.balance {sign} x.total
-                  FROM (SELECT g.{side} AS account, SUM(g.amount) AS total
-                          FROM tick_legs g GROUP BY g.{side}) AS x
-                 WHERE accounts.id = x.account
-                """
-            )
+    conn.execute(
+        text(
+            """
+            UPDATE accounts SET balance = accounts.balance - x.total
+              FROM (SELECT g.debit AS account, SUM(g.amount) AS total
+                      FROM tick_legs g GROUP BY g.debit) AS x
+             WHERE accounts.id = x.account
+            """
         )
+    )
+    credits = conn.execute(text("SELECT credit, SUM(amount) FROM tick_legs GROUP BY credit"))
+    credit_at_end(conn, [(int(a), int(n)) for a, n in credits])
     if not pg:
         conn.execute(text("DROP TABLE tick_legs"))
 
