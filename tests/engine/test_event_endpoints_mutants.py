@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import threading
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 from sqlalchemy import event as sa_event
 
 from openclore.api import event_endpoints
-from openclore.api.event_endpoints import STREAM_BATCH, _read, _set_soon, _token_live, stream
+from openclore.api.event_endpoints import STREAM_BATCH, _read, _token_live, stream
 from openclore.engine import notify as wake
 from openclore.engine.outbox import events_after, user_wake_id
 from openclore.market.accounts import revoke_token
@@ -257,20 +256,6 @@ def test_a_stream_reads_its_batch_of_the_types_asked(market: Market) -> None:
     batch = _read(market.db, uid, 0, None)
     assert len(batch) == STREAM_BATCH
     assert [e.type for e in _read(market.db, uid, 0, ["deposit.credited"])] == ["deposit.credited"]
-
-
-def test_a_wake_up_from_another_thread_sets_the_streams_flag() -> None:
-    loop = asyncio.new_event_loop()
-    try:
-        flag = asyncio.Event()
-        thread = threading.Thread(target=_set_soon, args=(loop, flag))
-        thread.start()
-        thread.join()
-        loop.run_until_complete(asyncio.wait_for(flag.wait(), 5))
-        assert flag.is_set()
-    finally:
-        loop.close()
-    _set_soon(loop, asyncio.Event())  # the loop closed meanwhile: nothing to wake, no error
 
 
 # ----------------------------------------------------------------------------- the stream's loop

@@ -19,6 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import insert, select
 
+from openclore.engine import notify as wake
 from openclore.engine import webhooks
 from openclore.engine.webhooks import (
     Deliverer,
@@ -28,7 +29,6 @@ from openclore.engine.webhooks import (
     PinnedBackend,
     PinnedTransport,
     Policy,
-    _set_soon,
     address_refusal_async,
     record,
     renew,
@@ -178,18 +178,18 @@ def test_the_backend_refuses_unix_sockets_and_sleeps_as_asked() -> None:
     assert asyncio.run(run()) >= 0.04
 
 
-def test_a_wake_up_from_another_thread_sets_the_deliverers_flag() -> None:
+def test_a_wake_up_from_another_thread_sets_a_loops_flag() -> None:
     loop = asyncio.new_event_loop()
     try:
         flag = asyncio.Event()
-        thread = threading.Thread(target=_set_soon, args=(loop, flag))
+        thread = threading.Thread(target=wake.set_soon, args=(loop, flag))
         thread.start()
         thread.join()
         loop.run_until_complete(asyncio.wait_for(flag.wait(), 5))
         assert flag.is_set()
     finally:
         loop.close()
-    _set_soon(loop, asyncio.Event())  # the loop closed meanwhile: nothing to wake, no error
+    wake.set_soon(loop, asyncio.Event())  # the loop closed meanwhile: nothing to wake, no error
 
 
 # ----------------------------------------------------------------------------- the run loop

@@ -122,7 +122,9 @@ async def stream(
 ) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     woken = asyncio.Event()
-    subscription = wake.subscribe(db.engine, user_wake_id(user_id), lambda: _set_soon(loop, woken))
+    subscription = wake.subscribe(
+        db.engine, user_wake_id(user_id), lambda: wake.set_soon(loop, woken)
+    )
     # on SQLite other processes cannot notify: a change of the file is the sign to read
     changed = db.freshness.data_version if db.is_sqlite else None
     try:
@@ -226,9 +228,3 @@ def set_alerts(state: AppState, call: Call) -> dict[str, Any]:
 def alerts(state: AppState, call: Call) -> dict[str, Any]:
     with call.read() as conn:
         return webhook_service.alerts(conn, _uid(call))
-
-
-def _set_soon(loop: asyncio.AbstractEventLoop, flag: asyncio.Event) -> None:
-    """Set an asyncio event from any thread (the hub calls back from request or LISTEN threads)."""
-    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-        loop.call_soon_threadsafe(flag.set)

@@ -21,6 +21,8 @@ Spurious or duplicate notifications are harmless by design: a subscriber re-read
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import weakref
@@ -218,3 +220,11 @@ def subscribe(engine: Engine, server_id: int, callback: Callback) -> Subscriptio
     """Call ``callback`` after every commit that may change ``server_id``'s desired containers,
     in this process or (PostgreSQL) any other one using the same database."""
     return hub.subscribe(engine, server_id, callback)
+
+
+def set_soon(loop: asyncio.AbstractEventLoop, flag: asyncio.Event) -> None:
+    """Set an asyncio event from any thread: what a subscriber of an event loop (an event stream,
+    the webhook deliverer) gives :func:`subscribe` (the hub calls back from request or LISTEN
+    threads); nothing happens once the loop is closed."""
+    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+        loop.call_soon_threadsafe(flag.set)

@@ -598,7 +598,7 @@ class Deliverer:
         any process on PostgreSQL), and every second for retries that came due."""
         loop = asyncio.get_running_loop()
         woken = asyncio.Event()
-        subscription = wake.subscribe(self.db.engine, WAKE_ID, lambda: _set_soon(loop, woken))
+        subscription = wake.subscribe(self.db.engine, WAKE_ID, lambda: wake.set_soon(loop, woken))
         tasks: set[asyncio.Task[None]] = set()
         results: asyncio.Queue[Result] = asyncio.Queue()
         recorder = asyncio.create_task(self._recorder(results, woken))
@@ -643,9 +643,3 @@ async def _read_prefix(response: httpx.Response, limit: int) -> bytes:
         if len(kept) >= limit:
             break
     return bytes(kept)
-
-
-def _set_soon(loop: asyncio.AbstractEventLoop, flag: asyncio.Event) -> None:
-    """Set an asyncio event from any thread (the hub calls back from request or LISTEN threads)."""
-    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-        loop.call_soon_threadsafe(flag.set)
