@@ -9,8 +9,8 @@ transaction. A transfer's ``key`` is unique, so replaying it (a retried request,
 no-op. Debits use ``balance >= amount`` in the UPDATE itself and a CHECK constraint, so a balance
 can never go negative, whatever runs concurrently.
 
-Credits are added to their accounts as the transaction's very last statements (one UPDATE per
-account, in id order), not where the transfer is booked. The accounts most bookings credit (the
+Credits are added to their accounts as the transaction's very last statements (their rows locked
+in id order), not where the transfer is booked. The accounts most bookings credit (the
 platform's, a host's with many servers) are then locked from that UPDATE to the COMMIT only,
 instead of for the rest of every booking transaction: with the credit booked early, 60 bookings
 queued behind one platform row under load, each holding a pooled connection (seconds of p50).
