@@ -41,6 +41,7 @@ from openclore.domain.money import to_units
 from openclore.engine.billing import STARVATION_KEY, lock_server, resolve_server
 from openclore.engine.ticker import tick
 from openclore.ledger import ensure_system_accounts
+from openclore.ledger.ledger import add_pending
 from openclore.market import keeping as keeping_service
 from openclore.market import orders as order_service
 from openclore.market import servers as server_service
@@ -579,6 +580,7 @@ def _snapshot(
                 for sid in server_ids:
                     lock_server(conn, sid)
                     resolve_server(conn, sid, settle_to)
+            add_pending(conn)  # the credits booked above, read below by a query of its own
             rows = {r.id: dict(r._mapping) for r in conn.execute(select(orders))}
             wallets = {
                 int(r.user_id): int(r.balance)
