@@ -164,7 +164,6 @@ class Database:
                     _run_before_commit(conn)
             finally:
                 conn.info.pop(_BEFORE_COMMIT, None)
-                conn.info.pop(_RANKS, None)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
@@ -187,7 +186,6 @@ class Database:
 
 
 _BEFORE_COMMIT = "openclore_before_commit"
-_RANKS = "openclore_before_commit_ranks"
 _VERSIONS = "openclore_versions"
 _CHANGED = "openclore_changed"
 _COMMITTED_CHANGE = "openclore_changed_committed"
@@ -216,11 +214,10 @@ def before_commit(
     them only at the end. Lists flush by ``rank``, then in the order they were made: the rows
     every transaction shares (the ledger's credits, rank 1; the market's versions, rank 2) are
     written last, so they stay locked from their UPDATE to the COMMIT only."""
-    hooks: dict[str, tuple[Callable[[Connection, list[Any]], None], list[Any]]]
+    hooks: dict[str, tuple[Callable[[Connection, list[Any]], None], list[Any], int]]
     hooks = conn.info.setdefault(_BEFORE_COMMIT, {})
     if key not in hooks:
-        hooks[key] = (flush, [])
-        conn.info.setdefault(_RANKS, {})[key] = rank
+        hooks[key] = (flush, [], rank)
     items: list[Any] = hooks[key][1]
     return items
 
@@ -238,12 +235,12 @@ def savepoint(conn: Connection) -> Iterator[None]:
     its statements and what it appended to :func:`before_commit` lists (an event of a change
     that did not happen) are dropped; the exception goes on to the caller."""
     hooks = conn.info.get(_BEFORE_COMMIT, {})
-    kept = {key: len(items) for key, (_, items) in hooks.items()}
+    kept = {key: len(items) for key, (_, items, _) in hooks.items()}
     try:
         with conn.begin_nested():
             yield
     except BaseException:
-        for key, (_, items) in conn.info.get(_BEFORE_COMMIT, {}).items():
+        for key, (_, items, _) in conn.info.get(_BEFORE_COMMIT, {}).items():
             del items[kept.get(key, 0) :]
         raise
 
@@ -254,23 +251,20 @@ def _unflushed(conn: Connection) -> None:
     conn.info.pop(_LISTING_WRITTEN, None)  # outside write(): migrations, a fresh schema
     if conn.info.pop(_CHANGED, None):  # told when the connection is checked in, after this
         conn.info[_COMMITTED_CHANGE] = True
-    conn.info.pop(_RANKS, None)
     hooks = conn.info.pop(_BEFORE_COMMIT, None)
-    if hooks and any(items for _, items in hooks.values()):
+    if hooks and any(items for _, items, _ in hooks.values()):
         raise RuntimeError("rows for before_commit need a Database.write() transaction")
 
 
 def _drop_before_commit(conn: Connection) -> None:
     conn.info.pop(_BEFORE_COMMIT, None)
-    conn.info.pop(_RANKS, None)
     conn.info.pop(_LISTING_WRITTEN, None)
     conn.info.pop(_CHANGED, None)
 
 
 def _run_before_commit(conn: Connection) -> None:
-    ranks = conn.info.pop(_RANKS, {})
     hooks = conn.info.pop(_BEFORE_COMMIT, None) or {}
-    for _, (flush, items) in sorted(hooks.items(), key=lambda hook: ranks.get(hook[0], 0)):
+    for flush, items, _ in sorted(hooks.values(), key=lambda hook: hook[2]):
         if items:
             flush(conn, items)
 
