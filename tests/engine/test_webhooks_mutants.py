@@ -535,3 +535,35 @@ def test_a_failed_connection_is_logged_in_five_hundred_characters_at_most(
     with market.db.read() as conn:
         row = conn.execute(select(d_.c.event_id, d_.c.last_status, d_.c.last_error)).one()
     assert (row.last_status, row.last_error) == (None, error) and len(error) <= 500
+
+
+class _Answer:
+    """A receiver's answer body in chunks, counting how many were read."""
+
+    def __init__(self, sizes: list[int]) -> None:
+        self.sizes = sizes
+        self.read = 0
+
+    async def aiter_raw(self) -> Any:
+        for size in self.sizes:
+            self.read += 1
+            yield b"x" * size
+
+
+@pytest.mark.parametrize(
+    ("sizes", "limit", "read", "chunks"),
+    [
+        ([], 10, 0, 0),
+        ([3, 3], 10, 6, 2),
+        ([4, 6, 5], 10, 10, 2),  # exactly the limit: the next chunk is never asked for
+        ([4, 7, 5], 10, 11, 2),
+        ([20, 5], 10, 20, 1),
+        ([9, 1, 1], 11, 11, 3),
+    ],
+)
+def test_an_answer_is_read_until_its_limit_and_no_further(
+    sizes: list[int], limit: int, read: int, chunks: int
+) -> None:
+    answer = _Answer(sizes)
+    assert asyncio.run(webhooks._read_at_most(answer, limit)) == read  # type: ignore[arg-type]
+    assert answer.read == chunks

@@ -14,10 +14,6 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from console_direct import make_console as _console
-from console_direct import request as _request
-from console_direct import run as _run
-from console_direct import set_cookies as _set_cookies
 from openclore.domain.errors import RateLimited
 from openclore.domain.money import Coins
 from openclore.market import sessions
@@ -27,6 +23,10 @@ from openclore.web import context
 from openclore.web.common import PRE_CSRF_COOKIE, SESSION_COOKIE, Refused
 from openclore.web.context import Console, _duration, _flash, _fmt_coins, _gb, _usd_hour
 
+from console_direct import make_console as _console
+from console_direct import request as _request
+from console_direct import run as _run
+from console_direct import set_cookies as _set_cookies
 from support import Market
 
 CSP = (

@@ -529,7 +529,7 @@ class Deliverer:
             async with self.client().stream(
                 "POST", due.url, content=body, headers=headers
             ) as response:
-                await _read_prefix(response, MAX_ANSWER_BYTES)
+                await _read_at_most(response, MAX_ANSWER_BYTES)
         except httpx.ConnectError as exc:
             if str(exc).startswith("refused: "):  # the address changed since the check above
                 return Outcome(None, str(exc)[:500])
@@ -634,12 +634,13 @@ class Deliverer:
             await self.aclose()
 
 
-async def _read_prefix(response: httpx.Response, limit: int) -> bytes:
-    """At most ``limit`` bytes of the answer's body; the rest is never read (the connection is
-    closed instead of drained when more was sent)."""
-    kept = bytearray()
+async def _read_at_most(response: httpx.Response, limit: int) -> int:
+    """Read the answer's body until ``limit`` bytes have come (nothing of it is kept: only the
+    status matters); the rest is never read (the connection is closed instead of drained when
+    more was sent). Answers how many bytes were read."""
+    read = 0
     async for chunk in response.aiter_raw():
-        kept += chunk[: limit - len(kept)]
-        if len(kept) >= limit:
+        read += len(chunk)
+        if read >= limit:
             break
-    return bytes(kept)
+    return read
