@@ -46,7 +46,7 @@ def request(
     form: dict[str, str] | None = None,
     scheme: str = "http",
     query: str = "",
-    client: str = "203.0.113.9",
+    client: str | None = "203.0.113.9",
 ) -> Request:
     raw = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     if cookies:
@@ -72,7 +72,7 @@ def request(
         "raw_path": path.encode(),
         "query_string": query.encode(),
         "headers": raw,
-        "client": (client, 5000),
+        "client": None if client is None else (client, 5000),
         "server": ("testserver", 80),
         "root_path": "",
     }

@@ -261,7 +261,20 @@ def test_sign_ins_are_limited_per_address_five_at_once_then_one_each_two_seconds
     assert {"signin:198.51.100.7", "signin:198.51.100.8"} <= keys
 
 
-def test_sign_out_ends_the_session_and_its_cookie(console: Console, market: Market) -> None:
+def test_a_request_without_a_client_address_is_limited_and_audited_as_unknown(
+    console: Console, market: Market
+) -> None:
+    _, token = _user(market)
+    assert _post(console, signin, {"token": token}, client=None).status_code == 303
+    (entry,) = _sign_ins(market)
+    assert entry.source == "web@unknown"
+    with market.db.read() as conn:
+        assert list(conn.execute(select(rate_limits.c.key)).scalars()) == ["signin:unknown"]
+
+
+def test_sign_out_ends_the_session_and_its_cookie(
+    console: Console, market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
     uid, _ = _user(market)
     with market.db.write() as conn:
         sid = sessions.start_session(conn, uid, int(time.time()))
@@ -278,7 +291,15 @@ def test_sign_out_ends_the_session_and_its_cookie(console: Console, market: Mark
     with pytest.raises(Refused) as refused:
         out({"csrf": csrf}, {})
     assert refused.value.status == 401
+    # the session ends in a write transaction (the write lock first on SQLite, retried on a
+    # deadlock), as every change does
+    writes = []
+    db_write = console.state.db_write
+    monkeypatch.setattr(
+        console.state, "db_write", lambda fn, *a: writes.append(fn) or db_write(fn, *a)
+    )
     answer = out({"csrf": csrf}, {SESSION_COOKIE: sid})
+    assert len(writes) == 1
     assert (answer.status_code, answer.headers["location"]) == (303, "/signin")
     cookie = _cookie(answer, SESSION_COOKIE)
     assert cookie.startswith(f'{SESSION_COOKIE}=""; expires=')
