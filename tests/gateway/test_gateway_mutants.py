@@ -644,7 +644,7 @@ def test_a_splice_silent_for_its_idle_timeout_ends() -> None:
         return time.monotonic() - started
 
     took = run(main())
-    assert 0.3 <= took < 2.0
+    assert 0.3 <= took < 10.0
 
 
 def test_a_splice_kept_busy_outlives_its_idle_timeout() -> None:
@@ -653,16 +653,16 @@ def test_a_splice_kept_busy_outlives_its_idle_timeout() -> None:
         out = Writer()
 
         async def trickle() -> None:
-            for _ in range(6):
+            for _ in range(12):
                 await asyncio.sleep(0.1)
                 reader.feed_data(b".")
             reader.feed_eof()
 
         started = time.monotonic()
         feeder = asyncio.create_task(trickle())
-        await _splice(reader, Writer(), _reader(b""), out, 0.25)
+        await _splice(reader, Writer(), _reader(b""), out, 0.6)
         await feeder
         return time.monotonic() - started, bytes(out.data)
 
     took, data = run(main())
-    assert data == b"......" and took >= 0.55
+    assert data == b"." * 12 and took >= 1.1
