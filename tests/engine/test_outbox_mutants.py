@@ -1,0 +1,219 @@
+"""The event outbox (engine/outbox.py) called directly, each value written out: events exist
+only with their transaction, rendered exactly; each event goes to its own user's webhooks, by
+each hook's filter (a ping to its one webhook), as a pending delivery of the exact body; the
+wakes at commit; reading events back. Written to kill mutants (``scripts/mutation outbox``)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import insert, select
+
+from openclore.domain.money import Coins
+from openclore.engine import outbox
+from openclore.engine.outbox import (
+    DEPOSIT_CREDITED,
+    ORDER_CREATED,
+    ORDER_ENDED,
+    USER_WAKE,
+    WAKE_ID,
+    WEBHOOK_PING,
+    Event,
+    delivery_row,
+    emit,
+    emit_ping,
+    event_json,
+    events_after,
+    latest_event_id,
+    render,
+    user_wake_id,
+)
+from openclore.market.accounts import create_user
+from openclore.store.schema import events, webhook_deliveries, webhooks
+
+from support import Market
+
+WALL = 1_800_000_123.25
+
+
+@pytest.fixture
+def wakes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ids the outbox wakes (at its flush), in order."""
+    woken: list[int] = []
+    monkeypatch.setattr(outbox, "notify_server", lambda _conn, wake_id: woken.append(wake_id))
+    monkeypatch.setattr(outbox.time, "time", lambda: WALL)
+    return woken
+
+
+def _users(market: Market, *names: str) -> list[int]:
+    with market.db.write() as conn:
+        return [create_user(conn, name, market.now(), market.settings) for name in names]
+
+
+def _hook(market: Market, user_id: int, types: list[str] | None, deleted: bool = False) -> int:
+    with market.db.write() as conn:
+        found = conn.execute(
+            insert(webhooks)
+            .values(
+                user_id=user_id,
+                url="https://hooks.example/x",
+                secret="s",
+                events=types,
+                created_at=market.now(),
+                deleted_at=market.now() if deleted else None,
+            )
+            .returning(webhooks.c.id)
+        ).scalar_one()
+    return int(found)
+
+
+def _events(market: Market) -> list[tuple[int, int, str, int, str]]:
+    with market.db.read() as conn:
+        return [
+            (r.id, r.user_id, r.type, r.created_at, r.data)
+            for r in conn.execute(select(events).order_by(events.c.id))
+        ]
+
+
+def _deliveries(market: Market) -> list[dict[str, Any]]:
+    with market.db.read() as conn:
+        return [
+            {k: r._mapping[k] for k in ("webhook_id", "event_id", "body", "state", "attempts")}
+            | {"next": r.next_attempt_at, "created": r.created_at}
+            for r in conn.execute(select(webhook_deliveries).order_by(webhook_deliveries.c.id))
+        ]
+
+
+def test_the_wake_ids() -> None:
+    assert WAKE_ID == 0 and USER_WAKE == 2**40
+    assert user_wake_id(0) == 2**40 and user_wake_id(7) == 2**40 + 7
+
+
+def test_an_event_is_rendered_compactly_with_exact_amounts() -> None:
+    assert render({}) == "{}"
+    assert render({"a": 1, "b": "x", "c": [True, None]}) == '{"a":1,"b":"x","c":[true,null]}'
+    assert render({"spend": Coins(1), "price": Coins(12_345_678_901)}) == (
+        '{"spend":0.000000001,"price":12.345678901}'
+    )
+    assert render({"x": Decimal("0.10000000000000000001")}) == '{"x":0.10000000000000000001}'
+    with pytest.raises(TypeError):
+        render({"x": object()})
+    assert event_json(5, "order.ended", 1700, '{"a":1}') == (
+        '{"id":5,"type":"order.ended","time":1700,"data":{"a":1}}'
+    )
+
+
+def test_an_event_exists_only_with_its_transaction(market: Market, wakes: list[int]) -> None:
+    (alice,) = _users(market, "alice")
+    with pytest.raises(AssertionError):
+        with market.db.write() as conn:
+            emit(conn, alice, "order.exploded", 1)
+    with pytest.raises(RuntimeError), market.db.write() as conn:
+        emit(conn, alice, ORDER_CREATED, 1700, order_id=1)
+        raise RuntimeError("the use case failed")
+    assert _events(market) == [] and wakes == []
+    with market.db.write() as conn:
+        emit(conn, alice, ORDER_CREATED, 1700, order_id=1, price=Coins(5))
+        assert _events(market) == []  # written at commit
+    assert _events(market) == [
+        (1, alice, ORDER_CREATED, 1700, '{"order_id":1,"price":0.000000005}')
+    ]
+    assert wakes == [user_wake_id(alice)]  # no webhook: no deliverer woken
+
+
+def test_each_event_goes_to_its_own_users_webhooks_by_their_filters(
+    market: Market, wakes: list[int]
+) -> None:
+    alice, bob, carol = _users(market, "alice", "bob", "carol")
+    every = _hook(market, alice, None)
+    ended_only = _hook(market, alice, [ORDER_ENDED, DEPOSIT_CREDITED])
+    _hook(market, alice, None, deleted=True)
+    bobs = _hook(market, bob, None)
+    _hook(market, carol, [ORDER_ENDED])
+    with market.db.write() as conn:
+        emit(conn, alice, ORDER_CREATED, 1700, order_id=1)
+        emit(conn, bob, ORDER_CREATED, 1701, order_id=2)
+        emit(conn, alice, ORDER_ENDED, 1702, order_id=1)
+        emit_ping(conn, alice, ended_only, 1703)  # to that one webhook, whatever its filter
+        emit_ping(conn, alice, bobs, 1704)  # another user's webhook: delivered to none
+        emit(conn, carol, ORDER_CREATED, 1705, order_id=3)  # carol's hook does not want it
+    assert [(e[0], e[1], e[2], e[3]) for e in _events(market)] == [
+        (1, alice, ORDER_CREATED, 1700),
+        (2, bob, ORDER_CREATED, 1701),
+        (3, alice, ORDER_ENDED, 1702),
+        (4, alice, WEBHOOK_PING, 1703),
+        (5, alice, WEBHOOK_PING, 1704),
+        (6, carol, ORDER_CREATED, 1705),
+    ]
+    data = {e[0]: e[4] for e in _events(market)}
+    assert data[4] == f'{{"webhook_id":{ended_only}}}'
+
+    def sent(hook: int, event_id: int, type_: str, at: int) -> dict[str, Any]:
+        body = event_json(event_id, type_, at, data[event_id])
+        return {
+            "webhook_id": hook,
+            "event_id": event_id,
+            "body": body,
+            "state": "pending",
+            "attempts": 0,
+            "next": WALL,
+            "created": WALL,
+        }
+
+    assert _deliveries(market) == [
+        sent(every, 1, ORDER_CREATED, 1700),
+        sent(bobs, 2, ORDER_CREATED, 1701),
+        sent(every, 3, ORDER_ENDED, 1702),
+        sent(ended_only, 3, ORDER_ENDED, 1702),
+        sent(ended_only, 4, WEBHOOK_PING, 1703),
+    ]
+    # the deliverers once, then each user's streams once, in user order
+    assert wakes == [WAKE_ID, *sorted(user_wake_id(u) for u in (alice, bob, carol))]
+
+
+def test_a_delivery_row() -> None:
+    assert delivery_row(3, None, "{}", 12.5) == {
+        "webhook_id": 3,
+        "event_id": None,
+        "body": "{}",
+        "state": "pending",
+        "attempts": 0,
+        "next_attempt_at": 12.5,
+        "created_at": 12.5,
+    }
+
+
+def test_events_are_read_back_per_user_after_an_id(market: Market, wakes: list[int]) -> None:
+    alice, bob = _users(market, "alice", "bob")
+    with market.db.read() as conn:
+        assert latest_event_id(conn, alice) == 0
+    with market.db.write() as conn:
+        for i, (user, type_) in enumerate(
+            [
+                (alice, ORDER_CREATED),
+                (bob, ORDER_CREATED),
+                (alice, ORDER_ENDED),
+                (alice, DEPOSIT_CREDITED),
+                (alice, ORDER_CREATED),
+                (bob, ORDER_ENDED),
+            ]
+        ):
+            emit(conn, user, type_, 1000 + i, n=i)
+    with market.db.read() as conn:
+        assert latest_event_id(conn, alice) == 5 and latest_event_id(conn, bob) == 6
+
+        def ids(after: int, limit: int, types: list[str] | None = None) -> list[int]:
+            return [e.id for e in events_after(conn, alice, after, limit, types)]
+
+        assert ids(0, 100) == [1, 3, 4, 5]
+        assert ids(1, 100) == [3, 4, 5] and ids(3, 100) == [4, 5] and ids(5, 100) == []
+        assert ids(0, 2) == [1, 3] and ids(0, 1) == [1]
+        assert ids(0, 100, [ORDER_CREATED]) == [1, 5]
+        assert ids(0, 100, [ORDER_ENDED, DEPOSIT_CREDITED]) == [3, 4]
+        assert ids(0, 100, []) == [1, 3, 4, 5]
+        assert ids(1, 1, [ORDER_CREATED]) == [5]
+        assert events_after(conn, alice, 3, 1) == [
+            Event(4, DEPOSIT_CREDITED, 1003, event_json(4, DEPOSIT_CREDITED, 1003, '{"n":3}'))
+        ]
