@@ -107,9 +107,8 @@ def test_an_event_is_rendered_compactly_with_exact_amounts() -> None:
 
 def test_an_event_exists_only_with_its_transaction(market: Market, wakes: list[int]) -> None:
     (alice,) = _users(market, "alice")
-    with pytest.raises(AssertionError):
-        with market.db.write() as conn:
-            emit(conn, alice, "order.exploded", 1)
+    with pytest.raises(AssertionError), market.db.write() as conn:
+        emit(conn, alice, "order.exploded", 1)
     with pytest.raises(RuntimeError), market.db.write() as conn:
         emit(conn, alice, ORDER_CREATED, 1700, order_id=1)
         raise RuntimeError("the use case failed")
