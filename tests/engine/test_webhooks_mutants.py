@@ -567,3 +567,67 @@ def test_an_answer_is_read_until_its_limit_and_no_further(
     answer = _Answer(sizes)
     assert asyncio.run(webhooks._read_at_most(answer, limit)) == read  # type: ignore[arg-type]
     assert answer.read == chunks
+
+
+def test_a_webhook_url_is_refused_for_its_form_with_the_reason() -> None:
+    assert webhooks.url_problem("https://hooks.example/x?y=1") is None
+    assert webhooks.url_problem("http://hooks.example:8080/") is None
+    assert webhooks.url_problem("https://" + "a" * 2040) is None  # 2048 characters
+    assert webhooks.url_problem("https://" + "a" * 2041) == "url: at most 2048 characters"
+    bad_form = "url: must be an http:// or https:// URL with a host"
+    for url in ("ftp://hooks.example/", "hooks.example/x", "https:///x", "", "HTTPS//x"):
+        assert webhooks.url_problem(url) == bad_form, url
+    for url in ("https://hooks.example:99999/", "https://hooks.example:x/", "http://[::1/"):
+        assert webhooks.url_problem(url) == "url: not a valid URL", url
+    credentials = "url: credentials in the URL are not allowed (use the signature)"
+    for url in ("https://me@hooks.example/", "https://:pw@hooks.example/", "https://a:b@h.example"):
+        assert webhooks.url_problem(url) == credentials, url
+
+
+def test_the_port_a_webhook_url_is_delivered_to() -> None:
+    assert webhooks._port("https://hooks.example/") == 443
+    assert webhooks._port("http://hooks.example/") == 80
+    assert webhooks._port("https://hooks.example:8443/") == 8443
+    assert webhooks._port("http://hooks.example:443/") == 443
+
+
+def test_every_address_of_a_name_is_checked_and_the_first_refused_one_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[tuple[str, Any]] = []
+    answers = {
+        "mixed.example": ["93.184.216.34", "169.254.169.254", "10.0.0.1"],
+        "public.example": ["93.184.216.34", "2606:2800:220:1::1"],
+        "zoned.example": ["fe80::1%eth0"],
+        "local.example": ["127.0.0.1"],
+    }
+
+    def getaddrinfo(host: str, port: Any, type: int = 0) -> list[Any]:
+        asked.append((host, port))
+        if host not in answers:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, type, 6, "", (a, port)) for a in answers[host]]
+
+    monkeypatch.setattr(webhooks.socket, "getaddrinfo", getaddrinfo)
+    strict = Policy()
+    assert webhooks.address_refusal("https://public.example/", strict) is None
+    assert webhooks.address_refusal("https://mixed.example:8443/", strict) == (
+        "169.254.169.254 is a private address"
+    )
+    assert asked[-1] == ("mixed.example", 8443)
+    assert webhooks.address_refusal("http://zoned.example/", strict) == (
+        "fe80::1 is a private address"
+    )
+    assert webhooks.address_refusal("http://local.example/", strict) == (
+        "127.0.0.1 is a loopback address"
+    )
+    assert webhooks.address_refusal("http://local.example/", Policy(allow_loopback=True)) is None
+    assert webhooks.address_refusal("http://mixed.example/", Policy(allow_loopback=True)) == (
+        "169.254.169.254 is a private address"
+    )
+    assert webhooks.address_refusal("http://mixed.example/", Policy(allow_private=True)) is None
+    assert webhooks.address_refusal("http://zoned.example/", Policy(allow_private=True)) is None
+    assert webhooks.address_refusal("http://gone.example/", strict) == (
+        "cannot resolve gone.example: Name or service not known"
+    )
+    assert asked[-1] == ("gone.example", 80)
