@@ -265,15 +265,17 @@ def test_prices_per_hour_in_usd_read_as_people_write_them() -> None:
     assert _usd_hour(12_000_000_000) == "$0.5"
     assert _usd_hour(2_962_962_962) == "$0.123"
     assert _usd_hour(0) == "$0" and _usd_hour(-24_000_000_000) == "$0"
+    assert _usd_hour(240_000) == "$0.00001"  # fixed-point, never "1e-05"
+    assert _usd_hour(1_234_567) == "$0.0000514"  # three significant digits at any size
+    assert _usd_hour(24) == "$0.000000001"
     assert _usd_hour(48_000_000_000, 2) == "$1.00" and _usd_hour(48_000_000_000, 4) == "$0.5"
     assert _usd_hour(24_000_000_000, 0) == "$1.00"  # no GPU reported: the whole price
 
 
-def test_coins_are_exact_unless_a_number_of_digits_is_asked_for() -> None:
+def test_coins_are_shown_exactly() -> None:
     assert _fmt_coins(1_500_000_000) == "1.5" and _fmt_coins(Coins(1)) == "0.000000001"
-    assert _fmt_coins(1_234_567_891, 2) == "1.23" and _fmt_coins(Coins(1_500_000_000), 3) == "1.5"
-    assert _fmt_coins(2_000_000_000, 2) == "2" and _fmt_coins(0, 4) == "0"
-    assert _fmt_coins(1_000_000, 2) == "0" and _fmt_coins(10_000_000, 2) == "0.01"
+    assert _fmt_coins(10_000_000_000) == "10" and _fmt_coins(0) == "0"
+    assert _fmt_coins(Coins(-2_500_000_000)) == "-2.5" and _fmt_coins("7") == "0.000000007"
 
 
 def test_sizes_show_one_decimal_at_most() -> None:
@@ -299,7 +301,6 @@ def test_the_templates_filters_and_globals(console: Console) -> None:
         return console.envs[lang].from_string(source).render(**values)
 
     assert show("{{ v|coins }}", v=1_500_000_000) == "1.5"
-    assert show("{{ v|coins(2) }}", v=1_234_567_891) == "1.23"
     assert show("{{ v|per_hour }}", v=24_000_000_000) == "1"
     assert show("{{ v|per_hour }}", v=Coins(2_400_000_000)) == "0.1"
     assert show("{{ v|per_hour }}", v=47) == "0.000000001"  # 47 // 24

@@ -49,15 +49,13 @@ def _usd_hour(per_day: Any, gpus: int = 1) -> str:
         return f"${hourly:,.2f}"
     if hourly <= 0:
         return "$0"
-    return "$" + format(float(f"{hourly:.3g}"), "f").rstrip("0").rstrip(".")
+    # fixed-point at any size ("$0.0000514"; a float's "f" would stop at six decimals)
+    return "$" + format(Decimal(f"{hourly:.3g}"), "f").rstrip("0").rstrip(".")
 
 
-def _fmt_coins(value: Any, digits: int | None = None) -> str:
-    units = value.units if isinstance(value, Coins) else int(value)
-    if digits is None:
-        return coins_str(units)
-    q = Decimal(units) / UNITS_PER_COIN
-    return f"{q:.{digits}f}".rstrip("0").rstrip(".") if q else "0"
+def _fmt_coins(value: Any) -> str:
+    """An amount in coins, exact (``1.5``, ``0.000000001``)."""
+    return coins_str(value.units if isinstance(value, Coins) else int(value))
 
 
 def _gb(value: object) -> str:
