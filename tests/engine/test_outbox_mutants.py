@@ -5,6 +5,7 @@ wakes at commit; reading events back. Written to kill mutants (``scripts/mutatio
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -31,9 +32,9 @@ from openclore.engine.outbox import (
     user_wake_id,
 )
 from openclore.market.accounts import create_user
-from openclore.store.schema import events, webhook_deliveries, webhooks
+from openclore.store.schema import events, orders, webhook_deliveries, webhooks
 
-from support import Market
+from support import Market, ok, order_body, spot_body
 
 WALL = 1_800_000_123.25
 
@@ -216,3 +217,140 @@ def test_events_are_read_back_per_user_after_an_id(market: Market, wakes: list[i
         assert events_after(conn, alice, 3, 1) == [
             Event(4, DEPOSIT_CREDITED, 1003, event_json(4, DEPOSIT_CREDITED, 1003, '{"n":3}'))
         ]
+
+
+def test_a_ping_and_events_of_one_transaction_are_written_in_one_flush(
+    market: Market, wakes: list[int]
+) -> None:
+    (alice,) = _users(market, "alice")
+    hook = _hook(market, alice, [ORDER_ENDED])
+    with market.db.write() as conn:
+        emit_ping(conn, alice, hook, 1700)
+        emit(conn, alice, ORDER_ENDED, 1701, order_id=1)
+    assert [(e[0], e[2], e[4]) for e in _events(market)] == [
+        (1, WEBHOOK_PING, f'{{"webhook_id":{hook}}}'),
+        (2, ORDER_ENDED, '{"order_id":1}'),
+    ]
+    assert [d["event_id"] for d in _deliveries(market)] == [1, 2]
+    assert wakes == [WAKE_ID, user_wake_id(alice)]  # once each: one flush
+
+
+class Undo(Exception):
+    """Rolls the transaction back (the rows above are made up: nothing is flushed)."""
+
+
+ROW = {
+    "id": 12,
+    "user_id": 3,
+    "server_id": 4,
+    "spot": 1,
+    "currency": "bitcoin",
+    "disk_gb": 50,
+    "storage_rate": 2_500_000_000,
+    "ended_at": 1750,
+    "spend": 7_000_000_001,
+    "storage_spend": 0,
+}
+
+
+def _emitted(conn: Any) -> list[tuple[int, str, int, dict[str, Any]]]:
+    """What the transaction has emitted so far (before its flush)."""
+    from openclore.store.db import pending
+
+    return [
+        (user, type_, at, json.loads(data))
+        for user, type_, at, data, _only in pending(conn, outbox._KEY)
+    ]
+
+
+def test_a_stopped_order_says_why_and_what_its_disk_costs(market: Market) -> None:
+    with pytest.raises(Undo), market.db.write() as conn:
+        outbox.order_stopped(conn, ROW, "timer", 1700)
+        outbox.order_stopped(conn, {**ROW, "spot": 0, "disk_gb": 0, "storage_rate": 0}, "user", 9)
+        assert _emitted(conn) == [
+            (
+                3,
+                "order.stopped",
+                1700,
+                {
+                    "order_id": 12,
+                    "server_id": 4,
+                    "spot": True,
+                    "currency": "bitcoin",
+                    "reason": "timer",
+                    "disk_gb": 50,
+                    "storage_per_day": 2.5,
+                },
+            ),
+            (
+                3,
+                "order.stopped",
+                9,
+                {
+                    "order_id": 12,
+                    "server_id": 4,
+                    "spot": False,
+                    "currency": "bitcoin",
+                    "reason": "user",
+                    "disk_gb": 0,
+                    "storage_per_day": 0,
+                },
+            ),
+        ]
+        raise Undo
+
+
+def test_an_ended_order_says_what_it_spent_and_its_storage_only_when_it_paid_some(
+    market: Market,
+) -> None:
+    base = {"order_id": 12, "server_id": 4, "spot": True, "currency": "bitcoin"}
+    with pytest.raises(Undo), market.db.write() as conn:
+        outbox.order_ended(conn, ROW, "balance", 1700)
+        outbox.order_ended(conn, {**ROW, "storage_spend": 1}, "expired", 1701)
+        outbox.order_ended(conn, {k: v for k, v in ROW.items() if k != "storage_spend"}, "x", 2)
+        assert _emitted(conn) == [
+            (
+                3,
+                ORDER_ENDED,
+                1700,
+                {**base, "reason": "balance", "ended_at": 1750, "spend": 7.000000001},
+            ),
+            (
+                3,
+                ORDER_ENDED,
+                1701,
+                {
+                    **base,
+                    "reason": "expired",
+                    "ended_at": 1750,
+                    "spend": 7.000000001,
+                    "storage_spend": 1e-9,
+                },
+            ),
+            (3, ORDER_ENDED, 2, {**base, "reason": "x", "ended_at": 1750, "spend": 7.000000001}),
+        ]
+        raise Undo
+
+
+def test_a_servers_live_orders_with_their_state(market: Market) -> None:
+    host = market.user("host")
+    first, second = market.server(host, "one"), market.server(host, "two")
+    renter = market.user("renter", bitcoin="1")
+    client = market.client(renter)
+    ids = [
+        ok(client.post("/v1/create_order", json=body))["order_id"]
+        for body in (order_body(first), spot_body(first, "0.000002"), order_body(second))
+    ]
+    with market.db.write() as conn:
+        conn.execute(orders.update().where(orders.c.id == ids[1]).values(stopped=True, gpus=[0, 2]))
+    with market.db.read() as conn:
+        states = outbox.order_states(conn, first)
+        assert states == {ids[0]: (True, (0,), False), ids[1]: (False, (0, 2), True)}
+        assert outbox.order_states(conn, second) == {ids[2]: (True, (0,), False)}
+    with market.db.write() as conn:
+        conn.execute(orders.update().where(orders.c.id == ids[0]).values(expired=True))
+        conn.execute(orders.update().where(orders.c.id == ids[2]).values(gpus=None))
+    with market.db.read() as conn:
+        assert list(outbox.order_states(conn, first)) == [ids[1]]
+        assert outbox.order_states(conn, 999) == {}
+        assert outbox.order_states(conn, second) == {ids[2]: (True, (), False)}
