@@ -32,7 +32,7 @@ from openclore.engine.outbox import (
     user_wake_id,
 )
 from openclore.market.accounts import create_user
-from openclore.store.schema import events, orders, webhook_deliveries, webhooks
+from openclore.store.schema import events, orders, servers, webhook_deliveries, webhooks
 
 from support import Market, ok, order_body, spot_body
 
@@ -354,3 +354,170 @@ def test_a_servers_live_orders_with_their_state(market: Market) -> None:
         assert list(outbox.order_states(conn, first)) == [ids[1]]
         assert outbox.order_states(conn, 999) == {}
         assert outbox.order_states(conn, second) == {ids[2]: (True, (), False)}
+
+
+def test_what_happened_to_a_servers_orders_is_told_each_renter(market: Market) -> None:
+    host = market.user("host")
+    sid = market.server(host, "rig", gpu_array=["RTX"] * 4, specs={"gpu": "4x RTX"})
+    renters = [market.user(f"r{i}", bitcoin="1") for i in range(3)]
+    uids = [market.user_id(t) for t in renters]
+    bodies = [order_body(sid), spot_body(sid, "0.000002"), spot_body(sid, "0.000003")]
+    a, b, c = (
+        ok(market.client(t).post("/v1/create_order", json=body))["order_id"]
+        for t, body in zip(renters, bodies, strict=True)
+    )
+    base = {"server_id": sid, "currency": "bitcoin"}
+
+    def changes(
+        before: dict[int, tuple[bool, tuple[int, ...], bool]],
+        online: bool = True,
+        **rows: dict[str, Any],
+    ) -> list[tuple[int, str, int, dict[str, Any]]]:
+        """record_order_changes after setting the rows (``a``, ``b``, ``c``) as given; the
+        transaction is rolled back."""
+        ids = {"a": a, "b": b, "c": c}
+        found: list[Any] = []
+        with pytest.raises(Undo), market.db.write() as conn:
+            conn.execute(servers.update().where(servers.c.id == sid).values(online=online))
+            for name, values in rows.items():
+                conn.execute(orders.update().where(orders.c.id == ids[name]).values(**values))
+            outbox.record_order_changes(conn, sid, before, 1700)
+            found = _emitted(conn)
+            raise Undo
+        return found
+
+    stop = {"running": False, "gpus": []}
+    assert changes({}) == []
+    # in order id order, whatever the order of `before`
+    ended = {"expired": True, "running": False, "end_reason": "cancelled", "ended_at": 1690}
+    assert [
+        (e[0], e[1], e[3]["reason"])
+        for e in changes(
+            {c: (False, (), False), a: (True, (0,), False)},
+            a=ended,
+            c={**ended, "end_reason": "balance"},
+        )
+    ] == [(uids[0], ORDER_ENDED, "cancelled"), (uids[2], ORDER_ENDED, "balance")]
+    # started running: a per-GPU order says on which GPUs, a whole-server one does not
+    assert changes(
+        {b: (False, (), False), c: (False, (), False)},
+        a=stop,
+        b={"running": True, "gpu_count": 2, "gpus": [1, 3]},
+        c={"running": True, "gpus": [0, 1, 2, 3]},
+    ) == [
+        (uids[1], "order.running", 1700, {"order_id": b, **base, "spot": True, "gpus": [1, 3]}),
+        (uids[2], "order.running", 1700, {"order_id": c, **base, "spot": True}),
+    ]
+    # a running order that still runs, or one not running before nor now: nothing
+    assert changes({a: (True, (0,), False), b: (False, (), False)}) == []
+    # stopped by its renter or its timer: order.stopped; stopped by a preemption: outbid
+    stopped = {**stop, "stopped": True, "stop_reason": "user", "disk_gb": 10}
+    (event,) = changes({a: (True, (0, 1, 2, 3), False)}, a=stopped)
+    assert event == (
+        uids[0],
+        "order.stopped",
+        1700,
+        {
+            "order_id": a,
+            **base,
+            "spot": False,
+            "reason": "user",
+            "disk_gb": 10,
+            "storage_per_day": 0,
+        },
+    )
+    assert changes({a: (True, (0,), True)}, a=stopped)[0][1] == "order.paused"  # was stopped
+    # the server went offline: paused
+    assert changes({a: (True, (0,), False)}, online=False, a=stop) == [
+        (
+            uids[0],
+            "order.paused",
+            1700,
+            {"order_id": a, **base, "spot": False, "reason": "server_offline"},
+        )
+    ]
+    # offline, even with another order running: paused
+    assert (
+        changes(
+            {b: (True, (0,), False), c: (True, (0, 1, 2, 3), False)},
+            online=False,
+            b=stop,
+            c={"running": True, "gpus": [0, 1, 2, 3]},
+        )[0][1]
+        == "order.paused"
+    )
+    # the whole server taken by an on-demand order: preempted; by a higher bid: outbid (the
+    # takers are among the server's live orders, all of them in `before`)
+    taken = {"running": True, "gpus": [0, 1, 2, 3]}
+    held = (True, (0, 1, 2, 3), False)  # a taker that already ran: nothing to say of it
+    assert changes(
+        {a: held, b: (True, (0, 1, 2, 3), False)}, a={**taken, "spot": False}, b=stop
+    ) == [
+        (
+            uids[1],
+            "order.outbid",
+            1700,
+            {"order_id": b, **base, "spot": True, "reason": "preempted"},
+        )
+    ]
+    assert changes({b: (True, (0,), False), c: held}, a=stop, b=stop, c=taken) == [
+        (uids[1], "order.outbid", 1700, {"order_id": b, **base, "spot": True, "reason": "outbid"})
+    ]
+    # a taker must be running: an ended one took nothing
+    assert (
+        changes({b: (True, (0,), False), c: held}, a=stop, b=stop, c={**taken, "expired": True})[0][
+            1
+        ]
+        == "order.paused"
+    )
+    # a preempted order that keeps its disk says so
+    preempted = {**stop, "stopped": True, "stop_reason": "preempted"}
+    (event,) = changes({a: held, b: (True, (0,), False)}, a=taken, b=preempted)
+    assert event[3] == {"order_id": b, **base, "spot": True, "reason": "preempted", "stopped": True}
+    # per GPU: only the orders on the GPUs it lost took them; with none, it was outbid
+    per_gpu = {**stop, "gpu_count": 2}
+    assert changes(
+        {a: (True, (0, 3), False), b: (True, (1, 2), False), c: (True, (2,), False)},
+        a={"running": True, "gpu_count": 2, "gpus": [0, 3], "spot": False},
+        b=per_gpu,
+        c={"running": True, "gpu_count": 1, "gpus": [2]},
+    ) == [
+        (
+            uids[1],
+            "order.outbid",
+            1700,
+            {"order_id": b, **base, "spot": True, "reason": "outbid", "gpus_lost": [1, 2]},
+        )
+    ]
+    assert (
+        changes(
+            {a: (True, (1, 3), False), b: (True, (1, 2), False)},
+            a={"running": True, "gpu_count": 2, "gpus": [1, 3], "spot": False},
+            b=per_gpu,
+            c=stop,
+        )[0][3]["reason"]
+        == "preempted"
+    )
+    assert changes({b: (True, (1, 2), False)}, a=stop, b=per_gpu, c=stop)[0][3] == {
+        "order_id": b,
+        **base,
+        "spot": True,
+        "reason": "outbid",
+        "gpus_lost": [1, 2],
+    }
+    # a whole-server order whose server nobody took (nothing running): paused
+    assert changes({b: (True, (0, 1), False)}, a=stop, b=stop, c=stop)[0][1] == "order.paused"
+    # an order that held no GPUs counts every running order as a taker
+    assert (
+        changes({a: held, b: (True, (), False)}, a={**taken, "spot": False}, b=stop)[0][3]["reason"]
+        == "preempted"
+    )
+    # a running order that held no GPUs takes any lost ones
+    assert (
+        changes(
+            {a: (True, (), False), b: (True, (1,), False)},
+            a={"running": True, "gpus": [], "spot": False},
+            b=per_gpu,
+        )[0][3]["reason"]
+        == "preempted"
+    )
