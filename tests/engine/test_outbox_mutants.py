@@ -436,6 +436,9 @@ def test_what_happened_to_a_servers_orders_is_told_each_renter(market: Market) -
             {"order_id": a, **base, "spot": False, "reason": "server_offline"},
         )
     ]
+    # every order that stopped running with its server is told
+    paused = changes({a: (True, (0,), False), b: (True, (1,), False)}, online=False, a=stop, b=stop)
+    assert [(e[0], e[1]) for e in paused] == [(uids[0], "order.paused"), (uids[1], "order.paused")]
     # offline, even with another order running: paused
     assert (
         changes(
