@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -44,7 +45,8 @@ def wakes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The ids the outbox wakes (at its flush), in order."""
     woken: list[int] = []
     monkeypatch.setattr(outbox, "notify_server", lambda _conn, wake_id: woken.append(wake_id))
-    monkeypatch.setattr(outbox.time, "time", lambda: WALL)
+    # the outbox module's clock only (the process's stays as it is)
+    monkeypatch.setattr(outbox, "time", SimpleNamespace(time=lambda: WALL))
     return woken
 
 

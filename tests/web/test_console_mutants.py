@@ -9,6 +9,7 @@ import base64
 import json
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -159,9 +160,10 @@ def test_a_session_is_looked_up_at_the_wall_clocks_second(
     with market.db.read() as conn:
         expires = conn.execute(select(web_sessions.c.expires_at)).scalar_one()
     request = _request(cookies={SESSION_COOKIE: sid})
-    monkeypatch.setattr(context.time, "time", lambda: expires - 0.5)
+    # the console module's clock only (the process's stays as it is)
+    monkeypatch.setattr(context, "time", SimpleNamespace(time=lambda: expires - 0.5))
     assert _run(console.session(request)) is not None  # its last second
-    monkeypatch.setattr(context.time, "time", lambda: float(expires))
+    monkeypatch.setattr(context, "time", SimpleNamespace(time=lambda: float(expires)))
     assert _run(console.session(request)) is None
 
 
