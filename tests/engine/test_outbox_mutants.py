@@ -526,3 +526,29 @@ def test_what_happened_to_a_servers_orders_is_told_each_renter(market: Market) -
         )[0][3]["reason"]
         == "preempted"
     )
+
+
+def test_a_created_order_says_what_it_is_and_its_price(market: Market) -> None:
+    host = market.user("host")
+    sid = market.server(host, "rig")
+    renter = market.user("renter", bitcoin="1")
+    oid = ok(market.client(renter).post("/v1/create_order", json=spot_body(sid, "0.000002")))[
+        "order_id"
+    ]
+    with pytest.raises(Undo), market.db.write() as conn:
+        outbox.order_created(conn, oid, 1700)
+        assert _emitted(conn) == [
+            (
+                market.user_id(renter),
+                ORDER_CREATED,
+                1700,
+                {
+                    "order_id": oid,
+                    "server_id": sid,
+                    "spot": True,
+                    "currency": "bitcoin",
+                    "price": 0.000002,
+                },
+            )
+        ]
+        raise Undo
