@@ -606,6 +606,7 @@ def test_a_splice_copies_both_ways_and_passes_each_half_close() -> None:
     assert a_writer.eof and b_writer.eof and b_writer.closed
 
 
+@pytest.mark.timing
 def test_a_splice_ends_when_a_side_cannot_half_close() -> None:
     async def main() -> tuple[Writer, float]:
         b_writer = Writer(eof=False)
@@ -637,6 +638,7 @@ def test_a_splice_ends_when_a_side_cannot_half_close() -> None:
     assert b_writer.eof and bytes(b_writer.data) == b"q" and back == b"late"
 
 
+@pytest.mark.timing
 def test_a_splice_silent_for_its_idle_timeout_ends() -> None:
     async def main() -> float:
         started = time.monotonic()
@@ -647,6 +649,7 @@ def test_a_splice_silent_for_its_idle_timeout_ends() -> None:
     assert 0.3 <= took < 10.0
 
 
+@pytest.mark.timing
 def test_a_splice_kept_busy_outlives_its_idle_timeout() -> None:
     async def main() -> tuple[float, bytes]:
         reader = _reader(eof=False)
