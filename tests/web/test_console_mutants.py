@@ -252,6 +252,8 @@ def test_a_flash_cookie_is_read_only_when_it_is_well_formed() -> None:
     longest = enc({"ok": True, "text": "a" * 3048})
     assert len(longest) == 4096 and _flash(longest) is not None
     assert _flash(enc({"ok": True, "text": "a" * 3049})) is None
+    # one character more (one the decoder would skip) is over the bound
+    assert _flash(longest + "!") is None
     assert _flash("\udcff") is None  # not even ASCII
 
 
