@@ -167,7 +167,9 @@ def test_a_session_is_looked_up_at_the_wall_clocks_second(
     assert _run(console.session(request)) is None
 
 
-def test_db_runs_a_read_or_a_write_and_answers_its_value(console: Console, market: Market) -> None:
+def test_db_runs_a_read_or_a_write_and_answers_its_value(
+    console: Console, market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
     market.user("bob")
 
     def rename(conn: Any) -> str:
@@ -177,8 +179,15 @@ def test_db_runs_a_read_or_a_write_and_answers_its_value(console: Console, marke
     def names(conn: Any) -> list[str]:
         return list(conn.execute(select(users.c.name).order_by(users.c.name)).scalars())
 
+    writes: list[Any] = []
+    db_write = console.state.db_write
+    monkeypatch.setattr(
+        console.state, "db_write", lambda fn, *a: writes.append(fn) or db_write(fn, *a)
+    )
     assert _run(console.db(rename, write=True)) == "renamed"
+    assert writes == [rename]
     assert _run(console.db(names)) == ["robert"]
+    assert writes == [rename]  # a read is no write transaction
 
 
 # ----------------------------------------------------------------------------- forms
@@ -207,8 +216,9 @@ def test_a_form_needs_its_csrf_token_and_answers_its_text_fields(
     # before sign-in: the double-submit cookie's token, and never an empty one
     assert post({"csrf": "pre", "a": "b"}, None, cookies={PRE_CSRF_COOKIE: "pre"}) == {"a": "b"}
     for cookies in ({}, {PRE_CSRF_COOKIE: ""}):
-        with pytest.raises(Refused):
-            post({"csrf": "", "a": "b"}, None, cookies=cookies)
+        for sent in ("", "XXXX", "None"):
+            with pytest.raises(Refused):
+                post({"csrf": sent, "a": "b"}, None, cookies=cookies)
     # a NUL is refused as bad text before anything else
     with pytest.raises(Refused) as refused:
         post({"csrf": csrf, "name": "a\x00b"})
@@ -308,6 +318,8 @@ def test_the_templates_filters_and_globals(console: Console) -> None:
     assert show("{{ v|per_hour }}", v=24_000_000_000) == "1"
     assert show("{{ v|per_hour }}", v=Coins(2_400_000_000)) == "0.1"
     assert show("{{ v|per_hour }}", v=47) == "0.000000001"  # 47 // 24
+    # exact at any size (a float division would round past 2**53 units)
+    assert show("{{ v|per_hour }}", v=24 * 9_007_199_254_740_993) == "9007199.254740993"
     assert show("{{ v|usd_hour }}", v=24_000_000_000) == "$1.00"
     assert show("{{ v|gb }}", v=7.95) == "8"
     assert show("{{ v|utc }}", v=86400 * 365 + 3661) == "1971-01-01 01:01 UTC"
