@@ -200,12 +200,13 @@ def test_each_refusal_of_a_sign_in_says_why(
     assert refused({"token": "   "}) == wrong  # spaces are no token
     assert refused({}, "zh-CN") == (401, "用户名或密码错误。")
     # a limited key may not start a console session; a full key may
-    limited = []
+    secrets = []
     with market.db.write() as conn:
         for scopes, limit, expires in (
             (frozenset({"read"}), None, None),
             (api_keys.ALL_SCOPES, (("bitcoin", 1000),), None),
             (api_keys.ALL_SCOPES, None, market.now() + 3600),
+            (api_keys.ALL_SCOPES, None, None),  # full: every scope, no limit, no expiry
         ):
             _, secret = api_keys.create_key(
                 conn,
@@ -218,18 +219,8 @@ def test_each_refusal_of_a_sign_in_says_why(
                 creator=None,
                 actor=SYSTEM,
             )
-            limited.append(secret)
-        _, full = api_keys.create_key(
-            conn,
-            uid,
-            name="full",
-            scopes=api_keys.ALL_SCOPES,
-            expires_at=None,
-            spend_limit=None,
-            now=market.now(),
-            creator=None,
-            actor=SYSTEM,
-        )
+            secrets.append(secret)
+        *limited, full = secrets
         second = issue_token(conn, uid, market.now())
     for secret in limited:
         assert refused({"token": secret}) == (403, LIMITED)
