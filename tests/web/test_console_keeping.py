@@ -280,10 +280,13 @@ def test_demo_world_stop_start_and_a_volume_in_both_languages(
         assert state.locator(".tag.free").count() == 1
         _shots(page, tmp_path, lang, "orders")
         page.set_viewport_size(ViewportSize(width=1366, height=768))
-        page.click(f"#actions-{oid} form.cancel button")
-        page.wait_for_url(re.compile(r".*/orders$"))
+        with page.expect_navigation():  # the page is /orders already: wait for the answer
+            page.click(f"#actions-{oid} form.cancel button")
+        _flash_ok(page)
 
-        page.click("header nav a[href='/volumes']")
+        with page.expect_navigation():
+            page.click("header nav a[href='/volumes']")
+        page.wait_for_url(re.compile(r".*/volumes$"))
         _shots(page, tmp_path, lang, "volumes")
         _confirm(page, f"#volumes tr[data-id='{volume['id']}'] a.danger")
         assert ok(api.post("/v1/volumes", json={}))["volumes"] == []
