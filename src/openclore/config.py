@@ -156,6 +156,11 @@ class Settings(BaseSettings):
     rate_limit_tolerance: float = Field(
         0.1, ge=0, description="Jitter tolerated on the intervals above (seconds)"
     )
+    rate_limit_local: bool = Field(
+        True,
+        description="Decide rate limits in memory while this process is the only one serving "
+        "the database (exact either way; off: every request writes its limit to the database)",
+    )
     http_status: Literal["clore", "rest"] = Field(
         "clore", description="'clore': HTTP 200 for codes 2/3/4/6; 'rest': 4xx mapping"
     )

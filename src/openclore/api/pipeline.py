@@ -68,10 +68,9 @@ class Pipeline:
         self.state = state
         self.settings = state.settings
         # a request answered from memory must not need the database for anything else: not for
-        # a rate limit (held in the database), nor for the time (a sandbox clock's offset)
-        self.served_from_memory = self.settings.rate_limit_interval <= 0 and not isinstance(
-            state.clock, SandboxClock
-        )
+        # the time (a sandbox clock's offset), nor for its rate limit (decided in memory while
+        # this process is the only one deciding them: see _rate_here)
+        self.served_from_memory = not isinstance(state.clock, SandboxClock)
 
     def register(self, app: FastAPI, prefix: str, ep: Endpoint) -> None:
         """Serve ``ep`` at ``{prefix}/{ep.name}`` (GET and POST)."""
@@ -101,14 +100,19 @@ class Pipeline:
                 check_pairs(request.query_params.multi_items(), "query")
             token = (request.headers.get("auth") or "").strip() or None
             raw = await request.body()
+            rated = None
             if ep.memory_listing and self.served_from_memory and not raw:
-                known = known_listing(state, request, token)
+                rated = self._rate_here(ep, request, token)
+                known = None if rated is None else known_listing(state, request, token)
                 if known is not None:
                     request.state.clore_code = 0
+                    known.headers.update(rated or {})
                     known.headers["Date"] = formatdate(state.now(), usegmt=True)
                     return known
             # one worker-thread hop per request: rate limit, parse, authenticate, run
-            headers, result = await run_in_threadpool(self._handle, ep, request, token, raw)
+            headers, result = await run_in_threadpool(
+                self._handle, ep, request, token, raw, rated
+            )
             request.state.clore_code = 0
             if isinstance(result, Response):
                 result.headers.update(headers)
@@ -152,10 +156,34 @@ class Pipeline:
                 raise RateLimited(second.retry_after)
         return _rate_headers(decision.reset, 0)
 
+    def _rate_here(
+        self, ep: Endpoint, request: Request, token: str | None
+    ) -> dict[str, str] | None:
+        """:meth:`_check_rate` when it needs no database (no limits, or this process decides
+        them in memory now): its headers, or ``None`` when it must be decided in the thread."""
+        interval = self.settings.rate_limit_interval
+        if interval <= 0:
+            return {}
+        if ep.extra_interval:
+            return None
+        key = _client_key(request, token)
+        decision = self.state.limiter.hit_here(key, interval, self.state.rate_clock.now())
+        if decision is None:
+            return None
+        if not decision.allowed:
+            raise RateLimited(decision.retry_after)
+        return _rate_headers(decision.reset, 0)
+
     def _handle(
-        self, ep: Endpoint, request: Request, token: str | None, raw: bytes
+        self,
+        ep: Endpoint,
+        request: Request,
+        token: str | None,
+        raw: bytes,
+        rated: dict[str, str] | None = None,
     ) -> tuple[dict[str, str], Any]:
-        headers = self._check_rate(ep, request, token)
+        """``rated``: the headers of the rate limit already decided for this request."""
+        headers = self._check_rate(ep, request, token) if rated is None else dict(rated)
         now = self.state.now()
         # the answer's Date is the market's time: a travelled sandbox clock included
         headers["Date"] = formatdate(now, usegmt=True)

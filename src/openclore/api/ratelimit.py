@@ -10,6 +10,9 @@ slip through.
 A row whose ``tat`` lies in the past decides exactly as a missing row would, so such rows are
 deleted (at most every :data:`PRUNE_EVERY` seconds per process): the table holds only the keys
 seen within the last interval, however many distinct keys callers make up.
+
+A serving process decides through its database's :class:`~openclore.store.ratelimit.RateBudget`:
+in memory while it is the only process deciding for that database, in the table otherwise.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from openclore.store.ratelimit import RateSlots
+from openclore.store.ratelimit import RateBudget, RateSlots
 
 PRUNE_EVERY = 10.0
 
@@ -33,10 +36,11 @@ class Decision:
 
 
 class RateLimiter:
-    """GCRA over the ``rate_limits`` table."""
+    """GCRA over the ``rate_limits`` table (an engine), or over a process's
+    :class:`RateBudget` of it."""
 
-    def __init__(self, engine: Engine, tolerance: float) -> None:
-        self._slots = RateSlots(engine)
+    def __init__(self, slots: Engine | RateBudget, tolerance: float) -> None:
+        self._slots = slots if isinstance(slots, RateBudget) else RateSlots(slots)
         self._tolerance = tolerance
         self._pruned_at = 0.0
 
@@ -45,6 +49,22 @@ class RateLimiter:
         allowed, tat = self._slots.take(key, interval, now, self._tolerance, prune=prune)
         if prune:
             self._pruned_at = now
+        return self._decision(allowed, tat, now)
+
+    def hit_here(self, key: str, interval: float, now: float) -> Decision | None:
+        """:meth:`hit` when the process decides in memory now (nothing waits for the database:
+        for the event loop), else ``None`` and nothing is taken."""
+        if not isinstance(self._slots, RateBudget):
+            return None
+        prune = now - self._pruned_at >= PRUNE_EVERY
+        taken = self._slots.take_here(key, interval, now, self._tolerance, prune=prune)
+        if taken is None:
+            return None
+        if prune:
+            self._pruned_at = now
+        return self._decision(*taken, now)
+
+    def _decision(self, allowed: bool, tat: float, now: float) -> Decision:
         if allowed:
             return Decision(True, 1, 0, max(0.0, tat - now), 0.0)
         wait = max(0.0, tat - now - self._tolerance)

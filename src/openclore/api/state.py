@@ -167,7 +167,9 @@ class AppState:
         self.clock = clock
         # rate limits follow the wall clock, even in a time-travelling sandbox
         self.rate_clock: Clock = rate_clock or SystemClock()
-        self.limiter = RateLimiter(db.engine, settings.rate_limit_tolerance)
+        self.limiter = RateLimiter(
+            db.rate_budget(local=settings.rate_limit_local), settings.rate_limit_tolerance
+        )
         self.market = MarketCache(settings, pooled=db.direct_engine is not db.engine)
         self.callers = Callers()
         self.streams = StreamSlots()  # open event streams per user

@@ -38,6 +38,7 @@ from openclore.store.freshness import (
     url_key,
 )
 from openclore.store.listing import touches_listing
+from openclore.store.ratelimit import RateBudget
 from openclore.store.schema import meta, metadata
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -129,6 +130,7 @@ class Database:
         event.listen(self.engine, "before_cursor_execute", _watch_listing)
         self._freshness: Freshness | None = None
         self._freshness_lock = threading.Lock()
+        self._rate_budget: RateBudget | None = None
         # name → work a write transaction that wrote what the listing shows runs last, before
         # its commit (the engine's standing-order match, SPEC §8); set by the composition root
         self.listing_hooks: dict[str, Callable[[Connection], None]] = {}
@@ -142,6 +144,14 @@ class Database:
                 if self._freshness is None:
                     self._freshness = Freshness(self)
         return self._freshness
+
+    def rate_budget(self, *, local: bool = True) -> RateBudget:
+        """This process's rate limits on the database (:class:`RateBudget`: in memory while it is
+        the only process deciding them); one per database object, made on first use."""
+        with self._freshness_lock:
+            if self._rate_budget is None:
+                self._rate_budget = RateBudget(self.engine, local=local)
+        return self._rate_budget
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
@@ -177,6 +187,8 @@ class Database:
         upgrade(self)
 
     def dispose(self) -> None:
+        if self._rate_budget is not None:
+            self._rate_budget.close()
         if self._freshness is not None:
             self._freshness.close()
             self._freshness = None

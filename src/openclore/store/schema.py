@@ -507,6 +507,16 @@ rate_limits = Table(
     Column("tat", Double, nullable=False),  # GCRA theoretical arrival time (unix seconds)
 )
 
+# The processes that decide rate limits on this database (store/ratelimit.py): each renews its
+# row; one that finds itself alone decides in memory until ``solo_until`` (the database's clock)
+rate_limit_members = Table(
+    "rate_limit_members",
+    metadata,
+    Column("member", String(64), primary_key=True),
+    Column("seen_until", Double, nullable=False),
+    Column("solo_until", Double, nullable=True),
+)
+
 audit_log = Table(
     "audit_log",
     metadata,

@@ -77,7 +77,10 @@ class Console:
         self.settings: Settings = state.settings
         self.catalogs = Catalogs()
         self.envs = {lang: self._environment(lang) for lang in LOCALES}
-        self.signin_limiter = RateLimiter(state.db.engine, SIGNIN_INTERVAL * (SIGNIN_BURST - 1))
+        self.signin_limiter = RateLimiter(
+            state.db.rate_budget(local=state.settings.rate_limit_local),
+            SIGNIN_INTERVAL * (SIGNIN_BURST - 1),
+        )
         # whether My orders' published endpoints answer (cached 5 s); an SSH host is the
         # agent's to report, so only addresses of the kinds allowed are probed
         settings = self.settings
