@@ -93,8 +93,11 @@ def wrk(
     threads: int = 2,
     timeout_s: int = 30,
     headers: dict[str, str] | None = None,
+    tokens: Path | None = None,
 ) -> dict[str, float]:
     """Run wrk with ``check_code.lua``: req/s, p50/p99 latency in ms, and the error counts.
+    With ``tokens`` (a file, one API token per line) each request carries the next of them
+    (``rotate_tokens.lua``, the same checks).
 
     An answer is an error unless its status is 2xx and its body's ``code`` is 0; socket errors
     (timeouts included: wrk leaves timed-out requests out of its latency figures) count too.
@@ -109,11 +112,14 @@ def wrk(
         f"--timeout={timeout_s}s",
         "--latency",
         "-s",
-        str(CHECK_SCRIPT),
+        str(CHECK_SCRIPT if tokens is None else BENCH_DIR / "rotate_tokens.lua"),
     ]
     for key, value in (headers or {}).items():
         cmd += ["-H", f"{key}: {value}"]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    cmd.append(url)
+    if tokens is not None:
+        cmd += ["--", str(tokens), str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     requests = re.search(r"(\d+) requests in", out)
     check = re.search(r"^OPENCLORE-CHECK (.*)$", out, re.M)

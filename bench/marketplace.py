@@ -4,7 +4,11 @@ Both run under uvicorn the same way (one worker, same port options) in the same 
 them alternately for ``--rounds`` rounds. Each target's figures are those of its median round (by
 req/s), and its ratio is to the bare app measured in that same round. ``bench/check_code.lua``
 checks every answer: a status other than 2xx, a ``code`` other than 0 (openclore answers errors with
-HTTP 200) or a socket error fails the benchmark. Rate limits are off for openclore (a setting).
+HTTP 200) or a socket error fails the benchmark. Rate limits are off for the first two targets
+(anonymous and with a token); the third, ``limits``, is a second openclore process at the default
+settings (1 call per second per token, decided in memory while it is the only process deciding
+them), each request with the next of ``--tokens`` tokens (``bench/rotate_tokens.lua``), so that
+no call is refused.
 Run: ``.venv/bin/python bench/marketplace.py`` (needs ``wrk``: ``apt-get install wrk``); the result
 goes to ``bench/results/marketplace.json``.
 """
@@ -47,7 +51,8 @@ from _common import (
 GPUS = ["NVIDIA GeForce RTX 4090", "NVIDIA GeForce RTX 3090", "NVIDIA A100-SXM4-80GB"]
 
 
-def populate(url: str, count: int) -> str:
+def populate(url: str, count: int, tokens: int = 1) -> list[str]:
+    """The listed servers and a renter with ``tokens`` tokens."""
     settings = Settings(database_url=url)
     db = Database(url)
     db.create_all()
@@ -55,7 +60,8 @@ def populate(url: str, count: int) -> str:
     with db.write() as conn:
         ensure_system_accounts(conn, settings.currencies)
         host = create_user(conn, "host", 0, settings)
-        token = issue_token(conn, create_user(conn, "renter", 0, settings), 0)
+        renter = create_user(conn, "renter", 0, settings)
+        issued = [issue_token(conn, renter, 0) for _ in range(tokens)]
         rows = []
         for i in range(1, count + 1):
             gpu = GPUS[i % len(GPUS)]
@@ -101,7 +107,7 @@ def populate(url: str, count: int) -> str:
         )
         listing_changed(conn)
     db.dispose()
-    return token
+    return issued
 
 
 def main() -> int:
@@ -110,6 +116,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--tokens", type=int, default=4000, help="tokens the default-limits target rotates"
+    )
     parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
     args = parser.parse_args()
     result: dict[str, Any] = {
@@ -132,24 +141,31 @@ def main() -> int:
 def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="openclore-bench-"))
     url = args.database_url or f"sqlite:///{tmp / 'market.sqlite'}"
-    token = populate(url, args.servers)
-    port_app, port_bare = free_port(), free_port()
+    tokens = populate(url, args.servers, args.tokens)
+    token = tokens[0]
+    (tmp / "tokens.txt").write_text("\n".join(tokens) + "\n")
+    port_app, port_bare, port_limits = free_port(), free_port(), free_port()
     env = {
         "OPENCLORE_DATABASE_URL": url,
         "OPENCLORE_RATE_LIMIT_INTERVAL": "0",
         "OPENCLORE_CREATE_ORDER_INTERVAL": "0",
         "OPENCLORE_TICK_INTERVAL": "0",
     }
+    limits_env = {"OPENCLORE_DATABASE_URL": url, "OPENCLORE_TICK_INTERVAL": "0"}
     app_url = f"http://127.0.0.1:{port_app}/v1/marketplace"
     bare_url = f"http://127.0.0.1:{port_bare}/v1/marketplace"
-    targets = (
-        ("bare", bare_url, None),
-        ("anon", app_url, None),
-        ("auth", app_url, {"auth": token}),
+    limits_url = f"http://127.0.0.1:{port_limits}/v1/marketplace"
+    targets: tuple[tuple[str, str, dict[str, str] | None, Path | None], ...] = (
+        ("bare", bare_url, None, None),
+        ("anon", app_url, None, None),
+        ("auth", app_url, {"auth": token}, None),
+        ("limits", limits_url, None, tmp / "tokens.txt"),
     )
     rounds: list[dict[str, Any]] = []
-    with process(
-        uvicorn_args("openclore.serve:api_app_factory", port_app, factory=True), env, app_url
+    factory = "openclore.serve:api_app_factory"
+    with (
+        process(uvicorn_args(factory, port_app, factory=True), env, app_url),
+        process(uvicorn_args(factory, port_limits, factory=True), limits_env, limits_url),
     ):
         body = httpx.get(app_url, headers={"Accept-Encoding": "identity"}).content
         parsed = json.loads(body)
@@ -161,27 +177,35 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
         if authed.get("code") != 0 or len(authed.get("servers", [])) != args.servers:
             raise BenchmarkFailed("the listing with a token is not the same servers")
         (tmp / "body.json").write_bytes(body)
+        # every token known to the default-limits process (each one's first call reads it)
+        with httpx.Client(base_url=limits_url.removesuffix("/marketplace")) as client:
+            for t in tokens:
+                answer = client.post("/wallets", headers={"auth": t}).json()
+                if answer.get("code") != 0:
+                    raise BenchmarkFailed(f"a token's first call at default limits: {answer}")
+        time.sleep(1.0)  # each token's slot taken above has passed
         bare_env = {"BENCH_BODY_FILE": str(tmp / "body.json"), "PYTHONPATH": str(BENCH_DIR)}
         with process(uvicorn_args("bare_app:app", port_bare), bare_env, bare_url):
             if httpx.get(bare_url).content != body:
                 raise BenchmarkFailed("the bare app does not serve the same body")
             for i in range(args.rounds):
                 row: dict[str, Any] = {"round": i + 1}
-                for name, target, headers in targets:
+                for name, target, headers, token_file in targets:
                     measured = wrk(
                         target,
                         seconds=args.seconds,
                         connections=args.connections,
                         headers=headers,
+                        tokens=token_file,
                     )
                     require_clean(f"round {i + 1}, {name}", measured)
                     row[name] = measured
                     time.sleep(0.5)
-                for name in ("anon", "auth"):
+                for name in ("anon", "auth", "limits"):
                     row[name]["ratio_to_bare"] = round(row[name]["rps"] / row["bare"]["rps"], 3)
                 rounds.append(row)
     median = {}
-    for name, _, _ in targets:
+    for name, *_ in targets:
         i = median_index([r[name]["rps"] for r in rounds])
         median[name] = {"round": rounds[i]["round"], **rounds[i][name]}
     result |= {
@@ -203,6 +227,7 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
         "bare": "bare ASGI (ceiling)",
         "anon": "openclore anonymous",
         "auth": "openclore with token",
+        "limits": "openclore, default limits",
     }
     for name, row in median.items():
         ratio = row.get("ratio_to_bare", 1.0)
