@@ -669,3 +669,103 @@ def test_a_splice_kept_busy_outlives_its_idle_timeout() -> None:
 
     took, data = run(main())
     assert data == b"." * 12 and took >= 1.1
+
+
+# ----------------------------------------------------------------------------- second run
+
+
+def test_a_closed_listener_is_logged_with_its_order_and_port(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    g = _gateway()
+
+    class Listener:
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    listener = Listener()
+    g.listeners[40022] = (listener, (5, 22))  # type: ignore[assignment]
+    with caplog.at_level("INFO", logger=gw.log.name):
+        g._close_listener(40022)
+    assert listener.closed and g.listeners == {}
+    assert [r.getMessage() for r in caplog.records] == ["order 5: port 22 closed"]
+
+
+def test_a_stream_that_the_host_refuses_is_logged_and_an_unknown_peer_is_named_empty(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    g = _gateway()
+    agent = Agent(7)
+    offer = Forward(agent, 5, 8888, "http")  # type: ignore[arg-type]
+
+    async def _live(*_: Any) -> Forward:
+        return offer
+
+    monkeypatch.setattr(g, "_live", _live)
+    agent.conn = _Tunnel(fail=True)
+    with caplog.at_level("INFO", logger=gw.log.name):
+        run(g._stream(5, 8888, "tcp", _reader(), Writer(None), b""))  # type: ignore[arg-type]
+    assert [r.getMessage() for r in caplog.records] == [
+        "order 5 port 8888: the host did not connect: refused by the host"
+    ]
+    # a peer the socket cannot name goes to the host as an empty address and port 0
+    assert agent.conn.opened == [("order-5", 8888, "", 0, {"window": gw.CHANNEL_WINDOW})]
+
+
+def test_two_streams_of_one_order_are_counted_until_each_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    g = _gateway()
+    agent = Agent(7)
+    offer = Forward(agent, 5, 8888, "http")  # type: ignore[arg-type]
+
+    async def _live(*_: Any) -> Forward:
+        return offer
+
+    monkeypatch.setattr(g, "_live", _live)
+    agent.conn = _Tunnel()
+
+    async def main() -> list[Any]:
+        held = Reader(eof=False)  # the first client keeps its connection open
+        first = asyncio.create_task(
+            g._stream(5, 8888, "tcp", held, Writer(("198.51.100.4", 1)), b"")  # type: ignore[arg-type]
+        )
+        await asyncio.sleep(0.01)
+        both = (dict(g.open_by_order), dict(g.open_by_client_order))
+        await g._stream(5, 8888, "tcp", _reader(), Writer(("198.51.100.4", 2)), b"")  # type: ignore[arg-type]
+        one = (dict(g.open_by_order), dict(g.open_by_client_order), len(g.streams[5]))
+        held.feed_eof()
+        await asyncio.wait_for(first, 5)
+        return [both, one, (dict(g.open_by_order), dict(g.open_by_client_order), g.streams)]
+
+    both, one, none = run(main())
+    assert both == ({5: 1}, {("198.51.100.4", 5): 1})
+    assert one == ({5: 1}, {("198.51.100.4", 5): 1}, 1)
+    assert none == ({}, {}, {})
+
+
+def test_an_http_request_over_its_addresss_cap_for_the_order_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    g = _gateway(gateway_max_conns_per_client_order=1)
+    head = f"GET /x HTTP/1.1\r\nHost: {LABEL}-8888.gpu.example\r\n\r\n".encode()
+    g.open_by_client_order[("198.51.100.4", 5)] = 1  # this address holds its one connection
+    writer = _http(g, head, monkeypatch, **{LABEL: (5, False)})
+    assert _status(writer) == b"HTTP/1.1 503 Service Unavailable"
+    assert g.opened == []  # type: ignore[attr-defined]
+    g.open_by_client_order.clear()
+    g.open_by_client_order[("198.51.100.9", 5)] = 1  # another address's connection
+    writer = _http(g, head, monkeypatch, **{LABEL: (5, False)})
+    assert writer.data == b"" and len(g.opened) == 1  # type: ignore[attr-defined]
+
+
+def test_an_answer_to_a_client_whose_close_fails_still_ends() -> None:
+    class Failing(Writer):
+        def close(self) -> None:
+            raise RuntimeError("transport already gone")
+
+    writer = Failing()
+    run(gw._answer(writer, 404, b"gone"))  # type: ignore[arg-type]
+    assert bytes(writer.data).endswith(b"\r\n\r\ngone")
