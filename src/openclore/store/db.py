@@ -154,10 +154,11 @@ class Database:
         return self._rate_budget
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, stage: dict[str, bool] | None = None) -> Iterator[Connection]:
         """A write transaction: committed on success, rolled back on any exception. When it
         wrote what the listing shows, :attr:`listing_hooks` run at its end; work registered
-        with :func:`before_commit` runs last, inside it."""
+        with :func:`before_commit` runs last, inside it. ``stage["committing"]`` is set once
+        all of it ran, as the COMMIT goes out (:func:`run_write`)."""
         with self.engine.connect() as conn:
             if self.is_sqlite:
                 conn = conn.execution_options(sqlite_immediate=True)
@@ -172,8 +173,11 @@ class Database:
                         conn.info.pop(_LISTING_WRITTEN, None)
                         listing_changed(conn)
                     _run_before_commit(conn)
+                    if stage is not None:
+                        stage["committing"] = True
             finally:
-                conn.info.pop(_BEFORE_COMMIT, None)
+                if not conn.invalidated:
+                    conn.info.pop(_BEFORE_COMMIT, None)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
@@ -269,6 +273,8 @@ def _unflushed(conn: Connection) -> None:
 
 
 def _drop_before_commit(conn: Connection) -> None:
+    if conn.invalidated:  # the connection was lost: what it held went with it (and reading
+        return  # its info now would raise instead of the loss, which run_write retries)
     conn.info.pop(_BEFORE_COMMIT, None)
     conn.info.pop(_LISTING_WRITTEN, None)
     conn.info.pop(_CHANGED, None)
@@ -286,16 +292,16 @@ def run_write(db: Database, fn: Callable[[Connection], T], attempts: int = 8) ->
     serialization failure, or drops the connection before the commit (the transaction was rolled
     back whole, so running it again is safe)."""
     for attempt in range(attempts):
-        committing = False
+        stage: dict[str, bool] = {}
         try:
-            with db.write() as conn:
+            with db.write(stage) as conn:
                 result = fn(conn)
-                committing = True
             return result
         except DBAPIError as exc:
             # a connection lost before COMMIT was sent took its transaction with it: safe to run
-            # again; lost during COMMIT, the outcome is unknown and the error goes to the caller
-            lost = exc.connection_invalidated and not committing
+            # again (the rows written at its end included); lost during COMMIT, the outcome is
+            # unknown and the error goes to the caller
+            lost = (exc.connection_invalidated or _ended(exc)) and not stage.get("committing")
             if attempt + 1 < attempts and (lost or _retryable(exc)):
                 # jittered exponential backoff: the transactions that deadlocked (typically
                 # the tick's bulk update and a per-order booking) do not meet again in step
@@ -303,6 +309,12 @@ def run_write(db: Database, fn: Callable[[Connection], T], attempts: int = 8) ->
                 continue
             raise
     raise AssertionError("unreachable")
+
+
+def _ended(exc: DBAPIError) -> bool:
+    """The server ended the session (terminated by an administrator, a shutdown): the error came
+    before the socket's end, so the connection does not read as lost yet, but it is."""
+    return getattr(exc.orig, "sqlstate", None) in ("57P01", "57P02", "57P03")
 
 
 def _retryable(exc: DBAPIError) -> bool:
