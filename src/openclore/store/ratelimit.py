@@ -103,7 +103,9 @@ class RateSlots:
 LEASE = 2.0  # seconds a renewal lets a process that found itself alone decide in memory
 RENEW = 0.5  # seconds between two renewals of a process's membership
 HORIZON = 1.5  # the longest interval plus tolerance decided in memory (the 1 s limit, not 5 s)
-WAIT = 5.0 + LEASE + HORIZON  # the longest a decision waits for the process's mode to settle
+# the longest a decision waits for the process's mode to settle: as long as a write waits for
+# SQLite's lock (a renewal queues behind a long write there like any write)
+WAIT = 30.0
 _SETTLE_POLL = 0.05  # seconds between two looks at whether another process still decides alone
 MEMBERS_LOCK = 0x4A7E  # pg advisory lock: renewals take it exclusively, decisions shared
 
