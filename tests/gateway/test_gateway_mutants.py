@@ -769,3 +769,24 @@ def test_an_answer_to_a_client_whose_close_fails_still_ends() -> None:
     writer = Failing()
     run(gw._answer(writer, 404, b"gone"))  # type: ignore[arg-type]
     assert bytes(writer.data).endswith(b"\r\n\r\ngone")
+
+
+def test_port_1_may_be_forwarded_and_a_refused_forward_is_logged_with_its_server(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    g = _gateway()
+
+    async def db_read(fn: Any) -> Any:
+        return fn(None)
+
+    routes = {(5, 1): Route(5, 7, 1, "tcp", 20004)}
+    monkeypatch.setattr(gw.tunnels, "route", lambda _c, _n, o, p: routes.get((o, p)))
+    monkeypatch.setattr(g, "db_read", db_read)
+    agent = AgentConnection(g)
+    agent.server_id = 7
+    assert run(agent.server_requested("order-5", 1)).get_port() == 1
+    with caplog.at_level("WARNING", logger=gw.log.name):
+        assert run(agent.server_requested("order-6", 22)) is False
+    assert [r.getMessage() for r in caplog.records] == [
+        "server 7 asked for a forward of order-6:22 it does not run; refused"
+    ]
