@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from openclore.store.schema import accounts, orders
 
@@ -121,7 +121,9 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def serve_workers(market: Market, tmp_path: Path, **settings: str) -> Iterator[str]:
+def serve_workers(
+    market: Market, tmp_path: Path, workers: int = 2, **settings: str
+) -> Iterator[str]:
     """``openclore serve --workers 2`` on the test's database, with the documented limits
     (``settings``: more ``OPENCLORE_*`` variables)."""
     port = free_port()
@@ -135,7 +137,10 @@ def serve_workers(market: Market, tmp_path: Path, **settings: str) -> Iterator[s
     log = tmp_path / "serve.log"  # a file, not a pipe: nobody has to drain it
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "openclore", "serve", "--port", str(port), "--workers", "2"],
+            [
+                *(sys.executable, "-m", "openclore", "serve", "--port", str(port)),
+                *("--workers", str(workers)),
+            ],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -177,6 +182,46 @@ def test_rate_limits_hold_across_worker_processes(market: Market, tmp_path: Path
     limited = next(r for r in burst if r.json()["code"] == 5)
     assert limited.status_code == 429
     assert int(limited.headers["Retry-After"]) >= 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_default_limit_holds_in_memory_alone_and_in_the_table_with_others(
+    market: Market, tmp_path: Path, workers: int
+) -> None:
+    """Bursts from one token for three seconds at the default 1 s limit: one worker decides
+    alone (in memory), two decide in the table; either way no two calls pass within 0.9 s
+    (each call's decision lies between its sending and its answer)."""
+    token = market.user()
+    with serve_workers(market, tmp_path, workers) as url:
+        deadline = time.time() + 30
+        while len(members(market)) < workers:  # each worker has joined (a connection each)
+            httpx.get(url + "/v1/marketplace", timeout=30)
+            assert time.time() < deadline, members(market)
+            time.sleep(0.1)
+
+        def call(_: int) -> tuple[float, float, int]:
+            sent = time.monotonic()
+            code = httpx.get(url + "/v1/wallets", headers={"auth": token}, timeout=30)
+            return sent, time.monotonic(), code.json()["code"]
+
+        calls: list[tuple[float, float, int]] = []
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            calls += run_parallel(8, call)
+            time.sleep(0.2)
+        solos = [solo for solo in members(market).values() if solo is not None]
+    allowed = [(s, a) for s, a, code in calls if code == 0]
+    assert {code for *_, code in calls} == {0, 5} and len(allowed) >= 2
+    for i, (s1, a1) in enumerate(allowed):
+        for s2, a2 in allowed[i + 1 :]:
+            assert max(a1, a2) - min(s1, s2) >= 0.9, (s1, a1, s2, a2)
+    assert len(solos) == (1 if workers == 1 else 0)
+
+
+def members(market: Market) -> dict[str, float | None]:
+    with market.db.read() as conn:
+        found = conn.execute(text("SELECT member, solo_until FROM rate_limit_members"))
+        return {m: None if s is None else float(s) for m, s in found}
 
 
 def test_one_rental_across_worker_processes(market: Market, workers: str) -> None:
