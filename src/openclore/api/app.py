@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from openclore.api import metrics
 from openclore.api.agent_api import install_agent_api
+from openclore.api.listing import MemoryListing
 from openclore.api.openapi import install_openapi
 from openclore.api.operations import install_operations
 from openclore.api.payments import install_payments
@@ -92,5 +93,7 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(DateHeader)
     app.add_middleware(metrics.Metrics)
-    app.add_middleware(RequestId)  # outermost: every log line of the request carries its id
+    app.add_middleware(RequestId)  # every log line of the request carries its id
+    # outermost: the listing held in memory goes out before any other layer (api/listing.py)
+    app.add_middleware(MemoryListing, pipeline=pipeline)
     return app

@@ -71,9 +71,12 @@ class Pipeline:
         # the time (a sandbox clock's offset), nor for its rate limit (decided in memory while
         # this process is the only one deciding them: see _rate_here)
         self.served_from_memory = not isinstance(state.clock, SandboxClock)
+        self.listing_endpoint: Endpoint | None = None  # the one answered from memory
 
     def register(self, app: FastAPI, prefix: str, ep: Endpoint) -> None:
         """Serve ``ep`` at ``{prefix}/{ep.name}`` (GET and POST)."""
+        if ep.memory_listing:
+            self.listing_endpoint = ep
 
         async def endpoint(request: Request) -> Response:
             return await self.run(ep, request)
@@ -156,8 +159,31 @@ class Pipeline:
                 raise RateLimited(second.retry_after)
         return _rate_headers(decision.reset, 0)
 
+    def listing_here(self, request: Request) -> Response | None:
+        """The plain listing (no query, no body) when it is held in memory and its rate limit
+        is allowed in memory: the answer with its rate-limit headers and Date, ready to send.
+        Else ``None``, nothing taken: the request goes the usual way (a refusal included)."""
+        ep = self.listing_endpoint
+        if ep is None or not self.served_from_memory:
+            return None
+        token = (request.headers.get("auth") or "").strip() or None
+        known = known_listing(self.state, request, token)
+        if known is None:
+            return None
+        rated = self._rate_here(ep, request, token, refused=None)
+        if rated is None:
+            return None
+        request.state.clore_code = 0
+        known.headers.update(rated)
+        known.headers["Date"] = formatdate(self.state.now(), usegmt=True)
+        return known
+
     def _rate_here(
-        self, ep: Endpoint, request: Request, token: str | None
+        self,
+        ep: Endpoint,
+        request: Request,
+        token: str | None,
+        refused: type[RateLimited] | None = RateLimited,
     ) -> dict[str, str] | None:
         """:meth:`_check_rate` when it needs no database (no limits, or this process decides
         them in memory now): its headers, or ``None`` when it must be decided in the thread."""
@@ -171,7 +197,9 @@ class Pipeline:
         if decision is None:
             return None
         if not decision.allowed:
-            raise RateLimited(decision.retry_after)
+            if refused is None:  # the caller answers nothing itself: the usual way decides
+                return None
+            raise refused(decision.retry_after)
         return _rate_headers(decision.reset, 0)
 
     def _handle(

@@ -27,7 +27,8 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
-def _incoming(scope: Scope) -> str | None:
+def incoming_request_id(scope: Scope) -> str | None:
+    """The client's ``X-Request-Id`` when it is sane, else None."""
     for name, value in scope.get("headers", []):
         if name == REQUEST_ID_HEADER:
             return value.decode("ascii") if _SANE.fullmatch(value) else None
@@ -44,7 +45,7 @@ class RequestId:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        rid = _incoming(scope) or uuid.uuid4().hex
+        rid = incoming_request_id(scope) or uuid.uuid4().hex
         token = request_id.set(rid)
         scope.setdefault("state", {})["request_id"] = rid
 
