@@ -34,6 +34,7 @@ def marketplace(r: dict[str, Any]) -> list[str]:
         "bare": "bare ASGI app (ceiling)",
         "anon": "openclore, anonymous",
         "auth": "openclore, with a token",
+        "limits": "openclore, default rate limits (token per request)",
     }
     out = [
         _machine(r),
