@@ -241,7 +241,7 @@ def test_a_renewal_that_fails_stops_the_memory_at_its_lease(
         wait_until(lambda: not b.alone, "the memory outlived its lease")
         assert b.take_here("k", 1.0, 1002.0, 0.1, prune=False) is None
         monkeypatch.setattr(ratelimit, "WAIT", 0.3)
-        with pytest.raises(ratelimit.Unsettled):
+        with pytest.raises(ratelimit.Unsettled, match="no renewal of this process's membership"):
             b.take("k", 1.0, 1002.0, 0.1, prune=False)
     finally:
         b._closed.clear()
@@ -299,3 +299,119 @@ def test_the_listing_at_default_limits_is_answered_from_memory(
     assert seen == [] and hops == []
     assert budget.alone
     assert rows(market.db) == {}
+
+
+# ----------------------------------------------------------------------------- its parts
+
+
+def db_now(db: Database) -> float:
+    with db.read() as conn:
+        return float(conn.execute(text(f"SELECT {ratelimit._NOW[conn.dialect.name]}")).scalar_one())
+
+
+def test_a_members_row_says_until_when_it_is_seen_and_decides_alone(market: Market) -> None:
+    b = budget(market.db, horizon=1.25)
+    try:
+        assert b.take_here("k", 1.0, 1000.0, 0.1, prune=False) is None  # not started yet
+        before = db_now(market.db)
+        assert b.take("k", 1.0, 1000.0, 0.1, prune=False) == (True, 1001.0)
+        after = db_now(market.db)
+        with market.db.read() as conn:
+            (member, seen, solo), *others = conn.execute(
+                text("SELECT member, seen_until, solo_until FROM rate_limit_members")
+            ).all()
+        assert others == [] and member == b.member
+        assert before + LEASE <= seen <= after + LEASE
+        assert seen + 1.25 == pytest.approx(solo, abs=1e-6)
+        assert b.take_here("k", 1.0, 1000.95, 0.1, prune=False) == (True, 1002.0)
+        assert b.take_here("k", 1.0, 1001.0, 0.1, prune=False) == (False, 1002.0)
+        # a limit longer than the horizon is not decided here
+        assert b.take_here("k2", 1.0, 1000.0, 0.3, prune=False) is None
+        assert b.take_here("k2", 1.0, 1000.0, 0.25, prune=False) == (True, 1001.0)
+    finally:
+        b.close()
+
+
+def test_forgetting_and_refunding_reach_wherever_the_slot_is(market: Market) -> None:
+    b = budget(market.db)
+    try:
+        assert b.take("k", 1.0, 1000.0, 0.1, prune=False)[0]
+        RateSlots(market.db.engine).take("k", 5.0, 1000.0, 0.1, prune=False)  # a stale row too
+        b.forget("k")  # alone: in memory and in the table
+        assert rows(market.db) == {}
+        assert b.take("k", 1.0, 1000.0, 0.1, prune=False) == (True, 1001.0)
+        b.refund("k", 1.0)
+        assert b.take("k", 1.0, 1000.0, 0.1, prune=False) == (True, 1001.0)
+        with process(market) as other:  # decided in the table from now on
+            assert other.take("k", 1.0, 1000.5, 0.1, prune=False) == (False, 1001.0)
+            other.refund("k", 1.0)
+            assert rows(market.db) == {"k": 1000.0}
+            b.forget("k")
+            assert rows(market.db) == {}
+    finally:
+        b.close()
+
+
+def test_a_failed_renewal_is_logged_and_the_next_one_goes_on(
+    market: Market, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    b = budget(market.db)
+    renew = RateBudget._renew
+    failures = [1]
+
+    def failing(self: RateBudget) -> None:
+        if failures:
+            failures.pop()
+            raise RuntimeError("database away")
+        renew(self)
+
+    try:
+        assert b.take("k", 1.0, 1000.0, 0.1, prune=False)[0]
+        with caplog.at_level("WARNING", logger="openclore.ratelimit"):
+            monkeypatch.setattr(RateBudget, "_renew", failing)
+            wait_until(lambda: not failures, "no renewal was tried")
+            wait_until(lambda: b.alone, "the next renewal did not go on")
+        messages = [r.getMessage() for r in caplog.records]
+        assert messages[0] == "rate limits: renewal failed; retrying"
+        assert caplog.records[0].exc_info is not None
+    finally:
+        b.close()
+
+
+def test_leaving_without_the_database_is_logged(
+    market: Market, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = Database(market.db.url, pool_size=2)
+    b = budget(db)
+    assert b.take("k", 1.0, 1000.0, 0.1, prune=False)[0]
+
+    def refuse(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("database away")
+
+    b._begin = refuse  # type: ignore[method-assign]
+    with caplog.at_level("WARNING", logger="openclore.ratelimit"):
+        b.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        "rate limits: could not leave the members cleanly"
+    ]
+    assert not b.alone
+    b.close()  # once is enough
+    db.dispose()
+
+
+def test_a_decision_gives_up_when_another_process_keeps_deciding_alone(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with market.db.write() as conn:  # a lone process whose lease reaches far ahead
+        conn.execute(
+            text("INSERT INTO rate_limit_members VALUES ('other', :until, :until)"),
+            {"until": db_now(market.db) + 3600},
+        )
+    b = budget(market.db)
+    monkeypatch.setattr(ratelimit, "WAIT", 0.3)
+    try:
+        with pytest.raises(ratelimit.Unsettled, match="another process keeps deciding alone"):
+            b.take("k", 1.0, 1000.0, 0.1, prune=False)
+        assert not b.alone
+    finally:
+        b.close()
