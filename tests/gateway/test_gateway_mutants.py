@@ -790,3 +790,98 @@ def test_port_1_may_be_forwarded_and_a_refused_forward_is_logged_with_its_server
     assert [r.getMessage() for r in caplog.records] == [
         "server 7 asked for a forward of order-6:22 it does not run; refused"
     ]
+
+
+def test_a_forward_taken_over_by_another_tunnel_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    g = _gateway()
+    first, second = Agent(7), Agent(8)
+    with caplog.at_level("INFO", logger=gw.log.name):
+        g._grant(Forward(first, 5, 22, "tcp"))  # type: ignore[arg-type]
+        g._grant(Forward(first, 5, 22, "tcp"))  # type: ignore[arg-type]  # the same tunnel again
+        assert caplog.records == []
+        g._grant(Forward(second, 5, 22, "tcp"))  # type: ignore[arg-type]
+    assert [r.getMessage() for r in caplog.records] == [
+        "forward (5, 22) moves to a new tunnel of server 7"
+    ]
+    assert g.forwards[(5, 22)].agent is second
+
+
+class _Server:
+    """What start() keeps of a listening server, and what stop() does with it."""
+
+    def __init__(self, port: int) -> None:
+        self.sockets = [self]
+        self.port = port
+        self.closed = False
+        self.waited = False
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    def close(self) -> None:
+        self.closed = True
+
+    async def wait_closed(self) -> None:
+        self.waited = True
+
+
+def test_start_registers_the_gateway_and_listens_as_configured_and_stop_undoes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    g = _gateway(gateway_ssh_port=2200, gateway_bind="127.0.0.9")
+    g.http_port = 8080  # a router too
+    key = gw.asyncssh.generate_private_key("ssh-ed25519")
+    registered: list[Any] = []
+    ssh, http = _Server(2222), _Server(8443)
+    ssh_args: list[Any] = []
+    http_args: list[Any] = []
+
+    async def db_call(fn: Any) -> Any:
+        registered.append(fn)
+        return key.export_private_key("openssh").decode(), ""
+
+    async def create_server(*args: Any, **kw: Any) -> _Server:
+        ssh_args.append((args, kw))
+        return ssh
+
+    async def start_server(*args: Any, **kw: Any) -> _Server:
+        http_args.append((args, kw))
+        return http
+
+    def register(_c: Any, *args: Any) -> tuple[str, str]:
+        registered.append(args)
+        return "", ""
+
+    monkeypatch.setattr(g, "db_call", db_call)
+    monkeypatch.setattr(gw.asyncssh, "create_server", create_server)
+    monkeypatch.setattr(gw.asyncio, "start_server", start_server)
+    monkeypatch.setattr(gw.tunnels, "register_gateway", register)
+
+    async def main() -> tuple[float, float, list[bool]]:
+        before = time.time()
+        await g.start()
+        registered[0](None)  # what the gateway's row is registered with
+        after = time.time()
+
+        async def hold() -> None:
+            await asyncio.sleep(30)
+
+        streams = [asyncio.create_task(hold()) for _ in range(2)]
+        g.streams = {5: {streams[0]}, 6: {streams[1]}}
+        await g.stop()
+        await asyncio.sleep(0)
+        return before, after, [t.cancelled() for t in streams]
+
+    before, after, cancelled = run(main())
+    *_, at = registered[1]
+    assert int(before) <= at <= after
+    (args, kw), = ssh_args
+    assert args[1:] == ("127.0.0.9", 2200)
+    assert (kw["keepalive_interval"], kw["keepalive_count_max"], kw["login_timeout"]) == (30, 3, 20)
+    assert g.ssh_port == 2222 and g.http_port == 8443
+    (args, kw), = http_args
+    assert args[1:] == ("127.0.0.9", 8080) and kw["limit"] == gw.HEAD_LIMIT
+    assert cancelled == [True, True]
+    assert ssh.closed and ssh.waited and http.closed and http.waited
