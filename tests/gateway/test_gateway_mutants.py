@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -880,8 +881,65 @@ def test_start_registers_the_gateway_and_listens_as_configured_and_stop_undoes_i
     (args, kw), = ssh_args
     assert args[1:] == ("127.0.0.9", 2200)
     assert (kw["keepalive_interval"], kw["keepalive_count_max"], kw["login_timeout"]) == (30, 3, 20)
+    assert (kw["allow_pty"], kw["x11_forwarding"], kw["agent_forwarding"]) == (False,) * 3
     assert g.ssh_port == 2222 and g.http_port == 8443
     (args, kw), = http_args
     assert args[1:] == ("127.0.0.9", 8080) and kw["limit"] == gw.HEAD_LIMIT
     assert cancelled == [True, True]
     assert ssh.closed and ssh.waited and http.closed and http.waited
+
+
+def test_the_sync_loop_marks_the_gateway_seen_every_so_often_and_survives_a_failed_sync(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    g = _gateway()
+    g.sync_interval = 0.001
+    clock = iter([100.0, 100.0 + gw.SEEN_EVERY / 2, 100.0 + gw.SEEN_EVERY, 100.0 + gw.SEEN_EVERY])
+    monkeypatch.setattr(
+        gw, "time", SimpleNamespace(monotonic=lambda: next(clock), time=lambda: 1_700_000_000.5)
+    )
+    seen: list[dict[str, Any]] = []
+    synced: list[float | None] = []
+
+    async def db_call(fn: Any) -> None:
+        assert fn.func is gw.tunnels.gateway_seen
+        seen.append(fn.keywords)
+
+    async def sync(started: float | None = None) -> None:
+        synced.append(started)
+        if len(synced) == 2:
+            raise RuntimeError("database away")
+        if len(synced) == 4:
+            raise asyncio.CancelledError
+
+    monkeypatch.setattr(g, "db_call", db_call)
+    monkeypatch.setattr(g, "sync", sync)
+    with caplog.at_level("ERROR", logger=gw.log.name), pytest.raises(asyncio.CancelledError):
+        run(g._sync_loop())
+    # seen at once, not half the interval later, again when the whole interval has passed
+    assert seen == [{"name": g.name, "now": 1_700_000_000}] * 2
+    every = gw.SEEN_EVERY
+    assert synced == [100.0, 100.0 + every / 2, 100.0 + every, 100.0 + every]
+    assert [r.getMessage() for r in caplog.records] == ["gateway sync failed; retrying"]
+
+
+def test_stop_waits_two_seconds_at_most_for_the_router_and_minds_no_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    g = _gateway()
+
+    class Stuck(_Server):
+        async def wait_closed(self) -> None:
+            raise OSError("already gone")
+
+    waits: list[Any] = []
+    wait_for = asyncio.wait_for
+
+    async def recorded(aw: Any, timeout: Any) -> Any:
+        waits.append(timeout)
+        return await wait_for(aw, timeout)
+
+    g._http = Stuck(8443)  # type: ignore[assignment]
+    monkeypatch.setattr(gw.asyncio, "wait_for", recorded)
+    run(g.stop())  # its failure is no failure of stop()
+    assert waits == [2] and g._http.closed
