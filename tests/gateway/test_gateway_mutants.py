@@ -943,3 +943,20 @@ def test_stop_waits_two_seconds_at_most_for_the_router_and_minds_no_error(
     monkeypatch.setattr(gw.asyncio, "wait_for", recorded)
     run(g.stop())  # its failure is no failure of stop()
     assert waits == [2] and g._http.closed
+
+
+def test_a_stream_whose_client_cannot_be_closed_still_ends_cleanly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    g = _gateway()
+
+    async def _live(*_: Any) -> None:
+        return None
+
+    class Failing(Writer):
+        def close(self) -> None:
+            raise RuntimeError("transport already gone")
+
+    monkeypatch.setattr(g, "_live", _live)
+    run(g._stream(5, 22, "tcp", _reader(), Failing(), b""))  # type: ignore[arg-type]
+    assert (dict(g.open_by_order), g.streams) == ({}, {})
