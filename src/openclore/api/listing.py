@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -17,8 +17,11 @@ from openclore.api.market_cache import Listing, MarketCache, PartsResponse
 from openclore.api.request_ids import REQUEST_ID_HEADER, incoming_request_id, request_id
 from openclore.api.state import AppState
 
-if TYPE_CHECKING:
-    from openclore.api.pipeline import Pipeline
+
+class AnswersHere(Protocol):
+    """What :class:`MemoryListing` asks of the pipeline (:meth:`Pipeline.listing_here`)."""
+
+    def listing_here(self, request: Request) -> Response | None: ...
 
 PATH = "/v1/marketplace"
 
@@ -69,7 +72,7 @@ class MemoryListing:
     listing's bytes and a few dictionary lookups: the routing, the endpoint's machinery and the
     four middlewares' wrapped sends cost as much again on a 5 MB listing (docs/benchmarks.md)."""
 
-    def __init__(self, app: ASGIApp, pipeline: Pipeline) -> None:
+    def __init__(self, app: ASGIApp, pipeline: AnswersHere) -> None:
         self.app = app
         self.pipeline = pipeline
         self._counted: tuple[Any, Any] | None = None  # its metrics' series, made on first use
