@@ -960,3 +960,20 @@ def test_a_stream_whose_client_cannot_be_closed_still_ends_cleanly(
     monkeypatch.setattr(g, "_live", _live)
     run(g._stream(5, 22, "tcp", _reader(), Failing(), b""))  # type: ignore[arg-type]
     assert (dict(g.open_by_order), g.streams) == ({}, {})
+
+
+def test_a_sync_forgets_a_dead_orders_forward_granted_before_it_began_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    g = _gateway()
+
+    async def db_read(fn: Any) -> Any:
+        return []  # no live route: the order ended
+
+    monkeypatch.setattr(g, "db_read", db_read)
+    forward = Forward(Agent(7), 5, 22, "tcp", registered=100.0)  # type: ignore[arg-type]
+    g.forwards[(5, 22)] = forward
+    run(g.sync(50.0))  # granted after this sync began (it read the routes before): kept
+    assert g.forwards == {(5, 22): forward}
+    run(g.sync())  # a sync beginning now: forgotten
+    assert g.forwards == {}
