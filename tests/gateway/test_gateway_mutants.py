@@ -977,3 +977,54 @@ def test_a_sync_forgets_a_dead_orders_forward_granted_before_it_began_only(
     assert g.forwards == {(5, 22): forward}
     run(g.sync())  # a sync beginning now: forgotten
     assert g.forwards == {}
+
+
+def test_a_sync_opens_the_public_ports_wanted_closes_the_rest_and_logs_each(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    g = _gateway(gateway_bind="127.0.0.9")
+    agent = Agent(7)
+    routes = [
+        Route(5, 7, 22, "tcp", 40022),  # offered: opened
+        Route(5, 7, 8888, "http", 40080),  # http: through the router, never a port
+        Route(6, 7, 22, "tcp", None),  # no public port
+        Route(8, 7, 22, "tcp", 40088),  # not offered by an agent: not opened
+        Route(9, 7, 22, "tcp", 40099),  # its port is taken: logged, the rest goes on
+        Route(10, 7, 2222, "tcp", 40100),  # after the refused one: opened
+    ]
+    for r in routes[:3] + routes[4:]:
+        forward = Forward(agent, r.order_id, r.container_port, r.kind)  # type: ignore[arg-type]
+        g.forwards[forward.key] = forward
+    opened: list[Any] = []
+
+    async def db_read(fn: Any) -> Any:
+        return routes
+
+    async def start_server(client: Any, bind: str, port: int, **kw: Any) -> _Server:
+        if port == 40099:
+            raise OSError("address in use")
+        opened.append((client.args, bind, port, kw))
+        return _Server(port)
+
+    monkeypatch.setattr(g, "db_read", db_read)
+    monkeypatch.setattr(gw.asyncio, "start_server", start_server)
+    stale = _Server(40777)
+    g.listeners[40777] = (stale, (4, 22))  # type: ignore[assignment]  # no longer wanted
+    with caplog.at_level("INFO", logger=gw.log.name):
+        run(g.sync(0.0))
+    assert opened == [
+        (((5, 22),), "127.0.0.9", 40022, {"reuse_address": True}),
+        (((10, 2222),), "127.0.0.9", 40100, {"reuse_address": True}),
+    ]
+    assert {p: key for p, (_, key) in g.listeners.items()} == {40022: (5, 22), 40100: (10, 2222)}
+    assert stale.closed
+    assert [r.getMessage() for r in caplog.records] == [
+        "order 4: port 22 closed",
+        "order 5: port 22 open on gw.example:40022",
+        "cannot listen on public port 40099 for order 9: address in use",
+        "order 10: port 2222 open on gw.example:40100",
+    ]
+    # a listener still wanted stays as it is
+    caplog.clear()
+    run(g.sync(0.0))
+    assert len(opened) == 2 and caplog.records[-1].getMessage().startswith("cannot listen")
