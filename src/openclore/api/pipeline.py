@@ -106,12 +106,10 @@ class Pipeline:
             rated = None
             if ep.memory_listing and self.served_from_memory and not raw:
                 rated = self._rate_here(ep, request, token)
-                known = None if rated is None else known_listing(state, request, token)
-                if known is not None:
-                    request.state.clore_code = 0
-                    known.headers.update(rated or {})
-                    known.headers["Date"] = formatdate(state.now(), usegmt=True)
-                    return known
+                if rated is not None:
+                    known = known_listing(state, request, token)
+                    if known is not None:
+                        return self._from_memory(request, known, rated)
             # one worker-thread hop per request: rate limit, parse, authenticate, run
             headers, result = await run_in_threadpool(
                 self._handle, ep, request, token, raw, rated
@@ -170,23 +168,29 @@ class Pipeline:
         known = known_listing(self.state, request, token)
         if known is None:
             return None
-        rated = self._rate_here(ep, request, token, refused=None)
+        try:
+            rated = self._rate_here(ep, request, token)
+        except RateLimited:  # answered the usual way
+            return None
         if rated is None:
             return None
+        return self._from_memory(request, known, rated)
+
+    def _from_memory(
+        self, request: Request, known: Response, rated: dict[str, str]
+    ) -> Response:
+        """The listing held in memory, with its rate-limit headers and the market's Date."""
         request.state.clore_code = 0
         known.headers.update(rated)
         known.headers["Date"] = formatdate(self.state.now(), usegmt=True)
         return known
 
     def _rate_here(
-        self,
-        ep: Endpoint,
-        request: Request,
-        token: str | None,
-        refused: type[RateLimited] | None = RateLimited,
+        self, ep: Endpoint, request: Request, token: str | None
     ) -> dict[str, str] | None:
         """:meth:`_check_rate` when it needs no database (no limits, or this process decides
-        them in memory now): its headers, or ``None`` when it must be decided in the thread."""
+        them in memory now): its headers (:class:`RateLimited` when refused), or ``None`` when
+        it must be decided in the thread."""
         interval = self.settings.rate_limit_interval
         if interval <= 0:
             return {}
@@ -197,9 +201,7 @@ class Pipeline:
         if decision is None:
             return None
         if not decision.allowed:
-            if refused is None:  # the caller answers nothing itself: the usual way decides
-                return None
-            raise refused(decision.retry_after)
+            raise RateLimited(decision.retry_after)
         return _rate_headers(decision.reset, 0)
 
     def _handle(
