@@ -10,19 +10,21 @@ import itertools
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from openclore.api import pipeline
 from openclore.engine.clock import ManualClock
 from openclore.store import freshness, ratelimit
 from openclore.store.db import Database
 from openclore.store.ratelimit import RateBudget, RateSlots
+from test_freshness import statements
 
+from agent_support import wait_for
 from support import Market, ok
 
 LEASE, RENEW = 0.8, 0.2
@@ -45,22 +47,6 @@ def process(market: Market, **options: float | bool) -> Iterator[RateBudget]:
         db.dispose()
 
 
-@contextmanager
-def statements(db: Database) -> Iterator[list[str]]:
-    """The statements requests run (a renewal's, every half second, are not a request's)."""
-    seen: list[str] = []
-
-    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        if threading.current_thread().name != "openclore-rate-budget":
-            seen.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", count)
-    try:
-        yield seen
-    finally:
-        event.remove(db.engine, "before_cursor_execute", count)
-
-
 def rows(db: Database) -> dict[str, float]:
     with db.read() as conn:
         return {k: float(t) for k, t in conn.execute(text("SELECT key, tat FROM rate_limits"))}
@@ -70,14 +56,6 @@ def members(db: Database) -> dict[str, float | None]:
     with db.read() as conn:
         found = conn.execute(text("SELECT member, solo_until FROM rate_limit_members"))
         return {m: None if s is None else float(s) for m, s in found}
-
-
-def wait_until(predicate: Callable[[], bool], what: str) -> float:
-    began = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - began < SLACK, what
-        time.sleep(0.01)
-    return time.monotonic() - began
 
 
 def test_a_lone_process_decides_in_memory_exactly_as_the_table(market: Market) -> None:
@@ -143,7 +121,7 @@ def test_a_newcomer_waits_for_the_lone_process_to_write_its_memory_back(market: 
             assert second.take("k", 1.0, t + 1.5, 0.1, prune=False) == (False, t + 2)
             assert first.take_here("k", 1.0, t + 3, 0.1, prune=False) is None
         # the second left: the first decides alone again, from the table's rows
-        wait_until(lambda: first.alone, "the first did not decide alone again")
+        wait_for(lambda: first.alone, SLACK, what="the first did not decide alone again")
         assert first.take("k", 1.0, t + 1.5, 0.1, prune=False) == (False, t + 2)
         assert first.take("k", 1.0, t + 1.95, 0.1, prune=False) == (True, t + 3)
     finally:
@@ -166,8 +144,10 @@ def test_a_process_that_died_alone_is_waited_out(market: Market) -> None:
         # not before the dead one's lease and horizon: its slot (t + 1) had passed
         assert solo_until is not None and now >= solo_until >= t + LEASE
         # its row goes at the next renewal, and the second decides alone
-        wait_until(lambda: dead.member not in members(market.db), "the dead one's row stayed")
-        wait_until(lambda: second.alone, "the second did not decide alone")
+        wait_for(
+            lambda: dead.member not in members(market.db), SLACK, what="the dead one's row stayed"
+        )
+        wait_for(lambda: second.alone, SLACK, what="the second did not decide alone")
 
 
 def test_no_burst_of_two_across_processes_through_every_hand_over(market: Market) -> None:
@@ -204,7 +184,7 @@ def test_no_burst_of_two_across_processes_through_every_hand_over(market: Market
             for th in joined:
                 th.join()
             stop.clear()
-        wait_until(lambda: first.alone, "the first did not decide alone again")
+        wait_for(lambda: first.alone, SLACK, what="the first did not decide alone again")
         time.sleep(0.5)
     finally:
         stop.set()
@@ -238,7 +218,7 @@ def test_a_renewal_that_fails_stops_the_memory_at_its_lease(
     try:
         assert b.take("k", 1.0, 1000.0, 0.1, prune=False)[0]
         b._closed.set()  # no renewals any more
-        wait_until(lambda: not b.alone, "the memory outlived its lease")
+        wait_for(lambda: not b.alone, SLACK, what="the memory outlived its lease")
         assert b.take_here("k", 1.0, 1002.0, 0.1, prune=False) is None
         monkeypatch.setattr(ratelimit, "WAIT", 0.3)
         with pytest.raises(ratelimit.Unsettled, match="no renewal of this process's membership"):
@@ -279,7 +259,7 @@ def test_the_listing_at_default_limits_is_answered_from_memory(
         ok(client.get("/v1/marketplace"))
         wall.advance(1.0)
     if market.backend == "postgresql":  # trusted once the notifications are listened to
-        wait_until(lambda: market.db.freshness.listening, "not listening")
+        wait_for(lambda: market.db.freshness.listening, SLACK, what="not listening")
     ok(anonymous.get("/v1/marketplace"))
     ok(owner.get("/v1/marketplace"))
     wall.advance(1.0)
@@ -369,8 +349,8 @@ def test_a_failed_renewal_is_logged_and_the_next_one_goes_on(
         assert b.take("k", 1.0, 1000.0, 0.1, prune=False)[0]
         with caplog.at_level("WARNING", logger="openclore.ratelimit"):
             monkeypatch.setattr(RateBudget, "_renew", failing)
-            wait_until(lambda: not failures, "no renewal was tried")
-            wait_until(lambda: b.alone, "the next renewal did not go on")
+            wait_for(lambda: not failures, SLACK, what="no renewal was tried")
+            wait_for(lambda: b.alone, SLACK, what="the next renewal did not go on")
         messages = [r.getMessage() for r in caplog.records]
         assert messages[0] == "rate limits: renewal failed; retrying"
         assert caplog.records[0].exc_info is not None
