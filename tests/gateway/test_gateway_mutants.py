@@ -694,18 +694,24 @@ def test_a_closed_listener_is_logged_with_its_order_and_port(
     assert [r.getMessage() for r in caplog.records] == ["order 5: port 22 closed"]
 
 
-def test_a_stream_that_the_host_refuses_is_logged_and_an_unknown_peer_is_named_empty(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    g = _gateway()
+def _offering(g: Gateway, monkeypatch: pytest.MonkeyPatch, tunnel: _Tunnel) -> Agent:
+    """Every connection to ``g`` finds order 5's port 8888 offered through ``tunnel``."""
     agent = Agent(7)
+    agent.conn = tunnel
     offer = Forward(agent, 5, 8888, "http")  # type: ignore[arg-type]
 
     async def _live(*_: Any) -> Forward:
         return offer
 
     monkeypatch.setattr(g, "_live", _live)
-    agent.conn = _Tunnel(fail=True)
+    return agent
+
+
+def test_a_stream_that_the_host_refuses_is_logged_and_an_unknown_peer_is_named_empty(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    g = _gateway()
+    agent = _offering(g, monkeypatch, _Tunnel(fail=True))
     with caplog.at_level("INFO", logger=gw.log.name):
         run(g._stream(5, 8888, "tcp", _reader(), Writer(None), b""))  # type: ignore[arg-type]
     assert [r.getMessage() for r in caplog.records] == [
@@ -719,14 +725,7 @@ def test_two_streams_of_one_order_are_counted_until_each_ends(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     g = _gateway()
-    agent = Agent(7)
-    offer = Forward(agent, 5, 8888, "http")  # type: ignore[arg-type]
-
-    async def _live(*_: Any) -> Forward:
-        return offer
-
-    monkeypatch.setattr(g, "_live", _live)
-    agent.conn = _Tunnel()
+    _offering(g, monkeypatch, _Tunnel())
 
     async def main() -> list[Any]:
         held = Reader(eof=False)  # the first client keeps its connection open
