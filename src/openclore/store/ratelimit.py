@@ -226,12 +226,17 @@ class RateBudget:
     def forget(self, key: str) -> None:
         """Drop a key's slot (in memory and in the table: the key's limit may be either)."""
 
-        def here() -> None:
+        def here() -> bool:
             self._tats.pop(key, None)
             self._dirty.discard(key)
+            return True  # its row too, from before this process decided alone
 
-        self._decide(here, lambda conn: None)
-        self._slots.forget(key)
+        def there(conn: Connection) -> bool:
+            conn.execute(_FORGET, {"key": key})
+            return False
+
+        if self._decide(here, there):
+            self._slots.forget(key)
 
     def refund(self, key: str, interval: float) -> None:
         """Move a key's slot back by ``interval``, where it is held."""
